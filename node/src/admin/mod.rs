@@ -1,0 +1,181 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and the authenticated
+//! `POST /v1/reload`.
+//!
+//! Metrics and health are open (Prometheus and load balancers scrape them); every call that
+//! changes something needs `Authorization: Bearer <token>` with the token from
+//! `admin.token_file`. Without a configured token those calls are refused, and reload is
+//! available through SIGHUP only. Tokens are never logged.
+
+pub mod client;
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::gateway::io::IdleTimeout;
+use crate::gateway::node::Reloader;
+use crate::observe::metrics::{LATENCY_BUCKETS, describe};
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn metrics_handle() -> Result<PrometheusHandle, String> {
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .install_recorder()
+                .map_err(|e| e.to_string())?;
+            describe();
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(handle)
+        })
+        .clone()
+}
+
+/// What the admin API serves from.
+pub struct AdminState {
+    pub metrics: PrometheusHandle,
+    pub reloader: Arc<Reloader>,
+    pub token: Option<String>,
+}
+
+/// Compares in time independent of where the first difference is.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn message(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    json(status, serde_json::json!({ "message": text }).to_string())
+}
+
+impl AdminState {
+    fn authorize(&self, request: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
+        let Some(expected) = &self.token else {
+            return Err(message(
+                StatusCode::FORBIDDEN,
+                "no admin token is configured (set admin.token_file); reload with SIGHUP instead",
+            ));
+        };
+        let given = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if token_matches(given, expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(message(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
+        }
+    }
+
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/metrics") => {
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                r
+            }
+            (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            (&Method::GET, "/readyz") => json(
+                StatusCode::OK,
+                serde_json::json!({ "status": "ready", "revision": self.reloader.revision() }).to_string(),
+            ),
+            (&Method::POST, "/v1/reload") => {
+                if let Err(denied) = self.authorize(&request) {
+                    return denied;
+                }
+                let reloader = self.reloader.clone();
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Ok(Ok(revision)) => json(StatusCode::OK, serde_json::json!({ "revision": revision }).to_string()),
+                    Ok(Err(errors)) => {
+                        let list: Vec<_> = errors
+                            .errors
+                            .iter()
+                            .map(|e| serde_json::json!({"line": e.line, "column": e.column, "field": e.field, "message": e.message}))
+                            .collect();
+                        json(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            serde_json::json!({ "message": "the configuration was rejected; the old one keeps serving", "errors": list }).to_string(),
+                        )
+                    }
+                    Err(_) => message(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed"),
+                }
+            }
+            (_, "/metrics" | "/healthz" | "/readyz" | "/v1/reload") => {
+                message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => message(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::gateway::listener::stopped(&mut shutdown) => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(state.handle(request).await) }
+            });
+            let io = TokioIo::new(IdleTimeout::new(stream, Duration::from_secs(30)));
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!token_matches(b"0123456789abcdeF", b"0123456789abcdef"));
+        assert!(!token_matches(b"", b"0123456789abcdef"));
+    }
+}

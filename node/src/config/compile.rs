@@ -1,0 +1,573 @@
+//! Validation and compilation of a configuration file into a [`GatewayConfig`].
+//!
+//! The YAML is first deserialized into [`model`](super::model) types (a syntax error, a
+//! wrong type or an unknown field stops there, with its line). Then every value is checked
+//! and compiled in one pass that records *every* problem with its line and field path, so
+//! an operator fixes a file in one round.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde_saphyr::Location;
+
+use super::errors::{ConfigErrors, ErrorSink};
+use super::model::*;
+use super::parse_duration;
+use super::table::*;
+use crate::gateway::tls::{DomainCertificates, load_certified_key};
+use crate::integration::client::{UpstreamClient, client_with_ca, shared_client};
+use crate::integration::retry::RetryPolicy;
+use crate::integration::uri::{UpstreamTemplate, substitute_stage_variables};
+use crate::integration::{Integration, MockIntegration, ProxyIntegration};
+use crate::observe::access_log::{LogSink, LogTemplate};
+use crate::observe::completion::RouteObserver;
+use crate::pipeline::route::{MethodMatch, PathPattern, Router, parse_route_key};
+
+/// The default and the longest allowed integration timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(29);
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Reads, validates and compiles a configuration file.
+pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source_name: name.clone(),
+        errors: vec![super::ConfigError {
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    parse_str(&text, &name, base_dir)
+}
+
+/// Validates and compiles configuration text; relative file paths resolve against `base_dir`.
+pub fn parse_str(text: &str, source_name: &str, base_dir: &Path) -> Result<GatewayConfig, ConfigErrors> {
+    let file: GatewayFile = serde_saphyr::from_str(text).map_err(|e| {
+        let location = e.location().unwrap_or(Location::UNKNOWN);
+        let mut sink = ErrorSink::default();
+        sink.push(location, "", structural_message(&e.to_string()));
+        sink.into_errors(source_name)
+    })?;
+    Compiler { sink: ErrorSink::default(), base_dir }.compile(file).map_err(|sink| sink.into_errors(source_name))
+}
+
+/// serde-saphyr appends its own location and a source snippet; keep the first line.
+fn structural_message(text: &str) -> String {
+    text.lines().next().unwrap_or(text).trim().to_string()
+}
+
+struct Compiler<'a> {
+    sink: ErrorSink,
+    base_dir: &'a Path,
+}
+
+/// A route as parsed once, before it is specialised per stage.
+struct RouteSpec {
+    key: String,
+    method: MethodMatch,
+    pattern: PathPattern,
+    integration: IntegrationSpec,
+    field: String,
+}
+
+enum IntegrationSpec {
+    Proxy { uri: Spanned<String>, timeout: Duration, retry: Option<RetryDef>, client: Arc<UpstreamClient> },
+    Mock(MockIntegration),
+}
+
+impl Compiler<'_> {
+    fn compile(mut self, file: GatewayFile) -> Result<GatewayConfig, ErrorSink> {
+        let listen_http = file.listen.http.as_ref().and_then(|a| self.socket_addr(a, "listen.http"));
+        let listen_https = file.listen.https.as_ref().and_then(|a| self.socket_addr(a, "listen.https"));
+        if file.listen.http.is_none() && file.listen.https.is_none() {
+            self.sink.push(Location::UNKNOWN, "listen", "set `http` or `https` (or both)");
+        }
+        let admin_listen = self.socket_addr(&file.admin.listen, "admin.listen");
+        let admin_token = file.admin.token_file.as_ref().and_then(|f| self.token(f));
+        let limits = self.limits(&file.limits);
+        let access_log = self.access_log(&file.access_log);
+
+        let mut apis = HashMap::new();
+        for (i, api) in file.apis.iter().enumerate() {
+            let field = format!("apis[{i}]");
+            if let Some((id, stages)) = self.api(api, &field)
+                && apis.insert(id.clone(), stages).is_some()
+            {
+                self.sink.push(api.id.referenced, format!("{field}.id"), format!("API id `{id}` is used twice"));
+            }
+        }
+        let (domains, certificates) = self.domains(&file.domains, &apis, listen_https.is_some());
+
+        let unrouted = Arc::new(RouteObserver::new("", "", "", None));
+        match (self.sink.is_empty(), admin_listen, limits) {
+            (true, Some(admin_listen), Some(limits)) => Ok(GatewayConfig {
+                listen_http,
+                listen_https,
+                admin_listen,
+                admin_token,
+                limits,
+                access_log,
+                table: RoutingTable { revision: 0, domains, apis, unrouted },
+                certificates,
+            }),
+            _ => Err(self.sink),
+        }
+    }
+
+    fn path(&self, text: &str) -> PathBuf {
+        let p = Path::new(text);
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+
+    fn socket_addr(&mut self, value: &Spanned<String>, field: &str) -> Option<SocketAddr> {
+        match value.value.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.sink.push(
+                    value.referenced,
+                    field,
+                    format!("`{}` is not an address:port (e.g. `127.0.0.1:8080`)", value.value),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, value: &Spanned<String>, field: &str) -> Option<Duration> {
+        match parse_duration(&value.value) {
+            Ok(d) if d.is_zero() => {
+                self.sink.push(value.referenced, field, "must be longer than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.sink.push(value.referenced, field, e);
+                None
+            }
+        }
+    }
+
+    fn token(&mut self, file: &Spanned<String>) -> Option<String> {
+        match std::fs::read_to_string(self.path(&file.value)) {
+            Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_string()),
+            Ok(_) => {
+                self.sink.push(file.referenced, "admin.token_file", "the token must be at least 16 characters");
+                None
+            }
+            Err(e) => {
+                self.sink.push(file.referenced, "admin.token_file", format!("cannot read `{}`: {e}", file.value));
+                None
+            }
+        }
+    }
+
+    fn limits(&mut self, l: &LimitsSection) -> Option<Limits> {
+        let header_read_timeout = self.duration(&l.header_read_timeout, "limits.header_read_timeout");
+        let idle_timeout = self.duration(&l.idle_timeout, "limits.idle_timeout");
+        let drain_timeout = self.duration(&l.drain_timeout, "limits.drain_timeout");
+        let mut ok = true;
+        // hyper's HTTP/1 parser needs a buffer of at least 8 KiB.
+        if !(8192..=1024 * 1024).contains(&l.max_header_bytes) {
+            self.sink.push(Location::UNKNOWN, "limits.max_header_bytes", "must be between 8192 and 1048576");
+            ok = false;
+        }
+        if !(1..=1000).contains(&l.max_headers) {
+            self.sink.push(Location::UNKNOWN, "limits.max_headers", "must be between 1 and 1000");
+            ok = false;
+        }
+        if l.max_body_bytes == 0 {
+            self.sink.push(Location::UNKNOWN, "limits.max_body_bytes", "must be at least 1");
+            ok = false;
+        }
+        if l.max_connections == 0 {
+            self.sink.push(Location::UNKNOWN, "limits.max_connections", "must be at least 1");
+            ok = false;
+        }
+        Some(Limits {
+            max_body_bytes: l.max_body_bytes,
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            header_read_timeout: header_read_timeout?,
+            idle_timeout: idle_timeout?,
+            max_connections: l.max_connections,
+            drain_timeout: drain_timeout?,
+        })
+        .filter(|_| ok)
+    }
+
+    fn access_log(&mut self, a: &AccessLogSection) -> LogSink {
+        if !a.enabled {
+            return LogSink::Off;
+        }
+        let Some(path) = &a.path else {
+            return LogSink::Stdout;
+        };
+        let full = self.path(&path.value);
+        match full.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                self.sink.push(
+                    path.referenced,
+                    "access_log.path",
+                    format!("folder `{}` does not exist", dir.display()),
+                );
+            }
+            _ => {}
+        }
+        LogSink::File(full)
+    }
+
+    fn name(&mut self, value: &Spanned<String>, field: &str, what: &str) -> bool {
+        let v = &value.value;
+        let ok = !v.is_empty()
+            && v.len() <= 64
+            && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !ok {
+            self.sink.push(
+                value.referenced,
+                field,
+                format!("{what} `{v}` must be 1-64 characters of a-z, 0-9, `-` and `_`"),
+            );
+        }
+        ok
+    }
+
+    fn api(&mut self, api: &ApiDef, field: &str) -> Option<(String, HashMap<String, Arc<StageRoutes>>)> {
+        let id_ok = self.name(&api.id, &format!("{field}.id"), "API id");
+        let mut specs = Vec::new();
+        let mut shape: Router<()> = Router::default();
+        for (i, route) in api.routes.iter().enumerate() {
+            let rfield = format!("{field}.routes[{i}]");
+            let parsed = match parse_route_key(&route.route.value) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.sink.push(route.route.referenced, format!("{rfield}.route"), e);
+                    None
+                }
+            };
+            let integration = self.integration(&route.integration, &format!("{rfield}.integration"));
+            let Some((method, pattern)) = parsed else {
+                continue;
+            };
+            if shape.insert(method.clone(), &pattern, ()).is_err() {
+                self.sink.push(
+                    route.route.referenced,
+                    format!("{rfield}.route"),
+                    format!("route `{}` is declared twice", route.route.value),
+                );
+                continue;
+            }
+            if let Some(integration) = integration {
+                specs.push(RouteSpec { key: route.route.value.clone(), method, pattern, integration, field: rfield });
+            }
+        }
+        let mut stages = HashMap::new();
+        for (i, stage) in api.stages.iter().enumerate() {
+            let sfield = format!("{field}.stages[{i}]");
+            if !self.name(&stage.name, &format!("{sfield}.name"), "stage name") {
+                continue;
+            }
+            let routes = self.stage(&api.id.value, stage, &specs, &sfield);
+            if stages.insert(stage.name.value.clone(), Arc::new(routes)).is_some() {
+                self.sink.push(
+                    stage.name.referenced,
+                    format!("{sfield}.name"),
+                    format!("stage `{}` is declared twice", stage.name.value),
+                );
+            }
+        }
+        id_ok.then(|| (api.id.value.clone(), stages))
+    }
+
+    fn stage(&mut self, api: &str, stage: &StageDef, specs: &[RouteSpec], field: &str) -> StageRoutes {
+        let stage_name = stage.name.value.as_str();
+        let log_template = stage.access_log_format.as_ref().and_then(|f| match LogTemplate::parse(&f.value) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                self.sink.push(f.referenced, format!("{field}.access_log_format"), e);
+                None
+            }
+        });
+        let mut router = Router::default();
+        for spec in specs {
+            let integration = match &spec.integration {
+                IntegrationSpec::Mock(m) => Integration::Mock(m.clone()),
+                IntegrationSpec::Proxy { uri, timeout, retry, client } => {
+                    let ufield = format!("{}.integration.uri", spec.field);
+                    let text = match substitute_stage_variables(&uri.value, &stage.variables) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            self.sink.push(uri.referenced, ufield, format!("on stage `{stage_name}`: {e}"));
+                            continue;
+                        }
+                    };
+                    match UpstreamTemplate::compile(&text, &spec.pattern.param_names()) {
+                        Ok(upstream) => Integration::Proxy(ProxyIntegration {
+                            upstream,
+                            timeout: *timeout,
+                            retry: retry.as_ref().map(|r| RetryPolicy::new(r.attempts, r.budget_percent)),
+                            client: client.clone(),
+                        }),
+                        Err(e) => {
+                            self.sink.push(uri.referenced, ufield, format!("on stage `{stage_name}`: {e}"));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let observer = Arc::new(RouteObserver::new(api, stage_name, &spec.key, log_template.clone()));
+            // Duplicates were refused when the routes were parsed.
+            let _ = router.insert(spec.method.clone(), &spec.pattern, RouteTarget { integration, observer });
+        }
+        StageRoutes {
+            api: api.into(),
+            stage: stage_name.into(),
+            router,
+            unrouted: Arc::new(RouteObserver::new(api, stage_name, "", log_template)),
+        }
+    }
+
+    fn integration(&mut self, def: &IntegrationDef, field: &str) -> Option<IntegrationSpec> {
+        let kind = def.kind.value;
+        let misplaced = |sink: &mut ErrorSink, present: bool, loc: Location, name: &str| {
+            if present {
+                sink.push(
+                    loc,
+                    format!("{field}.{name}"),
+                    format!("`{name}` does not apply to a `{}` integration", kind_name(kind)),
+                );
+            }
+        };
+        match kind {
+            IntegrationKind::Mock => {
+                misplaced(&mut self.sink, def.uri.is_some(), loc(&def.uri), "uri");
+                misplaced(&mut self.sink, def.timeout.is_some(), loc(&def.timeout), "timeout");
+                misplaced(&mut self.sink, def.retry.is_some(), loc(&def.retry), "retry");
+                misplaced(&mut self.sink, def.ca_file.is_some(), loc(&def.ca_file), "ca_file");
+                let status = match &def.status {
+                    None => Some(StatusCode::OK),
+                    Some(s) => match StatusCode::from_u16(s.value) {
+                        Ok(code) if (200..600).contains(&s.value) => Some(code),
+                        _ => {
+                            self.sink.push(
+                                s.referenced,
+                                format!("{field}.status"),
+                                format!("{} is not a status code from 200 to 599", s.value),
+                            );
+                            None
+                        }
+                    },
+                };
+                let mut headers = HeaderMap::new();
+                if let Some(h) = &def.headers {
+                    for (name, value) in &h.value {
+                        match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+                            (Ok(n), Ok(v)) => {
+                                headers.append(n, v);
+                            }
+                            _ => self.sink.push(
+                                h.referenced,
+                                format!("{field}.headers.{name}"),
+                                "not a valid header name and value",
+                            ),
+                        }
+                    }
+                }
+                let body = def.body.as_ref().map_or_else(Bytes::new, |b| Bytes::from(b.value.clone()));
+                Some(IntegrationSpec::Mock(MockIntegration { status: status?, headers, body }))
+            }
+            IntegrationKind::HttpProxy => {
+                misplaced(&mut self.sink, def.status.is_some(), loc(&def.status), "status");
+                misplaced(&mut self.sink, def.headers.is_some(), loc(&def.headers), "headers");
+                misplaced(&mut self.sink, def.body.is_some(), loc(&def.body), "body");
+                let Some(uri) = &def.uri else {
+                    self.sink.push(
+                        def.kind.referenced,
+                        format!("{field}.uri"),
+                        "an `http_proxy` integration needs `uri`",
+                    );
+                    return None;
+                };
+                // Check the template's shape now, with placeholder stage variables; each
+                // stage checks its own values again.
+                let placeholders: BTreeMap<String, String> =
+                    stage_variable_names(&uri.value).into_iter().map(|n| (n, "stage-variable".to_string())).collect();
+                if let Err(e) = substitute_stage_variables(&uri.value, &placeholders) {
+                    self.sink.push(uri.referenced, format!("{field}.uri"), e);
+                    return None;
+                }
+                let timeout = match &def.timeout {
+                    None => Some(DEFAULT_TIMEOUT),
+                    Some(t) => self.duration(t, &format!("{field}.timeout")).and_then(|d| {
+                        if d > MAX_TIMEOUT {
+                            self.sink.push(t.referenced, format!("{field}.timeout"), "must be at most 5m");
+                            None
+                        } else {
+                            Some(d)
+                        }
+                    }),
+                };
+                let retry = def.retry.as_ref().and_then(|r| {
+                    let mut ok = true;
+                    if !(1..=5).contains(&r.value.attempts) {
+                        self.sink.push(r.referenced, format!("{field}.retry.attempts"), "must be from 1 to 5");
+                        ok = false;
+                    }
+                    if !(1..=100).contains(&r.value.budget_percent) {
+                        self.sink.push(r.referenced, format!("{field}.retry.budget_percent"), "must be from 1 to 100");
+                        ok = false;
+                    }
+                    ok.then(|| r.value.clone())
+                });
+                let client = match &def.ca_file {
+                    None => shared_client(),
+                    Some(f) => client_with_ca(&self.path(&f.value)).map(Arc::new),
+                };
+                let client = match client {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        self.sink.push(
+                            def.ca_file.as_ref().map_or(uri.referenced, |f| f.referenced),
+                            format!("{field}.ca_file"),
+                            e,
+                        );
+                        None
+                    }
+                };
+                if def.retry.is_some() && retry.is_none() {
+                    return None;
+                }
+                Some(IntegrationSpec::Proxy { uri: uri.clone(), timeout: timeout?, retry, client: client? })
+            }
+        }
+    }
+
+    fn domains(
+        &mut self,
+        domains: &[DomainDef],
+        apis: &HashMap<String, HashMap<String, Arc<StageRoutes>>>,
+        https: bool,
+    ) -> (HashMap<String, Vec<BaseMapping>>, DomainCertificates) {
+        let mut table = HashMap::new();
+        let mut certificates = DomainCertificates::default();
+        for (i, d) in domains.iter().enumerate() {
+            let field = format!("domains[{i}]");
+            let name = d.name.value.to_ascii_lowercase();
+            if !valid_host(&name) {
+                self.sink.push(
+                    d.name.referenced,
+                    format!("{field}.name"),
+                    format!("`{}` is not a host name", d.name.value),
+                );
+                continue;
+            }
+            match (&d.certificate, &d.key) {
+                (Some(c), Some(k)) => match load_certified_key(&self.path(&c.value), &self.path(&k.value)) {
+                    Ok(key) => certificates.insert(&name, key),
+                    Err(e) => self.sink.push(c.referenced, format!("{field}.certificate"), e),
+                },
+                (Some(c), None) => {
+                    self.sink.push(c.referenced, format!("{field}.key"), "a certificate needs its `key`")
+                }
+                (None, Some(k)) => {
+                    self.sink.push(k.referenced, format!("{field}.certificate"), "a key needs its `certificate`")
+                }
+                (None, None) if https => self.sink.push(
+                    d.name.referenced,
+                    format!("{field}.certificate"),
+                    "the https listener is on, so every domain needs `certificate` and `key`",
+                ),
+                (None, None) => {}
+            }
+            let mut mappings: Vec<BaseMapping> = Vec::new();
+            for (j, m) in d.mappings.iter().enumerate() {
+                let mfield = format!("{field}.mappings[{j}]");
+                let base = m.base_path.value.trim_end_matches('/').to_string();
+                if !m.base_path.value.starts_with('/')
+                    || base.contains("//")
+                    || base.contains(['{', '}', '?', '#', ' '])
+                {
+                    self.sink.push(
+                        m.base_path.referenced,
+                        format!("{mfield}.base_path"),
+                        format!("`{}` is not a base path like `/` or `/v1`", m.base_path.value),
+                    );
+                    continue;
+                }
+                let Some(stages) = apis.get(&m.api.value) else {
+                    self.sink.push(
+                        m.api.referenced,
+                        format!("{mfield}.api"),
+                        format!("no API has id `{}`", m.api.value),
+                    );
+                    continue;
+                };
+                let Some(stage) = stages.get(&m.stage.value) else {
+                    self.sink.push(
+                        m.stage.referenced,
+                        format!("{mfield}.stage"),
+                        format!("API `{}` has no stage `{}`", m.api.value, m.stage.value),
+                    );
+                    continue;
+                };
+                if mappings.iter().any(|x| x.base_path == base) {
+                    self.sink.push(
+                        m.base_path.referenced,
+                        format!("{mfield}.base_path"),
+                        format!("base path `{}` is mapped twice", m.base_path.value),
+                    );
+                    continue;
+                }
+                mappings.push(BaseMapping { base_path: base, stage: stage.clone() });
+            }
+            mappings.sort_by_key(|m| std::cmp::Reverse(m.base_path.len()));
+            if table.insert(name.clone(), mappings).is_some() {
+                self.sink.push(
+                    d.name.referenced,
+                    format!("{field}.name"),
+                    format!("domain `{name}` is declared twice"),
+                );
+            }
+        }
+        (table, certificates)
+    }
+}
+
+fn loc<T>(v: &Option<Spanned<T>>) -> Location {
+    v.as_ref().map_or(Location::UNKNOWN, |s| s.referenced)
+}
+
+fn kind_name(kind: IntegrationKind) -> &'static str {
+    match kind {
+        IntegrationKind::HttpProxy => "http_proxy",
+        IntegrationKind::Mock => "mock",
+    }
+}
+
+fn stage_variable_names(text: &str) -> Vec<String> {
+    text.split("${stageVariables.")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_string()))
+        .collect()
+}
+
+/// A DNS host name, optionally with one leading `*.` label.
+fn valid_host(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}

@@ -1,0 +1,156 @@
+//! The gateway configuration: the file format, its validation and its compilation.
+//!
+//! ```yaml
+//! listen: { http: 127.0.0.1:8080 }
+//! apis:
+//!   - id: pets
+//!     routes:
+//!       - route: GET /pets/{id}
+//!         integration: { type: http_proxy, uri: "http://${stageVariables.backend}/pets/{id}" }
+//!     stages:
+//!       - name: prod
+//!         variables: { backend: 127.0.0.1:9000 }
+//! ```
+//!
+//! [`load_file`] turns such a file into a [`GatewayConfig`] or a [`ConfigErrors`] listing
+//! every problem with its line. `docs/CONFIG.md` documents every field.
+
+mod compile;
+mod duration;
+mod errors;
+pub mod model;
+pub mod table;
+
+pub use compile::{load_file, parse_str};
+pub use duration::parse_duration;
+pub use errors::{ConfigError, ConfigErrors};
+pub use table::{GatewayConfig, Limits, RoutingTable, StageRoutes};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        match parse_str(text, "test.yaml", Path::new("/nonexistent")) {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.errors,
+        }
+    }
+
+    const GOOD: &str = r#"
+listen: { http: 127.0.0.1:0 }
+apis:
+  - id: pets
+    routes:
+      - route: GET /pets/{id}
+        integration: { type: http_proxy, uri: "http://${stageVariables.backend}/pets/{id}", timeout: 2s }
+      - route: ANY /{proxy+}
+        integration: { type: mock, status: 200, body: hello }
+    stages:
+      - name: prod
+        variables: { backend: "127.0.0.1:9000" }
+domains:
+  - name: api.example.com
+    mappings:
+      - { base_path: /v1, api: pets, stage: prod }
+"#;
+
+    #[test]
+    fn a_good_file_compiles() {
+        let config = parse_str(GOOD, "good.yaml", Path::new(".")).unwrap();
+        let stage = &config.table.apis["pets"]["prod"];
+        assert_eq!(stage.router.values().len(), 2);
+        assert_eq!(config.table.domains["api.example.com"][0].base_path, "/v1");
+        assert_eq!(config.limits.max_body_bytes, 10 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_field_names_the_field_and_line() {
+        let e = errors("listen: { http: 127.0.0.1:0 }\napis:\n  - id: pets\n    rouets: []\n");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, 4, "{e:?}");
+        assert!(e[0].message.contains("rouets"), "{e:?}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_listed_with_its_line() {
+        let text = r#"
+listen: { http: "not-an-address" }
+apis:
+  - id: pets
+    routes:
+      - route: GET /pets/{id
+        integration: { type: mock }
+      - route: GET /ok
+        integration: { type: http_proxy, uri: "http://${stageVariables.nope}/x", status: 201 }
+    stages:
+      - name: prod
+domains:
+  - name: api.example.com
+    certificate: missing.pem
+    key: missing.key
+    mappings:
+      - { api: pets, stage: staging }
+"#;
+        let e = errors(text);
+        let lines: Vec<u64> = e.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [2, 6, 9, 9, 14, 17], "{e:#?}");
+        assert!(e[0].field == "listen.http");
+        assert!(e[1].message.contains("without closing"));
+        assert!(e.iter().any(|x| x.message.contains("stage variable `nope`")));
+        assert!(e.iter().any(|x| x.field.ends_with("integration.status")));
+        assert!(e[4].message.contains("missing.pem"));
+        assert!(e[5].message.contains("no stage `staging`"));
+    }
+
+    #[test]
+    fn duplicate_routes_and_ids_are_refused() {
+        let text = r#"
+apis:
+  - id: a
+    routes:
+      - { route: "GET /x/{a}", integration: { type: mock } }
+      - { route: "GET /x/{b}", integration: { type: mock } }
+  - id: a
+"#;
+        let e = errors(text);
+        assert!(e.iter().any(|x| x.message.contains("declared twice") && x.line == 6), "{e:#?}");
+        assert!(e.iter().any(|x| x.message.contains("used twice") && x.line == 7), "{e:#?}");
+    }
+
+    #[test]
+    fn https_needs_certificates() {
+        let text = "listen: { https: 127.0.0.1:0 }\ndomains:\n  - name: a.example\n";
+        let e = errors(text);
+        assert!(e[0].message.contains("needs `certificate`"), "{e:#?}");
+    }
+
+    #[test]
+    fn small_header_buffers_are_refused() {
+        let e = errors("limits: { max_header_bytes: 100 }\n");
+        assert_eq!(e[0].field, "limits.max_header_bytes");
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(text in "\\PC{0,200}") {
+            let _ = parse_str(&text, "fuzz.yaml", Path::new("/nonexistent"));
+        }
+
+        #[test]
+        fn parser_never_panics_on_yaml_shaped_input(
+            keys in proptest::collection::vec("(listen|apis|id|routes|route|integration|type|uri|stages|name|domains|mappings|limits|http)", 1..8),
+            values in proptest::collection::vec("[-a-z0-9:/{}.$ ]{0,12}", 1..8),
+            indents in proptest::collection::vec(0usize..4, 1..8),
+        ) {
+            let mut text = String::new();
+            for ((k, v), i) in keys.iter().zip(values.iter().cycle()).zip(indents.iter().cycle()) {
+                text.push_str(&"  ".repeat(*i));
+                text.push_str(&format!("{k}: {v}\n"));
+            }
+            let _ = parse_str(&text, "fuzz.yaml", Path::new("/nonexistent"));
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The gateway configuration file as serde types.
+//!
+//! These types mirror the YAML an operator writes, field for field, with
+//! `deny_unknown_fields` everywhere so a typo is an error rather than a silently ignored
+//! setting. Values that need checking beyond their YAML type (addresses, durations, path
+//! patterns, URIs, file paths) are kept as [`Spanned`] strings so that
+//! [`compile`](super::compile) can report every bad value with its line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+pub use serde_saphyr::Spanned;
+
+/// A whole gateway configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    #[serde(default)]
+    pub listen: ListenSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub access_log: AccessLogSection,
+    #[serde(default)]
+    pub apis: Vec<ApiDef>,
+    #[serde(default)]
+    pub domains: Vec<DomainDef>,
+}
+
+/// Where the gateway accepts API traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// Cleartext HTTP/1.1 and HTTP/2 (prior knowledge), e.g. `127.0.0.1:8080`.
+    pub http: Option<Spanned<String>>,
+    /// TLS with SNI over the configured domains; HTTP/2 and HTTP/1.1 by ALPN.
+    pub https: Option<Spanned<String>>,
+}
+
+impl Default for ListenSection {
+    fn default() -> Self {
+        ListenSection { http: Some(unspanned("127.0.0.1:8080".into())), https: None }
+    }
+}
+
+/// The admin listener: metrics, health, reload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<String>,
+    /// A file holding the bearer token for mutating admin calls. Without one, only
+    /// `/metrics`, `/healthz` and `/readyz` are served and reload goes through SIGHUP.
+    pub token_file: Option<Spanned<String>>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection { listen: default_admin_listen(), token_file: None }
+    }
+}
+
+fn default_admin_listen() -> Spanned<String> {
+    unspanned("127.0.0.1:9901".into())
+}
+
+/// Protective limits applied to every client connection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Spanned<String>,
+    pub idle_timeout: Spanned<String>,
+    pub max_connections: usize,
+    pub drain_timeout: Spanned<String>,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            header_read_timeout: unspanned("10s".into()),
+            idle_timeout: unspanned("60s".into()),
+            max_connections: 10_000,
+            drain_timeout: unspanned("30s".into()),
+        }
+    }
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A file to append to; standard output when absent.
+    pub path: Option<Spanned<String>>,
+}
+
+impl Default for AccessLogSection {
+    fn default() -> Self {
+        AccessLogSection { enabled: true, path: None }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One API: its routes and the stages it is served on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiDef {
+    pub id: Spanned<String>,
+    pub name: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: ApiKind,
+    #[serde(default)]
+    pub routes: Vec<RouteDef>,
+    #[serde(default)]
+    pub stages: Vec<StageDef>,
+}
+
+/// The API flavours of a managed gateway; they share one data plane.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiKind {
+    Rest,
+    #[default]
+    Http,
+    Websocket,
+}
+
+/// `route: "GET /pets/{id}"` and what serves it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDef {
+    pub route: Spanned<String>,
+    pub integration: IntegrationDef,
+}
+
+/// How a route is served. One struct for every kind so that each field keeps its line;
+/// [`compile`](super::compile) rejects fields that do not belong to the chosen kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationDef {
+    #[serde(rename = "type")]
+    pub kind: Spanned<IntegrationKind>,
+    /// `http_proxy`: upstream URI template, e.g. `http://${stageVariables.backend}/pets/{id}`.
+    pub uri: Option<Spanned<String>>,
+    /// `http_proxy`: how long to wait for the upstream's response headers (default 29s).
+    pub timeout: Option<Spanned<String>>,
+    /// `http_proxy`: retries for idempotent requests without a body.
+    pub retry: Option<Spanned<RetryDef>>,
+    /// `http_proxy`: a PEM file of CA certificates to trust for an `https` upstream
+    /// instead of the system roots.
+    pub ca_file: Option<Spanned<String>>,
+    /// `mock`: the status code (default 200).
+    pub status: Option<Spanned<u16>>,
+    /// `mock`: response headers.
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    /// `mock`: response body.
+    pub body: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntegrationKind {
+    HttpProxy,
+    Mock,
+}
+
+/// Retry policy of an `http_proxy` integration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryDef {
+    /// Extra attempts after the first (1..=5).
+    pub attempts: u32,
+    /// Retries may add at most this percentage of the route's requests (default 20).
+    #[serde(default = "default_retry_budget")]
+    pub budget_percent: u32,
+}
+
+fn default_retry_budget() -> u32 {
+    20
+}
+
+/// A stage: the name an API is served under, with its variables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageDef {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// Access-log line template such as `"$request_id $status $latency_ms"`; the default
+    /// is one JSON object with every field.
+    pub access_log_format: Option<Spanned<String>>,
+}
+
+/// A custom domain: its certificate and the APIs it serves under base paths.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainDef {
+    pub name: Spanned<String>,
+    /// PEM certificate chain file (needed when the HTTPS listener is on).
+    pub certificate: Option<Spanned<String>>,
+    /// PEM private key file.
+    pub key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub mappings: Vec<MappingDef>,
+}
+
+/// `(domain, base path) → (api, stage)`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingDef {
+    #[serde(default = "root_path")]
+    pub base_path: Spanned<String>,
+    pub api: Spanned<String>,
+    pub stage: Spanned<String>,
+}
+
+fn root_path() -> Spanned<String> {
+    unspanned("/".into())
+}
+
+fn unspanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(value, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+}

@@ -1,0 +1,81 @@
+//! The compiled, immutable routing table a configuration revision becomes.
+//!
+//! Everything the request path needs is prepared here: routers, upstream templates with
+//! stage variables substituted, mock responses, metric handles and log templates. A reload
+//! builds a new table and swaps it in whole; requests in flight keep the one they started
+//! with.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::gateway::tls::DomainCertificates;
+use crate::integration::Integration;
+use crate::observe::access_log::LogSink;
+use crate::observe::completion::RouteObserver;
+use crate::pipeline::route::Router;
+
+/// What serves one route of one stage.
+#[derive(Debug)]
+pub struct RouteTarget {
+    pub integration: Integration,
+    pub observer: Arc<RouteObserver>,
+}
+
+/// The routes of one API as served on one stage.
+#[derive(Debug)]
+pub struct StageRoutes {
+    pub api: Arc<str>,
+    pub stage: Arc<str>,
+    pub router: Router<RouteTarget>,
+    /// Counts and logs requests that reach the stage but match no route.
+    pub unrouted: Arc<RouteObserver>,
+}
+
+/// `base_path → stage` on a custom domain. The root mapping has an empty base path.
+#[derive(Debug)]
+pub struct BaseMapping {
+    pub base_path: String,
+    pub stage: Arc<StageRoutes>,
+}
+
+/// One configuration revision, compiled.
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// Counts reloads in this process; replaced by the cluster revision once config is
+    /// replicated.
+    pub revision: u64,
+    /// Lower-case host → mappings, longest base path first.
+    pub domains: HashMap<String, Vec<BaseMapping>>,
+    /// API id → stage name → routes, for the default endpoint `/{stage}/...`.
+    pub apis: HashMap<String, HashMap<String, Arc<StageRoutes>>>,
+    /// Counts and logs requests that match no API at all.
+    pub unrouted: Arc<RouteObserver>,
+}
+
+/// Protective limits of the listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+}
+
+/// A validated configuration file, ready to serve.
+#[derive(Debug)]
+pub struct GatewayConfig {
+    pub listen_http: Option<SocketAddr>,
+    pub listen_https: Option<SocketAddr>,
+    pub admin_listen: SocketAddr,
+    /// Bearer token for mutating admin calls, read from `admin.token_file`.
+    pub admin_token: Option<String>,
+    pub limits: Limits,
+    pub access_log: LogSink,
+    pub table: RoutingTable,
+    pub certificates: DomainCertificates,
+}

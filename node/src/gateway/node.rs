@@ -1,0 +1,235 @@
+//! A running gateway node: its listeners, its current routing table, reload and shutdown.
+//!
+//! [`Node::start`] validates the configuration, binds every listener (failing clearly if an
+//! address is taken), and starts serving. [`Reloader::reload`] re-reads the configuration
+//! and swaps the routing table and certificates atomically; a bad file is rejected with
+//! all its errors and the running configuration keeps serving. Listener addresses and
+//! limits take effect at the next start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use super::listener;
+use super::tls::{SniResolver, server_config};
+use crate::admin::{self, AdminState};
+use crate::config::{ConfigErrors, GatewayConfig, Limits, RoutingTable, load_file, parse_str};
+use crate::observe::access_log::AccessLog;
+use crate::pipeline::Pipeline;
+
+/// Where a node's configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// Configuration text held in memory (the demo's), with a name for errors.
+    Text {
+        name: String,
+        text: String,
+    },
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<GatewayConfig, ConfigErrors> {
+        match self {
+            ConfigSource::File(path) => load_file(path),
+            ConfigSource::Text { name, text } => parse_str(text, name, std::path::Path::new(".")),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("metrics setup failed: {0}")]
+    Metrics(String),
+}
+
+/// Re-reads the configuration and swaps it in.
+pub struct Reloader {
+    source: ConfigSource,
+    table: Arc<ArcSwap<RoutingTable>>,
+    sni: Arc<SniResolver>,
+    revision: AtomicU64,
+    serialize: Mutex<()>,
+    started_with: (Option<SocketAddr>, Option<SocketAddr>, SocketAddr, Limits),
+}
+
+impl Reloader {
+    /// The revision being served (1 at start, +1 per successful reload).
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+
+    /// Loads, validates and swaps in the configuration; blocking (reads files).
+    pub fn reload(&self) -> Result<u64, ConfigErrors> {
+        let _one_at_a_time = self.serialize.lock().unwrap_or_else(|p| p.into_inner());
+        let config = match self.source.load() {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!("meridian_config_reloads_total", "result" => "rejected").increment(1);
+                tracing::error!(errors = %e, "reload rejected; the running configuration keeps serving");
+                return Err(e);
+            }
+        };
+        let now = (config.listen_http, config.listen_https, config.admin_listen, config.limits.clone());
+        if now != self.started_with {
+            tracing::warn!("listener addresses and limits changed: they take effect at the next restart");
+        }
+        let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut table = config.table;
+        table.revision = revision;
+        self.sni.replace(config.certificates);
+        self.table.store(Arc::new(table));
+        metrics::counter!("meridian_config_reloads_total", "result" => "applied").increment(1);
+        metrics::gauge!("meridian_config_revision").set(revision as f64);
+        tracing::info!(revision, "configuration reloaded");
+        Ok(revision)
+    }
+}
+
+/// A started node.
+pub struct Node {
+    pub http_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    reloader: Arc<Reloader>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    access_log: AccessLog,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+impl Node {
+    /// Validates the configuration, binds the listeners and starts serving.
+    pub async fn start(source: ConfigSource) -> Result<Node, NodeError> {
+        // The recorder must exist before compiling: routes bind their metric handles then.
+        let metrics = admin::metrics_handle().map_err(NodeError::Metrics)?;
+        let config = source.load()?;
+        let access_log = AccessLog::open(config.access_log.clone()).map_err(NodeError::AccessLog)?;
+
+        let http = match config.listen_http {
+            Some(a) => Some(bind("http", a).await?),
+            None => None,
+        };
+        let https = match config.listen_https {
+            Some(a) => Some(bind("https", a).await?),
+            None => None,
+        };
+        let admin_listener = bind("admin", config.admin_listen).await?;
+        let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let (http_addr, https_addr) = (local(&http), local(&https));
+        let admin_addr = admin_listener.local_addr().map_err(|source| NodeError::Bind {
+            what: "admin",
+            addr: config.admin_listen,
+            source,
+        })?;
+
+        let sni = Arc::new(SniResolver::new(config.certificates));
+        let mut table = config.table;
+        table.revision = 1;
+        let table = Arc::new(ArcSwap::from_pointee(table));
+        let limits = config.limits;
+        let reloader = Arc::new(Reloader {
+            source,
+            table: table.clone(),
+            sni: sni.clone(),
+            revision: AtomicU64::new(1),
+            serialize: Mutex::new(()),
+            started_with: (config.listen_http, config.listen_https, config.admin_listen, limits.clone()),
+        });
+        metrics::gauge!("meridian_config_revision").set(1.0);
+
+        let pipeline = Arc::new(Pipeline::new(table, limits.max_body_bytes, access_log.clone()));
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let (shutdown, stop) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if let Some(l) = http {
+            tasks.push(tokio::spawn(listener::serve(
+                l,
+                None,
+                pipeline.clone(),
+                limits.clone(),
+                connections.clone(),
+                stop.clone(),
+            )));
+        }
+        if let Some(l) = https {
+            let acceptor = TlsAcceptor::from(Arc::new(server_config(sni)?));
+            tasks.push(tokio::spawn(listener::serve(
+                l,
+                Some(acceptor),
+                pipeline.clone(),
+                limits.clone(),
+                connections.clone(),
+                stop.clone(),
+            )));
+        }
+        let admin_state = Arc::new(AdminState { metrics, reloader: reloader.clone(), token: config.admin_token });
+        tasks.push(tokio::spawn(admin::serve(admin_listener, admin_state, stop)));
+        Ok(Node { http_addr, https_addr, admin_addr, reloader, shutdown, tasks, access_log })
+    }
+
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
+    /// The bound addresses as JSON, for `--ready-file` and tools that start nodes.
+    pub fn addresses_json(&self) -> String {
+        serde_json::json!({
+            "http": self.http_addr.map(|a| a.to_string()),
+            "https": self.https_addr.map(|a| a.to_string()),
+            "admin": self.admin_addr.to_string(),
+            "pid": std::process::id(),
+        })
+        .to_string()
+    }
+
+    /// Stops accepting, drains in-flight requests (up to the drain timeout) and flushes
+    /// the access log.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+        self.access_log.close();
+    }
+
+    /// Serves until SIGINT or SIGTERM; SIGHUP reloads the configuration.
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    let reloader = self.reloader.clone();
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                }
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
+        tracing::info!("shutting down: draining in-flight requests");
+        self.shutdown().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! TLS for custom domains: one certificate per domain on one port, chosen by SNI.
+//!
+//! The resolver holds the certificate set in an [`ArcSwap`], so a reload that changes a
+//! certificate takes effect for the next handshake without restarting the listener. A
+//! handshake whose SNI names no configured domain is refused (`unrecognized_name`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// Certificates by lower-case domain name; `*.example.com` entries match one label.
+#[derive(Debug, Default, Clone)]
+pub struct DomainCertificates {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl DomainCertificates {
+    pub fn insert(&mut self, name: &str, key: Arc<CertifiedKey>) {
+        self.by_name.insert(name.to_ascii_lowercase(), key);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The certificate for `server_name`: exact name first, then a wildcard.
+    pub fn find(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
+        let name = server_name.to_ascii_lowercase();
+        if let Some(k) = self.by_name.get(&name) {
+            return Some(k.clone());
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.by_name.get(&format!("*.{parent}")).cloned()
+    }
+}
+
+/// Reads a PEM certificate chain and private key and checks that they belong together.
+pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| format!("cannot read certificate `{}`: {e}", cert_file.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("`{}` is not a PEM certificate chain: {e}", cert_file.display()))?;
+    if chain.is_empty() {
+        return Err(format!("`{}` holds no certificate", cert_file.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("cannot read a private key from `{}`: {e}", key_file.display()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        format!("certificate `{}` and key `{}` do not fit: {e}", cert_file.display(), key_file.display())
+    })?;
+    Ok(Arc::new(certified))
+}
+
+/// Picks the certificate by SNI from the current set.
+#[derive(Debug)]
+pub struct SniResolver {
+    current: ArcSwap<DomainCertificates>,
+}
+
+impl SniResolver {
+    pub fn new(certificates: DomainCertificates) -> Self {
+        SniResolver { current: ArcSwap::from_pointee(certificates) }
+    }
+
+    /// Swaps in a reloaded certificate set.
+    pub fn replace(&self, certificates: DomainCertificates) {
+        self.current.store(Arc::new(certificates));
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load().find(hello.server_name()?)
+    }
+}
+
+/// The server TLS configuration: ALPN `h2` then `http/1.1`, certificates by SNI.
+pub fn server_config(resolver: Arc<SniResolver>) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -1,0 +1,25 @@
+//! The Meridian gateway node.
+//!
+//! A node reads a declarative gateway configuration, compiles it into an immutable
+//! [`config::RoutingTable`], and serves API traffic through a pipeline of small stages
+//! (see [`pipeline`]). The `meridian` binary in `main.rs` is a thin shell over this library.
+//!
+//! Where things live:
+//! - [`config`]: the YAML model, validation with line-numbered errors, compilation.
+//! - [`gateway`]: listeners, TLS/SNI, HTTP/1.1 + HTTP/2 serving, limits, reload, shutdown.
+//! - [`pipeline`]: the request path, one module per stage, run in order.
+//! - [`integration`]: calling upstreams (HTTP proxy, mock, WebSocket pass-through).
+//! - [`observe`]: access log and metrics.
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`, reload).
+//! - [`demo`]: the built-in echo backend and sample API behind `meridian demo`.
+//! - [`cli`]: the clap commands.
+
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod integration;
+pub mod observe;
+pub mod pipeline;

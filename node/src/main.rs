@@ -1,0 +1,45 @@
+//! The `meridian` binary: parse the command line, set up logging and the runtime, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use meridian_node::cli::{Cli, run};
+
+fn main() -> ExitCode {
+    // One crypto provider for the whole process (ring); see CRATES.md.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let workers = match cli.worker_count() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("meridian: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meridian: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meridian: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

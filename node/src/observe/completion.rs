@@ -1,0 +1,142 @@
+//! The end of a request: the response body that writes the access-log line and the
+//! request metrics when it is finished or dropped.
+//!
+//! Logging at the end of the body (rather than when headers are ready) makes `bytes` and
+//! the total latency true for streamed responses, and a client that disconnects mid-body
+//! is still logged.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use metrics::Gauge;
+
+use super::access_log::{AccessLog, LogEntry, LogTemplate};
+use super::metrics::RouteMetrics;
+use crate::body::{BoxError, ResponseBody};
+
+/// Names and handles of what served a request: a route of a stage, or nothing.
+#[derive(Debug)]
+pub struct RouteObserver {
+    pub api: Arc<str>,
+    pub stage: Arc<str>,
+    pub route: Arc<str>,
+    pub metrics: RouteMetrics,
+    pub log_template: Option<Arc<LogTemplate>>,
+}
+
+impl RouteObserver {
+    pub fn new(api: &str, stage: &str, route: &str, log_template: Option<Arc<LogTemplate>>) -> Self {
+        RouteObserver {
+            api: api.into(),
+            stage: stage.into(),
+            route: route.into(),
+            metrics: RouteMetrics::new(api, stage, route),
+            log_template,
+        }
+    }
+}
+
+/// Everything needed to log and count a request once its response is done.
+#[derive(Debug)]
+pub struct Completion {
+    pub request_id: HeaderValue,
+    pub client: IpAddr,
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub started: Instant,
+    pub status: u16,
+    pub integration_latency: Option<Duration>,
+    pub observer: Arc<RouteObserver>,
+    pub log: AccessLog,
+    pub in_flight: Gauge,
+}
+
+impl Completion {
+    fn finish(self, bytes: u64) {
+        let latency = self.started.elapsed();
+        self.observer.metrics.record(self.status, latency, self.integration_latency);
+        self.in_flight.decrement(1.0);
+        self.log.record(
+            &LogEntry {
+                time: SystemTime::now(),
+                request_id: self.request_id.to_str().unwrap_or("-"),
+                client: self.client,
+                method: &self.method,
+                path: self.uri.path(),
+                protocol: self.version,
+                route: &self.observer.route,
+                api: &self.observer.api,
+                stage: &self.observer.stage,
+                status: self.status,
+                bytes,
+                latency,
+                integration_latency: self.integration_latency,
+            },
+            self.observer.log_template.as_deref(),
+        );
+    }
+}
+
+/// A response body that reports its request when it ends or is dropped.
+#[derive(Debug)]
+pub struct ObservedBody {
+    inner: ResponseBody,
+    bytes: u64,
+    completion: Option<Completion>,
+}
+
+impl ObservedBody {
+    pub fn new(inner: ResponseBody, completion: Completion) -> Self {
+        ObservedBody { inner, bytes: 0, completion: Some(completion) }
+    }
+
+    fn finish(&mut self) {
+        if let Some(c) = self.completion.take() {
+            c.finish(self.bytes);
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

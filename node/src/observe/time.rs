@@ -1,0 +1,53 @@
+//! RFC 3339 timestamps without a calendar dependency.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Appends `time` as `2026-11-25T09:23:13.123Z` to `out`.
+pub fn write_rfc3339_millis(time: SystemTime, out: &mut String) {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let millis = since.subsec_millis();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    use std::fmt::Write;
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    );
+}
+
+/// Days since 1970-01-01 → (year, month, day), after Howard Hinnant's algorithm.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_known_instants() {
+        let mut s = String::new();
+        write_rfc3339_millis(UNIX_EPOCH, &mut s);
+        assert_eq!(s, "1970-01-01T00:00:00.000Z");
+        s.clear();
+        // 2026-11-25T09:23:13.250Z
+        write_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(1_795_598_593_250), &mut s);
+        assert_eq!(s, "2026-11-25T09:23:13.250Z");
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

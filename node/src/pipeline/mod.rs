@@ -1,0 +1,241 @@
+//! The request path: one pipeline of small stages, run in order.
+//!
+//! ```text
+//! request id → resolve (host, base path → api, stage) → route match
+//!   → policies (body limit; later: cors, auth, throttle, validate, cache)
+//!   → integration (http proxy | mock) → response headers → access log + metrics
+//! ```
+//!
+//! Routing stages produce what later stages need; each [`Policy`] sees the request head and
+//! the matched route and either lets the request through or rejects it with a
+//! [`Rejection`]. New policies are added to the list without touching the others. The
+//! routing table is loaded once per request from an [`ArcSwap`], so a reload never tears a
+//! request: it finishes on the table it started with.
+
+pub mod body_limit;
+pub mod headers;
+pub mod reject;
+pub mod request_id;
+pub mod resolve;
+pub mod route;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::{ALLOW, HOST};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use metrics::Gauge;
+
+pub use reject::Rejection;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::table::{RouteTarget, RoutingTable};
+use crate::integration::{Integration, ProxyIntegration, UpstreamError};
+use crate::observe::access_log::AccessLog;
+use crate::observe::completion::{Completion, ObservedBody, RouteObserver};
+use route::RouteMiss;
+
+/// A check between route match and integration.
+pub trait Policy: Send + Sync + 'static {
+    fn check(&self, parts: &Parts, route: &RouteTarget) -> Result<(), Rejection>;
+}
+
+/// What the pipeline knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub tls: bool,
+}
+
+/// The request path of a node, shared by all its connections.
+pub struct Pipeline {
+    table: Arc<ArcSwap<RoutingTable>>,
+    policies: Vec<Box<dyn Policy>>,
+    max_body_bytes: u64,
+    log: AccessLog,
+    in_flight: Gauge,
+}
+
+/// What serving produced, before the response is wrapped for logging.
+struct Served {
+    response: Response<ResponseBody>,
+    observer: Arc<RouteObserver>,
+    integration_latency: Option<Duration>,
+}
+
+impl Served {
+    fn rejected(rejection: Rejection, request_id: &HeaderValue, observer: &Arc<RouteObserver>) -> Served {
+        Served { response: rejection.into_response(request_id), observer: observer.clone(), integration_latency: None }
+    }
+}
+
+impl Pipeline {
+    pub fn new(table: Arc<ArcSwap<RoutingTable>>, max_body_bytes: u64, log: AccessLog) -> Self {
+        let policies: Vec<Box<dyn Policy>> = vec![Box::new(body_limit::BodyLimit { max_bytes: max_body_bytes })];
+        Pipeline { table, policies, max_body_bytes, log, in_flight: metrics::gauge!("meridian_requests_in_flight") }
+    }
+
+    /// Serves one request; never fails, every problem becomes a response.
+    pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<ObservedBody> {
+        let started = Instant::now();
+        self.in_flight.increment(1.0);
+        let request_id = request_id::assign(request.headers());
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let version = request.version();
+        let table = self.table.load_full();
+        let served = self.serve(&table, request, conn, &request_id).await;
+        let (mut parts, body) = served.response.into_parts();
+        parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
+        let completion = Completion {
+            request_id,
+            client: conn.client.ip(),
+            method,
+            uri,
+            version,
+            started,
+            status: parts.status.as_u16(),
+            integration_latency: served.integration_latency,
+            observer: served.observer,
+            log: self.log.clone(),
+            in_flight: self.in_flight.clone(),
+        };
+        Response::from_parts(parts, ObservedBody::new(body, completion))
+    }
+
+    async fn serve(
+        &self,
+        table: &RoutingTable,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+        request_id: &HeaderValue,
+    ) -> Served {
+        let (mut parts, body) = request.into_parts();
+        let upgrade = headers::is_websocket_upgrade(&parts.headers);
+        let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+        let host =
+            parts.uri.authority().map(|a| a.as_str()).or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()));
+        let path = parts.uri.path();
+        let resolved = match resolve::resolve(table, host, path) {
+            Ok(r) => r,
+            Err(u) => {
+                return Served::rejected(
+                    Rejection::new(StatusCode::NOT_FOUND, u.message()),
+                    request_id,
+                    &table.unrouted,
+                );
+            }
+        };
+        let stage = resolved.stage;
+        let route_path = &path[resolved.path_offset..];
+        let matched = match stage.router.find(&parts.method, route_path) {
+            Ok(m) => m,
+            Err(RouteMiss::NotFound) => {
+                let r = Rejection::new(StatusCode::NOT_FOUND, "no route matches this path");
+                return Served::rejected(r, request_id, &stage.unrouted);
+            }
+            Err(RouteMiss::MethodNotAllowed(allowed)) => {
+                let list: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+                let mut r = Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "this method is not allowed on this path");
+                if let Ok(v) = HeaderValue::try_from(list.join(", ")) {
+                    r = r.with_header(ALLOW, v);
+                }
+                return Served::rejected(r, request_id, &stage.unrouted);
+            }
+        };
+        let target = matched.value;
+        for policy in &self.policies {
+            if let Err(rejection) = policy.check(&parts, target) {
+                return Served::rejected(rejection, request_id, &target.observer);
+            }
+        }
+        match &target.integration {
+            Integration::Mock(mock) => {
+                Served { response: mock.respond(), observer: target.observer.clone(), integration_latency: None }
+            }
+            Integration::Proxy(proxy) => {
+                let uri = match proxy.upstream.render(route_path, &matched.captures, parts.uri.query()) {
+                    Ok(uri) => uri,
+                    Err(_) => {
+                        let r = Rejection::new(StatusCode::BAD_REQUEST, "the request path cannot be forwarded");
+                        return Served::rejected(r, request_id, &target.observer);
+                    }
+                };
+                let host = host_of(&parts);
+                headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+                headers::add_forwarding(&mut parts.headers, conn.client.ip(), conn.tls, host.as_deref());
+                parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
+                parts.uri = uri;
+                parts.version = Version::HTTP_11;
+                let (body, overflow) = if body_limit::BodyLimit::declared_length(&parts).is_some() {
+                    (RequestBody::declared(body), None)
+                } else {
+                    let (b, flag) = RequestBody::limited(body, self.max_body_bytes);
+                    (b, Some(flag))
+                };
+                self.call_upstream(
+                    proxy,
+                    Request::from_parts(parts, body),
+                    overflow,
+                    client_upgrade,
+                    target,
+                    request_id,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn call_upstream(
+        &self,
+        proxy: &ProxyIntegration,
+        request: Request<RequestBody>,
+        overflow: Option<Arc<AtomicBool>>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        target: &RouteTarget,
+        request_id: &HeaderValue,
+    ) -> Served {
+        let sent = Instant::now();
+        let result = proxy.forward(request, overflow.as_deref()).await;
+        let integration_latency = Some(sent.elapsed());
+        let rejection = match result {
+            Ok(mut response) => {
+                let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if let (true, Some(client)) = (switching, client_upgrade) {
+                    let upstream = hyper::upgrade::on(&mut response);
+                    crate::integration::proxy::splice_upgrades(client, upstream);
+                }
+                let (mut parts, body) = response.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers, switching);
+                let response = Response::from_parts(parts, ResponseBody::Upstream(body));
+                return Served { response, observer: target.observer.clone(), integration_latency };
+            }
+            Err(UpstreamError::Timeout(d)) => Rejection::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the upstream did not answer within {} ms", d.as_millis()),
+            ),
+            Err(UpstreamError::BodyTooLarge) => Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds the limit of {} bytes", self.max_body_bytes),
+            ),
+            Err(e @ (UpstreamError::Connect(_) | UpstreamError::Failed(_))) => {
+                tracing::warn!(upstream = proxy.upstream.host(), error = %e, request_id = ?request_id, "upstream call failed");
+                Rejection::new(StatusCode::BAD_GATEWAY, "the upstream could not be reached")
+            }
+        };
+        Served { response: rejection.into_response(request_id), observer: target.observer.clone(), integration_latency }
+    }
+}
+
+fn host_of(parts: &Parts) -> Option<String> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+}

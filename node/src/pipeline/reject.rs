@@ -1,0 +1,59 @@
+//! Rejections: the JSON error answer every stage gives when it stops a request.
+
+use std::borrow::Cow;
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::body::ResponseBody;
+use crate::observe::access_log::write_json_string;
+
+/// A request stopped by a stage, with the status and message the client will see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub message: Cow<'static, str>,
+    pub headers: HeaderMap,
+}
+
+impl Rejection {
+    pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Rejection { status, message: message.into(), headers: HeaderMap::new() }
+    }
+
+    pub fn with_header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// `{"message": ..., "request_id": ...}` with the rejection's status and headers.
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let mut body = String::with_capacity(64 + self.message.len());
+        body.push_str("{\"message\":");
+        write_json_string(&mut body, &self.message);
+        body.push_str(",\"request_id\":");
+        write_json_string(&mut body, request_id.to_str().unwrap_or("-"));
+        body.push('}');
+        let mut response = Response::new(ResponseBody::full(body));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn body_is_json_with_the_request_id() {
+        let r = Rejection::new(StatusCode::NOT_FOUND, "no \"route\"").into_response(&HeaderValue::from_static("id1"));
+        assert_eq!(r.status(), 404);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["message"], "no \"route\"");
+        assert_eq!(v["request_id"], "id1");
+    }
+}

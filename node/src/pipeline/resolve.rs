@@ -1,0 +1,128 @@
+//! Which API and stage a request is for: `(host, path) → (stage routes, path within it)`.
+//!
+//! A host that names a custom domain is served only by that domain's base-path mappings
+//! (longest base path first). Any other host uses the default endpoint form
+//! `/{stage}/...`, where the API is the one whose id is the host's first label
+//! (`pets.localhost` → API `pets`), or the only API when there is just one.
+
+use std::sync::Arc;
+
+use crate::config::table::{RoutingTable, StageRoutes};
+
+/// A resolved request: the stage's routes and where the route path starts in the
+/// request path.
+#[derive(Debug)]
+pub struct Resolved<'t> {
+    pub stage: &'t Arc<StageRoutes>,
+    pub path_offset: usize,
+}
+
+/// Why nothing serves this host and path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unresolved {
+    NoMapping,
+    NoStage,
+    AmbiguousApi,
+}
+
+impl Unresolved {
+    pub fn message(&self) -> &'static str {
+        match self {
+            Unresolved::NoMapping => "no API is mapped at this path on this domain",
+            Unresolved::NoStage => "no such stage",
+            Unresolved::AmbiguousApi => {
+                "several APIs are configured: address one as {api-id}.<host>/{stage}/... or through a custom domain"
+            }
+        }
+    }
+}
+
+/// Strips the port from a `Host` value and lower-cases it only if needed.
+fn host_name(authority: &str) -> std::borrow::Cow<'_, str> {
+    let host = if authority.starts_with('[') {
+        authority.split_once(']').map_or(authority, |(h, _)| h)
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
+/// Whether `path` is `base` or continues it at a segment boundary.
+fn under_base(path: &str, base: &str) -> bool {
+    path.starts_with(base) && matches!(path.as_bytes().get(base.len()), None | Some(b'/'))
+}
+
+/// Resolves a request's host (from `Host` or `:authority`) and path.
+pub fn resolve<'t>(table: &'t RoutingTable, host: Option<&str>, path: &str) -> Result<Resolved<'t>, Unresolved> {
+    let host = host.map(host_name);
+    if let Some(mappings) = host.as_deref().and_then(|h| table.domains.get(h)) {
+        return mappings
+            .iter()
+            .find(|m| under_base(path, &m.base_path))
+            .map(|m| Resolved { stage: &m.stage, path_offset: m.base_path.len() })
+            .ok_or(Unresolved::NoMapping);
+    }
+    let stages = match host.as_deref().and_then(|h| h.split('.').next()).and_then(|label| table.apis.get(label)) {
+        Some(stages) => stages,
+        None if table.apis.len() == 1 => table.apis.values().next().ok_or(Unresolved::NoStage)?,
+        None if table.apis.is_empty() => return Err(Unresolved::NoStage),
+        None => return Err(Unresolved::AmbiguousApi),
+    };
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let stage_name = rest.split('/').next().unwrap_or("");
+    stages.get(stage_name).map(|stage| Resolved { stage, path_offset: 1 + stage_name.len() }).ok_or(Unresolved::NoStage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn table(text: &str) -> RoutingTable {
+        crate::config::parse_str(text, "t", Path::new(".")).unwrap().table
+    }
+
+    const TWO_APIS: &str = r#"
+apis:
+  - id: pets
+    stages: [{ name: prod }, { name: dev }]
+  - id: shop
+    stages: [{ name: prod }]
+domains:
+  - name: api.example.com
+    mappings:
+      - { base_path: /, api: shop, stage: prod }
+      - { base_path: /pets, api: pets, stage: dev }
+"#;
+
+    fn who(t: &RoutingTable, host: &str, path: &str) -> Result<(String, String, String), Unresolved> {
+        resolve(t, Some(host), path)
+            .map(|r| (r.stage.api.to_string(), r.stage.stage.to_string(), path[r.path_offset..].to_string()))
+    }
+
+    #[test]
+    fn custom_domains_use_the_longest_base_path() {
+        let t = table(TWO_APIS);
+        assert_eq!(who(&t, "API.example.com:443", "/pets/1").unwrap(), ("pets".into(), "dev".into(), "/1".into()));
+        assert_eq!(who(&t, "api.example.com", "/petshop").unwrap(), ("shop".into(), "prod".into(), "/petshop".into()));
+    }
+
+    #[test]
+    fn default_endpoint_picks_api_by_host_label() {
+        let t = table(TWO_APIS);
+        assert_eq!(who(&t, "pets.localhost:8080", "/prod/x").unwrap(), ("pets".into(), "prod".into(), "/x".into()));
+        assert_eq!(who(&t, "127.0.0.1:8080", "/prod/x").unwrap_err(), Unresolved::AmbiguousApi);
+        assert_eq!(who(&t, "pets.localhost", "/qa/x").unwrap_err(), Unresolved::NoStage);
+    }
+
+    #[test]
+    fn a_single_api_needs_no_host() {
+        let t = table("apis: [{ id: only, stages: [{ name: v1 }] }]\n");
+        assert_eq!(who(&t, "127.0.0.1", "/v1").unwrap(), ("only".into(), "v1".into(), "".into()));
+        assert!(resolve(&t, None, "/v1/a").is_ok());
+    }
+}

@@ -1,0 +1,412 @@
+//! Route matching: `METHOD /path/{param}/{greedy+}` → the route that serves a request.
+//!
+//! Routes are compiled into a segment trie once per configuration revision. A lookup walks
+//! the request path without allocating (unless the route captures parameters) and prefers,
+//! at every segment, a literal over a `{param}` over a greedy `{name+}`, so the most
+//! specific pattern wins regardless of declaration order. A path that matches some route
+//! but not with this method yields [`RouteMiss::MethodNotAllowed`] with the methods the most
+//! specific matching path accepts.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use http::Method;
+
+/// One segment of a path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Param(String),
+    Greedy(String),
+}
+
+/// A parsed path pattern such as `/pets/{id}` or `/{proxy+}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    pub segments: Vec<Segment>,
+}
+
+impl PathPattern {
+    /// Parses a pattern; the error says what is wrong with it.
+    ///
+    /// ```
+    /// use meridian_node::pipeline::route::{PathPattern, Segment};
+    /// let p = PathPattern::parse("/pets/{id}").unwrap();
+    /// assert_eq!(p.segments[1], Segment::Param("id".into()));
+    /// assert!(PathPattern::parse("/{proxy+}/more").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<PathPattern, String> {
+        if !text.starts_with('/') {
+            return Err(format!("path pattern `{text}` must start with `/`"));
+        }
+        let mut segments = Vec::new();
+        let parts: Vec<&str> = text[1..].split('/').collect();
+        let count = parts.len();
+        for (i, part) in parts.into_iter().enumerate() {
+            if part.is_empty() {
+                if i + 1 == count && i > 0 {
+                    return Err(format!("path pattern `{text}` must not end with `/`"));
+                }
+                if count == 1 {
+                    break; // the root pattern "/"
+                }
+                return Err(format!("path pattern `{text}` has an empty segment"));
+            }
+            if let Some(inner) = part.strip_prefix('{') {
+                let Some(inner) = inner.strip_suffix('}') else {
+                    return Err(format!("segment `{part}` opens `{{` without closing it"));
+                };
+                let (name, greedy) = match inner.strip_suffix('+') {
+                    Some(name) => (name, true),
+                    None => (inner, false),
+                };
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("parameter `{part}` must be a name of letters, digits and `_`"));
+                }
+                if segments.iter().any(|s| matches!(s, Segment::Param(n) | Segment::Greedy(n) if n == name)) {
+                    return Err(format!("parameter `{name}` appears twice"));
+                }
+                if greedy {
+                    if i + 1 != count {
+                        return Err(format!("greedy parameter `{part}` must be the last segment"));
+                    }
+                    segments.push(Segment::Greedy(name.to_string()));
+                } else {
+                    segments.push(Segment::Param(name.to_string()));
+                }
+            } else if part.contains(['{', '}']) {
+                return Err(format!("segment `{part}` mixes text and a parameter"));
+            } else if part.contains(['?', '#', ' ']) {
+                return Err(format!("segment `{part}` contains `?`, `#` or a space"));
+            } else {
+                segments.push(Segment::Literal(part.to_string()));
+            }
+        }
+        Ok(PathPattern { segments })
+    }
+
+    /// Parameter names in capture order.
+    pub fn param_names(&self) -> Vec<String> {
+        self.segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Param(n) | Segment::Greedy(n) => Some(n.clone()),
+                Segment::Literal(_) => None,
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.segments.is_empty() {
+            return f.write_str("/");
+        }
+        for s in &self.segments {
+            match s {
+                Segment::Literal(l) => write!(f, "/{l}")?,
+                Segment::Param(n) => write!(f, "/{{{n}}}")?,
+                Segment::Greedy(n) => write!(f, "/{{{n}+}}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The method part of a route key: a method or `ANY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MethodMatch {
+    Any,
+    Exactly(Method),
+}
+
+/// Parses a route key `"GET /pets/{id}"` or `"ANY /{proxy+}"`.
+pub fn parse_route_key(text: &str) -> Result<(MethodMatch, PathPattern), String> {
+    let mut parts = text.split_whitespace();
+    let (Some(method), Some(path), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("route `{text}` must be `METHOD /path`, e.g. `GET /pets/{{id}}`"));
+    };
+    let method = match method {
+        "ANY" => MethodMatch::Any,
+        m if m.bytes().all(|b| b.is_ascii_uppercase()) => {
+            MethodMatch::Exactly(Method::from_bytes(m.as_bytes()).map_err(|_| format!("`{m}` is not an HTTP method"))?)
+        }
+        m => return Err(format!("method `{m}` must be upper case (or `ANY`)")),
+    };
+    Ok((method, PathPattern::parse(path)?))
+}
+
+/// Why no route was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteMiss {
+    NotFound,
+    /// The path exists; these methods are accepted there.
+    MethodNotAllowed(Vec<Method>),
+}
+
+/// A successful lookup: the route's value and the captured parameter values (as byte
+/// ranges of the path, in the pattern's parameter order).
+#[derive(Debug)]
+pub struct RouteMatch<'r, T> {
+    pub value: &'r T,
+    pub captures: Vec<(usize, usize)>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    methods: Vec<(Method, usize)>,
+    any: Option<usize>,
+}
+
+impl Endpoint {
+    fn pick(&self, method: &Method) -> Option<usize> {
+        self.methods.iter().find(|(m, _)| m == method).map(|(_, i)| *i).or(self.any)
+    }
+
+    fn allowed(&self) -> Vec<Method> {
+        if self.any.is_some() {
+            return Vec::new();
+        }
+        self.methods.iter().map(|(m, _)| m.clone()).collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    literals: HashMap<String, Node>,
+    param: Option<Box<Node>>,
+    greedy: Option<Endpoint>,
+    endpoint: Option<Endpoint>,
+}
+
+/// Routes of one API deployment, compiled for lookup.
+#[derive(Debug)]
+pub struct Router<T> {
+    root: Node,
+    values: Vec<T>,
+}
+
+/// A route was declared twice with the same method and path shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateRoute;
+
+impl<T> Default for Router<T> {
+    fn default() -> Self {
+        Router { root: Node::default(), values: Vec::new() }
+    }
+}
+
+impl<T> Router<T> {
+    /// Adds a route. Two patterns that differ only in parameter names are the same route.
+    pub fn insert(&mut self, method: MethodMatch, pattern: &PathPattern, value: T) -> Result<(), DuplicateRoute> {
+        let mut node = &mut self.root;
+        let mut greedy = false;
+        for segment in &pattern.segments {
+            match segment {
+                Segment::Literal(l) => node = node.literals.entry(l.clone()).or_default(),
+                Segment::Param(_) => node = node.param.get_or_insert_with(Default::default),
+                Segment::Greedy(_) => greedy = true,
+            }
+        }
+        let slot = if greedy { &mut node.greedy } else { &mut node.endpoint };
+        let endpoint = slot.get_or_insert_with(|| Endpoint { methods: Vec::new(), any: None });
+        let index = self.values.len();
+        match method {
+            MethodMatch::Any if endpoint.any.is_some() => return Err(DuplicateRoute),
+            MethodMatch::Any => endpoint.any = Some(index),
+            MethodMatch::Exactly(m) if endpoint.methods.iter().any(|(x, _)| *x == m) => {
+                return Err(DuplicateRoute);
+            }
+            MethodMatch::Exactly(m) => endpoint.methods.push((m, index)),
+        }
+        self.values.push(value);
+        Ok(())
+    }
+
+    /// All route values, in insertion order.
+    pub fn values(&self) -> &[T] {
+        &self.values
+    }
+
+    /// Finds the most specific route for `method` and `path` (the path without its query).
+    pub fn find(&self, method: &Method, path: &str) -> Result<RouteMatch<'_, T>, RouteMiss> {
+        let mut captures = Vec::new();
+        let mut first_path: Option<&Endpoint> = None;
+        match walk(&self.root, path, 0, method, &mut captures, &mut first_path) {
+            Some(index) => Ok(RouteMatch { value: &self.values[index], captures }),
+            None => match first_path {
+                Some(endpoint) => Err(RouteMiss::MethodNotAllowed(endpoint.allowed())),
+                None => Err(RouteMiss::NotFound),
+            },
+        }
+    }
+}
+
+/// Next segment of `path` at or after `pos`: its byte range, skipping the leading `/`s.
+fn next_segment(path: &str, pos: usize) -> Option<(usize, usize)> {
+    let bytes = path.as_bytes();
+    let mut start = pos;
+    while start < bytes.len() && bytes[start] == b'/' {
+        start += 1;
+    }
+    if start >= bytes.len() {
+        return None;
+    }
+    let end = path[start..].find('/').map_or(bytes.len(), |i| start + i);
+    Some((start, end))
+}
+
+fn walk<'r>(
+    node: &'r Node,
+    path: &str,
+    pos: usize,
+    method: &Method,
+    captures: &mut Vec<(usize, usize)>,
+    first_path: &mut Option<&'r Endpoint>,
+) -> Option<usize> {
+    let Some((start, end)) = next_segment(path, pos) else {
+        let endpoint = node.endpoint.as_ref()?;
+        first_path.get_or_insert(endpoint);
+        return endpoint.pick(method);
+    };
+    if let Some(child) = node.literals.get(&path[start..end])
+        && let Some(found) = walk(child, path, end, method, captures, first_path)
+    {
+        return Some(found);
+    }
+    if let Some(child) = &node.param {
+        captures.push((start, end));
+        if let Some(found) = walk(child, path, end, method, captures, first_path) {
+            return Some(found);
+        }
+        captures.pop();
+    }
+    if let Some(endpoint) = &node.greedy {
+        first_path.get_or_insert(endpoint);
+        if let Some(index) = endpoint.pick(method) {
+            let end = path.trim_end_matches('/').len().max(start);
+            captures.push((start, end));
+            return Some(index);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn router(keys: &[&str]) -> Router<String> {
+        let mut r = Router::default();
+        for k in keys {
+            let (m, p) = parse_route_key(k).unwrap();
+            r.insert(m, &p, k.to_string()).unwrap();
+        }
+        r
+    }
+
+    fn found(r: &Router<String>, method: Method, path: &str) -> String {
+        r.find(&method, path).map(|m| m.value.clone()).unwrap_or_else(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn most_specific_wins_in_any_declaration_order() {
+        let keys = ["ANY /{proxy+}", "GET /pets/{id}", "GET /pets/mine", "GET /pets"];
+        for order in [keys.to_vec(), keys.iter().rev().copied().collect()] {
+            let r = router(&order);
+            assert_eq!(found(&r, Method::GET, "/pets/mine"), "GET /pets/mine");
+            assert_eq!(found(&r, Method::GET, "/pets/7"), "GET /pets/{id}");
+            assert_eq!(found(&r, Method::GET, "/pets"), "GET /pets");
+            assert_eq!(found(&r, Method::POST, "/pets/7"), "ANY /{proxy+}");
+            assert_eq!(found(&r, Method::GET, "/owners/1/pets"), "ANY /{proxy+}");
+        }
+    }
+
+    #[test]
+    fn captures_are_ranges_of_the_path() {
+        let r = router(&["GET /users/{user}/repos/{repo}", "GET /files/{path+}"]);
+        let path = "/users/ada/repos/engine";
+        let m = r.find(&Method::GET, path).unwrap();
+        let got: Vec<&str> = m.captures.iter().map(|(s, e)| &path[*s..*e]).collect();
+        assert_eq!(got, ["ada", "engine"]);
+        let path = "/files/a/b/c.txt";
+        let m = r.find(&Method::GET, path).unwrap();
+        assert_eq!(&path[m.captures[0].0..m.captures[0].1], "a/b/c.txt");
+    }
+
+    #[test]
+    fn backtracks_from_a_literal_dead_end() {
+        let r = router(&["GET /a/b/c", "GET /a/{x}/d"]);
+        assert_eq!(found(&r, Method::GET, "/a/b/d"), "GET /a/{x}/d");
+    }
+
+    #[test]
+    fn wrong_method_lists_allowed_methods() {
+        let r = router(&["GET /pets", "POST /pets"]);
+        assert_eq!(
+            r.find(&Method::DELETE, "/pets").unwrap_err(),
+            RouteMiss::MethodNotAllowed(vec![Method::GET, Method::POST])
+        );
+        assert_eq!(r.find(&Method::GET, "/dogs").unwrap_err(), RouteMiss::NotFound);
+    }
+
+    #[test]
+    fn greedy_needs_a_segment_and_root_is_its_own_route() {
+        let r = router(&["ANY /{proxy+}"]);
+        assert_eq!(r.find(&Method::GET, "/").unwrap_err(), RouteMiss::NotFound);
+        let r = router(&["GET /"]);
+        assert_eq!(found(&r, Method::GET, "/"), "GET /");
+    }
+
+    #[test]
+    fn trailing_slash_matches_the_same_route() {
+        let r = router(&["GET /pets"]);
+        assert_eq!(found(&r, Method::GET, "/pets/"), "GET /pets");
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let mut r = router(&["GET /pets/{id}"]);
+        let (m, p) = parse_route_key("GET /pets/{name}").unwrap();
+        assert_eq!(r.insert(m, &p, String::new()), Err(DuplicateRoute));
+    }
+
+    #[test]
+    fn bad_patterns_say_why() {
+        for bad in ["pets", "/pets/", "/a//b", "/{x", "/a{x}", "/{x}/{x}", "/{p+}/a", "/{}", "/{a-b}"] {
+            assert!(PathPattern::parse(bad).is_err(), "{bad} should be refused");
+        }
+        assert!(parse_route_key("get /pets").is_err());
+        assert!(parse_route_key("GET").is_err());
+        assert!(parse_route_key("GET /a /b").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn lookup_never_panics(path in "[/a-z{}+%.]{0,40}", method in "[A-Z]{1,7}") {
+            let r = router(&["GET /a/{b}", "ANY /{p+}", "POST /a/b/c", "GET /"]);
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let _ = r.find(&method, &path);
+        }
+
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,40}") {
+            let _ = parse_route_key(&text);
+        }
+
+        /// A literal route beats a parameter route for its own path, and the parameter
+        /// route catches every other value, whatever the insertion order.
+        #[test]
+        fn literal_beats_param(lit in "[a-z]{1,8}", other in "[a-z]{1,8}", reverse: bool) {
+            let lit_key = format!("GET /x/{lit}");
+            let mut keys = vec![lit_key.as_str(), "GET /x/{id}"];
+            if reverse { keys.reverse(); }
+            let r = router(&keys);
+            prop_assert_eq!(found(&r, Method::GET, &format!("/x/{lit}")), lit_key.clone());
+            if other != lit {
+                prop_assert_eq!(found(&r, Method::GET, &format!("/x/{other}")), "GET /x/{id}");
+            }
+        }
+    }
+}
