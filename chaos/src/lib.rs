@@ -1,1 +1,7 @@
+//! Meridian's process launcher and, later, its fault injection and chaos scenarios.
+//!
+//! The end-to-end tests and the chaos suite drive Meridian from outside, as a user would:
+//! they start real `meridian` processes on loopback and talk to them over real sockets.
+//! [`launcher`] is the one place that knows how to do that.
 
+pub mod launcher;

@@ -1,1 +1,107 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: starting nodes and backends, making
+//! certificates, and small HTTP clients. The tests themselves live in `tests/tests/`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+pub use meridian_chaos::launcher::NodeProcess;
+
+/// Starts a node without blocking the async test's runtime.
+pub async fn start_node(config: String) -> NodeProcess {
+    tokio::task::spawn_blocking(move || NodeProcess::start(&config))
+        .await
+        .expect("launcher thread")
+        .unwrap_or_else(|e| panic!("node did not start: {e}"))
+}
+
+/// Starts a node in `dir`, which already holds the files its configuration names.
+pub async fn start_node_in(dir: tempfile::TempDir, config: String) -> NodeProcess {
+    tokio::task::spawn_blocking(move || NodeProcess::start_in(dir, &config, &[]))
+        .await
+        .expect("launcher thread")
+        .unwrap_or_else(|e| panic!("node did not start: {e}"))
+}
+
+/// Starts the built-in echo backend on a free loopback port.
+pub async fn echo_backend() -> SocketAddr {
+    meridian_node::demo::echo::spawn("127.0.0.1:0".parse().unwrap()).await.expect("echo backend")
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// Sends one HTTP/1.1 request over a fresh connection.
+pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    Reply { status, headers, body }
+}
+
+/// `GET path` with `Host: host`.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    send(addr, Request::get(path).header("host", host).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Runs curl with `args` (it must be installed; `.ci/run` installs it).
+pub fn curl(args: &[&str]) -> Output {
+    std::process::Command::new("curl").args(args).output().expect("curl is installed")
+}
+
+/// A test certificate authority and the PEM files of leaf certificates it signs.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "Meridian test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    /// Writes `<name>.pem` and `<name>.key` for `name` into `dir`; returns the cert's DER.
+    pub fn issue(&self, dir: &Path, name: &str) -> Vec<u8> {
+        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        cert.der().to_vec()
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}

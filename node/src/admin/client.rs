@@ -11,8 +11,12 @@ use hyper_util::rt::TokioIo;
 /// Errors talking to a node's admin API.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminClientError {
-    #[error("cannot reach the admin API at {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot reach the admin API at {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("admin API at {addr} did not answer within 30s")]
     Timeout { addr: SocketAddr },
     #[error("admin API call failed: {0}")]

@@ -78,9 +78,10 @@ fn message(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
 }
 
 impl AdminState {
-    fn authorize(&self, request: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
+    /// The refusal for a request without the right token, if it has not.
+    fn refusal(&self, request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
         let Some(expected) = &self.token else {
-            return Err(message(
+            return Some(message(
                 StatusCode::FORBIDDEN,
                 "no admin token is configured (set admin.token_file); reload with SIGHUP instead",
             ));
@@ -91,9 +92,9 @@ impl AdminState {
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or_default();
         if token_matches(given, expected.as_bytes()) {
-            Ok(())
+            None
         } else {
-            Err(message(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
+            Some(message(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
         }
     }
 
@@ -110,7 +111,7 @@ impl AdminState {
                 serde_json::json!({ "status": "ready", "revision": self.reloader.revision() }).to_string(),
             ),
             (&Method::POST, "/v1/reload") => {
-                if let Err(denied) = self.authorize(&request) {
+                if let Some(denied) = self.refusal(&request) {
                     return denied;
                 }
                 let reloader = self.reloader.clone();

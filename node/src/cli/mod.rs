@@ -44,6 +44,9 @@ pub enum Command {
         /// The node's configuration file; its `admin` section says where and with which token.
         #[arg(long, short)]
         config: PathBuf,
+        /// The admin address to call, when it differs from the file's (e.g. port 0 there).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
     /// Start a gateway with a sample API on loopback and print what to try.
     Demo {
@@ -74,7 +77,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let node = Node::start(ConfigSource::File(config)).await?;
             announce(&node);
             if let Some(path) = ready_file {
-                std::fs::write(&path, node.addresses_json())
+                // Written whole, then renamed, so a reader never sees half a file.
+                let partial = path.with_extension("partial");
+                std::fs::write(&partial, node.addresses_json())
+                    .and_then(|_| std::fs::rename(&partial, &path))
                     .with_context(|| format!("cannot write the ready file {}", path.display()))?;
             }
             node.run_until_signal().await?;
@@ -97,7 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
-        Command::Reload { config } => {
+        Command::Reload { config, admin } => {
             let c = match load_file(&config) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -109,7 +115,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(token) = c.admin_token else {
                 bail!("the configuration has no admin.token_file: reload this node with `kill -HUP <pid>`");
             };
-            let (status, body) = client::call(c.admin_listen, http::Method::POST, "/v1/reload", Some(&token)).await?;
+            let (status, body) =
+                client::call(admin.unwrap_or(c.admin_listen), http::Method::POST, "/v1/reload", Some(&token)).await?;
             if status == 200 {
                 println!("reloaded: {body}");
                 Ok(ExitCode::SUCCESS)

@@ -67,6 +67,13 @@ domains:
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../../deploy/gateway.example.yaml");
+        let config = parse_str(text, "gateway.example.yaml", Path::new(".")).unwrap();
+        assert_eq!(config.table.apis["pets"].len(), 2);
+    }
+
+    #[test]
     fn unknown_field_names_the_field_and_line() {
         let e = errors("listen: { http: 127.0.0.1:0 }\napis:\n  - id: pets\n    rouets: []\n");
         assert_eq!(e.len(), 1);

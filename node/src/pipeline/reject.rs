@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::body::ResponseBody;
 use crate::observe::access_log::write_json_string;
@@ -13,16 +13,17 @@ use crate::observe::access_log::write_json_string;
 pub struct Rejection {
     pub status: StatusCode,
     pub message: Cow<'static, str>,
-    pub headers: HeaderMap,
+    /// Extra response headers, such as `Allow` on a 405.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Rejection {
     pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Rejection { status, message: message.into(), headers: HeaderMap::new() }
+        Rejection { status, message: message.into(), headers: Vec::new() }
     }
 
-    pub fn with_header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
         self
     }
 
@@ -36,7 +37,7 @@ impl Rejection {
         body.push('}');
         let mut response = Response::new(ResponseBody::full(body));
         *response.status_mut() = self.status;
-        *response.headers_mut() = self.headers;
+        response.headers_mut().extend(self.headers);
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }

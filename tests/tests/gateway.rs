@@ -1,0 +1,484 @@
+//! End-to-end tests of one gateway node: a real `meridian serve` process on loopback,
+//! real backends, real clients (hyper, curl, tokio-tungstenite, raw TCP).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use meridian_tests::*;
+
+/// A configuration with one API `pets` on stage `prod`, proxying to `backend`.
+fn pets_config(backend: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+{extra}
+apis:
+  - id: pets
+    routes:
+      - route: GET /pets/{{id}}
+        integration: {{ type: http_proxy, uri: "http://${{stageVariables.backend}}/v2/pets/{{id}}", timeout: 2s }}
+      - route: POST /pets
+        integration: {{ type: http_proxy, uri: "http://${{stageVariables.backend}}/pets" }}
+      - route: GET /slow
+        integration: {{ type: http_proxy, uri: "http://${{stageVariables.backend}}/slow", timeout: 300ms }}
+      - route: GET /down
+        integration: {{ type: http_proxy, uri: "http://127.0.0.1:1/down" }}
+      - route: ANY /files/{{path+}}
+        integration: {{ type: http_proxy, uri: "http://${{stageVariables.backend}}/static/{{path}}" }}
+      - route: GET /hello
+        integration:
+          type: mock
+          status: 201
+          headers: {{ content-type: text/plain, x-mock: "yes" }}
+          body: hello from a mock
+    stages:
+      - name: prod
+        variables: {{ backend: "{backend}" }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_with_path_parameters_stage_variables_and_forwarding_headers() {
+    let backend = echo_backend().await;
+    let node = start_node(pets_config(backend, "")).await;
+    let http = node.http.unwrap();
+    let r = get(http, "gw.test", "/prod/pets/42?color=red").await;
+    assert_eq!(r.status, 200, "{:?}", r);
+    let echoed = r.json();
+    assert_eq!(echoed["path"], "/v2/pets/42");
+    assert_eq!(echoed["query"], "color=red");
+    assert_eq!(echoed["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(echoed["headers"]["x-forwarded-host"], "gw.test");
+    assert_eq!(echoed["headers"]["host"], backend.to_string());
+    let id = r.header("x-request-id");
+    assert_eq!(id.len(), 32);
+    assert_eq!(echoed["headers"]["x-request-id"], id);
+
+    // A well-formed client request id is kept end to end.
+    let req = Request::get("/prod/files/a/b/c.txt")
+        .header("host", "gw.test")
+        .header("x-request-id", "trace-me-123")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(http, req).await;
+    assert_eq!(r.json()["path"], "/static/a/b/c.txt");
+    assert_eq!(r.header("x-request-id"), "trace-me-123");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_routes_answer_from_config() {
+    let node = start_node(pets_config("127.0.0.1:9".parse().unwrap(), "")).await;
+    let r = get(node.http.unwrap(), "gw.test", "/prod/hello").await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.header("content-type"), "text/plain");
+    assert_eq!(r.header("x-mock"), "yes");
+    assert_eq!(&r.body[..], b"hello from a mock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_stages_and_methods_get_json_errors() {
+    let node = start_node(pets_config("127.0.0.1:9".parse().unwrap(), "")).await;
+    let http = node.http.unwrap();
+    let r = get(http, "gw.test", "/prod/owners").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["request_id"], r.header("x-request-id"));
+    assert!(r.json()["message"].as_str().unwrap().contains("no route"));
+    let r = get(http, "gw.test", "/staging/pets/1").await;
+    assert_eq!(r.status, 404);
+    let req = Request::delete("/prod/pets/1").header("host", "gw.test").body(Full::new(Bytes::new())).unwrap();
+    let r = send(http, req).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), "GET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_become_502_and_504() {
+    let backend = echo_backend().await;
+    let node = start_node(pets_config(backend, "")).await;
+    let http = node.http.unwrap();
+    let r = get(http, "gw.test", "/prod/down").await;
+    assert_eq!(r.status, 502);
+    assert!(r.json()["message"].is_string());
+    let started = Instant::now();
+    let r = get(http, "gw.test", "/prod/slow?delay_ms=3000").await;
+    assert_eq!(r.status, 504);
+    assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways() {
+    let backend = echo_backend().await;
+    let node = start_node(pets_config(backend, "limits: { max_body_bytes: 33554432 }")).await;
+    let body: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let req = Request::post("/prod/pets")
+        .header("host", "gw.test")
+        .header("x-echo-body", "stream")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let r = send(node.http.unwrap(), req).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), body.len());
+    assert!(r.body[..] == body[..], "the body came back changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_declared_or_chunked() {
+    let backend = echo_backend().await;
+    let node = start_node(pets_config(backend, "limits: { max_body_bytes: 1000 }")).await;
+    let http = node.http.unwrap();
+    let req =
+        Request::post("/prod/pets").header("host", "gw.test").body(Full::new(Bytes::from(vec![b'x'; 1001]))).unwrap();
+    assert_eq!(send(http, req).await.status, 413);
+    // Chunked, no declared length: counted while streaming.
+    let mut s = TcpStream::connect(http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = "x".repeat(600);
+    write!(
+        s,
+        "POST /prod/pets HTTP/1.1\r\nhost: gw.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Within the limit, the same request passes.
+    let req =
+        Request::post("/prod/pets").header("host", "gw.test").body(Full::new(Bytes::from(vec![b'x'; 999]))).unwrap();
+    assert_eq!(send(http, req).await.status, 200);
+}
+
+fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_heads_are_refused() {
+    let node =
+        start_node(pets_config("127.0.0.1:9".parse().unwrap(), "limits: { max_header_bytes: 8192, max_headers: 20 }"))
+            .await;
+    let http = node.http.unwrap();
+    let big = format!("GET /prod/hello HTTP/1.1\r\nhost: gw.test\r\nx-big: {}\r\n\r\n", "a".repeat(20_000));
+    assert!(raw_exchange(http, big.as_bytes()).starts_with("HTTP/1.1 431"));
+    let mut many = String::from("GET /prod/hello HTTP/1.1\r\nhost: gw.test\r\n");
+    for i in 0..40 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert!(raw_exchange(http, many.as_bytes()).starts_with("HTTP/1.1 431"));
+    assert!(raw_exchange(http, b"THIS IS NOT HTTP\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(raw_exchange(http, b"GET /prod/hello HTTP/1.1\r\nbad header line\r\n\r\n").starts_with("HTTP/1.1 400"));
+    // The node is still healthy after all that.
+    assert_eq!(get(http, "gw.test", "/prod/hello").await.status, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_cut_off() {
+    let node = start_node(pets_config(
+        "127.0.0.1:9".parse().unwrap(),
+        "limits: { header_read_timeout: 1s, idle_timeout: 2s }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(node.http.unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    s.write_all(b"GET /prod/hello HTTP/1.1\r\nhost: gw").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "closed after {waited:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    // An idle keep-alive connection is closed by the idle timeout too.
+    let mut s = TcpStream::connect(node.http.unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge() {
+    let backend = echo_backend().await;
+    let node = start_node(pets_config(backend, "")).await;
+    let url = format!("http://{}/prod/pets/7", node.http.unwrap());
+    let out = curl(&["-s", "--http2-prior-knowledge", "-o", "-", "-w", "\n%{http_version} %{http_code}", &url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n2 200"), "{text}");
+    assert!(text.contains("\"path\":\"/v2/pets/7\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_two_domains_on_one_port_by_sni() {
+    let backend = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let der_a = ca.issue(dir.path(), "a.example.test");
+    let der_b = ca.issue(dir.path(), "b.example.test");
+    let config = format!(
+        r#"
+listen: {{ https: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+apis:
+  - id: alpha
+    routes: [{{ route: "GET /who", integration: {{ type: mock, body: alpha }} }}]
+    stages: [{{ name: live }}]
+  - id: beta
+    routes: [{{ route: "ANY /{{p+}}", integration: {{ type: http_proxy, uri: "http://{backend}/{{p}}" }} }}]
+    stages: [{{ name: live }}]
+domains:
+  - name: a.example.test
+    certificate: a.example.test.pem
+    key: a.example.test.key
+    mappings: [{{ base_path: /, api: alpha, stage: live }}]
+  - name: b.example.test
+    certificate: b.example.test.pem
+    key: b.example.test.key
+    mappings: [{{ base_path: /beta, api: beta, stage: live }}]
+"#
+    );
+    let ca_path = dir.path().join("ca.pem");
+    let node = start_node_in(dir, config).await;
+    let port = node.https.unwrap().port();
+    let ca_arg = ca_path.to_str().unwrap();
+    let fetch = |host: &str, path: &str, extra: &[&str]| {
+        let resolve = format!("{host}:{port}:127.0.0.1");
+        let url = format!("https://{host}:{port}{path}");
+        let mut args = vec!["-s", "--cacert", ca_arg, "--resolve", &resolve, "-w", "\n%{http_version} %{http_code}"];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let out = curl(&args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let a = fetch("a.example.test", "/who", &[]);
+    assert!(a.starts_with("alpha\n2 200"), "{a}");
+    let b = fetch("b.example.test", "/beta/items/3", &["--http1.1"]);
+    assert!(b.contains("\"path\":\"/items/3\"") && b.ends_with("1.1 200"), "{b}");
+    assert!(b.contains("\"x-forwarded-proto\":\"https\""), "{b}");
+
+    // Each name gets its own certificate.
+    for (name, der) in [("a.example.test", der_a), ("b.example.test", der_b)] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(ca_der(&ca.pem))).unwrap();
+        let config =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(node.https.unwrap()).await.unwrap();
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let tls = connector.connect(server_name, tcp).await.unwrap();
+        let presented = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        assert_eq!(presented, der, "wrong certificate for {name}");
+    }
+    // An unknown name is refused at the handshake.
+    let out = curl(&[
+        "-s",
+        "-k",
+        "--resolve",
+        &format!("c.example.test:{port}:127.0.0.1"),
+        &format!("https://c.example.test:{port}/"),
+    ]);
+    assert!(!out.status.success());
+}
+
+fn ca_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_pass_through_both_ways() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    match msg {
+                        Message::Text(t) => ws.send(Message::text(format!("echo: {t}"))).await.unwrap(),
+                        Message::Binary(b) => ws.send(Message::Binary(b)).await.unwrap(),
+                        Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    let node = start_node(pets_config(ws_backend, "")).await;
+    let url = format!("ws://{}/prod/files/chat", node.http.unwrap());
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(url).await.expect("websocket handshake through the gateway");
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("echo: hi"));
+    let blob = vec![7u8; 100_000];
+    ws.send(Message::binary(blob.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(blob));
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_good_file_and_rejects_a_bad_one() {
+    let backend = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), "0123456789abcdef0123\n").unwrap();
+    let admin = r#"admin: { listen: "127.0.0.1:0", token_file: admin.token }"#;
+    let config = pets_config(backend, "").replace(r#"admin: { listen: "127.0.0.1:0" }"#, admin);
+    let node = start_node_in(dir, config.clone()).await;
+    let http = node.http.unwrap();
+    assert_eq!(get(http, "gw.test", "/prod/new").await.status, 404);
+
+    // A good file, applied with SIGHUP.
+    let added = config
+        .replace("    stages:", "      - { route: GET /new, integration: { type: mock, body: fresh } }\n    stages:");
+    std::fs::write(node.config_path(), &added).unwrap();
+    node.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(http, "gw.test", "/prod/new").await.status != 200 {
+        assert!(Instant::now() < deadline, "reload did not apply: {}", node.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A bad file, through `meridian reload`: refused with its errors, the old config serves.
+    let broken = added.replace("GET /new", "GET new");
+    std::fs::write(node.config_path(), &broken).unwrap();
+    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["reload", "--config"])
+        .arg(node.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must start with `/`"));
+    node.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(http, "gw.test", "/prod/new").await.status, 200);
+    assert!(node.stderr().contains("reload rejected"));
+
+    // A good file again, through the authenticated admin API.
+    std::fs::write(node.config_path(), &config).unwrap();
+    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["reload", "--config"])
+        .arg(node.config_path())
+        .args(["--admin", &node.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(get(http, "gw.test", "/prod/new").await.status, 404);
+    // Without the token, the admin API refuses.
+    let req = Request::post("/v1/reload").header("host", "admin").body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(send(node.admin, req).await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_and_metrics_record_every_request() {
+    let backend = echo_backend().await;
+    let node = start_node(pets_config(backend, "")).await;
+    let http = node.http.unwrap();
+    let ok = get(http, "gw.test", "/prod/pets/1").await;
+    let missing = get(http, "gw.test", "/prod/nothing").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let log = node.stdout();
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let line = lines.iter().find(|l| l["request_id"] == ok.header("x-request-id")).expect("logged");
+    assert_eq!(line["route"], "GET /pets/{id}");
+    assert_eq!(line["api"], "pets");
+    assert_eq!(line["stage"], "prod");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"].as_u64().unwrap() as usize, ok.body.len());
+    assert!(line["integration_latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(lines.iter().any(|l| l["request_id"] == missing.header("x-request-id") && l["status"] == 404));
+
+    let metrics = String::from_utf8_lossy(&get(node.admin, "admin", "/metrics").await.body).into_owned();
+    let ok_line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("meridian_requests_total")
+                && l.contains("route=\"GET /pets/{id}\"")
+                && l.contains("status=\"2xx\"")
+        })
+        .unwrap_or_else(|| panic!("no request counter in:\n{metrics}"));
+    assert!(ok_line.ends_with(" 1"), "{ok_line}");
+    assert!(metrics.contains("meridian_request_duration_seconds_bucket"));
+    assert!(metrics.contains("meridian_upstream_connections_opened_total"));
+    assert_eq!(get(node.admin, "admin", "/healthz").await.status, 200);
+    assert_eq!(get(node.admin, "admin", "/readyz").await.json()["revision"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let backend = echo_backend().await;
+    let mut node = start_node(pets_config(backend, "")).await;
+    let http = node.http.unwrap();
+    let in_flight = tokio::spawn(async move { get(http, "gw.test", "/prod/pets/1?delay_ms=1000").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.signal(libc::SIGTERM);
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200);
+    let status = tokio::task::spawn_blocking(move || node.wait_exit(Duration::from_secs(10))).await.unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait() {
+    let node = start_node(pets_config("127.0.0.1:9".parse().unwrap(), "limits: { max_connections: 2 }")).await;
+    let http = node.http.unwrap();
+    let first = TcpStream::connect(http).unwrap();
+    let second = TcpStream::connect(http).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = tokio::spawn(async move { get(http, "gw.test", "/prod/hello").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a third connection was served beyond the cap");
+    drop(first);
+    let reply = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("served once a slot freed").unwrap();
+    assert_eq!(reply.status, 201);
+    drop(second);
+}
+
+#[test]
+fn validate_lists_every_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listen: { http: nowhere }\napis:\n  - id: Pets\n    routes:\n      - { route: GET pets, integration: { type: mock } }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("3 errors"), "{text}");
+    for needle in ["line 1:", "listen.http", "line 3:", "apis[0].id", "line 5:", "apis[0].routes[0].route"] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    std::fs::write(&path, "listen: { http: 127.0.0.1:0 }\n").unwrap();
+    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
