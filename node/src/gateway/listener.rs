@@ -72,11 +72,12 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnInfo { client: peer, tls: tls.is_some() };
+        let conn = Arc::new(ConnInfo::new(peer, tls.is_some()));
         let pipeline = pipeline.clone();
         let service = service_fn(move |request| {
             let pipeline = pipeline.clone();
-            async move { Ok::<_, Infallible>(pipeline.handle(request, conn).await) }
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(pipeline.handle(request, &conn).await) }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();

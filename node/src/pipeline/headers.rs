@@ -32,9 +32,18 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name) || *name == UPGRADE
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive for a WebSocket handshake.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one scan of the names is cheaper than a removal (a hash
+    // and a probe) per hop-by-hop name.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -58,33 +67,61 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Prepares a client's headers for the upstream: the upstream gets its own `Host`, the
-/// original host goes into `X-Forwarded-Host`, and the client is appended to
-/// `X-Forwarded-For` and `Forwarded` (RFC 7239).
-pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&str>) {
-    let proto = if tls { "https" } else { "http" };
-    let client_text = client.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client_text}"),
-        None => client_text.clone(),
-    };
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(&X_FORWARDED_FOR, v);
+/// The forwarding facts of one client connection, formatted once per connection.
+#[derive(Debug, Clone)]
+pub struct ClientForwarding {
+    /// The client address as `X-Forwarded-For` wants it.
+    address: HeaderValue,
+    /// `for=...;proto=...`, the start of the `Forwarded` element.
+    forwarded: String,
+    tls: bool,
+}
+
+impl ClientForwarding {
+    pub fn new(client: IpAddr, tls: bool) -> Self {
+        let text = client.to_string();
+        let proto = if tls { "https" } else { "http" };
+        let forwarded = if client.is_ipv6() {
+            format!("for=\"[{text}]\";proto={proto}")
+        } else {
+            format!("for={text};proto={proto}")
+        };
+        let address = HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ClientForwarding { address, forwarded, tls }
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    let for_value = if client.is_ipv6() { format!("\"[{client_text}]\"") } else { client_text };
-    let mut forwarded = format!("for={for_value};proto={proto}");
-    if let Some(h) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',')) {
-        forwarded.push_str(";host=");
-        forwarded.push_str(h);
-        if let Ok(v) = HeaderValue::try_from(h) {
-            headers.insert(&X_FORWARDED_HOST, v);
+
+    /// Prepares a client's headers for the upstream: the upstream gets its own `Host`, the
+    /// original host goes into `X-Forwarded-Host`, and the client is appended to
+    /// `X-Forwarded-For` and `Forwarded` (RFC 7239).
+    pub fn apply(&self, headers: &mut HeaderMap, host: Option<&HeaderValue>) {
+        let xff = match headers.get(&X_FORWARDED_FOR) {
+            Some(prev) => {
+                let mut joined = Vec::with_capacity(prev.len() + 2 + self.address.len());
+                joined.extend_from_slice(prev.as_bytes());
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(self.address.as_bytes());
+                HeaderValue::from_bytes(&joined).ok()
+            }
+            None => Some(self.address.clone()),
+        };
+        if let Some(v) = xff {
+            headers.insert(&X_FORWARDED_FOR, v);
         }
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(if self.tls { "https" } else { "http" }));
+        let host =
+            host.filter(|h| h.as_bytes().iter().all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b';' | b',')));
+        let mut forwarded = Vec::with_capacity(self.forwarded.len() + 6 + host.map_or(0, |h| h.len()));
+        forwarded.extend_from_slice(self.forwarded.as_bytes());
+        if let Some(h) = host {
+            forwarded.extend_from_slice(b";host=");
+            forwarded.extend_from_slice(h.as_bytes());
+            headers.insert(&X_FORWARDED_HOST, h.clone());
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&forwarded) {
+            headers.append(&FORWARDED, v);
+        }
+        headers.remove(HOST);
     }
-    if let Ok(v) = HeaderValue::try_from(forwarded) {
-        headers.append(&FORWARDED, v);
-    }
-    headers.remove(HOST);
 }
 
 #[cfg(test)]
@@ -120,7 +157,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
         h.insert(HOST, HeaderValue::from_static("api.example.com"));
-        add_forwarding(&mut h, "::1".parse().unwrap(), true, Some("api.example.com"));
+        let host = HeaderValue::from_static("api.example.com");
+        ClientForwarding::new("::1".parse().unwrap(), true).apply(&mut h, Some(&host));
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, ::1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&FORWARDED], "for=\"[::1]\";proto=https;host=api.example.com");

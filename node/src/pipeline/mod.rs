@@ -45,11 +45,18 @@ pub trait Policy: Send + Sync + 'static {
     fn check(&self, parts: &Parts, route: &RouteTarget) -> Result<(), Rejection>;
 }
 
-/// What the pipeline knows about the client connection.
-#[derive(Debug, Clone, Copy)]
+/// What the pipeline knows about the client connection, prepared once per connection.
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub client: SocketAddr,
     pub tls: bool,
+    pub forwarding: headers::ClientForwarding,
+}
+
+impl ConnInfo {
+    pub fn new(client: SocketAddr, tls: bool) -> Self {
+        ConnInfo { client, tls, forwarding: headers::ClientForwarding::new(client.ip(), tls) }
+    }
 }
 
 /// The request path of a node, shared by all its connections.
@@ -81,7 +88,7 @@ impl Pipeline {
     }
 
     /// Serves one request; never fails, every problem becomes a response.
-    pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<ObservedBody> {
+    pub async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ObservedBody> {
         let started = Instant::now();
         self.in_flight.increment(1.0);
         let request_id = request_id::assign(request.headers());
@@ -112,7 +119,7 @@ impl Pipeline {
         &self,
         table: &RoutingTable,
         request: Request<Incoming>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         request_id: &HeaderValue,
     ) -> Served {
         let (mut parts, body) = request.into_parts();
@@ -168,7 +175,7 @@ impl Pipeline {
                 };
                 let host = host_of(&parts);
                 headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-                headers::add_forwarding(&mut parts.headers, conn.client.ip(), conn.tls, host.as_deref());
+                conn.forwarding.apply(&mut parts.headers, host.as_ref());
                 parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
                 parts.uri = uri;
                 parts.version = Version::HTTP_11;
@@ -232,10 +239,10 @@ impl Pipeline {
     }
 }
 
-fn host_of(parts: &Parts) -> Option<String> {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+/// The host the client addressed: `:authority` (HTTP/2) or `Host`.
+fn host_of(parts: &Parts) -> Option<HeaderValue> {
+    match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(HOST).cloned(),
+    }
 }

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Proxy benchmark: Meridian against nginx as a reverse proxy, same backend, same run.
+#
+#   tests/bench/proxy.sh                 # 3 rounds of 10 s per target, 64 connections
+#   DURATION=30s ROUNDS=5 CONNECTIONS=128 tests/bench/proxy.sh
+#
+# Layout on a 2-core machine: the proxy under test (nginx with 1 worker, or Meridian with
+# --workers 1) is pinned to core 0; the backend (nginx, 1 worker, fixed 200) and wrk share
+# core 1. Both proxies log every request (nginx: access_log on; Meridian: JSON access log to a
+# file) and Meridian also counts every request in its metrics. Prints req/s, p50, p99 for
+# the backend alone, nginx and Meridian (the median of ROUNDS alternating rounds), the CPU
+# time each proxy spent per request (less sensitive to the shared load core than req/s),
+# the ratios, and Meridian's peak RSS.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+PROXY_CORE=${PROXY_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+BACKEND_PORT=${BACKEND_PORT:-18481}
+NGINX_PORT=${NGINX_PORT:-18482}
+MERIDIAN_PORT=${MERIDIAN_PORT:-18483}
+ADMIN_PORT=${ADMIN_PORT:-18484}
+
+for tool in nginx wrk taskset; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx wrk util-linux)" >&2; exit 1; }
+done
+
+echo "== building meridian (release)"
+cargo build --release --bin meridian --quiet
+MERIDIAN=target/release/meridian
+
+work=$(mktemp -d /tmp/meridian-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkdir -p "$work/backend/logs" "$work/proxy/logs"
+cat > "$work/backend/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+error_log $work/backend/logs/error.log;
+pid $work/backend/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$BACKEND_PORT;
+    location / { return 200 "hello from the backend\n"; }
+  }
+}
+CONF
+cat > "$work/proxy/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+error_log $work/proxy/logs/error.log;
+pid $work/proxy/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log $work/proxy/logs/access.log;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+cat > "$work/meridian.yaml" <<CONF
+listen: { http: "127.0.0.1:$MERIDIAN_PORT" }
+admin: { listen: "127.0.0.1:$ADMIN_PORT" }
+access_log: { path: "$work/meridian-access.log" }
+apis:
+  - id: bench
+    routes:
+      - route: ANY /{proxy+}
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+    stages:
+      - name: bench
+        variables: { backend: "127.0.0.1:$BACKEND_PORT" }
+CONF
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2; exit 1
+}
+
+taskset -c "$LOAD_CORE" nginx -p "$work/backend" -c "$work/backend/nginx.conf" 2>/dev/null & pids+=($!)
+wait_port "$BACKEND_PORT"
+taskset -c "$PROXY_CORE" nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" 2>/dev/null & nginx_master=$!; pids+=($nginx_master)
+wait_port "$NGINX_PORT"
+nginx_worker=$(pgrep -P "$nginx_master" | head -1)
+taskset -c "$PROXY_CORE" "$MERIDIAN" --workers 1 serve --config "$work/meridian.yaml" 2>"$work/meridian.err" & meridian_pid=$!; pids+=($meridian_pid)
+wait_port "$MERIDIAN_PORT"
+
+# Runs wrk on the load core and prints "req/s p50_ms p99_ms cpu_us_per_request" where
+# the CPU time is that of process $2 (user + system) over the run.
+measure() {
+  local url=$1 pid=$2 out c0 c1
+  curl -sf -o /dev/null "$url" || { echo "warm-up request to $url failed" >&2; exit 1; }
+  c0=$(cpu_ticks "$pid")
+  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$url")
+  c1=$(cpu_ticks "$pid")
+  local rps p50 p99 n
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $(awk -v c=$((c1 - c0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", c * 1e6 / hz / n}')"
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}'; }
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+    else printf "%s", v }'
+}
+
+backend_pid=$(pgrep -f "nginx -p $work/backend" | head -1)
+backend_worker=$(pgrep -P "$backend_pid" | head -1)
+: > "$work/results"
+for round in $(seq 1 "$ROUNDS"); do
+  echo "== round $round/$ROUNDS: backend alone, nginx proxy, meridian proxy ($DURATION each, $CONNECTIONS connections)"
+  echo "backend $(measure "http://127.0.0.1:$BACKEND_PORT/hello" "$backend_worker")" >> "$work/results"
+  if (( round % 2 )); then
+    echo "nginx $(measure "http://127.0.0.1:$NGINX_PORT/hello" "$nginx_worker")" >> "$work/results"
+    echo "meridian $(measure "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" "$meridian_pid")" >> "$work/results"
+  else
+    echo "meridian $(measure "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" "$meridian_pid")" >> "$work/results"
+    echo "nginx $(measure "http://127.0.0.1:$NGINX_PORT/hello" "$nginx_worker")" >> "$work/results"
+  fi
+done
+# Median of each column per target.
+col() { awk -v t="$1" -v c="$2" '$1 == t {print $c}' "$work/results" | median; }
+for t in backend nginx meridian; do
+  for c in 2 3 4 5; do eval "${t}_$c=$(col "$t" "$c")"; done
+done
+rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$meridian_pid/status")
+logged=$(wc -l < "$work/meridian-access.log")
+
+echo
+echo "median of $ROUNDS rounds:"
+printf '%-22s %12s %10s %10s %16s\n' "target" "req/s" "p50 ms" "p99 ms" "CPU us/request"
+printf '%-22s %12s %10s %10s %16s\n' "backend (direct)" "$backend_2" "$backend_3" "$backend_4" "$backend_5"
+printf '%-22s %12s %10s %10s %16s\n' "nginx proxy" "$nginx_2" "$nginx_3" "$nginx_4" "$nginx_5"
+printf '%-22s %12s %10s %10s %16s\n' "meridian proxy" "$meridian_2" "$meridian_3" "$meridian_4" "$meridian_5"
+echo
+awk -v m="$meridian_2" -v n="$nginx_2" -v mp="$meridian_4" -v np="$nginx_4" -v mc="$meridian_5" -v nc="$nginx_5" 'BEGIN {
+  printf "throughput meridian/nginx: %.2fx (goal >= 1.00x)\n", m / n
+  printf "CPU per request meridian/nginx: %.2fx (lower is better)\n", mc / nc
+  printf "p99 meridian - nginx: %+.3f ms (goal <= +0.5 ms)\n", mp - np }'
+echo "meridian peak RSS: $((rss_kib / 1024)) MiB (goal < 64 MiB); access-log lines written: $logged"
