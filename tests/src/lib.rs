@@ -105,3 +105,38 @@ impl Default for TestCa {
         Self::new()
     }
 }
+
+/// A backend that counts requests and holds the first `slow` of them for `delay` before
+/// answering 200 (for retry and timeout tests).
+pub async fn counting_backend(
+    slow: usize,
+    delay: std::time::Duration,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n < slow {
+                            tokio::time::sleep(delay).await;
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(format!(
+                            "answer {n}"
+                        )))))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (addr, count)
+}

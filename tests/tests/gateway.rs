@@ -482,3 +482,40 @@ fn validate_lists_every_error_with_its_line() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_are_retried_after_a_timeout_and_others_are_not() {
+    use std::sync::atomic::Ordering;
+    let (backend, count) = counting_backend(1, Duration::from_secs(3)).await;
+    let config = format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+apis:
+  - id: flaky
+    routes:
+      - route: ANY /try
+        integration:
+          type: http_proxy
+          uri: "http://{backend}/try"
+          timeout: 300ms
+          retry: {{ attempts: 2 }}
+    stages: [{{ name: prod }}]
+"#
+    );
+    let node = start_node(config).await;
+    let http = node.http.unwrap();
+    let started = Instant::now();
+    let r = get(http, "gw.test", "/prod/try").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(&r.body[..], b"answer 1");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+
+    // A POST is not retried: the slow first attempt is its only one.
+    count.store(0, Ordering::SeqCst);
+    let req = Request::post("/prod/try").header("host", "gw.test").body(Full::new(Bytes::from_static(b"x"))).unwrap();
+    assert_eq!(send(http, req).await.status, 504);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+}
