@@ -1,0 +1,55 @@
+//! `meridian demo` works as README promises: it starts with no files, serves the sample API
+//! at the URLs it prints, and stops cleanly on Ctrl-C (SIGINT).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
+    let mut child = Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["demo", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("meridian demo starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut urls = Vec::new();
+    while urls.len() < 3 {
+        let line =
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the demo prints its URLs");
+        if let Some(start) = line.find("curl ") {
+            urls.push(line[start..].split('#').next().unwrap().trim().to_string());
+        }
+    }
+    // Run the printed commands as a user would paste them.
+    let pets = Command::new("sh").arg("-c").arg(format!("{} -s", urls[0])).output().unwrap();
+    let text = String::from_utf8_lossy(&pets.stdout);
+    assert!(text.contains("\"path\":\"/pets/42\""), "{text}");
+    let health = Command::new("sh").arg("-c").arg(format!("{} -s", urls[1])).output().unwrap();
+    assert!(String::from_utf8_lossy(&health.stdout).contains("{\"status\":\"ok\"}"));
+    let orders = Command::new("sh").arg("-c").arg(format!("{} -s", urls[2])).output().unwrap();
+    assert!(String::from_utf8_lossy(&orders.stdout).contains("\"method\":\"POST\""));
+
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "demo exited with {status}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "demo did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
