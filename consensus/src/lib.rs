@@ -1,0 +1,24 @@
+//! Meridian's replicated configuration.
+//!
+//! Everything an operator configures is one typed, versioned [`ConfigState`], changed only
+//! by [`Proposal`]s that go through Raft. This crate holds:
+//!
+//! - [`state`]: the configuration model and its deterministic `apply`;
+//! - [`types`]: the openraft type configuration ([`TypeConfig`], [`ClusterNode`]);
+//! - [`store`]: the sled-backed Raft log and state machine.
+//!
+//! It knows nothing about networking or HTTP: the node crate moves Raft messages between
+//! processes and compiles the applied state into its routing table.
+
+// openraft's `StorageError` is large and its storage traits return it; boxing ours would
+// only add a conversion at every call.
+#![allow(clippy::result_large_err)]
+
+pub mod state;
+pub mod store;
+pub mod types;
+
+pub use state::{
+    ApiRecord, Canary, CommandOutcome, ConfigCommand, ConfigState, Deployment, Proposal, Rejection, StageRecord,
+};
+pub use types::{ClusterNode, NodeId, TypeConfig};

@@ -1,0 +1,424 @@
+//! The replicated configuration and the commands that change it.
+//!
+//! [`ConfigState::apply`] is the whole state machine: a pure function of the state and a
+//! [`Proposal`]. Every node applies the same proposals in the same order and so reaches the
+//! same state, byte for byte. Every applied change bumps [`ConfigState::revision`]; a proposal
+//! that is rejected (a failed revision check, an unknown stage) changes nothing.
+//!
+//! API definitions are stored as the YAML text the operator applied (already validated by
+//! the node that accepted the write), inside immutable [`Deployment`]s. A stage points at a
+//! deployment; rollback points it back; a canary sends a share of the stage's requests to a
+//! second deployment.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An immutable snapshot of one API's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: u64,
+    /// The API definition (YAML), as validated when it was applied.
+    pub definition: String,
+    pub description: String,
+    /// Milliseconds since the Unix epoch, from the proposing node's clock.
+    pub created_at_ms: u64,
+}
+
+/// A canary release on a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    pub deployment: u64,
+    /// Share of the stage's requests in hundredths of a percent (1..=9999).
+    pub basis_points: u32,
+    /// Stage-variable overrides for canary requests.
+    pub variables: BTreeMap<String, String>,
+}
+
+/// A stage: the name an API is served under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub deployment: u64,
+    pub variables: BTreeMap<String, String>,
+    pub canary: Option<Canary>,
+}
+
+/// One API: its deployments (never edited) and stages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiRecord {
+    pub deployments: BTreeMap<u64, Deployment>,
+    pub stages: BTreeMap<String, StageRecord>,
+    pub next_deployment: u64,
+}
+
+/// The whole replicated configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigState {
+    /// Bumped by every applied change.
+    pub revision: u64,
+    pub apis: BTreeMap<String, ApiRecord>,
+}
+
+/// A change to the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigCommand {
+    /// Stores a new deployment of `api` (creating the API on first use) and, when `stage`
+    /// is set, points that stage at it (creating the stage with `variables`).
+    Deploy {
+        api: String,
+        definition: String,
+        description: String,
+        created_at_ms: u64,
+        stage: Option<String>,
+    },
+    /// Points a stage at an existing deployment (rollback, or a new stage).
+    SetStageDeployment {
+        api: String,
+        stage: String,
+        deployment: u64,
+    },
+    /// Sets and removes stage variables.
+    SetStageVariables {
+        api: String,
+        stage: String,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+    },
+    DeleteStage {
+        api: String,
+        stage: String,
+    },
+    SetCanary {
+        api: String,
+        stage: String,
+        canary: Canary,
+    },
+    /// Makes the canary's deployment (and variable overrides) the stage's own.
+    PromoteCanary {
+        api: String,
+        stage: String,
+    },
+    ClearCanary {
+        api: String,
+        stage: String,
+    },
+}
+
+/// A command with an optional revision precondition (an HTTP `If-Match`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub expected_revision: Option<u64>,
+    pub command: ConfigCommand,
+}
+
+/// Why a proposal changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("the configuration is at revision {current}, not {expected}")]
+    RevisionMismatch { expected: u64, current: u64 },
+    #[error("no API `{0}`")]
+    NoApi(String),
+    #[error("API `{api}` has no stage `{stage}`")]
+    NoStage { api: String, stage: String },
+    #[error("API `{api}` has no deployment {deployment}")]
+    NoDeployment { api: String, deployment: u64 },
+    #[error("stage `{stage}` of API `{api}` has no canary")]
+    NoCanary { api: String, stage: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The result of applying one proposal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandOutcome {
+    /// The revision after the proposal (unchanged if it was rejected).
+    pub revision: u64,
+    /// The deployment a `Deploy` created, if any.
+    pub deployment: Option<u64>,
+    pub rejected: Option<Rejection>,
+}
+
+impl ConfigState {
+    /// Applies `proposal`; deterministic and total (never panics).
+    pub fn apply(&mut self, proposal: &Proposal) -> CommandOutcome {
+        if let Some(expected) = proposal.expected_revision
+            && expected != self.revision
+        {
+            return self.rejected(Rejection::RevisionMismatch { expected, current: self.revision });
+        }
+        match self.change(&proposal.command) {
+            Ok(deployment) => {
+                self.revision += 1;
+                CommandOutcome { revision: self.revision, deployment, rejected: None }
+            }
+            Err(r) => self.rejected(r),
+        }
+    }
+
+    fn rejected(&self, rejection: Rejection) -> CommandOutcome {
+        CommandOutcome { revision: self.revision, deployment: None, rejected: Some(rejection) }
+    }
+
+    fn api_mut(&mut self, api: &str) -> Result<&mut ApiRecord, Rejection> {
+        self.apis.get_mut(api).ok_or_else(|| Rejection::NoApi(api.to_string()))
+    }
+
+    fn stage_mut<'s>(&'s mut self, api: &str, stage: &str) -> Result<&'s mut StageRecord, Rejection> {
+        self.api_mut(api)?
+            .stages
+            .get_mut(stage)
+            .ok_or_else(|| Rejection::NoStage { api: api.to_string(), stage: stage.to_string() })
+    }
+
+    /// Performs a command; `Err` leaves the state untouched.
+    fn change(&mut self, command: &ConfigCommand) -> Result<Option<u64>, Rejection> {
+        match command {
+            ConfigCommand::Deploy { api, definition, description, created_at_ms, stage } => {
+                if api.is_empty() || definition.is_empty() {
+                    return Err(Rejection::Invalid("a deployment needs an API id and a definition".into()));
+                }
+                let record = self.apis.entry(api.clone()).or_default();
+                record.next_deployment += 1;
+                let id = record.next_deployment;
+                record.deployments.insert(
+                    id,
+                    Deployment {
+                        id,
+                        definition: definition.clone(),
+                        description: description.clone(),
+                        created_at_ms: *created_at_ms,
+                    },
+                );
+                if let Some(stage) = stage {
+                    let entry = record.stages.entry(stage.clone()).or_insert_with(|| StageRecord {
+                        deployment: id,
+                        variables: BTreeMap::new(),
+                        canary: None,
+                    });
+                    entry.deployment = id;
+                }
+                Ok(Some(id))
+            }
+            ConfigCommand::SetStageDeployment { api, stage, deployment } => {
+                let record = self.api_mut(api)?;
+                if !record.deployments.contains_key(deployment) {
+                    return Err(Rejection::NoDeployment { api: api.clone(), deployment: *deployment });
+                }
+                record
+                    .stages
+                    .entry(stage.clone())
+                    .or_insert_with(|| StageRecord {
+                        deployment: *deployment,
+                        variables: BTreeMap::new(),
+                        canary: None,
+                    })
+                    .deployment = *deployment;
+                Ok(None)
+            }
+            ConfigCommand::SetStageVariables { api, stage, set, unset } => {
+                let record = self.stage_mut(api, stage)?;
+                for name in unset {
+                    record.variables.remove(name);
+                }
+                record.variables.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Ok(None)
+            }
+            ConfigCommand::DeleteStage { api, stage } => {
+                let record = self.api_mut(api)?;
+                record
+                    .stages
+                    .remove(stage)
+                    .map(|_| None)
+                    .ok_or_else(|| Rejection::NoStage { api: api.clone(), stage: stage.clone() })
+            }
+            ConfigCommand::SetCanary { api, stage, canary } => {
+                if !(1..=9999).contains(&canary.basis_points) {
+                    return Err(Rejection::Invalid("a canary takes between 0.01 % and 99.99 % of requests".into()));
+                }
+                let record = self.api_mut(api)?;
+                if !record.deployments.contains_key(&canary.deployment) {
+                    return Err(Rejection::NoDeployment { api: api.clone(), deployment: canary.deployment });
+                }
+                self.stage_mut(api, stage)?.canary = Some(canary.clone());
+                Ok(None)
+            }
+            ConfigCommand::PromoteCanary { api, stage } => {
+                let record = self.stage_mut(api, stage)?;
+                let canary = record
+                    .canary
+                    .take()
+                    .ok_or_else(|| Rejection::NoCanary { api: api.clone(), stage: stage.clone() })?;
+                record.deployment = canary.deployment;
+                record.variables.extend(canary.variables);
+                Ok(None)
+            }
+            ConfigCommand::ClearCanary { api, stage } => {
+                let record = self.stage_mut(api, stage)?;
+                record
+                    .canary
+                    .take()
+                    .map(|_| None)
+                    .ok_or_else(|| Rejection::NoCanary { api: api.clone(), stage: stage.clone() })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn deploy(api: &str, stage: Option<&str>) -> Proposal {
+        Proposal {
+            expected_revision: None,
+            command: ConfigCommand::Deploy {
+                api: api.into(),
+                definition: format!("id: {api}\n"),
+                description: "test".into(),
+                created_at_ms: 1,
+                stage: stage.map(Into::into),
+            },
+        }
+    }
+
+    #[test]
+    fn deploy_then_rollback() {
+        let mut s = ConfigState::default();
+        assert_eq!(s.apply(&deploy("pets", Some("prod"))).deployment, Some(1));
+        assert_eq!(s.apply(&deploy("pets", Some("prod"))).deployment, Some(2));
+        assert_eq!(s.apis["pets"].stages["prod"].deployment, 2);
+        let back = Proposal {
+            expected_revision: Some(2),
+            command: ConfigCommand::SetStageDeployment { api: "pets".into(), stage: "prod".into(), deployment: 1 },
+        };
+        assert_eq!(s.apply(&back).revision, 3);
+        assert_eq!(s.apis["pets"].stages["prod"].deployment, 1);
+        assert_eq!(s.apis["pets"].deployments.len(), 2, "deployments are never removed");
+    }
+
+    #[test]
+    fn a_stale_revision_changes_nothing() {
+        let mut s = ConfigState::default();
+        s.apply(&deploy("pets", Some("prod")));
+        let before = s.clone();
+        let stale = Proposal { expected_revision: Some(0), ..deploy("pets", Some("prod")) };
+        let out = s.apply(&stale);
+        assert_eq!(out.rejected, Some(Rejection::RevisionMismatch { expected: 0, current: 1 }));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn canary_promote_and_clear() {
+        let mut s = ConfigState::default();
+        s.apply(&deploy("pets", Some("prod")));
+        s.apply(&deploy("pets", None));
+        let canary = Canary { deployment: 2, basis_points: 500, variables: BTreeMap::from([("v".into(), "2".into())]) };
+        let set = |c: Canary| Proposal {
+            expected_revision: None,
+            command: ConfigCommand::SetCanary { api: "pets".into(), stage: "prod".into(), canary: c },
+        };
+        assert!(s.apply(&set(Canary { basis_points: 0, ..canary.clone() })).rejected.is_some());
+        assert!(s.apply(&set(Canary { deployment: 9, ..canary.clone() })).rejected.is_some());
+        assert!(s.apply(&set(canary.clone())).rejected.is_none());
+        let promote = Proposal {
+            expected_revision: None,
+            command: ConfigCommand::PromoteCanary { api: "pets".into(), stage: "prod".into() },
+        };
+        assert!(s.apply(&promote).rejected.is_none());
+        let stage = &s.apis["pets"].stages["prod"];
+        assert_eq!((stage.deployment, stage.canary.is_none(), stage.variables["v"].as_str()), (2, true, "2"));
+        assert!(s.apply(&promote).rejected.is_some(), "no canary left to promote");
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![Just("a".to_string()), Just("b".to_string())]
+    }
+
+    fn command() -> impl Strategy<Value = ConfigCommand> {
+        prop_oneof![
+            (name(), proptest::option::of(name())).prop_map(|(api, stage)| ConfigCommand::Deploy {
+                definition: format!("id: {api}"),
+                api,
+                description: String::new(),
+                created_at_ms: 7,
+                stage,
+            }),
+            (name(), name(), 0u64..4).prop_map(|(api, stage, deployment)| ConfigCommand::SetStageDeployment {
+                api,
+                stage,
+                deployment
+            }),
+            (name(), name(), name()).prop_map(|(api, stage, k)| ConfigCommand::SetStageVariables {
+                api,
+                stage,
+                set: BTreeMap::from([(k, "v".into())]),
+                unset: vec![]
+            }),
+            (name(), name()).prop_map(|(api, stage)| ConfigCommand::DeleteStage { api, stage }),
+            (name(), name(), 0u64..4, 0u32..10001).prop_map(|(api, stage, deployment, basis_points)| {
+                ConfigCommand::SetCanary {
+                    api,
+                    stage,
+                    canary: Canary { deployment, basis_points, variables: BTreeMap::new() },
+                }
+            }),
+            (name(), name()).prop_map(|(api, stage)| ConfigCommand::PromoteCanary { api, stage }),
+            (name(), name()).prop_map(|(api, stage)| ConfigCommand::ClearCanary { api, stage }),
+        ]
+    }
+
+    fn proposals() -> impl Strategy<Value = Vec<Proposal>> {
+        proptest::collection::vec(
+            (proptest::option::of(0u64..6), command())
+                .prop_map(|(expected_revision, command)| Proposal { expected_revision, command }),
+            0..40,
+        )
+    }
+
+    proptest! {
+        /// The same proposals give the same state, outcomes and bytes on every node.
+        #[test]
+        fn apply_is_deterministic(ps in proposals()) {
+            let (mut a, mut b) = (ConfigState::default(), ConfigState::default());
+            for p in &ps {
+                prop_assert_eq!(a.apply(p), b.apply(p));
+            }
+            let bytes = |s: &ConfigState| bincode::serde::encode_to_vec(s, bincode::config::standard()).unwrap();
+            prop_assert_eq!(bytes(&a), bytes(&b));
+        }
+
+        /// Revisions only grow, by one per applied change; a rejection changes nothing.
+        #[test]
+        fn rejections_change_nothing(ps in proposals()) {
+            let mut s = ConfigState::default();
+            for p in &ps {
+                let before = s.clone();
+                let out = s.apply(p);
+                if out.rejected.is_some() {
+                    prop_assert_eq!(&s, &before);
+                } else {
+                    prop_assert_eq!(s.revision, before.revision + 1);
+                }
+                for api in s.apis.values() {
+                    for stage in api.stages.values() {
+                        prop_assert!(api.deployments.contains_key(&stage.deployment));
+                    }
+                }
+            }
+        }
+
+        /// A state survives encoding and decoding (snapshots) unchanged.
+        #[test]
+        fn snapshot_round_trips(ps in proposals()) {
+            let mut s = ConfigState::default();
+            for p in &ps {
+                s.apply(p);
+            }
+            let bytes = bincode::serde::encode_to_vec(&s, bincode::config::standard()).unwrap();
+            let (back, _): (ConfigState, usize) =
+                bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+            prop_assert_eq!(back, s);
+        }
+    }
+}

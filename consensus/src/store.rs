@@ -1,0 +1,376 @@
+//! The Raft log and state machine on sled.
+//!
+//! One sled database per node holds three trees: `log` (entries by big-endian index),
+//! `meta` (vote, last purged log id, committed log id) and `machine` (the applied
+//! [`ConfigState`] with its last applied log id and membership, and the current snapshot).
+//! Appends and votes are flushed before they are acknowledged; the applied state is written
+//! after every batch, so a restarted node resumes from where it stopped without replaying
+//! its log, and catches up from the leader for the rest.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use crate::state::{CommandOutcome, ConfigState};
+use crate::types::{ClusterNode, Entry, NodeId, TypeConfig};
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
+}
+
+fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: &(impl std::error::Error + 'static),
+) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, AnyError::new(e)).into()
+}
+
+/// Opens (or creates) a node's store at `path`.
+pub fn open(path: &Path) -> Result<(LogStore, StateMachine), sled::Error> {
+    let db = sled::open(path)?;
+    let log = LogStore { log: db.open_tree("log")?, meta: db.open_tree("meta")?, db: db.clone() };
+    let machine_tree = db.open_tree("machine")?;
+    let machine = match machine_tree.get("applied")? {
+        Some(bytes) => decode::<AppliedMachine>(&bytes).map_err(|e| {
+            sled::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("applied state: {e}")))
+        })?,
+        None => AppliedMachine::default(),
+    };
+    let machine = StateMachine { tree: machine_tree, db, applied: Arc::new(RwLock::new(machine)) };
+    Ok((log, machine))
+}
+
+/// The Raft log.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl LogStore {
+    fn get_meta<T: DeserializeOwned>(&self, key: &str, subject: ErrorSubject<NodeId>) -> StorageResult<Option<T>> {
+        match self.meta.get(key).map_err(|e| io_error(subject.clone(), ErrorVerb::Read, &e))? {
+            None => Ok(None),
+            Some(bytes) => decode(&bytes).map(Some).map_err(|e| io_error(subject, ErrorVerb::Read, &e)),
+        }
+    }
+
+    async fn put_meta<T: Serialize>(&self, key: &str, value: &T, subject: ErrorSubject<NodeId>) -> StorageResult<()> {
+        let bytes = encode(value).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
+        self.meta.insert(key, bytes).map_err(|e| io_error(subject.clone(), ErrorVerb::Write, &e))?;
+        self.db.flush_async().await.map_err(|e| io_error(subject, ErrorVerb::Write, &e))?;
+        Ok(())
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let mut entries = Vec::new();
+        for item in self.log.range(index_key(start)..) {
+            let (key, value) = item.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+            let index = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0xff; 8]));
+            if !range.contains(&index) {
+                break;
+            }
+            entries.push(decode(&value).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta("last_purged", ErrorSubject::Store)?;
+        let last = match self.log.last().map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))? {
+            Some((_, value)) => {
+                let entry: Entry = decode(&value).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+                Some(entry.log_id)
+            }
+            None => None,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        self.put_meta("vote", vote, ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.get_meta("vote", ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        self.put_meta("committed", &committed, ErrorSubject::Store).await
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed", ErrorSubject::Store)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = encode(&entry).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.log.apply_batch(batch).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        // Acknowledge only once the entries are on disk.
+        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        callback.log_io_completed(flushed);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let keys: Vec<sled::IVec> = self.log.range(index_key(log_id.index)..).keys().filter_map(Result::ok).collect();
+        for key in keys {
+            self.log.remove(key).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        }
+        self.db.flush_async().await.map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        // Record the purge point first: entries at or before it are ignored from then on.
+        self.put_meta("last_purged", &log_id, ErrorSubject::Store).await?;
+        let keys: Vec<sled::IVec> = self.log.range(..=index_key(log_id.index)).keys().filter_map(Result::ok).collect();
+        for key in keys {
+            self.log.remove(key).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, &e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The applied state with what Raft needs to know about it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppliedMachine {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, ClusterNode>,
+    pub config: ConfigState,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, ClusterNode>,
+    data: Vec<u8>,
+}
+
+/// The state machine: the applied configuration, shared for reading with the data plane.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    db: sled::Db,
+    tree: sled::Tree,
+    applied: Arc<RwLock<AppliedMachine>>,
+}
+
+impl StateMachine {
+    /// A handle for reading the applied state (the data plane compiles it; `status` shows it).
+    pub fn applied(&self) -> Arc<RwLock<AppliedMachine>> {
+        self.applied.clone()
+    }
+
+    async fn persist(&self, machine: &AppliedMachine) -> StorageResult<()> {
+        let bytes = encode(machine).map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
+        self.tree.insert("applied", bytes).map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
+        self.db.flush_async().await.map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let machine = self.applied.read().await.clone();
+        let data = encode(&machine).map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
+        let snapshot_id = match machine.last_applied {
+            Some(last) => format!("{}-{}-{}", last.leader_id, last.index, machine.config.revision),
+            None => format!("--{}", machine.config.revision),
+        };
+        let meta = SnapshotMeta { last_log_id: machine.last_applied, last_membership: machine.membership, snapshot_id };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let bytes =
+            encode(&stored).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
+        self.tree
+            .insert("snapshot", bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, ClusterNode>)> {
+        let machine = self.applied.read().await;
+        Ok((machine.last_applied, machine.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandOutcome>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut machine = self.applied.write().await;
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            machine.last_applied = Some(entry.log_id);
+            let revision = machine.config.revision;
+            outcomes.push(match entry.payload {
+                EntryPayload::Blank => CommandOutcome { revision, deployment: None, rejected: None },
+                EntryPayload::Normal(proposal) => machine.config.apply(&proposal),
+                EntryPayload::Membership(membership) => {
+                    machine.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    CommandOutcome { revision, deployment: None, rejected: None }
+                }
+            });
+        }
+        self.persist(&machine).await?;
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, ClusterNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let installed: AppliedMachine =
+            decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
+        let machine = AppliedMachine {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            config: installed.config,
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let bytes =
+            encode(&stored).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
+        self.tree
+            .insert("snapshot", bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
+        self.persist(&machine).await?;
+        *self.applied.write().await = machine;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let Some(bytes) =
+            self.tree.get("snapshot").map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?
+        else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot =
+            decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct SledBuilder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for SledBuilder {
+        async fn build(&self) -> StorageResult<(tempfile::TempDir, LogStore, StateMachine)> {
+            let dir = tempfile::tempdir().map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+            let (log, machine) = open(dir.path()).map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+            Ok((dir, log, machine))
+        }
+    }
+
+    /// openraft's own conformance suite for log and state-machine storage.
+    #[test]
+    fn passes_the_openraft_storage_suite() {
+        Suite::test_all(SledBuilder).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_applied_state_survives_a_reopen() {
+        use crate::state::{ConfigCommand, Proposal};
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_log, mut machine) = open(dir.path()).unwrap();
+            let proposal = Proposal {
+                expected_revision: None,
+                command: ConfigCommand::Deploy {
+                    api: "pets".into(),
+                    definition: "id: pets".into(),
+                    description: String::new(),
+                    created_at_ms: 0,
+                    stage: Some("prod".into()),
+                },
+            };
+            let entry = Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+                payload: EntryPayload::Normal(proposal),
+            };
+            let out = machine.apply(vec![entry]).await.unwrap();
+            assert_eq!(out[0].revision, 1);
+        }
+        // sled's flusher thread lets go of the lock shortly after the last handle is dropped.
+        let mut reopened = open(dir.path());
+        for _ in 0..100 {
+            if reopened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            reopened = open(dir.path());
+        }
+        let (_log, mut machine) = reopened.unwrap();
+        let (last, _) = machine.applied_state().await.unwrap();
+        assert_eq!(last.map(|l| l.index), Some(1));
+        assert_eq!(machine.applied().read().await.config.apis["pets"].stages["prod"].deployment, 1);
+    }
+}

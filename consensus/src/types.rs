@@ -1,0 +1,42 @@
+//! The openraft type configuration of Meridian's control plane.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{CommandOutcome, Proposal};
+
+/// A node's id in the cluster.
+pub type NodeId = u64;
+
+/// What the cluster knows about a member: where it is and how to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub region: String,
+    /// Node-to-node RPC address (mutual TLS).
+    pub rpc_addr: String,
+    /// Gateway address for API traffic.
+    pub gateway_addr: String,
+    /// Admin API address.
+    pub admin_addr: String,
+}
+
+impl fmt::Display for ClusterNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.region, self.rpc_addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Meridian's Raft types: proposals in, outcomes out, nodes with regions.
+    pub TypeConfig:
+        D = Proposal,
+        R = CommandOutcome,
+        NodeId = NodeId,
+        Node = ClusterNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A log entry of the control plane.
+pub type Entry = openraft::Entry<TypeConfig>;
