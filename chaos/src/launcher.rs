@@ -66,25 +66,47 @@ impl NodeProcess {
     /// Starts a node in `dir` (which may already hold certificates or token files), with
     /// extra environment variables.
     pub fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Result<NodeProcess, LaunchError> {
+        Self::launch(dir, config, &["serve"], env)
+    }
+
+    /// Starts `meridian <command...> --config <dir>/gateway.yaml --ready-file ...` in `dir`,
+    /// e.g. `&["cluster", "init", "--region", "eu-west"]`.
+    pub fn launch(
+        dir: tempfile::TempDir,
+        config: &str,
+        command: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<NodeProcess, LaunchError> {
+        std::fs::write(dir.path().join("gateway.yaml"), config)?;
+        let mut node =
+            NodeProcess { child: None, dir, http: None, https: None, admin: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        node.run(command, env)?;
+        Ok(node)
+    }
+
+    /// Starts the process (again) in this node's folder: after [`NodeProcess::kill`], a
+    /// restart with `&["serve"]` resumes from the node's data.
+    pub fn run(&mut self, args: &[&str], env: &[(&str, &str)]) -> Result<(), LaunchError> {
         let binary = meridian_binary();
         if !binary.is_file() {
             return Err(LaunchError::NoBinary(binary));
         }
-        let config_path = dir.path().join("gateway.yaml");
-        std::fs::write(&config_path, config)?;
-        let ready = dir.path().join("ready.json");
-        let stdout = std::fs::File::create(dir.path().join("stdout.log"))?;
-        let stderr = std::fs::File::create(dir.path().join("stderr.log"))?;
+        let dir = self.dir.path();
+        let config_path = dir.join("gateway.yaml");
+        let ready = dir.join("ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let stdout = std::fs::File::options().create(true).append(true).open(dir.join("stdout.log"))?;
+        let stderr = std::fs::File::options().create(true).append(true).open(dir.join("stderr.log"))?;
         let mut command = Command::new(&binary);
         command
             .arg("--workers")
             .arg("2")
-            .arg("serve")
+            .args(args)
             .arg("--config")
             .arg(&config_path)
             .arg("--ready-file")
             .arg(&ready)
-            .current_dir(dir.path())
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -96,24 +118,40 @@ impl NodeProcess {
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
-                let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
                 return Err(LaunchError::Exited { status, log });
             }
             if let Ok(text) = std::fs::read_to_string(&ready)
                 && !text.is_empty()
             {
                 let addr = |key: &str| json_field(&text, key).and_then(|a| a.parse().ok());
-                let admin = addr("admin").ok_or_else(|| LaunchError::BadReadyFile(text.clone()))?;
-                return Ok(NodeProcess { child: Some(child), http: addr("http"), https: addr("https"), admin, dir });
+                self.admin = addr("admin").ok_or_else(|| LaunchError::BadReadyFile(text.clone()))?;
+                self.http = addr("http");
+                self.https = addr("https");
+                self.child = Some(child);
+                return Ok(());
             }
             if started.elapsed() > limit {
                 let _ = child.kill();
                 let _ = child.wait();
-                let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
                 return Err(LaunchError::NotReady(limit, log));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the process with SIGKILL and waits for it; the folder stays for a restart.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The node's folder.

@@ -19,6 +19,7 @@ pub mod store;
 pub mod types;
 
 pub use state::{
-    ApiRecord, Canary, CommandOutcome, ConfigCommand, ConfigState, Deployment, Proposal, Rejection, StageRecord,
+    ApiRecord, Canary, ClusterSecrets, CommandOutcome, ConfigCommand, ConfigState, Deployment, Proposal, Rejection,
+    StageRecord,
 };
 pub use types::{ClusterNode, NodeId, TypeConfig};

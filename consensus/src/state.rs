@@ -51,17 +51,38 @@ pub struct ApiRecord {
     pub next_deployment: u64,
 }
 
+/// What members need to admit new members: the cluster CA and the join secret's hash.
+///
+/// Every member holds the CA key so that any member can answer a join; the key never leaves
+/// the cluster's mutually authenticated channels and the members' data folders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSecrets {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    /// SHA-256 (hex) of the join secret; the secret itself is not stored.
+    pub join_secret_sha256: String,
+}
+
 /// The whole replicated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigState {
     /// Bumped by every applied change.
     pub revision: u64,
+    pub cluster: Option<ClusterSecrets>,
+    /// The id the next joining node gets (the founding node is 1).
+    pub next_node_id: u64,
     pub apis: BTreeMap<String, ApiRecord>,
 }
 
 /// A change to the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConfigCommand {
+    /// The founding node's first write: the cluster CA and join secret. Only once.
+    Bootstrap {
+        secrets: ClusterSecrets,
+    },
+    /// Reserves the id of a node that is joining; the outcome's `created` is the id.
+    RegisterNode,
     /// Stores a new deployment of `api` (creating the API on first use) and, when `stage`
     /// is set, points that stage at it (creating the stage with `variables`).
     Deploy {
@@ -70,6 +91,8 @@ pub enum ConfigCommand {
         description: String,
         created_at_ms: u64,
         stage: Option<String>,
+        /// Variables set on `stage` along with the deployment.
+        stage_variables: BTreeMap<String, String>,
     },
     /// Points a stage at an existing deployment (rollback, or a new stage).
     SetStageDeployment {
@@ -124,6 +147,8 @@ pub enum Rejection {
     NoDeployment { api: String, deployment: u64 },
     #[error("stage `{stage}` of API `{api}` has no canary")]
     NoCanary { api: String, stage: String },
+    #[error("the cluster is already bootstrapped")]
+    AlreadyBootstrapped,
     #[error("{0}")]
     Invalid(String),
 }
@@ -133,8 +158,9 @@ pub enum Rejection {
 pub struct CommandOutcome {
     /// The revision after the proposal (unchanged if it was rejected).
     pub revision: u64,
-    /// The deployment a `Deploy` created, if any.
-    pub deployment: Option<u64>,
+    /// The id of what the command created: a deployment (`Deploy`) or a node id
+    /// (`RegisterNode`).
+    pub created: Option<u64>,
     pub rejected: Option<Rejection>,
 }
 
@@ -147,16 +173,16 @@ impl ConfigState {
             return self.rejected(Rejection::RevisionMismatch { expected, current: self.revision });
         }
         match self.change(&proposal.command) {
-            Ok(deployment) => {
+            Ok(created) => {
                 self.revision += 1;
-                CommandOutcome { revision: self.revision, deployment, rejected: None }
+                CommandOutcome { revision: self.revision, created, rejected: None }
             }
             Err(r) => self.rejected(r),
         }
     }
 
     fn rejected(&self, rejection: Rejection) -> CommandOutcome {
-        CommandOutcome { revision: self.revision, deployment: None, rejected: Some(rejection) }
+        CommandOutcome { revision: self.revision, created: None, rejected: Some(rejection) }
     }
 
     fn api_mut(&mut self, api: &str) -> Result<&mut ApiRecord, Rejection> {
@@ -173,7 +199,20 @@ impl ConfigState {
     /// Performs a command; `Err` leaves the state untouched.
     fn change(&mut self, command: &ConfigCommand) -> Result<Option<u64>, Rejection> {
         match command {
-            ConfigCommand::Deploy { api, definition, description, created_at_ms, stage } => {
+            ConfigCommand::Bootstrap { secrets } => {
+                if self.cluster.is_some() {
+                    return Err(Rejection::AlreadyBootstrapped);
+                }
+                self.cluster = Some(secrets.clone());
+                self.next_node_id = self.next_node_id.max(2);
+                Ok(None)
+            }
+            ConfigCommand::RegisterNode => {
+                let id = self.next_node_id.max(2);
+                self.next_node_id = id + 1;
+                Ok(Some(id))
+            }
+            ConfigCommand::Deploy { api, definition, description, created_at_ms, stage, stage_variables } => {
                 if api.is_empty() || definition.is_empty() {
                     return Err(Rejection::Invalid("a deployment needs an API id and a definition".into()));
                 }
@@ -196,6 +235,7 @@ impl ConfigState {
                         canary: None,
                     });
                     entry.deployment = id;
+                    entry.variables.extend(stage_variables.iter().map(|(k, v)| (k.clone(), v.clone())));
                 }
                 Ok(Some(id))
             }
@@ -278,6 +318,7 @@ mod tests {
                 description: "test".into(),
                 created_at_ms: 1,
                 stage: stage.map(Into::into),
+                stage_variables: BTreeMap::new(),
             },
         }
     }
@@ -285,8 +326,8 @@ mod tests {
     #[test]
     fn deploy_then_rollback() {
         let mut s = ConfigState::default();
-        assert_eq!(s.apply(&deploy("pets", Some("prod"))).deployment, Some(1));
-        assert_eq!(s.apply(&deploy("pets", Some("prod"))).deployment, Some(2));
+        assert_eq!(s.apply(&deploy("pets", Some("prod"))).created, Some(1));
+        assert_eq!(s.apply(&deploy("pets", Some("prod"))).created, Some(2));
         assert_eq!(s.apis["pets"].stages["prod"].deployment, 2);
         let back = Proposal {
             expected_revision: Some(2),
@@ -343,6 +384,7 @@ mod tests {
                 description: String::new(),
                 created_at_ms: 7,
                 stage,
+                stage_variables: BTreeMap::new(),
             }),
             (name(), name(), 0u64..4).prop_map(|(api, stage, deployment)| ConfigCommand::SetStageDeployment {
                 api,
@@ -365,6 +407,10 @@ mod tests {
             }),
             (name(), name()).prop_map(|(api, stage)| ConfigCommand::PromoteCanary { api, stage }),
             (name(), name()).prop_map(|(api, stage)| ConfigCommand::ClearCanary { api, stage }),
+            Just(ConfigCommand::RegisterNode),
+            name().prop_map(|n| ConfigCommand::Bootstrap {
+                secrets: ClusterSecrets { ca_cert_pem: n.clone(), ca_key_pem: n, join_secret_sha256: String::new() }
+            }),
         ]
     }
 

@@ -259,11 +259,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             machine.last_applied = Some(entry.log_id);
             let revision = machine.config.revision;
             outcomes.push(match entry.payload {
-                EntryPayload::Blank => CommandOutcome { revision, deployment: None, rejected: None },
+                EntryPayload::Blank => CommandOutcome { revision, created: None, rejected: None },
                 EntryPayload::Normal(proposal) => machine.config.apply(&proposal),
                 EntryPayload::Membership(membership) => {
                     machine.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    CommandOutcome { revision, deployment: None, rejected: None }
+                    CommandOutcome { revision, created: None, rejected: None }
                 }
             });
         }
@@ -350,6 +350,7 @@ mod tests {
                     description: String::new(),
                     created_at_ms: 0,
                     stage: Some("prod".into()),
+                    stage_variables: Default::default(),
                 },
             };
             let entry = Entry {

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod body;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod gateway;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 /// Errors talking to a node's admin API.
@@ -23,12 +23,15 @@ pub enum AdminClientError {
     Http(String),
 }
 
-/// Sends `method path` with an optional bearer token; returns the status and body.
+/// Sends `method path` with an optional bearer token, body and extra headers; returns the
+/// status and body.
 pub async fn call(
     addr: SocketAddr,
     method: Method,
     path: &str,
     token: Option<&str>,
+    body: Bytes,
+    headers: &[(&str, String)],
 ) -> Result<(u16, String), AdminClientError> {
     let exchange = async {
         let stream =
@@ -41,7 +44,10 @@ pub async fn call(
         if let Some(t) = token {
             request = request.header("authorization", format!("Bearer {t}"));
         }
-        let request = request.body(Empty::<Bytes>::new()).map_err(|e| AdminClientError::Http(e.to_string()))?;
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request.body(Full::new(body)).map_err(|e| AdminClientError::Http(e.to_string()))?;
         let response = sender.send_request(request).await.map_err(|e| AdminClientError::Http(e.to_string()))?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await.map_err(|e| AdminClientError::Http(e.to_string()))?;

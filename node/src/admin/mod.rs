@@ -7,6 +7,7 @@
 //! available through SIGHUP only. Tokens are never logged.
 
 pub mod client;
+mod cluster;
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -59,6 +60,8 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     pub reloader: Arc<Reloader>,
     pub token: Option<String>,
+    /// Set once the node has joined (or founded) a cluster.
+    pub cluster: OnceLock<Arc<crate::cluster::member::ClusterMember>>,
 }
 
 /// Compares in time independent of where the first difference is.
@@ -66,14 +69,14 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
     given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
-fn message(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+pub(crate) fn message(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     json(status, serde_json::json!({ "message": text }).to_string())
 }
 
@@ -129,6 +132,15 @@ impl AdminState {
                         )
                     }
                     Err(_) => message(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed"),
+                }
+            }
+            (_, path) if path.starts_with("/v1/cluster") || path.starts_with("/v1/apis") => {
+                if let Some(denied) = self.refusal(&request) {
+                    return denied;
+                }
+                match self.cluster.get() {
+                    Some(member) => cluster::handle(member.clone(), request).await,
+                    None => message(StatusCode::NOT_FOUND, "this node is not a cluster member"),
                 }
             }
             (_, "/metrics" | "/healthz" | "/readyz" | "/v1/reload") => {

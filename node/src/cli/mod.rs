@@ -7,10 +7,14 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod cluster;
+
 use crate::admin::client;
 use crate::config::load_file;
 use crate::demo;
 use crate::gateway::node::{ConfigSource, Node};
+
+pub use cluster::{AdminTarget, ClusterCommand, StageCommand};
 
 /// Meridian: a multi-region API gateway.
 #[derive(Debug, Parser)]
@@ -48,6 +52,36 @@ pub enum Command {
         #[arg(long)]
         admin: Option<SocketAddr>,
     },
+    /// Create, join, leave or inspect a cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Deploy an API definition to a stage of the cluster (validated first).
+    Apply {
+        /// A configuration file holding one API.
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        #[arg(long)]
+        stage: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Only apply if the cluster is still at this revision.
+        #[arg(long)]
+        if_revision: Option<u64>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// List an API's deployments.
+    Deployments {
+        /// `list`
+        #[arg(value_parser = ["list"])]
+        action: String,
+        api: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Show a stage, set its variables, or roll it back.
+    #[command(subcommand)]
+    Stage(StageCommand),
     /// Start a gateway with a sample API on loopback and print what to try.
     Demo {
         /// Address for API traffic.
@@ -76,12 +110,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config, ready_file } => {
             let node = Node::start(ConfigSource::File(config)).await?;
             announce(&node);
+            if let Some(settings) = node.cluster.clone() {
+                if !crate::cluster::member::is_initialized(&settings.data_dir) {
+                    bail!(
+                        "{} holds no cluster member yet: run `meridian cluster init` or `meridian cluster join` first",
+                        settings.data_dir.display()
+                    );
+                }
+                let member = crate::cluster::member::ClusterMember::resume(&settings, node.advertised("")).await?;
+                node.attach_cluster(member);
+            }
             if let Some(path) = ready_file {
-                // Written whole, then renamed, so a reader never sees half a file.
-                let partial = path.with_extension("partial");
-                std::fs::write(&partial, node.addresses_json())
-                    .and_then(|_| std::fs::rename(&partial, &path))
-                    .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+                write_ready_file(&node, &path)?;
             }
             node.run_until_signal().await?;
             Ok(ExitCode::SUCCESS)
@@ -115,8 +155,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let Some(token) = c.admin_token else {
                 bail!("the configuration has no admin.token_file: reload this node with `kill -HUP <pid>`");
             };
-            let (status, body) =
-                client::call(admin.unwrap_or(c.admin_listen), http::Method::POST, "/v1/reload", Some(&token)).await?;
+            let (status, body) = client::call(
+                admin.unwrap_or(c.admin_listen),
+                http::Method::POST,
+                "/v1/reload",
+                Some(&token),
+                bytes::Bytes::new(),
+                &[],
+            )
+            .await?;
             if status == 200 {
                 println!("reloaded: {body}");
                 Ok(ExitCode::SUCCESS)
@@ -125,6 +172,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
+        Command::Cluster(command) => cluster::run(command).await,
+        Command::Apply { file, stage, description, if_revision, target } => {
+            cluster::apply(&file, &stage, &description, if_revision, &target).await
+        }
+        Command::Deployments { api, target, .. } => cluster::deployments(&api, &target).await,
+        Command::Stage(command) => cluster::stage(command).await,
         Command::Demo { http, admin } => {
             let backend = demo::echo::spawn("127.0.0.1:0".parse()?).await.context("cannot start the echo backend")?;
             let text = demo::sample_config(http, admin, backend);
@@ -141,7 +194,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn announce(node: &Node) {
+/// Writes the node's bound addresses to `path`, whole, then renamed, so a reader never sees
+/// half a file.
+pub(crate) fn write_ready_file(node: &Node, path: &std::path::Path) -> anyhow::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, node.addresses_json())
+        .and_then(|_| std::fs::rename(&partial, path))
+        .with_context(|| format!("cannot write the ready file {}", path.display()))
+}
+
+pub(crate) fn announce(node: &Node) {
     tracing::info!(
         http = ?node.http_addr,
         https = ?node.https_addr,

@@ -105,6 +105,7 @@ impl Compiler<'_> {
             }
         }
         let (domains, certificates) = self.domains(&file.domains, &apis, listen_https.is_some());
+        let cluster = file.cluster.as_ref().and_then(|c| self.cluster(c, &file));
 
         let unrouted = Arc::new(RouteObserver::new("", "", "", None));
         match (self.sink.is_empty(), admin_listen, limits) {
@@ -117,9 +118,34 @@ impl Compiler<'_> {
                 access_log,
                 table: RoutingTable { revision: 0, domains, apis, unrouted },
                 certificates,
+                cluster,
             }),
             _ => Err(self.sink),
         }
+    }
+
+    fn cluster(&mut self, c: &ClusterSection, file: &GatewayFile) -> Option<ClusterSettings> {
+        if let Some(api) = file.apis.first() {
+            self.sink.push(
+                api.id.referenced,
+                "apis",
+                "a cluster member serves the cluster's APIs: deploy them with `meridian apply`",
+            );
+        }
+        let rpc_listen = self.socket_addr(&c.rpc, "cluster.rpc")?;
+        let advertise_rpc = match &c.advertise_rpc {
+            Some(a) => self.socket_addr(a, "cluster.advertise_rpc")?.to_string(),
+            None if rpc_listen.ip().is_unspecified() || rpc_listen.port() == 0 => {
+                self.sink.push(
+                    c.rpc.referenced,
+                    "cluster.advertise_rpc",
+                    "set the address peers use when `rpc` is a wildcard or port 0",
+                );
+                return None;
+            }
+            None => rpc_listen.to_string(),
+        };
+        Some(ClusterSettings { data_dir: self.path(&c.data_dir.value), rpc_listen, advertise_rpc })
     }
 
     fn path(&self, text: &str) -> PathBuf {
@@ -570,4 +596,74 @@ fn valid_host(name: &str) -> bool {
                 && !label.ends_with('-')
                 && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
+}
+
+/// An API definition as `meridian apply` sends it: a configuration file with one API.
+#[derive(Debug, Clone)]
+pub struct ApiDefinition {
+    pub id: String,
+    /// The file's text, stored as the deployment's definition.
+    pub text: String,
+    /// Variables the file gives its stages, by stage name.
+    pub stage_variables: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn parse_single_api(text: &str, source_name: &str) -> Result<ApiDef, ConfigErrors> {
+    let file: GatewayFile = serde_saphyr::from_str(text).map_err(|e| {
+        let mut sink = ErrorSink::default();
+        sink.push(e.location().unwrap_or(Location::UNKNOWN), "", structural_message(&e.to_string()));
+        sink.into_errors(source_name)
+    })?;
+    match <[ApiDef; 1]>::try_from(file.apis) {
+        Ok([api]) => Ok(api),
+        Err(apis) => {
+            let mut sink = ErrorSink::default();
+            sink.push(
+                Location::UNKNOWN,
+                "apis",
+                format!("a definition holds exactly one API (this one has {})", apis.len()),
+            );
+            Err(sink.into_errors(source_name))
+        }
+    }
+}
+
+/// Checks a definition for `meridian apply`: it must hold one valid API whose routes compile
+/// on `stage` with `variables` (the stage's current variables and the file's own).
+pub fn validate_definition(
+    text: &str,
+    source_name: &str,
+    stage: &str,
+    variables: &BTreeMap<String, String>,
+) -> Result<ApiDefinition, ConfigErrors> {
+    let api = parse_single_api(text, source_name)?;
+    let stage_variables: BTreeMap<String, BTreeMap<String, String>> =
+        api.stages.iter().map(|s| (s.name.value.clone(), s.variables.clone())).collect();
+    let mut merged = variables.clone();
+    merged.extend(stage_variables.get(stage).cloned().unwrap_or_default());
+    compile_stage(text, source_name, stage, &merged)?;
+    Ok(ApiDefinition { id: api.id.value.clone(), text: text.to_string(), stage_variables })
+}
+
+/// Compiles one stage of a replicated API: the deployment's definition with the stage's
+/// variables.
+pub fn compile_stage(
+    definition: &str,
+    source_name: &str,
+    stage: &str,
+    variables: &BTreeMap<String, String>,
+) -> Result<Arc<StageRoutes>, ConfigErrors> {
+    let mut api = parse_single_api(definition, source_name)?;
+    let unknown = || Location::UNKNOWN;
+    api.stages = vec![StageDef {
+        name: Spanned::new(stage.to_string(), unknown(), unknown()),
+        variables: variables.clone(),
+        access_log_format: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.access_log_format.clone()),
+    }];
+    let mut compiler = Compiler { sink: ErrorSink::default(), base_dir: Path::new(".") };
+    let compiled = compiler.api(&api, "apis[0]");
+    match compiled.and_then(|(_, mut stages)| stages.remove(stage)) {
+        Some(routes) if compiler.sink.is_empty() => Ok(routes),
+        _ => Err(compiler.sink.into_errors(source_name)),
+    }
 }

@@ -21,10 +21,10 @@ mod errors;
 pub mod model;
 pub mod table;
 
-pub use compile::{load_file, parse_str};
+pub use compile::{ApiDefinition, compile_stage, load_file, parse_str, validate_definition};
 pub use duration::parse_duration;
 pub use errors::{ConfigError, ConfigErrors};
-pub use table::{GatewayConfig, Limits, RoutingTable, StageRoutes};
+pub use table::{ClusterSettings, GatewayConfig, Limits, RoutingTable, StageRoutes};
 
 #[cfg(test)]
 mod tests {

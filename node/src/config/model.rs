@@ -23,10 +23,24 @@ pub struct GatewayFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub access_log: AccessLogSection,
+    /// Makes this node a member of a cluster; its APIs then come from the cluster.
+    pub cluster: Option<ClusterSection>,
     #[serde(default)]
     pub apis: Vec<ApiDef>,
     #[serde(default)]
     pub domains: Vec<DomainDef>,
+}
+
+/// Cluster membership of a node.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Where the node keeps its Raft log, state and certificates.
+    pub data_dir: Spanned<String>,
+    /// The node-to-node RPC listener (mutual TLS).
+    pub rpc: Spanned<String>,
+    /// The RPC address other nodes use, when it differs from `rpc` (e.g. `rpc` is 0.0.0.0).
+    pub advertise_rpc: Option<Spanned<String>>,
 }
 
 /// Where the gateway accepts API traffic.
@@ -114,7 +128,7 @@ fn yes() -> bool {
 }
 
 /// One API: its routes and the stages it is served on.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiDef {
     pub id: Spanned<String>,
@@ -138,7 +152,7 @@ pub enum ApiKind {
 }
 
 /// `route: "GET /pets/{id}"` and what serves it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteDef {
     pub route: Spanned<String>,
@@ -147,7 +161,7 @@ pub struct RouteDef {
 
 /// How a route is served. One struct for every kind so that each field keeps its line;
 /// [`compile`](super::compile) rejects fields that do not belong to the chosen kind.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntegrationDef {
     #[serde(rename = "type")]
@@ -192,7 +206,7 @@ fn default_retry_budget() -> u32 {
 }
 
 /// A stage: the name an API is served under, with its variables.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageDef {
     pub name: Spanned<String>,

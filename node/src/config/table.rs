@@ -78,4 +78,15 @@ pub struct GatewayConfig {
     pub access_log: LogSink,
     pub table: RoutingTable,
     pub certificates: DomainCertificates,
+    /// Set when the node is a cluster member.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// Where a cluster member keeps its state and talks to its peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub data_dir: std::path::PathBuf,
+    pub rpc_listen: SocketAddr,
+    /// The RPC address peers use.
+    pub advertise_rpc: String,
 }

@@ -20,7 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use super::listener;
 use super::tls::{SniResolver, server_config};
 use crate::admin::{self, AdminState};
-use crate::config::{ConfigErrors, GatewayConfig, Limits, RoutingTable, load_file, parse_str};
+use crate::cluster::member::{Advertised, ClusterMember};
+use crate::config::{ClusterSettings, ConfigErrors, GatewayConfig, Limits, RoutingTable, load_file, parse_str};
 use crate::observe::access_log::AccessLog;
 use crate::pipeline::Pipeline;
 
@@ -62,6 +63,8 @@ pub enum NodeError {
 /// Re-reads the configuration and swaps it in.
 pub struct Reloader {
     source: ConfigSource,
+    /// A cluster member's routes come from the cluster: reload then swaps certificates only.
+    cluster_mode: bool,
     table: Arc<ArcSwap<RoutingTable>>,
     sni: Arc<SniResolver>,
     revision: AtomicU64,
@@ -91,10 +94,12 @@ impl Reloader {
             tracing::warn!("listener addresses and limits changed: they take effect at the next restart");
         }
         let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut table = config.table;
-        table.revision = revision;
         self.sni.replace(config.certificates);
-        self.table.store(Arc::new(table));
+        if !self.cluster_mode {
+            let mut table = config.table;
+            table.revision = revision;
+            self.table.store(Arc::new(table));
+        }
         metrics::counter!("meridian_config_reloads_total", "result" => "applied").increment(1);
         metrics::gauge!("meridian_config_revision").set(revision as f64);
         tracing::info!(revision, "configuration reloaded");
@@ -107,6 +112,10 @@ pub struct Node {
     pub http_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// Set when the configuration makes this node a cluster member.
+    pub cluster: Option<ClusterSettings>,
+    table: Arc<ArcSwap<RoutingTable>>,
+    admin: Arc<AdminState>,
     reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -149,6 +158,7 @@ impl Node {
         let limits = config.limits;
         let reloader = Arc::new(Reloader {
             source,
+            cluster_mode: config.cluster.is_some(),
             table: table.clone(),
             sni: sni.clone(),
             revision: AtomicU64::new(1),
@@ -157,7 +167,7 @@ impl Node {
         });
         metrics::gauge!("meridian_config_revision").set(1.0);
 
-        let pipeline = Arc::new(Pipeline::new(table, limits.max_body_bytes, access_log.clone()));
+        let pipeline = Arc::new(Pipeline::new(table.clone(), limits.max_body_bytes, access_log.clone()));
         let connections = Arc::new(Semaphore::new(limits.max_connections));
         let (shutdown, stop) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -182,13 +192,41 @@ impl Node {
                 stop.clone(),
             )));
         }
-        let admin_state = Arc::new(AdminState { metrics, reloader: reloader.clone(), token: config.admin_token });
-        tasks.push(tokio::spawn(admin::serve(admin_listener, admin_state, stop)));
-        Ok(Node { http_addr, https_addr, admin_addr, reloader, shutdown, tasks, access_log })
+        let admin_state = Arc::new(AdminState {
+            metrics,
+            reloader: reloader.clone(),
+            token: config.admin_token,
+            cluster: std::sync::OnceLock::new(),
+        });
+        tasks.push(tokio::spawn(admin::serve(admin_listener, admin_state.clone(), stop)));
+        Ok(Node {
+            http_addr,
+            https_addr,
+            admin_addr,
+            cluster: config.cluster,
+            table,
+            admin: admin_state,
+            reloader,
+            shutdown,
+            tasks,
+            access_log,
+        })
     }
 
     pub fn reloader(&self) -> Arc<Reloader> {
         self.reloader.clone()
+    }
+
+    /// What this node advertises to its cluster.
+    pub fn advertised(&self, region: &str) -> Advertised {
+        Advertised { region: region.to_string(), gateway: self.http_addr.or(self.https_addr), admin: self.admin_addr }
+    }
+
+    /// Serves the cluster's configuration from now on, and the cluster endpoints of the
+    /// admin API.
+    pub fn attach_cluster(&self, member: Arc<ClusterMember>) {
+        crate::cluster::dataplane::spawn_sync(member.clone(), self.table.clone());
+        let _ = self.admin.cluster.set(member);
     }
 
     /// The bound addresses as JSON, for `--ready-file` and tools that start nodes.

@@ -1,0 +1,291 @@
+//! The cluster endpoints of the admin API: status, leave, deployments and stages.
+//!
+//! | call | does |
+//! | --- | --- |
+//! | `GET /v1/cluster` | this node's view: leader, term, members, roles, lag, revision |
+//! | `POST /v1/cluster/leave` | removes this node from the cluster |
+//! | `GET /v1/apis/{api}/deployments` | the API's deployments and which stages use them |
+//! | `POST /v1/apis/{api}/deployments?stage=S&description=D` | body: the definition (YAML); validates it, stores a deployment, points the stage at it |
+//! | `GET /v1/apis/{api}/stages/{stage}` | the stage: deployment, variables, canary |
+//! | `POST /v1/apis/{api}/stages/{stage}/variables` | body: `{"set": {...}, "unset": [...]}` |
+//! | `POST /v1/apis/{api}/stages/{stage}/rollback?to=ID` | points the stage at an earlier deployment (default: the one before) |
+//!
+//! Writes accept `If-Match: <revision>` and fail with 412 when the configuration moved on;
+//! every answer carries the revision in `ETag`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use meridian_consensus::{CommandOutcome, ConfigCommand, Proposal, Rejection};
+
+use super::{json, message};
+use crate::cluster::member::{ClusterError, ClusterMember};
+use crate::config::validate_definition;
+
+const MAX_DEFINITION: usize = 1024 * 1024;
+
+fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).map(percent_decode)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn with_etag(mut response: Response<Full<Bytes>>, revision: u64) -> Response<Full<Bytes>> {
+    if let Ok(v) = http::HeaderValue::try_from(format!("\"{revision}\"")) {
+        response.headers_mut().insert(http::header::ETAG, v);
+    }
+    response
+}
+
+/// A refused call: its status and message, made into a JSON response at the end.
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn new(status: StatusCode, text: impl Into<String>) -> Self {
+        Refusal(status, text.into())
+    }
+}
+
+fn expected_revision(request: &Request<Incoming>) -> Result<Option<u64>, Refusal> {
+    match request.headers().get(http::header::IF_MATCH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .map(|s| s.trim().trim_matches('"'))
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "If-Match must be a revision number")),
+    }
+}
+
+async fn body_text(request: Request<Incoming>) -> Result<String, Refusal> {
+    let collected = Limited::new(request.into_body(), MAX_DEFINITION)
+        .collect()
+        .await
+        .map_err(|_| Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is over 1 MiB or could not be read"))?;
+    String::from_utf8(collected.to_bytes().to_vec())
+        .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))
+}
+
+fn outcome_response(result: Result<CommandOutcome, ClusterError>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(CommandOutcome { revision, created, rejected: None }) => with_etag(
+            json(StatusCode::OK, serde_json::json!({ "revision": revision, "created": created }).to_string()),
+            revision,
+        ),
+        Ok(CommandOutcome { revision, rejected: Some(r), .. }) => {
+            let status = match r {
+                Rejection::RevisionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+                Rejection::NoApi(_)
+                | Rejection::NoStage { .. }
+                | Rejection::NoDeployment { .. }
+                | Rejection::NoCanary { .. } => StatusCode::NOT_FOUND,
+                _ => StatusCode::CONFLICT,
+            };
+            with_etag(message(status, &r.to_string()), revision)
+        }
+        Err(e @ ClusterError::NoQuorum(_)) => message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => message(StatusCode::BAD_GATEWAY, &e.to_string()),
+    }
+}
+
+/// Serves one cluster call (the caller has checked the admin token).
+pub async fn handle(member: Arc<ClusterMember>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    match route(member, request).await {
+        Ok(response) => response,
+        Err(Refusal(status, text)) => message(status, &text),
+    }
+}
+
+async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Refusal> {
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().map(str::to_string);
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = request.method().clone();
+    Ok(match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "cluster"]) => json(StatusCode::OK, member.status().await.to_string()),
+        (&Method::POST, ["v1", "cluster", "leave"]) => match member.leave().await {
+            Ok(()) => json(StatusCode::OK, r#"{"left":true}"#.into()),
+            Err(e) => message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        },
+        (&Method::GET, ["v1", "apis", api, "deployments"]) => {
+            let applied = member.applied.read().await;
+            let Some(record) = applied.config.apis.get(*api) else {
+                return Err(Refusal::new(StatusCode::NOT_FOUND, format!("no API `{api}`")));
+            };
+            let list: Vec<_> = record
+                .deployments
+                .values()
+                .map(|d| {
+                    let stages: Vec<&String> =
+                        record.stages.iter().filter(|(_, s)| s.deployment == d.id).map(|(n, _)| n).collect();
+                    serde_json::json!({ "id": d.id, "description": d.description, "created_at_ms": d.created_at_ms, "stages": stages })
+                })
+                .collect();
+            with_etag(
+                json(StatusCode::OK, serde_json::json!({ "api": api, "deployments": list }).to_string()),
+                applied.config.revision,
+            )
+        }
+        (&Method::POST, ["v1", "apis", api, "deployments"]) => {
+            let api = api.to_string();
+            let Some(stage) = query_value(query.as_deref(), "stage") else {
+                return Err(Refusal::new(StatusCode::BAD_REQUEST, "name the stage: ?stage=NAME"));
+            };
+            let description = query_value(query.as_deref(), "description").unwrap_or_default();
+            let expected = expected_revision(&request)?;
+            let text = body_text(request).await?;
+            let current_vars = member
+                .applied
+                .read()
+                .await
+                .config
+                .apis
+                .get(&api)
+                .and_then(|a| a.stages.get(&stage))
+                .map(|s| s.variables.clone())
+                .unwrap_or_default();
+            let definition = match validate_definition(&text, "definition", &stage, &current_vars) {
+                Ok(d) => d,
+                Err(errors) => {
+                    let list: Vec<_> = errors
+                        .errors
+                        .iter()
+                        .map(|e| serde_json::json!({"line": e.line, "column": e.column, "field": e.field, "message": e.message}))
+                        .collect();
+                    return Ok(json(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        serde_json::json!({"message": "the definition is invalid; nothing was changed", "errors": list}).to_string(),
+                    ));
+                }
+            };
+            if definition.id != api {
+                return Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the definition is for API `{}`, not `{api}`", definition.id),
+                ));
+            }
+            let created_at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let command = ConfigCommand::Deploy {
+                api,
+                definition: definition.text,
+                description,
+                created_at_ms,
+                stage_variables: definition.stage_variables.get(&stage).cloned().unwrap_or_default(),
+                stage: Some(stage),
+            };
+            outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
+        }
+        (&Method::GET, ["v1", "apis", api, "stages", stage]) => {
+            let applied = member.applied.read().await;
+            match applied.config.apis.get(*api).and_then(|a| a.stages.get(*stage)) {
+                Some(s) => with_etag(json(StatusCode::OK, serde_json::json!({"api": api, "stage": stage, "deployment": s.deployment, "variables": s.variables, "canary": s.canary.as_ref().map(|c| serde_json::json!({"deployment": c.deployment, "percent": c.basis_points as f64 / 100.0, "variables": c.variables}))}).to_string()), applied.config.revision),
+                None => message(StatusCode::NOT_FOUND, &format!("API `{api}` has no stage `{stage}`")),
+            }
+        }
+        (&Method::POST, ["v1", "apis", api, "stages", stage, "variables"]) => {
+            let (api, stage) = (api.to_string(), stage.to_string());
+            let expected = expected_revision(&request)?;
+            let text = body_text(request).await?;
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Change {
+                #[serde(default)]
+                set: BTreeMap<String, String>,
+                #[serde(default)]
+                unset: Vec<String>,
+            }
+            let change: Change = match serde_json::from_str(&text) {
+                Ok(c) => c,
+                Err(e) => {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("expected {{\"set\": {{...}}, \"unset\": [...]}}: {e}"),
+                    ));
+                }
+            };
+            let command = ConfigCommand::SetStageVariables { api, stage, set: change.set, unset: change.unset };
+            outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
+        }
+        (&Method::POST, ["v1", "apis", api, "stages", stage, "rollback"]) => {
+            let (api, stage) = (api.to_string(), stage.to_string());
+            let expected = expected_revision(&request)?;
+            let to = match query_value(query.as_deref(), "to") {
+                Some(t) => match t.parse::<u64>() {
+                    Ok(id) => id,
+                    Err(_) => return Err(Refusal::new(StatusCode::BAD_REQUEST, "`to` must be a deployment id")),
+                },
+                None => {
+                    let applied = member.applied.read().await;
+                    let current =
+                        applied.config.apis.get(&api).and_then(|a| a.stages.get(&stage)).map(|s| s.deployment);
+                    let previous = current.and_then(|c| {
+                        applied
+                            .config
+                            .apis
+                            .get(&api)
+                            .and_then(|a| a.deployments.range(..c).next_back().map(|(id, _)| *id))
+                    });
+                    match previous {
+                        Some(p) => p,
+                        None => {
+                            return Err(Refusal::new(
+                                StatusCode::NOT_FOUND,
+                                "there is no earlier deployment to roll back to",
+                            ));
+                        }
+                    }
+                }
+            };
+            let command = ConfigCommand::SetStageDeployment { api, stage, deployment: to };
+            outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
+        }
+        _ => message(StatusCode::NOT_FOUND, "no such cluster endpoint"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(
+            query_value(Some("stage=prod&description=first%20cut"), "description").as_deref(),
+            Some("first cut")
+        );
+        assert_eq!(query_value(Some("a=1"), "stage"), None);
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

@@ -1,0 +1,307 @@
+//! `meridian cluster ...`, `meridian apply`, `meridian deployments`, `meridian stage ...`.
+//!
+//! `cluster init` and `cluster join` run the node in the foreground (like `serve`); the
+//! other commands talk to a node's admin API, found through the node's configuration file
+//! (its `admin` section gives the address and the token file) or `--admin`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http::Method;
+
+use super::{announce, write_ready_file};
+use crate::admin::client;
+use crate::cluster::member::ClusterMember;
+use crate::config::load_file;
+use crate::gateway::node::{ConfigSource, Node};
+
+/// Which node's admin API to call.
+#[derive(Debug, Args)]
+pub struct AdminTarget {
+    /// The node's configuration file (its `admin` section: address and token file).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The admin address, when it differs from the file's (e.g. port 0 there).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Found a new cluster with this node as its first member; prints the join token.
+    Init {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The region this node is in, e.g. `eu-west`.
+        #[arg(long)]
+        region: String,
+        /// Write the bound addresses (and the join token) as JSON here once serving.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Join an existing cluster through any member.
+    Join {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        region: String,
+        /// A member's node-RPC address.
+        #[arg(long)]
+        peer: String,
+        /// The join token `cluster init` printed.
+        #[arg(long, env = "MERIDIAN_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Show members, regions, voters and learners, the leader, the term and each node's lag.
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove this node from the cluster.
+    Leave {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StageCommand {
+    /// Show a stage's deployment, variables and canary.
+    Show {
+        api: String,
+        stage: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Set (`NAME=VALUE`) or remove (`--unset NAME`) stage variables.
+    SetVar {
+        api: String,
+        stage: String,
+        assignments: Vec<String>,
+        #[arg(long)]
+        unset: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Point the stage back at an earlier deployment (default: the one before).
+    Rollback {
+        api: String,
+        stage: String,
+        #[arg(long)]
+        to: Option<u64>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+/// The admin address and token of the node described by `config`.
+fn admin_of(target: &AdminTarget) -> anyhow::Result<(SocketAddr, String)> {
+    let config = load_file(&target.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let token = config.admin_token.with_context(|| {
+        format!("{} has no admin.token_file: cluster commands need the admin token", target.config.display())
+    })?;
+    Ok((target.admin.unwrap_or(config.admin_listen), token))
+}
+
+async fn admin_call(
+    target: &AdminTarget,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    headers: &[(&str, String)],
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let (addr, token) = admin_of(target)?;
+    let (status, text) = client::call(addr, method, path, Some(&token), body, headers).await?;
+    let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    Ok((status, value))
+}
+
+fn report(status: u16, value: &serde_json::Value) -> anyhow::Result<ExitCode> {
+    if (200..300).contains(&status) {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("refused ({status}): {}", value["message"].as_str().unwrap_or(&value.to_string()));
+    if let Some(errors) = value["errors"].as_array() {
+        for e in errors {
+            eprintln!(
+                "  line {}:{}: {}: {}",
+                e["line"],
+                e["column"],
+                e["field"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::from(1))
+}
+
+async fn start_node(config: &Path) -> anyhow::Result<(Node, crate::config::ClusterSettings)> {
+    let node = Node::start(ConfigSource::File(config.to_path_buf())).await?;
+    let settings = node
+        .cluster
+        .clone()
+        .with_context(|| format!("{} has no `cluster` section (data_dir, rpc)", config.display()))?;
+    announce(&node);
+    Ok((node, settings))
+}
+
+fn check_region(region: &str) -> anyhow::Result<()> {
+    if region.is_empty() || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        bail!("a region is a name of a-z, 0-9 and `-`, e.g. `eu-west`");
+    }
+    Ok(())
+}
+
+pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ClusterCommand::Init { config, region, ready_file } => {
+            check_region(&region)?;
+            let (node, settings) = start_node(&config).await?;
+            let (member, token) = ClusterMember::init(&settings, node.advertised(&region)).await?;
+            node.attach_cluster(member);
+            println!("cluster founded in region {region}; join other nodes with:");
+            println!(
+                "  meridian cluster join --peer {} --token {token} --region REGION --config node.yaml",
+                settings.advertise_rpc
+            );
+            if let Some(path) = ready_file {
+                write_ready_file(&node, &path)?;
+                std::fs::write(path.with_extension("token"), &token)?;
+            }
+            node.run_until_signal().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Join { config, region, peer, token, ready_file } => {
+            check_region(&region)?;
+            let (node, settings) = start_node(&config).await?;
+            let member = ClusterMember::join(&settings, node.advertised(&region), &peer, &token).await?;
+            println!("joined the cluster as node {} in region {region}", member.id);
+            node.attach_cluster(member);
+            if let Some(path) = ready_file {
+                write_ready_file(&node, &path)?;
+            }
+            node.run_until_signal().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Status { target, json } => {
+            let (status, value) = admin_call(&target, Method::GET, "/v1/cluster", Bytes::new(), &[]).await?;
+            if json || status != 200 {
+                return report(status, &value);
+            }
+            println!(
+                "node {} ({}) sees leader {}, term {}, revision {}",
+                value["node_id"],
+                value["state"].as_str().unwrap_or("?"),
+                value["leader"],
+                value["term"],
+                value["revision"]
+            );
+            println!("{:<4} {:<12} {:<8} {:<22} {:<22} {:>6}", "ID", "REGION", "ROLE", "RPC", "GATEWAY", "LAG");
+            for m in value["members"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<4} {:<12} {:<8} {:<22} {:<22} {:>6}",
+                    m["id"].to_string(),
+                    m["region"].as_str().unwrap_or(""),
+                    m["role"].as_str().unwrap_or(""),
+                    m["rpc"].as_str().unwrap_or(""),
+                    m["gateway"].as_str().unwrap_or(""),
+                    m["lag"].as_u64().map_or("-".to_string(), |l| l.to_string())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Leave { target } => {
+            let (status, value) = admin_call(&target, Method::POST, "/v1/cluster/leave", Bytes::new(), &[]).await?;
+            report(status, &value)
+        }
+    }
+}
+
+pub async fn apply(
+    file: &Path,
+    stage: &str,
+    description: &str,
+    if_revision: Option<u64>,
+    target: &AdminTarget,
+) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    // Validate locally first so errors name this file's lines. The stage's variables live in
+    // the cluster: here each one the file uses gets a placeholder, and the node checks again
+    // with the real values before anything is written.
+    let placeholders = all_variables_placeholder(&text);
+    let api = match crate::config::validate_definition(&text, &file.display().to_string(), stage, &placeholders) {
+        Ok(d) => d.id,
+        Err(errors) => {
+            eprint!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let path = format!("/v1/apis/{api}/deployments?stage={}&description={}", encode(stage), encode(description));
+    let headers: Vec<(&str, String)> = if_revision.map(|r| ("if-match", r.to_string())).into_iter().collect();
+    let (status, value) = admin_call(target, Method::POST, &path, Bytes::from(text), &headers).await?;
+    report(status, &value)
+}
+
+/// Placeholder values for every stage variable the text mentions.
+fn all_variables_placeholder(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.split("${stageVariables.")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(name, _)| (name.to_string(), "placeholder".to_string())))
+        .collect()
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn deployments(api: &str, target: &AdminTarget) -> anyhow::Result<ExitCode> {
+    let (status, value) =
+        admin_call(target, Method::GET, &format!("/v1/apis/{}/deployments", encode(api)), Bytes::new(), &[]).await?;
+    report(status, &value)
+}
+
+pub async fn stage(command: StageCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        StageCommand::Show { api, stage, target } => {
+            let path = format!("/v1/apis/{}/stages/{}", encode(&api), encode(&stage));
+            let (status, value) = admin_call(&target, Method::GET, &path, Bytes::new(), &[]).await?;
+            report(status, &value)
+        }
+        StageCommand::SetVar { api, stage, assignments, unset, target } => {
+            let mut set = serde_json::Map::new();
+            for a in &assignments {
+                let Some((k, v)) = a.split_once('=') else {
+                    bail!("`{a}` is not NAME=VALUE");
+                };
+                set.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+            }
+            let body = serde_json::json!({ "set": set, "unset": unset }).to_string();
+            let path = format!("/v1/apis/{}/stages/{}/variables", encode(&api), encode(&stage));
+            let (status, value) = admin_call(&target, Method::POST, &path, Bytes::from(body), &[]).await?;
+            report(status, &value)
+        }
+        StageCommand::Rollback { api, stage, to, target } => {
+            let mut path = format!("/v1/apis/{}/stages/{}/rollback", encode(&api), encode(&stage));
+            if let Some(to) = to {
+                path.push_str(&format!("?to={to}"));
+            }
+            let (status, value) = admin_call(&target, Method::POST, &path, Bytes::new(), &[]).await?;
+            report(status, &value)
+        }
+    }
+}

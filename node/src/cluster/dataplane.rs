@@ -1,0 +1,60 @@
+//! Turning the applied cluster configuration into the data plane's routing table.
+//!
+//! Each stage of each API is compiled from the definition of the deployment it points at,
+//! with the stage's variables. A new table is swapped in whenever the applied revision
+//! moves; requests in flight finish on the table they started with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use meridian_consensus::ConfigState;
+
+use super::member::ClusterMember;
+use crate::config::{RoutingTable, compile_stage};
+use crate::observe::completion::RouteObserver;
+
+/// Compiles every stage of `state`. A stage whose definition no longer compiles (it was
+/// validated when applied, so only a changed stage variable can break it) is left out and
+/// logged rather than taking the others down.
+pub fn compile(state: &ConfigState) -> RoutingTable {
+    let mut apis: HashMap<String, HashMap<String, _>> = HashMap::new();
+    for (api, record) in &state.apis {
+        for (stage, target) in &record.stages {
+            let Some(deployment) = record.deployments.get(&target.deployment) else { continue };
+            let name = format!("{api} deployment {}", deployment.id);
+            match compile_stage(&deployment.definition, &name, stage, &target.variables) {
+                Ok(routes) => {
+                    apis.entry(api.clone()).or_default().insert(stage.clone(), routes);
+                }
+                Err(errors) => tracing::error!(%api, %stage, %errors, "stage cannot be served"),
+            }
+        }
+    }
+    RoutingTable {
+        revision: state.revision,
+        domains: HashMap::new(),
+        apis,
+        unrouted: Arc::new(RouteObserver::new("", "", "", None)),
+    }
+}
+
+/// Keeps `table` in step with the member's applied configuration.
+pub fn spawn_sync(member: Arc<ClusterMember>, table: Arc<ArcSwap<RoutingTable>>) {
+    tokio::spawn(async move {
+        let mut metrics = member.raft.metrics();
+        let mut served = None;
+        loop {
+            let state = member.applied.read().await.config.clone();
+            if served != Some(state.revision) {
+                table.store(Arc::new(compile(&state)));
+                served = Some(state.revision);
+                metrics::gauge!("meridian_config_revision").set(state.revision as f64);
+                tracing::info!(revision = state.revision, "serving cluster configuration");
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}

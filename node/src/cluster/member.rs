@@ -1,0 +1,443 @@
+//! A cluster member: its Raft instance, its identity, and the operations the admin API and
+//! the RPC service need (propose with forwarding to the leader, join, leave, status).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_consensus::store::{self, AppliedMachine};
+use meridian_consensus::{ClusterNode, ClusterSecrets, CommandOutcome, ConfigCommand, NodeId, Proposal, TypeConfig};
+use meridian_proto::node_client::NodeClient;
+use meridian_proto::{JoinRequest, LeaveRequest, ProposeRequest};
+use openraft::{ChangeMembers, Raft, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::RwLock;
+use tonic::transport::Channel;
+
+use super::network::{Network, channel, decode, encode};
+use super::pki::{ClusterCa, JoinToken, NodeIdentity, new_request, random_secret, sha256_hex};
+use super::rpc;
+use super::tls::{TlsConnector, joining_client_config, member_client_config, server_config};
+use crate::config::ClusterSettings;
+
+/// How long a write may wait for a quorum before failing.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of cluster operations, each with a message an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("no leader could commit the write within {0:?} (is a quorum of voters up?)")]
+    NoQuorum(Duration),
+    #[error("the write was refused: {0}")]
+    Refused(String),
+    #[error("cannot reach {addr}: {message}")]
+    Unreachable { addr: String, message: String },
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+fn setup(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Setup(e.to_string())
+}
+
+/// What a node remembers about itself between runs (`<data_dir>/node.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NodeRecord {
+    node_id: NodeId,
+    region: String,
+}
+
+/// The addresses a member advertises.
+#[derive(Debug, Clone)]
+pub struct Advertised {
+    pub region: String,
+    pub gateway: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+/// A running cluster member.
+pub struct ClusterMember {
+    pub id: NodeId,
+    pub raft: Raft<TypeConfig>,
+    pub applied: Arc<RwLock<AppliedMachine>>,
+    pub me: ClusterNode,
+    connector: TlsConnector,
+    data_dir: PathBuf,
+}
+
+fn raft_config() -> Result<Arc<openraft::Config>, ClusterError> {
+    let config = openraft::Config {
+        cluster_name: "meridian".into(),
+        // Tuned for cross-region links: a heartbeat every 200 ms, elections after 1-2 s of silence.
+        heartbeat_interval: 200,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    };
+    config.validate().map(Arc::new).map_err(setup)
+}
+
+fn tls_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls")
+}
+
+fn save_identity(data_dir: &Path, identity: &NodeIdentity) -> Result<(), ClusterError> {
+    let dir = tls_dir(data_dir);
+    std::fs::create_dir_all(&dir).map_err(setup)?;
+    std::fs::write(dir.join("node.pem"), &identity.cert_pem).map_err(setup)?;
+    std::fs::write(dir.join("ca.pem"), &identity.ca_pem).map_err(setup)?;
+    let key = dir.join("node.key");
+    std::fs::write(&key, &identity.key_pem).map_err(setup)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).map_err(setup)?;
+    Ok(())
+}
+
+fn load_identity(data_dir: &Path) -> Result<NodeIdentity, ClusterError> {
+    let dir = tls_dir(data_dir);
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).map_err(|e| setup(format!("{}: {e}", dir.join(name).display())))
+    };
+    Ok(NodeIdentity { cert_pem: read("node.pem")?, key_pem: read("node.key")?, ca_pem: read("ca.pem")? })
+}
+
+fn record_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("node.json")
+}
+
+/// Whether `data_dir` already holds a member's state.
+pub fn is_initialized(data_dir: &Path) -> bool {
+    record_path(data_dir).is_file()
+}
+
+impl ClusterMember {
+    /// Founds a new cluster: makes its CA and join secret, initializes Raft with this node as
+    /// the only voter and records the secrets. Returns the member and the join token.
+    pub async fn init(settings: &ClusterSettings, advertised: Advertised) -> Result<(Arc<Self>, String), ClusterError> {
+        if is_initialized(&settings.data_dir) {
+            return Err(setup(format!(
+                "{} already holds a cluster member: start it with `meridian serve`",
+                settings.data_dir.display()
+            )));
+        }
+        std::fs::create_dir_all(&settings.data_dir).map_err(setup)?;
+        let ca = ClusterCa::generate().map_err(setup)?;
+        let identity = ca.issue_identity().map_err(setup)?;
+        let secret = random_secret().map_err(setup)?;
+        let token = JoinToken { secret: secret.clone(), ca_fingerprint: sha256_hex_of_pem(&ca.cert_pem)? };
+        save_identity(&settings.data_dir, &identity)?;
+        write_record(&settings.data_dir, &NodeRecord { node_id: 1, region: advertised.region.clone() })?;
+        let member = Self::start(1, identity, settings, &advertised).await?;
+        let members = BTreeMap::from([(1, member.me.clone())]);
+        member.raft.initialize(members).await.map_err(setup)?;
+        let secrets = ClusterSecrets {
+            ca_cert_pem: ca.cert_pem,
+            ca_key_pem: ca.key_pem,
+            join_secret_sha256: sha256_hex(secret.as_bytes()),
+        };
+        member.propose(Proposal { expected_revision: None, command: ConfigCommand::Bootstrap { secrets } }).await?;
+        member.spawn_autopilot();
+        Ok((member, token.render()))
+    }
+
+    /// Joins an existing cluster through `peer` with a join token.
+    pub async fn join(
+        settings: &ClusterSettings,
+        advertised: Advertised,
+        peer: &str,
+        token: &str,
+    ) -> Result<Arc<Self>, ClusterError> {
+        if is_initialized(&settings.data_dir) {
+            return Err(setup(format!(
+                "{} already holds a cluster member: start it with `meridian serve`",
+                settings.data_dir.display()
+            )));
+        }
+        let parsed = JoinToken::parse(token).map_err(setup)?;
+        let (key_pem, csr_pem) = new_request().map_err(setup)?;
+        let connector = TlsConnector::new(joining_client_config(&parsed.ca_fingerprint).map_err(setup)?);
+        let mut client = NodeClient::new(channel(peer, connector).map_err(setup)?);
+        let request = JoinRequest {
+            token: token.trim().to_string(),
+            region: advertised.region.clone(),
+            csr_pem,
+            rpc_addr: settings.advertise_rpc.clone(),
+            gateway_addr: advertised.gateway.map(|a| a.to_string()).unwrap_or_default(),
+            admin_addr: advertised.admin.to_string(),
+        };
+        let reply = tokio::time::timeout(WRITE_TIMEOUT, client.join(request))
+            .await
+            .map_err(|_| ClusterError::Unreachable { addr: peer.into(), message: "no answer".into() })?
+            .map_err(|s| ClusterError::Unreachable { addr: peer.into(), message: s.message().to_string() })?
+            .into_inner();
+        if !reply.error.is_empty() {
+            return Err(ClusterError::Refused(reply.error));
+        }
+        if sha256_hex_of_pem(&reply.ca_pem)? != parsed.ca_fingerprint {
+            return Err(setup("the CA in the join reply does not match the token"));
+        }
+        std::fs::create_dir_all(&settings.data_dir).map_err(setup)?;
+        let identity = NodeIdentity { cert_pem: reply.certificate_pem, key_pem, ca_pem: reply.ca_pem };
+        save_identity(&settings.data_dir, &identity)?;
+        write_record(&settings.data_dir, &NodeRecord { node_id: reply.node_id, region: advertised.region.clone() })?;
+        let member = Self::start(reply.node_id, identity, settings, &advertised).await?;
+        member.spawn_autopilot();
+        Ok(member)
+    }
+
+    /// Restarts a member from its data folder.
+    pub async fn resume(settings: &ClusterSettings, advertised: Advertised) -> Result<Arc<Self>, ClusterError> {
+        let text = std::fs::read_to_string(record_path(&settings.data_dir)).map_err(setup)?;
+        let record: NodeRecord = serde_json::from_str(&text).map_err(setup)?;
+        let identity = load_identity(&settings.data_dir)?;
+        let advertised = Advertised { region: record.region.clone(), ..advertised };
+        let member = Self::start(record.node_id, identity, settings, &advertised).await?;
+        member.spawn_autopilot();
+        Ok(member)
+    }
+
+    async fn start(
+        id: NodeId,
+        identity: NodeIdentity,
+        settings: &ClusterSettings,
+        advertised: &Advertised,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let (log, machine) =
+            store::open(&settings.data_dir.join("raft")).map_err(|e| ClusterError::Storage(e.to_string()))?;
+        let applied = machine.applied();
+        let connector = TlsConnector::new(member_client_config(&identity).map_err(setup)?);
+        let network = Network { connector: connector.clone() };
+        let raft = Raft::new(id, raft_config()?, network, log, machine).await.map_err(setup)?;
+        let me = ClusterNode {
+            region: advertised.region.clone(),
+            rpc_addr: settings.advertise_rpc.clone(),
+            gateway_addr: advertised.gateway.map(|a| a.to_string()).unwrap_or_default(),
+            admin_addr: advertised.admin.to_string(),
+        };
+        let member = Arc::new(ClusterMember { id, raft, applied, me, connector, data_dir: settings.data_dir.clone() });
+        let listener = TcpListener::bind(settings.rpc_listen)
+            .await
+            .map_err(|e| setup(format!("cannot listen for node RPC on {}: {e}", settings.rpc_listen)))?;
+        let tls = server_config(&identity).map_err(setup)?;
+        tokio::spawn(rpc::serve(listener, tls, member.clone()));
+        Ok(member)
+    }
+
+    /// The TLS connector members use to call each other.
+    pub fn connector(&self) -> TlsConnector {
+        self.connector.clone()
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    fn peer_client(&self, addr: &str) -> Result<NodeClient<Channel>, ClusterError> {
+        channel(addr, self.connector.clone())
+            .map(NodeClient::new)
+            .map_err(|e| ClusterError::Unreachable { addr: addr.into(), message: e.to_string() })
+    }
+
+    /// The current leader and how to reach it.
+    pub fn leader(&self) -> Option<(NodeId, ClusterNode)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, node))
+    }
+
+    /// Commits a proposal: directly when this node leads, else through the leader. Fails
+    /// after [`WRITE_TIMEOUT`] without a quorum.
+    pub async fn propose(&self, proposal: Proposal) -> Result<CommandOutcome, ClusterError> {
+        let attempt = async {
+            loop {
+                match self.leader() {
+                    Some((leader, _)) if leader == self.id => match self.raft.client_write(proposal.clone()).await {
+                        Ok(response) => return Ok(response.data),
+                        Err(e) if e.forward_to_leader().is_some() => {}
+                        Err(e) => return Err(ClusterError::Refused(e.to_string())),
+                    },
+                    Some((_, node)) => {
+                        let mut client = self.peer_client(&node.rpc_addr)?;
+                        let payload = encode(&proposal).map_err(setup)?;
+                        if let Ok(reply) = client.propose(ProposeRequest { proposal: payload }).await {
+                            let reply = reply.into_inner();
+                            if reply.error.is_empty() {
+                                return decode::<CommandOutcome>(&reply.outcome).map_err(setup);
+                            }
+                            tracing::debug!(error = %reply.error, "leader refused a forwarded write; retrying");
+                        }
+                    }
+                    None => {}
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, attempt).await.map_err(|_| ClusterError::NoQuorum(WRITE_TIMEOUT))?
+    }
+
+    /// Admits a joining node (on the leader; others forward): checks the token, reserves an
+    /// id, signs its certificate and adds it as a learner.
+    pub async fn admit(&self, request: JoinRequest) -> Result<(NodeId, String, String), ClusterError> {
+        let secrets =
+            self.applied.read().await.config.cluster.clone().ok_or_else(|| setup("the cluster is not bootstrapped"))?;
+        let token = JoinToken::parse(&request.token).map_err(|e| ClusterError::Refused(e.to_string()))?;
+        let given = sha256_hex(token.secret.as_bytes());
+        if !constant_time_eq(given.as_bytes(), secrets.join_secret_sha256.as_bytes()) {
+            return Err(ClusterError::Refused("wrong join token".into()));
+        }
+        if request.region.is_empty() || request.rpc_addr.is_empty() {
+            return Err(ClusterError::Refused("a joining node needs a region and an RPC address".into()));
+        }
+        let outcome = self.propose(Proposal { expected_revision: None, command: ConfigCommand::RegisterNode }).await?;
+        let node_id = outcome.created.ok_or_else(|| setup("no node id was assigned"))?;
+        let ca = ClusterCa { cert_pem: secrets.ca_cert_pem.clone(), key_pem: secrets.ca_key_pem };
+        let certificate = ca.sign_request(&request.csr_pem).map_err(|e| ClusterError::Refused(e.to_string()))?;
+        let node = ClusterNode {
+            region: request.region,
+            rpc_addr: request.rpc_addr,
+            gateway_addr: request.gateway_addr,
+            admin_addr: request.admin_addr,
+        };
+        self.raft.add_learner(node_id, node, false).await.map_err(|e| ClusterError::Refused(e.to_string()))?;
+        Ok((node_id, certificate, secrets.ca_cert_pem))
+    }
+
+    /// Removes `node` from the cluster (on the leader).
+    pub async fn remove(&self, node: NodeId) -> Result<(), ClusterError> {
+        let voters: BTreeSet<NodeId> =
+            self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if voters.contains(&node) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
+                .await
+                .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node])), false)
+            .await
+            .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Leaves the cluster: asks the leader to remove this node.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        let (leader, node) = self.leader().ok_or(ClusterError::NoQuorum(Duration::ZERO))?;
+        if leader == self.id {
+            return self.remove(self.id).await;
+        }
+        let mut client = self.peer_client(&node.rpc_addr)?;
+        let reply = client
+            .leave(LeaveRequest { node_id: self.id })
+            .await
+            .map_err(|s| ClusterError::Unreachable { addr: node.rpc_addr.clone(), message: s.message().into() })?
+            .into_inner();
+        if reply.error.is_empty() { Ok(()) } else { Err(ClusterError::Refused(reply.error)) }
+    }
+
+    /// This node's view of the cluster, as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last_log = metrics.last_log_index.unwrap_or(0);
+        let revision = self.applied.read().await.config.revision;
+        let replication = metrics.replication.clone().unwrap_or_default();
+        let members: Vec<serde_json::Value> = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = replication.get(id).and_then(|m| m.map(|l| l.index));
+                serde_json::json!({
+                    "id": id,
+                    "region": node.region,
+                    "role": if voters.contains(id) { "voter" } else { "learner" },
+                    "rpc": node.rpc_addr,
+                    "gateway": node.gateway_addr,
+                    "admin": node.admin_addr,
+                    "matched_log_index": matched,
+                    "lag": matched.map(|m| last_log.saturating_sub(m)),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "node_id": self.id,
+            "region": self.me.region,
+            "state": format!("{:?}", metrics.state),
+            "leader": metrics.current_leader,
+            "term": metrics.current_term,
+            "last_log_index": metrics.last_log_index,
+            "last_applied_index": metrics.last_applied.map(|l| l.index),
+            "revision": revision,
+            "connected_to_leader": metrics.current_leader.is_some(),
+            "members": members,
+        })
+    }
+
+    /// On the leader, promotes caught-up learners until there are three voters (five once
+    /// the cluster has five or more nodes), preferring regions without a voter.
+    fn spawn_autopilot(self: &Arc<Self>) {
+        let member = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(member) = member.upgrade() else { return };
+                if member.raft.metrics().borrow().state != ServerState::Leader {
+                    continue;
+                }
+                if let Err(e) = member.promote_learners().await {
+                    tracing::debug!(error = %e, "learner promotion postponed");
+                }
+            }
+        });
+    }
+
+    async fn promote_learners(&self) -> Result<(), ClusterError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let nodes: Vec<(NodeId, ClusterNode)> = membership.nodes().map(|(i, n)| (*i, n.clone())).collect();
+        let target = if nodes.len() >= 5 { 5 } else { 3 };
+        if voters.len() >= target {
+            return Ok(());
+        }
+        let last = metrics.last_log_index.unwrap_or(0);
+        let replication = metrics.replication.unwrap_or_default();
+        let voter_regions: BTreeSet<String> =
+            nodes.iter().filter(|(i, _)| voters.contains(i)).map(|(_, n)| n.region.clone()).collect();
+        let mut candidates: Vec<&(NodeId, ClusterNode)> = nodes
+            .iter()
+            .filter(|(i, _)| !voters.contains(i))
+            .filter(|(i, _)| replication.get(i).and_then(|m| *m).is_some_and(|m| last.saturating_sub(m.index) <= 10))
+            .collect();
+        candidates.sort_by_key(|(i, n)| (voter_regions.contains(&n.region), *i));
+        let Some((id, node)) = candidates.first() else { return Ok(()) };
+        tracing::info!(node = id, region = %node.region, "promoting learner to voter");
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), true)
+            .await
+            .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        Ok(())
+    }
+}
+
+fn write_record(data_dir: &Path, record: &NodeRecord) -> Result<(), ClusterError> {
+    let text = serde_json::to_string_pretty(record).map_err(setup)?;
+    std::fs::write(record_path(data_dir), text).map_err(setup)
+}
+
+fn sha256_hex_of_pem(pem: &str) -> Result<String, ClusterError> {
+    super::pki::fingerprint(pem).map_err(setup)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,160 @@
+//! The node RPC server: Raft messages, forwarded writes, joins, status and leave.
+//!
+//! Every call but `Join` requires a client certificate from the cluster CA. Payloads are
+//! decoded without trusting them: a malformed message is refused with `InvalidArgument` and
+//! changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_consensus::{NodeId, Proposal, TypeConfig};
+use meridian_proto::node_server::{Node, NodeServer};
+use meridian_proto::{
+    JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProposeReply, ProposeRequest, RaftPayload, StatusReply,
+    StatusRequest,
+};
+use openraft::ServerState;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+use super::member::ClusterMember;
+use super::network::{decode, encode};
+use super::tls::{PeerIdentity, RpcStream};
+
+/// Largest RPC message accepted (snapshots are sent in chunks below this).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+struct NodeService {
+    member: Arc<ClusterMember>,
+}
+
+fn require_member<T>(request: &Request<T>) -> Result<(), Status> {
+    match request.extensions().get::<PeerIdentity>() {
+        Some(peer) if peer.verified => Ok(()),
+        _ => Err(Status::unauthenticated("this call needs a cluster member's certificate")),
+    }
+}
+
+fn payload<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    decode(bytes).map_err(|e| Status::invalid_argument(format!("malformed payload: {e}")))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
+    encode(value).map(|payload| Response::new(RaftPayload { payload })).map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        require_member(&request)?;
+        let vote: VoteRequest<NodeId> = payload(&request.get_ref().payload)?;
+        reply(&self.member.raft.vote(vote).await)
+    }
+
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        require_member(&request)?;
+        let append: AppendEntriesRequest<TypeConfig> = payload(&request.get_ref().payload)?;
+        reply(&self.member.raft.append_entries(append).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        require_member(&request)?;
+        let chunk: InstallSnapshotRequest<TypeConfig> = payload(&request.get_ref().payload)?;
+        reply(&self.member.raft.install_snapshot(chunk).await)
+    }
+
+    async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
+        require_member(&request)?;
+        let proposal: Proposal = payload(&request.get_ref().proposal)?;
+        // Forwarded writes are served only by the leader: one hop, never a loop.
+        if self.member.raft.metrics().borrow().state != ServerState::Leader {
+            return Ok(Response::new(ProposeReply { outcome: Vec::new(), error: "not the leader".into() }));
+        }
+        let write = tokio::time::timeout(Duration::from_secs(10), self.member.raft.client_write(proposal)).await;
+        let reply = match write {
+            Ok(Ok(response)) => match encode(&response.data) {
+                Ok(outcome) => ProposeReply { outcome, error: String::new() },
+                Err(e) => ProposeReply { outcome: Vec::new(), error: e.to_string() },
+            },
+            Ok(Err(e)) => ProposeReply { outcome: Vec::new(), error: e.to_string() },
+            Err(_) => ProposeReply { outcome: Vec::new(), error: "no quorum within 10s".into() },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let join = request.into_inner();
+        let refused = |error: String| Ok(Response::new(JoinReply { error, ..Default::default() }));
+        match self.member.leader() {
+            Some((leader, _)) if leader == self.member.id => match self.member.admit(join).await {
+                Ok((node_id, certificate_pem, ca_pem)) => {
+                    Ok(Response::new(JoinReply { node_id, certificate_pem, ca_pem, error: String::new() }))
+                }
+                Err(e) => refused(e.to_string()),
+            },
+            Some((_, node)) => {
+                // Relay to the leader over this member's own authenticated channel.
+                let channel = super::network::channel(&node.rpc_addr, self.member_connector())
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let mut client = meridian_proto::node_client::NodeClient::new(channel);
+                client.join(join).await
+            }
+            None => refused("the cluster has no leader right now; try again".into()),
+        }
+    }
+
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        require_member(&request)?;
+        Ok(Response::new(StatusReply { json: self.member.status().await.to_string() }))
+    }
+
+    async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+        require_member(&request)?;
+        let node = request.get_ref().node_id;
+        let error = match self.member.remove(node).await {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        Ok(Response::new(LeaveReply { error }))
+    }
+}
+
+impl NodeService {
+    fn member_connector(&self) -> super::tls::TlsConnector {
+        self.member.connector()
+    }
+}
+
+/// Accepts TLS connections on `listener` and serves the node RPC service on them.
+pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, member: Arc<ClusterMember>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<RpcStream, std::io::Error>>(64);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, remote)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(RpcStream::new(stream, remote))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "node RPC handshake refused"),
+                    Err(_) => tracing::debug!(%remote, "node RPC handshake timed out"),
+                }
+            });
+        }
+    });
+    let incoming = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let service = NodeServer::new(NodeService { member })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await {
+        tracing::error!(error = %e, "node RPC server stopped");
+    }
+}

@@ -1,0 +1,234 @@
+//! End-to-end tests of a Raft-replicated cluster: real `meridian` processes in three
+//! "regions" on loopback (each its own 127.R.x.y range), driven with the `meridian` CLI.
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use meridian_chaos::launcher::{NodeProcess, meridian_binary};
+use meridian_tests::get;
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+/// A loopback address block of its own for each test, so tests run in parallel.
+fn base(test: u8) -> String {
+    format!("{}.{}", 100 + test, std::process::id() % 250)
+}
+
+fn node_config(ip: &str) -> String {
+    format!(
+        r#"
+listen: {{ http: "{ip}:0" }}
+admin: {{ listen: "{ip}:0", token_file: admin.token }}
+cluster: {{ data_dir: data, rpc: "{ip}:7001" }}
+"#
+    )
+}
+
+fn new_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("meridian-cluster-").tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    dir
+}
+
+struct Cluster {
+    nodes: Vec<NodeProcess>,
+    token: String,
+}
+
+/// Founds a cluster in region r1 and joins nodes in r2 and r3 (each in its own range).
+fn three_regions(test: u8) -> Cluster {
+    let b = base(test);
+    let first_ip = format!("127.{b}.1");
+    let first = NodeProcess::launch(new_dir(), &node_config(&first_ip), &["cluster", "init", "--region", "r1"], &[])
+        .unwrap_or_else(|e| panic!("init: {e}"));
+    let token = std::fs::read_to_string(first.dir().join("ready.token")).expect("the join token is written");
+    let mut nodes = vec![first];
+    for r in 2..=3 {
+        let ip = format!("127.{b}.{r}");
+        let region = format!("r{r}");
+        let peer = format!("{first_ip}:7001");
+        let node = NodeProcess::launch(
+            new_dir(),
+            &node_config(&ip),
+            &["cluster", "join", "--region", &region, "--peer", &peer, "--token", &token],
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("join {region}: {e}"));
+        nodes.push(node);
+    }
+    let cluster = Cluster { nodes, token };
+    cluster
+        .wait_for(|s| s["members"].as_array().is_some_and(|m| m.iter().filter(|m| m["role"] == "voter").count() == 3));
+    cluster
+}
+
+fn cli(args: &[&str], node: &NodeProcess) -> Output {
+    std::process::Command::new(meridian_binary())
+        .args(args)
+        .arg("--config")
+        .arg(node.config_path())
+        .arg("--admin")
+        .arg(node.admin.to_string())
+        .output()
+        .unwrap()
+}
+
+fn status(node: &NodeProcess) -> serde_json::Value {
+    let out = cli(&["cluster", "status", "--json"], node);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+impl Cluster {
+    fn wait_for(&self, ok: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let live: Vec<&NodeProcess> = self.nodes.iter().collect();
+            if live.iter().any(|n| ok(&status(n))) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster did not settle: {}", status(live[0]));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn leader_index(&mut self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].is_running() && status(&self.nodes[i])["state"] == "Leader" {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn definition(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("api-{}.yaml", body.replace(' ', "-")));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+apis:
+  - id: pets
+    routes:
+      - route: GET /version
+        integration: {{ type: mock, body: "{body}" }}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn served_everywhere(nodes: &[&NodeProcess], body: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for node in nodes {
+        let http: SocketAddr = node.http.unwrap();
+        loop {
+            let r = get(http, "gw.test", "/prod/version").await;
+            if r.status == 200 && r.body == body.as_bytes() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{http} serves {} {:?}, not {body}", r.status, r.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_a_follower_survive_a_leader_kill_and_restarts() {
+    let mut cluster = tokio::task::spawn_blocking(|| three_regions(1)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let leader = cluster.leader_index();
+    let follower = (leader + 1) % 3;
+
+    // A write through a follower is forwarded to the leader and served by every node.
+    let out = cli(
+        &["apply", "-f", definition(dir.path(), "v1").to_str().unwrap(), "--stage", "prod"],
+        &cluster.nodes[follower],
+    );
+    assert!(out.status.success(), "{out:?}");
+    served_everywhere(&cluster.nodes.iter().collect::<Vec<_>>(), "v1").await;
+
+    // SIGKILL the leader: writes continue on the others, nothing acknowledged is lost.
+    cluster.nodes[leader].kill();
+    let out = cli(
+        &["apply", "-f", definition(dir.path(), "v2").to_str().unwrap(), "--stage", "prod"],
+        &cluster.nodes[follower],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let survivors: Vec<&NodeProcess> =
+        cluster.nodes.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, n)| n).collect();
+    served_everywhere(&survivors, "v2").await;
+
+    // The killed node restarts from its data and catches up.
+    let restarted = &mut cluster.nodes[leader];
+    restarted.run(&["serve"], &[]).unwrap();
+    served_everywhere(&[&cluster.nodes[leader]], "v2").await;
+
+    // Every node restarted recovers the same revision.
+    let before = status(&cluster.nodes[follower])["revision"].clone();
+    for node in cluster.nodes.iter_mut() {
+        node.kill();
+    }
+    for node in cluster.nodes.iter_mut() {
+        node.run(&["serve"], &[]).unwrap();
+    }
+    cluster.wait_for(|s| s["leader"].is_u64());
+    for node in &cluster.nodes {
+        assert_eq!(status(node)["revision"], before);
+    }
+    served_everywhere(&cluster.nodes.iter().collect::<Vec<_>>(), "v2").await;
+
+    // Rollback goes back to v1 on every node.
+    let out = cli(&["stage", "rollback", "pets", "prod"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    served_everywhere(&cluster.nodes.iter().collect::<Vec<_>>(), "v1").await;
+    let _ = &cluster.token;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_bad_definitions_and_certificateless_rpc_are_refused() {
+    let cluster = tokio::task::spawn_blocking(|| three_regions(2)).await.unwrap();
+
+    // A join with the right CA fingerprint but a wrong secret is refused.
+    let (_, fingerprint) = cluster.token.trim().split_once('.').unwrap();
+    let wrong = format!("{}.{fingerprint}", "f".repeat(64));
+    let b = base(2);
+    let result = NodeProcess::launch(
+        new_dir(),
+        &node_config(&format!("127.{b}.9")),
+        &["cluster", "join", "--region", "r9", "--peer", &format!("127.{b}.1:7001"), "--token", &wrong],
+        &[],
+    );
+    let err = result.expect_err("a wrong token must not join").to_string();
+    assert!(err.contains("wrong join token"), "{err}");
+
+    // An invalid definition is refused with its errors, before anything reaches the log.
+    let before = status(&cluster.nodes[0])["revision"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apis:\n  - id: pets\n    routes:\n      - { route: GET nope, integration: { type: mock } }\n",
+    )
+    .unwrap();
+    let out = cli(&["apply", "-f", bad.to_str().unwrap(), "--stage", "prod"], &cluster.nodes[1]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 4"));
+    assert_eq!(status(&cluster.nodes[0])["revision"], before);
+
+    // An RPC from a client without a cluster certificate is refused.
+    let config = meridian_node::cluster::tls::joining_client_config(fingerprint).unwrap();
+    let connector = meridian_node::cluster::tls::TlsConnector::new(config);
+    let channel = meridian_node::cluster::network::channel(&format!("127.{b}.1:7001"), connector).unwrap();
+    let mut client = meridian_proto::node_client::NodeClient::new(channel);
+    let refused = client.status(meridian_proto::StatusRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = client.propose(meridian_proto::ProposeRequest { proposal: vec![1, 2, 3] }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+}
