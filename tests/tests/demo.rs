@@ -1,5 +1,6 @@
-//! `meridian demo` works as README promises: it starts with no files, serves the sample API
-//! at the URLs it prints, and stops cleanly on Ctrl-C (SIGINT).
+//! `meridian demo` works as README promises: it starts a multi-region cluster with no files,
+//! serves the sample API at the URLs it prints (from every region), and stops cleanly on
+//! Ctrl-C (SIGINT).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
     let mut child = Command::new(meridian_chaos::launcher::meridian_binary())
-        .args(["demo", "--http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["demo", "--subnet", "77"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -8,10 +8,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod cluster;
+mod demo;
 
 use crate::admin::client;
 use crate::config::load_file;
-use crate::demo;
 use crate::gateway::node::{ConfigSource, Node};
 
 pub use cluster::{AdminTarget, ClusterCommand, StageCommand};
@@ -82,14 +82,11 @@ pub enum Command {
     /// Show a stage, set its variables, or roll it back.
     #[command(subcommand)]
     Stage(StageCommand),
-    /// Start a gateway with a sample API on loopback and print what to try.
+    /// Start a local cluster, one node per region on loopback, serving a sample API.
     Demo {
-        /// Address for API traffic.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http: SocketAddr,
-        /// Address for the admin API (metrics, health).
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        admin: SocketAddr,
+        /// Region R's node listens on 127.R.<subnet>.1 (gateway :8080, admin :9901, RPC :7001).
+        #[arg(long, default_value_t = 0)]
+        subnet: u8,
     },
 }
 
@@ -178,19 +175,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Deployments { api, target, .. } => cluster::deployments(&api, &target).await,
         Command::Stage(command) => cluster::stage(command).await,
-        Command::Demo { http, admin } => {
-            let backend = demo::echo::spawn("127.0.0.1:0".parse()?).await.context("cannot start the echo backend")?;
-            let text = demo::sample_config(http, admin, backend);
-            let node = Node::start(ConfigSource::Text { name: "demo".into(), text }).await.context(
-                "cannot start the demo gateway (is another demo running? pick other ports with --http/--admin)",
-            )?;
-            let (Some(http), admin) = (node.http_addr, node.admin_addr) else {
-                bail!("the demo gateway has no http listener");
-            };
-            eprintln!("{}", demo::banner(http, admin));
-            node.run_until_signal().await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Demo { subnet } => demo::run(subnet).await,
     }
 }
 

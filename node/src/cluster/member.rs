@@ -385,6 +385,7 @@ impl ClusterMember {
     /// On the leader, promotes caught-up learners until there are three voters (five once
     /// the cluster has five or more nodes), preferring regions without a voter.
     fn spawn_autopilot(self: &Arc<Self>) {
+        self.spawn_leader_watch();
         let member = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -395,6 +396,37 @@ impl ClusterMember {
                 }
                 if let Err(e) = member.promote_learners().await {
                     tracing::debug!(error = %e, "learner promotion postponed");
+                }
+            }
+        });
+    }
+
+    /// Logs leadership changes and exports whether this node knows a leader
+    /// (`meridian_cluster_leader_known`): a node cut off from the leader keeps serving its
+    /// last applied configuration, and this says so.
+    fn spawn_leader_watch(&self) {
+        let mut metrics = self.raft.metrics();
+        let id = self.id;
+        tokio::spawn(async move {
+            let known = metrics::gauge!("meridian_cluster_leader_known");
+            let mut last = None;
+            loop {
+                let (leader, term) = {
+                    let m = metrics.borrow_and_update();
+                    (m.current_leader, m.current_term)
+                };
+                if leader != last {
+                    match leader {
+                        Some(l) => tracing::info!(node = id, leader = l, term, "cluster leader"),
+                        None => {
+                            tracing::warn!(node = id, term, "no cluster leader: serving the last applied configuration")
+                        }
+                    }
+                    known.set(if leader.is_some() { 1.0 } else { 0.0 });
+                    last = leader;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
                 }
             }
         });

@@ -1,56 +1,75 @@
-//! `meridian demo`: a working gateway on loopback with a sample API, no files needed.
+//! `meridian demo`: a local multi-region cluster with a sample API, no files needed.
 //!
-//! The demo starts the built-in [`echo`] backend, then a node whose configuration is the
-//! sample below with the backend's address as a stage variable, so every part of the
-//! request path (stage resolution, route match, stage variables, proxying, mocks, access
-//! log, metrics) is exercised by the URLs it prints.
+//! The demo starts the built-in [`echo`] backend, then one node per region on loopback
+//! (region R at `127.R.<subnet>.1`), founds a cluster with the first, joins the others, and
+//! deploys the [`SAMPLE_API`] to stage `prod` with the backend's address as a stage
+//! variable. Every part of the request path (stage resolution, route match, stage
+//! variables, proxying, mocks, access log, metrics) and of the control plane (Raft
+//! replication, forwarding, status) is exercised by the commands it prints.
 
 pub mod echo;
 
 use std::net::SocketAddr;
 
-/// The sample API's configuration for a backend at `backend`.
-pub fn sample_config(http: SocketAddr, admin: SocketAddr, backend: SocketAddr) -> String {
-    format!(
-        r#"# The sample API of `meridian demo`.
-listen: {{ http: "{http}" }}
-admin: {{ listen: "{admin}" }}
+/// The regions of the demo cluster, in order.
+pub const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
+
+/// The sample API `meridian demo` deploys (`${stageVariables.backend}` is the echo backend).
+pub const SAMPLE_API: &str = r#"# The sample API of `meridian demo`.
 apis:
   - id: pets
     name: Pet store (demo)
     routes:
-      - route: GET /pets/{{id}}
-        integration: {{ type: http_proxy, uri: "http://${{stageVariables.backend}}/pets/{{id}}", timeout: 5s }}
+      - route: GET /pets/{id}
+        integration: { type: http_proxy, uri: "http://${stageVariables.backend}/pets/{id}", timeout: 5s }
       - route: GET /health
         integration:
           type: mock
           status: 200
-          headers: {{ content-type: application/json }}
-          body: '{{"status":"ok"}}'
-      - route: ANY /{{proxy+}}
-        integration: {{ type: http_proxy, uri: "http://${{stageVariables.backend}}/{{proxy}}" }}
-    stages:
-      - name: prod
-        variables: {{ backend: "{backend}" }}
-      - name: dev
-        variables: {{ backend: "{backend}" }}
-        access_log_format: "$time $request_id $method $path $status $latency_ms"
-"#
+          headers: { content-type: application/json }
+          body: '{"status":"ok"}'
+      - route: ANY /{proxy+}
+        integration: { type: http_proxy, uri: "http://${stageVariables.backend}/{proxy}" }
+"#;
+
+/// The node configuration of region number `region` (1-based).
+pub fn node_config(region: usize, subnet: u8, data_dir: &std::path::Path, token_file: &std::path::Path) -> String {
+    let ip = node_ip(region, subnet);
+    format!(
+        r#"listen: {{ http: "{ip}:8080" }}
+admin: {{ listen: "{ip}:9901", token_file: "{token}" }}
+access_log: {{ enabled: false }}
+cluster: {{ data_dir: "{data}", rpc: "{ip}:7001" }}
+"#,
+        token = token_file.display(),
+        data = data_dir.display(),
     )
 }
 
-/// The lines `meridian demo` prints once it is serving.
-pub fn banner(http: SocketAddr, admin: SocketAddr) -> String {
-    format!(
-        "Meridian demo is serving the sample API `pets` on http://{http}\n\
+/// `127.R.<subnet>.1`.
+pub fn node_ip(region: usize, subnet: u8) -> String {
+    format!("127.{region}.{subnet}.1")
+}
+
+/// What `meridian demo` prints once the cluster serves the sample API.
+pub fn banner(gateways: &[(String, SocketAddr, SocketAddr)], node_config: &std::path::Path) -> String {
+    let mut text = String::from("Meridian demo: a cluster of one node per region, serving the sample API `pets`.\n\n");
+    for (region, http, admin) in gateways {
+        text.push_str(&format!("  {region:<9} gateway http://{http}   admin http://{admin}\n"));
+    }
+    let (_, first, _) = &gateways[0];
+    let (_, second, _) = &gateways[1 % gateways.len()];
+    text.push_str(&format!(
+        "\nTry:\n\
+         \x20 curl -i http://{first}/prod/pets/42          # proxied to the echo backend (path parameter)\n\
+         \x20 curl -i http://{second}/prod/health           # mock integration, served by another region\n\
+         \x20 curl -i -X POST http://{first}/prod/orders -d '{{\"pet\":42}}'   # greedy route\n\
+         \x20 curl -i http://{first}/qa/pets/42            # unknown stage: a JSON 404\n\
+         \x20 meridian cluster status --config {cfg}\n\
+         \x20 meridian deployments list pets --config {cfg}\n\
          \n\
-         Try:\n\
-         \x20 curl -i http://{http}/prod/pets/42          # proxied to the echo backend (path parameter)\n\
-         \x20 curl -i http://{http}/prod/health           # mock integration\n\
-         \x20 curl -i -X POST http://{http}/dev/orders -d '{{\"pet\":42}}'   # greedy route, dev stage\n\
-         \x20 curl -i http://{http}/qa/pets/42            # unknown stage: a JSON 404\n\
-         \x20 curl -s http://{admin}/metrics | grep meridian_requests_total\n\
-         \n\
-         Access-log lines follow below. Ctrl-C stops the demo.\n"
-    )
+         Ctrl-C stops the demo and removes its data.\n",
+        cfg = node_config.display(),
+    ));
+    text
 }
