@@ -232,3 +232,39 @@ async fn bad_tokens_bad_definitions_and_certificateless_rpc_are_refused() {
     let refused = client.propose(meridian_proto::ProposeRequest { proposal: vec![1, 2, 3] }).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_takes_its_share_and_can_be_promoted() {
+    let cluster = tokio::task::spawn_blocking(|| three_regions(3)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = &cluster.nodes[1];
+    let out = cli(&["apply", "-f", definition(dir.path(), "stable").to_str().unwrap(), "--stage", "prod"], node);
+    assert!(out.status.success(), "{out:?}");
+    // Deployment 2 goes to another stage first, then takes 25 % of prod as a canary.
+    let out = cli(&["apply", "-f", definition(dir.path(), "candidate").to_str().unwrap(), "--stage", "staging"], node);
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&["canary", "set", "pets", "prod", "--deployment", "2", "--percent", "25"], node);
+    assert!(out.status.success(), "{out:?}");
+    let http = cluster.nodes[2].http.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(http, "gw.test", "/prod/version").await.body != "candidate".as_bytes() {
+        assert!(Instant::now() < deadline, "the canary never served");
+    }
+    let mut candidate = 0;
+    for _ in 0..1000 {
+        if get(http, "gw.test", "/prod/version").await.body == "candidate".as_bytes() {
+            candidate += 1;
+        }
+    }
+    // 1000 draws at 25 %: mean 250, standard deviation 13.7; allow 4 of them.
+    assert!((195..=305).contains(&candidate), "canary served {candidate} of 1000");
+    let metrics = String::from_utf8_lossy(&get(cluster.nodes[2].admin, "admin", "/metrics").await.body).into_owned();
+    assert!(metrics.contains("deployment=\"2\""), "metrics do not tell the canary's deployment apart");
+
+    let out = cli(&["canary", "promote", "pets", "prod"], node);
+    assert!(out.status.success(), "{out:?}");
+    served_everywhere(&cluster.nodes.iter().collect::<Vec<_>>(), "candidate").await;
+    let shown = cli(&["stage", "show", "pets", "prod"], node);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!((shown["deployment"].as_u64(), shown["canary"].is_null()), (Some(2), true));
+}

@@ -9,6 +9,9 @@
 //! | `GET /v1/apis/{api}/stages/{stage}` | the stage: deployment, variables, canary |
 //! | `POST /v1/apis/{api}/stages/{stage}/variables` | body: `{"set": {...}, "unset": [...]}` |
 //! | `POST /v1/apis/{api}/stages/{stage}/rollback?to=ID` | points the stage at an earlier deployment (default: the one before) |
+//! | `POST /v1/apis/{api}/stages/{stage}/canary` | body: `{"deployment": ID, "percent": 5, "variables": {...}}` |
+//! | `POST /v1/apis/{api}/stages/{stage}/canary/promote` | the canary's deployment becomes the stage's |
+//! | `DELETE /v1/apis/{api}/stages/{stage}/canary` | stops the canary |
 //!
 //! Writes accept `If-Match: <revision>` and fail with 412 when the configuration moved on;
 //! every answer carries the revision in `ETag`.
@@ -20,7 +23,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use meridian_consensus::{CommandOutcome, ConfigCommand, Proposal, Rejection};
+use meridian_consensus::{Canary, CommandOutcome, ConfigCommand, Proposal, Rejection};
 
 use super::{json, message};
 use crate::cluster::member::{ClusterError, ClusterMember};
@@ -269,6 +272,44 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
             };
             let command = ConfigCommand::SetStageDeployment { api, stage, deployment: to };
             outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
+        }
+        (&Method::POST, ["v1", "apis", api, "stages", stage, "canary"]) => {
+            let (api, stage) = (api.to_string(), stage.to_string());
+            let expected = expected_revision(&request)?;
+            let text = body_text(request).await?;
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct CanaryBody {
+                deployment: u64,
+                percent: f64,
+                #[serde(default)]
+                variables: BTreeMap<String, String>,
+            }
+            let body: CanaryBody = serde_json::from_str(&text).map_err(|e| {
+                Refusal::new(StatusCode::BAD_REQUEST, format!("expected {{\"deployment\": ID, \"percent\": P}}: {e}"))
+            })?;
+            if !(body.percent > 0.0 && body.percent < 100.0) {
+                return Err(Refusal::new(StatusCode::BAD_REQUEST, "percent must be above 0 and below 100"));
+            }
+            let canary = Canary {
+                deployment: body.deployment,
+                basis_points: (body.percent * 100.0).round().clamp(1.0, 9999.0) as u32,
+                variables: body.variables,
+            };
+            let command = ConfigCommand::SetCanary { api, stage, canary };
+            outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
+        }
+        (&Method::POST, ["v1", "apis", api, "stages", stage, "canary", "promote"]) => {
+            let command = ConfigCommand::PromoteCanary { api: api.to_string(), stage: stage.to_string() };
+            outcome_response(
+                member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
+            )
+        }
+        (&Method::DELETE, ["v1", "apis", api, "stages", stage, "canary"]) => {
+            let command = ConfigCommand::ClearCanary { api: api.to_string(), stage: stage.to_string() };
+            outcome_response(
+                member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
+            )
         }
         _ => message(StatusCode::NOT_FOUND, "no such cluster endpoint"),
     })

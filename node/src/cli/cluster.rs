@@ -103,6 +103,69 @@ pub enum StageCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum CanaryCommand {
+    /// Serve `--percent` of the stage's requests from `--deployment`.
+    Set {
+        api: String,
+        stage: String,
+        #[arg(long)]
+        deployment: u64,
+        #[arg(long)]
+        percent: f64,
+        /// Stage-variable overrides for canary requests, `NAME=VALUE`.
+        #[arg(long = "var")]
+        variables: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Make the canary's deployment (and overrides) the stage's own.
+    Promote {
+        api: String,
+        stage: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Stop the canary; the stage's own deployment serves everything.
+    Clear {
+        api: String,
+        stage: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+fn assignments(list: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut map = serde_json::Map::new();
+    for a in list {
+        let Some((k, v)) = a.split_once('=') else {
+            bail!("`{a}` is not NAME=VALUE");
+        };
+        map.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+    }
+    Ok(map)
+}
+
+pub async fn canary(command: CanaryCommand) -> anyhow::Result<ExitCode> {
+    let (method, path, body, target) = match command {
+        CanaryCommand::Set { api, stage, deployment, percent, variables, target } => {
+            let body = serde_json::json!({ "deployment": deployment, "percent": percent, "variables": assignments(&variables)? });
+            let path = format!("/v1/apis/{}/stages/{}/canary", encode(&api), encode(&stage));
+            (Method::POST, path, Bytes::from(body.to_string()), target)
+        }
+        CanaryCommand::Promote { api, stage, target } => {
+            let path = format!("/v1/apis/{}/stages/{}/canary/promote", encode(&api), encode(&stage));
+            (Method::POST, path, Bytes::new(), target)
+        }
+        CanaryCommand::Clear { api, stage, target } => {
+            let path = format!("/v1/apis/{}/stages/{}/canary", encode(&api), encode(&stage));
+            (Method::DELETE, path, Bytes::new(), target)
+        }
+    };
+    let (status, value) = admin_call(&target, method, &path, body, &[]).await?;
+    report(status, &value)
+}
+
 /// The admin address and token of the node described by `config`.
 fn admin_of(target: &AdminTarget) -> anyhow::Result<(SocketAddr, String)> {
     let config = load_file(&target.config).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -282,15 +345,8 @@ pub async fn stage(command: StageCommand) -> anyhow::Result<ExitCode> {
             let (status, value) = admin_call(&target, Method::GET, &path, Bytes::new(), &[]).await?;
             report(status, &value)
         }
-        StageCommand::SetVar { api, stage, assignments, unset, target } => {
-            let mut set = serde_json::Map::new();
-            for a in &assignments {
-                let Some((k, v)) = a.split_once('=') else {
-                    bail!("`{a}` is not NAME=VALUE");
-                };
-                set.insert(k.to_string(), serde_json::Value::String(v.to_string()));
-            }
-            let body = serde_json::json!({ "set": set, "unset": unset }).to_string();
+        StageCommand::SetVar { api, stage, assignments: list, unset, target } => {
+            let body = serde_json::json!({ "set": assignments(&list)?, "unset": unset }).to_string();
             let path = format!("/v1/apis/{}/stages/{}/variables", encode(&api), encode(&stage));
             let (status, value) = admin_call(&target, Method::POST, &path, Bytes::from(body), &[]).await?;
             report(status, &value)

@@ -14,7 +14,7 @@ use crate::admin::client;
 use crate::config::load_file;
 use crate::gateway::node::{ConfigSource, Node};
 
-pub use cluster::{AdminTarget, ClusterCommand, StageCommand};
+pub use cluster::{AdminTarget, CanaryCommand, ClusterCommand, StageCommand};
 
 /// Meridian: a multi-region API gateway.
 #[derive(Debug, Parser)]
@@ -82,6 +82,9 @@ pub enum Command {
     /// Show a stage, set its variables, or roll it back.
     #[command(subcommand)]
     Stage(StageCommand),
+    /// Send a share of a stage's requests to another deployment, promote it, or clear it.
+    #[command(subcommand)]
+    Canary(CanaryCommand),
     /// Start a local cluster, one node per region on loopback, serving a sample API.
     Demo {
         /// Region R's node listens on 127.R.<subnet>.1 (gateway :8080, admin :9901, RPC :7001).
@@ -175,6 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Deployments { api, target, .. } => cluster::deployments(&api, &target).await,
         Command::Stage(command) => cluster::stage(command).await,
+        Command::Canary(command) => cluster::canary(command).await,
         Command::Demo { subnet } => demo::run(subnet).await,
     }
 }

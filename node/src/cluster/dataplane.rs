@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use meridian_consensus::ConfigState;
 
 use super::member::ClusterMember;
-use crate::config::{RoutingTable, compile_stage};
+use crate::config::{CanaryRoutes, RoutingTable, StageTarget, compile_stage};
 use crate::observe::completion::RouteObserver;
 
 /// Compiles every stage of `state`. A stage whose definition no longer compiles (it was
@@ -21,21 +21,27 @@ pub fn compile(state: &ConfigState) -> RoutingTable {
     let mut apis: HashMap<String, HashMap<String, _>> = HashMap::new();
     for (api, record) in &state.apis {
         for (stage, target) in &record.stages {
-            let Some(deployment) = record.deployments.get(&target.deployment) else { continue };
-            let name = format!("{api} deployment {}", deployment.id);
-            match compile_stage(&deployment.definition, &name, stage, &target.variables) {
-                Ok(routes) => {
-                    apis.entry(api.clone()).or_default().insert(stage.clone(), routes);
-                }
-                Err(errors) => tracing::error!(%api, %stage, %errors, "stage cannot be served"),
-            }
+            let compiled = |deployment_id: u64, variables: &std::collections::BTreeMap<String, String>| {
+                let deployment = record.deployments.get(&deployment_id)?;
+                let name = format!("{api} deployment {}", deployment.id);
+                compile_stage(&deployment.definition, &name, stage, variables, &deployment.id.to_string())
+                    .map_err(|errors| tracing::error!(%api, %stage, %errors, "stage cannot be served"))
+                    .ok()
+            };
+            let Some(primary) = compiled(target.deployment, &target.variables) else { continue };
+            let canary = target.canary.as_ref().and_then(|c| {
+                let mut variables = target.variables.clone();
+                variables.extend(c.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+                compiled(c.deployment, &variables).map(|routes| CanaryRoutes { routes, basis_points: c.basis_points })
+            });
+            apis.entry(api.clone()).or_default().insert(stage.clone(), Arc::new(StageTarget { primary, canary }));
         }
     }
     RoutingTable {
         revision: state.revision,
         domains: HashMap::new(),
         apis,
-        unrouted: Arc::new(RouteObserver::new("", "", "", None)),
+        unrouted: Arc::new(RouteObserver::new("", "", "", "", None)),
     }
 }
 

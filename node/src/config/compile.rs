@@ -56,7 +56,9 @@ pub fn parse_str(text: &str, source_name: &str, base_dir: &Path) -> Result<Gatew
         sink.push(location, "", structural_message(&e.to_string()));
         sink.into_errors(source_name)
     })?;
-    Compiler { sink: ErrorSink::default(), base_dir }.compile(file).map_err(|sink| sink.into_errors(source_name))
+    Compiler { sink: ErrorSink::default(), base_dir, deployment: "" }
+        .compile(file)
+        .map_err(|sink| sink.into_errors(source_name))
 }
 
 /// serde-saphyr appends its own location and a source snippet; keep the first line.
@@ -67,6 +69,8 @@ fn structural_message(text: &str) -> String {
 struct Compiler<'a> {
     sink: ErrorSink,
     base_dir: &'a Path,
+    /// The deployment being compiled, for metric labels and access logs ("" for a file).
+    deployment: &'a str,
 }
 
 /// A route as parsed once, before it is specialised per stage.
@@ -107,7 +111,7 @@ impl Compiler<'_> {
         let (domains, certificates) = self.domains(&file.domains, &apis, listen_https.is_some());
         let cluster = file.cluster.as_ref().and_then(|c| self.cluster(c, &file));
 
-        let unrouted = Arc::new(RouteObserver::new("", "", "", None));
+        let unrouted = Arc::new(RouteObserver::new("", "", "", "", None));
         match (self.sink.is_empty(), admin_listen, limits) {
             (true, Some(admin_listen), Some(limits)) => Ok(GatewayConfig {
                 listen_http,
@@ -265,7 +269,7 @@ impl Compiler<'_> {
         ok
     }
 
-    fn api(&mut self, api: &ApiDef, field: &str) -> Option<(String, HashMap<String, Arc<StageRoutes>>)> {
+    fn api(&mut self, api: &ApiDef, field: &str) -> Option<(String, HashMap<String, Arc<StageTarget>>)> {
         let id_ok = self.name(&api.id, &format!("{field}.id"), "API id");
         let mut specs = Vec::new();
         let mut shape: Router<()> = Router::default();
@@ -301,7 +305,7 @@ impl Compiler<'_> {
                 continue;
             }
             let routes = self.stage(&api.id.value, stage, &specs, &sfield);
-            if stages.insert(stage.name.value.clone(), Arc::new(routes)).is_some() {
+            if stages.insert(stage.name.value.clone(), Arc::new(StageTarget::new(Arc::new(routes)))).is_some() {
                 self.sink.push(
                     stage.name.referenced,
                     format!("{sfield}.name"),
@@ -348,7 +352,8 @@ impl Compiler<'_> {
                     }
                 }
             };
-            let observer = Arc::new(RouteObserver::new(api, stage_name, &spec.key, log_template.clone()));
+            let observer =
+                Arc::new(RouteObserver::new(api, stage_name, &spec.key, self.deployment, log_template.clone()));
             // Duplicates were refused when the routes were parsed.
             let _ = router.insert(spec.method.clone(), &spec.pattern, RouteTarget { integration, observer });
         }
@@ -356,7 +361,7 @@ impl Compiler<'_> {
             api: api.into(),
             stage: stage_name.into(),
             router,
-            unrouted: Arc::new(RouteObserver::new(api, stage_name, "", log_template)),
+            unrouted: Arc::new(RouteObserver::new(api, stage_name, "", self.deployment, log_template)),
         }
     }
 
@@ -478,7 +483,7 @@ impl Compiler<'_> {
     fn domains(
         &mut self,
         domains: &[DomainDef],
-        apis: &HashMap<String, HashMap<String, Arc<StageRoutes>>>,
+        apis: &HashMap<String, HashMap<String, Arc<StageTarget>>>,
         https: bool,
     ) -> (HashMap<String, Vec<BaseMapping>>, DomainCertificates) {
         let mut table = HashMap::new();
@@ -641,17 +646,18 @@ pub fn validate_definition(
         api.stages.iter().map(|s| (s.name.value.clone(), s.variables.clone())).collect();
     let mut merged = variables.clone();
     merged.extend(stage_variables.get(stage).cloned().unwrap_or_default());
-    compile_stage(text, source_name, stage, &merged)?;
+    compile_stage(text, source_name, stage, &merged, "")?;
     Ok(ApiDefinition { id: api.id.value.clone(), text: text.to_string(), stage_variables })
 }
 
 /// Compiles one stage of a replicated API: the deployment's definition with the stage's
-/// variables.
+/// variables. `deployment` labels its metrics and access-log lines.
 pub fn compile_stage(
     definition: &str,
     source_name: &str,
     stage: &str,
     variables: &BTreeMap<String, String>,
+    deployment: &str,
 ) -> Result<Arc<StageRoutes>, ConfigErrors> {
     let mut api = parse_single_api(definition, source_name)?;
     let unknown = || Location::UNKNOWN;
@@ -660,10 +666,10 @@ pub fn compile_stage(
         variables: variables.clone(),
         access_log_format: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.access_log_format.clone()),
     }];
-    let mut compiler = Compiler { sink: ErrorSink::default(), base_dir: Path::new(".") };
+    let mut compiler = Compiler { sink: ErrorSink::default(), base_dir: Path::new("."), deployment };
     let compiled = compiler.api(&api, "apis[0]");
     match compiled.and_then(|(_, mut stages)| stages.remove(stage)) {
-        Some(routes) if compiler.sink.is_empty() => Ok(routes),
+        Some(target) if compiler.sink.is_empty() => Ok(target.primary.clone()),
         _ => Err(compiler.sink.into_errors(source_name)),
     }
 }

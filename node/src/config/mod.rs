@@ -24,7 +24,7 @@ pub mod table;
 pub use compile::{ApiDefinition, compile_stage, load_file, parse_str, validate_definition};
 pub use duration::parse_duration;
 pub use errors::{ConfigError, ConfigErrors};
-pub use table::{ClusterSettings, GatewayConfig, Limits, RoutingTable, StageRoutes};
+pub use table::{CanaryRoutes, ClusterSettings, GatewayConfig, Limits, RoutingTable, StageRoutes, StageTarget};
 
 #[cfg(test)]
 mod tests {
@@ -61,7 +61,7 @@ domains:
     fn a_good_file_compiles() {
         let config = parse_str(GOOD, "good.yaml", Path::new(".")).unwrap();
         let stage = &config.table.apis["pets"]["prod"];
-        assert_eq!(stage.router.values().len(), 2);
+        assert_eq!(stage.primary.router.values().len(), 2);
         assert_eq!(config.table.domains["api.example.com"][0].base_path, "/v1");
         assert_eq!(config.limits.max_body_bytes, 10 * 1024 * 1024);
     }

@@ -33,11 +33,40 @@ pub struct StageRoutes {
     pub unrouted: Arc<RouteObserver>,
 }
 
+/// A canary: a share of a stage's requests served by another deployment.
+#[derive(Debug)]
+pub struct CanaryRoutes {
+    pub routes: Arc<StageRoutes>,
+    /// Share of requests in hundredths of a percent (1..=9999).
+    pub basis_points: u32,
+}
+
+/// What serves a stage: its deployment, and optionally a canary.
+#[derive(Debug)]
+pub struct StageTarget {
+    pub primary: Arc<StageRoutes>,
+    pub canary: Option<CanaryRoutes>,
+}
+
+impl StageTarget {
+    pub fn new(primary: Arc<StageRoutes>) -> Self {
+        StageTarget { primary, canary: None }
+    }
+
+    /// The routes for one request: the canary's for `basis_points` of 10,000 draws.
+    pub fn pick(&self, draw: u32) -> &Arc<StageRoutes> {
+        match &self.canary {
+            Some(c) if draw % 10_000 < c.basis_points => &c.routes,
+            _ => &self.primary,
+        }
+    }
+}
+
 /// `base_path → stage` on a custom domain. The root mapping has an empty base path.
 #[derive(Debug)]
 pub struct BaseMapping {
     pub base_path: String,
-    pub stage: Arc<StageRoutes>,
+    pub stage: Arc<StageTarget>,
 }
 
 /// One configuration revision, compiled.
@@ -49,7 +78,7 @@ pub struct RoutingTable {
     /// Lower-case host → mappings, longest base path first.
     pub domains: HashMap<String, Vec<BaseMapping>>,
     /// API id → stage name → routes, for the default endpoint `/{stage}/...`.
-    pub apis: HashMap<String, HashMap<String, Arc<StageRoutes>>>,
+    pub apis: HashMap<String, HashMap<String, Arc<StageTarget>>>,
     /// Counts and logs requests that match no API at all.
     pub unrouted: Arc<RouteObserver>,
 }
@@ -89,4 +118,30 @@ pub struct ClusterSettings {
     pub rpc_listen: SocketAddr,
     /// The RPC address peers use.
     pub advertise_rpc: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::route::Router;
+
+    fn routes(stage: &str) -> Arc<StageRoutes> {
+        Arc::new(StageRoutes {
+            api: "a".into(),
+            stage: stage.into(),
+            router: Router::default(),
+            unrouted: Arc::new(RouteObserver::new("a", stage, "", "", None)),
+        })
+    }
+
+    #[test]
+    fn a_canary_gets_exactly_its_share_of_uniform_draws() {
+        let target = StageTarget {
+            primary: routes("primary"),
+            canary: Some(CanaryRoutes { routes: routes("canary"), basis_points: 2_500 }),
+        };
+        let canary = (0..10_000).filter(|d| &*target.pick(*d).stage == "canary").count();
+        assert_eq!(canary, 2_500);
+        assert_eq!(&*StageTarget::new(routes("only")).pick(0).stage, "only");
+    }
 }

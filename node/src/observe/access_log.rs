@@ -33,6 +33,7 @@ pub struct LogEntry<'a> {
     pub route: &'a str,
     pub api: &'a str,
     pub stage: &'a str,
+    pub deployment: &'a str,
     pub status: u16,
     pub bytes: u64,
     pub latency: Duration,
@@ -51,6 +52,7 @@ enum Field {
     Route,
     Api,
     Stage,
+    Deployment,
     Status,
     Bytes,
     LatencyMs,
@@ -67,6 +69,7 @@ const FIELDS: &[(&str, Field)] = &[
     ("route", Field::Route),
     ("api", Field::Api),
     ("stage", Field::Stage),
+    ("deployment", Field::Deployment),
     ("status", Field::Status),
     ("bytes", Field::Bytes),
     ("latency_ms", Field::LatencyMs),
@@ -147,6 +150,7 @@ fn write_field(out: &mut String, entry: &LogEntry<'_>, field: Field) {
         Field::Route => out.write_str(entry.route),
         Field::Api => out.write_str(entry.api),
         Field::Stage => out.write_str(entry.stage),
+        Field::Deployment => out.write_str(entry.deployment),
         Field::Status => write!(out, "{}", entry.status),
         Field::Bytes => write!(out, "{}", entry.bytes),
         Field::LatencyMs => write!(out, "{:.3}", millis(entry.latency)),
@@ -204,6 +208,10 @@ pub fn format_line(out: &mut String, entry: &LogEntry<'_>, template: Option<&Log
             write_json_string(out, entry.api);
             out.push_str(",\"stage\":");
             write_json_string(out, entry.stage);
+            if !entry.deployment.is_empty() {
+                out.push_str(",\"deployment\":");
+                write_json_string(out, entry.deployment);
+            }
             let _ = write!(
                 out,
                 ",\"status\":{},\"bytes\":{},\"latency_ms\":{:.3}",
@@ -366,6 +374,7 @@ mod tests {
             route: "GET /pets/{id}",
             api: "pets",
             stage: "prod",
+            deployment: "3",
             status: 200,
             bytes: 12,
             latency: Duration::from_micros(1500),
@@ -381,6 +390,7 @@ mod tests {
         assert_eq!(v["path"], "/pets/\"1\"");
         assert_eq!(v["status"], 200);
         assert_eq!(v["route"], "GET /pets/{id}");
+        assert_eq!(v["deployment"], "3");
         assert_eq!(v["latency_ms"], 1.5);
         assert_eq!(v["integration_latency_ms"], 1.0);
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");

@@ -26,17 +26,21 @@ pub struct RouteObserver {
     pub api: Arc<str>,
     pub stage: Arc<str>,
     pub route: Arc<str>,
+    /// The deployment serving the route ("" for a standalone configuration file), so a
+    /// canary's requests can be told from the stage's own.
+    pub deployment: Arc<str>,
     pub metrics: RouteMetrics,
     pub log_template: Option<Arc<LogTemplate>>,
 }
 
 impl RouteObserver {
-    pub fn new(api: &str, stage: &str, route: &str, log_template: Option<Arc<LogTemplate>>) -> Self {
+    pub fn new(api: &str, stage: &str, route: &str, deployment: &str, log_template: Option<Arc<LogTemplate>>) -> Self {
         RouteObserver {
             api: api.into(),
             stage: stage.into(),
             route: route.into(),
-            metrics: RouteMetrics::new(api, stage, route),
+            deployment: deployment.into(),
+            metrics: RouteMetrics::new(api, stage, route, deployment),
             log_template,
         }
     }
@@ -74,6 +78,7 @@ impl Completion {
                 route: &self.observer.route,
                 api: &self.observer.api,
                 stage: &self.observer.stage,
+                deployment: &self.observer.deployment,
                 status: self.status,
                 bytes,
                 latency,

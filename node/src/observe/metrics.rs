@@ -20,9 +20,14 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    /// Registers the handles for one (api, stage, route).
-    pub fn new(api: &str, stage: &str, route: &str) -> Self {
-        let labels = [("api", api.to_string()), ("stage", stage.to_string()), ("route", route.to_string())];
+    /// Registers the handles for one (api, stage, route, deployment).
+    pub fn new(api: &str, stage: &str, route: &str, deployment: &str) -> Self {
+        let labels = [
+            ("api", api.to_string()),
+            ("stage", stage.to_string()),
+            ("route", route.to_string()),
+            ("deployment", deployment.to_string()),
+        ];
         let class = |c: &'static str| {
             let mut l = labels.to_vec();
             l.push(("status", c.to_string()));

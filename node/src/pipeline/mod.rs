@@ -128,7 +128,7 @@ impl Pipeline {
         let host =
             parts.uri.authority().map(|a| a.as_str()).or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()));
         let path = parts.uri.path();
-        let resolved = match resolve::resolve(table, host, path) {
+        let resolved = match resolve::resolve(table, host, path, canary_draw()) {
             Ok(r) => r,
             Err(u) => {
                 return Served::rejected(
@@ -237,6 +237,25 @@ impl Pipeline {
         };
         Served { response: rejection.into_response(request_id), observer: target.observer.clone(), integration_latency }
     }
+}
+
+/// A uniform draw in 0..10,000 for the canary split (a per-thread xorshift; no lock, no
+/// system call).
+fn canary_draw() -> u32 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x9e37_79b9, |d| d.as_nanos() as u64) | 1,
+        );
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        ((x >> 32) % 10_000) as u32
+    })
 }
 
 /// The host the client addressed: `:authority` (HTTP/2) or `Host`.

@@ -56,14 +56,20 @@ fn under_base(path: &str, base: &str) -> bool {
     path.starts_with(base) && matches!(path.as_bytes().get(base.len()), None | Some(b'/'))
 }
 
-/// Resolves a request's host (from `Host` or `:authority`) and path.
-pub fn resolve<'t>(table: &'t RoutingTable, host: Option<&str>, path: &str) -> Result<Resolved<'t>, Unresolved> {
+/// Resolves a request's host (from `Host` or `:authority`) and path. `draw` (0..10,000,
+/// uniform) decides whether a stage with a canary serves this request from the canary.
+pub fn resolve<'t>(
+    table: &'t RoutingTable,
+    host: Option<&str>,
+    path: &str,
+    draw: u32,
+) -> Result<Resolved<'t>, Unresolved> {
     let host = host.map(host_name);
     if let Some(mappings) = host.as_deref().and_then(|h| table.domains.get(h)) {
         return mappings
             .iter()
             .find(|m| under_base(path, &m.base_path))
-            .map(|m| Resolved { stage: &m.stage, path_offset: m.base_path.len() })
+            .map(|m| Resolved { stage: m.stage.pick(draw), path_offset: m.base_path.len() })
             .ok_or(Unresolved::NoMapping);
     }
     let stages = match host.as_deref().and_then(|h| h.split('.').next()).and_then(|label| table.apis.get(label)) {
@@ -74,7 +80,10 @@ pub fn resolve<'t>(table: &'t RoutingTable, host: Option<&str>, path: &str) -> R
     };
     let rest = path.strip_prefix('/').unwrap_or(path);
     let stage_name = rest.split('/').next().unwrap_or("");
-    stages.get(stage_name).map(|stage| Resolved { stage, path_offset: 1 + stage_name.len() }).ok_or(Unresolved::NoStage)
+    stages
+        .get(stage_name)
+        .map(|s| Resolved { stage: s.pick(draw), path_offset: 1 + stage_name.len() })
+        .ok_or(Unresolved::NoStage)
 }
 
 #[cfg(test)]
@@ -100,7 +109,7 @@ domains:
 "#;
 
     fn who(t: &RoutingTable, host: &str, path: &str) -> Result<(String, String, String), Unresolved> {
-        resolve(t, Some(host), path)
+        resolve(t, Some(host), path, 0)
             .map(|r| (r.stage.api.to_string(), r.stage.stage.to_string(), path[r.path_offset..].to_string()))
     }
 
@@ -123,6 +132,6 @@ domains:
     fn a_single_api_needs_no_host() {
         let t = table("apis: [{ id: only, stages: [{ name: v1 }] }]\n");
         assert_eq!(who(&t, "127.0.0.1", "/v1").unwrap(), ("only".into(), "v1".into(), "".into()));
-        assert!(resolve(&t, None, "/v1/a").is_ok());
+        assert!(resolve(&t, None, "/v1/a", 0).is_ok());
     }
 }
