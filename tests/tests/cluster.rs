@@ -20,7 +20,7 @@ fn node_config(ip: &str) -> String {
         r#"
 listen: {{ http: "{ip}:0" }}
 admin: {{ listen: "{ip}:0", token_file: admin.token }}
-cluster: {{ data_dir: data, rpc: "{ip}:7001" }}
+cluster: {{ data_dir: data, rpc: "{ip}:7001", snapshot_after_logs: 10 }}
 "#
     )
 }
@@ -231,6 +231,80 @@ async fn bad_tokens_bad_definitions_and_certificateless_rpc_are_refused() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let refused = client.propose(meridian_proto::ProposeRequest { proposal: vec![1, 2, 3] }).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    // A member's malformed RPC is refused and changes nothing.
+    let tls = cluster.nodes[0].dir().join("data/tls");
+    let read = |name: &str| std::fs::read_to_string(tls.join(name)).unwrap();
+    let identity = meridian_node::cluster::pki::NodeIdentity {
+        cert_pem: read("node.pem"),
+        key_pem: read("node.key"),
+        ca_pem: read("ca.pem"),
+    };
+    let config = meridian_node::cluster::tls::member_client_config(&identity).unwrap();
+    let connector = meridian_node::cluster::tls::TlsConnector::new(config);
+    let channel = meridian_node::cluster::network::channel(&format!("127.{b}.2:7001"), connector).unwrap();
+    let mut member = meridian_proto::node_client::NodeClient::new(channel);
+    let garbage = meridian_proto::RaftPayload { payload: vec![0xff; 64] };
+    let refused = member.append_entries(garbage.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let refused = member.vote(garbage).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status(&cluster.nodes[0])["revision"], before);
+
+    // Without a quorum a write fails with a clear error after a bounded time.
+    let mut cluster = cluster;
+    cluster.nodes[0].kill();
+    cluster.nodes[1].kill();
+    let started = Instant::now();
+    let out =
+        cli(&["apply", "-f", definition(dir.path(), "lonely").to_str().unwrap(), "--stage", "prod"], &cluster.nodes[2]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("quorum"), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    // The cut-off node still serves its last configuration and says it has no leader.
+    assert_eq!(status(&cluster.nodes[2])["connected_to_leader"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_node_catches_up_by_snapshot_as_a_learner_and_can_be_promoted() {
+    let cluster = tokio::task::spawn_blocking(|| three_regions(4)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Enough writes to pass the snapshot threshold (10) and compact the log.
+    for i in 0..15 {
+        let out = cli(
+            &["apply", "-f", definition(dir.path(), &format!("v{i}")).to_str().unwrap(), "--stage", "prod"],
+            &cluster.nodes[0],
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    cluster.wait_for(|s| s["purged_index"].as_u64().is_some_and(|p| p > 0));
+
+    let b = base(4);
+    let late = tokio::task::spawn_blocking({
+        let token = cluster.token.clone();
+        move || {
+            NodeProcess::launch(
+                new_dir(),
+                &node_config(&format!("127.{b}.4")),
+                &["cluster", "join", "--region", "r4", "--peer", &format!("127.{b}.1:7001"), "--token", &token],
+                &[],
+            )
+        }
+    })
+    .await
+    .unwrap()
+    .expect("the late node joins");
+    served_everywhere(&[&late], "v14").await;
+    let seen = status(&late);
+    assert!(seen["snapshot_index"].as_u64().is_some_and(|i| i > 0), "no snapshot installed: {seen}");
+    let me = seen["node_id"].as_u64().unwrap();
+    let role = |s: &serde_json::Value| {
+        s["members"].as_array().unwrap().iter().find(|m| m["id"] == me).map(|m| m["role"].as_str().unwrap().to_string())
+    };
+    assert_eq!(role(&status(&cluster.nodes[0])).as_deref(), Some("learner"));
+    let out = cli(&["cluster", "promote", &me.to_string()], &cluster.nodes[1]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(role(&status(&cluster.nodes[0])).as_deref(), Some("voter"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

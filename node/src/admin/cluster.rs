@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | `GET /v1/cluster` | this node's view: leader, term, members, roles, lag, revision |
 //! | `POST /v1/cluster/leave` | removes this node from the cluster |
+//! | `POST /v1/cluster/promote?node=ID` | makes a learner a voter |
 //! | `GET /v1/apis/{api}/deployments` | the API's deployments and which stages use them |
 //! | `POST /v1/apis/{api}/deployments?stage=S&description=D` | body: the definition (YAML); validates it, stores a deployment, points the stage at it |
 //! | `GET /v1/apis/{api}/stages/{stage}` | the stage: deployment, variables, canary |
@@ -138,6 +139,15 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
             Ok(()) => json(StatusCode::OK, r#"{"left":true}"#.into()),
             Err(e) => message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         },
+        (&Method::POST, ["v1", "cluster", "promote"]) => {
+            let node = query_value(query.as_deref(), "node")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the node: ?node=ID"))?;
+            match member.change_membership(node, meridian_proto::membership_request::Action::Promote).await {
+                Ok(()) => json(StatusCode::OK, serde_json::json!({ "promoted": node }).to_string()),
+                Err(e) => message(StatusCode::CONFLICT, &e.to_string()),
+            }
+        }
         (&Method::GET, ["v1", "apis", api, "deployments"]) => {
             let applied = member.applied.read().await;
             let Some(record) = applied.config.apis.get(*api) else {

@@ -71,6 +71,13 @@ pub enum ClusterCommand {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Make a learner a voter.
+    Promote {
+        /// The node id (see `cluster status`).
+        node: u64,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,6 +289,11 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::Promote { node, target } => {
+            let path = format!("/v1/cluster/promote?node={node}");
+            let (status, value) = admin_call(&target, Method::POST, &path, Bytes::new(), &[]).await?;
+            report(status, &value)
         }
         ClusterCommand::Leave { target } => {
             let (status, value) = admin_call(&target, Method::POST, "/v1/cluster/leave", Bytes::new(), &[]).await?;

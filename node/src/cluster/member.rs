@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use meridian_consensus::store::{self, AppliedMachine};
 use meridian_consensus::{ClusterNode, ClusterSecrets, CommandOutcome, ConfigCommand, NodeId, Proposal, TypeConfig};
+use meridian_proto::membership_request::Action;
 use meridian_proto::node_client::NodeClient;
-use meridian_proto::{JoinRequest, LeaveRequest, ProposeRequest};
+use meridian_proto::{JoinRequest, MembershipRequest, ProposeRequest};
 use openraft::{ChangeMembers, Raft, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -70,7 +71,7 @@ pub struct ClusterMember {
     data_dir: PathBuf,
 }
 
-fn raft_config() -> Result<Arc<openraft::Config>, ClusterError> {
+fn raft_config(snapshot_after_logs: u64) -> Result<Arc<openraft::Config>, ClusterError> {
     let config = openraft::Config {
         cluster_name: "meridian".into(),
         // Tuned for cross-region links: a heartbeat every 200 ms, elections after 1-2 s of silence.
@@ -78,8 +79,8 @@ fn raft_config() -> Result<Arc<openraft::Config>, ClusterError> {
         election_timeout_min: 1000,
         election_timeout_max: 2000,
         install_snapshot_timeout: 10_000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
-        max_in_snapshot_log_to_keep: 100,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_after_logs),
+        max_in_snapshot_log_to_keep: snapshot_after_logs / 5,
         ..Default::default()
     };
     config.validate().map(Arc::new).map_err(setup)
@@ -215,7 +216,8 @@ impl ClusterMember {
         let applied = machine.applied();
         let connector = TlsConnector::new(member_client_config(&identity).map_err(setup)?);
         let network = Network { connector: connector.clone() };
-        let raft = Raft::new(id, raft_config()?, network, log, machine).await.map_err(setup)?;
+        let raft =
+            Raft::new(id, raft_config(settings.snapshot_after_logs)?, network, log, machine).await.map_err(setup)?;
         let me = ClusterNode {
             region: advertised.region.clone(),
             rpc_addr: settings.advertise_rpc.clone(),
@@ -329,17 +331,38 @@ impl ClusterMember {
         Ok(())
     }
 
+    /// Makes learner `node` a voter (on the leader).
+    pub async fn promote(&self, node: NodeId) -> Result<(), ClusterError> {
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.get_node(&node).is_none() {
+            return Err(ClusterError::Refused(format!("node {node} is not a member")));
+        }
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), true)
+            .await
+            .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        Ok(())
+    }
+
     /// Leaves the cluster: asks the leader to remove this node.
     pub async fn leave(&self) -> Result<(), ClusterError> {
-        let (leader, node) = self.leader().ok_or(ClusterError::NoQuorum(Duration::ZERO))?;
+        self.change_membership(self.id, Action::Remove).await
+    }
+
+    /// Runs a membership change on the leader, relaying it when this node does not lead.
+    pub async fn change_membership(&self, node: NodeId, action: Action) -> Result<(), ClusterError> {
+        let (leader, leader_node) = self.leader().ok_or(ClusterError::NoQuorum(Duration::ZERO))?;
         if leader == self.id {
-            return self.remove(self.id).await;
+            return match action {
+                Action::Remove => self.remove(node).await,
+                Action::Promote => self.promote(node).await,
+            };
         }
-        let mut client = self.peer_client(&node.rpc_addr)?;
+        let mut client = self.peer_client(&leader_node.rpc_addr)?;
         let reply = client
-            .leave(LeaveRequest { node_id: self.id })
+            .change_membership(MembershipRequest { node_id: node, action: action.into() })
             .await
-            .map_err(|s| ClusterError::Unreachable { addr: node.rpc_addr.clone(), message: s.message().into() })?
+            .map_err(|s| ClusterError::Unreachable { addr: leader_node.rpc_addr.clone(), message: s.message().into() })?
             .into_inner();
         if reply.error.is_empty() { Ok(()) } else { Err(ClusterError::Refused(reply.error)) }
     }
@@ -376,6 +399,8 @@ impl ClusterMember {
             "term": metrics.current_term,
             "last_log_index": metrics.last_log_index,
             "last_applied_index": metrics.last_applied.map(|l| l.index),
+            "snapshot_index": metrics.snapshot.map(|l| l.index),
+            "purged_index": metrics.purged.map(|l| l.index),
             "revision": revision,
             "connected_to_leader": metrics.current_leader.is_some(),
             "members": members,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use meridian_consensus::{NodeId, Proposal, TypeConfig};
 use meridian_proto::node_server::{Node, NodeServer};
 use meridian_proto::{
-    JoinReply, JoinRequest, LeaveReply, LeaveRequest, ProposeReply, ProposeRequest, RaftPayload, StatusReply,
+    JoinReply, JoinRequest, MembershipReply, MembershipRequest, ProposeReply, ProposeRequest, RaftPayload, StatusReply,
     StatusRequest,
 };
 use openraft::ServerState;
@@ -109,14 +109,17 @@ impl Node for NodeService {
         Ok(Response::new(StatusReply { json: self.member.status().await.to_string() }))
     }
 
-    async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+    async fn change_membership(
+        &self,
+        request: Request<MembershipRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
         require_member(&request)?;
         let node = request.get_ref().node_id;
-        let error = match self.member.remove(node).await {
-            Ok(()) => String::new(),
-            Err(e) => e.to_string(),
+        let done = match request.get_ref().action() {
+            meridian_proto::membership_request::Action::Remove => self.member.remove(node).await,
+            meridian_proto::membership_request::Action::Promote => self.member.promote(node).await,
         };
-        Ok(Response::new(LeaveReply { error }))
+        Ok(Response::new(MembershipReply { error: done.err().map(|e| e.to_string()).unwrap_or_default() }))
     }
 }
 

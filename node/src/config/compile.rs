@@ -149,7 +149,20 @@ impl Compiler<'_> {
             }
             None => rpc_listen.to_string(),
         };
-        Some(ClusterSettings { data_dir: self.path(&c.data_dir.value), rpc_listen, advertise_rpc })
+        if !(10..=1_000_000).contains(&c.snapshot_after_logs.value) {
+            self.sink.push(
+                c.snapshot_after_logs.referenced,
+                "cluster.snapshot_after_logs",
+                "must be from 10 to 1000000",
+            );
+            return None;
+        }
+        Some(ClusterSettings {
+            data_dir: self.path(&c.data_dir.value),
+            rpc_listen,
+            advertise_rpc,
+            snapshot_after_logs: c.snapshot_after_logs.value,
+        })
     }
 
     fn path(&self, text: &str) -> PathBuf {

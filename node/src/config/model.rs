@@ -41,6 +41,13 @@ pub struct ClusterSection {
     pub rpc: Spanned<String>,
     /// The RPC address other nodes use, when it differs from `rpc` (e.g. `rpc` is 0.0.0.0).
     pub advertise_rpc: Option<Spanned<String>>,
+    /// Snapshot the state and compact the log after this many entries (default 500).
+    #[serde(default = "default_snapshot_after_logs")]
+    pub snapshot_after_logs: Spanned<u64>,
+}
+
+fn default_snapshot_after_logs() -> Spanned<u64> {
+    unspanned(500)
 }
 
 /// Where the gateway accepts API traffic.

@@ -118,6 +118,8 @@ pub struct ClusterSettings {
     pub rpc_listen: SocketAddr,
     /// The RPC address peers use.
     pub advertise_rpc: String,
+    /// Take a snapshot (and compact the log) after this many entries.
+    pub snapshot_after_logs: u64,
 }
 
 #[cfg(test)]
