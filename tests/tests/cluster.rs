@@ -154,6 +154,22 @@ async fn writes_through_a_follower_survive_a_leader_kill_and_restarts() {
     assert!(out.status.success(), "{out:?}");
     served_everywhere(&cluster.nodes.iter().collect::<Vec<_>>(), "v1").await;
 
+    // `diff` shows what an apply would change, and changes nothing.
+    let same = cli(
+        &["diff", "-f", definition(dir.path(), "v1").to_str().unwrap(), "--stage", "prod"],
+        &cluster.nodes[follower],
+    );
+    assert_eq!(same.status.code(), Some(0), "{same:?}");
+    let changed = cli(
+        &["diff", "-f", definition(dir.path(), "v2").to_str().unwrap(), "--stage", "prod"],
+        &cluster.nodes[follower],
+    );
+    assert_eq!(changed.status.code(), Some(1), "{changed:?}");
+    let text = String::from_utf8_lossy(&changed.stdout);
+    assert!(text.contains("-        integration: { type: mock, body: \"v1\" }"), "{text}");
+    assert!(text.contains("+        integration: { type: mock, body: \"v2\" }"), "{text}");
+    served_everywhere(&cluster.nodes.iter().collect::<Vec<_>>(), "v1").await;
+
     // SIGKILL the leader: writes continue on the others, nothing acknowledged is lost.
     cluster.nodes[leader].kill();
     let out = cli(

@@ -7,6 +7,7 @@
 //! | `POST /v1/cluster/promote?node=ID` | makes a learner a voter |
 //! | `GET /v1/apis/{api}/deployments` | the API's deployments and which stages use them |
 //! | `POST /v1/apis/{api}/deployments?stage=S&description=D` | body: the definition (YAML); validates it, stores a deployment, points the stage at it |
+//! | `GET /v1/apis/{api}/deployments/{id}` | one deployment, with its definition |
 //! | `GET /v1/apis/{api}/stages/{stage}` | the stage: deployment, variables, canary |
 //! | `POST /v1/apis/{api}/stages/{stage}/variables` | body: `{"set": {...}, "unset": [...]}` |
 //! | `POST /v1/apis/{api}/stages/{stage}/rollback?to=ID` | points the stage at an earlier deployment (default: the one before) |
@@ -164,6 +165,26 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 .collect();
             with_etag(
                 json(StatusCode::OK, serde_json::json!({ "api": api, "deployments": list }).to_string()),
+                applied.config.revision,
+            )
+        }
+        (&Method::GET, ["v1", "apis", api, "deployments", id]) => {
+            let applied = member.applied.read().await;
+            let deployment =
+                id.parse::<u64>().ok().and_then(|id| applied.config.apis.get(*api)?.deployments.get(&id)).ok_or_else(
+                    || Refusal::new(StatusCode::NOT_FOUND, format!("API `{api}` has no deployment {id}")),
+                )?;
+            with_etag(
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({
+                        "id": deployment.id,
+                        "description": deployment.description,
+                        "created_at_ms": deployment.created_at_ms,
+                        "definition": deployment.definition,
+                    })
+                    .to_string(),
+                ),
                 applied.config.revision,
             )
         }

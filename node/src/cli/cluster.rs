@@ -373,3 +373,106 @@ pub async fn stage(command: StageCommand) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// Lines of `old` and `new` as a diff: `(' ' | '-' | '+', line)`, from a longest common
+/// subsequence (definitions are small).
+pub fn line_diff<'a>(old: &'a str, new: &'a str) -> Vec<(char, &'a str)> {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            out.push((' ', a[i]));
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push(('+', b[j]));
+            j += 1;
+        } else {
+            out.push(('-', a[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+pub async fn diff(file: &Path, stage: &str, target: &AdminTarget) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let placeholders = all_variables_placeholder(&text);
+    let definition = match crate::config::validate_definition(&text, &file.display().to_string(), stage, &placeholders)
+    {
+        Ok(d) => d,
+        Err(errors) => {
+            eprint!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let api = definition.id.clone();
+    let (status, current) = admin_call(
+        target,
+        Method::GET,
+        &format!("/v1/apis/{}/stages/{}", encode(&api), encode(stage)),
+        Bytes::new(),
+        &[],
+    )
+    .await?;
+    let (old_text, old_vars) = if status == 404 {
+        println!("stage `{stage}` of API `{api}` does not exist yet: apply would create it");
+        (String::new(), serde_json::Map::new())
+    } else if status != 200 {
+        return report(status, &current);
+    } else {
+        let id = current["deployment"].as_u64().unwrap_or(0);
+        let (status, deployment) =
+            admin_call(target, Method::GET, &format!("/v1/apis/{}/deployments/{id}", encode(&api)), Bytes::new(), &[])
+                .await?;
+        if status != 200 {
+            return report(status, &deployment);
+        }
+        println!("--- {api}/{stage}: deployment {id} (in the cluster)");
+        println!("+++ {}", file.display());
+        (
+            deployment["definition"].as_str().unwrap_or("").to_string(),
+            current["variables"].as_object().cloned().unwrap_or_default(),
+        )
+    };
+    let mut changed = false;
+    for (mark, line) in line_diff(&old_text, &definition.text) {
+        if mark != ' ' {
+            changed = true;
+            println!("{mark}{line}");
+        }
+    }
+    for (name, value) in definition.stage_variables.get(stage).into_iter().flatten() {
+        if old_vars.get(name).and_then(|v| v.as_str()) != Some(value.as_str()) {
+            changed = true;
+            println!(
+                "stage variable {name}: {} -> {value}",
+                old_vars.get(name).map_or("(unset)".to_string(), |v| v.to_string())
+            );
+        }
+    }
+    if !changed {
+        println!("no changes");
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(ExitCode::from(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_diff;
+
+    #[test]
+    fn diff_marks_added_and_removed_lines() {
+        let d = line_diff("a\nb\nc\n", "a\nc\nd\n");
+        assert_eq!(d, vec![(' ', "a"), ('-', "b"), (' ', "c"), ('+', "d")]);
+        assert!(line_diff("x\n", "x\n").iter().all(|(m, _)| *m == ' '));
+    }
+}

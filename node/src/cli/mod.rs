@@ -70,6 +70,15 @@ pub enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Show what `apply` would change on a stage, without changing anything.
+    Diff {
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        #[arg(long)]
+        stage: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// List an API's deployments.
     Deployments {
         /// `list`
@@ -177,6 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster::apply(&file, &stage, &description, if_revision, &target).await
         }
         Command::Deployments { api, target, .. } => cluster::deployments(&api, &target).await,
+        Command::Diff { file, stage, target } => cluster::diff(&file, &stage, &target).await,
         Command::Stage(command) => cluster::stage(command).await,
         Command::Canary(command) => cluster::canary(command).await,
         Command::Demo { subnet } => demo::run(subnet).await,
