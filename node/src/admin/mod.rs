@@ -29,6 +29,9 @@ use crate::gateway::io::IdleTimeout;
 use crate::gateway::node::Reloader;
 use crate::observe::metrics::{LATENCY_BUCKETS, describe};
 
+/// The OpenAPI 3 description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn metrics_handle() -> Result<PrometheusHandle, String> {
     static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
@@ -109,6 +112,7 @@ impl AdminState {
                 r
             }
             (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            (&Method::GET, "/v1/openapi.json") => json(StatusCode::OK, OPENAPI.into()),
             (&Method::GET, "/readyz") => json(
                 StatusCode::OK,
                 serde_json::json!({ "status": "ready", "revision": self.reloader.revision() }).to_string(),
@@ -184,6 +188,33 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
 #[cfg(test)]
 mod tests {
     use super::token_matches;
+
+    #[test]
+    fn the_openapi_document_covers_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+        // Every route the admin API serves (see `handle` and `cluster::route`).
+        for route in [
+            "/metrics",
+            "/healthz",
+            "/readyz",
+            "/v1/openapi.json",
+            "/v1/reload",
+            "/v1/cluster",
+            "/v1/cluster/leave",
+            "/v1/cluster/promote",
+            "/v1/apis/{api}/deployments",
+            "/v1/apis/{api}/deployments/{id}",
+            "/v1/apis/{api}/stages/{stage}",
+            "/v1/apis/{api}/stages/{stage}/variables",
+            "/v1/apis/{api}/stages/{stage}/rollback",
+            "/v1/apis/{api}/stages/{stage}/canary",
+            "/v1/apis/{api}/stages/{stage}/canary/promote",
+        ] {
+            assert!(paths.iter().any(|p| *p == route), "{route} is not documented");
+        }
+        assert_eq!(paths.len(), 15, "a documented path is not served");
+    }
 
     #[test]
     fn token_comparison() {
