@@ -29,7 +29,9 @@ pub enum LaunchError {
 /// The `meridian` binary to run: `$MERIDIAN_BIN`, else the workspace's debug build.
 pub fn meridian_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("MERIDIAN_BIN") {
-        return PathBuf::from(p);
+        // Absolute, because nodes run with their own folder as working directory.
+        let p = PathBuf::from(p);
+        return std::path::absolute(&p).unwrap_or(p);
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
