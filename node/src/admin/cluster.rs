@@ -135,7 +135,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method().clone();
     Ok(match (&method, segments.as_slice()) {
-        (&Method::GET, ["v1", "cluster"]) => json(StatusCode::OK, member.status().await.to_string()),
+        (&Method::GET, ["v1", "cluster"]) => json(StatusCode::OK, member.status_with_peers().await.to_string()),
         (&Method::POST, ["v1", "cluster", "leave"]) => match member.leave().await {
             Ok(()) => json(StatusCode::OK, r#"{"left":true}"#.into()),
             Err(e) => message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),

@@ -276,16 +276,22 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
                 value["term"],
                 value["revision"]
             );
-            println!("{:<4} {:<12} {:<8} {:<22} {:<22} {:>6}", "ID", "REGION", "ROLE", "RPC", "GATEWAY", "LAG");
+            println!(
+                "{:<4} {:<12} {:<8} {:<12} {:>8} {:>6}  {:<22} {:<22}",
+                "ID", "REGION", "ROLE", "STATE", "REVISION", "LAG", "RPC", "GATEWAY"
+            );
             for m in value["members"].as_array().into_iter().flatten() {
+                let number = |v: &serde_json::Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
                 println!(
-                    "{:<4} {:<12} {:<8} {:<22} {:<22} {:>6}",
+                    "{:<4} {:<12} {:<8} {:<12} {:>8} {:>6}  {:<22} {:<22}",
                     m["id"].to_string(),
                     m["region"].as_str().unwrap_or(""),
                     m["role"].as_str().unwrap_or(""),
+                    m["state"].as_str().unwrap_or(""),
+                    number(&m["revision"]),
+                    number(&m["lag"]),
                     m["rpc"].as_str().unwrap_or(""),
                     m["gateway"].as_str().unwrap_or(""),
-                    m["lag"].as_u64().map_or("-".to_string(), |l| l.to_string())
                 );
             }
             Ok(ExitCode::SUCCESS)

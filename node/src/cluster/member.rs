@@ -369,6 +369,51 @@ impl ClusterMember {
         if reply.error.is_empty() { Ok(()) } else { Err(ClusterError::Refused(reply.error)) }
     }
 
+    /// The cluster's view with every reachable member's own revision and state (asked over
+    /// RPC, half a second each at most), as JSON.
+    pub async fn status_with_peers(&self) -> serde_json::Value {
+        let mut status = self.status().await;
+        let peers: Vec<(u64, String)> = status["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| Some((m["id"].as_u64()?, m["rpc"].as_str()?.to_string())))
+            .filter(|(id, _)| *id != self.id)
+            .collect();
+        let asks = peers.into_iter().map(|(id, rpc)| {
+            let client = self.peer_client(&rpc);
+            async move {
+                let mut client = client.ok()?;
+                let reply =
+                    tokio::time::timeout(Duration::from_millis(500), client.status(meridian_proto::StatusRequest {}))
+                        .await
+                        .ok()?
+                        .ok()?;
+                let view: serde_json::Value = serde_json::from_str(&reply.into_inner().json).ok()?;
+                Some((id, view))
+            }
+        });
+        let views: BTreeMap<u64, serde_json::Value> =
+            futures_util::future::join_all(asks).await.into_iter().flatten().collect();
+        let own = (status["revision"].clone(), status["state"].clone());
+        if let Some(members) = status["members"].as_array_mut() {
+            for m in members {
+                let id = m["id"].as_u64().unwrap_or(0);
+                let (revision, state) = if id == self.id {
+                    own.clone()
+                } else {
+                    match views.get(&id) {
+                        Some(v) => (v["revision"].clone(), v["state"].clone()),
+                        None => (serde_json::Value::Null, serde_json::Value::String("unreachable".into())),
+                    }
+                };
+                m["revision"] = revision;
+                m["state"] = state;
+            }
+        }
+        status
+    }
+
     /// This node's view of the cluster, as JSON.
     pub async fn status(&self) -> serde_json::Value {
         let metrics = self.raft.metrics().borrow().clone();
