@@ -19,7 +19,7 @@ pub mod store;
 pub mod types;
 
 pub use state::{
-    ApiRecord, Canary, ClusterSecrets, CommandOutcome, ConfigCommand, ConfigState, Deployment, Proposal, Rejection,
-    StageRecord,
+    ApiRecord, Canary, ClusterSecrets, CommandOutcome, ConfigCommand, ConfigState, Deployment, DomainRecord,
+    MappingRecord, Proposal, RegionRecord, Rejection, StageRecord,
 };
 pub use types::{ClusterNode, NodeId, TypeConfig};

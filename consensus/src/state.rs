@@ -63,6 +63,30 @@ pub struct ClusterSecrets {
     pub join_secret_sha256: String,
 }
 
+/// `base_path → (api, stage)` on a custom domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingRecord {
+    pub base_path: String,
+    pub api: String,
+    pub stage: String,
+}
+
+/// A custom domain: its certificate (PEM; absent when the domain is served over HTTP only)
+/// and its base-path mappings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainRecord {
+    pub certificate_pem: Option<String>,
+    pub key_pem: Option<String>,
+    pub mappings: Vec<MappingRecord>,
+}
+
+/// A region: its DNS weight and the client networks known to sit near it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionRecord {
+    pub weight: Option<u32>,
+    pub client_cidrs: Vec<String>,
+}
+
 /// The whole replicated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigState {
@@ -72,6 +96,8 @@ pub struct ConfigState {
     /// The id the next joining node gets (the founding node is 1).
     pub next_node_id: u64,
     pub apis: BTreeMap<String, ApiRecord>,
+    pub domains: BTreeMap<String, DomainRecord>,
+    pub regions: BTreeMap<String, RegionRecord>,
 }
 
 /// A change to the configuration.
@@ -125,6 +151,22 @@ pub enum ConfigCommand {
         api: String,
         stage: String,
     },
+    /// Creates or replaces a custom domain.
+    PutDomain {
+        name: String,
+        domain: DomainRecord,
+    },
+    DeleteDomain {
+        name: String,
+    },
+    /// Creates or replaces a region's settings.
+    PutRegion {
+        name: String,
+        region: RegionRecord,
+    },
+    DeleteRegion {
+        name: String,
+    },
 }
 
 /// A command with an optional revision precondition (an HTTP `If-Match`).
@@ -147,6 +189,10 @@ pub enum Rejection {
     NoDeployment { api: String, deployment: u64 },
     #[error("stage `{stage}` of API `{api}` has no canary")]
     NoCanary { api: String, stage: String },
+    #[error("no domain `{0}`")]
+    NoDomain(String),
+    #[error("no region `{0}`")]
+    NoRegion(String),
     #[error("the cluster is already bootstrapped")]
     AlreadyBootstrapped,
     #[error("{0}")]
@@ -292,6 +338,26 @@ impl ConfigState {
                 record.variables.extend(canary.variables);
                 Ok(None)
             }
+            ConfigCommand::PutDomain { name, domain } => {
+                if name.is_empty() {
+                    return Err(Rejection::Invalid("a domain needs a name".into()));
+                }
+                self.domains.insert(name.clone(), domain.clone());
+                Ok(None)
+            }
+            ConfigCommand::DeleteDomain { name } => {
+                self.domains.remove(name).map(|_| None).ok_or_else(|| Rejection::NoDomain(name.clone()))
+            }
+            ConfigCommand::PutRegion { name, region } => {
+                if name.is_empty() {
+                    return Err(Rejection::Invalid("a region needs a name".into()));
+                }
+                self.regions.insert(name.clone(), region.clone());
+                Ok(None)
+            }
+            ConfigCommand::DeleteRegion { name } => {
+                self.regions.remove(name).map(|_| None).ok_or_else(|| Rejection::NoRegion(name.clone()))
+            }
             ConfigCommand::ClearCanary { api, stage } => {
                 let record = self.stage_mut(api, stage)?;
                 record
@@ -408,6 +474,20 @@ mod tests {
             (name(), name()).prop_map(|(api, stage)| ConfigCommand::PromoteCanary { api, stage }),
             (name(), name()).prop_map(|(api, stage)| ConfigCommand::ClearCanary { api, stage }),
             Just(ConfigCommand::RegisterNode),
+            (name(), name(), name()).prop_map(|(name, api, stage)| ConfigCommand::PutDomain {
+                name,
+                domain: DomainRecord {
+                    certificate_pem: None,
+                    key_pem: None,
+                    mappings: vec![MappingRecord { base_path: "/".into(), api, stage }]
+                }
+            }),
+            name().prop_map(|name| ConfigCommand::DeleteDomain { name }),
+            (name(), proptest::option::of(0u32..10)).prop_map(|(name, weight)| ConfigCommand::PutRegion {
+                name,
+                region: RegionRecord { weight, client_cidrs: vec!["10.0.0.0/8".into()] }
+            }),
+            name().prop_map(|name| ConfigCommand::DeleteRegion { name }),
             name().prop_map(|n| ConfigCommand::Bootstrap {
                 secrets: ClusterSecrets { ca_cert_pem: n.clone(), ca_key_pem: n, join_secret_sha256: String::new() }
             }),

@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use meridian_chaos::launcher::{NodeProcess, meridian_binary};
-use meridian_tests::get;
+use meridian_tests::{TestCa, curl, get};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -18,7 +18,7 @@ fn base(test: u8) -> String {
 fn node_config(ip: &str) -> String {
     format!(
         r#"
-listen: {{ http: "{ip}:0" }}
+listen: {{ http: "{ip}:0", https: "{ip}:0" }}
 admin: {{ listen: "{ip}:0", token_file: admin.token }}
 cluster: {{ data_dir: data, rpc: "{ip}:7001", snapshot_after_logs: 10 }}
 "#
@@ -357,4 +357,68 @@ async fn a_canary_takes_its_share_and_can_be_promoted() {
     let shown = cli(&["stage", "show", "pets", "prod"], node);
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!((shown["deployment"].as_u64(), shown["canary"].is_null()), (Some(2), true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_and_regions_are_replicated_and_served_over_tls_by_every_node() {
+    let cluster = tokio::task::spawn_blocking(|| three_regions(5)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        cli(&["apply", "-f", definition(dir.path(), "tls-v1").to_str().unwrap(), "--stage", "prod"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+
+    // A domain that maps a stage that does not exist is refused.
+    let out = cli(&["domains", "put", "api.example.test", "--map", "/=pets:nope"], &cluster.nodes[1]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no stage `nope`"), "{out:?}");
+
+    // Put the domain with its certificate through one node...
+    let ca = TestCa::new();
+    ca.issue(dir.path(), "api.example.test");
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let cert = dir.path().join("api.example.test.pem");
+    let key = dir.path().join("api.example.test.key");
+    let out = cli(
+        &[
+            "domains",
+            "put",
+            "api.example.test",
+            "--certificate",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--map",
+            "/=pets:prod",
+        ],
+        &cluster.nodes[1],
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    // ...and every node serves it over TLS, chosen by SNI.
+    for node in &cluster.nodes {
+        let port = node.https.unwrap().port();
+        let ip = node.https.unwrap().ip();
+        let resolve = format!("api.example.test:{port}:{ip}");
+        let url = format!("https://api.example.test:{port}/version");
+        let ca_file = dir.path().join("ca.pem");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = curl(&["-s", "--cacert", ca_file.to_str().unwrap(), "--resolve", &resolve, &url]);
+            if out.stdout == b"tls-v1" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{ip} does not serve the domain: {out:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Regions: settings are validated and replicated.
+    let out = cli(&["regions", "put", "r1", "--weight", "2", "--cidr", "203.0.113.0/24"], &cluster.nodes[2]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&["regions", "put", "r1", "--cidr", "203.0.113.0/99"], &cluster.nodes[2]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let listed = cli(&["regions", "list"], &cluster.nodes[0]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["r1"]["weight"], 2);
+    assert_eq!(listed["r1"]["client_cidrs"][0], "203.0.113.0/24");
 }

@@ -14,6 +14,8 @@
 //! | `POST /v1/apis/{api}/stages/{stage}/canary` | body: `{"deployment": ID, "percent": 5, "variables": {...}}` |
 //! | `POST /v1/apis/{api}/stages/{stage}/canary/promote` | the canary's deployment becomes the stage's |
 //! | `DELETE /v1/apis/{api}/stages/{stage}/canary` | stops the canary |
+//! | `GET /v1/domains`, `PUT /v1/domains/{name}`, `DELETE /v1/domains/{name}` | custom domains: `{"certificate_pem", "key_pem", "mappings": [{"base_path", "api", "stage"}]}` |
+//! | `GET /v1/regions`, `PUT /v1/regions/{name}`, `DELETE /v1/regions/{name}` | regions: `{"weight", "client_cidrs": [...]}` |
 //!
 //! Writes accept `If-Match: <revision>` and fail with 412 when the configuration moved on;
 //! every answer carries the revision in `ETag`.
@@ -25,11 +27,14 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use meridian_consensus::{Canary, CommandOutcome, ConfigCommand, Proposal, Rejection};
+use meridian_consensus::{
+    Canary, CommandOutcome, ConfigCommand, DomainRecord, MappingRecord, Proposal, RegionRecord, Rejection,
+};
 
 use super::{json, message};
 use crate::cluster::member::{ClusterError, ClusterMember};
-use crate::config::validate_definition;
+use crate::config::{base_path, valid_host, validate_definition};
+use crate::gateway::tls::certified_key_from_pem;
 
 const MAX_DEFINITION: usize = 1024 * 1024;
 
@@ -342,8 +347,152 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
             )
         }
+        (&Method::GET, ["v1", "domains"]) => {
+            let applied = member.applied.read().await;
+            let list: serde_json::Map<String, serde_json::Value> = applied
+                .config
+                .domains
+                .iter()
+                .map(|(name, d)| {
+                    let mappings: Vec<_> = d
+                        .mappings
+                        .iter()
+                        .map(|m| serde_json::json!({"base_path": m.base_path, "api": m.api, "stage": m.stage}))
+                        .collect();
+                    (name.clone(), serde_json::json!({"tls": d.certificate_pem.is_some(), "mappings": mappings}))
+                })
+                .collect();
+            with_etag(json(StatusCode::OK, serde_json::Value::Object(list).to_string()), applied.config.revision)
+        }
+        (&Method::PUT, ["v1", "domains", name]) => {
+            let name = name.to_ascii_lowercase();
+            let expected = expected_revision(&request)?;
+            let text = body_text(request).await?;
+            let domain = domain_record(&member, &name, &text).await?;
+            let command = ConfigCommand::PutDomain { name, domain };
+            outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
+        }
+        (&Method::DELETE, ["v1", "domains", name]) => {
+            let command = ConfigCommand::DeleteDomain { name: name.to_ascii_lowercase() };
+            outcome_response(
+                member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
+            )
+        }
+        (&Method::GET, ["v1", "regions"]) => {
+            let applied = member.applied.read().await;
+            let list: serde_json::Map<String, serde_json::Value> = applied
+                .config
+                .regions
+                .iter()
+                .map(|(name, r)| {
+                    (name.clone(), serde_json::json!({"weight": r.weight, "client_cidrs": r.client_cidrs}))
+                })
+                .collect();
+            with_etag(json(StatusCode::OK, serde_json::Value::Object(list).to_string()), applied.config.revision)
+        }
+        (&Method::PUT, ["v1", "regions", name]) => {
+            let name = name.to_string();
+            let expected = expected_revision(&request)?;
+            let text = body_text(request).await?;
+            let region = region_record(&name, &text)?;
+            let command = ConfigCommand::PutRegion { name, region };
+            outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
+        }
+        (&Method::DELETE, ["v1", "regions", name]) => {
+            let command = ConfigCommand::DeleteRegion { name: name.to_string() };
+            outcome_response(
+                member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
+            )
+        }
         _ => message(StatusCode::NOT_FOUND, "no such cluster endpoint"),
     })
+}
+
+fn invalid(text: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, text)
+}
+
+/// Checks a domain body: a host name, a certificate that fits its key (or neither), and
+/// mappings to stages that exist.
+async fn domain_record(member: &ClusterMember, name: &str, text: &str) -> Result<DomainRecord, Refusal> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Mapping {
+        #[serde(default = "root")]
+        base_path: String,
+        api: String,
+        stage: String,
+    }
+    fn root() -> String {
+        "/".into()
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        certificate_pem: Option<String>,
+        key_pem: Option<String>,
+        #[serde(default)]
+        mappings: Vec<Mapping>,
+    }
+    let body: Body = serde_json::from_str(text).map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"certificate_pem\", \"key_pem\", \"mappings\"}}: {e}"),
+        )
+    })?;
+    if !valid_host(name) {
+        return Err(invalid(format!("`{name}` is not a host name")));
+    }
+    match (&body.certificate_pem, &body.key_pem) {
+        (Some(cert), Some(key)) => {
+            certified_key_from_pem(cert, key).map_err(|e| invalid(format!("certificate: {e}")))?;
+        }
+        (None, None) => {}
+        _ => return Err(invalid("give both `certificate_pem` and `key_pem`, or neither")),
+    }
+    let applied = member.applied.read().await;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut mappings = Vec::new();
+    for m in body.mappings {
+        let normalized = base_path(&m.base_path).map_err(invalid)?;
+        if !seen.insert(normalized.clone()) {
+            return Err(invalid(format!("base path `{}` is mapped twice", m.base_path)));
+        }
+        if applied.config.apis.get(&m.api).and_then(|a| a.stages.get(&m.stage)).is_none() {
+            return Err(invalid(format!("API `{}` has no stage `{}`", m.api, m.stage)));
+        }
+        mappings.push(MappingRecord { base_path: m.base_path, api: m.api, stage: m.stage });
+    }
+    Ok(DomainRecord { certificate_pem: body.certificate_pem, key_pem: body.key_pem, mappings })
+}
+
+/// Checks a region body: a name, an optional weight, and client networks in CIDR form.
+fn region_record(name: &str, text: &str) -> Result<RegionRecord, Refusal> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        weight: Option<u32>,
+        #[serde(default)]
+        client_cidrs: Vec<String>,
+    }
+    let body: Body = serde_json::from_str(text).map_err(|e| {
+        Refusal::new(StatusCode::BAD_REQUEST, format!("expected {{\"weight\", \"client_cidrs\"}}: {e}"))
+    })?;
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(invalid("a region is a name of a-z, 0-9 and `-`"));
+    }
+    for cidr in &body.client_cidrs {
+        let valid =
+            cidr.split_once('/').is_some_and(|(ip, len)| match (ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
+                (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
+                (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,
+                _ => false,
+            });
+        if !valid {
+            return Err(invalid(format!("`{cidr}` is not a network like 203.0.113.0/24")));
+        }
+    }
+    Ok(RegionRecord { weight: body.weight, client_cidrs: body.client_cidrs })
 }
 
 #[cfg(test)]

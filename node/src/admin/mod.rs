@@ -138,7 +138,9 @@ impl AdminState {
                     Err(_) => message(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed"),
                 }
             }
-            (_, path) if path.starts_with("/v1/cluster") || path.starts_with("/v1/apis") => {
+            (_, path)
+                if ["/v1/cluster", "/v1/apis", "/v1/domains", "/v1/regions"].iter().any(|p| path.starts_with(p)) =>
+            {
                 if let Some(denied) = self.refusal(&request) {
                     return denied;
                 }
@@ -210,10 +212,14 @@ mod tests {
             "/v1/apis/{api}/stages/{stage}/rollback",
             "/v1/apis/{api}/stages/{stage}/canary",
             "/v1/apis/{api}/stages/{stage}/canary/promote",
+            "/v1/domains",
+            "/v1/domains/{name}",
+            "/v1/regions",
+            "/v1/regions/{name}",
         ] {
             assert!(paths.iter().any(|p| *p == route), "{route} is not documented");
         }
-        assert_eq!(paths.len(), 15, "a documented path is not served");
+        assert_eq!(paths.len(), 19, "a documented path is not served");
     }
 
     #[test]

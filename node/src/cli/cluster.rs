@@ -142,6 +142,108 @@ pub enum CanaryCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Create or replace a domain.
+    Put {
+        /// The host name, e.g. `api.example.com` or `*.example.com`.
+        name: String,
+        /// PEM certificate chain file (for HTTPS).
+        #[arg(long, requires = "key")]
+        certificate: Option<PathBuf>,
+        /// PEM private key file.
+        #[arg(long, requires = "certificate")]
+        key: Option<PathBuf>,
+        /// `BASE_PATH=API:STAGE`, e.g. `/=pets:prod` or `/v2=pets:beta`; repeatable.
+        #[arg(long = "map")]
+        mappings: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// List the domains.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Delete a domain.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegionCommand {
+    /// Create or replace a region's settings.
+    Put {
+        name: String,
+        /// Relative DNS weight.
+        #[arg(long)]
+        weight: Option<u32>,
+        /// A client network known to sit near this region (CIDR); repeatable.
+        #[arg(long = "cidr")]
+        client_cidrs: Vec<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// List the regions' settings.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Delete a region's settings.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+pub async fn domains(command: DomainCommand) -> anyhow::Result<ExitCode> {
+    let (method, path, body, target) = match command {
+        DomainCommand::Put { name, certificate, key, mappings, target } => {
+            let read = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
+                p.as_ref()
+                    .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())))
+                    .transpose()
+            };
+            let mut list = Vec::new();
+            for m in &mappings {
+                let parsed = m.split_once('=').and_then(|(base, target)| Some((base, target.split_once(':')?)));
+                let Some((base, (api, stage))) = parsed else {
+                    bail!("`{m}` is not BASE_PATH=API:STAGE (e.g. /=pets:prod)");
+                };
+                list.push(serde_json::json!({"base_path": base, "api": api, "stage": stage}));
+            }
+            let body =
+                serde_json::json!({"certificate_pem": read(&certificate)?, "key_pem": read(&key)?, "mappings": list});
+            (Method::PUT, format!("/v1/domains/{}", encode(&name)), Bytes::from(body.to_string()), target)
+        }
+        DomainCommand::List { target } => (Method::GET, "/v1/domains".to_string(), Bytes::new(), target),
+        DomainCommand::Delete { name, target } => {
+            (Method::DELETE, format!("/v1/domains/{}", encode(&name)), Bytes::new(), target)
+        }
+    };
+    let (status, value) = admin_call(&target, method, &path, body, &[]).await?;
+    report(status, &value)
+}
+
+pub async fn regions(command: RegionCommand) -> anyhow::Result<ExitCode> {
+    let (method, path, body, target) = match command {
+        RegionCommand::Put { name, weight, client_cidrs, target } => {
+            let body = serde_json::json!({"weight": weight, "client_cidrs": client_cidrs});
+            (Method::PUT, format!("/v1/regions/{}", encode(&name)), Bytes::from(body.to_string()), target)
+        }
+        RegionCommand::List { target } => (Method::GET, "/v1/regions".to_string(), Bytes::new(), target),
+        RegionCommand::Delete { name, target } => {
+            (Method::DELETE, format!("/v1/regions/{}", encode(&name)), Bytes::new(), target)
+        }
+    };
+    let (status, value) = admin_call(&target, method, &path, body, &[]).await?;
+    report(status, &value)
+}
+
 fn assignments(list: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let mut map = serde_json::Map::new();
     for a in list {

@@ -14,7 +14,7 @@ use crate::admin::client;
 use crate::config::load_file;
 use crate::gateway::node::{ConfigSource, Node};
 
-pub use cluster::{AdminTarget, CanaryCommand, ClusterCommand, StageCommand};
+pub use cluster::{AdminTarget, CanaryCommand, ClusterCommand, DomainCommand, RegionCommand, StageCommand};
 
 /// Meridian: a multi-region API gateway.
 #[derive(Debug, Parser)]
@@ -94,6 +94,12 @@ pub enum Command {
     /// Send a share of a stage's requests to another deployment, promote it, or clear it.
     #[command(subcommand)]
     Canary(CanaryCommand),
+    /// Manage the cluster's custom domains (certificates and base-path mappings).
+    #[command(subcommand)]
+    Domains(DomainCommand),
+    /// Manage the cluster's regions (DNS weight, client networks).
+    #[command(subcommand)]
+    Regions(RegionCommand),
     /// Start a local cluster, one node per region on loopback, serving a sample API.
     Demo {
         /// Region R's node listens on 127.R.<subnet>.1 (gateway :8080, admin :9901, RPC :7001).
@@ -189,6 +195,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff { file, stage, target } => cluster::diff(&file, &stage, &target).await,
         Command::Stage(command) => cluster::stage(command).await,
         Command::Canary(command) => cluster::canary(command).await,
+        Command::Domains(command) => cluster::domains(command).await,
+        Command::Regions(command) => cluster::regions(command).await,
         Command::Demo { subnet } => demo::run(subnet).await,
     }
 }

@@ -533,18 +533,13 @@ impl Compiler<'_> {
             let mut mappings: Vec<BaseMapping> = Vec::new();
             for (j, m) in d.mappings.iter().enumerate() {
                 let mfield = format!("{field}.mappings[{j}]");
-                let base = m.base_path.value.trim_end_matches('/').to_string();
-                if !m.base_path.value.starts_with('/')
-                    || base.contains("//")
-                    || base.contains(['{', '}', '?', '#', ' '])
-                {
-                    self.sink.push(
-                        m.base_path.referenced,
-                        format!("{mfield}.base_path"),
-                        format!("`{}` is not a base path like `/` or `/v1`", m.base_path.value),
-                    );
-                    continue;
-                }
+                let base = match base_path(&m.base_path.value) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.sink.push(m.base_path.referenced, format!("{mfield}.base_path"), e);
+                        continue;
+                    }
+                };
                 let Some(stages) = apis.get(&m.api.value) else {
                     self.sink.push(
                         m.api.referenced,
@@ -602,8 +597,17 @@ fn stage_variable_names(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Normalizes a base path (`/`, `/v1`, `/v1/`) to its matching form (`""`, `/v1`).
+pub fn base_path(text: &str) -> Result<String, String> {
+    let base = text.trim_end_matches('/').to_string();
+    if !text.starts_with('/') || base.contains("//") || base.contains(['{', '}', '?', '#', ' ']) {
+        return Err(format!("`{text}` is not a base path like `/` or `/v1`"));
+    }
+    Ok(base)
+}
+
 /// A DNS host name, optionally with one leading `*.` label.
-fn valid_host(name: &str) -> bool {
+pub fn valid_host(name: &str) -> bool {
     let name = name.strip_prefix("*.").unwrap_or(name);
     !name.is_empty()
         && name.len() <= 253

@@ -225,7 +225,7 @@ impl Node {
     /// Serves the cluster's configuration from now on, and the cluster endpoints of the
     /// admin API.
     pub fn attach_cluster(&self, member: Arc<ClusterMember>) {
-        crate::cluster::dataplane::spawn_sync(member.clone(), self.table.clone());
+        crate::cluster::dataplane::spawn_sync(member.clone(), self.table.clone(), self.reloader.sni.clone());
         let _ = self.admin.cluster.set(member);
     }
 

@@ -40,21 +40,29 @@ impl DomainCertificates {
     }
 }
 
-/// Reads a PEM certificate chain and private key and checks that they belong together.
+/// Reads a PEM certificate chain and private key from files and checks that they belong
+/// together.
 pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| format!("cannot read certificate `{}`: {e}", cert_file.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("`{}` is not a PEM certificate chain: {e}", cert_file.display()))?;
-    if chain.is_empty() {
-        return Err(format!("`{}` holds no certificate", cert_file.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key_file)
+    let cert = std::fs::read_to_string(cert_file)
+        .map_err(|e| format!("cannot read certificate `{}`: {e}", cert_file.display()))?;
+    let key = std::fs::read_to_string(key_file)
         .map_err(|e| format!("cannot read a private key from `{}`: {e}", key_file.display()))?;
+    certified_key_from_pem(&cert, &key)
+        .map_err(|e| format!("`{}` / `{}`: {e}", cert_file.display(), key_file.display()))
+}
+
+/// Parses a PEM certificate chain and private key and checks that they belong together.
+pub fn certified_key_from_pem(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not a PEM certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in the PEM text".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("not a PEM private key: {e}"))?;
     let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
-        format!("certificate `{}` and key `{}` do not fit: {e}", cert_file.display(), key_file.display())
-    })?;
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider).map_err(|e| format!("certificate and key do not fit: {e}"))?;
     Ok(Arc::new(certified))
 }
 
