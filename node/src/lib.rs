@@ -9,6 +9,7 @@
 //! - [`gateway`]: listeners, TLS/SNI, HTTP/1.1 + HTTP/2 serving, limits, reload, shutdown.
 //! - [`pipeline`]: the request path, one module per stage, run in order.
 //! - [`integration`]: calling upstreams (HTTP proxy, mock, WebSocket pass-through).
+//! - [`limits`]: global rate limits (G-counters, admission, gossip).
 //! - [`observe`]: access log and metrics.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`, reload).
 //! - [`demo`]: the built-in echo backend and sample API behind `meridian demo`.
@@ -22,5 +23,6 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod integration;
+pub mod limits;
 pub mod observe;
 pub mod pipeline;

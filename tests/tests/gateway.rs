@@ -519,3 +519,53 @@ apis:
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_limit_answers_429_with_rate_limit_headers() {
+    let config = r#"
+listen: { http: "127.0.0.1:0" }
+admin: { listen: "127.0.0.1:0" }
+apis:
+  - id: pets
+    routes:
+      - { route: GET /hello, integration: { type: mock, body: hi } }
+      - { route: GET /tight, integration: { type: mock, body: hi }, throttle: { rate: 2, burst: 2 } }
+    stages:
+      - { name: prod, throttle: { rate: 5, burst: 5 } }
+"#;
+    let node = start_node(config.to_string()).await;
+    let http = node.http.unwrap();
+    let mut admitted = 0;
+    let mut refusal = None;
+    for _ in 0..30 {
+        let r = get(http, "gw.test", "/prod/hello").await;
+        match r.status {
+            201 | 200 => admitted += 1,
+            429 => refusal = Some(r),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // 5 per second; a second boundary during the burst may let a few more through.
+    assert!((5..=10).contains(&admitted), "admitted {admitted}");
+    let r = refusal.expect("some requests were refused");
+    assert_eq!(r.header("retry-after"), "1");
+    assert_eq!(r.header("ratelimit-limit"), "5");
+    assert_eq!(r.header("ratelimit-remaining"), "0");
+    assert_eq!(r.header("ratelimit-reset"), "1");
+    let message = r.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("stage pets/prod"), "{message}");
+
+    // A route limit tighter than the stage's wins.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tight: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(get(http, "gw.test", "/prod/tight").await.status);
+        }
+        v
+    };
+    assert!(tight.iter().filter(|s| **s == 200).count() <= 4, "{tight:?}");
+    let last = get(http, "gw.test", "/prod/tight").await;
+    assert_eq!(last.status, 429);
+    assert!(last.json()["message"].as_str().unwrap().contains("route pets/prod GET /tight"));
+}

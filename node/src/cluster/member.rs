@@ -69,6 +69,7 @@ pub struct ClusterMember {
     pub me: ClusterNode,
     connector: TlsConnector,
     data_dir: PathBuf,
+    limiter: std::sync::OnceLock<Arc<crate::limits::limiter::Limiter>>,
 }
 
 fn raft_config(snapshot_after_logs: u64) -> Result<Arc<openraft::Config>, ClusterError> {
@@ -226,13 +227,31 @@ impl ClusterMember {
             gateway_addr: advertised.gateway.map(|a| a.to_string()).unwrap_or_default(),
             admin_addr: advertised.admin.to_string(),
         };
-        let member = Arc::new(ClusterMember { id, raft, applied, me, connector, data_dir: settings.data_dir.clone() });
+        let member = Arc::new(ClusterMember {
+            id,
+            raft,
+            applied,
+            me,
+            connector,
+            data_dir: settings.data_dir.clone(),
+            limiter: std::sync::OnceLock::new(),
+        });
         let listener = TcpListener::bind(settings.rpc_listen)
             .await
             .map_err(|e| setup(format!("cannot listen for node RPC on {}: {e}", settings.rpc_listen)))?;
         let tls = server_config(&identity).map_err(setup)?;
         tokio::spawn(rpc::serve(listener, tls, member.clone()));
         Ok(member)
+    }
+
+    /// The limiter whose counters this member gossips.
+    pub fn attach_limiter(&self, limiter: Arc<crate::limits::limiter::Limiter>) {
+        let _ = self.limiter.set(limiter);
+    }
+
+    /// The limiter, once the node has attached it.
+    pub fn limiter(&self) -> Option<&Arc<crate::limits::limiter::Limiter>> {
+        self.limiter.get()
     }
 
     /// The TLS connector members use to call each other.

@@ -7,8 +7,10 @@
 //! - [`rpc`]: the RPC server.
 //! - [`member`]: a running member (init, join, resume, propose, leave, status).
 //! - [`dataplane`]: compiling the applied configuration into routing tables.
+//! - [`gossip`]: rate-limit counters exchanged between members.
 
 pub mod dataplane;
+pub mod gossip;
 pub mod member;
 pub mod network;
 pub mod pki;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use meridian_consensus::{NodeId, Proposal, TypeConfig};
 use meridian_proto::node_server::{Node, NodeServer};
 use meridian_proto::{
-    JoinReply, JoinRequest, MembershipReply, MembershipRequest, ProposeReply, ProposeRequest, RaftPayload, StatusReply,
-    StatusRequest,
+    GossipAck, GossipPayload, JoinReply, JoinRequest, MembershipReply, MembershipRequest, ProposeReply, ProposeRequest,
+    RaftPayload, StatusReply, StatusRequest,
 };
 use openraft::ServerState;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -107,6 +107,19 @@ impl Node for NodeService {
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         require_member(&request)?;
         Ok(Response::new(StatusReply { json: self.member.status().await.to_string() }))
+    }
+
+    async fn gossip(&self, request: Request<GossipPayload>) -> Result<Response<GossipAck>, Status> {
+        require_member(&request)?;
+        let message = request.get_ref();
+        let observations = super::gossip::decode_observations(&message.observations).map_err(|e| {
+            tracing::warn!(from = message.node_id, error = %e, "gossip refused");
+            Status::invalid_argument(e)
+        })?;
+        if let Some(limiter) = self.member.limiter() {
+            limiter.merge(message.node_id, &observations);
+        }
+        Ok(Response::new(GossipAck {}))
     }
 
     async fn change_membership(

@@ -24,9 +24,13 @@ use crate::integration::client::{UpstreamClient, client_with_ca, shared_client};
 use crate::integration::retry::RetryPolicy;
 use crate::integration::uri::{UpstreamTemplate, substitute_stage_variables};
 use crate::integration::{Integration, MockIntegration, ProxyIntegration};
+use crate::limits::limiter::Rate;
 use crate::observe::access_log::{LogSink, LogTemplate};
 use crate::observe::completion::RouteObserver;
 use crate::pipeline::route::{MethodMatch, PathPattern, Router, parse_route_key};
+
+/// The cluster-wide rate limit when the configuration names none.
+pub const DEFAULT_RATE: Rate = Rate { per_second: 10_000, burst: 5_000 };
 
 /// The default and the longest allowed integration timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(29);
@@ -56,7 +60,7 @@ pub fn parse_str(text: &str, source_name: &str, base_dir: &Path) -> Result<Gatew
         sink.push(location, "", structural_message(&e.to_string()));
         sink.into_errors(source_name)
     })?;
-    Compiler { sink: ErrorSink::default(), base_dir, deployment: "" }
+    Compiler { sink: ErrorSink::default(), base_dir, deployment: "", default_rate: DEFAULT_RATE }
         .compile(file)
         .map_err(|sink| sink.into_errors(source_name))
 }
@@ -71,11 +75,14 @@ struct Compiler<'a> {
     base_dir: &'a Path,
     /// The deployment being compiled, for metric labels and access logs ("" for a file).
     deployment: &'a str,
+    /// The cluster-wide rate limit.
+    default_rate: Rate,
 }
 
 /// A route as parsed once, before it is specialised per stage.
 struct RouteSpec {
     key: String,
+    throttle: Option<Rate>,
     method: MethodMatch,
     pattern: PathPattern,
     integration: IntegrationSpec,
@@ -88,7 +95,21 @@ enum IntegrationSpec {
 }
 
 impl Compiler<'_> {
+    fn rate(&mut self, t: &Spanned<ThrottleDef>, field: &str) -> Option<Rate> {
+        let ThrottleDef { rate, burst } = t.value;
+        if rate == 0 || burst == 0 {
+            self.sink.push(t.referenced, field, "`rate` and `burst` must be at least 1");
+            return None;
+        }
+        Some(Rate { per_second: rate, burst })
+    }
+
     fn compile(mut self, file: GatewayFile) -> Result<GatewayConfig, ErrorSink> {
+        if let Some(t) = &file.throttle
+            && let Some(rate) = self.rate(t, "throttle")
+        {
+            self.default_rate = rate;
+        }
         let listen_http = file.listen.http.as_ref().and_then(|a| self.socket_addr(a, "listen.http"));
         let listen_https = file.listen.https.as_ref().and_then(|a| self.socket_addr(a, "listen.https"));
         if file.listen.http.is_none() && file.listen.https.is_none() {
@@ -308,7 +329,15 @@ impl Compiler<'_> {
                 continue;
             }
             if let Some(integration) = integration {
-                specs.push(RouteSpec { key: route.route.value.clone(), method, pattern, integration, field: rfield });
+                let throttle = route.throttle.as_ref().and_then(|t| self.rate(t, &format!("{rfield}.throttle")));
+                specs.push(RouteSpec {
+                    key: route.route.value.clone(),
+                    throttle,
+                    method,
+                    pattern,
+                    integration,
+                    field: rfield,
+                });
             }
         }
         let mut stages = HashMap::new();
@@ -331,6 +360,9 @@ impl Compiler<'_> {
 
     fn stage(&mut self, api: &str, stage: &StageDef, specs: &[RouteSpec], field: &str) -> StageRoutes {
         let stage_name = stage.name.value.as_str();
+        let stage_rate = stage.throttle.as_ref().and_then(|t| self.rate(t, &format!("{field}.throttle")));
+        let cluster_scope: Arc<str> = Arc::from("cluster");
+        let stage_scope: Arc<str> = Arc::from(format!("stage {api}/{stage_name}"));
         let log_template = stage.access_log_format.as_ref().and_then(|f| match LogTemplate::parse(&f.value) {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
@@ -367,8 +399,15 @@ impl Compiler<'_> {
             };
             let observer =
                 Arc::new(RouteObserver::new(api, stage_name, &spec.key, self.deployment, log_template.clone()));
+            let mut limits = vec![(cluster_scope.clone(), self.default_rate)];
+            if let Some(rate) = stage_rate {
+                limits.push((stage_scope.clone(), rate));
+            }
+            if let Some(rate) = spec.throttle {
+                limits.push((Arc::from(format!("route {api}/{stage_name} {}", spec.key)), rate));
+            }
             // Duplicates were refused when the routes were parsed.
-            let _ = router.insert(spec.method.clone(), &spec.pattern, RouteTarget { integration, observer });
+            let _ = router.insert(spec.method.clone(), &spec.pattern, RouteTarget { integration, observer, limits });
         }
         StageRoutes {
             api: api.into(),
@@ -682,8 +721,10 @@ pub fn compile_stage(
         name: Spanned::new(stage.to_string(), unknown(), unknown()),
         variables: variables.clone(),
         access_log_format: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.access_log_format.clone()),
+        throttle: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.throttle.clone()),
     }];
-    let mut compiler = Compiler { sink: ErrorSink::default(), base_dir: Path::new("."), deployment };
+    let mut compiler =
+        Compiler { sink: ErrorSink::default(), base_dir: Path::new("."), deployment, default_rate: DEFAULT_RATE };
     let compiled = compiler.api(&api, "apis[0]");
     match compiled.and_then(|(_, mut stages)| stages.remove(stage)) {
         Some(target) if compiler.sink.is_empty() => Ok(target.primary.clone()),

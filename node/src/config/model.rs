@@ -23,6 +23,8 @@ pub struct GatewayFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub access_log: AccessLogSection,
+    /// The cluster-wide default rate limit (10,000 requests per second, burst 5,000).
+    pub throttle: Option<Spanned<ThrottleDef>>,
     /// Makes this node a member of a cluster; its APIs then come from the cluster.
     pub cluster: Option<ClusterSection>,
     #[serde(default)]
@@ -164,6 +166,16 @@ pub enum ApiKind {
 pub struct RouteDef {
     pub route: Spanned<String>,
     pub integration: IntegrationDef,
+    /// A rate limit for this route (on every stage).
+    pub throttle: Option<Spanned<ThrottleDef>>,
+}
+
+/// A rate limit: requests per second and the burst one node may admit at once.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleDef {
+    pub rate: u64,
+    pub burst: u64,
 }
 
 /// How a route is served. One struct for every kind so that each field keeps its line;
@@ -222,6 +234,8 @@ pub struct StageDef {
     /// Access-log line template such as `"$request_id $status $latency_ms"`; the default
     /// is one JSON object with every field.
     pub access_log_format: Option<Spanned<String>>,
+    /// A rate limit for the whole stage.
+    pub throttle: Option<Spanned<ThrottleDef>>,
 }
 
 /// A custom domain: its certificate and the APIs it serves under base paths.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::gateway::tls::DomainCertificates;
 use crate::integration::Integration;
+use crate::limits::limiter::Rate;
 use crate::observe::access_log::LogSink;
 use crate::observe::completion::RouteObserver;
 use crate::pipeline::route::Router;
@@ -21,6 +22,8 @@ use crate::pipeline::route::Router;
 pub struct RouteTarget {
     pub integration: Integration,
     pub observer: Arc<RouteObserver>,
+    /// The rate-limit scopes every request to this route counts against.
+    pub limits: Vec<(Arc<str>, Rate)>,
 }
 
 /// The routes of one API as served on one stage.

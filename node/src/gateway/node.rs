@@ -22,7 +22,11 @@ use super::tls::{SniResolver, server_config};
 use crate::admin::{self, AdminState};
 use crate::cluster::member::{Advertised, ClusterMember};
 use crate::config::{ClusterSettings, ConfigErrors, GatewayConfig, Limits, RoutingTable, load_file, parse_str};
+use crate::limits::limiter::Limiter;
 use crate::observe::access_log::AccessLog;
+
+/// How many rate-limit scopes a node tracks before it evicts the least recently used.
+const MAX_LIMIT_SCOPES: usize = 100_000;
 use crate::pipeline::Pipeline;
 
 /// Where a node's configuration comes from.
@@ -115,6 +119,7 @@ pub struct Node {
     /// Set when the configuration makes this node a cluster member.
     pub cluster: Option<ClusterSettings>,
     table: Arc<ArcSwap<RoutingTable>>,
+    limiter: Arc<Limiter>,
     admin: Arc<AdminState>,
     reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
@@ -167,7 +172,9 @@ impl Node {
         });
         metrics::gauge!("meridian_config_revision").set(1.0);
 
-        let pipeline = Arc::new(Pipeline::new(table.clone(), limits.max_body_bytes, access_log.clone()));
+        let limiter = Arc::new(Limiter::new(0, MAX_LIMIT_SCOPES));
+        let pipeline =
+            Arc::new(Pipeline::new(table.clone(), limits.max_body_bytes, access_log.clone(), limiter.clone()));
         let connections = Arc::new(Semaphore::new(limits.max_connections));
         let (shutdown, stop) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -205,6 +212,7 @@ impl Node {
             admin_addr,
             cluster: config.cluster,
             table,
+            limiter,
             admin: admin_state,
             reloader,
             shutdown,
@@ -226,6 +234,8 @@ impl Node {
     /// admin API.
     pub fn attach_cluster(&self, member: Arc<ClusterMember>) {
         crate::cluster::dataplane::spawn_sync(member.clone(), self.table.clone(), self.reloader.sni.clone());
+        self.limiter.set_node(member.id);
+        crate::cluster::gossip::spawn(member.clone(), self.limiter.clone());
         let _ = self.admin.cluster.set(member);
     }
 

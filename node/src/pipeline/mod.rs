@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! request id → resolve (host, base path → api, stage) → route match
-//!   → policies (body limit; later: cors, auth, throttle, validate, cache)
+//!   → policies (body limit, throttle; later: cors, auth, validate, cache)
 //!   → integration (http proxy | mock) → response headers → access log + metrics
 //! ```
 //!
@@ -82,8 +82,16 @@ impl Served {
 }
 
 impl Pipeline {
-    pub fn new(table: Arc<ArcSwap<RoutingTable>>, max_body_bytes: u64, log: AccessLog) -> Self {
-        let policies: Vec<Box<dyn Policy>> = vec![Box::new(body_limit::BodyLimit { max_bytes: max_body_bytes })];
+    pub fn new(
+        table: Arc<ArcSwap<RoutingTable>>,
+        max_body_bytes: u64,
+        log: AccessLog,
+        limiter: Arc<crate::limits::limiter::Limiter>,
+    ) -> Self {
+        let policies: Vec<Box<dyn Policy>> = vec![
+            Box::new(body_limit::BodyLimit { max_bytes: max_body_bytes }),
+            Box::new(crate::limits::throttle::Throttle { limiter }),
+        ];
         Pipeline { table, policies, max_body_bytes, log, in_flight: metrics::gauge!("meridian_requests_in_flight") }
     }
 

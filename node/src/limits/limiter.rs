@@ -1,0 +1,474 @@
+//! Admission against global rate limits, from per-node G-counters and a local token bucket.
+//!
+//! Each limited scope (the cluster default, a stage, a route, later a key on a plan) keeps
+//! G-counters for the current and the previous one-second window, one slot per node. A node
+//! admits a request when
+//! - the cluster-wide estimate for the sliding second, `previous × (1 − f) + current` over all
+//!   slots (`f` is how far into the current second we are), stays below the rate, and
+//! - its local token bucket (capacity `burst`, refilled at `rate`) has a token, which bounds
+//!   how much one node can admit at once.
+//!
+//! A peer that has not been heard from recently is assumed to keep consuming at its rate of
+//! the previous second (its current slot is taken as at least `previous × f`), so a partition
+//! cannot multiply a limit by the number of sides: each side keeps counting the other's last
+//! known rate. Scopes live in sharded maps (no global lock on the request path) and the
+//! number of scopes is capped, evicting the least recently used.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_consensus::NodeId;
+use serde::{Deserialize, Serialize};
+
+use super::counter::GCounter;
+
+/// A rate limit: sustained requests per second and the burst one node may admit at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rate {
+    pub per_second: u64,
+    pub burst: u64,
+}
+
+/// The verdict for one request on one scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Which of the request's scopes decided (the first refusal, or the least room).
+    pub scope: usize,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the window moves on.
+    pub reset_secs: u64,
+}
+
+/// One gossiped observation: `node`'s slot of `scope` in window `window` is `value`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    pub scope: String,
+    pub window: u64,
+    pub node: NodeId,
+    pub value: u64,
+}
+
+/// How long a peer may stay silent before its consumption is extrapolated.
+const STALE_AFTER: Duration = Duration::from_millis(300);
+const SHARDS: usize = 16;
+
+#[derive(Debug)]
+struct ScopeState {
+    window: u64,
+    current: GCounter,
+    previous: GCounter,
+    /// The local bucket; `None` until the first admission here (a scope first seen in gossip
+    /// starts with a full bucket).
+    tokens: Option<f64>,
+    refilled: Instant,
+    dirty: bool,
+    /// Requests this node admitted since its last gossip round (others have not seen them).
+    unsent: u64,
+    last_used: Instant,
+}
+
+impl ScopeState {
+    fn new(window: u64, now: Instant) -> Self {
+        ScopeState {
+            window,
+            current: GCounter::default(),
+            previous: GCounter::default(),
+            tokens: None,
+            refilled: now,
+            dirty: false,
+            unsent: 0,
+            last_used: now,
+        }
+    }
+
+    /// Moves the windows forward to `window`.
+    fn rotate(&mut self, window: u64) {
+        if window <= self.window {
+            return;
+        }
+        self.previous = if window == self.window + 1 { std::mem::take(&mut self.current) } else { GCounter::default() };
+        self.current = GCounter::default();
+        self.window = window;
+    }
+}
+
+/// The node's limiter, shared by the request path and gossip.
+#[derive(Debug)]
+pub struct Limiter {
+    me: AtomicU64,
+    shards: Vec<Mutex<HashMap<Arc<str>, ScopeState>>>,
+    heard: Mutex<HashMap<NodeId, Instant>>,
+    max_scopes_per_shard: usize,
+    hasher: std::collections::hash_map::RandomState,
+    evicted: metrics::Counter,
+}
+
+impl Limiter {
+    /// A limiter for node `me` tracking at most `max_scopes` scopes.
+    pub fn new(me: NodeId, max_scopes: usize) -> Self {
+        Limiter {
+            me: AtomicU64::new(me),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            heard: Mutex::new(HashMap::new()),
+            max_scopes_per_shard: (max_scopes / SHARDS).max(1),
+            hasher: Default::default(),
+            evicted: metrics::counter!("meridian_limit_scopes_evicted_total"),
+        }
+    }
+
+    /// Sets this node's id once it is known (a node joining a cluster learns it late).
+    pub fn set_node(&self, me: NodeId) {
+        self.me.store(me, Ordering::Relaxed);
+    }
+
+    fn shard(&self, scope: &str) -> &Mutex<HashMap<Arc<str>, ScopeState>> {
+        &self.shards[(self.hasher.hash_one(scope) as usize) % SHARDS]
+    }
+
+    fn stale_peers(&self, now: Instant) -> HashMap<NodeId, bool> {
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.iter().map(|(n, t)| (*n, now.duration_since(*t) > STALE_AFTER)).collect()
+    }
+
+    /// The cluster-wide estimate of requests in the sliding second ending `frac` into the
+    /// current window.
+    fn estimate(state: &ScopeState, me: NodeId, frac: f64, stale: &HashMap<NodeId, bool>) -> f64 {
+        let mut nodes: Vec<NodeId> = state.current.slots().map(|(n, _)| n).collect();
+        nodes.extend(state.previous.slots().map(|(n, _)| n));
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+            .into_iter()
+            .map(|n| {
+                let previous = state.previous.slot(n) as f64;
+                let mut current = state.current.slot(n) as f64;
+                if n != me && stale.get(&n).copied().unwrap_or(true) {
+                    current = current.max(previous * frac);
+                }
+                previous * (1.0 - frac) + current
+            })
+            .sum()
+    }
+
+    /// Decides every scope of a request together: admitted only if all admit, and counted in
+    /// all of them only then. Returns the decision of the tightest scope (the first refusal,
+    /// or the one with the least room).
+    pub fn admit(&self, scopes: &[(Arc<str>, Rate)], now_unix_ms: u64) -> Decision {
+        let me = self.me.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let window = now_unix_ms / 1000;
+        let frac = (now_unix_ms % 1000) as f64 / 1000.0;
+        let stale = self.stale_peers(now);
+        let mut tightest: Option<Decision> = None;
+        for (index, (scope, rate)) in scopes.iter().enumerate() {
+            let mut shard = self.shard(scope).lock().unwrap_or_else(|p| p.into_inner());
+            let state = self.entry(&mut shard, scope, window, now);
+            state.rotate(window);
+            let elapsed = now.duration_since(state.refilled).as_secs_f64();
+            let tokens = match state.tokens {
+                Some(t) => (t + elapsed * rate.per_second as f64).min(rate.burst as f64),
+                None => rate.burst as f64,
+            };
+            state.tokens = Some(tokens);
+            state.refilled = now;
+            state.last_used = now;
+            let estimate = Self::estimate(state, me, frac, &stale);
+            // Until the next gossip round the other nodes cannot see what this one admits, and
+            // they may be admitting into the same room: take only this node's share of it
+            // (the room as the others last saw it, split among the nodes counting in this
+            // scope), with a fractional share admitted by chance so the expectation is exact.
+            let room_seen = rate.per_second as f64 - (estimate - state.unsent as f64);
+            let counting = state.current.slots().chain(state.previous.slots()).map(|(n, _)| n).chain([me]);
+            let nodes = {
+                let mut v: Vec<NodeId> = counting.collect();
+                v.sort_unstable();
+                v.dedup();
+                v.len() as f64
+            };
+            let share = room_seen / nodes - state.unsent as f64;
+            let within_share = share >= 1.0 || (share > 0.0 && unit_draw() < share);
+            let allowed = estimate + 1.0 <= rate.per_second as f64 && tokens >= 1.0 && within_share;
+            let decision = Decision {
+                allowed,
+                scope: index,
+                limit: rate.per_second,
+                remaining: (rate.per_second as f64 - estimate - 1.0).max(0.0) as u64,
+                reset_secs: 1,
+            };
+            let tighter = match &tightest {
+                None => true,
+                Some(t) => {
+                    (t.allowed && !decision.allowed)
+                        || (t.allowed == decision.allowed && decision.remaining < t.remaining)
+                }
+            };
+            if tighter {
+                tightest = Some(decision);
+            }
+        }
+        let decision = tightest.unwrap_or(Decision { allowed: true, scope: 0, limit: 0, remaining: 0, reset_secs: 1 });
+        if decision.allowed {
+            for (scope, _) in scopes {
+                let mut shard = self.shard(scope).lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(state) = shard.get_mut(scope) {
+                    state.current.increment(me, 1);
+                    state.tokens = state.tokens.map(|t| t - 1.0);
+                    state.unsent += 1;
+                    state.dirty = true;
+                }
+            }
+        }
+        decision
+    }
+
+    fn entry<'s>(
+        &self,
+        shard: &'s mut HashMap<Arc<str>, ScopeState>,
+        scope: &Arc<str>,
+        window: u64,
+        now: Instant,
+    ) -> &'s mut ScopeState {
+        if !shard.contains_key(scope)
+            && shard.len() >= self.max_scopes_per_shard
+            && let Some(oldest) = shard.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| k.clone())
+        {
+            shard.remove(&oldest);
+            self.evicted.increment(1);
+        }
+        shard.entry(scope.clone()).or_insert_with(|| ScopeState::new(window, now))
+    }
+
+    /// This node's slots of the scopes it counted since the last call (current and
+    /// previous windows), for the next gossip round.
+    pub fn take_deltas(&self) -> Vec<Observation> {
+        let me = self.me.load(Ordering::Relaxed);
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (scope, state) in shard.iter_mut().filter(|(_, s)| s.dirty) {
+                state.dirty = false;
+                state.unsent = 0;
+                out.push(Observation {
+                    scope: scope.to_string(),
+                    window: state.window,
+                    node: me,
+                    value: state.current.slot(me),
+                });
+                if state.window > 0 {
+                    out.push(Observation {
+                        scope: scope.to_string(),
+                        window: state.window - 1,
+                        node: me,
+                        value: state.previous.slot(me),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Every slot this node knows, for anti-entropy.
+    pub fn snapshot(&self) -> Vec<Observation> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (scope, state) in shard.iter() {
+                for (counter, window) in
+                    [(&state.current, state.window), (&state.previous, state.window.saturating_sub(1))]
+                {
+                    out.extend(counter.slots().map(|(node, value)| Observation {
+                        scope: scope.to_string(),
+                        window,
+                        node,
+                        value,
+                    }));
+                }
+            }
+        }
+        out
+    }
+
+    /// Merges observations gossiped by node `from`.
+    pub fn merge(&self, from: NodeId, observations: &[Observation]) {
+        let now = Instant::now();
+        self.heard.lock().unwrap_or_else(|p| p.into_inner()).insert(from, now);
+        for o in observations {
+            let scope: Arc<str> = Arc::from(o.scope.as_str());
+            let mut shard = self.shard(&scope).lock().unwrap_or_else(|p| p.into_inner());
+            let state = self.entry(&mut shard, &scope, o.window, now);
+            if o.window > state.window {
+                state.rotate(o.window);
+            }
+            if o.window == state.window {
+                state.current.observe(o.node, o.value);
+            } else if o.window + 1 == state.window {
+                state.previous.observe(o.node, o.value);
+            }
+        }
+    }
+
+    /// How long ago each peer was last heard from (for `/metrics`).
+    pub fn peer_silence(&self) -> Vec<(NodeId, Duration)> {
+        let now = Instant::now();
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.iter().map(|(n, t)| (*n, now.duration_since(*t))).collect()
+    }
+}
+
+/// A uniform draw in [0, 1) from a per-thread xorshift.
+fn unit_draw() -> f64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x2545_f491, |d| d.as_nanos() as u64) | 1,
+        );
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scope(name: &str, per_second: u64, burst: u64) -> Vec<(Arc<str>, Rate)> {
+        vec![(Arc::from(name), Rate { per_second, burst })]
+    }
+
+    /// Admits `n` requests, with a gossip round (the deltas sent) after each.
+    fn admitted(limiter: &Limiter, scopes: &[(Arc<str>, Rate)], now_ms: u64, n: usize) -> usize {
+        (0..n)
+            .filter(|_| {
+                let ok = limiter.admit(scopes, now_ms).allowed;
+                limiter.take_deltas();
+                ok
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_single_node_admits_the_rate_per_second() {
+        let limiter = Limiter::new(1, 1000);
+        let s = scope("stage", 10, 10);
+        let admitted = (0..50).filter(|_| limiter.admit(&s, 5_000_000).allowed).count();
+        assert_eq!(admitted, 10);
+        let refused = limiter.admit(&s, 5_000_000);
+        assert!(!refused.allowed);
+        assert_eq!(refused.limit, 10);
+    }
+
+    #[test]
+    fn other_nodes_counts_take_the_room() {
+        let a = Limiter::new(1, 1000);
+        let s = scope("stage", 10, 10);
+        a.merge(2, &[Observation { scope: "stage".into(), window: 5000, node: 2, value: 7 }]);
+        assert_eq!(admitted(&a, &s, 5_000_000, 50), 3);
+    }
+
+    #[test]
+    fn a_silent_peer_is_assumed_to_keep_its_rate() {
+        let a = Limiter::new(1, 1000);
+        let s = scope("stage", 100, 100);
+        // Peer 2 used 80 in the previous second and has been silent since.
+        a.merge(2, &[Observation { scope: "stage".into(), window: 4999, node: 2, value: 80 }]);
+        a.heard.lock().unwrap().insert(2, Instant::now() - Duration::from_secs(5));
+        // Half-way through the second: 80 × 0.5 (previous) + 80 × 0.5 (extrapolated) = 80,
+        // so 20 of the 100 are left.
+        assert_eq!(admitted(&a, &s, 5_000_500, 200), 20);
+    }
+
+    #[test]
+    fn between_gossip_rounds_a_node_takes_only_its_share_of_the_room() {
+        let a = Limiter::new(1, 1000);
+        let s = scope("stage", 100, 100);
+        // Three nodes count here; nobody has used anything yet.
+        a.merge(2, &[Observation { scope: "stage".into(), window: 3000, node: 2, value: 0 }]);
+        a.merge(3, &[Observation { scope: "stage".into(), window: 3000, node: 3, value: 0 }]);
+        let before_gossip = (0..100).filter(|_| a.admit(&s, 3_000_000).allowed).count();
+        assert!((33..=34).contains(&before_gossip), "{before_gossip}");
+    }
+
+    #[test]
+    fn the_tightest_scope_decides_and_refusals_count_nowhere() {
+        let limiter = Limiter::new(1, 1000);
+        let scopes = vec![
+            (Arc::from("wide"), Rate { per_second: 100, burst: 100 }),
+            (Arc::from("narrow"), Rate { per_second: 2, burst: 2 }),
+        ];
+        let admitted = (0..10).filter(|_| limiter.admit(&scopes, 7_000_000).allowed).count();
+        assert_eq!(admitted, 2);
+        let wide = scope("wide", 100, 100);
+        let left = (0..200).filter(|_| limiter.admit(&wide, 7_000_000).allowed).count();
+        assert_eq!(left, 98, "refused requests must not use the wide scope's room");
+    }
+
+    #[test]
+    fn gossip_round_trips_deltas_between_nodes() {
+        let a = Limiter::new(1, 1000);
+        let b = Limiter::new(2, 1000);
+        let s = scope("stage", 10, 10);
+        for _ in 0..6 {
+            assert!(a.admit(&s, 9_000_000).allowed);
+        }
+        b.merge(1, &a.take_deltas());
+        assert!(a.take_deltas().is_empty(), "deltas are sent once");
+        assert_eq!(admitted(&b, &s, 9_000_000, 50), 4);
+    }
+
+    #[test]
+    fn scopes_are_capped() {
+        let limiter = Limiter::new(1, 16);
+        for i in 0..1000 {
+            limiter.admit(&scope(&format!("s{i}"), 10, 10), 1_000);
+        }
+        let total: usize = limiter.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(total <= 16, "{total} scopes kept");
+    }
+
+    proptest! {
+        /// With fresh counters on every node (instant gossip), the cluster never admits more
+        /// than the rate plus the burst in any aligned second, however requests arrive.
+        #[test]
+        fn fresh_counters_never_admit_more_than_rate_plus_burst(
+            rate in 1u64..50,
+            burst in 1u64..50,
+            arrivals in proptest::collection::vec((0u64..3, 0u64..3000), 1..400),
+        ) {
+            let nodes: Vec<Limiter> = (1..=3).map(|n| Limiter::new(n, 100)).collect();
+            let s = scope("stage", rate, burst);
+            let mut arrivals = arrivals;
+            arrivals.sort_by_key(|(_, t)| *t);
+            let mut per_second = std::collections::BTreeMap::<u64, u64>::new();
+            for (node, at_ms) in arrivals {
+                let now = 42_000 + at_ms;
+                if nodes[node as usize].admit(&s, now).allowed {
+                    *per_second.entry(now / 1000).or_default() += 1;
+                }
+                // Instant gossip: everyone hears every delta.
+                for from in 0..3 {
+                    let deltas = nodes[from].take_deltas();
+                    for (to, node) in nodes.iter().enumerate() {
+                        if to != from {
+                            node.merge(from as u64 + 1, &deltas);
+                        }
+                    }
+                }
+            }
+            for (second, admitted) in per_second {
+                prop_assert!(admitted <= rate + burst, "second {}: admitted {} at rate {} burst {}", second, admitted, rate, burst);
+            }
+        }
+    }
+}

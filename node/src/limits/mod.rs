@@ -1,0 +1,10 @@
+//! Global rate limits: G-counters per node, sliding-window admission, gossip of deltas.
+//!
+//! - [`counter`]: the G-counter CRDT and its merge laws (property-tested).
+//! - [`limiter`]: admission against every scope of a request, and the observations gossip
+//!   carries between nodes.
+//! - [`throttle`]: the pipeline policy that applies the limits and answers 429.
+
+pub mod counter;
+pub mod limiter;
+pub mod throttle;
