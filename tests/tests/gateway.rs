@@ -555,8 +555,9 @@ apis:
     let message = r.json()["message"].as_str().unwrap().to_string();
     assert!(message.contains("stage pets/prod"), "{message}");
 
-    // A route limit tighter than the stage's wins.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A route limit tighter than the stage's wins (after two seconds, so the stage's sliding
+    // window has forgotten the burst above).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let tight: Vec<u16> = {
         let mut v = Vec::new();
         for _ in 0..6 {

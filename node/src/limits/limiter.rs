@@ -36,7 +36,8 @@ pub struct Rate {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub allowed: bool,
-    /// Which of the request's scopes decided (the first refusal, or the least room).
+    /// Which of the request's scopes decided (the refusing scope with the smallest limit, or
+    /// the admitting one with the least room).
     pub scope: usize,
     pub limit: u64,
     pub remaining: u64,
@@ -202,10 +203,13 @@ impl Limiter {
             };
             let tighter = match &tightest {
                 None => true,
-                Some(t) => {
-                    (t.allowed && !decision.allowed)
-                        || (t.allowed == decision.allowed && decision.remaining < t.remaining)
-                }
+                Some(t) => match (t.allowed, decision.allowed) {
+                    (true, false) => true,
+                    (false, true) => false,
+                    // Among refusals, name the smallest limit; among admissions, the least room.
+                    (false, false) => decision.limit < t.limit,
+                    (true, true) => decision.remaining < t.remaining,
+                },
             };
             if tighter {
                 tightest = Some(decision);
