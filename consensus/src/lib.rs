@@ -19,7 +19,8 @@ pub mod store;
 pub mod types;
 
 pub use state::{
-    ApiRecord, Canary, ClusterSecrets, CommandOutcome, ConfigCommand, ConfigState, Deployment, DomainRecord,
-    MappingRecord, Proposal, RegionRecord, Rejection, StageRecord,
+    ApiKeyRecord, ApiRecord, Canary, ClusterSecrets, CommandOutcome, ConfigCommand, ConfigState, Deployment,
+    DomainRecord, MappingRecord, PlanRate, Proposal, QuotaPeriod, RegionRecord, Rejection, StageRecord,
+    UsagePlanRecord,
 };
 pub use types::{ClusterNode, NodeId, TypeConfig};

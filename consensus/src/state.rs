@@ -87,6 +87,42 @@ pub struct RegionRecord {
     pub client_cidrs: Vec<String>,
 }
 
+/// An API key. Only the SHA-256 of its value is stored; the value is shown once, when the
+/// key is created or rotated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub name: String,
+    pub value_sha256: String,
+    pub enabled: bool,
+    pub created_at_ms: u64,
+}
+
+/// A rate limit in a usage plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRate {
+    pub per_second: u64,
+    pub burst: u64,
+}
+
+/// The period of a quota (UTC boundaries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuotaPeriod {
+    Day,
+    Week,
+    Month,
+}
+
+/// A usage plan: a throttle and a quota for its keys on the stages it covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsagePlanRecord {
+    pub rate: Option<PlanRate>,
+    pub quota: Option<(u64, QuotaPeriod)>,
+    /// (api, stage) → route key → a per-route throttle for the plan's keys.
+    pub stages: BTreeMap<(String, String), BTreeMap<String, PlanRate>>,
+    /// Key ids.
+    pub keys: std::collections::BTreeSet<String>,
+}
+
 /// The whole replicated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigState {
@@ -98,6 +134,10 @@ pub struct ConfigState {
     pub apis: BTreeMap<String, ApiRecord>,
     pub domains: BTreeMap<String, DomainRecord>,
     pub regions: BTreeMap<String, RegionRecord>,
+    /// API keys by id.
+    pub keys: BTreeMap<String, ApiKeyRecord>,
+    /// Usage plans by name.
+    pub plans: BTreeMap<String, UsagePlanRecord>,
 }
 
 /// A change to the configuration.
@@ -167,6 +207,48 @@ pub enum ConfigCommand {
     DeleteRegion {
         name: String,
     },
+    /// Creates a key (the id and the value's hash are chosen by the proposing node).
+    CreateKey {
+        id: String,
+        key: ApiKeyRecord,
+    },
+    SetKeyEnabled {
+        id: String,
+        enabled: bool,
+    },
+    /// Replaces a key's value.
+    RotateKey {
+        id: String,
+        value_sha256: String,
+    },
+    /// Deletes a key and removes it from every plan.
+    DeleteKey {
+        id: String,
+    },
+    /// Creates a plan or replaces its throttle and quota (its stages and keys stay).
+    PutPlan {
+        name: String,
+        rate: Option<PlanRate>,
+        quota: Option<(u64, QuotaPeriod)>,
+    },
+    DeletePlan {
+        name: String,
+    },
+    /// Makes a plan cover (api, stage), optionally with a per-route throttle.
+    AttachPlan {
+        plan: String,
+        api: String,
+        stage: String,
+        route: Option<(String, PlanRate)>,
+    },
+    AddPlanKey {
+        plan: String,
+        key: String,
+    },
+    RemovePlanKey {
+        plan: String,
+        key: String,
+    },
 }
 
 /// A command with an optional revision precondition (an HTTP `If-Match`).
@@ -189,6 +271,12 @@ pub enum Rejection {
     NoDeployment { api: String, deployment: u64 },
     #[error("stage `{stage}` of API `{api}` has no canary")]
     NoCanary { api: String, stage: String },
+    #[error("no key `{0}`")]
+    NoKey(String),
+    #[error("no usage plan `{0}`")]
+    NoPlan(String),
+    #[error("a key with this value already exists")]
+    DuplicateKeyValue,
     #[error("no domain `{0}`")]
     NoDomain(String),
     #[error("no region `{0}`")]
@@ -358,6 +446,71 @@ impl ConfigState {
             ConfigCommand::DeleteRegion { name } => {
                 self.regions.remove(name).map(|_| None).ok_or_else(|| Rejection::NoRegion(name.clone()))
             }
+            ConfigCommand::CreateKey { id, key } => {
+                if id.is_empty() || self.keys.contains_key(id) {
+                    return Err(Rejection::Invalid(format!("key id `{id}` is empty or taken")));
+                }
+                if self.keys.values().any(|k| k.value_sha256 == key.value_sha256) {
+                    return Err(Rejection::DuplicateKeyValue);
+                }
+                self.keys.insert(id.clone(), key.clone());
+                Ok(None)
+            }
+            ConfigCommand::SetKeyEnabled { id, enabled } => {
+                self.keys.get_mut(id).ok_or_else(|| Rejection::NoKey(id.clone()))?.enabled = *enabled;
+                Ok(None)
+            }
+            ConfigCommand::RotateKey { id, value_sha256 } => {
+                if self.keys.iter().any(|(other, k)| other != id && k.value_sha256 == *value_sha256) {
+                    return Err(Rejection::DuplicateKeyValue);
+                }
+                self.keys.get_mut(id).ok_or_else(|| Rejection::NoKey(id.clone()))?.value_sha256 = value_sha256.clone();
+                Ok(None)
+            }
+            ConfigCommand::DeleteKey { id } => {
+                self.keys.remove(id).ok_or_else(|| Rejection::NoKey(id.clone()))?;
+                for plan in self.plans.values_mut() {
+                    plan.keys.remove(id);
+                }
+                Ok(None)
+            }
+            ConfigCommand::PutPlan { name, rate, quota } => {
+                if name.is_empty() {
+                    return Err(Rejection::Invalid("a plan needs a name".into()));
+                }
+                if rate.is_some_and(|r| r.per_second == 0 || r.burst == 0) || quota.is_some_and(|(l, _)| l == 0) {
+                    return Err(Rejection::Invalid("rates, bursts and quotas must be at least 1".into()));
+                }
+                let plan = self.plans.entry(name.clone()).or_default();
+                plan.rate = *rate;
+                plan.quota = *quota;
+                Ok(None)
+            }
+            ConfigCommand::DeletePlan { name } => {
+                self.plans.remove(name).map(|_| None).ok_or_else(|| Rejection::NoPlan(name.clone()))
+            }
+            ConfigCommand::AttachPlan { plan, api, stage, route } => {
+                if !self.apis.get(api).is_some_and(|a| a.stages.contains_key(stage)) {
+                    return Err(Rejection::NoStage { api: api.clone(), stage: stage.clone() });
+                }
+                let record = self.plans.get_mut(plan).ok_or_else(|| Rejection::NoPlan(plan.clone()))?;
+                let routes = record.stages.entry((api.clone(), stage.clone())).or_default();
+                if let Some((key, rate)) = route {
+                    routes.insert(key.clone(), *rate);
+                }
+                Ok(None)
+            }
+            ConfigCommand::AddPlanKey { plan, key } => {
+                if !self.keys.contains_key(key) {
+                    return Err(Rejection::NoKey(key.clone()));
+                }
+                self.plans.get_mut(plan).ok_or_else(|| Rejection::NoPlan(plan.clone()))?.keys.insert(key.clone());
+                Ok(None)
+            }
+            ConfigCommand::RemovePlanKey { plan, key } => {
+                let record = self.plans.get_mut(plan).ok_or_else(|| Rejection::NoPlan(plan.clone()))?;
+                record.keys.remove(key).then_some(None).ok_or_else(|| Rejection::NoKey(key.clone()))
+            }
             ConfigCommand::ClearCanary { api, stage } => {
                 let record = self.stage_mut(api, stage)?;
                 record
@@ -488,6 +641,24 @@ mod tests {
                 region: RegionRecord { weight, client_cidrs: vec!["10.0.0.0/8".into()] }
             }),
             name().prop_map(|name| ConfigCommand::DeleteRegion { name }),
+            (name(), name()).prop_map(|(id, hash)| ConfigCommand::CreateKey {
+                id,
+                key: ApiKeyRecord { name: "k".into(), value_sha256: hash, enabled: true, created_at_ms: 0 }
+            }),
+            (name(), any::<bool>()).prop_map(|(id, enabled)| ConfigCommand::SetKeyEnabled { id, enabled }),
+            name().prop_map(|id| ConfigCommand::DeleteKey { id }),
+            (name(), proptest::option::of(1u64..5)).prop_map(|(name, q)| ConfigCommand::PutPlan {
+                name,
+                rate: Some(PlanRate { per_second: 5, burst: 5 }),
+                quota: q.map(|l| (l, QuotaPeriod::Month)),
+            }),
+            (name(), name(), name()).prop_map(|(plan, api, stage)| ConfigCommand::AttachPlan {
+                plan,
+                api,
+                stage,
+                route: None
+            }),
+            (name(), name()).prop_map(|(plan, key)| ConfigCommand::AddPlanKey { plan, key }),
             name().prop_map(|n| ConfigCommand::Bootstrap {
                 secrets: ClusterSecrets { ca_cert_pem: n.clone(), ca_key_pem: n, join_secret_sha256: String::new() }
             }),
@@ -530,6 +701,9 @@ mod tests {
                     for stage in api.stages.values() {
                         prop_assert!(api.deployments.contains_key(&stage.deployment));
                     }
+                }
+                for plan in s.plans.values() {
+                    prop_assert!(plan.keys.iter().all(|k| s.keys.contains_key(k)), "a plan holds a deleted key");
                 }
             }
         }

@@ -464,3 +464,97 @@ async fn a_stage_limit_holds_across_the_cluster() {
     let total: u64 = full.iter().sum();
     assert!(total >= 40, "the limit starved traffic: {per_second:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_a_usage_plan_quota_hold_across_the_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| three_regions(7)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyed.yaml");
+    std::fs::write(
+        &path,
+        "apis:\n  - id: pets\n    routes:\n      - { route: GET /version, integration: { type: mock, body: keyed }, api_key_required: true }\n",
+    )
+    .unwrap();
+    let out = cli(&["apply", "-f", path.to_str().unwrap(), "--stage", "prod"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    let gateways: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http.unwrap()).collect();
+    let with_key = |gateway: SocketAddr, key: String| async move {
+        let request = hyper::Request::get("/prod/version")
+            .header("host", "gw.test")
+            .header("x-api-key", key)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        meridian_tests::send(gateway, request).await
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(gateways[2], "gw.test", "/prod/version").await.status != 403 {
+        assert!(Instant::now() < deadline, "the keyed route never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A key: its value is shown once; without a plan it opens nothing.
+    let out = cli(&["keys", "create", "--name", "partner-a"], &cluster.nodes[1]);
+    assert!(out.status.success(), "{out:?}");
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let value = created["value"].as_str().unwrap().to_string();
+    let listed = String::from_utf8_lossy(&cli(&["keys", "list"], &cluster.nodes[0]).stdout).into_owned();
+    assert!(listed.contains("partner-a") && !listed.contains(&value), "values must never be listed: {listed}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = with_key(gateways[0], value.clone()).await;
+    assert_eq!(r.status, 403);
+    assert!(r.json()["message"].as_str().unwrap().contains("no usage plan"), "{:?}", r.json());
+    assert_eq!(with_key(gateways[0], "x".repeat(40)).await.status, 403, "an unknown key is refused");
+
+    // A plan with a quota of 12 a day, covering the stage, holding the key.
+    for args in [
+        vec!["plans", "create", "--name", "gold", "--rate", "100", "--burst", "100", "--quota", "12/day"],
+        vec!["plans", "attach", "gold", "--api", "pets", "--stage", "prod"],
+        vec!["plans", "add-key", "gold", "partner-a"],
+    ] {
+        let out = cli(&args, &cluster.nodes[2]);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut ok = true;
+        for g in &gateways {
+            ok &= with_key(*g, value.clone()).await.status == 200;
+        }
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the plan never took effect everywhere");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three requests were used above. The rest of the quota, spread over the nodes.
+    let mut admitted = 3;
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let r = with_key(gateways[i % 3], value.clone()).await;
+        match r.status {
+            200 => admitted += 1,
+            429 => {
+                assert!(r.json()["message"].as_str().unwrap().contains("quota exhausted"), "{:?}", r.json());
+                assert!(r.header("retry-after").parse::<u64>().unwrap() > 0);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(admitted, 12, "a quota of 12 admitted {admitted} across the cluster");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for g in &gateways {
+        assert_eq!(with_key(*g, value.clone()).await.status, 429, "the quota is exhausted on every node");
+    }
+
+    // Disabled and rotated keys stop working.
+    let out = cli(&["keys", "disable", "partner-a"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = with_key(gateways[1], value.clone()).await;
+    assert!(r.status == 403 && r.json()["message"].as_str().unwrap().contains("disabled"), "{:?}", r.json());
+    let out = cli(&["keys", "rotate", "partner-a"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = with_key(gateways[2], value.clone()).await;
+    assert!(r.status == 403 && r.json()["message"].as_str().unwrap().contains("invalid"), "{:?}", r.json());
+}

@@ -16,6 +16,10 @@
 //! | `DELETE /v1/apis/{api}/stages/{stage}/canary` | stops the canary |
 //! | `GET /v1/domains`, `PUT /v1/domains/{name}`, `DELETE /v1/domains/{name}` | custom domains: `{"certificate_pem", "key_pem", "mappings": [{"base_path", "api", "stage"}]}` |
 //! | `GET /v1/regions`, `PUT /v1/regions/{name}`, `DELETE /v1/regions/{name}` | regions: `{"weight", "client_cidrs": [...]}` |
+//! | `GET /v1/keys`, `POST /v1/keys` (`{"name", "value"?}`) | API keys; the value is shown once, only its hash is stored |
+//! | `POST /v1/keys/{key}/enable`, `.../disable`, `.../rotate`, `DELETE /v1/keys/{key}` | by id or name |
+//! | `GET /v1/plans`, `PUT /v1/plans/{plan}` (`{"rate", "burst", "quota": "10000/month"}`) | usage plans |
+//! | `POST /v1/plans/{plan}/attach` (`{"api", "stage", "route"?, "rate"?, "burst"?}`), `POST /v1/plans/{plan}/keys` (`{"key"}`) | coverage and keys |
 //!
 //! Writes accept `If-Match: <revision>` and fail with 412 when the configuration moved on;
 //! every answer carries the revision in `ETag`.
@@ -28,11 +32,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use meridian_consensus::{
-    Canary, CommandOutcome, ConfigCommand, DomainRecord, MappingRecord, Proposal, RegionRecord, Rejection,
+    ApiKeyRecord, Canary, CommandOutcome, ConfigCommand, DomainRecord, MappingRecord, PlanRate, Proposal, QuotaPeriod,
+    RegionRecord, Rejection,
 };
 
 use super::{json, message};
 use crate::cluster::member::{ClusterError, ClusterMember};
+use crate::cluster::pki::sha256_hex;
 use crate::config::{base_path, valid_host, validate_definition};
 use crate::gateway::tls::certified_key_from_pem;
 
@@ -404,8 +410,239 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
             )
         }
+        (&Method::GET, ["v1", "keys"]) => {
+            let applied = member.applied.read().await;
+            let list: Vec<_> = applied
+                .config
+                .keys
+                .iter()
+                .map(|(id, k)| {
+                    let plans: Vec<&String> =
+                        applied.config.plans.iter().filter(|(_, p)| p.keys.contains(id)).map(|(n, _)| n).collect();
+                    serde_json::json!({"id": id, "name": k.name, "enabled": k.enabled, "created_at_ms": k.created_at_ms, "plans": plans})
+                })
+                .collect();
+            with_etag(json(StatusCode::OK, serde_json::json!({ "keys": list }).to_string()), applied.config.revision)
+        }
+        (&Method::POST, ["v1", "keys"]) => {
+            let text = body_text(request).await?;
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                name: String,
+                value: Option<String>,
+            }
+            let body: Body = serde_json::from_str(&text).map_err(|e| {
+                Refusal::new(StatusCode::BAD_REQUEST, format!("expected {{\"name\", \"value\"?}}: {e}"))
+            })?;
+            let value = match body.value {
+                Some(v) if (20..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()) => v,
+                Some(_) => return Err(invalid("a key value is 20 to 128 printable characters")),
+                None => random_token()?,
+            };
+            if body.name.is_empty() || body.name.len() > 64 {
+                return Err(invalid("a key needs a name of 1 to 64 characters"));
+            }
+            let id = format!("k-{}", &random_token()?[..12]);
+            let key = ApiKeyRecord {
+                name: body.name.clone(),
+                value_sha256: sha256_hex(value.as_bytes()),
+                enabled: true,
+                created_at_ms: now_ms(),
+            };
+            let outcome = member
+                .propose(Proposal {
+                    expected_revision: None,
+                    command: ConfigCommand::CreateKey { id: id.clone(), key },
+                })
+                .await;
+            shown_once(outcome, serde_json::json!({"id": id, "name": body.name, "value": value}))
+        }
+        (&Method::POST, ["v1", "keys", key, action]) => {
+            let id = key_id(&member, key).await?;
+            let command = match *action {
+                "enable" => ConfigCommand::SetKeyEnabled { id, enabled: true },
+                "disable" => ConfigCommand::SetKeyEnabled { id, enabled: false },
+                "rotate" => {
+                    let value = random_token()?;
+                    let command =
+                        ConfigCommand::RotateKey { id: id.clone(), value_sha256: sha256_hex(value.as_bytes()) };
+                    let outcome = member.propose(Proposal { expected_revision: None, command }).await;
+                    return Ok(shown_once(outcome, serde_json::json!({"id": id, "value": value})));
+                }
+                _ => return Err(Refusal::new(StatusCode::NOT_FOUND, "keys support enable, disable and rotate")),
+            };
+            outcome_response(member.propose(Proposal { expected_revision: None, command }).await)
+        }
+        (&Method::DELETE, ["v1", "keys", key]) => {
+            let id = key_id(&member, key).await?;
+            outcome_response(
+                member.propose(Proposal { expected_revision: None, command: ConfigCommand::DeleteKey { id } }).await,
+            )
+        }
+        (&Method::GET, ["v1", "plans"]) => {
+            let applied = member.applied.read().await;
+            let list: serde_json::Map<String, serde_json::Value> = applied
+                .config
+                .plans
+                .iter()
+                .map(|(name, p)| {
+                    let stages: Vec<_> = p
+                        .stages
+                        .iter()
+                        .map(|((api, stage), routes)| {
+                            let routes: serde_json::Map<String, serde_json::Value> = routes
+                                .iter()
+                                .map(|(r, rate)| {
+                                    (r.clone(), serde_json::json!({"rate": rate.per_second, "burst": rate.burst}))
+                                })
+                                .collect();
+                            serde_json::json!({"api": api, "stage": stage, "routes": routes})
+                        })
+                        .collect();
+                    let quota = p.quota.map(|(l, period)| format!("{l}/{}", period_name(period)));
+                    (
+                        name.clone(),
+                        serde_json::json!({
+                            "rate": p.rate.map(|r| r.per_second),
+                            "burst": p.rate.map(|r| r.burst),
+                            "quota": quota,
+                            "stages": stages,
+                            "keys": p.keys,
+                        }),
+                    )
+                })
+                .collect();
+            with_etag(json(StatusCode::OK, serde_json::Value::Object(list).to_string()), applied.config.revision)
+        }
+        (&Method::PUT, ["v1", "plans", plan]) => {
+            let plan = plan.to_string();
+            let text = body_text(request).await?;
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                rate: Option<u64>,
+                burst: Option<u64>,
+                quota: Option<String>,
+            }
+            let body: Body = serde_json::from_str(&text).map_err(|e| {
+                Refusal::new(StatusCode::BAD_REQUEST, format!("expected {{\"rate\", \"burst\", \"quota\"}}: {e}"))
+            })?;
+            let rate = match (body.rate, body.burst) {
+                (Some(r), b) => Some(PlanRate { per_second: r, burst: b.unwrap_or(r) }),
+                (None, None) => None,
+                (None, Some(_)) => return Err(invalid("`burst` needs `rate`")),
+            };
+            let quota = body.quota.as_deref().map(parse_quota).transpose().map_err(invalid)?;
+            let command = ConfigCommand::PutPlan { name: plan, rate, quota };
+            outcome_response(member.propose(Proposal { expected_revision: None, command }).await)
+        }
+        (&Method::POST, ["v1", "plans", plan, "attach"]) => {
+            let plan = plan.to_string();
+            let text = body_text(request).await?;
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                api: String,
+                stage: String,
+                route: Option<String>,
+                rate: Option<u64>,
+                burst: Option<u64>,
+            }
+            let body: Body = serde_json::from_str(&text).map_err(|e| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{\"api\", \"stage\", \"route\"?, \"rate\"?, \"burst\"?}}: {e}"),
+                )
+            })?;
+            let route = match (body.route, body.rate) {
+                (Some(route), Some(rate)) if rate > 0 => {
+                    Some((route, PlanRate { per_second: rate, burst: body.burst.unwrap_or(rate).max(1) }))
+                }
+                (None, None) => None,
+                _ => return Err(invalid("a route override needs both `route` and a `rate` of at least 1")),
+            };
+            let command = ConfigCommand::AttachPlan { plan, api: body.api, stage: body.stage, route };
+            outcome_response(member.propose(Proposal { expected_revision: None, command }).await)
+        }
+        (&Method::POST, ["v1", "plans", plan, "keys"]) => {
+            let plan = plan.to_string();
+            let text = body_text(request).await?;
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                key: String,
+            }
+            let body: Body = serde_json::from_str(&text)
+                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("expected {{\"key\"}}: {e}")))?;
+            let key = key_id(&member, &body.key).await?;
+            outcome_response(
+                member
+                    .propose(Proposal { expected_revision: None, command: ConfigCommand::AddPlanKey { plan, key } })
+                    .await,
+            )
+        }
         _ => message(StatusCode::NOT_FOUND, "no such cluster endpoint"),
     })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn random_token() -> Result<String, Refusal> {
+    crate::cluster::pki::random_secret().map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// A key's id from its id or its (unique) name.
+async fn key_id(member: &ClusterMember, key: &str) -> Result<String, Refusal> {
+    let applied = member.applied.read().await;
+    if applied.config.keys.contains_key(key) {
+        return Ok(key.to_string());
+    }
+    let named: Vec<&String> = applied.config.keys.iter().filter(|(_, k)| k.name == key).map(|(id, _)| id).collect();
+    match named.as_slice() {
+        [id] => Ok((*id).clone()),
+        [] => Err(Refusal::new(StatusCode::NOT_FOUND, format!("no key with id or name `{key}`"))),
+        _ => Err(invalid(format!("several keys are named `{key}`: use the id"))),
+    }
+}
+
+/// A write's answer that also shows a secret once (a new or rotated key value).
+fn shown_once(outcome: Result<CommandOutcome, ClusterError>, shown: serde_json::Value) -> Response<Full<Bytes>> {
+    match outcome {
+        Ok(CommandOutcome { revision, rejected: None, .. }) => {
+            let mut body = shown;
+            body["revision"] = serde_json::json!(revision);
+            body["note"] = serde_json::json!("the value is shown only now; the cluster stores its hash");
+            with_etag(json(StatusCode::OK, body.to_string()), revision)
+        }
+        other => outcome_response(other),
+    }
+}
+
+fn period_name(p: QuotaPeriod) -> &'static str {
+    match p {
+        QuotaPeriod::Day => "day",
+        QuotaPeriod::Week => "week",
+        QuotaPeriod::Month => "month",
+    }
+}
+
+/// `10000/month` → (10000, Month).
+fn parse_quota(text: &str) -> Result<(u64, QuotaPeriod), String> {
+    let (limit, period) = text.split_once('/').ok_or_else(|| format!("quota `{text}` is not LIMIT/day|week|month"))?;
+    let limit: u64 = limit.trim().parse().map_err(|_| format!("quota limit `{limit}` is not a number"))?;
+    if limit == 0 {
+        return Err("a quota is at least 1".into());
+    }
+    let period = match period.trim() {
+        "day" => QuotaPeriod::Day,
+        "week" => QuotaPeriod::Week,
+        "month" => QuotaPeriod::Month,
+        other => return Err(format!("quota period `{other}` is not day, week or month")),
+    };
+    Ok((limit, period))
 }
 
 fn invalid(text: impl Into<String>) -> Refusal {

@@ -139,7 +139,9 @@ impl AdminState {
                 }
             }
             (_, path)
-                if ["/v1/cluster", "/v1/apis", "/v1/domains", "/v1/regions"].iter().any(|p| path.starts_with(p)) =>
+                if ["/v1/cluster", "/v1/apis", "/v1/domains", "/v1/regions", "/v1/keys", "/v1/plans"]
+                    .iter()
+                    .any(|p| path.starts_with(p)) =>
             {
                 if let Some(denied) = self.refusal(&request) {
                     return denied;
@@ -216,10 +218,17 @@ mod tests {
             "/v1/domains/{name}",
             "/v1/regions",
             "/v1/regions/{name}",
+            "/v1/keys",
+            "/v1/keys/{key}",
+            "/v1/keys/{key}/{action}",
+            "/v1/plans",
+            "/v1/plans/{plan}",
+            "/v1/plans/{plan}/attach",
+            "/v1/plans/{plan}/keys",
         ] {
             assert!(paths.iter().any(|p| *p == route), "{route} is not documented");
         }
-        assert_eq!(paths.len(), 19, "a documented path is not served");
+        assert_eq!(paths.len(), 26, "a documented path is not served");
     }
 
     #[test]

@@ -244,6 +244,141 @@ pub async fn regions(command: RegionCommand) -> anyhow::Result<ExitCode> {
     report(status, &value)
 }
 
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key; its value is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Use this value instead of a generated one (20 to 128 characters).
+        #[arg(long, env = "MERIDIAN_KEY_VALUE", hide_env_values = true)]
+        value: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// List keys (ids, names, plans; never values).
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Disable a key (by id or name).
+    Disable {
+        key: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Enable a key.
+    Enable {
+        key: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Give a key a new value (printed once); the old one stops working.
+    Rotate {
+        key: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Delete a key.
+    Delete {
+        key: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Create a plan or set its throttle and quota.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Requests per second per key.
+        #[arg(long)]
+        rate: Option<u64>,
+        #[arg(long)]
+        burst: Option<u64>,
+        /// `LIMIT/day`, `LIMIT/week` or `LIMIT/month` per key (UTC periods).
+        #[arg(long)]
+        quota: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Make the plan cover a stage, optionally with a per-route throttle.
+    Attach {
+        plan: String,
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        stage: String,
+        /// A route key such as `GET /pets` for a per-route throttle.
+        #[arg(long, requires = "rate")]
+        route: Option<String>,
+        #[arg(long, requires = "route")]
+        rate: Option<u64>,
+        #[arg(long)]
+        burst: Option<u64>,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Add a key (id or name) to the plan.
+    AddKey {
+        plan: String,
+        key: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// List the plans.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+pub async fn keys(command: KeyCommand) -> anyhow::Result<ExitCode> {
+    let (method, path, body, target) = match command {
+        KeyCommand::Create { name, value, target } => {
+            let body = serde_json::json!({ "name": name, "value": value });
+            (Method::POST, "/v1/keys".to_string(), Bytes::from(body.to_string()), target)
+        }
+        KeyCommand::List { target } => (Method::GET, "/v1/keys".to_string(), Bytes::new(), target),
+        KeyCommand::Disable { key, target } => {
+            (Method::POST, format!("/v1/keys/{}/disable", encode(&key)), Bytes::new(), target)
+        }
+        KeyCommand::Enable { key, target } => {
+            (Method::POST, format!("/v1/keys/{}/enable", encode(&key)), Bytes::new(), target)
+        }
+        KeyCommand::Rotate { key, target } => {
+            (Method::POST, format!("/v1/keys/{}/rotate", encode(&key)), Bytes::new(), target)
+        }
+        KeyCommand::Delete { key, target } => {
+            (Method::DELETE, format!("/v1/keys/{}", encode(&key)), Bytes::new(), target)
+        }
+    };
+    let (status, value) = admin_call(&target, method, &path, body, &[]).await?;
+    report(status, &value)
+}
+
+pub async fn plans(command: PlanCommand) -> anyhow::Result<ExitCode> {
+    let (method, path, body, target) = match command {
+        PlanCommand::Create { name, rate, burst, quota, target } => {
+            let body = serde_json::json!({ "rate": rate, "burst": burst, "quota": quota });
+            (Method::PUT, format!("/v1/plans/{}", encode(&name)), Bytes::from(body.to_string()), target)
+        }
+        PlanCommand::Attach { plan, api, stage, route, rate, burst, target } => {
+            let body = serde_json::json!({ "api": api, "stage": stage, "route": route, "rate": rate, "burst": burst });
+            (Method::POST, format!("/v1/plans/{}/attach", encode(&plan)), Bytes::from(body.to_string()), target)
+        }
+        PlanCommand::AddKey { plan, key, target } => {
+            let body = serde_json::json!({ "key": key });
+            (Method::POST, format!("/v1/plans/{}/keys", encode(&plan)), Bytes::from(body.to_string()), target)
+        }
+        PlanCommand::List { target } => (Method::GET, "/v1/plans".to_string(), Bytes::new(), target),
+    };
+    let (status, value) = admin_call(&target, method, &path, body, &[]).await?;
+    report(status, &value)
+}
+
 fn assignments(list: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let mut map = serde_json::Map::new();
     for a in list {

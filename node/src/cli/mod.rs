@@ -14,7 +14,9 @@ use crate::admin::client;
 use crate::config::load_file;
 use crate::gateway::node::{ConfigSource, Node};
 
-pub use cluster::{AdminTarget, CanaryCommand, ClusterCommand, DomainCommand, RegionCommand, StageCommand};
+pub use cluster::{
+    AdminTarget, CanaryCommand, ClusterCommand, DomainCommand, KeyCommand, PlanCommand, RegionCommand, StageCommand,
+};
 
 /// Meridian: a multi-region API gateway.
 #[derive(Debug, Parser)]
@@ -100,6 +102,12 @@ pub enum Command {
     /// Manage the cluster's regions (DNS weight, client networks).
     #[command(subcommand)]
     Regions(RegionCommand),
+    /// Manage API keys (values are shown once and stored hashed).
+    #[command(subcommand)]
+    Keys(KeyCommand),
+    /// Manage usage plans: throttles, quotas, the stages they cover, their keys.
+    #[command(subcommand)]
+    Plans(PlanCommand),
     /// Start a local cluster, one node per region on loopback, serving a sample API.
     Demo {
         /// Region R's node listens on 127.R.<subnet>.1 (gateway :8080, admin :9901, RPC :7001).
@@ -197,6 +205,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Canary(command) => cluster::canary(command).await,
         Command::Domains(command) => cluster::domains(command).await,
         Command::Regions(command) => cluster::regions(command).await,
+        Command::Keys(command) => cluster::keys(command).await,
+        Command::Plans(command) => cluster::plans(command).await,
         Command::Demo { subnet } => demo::run(subnet).await,
     }
 }

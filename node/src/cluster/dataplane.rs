@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use meridian_consensus::ConfigState;
+use meridian_consensus::{ConfigState, PlanRate, QuotaPeriod};
 
 use super::member::ClusterMember;
-use crate::config::table::BaseMapping;
+use crate::config::table::{BaseMapping, KeyGrant, StageGrant};
 use crate::config::{CanaryRoutes, RoutingTable, StageTarget, base_path, compile_stage};
 use crate::gateway::tls::{DomainCertificates, SniResolver, certified_key_from_pem};
+use crate::limits::limiter::{Period, Rate};
 use crate::observe::completion::RouteObserver;
 
 /// Compiles every stage of `state`. A stage whose definition no longer compiles (it was
@@ -60,7 +61,57 @@ pub fn compile(state: &ConfigState) -> RoutingTable {
         domains,
         apis,
         unrouted: Arc::new(RouteObserver::new("", "", "", "", None)),
+        keys: keys(state),
     }
+}
+
+fn plan_rate(r: PlanRate) -> Rate {
+    Rate::per_second(r.per_second, r.burst)
+}
+
+fn period(p: QuotaPeriod) -> Period {
+    match p {
+        QuotaPeriod::Day => Period::Day,
+        QuotaPeriod::Week => Period::Week,
+        QuotaPeriod::Month => Period::Month,
+    }
+}
+
+/// Each key's grants: for every stage a plan of the key covers, the plan's throttle and
+/// quota (counted per key) and its per-route throttles.
+fn keys(state: &ConfigState) -> HashMap<String, Arc<KeyGrant>> {
+    let mut grants = HashMap::new();
+    for (id, key) in &state.keys {
+        let mut stages: HashMap<(String, String), StageGrant> = HashMap::new();
+        for (plan_name, plan) in state.plans.iter().filter(|(_, p)| p.keys.contains(id)) {
+            for ((api, stage), routes) in &plan.stages {
+                let grant = stages.entry((api.clone(), stage.clone())).or_default();
+                let scope =
+                    |what: &str| -> Arc<str> { Arc::from(format!("plan {plan_name} key {id} {what} {api}/{stage}")) };
+                if let Some(rate) = plan.rate {
+                    grant.limits.push((scope("throttle"), plan_rate(rate)));
+                }
+                if let Some((limit, p)) = plan.quota {
+                    // Quotas count per key across every stage of the plan.
+                    grant
+                        .limits
+                        .push((Arc::from(format!("plan {plan_name} key {id} quota")), Rate::quota(limit, period(p))));
+                }
+                for (route, rate) in routes {
+                    grant
+                        .routes
+                        .entry(route.clone())
+                        .or_default()
+                        .push((scope(&format!("route {route}")), plan_rate(*rate)));
+                }
+            }
+        }
+        grants.insert(
+            key.value_sha256.clone(),
+            Arc::new(KeyGrant { id: Arc::from(id.as_str()), enabled: key.enabled, stages }),
+        );
+    }
+    grants
 }
 
 /// The certificates of the domains that have one.

@@ -30,7 +30,7 @@ use crate::observe::completion::RouteObserver;
 use crate::pipeline::route::{MethodMatch, PathPattern, Router, parse_route_key};
 
 /// The cluster-wide rate limit when the configuration names none.
-pub const DEFAULT_RATE: Rate = Rate { per_second: 10_000, burst: 5_000 };
+pub const DEFAULT_RATE: Rate = Rate::per_second(10_000, 5_000);
 
 /// The default and the longest allowed integration timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(29);
@@ -83,6 +83,7 @@ struct Compiler<'a> {
 struct RouteSpec {
     key: String,
     throttle: Option<Rate>,
+    api_key_required: bool,
     method: MethodMatch,
     pattern: PathPattern,
     integration: IntegrationSpec,
@@ -101,7 +102,7 @@ impl Compiler<'_> {
             self.sink.push(t.referenced, field, "`rate` and `burst` must be at least 1");
             return None;
         }
-        Some(Rate { per_second: rate, burst })
+        Some(Rate::per_second(rate, burst))
     }
 
     fn compile(mut self, file: GatewayFile) -> Result<GatewayConfig, ErrorSink> {
@@ -141,7 +142,7 @@ impl Compiler<'_> {
                 admin_token,
                 limits,
                 access_log,
-                table: RoutingTable { revision: 0, domains, apis, unrouted },
+                table: RoutingTable { revision: 0, domains, apis, unrouted, keys: HashMap::new() },
                 certificates,
                 cluster,
             }),
@@ -333,6 +334,7 @@ impl Compiler<'_> {
                 specs.push(RouteSpec {
                     key: route.route.value.clone(),
                     throttle,
+                    api_key_required: route.api_key_required,
                     method,
                     pattern,
                     integration,
@@ -407,7 +409,14 @@ impl Compiler<'_> {
                 limits.push((Arc::from(format!("route {api}/{stage_name} {}", spec.key)), rate));
             }
             // Duplicates were refused when the routes were parsed.
-            let _ = router.insert(spec.method.clone(), &spec.pattern, RouteTarget { integration, observer, limits });
+            let target = RouteTarget {
+                integration,
+                observer,
+                limits,
+                api_key_required: spec.api_key_required || stage.api_key_required,
+                key: Arc::from(spec.key.as_str()),
+            };
+            let _ = router.insert(spec.method.clone(), &spec.pattern, target);
         }
         StageRoutes {
             api: api.into(),
@@ -722,6 +731,7 @@ pub fn compile_stage(
         variables: variables.clone(),
         access_log_format: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.access_log_format.clone()),
         throttle: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.throttle.clone()),
+        api_key_required: api.stages.iter().find(|s| s.name.value == stage).is_some_and(|s| s.api_key_required),
     }];
     let mut compiler =
         Compiler { sink: ErrorSink::default(), base_dir: Path::new("."), deployment, default_rate: DEFAULT_RATE };

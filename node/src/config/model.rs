@@ -168,6 +168,9 @@ pub struct RouteDef {
     pub integration: IntegrationDef,
     /// A rate limit for this route (on every stage).
     pub throttle: Option<Spanned<ThrottleDef>>,
+    /// Requests need an API key (`x-api-key`) granted on the stage by a usage plan.
+    #[serde(default)]
+    pub api_key_required: bool,
 }
 
 /// A rate limit: requests per second and the burst one node may admit at once.
@@ -236,6 +239,9 @@ pub struct StageDef {
     pub access_log_format: Option<Spanned<String>>,
     /// A rate limit for the whole stage.
     pub throttle: Option<Spanned<ThrottleDef>>,
+    /// Every route of the stage needs an API key.
+    #[serde(default)]
+    pub api_key_required: bool,
 }
 
 /// A custom domain: its certificate and the APIs it serves under base paths.

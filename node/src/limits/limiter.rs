@@ -25,11 +25,77 @@ use serde::{Deserialize, Serialize};
 
 use super::counter::GCounter;
 
-/// A rate limit: sustained requests per second and the burst one node may admit at once.
+/// A limit: `limit` requests per `period`. Per second it is a rate limit over a sliding
+/// second, with `burst` bounding what one node admits at once; per day, week or month it is
+/// a quota over the UTC calendar period (and `burst` is unused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rate {
-    pub per_second: u64,
+    pub limit: u64,
     pub burst: u64,
+    pub period: Period,
+}
+
+impl Rate {
+    /// A rate limit of `limit` requests per second with `burst`.
+    pub const fn per_second(limit: u64, burst: u64) -> Rate {
+        Rate { limit, burst, period: Period::Second }
+    }
+
+    /// A quota of `limit` requests per calendar `period`.
+    pub const fn quota(limit: u64, period: Period) -> Rate {
+        Rate { limit, burst: 0, period }
+    }
+}
+
+/// The window a limit counts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Period {
+    Second,
+    Day,
+    Week,
+    Month,
+}
+
+const DAY_MS: u64 = 86_400_000;
+
+impl Period {
+    /// The index of the window holding `now_ms`, and the milliseconds until it ends.
+    pub fn window(self, now_ms: u64) -> (u64, u64) {
+        let days = now_ms / DAY_MS;
+        match self {
+            Period::Second => (now_ms / 1000, 1000 - now_ms % 1000),
+            Period::Day => (days, DAY_MS - now_ms % DAY_MS),
+            // 1970-01-01 was a Thursday: weeks start on Mondays.
+            Period::Week => ((days + 3) / 7, ((days + 3) / 7 + 1) * 7 * DAY_MS - 3 * DAY_MS - now_ms),
+            Period::Month => {
+                let (year, month, _) = crate::observe::time::civil_from_days(days as i64);
+                let index = (year * 12 + i64::from(month) - 1) as u64;
+                let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+                let next_start = days_from_civil(next_year, next_month, 1) as u64 * DAY_MS;
+                (index, next_start.saturating_sub(now_ms))
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Period::Second => "second",
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+}
+
+/// Days since 1970-01-01 of a civil date (the inverse of `civil_from_days`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// The verdict for one request on one scope.
@@ -162,28 +228,33 @@ impl Limiter {
     pub fn admit(&self, scopes: &[(Arc<str>, Rate)], now_unix_ms: u64) -> Decision {
         let me = self.me.load(Ordering::Relaxed);
         let now = Instant::now();
-        let window = now_unix_ms / 1000;
-        let frac = (now_unix_ms % 1000) as f64 / 1000.0;
         let stale = self.stale_peers(now);
         let mut tightest: Option<Decision> = None;
         for (index, (scope, rate)) in scopes.iter().enumerate() {
+            let (window, left_ms) = rate.period.window(now_unix_ms);
             let mut shard = self.shard(scope).lock().unwrap_or_else(|p| p.into_inner());
             let state = self.entry(&mut shard, scope, window, now);
             state.rotate(window);
-            let elapsed = now.duration_since(state.refilled).as_secs_f64();
-            let tokens = match state.tokens {
-                Some(t) => (t + elapsed * rate.per_second as f64).min(rate.burst as f64),
-                None => rate.burst as f64,
-            };
-            state.tokens = Some(tokens);
-            state.refilled = now;
             state.last_used = now;
-            let estimate = Self::estimate(state, me, frac, &stale);
+            let (estimate, tokens) = if rate.period == Period::Second {
+                let elapsed = now.duration_since(state.refilled).as_secs_f64();
+                let tokens = match state.tokens {
+                    Some(t) => (t + elapsed * rate.limit as f64).min(rate.burst as f64),
+                    None => rate.burst as f64,
+                };
+                state.tokens = Some(tokens);
+                state.refilled = now;
+                let frac = (now_unix_ms % 1000) as f64 / 1000.0;
+                (Self::estimate(state, me, frac, &stale), tokens)
+            } else {
+                // A quota counts its calendar period only; there is no bucket.
+                (state.current.value() as f64, f64::INFINITY)
+            };
             // Until the next gossip round the other nodes cannot see what this one admits, and
             // they may be admitting into the same room: take only this node's share of it
             // (the room as the others last saw it, split among the nodes counting in this
             // scope), with a fractional share admitted by chance so the expectation is exact.
-            let room_seen = rate.per_second as f64 - (estimate - state.unsent as f64);
+            let room_seen = rate.limit as f64 - (estimate - state.unsent as f64);
             let counting = state.current.slots().chain(state.previous.slots()).map(|(n, _)| n).chain([me]);
             let nodes = {
                 let mut v: Vec<NodeId> = counting.collect();
@@ -192,14 +263,16 @@ impl Limiter {
                 v.len() as f64
             };
             let share = room_seen / nodes - state.unsent as f64;
-            let within_share = share >= 1.0 || (share > 0.0 && unit_draw() < share);
-            let allowed = estimate + 1.0 <= rate.per_second as f64 && tokens >= 1.0 && within_share;
+            // Quotas run over days or months: a gossip round's lag is negligible there, and
+            // holding back a share would refuse requests before the quota is spent.
+            let within_share = rate.period != Period::Second || share >= 1.0 || (share > 0.0 && unit_draw() < share);
+            let allowed = estimate + 1.0 <= rate.limit as f64 && tokens >= 1.0 && within_share;
             let decision = Decision {
                 allowed,
                 scope: index,
-                limit: rate.per_second,
-                remaining: (rate.per_second as f64 - estimate - 1.0).max(0.0) as u64,
-                reset_secs: 1,
+                limit: rate.limit,
+                remaining: (rate.limit as f64 - estimate - 1.0).max(0.0) as u64,
+                reset_secs: left_ms.div_ceil(1000).max(1),
             };
             let tighter = match &tightest {
                 None => true,
@@ -348,7 +421,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn scope(name: &str, per_second: u64, burst: u64) -> Vec<(Arc<str>, Rate)> {
-        vec![(Arc::from(name), Rate { per_second, burst })]
+        vec![(Arc::from(name), Rate::per_second(per_second, burst))]
     }
 
     /// Admits `n` requests, with a gossip round (the deltas sent) after each.
@@ -407,10 +480,8 @@ mod tests {
     #[test]
     fn the_tightest_scope_decides_and_refusals_count_nowhere() {
         let limiter = Limiter::new(1, 1000);
-        let scopes = vec![
-            (Arc::from("wide"), Rate { per_second: 100, burst: 100 }),
-            (Arc::from("narrow"), Rate { per_second: 2, burst: 2 }),
-        ];
+        let scopes =
+            vec![(Arc::from("wide"), Rate::per_second(100, 100)), (Arc::from("narrow"), Rate::per_second(2, 2))];
         let admitted = (0..10).filter(|_| limiter.admit(&scopes, 7_000_000).allowed).count();
         assert_eq!(admitted, 2);
         let wide = scope("wide", 100, 100);
@@ -429,6 +500,32 @@ mod tests {
         b.merge(1, &a.take_deltas());
         assert!(a.take_deltas().is_empty(), "deltas are sent once");
         assert_eq!(admitted(&b, &s, 9_000_000, 50), 4);
+    }
+
+    #[test]
+    fn calendar_windows_have_utc_boundaries() {
+        // 2026-11-25T09:00:00Z, a Wednesday.
+        let now = 1_795_597_200_000;
+        let (_, left) = Period::Day.window(now);
+        assert_eq!(left, 15 * 3_600_000);
+        let (_, left) = Period::Week.window(now);
+        assert_eq!(left, 4 * 86_400_000 + 15 * 3_600_000, "until Monday 00:00");
+        let (month, left) = Period::Month.window(now);
+        assert_eq!(left, 5 * 86_400_000 + 15 * 3_600_000, "until December 1st");
+        assert_eq!(month, 2026 * 12 + 10);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    }
+
+    #[test]
+    fn a_quota_counts_its_period_without_sliding() {
+        let limiter = Limiter::new(1, 100);
+        let q = vec![(Arc::from("quota"), Rate::quota(3, Period::Day))];
+        let now = 1_795_597_200_000;
+        assert_eq!(admitted(&limiter, &q, now, 10), 3);
+        let refused = limiter.admit(&q, now + 3_600_000);
+        assert!(!refused.allowed, "still the same day");
+        assert_eq!(refused.reset_secs, 14 * 3600);
+        assert_eq!(admitted(&limiter, &q, now + 16 * 3_600_000, 10), 3, "a new day");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use http::StatusCode;
 use http::header::CONTENT_LENGTH;
 use http::request::Parts;
 
-use super::{Policy, Rejection};
+use super::{Policy, PolicyContext, Rejection};
 use crate::config::table::RouteTarget;
 
 /// Refuses requests that declare a body larger than `max_bytes`.
@@ -23,7 +23,7 @@ impl BodyLimit {
 }
 
 impl Policy for BodyLimit {
-    fn check(&self, parts: &Parts, _route: &RouteTarget) -> Result<(), Rejection> {
+    fn check(&self, parts: &Parts, _route: &RouteTarget, _ctx: &mut PolicyContext<'_>) -> Result<(), Rejection> {
         match Self::declared_length(parts) {
             Some(n) if n > self.max_bytes => Err(Rejection::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! request id → resolve (host, base path → api, stage) → route match
-//!   → policies (body limit, throttle; later: cors, auth, validate, cache)
+//!   → policies (body limit, API key, throttle; later: cors, JWT/HMAC auth, validate, cache)
 //!   → integration (http proxy | mock) → response headers → access log + metrics
 //! ```
 //!
@@ -12,6 +12,7 @@
 //! routing table is loaded once per request from an [`ArcSwap`], so a reload never tears a
 //! request: it finishes on the table it started with.
 
+pub mod api_key;
 pub mod body_limit;
 pub mod headers;
 pub mod reject;
@@ -34,15 +35,23 @@ use metrics::Gauge;
 pub use reject::Rejection;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::config::table::{RouteTarget, RoutingTable};
+use crate::config::table::{RouteTarget, RoutingTable, StageRoutes};
 use crate::integration::{Integration, ProxyIntegration, UpstreamError};
 use crate::observe::access_log::AccessLog;
 use crate::observe::completion::{Completion, ObservedBody, RouteObserver};
 use route::RouteMiss;
 
+/// What the policies of one request learn and pass on to the ones after them.
+pub struct PolicyContext<'t> {
+    pub table: &'t RoutingTable,
+    pub stage: &'t StageRoutes,
+    /// Limits added by earlier policies (a key's usage plan), counted by the throttle.
+    pub limits: Vec<(Arc<str>, crate::limits::limiter::Rate)>,
+}
+
 /// A check between route match and integration.
 pub trait Policy: Send + Sync + 'static {
-    fn check(&self, parts: &Parts, route: &RouteTarget) -> Result<(), Rejection>;
+    fn check(&self, parts: &Parts, route: &RouteTarget, ctx: &mut PolicyContext<'_>) -> Result<(), Rejection>;
 }
 
 /// What the pipeline knows about the client connection, prepared once per connection.
@@ -90,6 +99,7 @@ impl Pipeline {
     ) -> Self {
         let policies: Vec<Box<dyn Policy>> = vec![
             Box::new(body_limit::BodyLimit { max_bytes: max_body_bytes }),
+            Box::new(api_key::ApiKeyAuth),
             Box::new(crate::limits::throttle::Throttle { limiter }),
         ];
         Pipeline { table, policies, max_body_bytes, log, in_flight: metrics::gauge!("meridian_requests_in_flight") }
@@ -164,8 +174,9 @@ impl Pipeline {
             }
         };
         let target = matched.value;
+        let mut ctx = PolicyContext { table, stage, limits: Vec::new() };
         for policy in &self.policies {
-            if let Err(rejection) = policy.check(&parts, target) {
+            if let Err(rejection) = policy.check(&parts, target, &mut ctx) {
                 return Served::rejected(rejection, request_id, &target.observer);
             }
         }
