@@ -546,6 +546,23 @@ async fn api_keys_and_a_usage_plan_quota_hold_across_the_cluster() {
         assert_eq!(with_key(*g, value.clone()).await.status, 429, "the quota is exhausted on every node");
     }
 
+    // The quota survives a restart of every node.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut cluster = cluster;
+    for node in cluster.nodes.iter_mut() {
+        node.kill();
+    }
+    for node in cluster.nodes.iter_mut() {
+        node.run(&["serve"], &[]).unwrap();
+    }
+    cluster.wait_for(|s| s["leader"].is_u64());
+    let gateways: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http.unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for g in &gateways {
+        let r = with_key(*g, value.clone()).await;
+        assert_eq!(r.status, 429, "the quota came back after a full restart on {g}");
+    }
+
     // Disabled and rotated keys stop working.
     let out = cli(&["keys", "disable", "partner-a"], &cluster.nodes[0]);
     assert!(out.status.success(), "{out:?}");

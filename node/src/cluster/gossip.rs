@@ -30,6 +30,13 @@ pub fn spawn(member: Arc<ClusterMember>, limiter: Arc<Limiter>) {
             tokio::time::sleep(ROUND).await;
             round += 1;
             let anti_entropy = round.is_multiple_of(20);
+            if anti_entropy {
+                // Staleness of every peer's counters, once a second.
+                for (node, silence) in limiter.peer_silence() {
+                    metrics::gauge!("meridian_limit_peer_silence_seconds", "node" => node.to_string())
+                        .set(silence.as_secs_f64());
+                }
+            }
             let observations = if anti_entropy { limiter.snapshot() } else { limiter.take_deltas() };
             if observations.is_empty() {
                 continue;

@@ -114,6 +114,7 @@ impl Node for NodeService {
         let message = request.get_ref();
         let observations = super::gossip::decode_observations(&message.observations).map_err(|e| {
             tracing::warn!(from = message.node_id, error = %e, "gossip refused");
+            metrics::counter!("meridian_limit_gossip_rejected_total").increment(1);
             Status::invalid_argument(e)
         })?;
         if let Some(limiter) = self.member.limiter() {

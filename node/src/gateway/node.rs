@@ -120,6 +120,8 @@ pub struct Node {
     pub cluster: Option<ClusterSettings>,
     table: Arc<ArcSwap<RoutingTable>>,
     limiter: Arc<Limiter>,
+    /// Where quota counters are saved (cluster members only).
+    quota_file: std::sync::OnceLock<PathBuf>,
     admin: Arc<AdminState>,
     reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
@@ -213,6 +215,7 @@ impl Node {
             cluster: config.cluster,
             table,
             limiter,
+            quota_file: std::sync::OnceLock::new(),
             admin: admin_state,
             reloader,
             shutdown,
@@ -235,6 +238,11 @@ impl Node {
     pub fn attach_cluster(&self, member: Arc<ClusterMember>) {
         crate::cluster::dataplane::spawn_sync(member.clone(), self.table.clone(), self.reloader.sni.clone());
         self.limiter.set_node(member.id);
+        let quotas = member.data_dir().join("quotas.bin");
+        let restored = crate::limits::persist::restore(&self.limiter, &quotas);
+        tracing::info!(restored, "quota counters restored");
+        crate::limits::persist::spawn(self.limiter.clone(), quotas.clone());
+        let _ = self.quota_file.set(quotas);
         crate::cluster::gossip::spawn(member.clone(), self.limiter.clone());
         let _ = self.admin.cluster.set(member);
     }
@@ -256,6 +264,11 @@ impl Node {
         let _ = self.shutdown.send(true);
         for task in self.tasks.drain(..) {
             let _ = task.await;
+        }
+        if let Some(path) = self.quota_file.get()
+            && let Err(e) = crate::limits::persist::save(&self.limiter, path)
+        {
+            tracing::warn!(error = %e, "quota counters could not be saved at shutdown");
         }
         self.access_log.close();
     }

@@ -115,6 +115,7 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observation {
     pub scope: String,
+    pub period: Period,
     pub window: u64,
     pub node: NodeId,
     pub value: u64,
@@ -126,6 +127,7 @@ const SHARDS: usize = 16;
 
 #[derive(Debug)]
 struct ScopeState {
+    period: Period,
     window: u64,
     current: GCounter,
     previous: GCounter,
@@ -142,6 +144,7 @@ struct ScopeState {
 impl ScopeState {
     fn new(window: u64, now: Instant) -> Self {
         ScopeState {
+            period: Period::Second,
             window,
             current: GCounter::default(),
             previous: GCounter::default(),
@@ -235,6 +238,7 @@ impl Limiter {
             let mut shard = self.shard(scope).lock().unwrap_or_else(|p| p.into_inner());
             let state = self.entry(&mut shard, scope, window, now);
             state.rotate(window);
+            state.period = rate.period;
             state.last_used = now;
             let (estimate, tokens) = if rate.period == Period::Second {
                 let elapsed = now.duration_since(state.refilled).as_secs_f64();
@@ -332,6 +336,7 @@ impl Limiter {
                 state.unsent = 0;
                 out.push(Observation {
                     scope: scope.to_string(),
+                    period: state.period,
                     window: state.window,
                     node: me,
                     value: state.current.slot(me),
@@ -339,6 +344,7 @@ impl Limiter {
                 if state.window > 0 {
                     out.push(Observation {
                         scope: scope.to_string(),
+                        period: state.period,
                         window: state.window - 1,
                         node: me,
                         value: state.previous.slot(me),
@@ -351,15 +357,25 @@ impl Limiter {
 
     /// Every slot this node knows, for anti-entropy.
     pub fn snapshot(&self) -> Vec<Observation> {
+        self.observations(|_| true)
+    }
+
+    /// Every slot of the quota scopes (day, week, month), to persist across restarts.
+    pub fn quota_snapshot(&self) -> Vec<Observation> {
+        self.observations(|p| p != Period::Second)
+    }
+
+    fn observations(&self, keep: impl Fn(Period) -> bool) -> Vec<Observation> {
         let mut out = Vec::new();
         for shard in &self.shards {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for (scope, state) in shard.iter() {
+            for (scope, state) in shard.iter().filter(|(_, s)| keep(s.period)) {
                 for (counter, window) in
                     [(&state.current, state.window), (&state.previous, state.window.saturating_sub(1))]
                 {
                     out.extend(counter.slots().map(|(node, value)| Observation {
                         scope: scope.to_string(),
+                        period: state.period,
                         window,
                         node,
                         value,
@@ -372,12 +388,18 @@ impl Limiter {
 
     /// Merges observations gossiped by node `from`.
     pub fn merge(&self, from: NodeId, observations: &[Observation]) {
+        self.heard.lock().unwrap_or_else(|p| p.into_inner()).insert(from, Instant::now());
+        self.restore(observations);
+    }
+
+    /// Merges observations read back from disk (nobody was heard from).
+    pub fn restore(&self, observations: &[Observation]) {
         let now = Instant::now();
-        self.heard.lock().unwrap_or_else(|p| p.into_inner()).insert(from, now);
         for o in observations {
             let scope: Arc<str> = Arc::from(o.scope.as_str());
             let mut shard = self.shard(&scope).lock().unwrap_or_else(|p| p.into_inner());
             let state = self.entry(&mut shard, &scope, o.window, now);
+            state.period = o.period;
             if o.window > state.window {
                 state.rotate(o.window);
             }
@@ -450,7 +472,7 @@ mod tests {
     fn other_nodes_counts_take_the_room() {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 10, 10);
-        a.merge(2, &[Observation { scope: "stage".into(), window: 5000, node: 2, value: 7 }]);
+        a.merge(2, &[Observation { scope: "stage".into(), period: Period::Second, window: 5000, node: 2, value: 7 }]);
         assert_eq!(admitted(&a, &s, 5_000_000, 50), 3);
     }
 
@@ -459,7 +481,7 @@ mod tests {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 100, 100);
         // Peer 2 used 80 in the previous second and has been silent since.
-        a.merge(2, &[Observation { scope: "stage".into(), window: 4999, node: 2, value: 80 }]);
+        a.merge(2, &[Observation { scope: "stage".into(), period: Period::Second, window: 4999, node: 2, value: 80 }]);
         a.heard.lock().unwrap().insert(2, Instant::now() - Duration::from_secs(5));
         // Half-way through the second: 80 × 0.5 (previous) + 80 × 0.5 (extrapolated) = 80,
         // so 20 of the 100 are left.
@@ -471,8 +493,8 @@ mod tests {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 100, 100);
         // Three nodes count here; nobody has used anything yet.
-        a.merge(2, &[Observation { scope: "stage".into(), window: 3000, node: 2, value: 0 }]);
-        a.merge(3, &[Observation { scope: "stage".into(), window: 3000, node: 3, value: 0 }]);
+        a.merge(2, &[Observation { scope: "stage".into(), period: Period::Second, window: 3000, node: 2, value: 0 }]);
+        a.merge(3, &[Observation { scope: "stage".into(), period: Period::Second, window: 3000, node: 3, value: 0 }]);
         let before_gossip = (0..100).filter(|_| a.admit(&s, 3_000_000).allowed).count();
         assert!((33..=34).contains(&before_gossip), "{before_gossip}");
     }
