@@ -546,6 +546,19 @@ async fn api_keys_and_a_usage_plan_quota_hold_across_the_cluster() {
         assert_eq!(with_key(*g, value.clone()).await.status, 429, "the quota is exhausted on every node");
     }
 
+    // The usage report counts the 12 admitted requests today, as JSON and CSV.
+    let report = cli(&["usage", "--plan", "gold", "--key", "partner-a", "--format", "json"], &cluster.nodes[1]);
+    assert!(report.status.success(), "{report:?}");
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["keys"][0]["total"], 12, "{report}");
+    assert_eq!(report["keys"][0]["quota"]["remaining"], 0, "{report}");
+    let csv = cli(&["usage", "--plan", "gold", "--format", "csv"], &cluster.nodes[2]);
+    let csv = String::from_utf8_lossy(&csv.stdout).into_owned();
+    assert!(
+        csv.starts_with("key_id,key_name,date,requests\n") && csv.contains(",partner-a,") && csv.contains(",12\n"),
+        "{csv}"
+    );
+
     // The quota survives a restart of every node.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut cluster = cluster;

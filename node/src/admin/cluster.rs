@@ -582,8 +582,67 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                     .await,
             )
         }
+        (&Method::GET, ["v1", "usage"]) => usage(&member, query.as_deref()).await?,
         _ => message(StatusCode::NOT_FOUND, "no such cluster endpoint"),
     })
+}
+
+/// `GET /v1/usage?plan=P[&key=K]&from=YYYY-MM-DD&to=YYYY-MM-DD`: each key's requests per day
+/// and its quota, as this node sees the cluster's counters.
+async fn usage(member: &ClusterMember, query: Option<&str>) -> Result<Response<Full<Bytes>>, Refusal> {
+    use crate::cluster::dataplane::{period, quota_scope, usage_scope};
+    use crate::observe::time::{format_date, parse_date};
+    let plan_name =
+        query_value(query, "plan").ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the plan: ?plan=NAME"))?;
+    let today = (now_ms() / 86_400_000) as i64;
+    let from = match query_value(query, "from") {
+        Some(d) => parse_date(&d).map_err(invalid)?,
+        None => today - 29,
+    };
+    let to = match query_value(query, "to") {
+        Some(d) => parse_date(&d).map_err(invalid)?,
+        None => today,
+    };
+    if to < from || to - from > 400 {
+        return Err(invalid("`from` must not be after `to`, and the range is at most 400 days"));
+    }
+    let key_filter = match query_value(query, "key") {
+        Some(k) => Some(key_id(member, &k).await?),
+        None => None,
+    };
+    let applied = member.applied.read().await;
+    let plan = applied
+        .config
+        .plans
+        .get(&plan_name)
+        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no usage plan `{plan_name}`")))?;
+    let limiter = member.limiter();
+    let mut keys = Vec::new();
+    for id in plan.keys.iter().filter(|id| key_filter.as_ref().is_none_or(|k| k == *id)) {
+        let name = applied.config.keys.get(id).map_or("", |k| k.name.as_str());
+        let scope = usage_scope(&plan_name, id);
+        let days: Vec<serde_json::Value> = (from..=to)
+            .map(|day| {
+                let requests = limiter.and_then(|l| l.count(&scope, day as u64)).unwrap_or(0);
+                serde_json::json!({ "date": format_date(day), "requests": requests })
+            })
+            .collect();
+        let total: u64 = days.iter().filter_map(|d| d["requests"].as_u64()).sum();
+        let quota = plan.quota.map(|(limit, p)| {
+            let (window, _) = period(p).window(now_ms());
+            let used = limiter.and_then(|l| l.count(&quota_scope(&plan_name, id), window)).unwrap_or(0);
+            serde_json::json!({ "limit": limit, "period": period(p).name(), "used": used, "remaining": limit.saturating_sub(used) })
+        });
+        keys.push(serde_json::json!({ "id": id, "name": name, "days": days, "total": total, "quota": quota }));
+    }
+    Ok(with_etag(
+        json(
+            StatusCode::OK,
+            serde_json::json!({ "plan": plan_name, "from": format_date(from), "to": format_date(to), "keys": keys })
+                .to_string(),
+        ),
+        applied.config.revision,
+    ))
 }
 
 fn now_ms() -> u64 {

@@ -139,7 +139,7 @@ impl AdminState {
                 }
             }
             (_, path)
-                if ["/v1/cluster", "/v1/apis", "/v1/domains", "/v1/regions", "/v1/keys", "/v1/plans"]
+                if ["/v1/cluster", "/v1/apis", "/v1/domains", "/v1/regions", "/v1/keys", "/v1/plans", "/v1/usage"]
                     .iter()
                     .any(|p| path.starts_with(p)) =>
             {
@@ -225,10 +225,11 @@ mod tests {
             "/v1/plans/{plan}",
             "/v1/plans/{plan}/attach",
             "/v1/plans/{plan}/keys",
+            "/v1/usage",
         ] {
             assert!(paths.iter().any(|p| *p == route), "{route} is not documented");
         }
-        assert_eq!(paths.len(), 26, "a documented path is not served");
+        assert_eq!(paths.len(), 27, "a documented path is not served");
     }
 
     #[test]

@@ -379,6 +379,65 @@ pub async fn plans(command: PlanCommand) -> anyhow::Result<ExitCode> {
     report(status, &value)
 }
 
+pub async fn usage(
+    plan: &str,
+    key: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+    format: &str,
+    target: &AdminTarget,
+) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/usage?plan={}", encode(plan));
+    for (name, value) in [("key", key), ("from", from), ("to", to)] {
+        if let Some(v) = value {
+            path.push_str(&format!("&{name}={}", encode(v)));
+        }
+    }
+    let (status, value) = admin_call(target, Method::GET, &path, Bytes::new(), &[]).await?;
+    if status != 200 || format == "json" {
+        return report(status, &value);
+    }
+    let keys = value["keys"].as_array().cloned().unwrap_or_default();
+    if format == "csv" {
+        println!("key_id,key_name,date,requests");
+        for k in &keys {
+            for d in k["days"].as_array().into_iter().flatten() {
+                println!(
+                    "{},{},{},{}",
+                    k["id"].as_str().unwrap_or(""),
+                    k["name"].as_str().unwrap_or("").replace(',', " "),
+                    d["date"].as_str().unwrap_or(""),
+                    d["requests"]
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("usage plan {plan}, {} to {}", value["from"].as_str().unwrap_or(""), value["to"].as_str().unwrap_or(""));
+    for k in &keys {
+        let quota = match k["quota"].as_object() {
+            Some(q) => format!(
+                "quota {}/{}: {} used, {} left",
+                q["limit"],
+                q["period"].as_str().unwrap_or(""),
+                q["used"],
+                q["remaining"]
+            ),
+            None => "no quota".to_string(),
+        };
+        println!(
+            "\n{} ({}): {} requests; {quota}",
+            k["name"].as_str().unwrap_or(""),
+            k["id"].as_str().unwrap_or(""),
+            k["total"]
+        );
+        for d in k["days"].as_array().into_iter().flatten().filter(|d| d["requests"].as_u64() != Some(0)) {
+            println!("  {}  {:>10}", d["date"].as_str().unwrap_or(""), d["requests"]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn assignments(list: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
     let mut map = serde_json::Map::new();
     for a in list {

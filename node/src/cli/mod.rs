@@ -108,6 +108,24 @@ pub enum Command {
     /// Manage usage plans: throttles, quotas, the stages they cover, their keys.
     #[command(subcommand)]
     Plans(PlanCommand),
+    /// Each key's daily usage and remaining quota under a plan, as the cluster counts them.
+    Usage {
+        #[arg(long)]
+        plan: String,
+        /// One key (id or name); all of the plan's keys by default.
+        #[arg(long)]
+        key: Option<String>,
+        /// First day, `YYYY-MM-DD` (default: 29 days ago).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, `YYYY-MM-DD` (default: today).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_parser = ["table", "json", "csv"], default_value = "table")]
+        format: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Start a local cluster, one node per region on loopback, serving a sample API.
     Demo {
         /// Region R's node listens on 127.R.<subnet>.1 (gateway :8080, admin :9901, RPC :7001).
@@ -206,6 +224,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Domains(command) => cluster::domains(command).await,
         Command::Regions(command) => cluster::regions(command).await,
         Command::Keys(command) => cluster::keys(command).await,
+        Command::Usage { plan, key, from, to, format, target } => {
+            cluster::usage(&plan, key.as_deref(), from.as_deref(), to.as_deref(), &format, &target).await
+        }
         Command::Plans(command) => cluster::plans(command).await,
         Command::Demo { subnet } => demo::run(subnet).await,
     }

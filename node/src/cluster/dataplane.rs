@@ -69,7 +69,18 @@ fn plan_rate(r: PlanRate) -> Rate {
     Rate::per_second(r.per_second, r.burst)
 }
 
-fn period(p: QuotaPeriod) -> Period {
+/// The scope counting a key's requests per day under a plan.
+pub fn usage_scope(plan: &str, key: &str) -> Arc<str> {
+    Arc::from(format!("usage plan {plan} key {key}"))
+}
+
+/// The scope of a key's quota under a plan.
+pub fn quota_scope(plan: &str, key: &str) -> Arc<str> {
+    Arc::from(format!("plan {plan} key {key} quota"))
+}
+
+/// The limiter's period for a plan's quota period.
+pub fn period(p: QuotaPeriod) -> Period {
     match p {
         QuotaPeriod::Day => Period::Day,
         QuotaPeriod::Week => Period::Week,
@@ -91,11 +102,11 @@ fn keys(state: &ConfigState) -> HashMap<String, Arc<KeyGrant>> {
                 if let Some(rate) = plan.rate {
                     grant.limits.push((scope("throttle"), plan_rate(rate)));
                 }
+                // Daily usage per key, for `meridian usage` (counts, never refuses).
+                grant.limits.push((usage_scope(plan_name, id), Rate::quota(u64::MAX, Period::Day)));
                 if let Some((limit, p)) = plan.quota {
                     // Quotas count per key across every stage of the plan.
-                    grant
-                        .limits
-                        .push((Arc::from(format!("plan {plan_name} key {id} quota")), Rate::quota(limit, period(p))));
+                    grant.limits.push((quota_scope(plan_name, id), Rate::quota(limit, period(p))));
                 }
                 for (route, rate) in routes {
                     grant

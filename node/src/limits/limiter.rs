@@ -71,7 +71,7 @@ impl Period {
                 let (year, month, _) = crate::observe::time::civil_from_days(days as i64);
                 let index = (year * 12 + i64::from(month) - 1) as u64;
                 let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
-                let next_start = days_from_civil(next_year, next_month, 1) as u64 * DAY_MS;
+                let next_start = crate::observe::time::days_from_civil(next_year, next_month, 1) as u64 * DAY_MS;
                 (index, next_start.saturating_sub(now_ms))
             }
         }
@@ -85,17 +85,6 @@ impl Period {
             Period::Month => "month",
         }
     }
-}
-
-/// Days since 1970-01-01 of a civil date (the inverse of `civil_from_days`).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// The verdict for one request on one scope.
@@ -124,10 +113,14 @@ pub struct Observation {
 /// How long a peer may stay silent before its consumption is extrapolated.
 const STALE_AFTER: Duration = Duration::from_millis(300);
 const SHARDS: usize = 16;
+/// Finished windows a calendar scope remembers (about 13 months of days).
+const HISTORY_WINDOWS: usize = 400;
 
 #[derive(Debug)]
 struct ScopeState {
     period: Period,
+    /// Finished windows of calendar scopes (at most `HISTORY_WINDOWS`).
+    history: std::collections::BTreeMap<u64, GCounter>,
     window: u64,
     current: GCounter,
     previous: GCounter,
@@ -145,6 +138,7 @@ impl ScopeState {
     fn new(window: u64, now: Instant) -> Self {
         ScopeState {
             period: Period::Second,
+            history: Default::default(),
             window,
             current: GCounter::default(),
             previous: GCounter::default(),
@@ -161,9 +155,33 @@ impl ScopeState {
         if window <= self.window {
             return;
         }
+        if self.period != Period::Second {
+            // Calendar scopes keep their finished windows, for usage reports.
+            let previous = std::mem::take(&mut self.previous);
+            if previous != GCounter::default() {
+                self.history.insert(self.window.saturating_sub(1), previous);
+            }
+            if window > self.window + 1 && self.current != GCounter::default() {
+                self.history.insert(self.window, std::mem::take(&mut self.current));
+            }
+            while self.history.len() > HISTORY_WINDOWS {
+                self.history.pop_first();
+            }
+        }
         self.previous = if window == self.window + 1 { std::mem::take(&mut self.current) } else { GCounter::default() };
         self.current = GCounter::default();
         self.window = window;
+    }
+
+    /// The counter of `window`, wherever it is kept.
+    fn counter(&self, window: u64) -> Option<&GCounter> {
+        if window == self.window {
+            Some(&self.current)
+        } else if window + 1 == self.window {
+            Some(&self.previous)
+        } else {
+            self.history.get(&window)
+        }
     }
 }
 
@@ -370,9 +388,8 @@ impl Limiter {
         for shard in &self.shards {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             for (scope, state) in shard.iter().filter(|(_, s)| keep(s.period)) {
-                for (counter, window) in
-                    [(&state.current, state.window), (&state.previous, state.window.saturating_sub(1))]
-                {
+                let recent = [(&state.current, state.window), (&state.previous, state.window.saturating_sub(1))];
+                for (counter, window) in recent.into_iter().chain(state.history.iter().map(|(w, c)| (c, *w))) {
                     out.extend(counter.slots().map(|(node, value)| Observation {
                         scope: scope.to_string(),
                         period: state.period,
@@ -407,8 +424,20 @@ impl Limiter {
                 state.current.observe(o.node, o.value);
             } else if o.window + 1 == state.window {
                 state.previous.observe(o.node, o.value);
+            } else if state.period != Period::Second && o.window < state.window {
+                state.history.entry(o.window).or_default().observe(o.node, o.value);
+                while state.history.len() > HISTORY_WINDOWS {
+                    state.history.pop_first();
+                }
             }
         }
+    }
+
+    /// The cluster-wide count of `scope` in window `window`, if this node tracks it.
+    pub fn count(&self, scope: &str, window: u64) -> Option<u64> {
+        let shard = self.shard(scope).lock().unwrap_or_else(|p| p.into_inner());
+        let state = shard.get(scope)?;
+        Some(state.counter(window).map_or(0, GCounter::value))
     }
 
     /// How long ago each peer was last heard from (for `/metrics`).
@@ -535,7 +564,7 @@ mod tests {
         let (month, left) = Period::Month.window(now);
         assert_eq!(left, 5 * 86_400_000 + 15 * 3_600_000, "until December 1st");
         assert_eq!(month, 2026 * 12 + 10);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(crate::observe::time::days_from_civil(2000, 3, 1), 11_017);
     }
 
     #[test]
@@ -548,6 +577,24 @@ mod tests {
         assert!(!refused.allowed, "still the same day");
         assert_eq!(refused.reset_secs, 14 * 3600);
         assert_eq!(admitted(&limiter, &q, now + 16 * 3_600_000, 10), 3, "a new day");
+    }
+
+    #[test]
+    fn calendar_scopes_keep_their_history() {
+        let limiter = Limiter::new(1, 100);
+        let usage = vec![(Arc::from("usage"), Rate::quota(u64::MAX, Period::Day))];
+        let day = |d: u64| d * 86_400_000 + 1000;
+        assert_eq!(admitted(&limiter, &usage, day(100), 3), 3);
+        assert_eq!(admitted(&limiter, &usage, day(101), 2), 2);
+        assert_eq!(admitted(&limiter, &usage, day(105), 4), 4);
+        assert_eq!(limiter.count("usage", 100), Some(3));
+        assert_eq!(limiter.count("usage", 101), Some(2));
+        assert_eq!(limiter.count("usage", 103), Some(0));
+        assert_eq!(limiter.count("usage", 105), Some(4));
+        // History travels with gossip and persistence.
+        let other = Limiter::new(2, 100);
+        other.restore(&limiter.quota_snapshot());
+        assert_eq!(other.count("usage", 100), Some(3));
     }
 
     #[test]

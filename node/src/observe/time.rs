@@ -34,6 +34,41 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Days since 1970-01-01 of a civil date (the inverse of [`civil_from_days`]).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses `YYYY-MM-DD` into days since 1970-01-01.
+pub fn parse_date(text: &str) -> Result<i64, String> {
+    let bad = || format!("`{text}` is not a date like 2026-11-01");
+    let mut parts = text.trim().splitn(3, '-');
+    let (Some(y), Some(m), Some(d)) = (parts.next(), parts.next(), parts.next()) else { return Err(bad()) };
+    let (y, m, d): (i64, u32, u32) =
+        (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || d == 0 {
+        return Err(bad());
+    }
+    let days = days_from_civil(y, m, d);
+    // Reject days past the month's end (the round trip would move to the next month).
+    if civil_from_days(days) != (y, m, d) {
+        return Err(bad());
+    }
+    Ok(days)
+}
+
+/// Formats days since 1970-01-01 as `YYYY-MM-DD`.
+pub fn format_date(days: i64) -> String {
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +84,10 @@ mod tests {
         write_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(1_795_598_593_250), &mut s);
         assert_eq!(s, "2026-11-25T09:23:13.250Z");
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(parse_date("2000-02-29"), Ok(11_016));
+        assert_eq!(format_date(11_016), "2000-02-29");
+        assert!(parse_date("2001-02-29").is_err());
+        assert!(parse_date("2026-13-01").is_err());
+        assert!(parse_date("yesterday").is_err());
     }
 }
