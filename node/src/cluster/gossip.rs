@@ -31,6 +31,11 @@ pub fn spawn(member: Arc<ClusterMember>, limiter: Arc<Limiter>) {
             round += 1;
             let anti_entropy = round.is_multiple_of(20);
             if anti_entropy {
+                // Fresh channels once a second: a connection that a partition stalled is not
+                // waited for.
+                clients.clear();
+            }
+            if anti_entropy {
                 // Staleness of every peer's counters, once a second.
                 for (node, silence) in limiter.peer_silence() {
                     metrics::gauge!("meridian_limit_peer_silence_seconds", "node" => node.to_string())
@@ -38,7 +43,10 @@ pub fn spawn(member: Arc<ClusterMember>, limiter: Arc<Limiter>) {
                 }
             }
             let observations = if anti_entropy { limiter.snapshot() } else { limiter.take_deltas() };
-            if observations.is_empty() {
+            // Every fifth round goes to every peer even when there is nothing to say: a
+            // heartbeat, so an idle member is not mistaken for a partitioned one.
+            let everyone = round.is_multiple_of(5);
+            if observations.is_empty() && !everyone {
                 continue;
             }
             let peers: Vec<String> = {
@@ -54,9 +62,17 @@ pub fn spawn(member: Arc<ClusterMember>, limiter: Arc<Limiter>) {
             if peers.is_empty() {
                 continue;
             }
-            let fan_out = if anti_entropy { 1 } else { FAN_OUT };
+            let fan_out = if everyone {
+                peers.len()
+            } else if anti_entropy {
+                1
+            } else {
+                FAN_OUT
+            };
             let start = (round as usize).wrapping_mul(7) % peers.len();
-            for chunk in observations.chunks(MAX_OBSERVATIONS) {
+            let chunks: Vec<&[Observation]> =
+                if observations.is_empty() { vec![&[]] } else { observations.chunks(MAX_OBSERVATIONS).collect() };
+            for chunk in chunks {
                 let Ok(bytes) = encode(&chunk.to_vec()) else { continue };
                 for i in 0..fan_out.min(peers.len()) {
                     let addr = &peers[(start + i) % peers.len()];

@@ -217,7 +217,8 @@ impl ClusterMember {
         let (log, machine) =
             store::open(&settings.data_dir.join("raft")).map_err(|e| ClusterError::Storage(e.to_string()))?;
         let applied = machine.applied();
-        let connector = TlsConnector::new(member_client_config(&identity).map_err(setup)?);
+        let connector =
+            TlsConnector::new(member_client_config(&identity).map_err(setup)?).from_address(settings.rpc_listen.ip());
         let network = Network { connector: connector.clone() };
         let raft =
             Raft::new(id, raft_config(settings.snapshot_after_logs)?, network, log, machine).await.map_err(setup)?;

@@ -33,7 +33,10 @@ pub fn channel(addr: &str, connector: TlsConnector) -> Result<Channel, tonic::tr
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(3))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(10));
+        // Detect a dead peer (or a healed partition's stale connection) within seconds.
+        .http2_keep_alive_interval(std::time::Duration::from_secs(1))
+        .keep_alive_timeout(std::time::Duration::from_secs(2))
+        .keep_alive_while_idle(true);
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
 

@@ -137,11 +137,20 @@ impl ServerCertVerifier for PinnedCaVerifier {
 #[derive(Clone)]
 pub struct TlsConnector {
     connector: tokio_rustls::TlsConnector,
+    /// The address outgoing connections leave from: the node's own RPC address, so peers
+    /// (and firewalls) see which node is calling.
+    local_ip: Option<std::net::IpAddr>,
 }
 
 impl TlsConnector {
     pub fn new(config: rustls::ClientConfig) -> Self {
-        TlsConnector { connector: tokio_rustls::TlsConnector::from(Arc::new(config)) }
+        TlsConnector { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), local_ip: None }
+    }
+
+    /// Connects from `ip` (unless it is a wildcard address).
+    pub fn from_address(mut self, ip: std::net::IpAddr) -> Self {
+        self.local_ip = (!ip.is_unspecified()).then_some(ip);
+        self
     }
 }
 
@@ -156,9 +165,23 @@ impl tower_service::Service<Uri> for TlsConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connector = self.connector.clone();
+        let local_ip = self.local_ip;
         Box::pin(async move {
             let authority = uri.authority().ok_or("RPC address without host:port")?.as_str().to_string();
-            let tcp = TcpStream::connect(&authority).await?;
+            let tcp = match local_ip {
+                None => TcpStream::connect(&authority).await?,
+                Some(ip) => {
+                    let remote =
+                        tokio::net::lookup_host(&authority).await?.next().ok_or("RPC address did not resolve")?;
+                    let socket = if remote.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+                    socket.connect(remote).await?
+                }
+            };
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from(NODE_NAME)?;
             Ok(TokioIo::new(connector.connect(name, tcp).await?))

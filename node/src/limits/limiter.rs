@@ -14,7 +14,7 @@
 //! known rate. Scopes live in sharded maps (no global lock on the request path) and the
 //! number of scopes is capped, evicting the least recently used.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -110,8 +110,9 @@ pub struct Observation {
     pub value: u64,
 }
 
-/// How long a peer may stay silent before its consumption is extrapolated.
-const STALE_AFTER: Duration = Duration::from_millis(300);
+/// How long a peer may stay silent before its consumption is extrapolated (members gossip,
+/// if only a heartbeat, to every peer at least every 250 ms).
+const STALE_AFTER: Duration = Duration::from_millis(1000);
 const SHARDS: usize = 16;
 /// Finished windows a calendar scope remembers (about 13 months of days).
 const HISTORY_WINDOWS: usize = 400;
@@ -119,6 +120,10 @@ const HISTORY_WINDOWS: usize = 400;
 #[derive(Debug)]
 struct ScopeState {
     period: Period,
+    /// Each node's last three non-zero window counts (rate scopes). A silent peer is assumed
+    /// to keep consuming at the largest of them: the window in which it fell silent is only
+    /// partly known, the ones before it are whole.
+    last_rates: BTreeMap<NodeId, [u64; 3]>,
     /// Finished windows of calendar scopes (at most `HISTORY_WINDOWS`).
     history: std::collections::BTreeMap<u64, GCounter>,
     window: u64,
@@ -138,6 +143,7 @@ impl ScopeState {
     fn new(window: u64, now: Instant) -> Self {
         ScopeState {
             period: Period::Second,
+            last_rates: BTreeMap::new(),
             history: Default::default(),
             window,
             current: GCounter::default(),
@@ -166,6 +172,16 @@ impl ScopeState {
             }
             while self.history.len() > HISTORY_WINDOWS {
                 self.history.pop_first();
+            }
+        }
+        if self.period == Period::Second {
+            // Remember each node's recent window counts before they are dropped.
+            for (node, count) in self.previous.slots() {
+                if count > 0 {
+                    let ring = self.last_rates.entry(node).or_default();
+                    ring.rotate_right(1);
+                    ring[0] = count;
+                }
             }
         }
         self.previous = if window == self.window + 1 { std::mem::take(&mut self.current) } else { GCounter::default() };
@@ -228,14 +244,19 @@ impl Limiter {
     fn estimate(state: &ScopeState, me: NodeId, frac: f64, stale: &HashMap<NodeId, bool>) -> f64 {
         let mut nodes: Vec<NodeId> = state.current.slots().map(|(n, _)| n).collect();
         nodes.extend(state.previous.slots().map(|(n, _)| n));
+        nodes.extend(state.last_rates.keys().copied());
         nodes.sort_unstable();
         nodes.dedup();
         nodes
             .into_iter()
             .map(|n| {
-                let previous = state.previous.slot(n) as f64;
+                let mut previous = state.previous.slot(n) as f64;
                 let mut current = state.current.slot(n) as f64;
                 if n != me && stale.get(&n).copied().unwrap_or(true) {
+                    // A silent peer keeps consuming at its last known rate, however long the
+                    // silence: its share is not handed out to this side of a partition.
+                    let recent = state.last_rates.get(&n).map_or(0, |r| r.iter().copied().max().unwrap_or(0));
+                    previous = previous.max(recent as f64);
                     current = current.max(previous * frac);
                 }
                 previous * (1.0 - frac) + current
@@ -526,6 +547,19 @@ mod tests {
         a.merge(3, &[Observation { scope: "stage".into(), period: Period::Second, window: 3000, node: 3, value: 0 }]);
         let before_gossip = (0..100).filter(|_| a.admit(&s, 3_000_000).allowed).count();
         assert!((33..=34).contains(&before_gossip), "{before_gossip}");
+    }
+
+    #[test]
+    fn a_partitioned_peer_keeps_its_last_rate_for_good() {
+        let a = Limiter::new(1, 1000);
+        let s = scope("stage", 100, 100);
+        // Peer 2 used 70 a second, then fell silent; many seconds later it still counts.
+        a.merge(2, &[Observation { scope: "stage".into(), period: Period::Second, window: 7000, node: 2, value: 70 }]);
+        a.admit(&s, 7_001_000);
+        a.admit(&s, 7_002_000);
+        a.heard.lock().unwrap().insert(2, Instant::now() - Duration::from_secs(30));
+        a.take_deltas();
+        assert_eq!(admitted(&a, &s, 7_030_500, 200), 30, "70 of 100 stay reserved for the silent peer");
     }
 
     #[test]
