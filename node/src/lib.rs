@@ -21,6 +21,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod fast_random;
 pub mod gateway;
 pub mod integration;
 pub mod limits;

@@ -308,7 +308,8 @@ impl Limiter {
             let share = room_seen / nodes - state.unsent as f64;
             // Quotas run over days or months: a gossip round's lag is negligible there, and
             // holding back a share would refuse requests before the quota is spent.
-            let within_share = rate.period != Period::Second || share >= 1.0 || (share > 0.0 && unit_draw() < share);
+            let within_share =
+                rate.period != Period::Second || share >= 1.0 || (share > 0.0 && crate::fast_random::unit() < share);
             let allowed = estimate + 1.0 <= rate.limit as f64 && tokens >= 1.0 && within_share;
             let decision = Decision {
                 allowed,
@@ -467,24 +468,6 @@ impl Limiter {
         let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         heard.iter().map(|(n, t)| (*n, now.duration_since(*t))).collect()
     }
-}
-
-/// A uniform draw in [0, 1) from a per-thread xorshift.
-fn unit_draw() -> f64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x2545_f491, |d| d.as_nanos() as u64) | 1,
-        );
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    })
 }
 
 #[cfg(test)]

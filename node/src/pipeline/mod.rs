@@ -258,23 +258,9 @@ impl Pipeline {
     }
 }
 
-/// A uniform draw in 0..10,000 for the canary split (a per-thread xorshift; no lock, no
-/// system call).
+/// A uniform draw in 0..10,000 for the canary split.
 fn canary_draw() -> u32 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0x9e37_79b9, |d| d.as_nanos() as u64) | 1,
-        );
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        ((x >> 32) % 10_000) as u32
-    })
+    ((crate::fast_random::next_u64() >> 32) % 10_000) as u32
 }
 
 /// The host the client addressed: `:authority` (HTTP/2) or `Host`.
