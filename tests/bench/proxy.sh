@@ -3,6 +3,9 @@
 #
 #   tests/bench/proxy.sh                 # 3 rounds of 10 s per target, 64 connections
 #   DURATION=30s ROUNDS=5 CONNECTIONS=128 tests/bench/proxy.sh
+#   KEYED=1 tests/bench/proxy.sh         # Meridian as a one-node cluster: every request carries
+#                                        # an API key checked against a usage plan (throttle and
+#                                        # quota counted) plus the cluster-wide throttle
 #
 # Layout on a 2-core machine: the proxy under test (nginx with 1 worker, or Meridian with
 # --workers 1) is pinned to core 0; the backend (nginx, 1 worker, fixed 200) and wrk share
@@ -15,6 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DURATION=${DURATION:-10s}
+KEYED=${KEYED:-0}
+BENCH_KEY=bench-key-0123456789abcdefghij
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 PROXY_CORE=${PROXY_CORE:-0}
@@ -78,6 +83,28 @@ http {
   }
 }
 CONF
+if [ "$KEYED" = 1 ]; then
+echo "bench-admin-token-0123456789" > "$work/admin.token"
+cat > "$work/meridian.yaml" <<CONF
+listen: { http: "127.0.0.1:$MERIDIAN_PORT" }
+admin: { listen: "127.0.0.1:$ADMIN_PORT", token_file: "$work/admin.token" }
+access_log: { path: "$work/meridian-access.log" }
+cluster: { data_dir: "$work/data", rpc: "127.0.0.1:$((ADMIN_PORT + 1))" }
+# Counted on every request, high enough never to refuse one: the cost is measured, not the limit.
+throttle: { rate: 100000000, burst: 100000000 }
+CONF
+cat > "$work/api.yaml" <<CONF
+apis:
+  - id: bench
+    routes:
+      - route: ANY /{proxy+}
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+        api_key_required: true
+    stages:
+      - name: bench
+        variables: { backend: "127.0.0.1:$BACKEND_PORT" }
+CONF
+else
 cat > "$work/meridian.yaml" <<CONF
 listen: { http: "127.0.0.1:$MERIDIAN_PORT" }
 admin: { listen: "127.0.0.1:$ADMIN_PORT" }
@@ -91,6 +118,7 @@ apis:
       - name: bench
         variables: { backend: "127.0.0.1:$BACKEND_PORT" }
 CONF
+fi
 
 wait_port() {
   for _ in $(seq 1 100); do
@@ -105,17 +133,35 @@ wait_port "$BACKEND_PORT"
 taskset -c "$PROXY_CORE" nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" 2>/dev/null & nginx_master=$!; pids+=($nginx_master)
 wait_port "$NGINX_PORT"
 nginx_worker=$(pgrep -P "$nginx_master" | head -1)
-taskset -c "$PROXY_CORE" "$MERIDIAN" --workers 1 serve --config "$work/meridian.yaml" 2>"$work/meridian.err" & meridian_pid=$!; pids+=($meridian_pid)
-wait_port "$MERIDIAN_PORT"
+if [ "$KEYED" = 1 ]; then
+  taskset -c "$PROXY_CORE" "$MERIDIAN" --workers 1 cluster init --region bench --config "$work/meridian.yaml" >/dev/null 2>"$work/meridian.err" & meridian_pid=$!; pids+=($meridian_pid)
+  wait_port "$MERIDIAN_PORT"
+  sleep 1
+  m() { "$MERIDIAN" "$@" --config "$work/meridian.yaml" >/dev/null || { echo "meridian $* failed" >&2; exit 1; }; }
+  m apply -f "$work/api.yaml" --stage bench
+  m keys create --name bench --value "$BENCH_KEY"
+  m plans create --name bench --rate 100000000 --burst 100000000 --quota 1000000000000/month
+  m plans attach bench --api bench --stage bench
+  m plans add-key bench bench
+  sleep 0.5
+  curl -sf -o /dev/null -H "x-api-key: $BENCH_KEY" "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" || { echo "keyed request refused" >&2; exit 1; }
+else
+  taskset -c "$PROXY_CORE" "$MERIDIAN" --workers 1 serve --config "$work/meridian.yaml" 2>"$work/meridian.err" & meridian_pid=$!; pids+=($meridian_pid)
+  wait_port "$MERIDIAN_PORT"
+fi
 
 # Runs wrk on the load core and prints "req/s p50_ms p99_ms cpu_us_per_request" where
 # the CPU time is that of process $2 (user + system) over the run.
 measure() {
   local url=$1 pid=$2 out c0 c1
-  curl -sf -o /dev/null "$url" || { echo "warm-up request to $url failed" >&2; exit 1; }
+  curl -sf -o /dev/null -H "x-api-key: $BENCH_KEY" "$url" || { echo "warm-up request to $url failed" >&2; exit 1; }
   c0=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$url")
+  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "x-api-key: $BENCH_KEY" "$url")
   c1=$(cpu_ticks "$pid")
+  if grep -q "Non-2xx" <<<"$out"; then
+    echo "$url answered errors under load: $(grep Non-2xx <<<"$out")" >&2
+    exit 1
+  fi
   local rps p50 p99 n
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   n=$(awk '/requests in/ {print $1}' <<<"$out")

@@ -20,14 +20,14 @@ use crate::observe::completion::RouteObserver;
 /// Compiles every stage of `state`. A stage whose definition no longer compiles (it was
 /// validated when applied, so only a changed stage variable can break it) is left out and
 /// logged rather than taking the others down.
-pub fn compile(state: &ConfigState) -> RoutingTable {
+pub fn compile(state: &ConfigState, default_rate: Rate) -> RoutingTable {
     let mut apis: HashMap<String, HashMap<String, _>> = HashMap::new();
     for (api, record) in &state.apis {
         for (stage, target) in &record.stages {
             let compiled = |deployment_id: u64, variables: &std::collections::BTreeMap<String, String>| {
                 let deployment = record.deployments.get(&deployment_id)?;
                 let name = format!("{api} deployment {}", deployment.id);
-                compile_stage(&deployment.definition, &name, stage, variables, &deployment.id.to_string())
+                compile_stage(&deployment.definition, &name, stage, variables, &deployment.id.to_string(), default_rate)
                     .map_err(|errors| tracing::error!(%api, %stage, %errors, "stage cannot be served"))
                     .ok()
             };
@@ -140,7 +140,12 @@ pub fn certificates(state: &ConfigState) -> DomainCertificates {
 }
 
 /// Keeps `table` and the TLS certificates in step with the member's applied configuration.
-pub fn spawn_sync(member: Arc<ClusterMember>, table: Arc<ArcSwap<RoutingTable>>, sni: Arc<SniResolver>) {
+pub fn spawn_sync(
+    member: Arc<ClusterMember>,
+    table: Arc<ArcSwap<RoutingTable>>,
+    sni: Arc<SniResolver>,
+    default_rate: Rate,
+) {
     tokio::spawn(async move {
         let mut metrics = member.raft.metrics();
         let mut served = None;
@@ -148,7 +153,7 @@ pub fn spawn_sync(member: Arc<ClusterMember>, table: Arc<ArcSwap<RoutingTable>>,
             let state = member.applied.read().await.config.clone();
             if served != Some(state.revision) {
                 sni.replace(certificates(&state));
-                table.store(Arc::new(compile(&state)));
+                table.store(Arc::new(compile(&state, default_rate)));
                 served = Some(state.revision);
                 metrics::gauge!("meridian_config_revision").set(state.revision as f64);
                 tracing::info!(revision = state.revision, "serving cluster configuration");

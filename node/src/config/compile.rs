@@ -145,6 +145,7 @@ impl Compiler<'_> {
                 table: RoutingTable { revision: 0, domains, apis, unrouted, keys: HashMap::new() },
                 certificates,
                 cluster,
+                default_rate: self.default_rate,
             }),
             _ => Err(self.sink),
         }
@@ -711,7 +712,7 @@ pub fn validate_definition(
         api.stages.iter().map(|s| (s.name.value.clone(), s.variables.clone())).collect();
     let mut merged = variables.clone();
     merged.extend(stage_variables.get(stage).cloned().unwrap_or_default());
-    compile_stage(text, source_name, stage, &merged, "")?;
+    compile_stage(text, source_name, stage, &merged, "", DEFAULT_RATE)?;
     Ok(ApiDefinition { id: api.id.value.clone(), text: text.to_string(), stage_variables })
 }
 
@@ -723,6 +724,7 @@ pub fn compile_stage(
     stage: &str,
     variables: &BTreeMap<String, String>,
     deployment: &str,
+    default_rate: Rate,
 ) -> Result<Arc<StageRoutes>, ConfigErrors> {
     let mut api = parse_single_api(definition, source_name)?;
     let unknown = || Location::UNKNOWN;
@@ -733,8 +735,7 @@ pub fn compile_stage(
         throttle: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.throttle.clone()),
         api_key_required: api.stages.iter().find(|s| s.name.value == stage).is_some_and(|s| s.api_key_required),
     }];
-    let mut compiler =
-        Compiler { sink: ErrorSink::default(), base_dir: Path::new("."), deployment, default_rate: DEFAULT_RATE };
+    let mut compiler = Compiler { sink: ErrorSink::default(), base_dir: Path::new("."), deployment, default_rate };
     let compiled = compiler.api(&api, "apis[0]");
     match compiled.and_then(|(_, mut stages)| stages.remove(stage)) {
         Some(target) if compiler.sink.is_empty() => Ok(target.primary.clone()),

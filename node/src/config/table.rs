@@ -134,6 +134,8 @@ pub struct GatewayConfig {
     pub certificates: DomainCertificates,
     /// Set when the node is a cluster member.
     pub cluster: Option<ClusterSettings>,
+    /// The cluster-wide rate limit (`throttle`); a member applies it to the cluster's APIs.
+    pub default_rate: Rate,
 }
 
 /// Where a cluster member keeps its state and talks to its peers.

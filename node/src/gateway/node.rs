@@ -120,6 +120,8 @@ pub struct Node {
     pub cluster: Option<ClusterSettings>,
     table: Arc<ArcSwap<RoutingTable>>,
     limiter: Arc<Limiter>,
+    /// The cluster-wide rate limit from the node's file, applied to the cluster's APIs.
+    default_rate: crate::limits::limiter::Rate,
     /// Where quota counters are saved (cluster members only).
     quota_file: std::sync::OnceLock<PathBuf>,
     admin: Arc<AdminState>,
@@ -215,6 +217,7 @@ impl Node {
             cluster: config.cluster,
             table,
             limiter,
+            default_rate: config.default_rate,
             quota_file: std::sync::OnceLock::new(),
             admin: admin_state,
             reloader,
@@ -236,7 +239,12 @@ impl Node {
     /// Serves the cluster's configuration from now on, and the cluster endpoints of the
     /// admin API.
     pub fn attach_cluster(&self, member: Arc<ClusterMember>) {
-        crate::cluster::dataplane::spawn_sync(member.clone(), self.table.clone(), self.reloader.sni.clone());
+        crate::cluster::dataplane::spawn_sync(
+            member.clone(),
+            self.table.clone(),
+            self.reloader.sni.clone(),
+            self.default_rate,
+        );
         self.limiter.set_node(member.id);
         let quotas = member.data_dir().join("quotas.bin");
         let restored = crate::limits::persist::restore(&self.limiter, &quotas);
