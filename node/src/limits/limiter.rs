@@ -271,6 +271,7 @@ impl Limiter {
         let me = self.me.load(Ordering::Relaxed);
         let now = Instant::now();
         let stale = self.stale_peers(now);
+        let live = 1 + stale.iter().filter(|(n, stale)| **n != me && !**stale).count();
         let mut tightest: Option<Decision> = None;
         for (index, (scope, rate)) in scopes.iter().enumerate() {
             let (window, left_ms) = rate.period.window(now_unix_ms);
@@ -299,11 +300,13 @@ impl Limiter {
             // scope), with a fractional share admitted by chance so the expectation is exact.
             let room_seen = rate.limit as f64 - (estimate - state.unsent as f64);
             let counting = state.current.slots().chain(state.previous.slots()).map(|(n, _)| n).chain([me]);
+            // Split among the nodes counting here, or every live peer if that is more: a
+            // peer that has not yet counted in this scope may be admitting into it right now.
             let nodes = {
                 let mut v: Vec<NodeId> = counting.collect();
                 v.sort_unstable();
                 v.dedup();
-                v.len() as f64
+                v.len().max(live) as f64
             };
             let share = room_seen / nodes - state.unsent as f64;
             // Quotas run over days or months: a gossip round's lag is negligible there, and
