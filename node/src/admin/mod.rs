@@ -67,11 +67,6 @@ pub struct AdminState {
     pub cluster: OnceLock<Arc<crate::cluster::member::ClusterMember>>,
 }
 
-/// Compares in time independent of where the first difference is.
-fn token_matches(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
 pub(crate) fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -97,7 +92,7 @@ impl AdminState {
             .get(AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or_default();
-        if token_matches(given, expected.as_bytes()) {
+        if crate::cluster::pki::constant_time_eq(given, expected.as_bytes()) {
             None
         } else {
             Some(message(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
@@ -191,7 +186,6 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
 
 #[cfg(test)]
 mod tests {
-    use super::token_matches;
 
     #[test]
     fn the_openapi_document_covers_every_route() {
@@ -234,8 +228,9 @@ mod tests {
 
     #[test]
     fn token_comparison() {
-        assert!(token_matches(b"0123456789abcdef", b"0123456789abcdef"));
-        assert!(!token_matches(b"0123456789abcdeF", b"0123456789abcdef"));
-        assert!(!token_matches(b"", b"0123456789abcdef"));
+        use crate::cluster::pki::constant_time_eq;
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdeF", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"", b"0123456789abcdef"));
     }
 }

@@ -631,10 +631,7 @@ pub async fn apply(
 
 /// Placeholder values for every stage variable the text mentions.
 fn all_variables_placeholder(text: &str) -> std::collections::BTreeMap<String, String> {
-    text.split("${stageVariables.")
-        .skip(1)
-        .filter_map(|rest| rest.split_once('}').map(|(name, _)| (name.to_string(), "placeholder".to_string())))
-        .collect()
+    crate::integration::uri::stage_variable_names(text).into_iter().map(|n| (n, "placeholder".to_string())).collect()
 }
 
 fn encode(text: &str) -> String {

@@ -316,7 +316,7 @@ impl ClusterMember {
             self.applied.read().await.config.cluster.clone().ok_or_else(|| setup("the cluster is not bootstrapped"))?;
         let token = JoinToken::parse(&request.token).map_err(|e| ClusterError::Refused(e.to_string()))?;
         let given = sha256_hex(token.secret.as_bytes());
-        if !constant_time_eq(given.as_bytes(), secrets.join_secret_sha256.as_bytes()) {
+        if !super::pki::constant_time_eq(given.as_bytes(), secrets.join_secret_sha256.as_bytes()) {
             return Err(ClusterError::Refused("wrong join token".into()));
         }
         if request.region.is_empty() || request.rpc_addr.is_empty() {
@@ -560,8 +560,4 @@ fn write_record(data_dir: &Path, record: &NodeRecord) -> Result<(), ClusterError
 
 fn sha256_hex_of_pem(pem: &str) -> Result<String, ClusterError> {
     super::pki::fingerprint(pem).map_err(setup)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -50,6 +50,11 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// Compares secrets in time independent of where the first difference is.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// SHA-256 of `bytes`, as lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())

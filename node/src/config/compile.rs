@@ -22,7 +22,7 @@ use super::table::*;
 use crate::gateway::tls::{DomainCertificates, load_certified_key};
 use crate::integration::client::{UpstreamClient, client_with_ca, shared_client};
 use crate::integration::retry::RetryPolicy;
-use crate::integration::uri::{UpstreamTemplate, substitute_stage_variables};
+use crate::integration::uri::{UpstreamTemplate, stage_variable_names, substitute_stage_variables};
 use crate::integration::{Integration, MockIntegration, ProxyIntegration};
 use crate::limits::limiter::Rate;
 use crate::observe::access_log::{LogSink, LogTemplate};
@@ -637,13 +637,6 @@ fn kind_name(kind: IntegrationKind) -> &'static str {
         IntegrationKind::HttpProxy => "http_proxy",
         IntegrationKind::Mock => "mock",
     }
-}
-
-fn stage_variable_names(text: &str) -> Vec<String> {
-    text.split("${stageVariables.")
-        .skip(1)
-        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_string()))
-        .collect()
 }
 
 /// Normalizes a base path (`/`, `/v1`, `/v1/`) to its matching form (`""`, `/v1`).

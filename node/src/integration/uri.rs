@@ -26,6 +26,14 @@ pub struct UpstreamTemplate {
     has_query: bool,
 }
 
+/// The names of the stage variables `text` uses (`${stageVariables.NAME}`).
+pub fn stage_variable_names(text: &str) -> Vec<String> {
+    text.split("${stageVariables.")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_string()))
+        .collect()
+}
+
 /// Replaces `${stageVariables.name}` with the stage's value; other `${...}` are errors.
 pub fn substitute_stage_variables(text: &str, variables: &BTreeMap<String, String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
