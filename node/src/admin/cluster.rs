@@ -270,15 +270,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 #[serde(default)]
                 unset: Vec<String>,
             }
-            let change: Change = match serde_json::from_str(&text) {
-                Ok(c) => c,
-                Err(e) => {
-                    return Err(Refusal::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("expected {{\"set\": {{...}}, \"unset\": [...]}}: {e}"),
-                    ));
-                }
-            };
+            let change: Change = json_body(&text, "{\"set\": {...}, \"unset\": [...]}")?;
             let command = ConfigCommand::SetStageVariables { api, stage, set: change.set, unset: change.unset };
             outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
         }
@@ -327,9 +319,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 #[serde(default)]
                 variables: BTreeMap<String, String>,
             }
-            let body: CanaryBody = serde_json::from_str(&text).map_err(|e| {
-                Refusal::new(StatusCode::BAD_REQUEST, format!("expected {{\"deployment\": ID, \"percent\": P}}: {e}"))
-            })?;
+            let body: CanaryBody = json_body(&text, "{\"deployment\": ID, \"percent\": P}")?;
             if !(body.percent > 0.0 && body.percent < 100.0) {
                 return Err(Refusal::new(StatusCode::BAD_REQUEST, "percent must be above 0 and below 100"));
             }
@@ -432,9 +422,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 name: String,
                 value: Option<String>,
             }
-            let body: Body = serde_json::from_str(&text).map_err(|e| {
-                Refusal::new(StatusCode::BAD_REQUEST, format!("expected {{\"name\", \"value\"?}}: {e}"))
-            })?;
+            let body: Body = json_body(&text, "{\"name\", \"value\"?}")?;
             let value = match body.value {
                 Some(v) if (20..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()) => v,
                 Some(_) => return Err(invalid("a key value is 20 to 128 printable characters")),
@@ -525,9 +513,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 burst: Option<u64>,
                 quota: Option<String>,
             }
-            let body: Body = serde_json::from_str(&text).map_err(|e| {
-                Refusal::new(StatusCode::BAD_REQUEST, format!("expected {{\"rate\", \"burst\", \"quota\"}}: {e}"))
-            })?;
+            let body: Body = json_body(&text, "{\"rate\", \"burst\", \"quota\"}")?;
             let rate = match (body.rate, body.burst) {
                 (Some(r), b) => Some(PlanRate { per_second: r, burst: b.unwrap_or(r) }),
                 (None, None) => None,
@@ -549,12 +535,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 rate: Option<u64>,
                 burst: Option<u64>,
             }
-            let body: Body = serde_json::from_str(&text).map_err(|e| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("expected {{\"api\", \"stage\", \"route\"?, \"rate\"?, \"burst\"?}}: {e}"),
-                )
-            })?;
+            let body: Body = json_body(&text, "{\"api\", \"stage\", \"route\"?, \"rate\"?, \"burst\"?}")?;
             let route = match (body.route, body.rate) {
                 (Some(route), Some(rate)) if rate > 0 => {
                     Some((route, PlanRate { per_second: rate, burst: body.burst.unwrap_or(rate).max(1) }))
@@ -573,8 +554,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
             struct Body {
                 key: String,
             }
-            let body: Body = serde_json::from_str(&text)
-                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("expected {{\"key\"}}: {e}")))?;
+            let body: Body = json_body(&text, "{\"key\"}")?;
             let key = key_id(&member, &body.key).await?;
             outcome_response(
                 member
@@ -704,6 +684,11 @@ fn parse_quota(text: &str) -> Result<(u64, QuotaPeriod), String> {
     Ok((limit, period))
 }
 
+/// Parses a JSON request body; a malformed one is a 400 that says what was expected.
+fn json_body<T: serde::de::DeserializeOwned>(text: &str, expected: &str) -> Result<T, Refusal> {
+    serde_json::from_str(text).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}")))
+}
+
 fn invalid(text: impl Into<String>) -> Refusal {
     Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, text)
 }
@@ -730,12 +715,7 @@ async fn domain_record(member: &ClusterMember, name: &str, text: &str) -> Result
         #[serde(default)]
         mappings: Vec<Mapping>,
     }
-    let body: Body = serde_json::from_str(text).map_err(|e| {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            format!("expected {{\"certificate_pem\", \"key_pem\", \"mappings\"}}: {e}"),
-        )
-    })?;
+    let body: Body = json_body(text, "{\"certificate_pem\", \"key_pem\", \"mappings\"}")?;
     if !valid_host(name) {
         return Err(invalid(format!("`{name}` is not a host name")));
     }
@@ -771,9 +751,7 @@ fn region_record(name: &str, text: &str) -> Result<RegionRecord, Refusal> {
         #[serde(default)]
         client_cidrs: Vec<String>,
     }
-    let body: Body = serde_json::from_str(text).map_err(|e| {
-        Refusal::new(StatusCode::BAD_REQUEST, format!("expected {{\"weight\", \"client_cidrs\"}}: {e}"))
-    })?;
+    let body: Body = json_body(text, "{\"weight\", \"client_cidrs\"}")?;
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
         return Err(invalid("a region is a name of a-z, 0-9 and `-`"));
     }
