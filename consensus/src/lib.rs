@@ -21,6 +21,6 @@ pub mod types;
 pub use state::{
     ApiKeyRecord, ApiRecord, Canary, ClusterSecrets, CommandOutcome, ConfigCommand, ConfigState, Deployment,
     DomainRecord, MappingRecord, PlanRate, Proposal, QuotaPeriod, RegionRecord, Rejection, StageRecord,
-    UsagePlanRecord,
+    UsagePlanRecord, ZoneRecord,
 };
 pub use types::{ClusterNode, NodeId, TypeConfig};

@@ -87,6 +87,12 @@ pub struct RegionRecord {
     pub client_cidrs: Vec<String>,
 }
 
+/// A DNS zone: its YAML document, checked by the proposing node (`meridian_dns::zone`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneRecord {
+    pub definition: String,
+}
+
 /// An API key. Only the SHA-256 of its value is stored; the value is shown once, when the
 /// key is created or rotated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +140,8 @@ pub struct ConfigState {
     pub apis: BTreeMap<String, ApiRecord>,
     pub domains: BTreeMap<String, DomainRecord>,
     pub regions: BTreeMap<String, RegionRecord>,
+    /// DNS zones by apex name.
+    pub zones: BTreeMap<String, ZoneRecord>,
     /// API keys by id.
     pub keys: BTreeMap<String, ApiKeyRecord>,
     /// Usage plans by name.
@@ -205,6 +213,14 @@ pub enum ConfigCommand {
         region: RegionRecord,
     },
     DeleteRegion {
+        name: String,
+    },
+    /// Creates or replaces a DNS zone.
+    PutZone {
+        name: String,
+        zone: ZoneRecord,
+    },
+    DeleteZone {
         name: String,
     },
     /// Creates a key (the id and the value's hash are chosen by the proposing node).
@@ -281,6 +297,8 @@ pub enum Rejection {
     NoDomain(String),
     #[error("no region `{0}`")]
     NoRegion(String),
+    #[error("no DNS zone `{0}`")]
+    NoZone(String),
     #[error("the cluster is already bootstrapped")]
     AlreadyBootstrapped,
     #[error("{0}")]
@@ -445,6 +463,16 @@ impl ConfigState {
             }
             ConfigCommand::DeleteRegion { name } => {
                 self.regions.remove(name).map(|_| None).ok_or_else(|| Rejection::NoRegion(name.clone()))
+            }
+            ConfigCommand::PutZone { name, zone } => {
+                if name.is_empty() {
+                    return Err(Rejection::Invalid("a zone needs a name".into()));
+                }
+                self.zones.insert(name.clone(), zone.clone());
+                Ok(None)
+            }
+            ConfigCommand::DeleteZone { name } => {
+                self.zones.remove(name).map(|_| None).ok_or_else(|| Rejection::NoZone(name.clone()))
             }
             ConfigCommand::CreateKey { id, key } => {
                 if id.is_empty() || self.keys.contains_key(id) {
@@ -641,6 +669,11 @@ mod tests {
                 region: RegionRecord { weight, client_cidrs: vec!["10.0.0.0/8".into()] }
             }),
             name().prop_map(|name| ConfigCommand::DeleteRegion { name }),
+            name().prop_map(|name| ConfigCommand::PutZone {
+                zone: ZoneRecord { definition: format!("zone: {name}.test") },
+                name
+            }),
+            name().prop_map(|name| ConfigCommand::DeleteZone { name }),
             (name(), name()).prop_map(|(id, hash)| ConfigCommand::CreateKey {
                 id,
                 key: ApiKeyRecord { name: "k".into(), value_sha256: hash, enabled: true, created_at_ms: 0 }

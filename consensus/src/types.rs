@@ -20,6 +20,8 @@ pub struct ClusterNode {
     pub gateway_addr: String,
     /// Admin API address.
     pub admin_addr: String,
+    /// DNS responder address (UDP and TCP); empty when the node serves no DNS.
+    pub dns_addr: String,
 }
 
 impl fmt::Display for ClusterNode {

@@ -32,12 +32,32 @@ const MAX_TCP_CONNECTIONS: usize = 512;
 /// How a node serves DNS.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    pub listen: SocketAddr,
     pub udp_workers: usize,
     /// Responses per second per client prefix over UDP; 0 turns limiting off.
     pub rate_limit: u32,
     /// Over the limit, every `slip`-th response is sent truncated instead of dropped.
     pub slip: u32,
+}
+
+/// The UDP socket and TCP listener of a DNS server, bound before it starts (so a node can
+/// advertise the address, port 0 resolved, before it has anything to answer).
+pub struct DnsSockets {
+    udp: UdpSocket,
+    tcp: std::net::TcpListener,
+}
+
+impl DnsSockets {
+    /// Binds UDP and TCP on `listen` (with port 0, the same free port for both).
+    pub fn bind(listen: SocketAddr) -> io::Result<DnsSockets> {
+        let udp = UdpSocket::bind(listen)?;
+        let tcp = std::net::TcpListener::bind(udp.local_addr()?)?;
+        tcp.set_nonblocking(true)?;
+        Ok(DnsSockets { udp, tcp })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
 }
 
 /// A running DNS server; dropping it does not stop it, [`DnsServer::stop`] does.
@@ -48,11 +68,11 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
-    /// Binds UDP and TCP on `settings.listen` and starts answering.
-    pub async fn start(responder: Arc<Responder>, settings: ServerSettings) -> io::Result<DnsServer> {
-        let udp = UdpSocket::bind(settings.listen)?;
+    /// Starts answering on `sockets` (from within a tokio runtime).
+    pub fn start(responder: Arc<Responder>, sockets: DnsSockets, settings: ServerSettings) -> io::Result<DnsServer> {
+        let DnsSockets { udp, tcp } = sockets;
         let local_addr = udp.local_addr()?;
-        let tcp = TcpListener::bind(local_addr).await?;
+        let tcp = TcpListener::from_std(tcp)?;
         udp.set_read_timeout(Some(Duration::from_millis(200)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let runtime = tokio::runtime::Handle::current();

@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use meridian_consensus::{
     ApiKeyRecord, Canary, CommandOutcome, ConfigCommand, DomainRecord, MappingRecord, PlanRate, Proposal, QuotaPeriod,
-    RegionRecord, Rejection,
+    RegionRecord, Rejection, ZoneRecord,
 };
 
 use super::{json, message};
@@ -400,6 +400,44 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
             )
         }
+        (&Method::GET, ["v1", "dns", "zones"]) => {
+            let applied = member.applied.read().await;
+            let list: serde_json::Map<String, serde_json::Value> = applied
+                .config
+                .zones
+                .iter()
+                .map(|(name, z)| (name.clone(), serde_json::Value::String(z.definition.clone())))
+                .collect();
+            with_etag(json(StatusCode::OK, serde_json::Value::Object(list).to_string()), applied.config.revision)
+        }
+        (&Method::PUT, ["v1", "dns", "zones", name]) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            let expected = expected_revision(&request)?;
+            let text = body_text(request).await?;
+            let zone = crate::cluster::dns::parse_zone(&text).map_err(|errors| invalid(errors.join("; ")))?;
+            if zone.origin.to_string().trim_end_matches('.') != name {
+                return Err(invalid(format!("the document is for zone `{}`, not `{name}`", zone.origin)));
+            }
+            let command = ConfigCommand::PutZone { name, zone: ZoneRecord { definition: text } };
+            outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
+        }
+        (&Method::DELETE, ["v1", "dns", "zones", name]) => {
+            let command = ConfigCommand::DeleteZone { name: name.trim_end_matches('.').to_ascii_lowercase() };
+            outcome_response(
+                member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
+            )
+        }
+        (&Method::GET, ["v1", "dns", "explain"]) => {
+            let Some(dns) = member.dns() else {
+                return Err(Refusal::new(StatusCode::CONFLICT, "this node serves no DNS (set `cluster.dns`)"));
+            };
+            let client = query_value(query.as_deref(), "client")
+                .and_then(|c| c.parse::<std::net::IpAddr>().ok())
+                .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the client address: ?client=IP"))?;
+            let name = query_value(query.as_deref(), "name")
+                .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the queried name: ?name=NAME"))?;
+            json(StatusCode::OK, dns.explain(client, &name).await.to_string())
+        }
         (&Method::GET, ["v1", "keys"]) => {
             let applied = member.applied.read().await;
             let list: Vec<_> = applied
@@ -756,15 +794,7 @@ fn region_record(name: &str, text: &str) -> Result<RegionRecord, Refusal> {
         return Err(invalid("a region is a name of a-z, 0-9 and `-`"));
     }
     for cidr in &body.client_cidrs {
-        let valid =
-            cidr.split_once('/').is_some_and(|(ip, len)| match (ip.parse::<std::net::IpAddr>(), len.parse::<u8>()) {
-                (Ok(std::net::IpAddr::V4(_)), Ok(l)) => l <= 32,
-                (Ok(std::net::IpAddr::V6(_)), Ok(l)) => l <= 128,
-                _ => false,
-            });
-        if !valid {
-            return Err(invalid(format!("`{cidr}` is not a network like 203.0.113.0/24")));
-        }
+        cidr.parse::<meridian_dns::net::Cidr>().map_err(|e| invalid(e.to_string()))?;
     }
     Ok(RegionRecord { weight: body.weight, client_cidrs: body.client_cidrs })
 }

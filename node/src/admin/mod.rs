@@ -134,9 +134,18 @@ impl AdminState {
                 }
             }
             (_, path)
-                if ["/v1/cluster", "/v1/apis", "/v1/domains", "/v1/regions", "/v1/keys", "/v1/plans", "/v1/usage"]
-                    .iter()
-                    .any(|p| path.starts_with(p)) =>
+                if [
+                    "/v1/cluster",
+                    "/v1/apis",
+                    "/v1/domains",
+                    "/v1/regions",
+                    "/v1/dns",
+                    "/v1/keys",
+                    "/v1/plans",
+                    "/v1/usage",
+                ]
+                .iter()
+                .any(|p| path.starts_with(p)) =>
             {
                 if let Some(denied) = self.refusal(&request) {
                     return denied;

@@ -200,6 +200,134 @@ pub enum RegionCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DnsCommand {
+    /// Manage the zones every DNS-serving node answers for.
+    #[command(subcommand)]
+    Zones(ZoneCommand),
+    /// Explain how a node answers NAME for a client: ranking, latency sources, health.
+    Explain {
+        /// The queried name, e.g. api.example.com.
+        name: String,
+        /// The client (or its resolver, or the ECS subnet) address.
+        #[arg(long)]
+        client: std::net::IpAddr,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ZoneCommand {
+    /// Create or replace a zone from its YAML document (see docs/DNS.md).
+    Put {
+        file: PathBuf,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// List the zones.
+    List {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Delete a zone.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+pub async fn dns(command: DnsCommand) -> anyhow::Result<ExitCode> {
+    let (method, path, body, target) = match command {
+        DnsCommand::Zones(ZoneCommand::Put { file, target }) => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let zone = crate::cluster::dns::parse_zone(&text).map_err(|errors| {
+                anyhow::anyhow!("{} is not a valid zone:\n  {}", file.display(), errors.join("\n  "))
+            })?;
+            let name = zone.origin.to_string().trim_end_matches('.').to_string();
+            (Method::PUT, format!("/v1/dns/zones/{}", encode(&name)), Bytes::from(text), target)
+        }
+        DnsCommand::Zones(ZoneCommand::List { target }) => {
+            (Method::GET, "/v1/dns/zones".to_string(), Bytes::new(), target)
+        }
+        DnsCommand::Zones(ZoneCommand::Delete { name, target }) => {
+            (Method::DELETE, format!("/v1/dns/zones/{}", encode(&name)), Bytes::new(), target)
+        }
+        DnsCommand::Explain { name, client, json, target } => {
+            let path = format!("/v1/dns/explain?client={client}&name={}", encode(&name));
+            let (status, value) = admin_call(&target, Method::GET, &path, Bytes::new(), &[]).await?;
+            if json || !(200..300).contains(&status) {
+                return report(status, &value);
+            }
+            print!("{}", explain_text(&value));
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let (status, value) = admin_call(&target, method, &path, body, &[]).await?;
+    report(status, &value)
+}
+
+/// `meridian dns explain` as a person reads it.
+fn explain_text(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} for client {} (answered by node {} in {}){}",
+        v["name"].as_str().unwrap_or("?"),
+        v["client"].as_str().unwrap_or("?"),
+        v["answering_node"],
+        v["answering_region"].as_str().unwrap_or("?"),
+        if v["routed"].as_bool() == Some(true) { "" } else { "\n  note: not a routed name in any zone" }
+    );
+    let _ = writeln!(out, "\ncandidate regions, best first:");
+    for c in v["ranking"].as_array().into_iter().flatten() {
+        let estimate =
+            c["estimate_us"].as_u64().map_or("unknown".to_string(), |us| format!("{:.1} ms", us as f64 / 1000.0));
+        let source = match c["source"]["kind"].as_str() {
+            Some("measured") => format!("measured from this prefix ({} samples)", c["source"]["samples"]),
+            Some("via_region") => format!("via {} + inter-region RTT", c["source"]["region"].as_str().unwrap_or("?")),
+            Some("hint") => format!("configured client network {}", c["source"]["network"].as_str().unwrap_or("?")),
+            Some("local") => "the answering node's region (nothing measured)".to_string(),
+            _ => "no estimate".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<5} weight {:<3} {:>10}  {}",
+            c["region"].as_str().unwrap_or("?"),
+            if c["up"].as_bool() == Some(true) { "up" } else { "DOWN" },
+            c["weight"],
+            estimate,
+            source
+        );
+    }
+    let _ = writeln!(out, "\nhealth of each node as its observers in other regions see it:");
+    for h in v["health"].as_array().into_iter().flatten() {
+        let opinions: Vec<String> = h["observers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| format!("{}: {} up/{} down", o["observer_region"].as_str().unwrap_or("?"), o["up"], o["down"]))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  node {} ({}, {}): {}  [{}]",
+            h["node"],
+            h["region"].as_str().unwrap_or("?"),
+            h["gateway"].as_str().unwrap_or("?"),
+            if h["up"].as_bool() == Some(true) { "up" } else { "DOWN" },
+            if opinions.is_empty() { "no observers".to_string() } else { opinions.join(", ") }
+        );
+    }
+    let answer: Vec<&str> = v["answer"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+    let _ = writeln!(out, "\nanswer: {} (ECS scope /{})", answer.join(" "), v["scope_prefix"]);
+    out
+}
+
 pub async fn domains(command: DomainCommand) -> anyhow::Result<ExitCode> {
     let (method, path, body, target) = match command {
         DomainCommand::Put { name, certificate, key, mappings, target } => {

@@ -48,7 +48,7 @@ pub async fn run(subnet: u8) -> anyhow::Result<ExitCode> {
     let variables = std::collections::BTreeMap::from([("backend".to_string(), backend.to_string())]);
     let definition =
         validate_definition(demo::SAMPLE_API, "sample API", "prod", &variables).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let deployed = members[0]
+    members[0]
         .propose(Proposal {
             expected_revision: None,
             command: ConfigCommand::Deploy {
@@ -61,6 +61,25 @@ pub async fn run(subnet: u8) -> anyhow::Result<ExitCode> {
             },
         })
         .await?;
+    for (i, region) in demo::REGIONS.iter().enumerate() {
+        let record =
+            meridian_consensus::RegionRecord { weight: None, client_cidrs: vec![format!("127.{}.0.0/16", i + 1)] };
+        members[0]
+            .propose(Proposal {
+                expected_revision: None,
+                command: ConfigCommand::PutRegion { name: region.to_string(), region: record },
+            })
+            .await?;
+    }
+    let deployed = members[0]
+        .propose(Proposal {
+            expected_revision: None,
+            command: ConfigCommand::PutZone {
+                name: "meridian.test".into(),
+                zone: meridian_consensus::ZoneRecord { definition: demo::SAMPLE_ZONE.into() },
+            },
+        })
+        .await?;
     // Wait until every region serves the deployment before saying so.
     for member in &members {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -69,10 +88,12 @@ pub async fn run(subnet: u8) -> anyhow::Result<ExitCode> {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
-    let gateways: Vec<(String, std::net::SocketAddr, std::net::SocketAddr)> = nodes
+    let gateways: Vec<demo::DemoNode> = nodes
         .iter()
         .zip(demo::REGIONS)
-        .filter_map(|(n, r)| n.http_addr.map(|h| (r.to_string(), h, n.admin_addr)))
+        .filter_map(|(n, r)| {
+            Some(demo::DemoNode { region: r.to_string(), http: n.http_addr?, admin: n.admin_addr, dns: n.dns_addr? })
+        })
         .collect();
     eprintln!("{}", demo::banner(&gateways, &work.join(format!("node-{}.yaml", demo::REGIONS[0]))));
 

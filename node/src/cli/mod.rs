@@ -15,7 +15,8 @@ use crate::config::load_file;
 use crate::gateway::node::{ConfigSource, Node};
 
 pub use cluster::{
-    AdminTarget, CanaryCommand, ClusterCommand, DomainCommand, KeyCommand, PlanCommand, RegionCommand, StageCommand,
+    AdminTarget, CanaryCommand, ClusterCommand, DnsCommand, DomainCommand, KeyCommand, PlanCommand, RegionCommand,
+    StageCommand,
 };
 
 /// Meridian: a multi-region API gateway.
@@ -102,6 +103,9 @@ pub enum Command {
     /// Manage the cluster's regions (DNS weight, client networks).
     #[command(subcommand)]
     Regions(RegionCommand),
+    /// Manage DNS zones and explain the answers.
+    #[command(subcommand)]
+    Dns(DnsCommand),
     /// Manage API keys (values are shown once and stored hashed).
     #[command(subcommand)]
     Keys(KeyCommand),
@@ -223,6 +227,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Canary(command) => cluster::canary(command).await,
         Command::Domains(command) => cluster::domains(command).await,
         Command::Regions(command) => cluster::regions(command).await,
+        Command::Dns(command) => cluster::dns(command).await,
         Command::Keys(command) => cluster::keys(command).await,
         Command::Usage { plan, key, from, to, format, target } => {
             cluster::usage(&plan, key.as_deref(), from.as_deref(), to.as_deref(), &format, &target).await

@@ -59,6 +59,7 @@ pub struct Advertised {
     pub region: String,
     pub gateway: Option<SocketAddr>,
     pub admin: SocketAddr,
+    pub dns: Option<SocketAddr>,
 }
 
 /// A running cluster member.
@@ -70,6 +71,7 @@ pub struct ClusterMember {
     connector: TlsConnector,
     data_dir: PathBuf,
     limiter: std::sync::OnceLock<Arc<crate::limits::limiter::Limiter>>,
+    dns: std::sync::OnceLock<Arc<super::dns::DnsService>>,
 }
 
 fn raft_config(snapshot_after_logs: u64) -> Result<Arc<openraft::Config>, ClusterError> {
@@ -176,6 +178,7 @@ impl ClusterMember {
             rpc_addr: settings.advertise_rpc.clone(),
             gateway_addr: advertised.gateway.map(|a| a.to_string()).unwrap_or_default(),
             admin_addr: advertised.admin.to_string(),
+            dns_addr: advertised.dns.map(|a| a.to_string()).unwrap_or_default(),
         };
         let reply = tokio::time::timeout(WRITE_TIMEOUT, client.join(request))
             .await
@@ -227,6 +230,7 @@ impl ClusterMember {
             rpc_addr: settings.advertise_rpc.clone(),
             gateway_addr: advertised.gateway.map(|a| a.to_string()).unwrap_or_default(),
             admin_addr: advertised.admin.to_string(),
+            dns_addr: advertised.dns.map(|a| a.to_string()).unwrap_or_default(),
         };
         let member = Arc::new(ClusterMember {
             id,
@@ -236,6 +240,7 @@ impl ClusterMember {
             connector,
             data_dir: settings.data_dir.clone(),
             limiter: std::sync::OnceLock::new(),
+            dns: std::sync::OnceLock::new(),
         });
         let listener = TcpListener::bind(settings.rpc_listen)
             .await
@@ -248,6 +253,16 @@ impl ClusterMember {
     /// The limiter whose counters this member gossips.
     pub fn attach_limiter(&self, limiter: Arc<crate::limits::limiter::Limiter>) {
         let _ = self.limiter.set(limiter);
+    }
+
+    /// The DNS service that takes this member's health reports.
+    pub fn attach_dns(&self, dns: Arc<super::dns::DnsService>) {
+        let _ = self.dns.set(dns);
+    }
+
+    /// The DNS service, once the node has attached it.
+    pub fn dns(&self) -> Option<&Arc<super::dns::DnsService>> {
+        self.dns.get()
     }
 
     /// The limiter, once the node has attached it.
@@ -331,6 +346,7 @@ impl ClusterMember {
             rpc_addr: request.rpc_addr,
             gateway_addr: request.gateway_addr,
             admin_addr: request.admin_addr,
+            dns_addr: request.dns_addr,
         };
         self.raft.add_learner(node_id, node, false).await.map_err(|e| ClusterError::Refused(e.to_string()))?;
         Ok((node_id, certificate, secrets.ca_cert_pem))

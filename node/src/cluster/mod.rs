@@ -10,6 +10,7 @@
 //! - [`gossip`]: rate-limit counters exchanged between members.
 
 pub mod dataplane;
+pub mod dns;
 pub mod gossip;
 pub mod member;
 pub mod network;

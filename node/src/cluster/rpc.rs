@@ -10,8 +10,8 @@ use std::time::Duration;
 use meridian_consensus::{NodeId, Proposal, TypeConfig};
 use meridian_proto::node_server::{Node, NodeServer};
 use meridian_proto::{
-    GossipAck, GossipPayload, JoinReply, JoinRequest, MembershipReply, MembershipRequest, ProposeReply, ProposeRequest,
-    RaftPayload, StatusReply, StatusRequest,
+    GossipAck, GossipPayload, HealthPayload, JoinReply, JoinRequest, MembershipReply, MembershipRequest, ProposeReply,
+    ProposeRequest, RaftPayload, StatusReply, StatusRequest,
 };
 use openraft::ServerState;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -119,6 +119,18 @@ impl Node for NodeService {
         })?;
         if let Some(limiter) = self.member.limiter() {
             limiter.merge(message.node_id, &observations);
+        }
+        Ok(Response::new(GossipAck {}))
+    }
+
+    async fn report_health(&self, request: Request<HealthPayload>) -> Result<Response<GossipAck>, Status> {
+        require_member(&request)?;
+        let report = super::dns::decode_report(&request.get_ref().report).map_err(|e| {
+            metrics::counter!("meridian_dns_reports_rejected_total").increment(1);
+            Status::invalid_argument(e)
+        })?;
+        if let Some(dns) = self.member.dns() {
+            dns.receive(report);
         }
         Ok(Response::new(GossipAck {}))
     }

@@ -180,11 +180,54 @@ impl Compiler<'_> {
             );
             return None;
         }
+        let dns = match &c.dns {
+            Some(d) => Some(self.dns(d)?),
+            None => None,
+        };
         Some(ClusterSettings {
             data_dir: self.path(&c.data_dir.value),
             rpc_listen,
             advertise_rpc,
             snapshot_after_logs: c.snapshot_after_logs.value,
+            dns,
+        })
+    }
+
+    fn dns(&mut self, d: &DnsSection) -> Option<DnsSettings> {
+        let listen = self.socket_addr(&d.listen, "cluster.dns.listen");
+        if !(1..=64).contains(&d.udp_workers.value) {
+            self.sink.push(d.udp_workers.referenced, "cluster.dns.udp_workers", "must be from 1 to 64");
+        }
+        let forward = d.forward.as_ref().map(|f| {
+            if f.upstreams.is_empty() {
+                self.sink.push(Location::UNKNOWN, "cluster.dns.forward.upstreams", "name at least one resolver");
+            }
+            let upstreams: Vec<SocketAddr> = f
+                .upstreams
+                .iter()
+                .enumerate()
+                .filter_map(|(i, u)| self.socket_addr(u, &format!("cluster.dns.forward.upstreams[{i}]")))
+                .collect();
+            let allow = f
+                .allow
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| match a.value.parse::<meridian_dns::net::Cidr>() {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        self.sink.push(a.referenced, format!("cluster.dns.forward.allow[{i}]"), e.to_string());
+                        None
+                    }
+                })
+                .collect();
+            (upstreams, allow)
+        });
+        Some(DnsSettings {
+            listen: listen?,
+            udp_workers: d.udp_workers.value.clamp(1, 64),
+            rate_limit: d.rate_limit,
+            slip: d.slip,
+            forward,
         })
     }
 

@@ -24,7 +24,9 @@ pub mod table;
 pub use compile::{ApiDefinition, base_path, compile_stage, load_file, parse_str, valid_host, validate_definition};
 pub use duration::parse_duration;
 pub use errors::{ConfigError, ConfigErrors};
-pub use table::{CanaryRoutes, ClusterSettings, GatewayConfig, Limits, RoutingTable, StageRoutes, StageTarget};
+pub use table::{
+    CanaryRoutes, ClusterSettings, DnsSettings, GatewayConfig, Limits, RoutingTable, StageRoutes, StageTarget,
+};
 
 #[cfg(test)]
 mod tests {

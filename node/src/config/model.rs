@@ -46,6 +46,49 @@ pub struct ClusterSection {
     /// Snapshot the state and compact the log after this many entries (default 500).
     #[serde(default = "default_snapshot_after_logs")]
     pub snapshot_after_logs: Spanned<u64>,
+    /// Serve the cluster's DNS zones on this node.
+    pub dns: Option<DnsSection>,
+}
+
+/// A member's DNS responder.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// UDP and TCP address, e.g. `127.1.0.1:53`.
+    pub listen: Spanned<String>,
+    /// Threads answering UDP (default 1).
+    #[serde(default = "default_udp_workers")]
+    pub udp_workers: Spanned<usize>,
+    /// UDP responses per second per client /24 (/56); 0 turns the limit off (default 10000).
+    #[serde(default = "default_dns_rate_limit")]
+    pub rate_limit: u32,
+    /// Over the limit, every `slip`-th response is sent truncated instead of dropped (default 2).
+    #[serde(default = "default_slip")]
+    pub slip: u32,
+    /// Resolve names outside the zones through upstream resolvers, for the allowed networks.
+    pub forward: Option<ForwardSection>,
+}
+
+/// Forwarding of other names to upstream resolvers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSection {
+    /// Upstream resolvers, `address:port`.
+    pub upstreams: Vec<Spanned<String>>,
+    /// Client networks allowed to use the node as a resolver (CIDRs). Empty: nobody.
+    pub allow: Vec<Spanned<String>>,
+}
+
+fn default_udp_workers() -> Spanned<usize> {
+    unspanned(1)
+}
+
+fn default_dns_rate_limit() -> u32 {
+    10_000
+}
+
+fn default_slip() -> u32 {
+    2
 }
 
 fn default_snapshot_after_logs() -> Spanned<u64> {

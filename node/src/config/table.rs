@@ -147,6 +147,19 @@ pub struct ClusterSettings {
     pub advertise_rpc: String,
     /// Take a snapshot (and compact the log) after this many entries.
     pub snapshot_after_logs: u64,
+    /// The node's DNS responder, when it runs one.
+    pub dns: Option<DnsSettings>,
+}
+
+/// How a member serves DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    pub listen: SocketAddr,
+    pub udp_workers: usize,
+    pub rate_limit: u32,
+    pub slip: u32,
+    /// Upstream resolvers and the client networks allowed to use them.
+    pub forward: Option<(Vec<SocketAddr>, Vec<meridian_dns::net::Cidr>)>,
 }
 
 #[cfg(test)]

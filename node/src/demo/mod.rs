@@ -32,6 +32,16 @@ apis:
         integration: { type: http_proxy, uri: "http://${stageVariables.backend}/{proxy}" }
 "#;
 
+/// The demo's DNS zone: `api.meridian.test` goes to the region nearest the client.
+pub const SAMPLE_ZONE: &str = r#"# The DNS zone of `meridian demo`.
+zone: meridian.test
+routed: [api]
+ttl: 5
+records:
+  - { name: www, type: CNAME, value: api.meridian.test. }
+  - { name: "@", type: TXT, value: "served by Meridian" }
+"#;
+
 /// The node configuration of region number `region` (1-based).
 pub fn node_config(region: usize, subnet: u8, data_dir: &std::path::Path, token_file: &std::path::Path) -> String {
     let ip = node_ip(region, subnet);
@@ -39,11 +49,19 @@ pub fn node_config(region: usize, subnet: u8, data_dir: &std::path::Path, token_
         r#"listen: {{ http: "{ip}:8080" }}
 admin: {{ listen: "{ip}:9901", token_file: "{token}" }}
 access_log: {{ enabled: false }}
-cluster: {{ data_dir: "{data}", rpc: "{ip}:7001" }}
+cluster: {{ data_dir: "{data}", rpc: "{ip}:7001", dns: {{ listen: "{ip}:8053" }} }}
 "#,
         token = token_file.display(),
         data = data_dir.display(),
     )
+}
+
+/// One node of the demo, as the banner lists it.
+pub struct DemoNode {
+    pub region: String,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub dns: SocketAddr,
 }
 
 /// `127.R.<subnet>.1`.
@@ -52,13 +70,27 @@ pub fn node_ip(region: usize, subnet: u8) -> String {
 }
 
 /// What `meridian demo` prints once the cluster serves the sample API.
-pub fn banner(gateways: &[(String, SocketAddr, SocketAddr)], node_config: &std::path::Path) -> String {
+pub fn banner(gateways: &[DemoNode], node_config: &std::path::Path) -> String {
     let mut text = String::from("Meridian demo: a cluster of one node per region, serving the sample API `pets`.\n\n");
-    for (region, http, admin) in gateways {
-        text.push_str(&format!("  {region:<9} gateway http://{http}   admin http://{admin}\n"));
+    for DemoNode { region, http, admin, dns } in gateways {
+        text.push_str(&format!("  {region:<9} gateway http://{http}   admin http://{admin}   dns {dns} (UDP+TCP)\n"));
     }
-    let (_, first, _) = &gateways[0];
-    let (_, second, _) = &gateways[1 % gateways.len()];
+    text.push_str("\nDNS: every node answers api.meridian.test with the nearest healthy region's gateways.\n");
+    text.push_str("Region R's clients are 127.R.0.0/16 (configured client networks):\n");
+    for DemoNode { region, dns, .. } in gateways {
+        let subnet = match dns.ip() {
+            std::net::IpAddr::V4(a) => format!("127.{}.0.0/24", a.octets()[1]),
+            std::net::IpAddr::V6(_) => "::/0".to_string(),
+        };
+        let first_dns = gateways[0].dns;
+        text.push_str(&format!(
+            "  dig @{} -p {} api.meridian.test +subnet={subnet} +short   # a client of {region}\n",
+            first_dns.ip(),
+            first_dns.port()
+        ));
+    }
+    let first = &gateways[0].http;
+    let second = &gateways[1 % gateways.len()].http;
     text.push_str(&format!(
         "\nTry:\n\
          \x20 curl -i http://{first}/prod/pets/42          # proxied to the echo backend (path parameter)\n\
@@ -66,6 +98,7 @@ pub fn banner(gateways: &[(String, SocketAddr, SocketAddr)], node_config: &std::
          \x20 curl -i -X POST http://{first}/prod/orders -d '{{\"pet\":42}}'   # greedy route\n\
          \x20 curl -i http://{first}/qa/pets/42            # unknown stage: a JSON 404\n\
          \x20 meridian cluster status --config {cfg}\n\
+         \x20 meridian dns explain api.meridian.test --client 127.3.0.9 --config {cfg}\n\
          \x20 meridian deployments list pets --config {cfg}\n\
          \n\
          Ctrl-C stops the demo and removes its data.\n",

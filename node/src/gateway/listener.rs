@@ -7,7 +7,7 @@
 //! header limits. On shutdown the loop stops accepting and in-flight requests drain.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::io::IdleTimeout;
+use crate::cluster::dns::ClientRttSink;
 use crate::config::Limits;
 use crate::pipeline::{ConnInfo, Pipeline};
 
@@ -46,6 +47,7 @@ pub async fn serve(
     pipeline: Arc<Pipeline>,
     limits: Limits,
     connections: Arc<Semaphore>,
+    client_rtt: Arc<OnceLock<ClientRttSink>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -72,6 +74,13 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
+        let rtt_sink = client_rtt.get().cloned();
+        if tls.is_none()
+            && let Some(sink) = &rtt_sink
+            && let Some(rtt) = kernel_rtt_us(&stream)
+        {
+            let _ = sink.try_send((peer.ip(), rtt));
+        }
         let conn = Arc::new(ConnInfo::new(peer, tls.is_some()));
         let pipeline = pipeline.clone();
         let service = service_fn(move |request| {
@@ -85,6 +94,7 @@ pub async fn serve(
         let handshake_timeout = limits.header_read_timeout;
         let idle = limits.idle_timeout;
         let open = open.clone();
+        let accepted = std::time::Instant::now();
         tokio::spawn(async move {
             let _permit = permit;
             open.increment(1.0);
@@ -97,6 +107,12 @@ pub async fn serve(
                 }
                 Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
+                        // The server's flight to the client's Finished is one round trip, and
+                        // unlike the kernel's RTT it spans any proxy in the path.
+                        if let Some(sink) = &rtt_sink {
+                            let rtt = accepted.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                            let _ = sink.try_send((peer.ip(), rtt));
+                        }
                         watcher
                             .watch(
                                 builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service).into_owned(),
@@ -123,6 +139,19 @@ pub async fn serve(
     if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
+}
+
+/// The kernel's smoothed round-trip estimate for a connection, microseconds.
+fn kernel_rtt_us(stream: &tokio::net::TcpStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is a plain C struct; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the descriptor is open for the duration of the call; pointers are valid.
+    let rc = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &raw mut len)
+    };
+    (rc == 0 && info.tcpi_rtt > 0).then_some(info.tcpi_rtt)
 }
 
 /// Resolves once `shutdown` has turned true (or its sender is gone).

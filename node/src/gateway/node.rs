@@ -129,6 +129,11 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     access_log: AccessLog,
+    /// The DNS responder's sockets, bound at start and served once the node joins its cluster.
+    dns_sockets: Mutex<Option<meridian_dns::server::DnsSockets>>,
+    pub dns_addr: Option<SocketAddr>,
+    /// Where listeners report client round trips (set when the node serves DNS).
+    client_rtt: Arc<std::sync::OnceLock<crate::cluster::dns::ClientRttSink>>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -160,6 +165,18 @@ impl Node {
             source,
         })?;
 
+        let dns_listen = config.cluster.as_ref().and_then(|c| c.dns.as_ref()).map(|d| d.listen);
+        let dns_sockets = match dns_listen {
+            Some(addr) => Some(meridian_dns::server::DnsSockets::bind(addr).map_err(|source| NodeError::Bind {
+                what: "dns",
+                addr,
+                source,
+            })?),
+            None => None,
+        };
+        let dns_addr = dns_sockets.as_ref().and_then(|s| s.local_addr().ok());
+        let client_rtt = Arc::new(std::sync::OnceLock::new());
+
         let sni = Arc::new(SniResolver::new(config.certificates));
         let mut table = config.table;
         table.revision = 1;
@@ -189,6 +206,7 @@ impl Node {
                 pipeline.clone(),
                 limits.clone(),
                 connections.clone(),
+                client_rtt.clone(),
                 stop.clone(),
             )));
         }
@@ -200,6 +218,7 @@ impl Node {
                 pipeline.clone(),
                 limits.clone(),
                 connections.clone(),
+                client_rtt.clone(),
                 stop.clone(),
             )));
         }
@@ -224,6 +243,9 @@ impl Node {
             shutdown,
             tasks,
             access_log,
+            dns_sockets: Mutex::new(dns_sockets),
+            dns_addr,
+            client_rtt,
         })
     }
 
@@ -233,7 +255,12 @@ impl Node {
 
     /// What this node advertises to its cluster.
     pub fn advertised(&self, region: &str) -> Advertised {
-        Advertised { region: region.to_string(), gateway: self.http_addr.or(self.https_addr), admin: self.admin_addr }
+        Advertised {
+            region: region.to_string(),
+            gateway: self.http_addr.or(self.https_addr),
+            admin: self.admin_addr,
+            dns: self.dns_addr,
+        }
     }
 
     /// Serves the cluster's configuration from now on, and the cluster endpoints of the
@@ -252,6 +279,16 @@ impl Node {
         crate::limits::persist::spawn(self.limiter.clone(), quotas.clone());
         let _ = self.quota_file.set(quotas);
         crate::cluster::gossip::spawn(member.clone(), self.limiter.clone());
+        let sockets = self.dns_sockets.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let settings = self.cluster.as_ref().and_then(|c| c.dns.clone());
+        if let (Some(sockets), Some(settings)) = (sockets, settings) {
+            match crate::cluster::dns::DnsService::start(member.clone(), &settings, sockets) {
+                Ok((_, sink)) => {
+                    let _ = self.client_rtt.set(sink);
+                }
+                Err(e) => tracing::error!(error = %e, "the DNS responder could not start"),
+            }
+        }
         let _ = self.admin.cluster.set(member);
     }
 
@@ -261,6 +298,7 @@ impl Node {
             "http": self.http_addr.map(|a| a.to_string()),
             "https": self.https_addr.map(|a| a.to_string()),
             "admin": self.admin_addr.to_string(),
+            "dns": self.dns_addr.map(|a| a.to_string()),
             "pid": std::process::id(),
         })
         .to_string()

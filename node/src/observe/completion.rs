@@ -102,6 +102,11 @@ impl ObservedBody {
         ObservedBody { inner, bytes: 0, completion: Some(completion) }
     }
 
+    /// A body that records nothing when it completes (health probes).
+    pub fn unobserved(inner: ResponseBody) -> Self {
+        ObservedBody { inner, bytes: 0, completion: None }
+    }
+
     fn finish(&mut self) {
         if let Some(c) = self.completion.take() {
             c.finish(self.bytes);

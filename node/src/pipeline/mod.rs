@@ -107,6 +107,13 @@ impl Pipeline {
 
     /// Serves one request; never fails, every problem becomes a response.
     pub async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ObservedBody> {
+        if request.uri().path() == crate::cluster::dns::PROBE_PATH {
+            // Health probes from other regions: answered before routing, neither logged nor
+            // counted.
+            let mut response = Response::new(ObservedBody::unobserved(crate::body::ResponseBody::Empty));
+            *response.status_mut() = http::StatusCode::NO_CONTENT;
+            return response;
+        }
         let started = Instant::now();
         self.in_flight.increment(1.0);
         let request_id = request_id::assign(request.headers());

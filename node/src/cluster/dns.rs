@@ -1,0 +1,419 @@
+//! A member's DNS: feeds the `meridian-dns` responder from the cluster.
+//!
+//! Three loops run per member:
+//! - **probe** (every 250 ms): an HTTP request to the gateway of every member in another
+//!   region; three failures in a row make the target "down" in this observer's view;
+//! - **report** (every 250 ms): this observer's verdicts and the client round trips its
+//!   gateway measured since the last report go to every peer over node RPC
+//!   (`ReportHealth`), and into its own board;
+//! - **rebuild** (every 100 ms): re-decide health by agreement and, when anything changed
+//!   (health, latency, members, zones, regions), build a new answer snapshot.
+//!
+//! Client round trips come from the gateway listeners through [`ClientRttSink`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_consensus::ClusterNode;
+use meridian_dns::health::{HealthBoard, HealthReport, NodeId, Probe};
+use meridian_dns::latency::ClientLatency;
+use meridian_dns::responder::{Answers, Responder};
+use meridian_dns::select::{MemberAddress, RegionConfig, RegionSelector};
+use meridian_dns::server::{DnsServer, DnsSockets, ServerSettings};
+use meridian_dns::zone::{Zone, ZoneSpec};
+use meridian_proto::HealthPayload;
+use meridian_proto::node_client::NodeClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::member::ClusterMember;
+use super::network::{channel, decode, encode};
+use crate::config::DnsSettings;
+
+/// The path gateways answer probes on, without logging or counting them.
+pub const PROBE_PATH: &str = "/.well-known/meridian/probe";
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Consecutive failed probes before an observer calls a node down.
+const FAILURES_TO_DOWN: u32 = 3;
+/// Largest report accepted.
+const MAX_REPORT_PROBES: usize = 1_000;
+const MAX_REPORT_CLIENTS: usize = 20_000;
+
+/// Where gateway listeners send the round trips they measure (client address, µs).
+pub type ClientRttSink = tokio::sync::mpsc::Sender<(IpAddr, u32)>;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct ProbeState {
+    failures: u32,
+    rtt_us: Option<u32>,
+}
+
+/// A member's DNS responder and the health and latency it answers from.
+pub struct DnsService {
+    member: Arc<ClusterMember>,
+    responder: Arc<Responder>,
+    health: Mutex<HealthBoard>,
+    latency: Mutex<ClientLatency>,
+    probes: Mutex<HashMap<NodeId, ProbeState>>,
+    /// Set when received reports or local samples may change answers.
+    changed: std::sync::atomic::AtomicBool,
+    server: DnsServer,
+}
+
+/// Decodes a peer's report, refusing malformed or oversized ones.
+pub fn decode_report(bytes: &[u8]) -> Result<HealthReport, String> {
+    let report: HealthReport = decode(bytes).map_err(|e| format!("malformed health report: {e}"))?;
+    if report.probes.len() > MAX_REPORT_PROBES || report.clients.len() > MAX_REPORT_CLIENTS {
+        return Err(format!(
+            "health report with {} probes and {} client samples (at most {MAX_REPORT_PROBES} and {MAX_REPORT_CLIENTS})",
+            report.probes.len(),
+            report.clients.len()
+        ));
+    }
+    Ok(report)
+}
+
+impl DnsService {
+    /// Starts the responder on `sockets` and the loops that feed it; returns the service
+    /// and the sink gateways report client round trips to.
+    pub fn start(
+        member: Arc<ClusterMember>,
+        settings: &DnsSettings,
+        sockets: DnsSockets,
+    ) -> std::io::Result<(Arc<DnsService>, ClientRttSink)> {
+        let forwarder = match &settings.forward {
+            Some((upstreams, allow)) => Some(
+                meridian_dns::forward::Forwarder::new(upstreams, allow.clone())
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let region = member.me.region.clone();
+        let empty = RegionSelector::new(
+            &[],
+            &[],
+            &region,
+            &HealthBoard::default(),
+            &ClientLatency::new(&region),
+            Instant::now(),
+        );
+        let responder = Arc::new(Responder::new(Answers::new(Vec::new(), 0, empty, &[]), forwarder));
+        let server = DnsServer::start(
+            responder.clone(),
+            sockets,
+            ServerSettings { udp_workers: settings.udp_workers, rate_limit: settings.rate_limit, slip: settings.slip },
+        )?;
+        tracing::info!(addr = %server.local_addr, "DNS responder listening (UDP and TCP)");
+        let service = Arc::new(DnsService {
+            member: member.clone(),
+            responder,
+            health: Mutex::new(HealthBoard::default()),
+            latency: Mutex::new(ClientLatency::new(&region)),
+            probes: Mutex::new(HashMap::new()),
+            changed: std::sync::atomic::AtomicBool::new(true),
+            server,
+        });
+        member.attach_dns(service.clone());
+        let (sink, mut samples) = tokio::sync::mpsc::channel::<(IpAddr, u32)>(4096);
+        let collector = service.clone();
+        tokio::spawn(async move {
+            while let Some((client, rtt)) = samples.recv().await {
+                collector.lock_latency().record(client, rtt);
+            }
+        });
+        tokio::spawn(service.clone().probe_loop());
+        tokio::spawn(service.clone().report_loop());
+        tokio::spawn(service.clone().rebuild_loop());
+        Ok((service, sink))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr
+    }
+
+    pub fn responder(&self) -> &Arc<Responder> {
+        &self.responder
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, HealthBoard> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_latency(&self) -> std::sync::MutexGuard<'_, ClientLatency> {
+        self.latency.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a peer's report.
+    pub fn receive(&self, report: HealthReport) {
+        if !report.clients.is_empty() {
+            self.lock_latency().merge(&report.clients, Instant::now());
+            self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.lock_health().record(report, Instant::now());
+    }
+
+    fn members(&self) -> Vec<(NodeId, ClusterNode)> {
+        let metrics = self.member.raft.metrics().borrow().clone();
+        metrics.membership_config.membership().nodes().map(|(id, n)| (*id, n.clone())).collect()
+    }
+
+    async fn probe_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let source = self.member.me.rpc_addr.parse::<SocketAddr>().ok().map(|a| a.ip());
+        loop {
+            tick.tick().await;
+            let targets: Vec<(NodeId, SocketAddr)> = self
+                .members()
+                .into_iter()
+                .filter(|(id, n)| *id != self.member.id && n.region != self.member.me.region)
+                .filter_map(|(id, n)| n.gateway_addr.parse().ok().map(|a| (id, a)))
+                .collect();
+            let results = futures_util::future::join_all(
+                targets.iter().map(|(id, addr)| async move { (*id, probe(*addr, source).await) }),
+            )
+            .await;
+            let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+            probes.retain(|id, _| targets.iter().any(|(t, _)| t == id));
+            for (id, result) in results {
+                let state = probes.entry(id).or_default();
+                match result {
+                    Some(rtt) => *state = ProbeState { failures: 0, rtt_us: Some(rtt) },
+                    None => state.failures = state.failures.saturating_add(1),
+                }
+            }
+        }
+    }
+
+    fn own_report(&self, clients: Vec<meridian_dns::latency::ClientSample>) -> HealthReport {
+        let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        HealthReport {
+            observer: self.member.id,
+            region: self.member.me.region.clone(),
+            probes: probes
+                .iter()
+                .map(|(id, s)| Probe { target: *id, up: s.failures < FAILURES_TO_DOWN, rtt_us: s.rtt_us })
+                .collect(),
+            clients,
+        }
+    }
+
+    async fn report_loop(self: Arc<Self>) {
+        let mut clients: HashMap<String, NodeClient<tonic::transport::Channel>> = HashMap::new();
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round: u64 = 0;
+        loop {
+            tick.tick().await;
+            round += 1;
+            // Every 5 s, all local estimates (a peer that restarted or missed a report
+            // catches up); otherwise only what changed.
+            let samples = {
+                let mut latency = self.lock_latency();
+                let changed = latency.take_changes();
+                if round.is_multiple_of(20) { latency.local_samples() } else { changed }
+            };
+            if !samples.is_empty() {
+                self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let mut report = self.own_report(Vec::new());
+            self.lock_health().record(report.clone(), Instant::now());
+            if round.is_multiple_of(4) {
+                // Fresh channels every second: a connection stalled by a partition is dropped.
+                clients.clear();
+            }
+            let peers: Vec<String> =
+                self.members().into_iter().filter(|(id, _)| *id != self.member.id).map(|(_, n)| n.rpc_addr).collect();
+            for chunk in samples
+                .chunks(MAX_REPORT_CLIENTS)
+                .map(<[_]>::to_vec)
+                .chain(std::iter::once(Vec::new()))
+                .take(if samples.is_empty() { 1 } else { samples.len().div_ceil(MAX_REPORT_CLIENTS) })
+            {
+                report.clients = chunk;
+                let Ok(bytes) = encode(&report) else { continue };
+                for addr in &peers {
+                    let client = match clients.get(addr) {
+                        Some(c) => c.clone(),
+                        None => match channel(addr, self.member.connector()) {
+                            Ok(c) => clients.entry(addr.clone()).or_insert(NodeClient::new(c)).clone(),
+                            Err(_) => continue,
+                        },
+                    };
+                    let payload = HealthPayload { report: bytes.clone() };
+                    let mut client = client;
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(PROBE_TIMEOUT, client.report_health(payload)).await;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn rebuild_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_revision = u64::MAX;
+        let mut last_members: Vec<(NodeId, ClusterNode)> = Vec::new();
+        let mut rounds: u64 = 0;
+        loop {
+            tick.tick().await;
+            rounds += 1;
+            let members = self.members();
+            let nodes: Vec<(NodeId, String)> = members.iter().map(|(id, n)| (*id, n.region.clone())).collect();
+            let now = Instant::now();
+            let health_changed = {
+                let mut board = self.lock_health();
+                board.retain_observers(|id| nodes.iter().any(|(n, _)| *n == id));
+                board.evaluate(&nodes, now)
+            };
+            if rounds.is_multiple_of(600) {
+                self.lock_latency().expire(now);
+            }
+            let (revision, zones, regions) = {
+                let applied = self.member.applied.read().await;
+                let config = &applied.config;
+                if config.revision == last_revision
+                    && members == last_members
+                    && !health_changed
+                    && !self.changed.swap(false, std::sync::atomic::Ordering::Relaxed)
+                {
+                    continue;
+                }
+                (config.revision, compile_zones(config), region_configs(config))
+            };
+            let addresses = member_addresses(&members);
+            let selector = {
+                let board = self.lock_health();
+                let latency = self.lock_latency();
+                RegionSelector::new(&regions, &addresses, &self.member.me.region, &board, &latency, now)
+            };
+            if health_changed {
+                for region in &selector.regions {
+                    metrics::gauge!("meridian_dns_region_healthy_nodes", "region" => region.name.clone())
+                        .set(region.healthy.len() as f64);
+                }
+                tracing::info!(
+                    regions = ?selector.regions.iter().map(|r| (r.name.as_str(), r.healthy.len())).collect::<Vec<_>>(),
+                    "DNS health changed"
+                );
+            }
+            self.responder.update(Answers::new(zones, revision as u32, selector, &addresses));
+            last_revision = revision;
+            last_members = members;
+        }
+    }
+
+    /// Explains the answer for `name` to a client at `client` (for `meridian dns explain`).
+    pub async fn explain(&self, client: IpAddr, name: &str) -> serde_json::Value {
+        let answers = self.responder.current();
+        let choice = answers.selector.choose(client, if client.is_ipv4() { 32 } else { 128 });
+        let addresses = answers.selector.addresses(choice.region);
+        let now = Instant::now();
+        let board = self.lock_health().clone();
+        let members = self.members();
+        let health: Vec<serde_json::Value> = members
+            .iter()
+            .map(|(id, n)| {
+                serde_json::json!({
+                    "node": id,
+                    "region": n.region,
+                    "gateway": n.gateway_addr,
+                    "up": board.node_up(*id),
+                    "observers": board.opinions(*id, &n.region, now),
+                })
+            })
+            .collect();
+        let routed = {
+            let applied = self.member.applied.read().await;
+            let lower = name.trim_end_matches('.').to_ascii_lowercase();
+            compile_zones(&applied.config)
+                .iter()
+                .any(|z| hickory_proto::rr::Name::from_ascii(format!("{lower}.")).is_ok_and(|n| z.is_routed(&n)))
+        };
+        serde_json::json!({
+            "name": name,
+            "client": client.to_string(),
+            "routed": routed,
+            "answering_node": self.member.id,
+            "answering_region": self.member.me.region,
+            "ranking": choice.ranking,
+            "scope_prefix": choice.scope,
+            "answer": addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "health": health,
+        })
+    }
+}
+
+/// The zones in the configuration, compiled (a zone that no longer compiles is skipped).
+pub fn compile_zones(config: &meridian_consensus::ConfigState) -> Vec<Zone> {
+    config
+        .zones
+        .iter()
+        .filter_map(|(name, record)| match parse_zone(&record.definition) {
+            Ok(zone) => Some(zone),
+            Err(errors) => {
+                tracing::warn!(zone = %name, ?errors, "zone skipped");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Parses and checks a zone document (YAML), listing every problem.
+pub fn parse_zone(text: &str) -> Result<Zone, Vec<String>> {
+    let spec: ZoneSpec = serde_saphyr::from_str(text)
+        .map_err(|e| vec![e.to_string().lines().next().unwrap_or("the zone is not valid YAML").to_string()])?;
+    spec.compile()
+}
+
+fn region_configs(config: &meridian_consensus::ConfigState) -> Vec<RegionConfig> {
+    config
+        .regions
+        .iter()
+        .map(|(name, r)| RegionConfig {
+            name: name.clone(),
+            weight: r.weight.unwrap_or(1),
+            hints: r.client_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+        })
+        .collect()
+}
+
+fn member_addresses(members: &[(NodeId, ClusterNode)]) -> Vec<MemberAddress> {
+    members
+        .iter()
+        .filter_map(|(id, n)| {
+            let gateway: SocketAddr = n.gateway_addr.parse().ok()?;
+            Some(MemberAddress {
+                id: *id,
+                region: n.region.clone(),
+                gateway_ip: gateway.ip(),
+                dns_addr: n.dns_addr.parse().ok(),
+            })
+        })
+        .collect()
+}
+
+/// One probe: an HTTP request to the gateway; any response within the timeout is "up".
+/// Returns the round trip in microseconds.
+async fn probe(target: SocketAddr, source: Option<IpAddr>) -> Option<u32> {
+    let attempt = async {
+        let socket =
+            if target.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.ok()?;
+        if let Some(ip) = source {
+            // From the node's own address, so partitions by source address apply to probes too.
+            socket.bind(SocketAddr::new(ip, 0)).ok()?;
+        }
+        let mut stream = socket.connect(target).await.ok()?;
+        let _ = stream.set_nodelay(true);
+        let started = Instant::now();
+        let request = format!("GET {PROBE_PATH} HTTP/1.1\r\nHost: meridian-probe\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut first = [0u8; 16];
+        let n = stream.read(&mut first).await.ok()?;
+        (n > 0).then(|| started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32)
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, attempt).await.ok().flatten()
+}
