@@ -113,9 +113,27 @@ async fn pump(
     let _ = to.shutdown().await;
 }
 
+async fn connect(upstream: SocketAddr, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = if upstream.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(upstream).await
+}
+
 impl FaultProxy {
     /// Listens on `listen` (port 0 for any) and forwards every connection to `upstream`.
     pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<FaultProxy> {
+        FaultProxy::start_from(listen, upstream, None).await
+    }
+
+    /// Like [`FaultProxy::start`], connecting upstream from `source` (so the upstream sees
+    /// the client network the proxy stands for, not the proxy's own address).
+    pub async fn start_from(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        source: Option<std::net::IpAddr>,
+    ) -> std::io::Result<FaultProxy> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let faults = Arc::new(Faults::default());
@@ -130,7 +148,7 @@ impl FaultProxy {
                 let mut resets = reset_rx.clone();
                 resets.borrow_and_update();
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    let Ok(server) = connect(upstream, source).await else { return };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
                     let (client_read, client_write) = client.into_split();

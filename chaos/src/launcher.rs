@@ -47,6 +47,8 @@ pub struct NodeProcess {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     pub admin: SocketAddr,
+    /// The DNS responder (UDP and TCP), when the node serves one.
+    pub dns: Option<SocketAddr>,
 }
 
 /// Finds `"key":"value"` in the ready file's flat JSON object.
@@ -80,8 +82,14 @@ impl NodeProcess {
         env: &[(&str, &str)],
     ) -> Result<NodeProcess, LaunchError> {
         std::fs::write(dir.path().join("gateway.yaml"), config)?;
-        let mut node =
-            NodeProcess { child: None, dir, http: None, https: None, admin: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        let mut node = NodeProcess {
+            child: None,
+            dir,
+            http: None,
+            https: None,
+            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+            dns: None,
+        };
         node.run(command, env)?;
         Ok(node)
     }
@@ -130,6 +138,7 @@ impl NodeProcess {
                 self.admin = addr("admin").ok_or_else(|| LaunchError::BadReadyFile(text.clone()))?;
                 self.http = addr("http");
                 self.https = addr("https");
+                self.dns = addr("dns");
                 self.child = Some(child);
                 return Ok(());
             }

@@ -221,6 +221,9 @@ mod tests {
             "/v1/domains/{name}",
             "/v1/regions",
             "/v1/regions/{name}",
+            "/v1/dns/zones",
+            "/v1/dns/zones/{name}",
+            "/v1/dns/explain",
             "/v1/keys",
             "/v1/keys/{key}",
             "/v1/keys/{key}/{action}",
@@ -232,7 +235,7 @@ mod tests {
         ] {
             assert!(paths.iter().any(|p| *p == route), "{route} is not documented");
         }
-        assert_eq!(paths.len(), 27, "a documented path is not served");
+        assert_eq!(paths.len(), 30, "a documented path is not served");
     }
 
     #[test]

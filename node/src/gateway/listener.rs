@@ -94,7 +94,6 @@ pub async fn serve(
         let handshake_timeout = limits.header_read_timeout;
         let idle = limits.idle_timeout;
         let open = open.clone();
-        let accepted = std::time::Instant::now();
         tokio::spawn(async move {
             let _permit = permit;
             open.increment(1.0);
@@ -105,12 +104,10 @@ pub async fn serve(
                         .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
                         .await
                 }
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        // The server's flight to the client's Finished is one round trip, and
-                        // unlike the kernel's RTT it spans any proxy in the path.
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, accept_tls(&acceptor, stream)).await {
+                    Ok(Ok((tls_stream, round_trip))) => {
                         if let Some(sink) = &rtt_sink {
-                            let rtt = accepted.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                            let rtt = round_trip.as_micros().min(u128::from(u32::MAX)) as u32;
                             let _ = sink.try_send((peer.ip(), rtt));
                         }
                         watcher
@@ -139,6 +136,22 @@ pub async fn serve(
     if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
+}
+
+/// A TLS handshake, and the time from the ClientHello to the client's Finished: the server's
+/// flight and the client's answer, one round trip that (unlike the kernel's RTT) spans any
+/// proxy between client and gateway.
+async fn accept_tls<S>(
+    acceptor: &TlsAcceptor,
+    stream: S,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<S>, std::time::Duration)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let hello = std::time::Instant::now();
+    let tls = start.into_stream(acceptor.config().clone()).await?;
+    Ok((tls, hello.elapsed()))
 }
 
 /// The kernel's smoothed round-trip estimate for a connection, microseconds.
