@@ -1,25 +1,37 @@
-//! A TCP fault proxy: put it on a link (node↔node RPC, client→gateway) and change what the
-//! link does while traffic flows.
+//! Fault proxies: put one on a link (node↔node RPC, client→gateway, client→DNS) and change
+//! what the link does while traffic flows.
 //!
-//! Faults apply per direction (`to_upstream`, `to_client`): a delay with jitter on every
-//! chunk, a blackhole (bytes are read and dropped, so the peer sees a silent connection, as in
-//! a partition), and a reset of every open connection. Runs without root: the kernel's own
-//! tools (`tc netem`) are not available on the machines this project runs on.
+//! Faults apply per direction (`to_upstream`, `to_client`): a delay with jitter, loss, a
+//! bandwidth cap, a blackhole (bytes are read and dropped, so the peer sees a silent
+//! connection, as in a partition), and a reset of every open connection. A TCP proxy may
+//! choose the faults per connection from the connecting address ([`LinkClassifier`]), so one
+//! proxy in front of a node can treat each region's peers differently. On TCP, loss cannot
+//! drop bytes from a stream; a "lost" chunk waits a retransmission timeout (200 ms) instead,
+//! which is what loss does to a TCP connection. [`UdpFaultProxy`] drops datagrams for real.
+//! Runs without root: `tc netem` is not available on the machines this project runs on.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
+
+/// What a TCP retransmission costs a "lost" chunk.
+const RETRANSMISSION: Duration = Duration::from_millis(200);
 
 /// The faults of one direction of a link.
 #[derive(Debug, Default)]
 pub struct DirectionFaults {
     delay_ms: AtomicU64,
     jitter_ms: AtomicU64,
+    /// Loss in parts per million.
+    loss_ppm: AtomicU32,
+    /// Bytes per second; 0 is unlimited.
+    bandwidth: AtomicU64,
     blackhole: AtomicBool,
 }
 
@@ -30,25 +42,68 @@ impl DirectionFaults {
         self.jitter_ms.store(jitter.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Loses this fraction (0.0–1.0) of chunks or datagrams.
+    pub fn set_loss(&self, fraction: f64) {
+        self.loss_ppm.store((fraction.clamp(0.0, 1.0) * 1e6) as u32, Ordering::Relaxed);
+    }
+
+    /// Caps the direction at `bytes_per_second` (0: no cap).
+    pub fn set_bandwidth(&self, bytes_per_second: u64) {
+        self.bandwidth.store(bytes_per_second, Ordering::Relaxed);
+    }
+
     /// Drops every byte (a partition) until turned off.
     pub fn set_blackhole(&self, on: bool) {
         self.blackhole.store(on, Ordering::Relaxed);
     }
 
-    fn pause(&self, draw: u64) -> Duration {
+    /// Clears every fault of the direction.
+    pub fn clear(&self) {
+        self.set_delay(Duration::ZERO, Duration::ZERO);
+        self.set_loss(0.0);
+        self.set_bandwidth(0);
+        self.set_blackhole(false);
+    }
+
+    fn blackholed(&self) -> bool {
+        self.blackhole.load(Ordering::Relaxed)
+    }
+
+    fn lost(&self, draw: u64) -> bool {
+        let ppm = u64::from(self.loss_ppm.load(Ordering::Relaxed));
+        ppm > 0 && (draw >> 11) % 1_000_000 < ppm
+    }
+
+    /// How long a chunk of `bytes` waits before it is passed on.
+    fn pause(&self, draw: u64, bytes: usize) -> Duration {
         let delay = self.delay_ms.load(Ordering::Relaxed);
         let jitter = self.jitter_ms.load(Ordering::Relaxed);
         let spread = if jitter == 0 { 0 } else { draw % (2 * jitter + 1) };
-        Duration::from_millis((delay + spread).saturating_sub(jitter))
+        let mut pause = Duration::from_millis((delay + spread).saturating_sub(jitter));
+        let bandwidth = self.bandwidth.load(Ordering::Relaxed);
+        if bandwidth > 0 {
+            pause += Duration::from_secs_f64(bytes as f64 / bandwidth as f64);
+        }
+        pause
     }
 }
 
-/// The faults of a link; shared with the running proxy.
-#[derive(Debug, Default)]
+/// The faults of a link; shared with the running proxies.
+#[derive(Debug)]
 pub struct Faults {
     pub to_upstream: DirectionFaults,
     pub to_client: DirectionFaults,
-    resets: Mutex<Option<watch::Sender<u64>>>,
+    resets: watch::Sender<u64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            to_upstream: DirectionFaults::default(),
+            to_client: DirectionFaults::default(),
+            resets: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Faults {
@@ -60,20 +115,55 @@ impl Faults {
 
     /// Closes every open connection at once.
     pub fn reset_connections(&self) {
-        if let Ok(guard) = self.resets.lock()
-            && let Some(tx) = guard.as_ref()
-        {
-            tx.send_modify(|n| *n += 1);
-        }
+        self.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Clears every fault in both directions.
+    pub fn clear(&self) {
+        self.to_upstream.clear();
+        self.to_client.clear();
     }
 }
 
-/// A running proxy from `listen` to `upstream`.
-#[derive(Debug)]
+/// Chooses a connection's faults from the address it comes from.
+pub type LinkClassifier = Arc<dyn Fn(IpAddr) -> Arc<Faults> + Send + Sync>;
+
+/// A small xorshift generator, seeded per connection, for jitter and loss.
+struct Draws(u64);
+
+impl Draws {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Seeds for connections: a scenario's seed makes jitter and loss repeatable.
+static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
+
+/// Sets the seed fault proxies draw jitter and loss from (per process).
+pub fn seed(seed: u64) {
+    SEED.store(seed | 1, Ordering::Relaxed);
+}
+
+fn new_draws() -> Draws {
+    Draws(SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed) | 1)
+}
+
+/// A running TCP proxy from `addr` to its upstream.
 pub struct FaultProxy {
     pub addr: SocketAddr,
+    /// The faults of connections the classifier does not place (all of them without one).
     pub faults: Arc<Faults>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy").field("addr", &self.addr).finish()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -89,20 +179,20 @@ async fn pump(
     upstream: bool,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut draw: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut draws = new_draws();
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         let direction = if upstream { &faults.to_upstream } else { &faults.to_client };
-        if direction.blackhole.load(Ordering::Relaxed) {
+        if direction.blackholed() {
             continue;
         }
-        draw ^= draw << 13;
-        draw ^= draw >> 7;
-        draw ^= draw << 17;
-        let pause = direction.pause(draw);
+        let mut pause = direction.pause(draws.next(), n);
+        if direction.lost(draws.next()) {
+            pause += RETRANSMISSION;
+        }
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
@@ -113,7 +203,7 @@ async fn pump(
     let _ = to.shutdown().await;
 }
 
-async fn connect(upstream: SocketAddr, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+async fn connect(upstream: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
     let socket = if upstream.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     if let Some(ip) = source {
         socket.bind(SocketAddr::new(ip, 0))?;
@@ -124,7 +214,7 @@ async fn connect(upstream: SocketAddr, source: Option<std::net::IpAddr>) -> std:
 impl FaultProxy {
     /// Listens on `listen` (port 0 for any) and forwards every connection to `upstream`.
     pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<FaultProxy> {
-        FaultProxy::start_from(listen, upstream, None).await
+        FaultProxy::start_with(listen, upstream, None, None).await
     }
 
     /// Like [`FaultProxy::start`], connecting upstream from `source` (so the upstream sees
@@ -132,21 +222,30 @@ impl FaultProxy {
     pub async fn start_from(
         listen: SocketAddr,
         upstream: SocketAddr,
-        source: Option<std::net::IpAddr>,
+        source: Option<IpAddr>,
+    ) -> std::io::Result<FaultProxy> {
+        FaultProxy::start_with(listen, upstream, source, None).await
+    }
+
+    /// The general form: an optional source address upstream, and an optional classifier
+    /// that picks each connection's faults from the address it comes from.
+    pub async fn start_with(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        source: Option<IpAddr>,
+        classify: Option<LinkClassifier>,
     ) -> std::io::Result<FaultProxy> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let faults = Arc::new(Faults::default());
-        let (reset_tx, reset_rx) = watch::channel(0u64);
-        if let Ok(mut guard) = faults.resets.lock() {
-            *guard = Some(reset_tx);
-        }
         let shared = faults.clone();
         let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let faults = shared.clone();
-                let mut resets = reset_rx.clone();
-                resets.borrow_and_update();
+            while let Ok((client, peer)) = listener.accept().await {
+                let faults = match &classify {
+                    Some(classify) => classify(peer.ip()),
+                    None => shared.clone(),
+                };
+                let mut resets = faults.resets.subscribe();
                 tokio::spawn(async move {
                     let Ok(server) = connect(upstream, source).await else { return };
                     let _ = client.set_nodelay(true);
@@ -166,6 +265,96 @@ impl FaultProxy {
             }
         });
         Ok(FaultProxy { addr, faults, task })
+    }
+}
+
+/// A running UDP proxy: each client address gets its own upstream socket (bound to
+/// `source` when given), so answers find their way back; idle sessions end after 30 s.
+pub struct UdpFaultProxy {
+    pub addr: SocketAddr,
+    pub faults: Arc<Faults>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for UdpFaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl UdpFaultProxy {
+    pub async fn start(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> std::io::Result<UdpFaultProxy> {
+        let socket = Arc::new(UdpSocket::bind(listen).await?);
+        let addr = socket.local_addr()?;
+        let faults = Arc::new(Faults::default());
+        let shared = faults.clone();
+        let task = tokio::spawn(async move {
+            let mut sessions: HashMap<SocketAddr, (Arc<UdpSocket>, Arc<Mutex<Instant>>)> = HashMap::new();
+            let mut draws = new_draws();
+            let mut buf = vec![0u8; 65_535];
+            while let Ok((n, client)) = socket.recv_from(&mut buf).await {
+                sessions
+                    .retain(|_, (_, seen)| seen.lock().map(|t| t.elapsed() < Duration::from_secs(30)).unwrap_or(false));
+                let session = match sessions.get(&client) {
+                    Some((s, seen)) => {
+                        if let Ok(mut t) = seen.lock() {
+                            *t = Instant::now();
+                        }
+                        s.clone()
+                    }
+                    None => {
+                        let bind = SocketAddr::new(
+                            source.unwrap_or(if upstream.is_ipv4() { [0, 0, 0, 0].into() } else { [0u16; 8].into() }),
+                            0,
+                        );
+                        let Ok(up) = UdpSocket::bind(bind).await else { continue };
+                        if up.connect(upstream).await.is_err() {
+                            continue;
+                        }
+                        let up = Arc::new(up);
+                        let seen = Arc::new(Mutex::new(Instant::now()));
+                        sessions.insert(client, (up.clone(), seen));
+                        // Answers back to the client, with the to_client faults.
+                        let (up_rx, back, faults) = (up.clone(), socket.clone(), shared.clone());
+                        tokio::spawn(async move {
+                            let mut draws = new_draws();
+                            let mut buf = vec![0u8; 65_535];
+                            while let Ok(Ok(n)) =
+                                tokio::time::timeout(Duration::from_secs(30), up_rx.recv(&mut buf)).await
+                            {
+                                let d = &faults.to_client;
+                                if d.blackholed() || d.lost(draws.next()) {
+                                    continue;
+                                }
+                                let pause = d.pause(draws.next(), n);
+                                let datagram = buf[..n].to_vec();
+                                let back = back.clone();
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(pause).await;
+                                    let _ = back.send_to(&datagram, client).await;
+                                });
+                            }
+                        });
+                        up
+                    }
+                };
+                let d = &shared.to_upstream;
+                if d.blackholed() || d.lost(draws.next()) {
+                    continue;
+                }
+                let pause = d.pause(draws.next(), n);
+                let datagram = buf[..n].to_vec();
+                tokio::spawn(async move {
+                    tokio::time::sleep(pause).await;
+                    let _ = session.send(&datagram).await;
+                });
+            }
+        });
+        Ok(UdpFaultProxy { addr, faults, task })
     }
 }
 
@@ -221,5 +410,39 @@ mod tests {
         let mut buf = [0u8; 4];
         let closed = tokio::time::timeout(Duration::from_secs(2), fresh.read(&mut buf)).await.unwrap();
         assert!(matches!(closed, Ok(0) | Err(_)), "the connection was not reset");
+    }
+
+    #[tokio::test]
+    async fn udp_loss_and_partition() {
+        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+                let _ = echo.send_to(&buf[..n], from).await;
+            }
+        });
+        let proxy = UdpFaultProxy::start("127.0.0.1:0".parse().unwrap(), echo_addr, None).await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut answered = 0;
+        let ask = async |count: usize| {
+            let mut got = 0;
+            let mut buf = [0u8; 16];
+            for _ in 0..count {
+                client.send_to(b"ping", proxy.addr).await.unwrap();
+                if tokio::time::timeout(Duration::from_millis(30), client.recv_from(&mut buf)).await.is_ok() {
+                    got += 1;
+                }
+            }
+            got
+        };
+        answered += ask(20).await;
+        assert_eq!(answered, 20, "a clean link passes every datagram");
+        proxy.faults.to_upstream.set_loss(0.5);
+        let half = ask(100).await;
+        assert!((25..=75).contains(&half), "about half lost: {half} of 100 answered");
+        proxy.faults.clear();
+        proxy.faults.partition(true);
+        assert_eq!(ask(5).await, 0, "a partition passes nothing");
     }
 }
