@@ -74,17 +74,20 @@ impl DirectionFaults {
         ppm > 0 && (draw >> 11) % 1_000_000 < ppm
     }
 
-    /// How long a chunk of `bytes` waits before it is passed on.
-    fn pause(&self, draw: u64, bytes: usize) -> Duration {
+    /// The delay (± jitter) a chunk or datagram gets.
+    fn latency(&self, draw: u64) -> Duration {
         let delay = self.delay_ms.load(Ordering::Relaxed);
         let jitter = self.jitter_ms.load(Ordering::Relaxed);
         let spread = if jitter == 0 { 0 } else { draw % (2 * jitter + 1) };
-        let mut pause = Duration::from_millis((delay + spread).saturating_sub(jitter));
-        let bandwidth = self.bandwidth.load(Ordering::Relaxed);
-        if bandwidth > 0 {
-            pause += Duration::from_secs_f64(bytes as f64 / bandwidth as f64);
+        Duration::from_millis((delay + spread).saturating_sub(jitter))
+    }
+
+    /// How long `bytes` take at the bandwidth cap.
+    fn serialization(&self, bytes: usize) -> Duration {
+        match self.bandwidth.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            rate => Duration::from_secs_f64(bytes as f64 / rate as f64),
         }
-        pause
     }
 }
 
@@ -172,14 +175,29 @@ impl Drop for FaultProxy {
     }
 }
 
+/// Moves bytes one way. Each chunk is due at its arrival plus the direction's delay (and a
+/// retransmission timeout when "lost"), never before the chunk ahead of it: latency without
+/// limiting throughput, and in order, as on a real TCP path. A bandwidth cap spaces chunks
+/// by their size.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     faults: Arc<Faults>,
     upstream: bool,
 ) {
+    let (queue, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((at, chunk)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
     let mut buf = vec![0u8; 16 * 1024];
     let mut draws = new_draws();
+    let mut last_due = tokio::time::Instant::now();
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -189,18 +207,18 @@ async fn pump(
         if direction.blackholed() {
             continue;
         }
-        let mut pause = direction.pause(draws.next(), n);
+        let mut latency = direction.latency(draws.next());
         if direction.lost(draws.next()) {
-            pause += RETRANSMISSION;
+            latency += RETRANSMISSION;
         }
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
+        let at = (tokio::time::Instant::now() + latency).max(last_due + direction.serialization(n));
+        last_due = at;
+        if queue.send((at, buf[..n].to_vec())).is_err() {
             break;
         }
     }
-    let _ = to.shutdown().await;
+    drop(queue);
+    let _ = writer.await;
 }
 
 async fn connect(upstream: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
@@ -214,7 +232,7 @@ async fn connect(upstream: SocketAddr, source: Option<IpAddr>) -> std::io::Resul
 impl FaultProxy {
     /// Listens on `listen` (port 0 for any) and forwards every connection to `upstream`.
     pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<FaultProxy> {
-        FaultProxy::start_with(listen, upstream, None, None).await
+        FaultProxy::start_with(listen, upstream, None, Arc::new(Faults::default()), None).await
     }
 
     /// Like [`FaultProxy::start`], connecting upstream from `source` (so the upstream sees
@@ -224,20 +242,21 @@ impl FaultProxy {
         upstream: SocketAddr,
         source: Option<IpAddr>,
     ) -> std::io::Result<FaultProxy> {
-        FaultProxy::start_with(listen, upstream, source, None).await
+        FaultProxy::start_with(listen, upstream, source, Arc::new(Faults::default()), None).await
     }
 
-    /// The general form: an optional source address upstream, and an optional classifier
-    /// that picks each connection's faults from the address it comes from.
+    /// The general form: an optional source address upstream, the link's `faults` (which
+    /// the caller may share with other proxies), and an optional classifier that picks each
+    /// connection's faults from the address it comes from instead.
     pub async fn start_with(
         listen: SocketAddr,
         upstream: SocketAddr,
         source: Option<IpAddr>,
+        faults: Arc<Faults>,
         classify: Option<LinkClassifier>,
     ) -> std::io::Result<FaultProxy> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let faults = Arc::new(Faults::default());
         let shared = faults.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, peer)) = listener.accept().await {
@@ -287,10 +306,10 @@ impl UdpFaultProxy {
         listen: SocketAddr,
         upstream: SocketAddr,
         source: Option<IpAddr>,
+        faults: Arc<Faults>,
     ) -> std::io::Result<UdpFaultProxy> {
         let socket = Arc::new(UdpSocket::bind(listen).await?);
         let addr = socket.local_addr()?;
-        let faults = Arc::new(Faults::default());
         let shared = faults.clone();
         let task = tokio::spawn(async move {
             let mut sessions: HashMap<SocketAddr, (Arc<UdpSocket>, Arc<Mutex<Instant>>)> = HashMap::new();
@@ -330,7 +349,7 @@ impl UdpFaultProxy {
                                 if d.blackholed() || d.lost(draws.next()) {
                                     continue;
                                 }
-                                let pause = d.pause(draws.next(), n);
+                                let pause = d.latency(draws.next()) + d.serialization(n);
                                 let datagram = buf[..n].to_vec();
                                 let back = back.clone();
                                 tokio::spawn(async move {
@@ -346,7 +365,7 @@ impl UdpFaultProxy {
                 if d.blackholed() || d.lost(draws.next()) {
                     continue;
                 }
-                let pause = d.pause(draws.next(), n);
+                let pause = d.latency(draws.next()) + d.serialization(n);
                 let datagram = buf[..n].to_vec();
                 tokio::spawn(async move {
                     tokio::time::sleep(pause).await;
@@ -422,7 +441,8 @@ mod tests {
                 let _ = echo.send_to(&buf[..n], from).await;
             }
         });
-        let proxy = UdpFaultProxy::start("127.0.0.1:0".parse().unwrap(), echo_addr, None).await.unwrap();
+        let proxy =
+            UdpFaultProxy::start("127.0.0.1:0".parse().unwrap(), echo_addr, None, Arc::default()).await.unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut answered = 0;
         let ask = async |count: usize| {

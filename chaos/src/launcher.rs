@@ -26,8 +26,19 @@ pub enum LaunchError {
     BadReadyFile(String),
 }
 
-/// The `meridian` binary to run: `$MERIDIAN_BIN`, else the workspace's debug build.
+static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes [`meridian_binary`] return `path` (`meridian chaos` passes its own executable).
+pub fn use_binary(path: PathBuf) {
+    let _ = BINARY.set(path);
+}
+
+/// The `meridian` binary to run: the one set by [`use_binary`], else `$MERIDIAN_BIN`, else
+/// the workspace's debug build.
 pub fn meridian_binary() -> PathBuf {
+    if let Some(p) = BINARY.get() {
+        return p.clone();
+    }
     if let Some(p) = std::env::var_os("MERIDIAN_BIN") {
         // Absolute, because nodes run with their own folder as working directory.
         let p = PathBuf::from(p);
@@ -201,6 +212,12 @@ impl NodeProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Leaves the node's folder (data, logs) on disk when this value is dropped.
+    pub fn keep(&mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
     }
 
     /// The node's own log so far.

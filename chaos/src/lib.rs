@@ -1,9 +1,34 @@
-//! Meridian's process launcher and, later, its fault injection and chaos scenarios.
+//! Meridian's chaos suite: real `meridian` processes, faults on real links, invariants
+//! checked at the end.
 //!
-//! The end-to-end tests and the chaos suite drive Meridian from outside, as a user would:
-//! they start real `meridian` processes on loopback and talk to them over real sockets.
-//! [`launcher`] is the one place that knows how to do that; [`fault_proxy`] sits on a link
-//! and delays, blackholes or resets it.
+//! - [`launcher`] starts, kills, pauses and restarts `meridian` processes (the end-to-end
+//!   tests use it too);
+//! - [`fault_proxy`] sits on a TCP or UDP link and delays, loses, throttles, blackholes or
+//!   resets it;
+//! - [`scenario`] is the data format of a scenario; [`SCENARIOS`] are the shipped ones;
+//! - [`cluster`] builds a scenario's cluster with a proxy on every controlled link;
+//! - [`workload`] drives clients (through DNS), writers and keyed clients and records the
+//!   timeline; [`runner`] applies the faults and checks the invariants; [`report`] writes
+//!   the JSON report and the SVG timeline.
 
+pub mod cluster;
+pub mod dns;
 pub mod fault_proxy;
+pub mod http;
 pub mod launcher;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod workload;
+
+/// The scenarios shipped with Meridian: `(name, YAML)`.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    ("leader-kill", include_str!("../scenarios/leader-kill.yaml")),
+    ("region-loss", include_str!("../scenarios/region-loss.yaml")),
+    ("region-partition", include_str!("../scenarios/region-partition.yaml")),
+    ("minority-write", include_str!("../scenarios/minority-write.yaml")),
+    ("leader-pause", include_str!("../scenarios/leader-pause.yaml")),
+    ("flaky-wan", include_str!("../scenarios/flaky-wan.yaml")),
+    ("rolling-restart", include_str!("../scenarios/rolling-restart.yaml")),
+    ("quota-under-partition", include_str!("../scenarios/quota-under-partition.yaml")),
+];

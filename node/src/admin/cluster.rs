@@ -127,7 +127,9 @@ fn outcome_response(result: Result<CommandOutcome, ClusterError>) -> Response<Fu
             };
             with_etag(message(status, &r.to_string()), revision)
         }
-        Err(e @ ClusterError::NoQuorum(_)) => message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e @ (ClusterError::NoQuorum(_) | ClusterError::NoLeader(_))) => {
+            message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
         Err(e) => message(StatusCode::BAD_GATEWAY, &e.to_string()),
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod chaos;
 mod cluster;
 mod demo;
 
@@ -106,6 +107,9 @@ pub enum Command {
     /// Manage DNS zones and explain the answers.
     #[command(subcommand)]
     Dns(DnsCommand),
+    /// Run chaos scenarios: real nodes, faults on their links, invariants checked.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
     /// Manage API keys (values are shown once and stored hashed).
     #[command(subcommand)]
     Keys(KeyCommand),
@@ -228,6 +232,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Domains(command) => cluster::domains(command).await,
         Command::Regions(command) => cluster::regions(command).await,
         Command::Dns(command) => cluster::dns(command).await,
+        Command::Chaos(command) => chaos::run_command(command).await,
         Command::Keys(command) => cluster::keys(command).await,
         Command::Usage { plan, key, from, to, format, target } => {
             cluster::usage(&plan, key.as_deref(), from.as_deref(), to.as_deref(), &format, &target).await

@@ -26,6 +26,8 @@ use crate::config::ClusterSettings;
 
 /// How long a write may wait for a quorum before failing.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write waits while this node knows no leader (an election takes about 1-2 s).
+pub const LEADERLESS_LIMIT: Duration = Duration::from_secs(3);
 
 /// Errors of cluster operations, each with a message an operator can act on.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,8 @@ pub enum ClusterError {
     Setup(String),
     #[error("no leader could commit the write within {0:?} (is a quorum of voters up?)")]
     NoQuorum(Duration),
+    #[error("no leader for {0:?}: this node is cut off from a quorum of voters; the write was not made")]
+    NoLeader(Duration),
     #[error("the write was refused: {0}")]
     Refused(String),
     #[error("cannot reach {addr}: {message}")]
@@ -74,15 +78,18 @@ pub struct ClusterMember {
     dns: std::sync::OnceLock<Arc<super::dns::DnsService>>,
 }
 
-fn raft_config(snapshot_after_logs: u64) -> Result<Arc<openraft::Config>, ClusterError> {
+fn raft_config(snapshot_after_logs: u64, heartbeat: Duration) -> Result<Arc<openraft::Config>, ClusterError> {
+    // openraft gives every AppendEntries one heartbeat interval to complete, so the interval
+    // must exceed the longest round trip between voters (the chaos suite's flaky-wan scenario
+    // showed that at 150 ms nothing commits over a 200 ms WAN). An election starts after
+    // 3.3-6 heartbeats of silence (500-900 ms at the default 150 ms); openraft's leader lease
+    // equals the maximum, so a dead leader is replaced within about 2 × 6 heartbeats.
+    let heartbeat = heartbeat.as_millis() as u64;
     let config = openraft::Config {
         cluster_name: "meridian".into(),
-        // A heartbeat every 150 ms tolerates cross-region round trips of a few hundred ms;
-        // an election starts after 500-900 ms of silence. openraft's leader lease equals the
-        // maximum, so a dead leader is replaced within about 2 × 900 ms.
-        heartbeat_interval: 150,
-        election_timeout_min: 500,
-        election_timeout_max: 900,
+        heartbeat_interval: heartbeat,
+        election_timeout_min: heartbeat * 10 / 3,
+        election_timeout_max: heartbeat * 6,
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_after_logs),
         max_in_snapshot_log_to_keep: snapshot_after_logs / 5,
@@ -223,8 +230,9 @@ impl ClusterMember {
         let connector =
             TlsConnector::new(member_client_config(&identity).map_err(setup)?).from_address(settings.rpc_listen.ip());
         let network = Network { connector: connector.clone() };
-        let raft =
-            Raft::new(id, raft_config(settings.snapshot_after_logs)?, network, log, machine).await.map_err(setup)?;
+        let raft = Raft::new(id, raft_config(settings.snapshot_after_logs, settings.heartbeat)?, network, log, machine)
+            .await
+            .map_err(setup)?;
         let me = ClusterNode {
             region: advertised.region.clone(),
             rpc_addr: settings.advertise_rpc.clone(),
@@ -298,7 +306,19 @@ impl ClusterMember {
     /// after [`WRITE_TIMEOUT`] without a quorum.
     pub async fn propose(&self, proposal: Proposal) -> Result<CommandOutcome, ClusterError> {
         let attempt = async {
+            let mut leaderless_since: Option<tokio::time::Instant> = None;
             loop {
+                // A node that has known no leader for a while is on the minority side of a
+                // partition (or the cluster has lost its quorum): fail now, cleanly, rather
+                // than hold the write until the partition heals.
+                if self.leader().is_none() {
+                    let since = *leaderless_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= LEADERLESS_LIMIT {
+                        return Err(ClusterError::NoLeader(LEADERLESS_LIMIT));
+                    }
+                } else {
+                    leaderless_since = None;
+                }
                 match self.leader() {
                     Some((leader, _)) if leader == self.id => match self.raft.client_write(proposal.clone()).await {
                         Ok(response) => return Ok(response.data),

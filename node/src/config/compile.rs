@@ -180,6 +180,16 @@ impl Compiler<'_> {
             );
             return None;
         }
+        let heartbeat = match &c.heartbeat {
+            None => Duration::from_millis(150),
+            Some(h) => match super::parse_duration(&h.value) {
+                Ok(d) if (Duration::from_millis(50)..=Duration::from_secs(5)).contains(&d) => d,
+                _ => {
+                    self.sink.push(h.referenced, "cluster.heartbeat", "a duration from 50ms to 5s, e.g. `300ms`");
+                    return None;
+                }
+            },
+        };
         let dns = match &c.dns {
             Some(d) => Some(self.dns(d)?),
             None => None,
@@ -189,6 +199,7 @@ impl Compiler<'_> {
             rpc_listen,
             advertise_rpc,
             snapshot_after_logs: c.snapshot_after_logs.value,
+            heartbeat,
             dns,
         })
     }

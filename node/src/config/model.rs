@@ -46,6 +46,9 @@ pub struct ClusterSection {
     /// Snapshot the state and compact the log after this many entries (default 500).
     #[serde(default = "default_snapshot_after_logs")]
     pub snapshot_after_logs: Spanned<u64>,
+    /// Raft heartbeat interval (default 150ms); must exceed the longest round trip between
+    /// voters, since each replication request gets one interval to complete.
+    pub heartbeat: Option<Spanned<String>>,
     /// Serve the cluster's DNS zones on this node.
     pub dns: Option<DnsSection>,
 }
