@@ -441,15 +441,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     }
     // Writes still in flight finish or time out (the admin client waits 12 s at most).
     let deadline = Instant::now() + Duration::from_secs(13);
-    let sent = |t: &Timeline| lock(&t.writes).len();
-    let mut last = sent(&timeline);
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = sent(&timeline);
-        if now == last && Instant::now() + Duration::from_secs(12) > deadline {
-            break;
-        }
-        last = now;
+    while timeline.writes_in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let duration_s = timeline.now_s();
     // Heal everything the schedule left broken, then check.

@@ -66,6 +66,8 @@ pub struct Timeline {
     /// Successful client requests: (seconds since start, client region).
     pub successes: Mutex<Vec<(f64, usize)>>,
     pub writes: Mutex<Vec<Write>>,
+    /// Writes sent and not answered yet.
+    pub writes_in_flight: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,6 +82,7 @@ impl Timeline {
             failures: Mutex::new(Vec::new()),
             successes: Mutex::new(Vec::new()),
             writes: Mutex::new(Vec::new()),
+            writes_in_flight: AtomicU64::new(0),
         }
     }
 
@@ -319,6 +322,7 @@ pub async fn writer(
         let node = candidates[turn % candidates.len()];
         let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
         let (cluster, timeline) = (cluster.clone(), timeline.clone());
+        timeline.writes_in_flight.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let key = format!("w{n}");
             let body = serde_json::json!({ "set": { &key: n.to_string() } }).to_string();
@@ -342,6 +346,7 @@ pub async fn writer(
                 revision,
                 error,
             });
+            timeline.writes_in_flight.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

@@ -140,11 +140,14 @@ pub fn certificates(state: &ConfigState) -> DomainCertificates {
 }
 
 /// Keeps `table` and the TLS certificates in step with the member's applied configuration.
+/// `serving` turns true once the first table is in place (listeners wait for it, so a
+/// restarted member never answers from an empty table).
 pub fn spawn_sync(
     member: Arc<ClusterMember>,
     table: Arc<ArcSwap<RoutingTable>>,
     sni: Arc<SniResolver>,
     default_rate: Rate,
+    serving: tokio::sync::watch::Sender<bool>,
 ) {
     tokio::spawn(async move {
         let mut metrics = member.raft.metrics();
@@ -157,6 +160,7 @@ pub fn spawn_sync(
                 served = Some(state.revision);
                 metrics::gauge!("meridian_config_revision").set(state.revision as f64);
                 tracing::info!(revision = state.revision, "serving cluster configuration");
+                serving.send_replace(true);
             }
             if metrics.changed().await.is_err() {
                 return;

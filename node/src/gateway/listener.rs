@@ -40,16 +40,30 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves `listener` until `shutdown` turns true, then drains for up to the drain timeout.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    pipeline: Arc<Pipeline>,
-    limits: Limits,
-    connections: Arc<Semaphore>,
-    client_rtt: Arc<OnceLock<ClientRttSink>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// What every listener of a node shares.
+#[derive(Clone)]
+pub struct ListenerShared {
+    pub pipeline: Arc<Pipeline>,
+    pub limits: Limits,
+    /// The node-wide connection cap.
+    pub connections: Arc<Semaphore>,
+    /// Where measured client round trips go (set when the node serves DNS).
+    pub client_rtt: Arc<OnceLock<ClientRttSink>>,
+    /// Accepting starts when this turns true.
+    pub serving: watch::Receiver<bool>,
+    /// Accepting stops, and draining starts, when this turns true.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Serves `listener` once `serving` turns true and until `shutdown` does, then drains for up
+/// to the drain timeout.
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: ListenerShared) {
+    let ListenerShared { pipeline, limits, connections, client_rtt, mut serving, mut shutdown } = shared;
+    // Until there is something to serve, connections wait in the kernel's backlog.
+    tokio::select! {
+        _ = serving.wait_for(|s| *s) => {}
+        _ = stopped(&mut shutdown) => return,
+    }
     let graceful = GracefulShutdown::new();
     let builder = http_builder(&limits);
     let open = metrics::gauge!("meridian_connections_open");

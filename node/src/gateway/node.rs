@@ -134,6 +134,9 @@ pub struct Node {
     pub dns_addr: Option<SocketAddr>,
     /// Where listeners report client round trips (set when the node serves DNS).
     client_rtt: Arc<std::sync::OnceLock<crate::cluster::dns::ClientRttSink>>,
+    /// Whether listeners accept connections: at once for a file configuration, once the
+    /// cluster's configuration is compiled for a member.
+    serving: watch::Sender<bool>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -198,29 +201,22 @@ impl Node {
             Arc::new(Pipeline::new(table.clone(), limits.max_body_bytes, access_log.clone(), limiter.clone()));
         let connections = Arc::new(Semaphore::new(limits.max_connections));
         let (shutdown, stop) = watch::channel(false);
+        let serving = watch::Sender::new(config.cluster.is_none());
+        let listening = listener::ListenerShared {
+            pipeline: pipeline.clone(),
+            limits: limits.clone(),
+            connections: connections.clone(),
+            client_rtt: client_rtt.clone(),
+            serving: serving.subscribe(),
+            shutdown: stop.clone(),
+        };
         let mut tasks = Vec::new();
         if let Some(l) = http {
-            tasks.push(tokio::spawn(listener::serve(
-                l,
-                None,
-                pipeline.clone(),
-                limits.clone(),
-                connections.clone(),
-                client_rtt.clone(),
-                stop.clone(),
-            )));
+            tasks.push(tokio::spawn(listener::serve(l, None, listening.clone())));
         }
         if let Some(l) = https {
             let acceptor = TlsAcceptor::from(Arc::new(server_config(sni)?));
-            tasks.push(tokio::spawn(listener::serve(
-                l,
-                Some(acceptor),
-                pipeline.clone(),
-                limits.clone(),
-                connections.clone(),
-                client_rtt.clone(),
-                stop.clone(),
-            )));
+            tasks.push(tokio::spawn(listener::serve(l, Some(acceptor), listening.clone())));
         }
         let admin_state = Arc::new(AdminState {
             metrics,
@@ -246,6 +242,7 @@ impl Node {
             dns_sockets: Mutex::new(dns_sockets),
             dns_addr,
             client_rtt,
+            serving,
         })
     }
 
@@ -271,6 +268,7 @@ impl Node {
             self.table.clone(),
             self.reloader.sni.clone(),
             self.default_rate,
+            self.serving.clone(),
         );
         self.limiter.set_node(member.id);
         let quotas = member.data_dir().join("quotas.bin");
