@@ -55,7 +55,7 @@ pub struct ChaosNode {
     pub ip: Ipv4Addr,
     pub id: u64,
     pub process: Arc<Mutex<NodeProcess>>,
-    _rpc_proxy: FaultProxy,
+    rpc_proxy: FaultProxy,
 }
 
 impl ChaosNode {
@@ -74,8 +74,8 @@ impl ChaosNode {
 pub struct ClientLink {
     pub gateway: SocketAddr,
     pub dns: SocketAddr,
-    _tcp: FaultProxy,
-    _udp: UdpFaultProxy,
+    tcp: FaultProxy,
+    udp: UdpFaultProxy,
 }
 
 /// A running scenario cluster.
@@ -200,7 +200,7 @@ impl ChaosCluster {
                 ip,
                 id: 0,
                 process: Arc::new(Mutex::new(process)),
-                _rpc_proxy: rpc_proxy,
+                rpc_proxy: rpc_proxy,
             });
         }
 
@@ -242,7 +242,7 @@ impl ChaosCluster {
                 let udp = UdpFaultProxy::start(listen, node.dns(), Some(source), faults)
                     .await
                     .map_err(setup("client DNS proxy"))?;
-                row.push(ClientLink { gateway: tcp.addr, dns: udp.addr, _tcp: tcp, _udp: udp });
+                row.push(ClientLink { gateway: tcp.addr, dns: udp.addr, tcp, udp });
             }
             links.push(row);
         }
@@ -437,6 +437,18 @@ impl ChaosCluster {
             out.push(revision);
         }
         out
+    }
+
+    /// Stops every node and proxy (so the next scenario can use the addresses).
+    pub async fn stop(&self) {
+        for n in 0..self.nodes.len() {
+            self.kill(n).await;
+            self.nodes[n].rpc_proxy.stop();
+        }
+        for link in self.links.iter().flatten() {
+            link.tcp.stop();
+            link.udp.stop();
+        }
     }
 
     /// Keeps the nodes' folders (data and logs) after the run; returns where they are.

@@ -161,6 +161,7 @@ pub struct FaultProxy {
     /// The faults of connections the classifier does not place (all of them without one).
     pub faults: Arc<Faults>,
     task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for FaultProxy {
@@ -169,9 +170,17 @@ impl std::fmt::Debug for FaultProxy {
     }
 }
 
+impl FaultProxy {
+    /// Stops listening and closes every connection through the proxy.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+        self.task.abort();
+    }
+}
+
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
@@ -258,6 +267,8 @@ impl FaultProxy {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let shared = faults.clone();
+        let stop = watch::Sender::new(false);
+        let stopped = stop.subscribe();
         let task = tokio::spawn(async move {
             while let Ok((client, peer)) = listener.accept().await {
                 let faults = match &classify {
@@ -265,6 +276,7 @@ impl FaultProxy {
                     None => shared.clone(),
                 };
                 let mut resets = faults.resets.subscribe();
+                let mut stopped = stopped.clone();
                 tokio::spawn(async move {
                     let Ok(server) = connect(upstream, source).await else { return };
                     let _ = client.set_nodelay(true);
@@ -276,6 +288,7 @@ impl FaultProxy {
                     // A reset aborts both directions: the sockets close without a goodbye.
                     tokio::select! {
                         _ = resets.changed() => {}
+                        _ = stopped.wait_for(|s| *s) => {}
                         _ = async { let _ = (&mut up).await; let _ = (&mut down).await; } => {}
                     }
                     up.abort();
@@ -283,7 +296,7 @@ impl FaultProxy {
                 });
             }
         });
-        Ok(FaultProxy { addr, faults, task })
+        Ok(FaultProxy { addr, faults, task, stop })
     }
 }
 
@@ -293,11 +306,20 @@ pub struct UdpFaultProxy {
     pub addr: SocketAddr,
     pub faults: Arc<Faults>,
     task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl UdpFaultProxy {
+    /// Stops the proxy and every session.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+        self.task.abort();
+    }
 }
 
 impl Drop for UdpFaultProxy {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
@@ -311,6 +333,8 @@ impl UdpFaultProxy {
         let socket = Arc::new(UdpSocket::bind(listen).await?);
         let addr = socket.local_addr()?;
         let shared = faults.clone();
+        let stop = watch::Sender::new(false);
+        let stopped = stop.subscribe();
         let task = tokio::spawn(async move {
             let mut sessions: HashMap<SocketAddr, (Arc<UdpSocket>, Arc<Mutex<Instant>>)> = HashMap::new();
             let mut draws = new_draws();
@@ -339,12 +363,18 @@ impl UdpFaultProxy {
                         sessions.insert(client, (up.clone(), seen));
                         // Answers back to the client, with the to_client faults.
                         let (up_rx, back, faults) = (up.clone(), socket.clone(), shared.clone());
+                        let mut stopped = stopped.clone();
                         tokio::spawn(async move {
                             let mut draws = new_draws();
                             let mut buf = vec![0u8; 65_535];
-                            while let Ok(Ok(n)) =
-                                tokio::time::timeout(Duration::from_secs(30), up_rx.recv(&mut buf)).await
-                            {
+                            loop {
+                                let n = tokio::select! {
+                                    received = tokio::time::timeout(Duration::from_secs(30), up_rx.recv(&mut buf)) => match received {
+                                        Ok(Ok(n)) => n,
+                                        _ => break,
+                                    },
+                                    _ = stopped.wait_for(|s| *s) => break,
+                                };
                                 let d = &faults.to_client;
                                 if d.blackholed() || d.lost(draws.next()) {
                                     continue;
@@ -373,7 +403,7 @@ impl UdpFaultProxy {
                 });
             }
         });
-        Ok(UdpFaultProxy { addr, faults, task })
+        Ok(UdpFaultProxy { addr, faults, task, stop })
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Figures {
     pub converged_after_s: Option<f64>,
     /// Keyed clients: admitted per second during the measured window, and the limit.
     pub keyed_admitted_per_s: Option<f64>,
+    /// Keyed clients: the busiest second of the partition, its first seconds included.
+    pub keyed_peak_per_s: Option<u64>,
     pub keyed_limit: Option<u32>,
 }
 
@@ -95,8 +97,9 @@ impl Report {
         if let (Some(a), Some(l)) = (f.keyed_admitted_per_s, f.keyed_limit) {
             let _ = writeln!(
                 out,
-                "  keyed: {a:.1} admitted/s against a limit of {l} ({:+.1} %)",
-                (a / f64::from(l) - 1.0) * 100.0
+                "  keyed: {a:.1} admitted/s against a limit of {l} ({:+.1} %), busiest second {}",
+                (a / f64::from(l) - 1.0) * 100.0,
+                f.keyed_peak_per_s.unwrap_or(0)
             );
         }
         for v in &self.verdicts {

@@ -451,6 +451,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         cluster.signal(n, libc::SIGCONT);
     }
     let report = check(scenario, options, &shared, duration_s).await;
+    cluster.stop().await;
     std::fs::create_dir_all(&options.report_dir)?;
     let base = options.report_dir.join(format!("{}-{}", scenario.name, options.seed));
     std::fs::write(base.with_extension("json"), serde_json::to_string_pretty(&report).unwrap_or_default())?;
@@ -695,6 +696,14 @@ async fn check(scenario: &Scenario, options: &RunOptions, shared: &Arc<Shared>, 
             }
         };
         let measured: Vec<u64> = seconds.iter().filter(|s| in_window(s.second)).map(|s| s.keyed_admitted).collect();
+        figures.keyed_peak_per_s = seconds
+            .iter()
+            .filter(|s| {
+                let t = s.second as f64;
+                cuts.iter().any(|c| t + 1.0 >= c.from_s && t <= c.until_s.unwrap_or(duration_s))
+            })
+            .map(|s| s.keyed_admitted)
+            .max();
         let mean = measured.iter().sum::<u64>() as f64 / measured.len().max(1) as f64;
         figures.keyed_admitted_per_s = Some(mean);
         figures.keyed_limit = Some(keyed.limit);

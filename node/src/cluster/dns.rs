@@ -163,6 +163,8 @@ impl DnsService {
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let source = self.member.me.rpc_addr.parse::<SocketAddr>().ok().map(|a| a.ip());
+        let heartbeat_us = self.member.raft.config().heartbeat_interval.saturating_mul(1000);
+        let mut warned_at: Option<Instant> = None;
         loop {
             tick.tick().await;
             let targets: Vec<(NodeId, SocketAddr)> = self
@@ -175,6 +177,20 @@ impl DnsService {
                 targets.iter().map(|(id, addr)| async move { (*id, probe(*addr, source).await) }),
             )
             .await;
+            // Raft gives each replication request one heartbeat: a round trip longer than that
+            // means writes to that node time out. Say so (once a minute).
+            if let Some((id, rtt)) = results.iter().filter_map(|(id, r)| r.map(|rtt| (*id, rtt))).max_by_key(|(_, rtt)| *rtt)
+                && u64::from(rtt) > heartbeat_us
+                && warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+            {
+                warned_at = Some(Instant::now());
+                tracing::warn!(
+                    node = id,
+                    round_trip_ms = rtt / 1000,
+                    heartbeat_ms = heartbeat_us / 1000,
+                    "the round trip to a peer exceeds cluster.heartbeat: Raft replication to it will time out; raise cluster.heartbeat"
+                );
+            }
             let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
             probes.retain(|id, _| targets.iter().any(|(t, _)| t == id));
             for (id, result) in results {
