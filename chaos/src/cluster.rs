@@ -194,14 +194,7 @@ impl ChaosCluster {
             if founding {
                 token = std::fs::read_to_string(process.dir().join("ready.token")).map_err(setup("join token"))?;
             }
-            nodes.push(ChaosNode {
-                name,
-                region,
-                ip,
-                id: 0,
-                process: Arc::new(Mutex::new(process)),
-                rpc_proxy: rpc_proxy,
-            });
+            nodes.push(ChaosNode { name, region, ip, id: 0, process: Arc::new(Mutex::new(process)), rpc_proxy });
         }
 
         // Every member known, and their ids.

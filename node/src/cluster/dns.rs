@@ -179,7 +179,8 @@ impl DnsService {
             .await;
             // Raft gives each replication request one heartbeat: a round trip longer than that
             // means writes to that node time out. Say so (once a minute).
-            if let Some((id, rtt)) = results.iter().filter_map(|(id, r)| r.map(|rtt| (*id, rtt))).max_by_key(|(_, rtt)| *rtt)
+            if let Some((id, rtt)) =
+                results.iter().filter_map(|(id, r)| r.map(|rtt| (*id, rtt))).max_by_key(|(_, rtt)| *rtt)
                 && u64::from(rtt) > heartbeat_us
                 && warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60))
             {
