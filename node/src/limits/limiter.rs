@@ -113,6 +113,9 @@ pub struct Observation {
 /// How long a peer may stay silent before its consumption is extrapolated (members gossip,
 /// if only a heartbeat, to every peer at least every 250 ms).
 const STALE_AFTER: Duration = Duration::from_millis(1000);
+/// How long a peer that counts may go unheard before its current second is extrapolated at
+/// its previous second's pace (gossip rounds are 50 ms apart).
+const LAGGING_AFTER: Duration = Duration::from_millis(150);
 const SHARDS: usize = 16;
 /// Finished windows a calendar scope remembers (about 13 months of days).
 const HISTORY_WINDOWS: usize = 400;
@@ -234,14 +237,15 @@ impl Limiter {
         &self.shards[(self.hasher.hash_one(scope) as usize) % SHARDS]
     }
 
-    fn stale_peers(&self, now: Instant) -> HashMap<NodeId, bool> {
+    /// For each peer: how long since it was last heard from.
+    fn peer_silence_at(&self, now: Instant) -> HashMap<NodeId, Duration> {
         let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        heard.iter().map(|(n, t)| (*n, now.duration_since(*t) > STALE_AFTER)).collect()
+        heard.iter().map(|(n, t)| (*n, now.duration_since(*t))).collect()
     }
 
     /// The cluster-wide estimate of requests in the sliding second ending `frac` into the
     /// current window.
-    fn estimate(state: &ScopeState, me: NodeId, frac: f64, stale: &HashMap<NodeId, bool>) -> f64 {
+    fn estimate(state: &ScopeState, me: NodeId, frac: f64, silence: &HashMap<NodeId, Duration>) -> f64 {
         let mut nodes: Vec<NodeId> = state.current.slots().map(|(n, _)| n).collect();
         nodes.extend(state.previous.slots().map(|(n, _)| n));
         nodes.extend(state.last_rates.keys().copied());
@@ -252,17 +256,17 @@ impl Limiter {
             .map(|n| {
                 let mut previous = state.previous.slot(n) as f64;
                 let mut current = state.current.slot(n) as f64;
-                if n != me && stale.get(&n).copied().unwrap_or(true) {
+                let quiet = if n == me { Duration::ZERO } else { silence.get(&n).copied().unwrap_or(Duration::MAX) };
+                if quiet > STALE_AFTER {
                     // A silent peer keeps consuming at its last known rate, however long the
                     // silence: its share is not handed out to this side of a partition.
                     let recent = state.last_rates.get(&n).map_or(0, |r| r.iter().copied().max().unwrap_or(0));
                     previous = previous.max(recent as f64);
                 }
-                if n != me {
-                    // What a peer did this second is known only up to its last gossip: count at
-                    // least its last second's pace. This covers gossip lag, and the first
-                    // second of a partition, before the peer counts as silent (the chaos
-                    // suite's quota-under-partition saw 1.7x the limit in that second).
+                if quiet > LAGGING_AFTER {
+                    // Missed gossip rounds: count at least its last second's pace, from the
+                    // first moments of a partition on (the chaos suite's quota-under-partition
+                    // saw 1.7x the limit in the second before a peer counted as silent).
                     current = current.max(previous * frac);
                 }
                 previous * (1.0 - frac) + current
@@ -276,8 +280,8 @@ impl Limiter {
     pub fn admit(&self, scopes: &[(Arc<str>, Rate)], now_unix_ms: u64) -> Decision {
         let me = self.me.load(Ordering::Relaxed);
         let now = Instant::now();
-        let stale = self.stale_peers(now);
-        let live = 1 + stale.iter().filter(|(n, stale)| **n != me && !**stale).count();
+        let silence = self.peer_silence_at(now);
+        let live = 1 + silence.iter().filter(|(n, quiet)| **n != me && **quiet <= STALE_AFTER).count();
         let mut tightest: Option<Decision> = None;
         for (index, (scope, rate)) in scopes.iter().enumerate() {
             let (window, left_ms) = rate.period.window(now_unix_ms);
@@ -295,7 +299,7 @@ impl Limiter {
                 state.tokens = Some(tokens);
                 state.refilled = now;
                 let frac = (now_unix_ms % 1000) as f64 / 1000.0;
-                (Self::estimate(state, me, frac, &stale), tokens)
+                (Self::estimate(state, me, frac, &silence), tokens)
             } else {
                 // A quota counts its calendar period only; there is no bucket.
                 (state.current.value() as f64, f64::INFINITY)
@@ -473,9 +477,7 @@ impl Limiter {
 
     /// How long ago each peer was last heard from (for `/metrics`).
     pub fn peer_silence(&self) -> Vec<(NodeId, Duration)> {
-        let now = Instant::now();
-        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        heard.iter().map(|(n, t)| (*n, now.duration_since(*t))).collect()
+        self.peer_silence_at(Instant::now()).into_iter().collect()
     }
 }
 
