@@ -31,4 +31,5 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("flaky-wan", include_str!("../scenarios/flaky-wan.yaml")),
     ("rolling-restart", include_str!("../scenarios/rolling-restart.yaml")),
     ("quota-under-partition", include_str!("../scenarios/quota-under-partition.yaml")),
+    ("random-faults", include_str!("../scenarios/random-faults.yaml")),
 ];

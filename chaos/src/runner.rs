@@ -740,3 +740,23 @@ async fn check(scenario: &Scenario, options: &RunOptions, shared: &Arc<Shared>, 
         kept,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(seed: u64) -> Vec<String> {
+        let (_, text) = crate::SCENARIOS.iter().find(|(n, _)| *n == "random-faults").unwrap();
+        let scenario = Scenario::parse(text).unwrap();
+        let nodes: Vec<String> = ["r1-1", "r1-2", "r2-1", "r2-2", "r3-1", "r3-2"].map(String::from).to_vec();
+        plan(&scenario, seed, &nodes).iter().map(|p| format!("{:?} {:?}", p.at, p.action)).collect()
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_schedule() {
+        assert_eq!(schedule(7), schedule(7));
+        assert_ne!(schedule(7), schedule(8));
+        let planned = schedule(7);
+        assert!(planned.len() >= 4, "{planned:?}");
+    }
+}

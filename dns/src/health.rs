@@ -34,6 +34,9 @@ pub type NodeId = u64;
 
 /// How long an observer's report counts after it was received.
 pub const REPORT_LIFETIME: Duration = Duration::from_secs(3);
+/// Reports younger than this outvote older ones from the same region (reports come every
+/// 250 ms).
+pub const CURRENT: Duration = Duration::from_millis(600);
 /// How long observers must agree a down node is up before answers include it again.
 pub const RECOVERY: Duration = Duration::from_secs(3);
 
@@ -99,22 +102,39 @@ impl HealthBoard {
     }
 
     /// Opinions of the fresh observers outside `region` about `target`, by observer region.
+    ///
+    /// Within a region, reports from the last [`CURRENT`] outvote older ones: an observer
+    /// that stopped reporting (paused, dead, cut off) loses its say as soon as a region-mate
+    /// reports, rather than at the end of [`REPORT_LIFETIME`].
     pub fn opinions(&self, target: NodeId, region: &str, now: Instant) -> Vec<Opinion> {
-        let mut by_region: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        // Per observer region: (up, down) among current reports, and among all fresh ones.
+        let mut by_region: BTreeMap<&str, [(usize, usize); 2]> = BTreeMap::new();
         for received in self.reports.values() {
-            if received.region == region || now.saturating_duration_since(received.at) > REPORT_LIFETIME {
+            let age = now.saturating_duration_since(received.at);
+            if received.region == region || age > REPORT_LIFETIME {
                 continue;
             }
             if let Some(probe) = received.probes.iter().find(|p| p.target == target) {
                 let entry = by_region.entry(&received.region).or_default();
-                if probe.up {
-                    entry.0 += 1;
-                } else {
-                    entry.1 += 1;
+                for (i, tally) in entry.iter_mut().enumerate() {
+                    if i == 0 && age > CURRENT {
+                        continue;
+                    }
+                    if probe.up {
+                        tally.0 += 1;
+                    } else {
+                        tally.1 += 1;
+                    }
                 }
             }
         }
-        by_region.into_iter().map(|(r, (up, down))| Opinion { observer_region: r.to_string(), up, down }).collect()
+        by_region
+            .into_iter()
+            .map(|(r, [current, fresh])| {
+                let (up, down) = if current != (0, 0) { current } else { fresh };
+                Opinion { observer_region: r.to_string(), up, down }
+            })
+            .collect()
     }
 
     /// Re-decides every node's state from the fresh reports; returns whether any changed.
@@ -262,5 +282,28 @@ mod tests {
         board.record(r, t);
         let m = board.region_rtts(&nodes(), t);
         assert_eq!(m.get(&("us".to_string(), "eu".to_string())), Some(&400));
+    }
+
+    #[test]
+    fn an_observer_that_stopped_reporting_loses_its_say() {
+        let mut board = HealthBoard::default();
+        let t = Instant::now();
+        // Region us has two observers; 5 stalls after saying "up", 3 keeps reporting "down".
+        let mut nodes = nodes();
+        nodes.push((5, "us".into()));
+        board.record(report(5, "us", &[(1, true)]), t);
+        board.record(report(4, "ap", &[(1, false)]), t);
+        let later = t + Duration::from_millis(900);
+        board.record(report(3, "us", &[(1, false)]), later);
+        board.record(report(4, "ap", &[(1, false)]), later);
+        board.evaluate(&nodes, later);
+        assert!(!board.node_up(1), "node 5's old report is outvoted by node 3's current one");
+        // Both current: a tie within a region is "up".
+        let mut board = HealthBoard::default();
+        board.record(report(5, "us", &[(1, true)]), later);
+        board.record(report(3, "us", &[(1, false)]), later);
+        board.record(report(4, "ap", &[(1, false)]), later);
+        board.evaluate(&nodes, later);
+        assert!(board.node_up(1));
     }
 }
