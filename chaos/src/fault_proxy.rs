@@ -20,6 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
+use crate::seeded::Xorshift;
+
 /// What a TCP retransmission costs a "lost" chunk.
 const RETRANSMISSION: Duration = Duration::from_millis(200);
 
@@ -131,18 +133,6 @@ impl Faults {
 /// Chooses a connection's faults from the address it comes from.
 pub type LinkClassifier = Arc<dyn Fn(IpAddr) -> Arc<Faults> + Send + Sync>;
 
-/// A small xorshift generator, seeded per connection, for jitter and loss.
-struct Draws(u64);
-
-impl Draws {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Seeds for connections: a scenario's seed makes jitter and loss repeatable.
 static SEED: AtomicU64 = AtomicU64::new(0x9e37_79b9_7f4a_7c15);
 
@@ -151,8 +141,9 @@ pub fn seed(seed: u64) {
     SEED.store(seed | 1, Ordering::Relaxed);
 }
 
-fn new_draws() -> Draws {
-    Draws(SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed) | 1)
+/// A generator for one connection or session: jitter and loss draws.
+fn new_draws() -> Xorshift {
+    Xorshift::new(SEED.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed))
 }
 
 /// A running TCP proxy from `addr` to its upstream.
@@ -216,8 +207,8 @@ async fn pump(
         if direction.blackholed() {
             continue;
         }
-        let mut latency = direction.latency(draws.next());
-        if direction.lost(draws.next()) {
+        let mut latency = direction.latency(draws.draw());
+        if direction.lost(draws.draw()) {
             latency += RETRANSMISSION;
         }
         let at = (tokio::time::Instant::now() + latency).max(last_due + direction.serialization(n));
@@ -376,10 +367,10 @@ impl UdpFaultProxy {
                                     _ = stopped.wait_for(|s| *s) => break,
                                 };
                                 let d = &faults.to_client;
-                                if d.blackholed() || d.lost(draws.next()) {
+                                if d.blackholed() || d.lost(draws.draw()) {
                                     continue;
                                 }
-                                let pause = d.latency(draws.next()) + d.serialization(n);
+                                let pause = d.latency(draws.draw()) + d.serialization(n);
                                 let datagram = buf[..n].to_vec();
                                 let back = back.clone();
                                 tokio::spawn(async move {
@@ -392,10 +383,10 @@ impl UdpFaultProxy {
                     }
                 };
                 let d = &shared.to_upstream;
-                if d.blackholed() || d.lost(draws.next()) {
+                if d.blackholed() || d.lost(draws.draw()) {
                     continue;
                 }
-                let pause = d.latency(draws.next()) + d.serialization(n);
+                let pause = d.latency(draws.draw()) + d.serialization(n);
                 let datagram = buf[..n].to_vec();
                 tokio::spawn(async move {
                     tokio::time::sleep(pause).await;

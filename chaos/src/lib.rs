@@ -19,6 +19,7 @@ pub mod launcher;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod seeded;
 pub mod workload;
 
 /// The scenarios shipped with Meridian: `(name, YAML)`.

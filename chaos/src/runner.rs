@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use crate::cluster::{ChaosCluster, SetupError, client_ip};
 use crate::report::{FaultEvent, Figures, Report, Verdict};
 use crate::scenario::{FaultSpec, LinkFault, Scenario, Target};
-use crate::workload::{self, Timeline, WriteTarget};
+use crate::seeded::Xorshift;
+use crate::workload::{self, ClientKind, Timeline, WriteTarget};
 
 /// The routed answers' TTL (set by the cluster's zone).
 const DNS_TTL: Duration = Duration::from_secs(5);
@@ -75,27 +76,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A seeded xorshift generator, so `--seed` replays a random schedule exactly.
-struct Draw(u64);
-
-impl Draw {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn plan(scenario: &Scenario, seed: u64, nodes: &[String]) -> Vec<Planned> {
     let mut planned: Vec<Planned> = scenario.faults.iter().map(planned_from).collect();
     if let Some(random) = &scenario.random {
-        let mut draw = Draw(seed | 1);
+        let mut draw = Xorshift::new(seed);
         let span = (random.window.1 - random.window.0).as_millis().max(1) as u64;
         for _ in 0..random.count {
-            let at = random.window.0 + Duration::from_millis(draw.next() % span);
-            let node = nodes[(draw.next() % nodes.len() as u64) as usize].clone();
-            let kind = &random.kinds[(draw.next() % random.kinds.len().max(1) as u64) as usize];
+            let at = random.window.0 + Duration::from_millis(draw.draw() % span);
+            let node = nodes[(draw.draw() % nodes.len() as u64) as usize].clone();
+            let kind = &random.kinds[(draw.draw() % random.kinds.len().max(1) as u64) as usize];
             let target = Target::Node(node);
             if kind == "kill" {
                 planned.push(Planned { at, action: Action::Kill(target.clone()) });
@@ -377,22 +366,14 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     let (stop_tx, stop) = watch::channel(false);
     let mut workers = Vec::new();
     for region in 0..cluster.regions {
-        workers.push(tokio::spawn(workload::client(
-            cluster.clone(),
-            region,
-            scenario.workload.clients.rate,
-            timeline.clone(),
-            stop.clone(),
-        )));
+        let rate = scenario.workload.clients.rate;
+        let plain = workload::client(cluster.clone(), region, rate, ClientKind::Plain, timeline.clone(), stop.clone());
+        workers.push(tokio::spawn(plain));
         if let Some(keyed) = &scenario.workload.keyed {
             let rate = keyed.offered.div_ceil(cluster.regions as u32);
-            workers.push(tokio::spawn(workload::keyed_client(
-                cluster.clone(),
-                region,
-                rate,
-                timeline.clone(),
-                stop.clone(),
-            )));
+            let keyed =
+                workload::client(cluster.clone(), region, rate, ClientKind::Keyed, timeline.clone(), stop.clone());
+            workers.push(tokio::spawn(keyed));
         }
     }
     if let Some(writers) = &scenario.workload.writers {

@@ -236,52 +236,49 @@ impl ClientState {
     }
 }
 
+/// What a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// `GET /prod/health`: every failure counts.
+    Plain,
+    /// `GET /prod/keyed` with the plan's key: admissions and 429s are counted; the offered
+    /// rate is kept (late ticks are skipped, not bunched).
+    Keyed,
+}
+
 /// Sends `rate` requests per second from client region `region` until `stop`.
 pub async fn client(
     cluster: Arc<ChaosCluster>,
     region: usize,
     rate: u32,
+    kind: ClientKind,
     timeline: Arc<Timeline>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut state = ClientState { region, cached: None, connections: HashMap::new(), turn: region };
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.set_missed_tick_behavior(match kind {
+        ClientKind::Plain => tokio::time::MissedTickBehavior::Delay,
+        ClientKind::Keyed => tokio::time::MissedTickBehavior::Skip,
+    });
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
         let started = Instant::now();
-        match state.request(&cluster, "/prod/health", &[]).await {
-            Ok(r) if r.status == 200 => timeline.request_ok(region, started.elapsed()),
-            Ok(r) => timeline.request_failed(region, format!("status {}", r.status)),
-            Err(e) => timeline.request_failed(region, e),
-        }
-    }
-}
-
-/// Sends keyed requests at `rate` per second from client region `region` until `stop`.
-pub async fn keyed_client(
-    cluster: Arc<ChaosCluster>,
-    region: usize,
-    rate: u32,
-    timeline: Arc<Timeline>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut state = ClientState { region, cached: None, connections: HashMap::new(), turn: region };
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if let Ok(response) = state.request(&cluster, "/prod/keyed", &[("x-api-key", API_KEY)]).await {
-            match response.status {
-                200 => timeline.keyed(true),
-                429 => timeline.keyed(false),
-                _ => {}
+        match kind {
+            ClientKind::Plain => match state.request(&cluster, "/prod/health", &[]).await {
+                Ok(r) if r.status == 200 => timeline.request_ok(region, started.elapsed()),
+                Ok(r) => timeline.request_failed(region, format!("status {}", r.status)),
+                Err(e) => timeline.request_failed(region, e),
+            },
+            ClientKind::Keyed => {
+                match state.request(&cluster, "/prod/keyed", &[("x-api-key", API_KEY)]).await.map(|r| r.status) {
+                    Ok(200) => timeline.keyed(true),
+                    Ok(429) => timeline.keyed(false),
+                    _ => {}
+                }
             }
         }
     }
