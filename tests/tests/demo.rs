@@ -1,6 +1,6 @@
 //! `meridian demo` works as README promises: it starts a multi-region cluster with no files,
-//! serves the sample API at the URLs it prints (from every region), and stops cleanly on
-//! Ctrl-C (SIGINT).
+//! serves the sample API at the URLs it prints (from every region), answers the `dig`
+//! commands it prints with each client network's region, and stops cleanly on Ctrl-C.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -24,12 +24,22 @@ fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut urls = Vec::new();
+    let mut digs = Vec::new();
     while urls.len() < 3 {
         let line =
             rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the demo prints its URLs");
         if let Some(start) = line.find("curl ") {
             urls.push(line[start..].split('#').next().unwrap().trim().to_string());
         }
+        if let Some(start) = line.find("dig @") {
+            digs.push(line[start..].split('#').next().unwrap().trim().to_string());
+        }
+    }
+    // Each printed dig (a client network of region R) is answered with region R's gateway.
+    assert_eq!(digs.len(), 3, "the demo prints a dig command per region");
+    for (r, dig) in digs.iter().enumerate() {
+        let out = Command::new("sh").arg("-c").arg(dig).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("127.{}.77.1", r + 1), "{dig}");
     }
     // Run the printed commands as a user would paste them.
     let pets = Command::new("sh").arg("-c").arg(format!("{} -s", urls[0])).output().unwrap();
