@@ -333,6 +333,20 @@ impl ChaosCluster {
         }
     }
 
+    /// Resets every open connection to or from `nodes` (node-to-node and client links).
+    pub fn reset(&self, nodes: &[usize]) {
+        for (&(from, to), faults) in &self.rpc {
+            if nodes.contains(&from) || nodes.contains(&to) {
+                faults.reset_connections();
+            }
+        }
+        for (&(_, node), faults) in &self.client {
+            if nodes.contains(&node) {
+                faults.reset_connections();
+            }
+        }
+    }
+
     /// Degrades (or, with `None`, clears) every link between regions in `pairs`.
     pub fn degrade(&self, pairs: &[(usize, usize)], delay: Duration, jitter: Duration, loss: f64, bandwidth: u64) {
         let hit = |a: usize, b: usize| pairs.iter().any(|&(x, y)| (x, y) == (a, b) || (y, x) == (a, b));

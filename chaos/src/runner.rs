@@ -38,6 +38,7 @@ enum Action {
     Restart(Target),
     Rolling(Target, Duration),
     Partition { target: Target, one_way: bool, lasting: Option<Duration> },
+    Reset(Target),
     Link(LinkFault, Option<Duration>),
 }
 
@@ -112,6 +113,8 @@ fn planned_from(f: &FaultSpec) -> Planned {
         Action::Partition { target: target(t), one_way: false, lasting: f.lasting }
     } else if let Some(t) = &f.partition_one_way {
         Action::Partition { target: target(t), one_way: true, lasting: f.lasting }
+    } else if let Some(t) = &f.reset {
+        Action::Reset(target(t))
     } else if let Some(link) = &f.link {
         Action::Link(link.clone(), f.lasting)
     } else {
@@ -292,6 +295,11 @@ impl Shared {
                         }
                     });
                 }
+            }
+            Action::Reset(target) => {
+                let nodes = self.resolve(&target).await;
+                cluster.reset(&nodes);
+                self.event("reset connections", &nodes);
             }
             Action::Link(link, lasting) => {
                 let pairs: Vec<(usize, usize)> = if link.between == "all-regions" {

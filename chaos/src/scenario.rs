@@ -140,6 +140,8 @@ pub struct FaultSpec {
     pub partition: Option<String>,
     /// Blackhole only what the target sends to the rest.
     pub partition_one_way: Option<String>,
+    /// Reset every open connection to and from the target (RPC and client links).
+    pub reset: Option<String>,
     /// Degrade links between regions.
     pub link: Option<LinkFault>,
 }
@@ -309,10 +311,13 @@ impl Scenario {
                 ("rolling_restart", &f.rolling_restart),
                 ("partition", &f.partition),
                 ("partition_one_way", &f.partition_one_way),
+                ("reset", &f.reset),
             ];
             let set = actions.iter().filter(|(_, v)| v.is_some()).count() + usize::from(f.link.is_some());
             if set != 1 {
-                errors.push(format!("{at}: give exactly one of kill, pause, restart, rolling_restart, partition, partition_one_way, link"));
+                errors.push(format!(
+                    "{at}: give exactly one of kill, pause, restart, rolling_restart, partition, partition_one_way, reset, link"
+                ));
             }
             for (name, value) in actions {
                 if let Some(t) = value {
