@@ -588,3 +588,17 @@ async fn api_keys_and_a_usage_plan_quota_hold_across_the_cluster() {
     let r = with_key(gateways[2], value.clone()).await;
     assert!(r.status == 403 && r.json()["message"].as_str().unwrap().contains("invalid"), "{:?}", r.json());
 }
+
+#[test]
+fn a_node_restarted_on_new_ports_updates_its_addresses() {
+    let mut cluster = three_regions(8);
+    let old = cluster.nodes[1].http.unwrap();
+    cluster.nodes[1].kill();
+    // Its configuration binds port 0: the restart gets other gateway and admin ports.
+    cluster.nodes[1].run(&["serve"], &[]).unwrap();
+    let new = cluster.nodes[1].http.unwrap();
+    assert_ne!(old, new);
+    cluster.wait_for(|s| {
+        s["members"].as_array().is_some_and(|m| m.iter().any(|m| m["gateway"] == serde_json::json!(new.to_string())))
+    });
+}

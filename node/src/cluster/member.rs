@@ -215,6 +215,7 @@ impl ClusterMember {
         let advertised = Advertised { region: record.region.clone(), ..advertised };
         let member = Self::start(record.node_id, identity, settings, &advertised).await?;
         member.spawn_autopilot();
+        member.spawn_readdress();
         Ok(member)
     }
 
@@ -402,23 +403,65 @@ impl ClusterMember {
         Ok(())
     }
 
+    /// Records new addresses for `node` in the membership (on the leader).
+    pub async fn readdress(&self, node: NodeId, info: ClusterNode) -> Result<(), ClusterError> {
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.get_node(&node).is_none() {
+            return Err(ClusterError::Refused(format!("node {node} is not a member")));
+        }
+        self.raft
+            .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(node, info)])), true)
+            .await
+            .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        Ok(())
+    }
+
+    /// After a restart: if the membership still holds other addresses for this node (its
+    /// configuration changed ports or addresses), has the leader record the current ones, so
+    /// peers, probes and DNS use them. Retries until a leader takes it.
+    fn spawn_readdress(self: &Arc<Self>) {
+        let member = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..120 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let recorded =
+                    member.raft.metrics().borrow().membership_config.membership().get_node(&member.id).cloned();
+                match recorded {
+                    Some(node) if node == member.me => return,
+                    Some(_) => match member.change_membership(member.id, Action::Readdress).await {
+                        Ok(()) => {
+                            tracing::info!(gateway = %member.me.gateway_addr, dns = %member.me.dns_addr, "addresses updated in the membership");
+                            return;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "address update not taken yet"),
+                    },
+                    None => {}
+                }
+            }
+        });
+    }
+
     /// Leaves the cluster: asks the leader to remove this node.
     pub async fn leave(&self) -> Result<(), ClusterError> {
         self.change_membership(self.id, Action::Remove).await
     }
 
     /// Runs a membership change on the leader, relaying it when this node does not lead.
+    /// (For `Readdress`, `node` must be this node: its current addresses are sent.)
     pub async fn change_membership(&self, node: NodeId, action: Action) -> Result<(), ClusterError> {
         let (leader, leader_node) = self.leader().ok_or(ClusterError::NoQuorum(Duration::ZERO))?;
         if leader == self.id {
             return match action {
                 Action::Remove => self.remove(node).await,
                 Action::Promote => self.promote(node).await,
+                Action::Readdress => self.readdress(node, self.me.clone()).await,
             };
         }
         let mut client = self.peer_client(&leader_node.rpc_addr)?;
+        // Only a node's own addresses travel: a member cannot readdress another.
+        let info = if action == Action::Readdress { encode(&self.me).map_err(setup)? } else { Vec::new() };
         let reply = client
-            .change_membership(MembershipRequest { node_id: node, action: action.into() })
+            .change_membership(MembershipRequest { node_id: node, action: action.into(), node: info })
             .await
             .map_err(|s| ClusterError::Unreachable { addr: leader_node.rpc_addr.clone(), message: s.message().into() })?
             .into_inner();

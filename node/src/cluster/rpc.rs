@@ -144,6 +144,11 @@ impl Node for NodeService {
         let done = match request.get_ref().action() {
             meridian_proto::membership_request::Action::Remove => self.member.remove(node).await,
             meridian_proto::membership_request::Action::Promote => self.member.promote(node).await,
+            meridian_proto::membership_request::Action::Readdress => {
+                let info: meridian_consensus::ClusterNode = super::network::decode(&request.get_ref().node)
+                    .map_err(|e| Status::invalid_argument(format!("malformed node record: {e}")))?;
+                self.member.readdress(node, info).await
+            }
         };
         Ok(Response::new(MembershipReply { error: done.err().map(|e| e.to_string()).unwrap_or_default() }))
     }
