@@ -48,6 +48,8 @@ pub type ClientRttSink = tokio::sync::mpsc::Sender<(IpAddr, u32)>;
 struct ProbeState {
     failures: u32,
     rtt_us: Option<u32>,
+    /// Probes sent and not finished.
+    in_flight: u32,
 }
 
 /// A member's DNS responder and the health and latency it answers from.
@@ -159,12 +161,15 @@ impl DnsService {
         metrics.membership_config.membership().nodes().map(|(id, n)| (*id, n.clone())).collect()
     }
 
+    /// Probes every peer in another region every 250 ms. Probes do not wait for each other:
+    /// a stalled target (its probes time out after 500 ms) still collects a failure every
+    /// round, and does not slow the probing of the others.
     async fn probe_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let source = self.member.me.rpc_addr.parse::<SocketAddr>().ok().map(|a| a.ip());
         let heartbeat_us = self.member.raft.config().heartbeat_interval.saturating_mul(1000);
-        let mut warned_at: Option<Instant> = None;
+        let warned_at: Arc<Mutex<Option<Instant>>> = Arc::default();
         loop {
             tick.tick().await;
             let targets: Vec<(NodeId, SocketAddr)> = self
@@ -173,34 +178,55 @@ impl DnsService {
                 .filter(|(id, n)| *id != self.member.id && n.region != self.member.me.region)
                 .filter_map(|(id, n)| n.gateway_addr.parse().ok().map(|a| (id, a)))
                 .collect();
-            let results = futures_util::future::join_all(
-                targets.iter().map(|(id, addr)| async move { (*id, probe(*addr, source).await) }),
-            )
-            .await;
-            // Raft gives each replication request one heartbeat: a round trip longer than that
-            // means writes to that node time out. Say so (once a minute).
-            if let Some((id, rtt)) =
-                results.iter().filter_map(|(id, r)| r.map(|rtt| (*id, rtt))).max_by_key(|(_, rtt)| *rtt)
-                && u64::from(rtt) > heartbeat_us
-                && warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(60))
             {
-                warned_at = Some(Instant::now());
-                tracing::warn!(
-                    node = id,
-                    round_trip_ms = rtt / 1000,
-                    heartbeat_ms = heartbeat_us / 1000,
-                    "the round trip to a peer exceeds cluster.heartbeat: Raft replication to it will time out; raise cluster.heartbeat"
-                );
+                let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+                probes.retain(|id, _| targets.iter().any(|(t, _)| t == id));
             }
-            let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
-            probes.retain(|id, _| targets.iter().any(|(t, _)| t == id));
-            for (id, result) in results {
-                let state = probes.entry(id).or_default();
-                match result {
-                    Some(rtt) => *state = ProbeState { failures: 0, rtt_us: Some(rtt) },
-                    None => state.failures = state.failures.saturating_add(1),
+            for (id, addr) in targets {
+                {
+                    let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+                    let state = probes.entry(id).or_default();
+                    if state.in_flight >= 2 {
+                        continue;
+                    }
+                    state.in_flight += 1;
                 }
+                let (service, warned_at) = (self.clone(), warned_at.clone());
+                tokio::spawn(async move {
+                    let result = probe(addr, source).await;
+                    if let Some(rtt) = result {
+                        service.warn_if_slow(id, rtt, heartbeat_us, &warned_at);
+                    }
+                    let mut probes = service.probes.lock().unwrap_or_else(|p| p.into_inner());
+                    let state = probes.entry(id).or_default();
+                    state.in_flight = state.in_flight.saturating_sub(1);
+                    match result {
+                        Some(rtt) => {
+                            state.failures = 0;
+                            state.rtt_us = Some(rtt);
+                        }
+                        None => state.failures = state.failures.saturating_add(1),
+                    }
+                });
             }
+        }
+    }
+
+    /// Raft gives each replication request one heartbeat: a round trip longer than that
+    /// means writes to that node time out. Says so, once a minute.
+    fn warn_if_slow(&self, node: NodeId, rtt_us: u32, heartbeat_us: u64, warned_at: &Mutex<Option<Instant>>) {
+        if u64::from(rtt_us) <= heartbeat_us {
+            return;
+        }
+        let mut warned = warned_at.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+            *warned = Some(Instant::now());
+            tracing::warn!(
+                node,
+                round_trip_ms = rtt_us / 1000,
+                heartbeat_ms = heartbeat_us / 1000,
+                "the round trip to a peer exceeds cluster.heartbeat: Raft replication to it will time out; raise cluster.heartbeat"
+            );
         }
     }
 
