@@ -69,6 +69,19 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
 }
 
 /// Runs curl with `args` (it must be installed; `.ci/run` installs it).
+/// Runs `meridian <args> --config <node's file> --admin <node's admin address>`, as an
+/// operator drives a node.
+pub fn cli(args: &[&str], node: &meridian_chaos::launcher::NodeProcess) -> Output {
+    std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(args)
+        .arg("--config")
+        .arg(node.config_path())
+        .arg("--admin")
+        .arg(node.admin.to_string())
+        .output()
+        .expect("the meridian binary runs")
+}
+
 pub fn curl(args: &[&str]) -> Output {
     std::process::Command::new("curl").args(args).output().expect("curl is installed")
 }

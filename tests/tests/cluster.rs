@@ -2,11 +2,10 @@
 //! "regions" on loopback (each its own 127.R.x.y range), driven with the `meridian` CLI.
 
 use std::net::SocketAddr;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use meridian_chaos::launcher::{NodeProcess, meridian_binary};
-use meridian_tests::{TestCa, curl, get};
+use meridian_chaos::launcher::NodeProcess;
+use meridian_tests::{TestCa, cli, curl, get};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -61,17 +60,6 @@ fn three_regions(test: u8) -> Cluster {
     cluster
         .wait_for(|s| s["members"].as_array().is_some_and(|m| m.iter().filter(|m| m["role"] == "voter").count() == 3));
     cluster
-}
-
-fn cli(args: &[&str], node: &NodeProcess) -> Output {
-    std::process::Command::new(meridian_binary())
-        .args(args)
-        .arg("--config")
-        .arg(node.config_path())
-        .arg("--admin")
-        .arg(node.admin.to_string())
-        .output()
-        .unwrap()
 }
 
 fn status(node: &NodeProcess) -> serde_json::Value {

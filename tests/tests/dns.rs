@@ -2,12 +2,11 @@
 //! loopback, queried with `dig` (Debian's dnsutils) and raw UDP.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use meridian_chaos::fault_proxy::FaultProxy;
-use meridian_chaos::launcher::{NodeProcess, meridian_binary};
-use meridian_tests::{TestCa, curl};
+use meridian_chaos::launcher::NodeProcess;
+use meridian_tests::{TestCa, cli, curl};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -58,17 +57,6 @@ fn cluster(test: u8, dns_extra: &str) -> Vec<NodeProcess> {
         nodes.push(node);
     }
     nodes
-}
-
-fn cli(args: &[&str], node: &NodeProcess) -> Output {
-    std::process::Command::new(meridian_binary())
-        .args(args)
-        .arg("--config")
-        .arg(node.config_path())
-        .arg("--admin")
-        .arg(node.admin.to_string())
-        .output()
-        .unwrap()
 }
 
 fn put_zone(node: &NodeProcess, text: &str) {
