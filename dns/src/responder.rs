@@ -65,6 +65,10 @@ impl Answers {
             members.iter().filter_map(|m| m.dns_addr.map(|a| (m.id, a.ip()))).collect();
         nameservers.sort();
         let mut prepared = Prepared::new(decision(&selector, selector.choose(IpAddr::from([0, 0, 0, 0]), 0)));
+        // Every answer set: one per region (its healthy members), then "every node".
+        let sets: Vec<Vec<IpAddr>> = (0..=fallback_index)
+            .map(|i| selector.addresses(if i == fallback_index { None } else { Some(i) }))
+            .collect();
         let mut named = Vec::new();
         for zone in &zones {
             for (id, ip) in &nameservers {
@@ -73,9 +77,6 @@ impl Answers {
                 }
             }
             for name in zone.routed() {
-                let sets: Vec<Vec<IpAddr>> = (0..=fallback_index)
-                    .map(|i| selector.addresses(if i == fallback_index { None } else { Some(i) }))
-                    .collect();
                 let answers = RoutedAnswers {
                     a: sets.iter().map(|s| AnswerBlock::encode(s, zone.ttl, false)).collect(),
                     aaaa: sets.iter().map(|s| AnswerBlock::encode(s, zone.ttl, true)).collect(),
@@ -95,6 +96,11 @@ impl Answers {
             prepared.add_hint(hint, decision(&selector, choice));
         }
         Answers { zones, serial, selector, nameservers: named, prepared }
+    }
+
+    /// Whether `name` is a routed name of one of the zones.
+    pub fn is_routed(&self, name: &Name) -> bool {
+        self.zone_for(&name.to_lowercase()).is_some_and(|z| z.is_routed(name))
     }
 
     fn zone_for(&self, name: &Name) -> Option<&Zone> {

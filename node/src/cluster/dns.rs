@@ -123,6 +123,7 @@ impl DnsService {
         tokio::spawn(async move {
             while let Some((client, rtt)) = samples.recv().await {
                 collector.lock_latency().record(client, rtt);
+                collector.changed.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         });
         tokio::spawn(service.clone().probe_loop());
@@ -230,7 +231,8 @@ impl DnsService {
         }
     }
 
-    fn own_report(&self, clients: Vec<meridian_dns::latency::ClientSample>) -> HealthReport {
+    /// This observer's verdicts (client samples are added per message).
+    fn own_report(&self) -> HealthReport {
         let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
         HealthReport {
             observer: self.member.id,
@@ -239,7 +241,7 @@ impl DnsService {
                 .iter()
                 .map(|(id, s)| Probe { target: *id, up: s.failures < FAILURES_TO_DOWN, rtt_us: s.rtt_us })
                 .collect(),
-            clients,
+            clients: Vec::new(),
         }
     }
 
@@ -258,10 +260,7 @@ impl DnsService {
                 let changed = latency.take_changes();
                 if round.is_multiple_of(20) { latency.local_samples() } else { changed }
             };
-            if !samples.is_empty() {
-                self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            let mut report = self.own_report(Vec::new());
+            let mut report = self.own_report();
             self.lock_health().record(report.clone(), Instant::now());
             if round.is_multiple_of(4) {
                 // Fresh channels every second: a connection stalled by a partition is dropped.
@@ -269,12 +268,13 @@ impl DnsService {
             }
             let peers: Vec<String> =
                 self.members().into_iter().filter(|(id, _)| *id != self.member.id).map(|(_, n)| n.rpc_addr).collect();
-            for chunk in samples
-                .chunks(MAX_REPORT_CLIENTS)
-                .map(<[_]>::to_vec)
-                .chain(std::iter::once(Vec::new()))
-                .take(if samples.is_empty() { 1 } else { samples.len().div_ceil(MAX_REPORT_CLIENTS) })
-            {
+            // At least one message (the verdicts), more when the samples do not fit in one.
+            let chunks: Vec<Vec<_>> = if samples.is_empty() {
+                vec![Vec::new()]
+            } else {
+                samples.chunks(MAX_REPORT_CLIENTS).map(<[_]>::to_vec).collect()
+            };
+            for chunk in chunks {
                 report.clients = chunk;
                 let Ok(bytes) = encode(&report) else { continue };
                 for addr in &peers {
@@ -300,6 +300,9 @@ impl DnsService {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_revision = u64::MAX;
         let mut last_members: Vec<(NodeId, ClusterNode)> = Vec::new();
+        // Zones and regions as of `last_revision`: parsed again only when it moves.
+        let mut zones: Vec<Zone> = Vec::new();
+        let mut regions: Vec<RegionConfig> = Vec::new();
         let mut rounds: u64 = 0;
         loop {
             tick.tick().await;
@@ -315,17 +318,17 @@ impl DnsService {
             if rounds.is_multiple_of(600) {
                 self.lock_latency().expire(now);
             }
-            let (revision, zones, regions) = {
+            let inputs_changed = self.changed.swap(false, std::sync::atomic::Ordering::Relaxed);
+            let revision = {
                 let applied = self.member.applied.read().await;
                 let config = &applied.config;
-                if config.revision == last_revision
-                    && members == last_members
-                    && !health_changed
-                    && !self.changed.swap(false, std::sync::atomic::Ordering::Relaxed)
-                {
+                if config.revision != last_revision {
+                    zones = compile_zones(config);
+                    regions = region_configs(config);
+                } else if members == last_members && !health_changed && !inputs_changed {
                     continue;
                 }
-                (config.revision, compile_zones(config), region_configs(config))
+                config.revision
             };
             let addresses = member_addresses(&members);
             let selector = {
@@ -343,7 +346,7 @@ impl DnsService {
                     "DNS health changed"
                 );
             }
-            self.responder.update(Answers::new(zones, revision as u32, selector, &addresses));
+            self.responder.update(Answers::new(zones.clone(), revision as u32, selector, &addresses));
             last_revision = revision;
             last_members = members;
         }
@@ -369,13 +372,8 @@ impl DnsService {
                 })
             })
             .collect();
-        let routed = {
-            let applied = self.member.applied.read().await;
-            let lower = name.trim_end_matches('.').to_ascii_lowercase();
-            compile_zones(&applied.config)
-                .iter()
-                .any(|z| hickory_proto::rr::Name::from_ascii(format!("{lower}.")).is_ok_and(|n| z.is_routed(&n)))
-        };
+        let routed = hickory_proto::rr::Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
+            .is_ok_and(|n| answers.is_routed(&n));
         serde_json::json!({
             "name": name,
             "client": client.to_string(),

@@ -312,7 +312,8 @@ impl ClusterMember {
                 // A node that has known no leader for a while is on the minority side of a
                 // partition (or the cluster has lost its quorum): fail now, cleanly, rather
                 // than hold the write until the partition heals.
-                if self.leader().is_none() {
+                let leader = self.leader();
+                if leader.is_none() {
                     let since = *leaderless_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() >= LEADERLESS_LIMIT {
                         return Err(ClusterError::NoLeader(LEADERLESS_LIMIT));
@@ -320,7 +321,7 @@ impl ClusterMember {
                 } else {
                     leaderless_since = None;
                 }
-                match self.leader() {
+                match leader {
                     Some((leader, _)) if leader == self.id => match self.raft.client_write(proposal.clone()).await {
                         Ok(response) => return Ok(response.data),
                         Err(e) if e.forward_to_leader().is_some() => {}
