@@ -300,35 +300,31 @@ impl ChaosCluster {
     /// Cuts (or heals) every link between `inside` nodes and the rest; `one_way` cuts only
     /// what the inside sends. Client links from `inside_clients` regions count as inside.
     pub fn partition(&self, inside: &[usize], inside_clients: &[usize], on: bool, one_way: bool) {
-        for (&(from, to), faults) in &self.rpc {
-            let (a, b) = (inside.contains(&from), inside.contains(&to));
-            if a == b {
-                continue;
-            }
+        // `caller_inside`: whether the side that opens the link's connections is inside.
+        let cut = |faults: &Faults, caller_inside: bool| {
             if !one_way {
                 faults.partition(on);
-            } else if a {
+            } else if caller_inside {
                 // From the inside out: requests it sends are lost.
                 faults.to_upstream.set_blackhole(on);
             } else {
                 // Into the inside: its answers are lost.
                 faults.to_client.set_blackhole(on);
             }
-            if on {
-                faults.reset_connections();
+        };
+        for (&(from, to), faults) in &self.rpc {
+            let (a, b) = (inside.contains(&from), inside.contains(&to));
+            if a != b {
+                cut(faults, a);
+                if on {
+                    faults.reset_connections();
+                }
             }
         }
         for (&(client_region, node), faults) in &self.client {
             let (a, b) = (inside_clients.contains(&client_region), inside.contains(&node));
-            if a == b {
-                continue;
-            }
-            if !one_way {
-                faults.partition(on);
-            } else if a {
-                faults.to_upstream.set_blackhole(on);
-            } else {
-                faults.to_client.set_blackhole(on);
+            if a != b {
+                cut(faults, a);
             }
         }
     }

@@ -300,14 +300,6 @@ pub struct UdpFaultProxy {
     stop: watch::Sender<bool>,
 }
 
-impl UdpFaultProxy {
-    /// Stops the proxy and every session.
-    pub fn stop(&self) {
-        self.stop.send_replace(true);
-        self.task.abort();
-    }
-}
-
 impl Drop for UdpFaultProxy {
     fn drop(&mut self) {
         self.stop();
@@ -315,6 +307,12 @@ impl Drop for UdpFaultProxy {
 }
 
 impl UdpFaultProxy {
+    /// Stops the proxy and every session.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+        self.task.abort();
+    }
+
     pub async fn start(
         listen: SocketAddr,
         upstream: SocketAddr,

@@ -170,6 +170,7 @@ impl Shared {
             let dead: Vec<std::net::Ipv4Addr> = down.iter().map(|&n| cluster.nodes[n].ip).collect();
             let regions: Vec<usize> = {
                 let mut r: Vec<usize> = down.iter().map(|&n| cluster.nodes[n].region).collect();
+                r.sort_unstable();
                 r.dedup();
                 r
             };
