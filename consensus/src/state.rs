@@ -53,12 +53,15 @@ pub struct ApiRecord {
 
 /// What members need to admit new members: the cluster CA and the join secret's hash.
 ///
-/// Every member holds the CA key so that any member can answer a join; the key never leaves
-/// the cluster's mutually authenticated channels and the members' data folders.
+/// Every leader must be able to sign a joining node's certificate, so the CA key is part of
+/// the replicated state, but only sealed: encrypted with the cluster data key, which never
+/// enters the log (the node's `cluster::sealed` says how members get it). The state
+/// machine never looks inside.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSecrets {
     pub ca_cert_pem: String,
-    pub ca_key_pem: String,
+    /// The CA's private key (PEM), sealed with the cluster data key.
+    pub ca_key_sealed: Vec<u8>,
     /// SHA-256 (hex) of the join secret; the secret itself is not stored.
     pub join_secret_sha256: String,
 }
@@ -693,7 +696,11 @@ mod tests {
             }),
             (name(), name()).prop_map(|(plan, key)| ConfigCommand::AddPlanKey { plan, key }),
             name().prop_map(|n| ConfigCommand::Bootstrap {
-                secrets: ClusterSecrets { ca_cert_pem: n.clone(), ca_key_pem: n, join_secret_sha256: String::new() }
+                secrets: ClusterSecrets {
+                    ca_cert_pem: n.clone(),
+                    ca_key_sealed: n.into_bytes(),
+                    join_secret_sha256: String::new()
+                }
             }),
         ]
     }

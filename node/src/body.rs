@@ -6,8 +6,6 @@
 //! body-size limit when the client did not declare a length.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -67,33 +65,47 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
-/// A client's request body on its way upstream.
+/// The error a [`RequestBody`] yields when the client's own body is broken (malformed
+/// chunked encoding, a connection closed before the declared length): the client's fault,
+/// answered with 400, never counted as an upstream failure.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body is malformed or incomplete: {0}")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
+/// A client's request body on its way upstream. Its errors are [`BodyTooLarge`] or
+/// [`ClientBodyError`], so whoever sees a failed upstream call can tell them apart by
+/// walking the error's sources.
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Option<Incoming>,
     remaining: u64,
     limit: u64,
-    overflowed: Option<Arc<AtomicBool>>,
 }
 
 impl RequestBody {
     /// A body with nothing in it (a retried or body-less request).
     pub fn empty() -> Self {
-        RequestBody { inner: None, remaining: 0, limit: 0, overflowed: None }
+        RequestBody { inner: None, remaining: 0, limit: 0 }
     }
 
-    /// Streams `incoming`; more than `limit` bytes fails the stream and sets the returned flag.
-    pub fn limited(incoming: Incoming, limit: u64) -> (Self, Arc<AtomicBool>) {
-        let flag = Arc::new(AtomicBool::new(false));
-        let body = RequestBody { inner: Some(incoming), remaining: limit, limit, overflowed: Some(flag.clone()) };
-        (body, flag)
+    /// Streams `incoming`; more than `limit` bytes fails the stream with [`BodyTooLarge`].
+    /// A declared `content-length` was checked against the limit already and hyper holds
+    /// the body to it, so counting costs nothing there.
+    pub fn limited(incoming: Incoming, limit: u64) -> Self {
+        RequestBody { inner: Some(incoming), remaining: limit, limit }
     }
+}
 
-    /// Streams `incoming` whose declared length was already checked against the limit
-    /// (hyper enforces that the body matches its `content-length`).
-    pub fn declared(incoming: Incoming) -> Self {
-        RequestBody { inner: Some(incoming), remaining: u64::MAX, limit: u64::MAX, overflowed: None }
+/// Whether `error` (or one of its sources) is `E`.
+pub fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
     }
+    false
 }
 
 impl Body for RequestBody {
@@ -110,9 +122,6 @@ impl Body for RequestBody {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
-                        if let Some(flag) = &this.overflowed {
-                            flag.store(true, Ordering::Relaxed);
-                        }
                         this.inner = None;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: this.limit }))));
                     }
@@ -120,7 +129,10 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.inner = None;
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -8,6 +8,12 @@ use meridian_node::cli::{Cli, run};
 fn main() -> ExitCode {
     // One crypto provider for the whole process (ring); see CRATES.md.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Everything a node writes (data directory, keys, Raft log, quota counters, logs, join
+    // tokens) is for its own user only (docs/SECURITY.md).
+    // SAFETY: umask only changes the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -341,10 +341,19 @@ async fn a_canary_takes_its_share_and_can_be_promoted() {
 
     let out = cli(&["canary", "promote", "pets", "prod"], node);
     assert!(out.status.success(), "{out:?}");
+    // Reads are local: the promotion reaches this node's applied state a moment after the
+    // leader committed it (a 25 % canary can also serve "candidate" before that).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = cli(&["stage", "show", "pets", "prod"], node);
+        let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        if (shown["deployment"].as_u64(), shown["canary"].is_null()) == (Some(2), true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the promotion never showed: {shown}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     served_everywhere(&cluster.nodes.iter().collect::<Vec<_>>(), "candidate").await;
-    let shown = cli(&["stage", "show", "pets", "prod"], node);
-    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-    assert_eq!((shown["deployment"].as_u64(), shown["canary"].is_null()), (Some(2), true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,9 +498,16 @@ async fn api_keys_and_a_usage_plan_quota_hold_across_the_cluster() {
     assert!(listed.contains("partner-a") && !listed.contains(&value), "values must never be listed: {listed}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = with_key(gateways[0], value.clone()).await;
+    // A guesser learns nothing from the answer: a key without a plan, an unknown key and
+    // (below) a disabled key all read the same; the access log keeps the precise reason.
     assert_eq!(r.status, 403);
-    assert!(r.json()["message"].as_str().unwrap().contains("no usage plan"), "{:?}", r.json());
-    assert_eq!(with_key(gateways[0], "x".repeat(40)).await.status, 403, "an unknown key is refused");
+    assert_eq!(r.json()["message"], "invalid API key");
+    let unknown = with_key(gateways[0], "x".repeat(40)).await;
+    assert_eq!((unknown.status, unknown.json()["message"].clone()), (403, serde_json::json!("invalid API key")));
+    tokio::time::sleep(Duration::from_millis(300)).await; // the access log is written in batches
+    let log = cluster.nodes[0].stdout();
+    assert!(log.contains(r#""reason":"api key has no usage plan for this stage""#), "{log}");
+    assert!(log.contains(r#""reason":"api key unknown""#), "{log}");
 
     // A plan with a quota of 12 a day, covering the stage, holding the key.
     for args in [
@@ -569,7 +585,9 @@ async fn api_keys_and_a_usage_plan_quota_hold_across_the_cluster() {
     assert!(out.status.success(), "{out:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = with_key(gateways[1], value.clone()).await;
-    assert!(r.status == 403 && r.json()["message"].as_str().unwrap().contains("disabled"), "{:?}", r.json());
+    assert!(r.status == 403 && r.json()["message"] == "invalid API key", "{:?}", r.json());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(cluster.nodes[1].stdout().contains(r#""reason":"api key disabled""#));
     let out = cli(&["keys", "rotate", "partner-a"], &cluster.nodes[0]);
     assert!(out.status.success(), "{out:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -589,4 +607,62 @@ fn a_node_restarted_on_new_ports_updates_its_addresses() {
     cluster.wait_for(|s| {
         s["members"].as_array().is_some_and(|m| m.iter().any(|m| m["gateway"] == serde_json::json!(new.to_string())))
     });
+}
+
+/// Every file and folder under `dir` with its mode.
+fn modes(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        out.push((path.clone(), meta.permissions().mode() & 0o777));
+        if meta.is_dir() {
+            modes(&path, out);
+        }
+    }
+}
+
+#[test]
+fn data_directories_are_private_and_the_ca_key_is_sealed() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cluster = three_regions(9);
+    for node in &cluster.nodes {
+        let data = node.dir().join("data");
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+        let mut all = Vec::new();
+        modes(&data, &mut all);
+        assert!(all.len() > 5, "{all:?}");
+        for (path, mode) in &all {
+            let expected = if path.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(*mode, expected, "{} has mode {mode:04o}", path.display());
+        }
+        // The Raft log, snapshots and state hold no private key in plaintext.
+        for (path, _) in all.iter().filter(|(p, _)| p.is_file() && p.starts_with(data.join("raft"))) {
+            let bytes = std::fs::read(path).unwrap();
+            assert!(!bytes.windows(11).any(|w| w == b"PRIVATE KEY"), "{} holds a PEM private key", path.display());
+        }
+        assert_eq!(std::fs::read(data.join("tls/data.key")).unwrap().len(), 32);
+    }
+    // The data key reached every member: after the founder dies, another leader opens the
+    // sealed CA key to admit a new node.
+    cluster.nodes[0].kill();
+    let leader = cluster.leader_index();
+    assert_ne!(leader, 0);
+    let b = base(9);
+    let peer = format!("127.{b}.{}:7001", leader + 1);
+    let joined = NodeProcess::launch(
+        new_dir(),
+        &node_config(&format!("127.{b}.4")),
+        &["cluster", "join", "--region", "r1", "--peer", &peer, "--token", &cluster.token],
+        &[],
+    );
+    assert!(joined.is_ok(), "a join after the founder died: {:?}", joined.err());
+
+    // A node refuses to start on a data directory other users can read.
+    let node = &mut cluster.nodes[2];
+    node.kill();
+    let data = node.dir().join("data");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = node.run(&["serve"], &[]).expect_err("a node started on an open data directory");
+    assert!(err.to_string().contains("chmod 700"), "{err}");
 }

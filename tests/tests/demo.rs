@@ -6,15 +6,29 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The demo process, killed if the test ends early (a failed assertion must not leave a
+/// cluster holding the demo's addresses for the next run).
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
-    let mut child = Command::new(meridian_chaos::launcher::meridian_binary())
-        .args(["demo", "--subnet", "77"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("meridian demo starts");
+    let mut demo = Demo(
+        Command::new(meridian_chaos::launcher::meridian_binary())
+            .args(["demo", "--subnet", "77"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("meridian demo starts"),
+    );
+    let child = &mut demo.0;
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

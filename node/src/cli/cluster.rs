@@ -244,7 +244,7 @@ pub enum ZoneCommand {
 pub async fn dns(command: DnsCommand) -> anyhow::Result<ExitCode> {
     let (method, path, body, target) = match command {
         DnsCommand::Zones(ZoneCommand::Put { file, target }) => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = crate::config::read_bounded(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let zone = crate::cluster::dns::parse_zone(&text).map_err(|errors| {
                 anyhow::anyhow!("{} is not a valid zone:\n  {}", file.display(), errors.join("\n  "))
             })?;
@@ -333,7 +333,7 @@ pub async fn domains(command: DomainCommand) -> anyhow::Result<ExitCode> {
         DomainCommand::Put { name, certificate, key, mappings, target } => {
             let read = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
                 p.as_ref()
-                    .map(|p| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display())))
+                    .map(|p| crate::config::read_bounded(p).with_context(|| format!("cannot read {}", p.display())))
                     .transpose()
             };
             let mut list = Vec::new();
@@ -739,7 +739,7 @@ pub async fn apply(
     if_revision: Option<u64>,
     target: &AdminTarget,
 ) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = crate::config::read_bounded(file).with_context(|| format!("cannot read {}", file.display()))?;
     // Validate locally first so errors name this file's lines. The stage's variables live in
     // the cluster: here each one the file uses gets a placeholder, and the node checks again
     // with the real values before anything is written.
@@ -830,7 +830,7 @@ pub fn line_diff<'a>(old: &'a str, new: &'a str) -> Vec<(char, &'a str)> {
 }
 
 pub async fn diff(file: &Path, stage: &str, target: &AdminTarget) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = crate::config::read_bounded(file).with_context(|| format!("cannot read {}", file.display()))?;
     let placeholders = all_variables_placeholder(&text);
     let definition = match crate::config::validate_definition(&text, &file.display().to_string(), stage, &placeholders)
     {

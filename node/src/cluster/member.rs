@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use super::network::{Network, channel, decode, encode};
 use super::pki::{ClusterCa, JoinToken, NodeIdentity, new_request, random_secret, sha256_hex};
 use super::rpc;
+use super::sealed::DataKey;
 use super::tls::{TlsConnector, joining_client_config, member_client_config, server_config};
 use crate::config::ClusterSettings;
 
@@ -57,6 +58,15 @@ struct NodeRecord {
     region: String,
 }
 
+/// What a joining node receives: its id, its certificate, the CA, and the data key.
+#[derive(Debug)]
+pub struct Admission {
+    pub node_id: NodeId,
+    pub certificate_pem: String,
+    pub ca_pem: String,
+    pub data_key: DataKey,
+}
+
 /// The addresses a member advertises.
 #[derive(Debug, Clone)]
 pub struct Advertised {
@@ -74,6 +84,8 @@ pub struct ClusterMember {
     pub me: ClusterNode,
     connector: TlsConnector,
     data_dir: PathBuf,
+    /// Opens the secrets sealed in the replicated state.
+    data_key: DataKey,
     limiter: std::sync::OnceLock<Arc<crate::limits::limiter::Limiter>>,
     dns: std::sync::OnceLock<Arc<super::dns::DnsService>>,
 }
@@ -102,16 +114,34 @@ fn tls_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("tls")
 }
 
-fn save_identity(data_dir: &Path, identity: &NodeIdentity) -> Result<(), ClusterError> {
+/// The purpose the CA key is sealed for.
+const CA_KEY_PURPOSE: &str = "cluster-ca-key";
+
+fn data_key_path(data_dir: &Path) -> PathBuf {
+    tls_dir(data_dir).join("data.key")
+}
+
+fn save_identity(data_dir: &Path, identity: &NodeIdentity, data_key: &DataKey) -> Result<(), ClusterError> {
     let dir = tls_dir(data_dir);
-    std::fs::create_dir_all(&dir).map_err(setup)?;
+    super::data_dir::create_private(&dir).map_err(setup)?;
     std::fs::write(dir.join("node.pem"), &identity.cert_pem).map_err(setup)?;
     std::fs::write(dir.join("ca.pem"), &identity.ca_pem).map_err(setup)?;
-    let key = dir.join("node.key");
-    std::fs::write(&key, &identity.key_pem).map_err(setup)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).map_err(setup)?;
-    Ok(())
+    write_private(&dir.join("node.key"), identity.key_pem.as_bytes())?;
+    data_key.save(&data_key_path(data_dir)).map_err(setup)
+}
+
+/// Writes a file only this user can read (whatever the umask).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| setup(format!("{}: {e}", path.display())))?;
+    file.write_all(bytes).map_err(|e| setup(format!("{}: {e}", path.display())))
 }
 
 fn load_identity(data_dir: &Path) -> Result<NodeIdentity, ClusterError> {
@@ -141,19 +171,21 @@ impl ClusterMember {
                 settings.data_dir.display()
             )));
         }
-        std::fs::create_dir_all(&settings.data_dir).map_err(setup)?;
+        super::data_dir::create_private(&settings.data_dir).map_err(setup)?;
         let ca = ClusterCa::generate().map_err(setup)?;
         let identity = ca.issue_identity().map_err(setup)?;
         let secret = random_secret().map_err(setup)?;
         let token = JoinToken { secret: secret.clone(), ca_fingerprint: sha256_hex_of_pem(&ca.cert_pem)? };
-        save_identity(&settings.data_dir, &identity)?;
+        let data_key = DataKey::generate().map_err(setup)?;
+        let ca_key_sealed = data_key.seal(CA_KEY_PURPOSE, ca.key_pem.as_bytes()).map_err(setup)?;
+        save_identity(&settings.data_dir, &identity, &data_key)?;
         write_record(&settings.data_dir, &NodeRecord { node_id: 1, region: advertised.region.clone() })?;
-        let member = Self::start(1, identity, settings, &advertised).await?;
+        let member = Self::start(1, identity, data_key, settings, &advertised).await?;
         let members = BTreeMap::from([(1, member.me.clone())]);
         member.raft.initialize(members).await.map_err(setup)?;
         let secrets = ClusterSecrets {
             ca_cert_pem: ca.cert_pem,
-            ca_key_pem: ca.key_pem,
+            ca_key_sealed,
             join_secret_sha256: sha256_hex(secret.as_bytes()),
         };
         member.propose(Proposal { expected_revision: None, command: ConfigCommand::Bootstrap { secrets } }).await?;
@@ -198,22 +230,26 @@ impl ClusterMember {
         if sha256_hex_of_pem(&reply.ca_pem)? != parsed.ca_fingerprint {
             return Err(setup("the CA in the join reply does not match the token"));
         }
-        std::fs::create_dir_all(&settings.data_dir).map_err(setup)?;
+        let data_key = DataKey::from_bytes(&reply.data_key)
+            .map_err(|e| setup(format!("the join reply carries no usable cluster data key ({e})")))?;
+        super::data_dir::create_private(&settings.data_dir).map_err(setup)?;
         let identity = NodeIdentity { cert_pem: reply.certificate_pem, key_pem, ca_pem: reply.ca_pem };
-        save_identity(&settings.data_dir, &identity)?;
+        save_identity(&settings.data_dir, &identity, &data_key)?;
         write_record(&settings.data_dir, &NodeRecord { node_id: reply.node_id, region: advertised.region.clone() })?;
-        let member = Self::start(reply.node_id, identity, settings, &advertised).await?;
+        let member = Self::start(reply.node_id, identity, data_key, settings, &advertised).await?;
         member.spawn_autopilot();
         Ok(member)
     }
 
     /// Restarts a member from its data folder.
     pub async fn resume(settings: &ClusterSettings, advertised: Advertised) -> Result<Arc<Self>, ClusterError> {
+        super::data_dir::check_private(&settings.data_dir).map_err(setup)?;
         let text = std::fs::read_to_string(record_path(&settings.data_dir)).map_err(setup)?;
         let record: NodeRecord = serde_json::from_str(&text).map_err(setup)?;
         let identity = load_identity(&settings.data_dir)?;
+        let data_key = DataKey::load(&data_key_path(&settings.data_dir)).map_err(setup)?;
         let advertised = Advertised { region: record.region.clone(), ..advertised };
-        let member = Self::start(record.node_id, identity, settings, &advertised).await?;
+        let member = Self::start(record.node_id, identity, data_key, settings, &advertised).await?;
         member.spawn_autopilot();
         member.spawn_readdress();
         Ok(member)
@@ -222,6 +258,7 @@ impl ClusterMember {
     async fn start(
         id: NodeId,
         identity: NodeIdentity,
+        data_key: DataKey,
         settings: &ClusterSettings,
         advertised: &Advertised,
     ) -> Result<Arc<Self>, ClusterError> {
@@ -248,6 +285,7 @@ impl ClusterMember {
             me,
             connector,
             data_dir: settings.data_dir.clone(),
+            data_key,
             limiter: std::sync::OnceLock::new(),
             dns: std::sync::OnceLock::new(),
         });
@@ -348,7 +386,7 @@ impl ClusterMember {
 
     /// Admits a joining node (on the leader; others forward): checks the token, reserves an
     /// id, signs its certificate and adds it as a learner.
-    pub async fn admit(&self, request: JoinRequest) -> Result<(NodeId, String, String), ClusterError> {
+    pub async fn admit(&self, request: JoinRequest) -> Result<Admission, ClusterError> {
         let secrets =
             self.applied.read().await.config.cluster.clone().ok_or_else(|| setup("the cluster is not bootstrapped"))?;
         let token = JoinToken::parse(&request.token).map_err(|e| ClusterError::Refused(e.to_string()))?;
@@ -361,7 +399,9 @@ impl ClusterMember {
         }
         let outcome = self.propose(Proposal { expected_revision: None, command: ConfigCommand::RegisterNode }).await?;
         let node_id = outcome.created.ok_or_else(|| setup("no node id was assigned"))?;
-        let ca = ClusterCa { cert_pem: secrets.ca_cert_pem.clone(), key_pem: secrets.ca_key_pem };
+        let ca_key = self.data_key.open(CA_KEY_PURPOSE, &secrets.ca_key_sealed).map_err(setup)?;
+        let key_pem = String::from_utf8(ca_key).map_err(|_| setup("the sealed CA key is not PEM"))?;
+        let ca = ClusterCa { cert_pem: secrets.ca_cert_pem.clone(), key_pem };
         let certificate = ca.sign_request(&request.csr_pem).map_err(|e| ClusterError::Refused(e.to_string()))?;
         let node = ClusterNode {
             region: request.region,
@@ -371,7 +411,12 @@ impl ClusterMember {
             dns_addr: request.dns_addr,
         };
         self.raft.add_learner(node_id, node, false).await.map_err(|e| ClusterError::Refused(e.to_string()))?;
-        Ok((node_id, certificate, secrets.ca_cert_pem))
+        Ok(Admission {
+            node_id,
+            certificate_pem: certificate,
+            ca_pem: secrets.ca_cert_pem,
+            data_key: self.data_key.clone(),
+        })
     }
 
     /// Removes `node` from the cluster (on the leader).

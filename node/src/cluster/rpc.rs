@@ -88,9 +88,13 @@ impl Node for NodeService {
         let refused = |error: String| Ok(Response::new(JoinReply { error, ..Default::default() }));
         match self.member.leader() {
             Some((leader, _)) if leader == self.member.id => match self.member.admit(join).await {
-                Ok((node_id, certificate_pem, ca_pem)) => {
-                    Ok(Response::new(JoinReply { node_id, certificate_pem, ca_pem, error: String::new() }))
-                }
+                Ok(admitted) => Ok(Response::new(JoinReply {
+                    node_id: admitted.node_id,
+                    certificate_pem: admitted.certificate_pem,
+                    ca_pem: admitted.ca_pem,
+                    error: String::new(),
+                    data_key: admitted.data_key.as_bytes().to_vec(),
+                })),
                 Err(e) => refused(e.to_string()),
             },
             Some((_, node)) => {

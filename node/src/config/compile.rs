@@ -39,7 +39,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// Reads, validates and compiles a configuration file.
 pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+    let text = super::read_bounded(path).map_err(|e| ConfigErrors {
         source_name: name.clone(),
         errors: vec![super::ConfigError {
             line: 0,
@@ -84,6 +84,7 @@ struct RouteSpec {
     key: String,
     throttle: Option<Rate>,
     api_key_required: bool,
+    allow_encoded_slashes: bool,
     method: MethodMatch,
     pattern: PathPattern,
     integration: IntegrationSpec,
@@ -276,7 +277,7 @@ impl Compiler<'_> {
     }
 
     fn token(&mut self, file: &Spanned<String>) -> Option<String> {
-        match std::fs::read_to_string(self.path(&file.value)) {
+        match super::read_bounded(&self.path(&file.value)) {
             Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_string()),
             Ok(_) => {
                 self.sink.push(file.referenced, "admin.token_file", "the token must be at least 16 characters");
@@ -390,6 +391,7 @@ impl Compiler<'_> {
                     key: route.route.value.clone(),
                     throttle,
                     api_key_required: route.api_key_required,
+                    allow_encoded_slashes: route.allow_encoded_slashes,
                     method,
                     pattern,
                     integration,
@@ -403,7 +405,7 @@ impl Compiler<'_> {
             if !self.name(&stage.name, &format!("{sfield}.name"), "stage name") {
                 continue;
             }
-            let routes = self.stage(&api.id.value, stage, &specs, &sfield);
+            let routes = self.stage(&api.id.value, stage, &specs, api.default_endpoint, &sfield);
             if stages.insert(stage.name.value.clone(), Arc::new(StageTarget::new(Arc::new(routes)))).is_some() {
                 self.sink.push(
                     stage.name.referenced,
@@ -415,7 +417,14 @@ impl Compiler<'_> {
         id_ok.then(|| (api.id.value.clone(), stages))
     }
 
-    fn stage(&mut self, api: &str, stage: &StageDef, specs: &[RouteSpec], field: &str) -> StageRoutes {
+    fn stage(
+        &mut self,
+        api: &str,
+        stage: &StageDef,
+        specs: &[RouteSpec],
+        default_endpoint: bool,
+        field: &str,
+    ) -> StageRoutes {
         let stage_name = stage.name.value.as_str();
         let stage_rate = stage.throttle.as_ref().and_then(|t| self.rate(t, &format!("{field}.throttle")));
         let cluster_scope: Arc<str> = Arc::from("cluster");
@@ -470,6 +479,7 @@ impl Compiler<'_> {
                 limits,
                 api_key_required: spec.api_key_required || stage.api_key_required,
                 key: Arc::from(spec.key.as_str()),
+                allow_encoded_slashes: spec.allow_encoded_slashes,
             };
             let _ = router.insert(spec.method.clone(), &spec.pattern, target);
         }
@@ -478,6 +488,7 @@ impl Compiler<'_> {
             stage: stage_name.into(),
             router,
             unrouted: Arc::new(RouteObserver::new(api, stage_name, "", self.deployment, log_template)),
+            default_endpoint,
         }
     }
 

@@ -194,6 +194,11 @@ pub struct ApiDef {
     pub routes: Vec<RouteDef>,
     #[serde(default)]
     pub stages: Vec<StageDef>,
+    /// Serve the API on its default endpoint, `/{stage}/...` on a host whose first label is
+    /// the API id (or any host when it is the only API). Turn it off so that an API with
+    /// custom domains is reachable only through them.
+    #[serde(default = "yes")]
+    pub default_endpoint: bool,
 }
 
 /// The API flavours of a managed gateway; they share one data plane.
@@ -217,6 +222,10 @@ pub struct RouteDef {
     /// Requests need an API key (`x-api-key`) granted on the stage by a usage plan.
     #[serde(default)]
     pub api_key_required: bool,
+    /// Let captured path parameters carry an encoded slash (`%2F`) or a backslash to the
+    /// upstream (refused with 400 otherwise; see docs/SECURITY.md).
+    #[serde(default)]
+    pub allow_encoded_slashes: bool,
 }
 
 /// A rate limit: requests per second and the burst one node may admit at once.

@@ -28,6 +28,8 @@ pub struct RouteTarget {
     pub api_key_required: bool,
     /// The route key, e.g. `GET /pets/{id}` (usage plans throttle per route by it).
     pub key: Arc<str>,
+    /// Captured parameters may carry `%2F` and `\\` upstream.
+    pub allow_encoded_slashes: bool,
 }
 
 /// What an API key may do: its id, whether it is enabled, and per (api, stage) the limits of
@@ -54,6 +56,9 @@ pub struct StageRoutes {
     pub router: Router<RouteTarget>,
     /// Counts and logs requests that reach the stage but match no route.
     pub unrouted: Arc<RouteObserver>,
+    /// Whether the stage answers on the API's default endpoint (`/{stage}/...`), or only
+    /// through custom domains.
+    pub default_endpoint: bool,
 }
 
 /// A canary: a share of a stage's requests served by another deployment.
@@ -175,6 +180,7 @@ mod tests {
             stage: stage.into(),
             router: Router::default(),
             unrouted: Arc::new(RouteObserver::new("a", stage, "", "", None)),
+            default_endpoint: true,
         })
     }
 

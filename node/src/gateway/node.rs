@@ -197,8 +197,7 @@ impl Node {
         metrics::gauge!("meridian_config_revision").set(1.0);
 
         let limiter = Arc::new(Limiter::new(0, MAX_LIMIT_SCOPES));
-        let pipeline =
-            Arc::new(Pipeline::new(table.clone(), limits.max_body_bytes, access_log.clone(), limiter.clone()));
+        let pipeline = Arc::new(Pipeline::new(table.clone(), &limits, access_log.clone(), limiter.clone()));
         let connections = Arc::new(Semaphore::new(limits.max_connections));
         let (shutdown, stop) = watch::channel(false);
         let serving = watch::Sender::new(config.cluster.is_none());

@@ -6,7 +6,6 @@
 //! retry budget) on connect failures and timeouts, and splices WebSocket upgrades.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Method, Request, Response};
@@ -18,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use super::client::UpstreamClient;
 use super::retry::RetryPolicy;
 use super::uri::UpstreamTemplate;
-use crate::body::RequestBody;
+use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, caused_by};
 
 /// Why an upstream call produced no response.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +30,8 @@ pub enum UpstreamError {
     Failed(String),
     #[error("the request body exceeds the limit")]
     BodyTooLarge,
+    #[error("the client's request body is malformed or incomplete")]
+    ClientBody,
 }
 
 impl UpstreamError {
@@ -65,20 +66,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl ProxyIntegration {
-    /// Sends `request` upstream. `body_overflow` is the flag of a length-limited body, so a
-    /// body cut off at the limit is reported as [`UpstreamError::BodyTooLarge`].
-    pub async fn forward(
-        &self,
-        request: Request<RequestBody>,
-        body_overflow: Option<&AtomicBool>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    /// Sends `request` upstream. A call that failed because of the client's body is
+    /// reported as [`UpstreamError::BodyTooLarge`] or [`UpstreamError::ClientBody`].
+    pub async fn forward(&self, request: Request<RequestBody>) -> Result<Response<Incoming>, UpstreamError> {
         let retry = self.retry.as_ref().filter(|_| is_idempotent(request.method()) && request.body().is_end_stream());
         let Some(policy) = retry else {
-            let result = self.attempt(request).await;
-            return result.map_err(|e| match body_overflow {
-                Some(flag) if flag.load(Ordering::Relaxed) => UpstreamError::BodyTooLarge,
-                _ => e,
-            });
+            return self.attempt(request).await;
         };
         policy.deposit();
         let (parts, _) = request.into_parts();
@@ -103,6 +96,8 @@ impl ProxyIntegration {
     async fn attempt(&self, request: Request<RequestBody>) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+            Ok(Err(e)) if caused_by::<BodyTooLarge>(&e) => Err(UpstreamError::BodyTooLarge),
+            Ok(Err(e)) if caused_by::<ClientBodyError>(&e) => Err(UpstreamError::ClientBody),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
             Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
             Ok(Ok(response)) => Ok(response),

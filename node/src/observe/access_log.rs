@@ -38,6 +38,9 @@ pub struct LogEntry<'a> {
     pub bytes: u64,
     pub latency: Duration,
     pub integration_latency: Option<Duration>,
+    /// Why the gateway refused the request, when the client was told less (e.g. which of
+    /// the key checks failed).
+    pub reason: Option<&'static str>,
 }
 
 /// The fields a template may name.
@@ -57,6 +60,7 @@ enum Field {
     Bytes,
     LatencyMs,
     IntegrationLatencyMs,
+    Reason,
 }
 
 const FIELDS: &[(&str, Field)] = &[
@@ -74,6 +78,7 @@ const FIELDS: &[(&str, Field)] = &[
     ("bytes", Field::Bytes),
     ("latency_ms", Field::LatencyMs),
     ("integration_latency_ms", Field::IntegrationLatencyMs),
+    ("reason", Field::Reason),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +163,7 @@ fn write_field(out: &mut String, entry: &LogEntry<'_>, field: Field) {
             Some(d) => write!(out, "{:.3}", millis(d)),
             None => out.write_str("-"),
         },
+        Field::Reason => out.write_str(entry.reason.unwrap_or("-")),
     };
 }
 
@@ -221,6 +227,10 @@ pub fn format_line(out: &mut String, entry: &LogEntry<'_>, template: Option<&Log
             );
             if let Some(d) = entry.integration_latency {
                 let _ = write!(out, ",\"integration_latency_ms\":{:.3}", millis(d));
+            }
+            if let Some(reason) = entry.reason {
+                out.push_str(",\"reason\":");
+                write_json_string(out, reason);
             }
             out.push('}');
         }
@@ -379,6 +389,7 @@ mod tests {
             bytes: 12,
             latency: Duration::from_micros(1500),
             integration_latency: Some(Duration::from_micros(1000)),
+            reason: None,
         }
     }
 

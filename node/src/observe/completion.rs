@@ -57,6 +57,8 @@ pub struct Completion {
     pub started: Instant,
     pub status: u16,
     pub integration_latency: Option<Duration>,
+    /// The precise reason of a refusal, for the log only.
+    pub reason: Option<&'static str>,
     pub observer: Arc<RouteObserver>,
     pub log: AccessLog,
     pub in_flight: Gauge,
@@ -83,6 +85,7 @@ impl Completion {
                 bytes,
                 latency,
                 integration_latency: self.integration_latency,
+                reason: self.reason,
             },
             self.observer.log_template.as_deref(),
         );

@@ -3,7 +3,10 @@
 //! throttle.
 //!
 //! Keys arrive in `x-api-key`; only the SHA-256 of a key's value is stored, so the lookup
-//! hashes the presented value.
+//! hashes the presented value. A refused key gets one answer whether it is unknown, disabled
+//! or without a plan for the stage, so a guesser learns nothing; the access log (`reason`)
+//! and `meridian_api_key_refusals_total{reason}` keep the precise cause. The route's own
+//! throttles run before this check, so a flood of bad keys is throttled like any other.
 
 use http::StatusCode;
 use http::request::Parts;
@@ -14,6 +17,14 @@ use crate::config::table::RouteTarget;
 
 static API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 
+/// What a client with a wrong key is told, whatever was wrong with it.
+const INVALID: &str = "invalid API key";
+
+fn refused(message: &'static str, reason: &'static str) -> Rejection {
+    metrics::counter!("meridian_api_key_refusals_total", "reason" => reason).increment(1);
+    Rejection::new(StatusCode::FORBIDDEN, message).with_reason(reason)
+}
+
 /// Checks the API key of requests to routes that require one.
 #[derive(Debug)]
 pub struct ApiKeyAuth;
@@ -23,19 +34,18 @@ impl Policy for ApiKeyAuth {
         if !route.api_key_required {
             return Ok(());
         }
-        let forbidden = |m: &'static str| Rejection::new(StatusCode::FORBIDDEN, m);
         let Some(value) = parts.headers.get(&API_KEY) else {
-            return Err(forbidden("this route needs an API key in x-api-key"));
+            return Err(refused("this route needs an API key in x-api-key", "api key missing"));
         };
         let Some(grant) = ctx.table.keys.get(&sha256_hex(value.as_bytes())) else {
-            return Err(forbidden("invalid API key"));
+            return Err(refused(INVALID, "api key unknown"));
         };
         if !grant.enabled {
-            return Err(forbidden("this API key is disabled"));
+            return Err(refused(INVALID, "api key disabled"));
         }
         let stage = (ctx.stage.api.to_string(), ctx.stage.stage.to_string());
         let Some(stage_grant) = grant.stages.get(&stage) else {
-            return Err(forbidden("this API key has no usage plan for this stage"));
+            return Err(refused(INVALID, "api key has no usage plan for this stage"));
         };
         ctx.limits.extend(stage_grant.limits.iter().cloned());
         if let Some(route_limits) = stage_grant.routes.get(&*route.key) {

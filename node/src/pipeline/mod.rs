@@ -1,8 +1,8 @@
 //! The request path: one pipeline of small stages, run in order.
 //!
 //! ```text
-//! request id → resolve (host, base path → api, stage) → route match
-//!   → policies (body limit, API key, throttle; later: cors, JWT/HMAC auth, validate, cache)
+//! request id → host and path rules (400 on ambiguity) → resolve (host, base path → api,
+//!   stage) → route match → policies (body limit, route throttle, API key, plan throttle)
 //!   → integration (http proxy | mock) → response headers → access log + metrics
 //! ```
 //!
@@ -15,14 +15,16 @@
 pub mod api_key;
 pub mod body_limit;
 pub mod headers;
+pub mod host;
+pub mod path;
 pub mod reject;
 pub mod request_id;
 pub mod resolve;
 pub mod route;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -73,6 +75,8 @@ pub struct Pipeline {
     table: Arc<ArcSwap<RoutingTable>>,
     policies: Vec<Box<dyn Policy>>,
     max_body_bytes: u64,
+    /// HTTP/1.1 heads are held to it by hyper; HTTP/2 heads here.
+    max_headers: usize,
     log: AccessLog,
     in_flight: Gauge,
 }
@@ -82,27 +86,44 @@ struct Served {
     response: Response<ResponseBody>,
     observer: Arc<RouteObserver>,
     integration_latency: Option<Duration>,
+    reason: Option<&'static str>,
 }
 
 impl Served {
     fn rejected(rejection: Rejection, request_id: &HeaderValue, observer: &Arc<RouteObserver>) -> Served {
-        Served { response: rejection.into_response(request_id), observer: observer.clone(), integration_latency: None }
+        let reason = rejection.reason;
+        Served {
+            response: rejection.into_response(request_id),
+            observer: observer.clone(),
+            integration_latency: None,
+            reason,
+        }
     }
 }
 
 impl Pipeline {
     pub fn new(
         table: Arc<ArcSwap<RoutingTable>>,
-        max_body_bytes: u64,
+        limits: &crate::config::Limits,
         log: AccessLog,
         limiter: Arc<crate::limits::limiter::Limiter>,
     ) -> Self {
+        use crate::limits::throttle::{PlanThrottle, RouteThrottle};
         let policies: Vec<Box<dyn Policy>> = vec![
-            Box::new(body_limit::BodyLimit { max_bytes: max_body_bytes }),
+            Box::new(body_limit::BodyLimit { max_bytes: limits.max_body_bytes }),
+            // Before the key check, so that refused keys count against the stage's limits.
+            Box::new(RouteThrottle { limiter: limiter.clone() }),
             Box::new(api_key::ApiKeyAuth),
-            Box::new(crate::limits::throttle::Throttle { limiter }),
+            Box::new(PlanThrottle { limiter }),
         ];
-        Pipeline { table, policies, max_body_bytes, log, in_flight: metrics::gauge!("meridian_requests_in_flight") }
+        Pipeline {
+            table,
+            policies,
+            max_body_bytes: limits.max_body_bytes,
+            max_headers: limits.max_headers,
+            log,
+            in_flight: metrics::gauge!("meridian_requests_in_flight"),
+        }
     }
 
     /// Serves one request; never fails, every problem becomes a response.
@@ -133,6 +154,7 @@ impl Pipeline {
             started,
             status: parts.status.as_u16(),
             integration_latency: served.integration_latency,
+            reason: served.reason,
             observer: served.observer,
             log: self.log.clone(),
             in_flight: self.in_flight.clone(),
@@ -148,12 +170,25 @@ impl Pipeline {
         request_id: &HeaderValue,
     ) -> Served {
         let (mut parts, body) = request.into_parts();
+        let bad_request = |message: &'static str| Rejection::new(StatusCode::BAD_REQUEST, message);
+        if parts.version == Version::HTTP_2 && parts.headers.len() > self.max_headers {
+            let r = Rejection::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request has too many headers");
+            return Served::rejected(r, request_id, &table.unrouted);
+        }
         let upgrade = headers::is_websocket_upgrade(&parts.headers);
+        if upgrade && let Err(r) = websocket::validate_handshake(&parts) {
+            return Served::rejected(r, request_id, &table.unrouted);
+        }
         let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
-        let host =
-            parts.uri.authority().map(|a| a.as_str()).or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()));
-        let path = parts.uri.path();
-        let resolved = match resolve::resolve(table, host, path, canary_draw()) {
+        let host = match host::request_host(&parts) {
+            Ok(host) => host,
+            Err(refusal) => return Served::rejected(bad_request(refusal.message()), request_id, &table.unrouted),
+        };
+        let path = match path::normalize(parts.uri.path()) {
+            Ok(path) => path,
+            Err(refusal) => return Served::rejected(bad_request(refusal.message()), request_id, &table.unrouted),
+        };
+        let resolved = match resolve::resolve(table, host.as_deref(), &path, canary_draw()) {
             Ok(r) => r,
             Err(u) => {
                 return Served::rejected(
@@ -180,6 +215,13 @@ impl Pipeline {
                 return Served::rejected(r, request_id, &stage.unrouted);
             }
         };
+        if let Some(refusal) = matched
+            .captures
+            .iter()
+            .find_map(|&(s, e)| path::check_capture(&route_path[s..e], matched.value.allow_encoded_slashes).err())
+        {
+            return Served::rejected(bad_request(refusal.message()), request_id, &matched.value.observer);
+        }
         let target = matched.value;
         let mut ctx = PolicyContext { table, stage, limits: Vec::new() };
         for policy in &self.policies {
@@ -188,9 +230,12 @@ impl Pipeline {
             }
         }
         match &target.integration {
-            Integration::Mock(mock) => {
-                Served { response: mock.respond(), observer: target.observer.clone(), integration_latency: None }
-            }
+            Integration::Mock(mock) => Served {
+                response: mock.respond(),
+                observer: target.observer.clone(),
+                integration_latency: None,
+                reason: None,
+            },
             Integration::Proxy(proxy) => {
                 let uri = match proxy.upstream.render(route_path, &matched.captures, parts.uri.query()) {
                     Ok(uri) => uri,
@@ -205,21 +250,8 @@ impl Pipeline {
                 parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
                 parts.uri = uri;
                 parts.version = Version::HTTP_11;
-                let (body, overflow) = if body_limit::BodyLimit::declared_length(&parts).is_some() {
-                    (RequestBody::declared(body), None)
-                } else {
-                    let (b, flag) = RequestBody::limited(body, self.max_body_bytes);
-                    (b, Some(flag))
-                };
-                self.call_upstream(
-                    proxy,
-                    Request::from_parts(parts, body),
-                    overflow,
-                    client_upgrade,
-                    target,
-                    request_id,
-                )
-                .await
+                let body = RequestBody::limited(body, self.max_body_bytes);
+                self.call_upstream(proxy, Request::from_parts(parts, body), client_upgrade, target, request_id).await
             }
         }
     }
@@ -228,13 +260,12 @@ impl Pipeline {
         &self,
         proxy: &ProxyIntegration,
         request: Request<RequestBody>,
-        overflow: Option<Arc<AtomicBool>>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         target: &RouteTarget,
         request_id: &HeaderValue,
     ) -> Served {
         let sent = Instant::now();
-        let result = proxy.forward(request, overflow.as_deref()).await;
+        let result = proxy.forward(request).await;
         let integration_latency = Some(sent.elapsed());
         let rejection = match result {
             Ok(mut response) => {
@@ -246,7 +277,7 @@ impl Pipeline {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers, switching);
                 let response = Response::from_parts(parts, ResponseBody::Upstream(body));
-                return Served { response, observer: target.observer.clone(), integration_latency };
+                return Served { response, observer: target.observer.clone(), integration_latency, reason: None };
             }
             Err(UpstreamError::Timeout(d)) => Rejection::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -256,12 +287,22 @@ impl Pipeline {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body exceeds the limit of {} bytes", self.max_body_bytes),
             ),
+            Err(UpstreamError::ClientBody) => {
+                Rejection::new(StatusCode::BAD_REQUEST, "the request body is malformed or incomplete")
+                    .with_reason("client body error")
+            }
             Err(e @ (UpstreamError::Connect(_) | UpstreamError::Failed(_))) => {
                 tracing::warn!(upstream = proxy.upstream.host(), error = %e, request_id = ?request_id, "upstream call failed");
                 Rejection::new(StatusCode::BAD_GATEWAY, "the upstream could not be reached")
             }
         };
-        Served { response: rejection.into_response(request_id), observer: target.observer.clone(), integration_latency }
+        let reason = rejection.reason;
+        Served {
+            response: rejection.into_response(request_id),
+            observer: target.observer.clone(),
+            integration_latency,
+            reason,
+        }
     }
 }
 

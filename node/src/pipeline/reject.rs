@@ -15,11 +15,19 @@ pub struct Rejection {
     pub message: Cow<'static, str>,
     /// Extra response headers, such as `Allow` on a 405.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// What the access log records when the client is told less than the whole story.
+    pub reason: Option<&'static str>,
 }
 
 impl Rejection {
     pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Rejection { status, message: message.into(), headers: Vec::new() }
+        Rejection { status, message: message.into(), headers: Vec::new(), reason: None }
+    }
+
+    /// Records `reason` in the access log (never in the response).
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {

@@ -1,14 +1,12 @@
 //! Request ids: taken from the client's `x-request-id` when well-formed, else generated.
 //!
-//! Generated ids are 32 hex digits: a per-process random prefix and a per-thread counter,
-//! unique without coordination or a random-number call per request.
-
-use std::cell::Cell;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Generated ids are 128 random bits as 32 hex digits, drawn from a thread-local CSPRNG
+//! (ChaCha, seeded by the operating system): ids end up in responses, logs and upstream
+//! headers, and an id someone else can predict lets them forge or collide with log lines
+//! and idempotency records of other clients.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use rand::RngExt;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -18,43 +16,13 @@ pub fn is_well_formed(value: &[u8]) -> bool {
         && value.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-fn process_prefix() -> u64 {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
-    *PREFIX.get_or_init(|| {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-        h.write_u32(std::process::id());
-        h.finish()
-    })
-}
-
-static THREAD_BLOCKS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// (next, end) of this thread's block of counter values.
-    static COUNTER: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
-}
-
-fn next_counter() -> u64 {
-    COUNTER.with(|c| {
-        let (mut next, mut end) = c.get();
-        if next == end {
-            next = THREAD_BLOCKS.fetch_add(1, Ordering::Relaxed) << 32;
-            end = next + (1 << 32);
-        }
-        c.set((next + 1, end));
-        next
-    })
-}
-
-/// A fresh, process-unique request id.
+/// A fresh, unpredictable request id.
 pub fn generate() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits: u128 = rand::rng().random();
     let mut out = [0u8; 32];
-    for (i, word) in [process_prefix(), next_counter()].into_iter().enumerate() {
-        for j in 0..16 {
-            out[i * 16 + j] = HEX[((word >> (60 - 4 * j)) & 0xf) as usize];
-        }
+    for (j, digit) in out.iter_mut().enumerate() {
+        *digit = HEX[((bits >> (124 - 4 * j)) & 0xf) as usize];
     }
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
@@ -95,5 +63,20 @@ mod tests {
         let all: HashSet<String> = ids.into_iter().flatten().collect();
         assert_eq!(all.len(), 4000);
         assert!(all.iter().all(|id| id.len() == 32 && is_well_formed(id.as_bytes())));
+    }
+
+    #[test]
+    fn consecutive_ids_share_no_predictable_structure() {
+        // The ids used to be a fixed process prefix and a counter: consecutive ids shared
+        // their first 16 digits and differed by one.
+        let ids: Vec<u128> = (0..64).map(|_| u128::from_str_radix(generate().to_str().unwrap(), 16).unwrap()).collect();
+        let shared_prefix = ids.windows(2).filter(|w| w[0] >> 64 == w[1] >> 64).count();
+        assert_eq!(shared_prefix, 0);
+        let successive = ids.windows(2).filter(|w| w[1].wrapping_sub(w[0]) < 1 << 16).count();
+        assert_eq!(successive, 0);
+        // Every bit position takes both values across 64 ids.
+        let ones = ids.iter().fold(0u128, |acc, id| acc | id);
+        let zeros = ids.iter().fold(0u128, |acc, id| acc | !id);
+        assert_eq!((ones, zeros), (u128::MAX, u128::MAX));
     }
 }

@@ -3,7 +3,8 @@
 //! A host that names a custom domain is served only by that domain's base-path mappings
 //! (longest base path first). Any other host uses the default endpoint form
 //! `/{stage}/...`, where the API is the one whose id is the host's first label
-//! (`pets.localhost` → API `pets`), or the only API when there is just one.
+//! (`pets.localhost` → API `pets`), or the only API when there is just one, unless the API
+//! turned its default endpoint off. The host arrives normalised ([`super::host`]).
 
 use std::sync::Arc;
 
@@ -37,42 +38,27 @@ impl Unresolved {
     }
 }
 
-/// Strips the port from a `Host` value and lower-cases it only if needed.
-fn host_name(authority: &str) -> std::borrow::Cow<'_, str> {
-    let host = if authority.starts_with('[') {
-        authority.split_once(']').map_or(authority, |(h, _)| h)
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(host)
-    }
-}
-
 /// Whether `path` is `base` or continues it at a segment boundary.
 fn under_base(path: &str, base: &str) -> bool {
     path.starts_with(base) && matches!(path.as_bytes().get(base.len()), None | Some(b'/'))
 }
 
-/// Resolves a request's host (from `Host` or `:authority`) and path. `draw` (0..10,000,
-/// uniform) decides whether a stage with a canary serves this request from the canary.
+/// Resolves a request's normalised host and path. `draw` (0..10,000, uniform) decides
+/// whether a stage with a canary serves this request from the canary.
 pub fn resolve<'t>(
     table: &'t RoutingTable,
     host: Option<&str>,
     path: &str,
     draw: u32,
 ) -> Result<Resolved<'t>, Unresolved> {
-    let host = host.map(host_name);
-    if let Some(mappings) = host.as_deref().and_then(|h| table.domains.get(h)) {
+    if let Some(mappings) = host.and_then(|h| table.domains.get(h)) {
         return mappings
             .iter()
             .find(|m| under_base(path, &m.base_path))
             .map(|m| Resolved { stage: m.stage.pick(draw), path_offset: m.base_path.len() })
             .ok_or(Unresolved::NoMapping);
     }
-    let stages = match host.as_deref().and_then(|h| h.split('.').next()).and_then(|label| table.apis.get(label)) {
+    let stages = match host.and_then(|h| h.split('.').next()).and_then(|label| table.apis.get(label)) {
         Some(stages) => stages,
         None if table.apis.len() == 1 => table.apis.values().next().ok_or(Unresolved::NoStage)?,
         None if table.apis.is_empty() => return Err(Unresolved::NoStage),
@@ -82,6 +68,7 @@ pub fn resolve<'t>(
     let stage_name = rest.split('/').next().unwrap_or("");
     stages
         .get(stage_name)
+        .filter(|s| s.primary.default_endpoint)
         .map(|s| Resolved { stage: s.pick(draw), path_offset: 1 + stage_name.len() })
         .ok_or(Unresolved::NoStage)
 }
@@ -109,7 +96,8 @@ domains:
 "#;
 
     fn who(t: &RoutingTable, host: &str, path: &str) -> Result<(String, String, String), Unresolved> {
-        resolve(t, Some(host), path, 0)
+        let host = crate::pipeline::host::normalize(host).unwrap();
+        resolve(t, Some(&host), path, 0)
             .map(|r| (r.stage.api.to_string(), r.stage.stage.to_string(), path[r.path_offset..].to_string()))
     }
 
@@ -126,6 +114,30 @@ domains:
         assert_eq!(who(&t, "pets.localhost:8080", "/prod/x").unwrap(), ("pets".into(), "prod".into(), "/x".into()));
         assert_eq!(who(&t, "127.0.0.1:8080", "/prod/x").unwrap_err(), Unresolved::AmbiguousApi);
         assert_eq!(who(&t, "pets.localhost", "/qa/x").unwrap_err(), Unresolved::NoStage);
+    }
+
+    #[test]
+    fn custom_domains_are_found_with_a_trailing_dot() {
+        let t = table(TWO_APIS);
+        assert_eq!(who(&t, "api.example.com.", "/pets/1").unwrap(), ("pets".into(), "dev".into(), "/1".into()));
+    }
+
+    #[test]
+    fn an_api_without_its_default_endpoint_is_only_reachable_through_domains() {
+        let t = table(
+            r#"
+apis:
+  - id: pets
+    default_endpoint: false
+    stages: [{ name: prod }]
+domains:
+  - name: api.example.com
+    mappings: [{ base_path: /, api: pets, stage: prod }]
+"#,
+        );
+        assert_eq!(who(&t, "pets.example.org", "/prod/x").unwrap_err(), Unresolved::NoStage);
+        assert_eq!(who(&t, "127.0.0.1", "/prod/x").unwrap_err(), Unresolved::NoStage);
+        assert_eq!(who(&t, "api.example.com", "/x").unwrap(), ("pets".into(), "prod".into(), "/x".into()));
     }
 
     #[test]
