@@ -121,3 +121,65 @@ mod tests {
         }
     }
 }
+
+/// Open connections per client address, with a limit: what keeps one address from holding
+/// every connection a listener allows (the DNS TCP listener, the gateway's listeners).
+///
+/// ```
+/// use meridian_dns::net::ConnectionsPerClient;
+/// let limit = ConnectionsPerClient::new(2);
+/// let ip = "192.0.2.1".parse().unwrap();
+/// let a = limit.open(ip).unwrap();
+/// let _b = limit.open(ip).unwrap();
+/// assert!(limit.open(ip).is_none());
+/// drop(a);
+/// assert!(limit.open(ip).is_some());
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConnectionsPerClient {
+    max: usize,
+    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+/// One counted connection; dropping it gives the place back.
+#[derive(Debug)]
+pub struct ClientConnection {
+    client: IpAddr,
+    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+impl ConnectionsPerClient {
+    pub fn new(max: usize) -> Self {
+        ConnectionsPerClient { max, open: Default::default() }
+    }
+
+    /// Counts a new connection from `client`, or `None` when it already has `max` open.
+    pub fn open(&self, client: IpAddr) -> Option<ClientConnection> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(client).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientConnection { client, open: self.open.clone() })
+    }
+
+    /// Counts a connection from `client` even past the limit (its caller has asked one of
+    /// the client's other connections to close).
+    pub fn open_past_limit(&self, client: IpAddr) -> ClientConnection {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()).entry(client).or_insert(0) += 1;
+        ClientConnection { client, open: self.open.clone() }
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}

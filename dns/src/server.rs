@@ -28,6 +28,9 @@ const MAX_QUERY: usize = 4096;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Most TCP connections served at once.
 const MAX_TCP_CONNECTIONS: usize = 512;
+/// Open TCP connections one client address may hold (so that idle sockets from one address
+/// cannot lock every other TCP client out).
+pub const MAX_TCP_CONNECTIONS_PER_CLIENT: usize = 16;
 
 /// How a node serves DNS.
 #[derive(Debug, Clone)]
@@ -277,18 +280,24 @@ fn truncate_to_header(reply: &mut Vec<u8>) {
 
 async fn tcp_listener(listener: TcpListener, responder: Arc<Responder>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
+    let per_client = crate::net::ConnectionsPerClient::new(MAX_TCP_CONNECTIONS_PER_CLIENT);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        let Some(counted) = per_client.open(peer.ip()) else {
+            metrics::counter!("meridian_dns_tcp_refused_total", "reason" => "per_client").increment(1);
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::counter!("meridian_dns_tcp_refused_total").increment(1);
+            metrics::counter!("meridian_dns_tcp_refused_total", "reason" => "capacity").increment(1);
             continue;
         };
         let responder = responder.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _counted = counted;
             let _ = tcp_connection(stream, peer.ip(), responder).await;
         });
     }

@@ -375,4 +375,28 @@ fn forwarding_only_for_allowed_networks_and_garbage_is_harmless() {
     }
     assert!(nodes[0].is_running());
     assert!(dig(dns, &["api.example.test"]).contains("status: NOERROR"), "still answering");
+
+    // 520 idle TCP connections from one address (more than the listener's 512) cannot lock
+    // another client out of DNS over TCP.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let idle: Vec<tokio::net::TcpStream> = runtime.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..520 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{}:0", ip(4, 70)).parse().unwrap()).unwrap();
+            if let Ok(stream) = socket.connect(dns).await {
+                held.push(stream);
+            }
+        }
+        held
+    });
+    assert!(idle.len() >= 500, "{} connections made", idle.len());
+    let tcp = std::process::Command::new("dig")
+        .args(["-b", &ip(4, 50), &format!("@{}", dns.ip()), "-p", &dns.port().to_string()])
+        .args(["+tcp", "+time=2", "+tries=1", "api.example.test"])
+        .output()
+        .unwrap();
+    let tcp = String::from_utf8_lossy(&tcp.stdout);
+    assert!(tcp.contains("status: NOERROR"), "another client over TCP: {tcp}");
+    drop(idle);
 }

@@ -439,19 +439,31 @@ async fn shutdown_drains_in_flight_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_cap_wait() {
-    let node = start_node(pets_config("127.0.0.1:9".parse().unwrap(), "limits: { max_connections: 2 }")).await;
+async fn connections_beyond_the_cap_wait_while_every_one_is_busy() {
+    // The backend holds the first two requests for 1.5 s.
+    let (backend, _) = counting_backend(2, Duration::from_millis(1500)).await;
+    let node = start_node(pets_config(backend, "limits: { max_connections: 2 }")).await;
     let http = node.http.unwrap();
-    let first = TcpStream::connect(http).unwrap();
-    let second = TcpStream::connect(http).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let busy = |n: u8| {
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(http).unwrap();
+            s.write_all(format!("GET /prod/pets/{n} HTTP/1.1\r\nHost: gw.test\r\n\r\n").as_bytes()).unwrap();
+            let mut buf = [0u8; 12];
+            s.read_exact(&mut buf).unwrap();
+            (String::from_utf8_lossy(&buf).into_owned(), s)
+        })
+    };
+    let (first, second) = (busy(1), busy(2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let waiting = tokio::spawn(async move { get(http, "gw.test", "/prod/hello").await });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!waiting.is_finished(), "a third connection was served beyond the cap");
-    drop(first);
+    assert!(!waiting.is_finished(), "a third connection was served beyond the cap while both were busy");
+    // Once the two exchanges end, their idle connections make room.
     let reply = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("served once a slot freed").unwrap();
     assert_eq!(reply.status, 201);
-    drop(second);
+    for held in [first, second] {
+        assert_eq!(held.join().unwrap().0, "HTTP/1.1 200");
+    }
 }
 
 #[test]

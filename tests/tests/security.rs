@@ -262,3 +262,86 @@ fn an_oversized_configuration_file_is_refused_before_it_is_read() {
     assert!(stderr.contains("larger than"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
+
+/// Opens `n` TCP connections from `source` that never send a byte.
+async fn silent_connections(to: SocketAddr, source: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        held.push(socket.connect(to).await.unwrap());
+    }
+    held
+}
+
+/// How many of `streams` the server has closed (a read sees the end within `wait`).
+async fn closed_by_server(streams: &mut [tokio::net::TcpStream], wait: Duration) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut closed = 0;
+    for s in streams.iter_mut() {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(wait, s.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_starve_the_listener() {
+    let backend = echo_backend().await;
+    let limits = "limits: { max_connections: 20, header_read_timeout: 2s }";
+    let node = start_node(config(backend).replacen("throttle:", &format!("{limits}\nthrottle:"), 1)).await;
+    let gw = node.http.unwrap();
+
+    // A connection that never sends a request head is closed after the header timeout,
+    // also before its first request.
+    let started = Instant::now();
+    let mut one = silent_connections(gw, "127.0.0.1", 1).await;
+    assert_eq!(closed_by_server(&mut one, Duration::from_secs(6)).await, 1);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(4), "closed after {waited:?}");
+
+    // Twice the cap in silent connections: a real client is still served at once, because
+    // the longest-idle connections are shed for it.
+    let _silent = silent_connections(gw, "127.0.0.1", 40).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(2), get(gw, "pets.test", "/prod/files/x")).await;
+    assert_eq!(r.expect("the client waited behind silent connections").status, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "served after {:?}", started.elapsed());
+    let metrics = String::from_utf8_lossy(&get(node.admin, "admin", "/metrics").await.body).into_owned();
+    assert!(metrics.contains("meridian_connections_shed_total"), "shedding is counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_holds_at_most_its_share() {
+    let backend = echo_backend().await;
+    let limits = "limits: { max_connections_per_client: 5 }";
+    let node = start_node(config(backend).replacen("throttle:", &format!("{limits}\nthrottle:"), 1)).await;
+    let gw = node.http.unwrap();
+    let mut held = silent_connections(gw, "127.0.0.2", 5).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(closed_by_server(&mut held, Duration::from_millis(100)).await, 0);
+    // More connections from the same address: its own oldest idle ones make room, so it
+    // never holds more than five.
+    let mut more = silent_connections(gw, "127.0.0.2", 5).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(closed_by_server(&mut held, Duration::from_millis(200)).await, 5, "the older five were shed");
+    assert_eq!(closed_by_server(&mut more, Duration::from_millis(100)).await, 0);
+    // Another address is not affected.
+    assert_eq!(get(gw, "pets.test", "/prod/files/x").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_survives_a_flood_of_silent_connections() {
+    let backend = echo_backend().await;
+    let node = start_node(config(backend)).await;
+    let mut flood = silent_connections(node.admin, "127.0.0.1", 150).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = tokio::time::timeout(Duration::from_secs(2), get(node.admin, "admin", "/healthz")).await;
+    assert_eq!(r.expect("the admin API waited behind silent connections").status, 200);
+    // The admin listener holds few connections per address: the flood was shed, not kept.
+    let closed = closed_by_server(&mut flood, Duration::from_millis(50)).await;
+    assert!(closed >= 130, "only {closed} of 150 silent admin connections were closed");
+}

@@ -25,6 +25,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::gateway::conns::{ConnectionTable, Refused};
 use crate::gateway::io::IdleTimeout;
 use crate::gateway::node::Reloader;
 use crate::observe::metrics::{LATENCY_BUCKETS, describe};
@@ -163,10 +164,20 @@ impl AdminState {
     }
 }
 
-/// Serves the admin API on `listener` until `shutdown` turns true.
+/// Connections the admin listener holds at once, and from one client address.
+const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS_PER_CLIENT: usize = 16;
+/// How long a client may take to send a request head, and to stay idle between requests.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves the admin API on `listener` until `shutdown` turns true. It has a connection table
+/// of its own, so that a flood of gateway connections cannot lock operators out, and the
+/// other way round.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+    let connections = ConnectionTable::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -177,18 +188,40 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
             },
             _ = crate::gateway::listener::stopped(&mut shutdown) => return,
         };
+        let admitted = tokio::select! {
+            admitted = connections.admit(peer.ip()) => match admitted {
+                Ok(a) => a,
+                Err(Refused::PerClient) => continue,
+                Err(Refused::Closed) => return,
+            },
+            _ = crate::gateway::listener::stopped(&mut shutdown) => return,
+        };
         let state = state.clone();
         tokio::spawn(async move {
+            let slot = admitted.slot.clone();
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(state.handle(request).await) }
+                let busy = slot.begin();
+                async move {
+                    let response = state.handle(request).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(response)
+                }
             });
-            let io = TokioIo::new(IdleTimeout::new(stream, Duration::from_secs(30)));
-            let _ = http1::Builder::new()
+            let stream =
+                IdleTimeout::new(stream, IDLE_TIMEOUT).with_first_request_deadline(HEAD_TIMEOUT, admitted.slot.clone());
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(io, service)
-                .await;
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = admitted.slot.shed_requested() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
         });
     }
 }

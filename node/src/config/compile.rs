@@ -319,6 +319,7 @@ impl Compiler<'_> {
             header_read_timeout: header_read_timeout?,
             idle_timeout: idle_timeout?,
             max_connections: l.max_connections,
+            max_connections_per_client: l.max_connections_per_client,
             drain_timeout: drain_timeout?,
         })
         .filter(|_| ok)

@@ -145,6 +145,8 @@ pub struct LimitsSection {
     pub header_read_timeout: Spanned<String>,
     pub idle_timeout: Spanned<String>,
     pub max_connections: usize,
+    /// Open connections one client address may hold (0: no limit).
+    pub max_connections_per_client: usize,
     pub drain_timeout: Spanned<String>,
 }
 
@@ -157,6 +159,7 @@ impl Default for LimitsSection {
             header_read_timeout: unspanned("10s".into()),
             idle_timeout: unspanned("60s".into()),
             max_connections: 10_000,
+            max_connections_per_client: 0,
             drain_timeout: unspanned("30s".into()),
         }
     }

@@ -122,6 +122,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// 0: no limit.
+    pub max_connections_per_client: usize,
     pub drain_timeout: Duration,
 }
 

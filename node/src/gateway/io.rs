@@ -4,14 +4,23 @@
 //! the idle timeout since the connection last moved a byte. A successful read or write only
 //! stores a timestamp; the timer is consulted only when the socket would block, so the
 //! fast path stays cheap.
+//!
+//! Until its first request head has arrived, a gateway connection also has a fixed
+//! deadline ([`IdleTimeout::with_first_request_deadline`]): hyper's own header timer only
+//! starts once the protocol is known, so without it a client that connects and sends
+//! nothing (or a byte every few seconds) would hold a connection for the whole idle
+//! timeout.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::conns::ConnSlot;
 
 /// A socket that errors with `TimedOut` after `timeout` without traffic.
 #[derive(Debug)]
@@ -20,12 +29,38 @@ pub struct IdleTimeout<T> {
     timeout: Duration,
     last_activity: Instant,
     timer: Pin<Box<Sleep>>,
+    /// The deadline for the first request head, until the connection has served one.
+    first_request: Option<(Instant, Arc<ConnSlot>)>,
 }
 
 impl<T> IdleTimeout<T> {
     pub fn new(inner: T, timeout: Duration) -> Self {
         let now = Instant::now();
-        IdleTimeout { inner, timeout, last_activity: now, timer: Box::pin(tokio::time::sleep_until(now + timeout)) }
+        IdleTimeout {
+            inner,
+            timeout,
+            last_activity: now,
+            timer: Box::pin(tokio::time::sleep_until(now + timeout)),
+            first_request: None,
+        }
+    }
+
+    /// Also fails the connection if `slot` has not begun a request within `limit` of now.
+    pub fn with_first_request_deadline(mut self, limit: Duration, slot: Arc<ConnSlot>) -> Self {
+        self.first_request = Some((Instant::now() + limit, slot));
+        self
+    }
+
+    fn deadline(&mut self) -> Instant {
+        let idle = self.last_activity + self.timeout;
+        match &self.first_request {
+            Some((_, slot)) if slot.served() => {
+                self.first_request = None;
+                idle
+            }
+            Some((first, _)) => idle.min(*first),
+            None => idle,
+        }
     }
 
     pub fn get_ref(&self) -> &T {
@@ -36,14 +71,18 @@ impl<T> IdleTimeout<T> {
     /// and otherwise makes sure the timer will wake this task at the deadline.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
-            let deadline = self.last_activity + self.timeout;
+            let deadline = self.deadline();
             if self.timer.deadline() != deadline {
                 self.timer.as_mut().reset(deadline);
             }
             match self.timer.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) if Instant::now() >= self.last_activity + self.timeout => {
-                    return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "connection idle timeout"));
+                Poll::Ready(()) if Instant::now() >= self.deadline() => {
+                    let message = match self.first_request {
+                        Some(_) => "no request head within the header read timeout",
+                        None => "connection idle timeout",
+                    };
+                    return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, message));
                 }
                 Poll::Ready(()) => continue,
             }
@@ -128,5 +167,40 @@ mod tests {
         let err = a.read_exact(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         writer.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_no_request_head_meets_the_first_deadline() {
+        let table = super::super::conns::ConnectionTable::new(1, 0);
+        let admitted = table.admit("192.0.2.1".parse().unwrap()).await.unwrap();
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut a = IdleTimeout::new(a, Duration::from_secs(60))
+            .with_first_request_deadline(Duration::from_secs(10), admitted.slot.clone());
+        // A byte every 5 s keeps the idle timer happy but not the first-request deadline.
+        let writer = tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let _ = b.write_all(b"G").await;
+            }
+        });
+        let started = Instant::now();
+        let mut buf = [0u8; 1];
+        let err = loop {
+            if let Err(e) = a.read_exact(&mut buf).await {
+                break e;
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        writer.abort();
+
+        // Once a request has begun, only the idle timeout applies.
+        let (a, _b) = tokio::io::duplex(64);
+        let mut a = IdleTimeout::new(a, Duration::from_secs(60))
+            .with_first_request_deadline(Duration::from_secs(10), admitted.slot.clone());
+        drop(admitted.slot.begin());
+        let started = Instant::now();
+        let _ = a.read_exact(&mut buf).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
     }
 }

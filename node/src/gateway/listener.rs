@@ -1,10 +1,12 @@
 //! Accepting client connections and serving HTTP/1.1 and HTTP/2 on them.
 //!
-//! One accept loop per listener. Each connection takes a permit from the node-wide
-//! connection cap before it is accepted (at the cap, new connections wait in the kernel's
-//! backlog), gets an idle timeout, an optional TLS handshake bounded by the header-read
-//! timeout, and then hyper's automatic HTTP/1.1-or-HTTP/2 server with the configured
-//! header limits. On shutdown the loop stops accepting and in-flight requests drain.
+//! One accept loop per listener. Each accepted connection takes a place in the node's
+//! [`ConnectionTable`] (at the cap the longest-idle connection is shed for it; a client at
+//! its per-client limit is refused), gets an idle timeout and a deadline for its first
+//! request head, an optional TLS handshake within that deadline, and then hyper's automatic
+//! HTTP/1.1-or-HTTP/2 server with the configured header limits. On shutdown the loop stops
+//! accepting, every connection is asked to close after its current exchange, and the node
+//! waits for them up to the drain timeout.
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -12,11 +14,12 @@ use std::sync::{Arc, OnceLock};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::conns::{ConnSlot, ConnectionTable, Refused};
 use super::io::IdleTimeout;
 use crate::cluster::dns::ClientRttSink;
 use crate::config::Limits;
@@ -45,8 +48,8 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 pub struct ListenerShared {
     pub pipeline: Arc<Pipeline>,
     pub limits: Limits,
-    /// The node-wide connection cap.
-    pub connections: Arc<Semaphore>,
+    /// The node's connections: cap, per-client limit, shedding.
+    pub connections: Arc<ConnectionTable>,
     /// Where measured client round trips go (set when the node serves DNS).
     pub client_rtt: Arc<OnceLock<ClientRttSink>>,
     /// Accepting starts when this turns true.
@@ -64,17 +67,9 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
         _ = serving.wait_for(|s| *s) => {}
         _ = stopped(&mut shutdown) => return,
     }
-    let graceful = GracefulShutdown::new();
     let builder = http_builder(&limits);
     let open = metrics::gauge!("meridian_connections_open");
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -84,6 +79,17 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let admitted = tokio::select! {
+            admitted = connections.admit(peer.ip()) => match admitted {
+                Ok(a) => a,
+                Err(Refused::PerClient) => {
+                    metrics::counter!("meridian_connections_refused_total", "reason" => "per_client").increment(1);
+                    continue;
+                }
+                Err(Refused::Closed) => break,
             },
             _ = stopped(&mut shutdown) => break,
         };
@@ -97,58 +103,88 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
         }
         let conn = Arc::new(ConnInfo::new(peer, tls.is_some()));
         let pipeline = pipeline.clone();
+        let slot = admitted.slot.clone();
         let service = service_fn(move |request| {
             let pipeline = pipeline.clone();
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(pipeline.handle(request, &conn).await) }
+            let busy = slot.begin();
+            async move {
+                let response = pipeline.handle(request, &conn).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
         });
         let builder = builder.clone();
-        let watcher = graceful.watcher();
         let tls = tls.clone();
-        let handshake_timeout = limits.header_read_timeout;
+        let shutdown = shutdown.clone();
+        let head_deadline = limits.header_read_timeout;
         let idle = limits.idle_timeout;
         let open = open.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             open.increment(1.0);
-            let stream = IdleTimeout::new(stream, idle);
-            let result = match tls {
-                None => {
-                    watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
-                        .await
-                }
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, accept_tls(&acceptor, stream)).await {
+            let slot = admitted.slot.clone();
+            let stream = IdleTimeout::new(stream, idle).with_first_request_deadline(head_deadline, slot.clone());
+            match tls {
+                None => serve_connection(&builder, stream, service, &slot, shutdown).await,
+                Some(acceptor) => match tokio::time::timeout(head_deadline, accept_tls(&acceptor, stream)).await {
                     Ok(Ok((tls_stream, round_trip))) => {
                         if let Some(sink) = &rtt_sink {
                             let rtt = round_trip.as_micros().min(u128::from(u32::MAX)) as u32;
                             let _ = sink.try_send((peer.ip(), rtt));
                         }
-                        watcher
-                            .watch(
-                                builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service).into_owned(),
-                            )
-                            .await
+                        serve_connection(&builder, tls_stream, service, &slot, shutdown).await
                     }
-                    Ok(Err(e)) => {
-                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                        Ok(())
-                    }
-                    Err(_) => {
-                        tracing::debug!(client = %peer, "TLS handshake timed out");
-                        Ok(())
-                    }
+                    Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                 },
-            };
-            if let Err(e) = result {
-                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
             }
             open.decrement(1.0);
+            drop(admitted);
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+    if !connections.drained(limits.drain_timeout).await {
         tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+}
+
+/// Serves HTTP on one connection until it ends; asks it to close gracefully (after its
+/// current exchange) when the table sheds it or the node shuts down.
+async fn serve_connection<S, Svc>(
+    builder: &auto::Builder<hyper_util::rt::TokioExecutor>,
+    stream: S,
+    service: Svc,
+    slot: &ConnSlot,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::observe::completion::ObservedBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+{
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = slot.shed_requested(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = stopped(&mut shutdown), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`tls`]: certificates per custom domain, chosen by SNI.
 //! - [`io`]: idle timeouts on client sockets.
 
+pub mod conns;
 pub mod io;
 pub mod listener;
 pub mod node;

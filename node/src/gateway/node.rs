@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::conns::ConnectionTable;
 use super::listener;
 use super::tls::{SniResolver, server_config};
 use crate::admin::{self, AdminState};
@@ -198,7 +199,7 @@ impl Node {
 
         let limiter = Arc::new(Limiter::new(0, MAX_LIMIT_SCOPES));
         let pipeline = Arc::new(Pipeline::new(table.clone(), &limits, access_log.clone(), limiter.clone()));
-        let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let connections = ConnectionTable::new(limits.max_connections, limits.max_connections_per_client);
         let (shutdown, stop) = watch::channel(false);
         let serving = watch::Sender::new(config.cluster.is_none());
         let listening = listener::ListenerShared {
