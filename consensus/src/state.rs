@@ -79,7 +79,8 @@ pub struct MappingRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainRecord {
     pub certificate_pem: Option<String>,
-    pub key_pem: Option<String>,
+    /// The certificate's private key (PEM), sealed with the cluster data key.
+    pub key_sealed: Option<Vec<u8>>,
     pub mappings: Vec<MappingRecord>,
 }
 
@@ -662,7 +663,7 @@ mod tests {
                 name,
                 domain: DomainRecord {
                     certificate_pem: None,
-                    key_pem: None,
+                    key_sealed: None,
                     mappings: vec![MappingRecord { base_path: "/".into(), api, stage }]
                 }
             }),

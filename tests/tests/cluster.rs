@@ -623,9 +623,37 @@ fn modes(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
 }
 
 #[test]
-fn data_directories_are_private_and_the_ca_key_is_sealed() {
+fn data_directories_are_private_and_private_keys_are_sealed() {
     use std::os::unix::fs::PermissionsExt;
     let mut cluster = three_regions(9);
+    // A custom domain's TLS key goes into the replicated state too.
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        cli(&["apply", "-f", definition(dir.path(), "v1").to_str().unwrap(), "--stage", "prod"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    TestCa::new().issue(dir.path(), "api.example.test");
+    let (cert, key) = (dir.path().join("api.example.test.pem"), dir.path().join("api.example.test.key"));
+    let args = ["domains", "put", "api.example.test", "--certificate", cert.to_str().unwrap()];
+    let out = cli(&[&args[..], &["--key", key.to_str().unwrap(), "--map", "/=pets:prod"]].concat(), &cluster.nodes[1]);
+    assert!(out.status.success(), "{out:?}");
+    // Every node serves it over TLS (the sealed key opens everywhere).
+    for node in &cluster.nodes {
+        let https = node.https.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = curl(&[
+                "-sk",
+                "--resolve",
+                &format!("api.example.test:{}:{}", https.port(), https.ip()),
+                &format!("https://api.example.test:{}/version", https.port()),
+            ]);
+            if out.stdout == b"v1" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{https} does not serve the domain: {out:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     for node in &cluster.nodes {
         let data = node.dir().join("data");
         assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);

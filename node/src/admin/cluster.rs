@@ -779,7 +779,17 @@ async fn domain_record(member: &ClusterMember, name: &str, text: &str) -> Result
         }
         mappings.push(MappingRecord { base_path: m.base_path, api: m.api, stage: m.stage });
     }
-    Ok(DomainRecord { certificate_pem: body.certificate_pem, key_pem: body.key_pem, mappings })
+    // The key enters the replicated state sealed (docs/SECURITY.md).
+    let key_sealed = match &body.key_pem {
+        Some(key) => Some(
+            member
+                .data_key()
+                .seal(&crate::cluster::sealed::domain_key(name), key.as_bytes())
+                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        ),
+        None => None,
+    };
+    Ok(DomainRecord { certificate_pem: body.certificate_pem, key_sealed, mappings })
 }
 
 /// Checks a region body: a name, an optional weight, and client networks in CIDR form.

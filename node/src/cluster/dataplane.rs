@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use meridian_consensus::{ConfigState, PlanRate, QuotaPeriod};
 
 use super::member::ClusterMember;
+use super::sealed::DataKey;
 use crate::config::table::{BaseMapping, KeyGrant, StageGrant};
 use crate::config::{CanaryRoutes, RoutingTable, StageTarget, base_path, compile_stage};
 use crate::gateway::tls::{DomainCertificates, SniResolver, certified_key_from_pem};
@@ -125,12 +126,17 @@ fn keys(state: &ConfigState) -> HashMap<String, Arc<KeyGrant>> {
     grants
 }
 
-/// The certificates of the domains that have one.
-pub fn certificates(state: &ConfigState) -> DomainCertificates {
+/// The certificates of the domains that have one (their keys opened with the data key).
+pub fn certificates(state: &ConfigState, data_key: &DataKey) -> DomainCertificates {
     let mut set = DomainCertificates::default();
     for (name, domain) in &state.domains {
-        if let (Some(cert), Some(key)) = (&domain.certificate_pem, &domain.key_pem) {
-            match certified_key_from_pem(cert, key) {
+        if let (Some(cert), Some(sealed)) = (&domain.certificate_pem, &domain.key_sealed) {
+            let key = data_key
+                .open(&super::sealed::domain_key(name), sealed)
+                .map_err(|e| e.to_string())
+                .and_then(|key| String::from_utf8(key).map_err(|_| "the sealed key is not PEM".to_string()))
+                .and_then(|key| certified_key_from_pem(cert, &key));
+            match key {
                 Ok(k) => set.insert(name, k),
                 Err(e) => tracing::error!(domain = %name, error = %e, "domain certificate unusable"),
             }
@@ -155,7 +161,7 @@ pub fn spawn_sync(
         loop {
             let state = member.applied.read().await.config.clone();
             if served != Some(state.revision) {
-                sni.replace(certificates(&state));
+                sni.replace(certificates(&state, member.data_key()));
                 table.store(Arc::new(compile(&state, default_rate)));
                 served = Some(state.revision);
                 metrics::gauge!("meridian_config_revision").set(state.revision as f64);

@@ -114,9 +114,6 @@ fn tls_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("tls")
 }
 
-/// The purpose the CA key is sealed for.
-const CA_KEY_PURPOSE: &str = "cluster-ca-key";
-
 fn data_key_path(data_dir: &Path) -> PathBuf {
     tls_dir(data_dir).join("data.key")
 }
@@ -177,7 +174,7 @@ impl ClusterMember {
         let secret = random_secret().map_err(setup)?;
         let token = JoinToken { secret: secret.clone(), ca_fingerprint: sha256_hex_of_pem(&ca.cert_pem)? };
         let data_key = DataKey::generate().map_err(setup)?;
-        let ca_key_sealed = data_key.seal(CA_KEY_PURPOSE, ca.key_pem.as_bytes()).map_err(setup)?;
+        let ca_key_sealed = data_key.seal(super::sealed::CA_KEY, ca.key_pem.as_bytes()).map_err(setup)?;
         save_identity(&settings.data_dir, &identity, &data_key)?;
         write_record(&settings.data_dir, &NodeRecord { node_id: 1, region: advertised.region.clone() })?;
         let member = Self::start(1, identity, data_key, settings, &advertised).await?;
@@ -384,6 +381,11 @@ impl ClusterMember {
         tokio::time::timeout(WRITE_TIMEOUT, attempt).await.map_err(|_| ClusterError::NoQuorum(WRITE_TIMEOUT))?
     }
 
+    /// The key that opens (and seals) the secrets in the replicated state.
+    pub fn data_key(&self) -> &DataKey {
+        &self.data_key
+    }
+
     /// Admits a joining node (on the leader; others forward): checks the token, reserves an
     /// id, signs its certificate and adds it as a learner.
     pub async fn admit(&self, request: JoinRequest) -> Result<Admission, ClusterError> {
@@ -399,7 +401,7 @@ impl ClusterMember {
         }
         let outcome = self.propose(Proposal { expected_revision: None, command: ConfigCommand::RegisterNode }).await?;
         let node_id = outcome.created.ok_or_else(|| setup("no node id was assigned"))?;
-        let ca_key = self.data_key.open(CA_KEY_PURPOSE, &secrets.ca_key_sealed).map_err(setup)?;
+        let ca_key = self.data_key.open(super::sealed::CA_KEY, &secrets.ca_key_sealed).map_err(setup)?;
         let key_pem = String::from_utf8(ca_key).map_err(|_| setup("the sealed CA key is not PEM"))?;
         let ca = ClusterCa { cert_pem: secrets.ca_cert_pem.clone(), key_pem };
         let certificate = ca.sign_request(&request.csr_pem).map_err(|e| ClusterError::Refused(e.to_string()))?;

@@ -28,6 +28,15 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundK
 use ring::rand::{SecureRandom, SystemRandom};
 
 const VERSION: u8 = 1;
+
+/// What the cluster CA's private key is sealed for.
+pub const CA_KEY: &str = "cluster-ca-key";
+
+/// What the private key of custom domain `name` is sealed for (bound to the name, so one
+/// domain's sealed key cannot be replayed as another's).
+pub fn domain_key(name: &str) -> String {
+    format!("domain-key:{name}")
+}
 const KEY_LEN: usize = 32;
 
 /// Why sealing or opening failed.
