@@ -48,7 +48,7 @@ fn query_value(query: Option<&str>, key: &str) -> Option<String> {
     query?.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).map(percent_decode)
 }
 
-fn percent_decode(text: &str) -> String {
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -281,8 +281,8 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
             let expected = expected_revision(&request)?;
             let to = match query_value(query.as_deref(), "to") {
                 Some(t) => match t.parse::<u64>() {
-                    Ok(id) => id,
-                    Err(_) => return Err(Refusal::new(StatusCode::BAD_REQUEST, "`to` must be a deployment id")),
+                    Ok(id) if id >= 1 => id,
+                    _ => return Err(Refusal::new(StatusCode::BAD_REQUEST, "`to` must be a deployment id")),
                 },
                 None => {
                     let applied = member.applied.read().await;
@@ -324,6 +324,9 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
             let body: CanaryBody = json_body(&text, "{\"deployment\": ID, \"percent\": P}")?;
             if !(body.percent > 0.0 && body.percent < 100.0) {
                 return Err(Refusal::new(StatusCode::BAD_REQUEST, "percent must be above 0 and below 100"));
+            }
+            if body.deployment == 0 {
+                return Err(Refusal::new(StatusCode::BAD_REQUEST, "`deployment` is a deployment id (from 1)"));
             }
             let canary = Canary {
                 deployment: body.deployment,
@@ -726,7 +729,13 @@ fn parse_quota(text: &str) -> Result<(u64, QuotaPeriod), String> {
 
 /// Parses a JSON request body; a malformed one is a 400 that says what was expected.
 fn json_body<T: serde::de::DeserializeOwned>(text: &str, expected: &str) -> Result<T, Refusal> {
-    serde_json::from_str(text).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}")))
+    let bad = |e: String| Refusal::new(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}"));
+    // serde also reads a struct from an array of its fields in order; the API takes objects.
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    if !value.is_object() {
+        return Err(bad("the body must be a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
 }
 
 fn invalid(text: impl Into<String>) -> Refusal {

@@ -8,6 +8,7 @@
 
 pub mod client;
 mod cluster;
+mod spec;
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -101,6 +102,18 @@ impl AdminState {
     }
 
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        match spec::check(request.method(), request.uri().path()) {
+            Ok(()) => {}
+            Err(spec::Mismatch::Method { allow }) => {
+                let mut response = message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+                response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
+                return response;
+            }
+            Err(spec::Mismatch::Parameter { name }) => {
+                let text = format!("path parameter `{name}` is not valid here (see /v1/openapi.json)");
+                return message(StatusCode::BAD_REQUEST, &text);
+            }
+        }
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/metrics") => {
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
@@ -155,9 +168,6 @@ impl AdminState {
                     Some(member) => cluster::handle(member.clone(), request).await,
                     None => message(StatusCode::NOT_FOUND, "this node is not a cluster member"),
                 }
-            }
-            (_, "/metrics" | "/healthz" | "/readyz" | "/v1/reload") => {
-                message(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => message(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }

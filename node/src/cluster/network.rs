@@ -23,9 +23,16 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::error::Encode
     bincode::serde::encode_to_vec(value, bincode::config::standard())
 }
 
-/// Decodes an RPC payload; malformed bytes are an error, never a panic.
+/// The largest node-to-node message (a snapshot chunk, a batch of log entries).
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Decodes an RPC payload; malformed bytes are an error, never a panic. A length prefix
+/// may claim at most [`MAX_MESSAGE`] bytes in all: without the limit, 13 bytes claiming a
+/// string of 5·10¹⁷ bytes made the decoder allocate it and abort the process (found by the
+/// `node_rpc_payloads` fuzz target).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(v, _)| v)
+    let config = bincode::config::standard().with_limit::<MAX_MESSAGE>();
+    bincode::serde::decode_from_slice(bytes, config).map(|(v, _)| v)
 }
 
 /// A lazily connecting channel to `addr` (`host:port`) over the given TLS connector.
@@ -51,7 +58,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &ClusterNode) -> PeerClient {
         let client = channel(&node.rpc_addr, self.connector.clone())
-            .map(|c| NodeClient::new(c).max_decoding_message_size(64 * 1024 * 1024))
+            .map(|c| NodeClient::new(c).max_decoding_message_size(MAX_MESSAGE))
             .map_err(|e| e.to_string());
         PeerClient { target, client }
     }
@@ -130,5 +137,19 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, ClusterNode, RaftError<NodeId>>> {
         self.call(RaftCall::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_claiming_a_huge_length_is_refused_without_allocating_it() {
+        // The fuzzer's input: a gossip batch whose first string claims 5·10¹⁷ bytes.
+        let bytes = [1, 253, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 0];
+        assert!(decode::<Vec<crate::limits::limiter::Observation>>(&bytes).is_err());
+        assert!(crate::cluster::gossip::decode_observations(&bytes).is_err());
+        assert!(decode::<Vec<String>>(&[1, 252, 0, 0, 0, 64]).is_err(), "a 1 GiB string");
     }
 }

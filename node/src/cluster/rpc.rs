@@ -22,9 +22,6 @@ use super::member::ClusterMember;
 use super::network::{decode, encode};
 use super::tls::{PeerIdentity, RpcStream};
 
-/// Largest RPC message accepted (snapshots are sent in chunks below this).
-const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-
 struct NodeService {
     member: Arc<ClusterMember>,
 }
@@ -190,8 +187,8 @@ pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, member: Arc
     });
     let incoming = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let service = NodeServer::new(NodeService { member })
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+        .max_decoding_message_size(super::network::MAX_MESSAGE)
+        .max_encoding_message_size(super::network::MAX_MESSAGE);
     if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await {
         tracing::error!(error = %e, "node RPC server stopped");
     }

@@ -21,6 +21,7 @@ pub mod reject;
 pub mod request_id;
 pub mod resolve;
 pub mod route;
+pub mod routing;
 pub mod websocket;
 
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::header::{ALLOW, HOST};
+use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -41,7 +42,6 @@ use crate::config::table::{RouteTarget, RoutingTable, StageRoutes};
 use crate::integration::{Integration, ProxyIntegration, UpstreamError};
 use crate::observe::access_log::AccessLog;
 use crate::observe::completion::{Completion, ObservedBody, RouteObserver};
-use route::RouteMiss;
 
 /// What the policies of one request learn and pass on to the ones after them.
 pub struct PolicyContext<'t> {
@@ -170,7 +170,6 @@ impl Pipeline {
         request_id: &HeaderValue,
     ) -> Served {
         let (mut parts, body) = request.into_parts();
-        let bad_request = |message: &'static str| Rejection::new(StatusCode::BAD_REQUEST, message);
         if parts.version == Version::HTTP_2 && parts.headers.len() > self.max_headers {
             let r = Rejection::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request has too many headers");
             return Served::rejected(r, request_id, &table.unrouted);
@@ -180,49 +179,12 @@ impl Pipeline {
             return Served::rejected(r, request_id, &table.unrouted);
         }
         let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
-        let host = match host::request_host(&parts) {
-            Ok(host) => host,
-            Err(refusal) => return Served::rejected(bad_request(refusal.message()), request_id, &table.unrouted),
+        let routed = match routing::route(table, &parts, canary_draw()) {
+            Ok(routed) => routed,
+            Err(refused) => return Served::rejected(refused.rejection, request_id, refused.observer),
         };
-        let path = match path::normalize(parts.uri.path()) {
-            Ok(path) => path,
-            Err(refusal) => return Served::rejected(bad_request(refusal.message()), request_id, &table.unrouted),
-        };
-        let resolved = match resolve::resolve(table, host.as_deref(), &path, canary_draw()) {
-            Ok(r) => r,
-            Err(u) => {
-                return Served::rejected(
-                    Rejection::new(StatusCode::NOT_FOUND, u.message()),
-                    request_id,
-                    &table.unrouted,
-                );
-            }
-        };
-        let stage = resolved.stage;
-        let route_path = &path[resolved.path_offset..];
-        let matched = match stage.router.find(&parts.method, route_path) {
-            Ok(m) => m,
-            Err(RouteMiss::NotFound) => {
-                let r = Rejection::new(StatusCode::NOT_FOUND, "no route matches this path");
-                return Served::rejected(r, request_id, &stage.unrouted);
-            }
-            Err(RouteMiss::MethodNotAllowed(allowed)) => {
-                let list: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
-                let mut r = Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "this method is not allowed on this path");
-                if let Ok(v) = HeaderValue::try_from(list.join(", ")) {
-                    r = r.with_header(ALLOW, v);
-                }
-                return Served::rejected(r, request_id, &stage.unrouted);
-            }
-        };
-        if let Some(refusal) = matched
-            .captures
-            .iter()
-            .find_map(|&(s, e)| path::check_capture(&route_path[s..e], matched.value.allow_encoded_slashes).err())
-        {
-            return Served::rejected(bad_request(refusal.message()), request_id, &matched.value.observer);
-        }
-        let target = matched.value;
+        let stage = routed.stage;
+        let target = routed.target;
         let mut ctx = PolicyContext { table, stage, limits: Vec::new() };
         for policy in &self.policies {
             if let Err(rejection) = policy.check(&parts, target, &mut ctx) {
@@ -237,7 +199,7 @@ impl Pipeline {
                 reason: None,
             },
             Integration::Proxy(proxy) => {
-                let uri = match proxy.upstream.render(route_path, &matched.captures, parts.uri.query()) {
+                let uri = match proxy.upstream.render(routed.route_path(), &routed.captures, parts.uri.query()) {
                     Ok(uri) => uri,
                     Err(_) => {
                         let r = Rejection::new(StatusCode::BAD_REQUEST, "the request path cannot be forwarded");

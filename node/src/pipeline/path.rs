@@ -131,6 +131,40 @@ pub fn check_capture(capture: &str, allow_encoded_slashes: bool) -> Result<(), P
     Ok(())
 }
 
+/// What an upstream that resolves everything itself makes of a path: escapes decoded,
+/// backslashes as slashes, dot segments removed (RFC 3986 §5.2.4), `;params` dropped. The
+/// oracle of the property test below and of the fuzzing harness: whatever the gateway sends
+/// upstream must stay under the route's prefix even as such an upstream reads it.
+pub fn as_a_lenient_upstream_reads_it(path: &str) -> String {
+    let mut decoded = Vec::new();
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) =
+                (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value))
+        {
+            decoded.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let mut out: Vec<&str> = Vec::new();
+    for segment in text.split('/') {
+        match segment.split(';').next().unwrap_or("") {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(segment),
+        }
+    }
+    out.join("/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,38 +219,6 @@ mod tests {
         assert_eq!(check_capture("a%5Cb", false), Err(PathRefusal::EncodedSeparator));
         assert_eq!(check_capture("a%20b", false), Ok(()));
         assert_eq!(check_capture("a%2Fb", true), Ok(()));
-    }
-
-    /// What an upstream that resolves everything itself makes of a path: escapes decoded,
-    /// backslashes as slashes, dot segments removed (RFC 3986 §5.2.4), `;params` dropped.
-    fn as_a_lenient_upstream_reads_it(path: &str) -> String {
-        let mut decoded = Vec::new();
-        let bytes = path.as_bytes();
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%'
-                && let (Some(h), Some(l)) =
-                    (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value))
-            {
-                decoded.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-            decoded.push(bytes[i]);
-            i += 1;
-        }
-        let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
-        let mut out: Vec<&str> = Vec::new();
-        for segment in text.split('/') {
-            match segment.split(';').next().unwrap_or("") {
-                "." => {}
-                ".." => {
-                    out.pop();
-                }
-                _ => out.push(segment),
-            }
-        }
-        out.join("/")
     }
 
     fn segment() -> impl Strategy<Value = String> {

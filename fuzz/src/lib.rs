@@ -1,0 +1,190 @@
+//! Fuzz targets for everything a Meridian node reads from outside: HTTP request heads (with
+//! routing and upstream URI rendering), route patterns, DNS packets, node-to-node RPC
+//! payloads (gossip, health reports, proposals), configuration files, zone documents and API
+//! definitions (the bodies of the admin API's writes).
+//!
+//! Each target is a plain function, so that `cargo fuzz run <target>` (libFuzzer, coverage
+//! guided) and the corpus replay in CI call the same code. A target fails by panicking:
+//! either the code under test panicked (a bug in itself), or an oracle below found a
+//! security property broken (a request path rendered outside its route).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use meridian_dns::responder::{Answers, Responder, Transport};
+use meridian_node::config::RoutingTable;
+use meridian_node::integration::Integration;
+use meridian_node::pipeline::path::as_a_lenient_upstream_reads_it;
+use meridian_node::pipeline::{request_id, routing, websocket};
+
+/// The gateway configuration request heads are routed against: greedy and single
+/// parameters spliced into upstream paths, a custom domain, an API without its default
+/// endpoint, a route that lets encoded slashes through.
+const GATEWAY: &str = r#"
+listen: { http: "127.0.0.1:0" }
+apis:
+  - id: pets
+    routes:
+      - route: ANY /files/{path+}
+        integration: { type: http_proxy, uri: "http://127.0.0.1:9/static/{path}" }
+      - route: GET /users/{id}/avatar
+        integration: { type: http_proxy, uri: "http://127.0.0.1:9/avatars/{id}/image?size=s" }
+      - route: GET /raw/{name}
+        allow_encoded_slashes: true
+        integration: { type: http_proxy, uri: "http://127.0.0.1:9/raw/{name}" }
+      - route: GET /hello
+        integration: { type: mock, body: hi }
+    stages: [{ name: prod }, { name: dev }]
+  - id: private
+    default_endpoint: false
+    routes:
+      - route: ANY /{proxy+}
+        integration: { type: http_proxy, uri: "http://127.0.0.1:9/inner/{proxy}" }
+    stages: [{ name: prod }]
+domains:
+  - name: private.example.com
+    mappings: [{ base_path: /, api: private, stage: prod }]
+"#;
+
+fn table() -> &'static RoutingTable {
+    static TABLE: OnceLock<RoutingTable> = OnceLock::new();
+    TABLE.get_or_init(|| match meridian_node::config::parse_str(GATEWAY, "fuzz.yaml", Path::new(".")) {
+        Ok(config) => config.table,
+        Err(e) => panic!("the fuzzing configuration is invalid: {e}"),
+    })
+}
+
+/// The path prefix each proxied route's upstream paths must stay under.
+fn upstream_prefix(route: &str) -> Option<&'static str> {
+    match route {
+        "ANY /files/{path+}" => Some("/static/"),
+        "GET /users/{id}/avatar" => Some("/avatars/"),
+        "ANY /{proxy+}" => Some("/inner/"),
+        // Encoded slashes are allowed there on purpose; no prefix is promised.
+        _ => None,
+    }
+}
+
+/// An HTTP/1.x request head as a client sends it, routed as over HTTP/1.1 and HTTP/2.
+pub fn request_head(data: &[u8]) {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    if !matches!(parsed.parse(data), Ok(httparse::Status::Complete(_))) {
+        return;
+    }
+    let (Some(method), Some(target)) = (parsed.method, parsed.path) else { return };
+    for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
+        let mut builder = http::Request::builder().method(method).uri(target).version(version);
+        for h in parsed.headers.iter() {
+            builder = builder.header(h.name, h.value);
+        }
+        let Ok(request) = builder.body(()) else { return };
+        let (parts, ()) = request.into_parts();
+        let _ = websocket::validate_handshake(&parts);
+        let _ = request_id::assign(&parts.headers);
+        let draw = (data.len() * 7919 % 10_000) as u32;
+        let Ok(routed) = routing::route(table(), &parts, draw) else { continue };
+        let Integration::Proxy(proxy) = &routed.target.integration else { continue };
+        let Ok(uri) = proxy.upstream.render(routed.route_path(), &routed.captures, parts.uri.query()) else {
+            continue;
+        };
+        if let Some(prefix) = upstream_prefix(&routed.target.key) {
+            let seen = as_a_lenient_upstream_reads_it(uri.path());
+            assert!(seen.starts_with(prefix), "{target} reached {} upstream ({seen})", uri.path());
+        }
+    }
+}
+
+/// A route key and a request path (separated by a newline) against a router that also
+/// holds a few fixed routes.
+pub fn route_patterns(data: &[u8]) {
+    use meridian_node::pipeline::route::{Router, parse_route_key};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (key, path) = text.split_once('\n').unwrap_or((text, "/"));
+    let mut router = Router::default();
+    for fixed in ["GET /pets/{id}", "ANY /{proxy+}", "GET /pets/mine", "POST /a/{b}/c/{d+}"] {
+        if let Ok((method, pattern)) = parse_route_key(fixed) {
+            let _ = router.insert(method, &pattern, ());
+        }
+    }
+    if let Ok((method, pattern)) = parse_route_key(key) {
+        let _ = pattern.to_string();
+        let _ = router.insert(method, &pattern, ());
+    }
+    if let Ok(path) = meridian_node::pipeline::path::normalize(path) {
+        for method in [http::Method::GET, http::Method::POST, http::Method::DELETE] {
+            if let Ok(found) = router.find(&method, &path) {
+                for &(start, end) in &found.captures {
+                    assert!(start <= end && end <= path.len(), "capture {start}..{end} outside {path:?}");
+                }
+            }
+        }
+    }
+}
+
+fn responder() -> &'static Responder {
+    use meridian_dns::health::HealthBoard;
+    use meridian_dns::latency::ClientLatency;
+    use meridian_dns::select::{MemberAddress, RegionSelector};
+    static RESPONDER: OnceLock<Responder> = OnceLock::new();
+    RESPONDER.get_or_init(|| {
+        let zone = meridian_node::cluster::dns::parse_zone(
+            "zone: example.com\nrouted: [api]\nrecords:\n  - { name: www, type: CNAME, value: api.example.com. }\n  - { name: deep.sub, type: TXT, value: x }\n",
+        )
+        .unwrap_or_else(|e| panic!("the fuzzing zone is invalid: {e:?}"));
+        let members = vec![
+            MemberAddress {
+                id: 1,
+                region: "eu".into(),
+                gateway_ip: IpAddr::from([127, 1, 0, 1]),
+                dns_addr: Some("127.1.0.1:53".parse().unwrap_or_else(|_| unreachable!())),
+            },
+            MemberAddress { id: 2, region: "us".into(), gateway_ip: IpAddr::from([127, 2, 0, 1]), dns_addr: None },
+        ];
+        let now = std::time::Instant::now();
+        let selector =
+            RegionSelector::new(&[], &members, "eu", &HealthBoard::default(), &ClientLatency::new("eu"), now);
+        Responder::new(Answers::new(vec![zone], 1, selector, &members), None)
+    })
+}
+
+/// A DNS packet over UDP and over TCP.
+pub fn dns_responder(data: &[u8]) {
+    let client = IpAddr::from([203, 0, 113, data.first().copied().unwrap_or(1)]);
+    let mut out = Vec::new();
+    for transport in [Transport::Udp, Transport::Tcp] {
+        out.clear();
+        let _ = responder().respond(data, client, transport, &mut out);
+    }
+}
+
+/// What a member receives from its peers: gossip, health reports and forwarded proposals.
+pub fn node_rpc_payloads(data: &[u8]) {
+    let _ = meridian_node::cluster::gossip::decode_observations(data);
+    let _ = meridian_node::cluster::dns::decode_report(data);
+    let _ = meridian_node::cluster::network::decode::<meridian_consensus::Proposal>(data);
+}
+
+/// A node's configuration file.
+pub fn config_file(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = meridian_node::config::parse_str(text, "fuzz.yaml", Path::new("/nonexistent"));
+    }
+}
+
+/// A DNS zone document (`meridian dns zones put`, `PUT /v1/dns/zones/{name}`).
+pub fn zone_document(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = meridian_node::cluster::dns::parse_zone(text);
+    }
+}
+
+/// An API definition (`meridian apply`, `PUT /v1/apis/{api}` on the admin API).
+pub fn api_definition(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let variables = BTreeMap::from([("backend".to_string(), "127.0.0.1:9".to_string())]);
+        let _ = meridian_node::config::validate_definition(text, "fuzz.yaml", "prod", &variables);
+    }
+}

@@ -1,0 +1,89 @@
+//! From a request head to the route that serves it: the host rule, the path rule, the
+//! API and stage, the route, and the captured parameters' check, in one synchronous step
+//! that neither the network nor the policies take part in.
+//!
+//! The pipeline runs it on every request; the fuzzing harness (`fuzz/`) runs it on
+//! arbitrary heads, so everything a client controls before a policy sees the request is
+//! exercised in one place.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::header::ALLOW;
+use http::request::Parts;
+use http::{HeaderValue, StatusCode};
+
+use super::route::RouteMiss;
+use super::{Rejection, host, path, resolve};
+use crate::config::table::{RouteTarget, RoutingTable, StageRoutes};
+use crate::observe::completion::RouteObserver;
+
+/// A request head matched to its route.
+#[derive(Debug)]
+pub struct Routed<'t, 'p> {
+    pub stage: &'t Arc<StageRoutes>,
+    pub target: &'t RouteTarget,
+    /// The normalised request path, and where the route's own part of it starts.
+    pub path: Cow<'p, str>,
+    pub offset: usize,
+    /// Captured parameters, as byte ranges of the route's part of the path.
+    pub captures: Vec<(usize, usize)>,
+}
+
+impl Routed<'_, '_> {
+    /// The part of the path the route matched (after the stage or base path).
+    pub fn route_path(&self) -> &str {
+        &self.path[self.offset..]
+    }
+}
+
+/// A request head refused before any policy ran, and what counts and logs it.
+#[derive(Debug)]
+pub struct Unrouted<'t> {
+    pub rejection: Rejection,
+    pub observer: &'t Arc<RouteObserver>,
+}
+
+/// Routes a request head. `draw` (0..10,000) picks a stage's canary.
+pub fn route<'t, 'p>(table: &'t RoutingTable, parts: &'p Parts, draw: u32) -> Result<Routed<'t, 'p>, Unrouted<'t>> {
+    let refuse = |status, message: Cow<'static, str>, observer| Unrouted {
+        rejection: Rejection::new(status, message),
+        observer,
+    };
+    let host =
+        host::request_host(parts).map_err(|r| refuse(StatusCode::BAD_REQUEST, r.message().into(), &table.unrouted))?;
+    let path = path::normalize(parts.uri.path())
+        .map_err(|r| refuse(StatusCode::BAD_REQUEST, r.message().into(), &table.unrouted))?;
+    let resolved = resolve::resolve(table, host.as_deref(), &path, draw)
+        .map_err(|u| refuse(StatusCode::NOT_FOUND, u.message().into(), &table.unrouted))?;
+    let stage = resolved.stage;
+    let route_path = &path[resolved.path_offset..];
+    let matched = match stage.router.find(&parts.method, route_path) {
+        Ok(m) => m,
+        Err(RouteMiss::NotFound) => {
+            return Err(refuse(StatusCode::NOT_FOUND, "no route matches this path".into(), &stage.unrouted));
+        }
+        Err(RouteMiss::MethodNotAllowed(allowed)) => {
+            let list: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            let mut refused = refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this method is not allowed on this path".into(),
+                &stage.unrouted,
+            );
+            if let Ok(v) = HeaderValue::try_from(list.join(", ")) {
+                refused.rejection = refused.rejection.with_header(ALLOW, v);
+            }
+            return Err(refused);
+        }
+    };
+    let target = matched.value;
+    if let Some(refusal) = matched
+        .captures
+        .iter()
+        .find_map(|&(s, e)| path::check_capture(&route_path[s..e], target.allow_encoded_slashes).err())
+    {
+        return Err(refuse(StatusCode::BAD_REQUEST, refusal.message().into(), &target.observer));
+    }
+    let captures = matched.captures;
+    Ok(Routed { stage, target, offset: resolved.path_offset, path, captures })
+}
