@@ -49,11 +49,20 @@ fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
             digs.push(line[start..].split('#').next().unwrap().trim().to_string());
         }
     }
-    // Each printed dig (a client network of region R) is answered with region R's gateway.
+    // Each printed dig (a client network of region R) is answered with region R's gateway,
+    // also once the gateways have probed each other for a while (probes used to count as
+    // client round trips and sent a region's clients elsewhere).
     assert_eq!(digs.len(), 3, "the demo prints a dig command per region");
+    std::thread::sleep(Duration::from_secs(3));
     for (r, dig) in digs.iter().enumerate() {
         let out = Command::new("sh").arg("-c").arg(dig).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("127.{}.77.1", r + 1), "{dig}");
+        // The gateways' own /24 is where their probes come from: with the default subnet it
+        // is the very network the printed dig asks about.
+        let own = dig.replace(&format!("+subnet=127.{}.0.0/24", r + 1), &format!("+subnet=127.{}.77.0/24", r + 1));
+        assert_ne!(&own, dig);
+        let out = Command::new("sh").arg("-c").arg(&own).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("127.{}.77.1", r + 1), "{own}");
     }
     // Run the printed commands as a user would paste them.
     let pets = Command::new("sh").arg("-c").arg(format!("{} -s", urls[0])).output().unwrap();

@@ -94,20 +94,24 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let rtt_sink = client_rtt.get().cloned();
+        let rtt = client_rtt.get().map(|sink| Arc::new(PendingRtt::new(sink.clone(), peer.ip())));
         if tls.is_none()
-            && let Some(sink) = &rtt_sink
-            && let Some(rtt) = kernel_rtt_us(&stream)
+            && let Some(rtt) = &rtt
+            && let Some(micros) = kernel_rtt_us(&stream)
         {
-            let _ = sink.try_send((peer.ip(), rtt));
+            rtt.measured(micros);
         }
         let conn = Arc::new(ConnInfo::new(peer, tls.is_some()));
         let pipeline = pipeline.clone();
         let slot = admitted.slot.clone();
-        let service = service_fn(move |request| {
+        let first_request = rtt.clone();
+        let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
             let pipeline = pipeline.clone();
             let conn = conn.clone();
             let busy = slot.begin();
+            if let Some(rtt) = &first_request {
+                rtt.first_request(request.uri().path());
+            }
             async move {
                 let response = pipeline.handle(request, &conn).await;
                 drop(busy);
@@ -128,9 +132,8 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
                 None => serve_connection(&builder, stream, service, &slot, shutdown).await,
                 Some(acceptor) => match tokio::time::timeout(head_deadline, accept_tls(&acceptor, stream)).await {
                     Ok(Ok((tls_stream, round_trip))) => {
-                        if let Some(sink) = &rtt_sink {
-                            let rtt = round_trip.as_micros().min(u128::from(u32::MAX)) as u32;
-                            let _ = sink.try_send((peer.ip(), rtt));
+                        if let Some(rtt) = &rtt {
+                            rtt.measured(round_trip.as_micros().min(u128::from(u32::MAX)) as u32);
                         }
                         serve_connection(&builder, tls_stream, service, &slot, shutdown).await
                     }
@@ -185,6 +188,35 @@ async fn serve_connection<S, Svc>(
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// A connection's measured round trip, held until its first request shows whose it is:
+/// only client traffic is a client sample for DNS region selection. Gateways of other
+/// regions probe this one on `PROBE_PATH`, and their round trips counted as clients of
+/// this region used to send a region's own clients elsewhere (the demo answered us-east to
+/// eu-west's clients once probes had accumulated).
+struct PendingRtt {
+    sink: ClientRttSink,
+    client: std::net::IpAddr,
+    micros: std::sync::atomic::AtomicU32,
+}
+
+impl PendingRtt {
+    fn new(sink: ClientRttSink, client: std::net::IpAddr) -> Self {
+        PendingRtt { sink, client, micros: std::sync::atomic::AtomicU32::new(0) }
+    }
+
+    fn measured(&self, micros: u32) {
+        self.micros.store(micros, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reports the sample once, if the connection's first request is not a probe.
+    fn first_request(&self, path: &str) {
+        let micros = self.micros.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if micros != 0 && path != crate::cluster::dns::PROBE_PATH {
+            let _ = self.sink.try_send((self.client, micros));
+        }
     }
 }
 
