@@ -297,6 +297,8 @@ pub enum Rejection {
     NoPlan(String),
     #[error("a key with this value already exists")]
     DuplicateKeyValue,
+    #[error("a key named `{name}` already exists (id `{id}`)")]
+    DuplicateKeyName { name: String, id: String },
     #[error("no domain `{0}`")]
     NoDomain(String),
     #[error("no region `{0}`")]
@@ -485,6 +487,11 @@ impl ConfigState {
                 if self.keys.values().any(|k| k.value_sha256 == key.value_sha256) {
                     return Err(Rejection::DuplicateKeyValue);
                 }
+                // Names are how operators address keys: two with one name would make every
+                // name-based command ambiguous.
+                if let Some((existing, _)) = self.keys.iter().find(|(_, k)| k.name == key.name) {
+                    return Err(Rejection::DuplicateKeyName { name: key.name.clone(), id: existing.clone() });
+                }
                 self.keys.insert(id.clone(), key.clone());
                 Ok(None)
             }
@@ -587,6 +594,28 @@ mod tests {
         assert_eq!(s.apply(&back).revision, 3);
         assert_eq!(s.apis["pets"].stages["prod"].deployment, 1);
         assert_eq!(s.apis["pets"].deployments.len(), 2, "deployments are never removed");
+    }
+
+    #[test]
+    fn key_names_are_unique() {
+        let mut s = ConfigState::default();
+        let create = |id: &str, hash: &str| Proposal {
+            expected_revision: None,
+            command: ConfigCommand::CreateKey {
+                id: id.into(),
+                key: ApiKeyRecord {
+                    name: "partner".into(),
+                    value_sha256: hash.into(),
+                    enabled: true,
+                    created_at_ms: 1,
+                },
+            },
+        };
+        assert_eq!(s.apply(&create("k-1", "aa")).rejected, None);
+        let before = s.clone();
+        let out = s.apply(&create("k-2", "bb"));
+        assert_eq!(out.rejected, Some(Rejection::DuplicateKeyName { name: "partner".into(), id: "k-1".into() }));
+        assert_eq!(s, before);
     }
 
     #[test]

@@ -15,6 +15,16 @@ fn main() -> ExitCode {
         libc::umask(0o077);
     }
     let cli = Cli::parse();
+    if !cli.serves() {
+        // A command that prints and exits ends quietly when its reader goes away
+        // (`meridian keys list | head`), as Unix tools do, instead of panicking in println!.
+        // Serving commands keep SIGPIPE ignored: a client that disconnects is an error on
+        // its own socket, never a signal to the process.
+        // SAFETY: restoring a signal's default disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

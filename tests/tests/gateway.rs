@@ -582,3 +582,19 @@ apis:
     assert_eq!(last.status, 429);
     assert!(last.json()["message"].as_str().unwrap().contains("route pets/prod GET /tight"));
 }
+
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    // The reader is gone before the command writes a byte (`meridian … | true`).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["chaos", "list"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
+}

@@ -122,7 +122,12 @@ fn outcome_response(result: Result<CommandOutcome, ClusterError>) -> Response<Fu
                 Rejection::NoApi(_)
                 | Rejection::NoStage { .. }
                 | Rejection::NoDeployment { .. }
-                | Rejection::NoCanary { .. } => StatusCode::NOT_FOUND,
+                | Rejection::NoCanary { .. }
+                | Rejection::NoKey(_)
+                | Rejection::NoPlan(_)
+                | Rejection::NoDomain(_)
+                | Rejection::NoRegion(_)
+                | Rejection::NoZone(_) => StatusCode::NOT_FOUND,
                 _ => StatusCode::CONFLICT,
             };
             with_etag(message(status, &r.to_string()), revision)

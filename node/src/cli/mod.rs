@@ -143,6 +143,18 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Whether this command serves traffic itself (a node, the demo, the chaos suite's
+    /// proxies), rather than printing an answer and exiting.
+    pub fn serves(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Serve { .. }
+                | Command::Demo { .. }
+                | Command::Cluster(cluster::ClusterCommand::Init { .. } | cluster::ClusterCommand::Join { .. })
+                | Command::Chaos(chaos::ChaosCommand::Run { .. })
+        )
+    }
+
     /// The worker count to run with.
     pub fn worker_count(&self) -> anyhow::Result<usize> {
         match self.workers {
