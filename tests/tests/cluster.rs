@@ -703,3 +703,42 @@ fn data_directories_are_private_and_private_keys_are_sealed() {
     let err = node.run(&["serve"], &[]).expect_err("a node started on an open data directory");
     assert!(err.to_string().contains("chmod 700"), "{err}");
 }
+
+#[test]
+fn a_failed_init_leaves_nothing_behind_and_can_be_retried() {
+    let ip = format!("127.{}.1", base(10));
+    // Another process holds the RPC port.
+    let blocker = std::net::TcpListener::bind(format!("{ip}:7001")).unwrap();
+    let dir = new_dir();
+    std::fs::write(dir.path().join("gateway.yaml"), node_config(&ip)).unwrap();
+    let init = |ready: &str| {
+        std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+            .args(["cluster", "init", "--region", "r1", "--config", "gateway.yaml", "--ready-file", ready])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let failed = init("ready.json").wait_with_output().unwrap();
+    assert!(!failed.status.success());
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(said.contains("cannot listen for node RPC") && said.contains("7001"), "{said}");
+    for left in ["node.json", "tls", "raft"] {
+        assert!(!dir.path().join("data").join(left).exists(), "a failed init left {left} behind");
+    }
+
+    // With the port free, the same command in the same folder founds the cluster.
+    drop(blocker);
+    let mut retried = init("ready.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.path().join("ready.json").exists() {
+        assert!(retried.try_wait().unwrap().is_none(), "the retried init exited");
+        assert!(Instant::now() < deadline, "the retried init never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = retried.kill();
+    let _ = retried.wait();
+    assert!(dir.path().join("data/node.json").is_file());
+}

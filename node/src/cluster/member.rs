@@ -149,6 +149,45 @@ fn load_identity(data_dir: &Path) -> Result<NodeIdentity, ClusterError> {
     Ok(NodeIdentity { cert_pem: read("node.pem")?, key_pem: read("node.key")?, ca_pem: read("ca.pem")? })
 }
 
+/// What `init` or `join` is creating in a data directory, removed again if it fails before
+/// the member is up, so that they are all-or-nothing: a failed attempt (a busy port, a
+/// refused token) leaves nothing that would make the next one refuse or hang.
+struct Creating {
+    paths: Vec<PathBuf>,
+    done: bool,
+}
+
+impl Creating {
+    fn new(data_dir: &Path) -> Creating {
+        let mut paths = Vec::new();
+        if !data_dir.exists() {
+            paths.push(data_dir.to_path_buf());
+        }
+        paths.extend([record_path(data_dir), tls_dir(data_dir), data_dir.join("raft")]);
+        Creating { paths, done: false }
+    }
+
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        for path in self.paths.iter().rev() {
+            let removed = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+            if let Err(e) = removed
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove what a failed attempt created");
+            }
+        }
+    }
+}
+
 fn record_path(data_dir: &Path) -> PathBuf {
     data_dir.join("node.json")
 }
@@ -168,6 +207,7 @@ impl ClusterMember {
                 settings.data_dir.display()
             )));
         }
+        let creating = Creating::new(&settings.data_dir);
         super::data_dir::create_private(&settings.data_dir).map_err(setup)?;
         let ca = ClusterCa::generate().map_err(setup)?;
         let identity = ca.issue_identity().map_err(setup)?;
@@ -186,6 +226,7 @@ impl ClusterMember {
             join_secret_sha256: sha256_hex(secret.as_bytes()),
         };
         member.propose(Proposal { expected_revision: None, command: ConfigCommand::Bootstrap { secrets } }).await?;
+        creating.done();
         member.spawn_autopilot();
         Ok((member, token.render()))
     }
@@ -229,11 +270,13 @@ impl ClusterMember {
         }
         let data_key = DataKey::from_bytes(&reply.data_key)
             .map_err(|e| setup(format!("the join reply carries no usable cluster data key ({e})")))?;
+        let creating = Creating::new(&settings.data_dir);
         super::data_dir::create_private(&settings.data_dir).map_err(setup)?;
         let identity = NodeIdentity { cert_pem: reply.certificate_pem, key_pem, ca_pem: reply.ca_pem };
         save_identity(&settings.data_dir, &identity, &data_key)?;
         write_record(&settings.data_dir, &NodeRecord { node_id: reply.node_id, region: advertised.region.clone() })?;
         let member = Self::start(reply.node_id, identity, data_key, settings, &advertised).await?;
+        creating.done();
         member.spawn_autopilot();
         Ok(member)
     }
@@ -259,6 +302,10 @@ impl ClusterMember {
         settings: &ClusterSettings,
         advertised: &Advertised,
     ) -> Result<Arc<Self>, ClusterError> {
+        // The RPC port first: if it is taken, nothing has been opened or written yet.
+        let listener = TcpListener::bind(settings.rpc_listen)
+            .await
+            .map_err(|e| setup(format!("cannot listen for node RPC on {}: {e}", settings.rpc_listen)))?;
         let (log, machine) =
             store::open(&settings.data_dir.join("raft")).map_err(|e| ClusterError::Storage(e.to_string()))?;
         let applied = machine.applied();
@@ -286,9 +333,6 @@ impl ClusterMember {
             limiter: std::sync::OnceLock::new(),
             dns: std::sync::OnceLock::new(),
         });
-        let listener = TcpListener::bind(settings.rpc_listen)
-            .await
-            .map_err(|e| setup(format!("cannot listen for node RPC on {}: {e}", settings.rpc_listen)))?;
         let tls = server_config(&identity).map_err(setup)?;
         tokio::spawn(rpc::serve(listener, tls, member.clone()));
         Ok(member)
