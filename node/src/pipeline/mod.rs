@@ -258,13 +258,7 @@ impl Pipeline {
                 Rejection::new(StatusCode::BAD_GATEWAY, "the upstream could not be reached")
             }
         };
-        let reason = rejection.reason;
-        Served {
-            response: rejection.into_response(request_id),
-            observer: target.observer.clone(),
-            integration_latency,
-            reason,
-        }
+        Served { integration_latency, ..Served::rejected(rejection, request_id, &target.observer) }
     }
 }
 
