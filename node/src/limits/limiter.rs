@@ -100,7 +100,9 @@ pub struct Decision {
     pub reset_secs: u64,
 }
 
-/// One gossiped observation: `node`'s slot of `scope` in window `window` is `value`.
+/// One gossiped observation: `node`'s slot of `scope` in window `window` is `value`, and
+/// (for rate scopes) its admissions in that window fell between `span.first_ms` and
+/// `span.last_ms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observation {
     pub scope: String,
@@ -108,6 +110,41 @@ pub struct Observation {
     pub window: u64,
     pub node: NodeId,
     pub value: u64,
+    pub span: Option<Span>,
+}
+
+/// When a node's admissions in one window happened: the first and the last, in Unix ms.
+/// It tells how much of a finished second still lies inside the sliding second: all of it
+/// for a client that came once just before the boundary, none for one that came early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
+impl Span {
+    fn at(ms: u64) -> Span {
+        Span { first_ms: ms, last_ms: ms }
+    }
+
+    fn widen(&mut self, ms: u64) {
+        self.first_ms = self.first_ms.min(ms);
+        self.last_ms = self.last_ms.max(ms);
+    }
+
+    /// How many of `count` admissions spread evenly over this span happened after
+    /// `start_ms`: exact for a steady client, and never more than `count`.
+    fn after(self, count: u64, start_ms: u64) -> f64 {
+        if count == 0 || self.last_ms <= start_ms {
+            return 0.0;
+        }
+        if self.first_ms > start_ms || count == 1 || self.first_ms == self.last_ms {
+            return count as f64;
+        }
+        let gap = (self.last_ms - self.first_ms) as f64 / (count - 1) as f64;
+        let before = ((start_ms - self.first_ms) as f64 / gap).floor() + 1.0;
+        (count as f64 - before).max(1.0)
+    }
 }
 
 /// How long a peer may stay silent before its consumption is extrapolated (members gossip,
@@ -132,6 +169,9 @@ struct ScopeState {
     window: u64,
     current: GCounter,
     previous: GCounter,
+    /// When each node's admissions of the current and previous windows happened.
+    current_spans: BTreeMap<NodeId, Span>,
+    previous_spans: BTreeMap<NodeId, Span>,
     /// The local bucket; `None` until the first admission here (a scope first seen in gossip
     /// starts with a full bucket).
     tokens: Option<f64>,
@@ -151,6 +191,8 @@ impl ScopeState {
             window,
             current: GCounter::default(),
             previous: GCounter::default(),
+            current_spans: BTreeMap::new(),
+            previous_spans: BTreeMap::new(),
             tokens: None,
             refilled: now,
             dirty: false,
@@ -187,8 +229,11 @@ impl ScopeState {
                 }
             }
         }
-        self.previous = if window == self.window + 1 { std::mem::take(&mut self.current) } else { GCounter::default() };
+        let next = window == self.window + 1;
+        self.previous = if next { std::mem::take(&mut self.current) } else { GCounter::default() };
+        self.previous_spans = if next { std::mem::take(&mut self.current_spans) } else { BTreeMap::new() };
         self.current = GCounter::default();
+        self.current_spans.clear();
         self.window = window;
     }
 
@@ -243,9 +288,10 @@ impl Limiter {
         heard.iter().map(|(n, t)| (*n, now.duration_since(*t))).collect()
     }
 
-    /// The cluster-wide estimate of requests in the sliding second ending `frac` into the
-    /// current window.
-    fn estimate(state: &ScopeState, me: NodeId, frac: f64, silence: &HashMap<NodeId, Duration>) -> f64 {
+    /// The cluster-wide estimate of requests in the sliding second ending at `now_ms`.
+    fn estimate(state: &ScopeState, me: NodeId, now_ms: u64, silence: &HashMap<NodeId, Duration>) -> f64 {
+        let frac = (now_ms % 1000) as f64 / 1000.0;
+        let start_ms = now_ms.saturating_sub(1000);
         let mut nodes: Vec<NodeId> = state.current.slots().map(|(n, _)| n).collect();
         nodes.extend(state.previous.slots().map(|(n, _)| n));
         nodes.extend(state.last_rates.keys().copied());
@@ -257,7 +303,8 @@ impl Limiter {
                 let mut previous = state.previous.slot(n) as f64;
                 let mut current = state.current.slot(n) as f64;
                 let quiet = if n == me { Duration::ZERO } else { silence.get(&n).copied().unwrap_or(Duration::MAX) };
-                if quiet > STALE_AFTER {
+                let silent = quiet > STALE_AFTER;
+                if silent {
                     // A silent peer keeps consuming at its last known rate, however long the
                     // silence: its share is not handed out to this side of a partition.
                     let recent = state.last_rates.get(&n).map_or(0, |r| r.iter().copied().max().unwrap_or(0));
@@ -269,7 +316,13 @@ impl Limiter {
                     // saw 1.7x the limit in the second before a peer counted as silent).
                     current = current.max(previous * frac);
                 }
-                previous * (1.0 - frac) + current
+                // The part of the previous second still inside the sliding one: from when the
+                // admissions happened, or an even spread when that is unknown.
+                let still_inside = match state.previous_spans.get(&n) {
+                    Some(span) if !silent => span.after(state.previous.slot(n), start_ms),
+                    _ => previous * (1.0 - frac),
+                };
+                still_inside + current
             })
             .sum()
     }
@@ -278,10 +331,13 @@ impl Limiter {
     /// all of them only then. Returns the decision of the tightest scope (the first refusal,
     /// or the one with the least room).
     pub fn admit(&self, scopes: &[(Arc<str>, Rate)], now_unix_ms: u64) -> Decision {
+        self.admit_at(scopes, now_unix_ms, Instant::now())
+    }
+
+    /// [`Limiter::admit`] at a given monotonic time (simulations run on their own clock).
+    fn admit_at(&self, scopes: &[(Arc<str>, Rate)], now_unix_ms: u64, now: Instant) -> Decision {
         let me = self.me.load(Ordering::Relaxed);
-        let now = Instant::now();
         let silence = self.peer_silence_at(now);
-        let live = 1 + silence.iter().filter(|(n, quiet)| **n != me && **quiet <= STALE_AFTER).count();
         let mut tightest: Option<Decision> = None;
         for (index, (scope, rate)) in scopes.iter().enumerate() {
             let (window, left_ms) = rate.period.window(now_unix_ms);
@@ -298,8 +354,7 @@ impl Limiter {
                 };
                 state.tokens = Some(tokens);
                 state.refilled = now;
-                let frac = (now_unix_ms % 1000) as f64 / 1000.0;
-                (Self::estimate(state, me, frac, &silence), tokens)
+                (Self::estimate(state, me, now_unix_ms, &silence), tokens)
             } else {
                 // A quota counts its calendar period only; there is no bucket.
                 (state.current.value() as f64, f64::INFINITY)
@@ -307,22 +362,22 @@ impl Limiter {
             // Until the next gossip round the other nodes cannot see what this one admits, and
             // they may be admitting into the same room: take only this node's share of it
             // (the room as the others last saw it, split among the nodes counting in this
-            // scope), with a fractional share admitted by chance so the expectation is exact.
+            // scope, so the share follows where the traffic is). The first admission of a
+            // round is always within the share: at most one request per node and round
+            // beyond the limit, and a limit smaller than the number of nodes never refuses a
+            // client below it.
             let room_seen = rate.limit as f64 - (estimate - state.unsent as f64);
-            let counting = state.current.slots().chain(state.previous.slots()).map(|(n, _)| n).chain([me]);
-            // Split among the nodes counting here, or every live peer if that is more: a
-            // peer that has not yet counted in this scope may be admitting into it right now.
             let nodes = {
-                let mut v: Vec<NodeId> = counting.collect();
+                let mut v: Vec<NodeId> =
+                    state.current.slots().chain(state.previous.slots()).map(|(n, _)| n).chain([me]).collect();
                 v.sort_unstable();
                 v.dedup();
-                v.len().max(live) as f64
+                v.len() as f64
             };
             let share = room_seen / nodes - state.unsent as f64;
             // Quotas run over days or months: a gossip round's lag is negligible there, and
             // holding back a share would refuse requests before the quota is spent.
-            let within_share =
-                rate.period != Period::Second || share >= 1.0 || (share > 0.0 && crate::fast_random::unit() < share);
+            let within_share = rate.period != Period::Second || share >= 1.0 || state.unsent == 0;
             let allowed = estimate + 1.0 <= rate.limit as f64 && tokens >= 1.0 && within_share;
             let decision = Decision {
                 allowed,
@@ -351,6 +406,9 @@ impl Limiter {
                 let mut shard = self.shard(scope).lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(state) = shard.get_mut(scope) {
                     state.current.increment(me, 1);
+                    if state.period == Period::Second {
+                        state.current_spans.entry(me).or_insert(Span::at(now_unix_ms)).widen(now_unix_ms);
+                    }
                     state.tokens = state.tokens.map(|t| t - 1.0);
                     state.unsent += 1;
                     state.dirty = true;
@@ -393,6 +451,7 @@ impl Limiter {
                     window: state.window,
                     node: me,
                     value: state.current.slot(me),
+                    span: state.current_spans.get(&me).copied(),
                 });
                 if state.window > 0 {
                     out.push(Observation {
@@ -401,6 +460,7 @@ impl Limiter {
                         window: state.window - 1,
                         node: me,
                         value: state.previous.slot(me),
+                        span: state.previous_spans.get(&me).copied(),
                     });
                 }
             }
@@ -423,14 +483,19 @@ impl Limiter {
         for shard in &self.shards {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             for (scope, state) in shard.iter().filter(|(_, s)| keep(s.period)) {
-                let recent = [(&state.current, state.window), (&state.previous, state.window.saturating_sub(1))];
-                for (counter, window) in recent.into_iter().chain(state.history.iter().map(|(w, c)| (c, *w))) {
+                let recent = [
+                    (&state.current, Some(&state.current_spans), state.window),
+                    (&state.previous, Some(&state.previous_spans), state.window.saturating_sub(1)),
+                ];
+                let history = state.history.iter().map(|(w, c)| (c, None, *w));
+                for (counter, spans, window) in recent.into_iter().chain(history) {
                     out.extend(counter.slots().map(|(node, value)| Observation {
                         scope: scope.to_string(),
                         period: state.period,
                         window,
                         node,
                         value,
+                        span: spans.and_then(|s| s.get(&node).copied()),
                     }));
                 }
             }
@@ -440,13 +505,20 @@ impl Limiter {
 
     /// Merges observations gossiped by node `from`.
     pub fn merge(&self, from: NodeId, observations: &[Observation]) {
-        self.heard.lock().unwrap_or_else(|p| p.into_inner()).insert(from, Instant::now());
-        self.restore(observations);
+        self.merge_at(from, observations, Instant::now());
+    }
+
+    fn merge_at(&self, from: NodeId, observations: &[Observation], now: Instant) {
+        self.heard.lock().unwrap_or_else(|p| p.into_inner()).insert(from, now);
+        self.restore_at(observations, now);
     }
 
     /// Merges observations read back from disk (nobody was heard from).
     pub fn restore(&self, observations: &[Observation]) {
-        let now = Instant::now();
+        self.restore_at(observations, Instant::now());
+    }
+
+    fn restore_at(&self, observations: &[Observation], now: Instant) {
         for o in observations {
             let scope: Arc<str> = Arc::from(o.scope.as_str());
             let mut shard = self.shard(&scope).lock().unwrap_or_else(|p| p.into_inner());
@@ -456,8 +528,14 @@ impl Limiter {
                 state.rotate(o.window);
             }
             if o.window == state.window {
+                if o.value >= state.current.slot(o.node) {
+                    Self::observe_span(&mut state.current_spans, o);
+                }
                 state.current.observe(o.node, o.value);
             } else if o.window + 1 == state.window {
+                if o.value >= state.previous.slot(o.node) {
+                    Self::observe_span(&mut state.previous_spans, o);
+                }
                 state.previous.observe(o.node, o.value);
             } else if state.period != Period::Second && o.window < state.window {
                 state.history.entry(o.window).or_default().observe(o.node, o.value);
@@ -465,6 +543,13 @@ impl Limiter {
                     state.history.pop_first();
                 }
             }
+        }
+    }
+
+    /// Keeps the span of the newest observation of a slot (the one with the highest count).
+    fn observe_span(spans: &mut BTreeMap<NodeId, Span>, o: &Observation) {
+        if let Some(span) = o.span.filter(|s| s.first_ms <= s.last_ms) {
+            spans.insert(o.node, span);
         }
     }
 
@@ -516,7 +601,17 @@ mod tests {
     fn other_nodes_counts_take_the_room() {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 10, 10);
-        a.merge(2, &[Observation { scope: "stage".into(), period: Period::Second, window: 5000, node: 2, value: 7 }]);
+        a.merge(
+            2,
+            &[Observation {
+                scope: "stage".into(),
+                period: Period::Second,
+                window: 5000,
+                node: 2,
+                value: 7,
+                span: None,
+            }],
+        );
         assert_eq!(admitted(&a, &s, 5_000_000, 50), 3);
     }
 
@@ -525,7 +620,17 @@ mod tests {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 100, 100);
         // Peer 2 used 80 in the previous second and has been silent since.
-        a.merge(2, &[Observation { scope: "stage".into(), period: Period::Second, window: 4999, node: 2, value: 80 }]);
+        a.merge(
+            2,
+            &[Observation {
+                scope: "stage".into(),
+                period: Period::Second,
+                window: 4999,
+                node: 2,
+                value: 80,
+                span: None,
+            }],
+        );
         a.heard.lock().unwrap().insert(2, Instant::now() - Duration::from_secs(5));
         // Half-way through the second: 80 × 0.5 (previous) + 80 × 0.5 (extrapolated) = 80,
         // so 20 of the 100 are left.
@@ -537,8 +642,28 @@ mod tests {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 100, 100);
         // Three nodes count here; nobody has used anything yet.
-        a.merge(2, &[Observation { scope: "stage".into(), period: Period::Second, window: 3000, node: 2, value: 0 }]);
-        a.merge(3, &[Observation { scope: "stage".into(), period: Period::Second, window: 3000, node: 3, value: 0 }]);
+        a.merge(
+            2,
+            &[Observation {
+                scope: "stage".into(),
+                period: Period::Second,
+                window: 3000,
+                node: 2,
+                value: 0,
+                span: None,
+            }],
+        );
+        a.merge(
+            3,
+            &[Observation {
+                scope: "stage".into(),
+                period: Period::Second,
+                window: 3000,
+                node: 3,
+                value: 0,
+                span: None,
+            }],
+        );
         let before_gossip = (0..100).filter(|_| a.admit(&s, 3_000_000).allowed).count();
         assert!((33..=34).contains(&before_gossip), "{before_gossip}");
     }
@@ -548,7 +673,17 @@ mod tests {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 100, 100);
         // Peer 2 used 70 a second, then fell silent; many seconds later it still counts.
-        a.merge(2, &[Observation { scope: "stage".into(), period: Period::Second, window: 7000, node: 2, value: 70 }]);
+        a.merge(
+            2,
+            &[Observation {
+                scope: "stage".into(),
+                period: Period::Second,
+                window: 7000,
+                node: 2,
+                value: 70,
+                span: None,
+            }],
+        );
         a.admit(&s, 7_001_000);
         a.admit(&s, 7_002_000);
         a.heard.lock().unwrap().insert(2, Instant::now() - Duration::from_secs(30));
@@ -635,7 +770,136 @@ mod tests {
         assert!(total <= 16, "{total} scopes kept");
     }
 
+    /// Nodes on one simulated clock, gossiping (deltas, or a heartbeat) every 50 ms.
+    struct SimulatedCluster {
+        nodes: Vec<Limiter>,
+        base: Instant,
+        gossiped_at: u64,
+    }
+
+    impl SimulatedCluster {
+        const ROUND_MS: u64 = 50;
+
+        fn new(nodes: u64, start_ms: u64) -> Self {
+            let cluster = SimulatedCluster {
+                nodes: (1..=nodes).map(|n| Limiter::new(n, 100)).collect(),
+                base: Instant::now(),
+                gossiped_at: start_ms,
+            };
+            cluster.gossip(start_ms);
+            cluster
+        }
+
+        fn at(&self, ms: u64) -> Instant {
+            self.base + Duration::from_millis(ms)
+        }
+
+        fn gossip(&self, ms: u64) {
+            for (from, limiter) in self.nodes.iter().enumerate() {
+                let deltas = limiter.take_deltas();
+                for (to, peer) in self.nodes.iter().enumerate() {
+                    if to != from {
+                        peer.merge_at(from as u64 + 1, &deltas, self.at(ms));
+                    }
+                }
+            }
+        }
+
+        /// Runs the gossip rounds due by `ms`, then asks `node` to admit.
+        fn admit(&mut self, node: usize, scopes: &[(Arc<str>, Rate)], ms: u64) -> bool {
+            while self.gossiped_at + Self::ROUND_MS <= ms {
+                self.gossiped_at += Self::ROUND_MS;
+                self.gossip(self.gossiped_at);
+            }
+            self.nodes[node].admit_at(scopes, ms, self.at(ms)).allowed
+        }
+    }
+
+    /// A client sending `per_second` evenly spaced requests for `seconds`, to the node
+    /// `pick(k)` for its k-th request; returns how many were refused.
+    fn honest_client(
+        nodes: u64,
+        limit: u64,
+        burst: u64,
+        per_second: f64,
+        seconds: u64,
+        pick: impl Fn(u64) -> usize,
+    ) -> u64 {
+        let start = 1_000_000_000;
+        let mut cluster = SimulatedCluster::new(nodes, start);
+        let s = scope("route", limit, burst);
+        let mut refused = 0;
+        let requests = (per_second * seconds as f64) as u64;
+        for k in 0..requests {
+            let ms = start + (k as f64 * 1000.0 / per_second) as u64;
+            if !cluster.admit(pick(k), &s, ms) {
+                refused += 1;
+            }
+        }
+        refused
+    }
+
+    #[test]
+    fn a_client_well_below_a_small_limit_is_never_refused() {
+        // The report: rate 2, burst 2, three nodes, one request every 1.5 s to one node
+        // (5 of 10 refused); and rate 1 (9 of 10 refused).
+        assert_eq!(honest_client(3, 2, 2, 1.0 / 1.5, 15, |_| 0), 0);
+        assert_eq!(honest_client(3, 1, 1, 1.0 / 1.5, 15, |_| 0), 0);
+        // A client just under a limit of one, on whichever node.
+        assert_eq!(honest_client(9, 1, 1, 0.95, 20, |k| (k % 9) as usize), 0);
+    }
+
+    #[test]
+    fn the_cluster_holds_a_limit_of_1000_under_three_times_the_load() {
+        // Three nodes, 3,000 requests per second offered 70/20/10, gossip every 50 ms.
+        let start = 2_000_000_000;
+        let mut cluster = SimulatedCluster::new(3, start);
+        let s = scope("stage", 1000, 1000);
+        let mut per_second = BTreeMap::<u64, u64>::new();
+        for k in 0..3000 * 10u64 {
+            let ms = start + k / 3;
+            let node = match k % 10 {
+                0..7 => 0,
+                7..9 => 1,
+                _ => 2,
+            };
+            if cluster.admit(node, &s, ms) {
+                *per_second.entry(ms / 1000).or_default() += 1;
+            }
+        }
+        let steady: Vec<u64> = per_second.values().skip(1).copied().collect();
+        let mean = steady.iter().sum::<u64>() as f64 / steady.len() as f64;
+        assert!((950.0..=1050.0).contains(&mean), "admitted {mean} per second on average: {steady:?}");
+        for admitted in steady {
+            assert!((900..=1100).contains(&admitted), "a second admitted {admitted}");
+        }
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// A single client below a limit is admitted, whatever the limit (1 to 10,000 per
+        /// second) and the number of nodes (1 to 9): on one node up to 95 % of the limit,
+        /// spread over every node in turn up to half of it.
+        #[test]
+        fn a_single_client_below_the_limit_is_always_admitted(
+            limit in prop_oneof![1u64..=20, 1u64..=10_000],
+            burst_share in 0.0f64..=1.0,
+            nodes in 1u64..=9,
+            load in 0.05f64..=0.95,
+            spread in any::<bool>(),
+        ) {
+            let burst = ((limit as f64 * burst_share) as u64).max(1);
+            let (per_second, refused) = if spread {
+                let per_second = limit as f64 * load.min(0.5);
+                (per_second, honest_client(nodes, limit, burst, per_second, 3, |k| (k % nodes) as usize))
+            } else {
+                let per_second = limit as f64 * load;
+                (per_second, honest_client(nodes, limit, burst, per_second, 3, |_| 0))
+            };
+            prop_assert_eq!(refused, 0, "{} req/s against {} (burst {}) on {} nodes, spread: {}", per_second, limit, burst, nodes, spread);
+        }
+
         /// With fresh counters on every node (instant gossip), the cluster never admits more
         /// than the rate plus the burst in any aligned second, however requests arrive.
         #[test]

@@ -8,13 +8,29 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::limiter::{Limiter, Observation};
+use serde::{Deserialize, Serialize};
+
+use super::limiter::{Limiter, Observation, Period};
+
+/// One saved slot: an observation of a quota scope (calendar windows have no span). The file
+/// keeps this shape whatever gossip carries.
+#[derive(Serialize, Deserialize)]
+struct SavedCount {
+    scope: String,
+    period: Period,
+    window: u64,
+    node: meridian_consensus::NodeId,
+    value: u64,
+}
 
 /// Writes the quota counters to `path` (whole, then renamed).
 pub fn save(limiter: &Limiter, path: &Path) -> std::io::Result<()> {
-    let observations = limiter.quota_snapshot();
-    let bytes =
-        bincode::serde::encode_to_vec(&observations, bincode::config::standard()).map_err(std::io::Error::other)?;
+    let saved: Vec<SavedCount> = limiter
+        .quota_snapshot()
+        .into_iter()
+        .map(|o| SavedCount { scope: o.scope, period: o.period, window: o.window, node: o.node, value: o.value })
+        .collect();
+    let bytes = bincode::serde::encode_to_vec(&saved, bincode::config::standard()).map_err(std::io::Error::other)?;
     let partial = path.with_extension("partial");
     std::fs::write(&partial, bytes)?;
     std::fs::rename(&partial, path)
@@ -24,8 +40,19 @@ pub fn save(limiter: &Limiter, path: &Path) -> std::io::Result<()> {
 /// reported and skipped, never fatal).
 pub fn restore(limiter: &Limiter, path: &Path) -> usize {
     let Ok(bytes) = std::fs::read(path) else { return 0 };
-    match bincode::serde::decode_from_slice::<Vec<Observation>, _>(&bytes, bincode::config::standard()) {
-        Ok((observations, _)) => {
+    match bincode::serde::decode_from_slice::<Vec<SavedCount>, _>(&bytes, bincode::config::standard()) {
+        Ok((saved, _)) => {
+            let observations: Vec<Observation> = saved
+                .into_iter()
+                .map(|c| Observation {
+                    scope: c.scope,
+                    period: c.period,
+                    window: c.window,
+                    node: c.node,
+                    value: c.value,
+                    span: None,
+                })
+                .collect();
             limiter.restore(&observations);
             observations.len()
         }
