@@ -47,6 +47,15 @@ pub enum Reply {
     Drop,
 }
 
+/// What one query got: the response code, the addresses answered (after any CNAMEs) and
+/// the ECS scope the answer was given for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub rcode: String,
+    pub addresses: Vec<IpAddr>,
+    pub scope: Option<u8>,
+}
+
 /// One snapshot of everything the responder answers from.
 pub struct Answers {
     zones: Vec<Zone>,
@@ -138,7 +147,67 @@ impl Responder {
 
     /// Answers `packet` from `client` into `out`.
     pub fn respond(&self, packet: &[u8], client: IpAddr, transport: Transport, out: &mut Vec<u8>) -> Reply {
-        let answers = self.current.load();
+        self.respond_from(&self.current.load(), packet, client, transport, out)
+    }
+
+    /// What a client at `client` is told for `name` (A for an IPv4 client, AAAA for IPv6,
+    /// with the client's full address as ECS), computed by the very path a real query takes
+    /// on the snapshot `answers`: `meridian dns explain` reports this, so the explanation
+    /// and the answers cannot disagree.
+    pub fn outcome_for(&self, answers: &Answers, name: &Name, client: IpAddr) -> Outcome {
+        let qtype = if client.is_ipv4() { RecordType::A } else { RecordType::AAAA };
+        let mut query = query_message(name, qtype);
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        let width = if client.is_ipv4() { 32 } else { 128 };
+        edns.options_mut().insert(EdnsOption::Subnet(HickorySubnet::new(client, width, 0)));
+        query.set_edns(edns);
+        let mut out = Vec::new();
+        let reply = match query.to_vec() {
+            Ok(packet) => self.respond_from(answers, &packet, client, Transport::Tcp, &mut out),
+            Err(_) => Reply::Drop,
+        };
+        let response = match reply {
+            Reply::Send => Message::from_vec(&out).ok(),
+            Reply::Forward(_) => return Outcome { rcode: "forwarded".into(), addresses: Vec::new(), scope: None },
+            Reply::Drop => None,
+        };
+        let Some(response) = response else {
+            return Outcome { rcode: "no answer".into(), addresses: Vec::new(), scope: None };
+        };
+        let addresses = response
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect();
+        let scope = response.edns.as_ref().and_then(|e| match e.option(EdnsCode::Subnet) {
+            Some(EdnsOption::Subnet(subnet)) => Some(subnet.scope_prefix()),
+            _ => None,
+        });
+        let rcode = match response.metadata.response_code {
+            ResponseCode::NoError => "NOERROR",
+            ResponseCode::FormErr => "FORMERR",
+            ResponseCode::ServFail => "SERVFAIL",
+            ResponseCode::NXDomain => "NXDOMAIN",
+            ResponseCode::NotImp => "NOTIMP",
+            ResponseCode::Refused => "REFUSED",
+            _ => "other",
+        };
+        Outcome { rcode: rcode.into(), addresses, scope }
+    }
+
+    fn respond_from(
+        &self,
+        answers: &Answers,
+        packet: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Reply {
         if let Some(query) = HotQuery::parse(packet)
             && answers.prepared.answer(&query, client, transport == Transport::Udp, out).is_some()
         {
@@ -146,7 +215,7 @@ impl Responder {
             return Reply::Send;
         }
         metrics::counter!("meridian_dns_queries_total", "path" => "general").increment(1);
-        self.general(&answers, packet, client, transport, out)
+        self.general(answers, packet, client, transport, out)
     }
 
     fn general(

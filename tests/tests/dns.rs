@@ -306,6 +306,38 @@ async fn clients_go_to_the_region_they_measured_fastest() {
     let explain = cli(&["dns", "explain", "api.example.test", "--client", &ip(3, 201)], &nodes[1]);
     let text = String::from_utf8_lossy(&explain.stdout);
     assert!(text.contains("measured from this prefix"), "{text}");
+    tokio::task::spawn_blocking(move || explain_agrees_with_the_answers(&nodes)).await.unwrap();
+}
+
+/// On every node, `dns explain` gives each client the answer a real query from that client
+/// gets: clients in measured networks, in each region's own network, and elsewhere.
+fn explain_agrees_with_the_answers(nodes: &[NodeProcess]) {
+    let mut clients: Vec<String> = Vec::new();
+    for third in [1u8, 2, 3, 201, 202, 203] {
+        for last in [1u8, 77, 254] {
+            clients.push(format!("127.{}.{third}.{last}", 120 + 3));
+        }
+    }
+    clients.extend(["198.51.100.7", "10.1.2.3", "192.0.2.200"].map(String::from));
+    let mut compared = 0;
+    for node in nodes {
+        let dns = node.dns.unwrap();
+        for client in &clients {
+            let out = cli(&["dns", "explain", "api.example.test", "--client", client, "--json"], node);
+            assert!(out.status.success(), "{out:?}");
+            let explained: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let mut said: Vec<String> =
+                explained["answer"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+            said.sort();
+            let mut got = short(dns, &["api.example.test", &format!("+subnet={client}/32")]);
+            got.retain(|l| !l.is_empty());
+            assert_eq!(said, got, "node {:?}: explain and the answer to {client} differ: {explained}", node.dns);
+            let region = explained["chosen_region"].as_str().unwrap();
+            assert_eq!(explained["ranking"][0]["region"], region, "the answer is the top of the ranking");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 3 * 21);
 }
 
 #[test]

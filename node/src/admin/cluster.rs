@@ -446,7 +446,8 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the client address: ?client=IP"))?;
             let name = query_value(query.as_deref(), "name")
                 .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the queried name: ?name=NAME"))?;
-            json(StatusCode::OK, dns.explain(client, &name).await.to_string())
+            let explained = dns.explain(client, &name).await.map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e))?;
+            json(StatusCode::OK, explained.to_string())
         }
         (&Method::GET, ["v1", "keys"]) => {
             let applied = member.applied.read().await;

@@ -324,7 +324,15 @@ fn explain_text(v: &serde_json::Value) -> String {
         );
     }
     let answer: Vec<&str> = v["answer"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
-    let _ = writeln!(out, "\nanswer: {} (ECS scope /{})", answer.join(" "), v["scope_prefix"]);
+    let scope = v["scope_prefix"].as_u64().map_or(String::new(), |s| format!(" (ECS scope /{s})"));
+    match v["rcode"].as_str() {
+        Some("NOERROR") if !answer.is_empty() => {
+            let _ = writeln!(out, "\nanswer: {}{scope}", answer.join(" "));
+        }
+        rcode => {
+            let _ = writeln!(out, "\nanswer: no addresses ({}){scope}", rcode.unwrap_or("?"));
+        }
+    }
     out
 }
 

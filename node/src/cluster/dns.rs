@@ -352,11 +352,15 @@ impl DnsService {
         }
     }
 
-    /// Explains the answer for `name` to a client at `client` (for `meridian dns explain`).
-    pub async fn explain(&self, client: IpAddr, name: &str) -> serde_json::Value {
+    /// Explains the answer for `name` to a client at `client` (for `meridian dns explain`):
+    /// the answer comes from the responder's own path on the snapshot it answers from now,
+    /// and the ranking from that snapshot's selector.
+    pub async fn explain(&self, client: IpAddr, name: &str) -> Result<serde_json::Value, String> {
+        let qname = hickory_proto::rr::Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
+            .map_err(|e| format!("`{name}` is not a DNS name: {e}"))?;
         let answers = self.responder.current();
+        let outcome = self.responder.outcome_for(&answers, &qname, client);
         let choice = answers.selector.choose(client, if client.is_ipv4() { 32 } else { 128 });
-        let addresses = answers.selector.addresses(choice.region);
         let now = Instant::now();
         let board = self.lock_health().clone();
         let members = self.members();
@@ -372,19 +376,19 @@ impl DnsService {
                 })
             })
             .collect();
-        let routed = hickory_proto::rr::Name::from_ascii(format!("{}.", name.trim_end_matches('.')))
-            .is_ok_and(|n| answers.is_routed(&n));
-        serde_json::json!({
+        Ok(serde_json::json!({
             "name": name,
             "client": client.to_string(),
-            "routed": routed,
+            "routed": answers.is_routed(&qname),
             "answering_node": self.member.id,
             "answering_region": self.member.me.region,
             "ranking": choice.ranking,
-            "scope_prefix": choice.scope,
-            "answer": addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "chosen_region": choice.region.map(|r| answers.selector.regions[r].name.clone()),
+            "rcode": outcome.rcode,
+            "scope_prefix": outcome.scope,
+            "answer": outcome.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "health": health,
-        })
+        }))
     }
 }
 
