@@ -120,9 +120,9 @@ impl NodeProcess {
         let stderr = std::fs::File::options().create(true).append(true).open(dir.join("stderr.log"))?;
         let mut command = Command::new(&binary);
         command
+            .args(args)
             .arg("--workers")
             .arg("2")
-            .args(args)
             .arg("--config")
             .arg(&config_path)
             .arg("--ready-file")

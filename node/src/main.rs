@@ -32,13 +32,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off")),
         )
         .init();
-    let workers = match cli.worker_count() {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("meridian: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let workers = cli.worker_count();
     let runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {

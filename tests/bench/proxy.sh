@@ -134,7 +134,7 @@ taskset -c "$PROXY_CORE" nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" 2>/d
 wait_port "$NGINX_PORT"
 nginx_worker=$(pgrep -P "$nginx_master" | head -1)
 if [ "$KEYED" = 1 ]; then
-  taskset -c "$PROXY_CORE" "$MERIDIAN" --workers 1 cluster init --region bench --config "$work/meridian.yaml" >/dev/null 2>"$work/meridian.err" & meridian_pid=$!; pids+=($meridian_pid)
+  taskset -c "$PROXY_CORE" "$MERIDIAN" cluster init --workers 1 --region bench --config "$work/meridian.yaml" >/dev/null 2>"$work/meridian.err" & meridian_pid=$!; pids+=($meridian_pid)
   wait_port "$MERIDIAN_PORT"
   sleep 1
   m() { "$MERIDIAN" "$@" --config "$work/meridian.yaml" >/dev/null || { echo "meridian $* failed" >&2; exit 1; }; }
@@ -146,7 +146,7 @@ if [ "$KEYED" = 1 ]; then
   sleep 0.5
   curl -sf -o /dev/null -H "x-api-key: $BENCH_KEY" "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" || { echo "keyed request refused" >&2; exit 1; }
 else
-  taskset -c "$PROXY_CORE" "$MERIDIAN" --workers 1 serve --config "$work/meridian.yaml" 2>"$work/meridian.err" & meridian_pid=$!; pids+=($meridian_pid)
+  taskset -c "$PROXY_CORE" "$MERIDIAN" serve --workers 1 --config "$work/meridian.yaml" 2>"$work/meridian.err" & meridian_pid=$!; pids+=($meridian_pid)
   wait_port "$MERIDIAN_PORT"
 fi
 

@@ -598,3 +598,27 @@ fn a_closed_pipe_ends_the_cli_quietly() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
 }
+
+#[test]
+fn workers_is_a_flag_of_the_serving_commands_only() {
+    let meridian = meridian_chaos::launcher::meridian_binary();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/gateway.example.yaml");
+    // A bad MERIDIAN_WORKERS does not concern a command that does not serve.
+    let out = std::process::Command::new(&meridian)
+        .args(["validate", "--config", example])
+        .env("MERIDIAN_WORKERS", "abc")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // A serving command names the flag and the value, and starts nothing.
+    let out = std::process::Command::new(&meridian)
+        .args(["serve", "--config", example])
+        .env("MERIDIAN_WORKERS", "abc")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid value 'abc' for '--workers <N>'"), "{stderr}");
+    let out = std::process::Command::new(&meridian).args(["keys", "list", "--workers", "2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "`keys list` takes no --workers: {out:?}");
+}

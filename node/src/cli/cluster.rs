@@ -42,6 +42,8 @@ pub enum ClusterCommand {
         /// Write the bound addresses (and the join token) as JSON here once serving.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        #[command(flatten)]
+        workers: super::Workers,
     },
     /// Join an existing cluster through any member.
     Join {
@@ -55,8 +57,11 @@ pub enum ClusterCommand {
         /// The join token `cluster init` printed.
         #[arg(long, env = "MERIDIAN_JOIN_TOKEN", hide_env_values = true)]
         token: String,
+        /// Write the bound addresses as JSON here once serving.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        #[command(flatten)]
+        workers: super::Workers,
     },
     /// Show members, regions, voters and learners, the leader, the term and each node's lag.
     Status {
@@ -666,7 +671,7 @@ fn check_region(region: &str) -> anyhow::Result<()> {
 
 pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
     match command {
-        ClusterCommand::Init { config, region, ready_file } => {
+        ClusterCommand::Init { config, region, ready_file, .. } => {
             check_region(&region)?;
             let (node, settings) = start_node(&config).await?;
             let (member, token) = ClusterMember::init(&settings, node.advertised(&region)).await?;
@@ -683,7 +688,7 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
             node.run_until_signal().await?;
             Ok(ExitCode::SUCCESS)
         }
-        ClusterCommand::Join { config, region, peer, token, ready_file } => {
+        ClusterCommand::Join { config, region, peer, token, ready_file, .. } => {
             check_region(&region)?;
             let (node, settings) = start_node(&config).await?;
             let member = ClusterMember::join(&settings, node.advertised(&region), &peer, &token).await?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 mod chaos;
 mod cluster;
@@ -24,11 +24,17 @@ pub use cluster::{
 #[derive(Debug, Parser)]
 #[command(name = "meridian", version, about)]
 pub struct Cli {
-    /// Worker threads for serving (default: the number of cores; 1 runs a single-threaded runtime).
-    #[arg(long, global = true, env = "MERIDIAN_WORKERS")]
-    pub workers: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How many threads a serving command runs on (only the commands that serve take it).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Workers {
+    /// Worker threads for serving (default: the number of cores; 1 runs a single-threaded
+    /// runtime).
+    #[arg(long = "workers", env = "MERIDIAN_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub count: Option<u16>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +47,8 @@ pub enum Command {
         /// Write the bound addresses as JSON to this file once serving.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        #[command(flatten)]
+        workers: Workers,
     },
     /// Check a configuration file and list every error in it.
     Validate {
@@ -139,6 +147,8 @@ pub enum Command {
         /// Region R's node listens on 127.R.<subnet>.1 (gateway :8080, admin :9901, RPC :7001).
         #[arg(long, default_value_t = 0)]
         subnet: u8,
+        #[command(flatten)]
+        workers: Workers,
     },
 }
 
@@ -155,12 +165,20 @@ impl Cli {
         )
     }
 
-    /// The worker count to run with.
-    pub fn worker_count(&self) -> anyhow::Result<usize> {
-        match self.workers {
-            Some(0) => bail!("--workers must be at least 1"),
-            Some(n) => Ok(n),
-            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    /// The worker threads to run with: what a serving command was given, the number of
+    /// cores for the chaos suite, and one for commands that only call the admin API.
+    pub fn worker_count(&self) -> usize {
+        let given = match &self.command {
+            Command::Serve { workers, .. } | Command::Demo { workers, .. } => Some(workers),
+            Command::Cluster(
+                cluster::ClusterCommand::Init { workers, .. } | cluster::ClusterCommand::Join { workers, .. },
+            ) => Some(workers),
+            Command::Chaos(chaos::ChaosCommand::Run { .. }) => None,
+            _ => return 1,
+        };
+        match given.and_then(|w| w.count) {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -168,7 +186,7 @@ impl Cli {
 /// Runs a parsed command line to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, ready_file } => {
+        Command::Serve { config, ready_file, .. } => {
             let node = Node::start(ConfigSource::File(config)).await?;
             announce(&node);
             if let Some(settings) = node.cluster.clone() {
@@ -250,7 +268,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster::usage(&plan, key.as_deref(), from.as_deref(), to.as_deref(), &format, &target).await
         }
         Command::Plans(command) => cluster::plans(command).await,
-        Command::Demo { subnet } => demo::run(subnet).await,
+        Command::Demo { subnet, .. } => demo::run(subnet).await,
     }
 }
 
