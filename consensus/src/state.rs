@@ -314,8 +314,12 @@ pub enum Rejection {
 /// The result of applying one proposal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandOutcome {
-    /// The revision after the proposal (unchanged if it was rejected).
+    /// The revision after the proposal (unchanged if it was rejected or changed nothing).
     pub revision: u64,
+    /// Whether the proposal changed the configuration: a write that would leave it as it is
+    /// (a variable set to its value, a region put again unchanged) is accepted and does not
+    /// bump the revision.
+    pub changed: bool,
     /// The id of what the command created: a deployment (`Deploy`) or a node id
     /// (`RegisterNode`).
     pub created: Option<u64>,
@@ -330,17 +334,61 @@ impl ConfigState {
         {
             return self.rejected(Rejection::RevisionMismatch { expected, current: self.revision });
         }
+        if self.changes_nothing(&proposal.command) {
+            return CommandOutcome { revision: self.revision, changed: false, created: None, rejected: None };
+        }
         match self.change(&proposal.command) {
             Ok(created) => {
                 self.revision += 1;
-                CommandOutcome { revision: self.revision, created, rejected: None }
+                CommandOutcome { revision: self.revision, changed: true, created, rejected: None }
             }
             Err(r) => self.rejected(r),
         }
     }
 
     fn rejected(&self, rejection: Rejection) -> CommandOutcome {
-        CommandOutcome { revision: self.revision, created: None, rejected: Some(rejection) }
+        CommandOutcome { revision: self.revision, changed: false, created: None, rejected: Some(rejection) }
+    }
+
+    /// Whether `command` would be accepted and leave the configuration exactly as it is.
+    /// Commands that create something (deployments, keys, node ids) always change it.
+    fn changes_nothing(&self, command: &ConfigCommand) -> bool {
+        let stage = |api: &str, stage: &str| self.apis.get(api).and_then(|a| a.stages.get(stage));
+        match command {
+            ConfigCommand::SetStageVariables { api, stage: name, set, unset } => stage(api, name).is_some_and(|s| {
+                unset.iter().all(|n| set.contains_key(n) || !s.variables.contains_key(n))
+                    && set.iter().all(|(k, v)| s.variables.get(k) == Some(v))
+            }),
+            ConfigCommand::SetStageDeployment { api, stage: name, deployment } => {
+                stage(api, name).is_some_and(|s| s.deployment == *deployment)
+            }
+            ConfigCommand::SetCanary { api, stage: name, canary } => {
+                stage(api, name).is_some_and(|s| s.canary.as_ref() == Some(canary))
+            }
+            ConfigCommand::PutDomain { name, domain } => self.domains.get(name) == Some(domain),
+            ConfigCommand::PutRegion { name, region } => self.regions.get(name) == Some(region),
+            ConfigCommand::PutZone { name, zone } => self.zones.get(name) == Some(zone),
+            ConfigCommand::PutPlan { name, rate, quota } => {
+                self.plans.get(name).is_some_and(|p| p.rate == *rate && p.quota == *quota)
+            }
+            ConfigCommand::SetKeyEnabled { id, enabled } => self.keys.get(id).is_some_and(|k| k.enabled == *enabled),
+            ConfigCommand::RotateKey { id, value_sha256 } => {
+                self.keys.get(id).is_some_and(|k| k.value_sha256 == *value_sha256)
+            }
+            ConfigCommand::AddPlanKey { plan, key } => {
+                self.keys.contains_key(key) && self.plans.get(plan).is_some_and(|p| p.keys.contains(key))
+            }
+            ConfigCommand::AttachPlan { plan, api, stage: name, route } => {
+                stage(api, name).is_some()
+                    && self.plans.get(plan).and_then(|p| p.stages.get(&(api.clone(), name.clone()))).is_some_and(
+                        |routes| match route {
+                            Some((key, rate)) => routes.get(key) == Some(rate),
+                            None => true,
+                        },
+                    )
+            }
+            _ => false,
+        }
     }
 
     fn api_mut(&mut self, api: &str) -> Result<&mut ApiRecord, Rejection> {
@@ -619,6 +667,44 @@ mod tests {
     }
 
     #[test]
+    fn writes_that_change_nothing_keep_the_revision() {
+        let mut s = ConfigState::default();
+        s.apply(&deploy("pets", Some("prod")));
+        let write = |command| Proposal { expected_revision: None, command };
+        let region = RegionRecord { weight: Some(2), client_cidrs: vec![] };
+        let put_region = write(ConfigCommand::PutRegion { name: "eu".into(), region: region.clone() });
+        assert!(s.apply(&put_region).changed);
+        let before = s.clone();
+        for same in [
+            put_region.clone(),
+            write(ConfigCommand::SetStageVariables {
+                api: "pets".into(),
+                stage: "prod".into(),
+                set: BTreeMap::new(),
+                unset: vec![],
+            }),
+            write(ConfigCommand::SetStageVariables {
+                api: "pets".into(),
+                stage: "prod".into(),
+                set: BTreeMap::new(),
+                unset: vec!["never-set".into()],
+            }),
+        ] {
+            let out = s.apply(&same);
+            assert_eq!((out.changed, out.revision, &out.rejected), (false, before.revision, &None), "{same:?}");
+            assert_eq!(s, before);
+        }
+        // A missing stage is still refused, not silently accepted.
+        let missing = write(ConfigCommand::SetStageVariables {
+            api: "pets".into(),
+            stage: "nope".into(),
+            set: BTreeMap::new(),
+            unset: vec![],
+        });
+        assert!(s.apply(&missing).rejected.is_some());
+    }
+
+    #[test]
     fn a_stale_revision_changes_nothing() {
         let mut s = ConfigState::default();
         s.apply(&deploy("pets", Some("prod")));
@@ -755,17 +841,20 @@ mod tests {
             prop_assert_eq!(bytes(&a), bytes(&b));
         }
 
-        /// Revisions only grow, by one per applied change; a rejection changes nothing.
+        /// Revisions only grow, by one per change; a rejection or a write that changes
+        /// nothing leaves the state (and its revision) as it was, and a change is real.
         #[test]
-        fn rejections_change_nothing(ps in proposals()) {
+        fn rejections_and_no_op_writes_change_nothing(ps in proposals()) {
             let mut s = ConfigState::default();
             for p in &ps {
                 let before = s.clone();
                 let out = s.apply(p);
-                if out.rejected.is_some() {
+                if out.rejected.is_some() || !out.changed {
                     prop_assert_eq!(&s, &before);
                 } else {
                     prop_assert_eq!(s.revision, before.revision + 1);
+                    let content = ConfigState { revision: before.revision, ..s.clone() };
+                    prop_assert_ne!(&content, &before, "{:?} was counted as a change", p.command);
                 }
                 for api in s.apis.values() {
                     for stage in api.stages.values() {

@@ -259,11 +259,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             machine.last_applied = Some(entry.log_id);
             let revision = machine.config.revision;
             outcomes.push(match entry.payload {
-                EntryPayload::Blank => CommandOutcome { revision, created: None, rejected: None },
+                EntryPayload::Blank => CommandOutcome { revision, changed: false, created: None, rejected: None },
                 EntryPayload::Normal(proposal) => machine.config.apply(&proposal),
                 EntryPayload::Membership(membership) => {
                     machine.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    CommandOutcome { revision, created: None, rejected: None }
+                    CommandOutcome { revision, changed: false, created: None, rejected: None }
                 }
             });
         }

@@ -384,6 +384,27 @@ async fn reload_applies_a_good_file_and_rejects_a_bad_one() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(get(http, "gw.test", "/prod/new").await.status, 404);
+    // One revision, the same everywhere: start 1, the SIGHUP 2, the refused file nothing.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "reloaded: serving configuration revision 3");
+    let ready =
+        send(node.admin, Request::get("/readyz").header("host", "admin").body(Full::new(Bytes::new())).unwrap());
+    assert_eq!(ready.await.json()["revision"], 3);
+    let metrics =
+        send(node.admin, Request::get("/metrics").header("host", "admin").body(Full::new(Bytes::new())).unwrap());
+    let metrics = String::from_utf8_lossy(&metrics.await.body).into_owned();
+    assert!(metrics.contains("meridian_config_revision 3"), "{metrics}");
+    // A change that waits for a restart is named, not reported as applied.
+    let limited = config.replace("apis:", "limits: { max_connections: 77 }\napis:");
+    std::fs::write(node.config_path(), &limited).unwrap();
+    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["reload", "--config"])
+        .arg(node.config_path())
+        .args(["--admin", &node.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("restart the node to apply: limits"), "{said}");
     // Without the token, the admin API refuses.
     let req = Request::post("/v1/reload").header("host", "admin").body(Full::new(Bytes::new())).unwrap();
     assert_eq!(send(node.admin, req).await.status, 401);

@@ -112,8 +112,11 @@ async fn body_text(request: Request<Incoming>) -> Result<String, Refusal> {
 
 fn outcome_response(result: Result<CommandOutcome, ClusterError>) -> Response<Full<Bytes>> {
     match result {
-        Ok(CommandOutcome { revision, created, rejected: None }) => with_etag(
-            json(StatusCode::OK, serde_json::json!({ "revision": revision, "created": created }).to_string()),
+        Ok(CommandOutcome { revision, changed, created, rejected: None }) => with_etag(
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "revision": revision, "changed": changed, "created": created }).to_string(),
+            ),
             revision,
         ),
         Ok(CommandOutcome { revision, rejected: Some(r), .. }) => {

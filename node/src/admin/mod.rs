@@ -132,7 +132,11 @@ impl AdminState {
                 }
                 let reloader = self.reloader.clone();
                 match tokio::task::spawn_blocking(move || reloader.reload()).await {
-                    Ok(Ok(revision)) => json(StatusCode::OK, serde_json::json!({ "revision": revision }).to_string()),
+                    Ok(Ok(reloaded)) => json(
+                        StatusCode::OK,
+                        serde_json::json!({ "revision": reloaded.revision, "needs_restart": reloaded.needs_restart })
+                            .to_string(),
+                    ),
                     Ok(Err(errors)) => {
                         let list: Vec<_> = errors
                             .errors

@@ -244,7 +244,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
             if status == 200 {
-                println!("reloaded: {body}");
+                let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let revision = body["revision"].as_u64().unwrap_or(0);
+                let waiting: Vec<&str> =
+                    body["needs_restart"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+                if waiting.is_empty() {
+                    println!("reloaded: serving configuration revision {revision}");
+                } else {
+                    println!(
+                        "reloaded what can change while running (revision {revision}); restart the node to apply: {}",
+                        waiting.join(", ")
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!("reload refused ({status}): {body}");

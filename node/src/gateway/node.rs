@@ -65,6 +65,65 @@ pub enum NodeError {
     Metrics(String),
 }
 
+/// The settings a node takes only when it starts: a reload that changes them says so.
+#[derive(Debug, Clone, PartialEq)]
+struct StartupSettings {
+    listen_http: Option<SocketAddr>,
+    listen_https: Option<SocketAddr>,
+    admin_listen: SocketAddr,
+    admin_token: Option<String>,
+    limits: Limits,
+    access_log: crate::observe::access_log::LogSink,
+    cluster: Option<ClusterSettings>,
+    default_rate: crate::limits::limiter::Rate,
+}
+
+impl StartupSettings {
+    fn of(config: &GatewayConfig) -> Self {
+        StartupSettings {
+            listen_http: config.listen_http,
+            listen_https: config.listen_https,
+            admin_listen: config.admin_listen,
+            admin_token: config.admin_token.clone(),
+            limits: config.limits.clone(),
+            access_log: config.access_log.clone(),
+            cluster: config.cluster.clone(),
+            default_rate: config.default_rate,
+        }
+    }
+
+    /// The sections of the file whose change waits for a restart, by their names in the file.
+    fn changed_in(&self, now: &StartupSettings) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut note = |differs: bool, name: &'static str| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        note(self.listen_http != now.listen_http, "listen.http");
+        note(self.listen_https != now.listen_https, "listen.https");
+        note(self.admin_listen != now.admin_listen, "admin.listen");
+        note(self.admin_token != now.admin_token, "admin.token_file");
+        note(self.limits != now.limits, "limits");
+        note(self.access_log != now.access_log, "access_log");
+        note(self.default_rate != now.default_rate, "throttle");
+        let dns = |c: &Option<ClusterSettings>| c.as_ref().and_then(|c| c.dns.clone());
+        let without_dns = |c: &Option<ClusterSettings>| c.clone().map(|c| ClusterSettings { dns: None, ..c });
+        note(without_dns(&self.cluster) != without_dns(&now.cluster), "cluster");
+        note(dns(&self.cluster) != dns(&now.cluster), "cluster.dns");
+        changed
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The configuration revision served now (see [`Reloader::revision`]).
+    pub revision: u64,
+    /// Sections of the file that changed but take effect only at the next restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
 /// Re-reads the configuration and swaps it in.
 pub struct Reloader {
     source: ConfigSource,
@@ -72,19 +131,23 @@ pub struct Reloader {
     cluster_mode: bool,
     table: Arc<ArcSwap<RoutingTable>>,
     sni: Arc<SniResolver>,
-    revision: AtomicU64,
+    /// Reloads of the file that applied (the revision of a node serving from its file).
+    file_revision: AtomicU64,
     serialize: Mutex<()>,
-    started_with: (Option<SocketAddr>, Option<SocketAddr>, SocketAddr, Limits),
+    started_with: StartupSettings,
 }
 
 impl Reloader {
-    /// The revision being served (1 at start, +1 per successful reload).
+    /// The configuration revision being served: the cluster's revision on a cluster member
+    /// (the one `meridian cluster status` and the write commands report), the file's own
+    /// (1 at start, +1 per applied reload) on a node serving from its file. `/readyz`,
+    /// `meridian_config_revision` and reload all report this one number.
     pub fn revision(&self) -> u64 {
-        self.revision.load(Ordering::Relaxed)
+        if self.cluster_mode { self.table.load().revision } else { self.file_revision.load(Ordering::Relaxed) }
     }
 
     /// Loads, validates and swaps in the configuration; blocking (reads files).
-    pub fn reload(&self) -> Result<u64, ConfigErrors> {
+    pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
         let _one_at_a_time = self.serialize.lock().unwrap_or_else(|p| p.into_inner());
         let config = match self.source.load() {
             Ok(c) => c,
@@ -94,21 +157,22 @@ impl Reloader {
                 return Err(e);
             }
         };
-        let now = (config.listen_http, config.listen_https, config.admin_listen, config.limits.clone());
-        if now != self.started_with {
-            tracing::warn!("listener addresses and limits changed: they take effect at the next restart");
+        let needs_restart = self.started_with.changed_in(&StartupSettings::of(&config));
+        if !needs_restart.is_empty() {
+            tracing::warn!(sections = ?needs_restart, "these changes take effect at the next restart");
         }
-        let revision = self.revision.fetch_add(1, Ordering::Relaxed) + 1;
         self.sni.replace(config.certificates);
         if !self.cluster_mode {
+            let revision = self.file_revision.fetch_add(1, Ordering::Relaxed) + 1;
             let mut table = config.table;
             table.revision = revision;
             self.table.store(Arc::new(table));
+            metrics::gauge!("meridian_config_revision").set(revision as f64);
         }
         metrics::counter!("meridian_config_reloads_total", "result" => "applied").increment(1);
-        metrics::gauge!("meridian_config_revision").set(revision as f64);
+        let revision = self.revision();
         tracing::info!(revision, "configuration reloaded");
-        Ok(revision)
+        Ok(Reloaded { revision, needs_restart })
     }
 }
 
@@ -150,6 +214,7 @@ impl Node {
         // The recorder must exist before compiling: routes bind their metric handles then.
         let metrics = admin::metrics_handle().map_err(NodeError::Metrics)?;
         let config = source.load()?;
+        let started_with = StartupSettings::of(&config);
         let access_log = AccessLog::open(config.access_log.clone()).map_err(NodeError::AccessLog)?;
 
         let http = match config.listen_http {
@@ -191,11 +256,13 @@ impl Node {
             cluster_mode: config.cluster.is_some(),
             table: table.clone(),
             sni: sni.clone(),
-            revision: AtomicU64::new(1),
+            file_revision: AtomicU64::new(1),
             serialize: Mutex::new(()),
-            started_with: (config.listen_http, config.listen_https, config.admin_listen, limits.clone()),
+            started_with,
         });
-        metrics::gauge!("meridian_config_revision").set(1.0);
+        if config.cluster.is_none() {
+            metrics::gauge!("meridian_config_revision").set(1.0);
+        }
 
         let limiter = Arc::new(Limiter::new(0, MAX_LIMIT_SCOPES));
         let pipeline = Arc::new(Pipeline::new(table.clone(), &limits, access_log.clone(), limiter.clone()));
