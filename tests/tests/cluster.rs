@@ -742,3 +742,42 @@ fn a_failed_init_leaves_nothing_behind_and_can_be_retried() {
     let _ = retried.wait();
     assert!(dir.path().join("data/node.json").is_file());
 }
+
+#[test]
+fn a_node_that_leaves_stops_is_forgotten_and_can_join_again() {
+    let mut cluster = three_regions(11);
+    let out = cli(&["cluster", "leave"], &cluster.nodes[2]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("left the cluster"), "{out:?}");
+    // The process ends by itself, cleanly, and clears its member state.
+    let status = cluster.nodes[2].wait_exit(Duration::from_secs(15)).expect("the node that left keeps running");
+    assert!(status.success(), "{status:?}: {}", cluster.nodes[2].stderr());
+    let data = cluster.nodes[2].dir().join("data");
+    for gone in ["node.json", "raft", "tls"] {
+        assert!(!data.join(gone).exists(), "{gone} is still in the data directory");
+    }
+    // Its peers forget it: two members, and no silence series growing for it.
+    let left_id = 3;
+    cluster.wait_for(|s| s["members"].as_array().is_some_and(|m| m.len() == 2));
+    let scrape = |node: &NodeProcess| {
+        let out = curl(&["-s", &format!("http://{}/metrics", node.admin)]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = scrape(&cluster.nodes[0]);
+        assert!(metrics.contains("meridian_limit_peer_silence_seconds{node=\"2\"}"), "{metrics}");
+        if !metrics.contains(&format!("meridian_limit_peer_silence_seconds{{node=\"{left_id}\"}}")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 still reports the silence of the node that left");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The same folder joins again, as a new node.
+    let peer = format!("{}:7001", cluster.nodes[0].admin.ip());
+    let token = cluster.token.clone();
+    cluster.nodes[2]
+        .run(&["cluster", "join", "--region", "r3", "--peer", &peer, "--token", &token], &[])
+        .unwrap_or_else(|e| panic!("joining again from the same folder: {e}"));
+    cluster.wait_for(|s| s["members"].as_array().is_some_and(|m| m.len() == 3));
+}

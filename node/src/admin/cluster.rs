@@ -158,7 +158,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
     Ok(match (&method, segments.as_slice()) {
         (&Method::GET, ["v1", "cluster"]) => json(StatusCode::OK, member.status_with_peers().await.to_string()),
         (&Method::POST, ["v1", "cluster", "leave"]) => match member.leave().await {
-            Ok(()) => json(StatusCode::OK, r#"{"left":true}"#.into()),
+            Ok(()) => json(StatusCode::OK, serde_json::json!({ "left": true, "node": member.id }).to_string()),
             Err(e) => message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         },
         (&Method::POST, ["v1", "cluster", "promote"]) => {

@@ -60,6 +60,23 @@ pub fn metrics_handle() -> Result<PrometheusHandle, String> {
         .clone()
 }
 
+/// Appends how long each current peer's limit counters have gone unheard. Computed at
+/// scrape time, so a node that left the cluster disappears from the output instead of
+/// leaving a series behind that grows forever.
+fn peer_silence(out: &mut String, peers: &[(u64, std::time::Duration)]) {
+    use std::fmt::Write;
+    if peers.is_empty() {
+        return;
+    }
+    out.push_str("# HELP meridian_limit_peer_silence_seconds Seconds since each peer's limit counters were heard\n");
+    out.push_str("# TYPE meridian_limit_peer_silence_seconds gauge\n");
+    let mut peers = peers.to_vec();
+    peers.sort_unstable();
+    for (node, silence) in peers {
+        let _ = writeln!(out, "meridian_limit_peer_silence_seconds{{node=\"{node}\"}} {:.3}", silence.as_secs_f64());
+    }
+}
+
 /// What the admin API serves from.
 pub struct AdminState {
     pub metrics: PrometheusHandle,
@@ -116,7 +133,11 @@ impl AdminState {
         }
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/metrics") => {
-                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                let mut text = self.metrics.render();
+                if let Some(limiter) = self.cluster.get().and_then(|m| m.limiter()) {
+                    peer_silence(&mut text, &limiter.peer_silence());
+                }
+                let mut r = Response::new(Full::new(Bytes::from(text)));
                 r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
                 r
             }

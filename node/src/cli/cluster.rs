@@ -740,6 +740,13 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
         }
         ClusterCommand::Leave { target } => {
             let (status, value) = admin_call(&target, Method::POST, "/v1/cluster/leave", Bytes::new(), &[]).await?;
+            if status == 200 {
+                println!(
+                    "node {} left the cluster: its process stops now, and its data directory is cleared so it can join again",
+                    value["node"]
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             report(status, &value)
         }
     }

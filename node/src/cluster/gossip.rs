@@ -36,11 +36,10 @@ pub fn spawn(member: Arc<ClusterMember>, limiter: Arc<Limiter>) {
                 clients.clear();
             }
             if anti_entropy {
-                // Staleness of every peer's counters, once a second.
-                for (node, silence) in limiter.peer_silence() {
-                    metrics::gauge!("meridian_limit_peer_silence_seconds", "node" => node.to_string())
-                        .set(silence.as_secs_f64());
-                }
+                // A node that left is forgotten: nothing is held back for it any more.
+                let members: Vec<u64> =
+                    member.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect();
+                limiter.retain_peers(&members);
             }
             let observations = if anti_entropy { limiter.snapshot() } else { limiter.take_deltas() };
             // Every fifth round goes to every peer even when there is nothing to say: a

@@ -88,6 +88,8 @@ pub struct ClusterMember {
     data_key: DataKey,
     limiter: std::sync::OnceLock<Arc<crate::limits::limiter::Limiter>>,
     dns: std::sync::OnceLock<Arc<super::dns::DnsService>>,
+    /// Set once this node's removal from the cluster has committed: the process then ends.
+    left: tokio::sync::watch::Sender<bool>,
 }
 
 fn raft_config(snapshot_after_logs: u64, heartbeat: Duration) -> Result<Arc<openraft::Config>, ClusterError> {
@@ -332,6 +334,7 @@ impl ClusterMember {
             data_key,
             limiter: std::sync::OnceLock::new(),
             dns: std::sync::OnceLock::new(),
+            left: tokio::sync::watch::Sender::new(false),
         });
         let tls = server_config(&identity).map_err(setup)?;
         tokio::spawn(rpc::serve(listener, tls, member.clone()));
@@ -535,7 +538,32 @@ impl ClusterMember {
 
     /// Leaves the cluster: asks the leader to remove this node.
     pub async fn leave(&self) -> Result<(), ClusterError> {
-        self.change_membership(self.id, Action::Remove).await
+        self.change_membership(self.id, Action::Remove).await?;
+        self.left.send_replace(true);
+        Ok(())
+    }
+
+    /// Resolves once this node has left the cluster (its own `leave`, committed).
+    pub async fn has_left(&self) {
+        let mut left = self.left.subscribe();
+        let _ = left.wait_for(|l| *l).await;
+    }
+
+    /// Removes this member's state from its data directory (after it left the cluster and
+    /// stopped): the directory can then found or join a cluster again. Returns what was
+    /// removed.
+    pub fn clear_data_dir(&self) -> Vec<PathBuf> {
+        let dir = &self.data_dir;
+        let mut removed = Vec::new();
+        for path in [record_path(dir), tls_dir(dir), dir.join("raft"), dir.join("quotas.bin")] {
+            let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            match result {
+                Ok(()) => removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove"),
+            }
+        }
+        removed
     }
 
     /// Runs a membership change on the leader, relaying it when this node does not lead.

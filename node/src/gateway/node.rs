@@ -390,6 +390,16 @@ impl Node {
         let mut hangup = signal(SignalKind::hangup())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
+        let member = self.admin.cluster.get().cloned();
+        let watched = member.clone();
+        let left = async move {
+            match watched {
+                Some(m) => m.has_left().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(left);
+        let mut has_left = false;
         loop {
             tokio::select! {
                 _ = hangup.recv() => {
@@ -398,10 +408,30 @@ impl Node {
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
+                _ = &mut left => {
+                    has_left = true;
+                    break;
+                }
             }
         }
         tracing::info!("shutting down: draining in-flight requests");
         self.shutdown().await;
+        if let (true, Some(member)) = (has_left, member) {
+            if let Err(e) = member.raft.shutdown().await {
+                tracing::warn!(error = %e, "Raft did not stop cleanly");
+            }
+            let removed = member.clear_data_dir();
+            tracing::info!(
+                node = member.id,
+                ?removed,
+                "left the cluster; the data directory can found or join a cluster again"
+            );
+            eprintln!(
+                "meridian: node {} left the cluster and stopped; {} can be used to join again",
+                member.id,
+                member.data_dir().display()
+            );
+        }
         Ok(())
     }
 }

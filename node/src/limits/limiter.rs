@@ -560,6 +560,26 @@ impl Limiter {
         Some(state.counter(window).map_or(0, GCounter::value))
     }
 
+    /// Forgets every peer that is not in `members` (a node that left the cluster): its
+    /// silence is no longer reported, and its last known rate is no longer held back for it.
+    pub fn retain_peers(&self, members: &[NodeId]) {
+        let gone: Vec<NodeId> = {
+            let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = heard.keys().copied().filter(|n| !members.contains(n)).collect();
+            heard.retain(|n, _| members.contains(n));
+            gone
+        };
+        if gone.is_empty() {
+            return;
+        }
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for state in shard.values_mut() {
+                state.last_rates.retain(|n, _| !gone.contains(n));
+            }
+        }
+    }
+
     /// How long ago each peer was last heard from (for `/metrics`).
     pub fn peer_silence(&self) -> Vec<(NodeId, Duration)> {
         self.peer_silence_at(Instant::now()).into_iter().collect()
@@ -689,6 +709,30 @@ mod tests {
         a.heard.lock().unwrap().insert(2, Instant::now() - Duration::from_secs(30));
         a.take_deltas();
         assert_eq!(admitted(&a, &s, 7_030_500, 200), 30, "70 of 100 stay reserved for the silent peer");
+    }
+
+    #[test]
+    fn a_peer_that_left_is_forgotten() {
+        let a = Limiter::new(1, 1000);
+        let s = scope("stage", 100, 200);
+        a.merge(
+            2,
+            &[Observation {
+                scope: "stage".into(),
+                period: Period::Second,
+                window: 7000,
+                node: 2,
+                value: 70,
+                span: None,
+            }],
+        );
+        a.admit(&s, 7_001_000);
+        a.admit(&s, 7_002_000);
+        a.heard.lock().unwrap().insert(2, Instant::now() - Duration::from_secs(30));
+        a.take_deltas();
+        a.retain_peers(&[1, 3]);
+        assert!(a.peer_silence().is_empty(), "node 2 left: its silence is not reported");
+        assert_eq!(admitted(&a, &s, 7_030_500, 200), 100, "nothing is held back for a node that left");
     }
 
     #[test]

@@ -75,10 +75,6 @@ pub fn describe() {
     );
     metrics::describe_counter!("meridian_config_reloads_total", "Configuration reloads, by result");
     metrics::describe_gauge!("meridian_config_revision", "Local configuration revision being served");
-    metrics::describe_gauge!(
-        "meridian_limit_peer_silence_seconds",
-        "Seconds since each peer's limit counters were heard"
-    );
     metrics::describe_counter!(
         "meridian_limit_gossip_rejected_total",
         "Malformed or oversized gossip messages refused"
