@@ -23,6 +23,8 @@ pub struct Deployment {
     pub description: String,
     /// Milliseconds since the Unix epoch, from the proposing node's clock.
     pub created_at_ms: u64,
+    /// Who applied it, as the client said (`user@host` for the CLI).
+    pub created_by: String,
 }
 
 /// A canary release on a stage.
@@ -168,6 +170,7 @@ pub enum ConfigCommand {
         definition: String,
         description: String,
         created_at_ms: u64,
+        created_by: String,
         stage: Option<String>,
         /// Variables set on `stage` along with the deployment.
         stage_variables: BTreeMap<String, String>,
@@ -418,7 +421,15 @@ impl ConfigState {
                 self.next_node_id = id + 1;
                 Ok(Some(id))
             }
-            ConfigCommand::Deploy { api, definition, description, created_at_ms, stage, stage_variables } => {
+            ConfigCommand::Deploy {
+                api,
+                definition,
+                description,
+                created_at_ms,
+                created_by,
+                stage,
+                stage_variables,
+            } => {
                 if api.is_empty() || definition.is_empty() {
                     return Err(Rejection::Invalid("a deployment needs an API id and a definition".into()));
                 }
@@ -432,6 +443,7 @@ impl ConfigState {
                         definition: definition.clone(),
                         description: description.clone(),
                         created_at_ms: *created_at_ms,
+                        created_by: created_by.clone(),
                     },
                 );
                 if let Some(stage) = stage {
@@ -623,6 +635,7 @@ mod tests {
                 definition: format!("id: {api}\n"),
                 description: "test".into(),
                 created_at_ms: 1,
+                created_by: "test".into(),
                 stage: stage.map(Into::into),
                 stage_variables: BTreeMap::new(),
             },
@@ -749,6 +762,7 @@ mod tests {
                 api,
                 description: String::new(),
                 created_at_ms: 7,
+                created_by: String::new(),
                 stage,
                 stage_variables: BTreeMap::new(),
             }),

@@ -85,3 +85,33 @@ invariants:
     assert!(!out.status.success());
     assert!(stderr.contains("duration: at least 5s") && stderr.contains("no region `r9`"), "{stderr}");
 }
+
+#[test]
+fn writes_commit_over_a_200_ms_wan_on_default_settings() {
+    // No `heartbeat` in the cluster shape: the defaults must carry a world-wide WAN.
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("wan.yaml");
+    std::fs::write(
+        &scenario,
+        r#"
+name: wan
+description: 100 ms each way between all regions (a 200 ms round trip), on default Raft settings.
+cluster: { regions: 3, nodes_per_region: 1 }
+duration: 10s
+workload:
+  clients: { rate: 10 }
+  writers: { rate: 4 }
+faults:
+  - { at: 0s, link: { between: all-regions, delay: 100ms } }
+invariants:
+  max_failed_requests: 0.001
+  min_writes_acked: 0.95
+"#,
+    )
+    .unwrap();
+    let out = chaos_run(scenario.to_str().unwrap(), 78, dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report = report(dir.path(), "wan");
+    assert!(report["figures"]["writes_acked"].as_u64().unwrap() >= 30, "{report}");
+}

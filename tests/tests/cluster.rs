@@ -63,7 +63,7 @@ fn three_regions(test: u8) -> Cluster {
 }
 
 fn status(node: &NodeProcess) -> serde_json::Value {
-    let out = cli(&["cluster", "status", "--json"], node);
+    let out = cli(&["cluster", "status", "-o", "json"], node);
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
@@ -154,8 +154,10 @@ async fn writes_through_a_follower_survive_a_leader_kill_and_restarts() {
     );
     assert_eq!(changed.status.code(), Some(1), "{changed:?}");
     let text = String::from_utf8_lossy(&changed.stdout);
-    assert!(text.contains("-        integration: { type: mock, body: \"v1\" }"), "{text}");
-    assert!(text.contains("+        integration: { type: mock, body: \"v2\" }"), "{text}");
+    // Parsed definitions are compared, shown in one layout: only the body changed.
+    let changes: Vec<&str> = text.lines().filter(|l| l.starts_with('-') || l.starts_with('+')).collect();
+    assert!(changes.len() == 4 && changes[2].starts_with('-') && changes[2].ends_with("body: v1"), "{text}");
+    assert!(changes[3].starts_with('+') && changes[3].ends_with("body: v2"), "{text}");
     served_everywhere(&cluster.nodes.iter().collect::<Vec<_>>(), "v1").await;
 
     // SIGKILL the leader: writes continue on the others, nothing acknowledged is lost.
@@ -345,7 +347,7 @@ async fn a_canary_takes_its_share_and_can_be_promoted() {
     // leader committed it (a 25 % canary can also serve "candidate" before that).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let shown = cli(&["stage", "show", "pets", "prod"], node);
+        let shown = cli(&["stage", "show", "pets", "prod", "-o", "json"], node);
         let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
         if (shown["deployment"].as_u64(), shown["canary"].is_null()) == (Some(2), true) {
             break;
@@ -414,10 +416,11 @@ async fn domains_and_regions_are_replicated_and_served_over_tls_by_every_node() 
     assert!(out.status.success(), "{out:?}");
     let out = cli(&["regions", "put", "r1", "--cidr", "203.0.113.0/99"], &cluster.nodes[2]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let listed = cli(&["regions", "list"], &cluster.nodes[0]);
+    let listed = cli(&["regions", "list", "-o", "json"], &cluster.nodes[0]);
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(listed["r1"]["weight"], 2);
-    assert_eq!(listed["r1"]["client_cidrs"][0], "203.0.113.0/24");
+    assert_eq!(listed["regions"][0]["name"], "r1", "{listed}");
+    assert_eq!(listed["regions"][0]["weight"], 2);
+    assert_eq!(listed["regions"][0]["client_cidrs"][0], "203.0.113.0/24");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,7 +493,7 @@ async fn api_keys_and_a_usage_plan_quota_hold_across_the_cluster() {
     }
 
     // A key: its value is shown once; without a plan it opens nothing.
-    let out = cli(&["keys", "create", "--name", "partner-a"], &cluster.nodes[1]);
+    let out = cli(&["keys", "create", "--name", "partner-a", "-o", "json"], &cluster.nodes[1]);
     assert!(out.status.success(), "{out:?}");
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let value = created["value"].as_str().unwrap().to_string();
@@ -560,12 +563,12 @@ async fn api_keys_and_a_usage_plan_quota_hold_across_the_cluster() {
     }
 
     // The usage report counts the 12 admitted requests today, as JSON and CSV.
-    let report = cli(&["usage", "--plan", "gold", "--key", "partner-a", "--format", "json"], &cluster.nodes[1]);
+    let report = cli(&["usage", "--plan", "gold", "--key", "partner-a", "-o", "json"], &cluster.nodes[1]);
     assert!(report.status.success(), "{report:?}");
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
     assert_eq!(report["keys"][0]["total"], 12, "{report}");
     assert_eq!(report["keys"][0]["quota"]["remaining"], 0, "{report}");
-    let csv = cli(&["usage", "--plan", "gold", "--format", "csv"], &cluster.nodes[2]);
+    let csv = cli(&["usage", "--plan", "gold", "--csv"], &cluster.nodes[2]);
     let csv = String::from_utf8_lossy(&csv.stdout).into_owned();
     assert!(
         csv.starts_with("key_id,key_name,date,requests\n") && csv.contains(",partner-a,") && csv.contains(",12\n"),
@@ -780,4 +783,150 @@ fn a_node_that_leaves_stops_is_forgotten_and_can_join_again() {
         .run(&["cluster", "join", "--region", "r3", "--peer", &peer, "--token", &token], &[])
         .unwrap_or_else(|e| panic!("joining again from the same folder: {e}"));
     cluster.wait_for(|s| s["members"].as_array().is_some_and(|m| m.len() == 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_over_a_round_trip_raft_cannot_carry_names_the_setting() {
+    let b = base(12);
+    let first_ip = format!("127.{b}.1");
+    let first = tokio::task::spawn_blocking(move || {
+        NodeProcess::launch(new_dir(), &node_config(&first_ip), &["cluster", "init", "--region", "r1"], &[])
+            .unwrap_or_else(|e| panic!("init: {e}"))
+    })
+    .await
+    .unwrap();
+    let token = std::fs::read_to_string(first.dir().join("ready.token")).unwrap();
+    // 300 ms each way: a 600 ms round trip, over the 400 ms the defaults carry.
+    let rpc: SocketAddr = format!("127.{b}.1:7001").parse().unwrap();
+    let far =
+        meridian_chaos::fault_proxy::FaultProxy::start(format!("127.{b}.9:0").parse().unwrap(), rpc).await.unwrap();
+    far.faults.to_upstream.set_delay(Duration::from_millis(300), Duration::ZERO);
+    far.faults.to_client.set_delay(Duration::from_millis(300), Duration::ZERO);
+    let dir = new_dir();
+    std::fs::write(dir.path().join("gateway.yaml"), node_config(&format!("127.{b}.2"))).unwrap();
+    let out = tokio::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["cluster", "join", "--region", "r2", "--config", "gateway.yaml", "--token", token.trim()])
+        .args(["--peer", &far.addr.to_string()])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("round trip") && said.contains("set `cluster.heartbeat` to at least 2"), "{said}");
+    assert!(!dir.path().join("data/node.json").exists(), "a refused join leaves nothing behind");
+    drop(first);
+}
+
+/// Runs a CLI command that must succeed and prints JSON; returns the document.
+fn json_of(args: &[&str], node: &NodeProcess) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = cli(&all, node);
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out:?}"))
+}
+
+fn said(args: &[&str], node: &NodeProcess) -> String {
+    let out = cli(args, node);
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_cli_lists_shows_and_scripts_everything_and_apply_is_idempotent() {
+    let ip = format!("127.{}.1", base(13));
+    let node = NodeProcess::launch(new_dir(), &node_config(&ip), &["cluster", "init", "--region", "r1"], &[])
+        .unwrap_or_else(|e| panic!("init: {e}"));
+    let dir = node.dir().to_path_buf();
+    let file = definition(&dir, "v1");
+    let file = file.to_str().unwrap();
+    let applied = said(&["apply", "-f", file, "--stage", "prod"], &node);
+    assert!(applied.starts_with("stage prod of pets now serves deployment 1"), "{applied}");
+
+    // The same API with a comment, other quoting and another key order: nothing to apply,
+    // and `diff` agrees.
+    let same = dir.join("same.yaml");
+    std::fs::write(
+        &same,
+        "# the pets API\napis:\n  - routes:\n      - integration: { body: v1, type: \"mock\" }\n        route: GET /version\n    id: pets\n",
+    )
+    .unwrap();
+    let same = same.to_str().unwrap();
+    let again = said(&["apply", "-f", same, "--stage", "prod"], &node);
+    assert!(
+        again.starts_with("nothing to apply: stage prod of pets already serves this definition (deployment 1"),
+        "{again}"
+    );
+    assert_eq!(said(&["diff", "-f", same, "--stage", "prod"], &node), "no changes\n");
+    let deployments = json_of(&["deployments", "list", "pets"], &node);
+    assert_eq!(deployments["deployments"].as_array().unwrap().len(), 1, "{deployments}");
+    let first = &deployments["deployments"][0];
+    let created = first["created_at"].as_str().unwrap();
+    assert!(created.len() == 24 && created.starts_with("20") && created.ends_with('Z'), "{created}");
+    assert!(!first["created_by"].as_str().unwrap().is_empty());
+    let shown = json_of(&["deployments", "show", "pets", "1"], &node);
+    assert!(shown["definition"].as_str().unwrap().contains("GET /version"));
+
+    // A section `apply` does not take is refused, not dropped.
+    let with_domains = dir.join("with-domains.yaml");
+    std::fs::write(&with_domains, format!("{}domains:\n  - name: a.test\n", std::fs::read_to_string(file).unwrap()))
+        .unwrap();
+    let out = cli(&["apply", "-f", with_domains.to_str().unwrap(), "--stage", "prod"], &node);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("domains") && err.contains("not applied"), "{err}");
+
+    // Writes say what happened; one that changes nothing says so and keeps the revision.
+    assert!(said(&["regions", "put", "r1", "--weight", "2"], &node).starts_with("region r1 saved (revision"));
+    let unchanged = said(&["regions", "put", "r1", "--weight", "2"], &node);
+    assert!(unchanged.starts_with("nothing to change: region r1 saved already"), "{unchanged}");
+    let unset = said(&["stage", "set-var", "pets", "prod", "--unset", "never-set"], &node);
+    assert!(unset.starts_with("nothing to change"), "{unset}");
+    let nothing = cli(&["stage", "set-var", "pets", "prod"], &node);
+    assert!(!nothing.status.success(), "{nothing:?}");
+
+    // Every kind can be listed and shown, as text and as JSON or YAML for scripts.
+    json_of(&["keys", "create", "--name", "partner"], &node);
+    json_of(&["plans", "create", "--name", "gold", "--rate", "5"], &node);
+    json_of(&["plans", "attach", "gold", "--api", "pets", "--stage", "prod"], &node);
+    json_of(&["plans", "add-key", "gold", "partner"], &node);
+    json_of(&["domains", "put", "api.example.test", "--map", "/=pets:prod"], &node);
+    let zone = dir.join("zone.yaml");
+    std::fs::write(&zone, "zone: example.test\nrouted: [api]\n").unwrap();
+    json_of(&["dns", "zones", "put", zone.to_str().unwrap()], &node);
+    let reads: [&[&str]; 16] = [
+        &["cluster", "status"],
+        &["apis", "list"],
+        &["apis", "show", "pets"],
+        &["stage", "list", "pets"],
+        &["stage", "show", "pets", "prod"],
+        &["deployments", "list", "pets"],
+        &["keys", "list"],
+        &["keys", "show", "partner"],
+        &["plans", "list"],
+        &["plans", "show", "gold"],
+        &["domains", "list"],
+        &["domains", "show", "api.example.test"],
+        &["regions", "list"],
+        &["regions", "show", "r1"],
+        &["dns", "zones", "list"],
+        &["dns", "zones", "show", "example.test"],
+    ];
+    for read in reads {
+        let document = json_of(read, &node);
+        assert!(document.is_object(), "{read:?}: {document}");
+        let mut yaml = read.to_vec();
+        yaml.extend(["-o", "yaml"]);
+        let text = said(&yaml, &node);
+        assert!(!text.trim().is_empty() && !text.trim_start().starts_with('{'), "{read:?} as YAML: {text}");
+        assert!(!said(read, &node).trim().is_empty(), "{read:?} as text printed nothing");
+    }
+    let key = json_of(&["keys", "show", "partner"], &node);
+    assert_eq!(key["plans"][0], "gold");
+    let plans = said(&["plans", "list"], &node);
+    assert!(plans.starts_with("PLAN") && plans.contains("gold") && plans.contains("pets/prod"), "{plans}");
+    // A missing thing is one line on stderr, exit 1.
+    let out = cli(&["plans", "show", "silver"], &node);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "meridian: no usage plan `silver`\n");
 }

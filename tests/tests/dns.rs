@@ -185,7 +185,7 @@ fn one_cut_off_observer_cannot_take_a_region_down() {
         return;
     }
     let explain = || {
-        let out = cli(&["dns", "explain", "api.example.test", "--client", "192.0.2.1", "--json"], &nodes[0]);
+        let out = cli(&["dns", "explain", "api.example.test", "--client", "192.0.2.1", "-o", "json"], &nodes[0]);
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
     };
     let seen_down = std::panic::catch_unwind(|| {
@@ -323,7 +323,7 @@ fn explain_agrees_with_the_answers(nodes: &[NodeProcess]) {
     for node in nodes {
         let dns = node.dns.unwrap();
         for client in &clients {
-            let out = cli(&["dns", "explain", "api.example.test", "--client", client, "--json"], node);
+            let out = cli(&["dns", "explain", "api.example.test", "--client", client, "-o", "json"], node);
             assert!(out.status.success(), "{out:?}");
             let explained: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             let mut said: Vec<String> =

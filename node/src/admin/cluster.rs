@@ -5,8 +5,9 @@
 //! | `GET /v1/cluster` | this node's view: leader, term, members, roles, lag, revision |
 //! | `POST /v1/cluster/leave` | removes this node from the cluster |
 //! | `POST /v1/cluster/promote?node=ID` | makes a learner a voter |
-//! | `GET /v1/apis/{api}/deployments` | the API's deployments and which stages use them |
-//! | `POST /v1/apis/{api}/deployments?stage=S&description=D` | body: the definition (YAML); validates it, stores a deployment, points the stage at it |
+//! | `GET /v1/apis`, `GET /v1/apis/{api}`, `GET /v1/apis/{api}/stages` | APIs with their stages |
+//! | `GET /v1/apis/{api}/deployments` | the API's deployments: when, by whom, which stages use them |
+//! | `POST /v1/apis/{api}/deployments?stage=S&description=D` | body: the definition (YAML); validates it, stores a deployment, points the stage at it (unless the stage already serves the same definition) |
 //! | `GET /v1/apis/{api}/deployments/{id}` | one deployment, with its definition |
 //! | `GET /v1/apis/{api}/stages/{stage}` | the stage: deployment, variables, canary |
 //! | `POST /v1/apis/{api}/stages/{stage}/variables` | body: `{"set": {...}, "unset": [...]}` |
@@ -21,6 +22,10 @@
 //! | `GET /v1/plans`, `PUT /v1/plans/{plan}` (`{"rate", "burst", "quota": "10000/month"}`) | usage plans |
 //! | `POST /v1/plans/{plan}/attach` (`{"api", "stage", "route"?, "rate"?, "burst"?}`), `POST /v1/plans/{plan}/keys` (`{"key"}`) | coverage and keys |
 //!
+//! Every kind also has a show endpoint (`GET /v1/keys/{key}`, `/v1/plans/{plan}`,
+//! `/v1/domains/{name}`, `/v1/regions/{name}`, `/v1/dns/zones/{name}`) answering the same
+//! shape as its list's items (`views.rs`).
+//!
 //! Writes accept `If-Match: <revision>` and fail with 412 when the configuration moved on;
 //! every answer carries the revision in `ETag`.
 
@@ -32,11 +37,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use meridian_consensus::{
-    ApiKeyRecord, Canary, CommandOutcome, ConfigCommand, DomainRecord, MappingRecord, PlanRate, Proposal, QuotaPeriod,
-    RegionRecord, Rejection, ZoneRecord,
+    ApiKeyRecord, ApiRecord, Canary, CommandOutcome, ConfigCommand, DomainRecord, MappingRecord, PlanRate, Proposal,
+    QuotaPeriod, RegionRecord, Rejection, ZoneRecord,
 };
 
-use super::{json, message};
+use super::{json, message, views};
 use crate::cluster::member::{ClusterError, ClusterMember};
 use crate::cluster::pki::sha256_hex;
 use crate::config::{base_path, valid_host, validate_definition};
@@ -170,20 +175,29 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 Err(e) => message(StatusCode::CONFLICT, &e.to_string()),
             }
         }
+        (&Method::GET, ["v1", "apis"]) => {
+            let applied = member.applied.read().await;
+            let list: Vec<_> = applied.config.apis.iter().map(|(id, record)| views::api(id, record)).collect();
+            with_etag(json(StatusCode::OK, serde_json::json!({ "apis": list }).to_string()), applied.config.revision)
+        }
+        (&Method::GET, ["v1", "apis", api]) => {
+            let applied = member.applied.read().await;
+            let record = api_record(&applied.config, api)?;
+            with_etag(json(StatusCode::OK, views::api(api, record).to_string()), applied.config.revision)
+        }
+        (&Method::GET, ["v1", "apis", api, "stages"]) => {
+            let applied = member.applied.read().await;
+            let record = api_record(&applied.config, api)?;
+            let list: Vec<_> = record.stages.iter().map(|(name, s)| views::stage(api, name, s)).collect();
+            with_etag(
+                json(StatusCode::OK, serde_json::json!({ "api": api, "stages": list }).to_string()),
+                applied.config.revision,
+            )
+        }
         (&Method::GET, ["v1", "apis", api, "deployments"]) => {
             let applied = member.applied.read().await;
-            let Some(record) = applied.config.apis.get(*api) else {
-                return Err(Refusal::new(StatusCode::NOT_FOUND, format!("no API `{api}`")));
-            };
-            let list: Vec<_> = record
-                .deployments
-                .values()
-                .map(|d| {
-                    let stages: Vec<&String> =
-                        record.stages.iter().filter(|(_, s)| s.deployment == d.id).map(|(n, _)| n).collect();
-                    serde_json::json!({ "id": d.id, "description": d.description, "created_at_ms": d.created_at_ms, "stages": stages })
-                })
-                .collect();
+            let record = api_record(&applied.config, api)?;
+            let list: Vec<_> = record.deployments.values().map(|d| views::deployment(api, record, d, false)).collect();
             with_etag(
                 json(StatusCode::OK, serde_json::json!({ "api": api, "deployments": list }).to_string()),
                 applied.config.revision,
@@ -191,21 +205,13 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
         }
         (&Method::GET, ["v1", "apis", api, "deployments", id]) => {
             let applied = member.applied.read().await;
+            let record = api_record(&applied.config, api)?;
             let deployment =
-                id.parse::<u64>().ok().and_then(|id| applied.config.apis.get(*api)?.deployments.get(&id)).ok_or_else(
-                    || Refusal::new(StatusCode::NOT_FOUND, format!("API `{api}` has no deployment {id}")),
-                )?;
+                id.parse::<u64>().ok().and_then(|id| record.deployments.get(&id)).ok_or_else(|| {
+                    Refusal::new(StatusCode::NOT_FOUND, format!("API `{api}` has no deployment {id}"))
+                })?;
             with_etag(
-                json(
-                    StatusCode::OK,
-                    serde_json::json!({
-                        "id": deployment.id,
-                        "description": deployment.description,
-                        "created_at_ms": deployment.created_at_ms,
-                        "definition": deployment.definition,
-                    })
-                    .to_string(),
-                ),
+                json(StatusCode::OK, views::deployment(api, record, deployment, true).to_string()),
                 applied.config.revision,
             )
         }
@@ -216,6 +222,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
             };
             let description = query_value(query.as_deref(), "description").unwrap_or_default();
             let expected = expected_revision(&request)?;
+            let actor = actor(&request);
             let text = body_text(request).await?;
             let current_vars = member
                 .applied
@@ -247,16 +254,17 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                     format!("the definition is for API `{}`, not `{api}`", definition.id),
                 ));
             }
-            let created_at_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let file_variables = definition.stage_variables.get(&stage).cloned().unwrap_or_default();
+            if let Some(current) = already_served(&member, &api, &stage, &definition.text, &file_variables).await {
+                return Ok(current);
+            }
             let command = ConfigCommand::Deploy {
                 api,
                 definition: definition.text,
                 description,
-                created_at_ms,
-                stage_variables: definition.stage_variables.get(&stage).cloned().unwrap_or_default(),
+                created_at_ms: crate::observe::time::unix_ms(),
+                created_by: actor,
+                stage_variables: file_variables,
                 stage: Some(stage),
             };
             outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
@@ -264,7 +272,9 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
         (&Method::GET, ["v1", "apis", api, "stages", stage]) => {
             let applied = member.applied.read().await;
             match applied.config.apis.get(*api).and_then(|a| a.stages.get(*stage)) {
-                Some(s) => with_etag(json(StatusCode::OK, serde_json::json!({"api": api, "stage": stage, "deployment": s.deployment, "variables": s.variables, "canary": s.canary.as_ref().map(|c| serde_json::json!({"deployment": c.deployment, "percent": c.basis_points as f64 / 100.0, "variables": c.variables}))}).to_string()), applied.config.revision),
+                Some(s) => {
+                    with_etag(json(StatusCode::OK, views::stage(api, stage, s).to_string()), applied.config.revision)
+                }
                 None => message(StatusCode::NOT_FOUND, &format!("API `{api}` has no stage `{stage}`")),
             }
         }
@@ -358,20 +368,18 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
         }
         (&Method::GET, ["v1", "domains"]) => {
             let applied = member.applied.read().await;
-            let list: serde_json::Map<String, serde_json::Value> = applied
+            let list: Vec<_> = applied.config.domains.iter().map(|(name, d)| views::domain(name, d)).collect();
+            with_etag(json(StatusCode::OK, serde_json::json!({ "domains": list }).to_string()), applied.config.revision)
+        }
+        (&Method::GET, ["v1", "domains", name]) => {
+            let applied = member.applied.read().await;
+            let name = name.to_ascii_lowercase();
+            let d = applied
                 .config
                 .domains
-                .iter()
-                .map(|(name, d)| {
-                    let mappings: Vec<_> = d
-                        .mappings
-                        .iter()
-                        .map(|m| serde_json::json!({"base_path": m.base_path, "api": m.api, "stage": m.stage}))
-                        .collect();
-                    (name.clone(), serde_json::json!({"tls": d.certificate_pem.is_some(), "mappings": mappings}))
-                })
-                .collect();
-            with_etag(json(StatusCode::OK, serde_json::Value::Object(list).to_string()), applied.config.revision)
+                .get(&name)
+                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no domain `{name}`")))?;
+            with_etag(json(StatusCode::OK, views::domain(&name, d).to_string()), applied.config.revision)
         }
         (&Method::PUT, ["v1", "domains", name]) => {
             let name = name.to_ascii_lowercase();
@@ -389,15 +397,17 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
         }
         (&Method::GET, ["v1", "regions"]) => {
             let applied = member.applied.read().await;
-            let list: serde_json::Map<String, serde_json::Value> = applied
+            let list: Vec<_> = applied.config.regions.iter().map(|(name, r)| views::region(name, r)).collect();
+            with_etag(json(StatusCode::OK, serde_json::json!({ "regions": list }).to_string()), applied.config.revision)
+        }
+        (&Method::GET, ["v1", "regions", name]) => {
+            let applied = member.applied.read().await;
+            let r = applied
                 .config
                 .regions
-                .iter()
-                .map(|(name, r)| {
-                    (name.clone(), serde_json::json!({"weight": r.weight, "client_cidrs": r.client_cidrs}))
-                })
-                .collect();
-            with_etag(json(StatusCode::OK, serde_json::Value::Object(list).to_string()), applied.config.revision)
+                .get(*name)
+                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no region `{name}`")))?;
+            with_etag(json(StatusCode::OK, views::region(name, r).to_string()), applied.config.revision)
         }
         (&Method::PUT, ["v1", "regions", name]) => {
             let name = name.to_string();
@@ -415,13 +425,18 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
         }
         (&Method::GET, ["v1", "dns", "zones"]) => {
             let applied = member.applied.read().await;
-            let list: serde_json::Map<String, serde_json::Value> = applied
+            let list: Vec<_> = applied.config.zones.iter().map(|(name, z)| views::zone(name, z)).collect();
+            with_etag(json(StatusCode::OK, serde_json::json!({ "zones": list }).to_string()), applied.config.revision)
+        }
+        (&Method::GET, ["v1", "dns", "zones", name]) => {
+            let applied = member.applied.read().await;
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            let z = applied
                 .config
                 .zones
-                .iter()
-                .map(|(name, z)| (name.clone(), serde_json::Value::String(z.definition.clone())))
-                .collect();
-            with_etag(json(StatusCode::OK, serde_json::Value::Object(list).to_string()), applied.config.revision)
+                .get(&name)
+                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no DNS zone `{name}`")))?;
+            with_etag(json(StatusCode::OK, views::zone(&name, z).to_string()), applied.config.revision)
         }
         (&Method::PUT, ["v1", "dns", "zones", name]) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -454,17 +469,17 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
         }
         (&Method::GET, ["v1", "keys"]) => {
             let applied = member.applied.read().await;
-            let list: Vec<_> = applied
-                .config
-                .keys
-                .iter()
-                .map(|(id, k)| {
-                    let plans: Vec<&String> =
-                        applied.config.plans.iter().filter(|(_, p)| p.keys.contains(id)).map(|(n, _)| n).collect();
-                    serde_json::json!({"id": id, "name": k.name, "enabled": k.enabled, "created_at_ms": k.created_at_ms, "plans": plans})
-                })
-                .collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "keys": list }).to_string()), applied.config.revision)
+            let config = &applied.config;
+            let list: Vec<_> = config.keys.iter().map(|(id, k)| views::key(config, id, k)).collect();
+            with_etag(json(StatusCode::OK, serde_json::json!({ "keys": list }).to_string()), config.revision)
+        }
+        (&Method::GET, ["v1", "keys", key]) => {
+            let id = key_id(&member, key).await?;
+            let applied = member.applied.read().await;
+            let config = &applied.config;
+            let k =
+                config.keys.get(&id).ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no key `{key}`")))?;
+            with_etag(json(StatusCode::OK, views::key(config, &id, k).to_string()), config.revision)
         }
         (&Method::POST, ["v1", "keys"]) => {
             let text = body_text(request).await?;
@@ -488,7 +503,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 name: body.name.clone(),
                 value_sha256: sha256_hex(value.as_bytes()),
                 enabled: true,
-                created_at_ms: now_ms(),
+                created_at_ms: crate::observe::time::unix_ms(),
             };
             let outcome = member
                 .propose(Proposal {
@@ -522,38 +537,17 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
         }
         (&Method::GET, ["v1", "plans"]) => {
             let applied = member.applied.read().await;
-            let list: serde_json::Map<String, serde_json::Value> = applied
+            let list: Vec<_> = applied.config.plans.iter().map(|(name, p)| views::plan(name, p)).collect();
+            with_etag(json(StatusCode::OK, serde_json::json!({ "plans": list }).to_string()), applied.config.revision)
+        }
+        (&Method::GET, ["v1", "plans", plan]) => {
+            let applied = member.applied.read().await;
+            let p = applied
                 .config
                 .plans
-                .iter()
-                .map(|(name, p)| {
-                    let stages: Vec<_> = p
-                        .stages
-                        .iter()
-                        .map(|((api, stage), routes)| {
-                            let routes: serde_json::Map<String, serde_json::Value> = routes
-                                .iter()
-                                .map(|(r, rate)| {
-                                    (r.clone(), serde_json::json!({"rate": rate.per_second, "burst": rate.burst}))
-                                })
-                                .collect();
-                            serde_json::json!({"api": api, "stage": stage, "routes": routes})
-                        })
-                        .collect();
-                    let quota = p.quota.map(|(l, period)| format!("{l}/{}", period_name(period)));
-                    (
-                        name.clone(),
-                        serde_json::json!({
-                            "rate": p.rate.map(|r| r.per_second),
-                            "burst": p.rate.map(|r| r.burst),
-                            "quota": quota,
-                            "stages": stages,
-                            "keys": p.keys,
-                        }),
-                    )
-                })
-                .collect();
-            with_etag(json(StatusCode::OK, serde_json::Value::Object(list).to_string()), applied.config.revision)
+                .get(*plan)
+                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no usage plan `{plan}`")))?;
+            with_etag(json(StatusCode::OK, views::plan(plan, p).to_string()), applied.config.revision)
         }
         (&Method::PUT, ["v1", "plans", plan]) => {
             let plan = plan.to_string();
@@ -678,7 +672,51 @@ async fn usage(member: &ClusterMember, query: Option<&str>) -> Result<Response<F
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    crate::observe::time::unix_ms()
+}
+
+fn api_record<'c>(config: &'c meridian_consensus::ConfigState, api: &str) -> Result<&'c ApiRecord, Refusal> {
+    config.apis.get(api).ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no API `{api}`")))
+}
+
+/// Who is making a change, as the client says (`x-meridian-actor`, which the CLI sets to
+/// `user@host`); printable ASCII, at most 128 characters.
+fn actor(request: &Request<Incoming>) -> String {
+    request
+        .headers()
+        .get("x-meridian-actor")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .unwrap_or("admin API")
+        .to_string()
+}
+
+/// When `stage` of `api` already serves `definition` (the same API, compared as parsed
+/// documents: comments, layout and key order do not count) and has every variable of
+/// `file_variables`, the answer that says so; `apply` then creates no deployment.
+async fn already_served(
+    member: &ClusterMember,
+    api: &str,
+    stage: &str,
+    definition: &str,
+    file_variables: &BTreeMap<String, String>,
+) -> Option<Response<Full<Bytes>>> {
+    let applied = member.applied.read().await;
+    let record = applied.config.apis.get(api)?;
+    let current = record.stages.get(stage)?;
+    let served = record.deployments.get(&current.deployment)?;
+    let same_variables = file_variables.iter().all(|(k, v)| current.variables.get(k) == Some(v));
+    if !same_variables || !crate::config::same_definition(&served.definition, definition) {
+        return None;
+    }
+    let revision = applied.config.revision;
+    let body = serde_json::json!({
+        "revision": revision,
+        "changed": false,
+        "created": null,
+        "deployment": current.deployment,
+    });
+    Some(with_etag(json(StatusCode::OK, body.to_string()), revision))
 }
 
 fn random_token() -> Result<String, Refusal> {
@@ -709,14 +747,6 @@ fn shown_once(outcome: Result<CommandOutcome, ClusterError>, shown: serde_json::
             with_etag(json(StatusCode::OK, body.to_string()), revision)
         }
         other => outcome_response(other),
-    }
-}
-
-fn period_name(p: QuotaPeriod) -> &'static str {
-    match p {
-        QuotaPeriod::Day => "day",
-        QuotaPeriod::Week => "week",
-        QuotaPeriod::Month => "month",
     }
 }
 

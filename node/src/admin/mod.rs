@@ -9,6 +9,7 @@
 pub mod client;
 mod cluster;
 mod spec;
+mod views;
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -278,6 +279,9 @@ mod tests {
             "/v1/cluster",
             "/v1/cluster/leave",
             "/v1/cluster/promote",
+            "/v1/apis",
+            "/v1/apis/{api}",
+            "/v1/apis/{api}/stages",
             "/v1/apis/{api}/deployments",
             "/v1/apis/{api}/deployments/{id}",
             "/v1/apis/{api}/stages/{stage}",
@@ -303,7 +307,7 @@ mod tests {
         ] {
             assert!(paths.iter().any(|p| *p == route), "{route} is not documented");
         }
-        assert_eq!(paths.len(), 30, "a documented path is not served");
+        assert_eq!(paths.len(), 33, "a documented path is not served");
     }
 
     #[test]

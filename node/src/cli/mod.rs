@@ -7,18 +7,27 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+mod access;
+mod apis;
 mod chaos;
 mod cluster;
 mod demo;
+mod dns;
+mod domains;
+mod output;
+mod target;
 
 use crate::admin::client;
 use crate::config::load_file;
 use crate::gateway::node::{ConfigSource, Node};
 
-pub use cluster::{
-    AdminTarget, CanaryCommand, ClusterCommand, DnsCommand, DomainCommand, KeyCommand, PlanCommand, RegionCommand,
-    StageCommand,
-};
+pub use access::{KeyCommand, PlanCommand};
+pub use apis::{ApisCommand, CanaryCommand, DeploymentsCommand, StageCommand};
+pub use cluster::ClusterCommand;
+pub use dns::{DnsCommand, RegionCommand, ZoneCommand};
+pub use domains::DomainCommand;
+pub use output::Output;
+pub use target::AdminTarget;
 
 /// Meridian: a multi-region API gateway.
 #[derive(Debug, Parser)]
@@ -67,13 +76,16 @@ pub enum Command {
     /// Create, join, leave or inspect a cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Deploy an API definition to a stage of the cluster (validated first).
+    /// Deploy an API definition to a stage of the cluster (validated first; an unchanged
+    /// definition creates no deployment).
     Apply {
-        /// A configuration file holding one API.
+        /// A file holding one API definition (`apis:` with one entry).
         #[arg(long, short = 'f')]
         file: PathBuf,
+        /// The stage to deploy it to (created if it does not exist).
         #[arg(long)]
         stage: String,
+        /// What this deployment is, shown in `deployments list`.
         #[arg(long, default_value = "")]
         description: String,
         /// Only apply if the cluster is still at this revision.
@@ -82,25 +94,24 @@ pub enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
-    /// Show what `apply` would change on a stage, without changing anything.
+    /// Show what `apply` would change on a stage (exit 1 if anything), without changing it.
     Diff {
+        /// A file holding one API definition.
         #[arg(long, short = 'f')]
         file: PathBuf,
+        /// The stage to compare with.
         #[arg(long)]
         stage: String,
         #[command(flatten)]
         target: AdminTarget,
     },
-    /// List an API's deployments.
-    Deployments {
-        /// `list`
-        #[arg(value_parser = ["list"])]
-        action: String,
-        api: String,
-        #[command(flatten)]
-        target: AdminTarget,
-    },
-    /// Show a stage, set its variables, or roll it back.
+    /// List and show the cluster's APIs.
+    #[command(subcommand)]
+    Apis(ApisCommand),
+    /// List an API's deployments, or show one with its definition.
+    #[command(subcommand)]
+    Deployments(DeploymentsCommand),
+    /// List and show stages, set their variables, roll them back.
     #[command(subcommand)]
     Stage(StageCommand),
     /// Send a share of a stage's requests to another deployment, promote it, or clear it.
@@ -126,6 +137,7 @@ pub enum Command {
     Plans(PlanCommand),
     /// Each key's daily usage and remaining quota under a plan, as the cluster counts them.
     Usage {
+        /// The usage plan.
         #[arg(long)]
         plan: String,
         /// One key (id or name); all of the plan's keys by default.
@@ -137,8 +149,9 @@ pub enum Command {
         /// Last day, `YYYY-MM-DD` (default: today).
         #[arg(long)]
         to: Option<String>,
-        #[arg(long, value_parser = ["table", "json", "csv"], default_value = "table")]
-        format: String,
+        /// One line per key and day, as CSV.
+        #[arg(long, conflicts_with = "output")]
+        csv: bool,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -264,21 +277,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Cluster(command) => cluster::run(command).await,
         Command::Apply { file, stage, description, if_revision, target } => {
-            cluster::apply(&file, &stage, &description, if_revision, &target).await
+            apis::apply(&file, &stage, &description, if_revision, &target).await
         }
-        Command::Deployments { api, target, .. } => cluster::deployments(&api, &target).await,
-        Command::Diff { file, stage, target } => cluster::diff(&file, &stage, &target).await,
-        Command::Stage(command) => cluster::stage(command).await,
-        Command::Canary(command) => cluster::canary(command).await,
-        Command::Domains(command) => cluster::domains(command).await,
-        Command::Regions(command) => cluster::regions(command).await,
-        Command::Dns(command) => cluster::dns(command).await,
+        Command::Diff { file, stage, target } => apis::diff(&file, &stage, &target).await,
+        Command::Apis(command) => apis::apis(command).await,
+        Command::Deployments(command) => apis::deployments(command).await,
+        Command::Stage(command) => apis::stage(command).await,
+        Command::Canary(command) => apis::canary(command).await,
+        Command::Domains(command) => domains::domains(command).await,
+        Command::Regions(command) => dns::regions(command).await,
+        Command::Dns(command) => dns::dns(command).await,
         Command::Chaos(command) => chaos::run_command(command).await,
-        Command::Keys(command) => cluster::keys(command).await,
-        Command::Usage { plan, key, from, to, format, target } => {
-            cluster::usage(&plan, key.as_deref(), from.as_deref(), to.as_deref(), &format, &target).await
+        Command::Keys(command) => access::keys(command).await,
+        Command::Usage { plan, key, from, to, csv, target } => {
+            access::usage(&plan, key.as_deref(), from.as_deref(), to.as_deref(), csv, &target).await
         }
-        Command::Plans(command) => cluster::plans(command).await,
+        Command::Plans(command) => access::plans(command).await,
         Command::Demo { subnet, .. } => demo::run(subnet).await,
     }
 }

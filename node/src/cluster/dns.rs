@@ -169,7 +169,7 @@ impl DnsService {
         let mut tick = tokio::time::interval(PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let source = self.member.me.rpc_addr.parse::<SocketAddr>().ok().map(|a| a.ip());
-        let heartbeat_us = self.member.raft.config().heartbeat_interval.saturating_mul(1000);
+        let carried_us = super::member::carried_round_trip(self.member.heartbeat).as_micros() as u64;
         let warned_at: Arc<Mutex<Option<Instant>>> = Arc::default();
         loop {
             tick.tick().await;
@@ -196,7 +196,7 @@ impl DnsService {
                 tokio::spawn(async move {
                     let result = probe(addr, source).await;
                     if let Some(rtt) = result {
-                        service.warn_if_slow(id, rtt, heartbeat_us, &warned_at);
+                        service.warn_if_slow(id, rtt, carried_us, &warned_at);
                     }
                     let mut probes = service.probes.lock().unwrap_or_else(|p| p.into_inner());
                     let state = probes.entry(id).or_default();
@@ -213,10 +213,10 @@ impl DnsService {
         }
     }
 
-    /// Raft gives each replication request one heartbeat: a round trip longer than that
-    /// means writes to that node time out. Says so, once a minute.
-    fn warn_if_slow(&self, node: NodeId, rtt_us: u32, heartbeat_us: u64, warned_at: &Mutex<Option<Instant>>) {
-        if u64::from(rtt_us) <= heartbeat_us {
+    /// A round trip longer than Raft's replication allows means writes to that node time
+    /// out. Says so (naming the setting), once a minute.
+    fn warn_if_slow(&self, node: NodeId, rtt_us: u32, carried_us: u64, warned_at: &Mutex<Option<Instant>>) {
+        if u64::from(rtt_us) <= carried_us {
             return;
         }
         let mut warned = warned_at.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,8 +225,9 @@ impl DnsService {
             tracing::warn!(
                 node,
                 round_trip_ms = rtt_us / 1000,
-                heartbeat_ms = heartbeat_us / 1000,
-                "the round trip to a peer exceeds cluster.heartbeat: Raft replication to it will time out; raise cluster.heartbeat"
+                carried_ms = carried_us / 1000,
+                heartbeat_ms = self.member.heartbeat.as_millis() as u64,
+                "the round trip to a peer exceeds what Raft replication allows (3 x cluster.heartbeat, at least 500 ms, less a margin): writes to it will time out; raise cluster.heartbeat on every member"
             );
         }
     }

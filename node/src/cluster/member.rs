@@ -90,20 +90,38 @@ pub struct ClusterMember {
     dns: std::sync::OnceLock<Arc<super::dns::DnsService>>,
     /// Set once this node's removal from the cluster has committed: the process then ends.
     left: tokio::sync::watch::Sender<bool>,
+    /// How often a leader sends heartbeats (`cluster.heartbeat`).
+    pub heartbeat: Duration,
 }
 
+/// How long a replication request may take, from `cluster.heartbeat`: three heartbeats, and
+/// never less than 500 ms, so that the round trips of a real WAN (80 ms across a continent,
+/// 200-300 ms around the world) fit on default settings.
+pub fn replication_timeout(heartbeat: Duration) -> Duration {
+    (heartbeat * 3).max(Duration::from_millis(500))
+}
+
+/// The largest round trip between voters that `heartbeat` carries: what replication allows,
+/// less a margin for the request's own work.
+pub fn carried_round_trip(heartbeat: Duration) -> Duration {
+    replication_timeout(heartbeat) * 4 / 5
+}
+
+/// Raft's timing. openraft gives every AppendEntries one `heartbeat_interval` to complete
+/// (and sends heartbeats at that interval), so its interval is the replication timeout,
+/// which must exceed the longest round trip between voters. The heartbeats that keep
+/// followers from electing are sent separately every `heartbeat`
+/// ([`ClusterMember::spawn_heartbeats`]), so elections need not wait for the long timeout: a
+/// follower calls an election after the replication timeout plus one to three heartbeats
+/// without word (0.65-0.95 s on defaults), and a vote request gets that long too.
 fn raft_config(snapshot_after_logs: u64, heartbeat: Duration) -> Result<Arc<openraft::Config>, ClusterError> {
-    // openraft gives every AppendEntries one heartbeat interval to complete, so the interval
-    // must exceed the longest round trip between voters (the chaos suite's flaky-wan scenario
-    // showed that at 150 ms nothing commits over a 200 ms WAN). An election starts after
-    // 3.3-6 heartbeats of silence (500-900 ms at the default 150 ms); openraft's leader lease
-    // equals the maximum, so a dead leader is replaced within about 2 × 6 heartbeats.
+    let replication = replication_timeout(heartbeat).as_millis() as u64;
     let heartbeat = heartbeat.as_millis() as u64;
     let config = openraft::Config {
         cluster_name: "meridian".into(),
-        heartbeat_interval: heartbeat,
-        election_timeout_min: heartbeat * 10 / 3,
-        election_timeout_max: heartbeat * 6,
+        heartbeat_interval: replication,
+        election_timeout_min: replication + heartbeat,
+        election_timeout_max: replication + 3 * heartbeat,
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_after_logs),
         max_in_snapshot_log_to_keep: snapshot_after_logs / 5,
@@ -149,6 +167,26 @@ fn load_identity(data_dir: &Path) -> Result<NodeIdentity, ClusterError> {
         std::fs::read_to_string(dir.join(name)).map_err(|e| setup(format!("{}: {e}", dir.join(name).display())))
     };
     Ok(NodeIdentity { cert_pem: read("node.pem")?, key_pem: read("node.key")?, ca_pem: read("ca.pem")? })
+}
+
+/// Refuses to join through `peer` when the round trip to it is longer than Raft
+/// replication allows with `heartbeat`: the node would join and then never receive a write.
+/// The message names the setting and the measured time.
+async fn check_round_trip(peer: &str, ca_fingerprint: &str, heartbeat: Duration) -> Result<(), ClusterError> {
+    let carried = carried_round_trip(heartbeat);
+    let config = joining_client_config(ca_fingerprint).map_err(setup)?;
+    match super::tls::handshake_round_trip(peer, config).await {
+        Ok(rtt) if rtt > carried => Err(setup(format!(
+            "the round trip to {peer} is {} ms, longer than Raft replication allows with cluster.heartbeat {} ms \
+             ({} ms): set `cluster.heartbeat` to at least {} ms in every member's file and restart them, then join",
+            rtt.as_millis(),
+            heartbeat.as_millis(),
+            carried.as_millis(),
+            (rtt.as_millis() * 5 / 12 + 10).div_ceil(10) * 10,
+        ))),
+        // An unreachable peer is reported by the join call itself, with its own error.
+        _ => Ok(()),
+    }
 }
 
 /// What `init` or `join` is creating in a data directory, removed again if it fails before
@@ -247,6 +285,7 @@ impl ClusterMember {
             )));
         }
         let parsed = JoinToken::parse(token).map_err(setup)?;
+        check_round_trip(peer, &parsed.ca_fingerprint, settings.heartbeat).await?;
         let (key_pem, csr_pem) = new_request().map_err(setup)?;
         let connector = TlsConnector::new(joining_client_config(&parsed.ca_fingerprint).map_err(setup)?);
         let mut client = NodeClient::new(channel(peer, connector).map_err(setup)?);
@@ -335,9 +374,11 @@ impl ClusterMember {
             limiter: std::sync::OnceLock::new(),
             dns: std::sync::OnceLock::new(),
             left: tokio::sync::watch::Sender::new(false),
+            heartbeat: settings.heartbeat,
         });
         let tls = server_config(&identity).map_err(setup)?;
         tokio::spawn(rpc::serve(listener, tls, member.clone()));
+        member.spawn_heartbeats();
         Ok(member)
     }
 
@@ -671,6 +712,27 @@ impl ClusterMember {
             "connected_to_leader": metrics.current_leader.is_some(),
             "members": members,
         })
+    }
+
+    /// On the leader, sends a heartbeat to every follower each `cluster.heartbeat`: openraft's
+    /// own heartbeats come only once per replication timeout (see [`raft_config`]).
+    fn spawn_heartbeats(self: &Arc<Self>) {
+        let member = Arc::downgrade(self);
+        let every = self.heartbeat;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(member) = member.upgrade() else { return };
+                if member.raft.metrics().borrow().state != ServerState::Leader {
+                    continue;
+                }
+                if member.raft.trigger().heartbeat().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// On the leader, promotes caught-up learners until there are three voters (five once

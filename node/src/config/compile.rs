@@ -744,6 +744,26 @@ fn parse_single_api(text: &str, source_name: &str) -> Result<ApiDef, ConfigError
         sink.push(e.location().unwrap_or(Location::UNKNOWN), "", structural_message(&e.to_string()));
         sink.into_errors(source_name)
     })?;
+    // A definition is one API: a section of a node's file beside it would be dropped, so it
+    // is refused, with where it belongs instead.
+    let document: serde_json::Value = serde_saphyr::from_str(text).unwrap_or_default();
+    let others: Vec<&String> =
+        document.as_object().into_iter().flat_map(|o| o.keys()).filter(|k| k.as_str() != "apis").collect();
+    if !others.is_empty() {
+        let mut sink = ErrorSink::default();
+        for section in others {
+            let hint = match section.as_str() {
+                "domains" => "manage domains with `meridian domains put` or `meridian sync`",
+                _ => "it belongs in a node's own file",
+            };
+            sink.push(
+                Location::UNKNOWN,
+                section,
+                format!("a definition holds one API (`apis:`) and nothing else; `{section}` is not applied ({hint})"),
+            );
+        }
+        return Err(sink.into_errors(source_name));
+    }
     match <[ApiDef; 1]>::try_from(file.apis) {
         Ok([api]) => Ok(api),
         Err(apis) => {
@@ -755,6 +775,16 @@ fn parse_single_api(text: &str, source_name: &str) -> Result<ApiDef, ConfigError
             );
             Err(sink.into_errors(source_name))
         }
+    }
+}
+
+/// Whether two definitions say the same: compared as parsed documents, so comments,
+/// layout, quoting and key order do not count (texts that do not parse compare as text).
+pub fn same_definition(a: &str, b: &str) -> bool {
+    let parse = |t: &str| serde_saphyr::from_str::<serde_json::Value>(t).ok();
+    match (parse(a), parse(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
     }
 }
 

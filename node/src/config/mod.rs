@@ -21,7 +21,9 @@ mod errors;
 pub mod model;
 pub mod table;
 
-pub use compile::{ApiDefinition, base_path, compile_stage, load_file, parse_str, valid_host, validate_definition};
+pub use compile::{
+    ApiDefinition, base_path, compile_stage, load_file, parse_str, same_definition, valid_host, validate_definition,
+};
 pub use duration::parse_duration;
 pub use errors::{ConfigError, ConfigErrors};
 pub use table::{

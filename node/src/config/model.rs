@@ -46,8 +46,8 @@ pub struct ClusterSection {
     /// Snapshot the state and compact the log after this many entries (default 500).
     #[serde(default = "default_snapshot_after_logs")]
     pub snapshot_after_logs: Spanned<u64>,
-    /// Raft heartbeat interval (default 150ms); must exceed the longest round trip between
-    /// voters, since each replication request gets one interval to complete.
+    /// How often the Raft leader sends heartbeats (default 150ms); a replication request may
+    /// take three of them, at least 500 ms.
     pub heartbeat: Option<Spanned<String>>,
     /// Serve the cluster's DNS zones on this node.
     pub dns: Option<DnsSection>,

@@ -154,7 +154,7 @@ pub struct ClusterSettings {
     pub advertise_rpc: String,
     /// Take a snapshot (and compact the log) after this many entries.
     pub snapshot_after_logs: u64,
-    /// Raft heartbeat interval; must exceed the longest round trip between voters.
+    /// How often the Raft leader sends heartbeats (see `cluster::member::raft_config`).
     pub heartbeat: std::time::Duration,
     /// The node's DNS responder, when it runs one.
     pub dns: Option<DnsSettings>,

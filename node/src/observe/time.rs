@@ -20,6 +20,11 @@ pub fn write_rfc3339_millis(time: SystemTime, out: &mut String) {
     );
 }
 
+/// Now, in milliseconds since the Unix epoch (never 0: a clock before 1970 reads as 1 ms).
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64).max(1)
+}
+
 /// Days since 1970-01-01 → (year, month, day), after Howard Hinnant's algorithm.
 pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
