@@ -25,13 +25,7 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MERIDIAN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off")),
-        )
-        .init();
+    meridian_node::observe::log::init();
     let workers = cli.worker_count();
     let runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

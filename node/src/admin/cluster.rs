@@ -5,6 +5,7 @@
 //! | `GET /v1/cluster` | this node's view: leader, term, members, roles, lag, revision |
 //! | `POST /v1/cluster/leave` | removes this node from the cluster |
 //! | `POST /v1/cluster/promote?node=ID` | makes a learner a voter |
+//! | `POST /v1/cluster/remove?node=ID` | removes another node (a dead one, to replace it) |
 //! | `GET /v1/apis`, `GET /v1/apis/{api}`, `GET /v1/apis/{api}/stages` | APIs with their stages |
 //! | `GET /v1/apis/{api}/deployments` | the API's deployments: when, by whom, which stages use them |
 //! | `POST /v1/apis/{api}/deployments?stage=S&description=D` | body: the definition (YAML); validates it, stores a deployment, points the stage at it (unless the stage already serves the same definition) |
@@ -166,6 +167,18 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
             Ok(()) => json(StatusCode::OK, serde_json::json!({ "left": true, "node": member.id }).to_string()),
             Err(e) => message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         },
+        (&Method::POST, ["v1", "cluster", "remove"]) => {
+            let node = query_value(query.as_deref(), "node")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the node: ?node=ID"))?;
+            if node == member.id {
+                return Err(Refusal::new(StatusCode::CONFLICT, "this is the node you are asking: use `cluster leave`"));
+            }
+            match member.change_membership(node, meridian_proto::membership_request::Action::Remove).await {
+                Ok(()) => json(StatusCode::OK, serde_json::json!({ "removed": node }).to_string()),
+                Err(e) => message(StatusCode::CONFLICT, &e.to_string()),
+            }
+        }
         (&Method::POST, ["v1", "cluster", "promote"]) => {
             let node = query_value(query.as_deref(), "node")
                 .and_then(|n| n.parse().ok())

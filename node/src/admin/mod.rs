@@ -279,6 +279,7 @@ mod tests {
             "/v1/cluster",
             "/v1/cluster/leave",
             "/v1/cluster/promote",
+            "/v1/cluster/remove",
             "/v1/apis",
             "/v1/apis/{api}",
             "/v1/apis/{api}/stages",
@@ -307,7 +308,7 @@ mod tests {
         ] {
             assert!(paths.iter().any(|p| *p == route), "{route} is not documented");
         }
-        assert_eq!(paths.len(), 33, "a documented path is not served");
+        assert_eq!(paths.len(), 34, "a documented path is not served");
     }
 
     #[test]

@@ -67,6 +67,14 @@ pub enum ClusterCommand {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Remove another node from the cluster (one that is dead or whose data is lost; a
+    /// live node leaves with `cluster leave`).
+    Remove {
+        /// The node id (see `cluster status`).
+        node: u64,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Make a learner a voter.
     Promote {
         /// The node id (see `cluster status`).
@@ -155,6 +163,11 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
                     v["node"]
                 )
             }))
+        }
+        ClusterCommand::Remove { node, target } => {
+            let path = format!("/v1/cluster/remove?node={node}");
+            let answer = call(&target, Method::POST, &path, Bytes::new(), &[]).await?;
+            Ok(answer.show(target.output, |_| format!("node {node} is no longer a member\n")))
         }
         ClusterCommand::Promote { node, target } => {
             let path = format!("/v1/cluster/promote?node={node}");

@@ -1,4 +1,5 @@
-//! Observability of the data plane: the access log and the metrics each request feeds.
+//! Observability: the access log and the metrics each request feeds, and the node's own
+//! log ([`log`]).
 //!
 //! Both are written when a response finishes (see [`completion`]), never on the way in,
 //! and neither blocks a request: metric handles are bound to their labels when the
@@ -6,5 +7,6 @@
 
 pub mod access_log;
 pub mod completion;
+pub mod log;
 pub mod metrics;
 pub mod time;

@@ -60,13 +60,18 @@ async fn measure(rtt: Duration, subnet: u8, applies: usize, kills: usize, write_
         assert!(response.as_ref().is_ok_and(|r| r.status == 200), "apply {v} failed: {response:?}");
         let returned = Instant::now();
         let want = format!("v{v}");
-        let waits = gateways.iter().map(|&g| {
-            let want = want.clone();
-            tokio::spawn(async move {
-                while get(g, "bench.gw", "/prod/version").await.body != want.as_bytes() {}
-                returned.elapsed()
+        // Collected, so that the pollers run at once (a lazy map would start each only
+        // after the one before it finished).
+        let waits: Vec<_> = gateways
+            .iter()
+            .map(|&g| {
+                let want = want.clone();
+                tokio::spawn(async move {
+                    while get(g, "bench.gw", "/prod/version").await.body != want.as_bytes() {}
+                    returned.elapsed()
+                })
             })
-        });
+            .collect();
         let mut slowest = Duration::ZERO;
         for w in waits {
             slowest = slowest.max(w.await.expect("poller"));
@@ -77,19 +82,23 @@ async fn measure(rtt: Duration, subnet: u8, applies: usize, kills: usize, write_
 
     eprintln!("   writes per second: 8 concurrent writers for {} s", write_time.as_secs());
     let deadline = Instant::now() + write_time;
-    let writers = (0..8).map(|w| {
-        let addr = admins[w % 3];
-        tokio::spawn(async move {
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                let body = format!("{{\"set\": {{\"w{w}\": \"{done}\"}}}}");
-                if write_ok(addr, "POST", "/v1/apis/bench/stages/prod/variables", &body).await {
-                    done += 1;
+    // Collected: spawned all at once (the first version of this benchmark mapped lazily
+    // and so ran one writer at a time).
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let addr = admins[w % 3];
+            tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let body = format!("{{\"set\": {{\"w{w}\": \"{done}\"}}}}");
+                    if write_ok(addr, "POST", "/v1/apis/bench/stages/prod/variables", &body).await {
+                        done += 1;
+                    }
                 }
-            }
-            done
+                done
+            })
         })
-    });
+        .collect();
     let mut writes = 0;
     for w in writers {
         writes += w.await.expect("writer");
