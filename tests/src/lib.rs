@@ -82,6 +82,27 @@ pub fn cli(args: &[&str], node: &meridian_chaos::launcher::NodeProcess) -> Outpu
         .expect("the meridian binary runs")
 }
 
+/// Whether every tool in `tools` is installed; when one is not, says that the test is
+/// skipped and why (README: the tests need only the Rust toolchain, and a test that drives
+/// a missing outside tool skips; CI installs them all). Call it first: `if !tools(&["dig"])
+/// { return; }`.
+pub fn tools(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("SKIPPED: this test drives {}, which is not installed here", missing.join(", "));
+    }
+    missing.is_empty()
+}
+
 pub fn curl(args: &[&str]) -> Output {
     std::process::Command::new("curl").args(args).output().expect("curl is installed")
 }

@@ -360,6 +360,9 @@ async fn a_canary_takes_its_share_and_can_be_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domains_and_regions_are_replicated_and_served_over_tls_by_every_node() {
+    if !meridian_tests::tools(&["curl"]) {
+        return;
+    }
     let cluster = tokio::task::spawn_blocking(|| three_regions(5)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out =
@@ -636,6 +639,9 @@ fn modes(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
 
 #[test]
 fn data_directories_are_private_and_private_keys_are_sealed() {
+    if !meridian_tests::tools(&["curl"]) {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt;
     let mut cluster = three_regions(9);
     // A custom domain's TLS key goes into the replicated state too.
@@ -748,6 +754,9 @@ fn a_failed_init_leaves_nothing_behind_and_can_be_retried() {
 
 #[test]
 fn a_node_that_leaves_stops_is_forgotten_and_can_join_again() {
+    if !meridian_tests::tools(&["curl"]) {
+        return;
+    }
     let mut cluster = three_regions(11);
     let out = cli(&["cluster", "leave"], &cluster.nodes[2]);
     assert!(out.status.success(), "{out:?}");

@@ -19,6 +19,9 @@ impl Drop for Demo {
 
 #[test]
 fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
+    if !meridian_tests::tools(&["curl", "dig"]) {
+        return;
+    }
     let mut demo = Demo(
         Command::new(meridian_chaos::launcher::meridian_binary())
             .args(["demo", "--subnet", "77"])

@@ -107,6 +107,9 @@ records:
 
 #[test]
 fn authoritative_answers_ecs_failover_and_recovery() {
+    if !meridian_tests::tools(&["dig"]) {
+        return;
+    }
     let mut nodes = cluster(1, "");
     let ip = |r: usize| ip(1, r as u8);
     let dns: Vec<SocketAddr> = nodes.iter().map(|n| n.dns.expect("the ready file names the DNS address")).collect();
@@ -165,6 +168,9 @@ fn authoritative_answers_ecs_failover_and_recovery() {
 
 #[test]
 fn one_cut_off_observer_cannot_take_a_region_down() {
+    if !meridian_tests::tools(&["dig"]) {
+        return;
+    }
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIPPED: needs root for an iptables partition on loopback");
         return;
@@ -219,6 +225,9 @@ fn one_cut_off_observer_cannot_take_a_region_down() {
 /// network to the region that answered it fastest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_go_to_the_region_they_measured_fastest() {
+    if !meridian_tests::tools(&["curl", "dig"]) {
+        return;
+    }
     let nodes = tokio::task::spawn_blocking(|| cluster(3, "")).await.unwrap();
     let dns = nodes[2].dns.unwrap();
     let dir = new_dir();
@@ -342,6 +351,9 @@ fn explain_agrees_with_the_answers(nodes: &[NodeProcess]) {
 
 #[test]
 fn forwarding_only_for_allowed_networks_and_garbage_is_harmless() {
+    if !meridian_tests::tools(&["dig"]) {
+        return;
+    }
     // An upstream resolver: answers every query with 192.0.2.53.
     let upstream = UdpSocket::bind(format!("{}:0", ip(4, 9))).unwrap();
     let upstream_addr = upstream.local_addr().unwrap();

@@ -211,6 +211,9 @@ async fn a_slow_client_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_with_prior_knowledge() {
+    if !meridian_tests::tools(&["curl"]) {
+        return;
+    }
     let backend = echo_backend().await;
     let node = start_node(pets_config(backend, "")).await;
     let url = format!("http://{}/prod/pets/7", node.http.unwrap());
@@ -222,6 +225,9 @@ async fn http2_with_prior_knowledge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_two_domains_on_one_port_by_sni() {
+    if !meridian_tests::tools(&["curl"]) {
+        return;
+    }
     let backend = echo_backend().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();

@@ -80,6 +80,9 @@ fn curl_status(args: &[&str]) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_path_escapes_its_route() {
+    if !meridian_tests::tools(&["curl"]) {
+        return;
+    }
     let backend = echo_backend().await;
     let node = start_node(config(backend)).await;
     let gw = node.http.unwrap();
@@ -128,6 +131,9 @@ async fn no_path_escapes_its_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_is_a_routing_boundary() {
+    if !meridian_tests::tools(&["curl"]) {
+        return;
+    }
     let backend = echo_backend().await;
     let node = start_node(config(backend)).await;
     let gw = node.http.unwrap();
@@ -188,6 +194,9 @@ async fn a_flood_of_bad_api_keys_is_throttled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_heads_are_held_to_max_headers() {
+    if !meridian_tests::tools(&["curl"]) {
+        return;
+    }
     let backend = echo_backend().await;
     let node = start_node(config(backend)).await;
     let url = format!("http://{}/prod/files/x", node.http.unwrap());

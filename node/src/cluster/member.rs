@@ -630,9 +630,17 @@ impl ClusterMember {
     /// Runs a membership change on the leader, relaying it when this node does not lead.
     /// (For `Readdress`, `node` must be this node: its current addresses are sent.)
     pub async fn change_membership(&self, node: NodeId, action: Action) -> Result<(), ClusterError> {
-        let (leader, leader_node) = self.leader().ok_or_else(|| {
-            ClusterError::Refused("this node knows no leader right now (joining, or cut off); try again shortly".into())
-        })?;
+        // A node that just joined or restarted learns the leader within a heartbeat or two.
+        let waiting = tokio::time::Instant::now();
+        let (leader, leader_node) = loop {
+            if let Some(known) = self.leader() {
+                break known;
+            }
+            if waiting.elapsed() >= LEADERLESS_LIMIT {
+                return Err(ClusterError::NoLeader(LEADERLESS_LIMIT));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         if leader == self.id {
             return match action {
                 Action::Remove => self.remove(node).await,

@@ -55,9 +55,8 @@ pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
 /// Validates and compiles configuration text; relative file paths resolve against `base_dir`.
 pub fn parse_str(text: &str, source_name: &str, base_dir: &Path) -> Result<GatewayConfig, ConfigErrors> {
     let file: GatewayFile = serde_saphyr::from_str(text).map_err(|e| {
-        let location = e.location().unwrap_or(Location::UNKNOWN);
         let mut sink = ErrorSink::default();
-        sink.push(location, "", structural_message(&e.to_string()));
+        structural_error(&mut sink, text, &e);
         sink.into_errors(source_name)
     })?;
     Compiler { sink: ErrorSink::default(), base_dir, deployment: "", default_rate: DEFAULT_RATE }
@@ -65,9 +64,110 @@ pub fn parse_str(text: &str, source_name: &str, base_dir: &Path) -> Result<Gatew
         .map_err(|sink| sink.into_errors(source_name))
 }
 
-/// serde-saphyr appends its own location and a source snippet; keep the first line.
-fn structural_message(text: &str) -> String {
-    text.lines().next().unwrap_or(text).trim().to_string()
+/// A YAML error as one of ours: serde-saphyr's first line without its own `error: line L
+/// column C:` prefix (the location is printed once, by the sink), and the field the error
+/// is in, found from the location, so a wrong type names what is wrong.
+fn structural_error(sink: &mut ErrorSink, text: &str, e: &serde_saphyr::Error) {
+    let location = e.location().unwrap_or(Location::UNKNOWN);
+    let message = e.to_string();
+    let first = message.lines().next().unwrap_or(&message).trim();
+    let without_prefix = first
+        .strip_prefix("error: ")
+        .map(|rest| match rest.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+            Some((position, m)) if position.contains("column") => m,
+            _ => rest,
+        })
+        .unwrap_or(first);
+    // The parser's words for a wrong type, in the file's terms.
+    let message = match without_prefix {
+        m if m.starts_with("invalid u") || m.starts_with("invalid i") => "expected a whole number".to_string(),
+        "expected string scalar" => "expected a single value (a string or a number), not a list or a mapping".into(),
+        "expected mapping start" => "expected a mapping (`key: value` lines, or `{ key: value }`)".into(),
+        "expected sequence start" => "expected a list (`- item` lines, or `[a, b]`)".into(),
+        m => m.to_string(),
+    };
+    let field = field_at(text, location.line() as usize, location.column() as usize).unwrap_or_default();
+    sink.push(location, &field, message);
+}
+
+/// The dotted path of the field at `line`:`column` (1-based) of a YAML text, from the keys
+/// on that line before the column (flow style) and the keys of the less indented lines
+/// above it (block style); list items show as `[]`.
+fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = *lines.get(line.checked_sub(1)?)?;
+    let before: String = here.chars().take(column.saturating_sub(1)).collect();
+    // Keys on this line, one per flow nesting level.
+    let mut on_line: Vec<String> = Vec::new();
+    let mut depth = 0usize;
+    let mut word = String::new();
+    for c in before.chars() {
+        match c {
+            '{' | '[' => {
+                depth += 1;
+                word.clear();
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                on_line.truncate(depth + 1);
+                word.clear();
+            }
+            ':' if !word.trim().is_empty() => {
+                on_line.truncate(depth);
+                on_line.push(word.trim().trim_matches('"').to_string());
+                word.clear();
+            }
+            ',' => word.clear(),
+            c => word.push(c),
+        }
+    }
+    let indent = |l: &str| l.len() - l.trim_start_matches([' ', '-']).len();
+    let mut path: Vec<String> = Vec::new();
+    let mut limit = indent(here);
+    let mut in_item = here.trim_start().starts_with('-');
+    if in_item {
+        path.push("[]".into());
+    }
+    for above in lines[..line - 1].iter().rev() {
+        let trimmed = above.trim_start_matches([' ', '-']);
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let level = indent(above);
+        if level == limit && above.trim_start().starts_with('-') && !in_item {
+            // The start of the list item the lines below belong to.
+            path.push("[]".into());
+            in_item = true;
+            continue;
+        }
+        if level >= limit {
+            continue;
+        }
+        if let Some((key, _)) = trimmed.split_once(':') {
+            path.push(key.trim().trim_matches('"').to_string());
+        }
+        limit = level;
+        in_item = above.trim_start().starts_with('-');
+        if in_item {
+            path.push("[]".into());
+        }
+        if limit == 0 {
+            break;
+        }
+    }
+    path.reverse();
+    let mut dotted = String::new();
+    for part in path.into_iter().chain(on_line) {
+        if part == "[]" {
+            dotted.push_str("[]");
+        } else {
+            if !dotted.is_empty() {
+                dotted.push('.');
+            }
+            dotted.push_str(&part);
+        }
+    }
+    (!dotted.is_empty()).then_some(dotted)
 }
 
 struct Compiler<'a> {
@@ -741,7 +841,7 @@ pub struct ApiDefinition {
 fn parse_single_api(text: &str, source_name: &str) -> Result<ApiDef, ConfigErrors> {
     let file: GatewayFile = serde_saphyr::from_str(text).map_err(|e| {
         let mut sink = ErrorSink::default();
-        sink.push(e.location().unwrap_or(Location::UNKNOWN), "", structural_message(&e.to_string()));
+        structural_error(&mut sink, text, &e);
         sink.into_errors(source_name)
     })?;
     // A definition is one API: a section of a node's file beside it would be dropped, so it

@@ -69,6 +69,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_wrong_type_names_its_field_and_says_where_once() {
+        let e = errors("listen: { http: 127.0.0.1:0 }\nlimits: { max_connections: abc }\n");
+        assert_eq!((e[0].line, e[0].field.as_str()), (2, "limits.max_connections"), "{e:?}");
+        assert!(!e[0].message.contains("line"), "the location is printed once: {}", e[0].message);
+        let e = errors(
+            "listen:\n  http: 127.0.0.1:0\napis:\n  - id: pets\n    routes:\n      - route: GET /\n        integration: [1]\n",
+        );
+        assert_eq!(e[0].field, "apis[].routes[].integration", "{e:?}");
+        let shown = ConfigErrors { source_name: "f.yaml".into(), errors: e }.to_string();
+        assert_eq!(shown.matches("line 7").count(), 1, "{shown}");
+    }
+
     const GOOD: &str = r#"
 listen: { http: 127.0.0.1:0 }
 apis:
