@@ -939,3 +939,53 @@ fn the_cli_lists_shows_and_scripts_everything_and_apply_is_idempotent() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "meridian: no usage plan `silver`\n");
 }
+
+#[test]
+fn sync_makes_the_cluster_match_a_folder_and_only_then() {
+    let ip = format!("127.{}.1", base(14));
+    let node = NodeProcess::launch(new_dir(), &node_config(&ip), &["cluster", "init", "--region", "r1"], &[])
+        .unwrap_or_else(|e| panic!("init: {e}"));
+    let dir = node.dir().join("cluster");
+    std::fs::create_dir_all(dir.join("apis")).unwrap();
+    std::fs::create_dir_all(dir.join("zones")).unwrap();
+    std::fs::write(
+        dir.join("apis/pets.yaml"),
+        "apis:\n  - id: pets\n    routes:\n      - { route: GET /version, integration: { type: mock, body: v1 } }\n    stages:\n      - { name: prod, variables: { tier: gold } }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("zones/example.test.yaml"), "zone: example.test\nrouted: [api]\n").unwrap();
+    std::fs::write(dir.join("regions.yaml"), "regions:\n  - { name: r1, weight: 2 }\n").unwrap();
+    std::fs::write(
+        dir.join("plans.yaml"),
+        "plans:\n  - { name: gold, rate: 5, stages: [{ api: pets, stage: prod, routes: [{ route: GET /version, rate: 2 }] }] }\n",
+    )
+    .unwrap();
+    let folder = dir.to_str().unwrap();
+    // A region the folder does not name, for --prune.
+    said(&["regions", "put", "old", "--weight", "1"], &node);
+
+    let planned = said(&["sync", "-f", folder, "--dry-run"], &node);
+    for change in ["+ region r1", "+ zone example.test", "+ api pets, stage prod", "+ plan gold", "dry run: "] {
+        assert!(planned.contains(change), "{change} is not listed:\n{planned}");
+    }
+    assert_eq!(json_of(&["apis", "list"], &node)["apis"].as_array().unwrap().len(), 0, "a dry run made a change");
+
+    let made = said(&["sync", "-f", folder, "--prune"], &node);
+    assert!(made.contains("- region old") && made.contains("synced: "), "{made}");
+    let stage = json_of(&["stage", "show", "pets", "prod"], &node);
+    assert_eq!(stage["variables"]["tier"], "gold");
+    let plan = json_of(&["plans", "show", "gold"], &node);
+    assert_eq!(plan["stages"][0]["routes"][0]["rate"], 2, "{plan}");
+    let regions = json_of(&["regions", "list"], &node);
+    assert_eq!(regions["regions"].as_array().unwrap().len(), 1, "{regions}");
+    assert_eq!(said(&["sync", "-f", folder], &node), "in sync: nothing to change\n");
+
+    // A folder with errors lists them all and changes nothing.
+    std::fs::write(dir.join("regions.yaml"), "regions:\n  - { name: r1, wieght: 2 }\n").unwrap();
+    std::fs::write(dir.join("zones/bad.yaml"), "zone: bad.test\nrecords: [{ name: x, type: A, value: nope }]\n")
+        .unwrap();
+    let out = cli(&["sync", "-f", folder], &node);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("2 error(s)") && err.contains("wieght") && err.contains("bad.yaml"), "{err}");
+}

@@ -20,7 +20,7 @@
 //! | `GET /v1/regions`, `PUT /v1/regions/{name}`, `DELETE /v1/regions/{name}` | regions: `{"weight", "client_cidrs": [...]}` |
 //! | `GET /v1/keys`, `POST /v1/keys` (`{"name", "value"?}`) | API keys; the value is shown once, only its hash is stored |
 //! | `POST /v1/keys/{key}/enable`, `.../disable`, `.../rotate`, `DELETE /v1/keys/{key}` | by id or name |
-//! | `GET /v1/plans`, `PUT /v1/plans/{plan}` (`{"rate", "burst", "quota": "10000/month"}`) | usage plans |
+//! | `GET /v1/plans`, `PUT /v1/plans/{plan}` (`{"rate", "burst", "quota": "10000/month"}`), `DELETE /v1/plans/{plan}` | usage plans |
 //! | `POST /v1/plans/{plan}/attach` (`{"api", "stage", "route"?, "rate"?, "burst"?}`), `POST /v1/plans/{plan}/keys` (`{"key"}`) | coverage and keys |
 //!
 //! Every kind also has a show endpoint (`GET /v1/keys/{key}`, `/v1/plans/{plan}`,
@@ -580,6 +580,10 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
             };
             let quota = body.quota.as_deref().map(parse_quota).transpose().map_err(invalid)?;
             let command = ConfigCommand::PutPlan { name: plan, rate, quota };
+            outcome_response(member.propose(Proposal { expected_revision: None, command }).await)
+        }
+        (&Method::DELETE, ["v1", "plans", plan]) => {
+            let command = ConfigCommand::DeletePlan { name: plan.to_string() };
             outcome_response(member.propose(Proposal { expected_revision: None, command }).await)
         }
         (&Method::POST, ["v1", "plans", plan, "attach"]) => {

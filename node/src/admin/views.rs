@@ -110,7 +110,12 @@ pub fn plan(name: &str, p: &UsagePlanRecord) -> Value {
 pub fn domain(name: &str, d: &DomainRecord) -> Value {
     let mappings: Vec<Value> =
         d.mappings.iter().map(|m| json!({"base_path": m.base_path, "api": m.api, "stage": m.stage})).collect();
-    json!({"name": name, "tls": d.certificate_pem.is_some(), "mappings": mappings})
+    json!({
+        "name": name,
+        "tls": d.certificate_pem.is_some(),
+        "certificate_sha256": d.certificate_pem.as_deref().map(|pem| crate::cluster::pki::sha256_hex(pem.as_bytes())),
+        "mappings": mappings,
+    })
 }
 
 /// A region's DNS settings.

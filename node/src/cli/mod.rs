@@ -15,6 +15,7 @@ mod demo;
 mod dns;
 mod domains;
 mod output;
+mod sync;
 mod target;
 
 use crate::admin::client;
@@ -102,6 +103,21 @@ pub enum Command {
         /// The stage to compare with.
         #[arg(long)]
         stage: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Make the cluster match a folder (APIs, zones, regions, domains, plans), like decK:
+    /// every file checked first, the changes listed, then made.
+    Sync {
+        /// The folder (see docs/CLUSTER.md for its layout).
+        #[arg(long, short = 'f')]
+        dir: PathBuf,
+        /// List the changes without making them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete regions, zones, domains and plans the folder does not name.
+        #[arg(long)]
+        prune: bool,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -280,6 +296,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             apis::apply(&file, &stage, &description, if_revision, &target).await
         }
         Command::Diff { file, stage, target } => apis::diff(&file, &stage, &target).await,
+        Command::Sync { dir, dry_run, prune, target } => sync::sync(&dir, dry_run, prune, &target).await,
         Command::Apis(command) => apis::apis(command).await,
         Command::Deployments(command) => apis::deployments(command).await,
         Command::Stage(command) => apis::stage(command).await,
