@@ -32,16 +32,18 @@ fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
             .expect("meridian demo starts"),
     );
     let child = &mut demo.0;
-    let stderr = child.stderr.take().unwrap();
+    // The banner is the demo's standard output; the nodes log to files.
+    let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut urls = Vec::new();
     let mut digs = Vec::new();
+    let mut logs = String::new();
     while urls.len() < 3 {
         let line =
             rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the demo prints its URLs");
@@ -51,7 +53,14 @@ fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
         if let Some(start) = line.find("dig @") {
             digs.push(line[start..].split('#').next().unwrap().trim().to_string());
         }
+        if line.starts_with("Node logs:") {
+            logs = line.clone();
+        }
     }
+    while !logs.starts_with("Node logs:") {
+        logs = rx.recv_timeout(Duration::from_secs(5)).expect("the banner says where the node logs are");
+    }
+    assert!(logs.contains("node-eu-west.log") && logs.contains("node-ap-south.log"), "{logs}");
     // Each printed dig (a client network of region R) is answered with region R's gateway,
     // also once the gateways have probed each other for a while (probes used to count as
     // client round trips and sent a region's clients elsewhere).
@@ -89,4 +98,10 @@ fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
         assert!(started.elapsed() < Duration::from_secs(10), "demo did not stop on Ctrl-C");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The nodes logged to their files, not to the terminal, and stopped with the demo.
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.trim().is_empty(), "the terminal got more than the banner: {stderr}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(std::net::TcpListener::bind("127.1.77.1:8080").is_ok(), "a demo node outlived the demo");
 }

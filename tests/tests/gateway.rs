@@ -649,3 +649,32 @@ fn workers_is_a_flag_of_the_serving_commands_only() {
     let out = std::process::Command::new(&meridian).args(["keys", "list", "--workers", "2"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "`keys list` takes no --workers: {out:?}");
 }
+
+#[test]
+fn validate_and_apply_report_the_same_errors_for_a_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pets.yaml");
+    std::fs::write(
+        &file,
+        "apis:\n  - id: pets\n    routes:\n      - route: GET pets\n        integration: { type: mock, timeout: soon }\n    stages: [{ name: prod }]\n",
+    )
+    .unwrap();
+    let meridian = meridian_chaos::launcher::meridian_binary();
+    let validate = std::process::Command::new(&meridian).args(["validate", "--config"]).arg(&file).output().unwrap();
+    let apply = std::process::Command::new(&meridian)
+        .args(["apply", "--stage", "prod", "--config", "node-not-needed.yaml", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&validate.stderr);
+    assert_eq!(validate.status.code(), Some(2), "{said}");
+    assert!(said.contains("must start with `/`"), "{said}");
+    assert_eq!(apply.status.code(), Some(2));
+    assert_eq!(said, String::from_utf8_lossy(&apply.stderr), "validate and apply disagree");
+    // A valid definition is checked as one, not as a node's file (which would want `listen`).
+    std::fs::write(&file, "apis:\n  - id: pets\n    routes:\n      - { route: GET /, integration: { type: mock } }\n")
+        .unwrap();
+    let ok = std::process::Command::new(&meridian).args(["validate", "--config"]).arg(&file).output().unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("a valid definition of API pets"), "{ok:?}");
+}

@@ -31,30 +31,35 @@ pub enum KeyCommand {
     },
     /// Show one key (by id or name).
     Show {
+        /// The key's id or name.
         key: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Disable a key (by id or name).
     Disable {
+        /// The key's id or name.
         key: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Enable a key (by id or name).
     Enable {
+        /// The key's id or name.
         key: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Give a key a new value (printed once); the old one stops working.
     Rotate {
+        /// The key's id or name.
         key: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Delete a key (by id or name).
     Delete {
+        /// The key's id or name.
         key: String,
         #[command(flatten)]
         target: AdminTarget,
@@ -86,12 +91,14 @@ pub enum PlanCommand {
     },
     /// Show a plan: limits, stages, route throttles, keys.
     Show {
+        /// The usage plan's name.
         plan: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Make the plan cover a stage, optionally with a per-route throttle.
     Attach {
+        /// The usage plan's name.
         plan: String,
         #[arg(long)]
         api: String,
@@ -111,7 +118,9 @@ pub enum PlanCommand {
     },
     /// Add a key (id or name) to the plan.
     AddKey {
+        /// The usage plan's name.
         plan: String,
+        /// The key's id or name.
         key: String,
         #[command(flatten)]
         target: AdminTarget,

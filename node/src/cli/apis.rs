@@ -22,6 +22,7 @@ pub enum ApisCommand {
     },
     /// Show an API: its stages and deployments.
     Show {
+        /// The API id, e.g. `pets`.
         api: String,
         #[command(flatten)]
         target: AdminTarget,
@@ -32,13 +33,16 @@ pub enum ApisCommand {
 pub enum DeploymentsCommand {
     /// List an API's deployments: when, by whom, which stages serve them.
     List {
+        /// The API id, e.g. `pets`.
         api: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Show one deployment with its definition.
     Show {
+        /// The API id, e.g. `pets`.
         api: String,
+        /// The deployment id (see `deployments list`).
         id: u64,
         #[command(flatten)]
         target: AdminTarget,
@@ -49,20 +53,25 @@ pub enum DeploymentsCommand {
 pub enum StageCommand {
     /// List an API's stages.
     List {
+        /// The API id, e.g. `pets`.
         api: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Show a stage's deployment, variables and canary.
     Show {
+        /// The API id, e.g. `pets`.
         api: String,
+        /// The stage, e.g. `prod`.
         stage: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Set (`NAME=VALUE`) or remove (`--unset NAME`) stage variables.
     SetVar {
+        /// The API id, e.g. `pets`.
         api: String,
+        /// The stage, e.g. `prod`.
         stage: String,
         /// `NAME=VALUE` pairs to set.
         assignments: Vec<String>,
@@ -74,7 +83,9 @@ pub enum StageCommand {
     },
     /// Point the stage back at an earlier deployment (default: the one before).
     Rollback {
+        /// The API id, e.g. `pets`.
         api: String,
+        /// The stage, e.g. `prod`.
         stage: String,
         /// The deployment to serve.
         #[arg(long)]
@@ -88,7 +99,9 @@ pub enum StageCommand {
 pub enum CanaryCommand {
     /// Serve `--percent` of the stage's requests from `--deployment`.
     Set {
+        /// The API id, e.g. `pets`.
         api: String,
+        /// The stage, e.g. `prod`.
         stage: String,
         /// The deployment the canary serves.
         #[arg(long)]
@@ -104,14 +117,18 @@ pub enum CanaryCommand {
     },
     /// Make the canary's deployment (and overrides) the stage's own.
     Promote {
+        /// The API id, e.g. `pets`.
         api: String,
+        /// The stage, e.g. `prod`.
         stage: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Stop the canary; the stage's own deployment serves everything.
     Clear {
+        /// The API id, e.g. `pets`.
         api: String,
+        /// The stage, e.g. `prod`.
         stage: String,
         #[command(flatten)]
         target: AdminTarget,
@@ -318,6 +335,34 @@ fn checked_definition(file: &Path, stage: &str) -> anyhow::Result<Result<crate::
             Ok(Err(ExitCode::from(2)))
         }
     }
+}
+
+/// `meridian validate` on an API definition (a file with `apis:` and nothing else): the
+/// checks `apply` makes, for every stage the file lists. `None` when the file is a node's
+/// configuration instead.
+pub fn validate_definition_file(file: &Path) -> anyhow::Result<Option<ExitCode>> {
+    let text = crate::config::read_bounded(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let document: Value = serde_saphyr::from_str(&text).unwrap_or_default();
+    let keys: Vec<&String> = document.as_object().into_iter().flat_map(|o| o.keys()).collect();
+    if keys != ["apis"] {
+        return Ok(None);
+    }
+    let stages: Vec<String> = document["apis"][0]["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect();
+    let stages = if stages.is_empty() { vec!["prod".to_string()] } else { stages };
+    let mut api = String::new();
+    for stage in &stages {
+        match checked_definition(file, stage)? {
+            Ok(d) => api = d.id,
+            Err(code) => return Ok(Some(code)),
+        }
+    }
+    println!("{}: a valid definition of API {api} (checked for stages {})", file.display(), stages.join(", "));
+    Ok(Some(ExitCode::SUCCESS))
 }
 
 pub async fn apply(

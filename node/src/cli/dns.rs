@@ -47,12 +47,14 @@ pub enum ZoneCommand {
     },
     /// Show a zone's document.
     Show {
+        /// The zone, e.g. `example.com`.
         name: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Delete a zone.
     Delete {
+        /// The zone, e.g. `example.com`.
         name: String,
         #[command(flatten)]
         target: AdminTarget,
@@ -63,6 +65,7 @@ pub enum ZoneCommand {
 pub enum RegionCommand {
     /// Create or replace a region's settings.
     Put {
+        /// The region, e.g. `eu-west`.
         name: String,
         /// Relative DNS weight (0 drains the region).
         #[arg(long)]
@@ -80,12 +83,14 @@ pub enum RegionCommand {
     },
     /// Show one region's settings.
     Show {
+        /// The region, e.g. `eu-west`.
         name: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Delete a region's settings.
     Delete {
+        /// The region, e.g. `eu-west`.
         name: String,
         #[command(flatten)]
         target: AdminTarget,

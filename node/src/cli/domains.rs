@@ -37,12 +37,14 @@ pub enum DomainCommand {
     },
     /// Show a domain's TLS and mappings.
     Show {
+        /// The domain, e.g. `api.example.com`.
         name: String,
         #[command(flatten)]
         target: AdminTarget,
     },
     /// Delete a domain.
     Delete {
+        /// The domain, e.g. `api.example.com`.
         name: String,
         #[command(flatten)]
         target: AdminTarget,

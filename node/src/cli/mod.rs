@@ -51,7 +51,7 @@ pub struct Workers {
 pub enum Command {
     /// Run a gateway node from a configuration file.
     Serve {
-        /// The gateway configuration (YAML).
+        /// The node's configuration file (YAML).
         #[arg(long, short)]
         config: PathBuf,
         /// Write the bound addresses as JSON to this file once serving.
@@ -60,8 +60,10 @@ pub enum Command {
         #[command(flatten)]
         workers: Workers,
     },
-    /// Check a configuration file and list every error in it.
+    /// Check a configuration file, or an API definition (`apis:` only), and list every
+    /// error in it: a definition gets the very checks `apply` makes.
     Validate {
+        /// The file to check.
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -234,22 +236,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node.run_until_signal().await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { config } => match load_file(&config) {
-            Ok(c) => {
-                let stages: usize = c.table.apis.values().map(|s| s.len()).sum();
-                println!(
-                    "{}: valid ({} APIs, {} stages, {} domains)",
-                    config.display(),
-                    c.table.apis.len(),
-                    stages,
-                    c.table.domains.len()
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(errors) => {
-                eprint!("{errors}");
-                Ok(ExitCode::from(2))
-            }
+        Command::Validate { config } => match apis::validate_definition_file(&config)? {
+            Some(code) => Ok(code),
+            None => validate_node_file(&config),
         },
         Command::Reload { config, admin } => {
             let c = match load_file(&config) {
@@ -311,6 +300,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plans(command) => access::plans(command).await,
         Command::Demo { subnet, .. } => demo::run(subnet).await,
+    }
+}
+
+/// `meridian validate` on a node's configuration file.
+fn validate_node_file(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match load_file(config) {
+        Ok(c) => {
+            let stages: usize = c.table.apis.values().map(|s| s.len()).sum();
+            println!(
+                "{}: valid ({} APIs, {} stages, {} domains)",
+                config.display(),
+                c.table.apis.len(),
+                stages,
+                c.table.domains.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            Ok(ExitCode::from(2))
+        }
     }
 }
 
