@@ -174,6 +174,10 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
             if node == member.id {
                 return Err(Refusal::new(StatusCode::CONFLICT, "this is the node you are asking: use `cluster leave`"));
             }
+            let known = member.raft.metrics().borrow().membership_config.membership().get_node(&node).is_some();
+            if !known {
+                return Err(Refusal::new(StatusCode::NOT_FOUND, format!("node {node} is not a member")));
+            }
             match member.change_membership(node, meridian_proto::membership_request::Action::Remove).await {
                 Ok(()) => json(StatusCode::OK, serde_json::json!({ "removed": node }).to_string()),
                 Err(e) => message(StatusCode::CONFLICT, &e.to_string()),
