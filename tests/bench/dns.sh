@@ -6,17 +6,23 @@
 # failover: SIGKILL of region r2's node until answers exclude it, and restart until they
 # include it again (KILLS times).
 #   ROUNDS=3 SECONDS_PER_RUN=10 KILLS=3 tests/bench/dns.sh
+#   SMOKE=1 tests/bench/dns.sh      # one 1-s round and one failover on a debug build (CI);
+#                                   # fails unless both servers answered queries
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+profile=release
+if [ "${SMOKE:-0}" = 1 ]; then
+  ROUNDS=1 SECONDS_PER_RUN=1 KILLS=1 profile=debug
+fi
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 KILLS=${KILLS:-3}
 for tool in dnsperf knotd knotc dig taskset; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install dnsperf knot dnsutils util-linux)" >&2; exit 1; }
 done
-echo "== building meridian (release)"
-cargo build --release --quiet --bin meridian -p meridian-node
-bin=$PWD/target/release/meridian
+echo "== building meridian ($profile)"
+if [ "$profile" = release ]; then cargo build --release --quiet --bin meridian -p meridian-node; else cargo build --quiet --bin meridian -p meridian-node; fi
+bin=$PWD/target/$profile/meridian
 work=$(mktemp -d /tmp/meridian-dnsbench-XXXX)
 pids=()
 declare -A node_pid
@@ -110,6 +116,7 @@ run() { # name pid addr
   # CPU µs per answered query (ticks are 1/100 s).
   awk -v n="$1" -v q="$qps" -v a="$answered" -v t="$ticks" -v lost="$(awk '/Queries lost/ {print $3}' <<<"$out")" \
     'BEGIN { printf "  %-8s %9.0f q/s  %6.2f µs CPU/query  (%d answered, %d lost)\n", n, q, t * 10000 / a, a, lost }'
+  [ "${answered:-0}" -gt 0 ] || { echo "$1 answered no query: the benchmark measured nothing" >&2; exit 1; }
   echo "$1 $qps $(awk -v a="$answered" -v t="$ticks" 'BEGIN { print t * 10000 / a }')" >> "$work/results"
 }
 echo "== $ROUNDS rounds x ${SECONDS_PER_RUN}s, alternating (dnsperf -c 4 -q 256, ECS on every query)"

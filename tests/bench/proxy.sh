@@ -3,21 +3,28 @@
 #
 #   tests/bench/proxy.sh                 # 3 rounds of 10 s per target, 64 connections
 #   DURATION=30s ROUNDS=5 CONNECTIONS=128 tests/bench/proxy.sh
+#   SMOKE=1 tests/bench/proxy.sh         # one round of 1 s per target on a debug build (CI):
+#                                        # fails unless every target answered 2xx under load
 #   KEYED=1 tests/bench/proxy.sh         # Meridian as a one-node cluster: every request carries
 #                                        # an API key checked against a usage plan (throttle and
 #                                        # quota counted) plus the cluster-wide throttle
 #
-# Layout on a 2-core machine: the proxy under test (nginx with 1 worker, or Meridian with
-# --workers 1) is pinned to core 0; the backend (nginx, 1 worker, fixed 200) and wrk share
+# Layout on a 2-core machine: the proxy under test (nginx with 1 worker, HAProxy with 1
+# thread, or Meridian with --workers 1) is pinned to core 0; the backend (nginx, 1 worker, fixed 200) and wrk share
 # core 1. Both proxies log every request (nginx: access_log on; Meridian: JSON access log to a
-# file) and Meridian also counts every request in its metrics. Prints req/s, p50, p99 for
-# the backend alone, nginx and Meridian (the median of ROUNDS alternating rounds), the CPU
+# file; HAProxy: its HTTP log to a file) and Meridian also counts every request in its
+# metrics. Prints req/s, p50, p99 for the backend alone, nginx, HAProxy and Meridian (the median of ROUNDS alternating rounds), the CPU
 # time each proxy spent per request (less sensitive to the shared load core than req/s),
 # the ratios, and Meridian's peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+SMOKE=${SMOKE:-0}
+if [ "$SMOKE" = 1 ]; then
+  DURATION=1s ROUNDS=1 CONNECTIONS=8 PROFILE=debug
+fi
 DURATION=${DURATION:-10s}
+PROFILE=${PROFILE:-release}
 KEYED=${KEYED:-0}
 BENCH_KEY=bench-key-0123456789abcdefghij
 ROUNDS=${ROUNDS:-3}
@@ -28,14 +35,15 @@ BACKEND_PORT=${BACKEND_PORT:-18481}
 NGINX_PORT=${NGINX_PORT:-18482}
 MERIDIAN_PORT=${MERIDIAN_PORT:-18483}
 ADMIN_PORT=${ADMIN_PORT:-18484}
+HAPROXY_PORT=${HAPROXY_PORT:-18486}
 
-for tool in nginx wrk taskset; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx wrk util-linux)" >&2; exit 1; }
+for tool in nginx haproxy wrk taskset; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx haproxy wrk util-linux)" >&2; exit 1; }
 done
 
-echo "== building meridian (release)"
-cargo build --release --bin meridian --quiet
-MERIDIAN=target/release/meridian
+echo "== building meridian ($PROFILE)"
+if [ "$PROFILE" = release ]; then cargo build --release --bin meridian --quiet; else cargo build --bin meridian --quiet; fi
+MERIDIAN=target/$PROFILE/meridian
 
 work=$(mktemp -d /tmp/meridian-bench.XXXXXX)
 pids=()
@@ -46,7 +54,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$work/backend/logs" "$work/proxy/logs"
+mkdir -p "$work/backend/logs" "$work/proxy/logs" "$work/haproxy"
 cat > "$work/backend/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -83,6 +91,25 @@ http {
   }
 }
 CONF
+cat > "$work/haproxy/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 8192
+  log stdout format raw local0 info
+defaults
+  mode http
+  log global
+  option httplog
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend upstream
+backend upstream
+  server backend 127.0.0.1:$BACKEND_PORT maxconn 128
+CONF
 if [ "$KEYED" = 1 ]; then
 echo "bench-admin-token-0123456789" > "$work/admin.token"
 cat > "$work/meridian.yaml" <<CONF
@@ -109,6 +136,9 @@ cat > "$work/meridian.yaml" <<CONF
 listen: { http: "127.0.0.1:$MERIDIAN_PORT" }
 admin: { listen: "127.0.0.1:$ADMIN_PORT" }
 access_log: { path: "$work/meridian-access.log" }
+# The cluster-wide default (10,000 req/s) would answer most of the load with 429s: the
+# proxy's cost is measured here, not the limit, so it is set out of reach (and still counted).
+throttle: { rate: 100000000, burst: 100000000 }
 apis:
   - id: bench
     routes:
@@ -133,6 +163,8 @@ wait_port "$BACKEND_PORT"
 taskset -c "$PROXY_CORE" nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" 2>/dev/null & nginx_master=$!; pids+=($nginx_master)
 wait_port "$NGINX_PORT"
 nginx_worker=$(pgrep -P "$nginx_master" | head -1)
+taskset -c "$PROXY_CORE" haproxy -f "$work/haproxy/haproxy.cfg" -db > "$work/haproxy/access.log" 2>&1 & haproxy_pid=$!; pids+=($haproxy_pid)
+wait_port "$HAPROXY_PORT"
 if [ "$KEYED" = 1 ]; then
   taskset -c "$PROXY_CORE" "$MERIDIAN" cluster init --workers 1 --region bench --config "$work/meridian.yaml" >/dev/null 2>"$work/meridian.err" & meridian_pid=$!; pids+=($meridian_pid)
   wait_port "$MERIDIAN_PORT"
@@ -183,19 +215,21 @@ backend_pid=$(pgrep -f "nginx -p $work/backend" | head -1)
 backend_worker=$(pgrep -P "$backend_pid" | head -1)
 : > "$work/results"
 for round in $(seq 1 "$ROUNDS"); do
-  echo "== round $round/$ROUNDS: backend alone, nginx proxy, meridian proxy ($DURATION each, $CONNECTIONS connections)"
+  echo "== round $round/$ROUNDS: backend alone, nginx, HAProxy and meridian proxies ($DURATION each, $CONNECTIONS connections)"
   echo "backend $(measure "http://127.0.0.1:$BACKEND_PORT/hello" "$backend_worker")" >> "$work/results"
   if (( round % 2 )); then
     echo "nginx $(measure "http://127.0.0.1:$NGINX_PORT/hello" "$nginx_worker")" >> "$work/results"
+    echo "haproxy $(measure "http://127.0.0.1:$HAPROXY_PORT/hello" "$haproxy_pid")" >> "$work/results"
     echo "meridian $(measure "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" "$meridian_pid")" >> "$work/results"
   else
     echo "meridian $(measure "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" "$meridian_pid")" >> "$work/results"
+    echo "haproxy $(measure "http://127.0.0.1:$HAPROXY_PORT/hello" "$haproxy_pid")" >> "$work/results"
     echo "nginx $(measure "http://127.0.0.1:$NGINX_PORT/hello" "$nginx_worker")" >> "$work/results"
   fi
 done
 # Median of each column per target.
 col() { awk -v t="$1" -v c="$2" '$1 == t {print $c}' "$work/results" | median; }
-for t in backend nginx meridian; do
+for t in backend nginx haproxy meridian; do
   for c in 2 3 4 5; do eval "${t}_$c=$(col "$t" "$c")"; done
 done
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$meridian_pid/status")
@@ -206,10 +240,15 @@ echo "median of $ROUNDS rounds:"
 printf '%-22s %12s %10s %10s %16s\n' "target" "req/s" "p50 ms" "p99 ms" "CPU us/request"
 printf '%-22s %12s %10s %10s %16s\n' "backend (direct)" "$backend_2" "$backend_3" "$backend_4" "$backend_5"
 printf '%-22s %12s %10s %10s %16s\n' "nginx proxy" "$nginx_2" "$nginx_3" "$nginx_4" "$nginx_5"
+printf '%-22s %12s %10s %10s %16s\n' "haproxy proxy" "$haproxy_2" "$haproxy_3" "$haproxy_4" "$haproxy_5"
 printf '%-22s %12s %10s %10s %16s\n' "meridian proxy" "$meridian_2" "$meridian_3" "$meridian_4" "$meridian_5"
 echo
-awk -v m="$meridian_2" -v n="$nginx_2" -v mp="$meridian_4" -v np="$nginx_4" -v mc="$meridian_5" -v nc="$nginx_5" 'BEGIN {
-  printf "throughput meridian/nginx: %.2fx (goal >= 1.00x)\n", m / n
-  printf "CPU per request meridian/nginx: %.2fx (lower is better)\n", mc / nc
+awk -v m="$meridian_2" -v n="$nginx_2" -v h="$haproxy_2" -v mp="$meridian_4" -v np="$nginx_4" -v mc="$meridian_5" -v nc="$nginx_5" -v hc="$haproxy_5" 'BEGIN {
+  printf "throughput meridian/nginx: %.2fx (goal >= 1.00x); meridian/haproxy: %.2fx\n", m / n, m / h
+  printf "CPU per request meridian/nginx: %.2fx, meridian/haproxy: %.2fx (lower is better)\n", mc / nc, mc / hc
   printf "p99 meridian - nginx: %+.3f ms (goal <= +0.5 ms)\n", mp - np }'
 echo "meridian peak RSS: $((rss_kib / 1024)) MiB (goal < 64 MiB); access-log lines written: $logged"
+for t in nginx haproxy meridian; do
+  rate=$(eval echo "\${${t}_2}")
+  awk -v r="$rate" -v t="$t" 'BEGIN { if (r + 0 <= 0) { print t " measured no successful request" > "/dev/stderr"; exit 1 } }'
+done
