@@ -270,6 +270,23 @@ fn an_oversized_configuration_file_is_refused_before_it_is_read() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("larger than"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+
+    // The same for a domain's certificate and key files.
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        "listen: { http: 127.0.0.1:0 }\napis:\n  - id: pets\n    routes:\n      - { route: GET /, integration: { type: mock } }\n    stages: [{ name: prod }]\ndomains:\n  - { name: a.test, certificate: huge.yaml, key: huge.yaml, mappings: [{ api: pets, stage: prod }] }\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("larger than"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
 /// Opens `n` TCP connections from `source` that never send a byte.
