@@ -147,7 +147,9 @@ impl Responder {
 
     /// Answers `packet` from `client` into `out`.
     pub fn respond(&self, packet: &[u8], client: IpAddr, transport: Transport, out: &mut Vec<u8>) -> Reply {
-        self.respond_from(&self.current.load(), packet, client, transport, out)
+        let (reply, path) = self.respond_from(&self.current.load(), packet, client, transport, out);
+        metrics::counter!("meridian_dns_queries_total", "path" => path).increment(1);
+        reply
     }
 
     /// What a client at `client` is told for `name` (A for an IPv4 client, AAAA for IPv6,
@@ -164,7 +166,8 @@ impl Responder {
         query.set_edns(edns);
         let mut out = Vec::new();
         let reply = match query.to_vec() {
-            Ok(packet) => self.respond_from(answers, &packet, client, Transport::Tcp, &mut out),
+            // Not counted as a query: `explain` asks, no client did.
+            Ok(packet) => self.respond_from(answers, &packet, client, Transport::Tcp, &mut out).0,
             Err(_) => Reply::Drop,
         };
         let response = match reply {
@@ -200,6 +203,7 @@ impl Responder {
         Outcome { rcode: rcode.into(), addresses, scope }
     }
 
+    /// The answer to `packet` on the snapshot `answers`, and which path gave it.
     fn respond_from(
         &self,
         answers: &Answers,
@@ -207,15 +211,13 @@ impl Responder {
         client: IpAddr,
         transport: Transport,
         out: &mut Vec<u8>,
-    ) -> Reply {
+    ) -> (Reply, &'static str) {
         if let Some(query) = HotQuery::parse(packet)
             && answers.prepared.answer(&query, client, transport == Transport::Udp, out).is_some()
         {
-            metrics::counter!("meridian_dns_queries_total", "path" => "prepared").increment(1);
-            return Reply::Send;
+            return (Reply::Send, "prepared");
         }
-        metrics::counter!("meridian_dns_queries_total", "path" => "general").increment(1);
-        self.general(answers, packet, client, transport, out)
+        (self.general(answers, packet, client, transport, out), "general")
     }
 
     fn general(

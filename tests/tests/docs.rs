@@ -48,10 +48,6 @@ fn shell_blocks(markdown: &str) -> Vec<Block> {
     blocks
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
-}
-
 /// Runs `script` in `dir` in its own process group; stops the whole group afterwards.
 fn run_session(script: &str, dir: &Path) -> (bool, String) {
     let binary = meridian_chaos::launcher::meridian_binary();
@@ -97,9 +93,7 @@ fn run_session(script: &str, dir: &Path) -> (bool, String) {
 
 #[test]
 fn every_shell_example_in_the_docs_runs() {
-    let missing: Vec<&str> = ["curl", "dig", "openssl"].into_iter().filter(|t| !have(t)).collect();
-    if !missing.is_empty() {
-        eprintln!("skipped: the docs' examples use {} (not installed here; .ci/run installs them)", missing.join(", "));
+    if !meridian_tests::tools(&["curl", "dig", "openssl"]) {
         return;
     }
     let mut files = vec![repo().join("README.md")];

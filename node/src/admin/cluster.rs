@@ -641,7 +641,7 @@ async fn usage(member: &ClusterMember, query: Option<&str>) -> Result<Response<F
     use crate::observe::time::{format_date, parse_date};
     let plan_name =
         query_value(query, "plan").ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the plan: ?plan=NAME"))?;
-    let today = (now_ms() / 86_400_000) as i64;
+    let today = (crate::observe::time::unix_ms() / 86_400_000) as i64;
     let from = match query_value(query, "from") {
         Some(d) => parse_date(&d).map_err(invalid)?,
         None => today - 29,
@@ -676,7 +676,7 @@ async fn usage(member: &ClusterMember, query: Option<&str>) -> Result<Response<F
             .collect();
         let total: u64 = days.iter().filter_map(|d| d["requests"].as_u64()).sum();
         let quota = plan.quota.map(|(limit, p)| {
-            let (window, _) = period(p).window(now_ms());
+            let (window, _) = period(p).window(crate::observe::time::unix_ms());
             let used = limiter.and_then(|l| l.count(&quota_scope(&plan_name, id), window)).unwrap_or(0);
             serde_json::json!({ "limit": limit, "period": period(p).name(), "used": used, "remaining": limit.saturating_sub(used) })
         });
@@ -690,10 +690,6 @@ async fn usage(member: &ClusterMember, query: Option<&str>) -> Result<Response<F
         ),
         applied.config.revision,
     ))
-}
-
-fn now_ms() -> u64 {
-    crate::observe::time::unix_ms()
 }
 
 fn api_record<'c>(config: &'c meridian_consensus::ConfigState, api: &str) -> Result<&'c ApiRecord, Refusal> {

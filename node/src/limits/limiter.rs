@@ -595,6 +595,11 @@ mod tests {
         vec![(Arc::from(name), Rate::per_second(per_second, burst))]
     }
 
+    /// A gossiped slot of the rate scope `stage`: `node` admitted `value` in second `window`.
+    fn second_slot(window: u64, node: NodeId, value: u64) -> Observation {
+        Observation { scope: "stage".into(), period: Period::Second, window, node, value, span: None }
+    }
+
     /// Admits `n` requests, with a gossip round (the deltas sent) after each.
     fn admitted(limiter: &Limiter, scopes: &[(Arc<str>, Rate)], now_ms: u64, n: usize) -> usize {
         (0..n)
@@ -621,17 +626,7 @@ mod tests {
     fn other_nodes_counts_take_the_room() {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 10, 10);
-        a.merge(
-            2,
-            &[Observation {
-                scope: "stage".into(),
-                period: Period::Second,
-                window: 5000,
-                node: 2,
-                value: 7,
-                span: None,
-            }],
-        );
+        a.merge(2, &[second_slot(5000, 2, 7)]);
         assert_eq!(admitted(&a, &s, 5_000_000, 50), 3);
     }
 
@@ -640,17 +635,7 @@ mod tests {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 100, 100);
         // Peer 2 used 80 in the previous second and has been silent since.
-        a.merge(
-            2,
-            &[Observation {
-                scope: "stage".into(),
-                period: Period::Second,
-                window: 4999,
-                node: 2,
-                value: 80,
-                span: None,
-            }],
-        );
+        a.merge(2, &[second_slot(4999, 2, 80)]);
         a.heard.lock().unwrap().insert(2, Instant::now() - Duration::from_secs(5));
         // Half-way through the second: 80 × 0.5 (previous) + 80 × 0.5 (extrapolated) = 80,
         // so 20 of the 100 are left.
@@ -662,28 +647,8 @@ mod tests {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 100, 100);
         // Three nodes count here; nobody has used anything yet.
-        a.merge(
-            2,
-            &[Observation {
-                scope: "stage".into(),
-                period: Period::Second,
-                window: 3000,
-                node: 2,
-                value: 0,
-                span: None,
-            }],
-        );
-        a.merge(
-            3,
-            &[Observation {
-                scope: "stage".into(),
-                period: Period::Second,
-                window: 3000,
-                node: 3,
-                value: 0,
-                span: None,
-            }],
-        );
+        a.merge(2, &[second_slot(3000, 2, 0)]);
+        a.merge(3, &[second_slot(3000, 3, 0)]);
         let before_gossip = (0..100).filter(|_| a.admit(&s, 3_000_000).allowed).count();
         assert!((33..=34).contains(&before_gossip), "{before_gossip}");
     }
@@ -693,17 +658,7 @@ mod tests {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 100, 100);
         // Peer 2 used 70 a second, then fell silent; many seconds later it still counts.
-        a.merge(
-            2,
-            &[Observation {
-                scope: "stage".into(),
-                period: Period::Second,
-                window: 7000,
-                node: 2,
-                value: 70,
-                span: None,
-            }],
-        );
+        a.merge(2, &[second_slot(7000, 2, 70)]);
         a.admit(&s, 7_001_000);
         a.admit(&s, 7_002_000);
         a.heard.lock().unwrap().insert(2, Instant::now() - Duration::from_secs(30));
@@ -715,17 +670,7 @@ mod tests {
     fn a_peer_that_left_is_forgotten() {
         let a = Limiter::new(1, 1000);
         let s = scope("stage", 100, 200);
-        a.merge(
-            2,
-            &[Observation {
-                scope: "stage".into(),
-                period: Period::Second,
-                window: 7000,
-                node: 2,
-                value: 70,
-                span: None,
-            }],
-        );
+        a.merge(2, &[second_slot(7000, 2, 70)]);
         a.admit(&s, 7_001_000);
         a.admit(&s, 7_002_000);
         a.heard.lock().unwrap().insert(2, Instant::now() - Duration::from_secs(30));
