@@ -100,7 +100,7 @@ pub fn request_head(data: &[u8]) {
 /// A route key and a request path (separated by a newline) against a router that also
 /// holds a few fixed routes.
 pub fn route_patterns(data: &[u8]) {
-    use meridian_node::pipeline::route::{Router, parse_route_key};
+    use meridian_node::router::{Router, parse_route_key};
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (key, path) = text.split_once('\n').unwrap_or((text, "/"));
     let mut router = Router::default();

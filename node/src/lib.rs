@@ -17,13 +17,20 @@
 
 pub mod admin;
 pub mod body;
+pub mod certificates;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod digest;
 pub mod fast_random;
+pub mod files;
 pub mod gateway;
 pub mod integration;
 pub mod limits;
+pub mod node;
 pub mod observe;
 pub mod pipeline;
+pub mod rejection;
+pub mod reload;
+pub mod router;

@@ -43,10 +43,10 @@ use meridian_consensus::{
 };
 
 use super::{json, message, views};
+use crate::certificates::certified_key_from_pem;
 use crate::cluster::member::{ClusterError, ClusterMember};
-use crate::cluster::pki::sha256_hex;
 use crate::config::{base_path, valid_host, validate_definition};
-use crate::gateway::tls::certified_key_from_pem;
+use crate::digest::sha256_hex;
 
 const MAX_DEFINITION: usize = 1024 * 1024;
 

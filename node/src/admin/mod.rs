@@ -29,8 +29,8 @@ use tokio::sync::watch;
 
 use crate::gateway::conns::{ConnectionTable, Refused};
 use crate::gateway::io::IdleTimeout;
-use crate::gateway::node::Reloader;
 use crate::observe::metrics::{LATENCY_BUCKETS, describe};
+use crate::reload::Reloader;
 
 /// The OpenAPI 3 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -112,7 +112,7 @@ impl AdminState {
             .get(AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or_default();
-        if crate::cluster::pki::constant_time_eq(given, expected.as_bytes()) {
+        if crate::digest::constant_time_eq(given, expected.as_bytes()) {
             None
         } else {
             Some(message(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
@@ -313,7 +313,7 @@ mod tests {
 
     #[test]
     fn token_comparison() {
-        use crate::cluster::pki::constant_time_eq;
+        use crate::digest::constant_time_eq;
         assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
         assert!(!constant_time_eq(b"0123456789abcdeF", b"0123456789abcdef"));
         assert!(!constant_time_eq(b"", b"0123456789abcdef"));

@@ -113,7 +113,7 @@ pub fn domain(name: &str, d: &DomainRecord) -> Value {
     json!({
         "name": name,
         "tls": d.certificate_pem.is_some(),
-        "certificate_sha256": d.certificate_pem.as_deref().map(|pem| crate::cluster::pki::sha256_hex(pem.as_bytes())),
+        "certificate_sha256": d.certificate_pem.as_deref().map(|pem| crate::digest::sha256_hex(pem.as_bytes())),
         "mappings": mappings,
     })
 }

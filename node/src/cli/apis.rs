@@ -326,7 +326,7 @@ fn all_variables_placeholder(text: &str) -> std::collections::BTreeMap<String, S
 /// The stage's variables live in the cluster: each one the file uses gets a placeholder
 /// here, and the node checks again with the real values before anything is written.
 fn checked_definition(file: &Path, stage: &str) -> anyhow::Result<Result<crate::config::ApiDefinition, ExitCode>> {
-    let text = crate::config::read_bounded(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = crate::files::read_bounded(file).with_context(|| format!("cannot read {}", file.display()))?;
     let placeholders = all_variables_placeholder(&text);
     match crate::config::validate_definition(&text, &file.display().to_string(), stage, &placeholders) {
         Ok(d) => Ok(Ok(d)),
@@ -341,7 +341,7 @@ fn checked_definition(file: &Path, stage: &str) -> anyhow::Result<Result<crate::
 /// checks `apply` makes, for every stage the file lists. `None` when the file is a node's
 /// configuration instead.
 pub fn validate_definition_file(file: &Path) -> anyhow::Result<Option<ExitCode>> {
-    let text = crate::config::read_bounded(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = crate::files::read_bounded(file).with_context(|| format!("cannot read {}", file.display()))?;
     let document: Value = serde_saphyr::from_str(&text).unwrap_or_default();
     let keys: Vec<&String> = document.as_object().into_iter().flat_map(|o| o.keys()).collect();
     if keys != ["apis"] {

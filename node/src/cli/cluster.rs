@@ -17,7 +17,8 @@ use super::output::{Table, cell};
 use super::target::{AdminTarget, call, get};
 use super::{Workers, announce, write_ready_file};
 use crate::cluster::member::ClusterMember;
-use crate::gateway::node::{ConfigSource, Node};
+use crate::node::Node;
+use crate::reload::ConfigSource;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {

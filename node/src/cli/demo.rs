@@ -13,7 +13,7 @@ use http::Method;
 
 use crate::admin::client;
 use crate::demo;
-use crate::gateway::node::wait_for_signal;
+use crate::node::wait_for_signal;
 
 /// The demo's node processes; dropping them stops them (they also stop if the demo dies).
 struct Nodes(Vec<Child>);

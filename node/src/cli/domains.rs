@@ -56,7 +56,7 @@ pub async fn domains(command: DomainCommand) -> anyhow::Result<ExitCode> {
         DomainCommand::Put { name, certificate, key, mappings, target } => {
             let read = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
                 p.as_ref()
-                    .map(|p| crate::config::read_bounded(p).with_context(|| format!("cannot read {}", p.display())))
+                    .map(|p| crate::files::read_bounded(p).with_context(|| format!("cannot read {}", p.display())))
                     .transpose()
             };
             let mut list = Vec::new();

@@ -20,7 +20,8 @@ mod target;
 
 use crate::admin::client;
 use crate::config::load_file;
-use crate::gateway::node::{ConfigSource, Node};
+use crate::node::Node;
+use crate::reload::ConfigSource;
 
 pub use access::{KeyCommand, PlanCommand};
 pub use apis::{ApisCommand, CanaryCommand, DeploymentsCommand, StageCommand};

@@ -153,7 +153,7 @@ fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
-    crate::config::read_bounded(path).with_context(|| format!("cannot read {}", path.display()))
+    crate::files::read_bounded(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// A section file, if present, parsed strictly; its errors say where.
@@ -329,7 +329,7 @@ async fn plan(target: &AdminTarget, want: &Desired, prune: bool) -> anyhow::Resu
     if let Some(domains) = &want.domains {
         let have = by_name(&listed(target, "/v1/domains").await?, "domains");
         for (d, tls) in domains {
-            let fingerprint = tls.as_ref().map(|(cert, _)| crate::cluster::pki::sha256_hex(cert.as_bytes()));
+            let fingerprint = tls.as_ref().map(|(cert, _)| crate::digest::sha256_hex(cert.as_bytes()));
             let mappings: Vec<Value> =
                 d.mappings.iter().map(|m| json!({"base_path": m.base_path, "api": m.api, "stage": m.stage})).collect();
             let current = have.get(&d.name);

@@ -12,9 +12,9 @@ use meridian_consensus::{ConfigState, PlanRate, QuotaPeriod};
 
 use super::member::ClusterMember;
 use super::sealed::DataKey;
+use crate::certificates::{DomainCertificates, SniResolver, certified_key_from_pem};
 use crate::config::table::{BaseMapping, KeyGrant, StageGrant};
 use crate::config::{CanaryRoutes, RoutingTable, StageTarget, base_path, compile_stage};
-use crate::gateway::tls::{DomainCertificates, SniResolver, certified_key_from_pem};
 use crate::limits::limiter::{Period, Rate};
 use crate::observe::completion::RouteObserver;
 

@@ -30,9 +30,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::member::ClusterMember;
 use super::network::{channel, decode, encode};
 use crate::config::DnsSettings;
+use crate::gateway::{ClientRttSink, PROBE_PATH};
 
-/// The path gateways answer probes on, without logging or counting them.
-pub const PROBE_PATH: &str = "/.well-known/meridian/probe";
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Consecutive failed probes before an observer calls a node down.
@@ -40,9 +39,6 @@ const FAILURES_TO_DOWN: u32 = 3;
 /// Largest report accepted.
 const MAX_REPORT_PROBES: usize = 1_000;
 const MAX_REPORT_CLIENTS: usize = 20_000;
-
-/// Where gateway listeners send the round trips they measure (client address, µs).
-pub type ClientRttSink = tokio::sync::mpsc::Sender<(IpAddr, u32)>;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct ProbeState {

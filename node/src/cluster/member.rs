@@ -19,11 +19,12 @@ use tokio::sync::RwLock;
 use tonic::transport::Channel;
 
 use super::network::{Network, channel, decode, encode};
-use super::pki::{ClusterCa, JoinToken, NodeIdentity, new_request, random_secret, sha256_hex};
+use super::pki::{ClusterCa, JoinToken, NodeIdentity, new_request, random_secret};
 use super::rpc;
 use super::sealed::DataKey;
 use super::tls::{TlsConnector, joining_client_config, member_client_config, server_config};
 use crate::config::ClusterSettings;
+use crate::digest::sha256_hex;
 
 /// How long a write may wait for a quorum before failing.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -501,7 +502,7 @@ impl ClusterMember {
             self.applied.read().await.config.cluster.clone().ok_or_else(|| setup("the cluster is not bootstrapped"))?;
         let token = JoinToken::parse(&request.token).map_err(|e| ClusterError::Refused(e.to_string()))?;
         let given = sha256_hex(token.secret.as_bytes());
-        if !super::pki::constant_time_eq(given.as_bytes(), secrets.join_secret_sha256.as_bytes()) {
+        if !crate::digest::constant_time_eq(given.as_bytes(), secrets.join_secret_sha256.as_bytes()) {
             return Err(ClusterError::Refused("wrong join token".into()));
         }
         if request.region.is_empty() || request.rpc_addr.is_empty() {

@@ -7,7 +7,7 @@
 //! node can authenticate the member it talks to before it trusts anything it says (the
 //! approach of kubeadm's discovery hash).
 
-use std::fmt::Write;
+use crate::digest::{hex, sha256_hex};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -41,23 +41,6 @@ pub struct NodeIdentity {
     pub cert_pem: String,
     pub key_pem: String,
     pub ca_pem: String,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// Compares secrets in time independent of where the first difference is.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// SHA-256 of `bytes`, as lower-case hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// The fingerprint of a PEM certificate: SHA-256 of its DER.

@@ -22,7 +22,8 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::pki::{NODE_NAME, NodeIdentity, sha256_hex};
+use super::pki::{NODE_NAME, NodeIdentity};
+use crate::digest::sha256_hex;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -19,7 +19,7 @@ use super::errors::{ConfigErrors, ErrorSink};
 use super::model::*;
 use super::parse_duration;
 use super::table::*;
-use crate::gateway::tls::{DomainCertificates, load_certified_key};
+use crate::certificates::{DomainCertificates, load_certified_key};
 use crate::integration::client::{UpstreamClient, client_with_ca, shared_client};
 use crate::integration::retry::RetryPolicy;
 use crate::integration::uri::{UpstreamTemplate, stage_variable_names, substitute_stage_variables};
@@ -27,7 +27,7 @@ use crate::integration::{Integration, MockIntegration, ProxyIntegration};
 use crate::limits::limiter::Rate;
 use crate::observe::access_log::{LogSink, LogTemplate};
 use crate::observe::completion::RouteObserver;
-use crate::pipeline::route::{MethodMatch, PathPattern, Router, parse_route_key};
+use crate::router::{MethodMatch, PathPattern, Router, parse_route_key};
 
 /// The cluster-wide rate limit when the configuration names none.
 pub const DEFAULT_RATE: Rate = Rate::per_second(10_000, 5_000);
@@ -39,7 +39,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// Reads, validates and compiles a configuration file.
 pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
     let name = path.display().to_string();
-    let text = super::read_bounded(path).map_err(|e| ConfigErrors {
+    let text = crate::files::read_bounded(path).map_err(|e| ConfigErrors {
         source_name: name.clone(),
         errors: vec![super::ConfigError {
             line: 0,
@@ -377,7 +377,7 @@ impl Compiler<'_> {
     }
 
     fn token(&mut self, file: &Spanned<String>) -> Option<String> {
-        match super::read_bounded(&self.path(&file.value)) {
+        match crate::files::read_bounded(&self.path(&file.value)) {
             Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_string()),
             Ok(_) => {
                 self.sink.push(file.referenced, "admin.token_file", "the token must be at least 16 characters");

@@ -10,12 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::gateway::tls::DomainCertificates;
+use crate::certificates::DomainCertificates;
 use crate::integration::Integration;
 use crate::limits::limiter::Rate;
 use crate::observe::access_log::LogSink;
 use crate::observe::completion::RouteObserver;
-use crate::pipeline::route::Router;
+use crate::router::Router;
 
 /// What serves one route of one stage.
 #[derive(Debug)]
@@ -174,7 +174,7 @@ pub struct DnsSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::route::Router;
+    use crate::router::Router;
 
     fn routes(stage: &str) -> Arc<StageRoutes> {
         Arc::new(StageRoutes {

@@ -21,8 +21,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::conns::{ConnSlot, ConnectionTable, Refused};
 use super::io::IdleTimeout;
-use crate::cluster::dns::ClientRttSink;
+use super::{ClientRttSink, PROBE_PATH};
 use crate::config::Limits;
+use crate::observe::completion::ObservedBody;
 use crate::pipeline::{ConnInfo, Pipeline};
 
 /// The HTTP server settings every connection of a node uses.
@@ -112,8 +113,9 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
             if let Some(rtt) = &first_request {
                 rtt.first_request(request.uri().path());
             }
+            let probe = request.uri().path() == PROBE_PATH;
             async move {
-                let response = pipeline.handle(request, &conn).await;
+                let response = if probe { probe_answer() } else { pipeline.handle(request, &conn).await };
                 drop(busy);
                 Ok::<_, Infallible>(response)
             }
@@ -151,6 +153,13 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
     }
 }
 
+/// The answer to a health probe from another region: 204, neither routed, logged nor counted.
+fn probe_answer() -> http::Response<ObservedBody> {
+    let mut response = http::Response::new(ObservedBody::unobserved(crate::body::ResponseBody::Empty));
+    *response.status_mut() = http::StatusCode::NO_CONTENT;
+    response
+}
+
 /// Serves HTTP on one connection until it ends; asks it to close gracefully (after its
 /// current exchange) when the table sheds it or the node shuts down.
 async fn serve_connection<S, Svc>(
@@ -163,7 +172,7 @@ async fn serve_connection<S, Svc>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Svc: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
-            Response = http::Response<crate::observe::completion::ObservedBody>,
+            Response = http::Response<ObservedBody>,
             Error = Infallible,
         > + Clone
         + Send
@@ -214,7 +223,7 @@ impl PendingRtt {
     /// Reports the sample once, if the connection's first request is not a probe.
     fn first_request(&self, path: &str) {
         let micros = self.micros.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if micros != 0 && path != crate::cluster::dns::PROBE_PATH {
+        if micros != 0 && path != PROBE_PATH {
             let _ = self.sink.try_send((self.client, micros));
         }
     }

@@ -12,8 +12,8 @@ use http::StatusCode;
 use http::request::Parts;
 
 use super::{Policy, PolicyContext, Rejection};
-use crate::cluster::pki::sha256_hex;
 use crate::config::table::RouteTarget;
+use crate::digest::sha256_hex;
 
 static API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 

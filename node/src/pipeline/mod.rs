@@ -17,10 +17,8 @@ pub mod body_limit;
 pub mod headers;
 pub mod host;
 pub mod path;
-pub mod reject;
 pub mod request_id;
 pub mod resolve;
-pub mod route;
 pub mod routing;
 pub mod websocket;
 
@@ -35,7 +33,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use metrics::Gauge;
 
-pub use reject::Rejection;
+pub use crate::rejection::Rejection;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::table::{RouteTarget, RoutingTable, StageRoutes};
@@ -128,13 +126,6 @@ impl Pipeline {
 
     /// Serves one request; never fails, every problem becomes a response.
     pub async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ObservedBody> {
-        if request.uri().path() == crate::cluster::dns::PROBE_PATH {
-            // Health probes from other regions: answered before routing, neither logged nor
-            // counted.
-            let mut response = Response::new(ObservedBody::unobserved(crate::body::ResponseBody::Empty));
-            *response.status_mut() = http::StatusCode::NO_CONTENT;
-            return response;
-        }
         let started = Instant::now();
         self.in_flight.increment(1.0);
         let request_id = request_id::assign(request.headers());

@@ -169,7 +169,7 @@ pub fn as_a_lenient_upstream_reads_it(path: &str) -> String {
 mod tests {
     use super::*;
     use crate::integration::uri::UpstreamTemplate;
-    use crate::pipeline::route::{Router, parse_route_key};
+    use crate::router::{Router, parse_route_key};
     use proptest::prelude::*;
 
     #[test]

@@ -13,10 +13,11 @@ use http::header::ALLOW;
 use http::request::Parts;
 use http::{HeaderValue, StatusCode};
 
-use super::route::RouteMiss;
-use super::{Rejection, host, path, resolve};
+use super::{host, path, resolve};
 use crate::config::table::{RouteTarget, RoutingTable, StageRoutes};
 use crate::observe::completion::RouteObserver;
+use crate::rejection::Rejection;
+use crate::router::RouteMiss;
 
 /// A request head matched to its route.
 #[derive(Debug)]

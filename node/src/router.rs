@@ -30,7 +30,7 @@ impl PathPattern {
     /// Parses a pattern; the error says what is wrong with it.
     ///
     /// ```
-    /// use meridian_node::pipeline::route::{PathPattern, Segment};
+    /// use meridian_node::router::{PathPattern, Segment};
     /// let p = PathPattern::parse("/pets/{id}").unwrap();
     /// assert_eq!(p.segments[1], Segment::Param("id".into()));
     /// assert!(PathPattern::parse("/{proxy+}/more").is_err());

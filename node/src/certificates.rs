@@ -43,9 +43,9 @@ impl DomainCertificates {
 /// Reads a PEM certificate chain and private key from files and checks that they belong
 /// together. Both are read with the size bound every file an operator names gets.
 pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
-    let cert = crate::config::read_bounded(cert_file)
+    let cert = crate::files::read_bounded(cert_file)
         .map_err(|e| format!("cannot read certificate `{}`: {e}", cert_file.display()))?;
-    let key = crate::config::read_bounded(key_file)
+    let key = crate::files::read_bounded(key_file)
         .map_err(|e| format!("cannot read a private key from `{}`: {e}", key_file.display()))?;
     certified_key_from_pem(&cert, &key)
         .map_err(|e| format!("`{}` / `{}`: {e}", cert_file.display(), key_file.display()))

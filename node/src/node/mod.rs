@@ -1,14 +1,12 @@
-//! A running gateway node: its listeners, its current routing table, reload and shutdown.
+//! A running gateway node: what wires listeners, the request path, the admin API, the
+//! cluster and DNS together, and how it stops.
 //!
 //! [`Node::start`] validates the configuration, binds every listener (failing clearly if an
-//! address is taken), and starts serving. [`Reloader::reload`] re-reads the configuration
-//! and swaps the routing table and certificates atomically; a bad file is rejected with
-//! all its errors and the running configuration keeps serving. Listener addresses and
-//! limits take effect at the next start.
+//! address is taken), and starts serving; [`Node::attach_cluster`] turns it into a cluster
+//! member. Reloads go through [`crate::reload`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -17,38 +15,19 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use super::conns::ConnectionTable;
-use super::listener;
-use super::tls::{SniResolver, server_config};
 use crate::admin::{self, AdminState};
+use crate::certificates::{SniResolver, server_config};
 use crate::cluster::member::{Advertised, ClusterMember};
-use crate::config::{ClusterSettings, ConfigErrors, GatewayConfig, Limits, RoutingTable, load_file, parse_str};
+use crate::config::{ClusterSettings, ConfigErrors, RoutingTable};
+use crate::gateway::conns::ConnectionTable;
+use crate::gateway::listener;
 use crate::limits::limiter::Limiter;
 use crate::observe::access_log::AccessLog;
+use crate::reload::{ConfigSource, Reloader, StartupSettings};
 
 /// How many rate-limit scopes a node tracks before it evicts the least recently used.
 const MAX_LIMIT_SCOPES: usize = 100_000;
 use crate::pipeline::Pipeline;
-
-/// Where a node's configuration comes from.
-#[derive(Debug, Clone)]
-pub enum ConfigSource {
-    File(PathBuf),
-    /// Configuration text held in memory (the demo's), with a name for errors.
-    Text {
-        name: String,
-        text: String,
-    },
-}
-
-impl ConfigSource {
-    pub fn load(&self) -> Result<GatewayConfig, ConfigErrors> {
-        match self {
-            ConfigSource::File(path) => load_file(path),
-            ConfigSource::Text { name, text } => parse_str(text, name, std::path::Path::new(".")),
-        }
-    }
-}
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,117 +42,6 @@ pub enum NodeError {
     Tls(#[from] rustls::Error),
     #[error("metrics setup failed: {0}")]
     Metrics(String),
-}
-
-/// The settings a node takes only when it starts: a reload that changes them says so.
-#[derive(Debug, Clone, PartialEq)]
-struct StartupSettings {
-    listen_http: Option<SocketAddr>,
-    listen_https: Option<SocketAddr>,
-    admin_listen: SocketAddr,
-    admin_token: Option<String>,
-    limits: Limits,
-    access_log: crate::observe::access_log::LogSink,
-    cluster: Option<ClusterSettings>,
-    default_rate: crate::limits::limiter::Rate,
-}
-
-impl StartupSettings {
-    fn of(config: &GatewayConfig) -> Self {
-        StartupSettings {
-            listen_http: config.listen_http,
-            listen_https: config.listen_https,
-            admin_listen: config.admin_listen,
-            admin_token: config.admin_token.clone(),
-            limits: config.limits.clone(),
-            access_log: config.access_log.clone(),
-            cluster: config.cluster.clone(),
-            default_rate: config.default_rate,
-        }
-    }
-
-    /// The sections of the file whose change waits for a restart, by their names in the file.
-    fn changed_in(&self, now: &StartupSettings) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        let mut note = |differs: bool, name: &'static str| {
-            if differs {
-                changed.push(name);
-            }
-        };
-        note(self.listen_http != now.listen_http, "listen.http");
-        note(self.listen_https != now.listen_https, "listen.https");
-        note(self.admin_listen != now.admin_listen, "admin.listen");
-        note(self.admin_token != now.admin_token, "admin.token_file");
-        note(self.limits != now.limits, "limits");
-        note(self.access_log != now.access_log, "access_log");
-        note(self.default_rate != now.default_rate, "throttle");
-        let dns = |c: &Option<ClusterSettings>| c.as_ref().and_then(|c| c.dns.clone());
-        let without_dns = |c: &Option<ClusterSettings>| c.clone().map(|c| ClusterSettings { dns: None, ..c });
-        note(without_dns(&self.cluster) != without_dns(&now.cluster), "cluster");
-        note(dns(&self.cluster) != dns(&now.cluster), "cluster.dns");
-        changed
-    }
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reloaded {
-    /// The configuration revision served now (see [`Reloader::revision`]).
-    pub revision: u64,
-    /// Sections of the file that changed but take effect only at the next restart.
-    pub needs_restart: Vec<&'static str>,
-}
-
-/// Re-reads the configuration and swaps it in.
-pub struct Reloader {
-    source: ConfigSource,
-    /// A cluster member's routes come from the cluster: reload then swaps certificates only.
-    cluster_mode: bool,
-    table: Arc<ArcSwap<RoutingTable>>,
-    sni: Arc<SniResolver>,
-    /// Reloads of the file that applied (the revision of a node serving from its file).
-    file_revision: AtomicU64,
-    serialize: Mutex<()>,
-    started_with: StartupSettings,
-}
-
-impl Reloader {
-    /// The configuration revision being served: the cluster's revision on a cluster member
-    /// (the one `meridian cluster status` and the write commands report), the file's own
-    /// (1 at start, +1 per applied reload) on a node serving from its file. `/readyz`,
-    /// `meridian_config_revision` and reload all report this one number.
-    pub fn revision(&self) -> u64 {
-        if self.cluster_mode { self.table.load().revision } else { self.file_revision.load(Ordering::Relaxed) }
-    }
-
-    /// Loads, validates and swaps in the configuration; blocking (reads files).
-    pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
-        let _one_at_a_time = self.serialize.lock().unwrap_or_else(|p| p.into_inner());
-        let config = match self.source.load() {
-            Ok(c) => c,
-            Err(e) => {
-                metrics::counter!("meridian_config_reloads_total", "result" => "rejected").increment(1);
-                tracing::error!(errors = %e, "reload rejected; the running configuration keeps serving");
-                return Err(e);
-            }
-        };
-        let needs_restart = self.started_with.changed_in(&StartupSettings::of(&config));
-        if !needs_restart.is_empty() {
-            tracing::warn!(sections = ?needs_restart, "these changes take effect at the next restart");
-        }
-        self.sni.replace(config.certificates);
-        if !self.cluster_mode {
-            let revision = self.file_revision.fetch_add(1, Ordering::Relaxed) + 1;
-            let mut table = config.table;
-            table.revision = revision;
-            self.table.store(Arc::new(table));
-            metrics::gauge!("meridian_config_revision").set(revision as f64);
-        }
-        metrics::counter!("meridian_config_reloads_total", "result" => "applied").increment(1);
-        let revision = self.revision();
-        tracing::info!(revision, "configuration reloaded");
-        Ok(Reloaded { revision, needs_restart })
-    }
 }
 
 /// A started node.
@@ -198,7 +66,7 @@ pub struct Node {
     dns_sockets: Mutex<Option<meridian_dns::server::DnsSockets>>,
     pub dns_addr: Option<SocketAddr>,
     /// Where listeners report client round trips (set when the node serves DNS).
-    client_rtt: Arc<std::sync::OnceLock<crate::cluster::dns::ClientRttSink>>,
+    client_rtt: Arc<std::sync::OnceLock<crate::gateway::ClientRttSink>>,
     /// Whether listeners accept connections: at once for a file configuration, once the
     /// cluster's configuration is compiled for a member.
     serving: watch::Sender<bool>,
@@ -251,15 +119,7 @@ impl Node {
         table.revision = 1;
         let table = Arc::new(ArcSwap::from_pointee(table));
         let limits = config.limits;
-        let reloader = Arc::new(Reloader {
-            source,
-            cluster_mode: config.cluster.is_some(),
-            table: table.clone(),
-            sni: sni.clone(),
-            file_revision: AtomicU64::new(1),
-            serialize: Mutex::new(()),
-            started_with,
-        });
+        let reloader = Arc::new(Reloader::new(source, started_with, table.clone(), sni.clone()));
         if config.cluster.is_none() {
             metrics::gauge!("meridian_config_revision").set(1.0);
         }
@@ -333,7 +193,7 @@ impl Node {
         crate::cluster::dataplane::spawn_sync(
             member.clone(),
             self.table.clone(),
-            self.reloader.sni.clone(),
+            self.reloader.sni().clone(),
             self.default_rate,
             self.serving.clone(),
         );
