@@ -16,11 +16,23 @@ use hyper::body::Incoming;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body as the gateway sends it to a client.
-#[derive(Debug)]
 pub enum ResponseBody {
     Empty,
     Full(Option<Bytes>),
     Upstream(Incoming),
+    /// A body wrapped by whoever needs to see it stream (the response-body stages).
+    Wrapped(Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>),
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseBody::Empty => f.write_str("Empty"),
+            ResponseBody::Full(data) => f.debug_tuple("Full").field(data).finish(),
+            ResponseBody::Upstream(incoming) => f.debug_tuple("Upstream").field(incoming).finish(),
+            ResponseBody::Wrapped(_) => f.write_str("Wrapped"),
+        }
+    }
 }
 
 impl ResponseBody {
@@ -38,6 +50,7 @@ impl Body for ResponseBody {
             ResponseBody::Empty => Poll::Ready(None),
             ResponseBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Wrapped(body) => body.as_mut().poll_frame(cx),
         }
     }
 
@@ -46,6 +59,7 @@ impl Body for ResponseBody {
             ResponseBody::Empty => true,
             ResponseBody::Full(data) => data.is_none(),
             ResponseBody::Upstream(incoming) => incoming.is_end_stream(),
+            ResponseBody::Wrapped(body) => body.is_end_stream(),
         }
     }
 
@@ -54,6 +68,7 @@ impl Body for ResponseBody {
             ResponseBody::Empty => SizeHint::with_exact(0),
             ResponseBody::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             ResponseBody::Upstream(incoming) => incoming.size_hint(),
+            ResponseBody::Wrapped(body) => body.size_hint(),
         }
     }
 }
@@ -80,19 +95,26 @@ pub struct RequestBody {
     inner: Option<Incoming>,
     remaining: u64,
     limit: u64,
+    /// A body read whole by the stages that needed it.
+    buffered: Option<Bytes>,
 }
 
 impl RequestBody {
     /// A body with nothing in it (a retried or body-less request).
     pub fn empty() -> Self {
-        RequestBody { inner: None, remaining: 0, limit: 0 }
+        RequestBody { inner: None, remaining: 0, limit: 0, buffered: None }
+    }
+
+    /// A body already read whole.
+    pub fn buffered(bytes: Bytes) -> Self {
+        RequestBody { inner: None, remaining: 0, limit: 0, buffered: (!bytes.is_empty()).then_some(bytes) }
     }
 
     /// Streams `incoming`; more than `limit` bytes fails the stream with [`BodyTooLarge`].
     /// A declared `content-length` was checked against the limit already and hyper holds
     /// the body to it, so counting costs nothing there.
     pub fn limited(incoming: Incoming, limit: u64) -> Self {
-        RequestBody { inner: Some(incoming), remaining: limit, limit }
+        RequestBody { inner: Some(incoming), remaining: limit, limit, buffered: None }
     }
 }
 
@@ -114,6 +136,9 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(bytes) = this.buffered.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -139,10 +164,14 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+        self.buffered.is_none() && self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or(SizeHint::with_exact(0), |i| i.size_hint())
+        match (&self.buffered, &self.inner) {
+            (Some(bytes), _) => SizeHint::with_exact(bytes.len() as u64),
+            (None, Some(inner)) => inner.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
+        }
     }
 }

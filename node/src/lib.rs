@@ -34,3 +34,4 @@ pub mod pipeline;
 pub mod rejection;
 pub mod reload;
 pub mod router;
+pub mod stages;

@@ -13,10 +13,11 @@ use meridian_consensus::{ConfigState, PlanRate, QuotaPeriod};
 use super::member::ClusterMember;
 use super::sealed::DataKey;
 use crate::certificates::{DomainCertificates, SniResolver, certified_key_from_pem};
-use crate::config::table::{BaseMapping, KeyGrant, StageGrant};
+use crate::config::table::BaseMapping;
 use crate::config::{CanaryRoutes, RoutingTable, StageTarget, base_path, compile_stage};
 use crate::limits::limiter::{Period, Rate};
 use crate::observe::completion::RouteObserver;
+use crate::stages::api_key::{KeyGrant, KeyRing, StageGrant};
 
 /// Compiles every stage of `state`. A stage whose definition no longer compiles (it was
 /// validated when applied, so only a changed stage variable can break it) is left out and
@@ -66,6 +67,9 @@ pub fn compile(state: &ConfigState, default_rate: Rate) -> RoutingTable {
     }
 }
 
+/// A limit scope and its rate.
+type Scope = (Arc<str>, Rate);
+
 fn plan_rate(r: PlanRate) -> Rate {
     Rate::per_second(r.per_second, r.burst)
 }
@@ -90,11 +94,14 @@ pub fn period(p: QuotaPeriod) -> Period {
 }
 
 /// Each key's grants: for every stage a plan of the key covers, the plan's throttle and
-/// quota (counted per key) and its per-route throttles.
-fn keys(state: &ConfigState) -> HashMap<String, Arc<KeyGrant>> {
-    let mut grants = HashMap::new();
+/// quota (counted per key), and for routes a plan throttles on their own, those throttles
+/// with the rest.
+fn keys(state: &ConfigState) -> KeyRing {
+    let mut ring = KeyRing::default();
     for (id, key) in &state.keys {
         let mut stages: HashMap<(String, String), StageGrant> = HashMap::new();
+        // Per stage, the plans' throttles of single routes: (route, scope and rate).
+        let mut route_limits: HashMap<(String, String), Vec<(String, Scope)>> = HashMap::new();
         for (plan_name, plan) in state.plans.iter().filter(|(_, p)| p.keys.contains(id)) {
             for ((api, stage), routes) in &plan.stages {
                 let grant = stages.entry((api.clone(), stage.clone())).or_default();
@@ -110,20 +117,24 @@ fn keys(state: &ConfigState) -> HashMap<String, Arc<KeyGrant>> {
                     grant.limits.push((quota_scope(plan_name, id), Rate::quota(limit, period(p))));
                 }
                 for (route, rate) in routes {
-                    grant
-                        .routes
-                        .entry(route.clone())
+                    route_limits
+                        .entry((api.clone(), stage.clone()))
                         .or_default()
-                        .push((scope(&format!("route {route}")), plan_rate(*rate)));
+                        .push((route.clone(), (scope(&format!("route {route}")), plan_rate(*rate))));
                 }
             }
         }
-        grants.insert(
-            key.value_sha256.clone(),
-            Arc::new(KeyGrant { id: Arc::from(id.as_str()), enabled: key.enabled, stages }),
-        );
+        for (stage, routes) in route_limits {
+            if let Some(grant) = stages.get_mut(&stage) {
+                for (route, limit) in routes {
+                    let base = grant.limits.clone();
+                    grant.routes.entry(route).or_insert(base).push(limit);
+                }
+            }
+        }
+        ring.insert(key.value_sha256.clone(), KeyGrant { id: Arc::from(id.as_str()), enabled: key.enabled, stages });
     }
-    grants
+    ring
 }
 
 /// The certificates of the domains that have one (their keys opened with the data key).

@@ -28,6 +28,9 @@ use crate::limits::limiter::Rate;
 use crate::observe::access_log::{LogSink, LogTemplate};
 use crate::observe::completion::RouteObserver;
 use crate::router::{MethodMatch, PathPattern, Router, parse_route_key};
+use crate::stages::api_key::{ApiKeyCheck, KeyRing};
+use crate::stages::throttle::RouteThrottle;
+use crate::stages::{Chain, Stage};
 
 /// The cluster-wide rate limit when the configuration names none.
 pub const DEFAULT_RATE: Rate = Rate::per_second(10_000, 5_000);
@@ -243,7 +246,7 @@ impl Compiler<'_> {
                 admin_token,
                 limits,
                 access_log,
-                table: RoutingTable { revision: 0, domains, apis, unrouted, keys: HashMap::new() },
+                table: RoutingTable { revision: 0, domains, apis, unrouted, keys: KeyRing::default() },
                 certificates,
                 cluster,
                 default_rate: self.default_rate,
@@ -566,20 +569,25 @@ impl Compiler<'_> {
             };
             let observer =
                 Arc::new(RouteObserver::new(api, stage_name, &spec.key, self.deployment, log_template.clone()));
-            let mut limits = vec![(cluster_scope.clone(), self.default_rate)];
+            let mut scopes = vec![(cluster_scope.clone(), self.default_rate)];
             if let Some(rate) = stage_rate {
-                limits.push((stage_scope.clone(), rate));
+                scopes.push((stage_scope.clone(), rate));
             }
             if let Some(rate) = spec.throttle {
-                limits.push((Arc::from(format!("route {api}/{stage_name} {}", spec.key)), rate));
+                scopes.push((Arc::from(format!("route {api}/{stage_name} {}", spec.key)), rate));
+            }
+            let mut stages: Vec<Arc<dyn Stage>> = vec![Arc::new(RouteThrottle { scopes })];
+            if spec.api_key_required || stage.api_key_required {
+                stages.push(Arc::new(ApiKeyCheck {
+                    stage: (api.to_string(), stage_name.to_string()),
+                    route: spec.key.clone(),
+                }));
             }
             // Duplicates were refused when the routes were parsed.
             let target = RouteTarget {
                 integration,
+                chain: Arc::new(Chain::new(stages)),
                 observer,
-                limits,
-                api_key_required: spec.api_key_required || stage.api_key_required,
-                key: Arc::from(spec.key.as_str()),
                 allow_encoded_slashes: spec.allow_encoded_slashes,
             };
             let _ = router.insert(spec.method.clone(), &spec.pattern, target);

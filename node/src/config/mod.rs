@@ -56,6 +56,34 @@ mod tests {
         assert_eq!(shown.matches("line 7").count(), 1, "{shown}");
     }
 
+    proptest! {
+        /// A route's compiled chain holds exactly the stages its definition asks for, in the
+        /// order the request path runs them: the throttle (every route counts against the
+        /// cluster's limit) and the API-key check only where the route or its stage requires
+        /// a key.
+        #[test]
+        fn a_chain_holds_exactly_the_configured_stages(
+            routes in proptest::collection::vec((any::<bool>(), proptest::option::of(1u64..1000)), 1..6),
+            stage_key: bool,
+        ) {
+            let mut text = String::from("listen: { http: 127.0.0.1:0 }\napis:\n  - id: a\n    routes:\n");
+            for (i, (key, throttle)) in routes.iter().enumerate() {
+                text.push_str(&format!("      - route: GET /r{i}\n        integration: {{ type: mock }}\n        api_key_required: {key}\n"));
+                if let Some(rate) = throttle {
+                    text.push_str(&format!("        throttle: {{ rate: {rate}, burst: {rate} }}\n"));
+                }
+            }
+            text.push_str(&format!("    stages:\n      - name: s\n        api_key_required: {stage_key}\n"));
+            let config = parse_str(&text, "chain.yaml", Path::new(".")).unwrap();
+            let stage = &config.table.apis["a"]["s"].primary;
+            for (i, (key, _)) in routes.iter().enumerate() {
+                let found = stage.router.find(&http::Method::GET, &format!("/r{i}")).unwrap();
+                let expected: Vec<&str> = if *key || stage_key { vec!["throttle", "api_key"] } else { vec!["throttle"] };
+                prop_assert_eq!(found.value.chain.names(), expected);
+            }
+        }
+    }
+
     const GOOD: &str = r#"
 listen: { http: 127.0.0.1:0 }
 apis:

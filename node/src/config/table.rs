@@ -16,36 +16,18 @@ use crate::limits::limiter::Rate;
 use crate::observe::access_log::LogSink;
 use crate::observe::completion::RouteObserver;
 use crate::router::Router;
+use crate::stages::Chain;
+use crate::stages::api_key::KeyRing;
 
 /// What serves one route of one stage.
 #[derive(Debug)]
 pub struct RouteTarget {
     pub integration: Integration,
+    /// The stages the route's requests run through (see [`crate::stages`]).
+    pub chain: Arc<Chain>,
     pub observer: Arc<RouteObserver>,
-    /// The rate-limit scopes every request to this route counts against.
-    pub limits: Vec<(Arc<str>, Rate)>,
-    /// Requests need an API key granted on this stage.
-    pub api_key_required: bool,
-    /// The route key, e.g. `GET /pets/{id}` (usage plans throttle per route by it).
-    pub key: Arc<str>,
     /// Captured parameters may carry `%2F` and `\\` upstream.
     pub allow_encoded_slashes: bool,
-}
-
-/// What an API key may do: its id, whether it is enabled, and per (api, stage) the limits of
-/// the usage plans that grant it that stage.
-#[derive(Debug)]
-pub struct KeyGrant {
-    pub id: Arc<str>,
-    pub enabled: bool,
-    pub stages: HashMap<(String, String), StageGrant>,
-}
-
-/// A key's limits on one stage: plan throttles and quotas, and per-route throttles.
-#[derive(Debug, Default)]
-pub struct StageGrant {
-    pub limits: Vec<(Arc<str>, Rate)>,
-    pub routes: HashMap<String, Vec<(Arc<str>, Rate)>>,
 }
 
 /// The routes of one API as served on one stage.
@@ -109,8 +91,8 @@ pub struct RoutingTable {
     pub apis: HashMap<String, HashMap<String, Arc<StageTarget>>>,
     /// Counts and logs requests that match no API at all.
     pub unrouted: Arc<RouteObserver>,
-    /// API keys by the SHA-256 (hex) of their value.
-    pub keys: HashMap<String, Arc<KeyGrant>>,
+    /// API keys and what their usage plans grant.
+    pub keys: KeyRing,
 }
 
 /// Protective limits of the listeners.

@@ -4,9 +4,7 @@
 //! - [`limiter`]: admission against every scope of a request, and the observations gossip
 //!   carries between nodes.
 //! - [`persist`]: quota counters saved across restarts.
-//! - [`throttle`]: the pipeline policy that applies the limits and answers 429.
 
 pub mod counter;
 pub mod limiter;
 pub mod persist;
-pub mod throttle;

@@ -1,16 +1,21 @@
-//! The declared-size check: a request whose `Content-Length` exceeds the limit is refused
-//! with 413 before anything is sent upstream. Bodies without a declared length are
-//! counted as they stream (see [`crate::body::RequestBody`]).
+//! The request body limit, in one place: a declared `Content-Length` over the limit is
+//! refused with 413 before anything is sent upstream; a body without a declared length is
+//! counted as it streams ([`RequestBody::limited`]) and fails at the limit, which the
+//! pipeline answers with the same 413; a body a stage reads is buffered up to the smaller
+//! of the stage's need and the limit.
 
+use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http::header::CONTENT_LENGTH;
 use http::request::Parts;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
-use super::{Policy, PolicyContext, Rejection};
-use crate::config::table::RouteTarget;
+use crate::body::RequestBody;
+use crate::rejection::Rejection;
 
-/// Refuses requests that declare a body larger than `max_bytes`.
-#[derive(Debug)]
+/// The most bytes a request body may have.
+#[derive(Debug, Clone, Copy)]
 pub struct BodyLimit {
     pub max_bytes: u64,
 }
@@ -20,10 +25,9 @@ impl BodyLimit {
     pub fn declared_length(parts: &Parts) -> Option<u64> {
         parts.headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
     }
-}
 
-impl Policy for BodyLimit {
-    fn check(&self, parts: &Parts, _route: &RouteTarget, _ctx: &mut PolicyContext<'_>) -> Result<(), Rejection> {
+    /// Refuses a request that declares more than the limit.
+    pub fn check_declared(&self, parts: &Parts) -> Result<(), Rejection> {
         match Self::declared_length(parts) {
             Some(n) if n > self.max_bytes => Err(Rejection::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -31,5 +35,35 @@ impl Policy for BodyLimit {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The answer to a body that turned out larger than `limit` while it was read.
+    pub fn exceeded(limit: u64) -> Rejection {
+        Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds the limit of {limit} bytes"))
+    }
+
+    /// The body streaming upstream, counted against the limit.
+    pub fn stream(&self, body: Incoming) -> RequestBody {
+        RequestBody::limited(body, self.max_bytes)
+    }
+
+    /// Reads the whole body for the stages that need it, up to `need` (and never more than
+    /// the limit).
+    pub async fn buffer(&self, mut body: Incoming, need: u64) -> Result<Bytes, Rejection> {
+        let limit = need.min(self.max_bytes);
+        let mut buffer = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                Rejection::new(StatusCode::BAD_REQUEST, "the request body is malformed or incomplete")
+                    .with_reason("client body error")
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if (buffer.len() + data.len()) as u64 > limit {
+                    return Err(Self::exceeded(limit));
+                }
+                buffer.extend_from_slice(&data);
+            }
+        }
+        Ok(buffer.freeze())
     }
 }

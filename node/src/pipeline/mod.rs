@@ -1,18 +1,19 @@
-//! The request path: one pipeline of small stages, run in order.
+//! The request path: from a request head to its response, through the route's stages.
 //!
 //! ```text
 //! request id → host and path rules (400 on ambiguity) → resolve (host, base path → api,
-//!   stage) → route match → policies (body limit, route throttle, API key, plan throttle)
-//!   → integration (http proxy | mock) → response headers → access log + metrics
+//!   stage) → route match → body limit → the route's chain: request head → request body
+//!   → upstream request → integration (http proxy | mock) → response head → response body
+//!   → complete → access log + metrics
 //! ```
 //!
-//! Routing stages produce what later stages need; each [`Policy`] sees the request head and
-//! the matched route and either lets the request through or rejects it with a
-//! [`Rejection`]. New policies are added to the list without touching the others. The
+//! Routing produces the route; the route's [`Chain`] (see [`crate::stages`]) holds only the
+//! stages that route configured, one list per phase. Whatever stops a request (routing, a
+//! stage, the upstream) becomes a response like any other, and the chain's response phases
+//! run on it, so every outcome carries the request id and the headers stages add. The
 //! routing table is loaded once per request from an [`ArcSwap`], so a reload never tears a
 //! request: it finishes on the table it started with.
 
-pub mod api_key;
 pub mod body_limit;
 pub mod headers;
 pub mod host;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -36,23 +38,13 @@ use metrics::Gauge;
 pub use crate::rejection::Rejection;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::config::table::{RouteTarget, RoutingTable, StageRoutes};
+use crate::config::table::{RouteTarget, RoutingTable};
 use crate::integration::{Integration, ProxyIntegration, UpstreamError};
+use crate::limits::limiter::Limiter;
 use crate::observe::access_log::AccessLog;
 use crate::observe::completion::{Completion, ObservedBody, RouteObserver};
-
-/// What the policies of one request learn and pass on to the ones after them.
-pub struct PolicyContext<'t> {
-    pub table: &'t RoutingTable,
-    pub stage: &'t StageRoutes,
-    /// Limits added by earlier policies (a key's usage plan), counted by the throttle.
-    pub limits: Vec<(Arc<str>, crate::limits::limiter::Rate)>,
-}
-
-/// A check between route match and integration.
-pub trait Policy: Send + Sync + 'static {
-    fn check(&self, parts: &Parts, route: &RouteTarget, ctx: &mut PolicyContext<'_>) -> Result<(), Rejection>;
-}
+use crate::stages::{Chain, Exchange, Flow, Services, StagedBody, Stop};
+use body_limit::BodyLimit;
 
 /// What the pipeline knows about the client connection, prepared once per connection.
 #[derive(Debug, Clone)]
@@ -71,32 +63,68 @@ impl ConnInfo {
 /// The request path of a node, shared by all its connections.
 pub struct Pipeline {
     table: Arc<ArcSwap<RoutingTable>>,
-    policies: Vec<Box<dyn Policy>>,
-    max_body_bytes: u64,
+    limiter: Arc<Limiter>,
+    body_limit: BodyLimit,
     /// HTTP/1.1 heads are held to it by hyper; HTTP/2 heads here.
     max_headers: usize,
     log: AccessLog,
     in_flight: Gauge,
 }
 
-/// What serving produced, before the response is wrapped for logging.
-struct Served {
+/// What serving produced, before the response phases and logging.
+struct Served<'t> {
     response: Response<ResponseBody>,
     observer: Arc<RouteObserver>,
+    /// The route's chain, once a route was found: its response phases run on the response.
+    chain: Option<&'t Arc<Chain>>,
     integration_latency: Option<Duration>,
     reason: Option<&'static str>,
 }
 
-impl Served {
-    fn rejected(rejection: Rejection, request_id: &HeaderValue, observer: &Arc<RouteObserver>) -> Served {
+impl<'t> Served<'t> {
+    fn unrouted(rejection: Rejection, request_id: &HeaderValue, observer: &Arc<RouteObserver>) -> Self {
         let reason = rejection.reason;
         Served {
             response: rejection.into_response(request_id),
             observer: observer.clone(),
+            chain: None,
             integration_latency: None,
             reason,
         }
     }
+
+    fn stopped(stop: Stop, request_id: &HeaderValue, target: &'t RouteTarget) -> Self {
+        let (response, reason) = match stop {
+            Stop::Reject(rejection) => {
+                let reason = rejection.reason;
+                (rejection.into_response(request_id), reason)
+            }
+            Stop::Answer(response) => (response, None),
+        };
+        Served {
+            response,
+            observer: target.observer.clone(),
+            chain: Some(&target.chain),
+            integration_latency: None,
+            reason,
+        }
+    }
+
+    fn rejected(rejection: Rejection, request_id: &HeaderValue, target: &'t RouteTarget) -> Self {
+        Self::stopped(Stop::Reject(rejection), request_id, target)
+    }
+}
+
+/// What serves a routed request.
+enum Call<'t> {
+    Proxy(&'t ProxyIntegration, http::Uri),
+    Mock(&'t crate::integration::MockIntegration),
+}
+
+/// A request body on its way to the integration.
+enum ClientBody {
+    Streaming(Incoming),
+    Read(Bytes),
 }
 
 impl Pipeline {
@@ -104,20 +132,12 @@ impl Pipeline {
         table: Arc<ArcSwap<RoutingTable>>,
         limits: &crate::config::Limits,
         log: AccessLog,
-        limiter: Arc<crate::limits::limiter::Limiter>,
+        limiter: Arc<Limiter>,
     ) -> Self {
-        use crate::limits::throttle::{PlanThrottle, RouteThrottle};
-        let policies: Vec<Box<dyn Policy>> = vec![
-            Box::new(body_limit::BodyLimit { max_bytes: limits.max_body_bytes }),
-            // Before the key check, so that refused keys count against the stage's limits.
-            Box::new(RouteThrottle { limiter: limiter.clone() }),
-            Box::new(api_key::ApiKeyAuth),
-            Box::new(PlanThrottle { limiter }),
-        ];
         Pipeline {
             table,
-            policies,
-            max_body_bytes: limits.max_body_bytes,
+            limiter,
+            body_limit: BodyLimit { max_bytes: limits.max_body_bytes },
             max_headers: limits.max_headers,
             log,
             in_flight: metrics::gauge!("meridian_requests_in_flight"),
@@ -133,9 +153,17 @@ impl Pipeline {
         let uri = request.uri().clone();
         let version = request.version();
         let table = self.table.load_full();
-        let served = self.serve(&table, request, conn, &request_id).await;
-        let (mut parts, body) = served.response.into_parts();
+        let mut exchange = Exchange::new(request_id.clone(), conn.client.ip());
+        let served = self.serve(&table, request, conn, &mut exchange).await;
+        let (mut parts, mut body) = served.response.into_parts();
         parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
+        if let Some(chain) = served.chain {
+            exchange.status = Some(parts.status);
+            chain.response_head(&mut parts, &mut exchange);
+            if chain.follows_response_body() {
+                body = ResponseBody::Wrapped(Box::pin(StagedBody::new(body, chain.clone(), exchange)));
+            }
+        }
         let completion = Completion {
             request_id,
             client: conn.client.ip(),
@@ -153,70 +181,96 @@ impl Pipeline {
         Response::from_parts(parts, ObservedBody::new(body, completion))
     }
 
-    async fn serve(
+    async fn serve<'t>(
         &self,
-        table: &RoutingTable,
+        table: &'t RoutingTable,
         request: Request<Incoming>,
         conn: &ConnInfo,
-        request_id: &HeaderValue,
-    ) -> Served {
+        exchange: &mut Exchange,
+    ) -> Served<'t> {
+        let request_id = exchange.request_id.clone();
         let (mut parts, body) = request.into_parts();
         if parts.version == Version::HTTP_2 && parts.headers.len() > self.max_headers {
             let r = Rejection::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request has too many headers");
-            return Served::rejected(r, request_id, &table.unrouted);
+            return Served::unrouted(r, &request_id, &table.unrouted);
         }
         let upgrade = headers::is_websocket_upgrade(&parts.headers);
         if upgrade && let Err(r) = websocket::validate_handshake(&parts) {
-            return Served::rejected(r, request_id, &table.unrouted);
+            return Served::unrouted(r, &request_id, &table.unrouted);
         }
         let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
         let routed = match routing::route(table, &parts, canary_draw()) {
             Ok(routed) => routed,
-            Err(refused) => return Served::rejected(refused.rejection, request_id, refused.observer),
+            Err(refused) => return Served::unrouted(refused.rejection, &request_id, refused.observer),
         };
-        let stage = routed.stage;
         let target = routed.target;
-        let mut ctx = PolicyContext { table, stage, limits: Vec::new() };
-        for policy in &self.policies {
-            if let Err(rejection) = policy.check(&parts, target, &mut ctx) {
-                return Served::rejected(rejection, request_id, &target.observer);
-            }
-        }
-        match &target.integration {
-            Integration::Mock(mock) => Served {
-                response: mock.respond(),
-                observer: target.observer.clone(),
-                integration_latency: None,
-                reason: None,
-            },
+        // The upstream URI is rendered from the path as routed, before any stage runs.
+        let call = match &target.integration {
             Integration::Proxy(proxy) => {
-                let uri = match proxy.upstream.render(routed.route_path(), &routed.captures, parts.uri.query()) {
-                    Ok(uri) => uri,
+                match proxy.upstream.render(routed.route_path(), &routed.captures, parts.uri.query()) {
+                    Ok(uri) => Call::Proxy(proxy, uri),
                     Err(_) => {
                         let r = Rejection::new(StatusCode::BAD_REQUEST, "the request path cannot be forwarded");
-                        return Served::rejected(r, request_id, &target.observer);
+                        return Served::rejected(r, &request_id, target);
                     }
-                };
-                let host = host_of(&parts);
-                headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-                conn.forwarding.apply(&mut parts.headers, host.as_ref());
-                parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
-                parts.uri = uri;
-                parts.version = Version::HTTP_11;
-                let body = RequestBody::limited(body, self.max_body_bytes);
-                self.call_upstream(proxy, Request::from_parts(parts, body), client_upgrade, target, request_id).await
+                }
             }
+            Integration::Mock(mock) => Call::Mock(mock),
+        };
+        drop(routed);
+        if let Err(r) = self.body_limit.check_declared(&parts) {
+            return Served::rejected(r, &request_id, target);
         }
+        let services = Services { limiter: &self.limiter, keys: &table.keys };
+        if let Flow::Stop(stop) = target.chain.request_head(&mut parts, exchange, &services).await {
+            return Served::stopped(stop, &request_id, target);
+        }
+        let body = match target.chain.body_limit(&parts) {
+            None => ClientBody::Streaming(body),
+            Some(need) => match self.body_limit.buffer(body, need).await {
+                Ok(bytes) => {
+                    if let Flow::Stop(stop) = target.chain.request_body(&parts, &bytes, exchange) {
+                        return Served::stopped(stop, &request_id, target);
+                    }
+                    ClientBody::Read(bytes)
+                }
+                Err(r) => return Served::rejected(r, &request_id, target),
+            },
+        };
+        let (proxy, uri) = match call {
+            Call::Proxy(proxy, uri) => (proxy, uri),
+            Call::Mock(mock) => {
+                return Served {
+                    response: mock.respond(),
+                    observer: target.observer.clone(),
+                    chain: Some(&target.chain),
+                    integration_latency: None,
+                    reason: None,
+                };
+            }
+        };
+        let host = host_of(&parts);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        conn.forwarding.apply(&mut parts.headers, host.as_ref());
+        parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        target.chain.upstream_request(&mut parts, exchange);
+        let body = match body {
+            ClientBody::Streaming(incoming) => self.body_limit.stream(incoming),
+            ClientBody::Read(bytes) => RequestBody::buffered(bytes),
+        };
+        self.call_upstream(proxy, Request::from_parts(parts, body), client_upgrade, target, &request_id).await
     }
 
-    async fn call_upstream(
+    async fn call_upstream<'t>(
         &self,
         proxy: &ProxyIntegration,
         request: Request<RequestBody>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        target: &RouteTarget,
+        target: &'t RouteTarget,
         request_id: &HeaderValue,
-    ) -> Served {
+    ) -> Served<'t> {
         let sent = Instant::now();
         let result = proxy.forward(request).await;
         let integration_latency = Some(sent.elapsed());
@@ -230,16 +284,19 @@ impl Pipeline {
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers, switching);
                 let response = Response::from_parts(parts, ResponseBody::Upstream(body));
-                return Served { response, observer: target.observer.clone(), integration_latency, reason: None };
+                return Served {
+                    response,
+                    observer: target.observer.clone(),
+                    chain: Some(&target.chain),
+                    integration_latency,
+                    reason: None,
+                };
             }
             Err(UpstreamError::Timeout(d)) => Rejection::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("the upstream did not answer within {} ms", d.as_millis()),
             ),
-            Err(UpstreamError::BodyTooLarge) => Rejection::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body exceeds the limit of {} bytes", self.max_body_bytes),
-            ),
+            Err(UpstreamError::BodyTooLarge) => BodyLimit::exceeded(self.body_limit.max_bytes),
             Err(UpstreamError::ClientBody) => {
                 Rejection::new(StatusCode::BAD_REQUEST, "the request body is malformed or incomplete")
                     .with_reason("client body error")
@@ -249,7 +306,7 @@ impl Pipeline {
                 Rejection::new(StatusCode::BAD_GATEWAY, "the upstream could not be reached")
             }
         };
-        Served { integration_latency, ..Served::rejected(rejection, request_id, &target.observer) }
+        Served { integration_latency, ..Served::rejected(rejection, request_id, target) }
     }
 }
 
@@ -265,3 +322,6 @@ fn host_of(parts: &Parts) -> Option<HeaderValue> {
         None => parts.headers.get(HOST).cloned(),
     }
 }
+
+#[cfg(test)]
+mod tests;

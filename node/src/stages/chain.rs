@@ -1,0 +1,196 @@
+//! A route's chain: its stages, sorted once per revision into one list per phase, and the
+//! response body that runs the response-body and completion phases as it streams.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{request, response};
+use http_body::{Body, Frame, SizeHint};
+
+use super::{Exchange, Flow, Phases, Services, Stage, Step};
+use crate::body::{BoxError, ResponseBody};
+
+/// The stages of one route, by phase. Built once per configuration revision.
+#[derive(Debug, Default)]
+pub struct Chain {
+    /// Every stage, in the order the request meets them.
+    stages: Vec<Arc<dyn Stage>>,
+    request_head: Vec<Arc<dyn Stage>>,
+    request_body: Vec<Arc<dyn Stage>>,
+    upstream_request: Vec<Arc<dyn Stage>>,
+    /// Response phases hold the stages in reverse order.
+    response_head: Vec<Arc<dyn Stage>>,
+    response_body: Vec<Arc<dyn Stage>>,
+    complete: Vec<Arc<dyn Stage>>,
+}
+
+impl Chain {
+    /// A chain of `stages`, in the order a request meets them.
+    pub fn new(stages: Vec<Arc<dyn Stage>>) -> Chain {
+        let of = |phase: Phases, reverse: bool| {
+            let mut list: Vec<_> = stages.iter().filter(|s| s.phases().contains(phase)).cloned().collect();
+            if reverse {
+                list.reverse();
+            }
+            list
+        };
+        Chain {
+            request_head: of(Phases::REQUEST_HEAD, false),
+            request_body: of(Phases::REQUEST_BODY, false),
+            upstream_request: of(Phases::UPSTREAM_REQUEST, false),
+            response_head: of(Phases::RESPONSE_HEAD, true),
+            response_body: of(Phases::RESPONSE_BODY, true),
+            complete: of(Phases::COMPLETE, true),
+            stages,
+        }
+    }
+
+    /// The stages' names, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.name()).collect()
+    }
+
+    /// Runs the request-head phase; the first stage that stops the request ends it.
+    pub async fn request_head(
+        &self,
+        head: &mut request::Parts,
+        exchange: &mut Exchange,
+        services: &Services<'_>,
+    ) -> Flow {
+        for stage in &self.request_head {
+            let flow = match stage.request_head(head, exchange, services) {
+                Step::Done(flow) => flow,
+                Step::Waiting(waiting) => waiting.await,
+            };
+            if let Flow::Stop(stop) = flow {
+                return Flow::Stop(stop);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The most body bytes the request-body stages need for this request, or `None` when
+    /// none of them reads it (the body then streams upstream untouched).
+    pub fn body_limit(&self, head: &request::Parts) -> Option<u64> {
+        self.request_body.iter().filter_map(|s| s.body_limit(head)).max()
+    }
+
+    /// Runs the request-body phase over the buffered body.
+    pub fn request_body(&self, head: &request::Parts, body: &Bytes, exchange: &mut Exchange) -> Flow {
+        for stage in &self.request_body {
+            if stage.body_limit(head).is_some()
+                && let Flow::Stop(stop) = stage.request_body(head, body, exchange)
+            {
+                return Flow::Stop(stop);
+            }
+        }
+        Flow::Continue
+    }
+
+    pub fn upstream_request(&self, head: &mut request::Parts, exchange: &mut Exchange) {
+        for stage in &self.upstream_request {
+            stage.upstream_request(head, exchange);
+        }
+    }
+
+    pub fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange) {
+        for stage in &self.response_head {
+            stage.response_head(head, exchange);
+        }
+    }
+
+    /// Whether the response body needs [`StagedBody`] (a stage reads it or waits for the end).
+    pub fn follows_response_body(&self) -> bool {
+        !self.response_body.is_empty() || !self.complete.is_empty()
+    }
+}
+
+/// A response body run through its chain's response-body phase, which ends with the
+/// completion phase (also when the client goes away mid-body).
+pub struct StagedBody {
+    inner: ResponseBody,
+    chain: Arc<Chain>,
+    exchange: Exchange,
+    done: bool,
+}
+
+impl StagedBody {
+    pub fn new(inner: ResponseBody, chain: Arc<Chain>, exchange: Exchange) -> Self {
+        StagedBody { inner, chain, exchange, done: false }
+    }
+
+    fn finish(&mut self) {
+        if !self.done {
+            self.done = true;
+            for stage in &self.chain.complete {
+                stage.complete(&self.exchange);
+            }
+        }
+    }
+
+    /// Runs the response-body stages over one chunk (`None` at the end of the body).
+    fn filter(&mut self, mut chunk: Option<Bytes>, end_of_stream: bool) -> Option<Bytes> {
+        for stage in &self.chain.response_body {
+            stage.response_body(&mut chunk, end_of_stream, &mut self.exchange);
+        }
+        chunk
+    }
+}
+
+impl Drop for StagedBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Body for StagedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let end = this.inner.is_end_stream();
+                    let frame = match frame.into_data() {
+                        Ok(data) => this.filter(Some(data), end).map(Frame::data),
+                        Err(trailers) => Some(trailers),
+                    };
+                    if end {
+                        // The last chunk went through the stages with `end_of_stream`.
+                        this.finish();
+                        return Poll::Ready(frame.map(Ok));
+                    }
+                    if let Some(frame) = frame {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                }
+                Poll::Ready(None) => {
+                    let tail = this.filter(None, true);
+                    this.finish();
+                    return Poll::Ready(tail.map(|t| Ok(Frame::data(t))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.finish();
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // A stage may change the body, so only an untouched body keeps its length.
+        if self.chain.response_body.is_empty() { self.inner.size_hint() } else { SizeHint::default() }
+    }
+}

@@ -1,0 +1,196 @@
+//! Stages: what a route does to a request between routing and its integration, as named
+//! phases.
+//!
+//! A request's life on a route runs through these phases, in this order:
+//!
+//! ```text
+//! request head ─▶ request body ─▶ upstream request ─▶ (integration) ─▶ response head ─▶ response body ─▶ complete
+//!   may wait        buffered, only     headers on their                     every outcome,    streamed, chunk     logging,
+//!   (a callout)     when a stage       way upstream                         rejections too    by chunk            metrics
+//!                   asks for it
+//! ```
+//!
+//! A [`Stage`] is a small type in its own file that overrides only the phases it uses and
+//! says which ones in [`Stage::phases`]. Each route's [`Chain`] is built once per
+//! configuration revision from the stages that route configures, one list per phase, so a
+//! phase no stage of the route uses costs an empty loop, and a route without stages pays
+//! nothing for the ones other routes use.
+//!
+//! A request-side phase returns a [`Flow`]: go on, or stop the request, either by rejecting
+//! it (the JSON error every refusal uses) or by answering it (a preflight, a cached or
+//! replayed response). Either way the response phases still run, so a 401 carries the same
+//! headers a 200 would. Response phases run in the reverse of the chain's order: the stage
+//! closest to the integration sees the response first, like layers around a service.
+//!
+//! Stages keep their configuration (the policy) in their own fields, compiled from the API
+//! definition; what they enforce it with (the node's limiter, the revision's API keys)
+//! arrives in [`Services`]. That keeps a route's policy plain data and lets one stage type
+//! serve every route that uses it.
+
+pub mod api_key;
+mod chain;
+pub mod throttle;
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::ops::BitOr;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use http::request;
+use http::{HeaderValue, Response, StatusCode, response};
+
+pub use chain::{Chain, StagedBody};
+
+use crate::body::ResponseBody;
+use crate::limits::limiter::Limiter;
+use crate::rejection::Rejection;
+
+/// The phases of a request a stage takes part in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases(u8);
+
+impl Phases {
+    pub const NONE: Phases = Phases(0);
+    pub const REQUEST_HEAD: Phases = Phases(1);
+    pub const REQUEST_BODY: Phases = Phases(1 << 1);
+    pub const UPSTREAM_REQUEST: Phases = Phases(1 << 2);
+    pub const RESPONSE_HEAD: Phases = Phases(1 << 3);
+    pub const RESPONSE_BODY: Phases = Phases(1 << 4);
+    pub const COMPLETE: Phases = Phases(1 << 5);
+
+    /// Whether every phase of `other` is in `self`.
+    pub const fn contains(self, other: Phases) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+}
+
+impl BitOr for Phases {
+    type Output = Phases;
+
+    fn bitor(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
+}
+
+/// How a request stops before its integration.
+#[derive(Debug)]
+pub enum Stop {
+    /// Refused, with the JSON error of every refusal.
+    Reject(Rejection),
+    /// Answered by the stage itself (a preflight, a cached or replayed response).
+    Answer(Response<ResponseBody>),
+}
+
+/// What a request-side phase decided.
+#[derive(Debug)]
+pub enum Flow {
+    Continue,
+    Stop(Stop),
+}
+
+impl From<Rejection> for Flow {
+    fn from(rejection: Rejection) -> Flow {
+        Flow::Stop(Stop::Reject(rejection))
+    }
+}
+
+impl From<Result<(), Rejection>> for Flow {
+    fn from(result: Result<(), Rejection>) -> Flow {
+        match result {
+            Ok(()) => Flow::Continue,
+            Err(rejection) => rejection.into(),
+        }
+    }
+}
+
+/// A request-head phase that has to wait (on a callout, a key fetch).
+pub type Waiting<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
+
+/// The outcome of a request-head phase: decided now (no allocation), or after a wait.
+pub enum Step<'a> {
+    Done(Flow),
+    Waiting(Waiting<'a>),
+}
+
+impl From<Result<(), Rejection>> for Step<'_> {
+    fn from(result: Result<(), Rejection>) -> Self {
+        Step::Done(result.into())
+    }
+}
+
+impl From<Flow> for Step<'_> {
+    fn from(flow: Flow) -> Self {
+        Step::Done(flow)
+    }
+}
+
+/// What one request carries through its phases, from its head to its completion.
+#[derive(Debug)]
+pub struct Exchange {
+    pub request_id: HeaderValue,
+    pub client: IpAddr,
+    /// The response's status, once there is one (set before the response phases).
+    pub status: Option<StatusCode>,
+    /// Whatever stages keep for their later phases, by type.
+    pub extensions: http::Extensions,
+}
+
+impl Exchange {
+    pub fn new(request_id: HeaderValue, client: IpAddr) -> Self {
+        Exchange { request_id, client, status: None, extensions: http::Extensions::new() }
+    }
+}
+
+/// What request-side phases enforce their policy with: the node's shared services and the
+/// data of the configuration revision the request started on.
+#[derive(Debug, Clone, Copy)]
+pub struct Services<'r> {
+    pub limiter: &'r Limiter,
+    pub keys: &'r api_key::KeyRing,
+}
+
+/// One step of a route's request path. Every phase has a default that does nothing; a stage
+/// overrides the ones it names in [`Stage::phases`], and only those are ever called.
+pub trait Stage: Send + Sync + fmt::Debug + 'static {
+    /// A short name for the chain's description (`meridian explain`, tests).
+    fn name(&self) -> &'static str;
+
+    /// The phases this stage takes part in.
+    fn phases(&self) -> Phases;
+
+    /// The request head, before anything is sent upstream. May wait.
+    fn request_head<'a>(
+        &'a self,
+        _head: &'a mut request::Parts,
+        _exchange: &'a mut Exchange,
+        _services: &'a Services<'a>,
+    ) -> Step<'a> {
+        Step::Done(Flow::Continue)
+    }
+
+    /// For [`Phases::REQUEST_BODY`] stages: whether this request's body is needed, and the
+    /// most bytes it may have (more is refused with 413). `None` lets the body stream.
+    fn body_limit(&self, _head: &request::Parts) -> Option<u64> {
+        None
+    }
+
+    /// The whole request body, for stages whose [`Stage::body_limit`] asked for it.
+    fn request_body(&self, _head: &request::Parts, _body: &Bytes, _exchange: &mut Exchange) -> Flow {
+        Flow::Continue
+    }
+
+    /// The request head as it will be sent upstream (proxy integrations only).
+    fn upstream_request(&self, _head: &mut request::Parts, _exchange: &mut Exchange) {}
+
+    /// The response head, whatever produced it: the integration, a rejection or an answer.
+    fn response_head(&self, _head: &mut response::Parts, _exchange: &mut Exchange) {}
+
+    /// Each chunk of the response body as it streams; `end_of_stream` on the last call. A
+    /// stage may replace the chunk (`None` sends nothing for it).
+    fn response_body(&self, _chunk: &mut Option<Bytes>, _end_of_stream: bool, _exchange: &mut Exchange) {}
+
+    /// The request is over (its response was sent, or the client went away).
+    fn complete(&self, _exchange: &Exchange) {}
+}

@@ -1,0 +1,70 @@
+//! Throttles: every request counts against its route's scopes (cluster default, stage,
+//! route) and is refused with 429 when the tightest one is spent.
+//!
+//! This stage comes before any authorization, so requests that fail a key check are counted
+//! and throttled like any other (a flood of guessed keys meets the stage limit). The scopes
+//! and their rates are compiled with the route; the request path only reads the clock and
+//! asks the node's [`Limiter`]. [`admit`] is also how the API-key stage applies a usage
+//! plan's throttles and quotas.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use super::{Exchange, Phases, Services, Stage, Step};
+use crate::limits::limiter::{Limiter, Period, Rate};
+use crate::rejection::Rejection;
+
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// The scopes a request is counted against, each with its limit.
+pub type Scopes = Vec<(Arc<str>, Rate)>;
+
+/// The route's own rate limits (cluster default, stage, route).
+#[derive(Debug)]
+pub struct RouteThrottle {
+    pub scopes: Scopes,
+}
+
+impl Stage for RouteThrottle {
+    fn name(&self) -> &'static str {
+        "throttle"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_HEAD
+    }
+
+    fn request_head<'a>(&'a self, _: &'a mut Parts, _: &'a mut Exchange, services: &'a Services<'a>) -> Step<'a> {
+        admit(services.limiter, &self.scopes).into()
+    }
+}
+
+/// Counts one request against `scopes`; a refusal says which limit and when to retry.
+pub fn admit(limiter: &Limiter, scopes: &[(Arc<str>, Rate)]) -> Result<(), Rejection> {
+    if scopes.is_empty() {
+        return Ok(());
+    }
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let decision = limiter.admit(scopes, now_ms);
+    if decision.allowed {
+        return Ok(());
+    }
+    let (scope, rate) = scopes.get(decision.scope).map_or(("", None), |(s, r)| (&**s, Some(*r)));
+    let number = |n: u64| HeaderValue::from(n);
+    let message = match rate {
+        Some(r) if r.period != Period::Second => {
+            format!("quota exhausted: {scope} allows {} requests per {}", decision.limit, r.period.name())
+        }
+        _ => format!("rate limit exceeded: {scope} allows {} requests per second", decision.limit),
+    };
+    Err(Rejection::new(StatusCode::TOO_MANY_REQUESTS, message)
+        .with_header(http::header::RETRY_AFTER, number(decision.reset_secs))
+        .with_header(RATELIMIT_LIMIT.clone(), number(decision.limit))
+        .with_header(RATELIMIT_REMAINING.clone(), number(decision.remaining))
+        .with_header(RATELIMIT_RESET.clone(), number(decision.reset_secs)))
+}
