@@ -90,7 +90,7 @@ pub fn request_head(data: &[u8]) {
         let Ok(uri) = proxy.upstream.render(routed.route_path(), &routed.captures, parts.uri.query()) else {
             continue;
         };
-        if let Some(prefix) = upstream_prefix(&routed.target.key) {
+        if let Some(prefix) = upstream_prefix(&routed.target.observer.route) {
             let seen = as_a_lenient_upstream_reads_it(uri.path());
             assert!(seen.starts_with(prefix), "{target} reached {} upstream ({seen})", uri.path());
         }

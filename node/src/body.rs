@@ -19,7 +19,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ResponseBody {
     Empty,
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(crate::integration::endpoint::UpstreamBody),
     /// A body wrapped by whoever needs to see it stream (the response-body stages).
     Wrapped(Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>),
 }

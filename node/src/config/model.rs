@@ -255,12 +255,80 @@ pub struct IntegrationDef {
     /// `http_proxy`: a PEM file of CA certificates to trust for an `https` upstream
     /// instead of the system roots.
     pub ca_file: Option<Spanned<String>>,
+    /// `http_proxy`: where requests go, when not to the URI's host (which then stays the
+    /// `Host` header and, for `https`, the name the targets' certificates must carry).
+    pub targets: Option<Spanned<Vec<TargetDef>>>,
+    /// `http_proxy`: how requests spread over `targets`: `round_robin` (default, by weight)
+    /// or `least_requests` (the power of two choices).
+    pub balance: Option<Spanned<crate::integration::balance::Balance>>,
+    /// `http_proxy`: passive health of each target.
+    pub health: Option<Spanned<HealthDef>>,
+    /// `http_proxy`: speak HTTP/2 to the upstream (ALPN over TLS, prior knowledge without).
+    pub http2: Option<Spanned<bool>>,
+    /// `http_proxy`: connections per target.
+    pub connections: Option<Spanned<ConnectionsDef>>,
     /// `mock`: the status code (default 200).
     pub status: Option<Spanned<u16>>,
     /// `mock`: response headers.
     pub headers: Option<Spanned<BTreeMap<String, String>>>,
     /// `mock`: response body.
     pub body: Option<Spanned<String>>,
+}
+
+/// One target of an `http_proxy` integration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetDef {
+    /// `host:port`; `${stageVariables.NAME}` is replaced per stage.
+    pub address: Spanned<String>,
+    /// Its share of the requests, 1-100 (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// The region it is in: nodes of that region prefer it.
+    pub region: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Passive health: a target that fails `failures` times in a row (no connection, a
+/// timeout, a broken exchange) is ejected for `ejection`, twice as long each time in a row.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthDef {
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    #[serde(default = "default_ejection")]
+    pub ejection: String,
+}
+
+fn default_failures() -> u32 {
+    5
+}
+
+fn default_ejection() -> String {
+    "5s".into()
+}
+
+/// Connections to each target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsDef {
+    /// Open at once (default 1024); a request beyond them, with no other target free, is 503.
+    #[serde(default = "default_max_connections")]
+    pub max: u32,
+    /// Idle connections close after this long (default 90s).
+    #[serde(default = "default_idle")]
+    pub idle_timeout: String,
+}
+
+fn default_max_connections() -> u32 {
+    1024
+}
+
+fn default_idle() -> String {
+    "90s".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -1,15 +1,21 @@
 //! Calling what serves a route: an upstream over HTTP(S), or a mock answer from config.
 //!
 //! - [`uri`]: upstream URI templates with stage variables and path parameters.
-//! - [`client`]: the pooled upstream client and its connection metrics.
+//! - [`upstreams`]: the node's targets, shared by routes and kept across reloads.
+//! - [`balance`]: choosing a target (weights, least requests, regions, ejections).
+//! - [`endpoint`]: one target's connections over hyper's connection API, and its health.
+//! - [`trust`]: the TLS roots an `https` upstream is checked against.
 //! - [`proxy`]: streamed pass-through with timeout, retries and WebSocket upgrades.
 //! - [`retry`]: the retry budget that keeps retries from amplifying an outage.
 //! - [`mock`]: static responses.
 
-pub mod client;
+pub mod balance;
+pub mod endpoint;
 pub mod mock;
 pub mod proxy;
 pub mod retry;
+pub mod trust;
+pub mod upstreams;
 pub mod uri;
 
 pub use mock::MockIntegration;
@@ -18,6 +24,6 @@ pub use proxy::{ProxyIntegration, UpstreamError};
 /// How one route is served.
 #[derive(Debug)]
 pub enum Integration {
-    Proxy(ProxyIntegration),
+    Proxy(Box<ProxyIntegration>),
     Mock(MockIntegration),
 }

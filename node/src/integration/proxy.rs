@@ -1,21 +1,23 @@
 //! `http_proxy` integrations: streamed pass-through to an HTTP or HTTPS upstream.
 //!
 //! The request arrives here with its upstream URI and headers already prepared by the
-//! pipeline. This stage bounds the wait for response headers by the route's timeout,
-//! retries (only when configured, only idempotent requests without a body, only within the
-//! retry budget) on connect failures and timeouts, and splices WebSocket upgrades.
+//! pipeline. This stage picks a target ([`Balancer`]), bounds the wait for response headers
+//! by the route's timeout, sends a request no target could take (no connection) to the next
+//! target, retries (only when configured, only idempotent requests without a body, only
+//! within the retry budget) on timeouts and failures, and splices WebSocket upgrades.
 
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::{Method, Request, Response};
 use http_body::Body;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::client::UpstreamClient;
+use super::balance::Balancer;
+use super::endpoint::{SendError, UpstreamBody};
 use super::retry::RetryPolicy;
+use super::upstreams::{UpstreamSpec, Upstreams};
 use super::uri::UpstreamTemplate;
 use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, caused_by};
 
@@ -28,6 +30,8 @@ pub enum UpstreamError {
     Connect(String),
     #[error("the upstream call failed: {0}")]
     Failed(String),
+    #[error("every target is at its connection limit")]
+    Busy,
     #[error("the request body exceeds the limit")]
     BodyTooLarge,
     #[error("the client's request body is malformed or incomplete")]
@@ -36,7 +40,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     fn retryable(&self) -> bool {
-        matches!(self, UpstreamError::Timeout(_) | UpstreamError::Connect(_))
+        matches!(self, UpstreamError::Timeout(_) | UpstreamError::Connect(_) | UpstreamError::Failed(_))
     }
 }
 
@@ -46,7 +50,9 @@ pub struct ProxyIntegration {
     pub upstream: UpstreamTemplate,
     pub timeout: Duration,
     pub retry: Option<RetryPolicy>,
-    pub client: Arc<UpstreamClient>,
+    pub targets: UpstreamSpec,
+    /// Bound to the node's endpoints on first use.
+    balancer: OnceLock<Balancer>,
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -66,12 +72,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl ProxyIntegration {
+    pub fn new(
+        upstream: UpstreamTemplate,
+        timeout: Duration,
+        retry: Option<RetryPolicy>,
+        targets: UpstreamSpec,
+    ) -> Self {
+        ProxyIntegration { upstream, timeout, retry, targets, balancer: OnceLock::new() }
+    }
+
     /// Sends `request` upstream. A call that failed because of the client's body is
     /// reported as [`UpstreamError::BodyTooLarge`] or [`UpstreamError::ClientBody`].
-    pub async fn forward(&self, request: Request<RequestBody>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn forward(
+        &self,
+        request: Request<RequestBody>,
+        upstreams: &Upstreams,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let balancer = self.balancer.get_or_init(|| upstreams.bind(&self.targets));
+        let region = upstreams.region();
         let retry = self.retry.as_ref().filter(|_| is_idempotent(request.method()) && request.body().is_end_stream());
         let Some(policy) = retry else {
-            return self.attempt(request).await;
+            return self.attempt(balancer, region, request).await;
         };
         policy.deposit();
         let (parts, _) = request.into_parts();
@@ -82,7 +103,7 @@ impl ProxyIntegration {
             *again.uri_mut() = parts.uri.clone();
             *again.version_mut() = parts.version;
             *again.headers_mut() = parts.headers.clone();
-            match self.attempt(again).await {
+            match self.attempt(balancer, region, again).await {
                 Err(e) if e.retryable() && tries < policy.attempts && policy.try_withdraw() => {
                     tries += 1;
                     tracing::debug!(error = %e, attempt = tries, "retrying upstream call");
@@ -93,15 +114,50 @@ impl ProxyIntegration {
         }
     }
 
-    async fn attempt(&self, request: Request<RequestBody>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
-            Ok(Err(e)) if caused_by::<BodyTooLarge>(&e) => Err(UpstreamError::BodyTooLarge),
-            Ok(Err(e)) if caused_by::<ClientBodyError>(&e) => Err(UpstreamError::ClientBody),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect(error_chain(&e))),
-            Ok(Err(e)) => Err(UpstreamError::Failed(error_chain(&e))),
-            Ok(Ok(response)) => Ok(response),
+    /// One attempt: the request goes to a target, and to the next one while none could
+    /// take it (it was never sent, so any request may move on).
+    async fn attempt(
+        &self,
+        balancer: &Balancer,
+        region: Option<&str>,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut tried = Vec::new();
+        let mut last = UpstreamError::Connect("the integration has no target".into());
+        while let Some(index) = balancer.pick(region, &tried) {
+            let endpoint = &balancer.targets()[index].endpoint;
+            let sent = match tokio::time::timeout(self.timeout, endpoint.send(request)).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    endpoint.failed();
+                    return Err(UpstreamError::Timeout(self.timeout));
+                }
+            };
+            match sent {
+                Ok(response) => {
+                    endpoint.succeeded();
+                    return Ok(response);
+                }
+                Err(SendError::NotSent(back, e)) => {
+                    endpoint.failed();
+                    tracing::debug!(target = %endpoint.key().authority, error = %e, "no connection; trying the next target");
+                    last = UpstreamError::Connect(format!("{}: {e}", endpoint.key().authority));
+                    request = *back;
+                }
+                Err(SendError::Busy(back)) => {
+                    last = UpstreamError::Busy;
+                    request = *back;
+                }
+                Err(SendError::Failed(e)) if caused_by::<BodyTooLarge>(&e) => return Err(UpstreamError::BodyTooLarge),
+                Err(SendError::Failed(e)) if caused_by::<ClientBodyError>(&e) => return Err(UpstreamError::ClientBody),
+                Err(SendError::Failed(e)) => {
+                    endpoint.failed();
+                    return Err(UpstreamError::Failed(format!("{}: {}", endpoint.key().authority, error_chain(&e))));
+                }
+            }
+            tried.push(index);
         }
+        Err(last)
     }
 }
 

@@ -27,6 +27,7 @@ use crate::reload::{ConfigSource, Reloader, StartupSettings};
 
 /// How many rate-limit scopes a node tracks before it evicts the least recently used.
 const MAX_LIMIT_SCOPES: usize = 100_000;
+use crate::integration::upstreams::Upstreams;
 use crate::pipeline::Pipeline;
 
 /// Why a node could not start.
@@ -53,6 +54,8 @@ pub struct Node {
     pub cluster: Option<ClusterSettings>,
     table: Arc<ArcSwap<RoutingTable>>,
     limiter: Arc<Limiter>,
+    /// Upstream targets and their connections, kept across reloads.
+    upstreams: Arc<Upstreams>,
     /// The cluster-wide rate limit from the node's file, applied to the cluster's APIs.
     default_rate: crate::limits::limiter::Rate,
     /// Where quota counters are saved (cluster members only).
@@ -125,7 +128,9 @@ impl Node {
         }
 
         let limiter = Arc::new(Limiter::new(0, MAX_LIMIT_SCOPES));
-        let pipeline = Arc::new(Pipeline::new(table.clone(), &limits, access_log.clone(), limiter.clone()));
+        let upstreams = Arc::new(Upstreams::new());
+        let pipeline =
+            Arc::new(Pipeline::new(table.clone(), &limits, access_log.clone(), limiter.clone(), upstreams.clone()));
         let connections = ConnectionTable::new(limits.max_connections, limits.max_connections_per_client);
         let (shutdown, stop) = watch::channel(false);
         let serving = watch::Sender::new(config.cluster.is_none());
@@ -159,6 +164,7 @@ impl Node {
             cluster: config.cluster,
             table,
             limiter,
+            upstreams,
             default_rate: config.default_rate,
             quota_file: std::sync::OnceLock::new(),
             admin: admin_state,
@@ -198,6 +204,7 @@ impl Node {
             self.serving.clone(),
         );
         self.limiter.set_node(member.id);
+        self.upstreams.set_region(&member.me.region);
         let quotas = member.data_dir().join("quotas.bin");
         let restored = crate::limits::persist::restore(&self.limiter, &quotas);
         tracing::info!(restored, "quota counters restored");

@@ -39,6 +39,7 @@ pub use crate::rejection::Rejection;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::table::{RouteTarget, RoutingTable};
+use crate::integration::upstreams::Upstreams;
 use crate::integration::{Integration, ProxyIntegration, UpstreamError};
 use crate::limits::limiter::Limiter;
 use crate::observe::access_log::AccessLog;
@@ -64,6 +65,7 @@ impl ConnInfo {
 pub struct Pipeline {
     table: Arc<ArcSwap<RoutingTable>>,
     limiter: Arc<Limiter>,
+    upstreams: Arc<Upstreams>,
     body_limit: BodyLimit,
     /// HTTP/1.1 heads are held to it by hyper; HTTP/2 heads here.
     max_headers: usize,
@@ -133,10 +135,12 @@ impl Pipeline {
         limits: &crate::config::Limits,
         log: AccessLog,
         limiter: Arc<Limiter>,
+        upstreams: Arc<Upstreams>,
     ) -> Self {
         Pipeline {
             table,
             limiter,
+            upstreams,
             body_limit: BodyLimit { max_bytes: limits.max_body_bytes },
             max_headers: limits.max_headers,
             log,
@@ -272,7 +276,7 @@ impl Pipeline {
         request_id: &HeaderValue,
     ) -> Served<'t> {
         let sent = Instant::now();
-        let result = proxy.forward(request).await;
+        let result = proxy.forward(request, &self.upstreams).await;
         let integration_latency = Some(sent.elapsed());
         let rejection = match result {
             Ok(mut response) => {
@@ -300,6 +304,10 @@ impl Pipeline {
             Err(UpstreamError::ClientBody) => {
                 Rejection::new(StatusCode::BAD_REQUEST, "the request body is malformed or incomplete")
                     .with_reason("client body error")
+            }
+            Err(UpstreamError::Busy) => {
+                Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "the upstream is at its connection limit")
+                    .with_reason("upstream connection limit")
             }
             Err(e @ (UpstreamError::Connect(_) | UpstreamError::Failed(_))) => {
                 tracing::warn!(upstream = proxy.upstream.host(), error = %e, request_id = ?request_id, "upstream call failed");

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::{ConnInfo, Pipeline};
 use crate::body::ResponseBody;
 use crate::config::table::{RouteTarget, RoutingTable, StageRoutes, StageTarget};
-use crate::integration::client::shared_client;
+use crate::integration::upstreams::{TargetSpec, UpstreamSpec, Upstreams};
 use crate::integration::uri::UpstreamTemplate;
 use crate::integration::{Integration, ProxyIntegration};
 use crate::limits::limiter::Limiter;
@@ -143,12 +143,20 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
     let (method, pattern) = parse_route_key("POST /thing").unwrap();
     let mut router = Router::default();
     let target = RouteTarget {
-        integration: Integration::Proxy(ProxyIntegration {
-            upstream: UpstreamTemplate::compile(&format!("http://{backend}/thing"), &[]).unwrap(),
-            timeout: Duration::from_secs(5),
-            retry: None,
-            client: shared_client().unwrap(),
-        }),
+        integration: Integration::Proxy(Box::new(ProxyIntegration::new(
+            UpstreamTemplate::compile(&format!("http://{backend}/thing"), &[]).unwrap(),
+            Duration::from_secs(5),
+            None,
+            UpstreamSpec {
+                scheme: http::uri::Scheme::HTTP,
+                targets: vec![TargetSpec { authority: backend.to_string().parse().unwrap(), weight: 1, region: None }],
+                balance: Default::default(),
+                settings: Default::default(),
+                http2: false,
+                server_name: None,
+                tls: None,
+            },
+        ))),
         chain: Arc::new(Chain::new(stages)),
         observer: Arc::new(RouteObserver::new("a", "s", "POST /thing", "", None)),
         allow_encoded_slashes: false,
@@ -177,6 +185,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
         &limits,
         AccessLog::off(),
         Arc::new(Limiter::new(0, 1000)),
+        Arc::new(Upstreams::new()),
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,0 +1,521 @@
+//! One upstream target (`host:port`, plain or TLS, HTTP/1.1 or HTTP/2) and its
+//! connections, built on hyper's connection API.
+//!
+//! An [`Endpoint`] keeps what a target needs across requests and reloads: idle HTTP/1.1
+//! connections (a stack, newest first, expired after the idle timeout), one shared HTTP/2
+//! connection, the count of requests outstanding (for least-outstanding balancing), and its
+//! passive health: a target that fails `failures` times in a row is ejected for a growing
+//! interval. A request that could not be written (no connection, or an idle one the target
+//! had closed) is handed back to the caller untouched, so it can go to another target.
+//!
+//! Metrics per target: `meridian_upstream_requests_total`, `..._failures_total`,
+//! `..._ejections_total`, `meridian_upstream_connections_opened_total` and
+//! `meridian_upstream_connections_open`, each labelled `target`.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use metrics::{Counter, Gauge};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::body::RequestBody;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a target stays ejected, however often it failed.
+const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+/// What identifies a target's connections: requests to equal keys share them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// For `https`: the name the certificate must carry (the integration URI's host, which
+    /// is also the SNI), and the trust (`None`: the system roots, else the CA PEM's digest).
+    pub server_name: Option<String>,
+    pub trust: Option<String>,
+    pub http2: bool,
+}
+
+/// How a target's connections are kept and its health judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointSettings {
+    /// Connections open at once (HTTP/1.1); a request beyond them is refused with 503.
+    pub max_connections: u32,
+    /// Idle connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// Consecutive failures that eject the target.
+    pub failures: u32,
+    /// The first ejection's length; each further ejection in a row doubles it (up to 5 min).
+    pub ejection: Duration,
+}
+
+impl Default for EndpointSettings {
+    fn default() -> Self {
+        EndpointSettings {
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(90),
+            failures: 5,
+            ejection: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a request did not get a response from this target.
+#[derive(Debug)]
+pub enum SendError {
+    /// Nothing was sent: the request comes back for another target.
+    NotSent(Box<Request<RequestBody>>, String),
+    /// The target is at its connection limit; the request comes back too.
+    Busy(Box<Request<RequestBody>>),
+    /// Sent, and the exchange failed (the error and its sources, on one line).
+    Failed(hyper::Error),
+}
+
+/// One upstream target and its connections.
+pub struct Endpoint {
+    key: EndpointKey,
+    settings: EndpointSettings,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    idle: Mutex<Vec<IdleConnection>>,
+    shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    open: Arc<AtomicU32>,
+    outstanding: AtomicU32,
+    consecutive_failures: AtomicU32,
+    ejections_in_a_row: AtomicU32,
+    /// Milliseconds since `epoch` until which the target is ejected (0: not ejected).
+    ejected_until: AtomicU64,
+    epoch: Instant,
+    metrics: EndpointMetrics,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+struct IdleConnection {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+struct EndpointMetrics {
+    requests: Counter,
+    failures: Counter,
+    ejections: Counter,
+    opened: Counter,
+    open: Gauge,
+}
+
+impl Endpoint {
+    /// A target for `key`; `tls` is the client configuration for an `https` target.
+    pub fn new(key: EndpointKey, settings: EndpointSettings, tls: Option<Arc<rustls::ClientConfig>>) -> Endpoint {
+        let target = key.authority.to_string();
+        let label = |name: &'static str| metrics::counter!(name, "target" => target.clone());
+        let metrics = EndpointMetrics {
+            requests: label("meridian_upstream_requests_total"),
+            failures: label("meridian_upstream_failures_total"),
+            ejections: label("meridian_upstream_ejections_total"),
+            opened: label("meridian_upstream_connections_opened_total"),
+            open: metrics::gauge!("meridian_upstream_connections_open", "target" => target.clone()),
+        };
+        let tls = tls.and_then(|config| {
+            let name = key.server_name.clone().unwrap_or_else(|| key.authority.host().to_string());
+            let name = ServerName::try_from(name).ok()?;
+            let mut config = (*config).clone();
+            config.alpn_protocols =
+                if key.http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+            Some((TlsConnector::from(Arc::new(config)), name))
+        });
+        Endpoint {
+            key,
+            settings,
+            tls,
+            idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
+            open: Arc::new(AtomicU32::new(0)),
+            outstanding: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections_in_a_row: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            metrics,
+        }
+    }
+
+    pub fn key(&self) -> &EndpointKey {
+        &self.key
+    }
+
+    pub fn settings(&self) -> EndpointSettings {
+        self.settings
+    }
+
+    /// Requests sent and not finished (their response bodies still streaming).
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> u32 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether the target is ejected now; the time left if so.
+    pub fn ejected_for(&self) -> Option<Duration> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    #[cfg(test)]
+    pub fn ejected_until_for_test(&self, ms: u64) {
+        self.ejected_until.store(ms, Ordering::Relaxed);
+    }
+
+    /// Records a failed exchange; the `failures`-th in a row ejects the target.
+    pub fn failed(&self) {
+        self.metrics.failures.increment(1);
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.settings.failures && self.ejected_for().is_none() {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            let in_a_row = self.ejections_in_a_row.fetch_add(1, Ordering::Relaxed).min(16);
+            let length = self.settings.ejection.saturating_mul(1 << in_a_row).min(MAX_EJECTION);
+            self.ejected_until.store(self.now_ms() + length.as_millis() as u64, Ordering::Relaxed);
+            self.metrics.ejections.increment(1);
+            tracing::warn!(target = %self.key.authority, failures, ejected_for = ?length, "upstream target ejected");
+        }
+    }
+
+    /// Records a successful exchange: the failure count and the ejection backoff start over.
+    pub fn succeeded(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections_in_a_row.load(Ordering::Relaxed) != 0 && self.ejected_for().is_none() {
+            self.ejections_in_a_row.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends `request` (its URI absolute) on a pooled or new connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        self.metrics.requests.increment(1);
+        if self.key.http2 {
+            return self.send_http2(request).await;
+        }
+        // HTTP/1.1 takes the origin form, and the URI's authority as `Host`.
+        if let Some(host) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            request.headers_mut().insert(HOST, host);
+        }
+        let origin = request.uri().path_and_query().cloned();
+        *request.uri_mut() = Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = origin;
+            parts
+        })
+        .unwrap_or_default();
+        loop {
+            let (mut sender, reused) = match self.checkout() {
+                Some(sender) => (sender, true),
+                None => {
+                    if self.open_connections() >= self.settings.max_connections {
+                        return Err(SendError::Busy(Box::new(request)));
+                    }
+                    match self.connect_http1().await {
+                        Ok(sender) => (sender, false),
+                        Err(e) => return Err(SendError::NotSent(Box::new(request), e)),
+                    }
+                }
+            };
+            let guard = Outstanding::new(self.clone());
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let keep = response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+                    let lease = keep.then_some(sender);
+                    return Ok(response.map(|body| UpstreamBody::new(body, guard, lease)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // A reused connection the target had closed: try a fresh one.
+                    Some(back) if reused => request = back,
+                    Some(back) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
+                    None => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        }
+    }
+
+    async fn send_http2(self: &Arc<Self>, request: Request<RequestBody>) -> Result<Response<UpstreamBody>, SendError> {
+        let existing = self.shared.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|s| !s.is_closed());
+        let mut sender = match existing {
+            Some(sender) => sender,
+            None => match self.connect_http2().await {
+                Ok(sender) => sender,
+                Err(e) => return Err(SendError::NotSent(Box::new(request), e)),
+            },
+        };
+        let guard = Outstanding::new(self.clone());
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(response.map(|body| UpstreamBody::new(body, guard, None))),
+            Err(mut e) => match e.take_message() {
+                Some(back) => Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
+                None => Err(SendError::Failed(e.into_error())),
+            },
+        }
+    }
+
+    /// The newest idle connection that is still open and fresh.
+    fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(connection) = idle.pop() {
+            if connection.sender.is_ready() && connection.since.elapsed() < self.settings.idle_timeout {
+                return Some(connection.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose exchange finished back for the next request.
+    fn checkin(&self, sender: http1::SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // The oldest idle connections are the first to have expired.
+        let timeout = self.settings.idle_timeout;
+        idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        idle.push(IdleConnection { sender, since: Instant::now() });
+    }
+
+    async fn open_stream(&self) -> Result<(UpstreamIo, bool), String> {
+        let address = (self.key.authority.host(), self.key.authority.port_u16().unwrap_or(default_port(&self.key)));
+        let connecting = async {
+            let tcp = TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => Ok((UpstreamIo::Plain(tcp), self.key.http2)),
+                Some((connector, name)) => {
+                    let tls = connector.connect(name.clone(), tcp).await.map_err(|e| format!("TLS: {e}"))?;
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    Ok((UpstreamIo::Tls(Box::new(tls)), h2))
+                }
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no connection within {} s", CONNECT_TIMEOUT.as_secs())),
+        }
+    }
+
+    async fn connect_http1(&self) -> Result<http1::SendRequest<RequestBody>, String> {
+        let (io, _) = self.open_stream().await?;
+        let (sender, connection) =
+            http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
+        let open = self.opened();
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+            drop(open);
+        });
+        Ok(sender)
+    }
+
+    async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, String> {
+        let (io, h2) = self.open_stream().await?;
+        if !h2 {
+            return Err("the target did not agree to HTTP/2 (ALPN)".into());
+        }
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+        let open = self.opened();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+            drop(open);
+        });
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Counts a new connection; the returned guard uncounts it when the connection ends.
+    fn opened(&self) -> OpenConnection {
+        self.metrics.opened.increment(1);
+        self.metrics.open.increment(1.0);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection { open: self.open.clone(), gauge: self.metrics.open.clone() }
+    }
+}
+
+fn default_port(key: &EndpointKey) -> u16 {
+    if key.scheme == Scheme::HTTPS { 443 } else { 80 }
+}
+
+struct OpenConnection {
+    open: Arc<AtomicU32>,
+    gauge: Gauge,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.decrement(1.0);
+    }
+}
+
+/// A request counted as outstanding on its endpoint until its response body is done.
+struct Outstanding(Arc<Endpoint>);
+
+impl Outstanding {
+    fn new(endpoint: Arc<Endpoint>) -> Self {
+        endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(endpoint)
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An upstream response body. When it has been read to its end, its HTTP/1.1 connection
+/// goes back to the endpoint's idle connections; dropped earlier, the connection closes.
+pub struct UpstreamBody {
+    inner: Incoming,
+    outstanding: Option<Outstanding>,
+    lease: Option<http1::SendRequest<RequestBody>>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody").finish_non_exhaustive()
+    }
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, outstanding: Outstanding, lease: Option<http1::SendRequest<RequestBody>>) -> Self {
+        let mut body = UpstreamBody { inner, outstanding: Some(outstanding), lease };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(outstanding) = self.outstanding.take() {
+            if let Some(sender) = self.lease.take() {
+                outstanding.0.checkin(sender);
+            }
+            drop(outstanding);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A connection to a target: plain TCP or TLS.
+enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Upstreams worth the name, end to end: weighted targets, ejection of a dead target and
+//! its return, HTTP/2 and TLS to the upstream, and pools that outlive a reload.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meridian_tests::{NodeProcess, TestCa, get, send, start_node, start_node_in};
+use rustls::pki_types::pem::PemObject;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// A backend that answers `backend <name> <protocol>` and counts its requests. Dropping the
+/// handle kills it: the listener and every connection close.
+struct Backend {
+    addr: SocketAddr,
+    count: Arc<AtomicUsize>,
+    _tasks: JoinSet<()>,
+}
+
+impl Backend {
+    async fn start(name: &'static str) -> Backend {
+        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), name, None).await
+    }
+
+    async fn on(listener: TcpListener, name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let counter = count.clone();
+        let mut tasks = JoinSet::new();
+        let connections = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+        let held = connections.clone();
+        tasks.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                let tls = tls.clone();
+                held.lock().await.spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let text = format!("backend {name} {:?}", request.version());
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text)))) }
+                    });
+                    let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = server.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = server.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        // Killing the backend aborts its connections too.
+        tasks.spawn(async move {
+            let _keep = connections;
+            std::future::pending::<()>().await
+        });
+        Backend { addr, count, _tasks: tasks }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+fn config(integration: &str, extra_routes: &str) -> String {
+    format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+throttle: {{ rate: 1000000, burst: 1000000 }}
+apis:
+  - id: svc
+    routes:
+      - route: GET /work
+        integration: {integration}
+{extra_routes}
+    stages:
+      - name: prod
+"#
+    )
+}
+
+async fn metrics(node: &NodeProcess) -> String {
+    let request = Request::get("/metrics").header("host", "admin").body(Full::new(Bytes::new())).unwrap();
+    String::from_utf8_lossy(&send(node.admin, request).await.body).into_owned()
+}
+
+/// The value of `name{target="addr"}` in the metrics text (0 when absent).
+fn metric(text: &str, name: &str, target: SocketAddr) -> f64 {
+    let prefix = format!("{name}{{target=\"{target}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_targets_split_traffic_by_weight() {
+    let (a, b, c) = (Backend::start("a").await, Backend::start("b").await, Backend::start("c").await);
+    let integration = format!(
+        "{{ type: http_proxy, uri: \"http://svc.internal/work\", targets: [{{ address: \"{}\", weight: 1 }}, {{ address: \"{}\", weight: 2 }}, {{ address: \"{}\", weight: 3 }}] }}",
+        a.addr, b.addr, c.addr
+    );
+    let node = start_node(config(&integration, "")).await;
+    let http = node.http.unwrap();
+    for _ in 0..600 {
+        let reply = get(http, "svc.test", "/prod/work").await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+    }
+    // Round robin by weight is exact over whole cycles of six.
+    assert_eq!((a.count(), b.count(), c.count()), (100, 200, 300));
+
+    // least_requests draws by weight too: the split is close, not exact.
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let integration = format!(
+        "{{ type: http_proxy, uri: \"http://svc.internal/work\", balance: least_requests, targets: [{{ address: \"{}\", weight: 1 }}, {{ address: \"{}\", weight: 3 }}] }}",
+        a.addr, b.addr
+    );
+    let node = start_node(config(&integration, "")).await;
+    let http = node.http.unwrap();
+    for _ in 0..400 {
+        assert_eq!(get(http, "svc.test", "/prod/work").await.status, 200);
+    }
+    let share = a.count() as f64 / 400.0;
+    assert!((0.1..=0.4).contains(&share), "weight 1 of 4 got {share}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_target_is_ejected_without_failed_requests_and_comes_back() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let integration = format!(
+        "{{ type: http_proxy, uri: \"http://svc.internal/work\", health: {{ failures: 2, ejection: 1s }}, targets: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
+        a.addr, b.addr
+    );
+    let node = start_node(config(&integration, "")).await;
+    let http = node.http.unwrap();
+    for _ in 0..20 {
+        assert_eq!(get(http, "svc.test", "/prod/work").await.status, 200);
+    }
+    assert!(a.count() > 0 && b.count() > 0);
+
+    // Kill `a`: its connections close and new ones are refused. Every request still
+    // succeeds (a request no connection took goes to the next target), and `a` is ejected.
+    let dead = a.addr;
+    drop(a);
+    let before_b = b.count();
+    let mut failed = 0;
+    for _ in 0..100 {
+        if get(http, "svc.test", "/prod/work").await.status != 200 {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "requests failed after the target died");
+    assert_eq!(b.count() - before_b, 100);
+    let text = metrics(&node).await;
+    assert!(metric(&text, "meridian_upstream_ejections_total", dead) >= 1.0, "{text}");
+
+    // It comes back on the same port: after the ejection it gets traffic again.
+    let listener = TcpListener::bind(dead).await.unwrap();
+    let back = Backend::on(listener, "a", None).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while back.count() == 0 {
+        assert!(Instant::now() < deadline, "the target never came back");
+        assert_eq!(get(http, "svc.test", "/prod/work").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_over_tls_and_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    ca.issue(dir.path(), "backend.test");
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(dir.path().join("backend.test.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.path().join("backend.test.key")).unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let tls = Backend::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), "tls", Some(acceptor)).await;
+    let cleartext = Backend::start("h2c").await;
+    let port = tls.addr.port();
+    let integration = format!(
+        "{{ type: http_proxy, uri: \"https://backend.test:{port}/work\", ca_file: ca.pem, http2: true, targets: [{{ address: \"127.0.0.1:{port}\" }}] }}"
+    );
+    let routes = format!(
+        "      - route: GET /h1tls\n        integration: {{ type: http_proxy, uri: \"https://backend.test:{port}/work\", ca_file: ca.pem, targets: [{{ address: \"127.0.0.1:{port}\" }}] }}\n      - route: GET /h2c\n        integration: {{ type: http_proxy, uri: \"http://{}/work\", http2: true }}",
+        cleartext.addr
+    );
+    let node = start_node_in(dir, config(&integration, &routes)).await;
+    let http = node.http.unwrap();
+    let reply = get(http, "svc.test", "/prod/work").await;
+    assert_eq!((reply.status, &reply.body[..]), (200, &b"backend tls HTTP/2.0"[..]));
+    let reply = get(http, "svc.test", "/prod/h1tls").await;
+    assert_eq!((reply.status, &reply.body[..]), (200, &b"backend tls HTTP/1.1"[..]));
+    let reply = get(http, "svc.test", "/prod/h2c").await;
+    assert_eq!((reply.status, &reply.body[..]), (200, &b"backend h2c HTTP/2.0"[..]));
+    // Many requests share one HTTP/2 connection.
+    for _ in 0..20 {
+        assert_eq!(get(http, "svc.test", "/prod/work").await.status, 200);
+    }
+    let text = metrics(&node).await;
+    assert_eq!(metric(&text, "meridian_upstream_connections_opened_total", "127.0.0.1:0".parse().unwrap()), 0.0);
+    let opened = text
+        .lines()
+        .find(|l| l.starts_with(&format!("meridian_upstream_connections_opened_total{{target=\"127.0.0.1:{port}\"}}")))
+        .unwrap_or_default()
+        .to_string();
+    // One for HTTP/2, one (or a few) for the HTTP/1.1 route to the same target.
+    assert!(!opened.is_empty(), "{text}");
+
+    // A certificate for another name is refused: 502, never a silent downgrade.
+    let wrong = format!(
+        "{{ type: http_proxy, uri: \"https://other.test:{port}/work\", ca_file: ca.pem, targets: [{{ address: \"127.0.0.1:{port}\" }}] }}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let node = start_node_in(dir, config(&wrong, "")).await;
+    assert_eq!(get(node.http.unwrap(), "svc.test", "/prod/work").await.status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_one_route_keeps_the_connections_of_the_others() {
+    let kept = Backend::start("kept").await;
+    let changed = Backend::start("changed").await;
+    let integration = format!("{{ type: http_proxy, uri: \"http://{}/work\" }}", kept.addr);
+    let other = |body: &str| {
+        format!(
+            "      - route: GET /other\n        integration: {{ type: http_proxy, uri: \"http://{}/{body}\" }}",
+            changed.addr
+        )
+    };
+    let node = start_node(config(&integration, &other("one"))).await;
+    let http = node.http.unwrap();
+    for _ in 0..5 {
+        assert_eq!(get(http, "svc.test", "/prod/work").await.status, 200);
+        assert_eq!(get(http, "svc.test", "/prod/other").await.status, 200);
+    }
+    let opened = |text: &str| metric(text, "meridian_upstream_connections_opened_total", kept.addr);
+    let before = opened(&metrics(&node).await);
+    assert!(before >= 1.0);
+
+    std::fs::write(node.config_path(), config(&integration, &other("two"))).unwrap();
+    node.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !node.stderr().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "no reload: {}", node.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(get(http, "svc.test", "/prod/work").await.status, 200);
+    }
+    assert_eq!(opened(&metrics(&node).await), before, "the reload threw the kept route's connections away");
+}
+
+#[test]
+fn bad_targets_are_refused_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.yaml");
+    let text = config(
+        "{ type: http_proxy, uri: \"http://svc/work\", balance: fastest, targets: [] }",
+        "      - route: GET /b\n        integration: { type: http_proxy, uri: \"http://svc/b\", targets: [{ address: \"no-port\", weight: 0 }], health: { failures: 0, ejection: 1ms } }\n      - route: GET /m\n        integration: { type: mock, targets: [{ address: \"127.0.0.1:1\" }] }",
+    );
+    std::fs::write(&file, text.replace("balance: fastest, ", "")).unwrap();
+    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["validate", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "apis[0].routes[0].integration.targets: name at least one target",
+        "apis[0].routes[1].integration.targets[0].weight: must be from 1 to 100",
+        "`no-port` is not a host:port",
+        "health.failures: must be from 1 to 100",
+        "health.ejection: a duration from 1s to 5m",
+        "apis[0].routes[2].integration.targets: `targets` does not apply to a `mock` integration",
+    ] {
+        assert!(said.contains(expected), "missing `{expected}` in:\n{said}");
+    }
+    // An unknown balance is a structural error, named with its line.
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["validate", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fastest"), "{out:?}");
+}
