@@ -481,6 +481,15 @@ impl Compiler<'_> {
 
     fn api(&mut self, api: &ApiDef, field: &str) -> Option<(String, HashMap<String, Arc<StageTarget>>)> {
         let id_ok = self.name(&api.id, &format!("{field}.id"), "API id");
+        if let Some(kind) = &api.kind
+            && kind.value == ApiKind::Websocket
+        {
+            self.sink.push(
+                kind.referenced,
+                format!("{field}.type"),
+                "`websocket` APIs are not supported yet; use `http` (WebSocket upgrades on its routes pass through to the upstream)",
+            );
+        }
         let mut specs = Vec::new();
         let mut shape: Router<()> = Router::default();
         for (i, route) in api.routes.iter().enumerate() {

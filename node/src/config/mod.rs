@@ -84,6 +84,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn websocket_apis_are_refused_with_their_line() {
+        let e = errors("listen: { http: 127.0.0.1:0 }\napis:\n  - id: chat\n    type: websocket\n");
+        assert_eq!((e[0].line, e[0].field.as_str()), (4, "apis[0].type"), "{e:?}");
+        assert!(e[0].message.contains("not supported yet"), "{e:?}");
+        let ok = "listen: { http: 127.0.0.1:0 }\napis:\n  - id: a\n    type: rest\n  - id: b\n    type: http\n";
+        assert!(parse_str(ok, "t.yaml", Path::new(".")).is_ok());
+    }
+
     const GOOD: &str = r#"
 listen: { http: 127.0.0.1:0 }
 apis:

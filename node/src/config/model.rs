@@ -191,8 +191,9 @@ fn yes() -> bool {
 pub struct ApiDef {
     pub id: Spanned<String>,
     pub name: Option<String>,
-    #[serde(rename = "type", default)]
-    pub kind: ApiKind,
+    /// `http` (default) or `rest`; `websocket` is reserved (see docs/CONFIG.md).
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<ApiKind>>,
     #[serde(default)]
     pub routes: Vec<RouteDef>,
     #[serde(default)]
@@ -204,7 +205,8 @@ pub struct ApiDef {
     pub default_endpoint: bool,
 }
 
-/// The API flavours of a managed gateway; they share one data plane.
+/// The API types of a managed gateway. `http` is the lean pipeline; `rest` may also use the
+/// stages that read or reshape bodies; `websocket` is reserved for WebSocket APIs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiKind {

@@ -5,6 +5,7 @@
 //! - [`balance`]: choosing a target (weights, least requests, regions, ejections).
 //! - [`endpoint`]: one target's connections over hyper's connection API, and its health.
 //! - [`trust`]: the TLS roots an `https` upstream is checked against.
+//! - [`request_body`]: the client's body on its way upstream, held to the body limit.
 //! - [`proxy`]: streamed pass-through with timeout, retries and WebSocket upgrades.
 //! - [`retry`]: the retry budget that keeps retries from amplifying an outage.
 //! - [`mock`]: static responses.
@@ -13,6 +14,7 @@ pub mod balance;
 pub mod endpoint;
 pub mod mock;
 pub mod proxy;
+pub mod request_body;
 pub mod retry;
 pub mod trust;
 pub mod upstreams;

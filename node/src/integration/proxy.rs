@@ -16,10 +16,10 @@ use hyper_util::rt::TokioIo;
 
 use super::balance::Balancer;
 use super::endpoint::{SendError, UpstreamBody};
+use super::request_body::{BodyTooLarge, ClientBodyError, RequestBody, caused_by};
 use super::retry::RetryPolicy;
 use super::upstreams::{UpstreamSpec, Upstreams};
 use super::uri::UpstreamTemplate;
-use crate::body::{BodyTooLarge, ClientBodyError, RequestBody, caused_by};
 
 /// Why an upstream call produced no response.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use http::request::Parts;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::body::RequestBody;
+use crate::integration::request_body::RequestBody;
 use crate::rejection::Rejection;
 
 /// The most bytes a request body may have.

@@ -37,8 +37,9 @@ use metrics::Gauge;
 
 pub use crate::rejection::Rejection;
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::ResponseBody;
 use crate::config::table::{RouteTarget, RoutingTable};
+use crate::integration::request_body::RequestBody;
 use crate::integration::upstreams::Upstreams;
 use crate::integration::{Integration, ProxyIntegration, UpstreamError};
 use crate::limits::limiter::Limiter;
@@ -245,7 +246,7 @@ impl Pipeline {
             Call::Proxy(proxy, uri) => (proxy, uri),
             Call::Mock(mock) => {
                 return Served {
-                    response: mock.respond(),
+                    response: mock.respond().map(ResponseBody::full),
                     observer: target.observer.clone(),
                     chain: Some(&target.chain),
                     integration_latency: None,
