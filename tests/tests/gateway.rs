@@ -343,6 +343,73 @@ async fn websocket_frames_pass_through_both_ways() {
     ws.close(None).await.unwrap();
 }
 
+/// Reads one HTTP/1.1 response with a `content-length` from `stream`.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the connection closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+/// An idle keep-alive connection gives its buffers back (it is parked after 500 ms without a
+/// request) and is served again when the client speaks: plain requests, a request sent in
+/// pieces across the park, and a WebSocket upgrade all work on the same socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_keep_alive_connection_is_served_again() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(Message::Text(t))) = ws.next().await {
+                    ws.send(Message::text(format!("echo: {t}"))).await.unwrap();
+                }
+            });
+        }
+    });
+    let node = start_node(pets_config(ws_backend, "")).await;
+    let mut stream = tokio::net::TcpStream::connect(node.http.unwrap()).await.unwrap();
+    let hello = b"GET /prod/hello HTTP/1.1\r\nhost: gw.test\r\n\r\n";
+    for round in 0..3 {
+        stream.write_all(hello).await.unwrap();
+        let answer = read_response(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 201"), "round {round}: {answer}");
+        assert!(!answer.to_ascii_lowercase().contains("connection: close"), "round {round}: {answer}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // Half a request, a park's worth of silence, the other half.
+    stream.write_all(&hello[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stream.write_all(&hello[10..]).await.unwrap();
+    assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 201"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The same socket upgrades to a WebSocket after being parked.
+    let url = format!("ws://{}/prod/files/chat", node.http.unwrap());
+    let (mut ws, response) = tokio_tungstenite::client_async(url, stream).await.expect("upgrade after parking");
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("echo: still here"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_a_good_file_and_rejects_a_bad_one() {
     let backend = echo_backend().await;

@@ -31,6 +31,8 @@ pub struct IdleTimeout<T> {
     timer: Pin<Box<Sleep>>,
     /// The deadline for the first request head, until the connection has served one.
     first_request: Option<(Instant, Arc<ConnSlot>)>,
+    /// Told when bytes arrive (the HTTP/1.1 server parks only connections that got none).
+    slot: Option<Arc<ConnSlot>>,
 }
 
 impl<T> IdleTimeout<T> {
@@ -42,12 +44,15 @@ impl<T> IdleTimeout<T> {
             last_activity: now,
             timer: Box::pin(tokio::time::sleep_until(now + timeout)),
             first_request: None,
+            slot: None,
         }
     }
 
-    /// Also fails the connection if `slot` has not begun a request within `limit` of now.
+    /// Also fails the connection if `slot` has not begun a request within `limit` of now,
+    /// and tells `slot` whenever bytes arrive.
     pub fn with_first_request_deadline(mut self, limit: Duration, slot: Arc<ConnSlot>) -> Self {
-        self.first_request = Some((Instant::now() + limit, slot));
+        self.first_request = Some((Instant::now() + limit, slot.clone()));
+        self.slot = Some(slot);
         self
     }
 
@@ -60,6 +65,15 @@ impl<T> IdleTimeout<T> {
             }
             Some((first, _)) => idle.min(*first),
             None => idle,
+        }
+    }
+
+    /// When the connection times out if nothing moves before.
+    pub fn expires(&self) -> Instant {
+        let idle = self.last_activity + self.timeout;
+        match &self.first_request {
+            Some((first, slot)) if !slot.served() => idle.min(*first),
+            _ => idle,
         }
     }
 
@@ -93,9 +107,15 @@ impl<T> IdleTimeout<T> {
 impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 this.last_activity = Instant::now();
+                if let Some(slot) = &this.slot
+                    && buf.filled().len() > before
+                {
+                    slot.received();
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => this.poll_idle(cx).map(Err),

@@ -11,37 +11,51 @@
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
-use hyper::service::service_fn;
+use bytes::Bytes;
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::conns::{ConnSlot, ConnectionTable, Refused};
+use super::http1::{self, Prefixed};
 use super::io::IdleTimeout;
 use super::{ClientRttSink, PROBE_PATH};
 use crate::config::Limits;
 use crate::observe::completion::ObservedBody;
 use crate::pipeline::{ConnInfo, Pipeline};
 
-/// The HTTP server settings every connection of a node uses.
-pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// The HTTP/2 server settings every connection of a node uses.
+fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     builder
+}
+
+/// The first bytes of an HTTP/2 connection with prior knowledge.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the first bytes say HTTP/2 (the whole preface) or not; returns what was read.
+async fn sniff_preface<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<(bool, Bytes)> {
+    let mut read = [0u8; HTTP2_PREFACE.len()];
+    let mut n = 0;
+    while n < read.len() {
+        let got = stream.read(&mut read[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+        if read[..n] != HTTP2_PREFACE[..n] {
+            break;
+        }
+    }
+    Ok((read[..n] == *HTTP2_PREFACE, Bytes::copy_from_slice(&read[..n])))
 }
 
 /// What every listener of a node shares.
@@ -68,7 +82,6 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
         _ = serving.wait_for(|s| *s) => {}
         _ = stopped(&mut shutdown) => return,
     }
-    let builder = http_builder(&limits);
     let open = metrics::gauge!("meridian_connections_open");
     loop {
         let (stream, peer) = tokio::select! {
@@ -106,7 +119,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
         let pipeline = pipeline.clone();
         let slot = admitted.slot.clone();
         let first_request = rtt.clone();
-        let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let handler: http1::Handler = Arc::new(move |request: http::Request<hyper::body::Incoming>| {
             let pipeline = pipeline.clone();
             let conn = conn.clone();
             let busy = slot.begin();
@@ -114,30 +127,49 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
                 rtt.first_request(request.uri().path());
             }
             let probe = request.uri().path() == PROBE_PATH;
-            async move {
+            Box::pin(async move {
                 let response = if probe { probe_answer() } else { pipeline.handle(request, &conn).await };
                 drop(busy);
-                Ok::<_, Infallible>(response)
-            }
+                response
+            })
         });
-        let builder = builder.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
-        let head_deadline = limits.header_read_timeout;
-        let idle = limits.idle_timeout;
+        let limits = limits.clone();
         let open = open.clone();
         tokio::spawn(async move {
             open.increment(1.0);
             let slot = admitted.slot.clone();
-            let stream = IdleTimeout::new(stream, idle).with_first_request_deadline(head_deadline, slot.clone());
+            let head_deadline = limits.header_read_timeout;
+            let mut stream =
+                IdleTimeout::new(stream, limits.idle_timeout).with_first_request_deadline(head_deadline, slot.clone());
             match tls {
-                None => serve_connection(&builder, stream, service, &slot, shutdown).await,
+                None => {
+                    // A connection that has sent nothing yet is the first to be shed.
+                    let mut stop = shutdown.clone();
+                    let sniffed = tokio::select! {
+                        sniffed = sniff_preface(&mut stream) => sniffed,
+                        _ = slot.shed_requested() => Err(std::io::Error::other("shed before its first request")),
+                        _ = stopped(&mut stop) => Err(std::io::Error::other("the node is stopping")),
+                    };
+                    match sniffed {
+                        Ok((true, read)) => {
+                            serve_http2(&limits, Prefixed::new(read, stream), handler, &slot, shutdown).await
+                        }
+                        Ok((false, read)) => http1::serve(&limits, stream, read, handler, &slot, shutdown).await,
+                        Err(e) => tracing::debug!(client = %peer, error = %e, "no request"),
+                    }
+                }
                 Some(acceptor) => match tokio::time::timeout(head_deadline, accept_tls(&acceptor, stream)).await {
                     Ok(Ok((tls_stream, round_trip))) => {
                         if let Some(rtt) = &rtt {
                             rtt.measured(round_trip.as_micros().min(u128::from(u32::MAX)) as u32);
                         }
-                        serve_connection(&builder, tls_stream, service, &slot, shutdown).await
+                        if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            serve_http2(&limits, tls_stream, handler, &slot, shutdown).await
+                        } else {
+                            http1::serve(&limits, tls_stream, Bytes::new(), handler, &slot, shutdown).await
+                        }
                     }
                     Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
@@ -160,26 +192,22 @@ fn probe_answer() -> http::Response<ObservedBody> {
     response
 }
 
-/// Serves HTTP on one connection until it ends; asks it to close gracefully (after its
-/// current exchange) when the table sheds it or the node shuts down.
-async fn serve_connection<S, Svc>(
-    builder: &auto::Builder<hyper_util::rt::TokioExecutor>,
+/// Serves HTTP/2 on one connection until it ends; asks it to close gracefully (GOAWAY,
+/// after its open streams) when the table sheds it or the node shuts down.
+async fn serve_http2<S>(
+    limits: &Limits,
     stream: S,
-    service: Svc,
+    handler: http1::Handler,
     slot: &ConnSlot,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Svc: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<ObservedBody>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    Svc::Future: Send + 'static,
 {
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let service = hyper::service::service_fn(move |request| {
+        let handled = handler(request);
+        async move { Ok::<_, Infallible>(handled.await) }
+    });
+    let connection = http2_builder(limits).serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let mut closing = false;
     let result = loop {

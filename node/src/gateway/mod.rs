@@ -5,6 +5,7 @@
 //! - [`io`]: idle timeouts on client sockets.
 
 pub mod conns;
+pub mod http1;
 pub mod io;
 pub mod listener;
 

@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use http::{Method, Request, Response};
 use http_body::Body;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 use super::balance::Balancer;
 use super::endpoint::{SendError, UpstreamBody};
@@ -159,23 +157,4 @@ impl ProxyIntegration {
         }
         Err(last)
     }
-}
-
-/// Joins a client's upgraded connection to the upstream's once both sides have switched
-/// protocols, copying bytes both ways until either side closes.
-pub fn splice_upgrades(client: OnUpgrade, upstream: OnUpgrade) {
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade did not complete");
-                return;
-            }
-        };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
-        }
-    });
 }

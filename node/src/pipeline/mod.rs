@@ -203,7 +203,7 @@ impl Pipeline {
         if upgrade && let Err(r) = websocket::validate_handshake(&parts) {
             return Served::unrouted(r, &request_id, &table.unrouted);
         }
-        let client_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+        let client_upgrade = if upgrade { parts.extensions.remove::<websocket::ClientUpgrade>() } else { None };
         let routed = match routing::route(table, &parts, canary_draw()) {
             Ok(routed) => routed,
             Err(refused) => return Served::unrouted(refused.rejection, &request_id, refused.observer),
@@ -272,7 +272,7 @@ impl Pipeline {
         &self,
         proxy: &ProxyIntegration,
         request: Request<RequestBody>,
-        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        client_upgrade: Option<websocket::ClientUpgrade>,
         target: &'t RouteTarget,
         request_id: &HeaderValue,
     ) -> Served<'t> {
@@ -284,7 +284,7 @@ impl Pipeline {
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 if let (true, Some(client)) = (switching, client_upgrade) {
                     let upstream = hyper::upgrade::on(&mut response);
-                    crate::integration::proxy::splice_upgrades(client, upstream);
+                    websocket::splice(client, upstream);
                 }
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers, switching);

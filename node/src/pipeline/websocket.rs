@@ -5,12 +5,67 @@
 //! A valid handshake is a `GET` over HTTP/1.1 without a body, with `Sec-WebSocket-Version:
 //! 13` (otherwise 426 naming the version we speak) and a `Sec-WebSocket-Key` that is the
 //! base64 form of 16 bytes.
+//!
+//! Once both sides have switched protocols, [`splice`] copies bytes between the client's
+//! socket (handed over by the listener as a [`ClientUpgrade`]) and the upstream's.
 
 use http::header::{CONTENT_LENGTH, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, Version};
 
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+
 use super::Rejection;
+
+/// A client socket after `101 Switching Protocols`, with any bytes read past the handshake
+/// in front.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+
+/// An upgraded client connection.
+pub type UpgradedClient = Box<dyn ClientIo>;
+
+/// Put on an upgrade request by the listener: gives the client's socket once the `101` has
+/// been sent (an error, if the answer was another status).
+#[derive(Clone)]
+pub struct ClientUpgrade(std::sync::Arc<std::sync::Mutex<Option<oneshot::Receiver<UpgradedClient>>>>);
+
+impl ClientUpgrade {
+    pub fn new(socket: oneshot::Receiver<UpgradedClient>) -> Self {
+        ClientUpgrade(std::sync::Arc::new(std::sync::Mutex::new(Some(socket))))
+    }
+
+    async fn socket(self) -> Result<UpgradedClient, &'static str> {
+        let receiver = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match receiver {
+            Some(receiver) => receiver.await.map_err(|_| "the listener kept the connection"),
+            None => Err("the connection was taken already"),
+        }
+    }
+}
+
+/// Joins a client's upgraded connection to the upstream's once both sides have switched
+/// protocols, copying bytes both ways until either side closes.
+pub fn splice(client: ClientUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::join!(client.socket(), upstream) {
+            (Ok(client), Ok(upstream)) => (client, upstream),
+            (client, upstream) => {
+                tracing::debug!(client = ?client.err(), upstream = ?upstream.err(), "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = client;
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}
 
 /// Whether `key` is 16 bytes in base64: 22 symbols, the last one with its low four bits
 /// clear, then `==`.
