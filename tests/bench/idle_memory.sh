@@ -118,7 +118,7 @@ per_connection() {
   sleep 0.5
   before=$(rss_kib "$pid")
   hold "$port" "$COUNT" "$path"
-  sleep 1
+  sleep "${SETTLE:-1}"
   after=$(rss_kib "$pid")
   awk -v b="$before" -v a="$after" -v n="$COUNT" 'BEGIN { printf "%.2f %d %d", (a - b) / n, b, a }'
 }

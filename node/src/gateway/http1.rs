@@ -5,12 +5,13 @@
 //! that only waits costs about 40 KiB. A gateway that holds many idle keep-alive clients
 //! (nginx frees the buffers of idle connections and keeps under 1 KiB each) cannot afford
 //! that. So a connection here is served in periods: hyper serves requests until the
-//! connection has had no request in progress for [`PARK_AFTER`]; then it is asked to stop
-//! after what it is doing (without closing the socket, and without `Connection: close`,
-//! since no response is being started), its buffers are freed, and the socket is parked:
-//! the task waits for it to become readable, holding only the socket, its timers and the
-//! service. The next request starts a new period. A connection that is never idle that
-//! long (a busy client) is never parked and pays nothing for it.
+//! connection has had no request in progress and received no byte for [`PARK_AFTER`]; then
+//! it is asked to stop after what it is doing (without closing the socket, and without
+//! `Connection: close`, since no response is being started), its buffers are freed, and the
+//! socket is parked: the task waits for it to become readable, holding only the socket, its
+//! timers and the service (about 8 KiB in all, measured by `tests/bench/idle_memory.sh`).
+//! The next request starts a new period, which costs a new hyper connection (two buffer
+//! allocations); a client that keeps the connection busy is never parked.
 //!
 //! A WebSocket upgrade ends the periods: after the `101`, the socket (with any bytes read
 //! past the handshake) goes to the request path, which splices it to the upstream.
@@ -35,8 +36,10 @@ use crate::config::Limits;
 use crate::observe::completion::ObservedBody;
 use crate::pipeline::websocket::{ClientUpgrade, UpgradedClient};
 
-/// How long a connection may go without a request in progress before its buffers are freed.
-pub const PARK_AFTER: Duration = Duration::from_millis(500);
+/// How long a connection may go without a request in progress or a byte arriving before its
+/// buffers are freed. Short, like nginx (which frees them at once): a client with requests
+/// further apart than this pays for a new hyper connection per request, a few microseconds.
+pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// A client socket the HTTP/1.1 server can wait on without reading from it.
 pub trait ClientSocket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -124,24 +127,27 @@ pub async fn serve<S: ClientSocket>(
     let mut service = service;
     loop {
         let connection = builder.serve_connection(TokioIo::new(socket), service);
-        let (parts, end) = match period(connection, slot, &mut shutdown).await {
+        // Boxed: the hyper connection's state lives only as long as the period.
+        let (parts, end) = match Box::pin(period(connection, slot, &mut shutdown)).await {
             Ok(done) => done,
             Err(e) => {
                 tracing::debug!(error = %e, "connection ended with an error");
                 return;
             }
         };
-        let io = parts.io.into_inner();
-        // Bytes read past the last request are copied out: the read buffer they sit in is
-        // what parking frees.
-        let prefix = match (io.prefix.is_empty(), parts.read_buf.is_empty()) {
+        let http1::Parts { io, read_buf, service: kept, .. } = parts;
+        let io = io.into_inner();
+        // Bytes read past the last request are copied out, and the read buffer they sit in
+        // (hyper's whole 8 KiB, even when empty) is freed now, not when the park ends.
+        let prefix = match (io.prefix.is_empty(), read_buf.is_empty()) {
             (true, true) => Bytes::new(),
             (false, true) => io.prefix,
-            (true, false) => Bytes::copy_from_slice(&parts.read_buf),
-            (false, false) => [&io.prefix[..], &parts.read_buf[..]].concat().into(),
+            (true, false) => Bytes::copy_from_slice(&read_buf),
+            (false, false) => [&io.prefix[..], &read_buf[..]].concat().into(),
         };
+        drop(read_buf);
         socket = Prefixed { prefix, inner: io.inner };
-        service = parts.service;
+        service = kept;
         if let Some(tx) = upgrade.lock().unwrap_or_else(|p| p.into_inner()).take() {
             // The 101 is out: the request path takes the socket from here.
             let _ = tx.send(Box::new(socket));
@@ -153,18 +159,37 @@ pub async fn serve<S: ClientSocket>(
         }
         if socket.prefix.is_empty() && !socket.inner.has_buffered_input() {
             // Parked: only the socket is held until the client speaks again.
+            let parked = Parked::new();
             tokio::select! {
                 readable = socket.inner.tcp().readable() => if readable.is_err() { return },
                 _ = tokio::time::sleep_until(socket.inner.deadline()) => return,
                 _ = slot.shed_requested() => return,
                 _ = super::listener::stopped(&mut shutdown) => return,
             }
+            drop(parked);
         }
     }
 }
 
 type Connection<S, F> = http1::Connection<TokioIo<Prefixed<S>>, F>;
 type Parts<S, F> = hyper::server::conn::http1::Parts<TokioIo<Prefixed<S>>, F>;
+
+/// Counts a parked connection in `meridian_connections_parked` while it lives.
+struct Parked(metrics::Gauge);
+
+impl Parked {
+    fn new() -> Self {
+        let gauge = metrics::gauge!("meridian_connections_parked");
+        gauge.increment(1.0);
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
 
 /// How a period of a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

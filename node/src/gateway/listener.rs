@@ -140,40 +140,14 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
         tokio::spawn(async move {
             open.increment(1.0);
             let slot = admitted.slot.clone();
-            let head_deadline = limits.header_read_timeout;
-            let mut stream =
-                IdleTimeout::new(stream, limits.idle_timeout).with_first_request_deadline(head_deadline, slot.clone());
+            let stream = IdleTimeout::new(stream, limits.idle_timeout)
+                .with_first_request_deadline(limits.header_read_timeout, slot.clone());
+            let client = Client { peer, limits: &limits, handler, slot: &slot, shutdown };
+            // Boxed: the task itself holds only what every state needs, so a parked
+            // connection costs the state it is in and no more.
             match tls {
-                None => {
-                    // A connection that has sent nothing yet is the first to be shed.
-                    let mut stop = shutdown.clone();
-                    let sniffed = tokio::select! {
-                        sniffed = sniff_preface(&mut stream) => sniffed,
-                        _ = slot.shed_requested() => Err(std::io::Error::other("shed before its first request")),
-                        _ = stopped(&mut stop) => Err(std::io::Error::other("the node is stopping")),
-                    };
-                    match sniffed {
-                        Ok((true, read)) => {
-                            serve_http2(&limits, Prefixed::new(read, stream), handler, &slot, shutdown).await
-                        }
-                        Ok((false, read)) => http1::serve(&limits, stream, read, handler, &slot, shutdown).await,
-                        Err(e) => tracing::debug!(client = %peer, error = %e, "no request"),
-                    }
-                }
-                Some(acceptor) => match tokio::time::timeout(head_deadline, accept_tls(&acceptor, stream)).await {
-                    Ok(Ok((tls_stream, round_trip))) => {
-                        if let Some(rtt) = &rtt {
-                            rtt.measured(round_trip.as_micros().min(u128::from(u32::MAX)) as u32);
-                        }
-                        if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            serve_http2(&limits, tls_stream, handler, &slot, shutdown).await
-                        } else {
-                            http1::serve(&limits, tls_stream, Bytes::new(), handler, &slot, shutdown).await
-                        }
-                    }
-                    Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
-                },
+                None => Box::pin(client.serve_cleartext(stream)).await,
+                Some(acceptor) => Box::pin(client.serve_tls(&acceptor, stream, rtt.as_deref())).await,
             }
             open.decrement(1.0);
             drop(admitted);
@@ -182,6 +156,60 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
     drop(listener);
     if !connections.drained(limits.drain_timeout).await {
         tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+}
+
+/// One accepted client connection and what serving it needs.
+struct Client<'a> {
+    peer: std::net::SocketAddr,
+    limits: &'a Limits,
+    handler: http1::Handler,
+    slot: &'a ConnSlot,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Client<'_> {
+    /// Cleartext: HTTP/2 with prior knowledge when the preface says so, else HTTP/1.1.
+    async fn serve_cleartext(self, mut stream: IdleTimeout<tokio::net::TcpStream>) {
+        // A connection that has sent nothing yet is the first to be shed.
+        let mut stop = self.shutdown.clone();
+        let sniffed = tokio::select! {
+            sniffed = sniff_preface(&mut stream) => sniffed,
+            _ = self.slot.shed_requested() => Err(std::io::Error::other("shed before its first request")),
+            _ = stopped(&mut stop) => Err(std::io::Error::other("the node is stopping")),
+        };
+        match sniffed {
+            Ok((true, read)) => {
+                serve_http2(self.limits, Prefixed::new(read, stream), self.handler, self.slot, self.shutdown).await
+            }
+            Ok((false, read)) => http1::serve(self.limits, stream, read, self.handler, self.slot, self.shutdown).await,
+            Err(e) => tracing::debug!(client = %self.peer, error = %e, "no request"),
+        }
+    }
+
+    /// TLS: the handshake within the header read timeout, then the protocol ALPN chose.
+    async fn serve_tls(
+        self,
+        acceptor: &TlsAcceptor,
+        stream: IdleTimeout<tokio::net::TcpStream>,
+        rtt: Option<&PendingRtt>,
+    ) {
+        let accepted = tokio::time::timeout(self.limits.header_read_timeout, accept_tls(acceptor, stream)).await;
+        let tls_stream = match accepted {
+            Ok(Ok((tls_stream, round_trip))) => {
+                if let Some(rtt) = rtt {
+                    rtt.measured(round_trip.as_micros().min(u128::from(u32::MAX)) as u32);
+                }
+                tls_stream
+            }
+            Ok(Err(e)) => return tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(client = %self.peer, "TLS handshake timed out"),
+        };
+        if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            serve_http2(self.limits, tls_stream, self.handler, self.slot, self.shutdown).await
+        } else {
+            http1::serve(self.limits, tls_stream, Bytes::new(), self.handler, self.slot, self.shutdown).await
+        }
     }
 }
 
