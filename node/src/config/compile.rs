@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_saphyr::Location;
 
 use super::errors::{ConfigErrors, ErrorSink};
@@ -20,12 +18,7 @@ use super::model::*;
 use super::parse_duration;
 use super::table::*;
 use crate::certificates::{DomainCertificates, load_certified_key};
-use crate::integration::endpoint::EndpointSettings;
-use crate::integration::retry::RetryPolicy;
-use crate::integration::trust::UpstreamTls;
-use crate::integration::upstreams::{TargetSpec, UpstreamSpec};
-use crate::integration::uri::{UpstreamTemplate, stage_variable_names, substitute_stage_variables};
-use crate::integration::{Integration, MockIntegration, ProxyIntegration};
+use crate::integration::Integration;
 use crate::limits::limiter::Rate;
 use crate::observe::access_log::{LogSink, LogTemplate};
 use crate::observe::completion::RouteObserver;
@@ -175,6 +168,10 @@ fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
     (!dotted.is_empty()).then_some(dotted)
 }
 
+mod integrations;
+
+use integrations::IntegrationSpec;
+
 struct Compiler<'a> {
     sink: ErrorSink,
     base_dir: &'a Path,
@@ -194,24 +191,6 @@ struct RouteSpec {
     pattern: PathPattern,
     integration: IntegrationSpec,
     field: String,
-}
-
-/// An `http_proxy` integration as parsed once, before stage variables are substituted.
-struct ProxySpec {
-    uri: Spanned<String>,
-    timeout: Duration,
-    retry: Option<RetryDef>,
-    /// `targets`, when given (else the URI's host is the one target).
-    targets: Option<Spanned<Vec<TargetDef>>>,
-    balance: crate::integration::balance::Balance,
-    settings: EndpointSettings,
-    http2: bool,
-    tls: Option<UpstreamTls>,
-}
-
-enum IntegrationSpec {
-    Proxy(Box<ProxySpec>),
-    Mock(MockIntegration),
 }
 
 impl Compiler<'_> {
@@ -609,266 +588,6 @@ impl Compiler<'_> {
         }
     }
 
-    /// An `http_proxy` integration on one stage: its URI and targets with the stage's
-    /// variables.
-    fn proxy_for_stage(
-        &mut self,
-        proxy: &ProxySpec,
-        route: &RouteSpec,
-        stage_name: &str,
-        variables: &BTreeMap<String, String>,
-    ) -> Option<ProxyIntegration> {
-        let ufield = format!("{}.integration.uri", route.field);
-        let uri = &proxy.uri;
-        let text = match substitute_stage_variables(&uri.value, variables) {
-            Ok(t) => t,
-            Err(e) => {
-                self.sink.push(uri.referenced, ufield, format!("on stage `{stage_name}`: {e}"));
-                return None;
-            }
-        };
-        let upstream = match UpstreamTemplate::compile(&text, &route.pattern.param_names()) {
-            Ok(u) => u,
-            Err(e) => {
-                self.sink.push(uri.referenced, ufield, format!("on stage `{stage_name}`: {e}"));
-                return None;
-            }
-        };
-        let targets = match &proxy.targets {
-            None => vec![TargetSpec { authority: upstream.authority.clone(), weight: 1, region: None }],
-            Some(list) => {
-                let mut targets = Vec::new();
-                for (i, t) in list.value.iter().enumerate() {
-                    let tfield = format!("{}.integration.targets[{i}].address", route.field);
-                    let address = match substitute_stage_variables(&t.address.value, variables) {
-                        Ok(a) => a,
-                        Err(e) => {
-                            self.sink.push(t.address.referenced, tfield, format!("on stage `{stage_name}`: {e}"));
-                            continue;
-                        }
-                    };
-                    match target_authority(&address) {
-                        Ok(authority) => {
-                            targets.push(TargetSpec { authority, weight: t.weight, region: t.region.clone() })
-                        }
-                        Err(e) => self.sink.push(t.address.referenced, tfield, format!("on stage `{stage_name}`: {e}")),
-                    }
-                }
-                targets
-            }
-        };
-        let https = upstream.scheme == http::uri::Scheme::HTTPS;
-        let spec = UpstreamSpec {
-            scheme: upstream.scheme.clone(),
-            targets,
-            balance: proxy.balance,
-            settings: proxy.settings,
-            http2: proxy.http2,
-            server_name: https.then(|| upstream.authority.host().to_string()),
-            tls: if https { proxy.tls.clone() } else { None },
-        };
-        let retry = proxy.retry.as_ref().map(|r| RetryPolicy::new(r.attempts, r.budget_percent));
-        Some(ProxyIntegration::new(upstream, proxy.timeout, retry, spec))
-    }
-
-    fn integration(&mut self, def: &IntegrationDef, field: &str) -> Option<IntegrationSpec> {
-        let kind = def.kind.value;
-        let misplaced = |sink: &mut ErrorSink, present: bool, loc: Location, name: &str| {
-            if present {
-                sink.push(
-                    loc,
-                    format!("{field}.{name}"),
-                    format!("`{name}` does not apply to a `{}` integration", kind_name(kind)),
-                );
-            }
-        };
-        match kind {
-            IntegrationKind::Mock => {
-                misplaced(&mut self.sink, def.uri.is_some(), loc(&def.uri), "uri");
-                misplaced(&mut self.sink, def.timeout.is_some(), loc(&def.timeout), "timeout");
-                misplaced(&mut self.sink, def.retry.is_some(), loc(&def.retry), "retry");
-                misplaced(&mut self.sink, def.ca_file.is_some(), loc(&def.ca_file), "ca_file");
-                misplaced(&mut self.sink, def.targets.is_some(), loc(&def.targets), "targets");
-                misplaced(&mut self.sink, def.balance.is_some(), loc(&def.balance), "balance");
-                misplaced(&mut self.sink, def.health.is_some(), loc(&def.health), "health");
-                misplaced(&mut self.sink, def.http2.is_some(), loc(&def.http2), "http2");
-                misplaced(&mut self.sink, def.connections.is_some(), loc(&def.connections), "connections");
-                let status = match &def.status {
-                    None => Some(StatusCode::OK),
-                    Some(s) => match StatusCode::from_u16(s.value) {
-                        Ok(code) if (200..600).contains(&s.value) => Some(code),
-                        _ => {
-                            self.sink.push(
-                                s.referenced,
-                                format!("{field}.status"),
-                                format!("{} is not a status code from 200 to 599", s.value),
-                            );
-                            None
-                        }
-                    },
-                };
-                let mut headers = HeaderMap::new();
-                if let Some(h) = &def.headers {
-                    for (name, value) in &h.value {
-                        match (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
-                            (Ok(n), Ok(v)) => {
-                                headers.append(n, v);
-                            }
-                            _ => self.sink.push(
-                                h.referenced,
-                                format!("{field}.headers.{name}"),
-                                "not a valid header name and value",
-                            ),
-                        }
-                    }
-                }
-                let body = def.body.as_ref().map_or_else(Bytes::new, |b| Bytes::from(b.value.clone()));
-                Some(IntegrationSpec::Mock(MockIntegration { status: status?, headers, body }))
-            }
-            IntegrationKind::HttpProxy => {
-                misplaced(&mut self.sink, def.status.is_some(), loc(&def.status), "status");
-                misplaced(&mut self.sink, def.headers.is_some(), loc(&def.headers), "headers");
-                misplaced(&mut self.sink, def.body.is_some(), loc(&def.body), "body");
-                let Some(uri) = &def.uri else {
-                    self.sink.push(
-                        def.kind.referenced,
-                        format!("{field}.uri"),
-                        "an `http_proxy` integration needs `uri`",
-                    );
-                    return None;
-                };
-                // Check the template's shape now, with placeholder stage variables; each
-                // stage checks its own values again.
-                let placeholders: BTreeMap<String, String> =
-                    stage_variable_names(&uri.value).into_iter().map(|n| (n, "stage-variable".to_string())).collect();
-                if let Err(e) = substitute_stage_variables(&uri.value, &placeholders) {
-                    self.sink.push(uri.referenced, format!("{field}.uri"), e);
-                    return None;
-                }
-                let timeout = match &def.timeout {
-                    None => Some(DEFAULT_TIMEOUT),
-                    Some(t) => self.duration(t, &format!("{field}.timeout")).and_then(|d| {
-                        if d > MAX_TIMEOUT {
-                            self.sink.push(t.referenced, format!("{field}.timeout"), "must be at most 5m");
-                            None
-                        } else {
-                            Some(d)
-                        }
-                    }),
-                };
-                let retry = def.retry.as_ref().and_then(|r| {
-                    let mut ok = true;
-                    if !(1..=5).contains(&r.value.attempts) {
-                        self.sink.push(r.referenced, format!("{field}.retry.attempts"), "must be from 1 to 5");
-                        ok = false;
-                    }
-                    if !(1..=100).contains(&r.value.budget_percent) {
-                        self.sink.push(r.referenced, format!("{field}.retry.budget_percent"), "must be from 1 to 100");
-                        ok = false;
-                    }
-                    ok.then(|| r.value.clone())
-                });
-                let tls = match &def.ca_file {
-                    None => crate::integration::trust::system_roots(),
-                    Some(f) => crate::integration::trust::ca_file(&self.path(&f.value)),
-                };
-                let tls = match tls {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        self.sink.push(
-                            def.ca_file.as_ref().map_or(uri.referenced, |f| f.referenced),
-                            format!("{field}.ca_file"),
-                            e,
-                        );
-                        None
-                    }
-                };
-                let targets = def.targets.as_ref().and_then(|t| self.targets(t, field));
-                let settings = self.endpoint_settings(def, field);
-                if def.retry.is_some() && retry.is_none() {
-                    return None;
-                }
-                if def.targets.is_some() && targets.is_none() {
-                    return None;
-                }
-                Some(IntegrationSpec::Proxy(Box::new(ProxySpec {
-                    uri: uri.clone(),
-                    timeout: timeout?,
-                    retry,
-                    targets,
-                    balance: def.balance.as_ref().map(|b| b.value).unwrap_or_default(),
-                    settings: settings?,
-                    http2: def.http2.as_ref().is_some_and(|h| h.value),
-                    tls: Some(tls?),
-                })))
-            }
-        }
-    }
-
-    /// `targets`: each address's shape and weight (stage variables are checked per stage).
-    fn targets(&mut self, list: &Spanned<Vec<TargetDef>>, field: &str) -> Option<Spanned<Vec<TargetDef>>> {
-        let mut ok = !list.value.is_empty();
-        if !ok {
-            self.sink.push(
-                list.referenced,
-                format!("{field}.targets"),
-                "name at least one target, or leave `targets` out",
-            );
-        }
-        for (i, t) in list.value.iter().enumerate() {
-            if !(1..=100).contains(&t.weight) {
-                self.sink.push(t.address.referenced, format!("{field}.targets[{i}].weight"), "must be from 1 to 100");
-                ok = false;
-            }
-            if stage_variable_names(&t.address.value).is_empty()
-                && let Err(e) = target_authority(&t.address.value)
-            {
-                self.sink.push(t.address.referenced, format!("{field}.targets[{i}].address"), e);
-                ok = false;
-            }
-        }
-        ok.then(|| list.clone())
-    }
-
-    /// `health` and `connections`, with their defaults.
-    fn endpoint_settings(&mut self, def: &IntegrationDef, field: &str) -> Option<EndpointSettings> {
-        let mut settings = EndpointSettings::default();
-        let mut ok = true;
-        if let Some(h) = &def.health {
-            if !(1..=100).contains(&h.value.failures) {
-                self.sink.push(h.referenced, format!("{field}.health.failures"), "must be from 1 to 100");
-                ok = false;
-            }
-            settings.failures = h.value.failures;
-            match parse_duration(&h.value.ejection) {
-                Ok(d) if (Duration::from_secs(1)..=Duration::from_secs(300)).contains(&d) => settings.ejection = d,
-                _ => {
-                    self.sink.push(
-                        h.referenced,
-                        format!("{field}.health.ejection"),
-                        "a duration from 1s to 5m, e.g. `10s`",
-                    );
-                    ok = false;
-                }
-            }
-        }
-        if let Some(c) = &def.connections {
-            if !(1..=100_000).contains(&c.value.max) {
-                self.sink.push(c.referenced, format!("{field}.connections.max"), "must be from 1 to 100000");
-                ok = false;
-            }
-            settings.max_connections = c.value.max;
-            match parse_duration(&c.value.idle_timeout) {
-                Ok(d) if !d.is_zero() => settings.idle_timeout = d,
-                _ => {
-                    self.sink.push(c.referenced, format!("{field}.connections.idle_timeout"), "a duration, e.g. `90s`");
-                    ok = false;
-                }
-            }
-        }
-        ok.then_some(settings)
-    }
-
     fn domains(
         &mut self,
         domains: &[DomainDef],
@@ -952,17 +671,6 @@ impl Compiler<'_> {
             }
         }
         (table, certificates)
-    }
-}
-
-fn loc<T>(v: &Option<Spanned<T>>) -> Location {
-    v.as_ref().map_or(Location::UNKNOWN, |s| s.referenced)
-}
-
-fn kind_name(kind: IntegrationKind) -> &'static str {
-    match kind {
-        IntegrationKind::HttpProxy => "http_proxy",
-        IntegrationKind::Mock => "mock",
     }
 }
 
@@ -1090,13 +798,5 @@ pub fn compile_stage(
     match compiled.and_then(|(_, mut stages)| stages.remove(stage)) {
         Some(target) if compiler.sink.is_empty() => Ok(target.primary.clone()),
         _ => Err(compiler.sink.into_errors(source_name)),
-    }
-}
-
-/// A target's `host:port`.
-fn target_authority(address: &str) -> Result<http::uri::Authority, String> {
-    match address.parse::<http::uri::Authority>() {
-        Ok(a) if a.port_u16().is_some() && !a.as_str().contains('@') => Ok(a),
-        _ => Err(format!("`{address}` is not a host:port (e.g. `10.0.0.5:8080`)")),
     }
 }
