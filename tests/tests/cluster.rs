@@ -989,3 +989,75 @@ fn sync_makes_the_cluster_match_a_folder_and_only_then() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("2 error(s)") && err.contains("wieght") && err.contains("bad.yaml"), "{err}");
 }
+
+/// A backend answering `backend <name>`; dropping the set kills it and its connections.
+async fn named_backend(name: &'static str, ip: &str) -> (SocketAddr, tokio::task::JoinSet<()>) {
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |_request| async move {
+                    let body = http_body_util::Full::new(bytes::Bytes::from(format!("backend {name}")));
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    (addr, tasks)
+}
+
+/// Each region's gateways prefer the upstream targets of their own region, and fall back to
+/// the others when theirs is gone, without failing a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_prefer_their_own_regions_targets_and_fall_back() {
+    let cluster = tokio::task::spawn_blocking(|| three_regions(15)).await.unwrap();
+    let b = base(15);
+    let mut backends = Vec::new();
+    for (r, name) in [(1, "r1"), (2, "r2"), (3, "r3")] {
+        backends.push(named_backend(name, &format!("127.{b}.{r}")).await);
+    }
+    let targets: Vec<String> = backends
+        .iter()
+        .zip(["r1", "r2", "r3"])
+        .map(|((addr, _), region)| format!("{{ address: \"{addr}\", region: {region} }}"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "apis:\n  - id: pets\n    routes:\n      - route: GET /where\n        integration: {{ type: http_proxy, uri: \"http://pets.internal/where\", health: {{ failures: 1, ejection: 30s }}, targets: [{}] }}\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let out = cli(&["apply", "-f", path.to_str().unwrap(), "--stage", "prod"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    for (i, region) in ["r1", "r2", "r3"].iter().enumerate() {
+        let http = cluster.nodes[i].http.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(http, "gw.test", "/prod/where").await.status != 200 {
+            assert!(Instant::now() < deadline, "node {i} never served the route");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..20 {
+            let reply = get(http, "gw.test", "/prod/where").await;
+            assert_eq!(String::from_utf8_lossy(&reply.body), format!("backend {region}"), "node in {region}");
+        }
+    }
+    // r1's backend goes away: r1's gateway serves from the other regions, every request 200.
+    drop(backends.remove(0));
+    let http = cluster.nodes[0].http.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let reply = get(http, "gw.test", "/prod/where").await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        seen.insert(String::from_utf8_lossy(&reply.body).into_owned());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["backend r2", "backend r3"]);
+}
