@@ -87,22 +87,27 @@ pub type Handler = Arc<
         + Sync,
 >;
 
-/// Serves HTTP/1.1 on `socket` until the client closes, the idle timeout runs out, the table
-/// sheds the connection or the node shuts down.
-pub async fn serve<S: ClientSocket>(
-    limits: &Limits,
-    socket: S,
-    already_read: Bytes,
-    handler: Handler,
-    slot: &ConnSlot,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// The HTTP/1.1 server settings every connection of a listener uses.
+pub fn builder(limits: &Limits) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
+    builder
+}
+
+/// Serves HTTP/1.1 on `socket` until the client closes, the idle timeout runs out, the table
+/// sheds the connection or the node shuts down.
+pub async fn serve<S: ClientSocket>(
+    builder: &http1::Builder,
+    socket: S,
+    already_read: Bytes,
+    handler: Handler,
+    slot: &ConnSlot,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let upgrade: Arc<Mutex<Option<oneshot::Sender<UpgradedClient>>>> = Arc::default();
     let service = {
         let upgrade = upgrade.clone();

@@ -56,16 +56,12 @@ impl<T> IdleTimeout<T> {
         self
     }
 
+    /// [`IdleTimeout::expires`], forgetting the first-request deadline once it is met.
     fn deadline(&mut self) -> Instant {
-        let idle = self.last_activity + self.timeout;
-        match &self.first_request {
-            Some((_, slot)) if slot.served() => {
-                self.first_request = None;
-                idle
-            }
-            Some((first, _)) => idle.min(*first),
-            None => idle,
+        if self.first_request.as_ref().is_some_and(|(_, slot)| slot.served()) {
+            self.first_request = None;
         }
+        self.expires()
     }
 
     /// When the connection times out if nothing moves before.

@@ -27,6 +27,13 @@ use crate::config::Limits;
 use crate::observe::completion::ObservedBody;
 use crate::pipeline::{ConnInfo, Pipeline};
 
+/// What every connection of a listener is served with, prepared once per listener.
+struct Settings {
+    limits: Limits,
+    http1: hyper::server::conn::http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
 /// The HTTP/2 server settings every connection of a node uses.
 fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -83,6 +90,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
         _ = stopped(&mut shutdown) => return,
     }
     let open = metrics::gauge!("meridian_connections_open");
+    let settings = Arc::new(Settings { http1: http1::builder(&limits), http2: http2_builder(&limits), limits });
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -135,14 +143,15 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
         });
         let tls = tls.clone();
         let shutdown = shutdown.clone();
-        let limits = limits.clone();
+        let settings = settings.clone();
         let open = open.clone();
         tokio::spawn(async move {
             open.increment(1.0);
             let slot = admitted.slot.clone();
+            let limits = &settings.limits;
             let stream = IdleTimeout::new(stream, limits.idle_timeout)
                 .with_first_request_deadline(limits.header_read_timeout, slot.clone());
-            let client = Client { peer, limits: &limits, handler, slot: &slot, shutdown };
+            let client = Client { peer, settings: &settings, handler, slot: &slot, shutdown };
             // Boxed: the task itself holds only what every state needs, so a parked
             // connection costs the state it is in and no more.
             match tls {
@@ -154,7 +163,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
         });
     }
     drop(listener);
-    if !connections.drained(limits.drain_timeout).await {
+    if !connections.drained(settings.limits.drain_timeout).await {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
 }
@@ -162,7 +171,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
 /// One accepted client connection and what serving it needs.
 struct Client<'a> {
     peer: std::net::SocketAddr,
-    limits: &'a Limits,
+    settings: &'a Settings,
     handler: http1::Handler,
     slot: &'a ConnSlot,
     shutdown: watch::Receiver<bool>,
@@ -180,9 +189,12 @@ impl Client<'_> {
         };
         match sniffed {
             Ok((true, read)) => {
-                serve_http2(self.limits, Prefixed::new(read, stream), self.handler, self.slot, self.shutdown).await
+                serve_http2(&self.settings.http2, Prefixed::new(read, stream), self.handler, self.slot, self.shutdown)
+                    .await
             }
-            Ok((false, read)) => http1::serve(self.limits, stream, read, self.handler, self.slot, self.shutdown).await,
+            Ok((false, read)) => {
+                http1::serve(&self.settings.http1, stream, read, self.handler, self.slot, self.shutdown).await
+            }
             Err(e) => tracing::debug!(client = %self.peer, error = %e, "no request"),
         }
     }
@@ -194,7 +206,8 @@ impl Client<'_> {
         stream: IdleTimeout<tokio::net::TcpStream>,
         rtt: Option<&PendingRtt>,
     ) {
-        let accepted = tokio::time::timeout(self.limits.header_read_timeout, accept_tls(acceptor, stream)).await;
+        let accepted =
+            tokio::time::timeout(self.settings.limits.header_read_timeout, accept_tls(acceptor, stream)).await;
         let tls_stream = match accepted {
             Ok(Ok((tls_stream, round_trip))) => {
                 if let Some(rtt) = rtt {
@@ -206,9 +219,9 @@ impl Client<'_> {
             Err(_) => return tracing::debug!(client = %self.peer, "TLS handshake timed out"),
         };
         if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            serve_http2(self.limits, tls_stream, self.handler, self.slot, self.shutdown).await
+            serve_http2(&self.settings.http2, tls_stream, self.handler, self.slot, self.shutdown).await
         } else {
-            http1::serve(self.limits, tls_stream, Bytes::new(), self.handler, self.slot, self.shutdown).await
+            http1::serve(&self.settings.http1, tls_stream, Bytes::new(), self.handler, self.slot, self.shutdown).await
         }
     }
 }
@@ -223,7 +236,7 @@ fn probe_answer() -> http::Response<ObservedBody> {
 /// Serves HTTP/2 on one connection until it ends; asks it to close gracefully (GOAWAY,
 /// after its open streams) when the table sheds it or the node shuts down.
 async fn serve_http2<S>(
-    limits: &Limits,
+    builder: &http2::Builder<TokioExecutor>,
     stream: S,
     handler: http1::Handler,
     slot: &ConnSlot,
@@ -235,7 +248,7 @@ async fn serve_http2<S>(
         let handled = handler(request);
         async move { Ok::<_, Infallible>(handled.await) }
     });
-    let connection = http2_builder(limits).serve_connection(TokioIo::new(stream), service);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let mut closing = false;
     let result = loop {
