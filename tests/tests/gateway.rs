@@ -308,13 +308,14 @@ fn ca_der(pem: &str) -> Vec<u8> {
     rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_frames_pass_through_both_ways() {
+/// A WebSocket backend that answers a text message with `echo: ` and the text, and a binary
+/// message with itself.
+async fn websocket_echo_backend() -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_backend = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -330,7 +331,15 @@ async fn websocket_frames_pass_through_both_ways() {
             });
         }
     });
-    let node = start_node(pets_config(ws_backend, "")).await;
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_frames_pass_through_both_ways() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let node = start_node(pets_config(websocket_echo_backend().await, "")).await;
     let url = format!("ws://{}/prod/files/chat", node.http.unwrap());
     let (mut ws, response) =
         tokio_tungstenite::connect_async(url).await.expect("websocket handshake through the gateway");
@@ -374,19 +383,7 @@ async fn a_parked_keep_alive_connection_is_served_again() {
     use tokio::io::AsyncWriteExt;
     use tokio_tungstenite::tungstenite::Message;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-                while let Some(Ok(Message::Text(t))) = ws.next().await {
-                    ws.send(Message::text(format!("echo: {t}"))).await.unwrap();
-                }
-            });
-        }
-    });
-    let node = start_node(pets_config(ws_backend, "")).await;
+    let node = start_node(pets_config(websocket_echo_backend().await, "")).await;
     let mut stream = tokio::net::TcpStream::connect(node.http.unwrap()).await.unwrap();
     let hello = b"GET /prod/hello HTTP/1.1\r\nhost: gw.test\r\n\r\n";
     for round in 0..3 {

@@ -208,6 +208,18 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
     addr
 }
 
+/// A journal, an upstream that writes to it (and says when a body's first chunk arrived),
+/// and a gateway in front of it with the stages `stages` makes.
+async fn staged(
+    stages: impl FnOnce(&Journal) -> Vec<Arc<dyn Stage>>,
+) -> (Journal, std::net::SocketAddr, mpsc::UnboundedReceiver<()>) {
+    let journal = Journal::default();
+    let (first_chunk, first_chunk_seen) = mpsc::unbounded_channel();
+    let backend = upstream(journal.clone(), first_chunk).await;
+    let stages = stages(&journal);
+    (journal.clone(), gateway(backend, stages).await, first_chunk_seen)
+}
+
 type ChunkSender = mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>;
 
 /// Sends `POST /s/thing` whose body is whatever goes into the returned sender.
@@ -252,12 +264,9 @@ async fn journal_of(journal: &Journal, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn phases_run_in_order_and_response_phases_in_reverse() {
-    let journal = Journal::default();
-    let (first, _) = mpsc::unbounded_channel();
-    let backend = upstream(journal.clone(), first).await;
-    let stages: Vec<Arc<dyn Stage>> =
-        vec![Arc::new(Recorder::new("outer", &journal)), Arc::new(Recorder::new("inner", &journal))];
-    let gateway = gateway(backend, stages).await;
+    let (journal, gateway, _) =
+        staged(|journal| vec![Arc::new(Recorder::new("outer", journal)), Arc::new(Recorder::new("inner", journal))])
+            .await;
     let (body, response) = post(gateway).await;
     body.send(chunk("hello")).unwrap();
     drop(body);
@@ -284,16 +293,15 @@ async fn phases_run_in_order_and_response_phases_in_reverse() {
 
 #[tokio::test]
 async fn a_rejection_skips_the_integration_and_still_runs_the_response_phases() {
-    let journal = Journal::default();
-    let (first, _) = mpsc::unbounded_channel();
-    let backend = upstream(journal.clone(), first).await;
     let refuse = || Stop::Reject(Rejection::new(StatusCode::UNAUTHORIZED, "no entry"));
-    let stages: Vec<Arc<dyn Stage>> = vec![
-        Arc::new(Recorder::new("outer", &journal)),
-        Arc::new(Recorder { stop: Some(refuse), ..Recorder::new("guard", &journal) }),
-        Arc::new(Recorder::new("after", &journal)),
-    ];
-    let gateway = gateway(backend, stages).await;
+    let (journal, gateway, _) = staged(|journal| {
+        vec![
+            Arc::new(Recorder::new("outer", journal)),
+            Arc::new(Recorder { stop: Some(refuse), ..Recorder::new("guard", journal) }),
+            Arc::new(Recorder::new("after", journal)),
+        ]
+    })
+    .await;
     let (body, response) = post(gateway).await;
     drop(body);
     let (status, seen, text) = response.await.unwrap();
@@ -309,17 +317,13 @@ async fn a_rejection_skips_the_integration_and_still_runs_the_response_phases() 
 
 #[tokio::test]
 async fn an_answer_is_the_response_and_the_upstream_never_hears_of_it() {
-    let journal = Journal::default();
-    let (first, _) = mpsc::unbounded_channel();
-    let backend = upstream(journal.clone(), first).await;
     let answer = || {
         let mut response = Response::new(ResponseBody::full("from the stage"));
         *response.status_mut() = StatusCode::NO_CONTENT;
         Stop::Answer(response)
     };
-    let stages: Vec<Arc<dyn Stage>> =
-        vec![Arc::new(Recorder { stop: Some(answer), ..Recorder::new("answerer", &journal) })];
-    let gateway = gateway(backend, stages).await;
+    let (journal, gateway, _) =
+        staged(|journal| vec![Arc::new(Recorder { stop: Some(answer), ..Recorder::new("answerer", journal) })]).await;
     let (body, response) = post(gateway).await;
     drop(body);
     let (status, seen, _) = response.await.unwrap();
@@ -331,12 +335,8 @@ async fn an_answer_is_the_response_and_the_upstream_never_hears_of_it() {
 
 #[tokio::test]
 async fn a_body_stage_reads_the_body_and_the_upstream_gets_it_whole() {
-    let journal = Journal::default();
-    let (first, _) = mpsc::unbounded_channel();
-    let backend = upstream(journal.clone(), first).await;
-    let stages: Vec<Arc<dyn Stage>> =
-        vec![Arc::new(Recorder { reads_body: true, ..Recorder::new("reader", &journal) })];
-    let gateway = gateway(backend, stages).await;
+    let (journal, gateway, _) =
+        staged(|journal| vec![Arc::new(Recorder { reads_body: true, ..Recorder::new("reader", journal) })]).await;
     let (body, response) = post(gateway).await;
     body.send(chunk("part one, ")).unwrap();
     body.send(chunk("part two")).unwrap();
@@ -349,12 +349,8 @@ async fn a_body_stage_reads_the_body_and_the_upstream_gets_it_whole() {
 
 #[tokio::test]
 async fn a_body_over_the_stage_limit_is_refused_before_the_upstream() {
-    let journal = Journal::default();
-    let (first, _) = mpsc::unbounded_channel();
-    let backend = upstream(journal.clone(), first).await;
-    let stages: Vec<Arc<dyn Stage>> =
-        vec![Arc::new(Recorder { reads_body: true, ..Recorder::new("reader", &journal) })];
-    let gateway = gateway(backend, stages).await;
+    let (journal, gateway, _) =
+        staged(|journal| vec![Arc::new(Recorder { reads_body: true, ..Recorder::new("reader", journal) })]).await;
     let (body, response) = post(gateway).await;
     body.send(Ok(Frame::data(Bytes::from(vec![b'x'; 2000])))).unwrap();
     drop(body);
@@ -365,11 +361,7 @@ async fn a_body_over_the_stage_limit_is_refused_before_the_upstream() {
 
 #[tokio::test]
 async fn a_route_without_body_stages_streams_the_body() {
-    let journal = Journal::default();
-    let (first_tx, mut first_rx) = mpsc::unbounded_channel();
-    let backend = upstream(journal.clone(), first_tx).await;
-    let stages: Vec<Arc<dyn Stage>> = vec![Arc::new(Recorder::new("plain", &journal))];
-    let gateway = gateway(backend, stages).await;
+    let (journal, gateway, mut first_rx) = staged(|journal| vec![Arc::new(Recorder::new("plain", journal))]).await;
     let (body, response) = post(gateway).await;
     body.send(chunk("first ")).unwrap();
     // The upstream has the first chunk while the client still holds the last one back.
