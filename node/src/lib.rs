@@ -16,6 +16,7 @@
 //! - [`cli`]: the clap commands.
 
 pub mod admin;
+pub mod authorizers;
 pub mod body;
 pub mod certificates;
 pub mod cli;
@@ -31,6 +32,7 @@ pub mod limits;
 pub mod node;
 pub mod observe;
 pub mod pipeline;
+pub mod query;
 pub mod rejection;
 pub mod reload;
 pub mod router;

@@ -174,3 +174,34 @@ pub async fn counting_backend(
     });
     (addr, count)
 }
+
+/// A loopback HTTP/1.1 server answering each request (its body read whole) with what
+/// `handler` returns: for the identity providers, authorizers and other services a test
+/// plays.
+pub async fn http_service<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(hyper::Request<Bytes>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handler = std::sync::Arc::new(handler);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        Ok::<_, std::convert::Infallible>(handler(hyper::Request::from_parts(parts, body)).await)
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    addr
+}

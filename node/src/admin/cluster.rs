@@ -51,31 +51,7 @@ use crate::digest::sha256_hex;
 const MAX_DEFINITION: usize = 1024 * 1024;
 
 fn query_value(query: Option<&str>, key: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).map(percent_decode)
-}
-
-pub(crate) fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    query?.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).map(crate::query::percent_decode)
 }
 
 fn with_etag(mut response: Response<Full<Bytes>>, revision: u64) -> Response<Full<Bytes>> {
@@ -887,7 +863,5 @@ mod tests {
             Some("first cut")
         );
         assert_eq!(query_value(Some("a=1"), "stage"), None);
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
     }
 }

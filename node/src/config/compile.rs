@@ -168,8 +168,10 @@ fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
     (!dotted.is_empty()).then_some(dotted)
 }
 
+mod authorizers;
 mod integrations;
 
+use authorizers::{AuthorizerSpec, AuthorizerUse};
 use integrations::IntegrationSpec;
 
 struct Compiler<'a> {
@@ -190,6 +192,10 @@ struct RouteSpec {
     method: MethodMatch,
     pattern: PathPattern,
     integration: IntegrationSpec,
+    /// The authorizer the route names, checked against the API's.
+    authorizer: Option<String>,
+    /// Scopes a JWT authorizer requires on this route.
+    scopes: Vec<String>,
     field: String,
 }
 
@@ -469,6 +475,7 @@ impl Compiler<'_> {
                 "`websocket` APIs are not supported yet; use `http` (WebSocket upgrades on its routes pass through to the upstream)",
             );
         }
+        let authorizers = self.authorizers(api, field);
         let mut specs = Vec::new();
         let mut shape: Router<()> = Router::default();
         for (i, route) in api.routes.iter().enumerate() {
@@ -492,6 +499,16 @@ impl Compiler<'_> {
                 );
                 continue;
             }
+            let authorizer = match &route.authorizer {
+                Some(name) => {
+                    let used = AuthorizerUse { name, field: format!("{rfield}.authorizer") };
+                    if !self.check_authorizer_use(&used, &authorizers, &api.authorizers) {
+                        continue;
+                    }
+                    Some(name.value.clone())
+                }
+                None => None,
+            };
             if let Some(integration) = integration {
                 let throttle = route.throttle.as_ref().and_then(|t| self.rate(t, &format!("{rfield}.throttle")));
                 specs.push(RouteSpec {
@@ -502,6 +519,8 @@ impl Compiler<'_> {
                     method,
                     pattern,
                     integration,
+                    authorizer,
+                    scopes: route.scopes.as_ref().map(|s| s.value.clone()).unwrap_or_default(),
                     field: rfield,
                 });
             }
@@ -512,7 +531,14 @@ impl Compiler<'_> {
             if !self.name(&stage.name, &format!("{sfield}.name"), "stage name") {
                 continue;
             }
-            let routes = self.stage(&api.id.value, stage, &specs, api.default_endpoint, &sfield);
+            if let Some(name) = &stage.authorizer {
+                let used = AuthorizerUse { name, field: format!("{sfield}.authorizer") };
+                if !self.check_authorizer_use(&used, &authorizers, &api.authorizers) {
+                    continue;
+                }
+            }
+            self.check_scopes(api, field, &authorizers, stage);
+            let routes = self.stage(&api.id.value, stage, &specs, &authorizers, api.default_endpoint, &sfield);
             if stages.insert(stage.name.value.clone(), Arc::new(StageTarget::new(Arc::new(routes)))).is_some() {
                 self.sink.push(
                     stage.name.referenced,
@@ -529,6 +555,7 @@ impl Compiler<'_> {
         api: &str,
         stage: &StageDef,
         specs: &[RouteSpec],
+        authorizers: &HashMap<String, AuthorizerSpec>,
         default_endpoint: bool,
         field: &str,
     ) -> StageRoutes {
@@ -564,6 +591,13 @@ impl Compiler<'_> {
                 scopes.push((Arc::from(format!("route {api}/{stage_name} {}", spec.key)), rate));
             }
             let mut stages: Vec<Arc<dyn Stage>> = vec![Arc::new(RouteThrottle { scopes })];
+            let authorizer = spec.authorizer.as_ref().or(stage.authorizer.as_ref().map(|a| &a.value));
+            if let Some(authorizer) = authorizer.and_then(|name| authorizers.get(name)) {
+                match self.authorizer_stage(authorizer, &spec.scopes, (api, stage_name, &spec.key), &stage.variables) {
+                    Some(s) => stages.push(s),
+                    None => continue,
+                }
+            }
             if spec.api_key_required || stage.api_key_required {
                 stages.push(Arc::new(ApiKeyCheck {
                     stage: (api.to_string(), stage_name.to_string()),
@@ -792,6 +826,7 @@ pub fn compile_stage(
         access_log_format: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.access_log_format.clone()),
         throttle: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.throttle.clone()),
         api_key_required: api.stages.iter().find(|s| s.name.value == stage).is_some_and(|s| s.api_key_required),
+        authorizer: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.authorizer.clone()),
     }];
     let mut compiler = Compiler { sink: ErrorSink::default(), base_dir: Path::new("."), deployment, default_rate };
     let compiled = compiler.api(&api, "apis[0]");

@@ -182,6 +182,78 @@ apis:
     }
 
     #[test]
+    fn bad_authorizers_are_refused_with_their_lines() {
+        let text = r#"
+apis:
+  - id: pets
+    authorizers:
+      - name: users
+        type: jwt
+        algorithms: [RS256, none]
+        jwks_uri: http://idp.test/jwks
+        ttl: 5s
+      - name: shared
+        type: jwt
+        algorithms: [HS256]
+        keys: [{ secret_env: MERIDIAN_TEST_UNSET_SECRET }]
+      - name: partners
+        type: custom
+        uri: "ftp://authz.test/"
+        identity_sources: [$request.body.token]
+      - name: users
+        type: custom
+        uri: http://authz.test/
+        identity_sources: [$request.header.authorization]
+        context_to_headers: { tenant: "x-forwarded-for" }
+    routes:
+      - route: GET /a
+        authorizer: nobody
+        integration: { type: mock }
+      - route: GET /b
+        scopes: [read]
+        integration: { type: mock }
+    stages:
+      - name: prod
+"#;
+        let e = errors(text);
+        let has = |line: u64, field: &str, words: &str| {
+            assert!(
+                e.iter().any(|x| x.line == line && x.field == field && x.message.contains(words)),
+                "no `{words}` at line {line} ({field}) in {e:#?}"
+            )
+        };
+        has(7, "apis[0].authorizers[0].algorithms", "`none` is not an algorithm");
+        has(9, "apis[0].authorizers[0].ttl", "does not apply to a `jwt` authorizer");
+        has(13, "apis[0].authorizers[1].keys[0]", "`MERIDIAN_TEST_UNSET_SECRET` is not set");
+        has(16, "apis[0].authorizers[2].uri", "not an http(s) URL");
+        has(17, "apis[0].authorizers[2].identity_sources[0]", "not an identity source");
+        has(18, "apis[0].authorizers[3].name", "declared twice");
+        has(22, "apis[0].authorizers[3].context_to_headers.tenant", "not a header name the gateway may set");
+        has(25, "apis[0].routes[0].authorizer", "no authorizer is named `nobody`");
+        has(28, "apis[0].routes[1].scopes", "scopes need a `jwt` authorizer");
+    }
+
+    #[test]
+    fn a_key_of_another_kind_than_the_algorithms_is_refused() {
+        // An HMAC key beside RS256 is the material of an algorithm confusion.
+        let text = r#"
+apis:
+  - id: pets
+    authorizers:
+      - name: users
+        type: jwt
+        algorithms: [RS256]
+        keys: [{ jwk: { kty: oct, k: "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA" } }]
+"#;
+        let e = errors(text);
+        assert!(
+            e.iter().any(|x| x.field == "apis[0].authorizers[0].keys[0]" && x.message.contains("verifies none")),
+            "{e:#?}"
+        );
+        assert!(e.iter().any(|x| x.message.contains("no key here can verify RS256")), "{e:#?}");
+    }
+
+    #[test]
     fn https_needs_certificates() {
         let text = "listen: { https: 127.0.0.1:0 }\ndomains:\n  - name: a.example\n";
         let e = errors(text);

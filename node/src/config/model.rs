@@ -198,6 +198,9 @@ pub struct ApiDef {
     pub routes: Vec<RouteDef>,
     #[serde(default)]
     pub stages: Vec<StageDef>,
+    /// Authorizers that routes and stages name (`authorizer: NAME`).
+    #[serde(default)]
+    pub authorizers: Vec<AuthorizerDef>,
     /// Serve the API on its default endpoint, `/{stage}/...` on a host whose first label is
     /// the API id (or any host when it is the only API). Turn it off so that an API with
     /// custom domains is reachable only through them.
@@ -231,6 +234,78 @@ pub struct RouteDef {
     /// upstream (refused with 400 otherwise; see docs/SECURITY.md).
     #[serde(default)]
     pub allow_encoded_slashes: bool,
+    /// The authorizer requests to this route must pass (instead of the stage's).
+    pub authorizer: Option<Spanned<String>>,
+    /// Scopes a JWT authorizer requires of this route's tokens (all of them).
+    pub scopes: Option<Spanned<Vec<String>>>,
+}
+
+/// An authorizer of an API. One struct for both kinds so that each field keeps its line;
+/// [`compile`](super::compile) rejects fields that do not belong to the chosen kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizerDef {
+    pub name: Spanned<String>,
+    #[serde(rename = "type")]
+    pub kind: Spanned<AuthorizerKind>,
+    /// `jwt`: signature algorithms accepted, e.g. `[RS256]`.
+    pub algorithms: Option<Spanned<Vec<String>>>,
+    /// `jwt`: where the identity provider publishes its keys.
+    pub jwks_uri: Option<Spanned<String>>,
+    /// `jwt`: the least time between two fetches of the JWKS for tokens with an unknown
+    /// key id (default 30s).
+    pub jwks_refetch_interval: Option<Spanned<String>>,
+    /// `jwt`: keys given here instead of (or besides) `jwks_uri`.
+    pub keys: Option<Spanned<Vec<KeyDef>>>,
+    /// `jwt`: the `iss` tokens must carry.
+    pub issuer: Option<Spanned<String>>,
+    /// `jwt`: tokens must name one of these in `aud`.
+    pub audience: Option<Spanned<Vec<String>>>,
+    /// `jwt`: how far clocks may disagree for `exp` and `nbf` (default 30s).
+    pub clock_skew: Option<Spanned<String>>,
+    /// `jwt`: claims every token must have (besides `exp`).
+    pub required_claims: Option<Spanned<Vec<String>>>,
+    /// `jwt`: claims passed upstream, `claim: header-name`.
+    pub claims_to_headers: Option<Spanned<BTreeMap<String, String>>>,
+    /// `custom`: the authorizer's URL (`http` or `https`).
+    pub uri: Option<Spanned<String>>,
+    /// `custom`: what identifies a caller, e.g. `[$request.header.Authorization]`.
+    pub identity_sources: Option<Spanned<Vec<String>>>,
+    /// `custom`: how long an answer is reused for the same identity (default 300s; `0s`
+    /// turns the cache off).
+    pub ttl: Option<Spanned<String>>,
+    /// `custom`: answers kept at most (default 10000).
+    pub cache_size: Option<Spanned<u64>>,
+    /// `custom`: how long to wait for the authorizer (default 5s, at most 30s).
+    pub timeout: Option<Spanned<String>>,
+    /// `custom`: context values passed upstream, `key: header-name`.
+    pub context_to_headers: Option<Spanned<BTreeMap<String, String>>>,
+    /// `jwks_uri` or `uri` over https: a PEM file of CA certificates to trust instead of
+    /// the system roots.
+    pub ca_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizerKind {
+    Jwt,
+    Custom,
+}
+
+/// A verification key written in the definition: exactly one of `pem`, `jwk` and
+/// `secret_env`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyDef {
+    /// Matched against the token's `kid` when both have one.
+    pub kid: Option<String>,
+    /// A PEM public key (RSA, EC or Ed25519).
+    pub pem: Option<String>,
+    /// One JSON Web Key (public, or `oct` for HMAC).
+    pub jwk: Option<serde_json::Value>,
+    /// The name of an environment variable holding an HMAC secret, set on every node (the
+    /// secret itself never goes into the definition).
+    pub secret_env: Option<String>,
 }
 
 /// A rate limit: requests per second and the burst one node may admit at once.
@@ -370,6 +445,8 @@ pub struct StageDef {
     /// Every route of the stage needs an API key.
     #[serde(default)]
     pub api_key_required: bool,
+    /// The authorizer of every route that names none.
+    pub authorizer: Option<Spanned<String>>,
 }
 
 /// A custom domain: its certificate and the APIs it serves under base paths.

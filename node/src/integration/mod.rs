@@ -9,8 +9,10 @@
 //! - [`proxy`]: streamed pass-through with timeout, retries and WebSocket upgrades.
 //! - [`retry`]: the retry budget that keeps retries from amplifying an outage.
 //! - [`mock`]: static responses.
+//! - [`callee`]: URLs the node calls itself (JWKS documents, custom authorizers).
 
 pub mod balance;
+pub mod callee;
 pub mod endpoint;
 pub mod mock;
 pub mod proxy;

@@ -37,6 +37,7 @@ use metrics::Gauge;
 
 pub use crate::rejection::Rejection;
 
+use crate::authorizers::Authorizers;
 use crate::body::ResponseBody;
 use crate::config::table::{RouteTarget, RoutingTable};
 use crate::integration::request_body::RequestBody;
@@ -67,6 +68,8 @@ pub struct Pipeline {
     table: Arc<ArcSwap<RoutingTable>>,
     limiter: Arc<Limiter>,
     upstreams: Arc<Upstreams>,
+    /// JWKS key sets and authorizer caches, kept across reloads.
+    authorizers: Authorizers,
     body_limit: BodyLimit,
     /// HTTP/1.1 heads are held to it by hyper; HTTP/2 heads here.
     max_headers: usize,
@@ -141,6 +144,7 @@ impl Pipeline {
         Pipeline {
             table,
             limiter,
+            authorizers: Authorizers::new(upstreams.clone()),
             upstreams,
             body_limit: BodyLimit { max_bytes: limits.max_body_bytes },
             max_headers: limits.max_headers,
@@ -226,7 +230,7 @@ impl Pipeline {
         if let Err(r) = self.body_limit.check_declared(&parts) {
             return Served::rejected(r, &request_id, target);
         }
-        let services = Services { limiter: &self.limiter, keys: &table.keys };
+        let services = Services { limiter: &self.limiter, keys: &table.keys, authorizers: &self.authorizers };
         if let Flow::Stop(stop) = target.chain.request_head(&mut parts, exchange, &services).await {
             return Served::stopped(stop, &request_id, target);
         }

@@ -29,6 +29,8 @@
 
 pub mod api_key;
 mod chain;
+pub mod custom_authorizer;
+pub mod jwt;
 pub mod throttle;
 
 use std::fmt;
@@ -43,6 +45,7 @@ use http::{HeaderValue, Response, StatusCode, response};
 
 pub use chain::{Chain, StagedBody};
 
+use crate::authorizers::Authorizers;
 use crate::body::ResponseBody;
 use crate::limits::limiter::Limiter;
 use crate::rejection::Rejection;
@@ -120,6 +123,12 @@ impl From<Result<(), Rejection>> for Step<'_> {
     }
 }
 
+impl From<Rejection> for Step<'_> {
+    fn from(rejection: Rejection) -> Self {
+        Step::Done(rejection.into())
+    }
+}
+
 impl From<Flow> for Step<'_> {
     fn from(flow: Flow) -> Self {
         Step::Done(flow)
@@ -149,6 +158,7 @@ impl Exchange {
 pub struct Services<'r> {
     pub limiter: &'r Limiter,
     pub keys: &'r api_key::KeyRing,
+    pub authorizers: &'r Authorizers,
 }
 
 /// One step of a route's request path. Every phase has a default that does nothing; a stage

@@ -1,0 +1,61 @@
+//! Query strings as `application/x-www-form-urlencoded` pairs: percent-decoding, and the
+//! values of one parameter.
+
+/// Decodes `%XX` escapes and `+` (a space); a `%` without two hex digits stays as it is.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The decoded `(name, value)` pairs of a query string, in order.
+pub fn pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k), percent_decode(v))
+    })
+}
+
+/// The values of parameter `name`, joined by commas; `None` when it is absent.
+pub fn joined_values(query: &str, name: &str) -> Option<String> {
+    let values: Vec<String> = pairs(query).filter(|(k, _)| k == name).map(|(_, v)| v).collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding_keeps_what_is_not_an_escape() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%41"), "A");
+    }
+
+    #[test]
+    fn values_of_one_parameter_are_decoded_and_joined() {
+        assert_eq!(joined_values("a=1&token=x%20y&token=z&b", "token").as_deref(), Some("x y,z"));
+        assert_eq!(joined_values("a=1", "token"), None);
+        assert_eq!(pairs("a&b=2").collect::<Vec<_>>(), [("a".into(), "".into()), ("b".into(), "2".into())]);
+    }
+}

@@ -1,0 +1,247 @@
+//! JWT authorizers: a route that names one admits only requests with a valid bearer token.
+//!
+//! The order of checks is the point (docs/SECURITY.md):
+//! 1. the token's header algorithm must be on the authorizer's allow-list, checked on the
+//!    raw header before any signature work, so `alg: none` and unlisted algorithms cost
+//!    nothing and never reach a verifier;
+//! 2. only keys of that algorithm's family verify it: an HMAC algorithm is never tried with
+//!    a public key (the classic confusion of RS256 public keys used as HS256 secrets);
+//! 3. then `exp`, `nbf` (with the configured clock skew), `iss`, `aud`, required claims and
+//!    finally the route's scopes (403 instead of 401).
+//!
+//! A bad token is 401 with `WWW-Authenticate: Bearer error="invalid_token"` and a reason in
+//! the JSON body and the access log; the token itself is never logged. Chosen claims go to
+//! the upstream as headers (a client-sent header of the same name is removed first) and all
+//! claims stay in the exchange for later stages.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use base64::Engine;
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, StatusCode};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+
+use super::{Exchange, Flow, Phases, Services, Stage, Step};
+use crate::authorizers::key_set::{KeySet, Keys};
+use crate::authorizers::{AuthorizerContext, header_value};
+use crate::integration::callee::Callee;
+use crate::rejection::Rejection;
+
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// Where an authorizer's keys come from.
+#[derive(Debug)]
+pub enum KeySource {
+    /// Keys written in the API definition (PEM, JWK, or an HMAC secret from the node's
+    /// environment).
+    Inline(Keys),
+    /// A JWKS URL the node fetches, bound to the node's key set on first use.
+    Jwks { callee: Arc<Callee>, refetch_interval: Duration, bound: OnceLock<Arc<KeySet>> },
+}
+
+/// One JWT authorizer of an API, as compiled for a revision.
+#[derive(Debug)]
+pub struct JwtPolicy {
+    pub name: Arc<str>,
+    pub keys: KeySource,
+    /// Per allowed algorithm: issuer, audience, clock skew and the registered claims that
+    /// must be present (the verifier takes one algorithm family at a time).
+    pub validations: Vec<(Algorithm, Validation)>,
+    /// Other claims that must be present.
+    pub required_claims: Vec<String>,
+    /// Claims passed upstream, each as a header.
+    pub claim_headers: Vec<(String, HeaderName)>,
+}
+
+impl JwtPolicy {
+    /// How tokens signed with `alg` are validated; `None` when `alg` is not allowed.
+    pub fn validation(&self, alg: Algorithm) -> Option<&Validation> {
+        self.validations.iter().find(|(a, _)| *a == alg).map(|(_, v)| v)
+    }
+}
+
+/// The authorizer on one route, with the scopes that route requires.
+#[derive(Debug)]
+pub struct JwtAuthorizer {
+    pub policy: Arc<JwtPolicy>,
+    pub scopes: Vec<String>,
+}
+
+/// Why a token was refused: what the client reads, and what the access log records.
+fn invalid(description: &'static str) -> Rejection {
+    metrics::counter!("meridian_authorizer_refusals_total", "kind" => "jwt", "reason" => description).increment(1);
+    let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{description}\"");
+    Rejection::new(StatusCode::UNAUTHORIZED, description)
+        .with_reason(description)
+        .with_header(WWW_AUTHENTICATE, HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")))
+}
+
+/// The bearer token of a request.
+fn bearer(head: &Parts) -> Result<&str, Rejection> {
+    let missing = || {
+        Rejection::new(StatusCode::UNAUTHORIZED, "this route needs a bearer token in Authorization")
+            .with_reason("bearer token missing")
+            .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    };
+    let value = head.headers.get(AUTHORIZATION).ok_or_else(missing)?;
+    let text = value.to_str().map_err(|_| invalid("the Authorization header is not text"))?;
+    match text.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
+        _ => Err(missing()),
+    }
+}
+
+/// The `alg` and `kid` of a token's header, read without trusting anything else in it.
+fn header_fields(token: &str) -> Result<(String, Option<String>), Rejection> {
+    let malformed = || invalid("the token is not a JWS compact token");
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(malformed());
+    };
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).map_err(|_| malformed())?;
+    let header: serde_json::Value = serde_json::from_slice(&json).map_err(|_| malformed())?;
+    let alg = header.get("alg").and_then(|a| a.as_str()).ok_or_else(malformed)?;
+    let kid = header.get("kid").and_then(|k| k.as_str()).map(str::to_string);
+    Ok((alg.to_string(), kid))
+}
+
+impl JwtAuthorizer {
+    /// Reads the token's header and checks its algorithm; the rest waits for the keys.
+    fn prepare<'h>(&self, head: &'h Parts) -> Result<(&'h str, Algorithm, Option<String>), Rejection> {
+        let token = bearer(head)?;
+        let (alg, kid) = header_fields(token)?;
+        let allowed = alg.parse::<Algorithm>().ok().filter(|a| self.policy.validation(*a).is_some());
+        match allowed {
+            Some(alg) => Ok((token, alg, kid)),
+            None => Err(invalid("the token's algorithm is not allowed")),
+        }
+    }
+
+    /// Verifies the token with `keys`, then its claims and the route's scopes, and passes
+    /// the claims on.
+    fn admit(
+        &self,
+        keys: &Keys,
+        token: &str,
+        alg: Algorithm,
+        kid: Option<&str>,
+        head: &mut Parts,
+        exchange: &mut Exchange,
+    ) -> Result<(), Rejection> {
+        let policy = &*self.policy;
+        let validation = policy.validation(alg).ok_or_else(|| invalid("the token's algorithm is not allowed"))?;
+        let mut claims = None;
+        let mut last = invalid("no key matches the token's key id");
+        for key in keys.candidates(kid, alg) {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                Err(e) => {
+                    last = refusal(e.kind());
+                    if !matches!(e.kind(), ErrorKind::InvalidSignature) {
+                        break;
+                    }
+                }
+            }
+        }
+        let claims = claims.ok_or(last)?;
+        if policy.required_claims.iter().any(|c| !claims.contains_key(c)) {
+            return Err(invalid("the token lacks a required claim"));
+        }
+        if !self.scopes.is_empty() {
+            let granted = granted_scopes(&claims);
+            if let Some(missing) = self.scopes.iter().find(|s| !granted.contains(&s.as_str())) {
+                metrics::counter!("meridian_authorizer_refusals_total", "kind" => "jwt", "reason" => "insufficient scope")
+                    .increment(1);
+                let challenge = format!("Bearer error=\"insufficient_scope\", scope=\"{}\"", self.scopes.join(" "));
+                return Err(Rejection::new(StatusCode::FORBIDDEN, format!("the token lacks the scope `{missing}`"))
+                    .with_reason("insufficient scope")
+                    .with_header(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static("Bearer")),
+                    ));
+            }
+        }
+        for (claim, header) in &policy.claim_headers {
+            head.headers.remove(header);
+            if let Some(value) = claims.get(claim).and_then(header_value) {
+                head.headers.insert(header.clone(), value);
+            }
+        }
+        exchange.extensions.insert(AuthorizerContext { authorizer: policy.name.clone(), values: Arc::new(claims) });
+        Ok(())
+    }
+}
+
+/// The scopes a token grants: `scope` (space-separated, RFC 8693) or `scp` (a string or a
+/// list, as some providers send it).
+fn granted_scopes(claims: &Claims) -> Vec<&str> {
+    let mut scopes = Vec::new();
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(serde_json::Value::String(s)) => scopes.extend(s.split(' ').filter(|s| !s.is_empty())),
+            Some(serde_json::Value::Array(list)) => scopes.extend(list.iter().filter_map(|v| v.as_str())),
+            _ => {}
+        }
+    }
+    scopes
+}
+
+/// What a verification failure tells the client.
+fn refusal(kind: &ErrorKind) -> Rejection {
+    invalid(match kind {
+        ErrorKind::ExpiredSignature => "the token has expired",
+        ErrorKind::ImmatureSignature => "the token is not valid yet",
+        ErrorKind::InvalidAudience => "the token is not meant for this API",
+        ErrorKind::InvalidIssuer => "the token's issuer is not trusted",
+        ErrorKind::InvalidSignature => "the token's signature is not valid",
+        ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+        ErrorKind::InvalidClaimFormat(_) => "a claim of the token has the wrong type",
+        ErrorKind::InvalidAlgorithm => "the token's algorithm is not allowed",
+        _ => "the token is malformed",
+    })
+}
+
+impl Stage for JwtAuthorizer {
+    fn name(&self) -> &'static str {
+        "jwt_authorizer"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_HEAD
+    }
+
+    fn request_head<'a>(
+        &'a self,
+        head: &'a mut Parts,
+        exchange: &'a mut Exchange,
+        services: &'a Services<'a>,
+    ) -> Step<'a> {
+        let (token, alg, kid) = match self.prepare(head) {
+            Ok((token, alg, kid)) => (token.to_string(), alg, kid),
+            Err(rejection) => return rejection.into(),
+        };
+        match &self.policy.keys {
+            KeySource::Inline(keys) => self.admit(keys, &token, alg, kid.as_deref(), head, exchange).into(),
+            KeySource::Jwks { callee, refetch_interval, bound } => {
+                let set = bound.get_or_init(|| services.authorizers.key_sets.bind(callee, *refetch_interval));
+                let keys = set.keys();
+                if keys.candidates(kid.as_deref(), alg).next().is_some() {
+                    return self.admit(&keys, &token, alg, kid.as_deref(), head, exchange).into();
+                }
+                // A key the set does not hold (yet): fetch it again, at most once per
+                // interval, and decide with what that brought.
+                drop(keys);
+                Step::Waiting(Box::pin(async move {
+                    set.refetch().await;
+                    Flow::from(self.admit(&set.keys(), &token, alg, kid.as_deref(), head, exchange))
+                }))
+            }
+        }
+    }
+}
