@@ -1061,3 +1061,86 @@ async fn gateways_prefer_their_own_regions_targets_and_fall_back() {
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["backend r2", "backend r3"]);
 }
+
+/// Authorizers deployed with `apply` work on every node of a three-region cluster: each node
+/// fetches the JWKS once and asks the custom authorizer once per identity, then serves from
+/// its own keys and cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizers_deployed_to_the_cluster_work_on_every_node() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+
+    let cluster = tokio::task::spawn_blocking(|| three_regions(16)).await.unwrap();
+    // An identity provider with one EC key, and an authorizer that allows `partner-*`.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let encoding = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, jsonwebtoken::Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
+    let jwks_hits = Arc::new(AtomicUsize::new(0));
+    let hits = jwks_hits.clone();
+    let idp = meridian_tests::http_service(move |_| {
+        hits.fetch_add(1, Ordering::SeqCst);
+        let body = jwks.clone();
+        async move { hyper::Response::new(Full::new(Bytes::from(body))) }
+    })
+    .await;
+    let callouts = Arc::new(AtomicUsize::new(0));
+    let calls = callouts.clone();
+    let authorizer = meridian_tests::http_service(move |req| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let document: serde_json::Value = serde_json::from_slice(req.body()).unwrap_or_default();
+        let allowed = document["identitySource"][0].as_str().is_some_and(|t| t.starts_with("partner-"));
+        let body = serde_json::json!({ "isAuthorized": allowed, "context": { "who": "p" } }).to_string();
+        async move { hyper::Response::new(Full::new(Bytes::from(body))) }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+apis:
+  - id: pets
+    authorizers:
+      - {{ name: users, type: jwt, algorithms: [ES256], jwks_uri: "http://{idp}/jwks", audience: [pets] }}
+      - {{ name: partners, type: custom, uri: "http://{authorizer}/", identity_sources: [$request.header.x-partner] }}
+    routes:
+      - {{ route: GET /me, authorizer: users, integration: {{ type: mock, body: me }} }}
+      - {{ route: GET /partner, authorizer: partners, integration: {{ type: mock, body: partner }} }}
+"#
+        ),
+    )
+    .unwrap();
+    let out = cli(&["apply", "-f", path.to_str().unwrap(), "--stage", "prod"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let token = jsonwebtoken::encode(&header, &serde_json::json!({ "sub": "a", "aud": "pets", "exp": exp }), &encoding)
+        .unwrap();
+    let request = |http: SocketAddr, path: &str, name: &str, value: &str| {
+        let request = hyper::Request::get(path).header("host", "gw.test").header(name, value);
+        meridian_tests::send(http, request.body(Full::new(Bytes::new())).unwrap())
+    };
+    for node in &cluster.nodes {
+        let http = node.http.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(http, "gw.test", "/prod/me").await.status != 401 {
+            assert!(Instant::now() < deadline, "the node never served the API");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..5 {
+            let me = request(http, "/prod/me", "authorization", &format!("Bearer {token}")).await;
+            assert_eq!(me.status, 200, "{:?}", me.body);
+            assert_eq!(request(http, "/prod/partner", "x-partner", "partner-1").await.status, 200);
+            assert_eq!(request(http, "/prod/partner", "x-partner", "stranger").await.status, 403);
+        }
+    }
+    assert_eq!(jwks_hits.load(Ordering::SeqCst), 3, "one JWKS fetch per node");
+    assert_eq!(callouts.load(Ordering::SeqCst), 6, "one call per identity per node");
+}
