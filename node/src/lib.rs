@@ -36,4 +36,5 @@ pub mod query;
 pub mod rejection;
 pub mod reload;
 pub mod router;
+pub mod sigv4;
 pub mod stages;

@@ -2,7 +2,13 @@
 //! values of one parameter.
 
 /// Decodes `%XX` escapes and `+` (a space); a `%` without two hex digits stays as it is.
+/// Bytes that are not UTF-8 become U+FFFD.
 pub fn percent_decode(text: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(text)).into_owned()
+}
+
+/// [`percent_decode`], to bytes.
+pub fn percent_decode_bytes(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -23,7 +29,7 @@ pub fn percent_decode(text: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// The decoded `(name, value)` pairs of a query string, in order.
