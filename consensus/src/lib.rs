@@ -19,8 +19,8 @@ pub mod store;
 pub mod types;
 
 pub use state::{
-    ApiKeyRecord, ApiRecord, Canary, ClusterSecrets, CommandOutcome, ConfigCommand, ConfigState, Deployment,
-    DomainRecord, MappingRecord, PlanRate, Proposal, QuotaPeriod, RegionRecord, Rejection, StageRecord,
+    ApiKeyRecord, ApiRecord, Canary, ClusterSecrets, CommandOutcome, ConfigCommand, ConfigState, CredentialRecord,
+    Deployment, DomainRecord, MappingRecord, PlanRate, Proposal, QuotaPeriod, RegionRecord, Rejection, StageRecord,
     UsagePlanRecord, ZoneRecord,
 };
 pub use types::{ClusterNode, NodeId, TypeConfig};

@@ -109,6 +109,17 @@ pub struct ApiKeyRecord {
     pub created_at_ms: u64,
 }
 
+/// Credentials for signed requests (SigV4): the record of one access key id. Verifying a
+/// signature needs the secret itself, so it cannot be hashed; it enters the replicated
+/// state only sealed with the cluster data key, and is never listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    pub name: String,
+    pub secret_sealed: Vec<u8>,
+    pub enabled: bool,
+    pub created_at_ms: u64,
+}
+
 /// A rate limit in a usage plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanRate {
@@ -152,6 +163,8 @@ pub struct ConfigState {
     pub keys: BTreeMap<String, ApiKeyRecord>,
     /// Usage plans by name.
     pub plans: BTreeMap<String, UsagePlanRecord>,
+    /// Credentials for signed requests, by access key id.
+    pub credentials: BTreeMap<String, CredentialRecord>,
 }
 
 /// A change to the configuration.
@@ -272,6 +285,19 @@ pub enum ConfigCommand {
         plan: String,
         key: String,
     },
+    /// Creates credentials (the access key id and sealed secret are made by the proposing
+    /// node).
+    CreateCredential {
+        id: String,
+        credential: CredentialRecord,
+    },
+    SetCredentialEnabled {
+        id: String,
+        enabled: bool,
+    },
+    DeleteCredential {
+        id: String,
+    },
 }
 
 /// A command with an optional revision precondition (an HTTP `If-Match`).
@@ -302,6 +328,10 @@ pub enum Rejection {
     DuplicateKeyValue,
     #[error("a key named `{name}` already exists (id `{id}`)")]
     DuplicateKeyName { name: String, id: String },
+    #[error("no credentials `{0}`")]
+    NoCredential(String),
+    #[error("credentials named `{name}` already exist (access key id `{id}`)")]
+    DuplicateCredentialName { name: String, id: String },
     #[error("no domain `{0}`")]
     NoDomain(String),
     #[error("no region `{0}`")]
@@ -375,6 +405,9 @@ impl ConfigState {
                 self.plans.get(name).is_some_and(|p| p.rate == *rate && p.quota == *quota)
             }
             ConfigCommand::SetKeyEnabled { id, enabled } => self.keys.get(id).is_some_and(|k| k.enabled == *enabled),
+            ConfigCommand::SetCredentialEnabled { id, enabled } => {
+                self.credentials.get(id).is_some_and(|c| c.enabled == *enabled)
+            }
             ConfigCommand::RotateKey { id, value_sha256 } => {
                 self.keys.get(id).is_some_and(|k| k.value_sha256 == *value_sha256)
             }
@@ -565,6 +598,26 @@ impl ConfigState {
                 }
                 self.keys.get_mut(id).ok_or_else(|| Rejection::NoKey(id.clone()))?.value_sha256 = value_sha256.clone();
                 Ok(None)
+            }
+            ConfigCommand::CreateCredential { id, credential } => {
+                if id.is_empty() || self.credentials.contains_key(id) {
+                    return Err(Rejection::Invalid(format!("access key id `{id}` is empty or taken")));
+                }
+                if let Some((existing, _)) = self.credentials.iter().find(|(_, c)| c.name == credential.name) {
+                    return Err(Rejection::DuplicateCredentialName {
+                        name: credential.name.clone(),
+                        id: existing.clone(),
+                    });
+                }
+                self.credentials.insert(id.clone(), credential.clone());
+                Ok(None)
+            }
+            ConfigCommand::SetCredentialEnabled { id, enabled } => {
+                self.credentials.get_mut(id).ok_or_else(|| Rejection::NoCredential(id.clone()))?.enabled = *enabled;
+                Ok(None)
+            }
+            ConfigCommand::DeleteCredential { id } => {
+                self.credentials.remove(id).map(|_| None).ok_or_else(|| Rejection::NoCredential(id.clone()))
             }
             ConfigCommand::DeleteKey { id } => {
                 self.keys.remove(id).ok_or_else(|| Rejection::NoKey(id.clone()))?;
@@ -813,6 +866,12 @@ mod tests {
             }),
             (name(), any::<bool>()).prop_map(|(id, enabled)| ConfigCommand::SetKeyEnabled { id, enabled }),
             name().prop_map(|id| ConfigCommand::DeleteKey { id }),
+            (name(), name()).prop_map(|(id, name)| ConfigCommand::CreateCredential {
+                id,
+                credential: CredentialRecord { name, secret_sealed: vec![1, 2], enabled: true, created_at_ms: 0 }
+            }),
+            (name(), any::<bool>()).prop_map(|(id, enabled)| ConfigCommand::SetCredentialEnabled { id, enabled }),
+            name().prop_map(|id| ConfigCommand::DeleteCredential { id }),
             (name(), proptest::option::of(1u64..5)).prop_map(|(name, q)| ConfigCommand::PutPlan {
                 name,
                 rate: Some(PlanRate { per_second: 5, burst: 5 }),

@@ -205,3 +205,33 @@ where
     });
     addr
 }
+
+/// A Python with `packages` from PyPI, in a virtualenv kept under `target/` (made on first
+/// use); `None`, with the test's SKIPPED line, when Python or PyPI is not available. CI
+/// installs `python3-venv`, so there it is always there.
+pub fn python_with(venv: &str, packages: &[&str]) -> Option<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target").join(venv);
+    let python = dir.join("bin/python");
+    let ready = dir.join(".installed");
+    // One test at a time makes the virtualenv; the others wait for it.
+    let lock = std::fs::File::options().create(true).append(true).open(dir.with_extension("lock"));
+    let _guard = lock.ok().filter(|f| f.lock().is_ok());
+    if !ready.exists() {
+        let made =
+            std::process::Command::new("python3").args(["-m", "venv"]).arg(&dir).status().is_ok_and(|s| s.success())
+                && std::process::Command::new(&python)
+                    .args(["-m", "pip", "install", "-q"])
+                    .args(packages)
+                    .status()
+                    .is_ok_and(|s| s.success());
+        if !made {
+            eprintln!(
+                "SKIPPED: cannot make a Python virtualenv with {} (python3-venv and PyPI needed)",
+                packages.join(", ")
+            );
+            return None;
+        }
+        std::fs::write(&ready, packages.join("\n")).ok()?;
+    }
+    Some(python)
+}

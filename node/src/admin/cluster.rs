@@ -54,7 +54,7 @@ fn query_value(query: Option<&str>, key: &str) -> Option<String> {
     query?.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).map(crate::query::percent_decode)
 }
 
-fn with_etag(mut response: Response<Full<Bytes>>, revision: u64) -> Response<Full<Bytes>> {
+pub(super) fn with_etag(mut response: Response<Full<Bytes>>, revision: u64) -> Response<Full<Bytes>> {
     if let Ok(v) = http::HeaderValue::try_from(format!("\"{revision}\"")) {
         response.headers_mut().insert(http::header::ETAG, v);
     }
@@ -62,10 +62,11 @@ fn with_etag(mut response: Response<Full<Bytes>>, revision: u64) -> Response<Ful
 }
 
 /// A refused call: its status and message, made into a JSON response at the end.
-struct Refusal(StatusCode, String);
+#[derive(Debug)]
+pub(super) struct Refusal(StatusCode, String);
 
 impl Refusal {
-    fn new(status: StatusCode, text: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, text: impl Into<String>) -> Self {
         Refusal(status, text.into())
     }
 }
@@ -83,7 +84,7 @@ fn expected_revision(request: &Request<Incoming>) -> Result<Option<u64>, Refusal
     }
 }
 
-async fn body_text(request: Request<Incoming>) -> Result<String, Refusal> {
+pub(super) async fn body_text(request: Request<Incoming>) -> Result<String, Refusal> {
     let collected = Limited::new(request.into_body(), MAX_DEFINITION)
         .collect()
         .await
@@ -92,7 +93,7 @@ async fn body_text(request: Request<Incoming>) -> Result<String, Refusal> {
         .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))
 }
 
-fn outcome_response(result: Result<CommandOutcome, ClusterError>) -> Response<Full<Bytes>> {
+pub(super) fn outcome_response(result: Result<CommandOutcome, ClusterError>) -> Response<Full<Bytes>> {
     match result {
         Ok(CommandOutcome { revision, changed, created, rejected: None }) => with_etag(
             json(
@@ -109,6 +110,7 @@ fn outcome_response(result: Result<CommandOutcome, ClusterError>) -> Response<Fu
                 | Rejection::NoDeployment { .. }
                 | Rejection::NoCanary { .. }
                 | Rejection::NoKey(_)
+                | Rejection::NoCredential(_)
                 | Rejection::NoPlan(_)
                 | Rejection::NoDomain(_)
                 | Rejection::NoRegion(_)
@@ -137,6 +139,9 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
     let query = request.uri().query().map(str::to_string);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method().clone();
+    if let ["v1", "credentials", ..] = segments.as_slice() {
+        return super::credentials::route(&member, &method, &segments, request).await;
+    }
     Ok(match (&method, segments.as_slice()) {
         (&Method::GET, ["v1", "cluster"]) => json(StatusCode::OK, member.status_with_peers().await.to_string()),
         (&Method::POST, ["v1", "cluster", "leave"]) => match member.leave().await {
@@ -760,7 +765,7 @@ fn parse_quota(text: &str) -> Result<(u64, QuotaPeriod), String> {
 }
 
 /// Parses a JSON request body; a malformed one is a 400 that says what was expected.
-fn json_body<T: serde::de::DeserializeOwned>(text: &str, expected: &str) -> Result<T, Refusal> {
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(text: &str, expected: &str) -> Result<T, Refusal> {
     let bad = |e: String| Refusal::new(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}"));
     // serde also reads a struct from an array of its fields in order; the API takes objects.
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
@@ -770,7 +775,7 @@ fn json_body<T: serde::de::DeserializeOwned>(text: &str, expected: &str) -> Resu
     serde_json::from_value(value).map_err(|e| bad(e.to_string()))
 }
 
-fn invalid(text: impl Into<String>) -> Refusal {
+pub(super) fn invalid(text: impl Into<String>) -> Refusal {
     Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, text)
 }
 

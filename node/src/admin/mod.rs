@@ -8,6 +8,7 @@
 
 pub mod client;
 mod cluster;
+mod credentials;
 mod spec;
 mod views;
 
@@ -181,6 +182,7 @@ impl AdminState {
                     "/v1/regions",
                     "/v1/dns",
                     "/v1/keys",
+                    "/v1/credentials",
                     "/v1/plans",
                     "/v1/usage",
                 ]
@@ -300,6 +302,9 @@ mod tests {
             "/v1/keys",
             "/v1/keys/{key}",
             "/v1/keys/{key}/{action}",
+            "/v1/credentials",
+            "/v1/credentials/{credential}",
+            "/v1/credentials/{credential}/{action}",
             "/v1/plans",
             "/v1/plans/{plan}",
             "/v1/plans/{plan}/attach",
@@ -308,7 +313,7 @@ mod tests {
         ] {
             assert!(paths.iter().any(|p| *p == route), "{route} is not documented");
         }
-        assert_eq!(paths.len(), 34, "a documented path is not served");
+        assert_eq!(paths.len(), 37, "a documented path is not served");
     }
 
     #[test]

@@ -74,6 +74,16 @@ pub fn key(config: &ConfigState, id: &str, k: &ApiKeyRecord) -> Value {
     })
 }
 
+/// Credentials for signed requests: never the secret.
+pub fn credential(id: &str, c: &meridian_consensus::CredentialRecord) -> Value {
+    json!({
+        "id": id,
+        "name": c.name,
+        "enabled": c.enabled,
+        "created_at": timestamp(c.created_at_ms),
+    })
+}
+
 pub fn period_name(p: QuotaPeriod) -> &'static str {
     match p {
         QuotaPeriod::Day => "day",

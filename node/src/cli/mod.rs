@@ -11,6 +11,7 @@ mod access;
 mod apis;
 mod chaos;
 mod cluster;
+mod credentials;
 mod demo;
 mod dns;
 mod domains;
@@ -151,6 +152,10 @@ pub enum Command {
     /// Manage API keys (values are shown once and stored hashed).
     #[command(subcommand)]
     Keys(KeyCommand),
+    /// Manage credentials for signed requests (SigV4 access keys; secrets shown once, stored
+    /// sealed).
+    #[command(subcommand)]
+    Credentials(credentials::CredentialCommand),
     /// Manage usage plans: throttles, quotas, the stages they cover, their keys.
     #[command(subcommand)]
     Plans(PlanCommand),
@@ -300,6 +305,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             access::usage(&plan, key.as_deref(), from.as_deref(), to.as_deref(), csv, &target).await
         }
         Command::Plans(command) => access::plans(command).await,
+        Command::Credentials(command) => credentials::run(command).await,
         Command::Demo { subnet, .. } => demo::run(subnet).await,
     }
 }

@@ -18,11 +18,12 @@ use crate::config::{CanaryRoutes, RoutingTable, StageTarget, base_path, compile_
 use crate::limits::limiter::{Period, Rate};
 use crate::observe::completion::RouteObserver;
 use crate::stages::api_key::{KeyGrant, KeyRing, StageGrant};
+use crate::stages::signed_request::{Credential, Credentials};
 
 /// Compiles every stage of `state`. A stage whose definition no longer compiles (it was
 /// validated when applied, so only a changed stage variable can break it) is left out and
 /// logged rather than taking the others down.
-pub fn compile(state: &ConfigState, default_rate: Rate) -> RoutingTable {
+pub fn compile(state: &ConfigState, default_rate: Rate, data_key: &DataKey) -> RoutingTable {
     let mut apis: HashMap<String, HashMap<String, _>> = HashMap::new();
     for (api, record) in &state.apis {
         for (stage, target) in &record.stages {
@@ -64,7 +65,27 @@ pub fn compile(state: &ConfigState, default_rate: Rate) -> RoutingTable {
         apis,
         unrouted: Arc::new(RouteObserver::new("", "", "", "", None)),
         keys: keys(state),
+        credentials: credentials(state, data_key),
     }
+}
+
+/// The credentials for signed requests, their secrets opened with the data key (in memory
+/// only).
+fn credentials(state: &ConfigState, data_key: &DataKey) -> Credentials {
+    let mut set = Credentials::default();
+    for (id, c) in &state.credentials {
+        let secret = data_key
+            .open(&super::sealed::credential_secret(id), &c.secret_sealed)
+            .map_err(|e| e.to_string())
+            .and_then(|s| String::from_utf8(s).map_err(|_| "the sealed secret is not text".to_string()));
+        match secret {
+            Ok(secret) => {
+                set.insert(id.clone(), Credential { name: Arc::from(c.name.as_str()), secret, enabled: c.enabled })
+            }
+            Err(e) => tracing::error!(access_key_id = %id, error = %e, "credentials unusable"),
+        }
+    }
+    set
 }
 
 /// A limit scope and its rate.
@@ -173,7 +194,7 @@ pub fn spawn_sync(
             let state = member.applied.read().await.config.clone();
             if served != Some(state.revision) {
                 sni.replace(certificates(&state, member.data_key()));
-                table.store(Arc::new(compile(&state, default_rate)));
+                table.store(Arc::new(compile(&state, default_rate, member.data_key())));
                 served = Some(state.revision);
                 metrics::gauge!("meridian_config_revision").set(state.revision as f64);
                 tracing::info!(revision = state.revision, "serving cluster configuration");

@@ -37,6 +37,11 @@ pub const CA_KEY: &str = "cluster-ca-key";
 pub fn domain_key(name: &str) -> String {
     format!("domain-key:{name}")
 }
+/// What the secret of credentials `access_key_id` is sealed for.
+pub fn credential_secret(access_key_id: &str) -> String {
+    format!("credential-secret:{access_key_id}")
+}
+
 const KEY_LEN: usize = 32;
 
 /// Why sealing or opening failed.

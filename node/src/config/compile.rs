@@ -24,6 +24,7 @@ use crate::observe::access_log::{LogSink, LogTemplate};
 use crate::observe::completion::RouteObserver;
 use crate::router::{MethodMatch, PathPattern, Router, parse_route_key};
 use crate::stages::api_key::{ApiKeyCheck, KeyRing};
+use crate::stages::signed_request::SignedRequestCheck;
 use crate::stages::throttle::RouteThrottle;
 use crate::stages::{Chain, Stage};
 
@@ -183,6 +184,12 @@ struct Compiler<'a> {
     default_rate: Rate,
 }
 
+/// What every route of a stage may refer to.
+struct StageContext<'a> {
+    authorizers: &'a HashMap<String, AuthorizerSpec>,
+    signing: &'a SigningDef,
+}
+
 /// A route as parsed once, before it is specialised per stage.
 struct RouteSpec {
     key: String,
@@ -196,6 +203,8 @@ struct RouteSpec {
     authorizer: Option<String>,
     /// Scopes a JWT authorizer requires on this route.
     scopes: Vec<String>,
+    /// `authorization: signed`.
+    signed: bool,
     field: String,
 }
 
@@ -246,7 +255,14 @@ impl Compiler<'_> {
                 admin_token,
                 limits,
                 access_log,
-                table: RoutingTable { revision: 0, domains, apis, unrouted, keys: KeyRing::default() },
+                table: RoutingTable {
+                    revision: 0,
+                    domains,
+                    apis,
+                    unrouted,
+                    keys: KeyRing::default(),
+                    credentials: Default::default(),
+                },
                 certificates,
                 cluster,
                 default_rate: self.default_rate,
@@ -476,6 +492,20 @@ impl Compiler<'_> {
             );
         }
         let authorizers = self.authorizers(api, field);
+        if let Some(signing) = &api.signing {
+            let part = |v: &str| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            };
+            if !part(&signing.value.region) || !part(&signing.value.service) {
+                self.sink.push(
+                    signing.referenced,
+                    format!("{field}.signing"),
+                    "`region` and `service` are 1-64 characters of a-z, 0-9 and `-` (e.g. `eu-west-1`, `execute-api`)",
+                );
+            }
+        }
         let mut specs = Vec::new();
         let mut shape: Router<()> = Router::default();
         for (i, route) in api.routes.iter().enumerate() {
@@ -496,6 +526,14 @@ impl Compiler<'_> {
                     route.route.referenced,
                     format!("{rfield}.route"),
                     format!("route `{}` is declared twice", route.route.value),
+                );
+                continue;
+            }
+            if let (Some(_), Some(signed)) = (&route.authorizer, &route.authorization) {
+                self.sink.push(
+                    signed.referenced,
+                    format!("{rfield}.authorization"),
+                    "a route uses an authorizer or `authorization: signed`, not both",
                 );
                 continue;
             }
@@ -521,6 +559,7 @@ impl Compiler<'_> {
                     integration,
                     authorizer,
                     scopes: route.scopes.as_ref().map(|s| s.value.clone()).unwrap_or_default(),
+                    signed: route.authorization.is_some(),
                     field: rfield,
                 });
             }
@@ -531,6 +570,14 @@ impl Compiler<'_> {
             if !self.name(&stage.name, &format!("{sfield}.name"), "stage name") {
                 continue;
             }
+            if let (Some(_), Some(signed)) = (&stage.authorizer, &stage.authorization) {
+                self.sink.push(
+                    signed.referenced,
+                    format!("{sfield}.authorization"),
+                    "a stage uses an authorizer or `authorization: signed`, not both",
+                );
+                continue;
+            }
             if let Some(name) = &stage.authorizer {
                 let used = AuthorizerUse { name, field: format!("{sfield}.authorizer") };
                 if !self.check_authorizer_use(&used, &authorizers, &api.authorizers) {
@@ -538,7 +585,13 @@ impl Compiler<'_> {
                 }
             }
             self.check_scopes(api, field, &authorizers, stage);
-            let routes = self.stage(&api.id.value, stage, &specs, &authorizers, api.default_endpoint, &sfield);
+            let signing = api
+                .signing
+                .as_ref()
+                .map(|s| s.value.clone())
+                .unwrap_or(SigningDef { region: "us-east-1".into(), service: "execute-api".into() });
+            let context = StageContext { authorizers: &authorizers, signing: &signing };
+            let routes = self.stage(&api.id.value, stage, &specs, &context, api.default_endpoint, &sfield);
             if stages.insert(stage.name.value.clone(), Arc::new(StageTarget::new(Arc::new(routes)))).is_some() {
                 self.sink.push(
                     stage.name.referenced,
@@ -555,7 +608,7 @@ impl Compiler<'_> {
         api: &str,
         stage: &StageDef,
         specs: &[RouteSpec],
-        authorizers: &HashMap<String, AuthorizerSpec>,
+        context: &StageContext<'_>,
         default_endpoint: bool,
         field: &str,
     ) -> StageRoutes {
@@ -591,12 +644,23 @@ impl Compiler<'_> {
                 scopes.push((Arc::from(format!("route {api}/{stage_name} {}", spec.key)), rate));
             }
             let mut stages: Vec<Arc<dyn Stage>> = vec![Arc::new(RouteThrottle { scopes })];
-            let authorizer = spec.authorizer.as_ref().or(stage.authorizer.as_ref().map(|a| &a.value));
-            if let Some(authorizer) = authorizer.and_then(|name| authorizers.get(name)) {
+            // The route's own authorization wins over the stage's.
+            let (authorizer, signed) = match (&spec.authorizer, spec.signed) {
+                (Some(name), _) => (Some(name), false),
+                (None, true) => (None, true),
+                (None, false) => (stage.authorizer.as_ref().map(|a| &a.value), stage.authorization.is_some()),
+            };
+            if let Some(authorizer) = authorizer.and_then(|name| context.authorizers.get(name)) {
                 match self.authorizer_stage(authorizer, &spec.scopes, (api, stage_name, &spec.key), &stage.variables) {
                     Some(s) => stages.push(s),
                     None => continue,
                 }
+            }
+            if signed {
+                stages.push(Arc::new(SignedRequestCheck {
+                    region: context.signing.region.clone(),
+                    service: context.signing.service.clone(),
+                }));
             }
             if spec.api_key_required || stage.api_key_required {
                 stages.push(Arc::new(ApiKeyCheck {
@@ -827,6 +891,7 @@ pub fn compile_stage(
         throttle: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.throttle.clone()),
         api_key_required: api.stages.iter().find(|s| s.name.value == stage).is_some_and(|s| s.api_key_required),
         authorizer: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.authorizer.clone()),
+        authorization: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.authorization.clone()),
     }];
     let mut compiler = Compiler { sink: ErrorSink::default(), base_dir: Path::new("."), deployment, default_rate };
     let compiled = compiler.api(&api, "apis[0]");

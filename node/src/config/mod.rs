@@ -234,6 +234,31 @@ apis:
     }
 
     #[test]
+    fn signed_routes_are_checked_with_their_lines() {
+        let text = r#"
+apis:
+  - id: pets
+    signing: { region: "EU/1" }
+    authorizers:
+      - { name: users, type: jwt, algorithms: [RS256], jwks_uri: "http://idp.test/jwks" }
+    routes:
+      - route: GET /a
+        authorizer: users
+        authorization: signed
+        integration: { type: mock }
+      - route: GET /b
+        authorization: sigv2
+        integration: { type: mock }
+"#;
+        let e = errors(text);
+        assert!(e.iter().any(|x| x.line == 10 || x.message.contains("sigv2")), "{e:#?}");
+        let text = text.replace("        authorization: sigv2\n", "");
+        let e = errors(&text);
+        assert!(e.iter().any(|x| x.line == 4 && x.field == "apis[0].signing"), "{e:#?}");
+        assert!(e.iter().any(|x| x.line == 10 && x.message.contains("not both")), "{e:#?}");
+    }
+
+    #[test]
     fn a_key_of_another_kind_than_the_algorithms_is_refused() {
         // An HMAC key beside RS256 is the material of an algorithm confusion.
         let text = r#"

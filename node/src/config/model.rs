@@ -201,6 +201,8 @@ pub struct ApiDef {
     /// Authorizers that routes and stages name (`authorizer: NAME`).
     #[serde(default)]
     pub authorizers: Vec<AuthorizerDef>,
+    /// The credential scope of signed requests (`authorization: signed`).
+    pub signing: Option<Spanned<SigningDef>>,
     /// Serve the API on its default endpoint, `/{stage}/...` on a host whose first label is
     /// the API id (or any host when it is the only API). Turn it off so that an API with
     /// custom domains is reachable only through them.
@@ -238,6 +240,34 @@ pub struct RouteDef {
     pub authorizer: Option<Spanned<String>>,
     /// Scopes a JWT authorizer requires of this route's tokens (all of them).
     pub scopes: Option<Spanned<Vec<String>>>,
+    /// `signed`: requests must be signed with AWS Signature Version 4 by the cluster's
+    /// credentials.
+    pub authorization: Option<Spanned<Authorization>>,
+}
+
+/// Authorization that needs no authorizer declaration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Authorization {
+    Signed,
+}
+
+/// The credential scope signed requests must name: `DATE/REGION/SERVICE/aws4_request`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningDef {
+    #[serde(default = "default_signing_region")]
+    pub region: String,
+    #[serde(default = "default_signing_service")]
+    pub service: String,
+}
+
+fn default_signing_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_signing_service() -> String {
+    "execute-api".into()
 }
 
 /// An authorizer of an API. One struct for both kinds so that each field keeps its line;
@@ -447,6 +477,8 @@ pub struct StageDef {
     pub api_key_required: bool,
     /// The authorizer of every route that names none.
     pub authorizer: Option<Spanned<String>>,
+    /// `signed`, for every route that names no authorizer of its own.
+    pub authorization: Option<Spanned<Authorization>>,
 }
 
 /// A custom domain: its certificate and the APIs it serves under base paths.

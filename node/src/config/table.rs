@@ -18,6 +18,7 @@ use crate::observe::completion::RouteObserver;
 use crate::router::Router;
 use crate::stages::Chain;
 use crate::stages::api_key::KeyRing;
+use crate::stages::signed_request::Credentials;
 
 /// What serves one route of one stage.
 #[derive(Debug)]
@@ -93,6 +94,8 @@ pub struct RoutingTable {
     pub unrouted: Arc<RouteObserver>,
     /// API keys and what their usage plans grant.
     pub keys: KeyRing,
+    /// Credentials for signed requests, their secrets opened.
+    pub credentials: Credentials,
 }
 
 /// Protective limits of the listeners.

@@ -230,7 +230,12 @@ impl Pipeline {
         if let Err(r) = self.body_limit.check_declared(&parts) {
             return Served::rejected(r, &request_id, target);
         }
-        let services = Services { limiter: &self.limiter, keys: &table.keys, authorizers: &self.authorizers };
+        let services = Services {
+            limiter: &self.limiter,
+            keys: &table.keys,
+            credentials: &table.credentials,
+            authorizers: &self.authorizers,
+        };
         if let Flow::Stop(stop) = target.chain.request_head(&mut parts, exchange, &services).await {
             return Served::stopped(stop, &request_id, target);
         }

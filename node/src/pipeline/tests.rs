@@ -178,6 +178,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
         )]),
         unrouted: Arc::new(RouteObserver::new("", "", "", "", None)),
         keys: Default::default(),
+        credentials: Default::default(),
     };
     let limits = crate::config::parse_str("{}", "test", std::path::Path::new(".")).unwrap().limits;
     let pipeline = Arc::new(Pipeline::new(

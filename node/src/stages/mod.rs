@@ -31,6 +31,7 @@ pub mod api_key;
 mod chain;
 pub mod custom_authorizer;
 pub mod jwt;
+pub mod signed_request;
 pub mod throttle;
 
 use std::fmt;
@@ -158,6 +159,7 @@ impl Exchange {
 pub struct Services<'r> {
     pub limiter: &'r Limiter,
     pub keys: &'r api_key::KeyRing,
+    pub credentials: &'r signed_request::Credentials,
     pub authorizers: &'r Authorizers,
 }
 
