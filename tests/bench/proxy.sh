@@ -8,6 +8,10 @@
 #   KEYED=1 tests/bench/proxy.sh         # Meridian as a one-node cluster: every request carries
 #                                        # an API key checked against a usage plan (throttle and
 #                                        # quota counted) plus the cluster-wide throttle
+#   AUTHORIZERS=1 tests/bench/proxy.sh   # Meridian alone: the same route without authorization,
+#                                        # behind a JWT authorizer (RS256, key from a JWKS, cached)
+#                                        # and behind a custom authorizer (warm cache); ratios
+#                                        # to the route without, and each authorizer's CPU cost
 #
 # Layout on a 2-core machine: the proxy under test (nginx with 1 worker, HAProxy with 1
 # thread, or Meridian with --workers 1) is pinned to core 0; the backend (nginx, 1 worker, fixed 200) and wrk share
@@ -26,6 +30,7 @@ fi
 DURATION=${DURATION:-10s}
 PROFILE=${PROFILE:-release}
 KEYED=${KEYED:-0}
+AUTHORIZERS=${AUTHORIZERS:-0}
 BENCH_KEY=bench-key-0123456789abcdefghij
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -55,6 +60,24 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$work/backend/logs" "$work/proxy/logs" "$work/haproxy"
+jwks='{"keys": []}'
+if [ "$AUTHORIZERS" = 1 ]; then
+  for tool in openssl python3; do command -v "$tool" >/dev/null || { echo "AUTHORIZERS=1 needs $tool" >&2; exit 1; }; done
+  # An RS256 key, its JWKS (served by the backend) and a token valid for a day.
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.key" 2>/dev/null
+  modulus=$(openssl rsa -in "$work/jwt.key" -noout -modulus | cut -d= -f2)
+  jwks=$(python3 - "$modulus" <<'PY'
+import base64, json, sys
+n = base64.urlsafe_b64encode(bytes.fromhex(sys.argv[1])).rstrip(b"=").decode()
+print(json.dumps({"keys": [{"kty": "RSA", "kid": "bench", "alg": "RS256", "use": "sig", "n": n, "e": "AQAB"}]}))
+PY
+)
+  b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+  header=$(printf '{"alg":"RS256","typ":"JWT","kid":"bench"}' | b64url)
+  claims=$(printf '{"sub":"bench","aud":"bench","exp":%d}' $(( $(date +%s) + 86400 )) | b64url)
+  signature=$(printf '%s.%s' "$header" "$claims" | openssl dgst -sha256 -sign "$work/jwt.key" -binary | b64url)
+  BENCH_TOKEN="$header.$claims.$signature"
+fi
 cat > "$work/backend/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
@@ -67,6 +90,9 @@ http {
   server {
     listen 127.0.0.1:$BACKEND_PORT;
     location / { return 200 "hello from the backend\n"; }
+    # The identity provider's keys and the custom authorizer, for AUTHORIZERS=1.
+    location = /jwks { default_type application/json; return 200 '$jwks'; }
+    location = /authorize { default_type application/json; return 200 '{"isAuthorized": true, "context": {"tenant": "bench"}}'; }
   }
 }
 CONF
@@ -141,8 +167,17 @@ access_log: { path: "$work/meridian-access.log" }
 throttle: { rate: 100000000, burst: 100000000 }
 apis:
   - id: bench
+    authorizers:
+      - { name: jwt, type: jwt, algorithms: [RS256], jwks_uri: "http://127.0.0.1:$BACKEND_PORT/jwks", audience: [bench] }
+      - { name: custom, type: custom, uri: "http://127.0.0.1:$BACKEND_PORT/authorize", identity_sources: [\$request.header.x-token] }
     routes:
       - route: ANY /{proxy+}
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+      - route: ANY /jwt/{proxy+}
+        authorizer: jwt
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+      - route: ANY /custom/{proxy+}
+        authorizer: custom
         integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
     stages:
       - name: bench
@@ -183,12 +218,13 @@ else
 fi
 
 # Runs wrk on the load core and prints "req/s p50_ms p99_ms cpu_us_per_request" where
-# the CPU time is that of process $2 (user + system) over the run.
+# the CPU time is that of process $2 (user + system) over the run; $3 is a header every
+# request carries (the API key by default).
 measure() {
-  local url=$1 pid=$2 out c0 c1
-  curl -sf -o /dev/null -H "x-api-key: $BENCH_KEY" "$url" || { echo "warm-up request to $url failed" >&2; exit 1; }
+  local url=$1 pid=$2 header=${3:-"x-api-key: $BENCH_KEY"} out c0 c1
+  curl -sf -o /dev/null -H "$header" "$url" || { echo "warm-up request to $url failed" >&2; exit 1; }
   c0=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "x-api-key: $BENCH_KEY" "$url")
+  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$header" "$url")
   c1=$(cpu_ticks "$pid")
   if grep -q "Non-2xx" <<<"$out"; then
     echo "$url answered errors under load: $(grep Non-2xx <<<"$out")" >&2
@@ -214,6 +250,34 @@ to_ms() {
 backend_pid=$(pgrep -f "nginx -p $work/backend" | head -1)
 backend_worker=$(pgrep -P "$backend_pid" | head -1)
 : > "$work/results"
+col() { awk -v t="$1" -v c="$2" '$1 == t {print $c}' "$work/results" | median; }
+
+if [ "$AUTHORIZERS" = 1 ]; then
+  base="http://127.0.0.1:$MERIDIAN_PORT/bench"
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "== round $round/$ROUNDS: meridian without authorization, with the JWT authorizer, with the custom authorizer ($DURATION each)"
+    order=(open jwt custom); (( round % 2 )) || order=(custom jwt open)
+    for t in "${order[@]}"; do
+      case $t in
+        open) echo "open $(measure "$base/hello" "$meridian_pid" "x-token: none")" >> "$work/results" ;;
+        jwt) echo "jwt $(measure "$base/jwt/hello" "$meridian_pid" "Authorization: Bearer $BENCH_TOKEN")" >> "$work/results" ;;
+        custom) echo "custom $(measure "$base/custom/hello" "$meridian_pid" "x-token: bench")" >> "$work/results" ;;
+      esac
+    done
+  done
+  echo
+  echo "median of $ROUNDS rounds:"
+  printf '%-34s %12s %10s %10s %16s\n' "meridian route" "req/s" "p50 ms" "p99 ms" "CPU us/request"
+  for t in open jwt custom; do
+    printf '%-34s %12s %10s %10s %16s\n' "$t" "$(col "$t" 2)" "$(col "$t" 3)" "$(col "$t" 4)" "$(col "$t" 5)"
+  done
+  echo
+  awk -v o="$(col open 2)" -v j="$(col jwt 2)" -v c="$(col custom 2)" -v oc="$(col open 5)" -v jc="$(col jwt 5)" -v cc="$(col custom 5)" 'BEGIN {
+    if (o + 0 <= 0 || j + 0 <= 0 || c + 0 <= 0) { print "a route measured no successful request" > "/dev/stderr"; exit 1 }
+    printf "throughput jwt/open: %.2fx, custom/open: %.2fx (goal >= 0.90x)\n", j / o, c / o
+    printf "authorizer cost per request: jwt %+.1f us, custom (warm cache) %+.1f us of CPU\n", jc - oc, cc - oc }'
+  exit 0
+fi
 for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round/$ROUNDS: backend alone, nginx, HAProxy and meridian proxies ($DURATION each, $CONNECTIONS connections)"
   echo "backend $(measure "http://127.0.0.1:$BACKEND_PORT/hello" "$backend_worker")" >> "$work/results"
@@ -228,7 +292,6 @@ for round in $(seq 1 "$ROUNDS"); do
   fi
 done
 # Median of each column per target.
-col() { awk -v t="$1" -v c="$2" '$1 == t {print $c}' "$work/results" | median; }
 for t in backend nginx haproxy meridian; do
   for c in 2 3 4 5; do eval "${t}_$c=$(col "$t" "$c")"; done
 done
