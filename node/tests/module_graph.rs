@@ -80,7 +80,9 @@ fn top_level_modules_have_no_cycles() {
 #[test]
 fn the_request_path_does_not_depend_on_the_cluster() {
     let graph = graph();
-    for module in ["stages", "pipeline", "integration", "router", "config", "limits", "body", "authorizers", "query", "sigv4"] {
+    for module in
+        ["stages", "pipeline", "integration", "router", "config", "limits", "body", "authorizers", "query", "sigv4"]
+    {
         for forbidden in ["cluster", "admin", "node", "cli"] {
             assert!(!graph[module].contains(forbidden), "`{module}` uses `{forbidden}`");
         }

@@ -54,6 +54,9 @@ pub struct JwtPolicy {
     pub required_claims: Vec<String>,
     /// Claims passed upstream, each as a header.
     pub claim_headers: Vec<(String, HeaderName)>,
+    /// Tokens verified in the last [`VERIFIED_FOR`], so that a client's next requests skip
+    /// the signature (their `exp` and `nbf` are checked on every use).
+    pub verified: moka::sync::Cache<Box<str>, Arc<VerifiedToken>>,
 }
 
 impl JwtPolicy {
@@ -131,28 +134,13 @@ impl JwtAuthorizer {
         head: &mut Parts,
         exchange: &mut Exchange,
     ) -> Result<(), Rejection> {
+        let claims = self.policy.verify(keys, token, alg, kid)?;
+        self.pass(claims, head, exchange)
+    }
+
+    /// The route's scopes, then the claims on their way upstream and to later stages.
+    fn pass(&self, claims: Arc<Claims>, head: &mut Parts, exchange: &mut Exchange) -> Result<(), Rejection> {
         let policy = &*self.policy;
-        let validation = policy.validation(alg).ok_or_else(|| invalid("the token's algorithm is not allowed"))?;
-        let mut claims = None;
-        let mut last = invalid("no key matches the token's key id");
-        for key in keys.candidates(kid, alg) {
-            match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
-                Ok(data) => {
-                    claims = Some(data.claims);
-                    break;
-                }
-                Err(e) => {
-                    last = refusal(e.kind());
-                    if !matches!(e.kind(), ErrorKind::InvalidSignature) {
-                        break;
-                    }
-                }
-            }
-        }
-        let claims = claims.ok_or(last)?;
-        if policy.required_claims.iter().any(|c| !claims.contains_key(c)) {
-            return Err(invalid("the token lacks a required claim"));
-        }
         if !self.scopes.is_empty() {
             let granted = granted_scopes(&claims);
             if let Some(missing) = self.scopes.iter().find(|s| !granted.contains(&s.as_str())) {
@@ -173,8 +161,73 @@ impl JwtAuthorizer {
                 head.headers.insert(header.clone(), value);
             }
         }
-        exchange.extensions.insert(AuthorizerContext { authorizer: policy.name.clone(), values: Arc::new(claims) });
+        exchange.extensions.insert(AuthorizerContext { authorizer: policy.name.clone(), values: claims });
         Ok(())
+    }
+}
+
+/// A token this policy verified, kept so that its next uses skip the signature.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    claims: Arc<Claims>,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+}
+
+impl VerifiedToken {
+    /// Whether the token is still within `exp` and past `nbf`, `leeway` seconds either way.
+    fn current(&self, leeway: u64) -> bool {
+        let now = jsonwebtoken::get_current_timestamp();
+        self.exp.is_none_or(|exp| now <= exp.saturating_add(leeway)) && self.nbf.is_none_or(|nbf| nbf <= now + leeway)
+    }
+}
+
+/// How many verified tokens a policy keeps, and for how long at most.
+pub const VERIFIED_TOKENS: u64 = 10_000;
+pub const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+/// Longer tokens are verified every time rather than kept.
+const MAX_KEPT_TOKEN: usize = 4096;
+
+impl JwtPolicy {
+    fn leeway(&self) -> u64 {
+        self.validations.first().map_or(0, |(_, v)| v.leeway)
+    }
+
+    /// A token verified by this policy, or why it is refused: from the cache of verified
+    /// tokens while they are within their `exp` and `nbf`, else by signature and claims.
+    fn verify(&self, keys: &Keys, token: &str, alg: Algorithm, kid: Option<&str>) -> Result<Arc<Claims>, Rejection> {
+        if let Some(known) = self.verified.get(token)
+            && known.current(self.leeway())
+        {
+            return Ok(known.claims.clone());
+        }
+        let validation = self.validation(alg).ok_or_else(|| invalid("the token's algorithm is not allowed"))?;
+        let mut claims = None;
+        let mut last = invalid("no key matches the token's key id");
+        for key in keys.candidates(kid, alg) {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                Err(e) => {
+                    last = refusal(e.kind());
+                    if !matches!(e.kind(), ErrorKind::InvalidSignature) {
+                        break;
+                    }
+                }
+            }
+        }
+        let claims = claims.ok_or(last)?;
+        if self.required_claims.iter().any(|c| !claims.contains_key(c)) {
+            return Err(invalid("the token lacks a required claim"));
+        }
+        let number = |name: &str| claims.get(name).and_then(serde_json::Value::as_u64);
+        let verified = Arc::new(VerifiedToken { exp: number("exp"), nbf: number("nbf"), claims: Arc::new(claims) });
+        if token.len() <= MAX_KEPT_TOKEN {
+            self.verified.insert(token.into(), verified.clone());
+        }
+        Ok(verified.claims.clone())
     }
 }
 
@@ -243,5 +296,21 @@ impl Stage for JwtAuthorizer {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_token_expires_like_any_other() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = |exp: Option<u64>, nbf: Option<u64>| VerifiedToken { claims: Default::default(), exp, nbf };
+        assert!(token(Some(now + 10), None).current(0));
+        assert!(!token(Some(now - 10), None).current(5));
+        assert!(token(Some(now - 10), None).current(30), "within the clock skew");
+        assert!(!token(None, Some(now + 100)).current(30), "not valid yet");
+        assert!(token(None, None).current(0));
     }
 }

@@ -20,7 +20,7 @@ use crate::authorizers::key_set::{Keys, VerifyingKey};
 use crate::integration::callee::Callee;
 use crate::stages::Stage;
 use crate::stages::custom_authorizer::{CustomAuthorizer, IdentitySource};
-use crate::stages::jwt::{JwtAuthorizer, JwtPolicy, KeySource};
+use crate::stages::jwt::{JwtAuthorizer, JwtPolicy, KeySource, VERIFIED_FOR, VERIFIED_TOKENS};
 
 const DEFAULT_REFETCH: Duration = Duration::from_secs(30);
 const DEFAULT_SKEW: Duration = Duration::from_secs(30);
@@ -263,7 +263,8 @@ impl Compiler<'_> {
                 (*alg, v)
             })
             .collect();
-        ok.then_some(JwtPolicy { name, keys, validations, required_claims, claim_headers })
+        let verified = moka::sync::Cache::builder().max_capacity(VERIFIED_TOKENS).time_to_live(VERIFIED_FOR).build();
+        ok.then_some(JwtPolicy { name, keys, validations, required_claims, claim_headers, verified })
     }
 
     fn inline_keys(&mut self, keys: &Spanned<Vec<KeyDef>>, field: &str) -> Option<Keys> {
