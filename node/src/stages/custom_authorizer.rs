@@ -106,6 +106,32 @@ fn unauthorized() -> Rejection {
 }
 
 impl CustomAuthorizer {
+    /// The identity as a cache key: every source's value, each after its length (so that
+    /// no two identities make one key); `None` when a source is missing.
+    fn cache_key(&self, head: &Parts, exchange: &Exchange) -> Option<String> {
+        let mut key = String::with_capacity(64);
+        for source in &self.sources {
+            let start = key.len();
+            match source {
+                IdentitySource::Header(name) => {
+                    for (i, value) in head.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).enumerate() {
+                        if i > 0 {
+                            key.push(',');
+                        }
+                        key.push_str(value);
+                    }
+                }
+                other => key.push_str(&other.value(head, exchange)?),
+            }
+            let length = key.len() - start;
+            if length == 0 {
+                return None;
+            }
+            let _ = write!(key, ":{length};");
+        }
+        Some(key)
+    }
+
     /// The identity: every source's value, or `None` when one is missing.
     fn identity(&self, head: &Parts, exchange: &Exchange) -> Option<Vec<String>> {
         self.sources.iter().map(|s| s.value(head, exchange)).collect()
@@ -234,21 +260,20 @@ impl Stage for CustomAuthorizer {
         exchange: &'a mut Exchange,
         services: &'a Services<'a>,
     ) -> Step<'a> {
-        let Some(identity) = self.identity(head, exchange) else {
+        let Some(key) = self.cache_key(head, exchange) else {
             return unauthorized().into();
         };
         let cache = self.cache.get_or_init(|| {
             services.authorizers.decisions.bind(&self.name, &self.callee.uri().to_string(), self.ttl, self.cache_size)
         });
-        let mut key = String::new();
-        for value in &identity {
-            let _ = write!(key, "{}:{value}", value.len());
-        }
         if let Some(decision) = cache.get(&key) {
             cache.hits.increment(1);
             return self.apply(&decision, cache, head, exchange).into();
         }
         cache.misses.increment(1);
+        let Some(identity) = self.identity(head, exchange) else {
+            return unauthorized().into();
+        };
         let document = self.request_document(head, exchange, &identity);
         Step::Waiting(Box::pin(async move {
             match self.ask(services, document).await {

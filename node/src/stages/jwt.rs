@@ -193,13 +193,16 @@ impl JwtPolicy {
         self.validations.first().map_or(0, |(_, v)| v.leeway)
     }
 
+    /// The claims of `token` if this policy verified it lately and it is still current.
+    fn kept(&self, token: &str) -> Option<Arc<Claims>> {
+        self.verified.get(token).filter(|known| known.current(self.leeway())).map(|known| known.claims.clone())
+    }
+
     /// A token verified by this policy, or why it is refused: from the cache of verified
     /// tokens while they are within their `exp` and `nbf`, else by signature and claims.
     fn verify(&self, keys: &Keys, token: &str, alg: Algorithm, kid: Option<&str>) -> Result<Arc<Claims>, Rejection> {
-        if let Some(known) = self.verified.get(token)
-            && known.current(self.leeway())
-        {
-            return Ok(known.claims.clone());
+        if let Some(claims) = self.kept(token) {
+            return Ok(claims);
         }
         let validation = self.validation(alg).ok_or_else(|| invalid("the token's algorithm is not allowed"))?;
         let mut claims = None;
@@ -275,6 +278,11 @@ impl Stage for JwtAuthorizer {
         exchange: &'a mut Exchange,
         services: &'a Services<'a>,
     ) -> Step<'a> {
+        // A token this policy verified lately was signed with an allowed algorithm by a key
+        // it trusts: only its times and the route's scopes are left to check.
+        if let Some(claims) = bearer(head).ok().and_then(|token| self.policy.kept(token)) {
+            return self.pass(claims, head, exchange).into();
+        }
         let (token, alg, kid) = match self.prepare(head) {
             Ok((token, alg, kid)) => (token.to_string(), alg, kid),
             Err(rejection) => return rejection.into(),
