@@ -1051,7 +1051,11 @@ async fn gateways_prefer_their_own_regions_targets_and_fall_back() {
         }
     }
     // r1's backend goes away: r1's gateway serves from the other regions, every request 200.
+    // Its closes reach the gateway first: a request written on a pooled connection in the
+    // instant the target resets it is a 502 without `retry` (a known gap: docs/CONFIG.md,
+    // "Integrations"), which is not what this test is about.
     drop(backends.remove(0));
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let http = cluster.nodes[0].http.unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..40 {
