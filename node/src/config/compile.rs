@@ -24,6 +24,7 @@ use crate::observe::access_log::{LogSink, LogTemplate};
 use crate::observe::completion::RouteObserver;
 use crate::router::{MethodMatch, PathPattern, Router, parse_route_key};
 use crate::stages::api_key::{ApiKeyCheck, KeyRing};
+use crate::stages::cors::Cors;
 use crate::stages::signed_request::SignedRequestCheck;
 use crate::stages::throttle::RouteThrottle;
 use crate::stages::{Chain, Stage};
@@ -170,6 +171,7 @@ fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
 }
 
 mod authorizers;
+mod cors;
 mod integrations;
 
 use authorizers::{AuthorizerSpec, AuthorizerUse};
@@ -205,6 +207,8 @@ struct RouteSpec {
     scopes: Vec<String>,
     /// `authorization: signed`.
     signed: bool,
+    /// The route's own CORS, or the API's.
+    cors: Option<Arc<crate::stages::cors::CorsPolicy>>,
     field: String,
 }
 
@@ -492,6 +496,7 @@ impl Compiler<'_> {
             );
         }
         let authorizers = self.authorizers(api, field);
+        let api_cors = api.cors.as_ref().and_then(|c| self.cors(c, &format!("{field}.cors")));
         if let Some(signing) = &api.signing {
             let part = |v: &str| {
                 !v.is_empty()
@@ -560,6 +565,10 @@ impl Compiler<'_> {
                     authorizer,
                     scopes: route.scopes.as_ref().map(|s| s.value.clone()).unwrap_or_default(),
                     signed: route.authorization.is_some(),
+                    cors: match &route.cors {
+                        Some(c) => self.cors(c, &format!("{rfield}.cors")),
+                        None => api_cors.clone(),
+                    },
                     field: rfield,
                 });
             }
@@ -643,7 +652,13 @@ impl Compiler<'_> {
             if let Some(rate) = spec.throttle {
                 scopes.push((Arc::from(format!("route {api}/{stage_name} {}", spec.key)), rate));
             }
-            let mut stages: Vec<Arc<dyn Stage>> = vec![Arc::new(RouteThrottle { scopes })];
+            // CORS first: a preflight is answered before anything else, and every answer
+            // (a 429 or a 401 too) carries its headers.
+            let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
+            if let Some(policy) = &spec.cors {
+                stages.push(Arc::new(Cors { policy: policy.clone() }));
+            }
+            stages.push(Arc::new(RouteThrottle { scopes }));
             // The route's own authorization wins over the stage's.
             let (authorizer, signed) = match (&spec.authorizer, spec.signed) {
                 (Some(name), _) => (Some(name), false),
@@ -674,6 +689,7 @@ impl Compiler<'_> {
                 chain: Arc::new(Chain::new(stages)),
                 observer,
                 allow_encoded_slashes: spec.allow_encoded_slashes,
+                answers_preflight: spec.cors.is_some(),
             };
             let _ = router.insert(spec.method.clone(), &spec.pattern, target);
         }

@@ -259,6 +259,31 @@ apis:
     }
 
     #[test]
+    fn cors_settings_are_checked_with_their_lines() {
+        let text = r#"
+apis:
+  - id: pets
+    cors:
+      allow_origins: ["*", "app.example.test"]
+      allow_credentials: true
+      max_age: 1d
+    routes:
+      - route: GET /a
+        cors: { allow_origins: ["https://*.com"], allow_methods: [get] }
+        integration: { type: mock }
+"#;
+        let e = errors(text);
+        let has = |line: u64, field: &str| {
+            assert!(e.iter().any(|x| x.line == line && x.field == field), "no error at {line} ({field}) in {e:#?}")
+        };
+        has(5, "apis[0].cors.allow_origins[1]");
+        has(5, "apis[0].cors.allow_credentials");
+        has(5, "apis[0].cors.max_age");
+        has(10, "apis[0].routes[0].cors.allow_origins[0]");
+        has(10, "apis[0].routes[0].cors.allow_methods");
+    }
+
+    #[test]
     fn a_key_of_another_kind_than_the_algorithms_is_refused() {
         // An HMAC key beside RS256 is the material of an algorithm confusion.
         let text = r#"

@@ -203,6 +203,9 @@ pub struct ApiDef {
     pub authorizers: Vec<AuthorizerDef>,
     /// The credential scope of signed requests (`authorization: signed`).
     pub signing: Option<Spanned<SigningDef>>,
+    /// Which web origins may call the API from a browser (every route; a route's own
+    /// `cors` replaces it).
+    pub cors: Option<Spanned<CorsDef>>,
     /// Serve the API on its default endpoint, `/{stage}/...` on a host whose first label is
     /// the API id (or any host when it is the only API). Turn it off so that an API with
     /// custom domains is reachable only through them.
@@ -243,6 +246,29 @@ pub struct RouteDef {
     /// `signed`: requests must be signed with AWS Signature Version 4 by the cluster's
     /// credentials.
     pub authorization: Option<Spanned<Authorization>>,
+    /// CORS for this route, instead of the API's.
+    pub cors: Option<Spanned<CorsDef>>,
+}
+
+/// CORS settings (docs/CONFIG.md, "CORS").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsDef {
+    /// `https://app.example.com`, `https://*.example.com` or `*`.
+    pub allow_origins: Vec<String>,
+    /// Default: GET, HEAD, POST, PUT, PATCH, DELETE.
+    pub allow_methods: Option<Vec<String>>,
+    /// Request headers a page may send; `*` allows what a preflight asks for.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers a page may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// How long a browser may reuse a preflight's answer (default 10m, at most 2h).
+    pub max_age: Option<String>,
+    /// Let pages send cookies and read answers to credentialed requests (never with `*`).
+    #[serde(default)]
+    pub allow_credentials: bool,
 }
 
 /// Authorization that needs no authorizer declaration.

@@ -29,6 +29,8 @@ pub struct RouteTarget {
     pub observer: Arc<RouteObserver>,
     /// Captured parameters may carry `%2F` and `\\` upstream.
     pub allow_encoded_slashes: bool,
+    /// The route has CORS: a preflight for one of its methods is routed to it.
+    pub answers_preflight: bool,
 }
 
 /// The routes of one API as served on one stage.

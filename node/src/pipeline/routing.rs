@@ -61,6 +61,8 @@ pub fn route<'t, 'p>(table: &'t RoutingTable, parts: &'p Parts, draw: u32) -> Re
     let route_path = &path[resolved.path_offset..];
     let matched = match stage.router.find(&parts.method, route_path) {
         Ok(m) => m,
+        // A browser's preflight for a route with CORS is that route's to answer.
+        Err(RouteMiss::MethodNotAllowed(_)) if let Some(m) = preflight_route(stage, parts, route_path) => m,
         Err(RouteMiss::NotFound) => {
             return Err(refuse(StatusCode::NOT_FOUND, "no route matches this path".into(), &stage.unrouted));
         }
@@ -87,4 +89,19 @@ pub fn route<'t, 'p>(table: &'t RoutingTable, parts: &'p Parts, draw: u32) -> Re
     }
     let captures = matched.captures;
     Ok(Routed { stage, target, offset: resolved.path_offset, path, captures })
+}
+
+/// The route a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) asks about,
+/// when that route has CORS.
+fn preflight_route<'t, 'r>(
+    stage: &'t StageRoutes,
+    parts: &Parts,
+    route_path: &'r str,
+) -> Option<crate::router::RouteMatch<'t, RouteTarget>> {
+    if parts.method != http::Method::OPTIONS {
+        return None;
+    }
+    let requested = parts.headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    let method = http::Method::from_bytes(requested.as_bytes()).ok()?;
+    stage.router.find(&method, route_path).ok().filter(|m| m.value.answers_preflight)
 }

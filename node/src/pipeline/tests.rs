@@ -160,6 +160,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
         chain: Arc::new(Chain::new(stages)),
         observer: Arc::new(RouteObserver::new("a", "s", "POST /thing", "", None)),
         allow_encoded_slashes: false,
+        answers_preflight: false,
     };
     router.insert(method, &pattern, target).unwrap();
     let routes = StageRoutes {

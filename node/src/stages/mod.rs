@@ -29,6 +29,7 @@
 
 pub mod api_key;
 mod chain;
+pub mod cors;
 pub mod custom_authorizer;
 pub mod jwt;
 pub mod signed_request;
