@@ -93,10 +93,10 @@ pub fn route<'t, 'p>(table: &'t RoutingTable, parts: &'p Parts, draw: u32) -> Re
 
 /// The route a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) asks about,
 /// when that route has CORS.
-fn preflight_route<'t, 'r>(
+fn preflight_route<'t>(
     stage: &'t StageRoutes,
     parts: &Parts,
-    route_path: &'r str,
+    route_path: &str,
 ) -> Option<crate::router::RouteMatch<'t, RouteTarget>> {
     if parts.method != http::Method::OPTIONS {
         return None;
