@@ -141,3 +141,92 @@ async fn cors_headers_preflights_and_rejections_as_curl_sees_them() {
     assert_eq!((a.status, a.get("access-control-allow-origin")), (200, None));
     assert_eq!(plain("OPTIONS", &[app, "Access-Control-Request-Method: GET"]).status, 405);
 }
+
+/// A page on `origin` whose script calls the gateway with `fetch` (simple, preflighted,
+/// with credentials, and a route that answers 401) and writes what each call saw.
+fn page(gateway: SocketAddr) -> String {
+    format!(
+        r#"<!doctype html><html><body><pre id="out">pending</pre><script>
+const gw = "http://{gateway}/prod";
+async function attempt(url, init) {{
+  try {{ const r = await fetch(url, init); return r.status + " " + (await r.text()).slice(0, 20); }}
+  catch (e) {{ return "blocked"; }}
+}}
+(async () => {{
+  const results = {{}};
+  results.simple = await attempt(gw + "/pets");
+  results.preflighted = await attempt(gw + "/pets", {{method: "POST", headers: {{"content-type": "application/json", "x-trace": "1"}}, body: "{{}}"}});
+  results.credentials = await attempt(gw + "/pets", {{credentials: "include"}});
+  results.unauthorized = await attempt(gw + "/private");
+  document.getElementById("out").textContent = JSON.stringify(results);
+}})();
+</script></body></html>"#
+    )
+}
+
+/// Loads `url` in headless Chromium and returns the page's results.
+fn browse(url: &str) -> serde_json::Value {
+    let out = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom", url])
+        .output()
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let start = dom.find("<pre id=\"out\">").map(|i| i + "<pre id=\"out\">".len()).unwrap_or(0);
+    let text = &dom[start..dom[start..].find("</pre>").map_or(dom.len(), |e| start + e)];
+    serde_json::from_str(&text.replace("&quot;", "\"")).unwrap_or_else(|_| panic!("no results in the page: {dom}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_calls_the_api_from_an_allowed_origin_and_is_blocked_from_another() {
+    if !tools(&["chromium"]) {
+        return;
+    }
+    // Two page servers: two origins. The gateway's address is known once it runs, so the
+    // pages are served from a slot filled after it starts.
+    let html = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let serve = |html: std::sync::Arc<std::sync::Mutex<String>>| {
+        http_service(move |_| {
+            let body = html.lock().unwrap().clone();
+            async move {
+                hyper::Response::builder()
+                    .header("content-type", "text/html")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                    .unwrap()
+            }
+        })
+    };
+    let allowed_site = serve(html.clone()).await;
+    let other_site = serve(html.clone()).await;
+    let config = format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+apis:
+  - id: pets
+    cors:
+      allow_origins: ["http://{allowed_site}"]
+      allow_headers: [content-type, x-trace]
+      allow_credentials: true
+    authorizers:
+      - {{ name: partners, type: custom, uri: "http://127.0.0.1:9/", identity_sources: [$request.header.x-token] }}
+    routes:
+      - {{ route: GET /pets, integration: {{ type: mock, body: pets }} }}
+      - {{ route: POST /pets, integration: {{ type: mock, status: 201, body: created }} }}
+      - {{ route: GET /private, authorizer: partners, integration: {{ type: mock, body: private }} }}
+    stages: [{{ name: prod }}]
+"#
+    );
+    let node = start_node(config).await;
+    *html.lock().unwrap() = page(node.http.expect("http listener"));
+
+    let seen = tokio::task::spawn_blocking(move || browse(&format!("http://{allowed_site}/"))).await.unwrap();
+    assert_eq!(seen["simple"], "200 pets", "{seen}");
+    assert_eq!(seen["preflighted"], "201 created", "{seen}");
+    assert_eq!(seen["credentials"], "200 pets", "{seen}");
+    assert!(seen["unauthorized"].as_str().unwrap().starts_with("401"), "the page reads the 401: {seen}");
+
+    let seen = tokio::task::spawn_blocking(move || browse(&format!("http://{other_site}/"))).await.unwrap();
+    for call in ["simple", "preflighted", "credentials", "unauthorized"] {
+        assert_eq!(seen[call], "blocked", "{call} from a disallowed origin: {seen}");
+    }
+}
