@@ -8,10 +8,10 @@
 #   KEYED=1 tests/bench/proxy.sh         # Meridian as a one-node cluster: every request carries
 #                                        # an API key checked against a usage plan (throttle and
 #                                        # quota counted) plus the cluster-wide throttle
-#   AUTHORIZERS=1 tests/bench/proxy.sh   # Meridian alone: the same route without authorization,
-#                                        # behind a JWT authorizer (RS256, key from a JWKS, cached)
-#                                        # and behind a custom authorizer (warm cache); ratios
-#                                        # to the route without, and each authorizer's CPU cost
+#   STAGES=1 tests/bench/proxy.sh        # Meridian alone: the same route without stages, behind
+#                                        # a JWT authorizer (RS256, key from a JWKS, kept token),
+#                                        # behind a custom authorizer (warm cache) and with CORS;
+#                                        # ratios to the route without, and each stage's CPU cost
 #
 # Layout on a 2-core machine: the proxy under test (nginx with 1 worker, HAProxy with 1
 # thread, or Meridian with --workers 1) is pinned to core 0; the backend (nginx, 1 worker, fixed 200) and wrk share
@@ -30,7 +30,7 @@ fi
 DURATION=${DURATION:-10s}
 PROFILE=${PROFILE:-release}
 KEYED=${KEYED:-0}
-AUTHORIZERS=${AUTHORIZERS:-0}
+STAGES=${STAGES:-0}
 BENCH_KEY=bench-key-0123456789abcdefghij
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -61,8 +61,8 @@ trap cleanup EXIT
 
 mkdir -p "$work/backend/logs" "$work/proxy/logs" "$work/haproxy"
 jwks='{"keys": []}'
-if [ "$AUTHORIZERS" = 1 ]; then
-  for tool in openssl python3; do command -v "$tool" >/dev/null || { echo "AUTHORIZERS=1 needs $tool" >&2; exit 1; }; done
+if [ "$STAGES" = 1 ]; then
+  for tool in openssl python3; do command -v "$tool" >/dev/null || { echo "STAGES=1 needs $tool" >&2; exit 1; }; done
   # An RS256 key, its JWKS (served by the backend) and a token valid for a day.
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.key" 2>/dev/null
   modulus=$(openssl rsa -in "$work/jwt.key" -noout -modulus | cut -d= -f2)
@@ -90,7 +90,7 @@ http {
   server {
     listen 127.0.0.1:$BACKEND_PORT;
     location / { return 200 "hello from the backend\n"; }
-    # The identity provider's keys and the custom authorizer, for AUTHORIZERS=1.
+    # The identity provider's keys and the custom authorizer, for STAGES=1.
     location = /jwks { default_type application/json; return 200 '$jwks'; }
     location = /authorize { default_type application/json; return 200 '{"isAuthorized": true, "context": {"tenant": "bench"}}'; }
   }
@@ -179,6 +179,9 @@ apis:
       - route: ANY /custom/{proxy+}
         authorizer: custom
         integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+      - route: ANY /cors/{proxy+}
+        cors: { allow_origins: [https://app.bench.test], expose_headers: [x-request-id] }
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
     stages:
       - name: bench
         variables: { backend: "127.0.0.1:$BACKEND_PORT" }
@@ -252,30 +255,32 @@ backend_worker=$(pgrep -P "$backend_pid" | head -1)
 : > "$work/results"
 col() { awk -v t="$1" -v c="$2" '$1 == t {print $c}' "$work/results" | median; }
 
-if [ "$AUTHORIZERS" = 1 ]; then
+if [ "$STAGES" = 1 ]; then
   base="http://127.0.0.1:$MERIDIAN_PORT/bench"
   for round in $(seq 1 "$ROUNDS"); do
-    echo "== round $round/$ROUNDS: meridian without authorization, with the JWT authorizer, with the custom authorizer ($DURATION each)"
-    order=(open jwt custom); (( round % 2 )) || order=(custom jwt open)
+    echo "== round $round/$ROUNDS: meridian without stages, with the JWT authorizer, the custom authorizer, CORS ($DURATION each)"
+    order=(open jwt custom cors); (( round % 2 )) || order=(cors custom jwt open)
     for t in "${order[@]}"; do
       case $t in
         open) echo "open $(measure "$base/hello" "$meridian_pid" "x-token: none")" >> "$work/results" ;;
         jwt) echo "jwt $(measure "$base/jwt/hello" "$meridian_pid" "Authorization: Bearer $BENCH_TOKEN")" >> "$work/results" ;;
         custom) echo "custom $(measure "$base/custom/hello" "$meridian_pid" "x-token: bench")" >> "$work/results" ;;
+        cors) echo "cors $(measure "$base/cors/hello" "$meridian_pid" "Origin: https://app.bench.test")" >> "$work/results" ;;
       esac
     done
   done
   echo
   echo "median of $ROUNDS rounds:"
   printf '%-34s %12s %10s %10s %16s\n' "meridian route" "req/s" "p50 ms" "p99 ms" "CPU us/request"
-  for t in open jwt custom; do
+  for t in open jwt custom cors; do
     printf '%-34s %12s %10s %10s %16s\n' "$t" "$(col "$t" 2)" "$(col "$t" 3)" "$(col "$t" 4)" "$(col "$t" 5)"
   done
   echo
-  awk -v o="$(col open 2)" -v j="$(col jwt 2)" -v c="$(col custom 2)" -v oc="$(col open 5)" -v jc="$(col jwt 5)" -v cc="$(col custom 5)" 'BEGIN {
-    if (o + 0 <= 0 || j + 0 <= 0 || c + 0 <= 0) { print "a route measured no successful request" > "/dev/stderr"; exit 1 }
-    printf "throughput jwt/open: %.2fx, custom/open: %.2fx (goal >= 0.90x)\n", j / o, c / o
-    printf "authorizer cost per request: jwt %+.1f us, custom (warm cache) %+.1f us of CPU\n", jc - oc, cc - oc }'
+  awk -v o="$(col open 2)" -v j="$(col jwt 2)" -v c="$(col custom 2)" -v s="$(col cors 2)" \
+      -v oc="$(col open 5)" -v jc="$(col jwt 5)" -v cc="$(col custom 5)" -v sc="$(col cors 5)" 'BEGIN {
+    if (o + 0 <= 0 || j + 0 <= 0 || c + 0 <= 0 || s + 0 <= 0) { print "a route measured no successful request" > "/dev/stderr"; exit 1 }
+    printf "throughput jwt/open: %.2fx, custom/open: %.2fx (goal >= 0.90x); cors/open: %.2fx (goal >= 0.97x)\n", j / o, c / o, s / o
+    printf "cost per request: jwt %+.1f us, custom (warm cache) %+.1f us, cors %+.1f us of CPU\n", jc - oc, cc - oc, sc - oc }'
   exit 0
 fi
 for round in $(seq 1 "$ROUNDS"); do
