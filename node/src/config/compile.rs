@@ -27,6 +27,7 @@ use crate::stages::api_key::{ApiKeyCheck, KeyRing};
 use crate::stages::cors::Cors;
 use crate::stages::signed_request::SignedRequestCheck;
 use crate::stages::throttle::RouteThrottle;
+use crate::stages::waf::WafCheck;
 use crate::stages::{Chain, Stage};
 
 /// The cluster-wide rate limit when the configuration names none.
@@ -173,6 +174,7 @@ fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
 mod authorizers;
 mod cors;
 mod integrations;
+mod waf;
 
 use authorizers::{AuthorizerSpec, AuthorizerUse};
 use integrations::IntegrationSpec;
@@ -190,6 +192,8 @@ struct Compiler<'a> {
 struct StageContext<'a> {
     authorizers: &'a HashMap<String, AuthorizerSpec>,
     signing: &'a SigningDef,
+    /// The API's and the stage's firewall rules, when there are any.
+    firewall: Option<Arc<crate::stages::waf::Firewall>>,
 }
 
 /// A route as parsed once, before it is specialised per stage.
@@ -599,7 +603,8 @@ impl Compiler<'_> {
                 .as_ref()
                 .map(|s| s.value.clone())
                 .unwrap_or(SigningDef { region: "us-east-1".into(), service: "execute-api".into() });
-            let context = StageContext { authorizers: &authorizers, signing: &signing };
+            let firewall = self.firewall(api, field, stage, &sfield);
+            let context = StageContext { authorizers: &authorizers, signing: &signing, firewall };
             let routes = self.stage(&api.id.value, stage, &specs, &context, api.default_endpoint, &sfield);
             if stages.insert(stage.name.value.clone(), Arc::new(StageTarget::new(Arc::new(routes)))).is_some() {
                 self.sink.push(
@@ -657,6 +662,9 @@ impl Compiler<'_> {
             let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
             if let Some(policy) = &spec.cors {
                 stages.push(Arc::new(Cors { policy: policy.clone() }));
+            }
+            if let Some(firewall) = &context.firewall {
+                stages.push(Arc::new(WafCheck { firewall: firewall.clone() }));
             }
             stages.push(Arc::new(RouteThrottle { scopes }));
             // The route's own authorization wins over the stage's.
@@ -908,6 +916,7 @@ pub fn compile_stage(
         api_key_required: api.stages.iter().find(|s| s.name.value == stage).is_some_and(|s| s.api_key_required),
         authorizer: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.authorizer.clone()),
         authorization: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.authorization.clone()),
+        waf: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.waf.clone()),
     }];
     let mut compiler = Compiler { sink: ErrorSink::default(), base_dir: Path::new("."), deployment, default_rate };
     let compiled = compiler.api(&api, "apis[0]");

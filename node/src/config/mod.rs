@@ -284,6 +284,36 @@ apis:
     }
 
     #[test]
+    fn firewall_rules_are_checked_with_their_lines() {
+        let text = r#"
+apis:
+  - id: pets
+    waf:
+      trusted_proxies: [10.0.0.0/33]
+      rules:
+        - { name: two, action: block, ip_in: [10.0.0.0/8], size_over: { part: uri, bytes: 10 } }
+        - { name: re, action: block, pattern: { part: path, regex: "(" } }
+        - { name: body, action: count, pattern: { part: body, contains: x } }
+        - { name: hdr, action: allow, pattern: { part: header, contains: x } }
+        - { name: "bad name", action: block, ip_in: [10.0.0.0/8] }
+    routes:
+      - { route: GET /a, integration: { type: mock } }
+    stages: [{ name: prod }]
+"#;
+        let e = errors(text);
+        for field in [
+            ("apis[0].waf.trusted_proxies[0]", 5),
+            ("apis[0].waf.rules[0]", 7),
+            ("apis[0].waf.rules[1].pattern.regex", 8),
+            ("apis[0].waf.rules[2].pattern.part", 9),
+            ("apis[0].waf.rules[3].pattern.name", 10),
+            ("apis[0].waf.rules[4].name", 11),
+        ] {
+            assert!(e.iter().any(|x| x.field == field.0 && x.line == field.1), "no error for {field:?} in {e:#?}");
+        }
+    }
+
+    #[test]
     fn a_key_of_another_kind_than_the_algorithms_is_refused() {
         // An HMAC key beside RS256 is the material of an algorithm confusion.
         let text = r#"

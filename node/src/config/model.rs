@@ -206,6 +206,8 @@ pub struct ApiDef {
     /// Which web origins may call the API from a browser (every route; a route's own
     /// `cors` replaces it).
     pub cors: Option<Spanned<CorsDef>>,
+    /// Firewall rules for every route, before a stage's own.
+    pub waf: Option<Spanned<WafDef>>,
     /// Serve the API on its default endpoint, `/{stage}/...` on a host whose first label is
     /// the API id (or any host when it is the only API). Turn it off so that an API with
     /// custom domains is reachable only through them.
@@ -248,6 +250,59 @@ pub struct RouteDef {
     pub authorization: Option<Spanned<Authorization>>,
     /// CORS for this route, instead of the API's.
     pub cors: Option<Spanned<CorsDef>>,
+}
+
+/// Firewall rules (docs/CONFIG.md, "Firewall").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafDef {
+    /// Proxies (CIDRs) whose `X-Forwarded-For` says who the client is.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<WafRuleDef>>,
+}
+
+/// One firewall rule: a name, an action and exactly one condition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafRuleDef {
+    pub name: String,
+    pub action: WafAction,
+    /// The client address is in one of these CIDRs.
+    pub ip_in: Option<Vec<String>>,
+    /// The client address is in none of these CIDRs.
+    pub ip_not_in: Option<Vec<String>>,
+    /// A part of the request is larger than a number of bytes.
+    pub size_over: Option<WafSizeDef>,
+    /// A regex or a literal in a part of the request.
+    pub pattern: Option<WafPatternDef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WafAction {
+    Block,
+    Allow,
+    Count,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafSizeDef {
+    /// `uri`, `query` or `headers`.
+    pub part: String,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafPatternDef {
+    /// `path`, `query`, `header` or `cookie` (the last three with `name`).
+    pub part: String,
+    pub name: Option<String>,
+    pub regex: Option<String>,
+    pub contains: Option<String>,
 }
 
 /// CORS settings (docs/CONFIG.md, "CORS").
@@ -505,6 +560,8 @@ pub struct StageDef {
     pub authorizer: Option<Spanned<String>>,
     /// `signed`, for every route that names no authorizer of its own.
     pub authorization: Option<Spanned<Authorization>>,
+    /// Firewall rules of this stage, after the API's.
+    pub waf: Option<Spanned<WafDef>>,
 }
 
 /// A custom domain: its certificate and the APIs it serves under base paths.
