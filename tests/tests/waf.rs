@@ -24,6 +24,7 @@ apis:
         - { name: scanner, action: block, pattern: { part: header, name: user-agent, regex: "(?i)sqlmap|nikto" } }
         - { name: probe-cookie, action: count, pattern: { part: cookie, name: session, contains: probe } }
         - { name: debug-param, action: block, pattern: { part: query, name: debug, regex: "^(1|true)$" } }
+        - { name: attacks, action: block, signatures: [sqli, xss] }
     routes:
       - { route: GET /pets, integration: { type: mock, body: pets } }
       - { route: GET /admin, integration: { type: mock, body: admin } }
@@ -76,6 +77,8 @@ async fn firewall_rules_block_allow_and_count_in_order() {
         ("/prod/pets", &[("user-agent", "sqlmap/1.7")][..], "scanner"),
         ("/prod/pets?debug=true", &[][..], "debug-param"),
         ("/prod/pets", &[("x-test", "forbidden")][..], "stage-only"),
+        ("/prod/pets?q=%27%20OR%20%271%27%3D%271", &[][..], "attacks"),
+        ("/prod/pets", &[("cookie", "pref=%3Cscript%3Ealert(1)%3C%2Fscript%3E")][..], "attacks"),
     ] {
         let r = get_from(gw, "127.0.0.1", "pets.test", path, headers).await;
         assert_eq!(r.status, 403, "{path}");
@@ -83,6 +86,7 @@ async fn firewall_rules_block_allow_and_count_in_order() {
     }
     // `debug=0` is not the pattern; the same path on an API without rules is served.
     assert_eq!(pets("127.0.0.1", "/prod/pets?debug=0", &[]).await.status, 200);
+    assert_eq!(pets("127.0.0.1", "/prod/pets?name=O%27Brien&sort=price%3C100", &[]).await.status, 200);
     assert_eq!(get_from(gw, "127.0.0.1", "plain.test", "/prod/admin", &[]).await.status, 200);
 
     // Count mode changes nothing but the count.

@@ -277,6 +277,8 @@ pub struct WafRuleDef {
     pub size_over: Option<WafSizeDef>,
     /// A regex or a literal in a part of the request.
     pub pattern: Option<WafPatternDef>,
+    /// Built-in signature sets: `sqli`, `xss`.
+    pub signatures: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

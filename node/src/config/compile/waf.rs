@@ -8,7 +8,7 @@ use meridian_dns::net::Cidr;
 
 use super::super::model::*;
 use super::Compiler;
-use crate::stages::waf::{Action, Condition, Firewall, Pattern, PatternPart, Rule, SizedPart};
+use crate::stages::waf::{Action, Condition, Firewall, Pattern, PatternPart, Rule, Signatures, SizedPart};
 
 impl Compiler<'_> {
     /// The firewall of `api` on `stage`: the API's rules, then the stage's. `None` when
@@ -56,9 +56,19 @@ impl Compiler<'_> {
             self.sink.push(at, format!("{field}.name"), "a rule name is 1-64 characters of a-z, 0-9, `-` and `_`");
             return None;
         }
-        let given = [def.ip_in.is_some(), def.ip_not_in.is_some(), def.size_over.is_some(), def.pattern.is_some()];
+        let given = [
+            def.ip_in.is_some(),
+            def.ip_not_in.is_some(),
+            def.size_over.is_some(),
+            def.pattern.is_some(),
+            def.signatures.is_some(),
+        ];
         if given.iter().filter(|g| **g).count() != 1 {
-            self.sink.push(at, field, "a rule has exactly one of `ip_in`, `ip_not_in`, `size_over` and `pattern`");
+            self.sink.push(
+                at,
+                field,
+                "a rule has exactly one of `ip_in`, `ip_not_in`, `size_over`, `pattern` and `signatures`",
+            );
             return None;
         }
         let cidrs = |sink: &mut super::ErrorSink, list: &[String], name: &str| -> Option<Vec<Cidr>> {
@@ -79,6 +89,15 @@ impl Compiler<'_> {
             Condition::Address { cidrs: cidrs(&mut self.sink, list, "ip_in")?, inside: true }
         } else if let Some(list) = &def.ip_not_in {
             Condition::Address { cidrs: cidrs(&mut self.sink, list, "ip_not_in")?, inside: false }
+        } else if let Some(names) = &def.signatures {
+            let sets: Option<Vec<Signatures>> = names.iter().map(|n| Signatures::parse(n)).collect();
+            match sets {
+                Some(sets) if !sets.is_empty() => Condition::Signatures(sets),
+                _ => {
+                    self.sink.push(at, format!("{field}.signatures"), "list `sqli`, `xss` or both");
+                    return None;
+                }
+            }
         } else if let Some(size) = &def.size_over {
             let part = match size.part.as_str() {
                 "uri" => SizedPart::Uri,

@@ -14,6 +14,8 @@
 //! that is not itself a trusted proxy: a client cannot choose its address by sending the
 //! header.
 
+pub mod signatures;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ use regex::Regex;
 
 use super::{Exchange, Phases, Services, Stage, Step};
 use crate::rejection::Rejection;
+pub use signatures::Signatures;
 
 /// What a rule does when it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +88,26 @@ pub enum Condition {
         part: PatternPart,
         pattern: Pattern,
     },
+    /// A built-in signature set matches the path, a query parameter, a cookie, or the
+    /// `User-Agent` or `Referer` header.
+    Signatures(Vec<Signatures>),
+}
+
+/// The values the signature sets inspect.
+fn inspected(head: &Parts) -> impl Iterator<Item = String> + '_ {
+    let query = crate::query::pairs(head.uri.query().unwrap_or("")).flat_map(|(k, v)| [k, v]);
+    let cookies = head
+        .headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(|c| c.split_once('=').map_or(c, |(_, v)| v).trim().to_string());
+    let headers = ["user-agent", "referer"]
+        .into_iter()
+        .filter_map(|h| head.headers.get(h))
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    std::iter::once(head.uri.path().to_string()).chain(query).chain(cookies).chain(headers)
 }
 
 /// One rule, compiled.
@@ -170,6 +193,7 @@ impl Condition {
                 };
                 size > *over
             }
+            Condition::Signatures(sets) => inspected(head).any(|value| sets.iter().any(|s| s.matches(&value))),
             Condition::Pattern { part, pattern } => match part {
                 PatternPart::Path => {
                     pattern.matches(head.uri.path()) || pattern.matches(&crate::query::percent_decode(head.uri.path()))
