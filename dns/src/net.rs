@@ -99,6 +99,36 @@ fn mask(address: IpAddr, prefix: u8) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `contains` agrees with comparing the leading `prefix` bits, for IPv4 and IPv6,
+        /// and never mixes the families (the WAF and region hints rely on it).
+        #[test]
+        fn contains_is_a_comparison_of_the_leading_bits(
+            network in any::<u128>(), probe in any::<u128>(), prefix in 0u8..=128, v4 in any::<bool>(),
+        ) {
+            let (width, network, probe) = if v4 {
+                (32u8, network & 0xffff_ffff, probe & 0xffff_ffff)
+            } else {
+                (128u8, network, probe)
+            };
+            let prefix = prefix.min(width);
+            let address = |bits: u128| -> IpAddr {
+                if v4 { IpAddr::V4(std::net::Ipv4Addr::from(bits as u32)) } else { IpAddr::V6(std::net::Ipv6Addr::from(bits)) }
+            };
+            let cidr = Cidr::new(address(network), prefix);
+            let shift = u32::from(width - prefix);
+            let same = prefix == 0 || (network >> shift) == (probe >> shift);
+            prop_assert_eq!(cidr.contains(address(probe)), same);
+            prop_assert!(cidr.contains(address(network)));
+            // The other family is never inside.
+            let other: IpAddr = if v4 { "::1".parse().unwrap() } else { "127.0.0.1".parse().unwrap() };
+            prop_assert!(!cidr.contains(other));
+            // What it prints parses back to itself.
+            prop_assert_eq!(cidr.to_string().parse::<Cidr>().unwrap(), cidr);
+        }
+    }
 
     #[test]
     fn parses_masks_and_contains() {
