@@ -16,7 +16,7 @@ pub struct Rejection {
     /// Extra response headers, such as `Allow` on a 405.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// What the access log records when the client is told less than the whole story.
-    pub reason: Option<&'static str>,
+    pub reason: Option<Cow<'static, str>>,
 }
 
 impl Rejection {
@@ -25,8 +25,8 @@ impl Rejection {
     }
 
     /// Records `reason` in the access log (never in the response).
-    pub fn with_reason(mut self, reason: &'static str) -> Self {
-        self.reason = Some(reason);
+    pub fn with_reason(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
+        self.reason = Some(reason.into());
         self
     }
 

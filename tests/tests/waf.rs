@@ -108,6 +108,13 @@ async fn firewall_rules_block_allow_and_count_in_order() {
     assert_eq!(pets("127.0.0.4", "/prod/admin", &[("x-forwarded-for", "127.0.0.3")]).await.status, 200);
     let r = pets("127.0.0.4", "/prod/pets", &[("x-forwarded-for", "127.0.0.3, 127.0.0.2")]).await;
     assert!(blocked_by(&r).contains("`blocked-net`"), "the last untrusted hop is the client");
+
+    // The access log names the rule that blocked a request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !node.stdout().contains("\"reason\":\"waf rule no-admin\"") {
+        assert!(std::time::Instant::now() < deadline, "no access-log line names the rule:\n{}", node.stdout());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 async fn waf_count(node: &NodeProcess, rule: &str) -> f64 {

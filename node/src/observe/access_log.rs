@@ -40,7 +40,7 @@ pub struct LogEntry<'a> {
     pub integration_latency: Option<Duration>,
     /// Why the gateway refused the request, when the client was told less (e.g. which of
     /// the key checks failed).
-    pub reason: Option<&'static str>,
+    pub reason: Option<&'a str>,
 }
 
 /// The fields a template may name.

@@ -58,7 +58,7 @@ pub struct Completion {
     pub status: u16,
     pub integration_latency: Option<Duration>,
     /// The precise reason of a refusal, for the log only.
-    pub reason: Option<&'static str>,
+    pub reason: Option<std::borrow::Cow<'static, str>>,
     pub observer: Arc<RouteObserver>,
     pub log: AccessLog,
     pub in_flight: Gauge,
@@ -85,7 +85,7 @@ impl Completion {
                 bytes,
                 latency,
                 integration_latency: self.integration_latency,
-                reason: self.reason,
+                reason: self.reason.as_deref(),
             },
             self.observer.log_template.as_deref(),
         );

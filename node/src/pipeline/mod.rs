@@ -84,12 +84,12 @@ struct Served<'t> {
     /// The route's chain, once a route was found: its response phases run on the response.
     chain: Option<&'t Arc<Chain>>,
     integration_latency: Option<Duration>,
-    reason: Option<&'static str>,
+    reason: Option<std::borrow::Cow<'static, str>>,
 }
 
 impl<'t> Served<'t> {
-    fn unrouted(rejection: Rejection, request_id: &HeaderValue, observer: &Arc<RouteObserver>) -> Self {
-        let reason = rejection.reason;
+    fn unrouted(mut rejection: Rejection, request_id: &HeaderValue, observer: &Arc<RouteObserver>) -> Self {
+        let reason = rejection.reason.take();
         Served {
             response: rejection.into_response(request_id),
             observer: observer.clone(),
@@ -101,8 +101,8 @@ impl<'t> Served<'t> {
 
     fn stopped(stop: Stop, request_id: &HeaderValue, target: &'t RouteTarget) -> Self {
         let (response, reason) = match stop {
-            Stop::Reject(rejection) => {
-                let reason = rejection.reason;
+            Stop::Reject(mut rejection) => {
+                let reason = rejection.reason.take();
                 (rejection.into_response(request_id), reason)
             }
             Stop::Answer(response) => (response, None),

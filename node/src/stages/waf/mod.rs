@@ -173,7 +173,7 @@ impl Firewall {
                         StatusCode::FORBIDDEN,
                         format!("the request was blocked by the firewall rule `{}`", rule.name),
                     )
-                    .with_reason("waf rule blocked"));
+                    .with_reason(format!("waf rule {}", rule.name)));
                 }
             }
         }
