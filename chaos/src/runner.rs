@@ -557,14 +557,20 @@ async fn check(scenario: &Scenario, options: &RunOptions, shared: &Arc<Shared>, 
                 format!("{} acknowledged writes missing: {}", lost.len(), lost.join(", "))
             },
         });
-        let mut revisions: Vec<u64> = acked.iter().filter_map(|w| w.revision).collect();
+        // Each write that changed the configuration has a revision of its own; a no-op
+        // acknowledgement (a retry of a write that had committed) reports the current one.
+        let mut revisions: Vec<u64> = acked.iter().filter(|w| w.changed).filter_map(|w| w.revision).collect();
         revisions.sort_unstable();
         let before = revisions.len();
         revisions.dedup();
+        let no_ops = acked.iter().filter(|w| !w.changed).count();
         verdicts.push(Verdict {
             invariant: "no split brain".into(),
             passed: revisions.len() == before,
-            detail: format!("{before} acknowledged writes at {} distinct revisions", revisions.len()),
+            detail: format!(
+                "{before} acknowledged changes at {} distinct revisions ({no_ops} acknowledged as already applied)",
+                revisions.len()
+            ),
         });
     }
 

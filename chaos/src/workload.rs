@@ -55,6 +55,10 @@ pub struct Write {
     pub took_ms: u64,
     /// The revision it committed at, when acknowledged.
     pub revision: Option<u64>,
+    /// Whether the answer said it changed the configuration. A write retried after its first
+    /// attempt committed (its answer lost with a killed leader) is acknowledged as a no-op,
+    /// with the revision current at that time rather than one of its own.
+    pub changed: bool,
     pub error: Option<String>,
 }
 
@@ -326,14 +330,15 @@ pub async fn writer(
             let sent_at_s = timeline.now_s();
             let started = Instant::now();
             let result = admin(cluster.nodes[node].admin(), "POST", "/v1/apis/pets/stages/prod/variables", &body).await;
-            let (revision, error) = match result {
+            let (revision, changed, error) = match result {
                 Ok(r) if r.status == 200 => {
-                    let revision =
-                        serde_json::from_str::<serde_json::Value>(&r.body).ok().and_then(|v| v["revision"].as_u64());
-                    (revision, revision.is_none().then(|| format!("200 without a revision: {}", r.body)))
+                    let answer = serde_json::from_str::<serde_json::Value>(&r.body).ok();
+                    let revision = answer.as_ref().and_then(|v| v["revision"].as_u64());
+                    let changed = answer.as_ref().and_then(|v| v["changed"].as_bool()).unwrap_or(true);
+                    (revision, changed, revision.is_none().then(|| format!("200 without a revision: {}", r.body)))
                 }
-                Ok(r) => (None, Some(format!("{} {}", r.status, r.body.trim()))),
-                Err(e) => (None, Some(e.to_string())),
+                Ok(r) => (None, false, Some(format!("{} {}", r.status, r.body.trim()))),
+                Err(e) => (None, false, Some(e.to_string())),
             };
             timeline.write(Write {
                 key,
@@ -341,6 +346,7 @@ pub async fn writer(
                 sent_at_s,
                 took_ms: started.elapsed().as_millis() as u64,
                 revision,
+                changed,
                 error,
             });
             timeline.writes_in_flight.fetch_sub(1, Ordering::Relaxed);
