@@ -41,6 +41,27 @@ pub struct AuthorizerContext {
     pub values: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
+impl AuthorizerContext {
+    /// Lets a request in on `values`: each `(key, header)` of `headers` replaces whatever the
+    /// client sent under that header with the value's (or removes it when there is none), and
+    /// the values stay in the exchange for later stages.
+    pub fn admit(
+        authorizer: &Arc<str>,
+        values: Arc<serde_json::Map<String, serde_json::Value>>,
+        headers: &[(String, http::HeaderName)],
+        head: &mut http::request::Parts,
+        extensions: &mut http::Extensions,
+    ) {
+        for (key, header) in headers {
+            head.headers.remove(header);
+            if let Some(value) = values.get(key).and_then(header_value) {
+                head.headers.insert(header.clone(), value);
+            }
+        }
+        extensions.insert(AuthorizerContext { authorizer: authorizer.clone(), values });
+    }
+}
+
 /// A claim or context value as a header value: strings as they are, numbers and booleans
 /// in JSON, lists of strings joined by commas, anything else as compact JSON; bytes a
 /// header cannot carry (controls, non-ASCII) are percent-encoded, and the value is cut at

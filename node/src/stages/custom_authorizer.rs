@@ -20,8 +20,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::{Exchange, Flow, Phases, Services, Stage, Step};
+use crate::authorizers::AuthorizerContext;
 use crate::authorizers::decisions::{Decision, DecisionCache};
-use crate::authorizers::{AuthorizerContext, header_value};
 use crate::integration::callee::{CallError, Callee};
 use crate::rejection::Rejection;
 
@@ -232,15 +232,13 @@ impl CustomAuthorizer {
             cache.denials.increment(1);
             return Rejection::new(StatusCode::FORBIDDEN, "Forbidden").with_reason("authorizer denied").into();
         }
-        for (key, header) in &self.context_headers {
-            head.headers.remove(header);
-            if let Some(value) = decision.context.get(key).and_then(header_value) {
-                head.headers.insert(header.clone(), value);
-            }
-        }
-        exchange
-            .extensions
-            .insert(AuthorizerContext { authorizer: self.name.clone(), values: decision.context.clone() });
+        AuthorizerContext::admit(
+            &self.name,
+            decision.context.clone(),
+            &self.context_headers,
+            head,
+            &mut exchange.extensions,
+        );
         Flow::Continue
     }
 }

@@ -25,8 +25,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 
 use super::{Exchange, Flow, Phases, Services, Stage, Step};
+use crate::authorizers::AuthorizerContext;
 use crate::authorizers::key_set::{KeySet, Keys};
-use crate::authorizers::{AuthorizerContext, header_value};
 use crate::integration::callee::Callee;
 use crate::rejection::Rejection;
 
@@ -155,13 +155,7 @@ impl JwtAuthorizer {
                     ));
             }
         }
-        for (claim, header) in &policy.claim_headers {
-            head.headers.remove(header);
-            if let Some(value) = claims.get(claim).and_then(header_value) {
-                head.headers.insert(header.clone(), value);
-            }
-        }
-        exchange.extensions.insert(AuthorizerContext { authorizer: policy.name.clone(), values: claims });
+        AuthorizerContext::admit(&policy.name, claims, &policy.claim_headers, head, &mut exchange.extensions);
         Ok(())
     }
 }

@@ -164,7 +164,7 @@ impl Compiler<'_> {
                 algorithms
             }
         };
-        let tls = self.trust(def.ca_file.as_ref(), field);
+        let tls = self.trust(def.ca_file.as_ref(), field, def.kind.referenced);
         let inline = def.keys.as_ref().map(|keys| self.inline_keys(keys, field));
         let keys = match (&def.jwks_uri, inline) {
             (None, None) => {
@@ -357,7 +357,7 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        let tls = self.trust(def.ca_file.as_ref(), field)?;
+        let tls = self.trust(def.ca_file.as_ref(), field, def.kind.referenced)?;
         let callee = match Callee::new(&uri.value, timeout, tls) {
             Ok(c)
                 if (uri.value.starts_with("http://") || uri.value.starts_with("https://"))
@@ -469,24 +469,6 @@ impl Compiler<'_> {
             };
             if let Some(problem) = problem {
                 self.sink.push(scopes.referenced, format!("{field}.routes[{i}].scopes"), problem);
-            }
-        }
-    }
-
-    fn trust(
-        &mut self,
-        ca_file: Option<&Spanned<String>>,
-        field: &str,
-    ) -> Option<crate::integration::trust::UpstreamTls> {
-        let tls = match ca_file {
-            None => crate::integration::trust::system_roots(),
-            Some(f) => crate::integration::trust::ca_file(&self.path(&f.value)),
-        };
-        match tls {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.sink.push(ca_file.map_or(Location::UNKNOWN, |f| f.referenced), format!("{field}.ca_file"), e);
-                None
             }
         }
     }

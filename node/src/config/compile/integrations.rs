@@ -198,21 +198,7 @@ impl Compiler<'_> {
                     }
                     ok.then(|| r.value.clone())
                 });
-                let tls = match &def.ca_file {
-                    None => crate::integration::trust::system_roots(),
-                    Some(f) => crate::integration::trust::ca_file(&self.path(&f.value)),
-                };
-                let tls = match tls {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        self.sink.push(
-                            def.ca_file.as_ref().map_or(uri.referenced, |f| f.referenced),
-                            format!("{field}.ca_file"),
-                            e,
-                        );
-                        None
-                    }
-                };
+                let tls = self.trust(def.ca_file.as_ref(), field, uri.referenced);
                 let targets = def.targets.as_ref().and_then(|t| self.targets(t, field));
                 let settings = self.endpoint_settings(def, field);
                 if def.retry.is_some() && retry.is_none() {
@@ -231,6 +217,27 @@ impl Compiler<'_> {
                     http2: def.http2.as_ref().is_some_and(|h| h.value),
                     tls: Some(tls?),
                 })))
+            }
+        }
+    }
+
+    /// The TLS roots an `https` callee is checked against: the system's, or `ca_file`'s (an
+    /// error at its line, or at `otherwise` when the system roots fail).
+    pub(super) fn trust(
+        &mut self,
+        ca_file: Option<&Spanned<String>>,
+        field: &str,
+        otherwise: Location,
+    ) -> Option<UpstreamTls> {
+        let tls = match ca_file {
+            None => crate::integration::trust::system_roots(),
+            Some(f) => crate::integration::trust::ca_file(&self.path(&f.value)),
+        };
+        match tls {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.sink.push(ca_file.map_or(otherwise, |f| f.referenced), format!("{field}.ca_file"), e);
+                None
             }
         }
     }
