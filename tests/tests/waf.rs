@@ -1,6 +1,7 @@
-//! The firewall end to end: a real `meridian serve` with ordered rules of every kind that
-//! exists so far (addresses, sizes, patterns), `allow`, `block` and `count`, clients
-//! connecting from different loopback addresses, and trusted proxies' `X-Forwarded-For`.
+//! The firewall end to end: a real `meridian serve` with ordered rules of every kind
+//! (addresses, sizes, patterns, signatures, the body, rates and failed authorizations),
+//! `allow`, `block` and `count`, clients connecting from different loopback addresses, and
+//! trusted proxies' `X-Forwarded-For`. Rate rules across a cluster are in `cluster.rs`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -125,4 +126,103 @@ async fn waf_count(node: &NodeProcess, rule: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// A POST of `body` through curl (chunked when `chunked`, so no length is declared), with
+/// the echo backend sending the body back: the status and what came back.
+fn post(gateway: SocketAddr, body: &[u8], chunked: bool) -> (u16, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, body).unwrap();
+    let url = format!("http://{gateway}/prod/orders");
+    let data = format!("@{}", file.display());
+    let mut args = vec!["-s", "-o", "-", "-w", "\n%{http_code}", "-H", "host: shop.test", "-H", "x-echo-body: stream"];
+    if chunked {
+        args.extend(["-H", "transfer-encoding: chunked"]);
+    }
+    args.extend(["--data-binary", &data, &url]);
+    let out = curl(&args);
+    let text = out.stdout;
+    let split = text.iter().rposition(|b| *b == b'\n').expect("curl printed a status");
+    let status = String::from_utf8_lossy(&text[split + 1..]).trim().parse().expect("a status");
+    (status, text[..split].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_rules_inspect_the_first_bytes_and_rate_rules_block_clients() {
+    if !tools(&["curl"]) {
+        return;
+    }
+    let echo = echo_backend().await;
+    let node = start_node(format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+apis:
+  - id: shop
+    waf:
+      inspect_body_bytes: 64
+      rules:
+        - {{ name: body-size, action: block, size_over: {{ part: body, bytes: 1000 }} }}
+        - {{ name: no-keys, action: block, pattern: {{ part: body, contains: "BEGIN PRIVATE KEY" }} }}
+        - {{ name: flood, action: block, rate_over: {{ count: 5, window: 10s, block_for: 10s, key: "header:x-client" }} }}
+        - {{ name: guessing, action: block, failed_auth_over: {{ count: 3, window: 10s, block_for: 10s }} }}
+    routes:
+      - {{ route: POST /orders, integration: {{ type: http_proxy, uri: "http://{echo}/orders" }} }}
+      - {{ route: GET /login, integration: {{ type: mock, status: 401, body: who are you }} }}
+      - {{ route: GET /ok, integration: {{ type: mock, body: ok }} }}
+    stages: [{{ name: prod }}]
+"#
+    ))
+    .await;
+    let gw = node.http.expect("http listener");
+    let blocked_by = |r: &Reply| r.json()["message"].as_str().unwrap_or("").to_string();
+
+    // Sizes: declared (decided on the head) and undeclared (counted as the body arrives).
+    let big = vec![b'x'; 2000];
+    assert_eq!(post(gw, &big, false).0, 403);
+    let (status, answer) = post(gw, &big, true);
+    assert_eq!(status, 403);
+    assert!(String::from_utf8_lossy(&answer).contains("`body-size`"));
+    // A pattern within the first 64 bytes blocks; beyond them it is not looked at, and the
+    // whole body, inspected prefix and the rest, reaches the backend intact.
+    let mut early = b"{\"note\": \"-----BEGIN PRIVATE KEY-----\"}".to_vec();
+    early.resize(900, b' ');
+    for chunked in [false, true] {
+        assert_eq!(post(gw, &early, chunked).0, 403, "chunked: {chunked}");
+    }
+    let mut late = vec![b' '; 100];
+    late.extend_from_slice(b"BEGIN PRIVATE KEY");
+    late.resize(900, b'z');
+    for chunked in [false, true] {
+        let (status, echoed) = post(gw, &late, chunked);
+        assert_eq!(status, 200, "chunked: {chunked}");
+        assert_eq!(echoed, late, "the backend got the body intact (chunked: {chunked})");
+    }
+
+    // A client (by header) over 5 requests in 10 s is blocked; others, and requests
+    // without the header, are not counted against it.
+    let ok =
+        |headers: &'static [(&'static str, &'static str)]| get_from(gw, "127.0.0.1", "shop.test", "/prod/ok", headers);
+    for _ in 0..5 {
+        assert_eq!(ok(&[("x-client", "a")]).await.status, 200);
+    }
+    let r = ok(&[("x-client", "a")]).await;
+    assert_eq!(r.status, 403);
+    assert!(blocked_by(&r).contains("`flood`"), "{}", blocked_by(&r));
+    assert_eq!(ok(&[("x-client", "b")]).await.status, 200);
+    for _ in 0..10 {
+        assert_eq!(ok(&[]).await.status, 200);
+    }
+
+    // Three failed authorizations from one address in 10 s are allowed, the fourth makes
+    // it a guesser: blocked everywhere on the API, while other addresses are not.
+    for _ in 0..4 {
+        assert_eq!(get_from(gw, "127.0.0.5", "shop.test", "/prod/login", &[]).await.status, 401);
+    }
+    let r = get_from(gw, "127.0.0.5", "shop.test", "/prod/ok", &[]).await;
+    assert_eq!(r.status, 403);
+    assert!(blocked_by(&r).contains("`guessing`"), "{}", blocked_by(&r));
+    assert_eq!(get_from(gw, "127.0.0.6", "shop.test", "/prod/ok", &[]).await.status, 200);
+    assert_eq!(waf_count(&node, "guessing").await, 1.0);
 }

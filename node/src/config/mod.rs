@@ -293,9 +293,14 @@ apis:
       rules:
         - { name: two, action: block, ip_in: [10.0.0.0/8], size_over: { part: uri, bytes: 10 } }
         - { name: re, action: block, pattern: { part: path, regex: "(" } }
-        - { name: body, action: count, pattern: { part: body, contains: x } }
+        - { name: body, action: count, pattern: { part: bodies, contains: x } }
         - { name: hdr, action: allow, pattern: { part: header, contains: x } }
         - { name: "bad name", action: block, ip_in: [10.0.0.0/8] }
+        - { name: allows, action: allow, rate_over: { count: 5, window: 10s, block_for: 1m } }
+        - { name: window, action: block, rate_over: { count: 5, window: 2h, block_for: 1m } }
+        - { name: forever, action: block, failed_auth_over: { count: 5, window: 10s, block_for: 48h } }
+        - { name: key, action: count, failed_auth_over: { count: 5, window: 10s, block_for: 1m, key: cookie } }
+        - { name: big, action: block, size_over: { part: body, bytes: 2000000 } }
     routes:
       - { route: GET /a, integration: { type: mock } }
     stages: [{ name: prod }]
@@ -308,6 +313,11 @@ apis:
             ("apis[0].waf.rules[2].pattern.part", 9),
             ("apis[0].waf.rules[3].pattern.name", 10),
             ("apis[0].waf.rules[4].name", 11),
+            ("apis[0].waf.rules[5].action", 12),
+            ("apis[0].waf.rules[6].rate_over.window", 13),
+            ("apis[0].waf.rules[7].failed_auth_over.block_for", 14),
+            ("apis[0].waf.rules[8].failed_auth_over.key", 15),
+            ("apis[0].waf.rules[9].size_over.bytes", 16),
         ] {
             assert!(e.iter().any(|x| x.field == field.0 && x.line == field.1), "no error for {field:?} in {e:#?}");
         }

@@ -259,6 +259,8 @@ pub struct WafDef {
     /// Proxies (CIDRs) whose `X-Forwarded-For` says who the client is.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// How much of a body `pattern` rules on the body look at (default 8192, at most 65536).
+    pub inspect_body_bytes: Option<u64>,
     #[serde(default)]
     pub rules: Vec<Spanned<WafRuleDef>>,
 }
@@ -279,6 +281,24 @@ pub struct WafRuleDef {
     pub pattern: Option<WafPatternDef>,
     /// Built-in signature sets: `sqli`, `xss`.
     pub signatures: Option<Vec<String>>,
+    /// A client makes more than a number of requests in a window.
+    pub rate_over: Option<WafRateDef>,
+    /// A client receives more than a number of 401 and 403 answers in a window.
+    pub failed_auth_over: Option<WafRateDef>,
+}
+
+/// A rate-based rule's limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafRateDef {
+    /// More than this many in `window` blocks the client.
+    pub count: u64,
+    /// `10s` to `1h`.
+    pub window: Spanned<String>,
+    /// How long the client stays blocked (at most 24h).
+    pub block_for: Spanned<String>,
+    /// `ip` (default) or `header:NAME`.
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -292,7 +312,7 @@ pub enum WafAction {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WafSizeDef {
-    /// `uri`, `query` or `headers`.
+    /// `uri`, `query`, `headers` or `body`.
     pub part: String,
     pub bytes: usize,
 }
@@ -300,7 +320,7 @@ pub struct WafSizeDef {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WafPatternDef {
-    /// `path`, `query`, `header` or `cookie` (the last three with `name`).
+    /// `path`, `query`, `header`, `cookie` (these three with `name`) or `body`.
     pub part: String,
     pub name: Option<String>,
     pub regex: Option<String>,

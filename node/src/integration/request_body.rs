@@ -53,6 +53,13 @@ impl RequestBody {
         RequestBody { inner: None, remaining: 0, limit: 0, buffered: (!bytes.is_empty()).then_some(bytes) }
     }
 
+    /// The `prefix` the stages read, then the rest of `incoming`; more than `limit` bytes in
+    /// all fails the stream with [`BodyTooLarge`].
+    pub fn prefixed(prefix: Bytes, incoming: Incoming, limit: u64) -> Self {
+        let remaining = limit.saturating_sub(prefix.len() as u64);
+        RequestBody { inner: Some(incoming), remaining, limit, buffered: (!prefix.is_empty()).then_some(prefix) }
+    }
+
     /// Streams `incoming`; more than `limit` bytes fails the stream with [`BodyTooLarge`].
     /// A declared `content-length` was checked against the limit already and hyper holds
     /// the body to it, so counting costs nothing there.

@@ -54,6 +54,9 @@ pub enum Period {
     Day,
     Week,
     Month,
+    /// Fixed windows of this many seconds, counted as a sliding window (the firewall's
+    /// rate-based rules). Zero counts as one.
+    Seconds(u32),
 }
 
 const DAY_MS: u64 = 86_400_000;
@@ -74,7 +77,16 @@ impl Period {
                 let next_start = crate::observe::time::days_from_civil(next_year, next_month, 1) as u64 * DAY_MS;
                 (index, next_start.saturating_sub(now_ms))
             }
+            Period::Seconds(n) => {
+                let length = u64::from(n.max(1)) * 1000;
+                (now_ms / length, length - now_ms % length)
+            }
         }
+    }
+
+    /// Whether this is a calendar quota period (whose finished windows are kept).
+    pub fn is_calendar(self) -> bool {
+        matches!(self, Period::Day | Period::Week | Period::Month)
     }
 
     pub fn name(self) -> &'static str {
@@ -83,6 +95,7 @@ impl Period {
             Period::Day => "day",
             Period::Week => "week",
             Period::Month => "month",
+            Period::Seconds(_) => "window",
         }
     }
 }
@@ -206,7 +219,7 @@ impl ScopeState {
         if window <= self.window {
             return;
         }
-        if self.period != Period::Second {
+        if self.period.is_calendar() {
             // Calendar scopes keep their finished windows, for usage reports.
             let previous = std::mem::take(&mut self.previous);
             if previous != GCounter::default() {
@@ -475,7 +488,7 @@ impl Limiter {
 
     /// Every slot of the quota scopes (day, week, month), to persist across restarts.
     pub fn quota_snapshot(&self) -> Vec<Observation> {
-        self.observations(|p| p != Period::Second)
+        self.observations(Period::is_calendar)
     }
 
     fn observations(&self, keep: impl Fn(Period) -> bool) -> Vec<Observation> {
@@ -537,7 +550,7 @@ impl Limiter {
                     Self::observe_span(&mut state.previous_spans, o);
                 }
                 state.previous.observe(o.node, o.value);
-            } else if state.period != Period::Second && o.window < state.window {
+            } else if state.period.is_calendar() && o.window < state.window {
                 state.history.entry(o.window).or_default().observe(o.node, o.value);
                 while state.history.len() > HISTORY_WINDOWS {
                     state.history.pop_first();
@@ -551,6 +564,46 @@ impl Limiter {
         if let Some(span) = o.span.filter(|s| s.first_ms <= s.last_ms) {
             spans.insert(o.node, span);
         }
+    }
+
+    /// Counts one event of `scope`, whose windows are `period` long, and returns the
+    /// cluster-wide count over the sliding window ending now, this event included: the
+    /// previous window's count in proportion to how much of it the sliding window still
+    /// covers, plus the current one's. Events are counted whatever the count; the caller
+    /// decides what too many means.
+    pub fn record(&self, scope: &Arc<str>, period: Period, now_unix_ms: u64) -> f64 {
+        self.sliding(scope, period, now_unix_ms, true)
+    }
+
+    /// [`Limiter::record`] without counting anything (`meridian explain`, and checks of
+    /// counts that other events raise).
+    pub fn sliding_count(&self, scope: &Arc<str>, period: Period, now_unix_ms: u64) -> f64 {
+        self.sliding(scope, period, now_unix_ms, false)
+    }
+
+    fn sliding(&self, scope: &Arc<str>, period: Period, now_unix_ms: u64, count: bool) -> f64 {
+        let me = self.me.load(Ordering::Relaxed);
+        let (window, left_ms) = period.window(now_unix_ms);
+        let length_ms = match period {
+            Period::Seconds(n) => u64::from(n.max(1)) * 1000,
+            _ => 1000,
+        };
+        let mut shard = self.shard(scope).lock().unwrap_or_else(|p| p.into_inner());
+        if !count && !shard.contains_key(scope) {
+            return 0.0;
+        }
+        let now = Instant::now();
+        let state = self.entry(&mut shard, scope, window, now);
+        state.period = period;
+        state.rotate(window);
+        if count {
+            state.last_used = now;
+            state.current.increment(me, 1);
+            state.unsent += 1;
+            state.dirty = true;
+        }
+        let covered = left_ms as f64 / length_ms as f64;
+        state.previous.value() as f64 * covered + state.current.value() as f64
     }
 
     /// The cluster-wide count of `scope` in window `window`, if this node tracks it.
@@ -609,6 +662,35 @@ mod tests {
                 ok
             })
             .count()
+    }
+
+    #[test]
+    fn sliding_counts_add_up_across_nodes_and_fade_with_the_window() {
+        let a = Limiter::new(1, 1000);
+        let b = Limiter::new(2, 1000);
+        let scope: Arc<str> = Arc::from("waf:api:flood:10.0.0.1");
+        let minute = Period::Seconds(60);
+        // At the start of a window: 3 events on a, 2 on b, then one gossip round each way.
+        let start = 60_000 * 1000;
+        for _ in 0..3 {
+            a.record(&scope, minute, start);
+        }
+        for _ in 0..2 {
+            b.record(&scope, minute, start + 10);
+        }
+        b.merge(1, &a.take_deltas());
+        a.merge(2, &b.take_deltas());
+        assert_eq!(a.sliding_count(&scope, minute, start + 20), 5.0);
+        assert_eq!(b.record(&scope, minute, start + 20), 6.0);
+        // Half-way through the next window, half of the previous one still counts.
+        a.merge(2, &b.take_deltas());
+        assert_eq!(a.sliding_count(&scope, minute, start + 90_000), 3.0);
+        // Two windows on, nothing does; and looking never creates a scope.
+        assert_eq!(a.sliding_count(&scope, minute, start + 120_000), 0.0);
+        assert_eq!(a.sliding_count(&Arc::from("unseen"), minute, start), 0.0);
+        assert_eq!(a.count("unseen", 0), None);
+        // Windows of zero seconds count as one second, never a division by zero.
+        assert_eq!(a.record(&Arc::from("zero"), Period::Seconds(0), start), 1.0);
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! refused with 413 before anything is sent upstream; a body without a declared length is
 //! counted as it streams ([`RequestBody::limited`]) and fails at the limit, which the
 //! pipeline answers with the same 413; a body a stage reads is buffered up to the smaller
-//! of the stage's need and the limit.
+//! of the stage's need and the limit, or only its first bytes when a stage inspects a prefix.
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http::header::CONTENT_LENGTH;
 use http::request::Parts;
+use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -47,16 +48,39 @@ impl BodyLimit {
         RequestBody::limited(body, self.max_bytes)
     }
 
+    /// Reads at least the first `need` bytes of the body (all of it when shorter), for the
+    /// stages that inspect a prefix; what is left of the body, if anything, comes back to
+    /// stream upstream after it.
+    pub async fn read_prefix(&self, mut body: Incoming, need: u64) -> Result<(Bytes, Option<Incoming>), Rejection> {
+        let mut buffer = BytesMut::new();
+        while (buffer.len() as u64) < need {
+            let Some(frame) = body.frame().await else {
+                return Ok((buffer.freeze(), None));
+            };
+            let frame = frame.map_err(|_| Self::malformed())?;
+            if let Ok(data) = frame.into_data() {
+                if (buffer.len() + data.len()) as u64 > self.max_bytes {
+                    return Err(Self::exceeded(self.max_bytes));
+                }
+                buffer.extend_from_slice(&data);
+            }
+        }
+        let rest = (!body.is_end_stream()).then_some(body);
+        Ok((buffer.freeze(), rest))
+    }
+
+    fn malformed() -> Rejection {
+        Rejection::new(StatusCode::BAD_REQUEST, "the request body is malformed or incomplete")
+            .with_reason("client body error")
+    }
+
     /// Reads the whole body for the stages that need it, up to `need` (and never more than
     /// the limit).
     pub async fn buffer(&self, mut body: Incoming, need: u64) -> Result<Bytes, Rejection> {
         let limit = need.min(self.max_bytes);
         let mut buffer = BytesMut::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| {
-                Rejection::new(StatusCode::BAD_REQUEST, "the request body is malformed or incomplete")
-                    .with_reason("client body error")
-            })?;
+            let frame = frame.map_err(|_| Self::malformed())?;
             if let Ok(data) = frame.into_data() {
                 if (buffer.len() + data.len()) as u64 > limit {
                     return Err(Self::exceeded(limit));

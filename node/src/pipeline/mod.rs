@@ -46,7 +46,8 @@ use crate::integration::{Integration, ProxyIntegration, UpstreamError};
 use crate::limits::limiter::Limiter;
 use crate::observe::access_log::AccessLog;
 use crate::observe::completion::{Completion, ObservedBody, RouteObserver};
-use crate::stages::{Chain, Exchange, Flow, Services, StagedBody, Stop};
+use crate::stages::waf::Blocklist;
+use crate::stages::{BodyNeed, Chain, Exchange, Flow, Services, StagedBody, Stop};
 use body_limit::BodyLimit;
 
 /// What the pipeline knows about the client connection, prepared once per connection.
@@ -70,6 +71,8 @@ pub struct Pipeline {
     upstreams: Arc<Upstreams>,
     /// JWKS key sets and authorizer caches, kept across reloads.
     authorizers: Authorizers,
+    /// Clients the firewall's rate-based rules block, kept across reloads.
+    blocks: Blocklist,
     body_limit: BodyLimit,
     /// HTTP/1.1 heads are held to it by hyper; HTTP/2 heads here.
     max_headers: usize,
@@ -131,6 +134,18 @@ enum Call<'t> {
 enum ClientBody {
     Streaming(Incoming),
     Read(Bytes),
+    /// The first bytes were read for the stages; the rest streams after them.
+    Prefixed(Bytes, Incoming),
+}
+
+impl ClientBody {
+    /// What was read of the body for the stages.
+    fn read(&self) -> Option<&Bytes> {
+        match self {
+            ClientBody::Streaming(_) => None,
+            ClientBody::Read(bytes) | ClientBody::Prefixed(bytes, _) => Some(bytes),
+        }
+    }
 }
 
 impl Pipeline {
@@ -145,6 +160,7 @@ impl Pipeline {
             table,
             limiter,
             authorizers: Authorizers::new(upstreams.clone()),
+            blocks: Blocklist::default(),
             upstreams,
             body_limit: BodyLimit { max_bytes: limits.max_body_bytes },
             max_headers: limits.max_headers,
@@ -162,13 +178,14 @@ impl Pipeline {
         let uri = request.uri().clone();
         let version = request.version();
         let table = self.table.load_full();
+        let services = self.services(&table, false);
         let mut exchange = Exchange::new(request_id.clone(), conn.client.ip());
-        let served = self.serve(&table, request, conn, &mut exchange).await;
+        let served = self.serve(&table, &services, request, conn, &mut exchange).await;
         let (mut parts, mut body) = served.response.into_parts();
         parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
         if let Some(chain) = served.chain {
             exchange.status = Some(parts.status);
-            chain.response_head(&mut parts, &mut exchange);
+            chain.response_head(&mut parts, &mut exchange, &services);
             if chain.follows_response_body() {
                 body = ResponseBody::Wrapped(Box::pin(StagedBody::new(body, chain.clone(), exchange)));
             }
@@ -190,9 +207,22 @@ impl Pipeline {
         Response::from_parts(parts, ObservedBody::new(body, completion))
     }
 
+    /// What the stages of a request on `table` enforce their policy with.
+    fn services<'a>(&'a self, table: &'a RoutingTable, dry_run: bool) -> Services<'a> {
+        Services {
+            limiter: &self.limiter,
+            keys: &table.keys,
+            credentials: &table.credentials,
+            authorizers: &self.authorizers,
+            blocks: &self.blocks,
+            dry_run,
+        }
+    }
+
     async fn serve<'t>(
         &self,
         table: &'t RoutingTable,
+        services: &Services<'_>,
         request: Request<Incoming>,
         conn: &ConnInfo,
         exchange: &mut Exchange,
@@ -230,26 +260,30 @@ impl Pipeline {
         if let Err(r) = self.body_limit.check_declared(&parts) {
             return Served::rejected(r, &request_id, target);
         }
-        let services = Services {
-            limiter: &self.limiter,
-            keys: &table.keys,
-            credentials: &table.credentials,
-            authorizers: &self.authorizers,
-        };
-        if let Flow::Stop(stop) = target.chain.request_head(&mut parts, exchange, &services).await {
+        if let Flow::Stop(stop) = target.chain.request_head(&mut parts, exchange, services).await {
             return Served::stopped(stop, &request_id, target);
         }
-        let body = match target.chain.body_limit(&parts) {
+        let body = match target.chain.body_need(&parts) {
             None => ClientBody::Streaming(body),
-            Some(need) => match self.body_limit.buffer(body, need).await {
-                Ok(bytes) => {
-                    if let Flow::Stop(stop) = target.chain.request_body(&parts, &bytes, exchange) {
-                        return Served::stopped(stop, &request_id, target);
-                    }
-                    ClientBody::Read(bytes)
+            Some(need) => {
+                let read = match need {
+                    BodyNeed::Whole(limit) => self.body_limit.buffer(body, limit).await.map(ClientBody::Read),
+                    BodyNeed::Prefix(bytes) => self.body_limit.read_prefix(body, bytes).await.map(|read| match read {
+                        (prefix, Some(rest)) => ClientBody::Prefixed(prefix, rest),
+                        (whole, None) => ClientBody::Read(whole),
+                    }),
+                };
+                let read = match read {
+                    Ok(read) => read,
+                    Err(r) => return Served::rejected(r, &request_id, target),
+                };
+                if let Some(bytes) = read.read()
+                    && let Flow::Stop(stop) = target.chain.request_body(&parts, bytes, exchange, services)
+                {
+                    return Served::stopped(stop, &request_id, target);
                 }
-                Err(r) => return Served::rejected(r, &request_id, target),
-            },
+                read
+            }
         };
         let (proxy, uri) = match call {
             Call::Proxy(proxy, uri) => (proxy, uri),
@@ -273,6 +307,7 @@ impl Pipeline {
         let body = match body {
             ClientBody::Streaming(incoming) => self.body_limit.stream(incoming),
             ClientBody::Read(bytes) => RequestBody::buffered(bytes),
+            ClientBody::Prefixed(prefix, rest) => RequestBody::prefixed(prefix, rest, self.body_limit.max_bytes),
         };
         self.call_upstream(proxy, Request::from_parts(parts, body), client_upgrade, target, &request_id).await
     }

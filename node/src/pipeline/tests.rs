@@ -24,7 +24,7 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::completion::RouteObserver;
 use crate::rejection::Rejection;
 use crate::router::{Router, parse_route_key};
-use crate::stages::{Chain, Exchange, Flow, Phases, Services, Stage, Step, Stop};
+use crate::stages::{BodyNeed, Chain, Exchange, Flow, Phases, Services, Stage, Step, Stop};
 
 type Journal = Arc<Mutex<Vec<String>>>;
 
@@ -70,11 +70,11 @@ impl Stage for Recorder {
         }
     }
 
-    fn body_limit(&self, _: &request::Parts) -> Option<u64> {
-        self.reads_body.then_some(1024)
+    fn body_need(&self, _: &request::Parts) -> Option<BodyNeed> {
+        self.reads_body.then_some(BodyNeed::Whole(1024))
     }
 
-    fn request_body(&self, _: &request::Parts, body: &Bytes, _: &mut Exchange) -> Flow {
+    fn request_body(&self, _: &request::Parts, body: &Bytes, _: &mut Exchange, _: &Services<'_>) -> Flow {
         self.note(format!("request body {}", String::from_utf8_lossy(body)));
         Flow::Continue
     }
@@ -84,7 +84,7 @@ impl Stage for Recorder {
         head.headers.append("x-stage", http::HeaderValue::from_static(self.name));
     }
 
-    fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange) {
+    fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange, _: &Services<'_>) {
         self.note(format!("response head {}", head.status.as_u16()));
         assert_eq!(exchange.status, Some(head.status));
         head.headers.append("x-seen-by", http::HeaderValue::from_static(self.name));

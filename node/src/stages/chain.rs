@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{request, response};
 use http_body::{Body, Frame, SizeHint};
 
-use super::{Exchange, Flow, Phases, Services, Stage, Step};
+use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step};
 use crate::body::{BoxError, ResponseBody};
 
 /// The stages of one route, by phase. Built once per configuration revision.
@@ -71,22 +71,41 @@ impl Chain {
         Flow::Continue
     }
 
-    /// The most body bytes the request-body stages need for this request, or `None` when
-    /// none of them reads it (the body then streams upstream untouched).
-    pub fn body_limit(&self, head: &request::Parts) -> Option<u64> {
-        self.request_body.iter().filter_map(|s| s.body_limit(head)).max()
+    /// How much of this request's body the request-body stages read together, or `None`
+    /// when none of them reads it (the body then streams upstream untouched). A stage that
+    /// needs the whole body makes it read whole (a prefix is part of it); otherwise the
+    /// longest prefix asked for is read.
+    pub fn body_need(&self, head: &request::Parts) -> Option<BodyNeed> {
+        self.request_body.iter().filter_map(|s| s.body_need(head)).reduce(|a, b| match (a, b) {
+            (BodyNeed::Whole(x), BodyNeed::Whole(y)) => BodyNeed::Whole(x.max(y)),
+            (BodyNeed::Prefix(x), BodyNeed::Prefix(y)) => BodyNeed::Prefix(x.max(y)),
+            (whole @ BodyNeed::Whole(_), BodyNeed::Prefix(_)) | (BodyNeed::Prefix(_), whole @ BodyNeed::Whole(_)) => {
+                whole
+            }
+        })
     }
 
-    /// Runs the request-body phase over the buffered body.
-    pub fn request_body(&self, head: &request::Parts, body: &Bytes, exchange: &mut Exchange) -> Flow {
+    /// Runs the request-body phase over the body read for it.
+    pub fn request_body(
+        &self,
+        head: &request::Parts,
+        body: &Bytes,
+        exchange: &mut Exchange,
+        services: &Services<'_>,
+    ) -> Flow {
         for stage in &self.request_body {
-            if stage.body_limit(head).is_some()
-                && let Flow::Stop(stop) = stage.request_body(head, body, exchange)
+            if stage.body_need(head).is_some()
+                && let Flow::Stop(stop) = stage.request_body(head, body, exchange, services)
             {
                 return Flow::Stop(stop);
             }
         }
         Flow::Continue
+    }
+
+    /// The request-head stages, in order (for explaining a request stage by stage).
+    pub fn request_head_stages(&self) -> &[Arc<dyn Stage>] {
+        &self.request_head
     }
 
     pub fn upstream_request(&self, head: &mut request::Parts, exchange: &mut Exchange) {
@@ -95,9 +114,9 @@ impl Chain {
         }
     }
 
-    pub fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange) {
+    pub fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange, services: &Services<'_>) {
         for stage in &self.response_head {
-            stage.response_head(head, exchange);
+            stage.response_head(head, exchange, services);
         }
     }
 

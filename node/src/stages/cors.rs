@@ -198,7 +198,7 @@ impl Stage for Cors {
         Flow::Continue.into()
     }
 
-    fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange) {
+    fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange, _: &Services<'_>) {
         if exchange.extensions.get::<AnsweredPreflight>().is_some() {
             // Complete already, with its own `Vary`.
             return;

@@ -43,8 +43,9 @@ use std::ops::BitOr;
 use std::pin::Pin;
 
 use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request;
-use http::{HeaderValue, Response, StatusCode, response};
+use http::{HeaderValue, Response, StatusCode, Version, response};
 
 pub use chain::{Chain, StagedBody};
 
@@ -147,22 +148,65 @@ pub struct Exchange {
     pub status: Option<StatusCode>,
     /// Whatever stages keep for their later phases, by type.
     pub extensions: http::Extensions,
+    /// What stages found, when the request is being explained (`meridian explain request`).
+    notes: Option<Vec<String>>,
 }
 
 impl Exchange {
     pub fn new(request_id: HeaderValue, client: IpAddr) -> Self {
-        Exchange { request_id, client, status: None, extensions: http::Extensions::new() }
+        Exchange { request_id, client, status: None, extensions: http::Extensions::new(), notes: None }
+    }
+
+    /// An exchange that keeps the stages' notes, for explaining a request.
+    pub fn explained(request_id: HeaderValue, client: IpAddr) -> Self {
+        Exchange { notes: Some(Vec::new()), ..Exchange::new(request_id, client) }
+    }
+
+    /// Records what a stage found, when the request is being explained; costs nothing
+    /// otherwise.
+    pub fn note(&mut self, note: impl FnOnce() -> String) {
+        if let Some(notes) = &mut self.notes {
+            notes.push(note());
+        }
+    }
+
+    /// The notes recorded since the last call.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        self.notes.as_mut().map(std::mem::take).unwrap_or_default()
     }
 }
 
-/// What request-side phases enforce their policy with: the node's shared services and the
-/// data of the configuration revision the request started on.
+/// How much of a request body a stage reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyNeed {
+    /// All of it, up to this many bytes; a longer body is refused with 413.
+    Whole(u64),
+    /// The first this many bytes (fewer if the body is shorter); the rest streams upstream
+    /// unread, and a longer body is not refused for it.
+    Prefix(u64),
+}
+
+/// Whether a request may carry a body: a non-zero `Content-Length`, a chunked body, or an
+/// HTTP/2 request (whose end of stream is the only sign).
+pub fn may_have_body(head: &request::Parts) -> bool {
+    match head.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        Some(length) => length > 0,
+        None => head.headers.contains_key(TRANSFER_ENCODING) || head.version == Version::HTTP_2,
+    }
+}
+
+/// What stages enforce their policy with: the node's shared services and the data of the
+/// configuration revision the request started on.
 #[derive(Debug, Clone, Copy)]
 pub struct Services<'r> {
     pub limiter: &'r Limiter,
     pub keys: &'r api_key::KeyRing,
     pub credentials: &'r signed_request::Credentials,
     pub authorizers: &'r Authorizers,
+    pub blocks: &'r waf::Blocklist,
+    /// The request is only being explained: stages decide as they would, but count,
+    /// record and block nothing.
+    pub dry_run: bool,
 }
 
 /// One step of a route's request path. Every phase has a default that does nothing; a stage
@@ -184,14 +228,21 @@ pub trait Stage: Send + Sync + fmt::Debug + 'static {
         Step::Done(Flow::Continue)
     }
 
-    /// For [`Phases::REQUEST_BODY`] stages: whether this request's body is needed, and the
-    /// most bytes it may have (more is refused with 413). `None` lets the body stream.
-    fn body_limit(&self, _head: &request::Parts) -> Option<u64> {
+    /// For [`Phases::REQUEST_BODY`] stages: whether this request's body is needed, and how
+    /// much of it. `None` lets the body stream.
+    fn body_need(&self, _head: &request::Parts) -> Option<BodyNeed> {
         None
     }
 
-    /// The whole request body, for stages whose [`Stage::body_limit`] asked for it.
-    fn request_body(&self, _head: &request::Parts, _body: &Bytes, _exchange: &mut Exchange) -> Flow {
+    /// The request body as [`Stage::body_need`] asked for it: the whole body, or at least
+    /// the asked prefix of it (the whole body when it is shorter).
+    fn request_body(
+        &self,
+        _head: &request::Parts,
+        _body: &Bytes,
+        _exchange: &mut Exchange,
+        _services: &Services<'_>,
+    ) -> Flow {
         Flow::Continue
     }
 
@@ -199,7 +250,7 @@ pub trait Stage: Send + Sync + fmt::Debug + 'static {
     fn upstream_request(&self, _head: &mut request::Parts, _exchange: &mut Exchange) {}
 
     /// The response head, whatever produced it: the integration, a rejection or an answer.
-    fn response_head(&self, _head: &mut response::Parts, _exchange: &mut Exchange) {}
+    fn response_head(&self, _head: &mut response::Parts, _exchange: &mut Exchange, _services: &Services<'_>) {}
 
     /// Each chunk of the response body as it streams; `end_of_stream` on the last call. A
     /// stage may replace the chunk (`None` sends nothing for it).

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING, WWW_AUTHENTICATE};
+use http::header::WWW_AUTHENTICATE;
 use http::request::Parts;
-use http::{HeaderValue, StatusCode, Version};
+use http::{HeaderValue, StatusCode};
 use ring::hmac;
 
-use super::{Exchange, Flow, Phases, Services, Stage, Step};
+use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, may_have_body};
 use crate::authorizers::AuthorizerContext;
 use crate::digest::{constant_time_eq, sha256_hex};
 use crate::rejection::Rejection;
@@ -92,13 +92,6 @@ fn forbidden(message: impl Into<std::borrow::Cow<'static, str>>, reason: &'stati
 }
 
 /// Whether a request may have a body (HTTP/1.1 says so in its head; HTTP/2 may not).
-fn may_have_body(head: &Parts) -> bool {
-    match head.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        Some(length) => length > 0,
-        None => head.headers.contains_key(TRANSFER_ENCODING) || head.version == Version::HTTP_2,
-    }
-}
-
 fn declared_hash(head: &Parts) -> Option<&str> {
     head.headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok())
 }
@@ -252,16 +245,16 @@ impl Stage for SignedRequestCheck {
         }
     }
 
-    fn body_limit(&self, head: &Parts) -> Option<u64> {
+    fn body_need(&self, head: &Parts) -> Option<BodyNeed> {
         let signed_body = match declared_hash(head) {
             Some(UNSIGNED_PAYLOAD) => false,
             Some(_) => true,
             None => !head.uri.query().unwrap_or("").contains("X-Amz-Signature="),
         };
-        (signed_body && may_have_body(head)).then_some(MAX_SIGNED_BODY)
+        (signed_body && may_have_body(head)).then_some(BodyNeed::Whole(MAX_SIGNED_BODY))
     }
 
-    fn request_body(&self, head: &Parts, body: &Bytes, exchange: &mut Exchange) -> Flow {
+    fn request_body(&self, head: &Parts, body: &Bytes, exchange: &mut Exchange, _: &Services<'_>) -> Flow {
         let Some(awaiting) = exchange.extensions.remove::<Arc<AwaitingBody>>() else {
             // Verified from the head already.
             return Flow::Continue;

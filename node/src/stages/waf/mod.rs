@@ -1,33 +1,44 @@
 //! The web application firewall: an API's ordered rules, each matching something about a
 //! request and saying `block`, `allow` or `count`.
 //!
-//! Rules run in order on the request head. The first `block` that matches refuses the
-//! request with 403 and a JSON message naming the rule; the first `allow` that matches ends
-//! the evaluation (later rules are not consulted); a `count` rule only counts and logs, so a
-//! rule can be tried on real traffic before it is enforced. Every match is counted in
+//! Rules run in order. The first `block` that matches refuses the request with 403 and a
+//! JSON message naming the rule; the first `allow` that matches ends the evaluation (later
+//! rules are not consulted); a `count` rule only counts and logs, so a rule can be tried on
+//! real traffic before it is enforced. Every match is counted in
 //! `meridian_waf_matches_total{api, rule, action}`.
 //!
-//! What a rule can match here: the client address in or outside CIDR sets, the size of the
-//! URI, query or headers, and patterns (a regex or a literal) in the path, a query
-//! parameter, a header or a cookie. The client address is the connection's, or, when the
-//! connection comes from one of `trusted_proxies`, the last address in `X-Forwarded-For`
-//! that is not itself a trusted proxy: a client cannot choose its address by sending the
-//! header.
+//! What a rule can match: the client address in or outside CIDR sets, the size of the URI,
+//! query, headers or body, patterns (a regex or a literal) in the path, a query parameter,
+//! a header, a cookie or the body, the built-in signature sets, and rates ([`rate`]: too
+//! many requests, or too many 401 and 403 answers, from one client across the cluster).
+//! Rules run on the request head until the first rule that needs the body; the rest run in
+//! the request-body phase on the body's first `inspect_body_bytes` (the rest of a longer
+//! body streams upstream uninspected). The client address is the connection's, or, when
+//! the connection comes from one of `trusted_proxies`, the last address in
+//! `X-Forwarded-For` that is not itself a trusted proxy: a client cannot choose its address
+//! by sending the header.
 
+pub mod rate;
 pub mod signatures;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::StatusCode;
 use http::header::COOKIE;
 use http::request::Parts;
+use http::response;
 use meridian_dns::net::Cidr;
 use metrics::Counter;
 use regex::Regex;
 
-use super::{Exchange, Phases, Services, Stage, Step};
+use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, may_have_body};
+use crate::limits::limiter::Period;
+use crate::pipeline::body_limit::BodyLimit;
 use crate::rejection::Rejection;
+pub use rate::{Blocklist, Counted, RateKey, RateRule};
 pub use signatures::Signatures;
 
 /// What a rule does when it matches.
@@ -44,6 +55,8 @@ pub enum SizedPart {
     Uri,
     Query,
     Headers,
+    /// The body: its declared `Content-Length`, or what arrives of it.
+    Body,
 }
 
 /// Where a pattern looks.
@@ -54,6 +67,8 @@ pub enum PatternPart {
     Query(String),
     Header(http::HeaderName),
     Cookie(String),
+    /// The first `inspect_body_bytes` of the body.
+    Body,
 }
 
 /// A regex or a literal.
@@ -91,7 +106,37 @@ pub enum Condition {
     /// A built-in signature set matches the path, a query parameter, a cookie, or the
     /// `User-Agent` or `Referer` header.
     Signatures(Vec<Signatures>),
+    /// The client is over a rate-based rule's limit (or blocked for having been).
+    Rate(RateRule),
 }
+
+/// What a rule looks at: the request head, the client as far as it can be trusted, and
+/// the inspected part of the body once it has been read.
+struct Subject<'r> {
+    head: &'r Parts,
+    client: IpAddr,
+    body: Option<&'r [u8]>,
+}
+
+/// What evaluating the rules decided.
+enum Verdict {
+    Pass,
+    Blocked(Rejection),
+    /// Rule `.0` needs the body: evaluation goes on from there in the request-body phase.
+    NeedsBody(usize),
+}
+
+/// Where evaluation stopped for the body, kept in the exchange between the phases.
+#[derive(Debug, Clone, Copy)]
+struct AwaitingBody {
+    next: usize,
+    client: IpAddr,
+}
+
+/// The counters of failed-authorization rules this request counts in when its answer is
+/// a 401 or 403.
+#[derive(Debug, Clone, Default)]
+struct FailureScopes(Vec<(Arc<str>, Period)>);
 
 /// The values the signature sets inspect.
 fn inspected(head: &Parts) -> impl Iterator<Item = String> + '_ {
@@ -124,6 +169,8 @@ pub struct Rule {
 pub struct Firewall {
     pub rules: Vec<Rule>,
     pub trusted_proxies: Vec<Cidr>,
+    /// How much of a body the body patterns look at.
+    pub inspect_body_bytes: u64,
 }
 
 /// The firewall stage of one route.
@@ -157,43 +204,123 @@ impl Firewall {
         client
     }
 
-    fn evaluate(&self, head: &Parts, client: IpAddr) -> Result<(), Rejection> {
-        for rule in &self.rules {
-            if !rule.condition.matches(head, client) {
+    /// How many bytes of a body the rules read (`None` when no rule looks at bodies).
+    fn body_need(&self) -> Option<u64> {
+        self.rules
+            .iter()
+            .filter_map(|rule| match &rule.condition {
+                Condition::Pattern { part: PatternPart::Body, .. } => Some(self.inspect_body_bytes),
+                Condition::Size { part: SizedPart::Body, over } => Some(*over as u64 + 1),
+                _ => None,
+            })
+            .max()
+    }
+
+    /// Whether a rule counts 401 and 403 answers.
+    fn counts_failures(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(&r.condition, Condition::Rate(rate) if rate.counted == Counted::FailedAuthorizations))
+    }
+
+    /// Runs the rules from `from` on.
+    fn evaluate(&self, from: usize, subject: &Subject, exchange: &mut Exchange, services: &Services) -> Verdict {
+        for (index, rule) in self.rules.iter().enumerate().skip(from) {
+            let matched = match &rule.condition {
+                Condition::Rate(rate) => rule.rate_matches(rate, subject, exchange, services),
+                condition => match condition.matches(subject, self.inspect_body_bytes) {
+                    Some(matched) => matched,
+                    None => return Verdict::NeedsBody(index),
+                },
+            };
+            if !matched {
                 continue;
             }
-            rule.matches.increment(1);
+            exchange.note(|| format!("waf rule `{}` matched ({})", rule.name, rule.action.name()));
+            if services.dry_run {
+                // Explaining: what the rule would do, without counting or logging it.
+            } else {
+                rule.matches.increment(1);
+            }
             match rule.action {
                 Action::Count => {
-                    tracing::info!(rule = %rule.name, %client, path = head.uri.path(), "waf rule matched (count)")
+                    if !services.dry_run {
+                        tracing::info!(rule = %rule.name, client = %subject.client, path = subject.head.uri.path(), "waf rule matched (count)")
+                    }
                 }
-                Action::Allow => return Ok(()),
+                Action::Allow => return Verdict::Pass,
                 Action::Block => {
-                    return Err(Rejection::new(
-                        StatusCode::FORBIDDEN,
-                        format!("the request was blocked by the firewall rule `{}`", rule.name),
-                    )
-                    .with_reason(format!("waf rule {}", rule.name)));
+                    return Verdict::Blocked(
+                        Rejection::new(
+                            StatusCode::FORBIDDEN,
+                            format!("the request was blocked by the firewall rule `{}`", rule.name),
+                        )
+                        .with_reason(format!("waf rule {}", rule.name)),
+                    );
                 }
             }
         }
-        Ok(())
+        Verdict::Pass
+    }
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Block => "block",
+            Action::Allow => "allow",
+            Action::Count => "count",
+        }
+    }
+}
+
+impl Rule {
+    /// Whether the client is over `rate`'s limit, counting this request where the rule
+    /// counts requests, and blocking the client when the rule blocks. A rule that counts
+    /// failed authorizations notes its counter, for the response to count in.
+    fn rate_matches(&self, rate: &RateRule, subject: &Subject, exchange: &mut Exchange, services: &Services) -> bool {
+        let Some(scope) = rate.scope(subject.head, subject.client) else { return false };
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let over = rate.over_limit(services.limiter, &scope, now_ms, services.dry_run);
+        let now = Instant::now();
+        let blocked = services.blocks.blocks(&scope, now);
+        if rate.counted == Counted::FailedAuthorizations && !services.dry_run {
+            exchange.extensions.get_or_insert_default::<FailureScopes>().0.push((scope.clone(), rate.window));
+        }
+        if over && !blocked && self.action == Action::Block && !services.dry_run {
+            tracing::warn!(rule = %self.name, client = %subject.client, block_for = ?rate.block_for, "waf rate rule blocks a client");
+            services.blocks.block(scope, now, rate.block_for);
+        }
+        over || blocked
     }
 }
 
 impl Condition {
-    fn matches(&self, head: &Parts, client: IpAddr) -> bool {
-        match self {
-            Condition::Address { cidrs, inside } => cidrs.iter().any(|c| c.contains(client)) == *inside,
+    /// Whether the condition holds; `None` when it needs the body and it has not been read.
+    /// Rate conditions are the firewall's to evaluate.
+    fn matches(&self, subject: &Subject, inspect_body_bytes: u64) -> Option<bool> {
+        let head = subject.head;
+        let matched = match self {
+            Condition::Address { cidrs, inside } => cidrs.iter().any(|c| c.contains(subject.client)) == *inside,
             Condition::Size { part, over } => {
                 let size = match part {
                     SizedPart::Uri => head.uri.path().len() + head.uri.query().map_or(0, |q| q.len() + 1),
                     SizedPart::Query => head.uri.query().map_or(0, str::len),
                     SizedPart::Headers => head.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum(),
+                    SizedPart::Body => match BodyLimit::declared_length(head) {
+                        Some(length) => usize::try_from(length).unwrap_or(usize::MAX),
+                        None => subject.body?.len(),
+                    },
                 };
                 size > *over
             }
             Condition::Signatures(sets) => inspected(head).any(|value| sets.iter().any(|s| s.matches(&value))),
+            Condition::Rate(_) => false,
+            Condition::Pattern { part: PatternPart::Body, pattern } => {
+                let body = subject.body?;
+                let inspected = &body[..body.len().min(usize::try_from(inspect_body_bytes).unwrap_or(usize::MAX))];
+                pattern.matches(&String::from_utf8_lossy(inspected))
+            }
             Condition::Pattern { part, pattern } => match part {
                 PatternPart::Path => {
                     pattern.matches(head.uri.path()) || pattern.matches(&crate::query::percent_decode(head.uri.path()))
@@ -212,7 +339,23 @@ impl Condition {
                     .flat_map(|v| v.split(';'))
                     .filter_map(|c| c.trim().split_once('='))
                     .any(|(k, v)| k == name && pattern.matches(v)),
+                PatternPart::Body => false,
             },
+        };
+        Some(matched)
+    }
+}
+
+impl WafCheck {
+    /// Acts on what the rules decided.
+    fn settle(&self, verdict: Verdict, client: IpAddr, exchange: &mut Exchange) -> Flow {
+        match verdict {
+            Verdict::Pass => Flow::Continue,
+            Verdict::Blocked(rejection) => rejection.into(),
+            Verdict::NeedsBody(next) => {
+                exchange.extensions.insert(AwaitingBody { next, client });
+                Flow::Continue
+            }
         }
     }
 }
@@ -223,12 +366,51 @@ impl Stage for WafCheck {
     }
 
     fn phases(&self) -> Phases {
-        Phases::REQUEST_HEAD
+        let mut phases = Phases::REQUEST_HEAD;
+        if self.firewall.body_need().is_some() {
+            phases = phases | Phases::REQUEST_BODY;
+        }
+        if self.firewall.counts_failures() {
+            phases = phases | Phases::RESPONSE_HEAD;
+        }
+        phases
     }
 
-    fn request_head<'a>(&'a self, head: &'a mut Parts, exchange: &'a mut Exchange, _: &'a Services<'a>) -> Step<'a> {
+    fn request_head<'a>(
+        &'a self,
+        head: &'a mut Parts,
+        exchange: &'a mut Exchange,
+        services: &'a Services<'a>,
+    ) -> Step<'a> {
         let client = self.firewall.client(head, exchange.client);
-        self.firewall.evaluate(head, client).into()
+        // A request that cannot have a body has an empty one: nothing to wait for.
+        let body: Option<&[u8]> = if may_have_body(head) { None } else { Some(&[]) };
+        let verdict = self.firewall.evaluate(0, &Subject { head, client, body }, exchange, services);
+        self.settle(verdict, client, exchange).into()
+    }
+
+    fn body_need(&self, head: &Parts) -> Option<BodyNeed> {
+        self.firewall.body_need().filter(|_| may_have_body(head)).map(BodyNeed::Prefix)
+    }
+
+    fn request_body(&self, head: &Parts, body: &Bytes, exchange: &mut Exchange, services: &Services<'_>) -> Flow {
+        let Some(AwaitingBody { next, client }) = exchange.extensions.remove::<AwaitingBody>() else {
+            // Decided on the head already.
+            return Flow::Continue;
+        };
+        let verdict = self.firewall.evaluate(next, &Subject { head, client, body: Some(body) }, exchange, services);
+        self.settle(verdict, client, exchange)
+    }
+
+    fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange, services: &Services<'_>) {
+        if !matches!(head.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) || services.dry_run {
+            return;
+        }
+        let Some(FailureScopes(scopes)) = exchange.extensions.remove::<FailureScopes>() else { return };
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        for (scope, window) in &scopes {
+            services.limiter.record(scope, *window, now_ms);
+        }
     }
 }
 
@@ -237,7 +419,11 @@ mod tests {
     use super::*;
 
     fn firewall(trusted: &[&str]) -> Firewall {
-        Firewall { rules: Vec::new(), trusted_proxies: trusted.iter().map(|c| c.parse().unwrap()).collect() }
+        Firewall {
+            rules: Vec::new(),
+            trusted_proxies: trusted.iter().map(|c| c.parse().unwrap()).collect(),
+            inspect_body_bytes: 8192,
+        }
     }
 
     fn head(xff: &[&str]) -> Parts {
