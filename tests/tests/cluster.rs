@@ -1148,3 +1148,92 @@ apis:
     assert_eq!(jwks_hits.load(Ordering::SeqCst), 3, "one JWKS fetch per node");
     assert_eq!(callouts.load(Ordering::SeqCst), 6, "one call per identity per node");
 }
+
+/// A GET with `Host: gw.test` from the client address `from`.
+async fn get_from(gateway: SocketAddr, from: &str, path: &str) -> u16 {
+    use http_body_util::{BodyExt, Full};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    let stream = socket.connect(gateway).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::get(path).header("host", "gw.test").body(Full::new(bytes::Bytes::new())).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+/// Polls `gateway` from `from` until a request is refused with 403: how long that took,
+/// and how many requests were served first.
+async fn until_blocked(gateway: SocketAddr, from: &str, path: &str) -> (Duration, u32) {
+    let started = Instant::now();
+    let mut served = 0;
+    loop {
+        match get_from(gateway, from, path).await {
+            403 => return (started.elapsed(), served),
+            _ => served += 1,
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{gateway} never blocked {from}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firewall_rate_rules_block_a_client_on_every_node_within_a_second() {
+    let cluster = tokio::task::spawn_blocking(|| three_regions(17)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("waf.yaml");
+    std::fs::write(
+        &path,
+        r#"
+apis:
+  - id: pets
+    waf:
+      rules:
+        - { name: guessing, action: block, failed_auth_over: { count: 5, window: 60s, block_for: 60s } }
+        - { name: flood, action: block, rate_over: { count: 200, window: 60s, block_for: 60s } }
+    routes:
+      - { route: GET /version, integration: { type: mock, body: waf } }
+      - { route: GET /login, integration: { type: mock, status: 401, body: no } }
+"#,
+    )
+    .unwrap();
+    let out = cli(&["apply", "-f", path.to_str().unwrap(), "--stage", "prod"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    served_everywhere(&cluster.nodes.iter().collect::<Vec<_>>(), "waf").await;
+    let gateways: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http.unwrap()).collect();
+    let b = base(17);
+
+    // Six failed logins on the node of region 1: blocked there at once...
+    let guesser = format!("127.{b}.8");
+    for _ in 0..6 {
+        assert_eq!(get_from(gateways[0], &guesser, "/prod/login").await, 401);
+    }
+    assert_eq!(get_from(gateways[0], &guesser, "/prod/version").await, 403);
+    // ... and on the nodes of the other regions, as soon as the counts arrive by gossip.
+    for (region, gateway) in gateways.iter().enumerate().skip(1) {
+        let (took, served) = until_blocked(*gateway, &guesser, "/prod/version").await;
+        eprintln!("failed-auth block reached region {}: {took:?}, {served} requests served first", region + 1);
+        assert!(took < Duration::from_secs(1), "region {}: blocked only after {took:?}", region + 1);
+    }
+
+    // A flood on region 1 (201 requests in the window) is blocked on the others too; the
+    // requests they serve meanwhile are far fewer than the limit.
+    let flooder = format!("127.{b}.9");
+    let mut status = 200;
+    for _ in 0..201 {
+        status = get_from(gateways[0], &flooder, "/prod/version").await;
+    }
+    assert_eq!(status, 403, "the 201st request in the window is refused");
+    for (region, gateway) in gateways.iter().enumerate().skip(1) {
+        let (took, served) = until_blocked(*gateway, &flooder, "/prod/version").await;
+        eprintln!("rate block reached region {}: {took:?}, {served} requests served first", region + 1);
+        assert!(took < Duration::from_secs(1), "region {}: blocked only after {took:?}", region + 1);
+    }
+    // Everyone else is served everywhere.
+    for gateway in &gateways {
+        assert_eq!(get_from(*gateway, &format!("127.{b}.10"), "/prod/version").await, 200);
+    }
+}
