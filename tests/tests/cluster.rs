@@ -1155,8 +1155,7 @@ async fn get_from(gateway: SocketAddr, from: &str, path: &str) -> u16 {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
     let stream = socket.connect(gateway).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let request = hyper::Request::get(path).header("host", "gw.test").body(Full::new(bytes::Bytes::new())).unwrap();
     let response = sender.send_request(request).await.unwrap();

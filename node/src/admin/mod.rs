@@ -1,5 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz` and the authenticated
-//! `POST /v1/reload`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, the authenticated
+//! `POST /v1/reload` and `POST /v1/explain`, and on a cluster member the cluster's API.
 //!
 //! Metrics and health are open (Prometheus and load balancers scrape them); every call that
 //! changes something needs `Authorization: Bearer <token>` with the token from
@@ -9,6 +9,7 @@
 pub mod client;
 mod cluster;
 mod credentials;
+mod explain;
 mod spec;
 mod views;
 
@@ -83,6 +84,8 @@ fn peer_silence(out: &mut String, peers: &[(u64, std::time::Duration)]) {
 pub struct AdminState {
     pub metrics: PrometheusHandle,
     pub reloader: Arc<Reloader>,
+    /// The node's request path, for explaining requests.
+    pub pipeline: Arc<crate::pipeline::Pipeline>,
     pub token: Option<String>,
     /// Set once the node has joined (or founded) a cluster.
     pub cluster: OnceLock<Arc<crate::cluster::member::ClusterMember>>,
@@ -173,6 +176,12 @@ impl AdminState {
                     }
                     Err(_) => message(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed"),
                 }
+            }
+            (&Method::POST, "/v1/explain") => {
+                if let Some(denied) = self.refusal(&request) {
+                    return denied;
+                }
+                explain::handle(&self.pipeline, request).await
             }
             (_, path)
                 if [
@@ -310,10 +319,11 @@ mod tests {
             "/v1/plans/{plan}/attach",
             "/v1/plans/{plan}/keys",
             "/v1/usage",
+            "/v1/explain",
         ] {
             assert!(paths.iter().any(|p| *p == route), "{route} is not documented");
         }
-        assert_eq!(paths.len(), 37, "a documented path is not served");
+        assert_eq!(paths.len(), 38, "a documented path is not served");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod credentials;
 mod demo;
 mod dns;
 mod domains;
+mod explain;
 mod output;
 mod sync;
 mod target;
@@ -146,6 +147,9 @@ pub enum Command {
     /// Manage DNS zones and explain the answers.
     #[command(subcommand)]
     Dns(DnsCommand),
+    /// Explain what a node would do with a request.
+    #[command(subcommand)]
+    Explain(explain::ExplainCommand),
     /// Run chaos scenarios: real nodes, faults on their links, invariants checked.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
@@ -299,6 +303,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Domains(command) => domains::domains(command).await,
         Command::Regions(command) => dns::regions(command).await,
         Command::Dns(command) => dns::dns(command).await,
+        Command::Explain(command) => explain::run(command).await,
         Command::Chaos(command) => chaos::run_command(command).await,
         Command::Keys(command) => access::keys(command).await,
         Command::Usage { plan, key, from, to, csv, target } => {

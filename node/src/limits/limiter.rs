@@ -344,11 +344,17 @@ impl Limiter {
     /// all of them only then. Returns the decision of the tightest scope (the first refusal,
     /// or the one with the least room).
     pub fn admit(&self, scopes: &[(Arc<str>, Rate)], now_unix_ms: u64) -> Decision {
-        self.admit_at(scopes, now_unix_ms, Instant::now())
+        self.admit_at(scopes, now_unix_ms, Instant::now(), true)
     }
 
-    /// [`Limiter::admit`] at a given monotonic time (simulations run on their own clock).
-    fn admit_at(&self, scopes: &[(Arc<str>, Rate)], now_unix_ms: u64, now: Instant) -> Decision {
+    /// What [`Limiter::admit`] would decide, without counting the request.
+    pub fn peek(&self, scopes: &[(Arc<str>, Rate)], now_unix_ms: u64) -> Decision {
+        self.admit_at(scopes, now_unix_ms, Instant::now(), false)
+    }
+
+    /// [`Limiter::admit`] at a given monotonic time (simulations run on their own clock),
+    /// counting an admitted request only when `count`.
+    fn admit_at(&self, scopes: &[(Arc<str>, Rate)], now_unix_ms: u64, now: Instant, count: bool) -> Decision {
         let me = self.me.load(Ordering::Relaxed);
         let silence = self.peer_silence_at(now);
         let mut tightest: Option<Decision> = None;
@@ -414,7 +420,7 @@ impl Limiter {
             }
         }
         let decision = tightest.unwrap_or(Decision { allowed: true, scope: 0, limit: 0, remaining: 0, reset_secs: 1 });
-        if decision.allowed {
+        if decision.allowed && count {
             for (scope, _) in scopes {
                 let mut shard = self.shard(scope).lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(state) = shard.get_mut(scope) {
@@ -882,7 +888,7 @@ mod tests {
                 self.gossiped_at += Self::ROUND_MS;
                 self.gossip(self.gossiped_at);
             }
-            self.nodes[node].admit_at(scopes, ms, self.at(ms)).allowed
+            self.nodes[node].admit_at(scopes, ms, self.at(ms), true).allowed
         }
     }
 

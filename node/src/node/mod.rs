@@ -153,6 +153,7 @@ impl Node {
         let admin_state = Arc::new(AdminState {
             metrics,
             reloader: reloader.clone(),
+            pipeline: pipeline.clone(),
             token: config.admin_token,
             cluster: std::sync::OnceLock::new(),
         });

@@ -15,6 +15,7 @@
 //! request: it finishes on the table it started with.
 
 pub mod body_limit;
+pub mod explain;
 pub mod headers;
 pub mod host;
 pub mod path;

@@ -79,7 +79,7 @@ fn refused(message: &'static str, reason: &'static str) -> Rejection {
 }
 
 impl ApiKeyCheck {
-    fn check(&self, head: &Parts, services: &Services<'_>) -> Result<(), Rejection> {
+    fn check(&self, head: &Parts, services: &Services<'_>, exchange: &mut Exchange) -> Result<(), Rejection> {
         let Some(value) = head.headers.get(&API_KEY) else {
             return Err(refused("this route needs an API key in x-api-key", "api key missing"));
         };
@@ -92,7 +92,8 @@ impl ApiKeyCheck {
         let Some(stage_grant) = grant.stages.get(&self.stage) else {
             return Err(refused(INVALID, "api key has no usage plan for this stage"));
         };
-        admit(services.limiter, stage_grant.scopes(&self.route))
+        exchange.note(|| format!("API key `{}`", grant.id));
+        admit(services, stage_grant.scopes(&self.route), exchange)
     }
 }
 
@@ -105,7 +106,12 @@ impl Stage for ApiKeyCheck {
         Phases::REQUEST_HEAD
     }
 
-    fn request_head<'a>(&'a self, head: &'a mut Parts, _: &'a mut Exchange, services: &'a Services<'a>) -> Step<'a> {
-        self.check(head, services).into()
+    fn request_head<'a>(
+        &'a self,
+        head: &'a mut Parts,
+        exchange: &'a mut Exchange,
+        services: &'a Services<'a>,
+    ) -> Step<'a> {
+        self.check(head, services, exchange).into()
     }
 }

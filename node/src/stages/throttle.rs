@@ -4,7 +4,7 @@
 //! This stage comes before any authorization, so requests that fail a key check are counted
 //! and throttled like any other (a flood of guessed keys meets the stage limit). The scopes
 //! and their rates are compiled with the route; the request path only reads the clock and
-//! asks the node's [`Limiter`]. [`admit`] is also how the API-key stage applies a usage
+//! asks the node's [`Limiter`](crate::limits::limiter::Limiter). [`admit`] is also how the API-key stage applies a usage
 //! plan's throttles and quotas.
 
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::{Exchange, Phases, Services, Stage, Step};
-use crate::limits::limiter::{Limiter, Period, Rate};
+use crate::limits::limiter::{Period, Rate};
 use crate::rejection::Rejection;
 
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -39,18 +39,34 @@ impl Stage for RouteThrottle {
         Phases::REQUEST_HEAD
     }
 
-    fn request_head<'a>(&'a self, _: &'a mut Parts, _: &'a mut Exchange, services: &'a Services<'a>) -> Step<'a> {
-        admit(services.limiter, &self.scopes).into()
+    fn request_head<'a>(
+        &'a self,
+        _: &'a mut Parts,
+        exchange: &'a mut Exchange,
+        services: &'a Services<'a>,
+    ) -> Step<'a> {
+        admit(services, &self.scopes, exchange).into()
     }
 }
 
-/// Counts one request against `scopes`; a refusal says which limit and when to retry.
-pub fn admit(limiter: &Limiter, scopes: &[(Arc<str>, Rate)]) -> Result<(), Rejection> {
+/// Counts one request against `scopes` (or, for a request being explained, only looks);
+/// a refusal says which limit and when to retry.
+pub fn admit(services: &Services, scopes: &[(Arc<str>, Rate)], exchange: &mut Exchange) -> Result<(), Rejection> {
     if scopes.is_empty() {
         return Ok(());
     }
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let decision = limiter.admit(scopes, now_ms);
+    let decision =
+        if services.dry_run { services.limiter.peek(scopes, now_ms) } else { services.limiter.admit(scopes, now_ms) };
+    exchange.note(|| {
+        let names: Vec<&str> = scopes.iter().map(|(s, _)| &**s).collect();
+        format!(
+            "limits {}: the tightest allows {}, {} left",
+            names.join(", "),
+            decision.limit,
+            decision.remaining + u64::from(decision.allowed)
+        )
+    });
     if decision.allowed {
         return Ok(());
     }

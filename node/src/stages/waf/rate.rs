@@ -67,12 +67,13 @@ impl RateRule {
         Some(Arc::from(format!("{}{key}", self.scope_prefix)))
     }
 
-    /// Whether the client of `scope` is over the limit: counting this request first for a
-    /// rule that counts requests, unless `dry_run`.
+    /// Whether the client of `scope` is over the limit, this request included for a rule
+    /// that counts requests (and counted, unless `dry_run`).
     pub fn over_limit(&self, limiter: &Limiter, scope: &Arc<str>, now_unix_ms: u64, dry_run: bool) -> bool {
         let count = match self.counted {
-            Counted::Requests if !dry_run => limiter.record(scope, self.window, now_unix_ms),
-            _ => limiter.sliding_count(scope, self.window, now_unix_ms),
+            Counted::Requests if dry_run => limiter.sliding_count(scope, self.window, now_unix_ms) + 1.0,
+            Counted::Requests => limiter.record(scope, self.window, now_unix_ms),
+            Counted::FailedAuthorizations => limiter.sliding_count(scope, self.window, now_unix_ms),
         };
         count > self.limit as f64
     }
@@ -149,7 +150,10 @@ mod tests {
         let now = 1_000_000;
         assert!(!r.over_limit(&limiter, &scope, now, false));
         assert!(!r.over_limit(&limiter, &scope, now, false));
-        assert!(!r.over_limit(&limiter, &scope, now, true));
+        // A dry run says what the third request would meet, and counts nothing.
+        assert!(r.over_limit(&limiter, &scope, now, true));
+        assert!(r.over_limit(&limiter, &scope, now, true));
+        assert_eq!(limiter.sliding_count(&scope, Period::Seconds(60), now), 2.0);
         assert!(r.over_limit(&limiter, &scope, now, false));
     }
 }
