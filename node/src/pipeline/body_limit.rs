@@ -6,7 +6,6 @@
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
-use http::header::CONTENT_LENGTH;
 use http::request::Parts;
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -22,14 +21,9 @@ pub struct BodyLimit {
 }
 
 impl BodyLimit {
-    /// The declared length, if any and well-formed.
-    pub fn declared_length(parts: &Parts) -> Option<u64> {
-        parts.headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-    }
-
     /// Refuses a request that declares more than the limit.
     pub fn check_declared(&self, parts: &Parts) -> Result<(), Rejection> {
-        match Self::declared_length(parts) {
+        match crate::stages::declared_length(parts) {
             Some(n) if n > self.max_bytes => Err(Rejection::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body of {n} bytes exceeds the limit of {} bytes", self.max_bytes),

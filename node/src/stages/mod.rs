@@ -186,10 +186,15 @@ pub enum BodyNeed {
     Prefix(u64),
 }
 
+/// The body length a request declares, if any and well-formed.
+pub fn declared_length(head: &request::Parts) -> Option<u64> {
+    head.headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 /// Whether a request may carry a body: a non-zero `Content-Length`, a chunked body, or an
 /// HTTP/2 request (whose end of stream is the only sign).
 pub fn may_have_body(head: &request::Parts) -> bool {
-    match head.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+    match declared_length(head) {
         Some(length) => length > 0,
         None => head.headers.contains_key(TRANSFER_ENCODING) || head.version == Version::HTTP_2,
     }

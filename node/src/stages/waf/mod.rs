@@ -34,9 +34,8 @@ use meridian_dns::net::Cidr;
 use metrics::Counter;
 use regex::Regex;
 
-use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, may_have_body};
+use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, declared_length, may_have_body};
 use crate::limits::limiter::Period;
-use crate::pipeline::body_limit::BodyLimit;
 use crate::rejection::Rejection;
 pub use rate::{Blocklist, Counted, RateKey, RateRule};
 pub use signatures::Signatures;
@@ -307,7 +306,7 @@ impl Condition {
                     SizedPart::Uri => head.uri.path().len() + head.uri.query().map_or(0, |q| q.len() + 1),
                     SizedPart::Query => head.uri.query().map_or(0, str::len),
                     SizedPart::Headers => head.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum(),
-                    SizedPart::Body => match BodyLimit::declared_length(head) {
+                    SizedPart::Body => match declared_length(head) {
                         Some(length) => usize::try_from(length).unwrap_or(usize::MAX),
                         None => subject.body?.len(),
                     },
