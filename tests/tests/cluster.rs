@@ -564,6 +564,22 @@ async fn api_keys_and_a_usage_plan_quota_hold_across_the_cluster() {
     for g in &gateways {
         assert_eq!(with_key(*g, value.clone()).await.status, 429, "the quota is exhausted on every node");
     }
+    // `explain` names the key and the spent quota, and an unknown key's precise reason;
+    // explaining spends nothing (the report below still counts 12).
+    let explain = |key: &str| {
+        let header = format!("x-api-key: {key}");
+        let args = ["explain", "request", "GET", "http://gw.test/prod/version", "-H", &header, "-o", "json"];
+        let out = cli(&args, &cluster.nodes[1]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let spent = explain(&value);
+    assert_eq!((spent["outcome"]["status"].as_u64(), spent["outcome"]["by"].as_str()), (Some(429), Some("api_key")));
+    assert!(spent["outcome"]["message"].as_str().unwrap().contains("quota exhausted"), "{spent:#}");
+    let key_step = spent["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "api_key").unwrap();
+    assert_eq!(key_step["notes"][0], format!("API key `{}`", created["id"].as_str().unwrap()), "{spent:#}");
+    let unknown = explain(&"x".repeat(40));
+    assert_eq!(unknown["outcome"]["reason"], "api key unknown", "{unknown:#}");
 
     // The usage report counts the 12 admitted requests today, as JSON and CSV.
     let report = cli(&["usage", "--plan", "gold", "--key", "partner-a", "-o", "json"], &cluster.nodes[1]);
