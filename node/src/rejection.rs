@@ -17,11 +17,35 @@ pub struct Rejection {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// What the access log records when the client is told less than the whole story.
     pub reason: Option<Cow<'static, str>>,
+    /// What exactly is wrong with the request, listed in the answer as `errors`.
+    pub violations: Vec<Violation>,
+}
+
+/// One thing wrong with a request: where (`query`, `header`, `body`), at what (a
+/// parameter's name, or a JSON pointer into the body) and what.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    #[serde(rename = "in")]
+    pub part: &'static str,
+    pub at: String,
+    pub message: String,
+}
+
+impl Violation {
+    pub fn new(part: &'static str, at: String, message: impl Into<String>) -> Self {
+        Violation { part, at, message: message.into() }
+    }
 }
 
 impl Rejection {
     pub fn new(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
-        Rejection { status, message: message.into(), headers: Vec::new(), reason: None }
+        Rejection { status, message: message.into(), headers: Vec::new(), reason: None, violations: Vec::new() }
+    }
+
+    /// Lists `violations` in the answer.
+    pub fn with_violations(mut self, violations: Vec<Violation>) -> Self {
+        self.violations = violations;
+        self
     }
 
     /// Records `reason` in the access log (never in the response).
@@ -35,11 +59,16 @@ impl Rejection {
         self
     }
 
-    /// `{"message": ..., "request_id": ...}` with the rejection's status and headers.
+    /// `{"message": ..., "request_id": ...}` (and `"errors": [...]` when there are
+    /// violations) with the rejection's status and headers.
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
         let mut body = String::with_capacity(64 + self.message.len());
         body.push_str("{\"message\":");
         write_json_string(&mut body, &self.message);
+        if !self.violations.is_empty() {
+            body.push_str(",\"errors\":");
+            body.push_str(&serde_json::to_string(&self.violations).unwrap_or_else(|_| "[]".into()));
+        }
         body.push_str(",\"request_id\":");
         write_json_string(&mut body, request_id.to_str().unwrap_or("-"));
         body.push('}');
@@ -64,5 +93,12 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["message"], "no \"route\"");
         assert_eq!(v["request_id"], "id1");
+        assert!(v.get("errors").is_none());
+        let listed = Rejection::new(StatusCode::BAD_REQUEST, "bad")
+            .with_violations(vec![Violation::new("body", "/a".into(), "is \"wrong\"")])
+            .into_response(&HeaderValue::from_static("id2"));
+        let body = listed.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errors"], serde_json::json!([{ "in": "body", "at": "/a", "message": "is \"wrong\"" }]));
     }
 }

@@ -174,6 +174,7 @@ fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
 mod authorizers;
 mod cors;
 mod integrations;
+mod validation;
 mod waf;
 
 use authorizers::{AuthorizerSpec, AuthorizerUse};
@@ -213,6 +214,8 @@ struct RouteSpec {
     signed: bool,
     /// The route's own CORS, or the API's.
     cors: Option<Arc<crate::stages::cors::CorsPolicy>>,
+    /// Request validation (`type: rest`), shared by the route on every stage.
+    validation: Option<Arc<crate::stages::validation::RequestValidation>>,
     field: String,
 }
 
@@ -501,6 +504,8 @@ impl Compiler<'_> {
         }
         let authorizers = self.authorizers(api, field);
         let api_cors = api.cors.as_ref().and_then(|c| self.cors(c, &format!("{field}.cors")));
+        self.rest_only(api, field);
+        let models = self.models(api, field);
         if let Some(signing) = &api.signing {
             let part = |v: &str| {
                 !v.is_empty()
@@ -556,6 +561,9 @@ impl Compiler<'_> {
                 }
                 None => None,
             };
+            let Ok(validation) = self.request_validation(api, route, &models, &rfield) else {
+                continue;
+            };
             if let Some(integration) = integration {
                 let throttle = route.throttle.as_ref().and_then(|t| self.rate(t, &format!("{rfield}.throttle")));
                 specs.push(RouteSpec {
@@ -573,6 +581,7 @@ impl Compiler<'_> {
                         Some(c) => self.cors(c, &format!("{rfield}.cors")),
                         None => api_cors.clone(),
                     },
+                    validation,
                     field: rfield,
                 });
             }
@@ -690,6 +699,11 @@ impl Compiler<'_> {
                     stage: (api.to_string(), stage_name.to_string()),
                     route: spec.key.clone(),
                 }));
+            }
+            // Validation after authorization: an unauthorized client learns nothing of the
+            // models.
+            if let Some(validation) = &spec.validation {
+                stages.push(validation.clone());
             }
             // Duplicates were refused when the routes were parsed.
             let target = RouteTarget {

@@ -324,6 +324,47 @@ apis:
     }
 
     #[test]
+    fn request_validation_is_checked_with_its_lines() {
+        let text = r#"
+apis:
+  - id: lean
+    models: { Pet: { type: object } }
+    routes:
+      - { route: POST /a, request_models: { application/json: Pet }, integration: { type: mock } }
+    stages: [{ name: prod }]
+  - id: pets
+    type: rest
+    models:
+      Pet: { type: object, properties: { price: { type: number, minimum: "cheap" } } }
+      Odd: { $schema: "http://example.com/schema", type: object }
+      Good: { type: object }
+    request_validators:
+      all: { body: true, parameters: true }
+    request_validator: missing
+    routes:
+      - { route: POST /a, request_validator: none, integration: { type: mock } }
+      - { route: POST /b, request_models: { json: Good, application/json: Nope }, integration: { type: mock } }
+      - { route: POST /c, required_parameters: [query.q, "header.bad name"], integration: { type: mock } }
+    stages: [{ name: prod }]
+"#;
+        let e = errors(text);
+        for field in [
+            ("apis[0].models", 4),
+            ("apis[0].routes[0].request_models", 6),
+            ("apis[1].models.Pet", 11),
+            ("apis[1].models.Odd", 12),
+            ("apis[1].request_validator", 16),
+            ("apis[1].routes[0].request_validator", 18),
+            ("apis[1].routes[1].request_models.json", 19),
+            ("apis[1].routes[1].request_models.application/json", 19),
+            ("apis[1].routes[2].required_parameters[0]", 20),
+            ("apis[1].routes[2].required_parameters[1]", 20),
+        ] {
+            assert!(e.iter().any(|x| x.field == field.0 && x.line == field.1), "no error for {field:?} in {e:#?}");
+        }
+    }
+
+    #[test]
     fn a_key_of_another_kind_than_the_algorithms_is_refused() {
         // An HMAC key beside RS256 is the material of an algorithm confusion.
         let text = r#"

@@ -208,11 +208,32 @@ pub struct ApiDef {
     pub cors: Option<Spanned<CorsDef>>,
     /// Firewall rules for every route, before a stage's own.
     pub waf: Option<Spanned<WafDef>>,
+    /// `type: rest`: JSON Schemas (draft 4 unless `$schema` says 2020-12) that routes name
+    /// as request models.
+    #[serde(default)]
+    pub models: std::collections::BTreeMap<String, Spanned<serde_json::Value>>,
+    /// `type: rest`: what a request validator checks, by name.
+    #[serde(default)]
+    pub request_validators: std::collections::BTreeMap<String, Spanned<RequestValidatorDef>>,
+    /// `type: rest`: the validator of routes that name none.
+    pub request_validator: Option<Spanned<String>>,
     /// Serve the API on its default endpoint, `/{stage}/...` on a host whose first label is
     /// the API id (or any host when it is the only API). Turn it off so that an API with
     /// custom domains is reachable only through them.
     #[serde(default = "yes")]
     pub default_endpoint: bool,
+}
+
+/// What a request validator checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestValidatorDef {
+    /// The body against the route's model for its content type.
+    #[serde(default)]
+    pub body: bool,
+    /// The route's required query parameters and headers.
+    #[serde(default)]
+    pub parameters: bool,
 }
 
 /// The API types of a managed gateway. `http` is the lean pipeline; `rest` may also use the
@@ -248,6 +269,12 @@ pub struct RouteDef {
     /// `signed`: requests must be signed with AWS Signature Version 4 by the cluster's
     /// credentials.
     pub authorization: Option<Spanned<Authorization>>,
+    /// `type: rest`: the request validator (instead of the API's).
+    pub request_validator: Option<Spanned<String>>,
+    /// `type: rest`: the model of the body, by content type (`$default` for any other).
+    pub request_models: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    /// `type: rest`: `querystring.NAME` and `header.NAME` a request must carry.
+    pub required_parameters: Option<Spanned<Vec<String>>>,
     /// CORS for this route, instead of the API's.
     pub cors: Option<Spanned<CorsDef>>,
 }

@@ -34,6 +34,7 @@ pub mod custom_authorizer;
 pub mod jwt;
 pub mod signed_request;
 pub mod throttle;
+pub mod validation;
 pub mod waf;
 
 use std::fmt;
