@@ -70,3 +70,52 @@ impl Body for ResponseBody {
         }
     }
 }
+
+/// A copy of a body as it streams, up to a limit: what a stage keeps of a response (a cache
+/// entry, later a replayable answer) without ever holding more than it may. Past the limit
+/// the copy is given up and nothing more is held.
+#[derive(Debug)]
+pub struct BoundedCopy {
+    copied: Option<bytes::BytesMut>,
+    limit: usize,
+}
+
+impl BoundedCopy {
+    pub fn new(limit: usize) -> Self {
+        BoundedCopy { copied: Some(bytes::BytesMut::new()), limit }
+    }
+
+    /// Copies `chunk`; `false` once the body has gone past the limit.
+    pub fn push(&mut self, chunk: &[u8]) -> bool {
+        let Some(copied) = &mut self.copied else { return false };
+        if copied.len() + chunk.len() > self.limit {
+            self.copied = None;
+            return false;
+        }
+        copied.extend_from_slice(chunk);
+        true
+    }
+
+    /// The whole body, unless it went past the limit.
+    pub fn finish(self) -> Option<Bytes> {
+        self.copied.map(bytes::BytesMut::freeze)
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::BoundedCopy;
+
+    #[test]
+    fn a_copy_holds_up_to_its_limit_and_nothing_past_it() {
+        let mut copy = BoundedCopy::new(10);
+        assert!(copy.push(b"hello"));
+        assert!(copy.push(b"world"));
+        assert_eq!(copy.finish().as_deref(), Some(&b"helloworld"[..]));
+        let mut over = BoundedCopy::new(10);
+        assert!(over.push(b"hello"));
+        assert!(!over.push(b"world!"));
+        assert!(!over.push(b""));
+        assert_eq!(over.finish(), None);
+    }
+}

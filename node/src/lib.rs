@@ -34,6 +34,7 @@ pub mod observe;
 pub mod pipeline;
 pub mod query;
 pub mod rejection;
+pub mod response_cache;
 pub mod reload;
 pub mod router;
 pub mod sigv4;

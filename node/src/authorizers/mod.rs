@@ -62,6 +62,20 @@ impl AuthorizerContext {
     }
 }
 
+/// The scopes a token's claims (or an authorizer's context) grant: `scope`
+/// (space-separated, RFC 8693) or `scp` (a string or a list, as some providers send it).
+pub fn granted_scopes(values: &serde_json::Map<String, serde_json::Value>) -> Vec<&str> {
+    let mut scopes = Vec::new();
+    for name in ["scope", "scp"] {
+        match values.get(name) {
+            Some(serde_json::Value::String(s)) => scopes.extend(s.split(' ').filter(|s| !s.is_empty())),
+            Some(serde_json::Value::Array(list)) => scopes.extend(list.iter().filter_map(|v| v.as_str())),
+            _ => {}
+        }
+    }
+    scopes
+}
+
 /// A claim or context value as a header value: strings as they are, numbers and booleans
 /// in JSON, lists of strings joined by commas, anything else as compact JSON; bytes a
 /// header cannot carry (controls, non-ASCII) are percent-encoded, and the value is cut at

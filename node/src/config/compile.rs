@@ -172,6 +172,7 @@ fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
 }
 
 mod authorizers;
+mod cache;
 mod cors;
 mod integrations;
 mod validation;
@@ -216,6 +217,8 @@ struct RouteSpec {
     cors: Option<Arc<crate::stages::cors::CorsPolicy>>,
     /// Request validation (`type: rest`), shared by the route on every stage.
     validation: Option<Arc<crate::stages::validation::RequestValidation>>,
+    /// The route's cache settings (`type: rest`), for stages with a cache.
+    cache: Option<cache::RouteCacheSpec>,
     field: String,
 }
 
@@ -564,6 +567,13 @@ impl Compiler<'_> {
             let Ok(validation) = self.request_validation(api, route, &models, &rfield) else {
                 continue;
             };
+            let cache = match &route.cache {
+                Some(def) => match self.route_cache(def, &format!("{rfield}.cache")) {
+                    Some(spec) => Some(spec),
+                    None => continue,
+                },
+                None => None,
+            };
             if let Some(integration) = integration {
                 let throttle = route.throttle.as_ref().and_then(|t| self.rate(t, &format!("{rfield}.throttle")));
                 specs.push(RouteSpec {
@@ -582,6 +592,7 @@ impl Compiler<'_> {
                         None => api_cors.clone(),
                     },
                     validation,
+                    cache,
                     field: rfield,
                 });
             }
@@ -646,6 +657,7 @@ impl Compiler<'_> {
                 None
             }
         });
+        let stage_cache = self.stage_cache(stage, field);
         let mut router = Router::default();
         for spec in specs {
             let integration = match &spec.integration {
@@ -704,6 +716,10 @@ impl Compiler<'_> {
             // models.
             if let Some(validation) = &spec.validation {
                 stages.push(validation.clone());
+            }
+            // The cache last: only an authorized, valid request may have a cached answer.
+            if let Some(caching) = stage_cache.as_ref().and_then(|c| self.caching((api, stage_name), spec, c)) {
+                stages.push(caching);
             }
             // Duplicates were refused when the routes were parsed.
             let target = RouteTarget {
@@ -922,15 +938,18 @@ pub fn compile_stage(
 ) -> Result<Arc<StageRoutes>, ConfigErrors> {
     let mut api = parse_single_api(definition, source_name)?;
     let unknown = || Location::UNKNOWN;
+    // The stage's own settings from the definition, with the cluster's variables.
+    let declared = api.stages.iter().find(|s| s.name.value == stage);
     api.stages = vec![StageDef {
         name: Spanned::new(stage.to_string(), unknown(), unknown()),
         variables: variables.clone(),
-        access_log_format: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.access_log_format.clone()),
-        throttle: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.throttle.clone()),
-        api_key_required: api.stages.iter().find(|s| s.name.value == stage).is_some_and(|s| s.api_key_required),
-        authorizer: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.authorizer.clone()),
-        authorization: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.authorization.clone()),
-        waf: api.stages.iter().find(|s| s.name.value == stage).and_then(|s| s.waf.clone()),
+        access_log_format: declared.and_then(|s| s.access_log_format.clone()),
+        throttle: declared.and_then(|s| s.throttle.clone()),
+        api_key_required: declared.is_some_and(|s| s.api_key_required),
+        authorizer: declared.and_then(|s| s.authorizer.clone()),
+        authorization: declared.and_then(|s| s.authorization.clone()),
+        waf: declared.and_then(|s| s.waf.clone()),
+        cache: declared.and_then(|s| s.cache.clone()),
     }];
     let mut compiler = Compiler { sink: ErrorSink::default(), base_dir: Path::new("."), deployment, default_rate };
     let compiled = compiler.api(&api, "apis[0]");

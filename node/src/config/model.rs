@@ -224,6 +224,58 @@ pub struct ApiDef {
     pub default_endpoint: bool,
 }
 
+/// A stage's response cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageCacheDef {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How much the cache may hold, in MiB (default 64).
+    pub capacity_mib: Option<u64>,
+    /// How long answers are kept unless a route says (default 300s, at most 3600s).
+    pub ttl: Option<Spanned<String>>,
+}
+
+/// How one route's answers are cached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheDef {
+    /// `0s` turns caching off for the route.
+    pub ttl: Option<Spanned<String>>,
+    /// Methods whose answers are kept (default `[GET]`).
+    pub methods: Option<Vec<String>>,
+    /// Only these query parameters are in the key (default: the whole query).
+    pub key_query: Option<Vec<String>>,
+    /// Request headers that are in the key.
+    #[serde(default)]
+    pub key_headers: Vec<String>,
+    /// Keep one answer per authorizer principal (`sub`, or the authorizer's context).
+    #[serde(default)]
+    pub per_principal: bool,
+    /// Who may ask for a fresh answer with `Cache-Control: max-age=0`.
+    pub invalidation: Option<CacheInvalidationDef>,
+    /// The largest answer kept, in KiB (default 1024).
+    pub max_entry_kib: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheInvalidationDef {
+    /// The scope the authorizer must grant.
+    pub scope: String,
+    /// `ignore` (default: served as usual) or `forbid` (403).
+    #[serde(default)]
+    pub unauthorized: CacheUnauthorized,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheUnauthorized {
+    #[default]
+    Ignore,
+    Forbid,
+}
+
 /// What a request validator checks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,6 +327,8 @@ pub struct RouteDef {
     pub request_models: Option<Spanned<std::collections::BTreeMap<String, String>>>,
     /// `type: rest`: `querystring.NAME` and `header.NAME` a request must carry.
     pub required_parameters: Option<Spanned<Vec<String>>>,
+    /// `type: rest`: how this route's answers are cached (when the stage has a cache).
+    pub cache: Option<Spanned<RouteCacheDef>>,
     /// CORS for this route, instead of the API's.
     pub cors: Option<Spanned<CorsDef>>,
 }
@@ -611,6 +665,8 @@ pub struct StageDef {
     pub authorization: Option<Spanned<Authorization>>,
     /// Firewall rules of this stage, after the API's.
     pub waf: Option<Spanned<WafDef>>,
+    /// `type: rest`: the stage's response cache.
+    pub cache: Option<Spanned<StageCacheDef>>,
 }
 
 /// A custom domain: its certificate and the APIs it serves under base paths.

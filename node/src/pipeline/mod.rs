@@ -47,6 +47,7 @@ use crate::integration::{Integration, ProxyIntegration, UpstreamError};
 use crate::limits::limiter::Limiter;
 use crate::observe::access_log::AccessLog;
 use crate::observe::completion::{Completion, ObservedBody, RouteObserver};
+use crate::response_cache::ResponseCaches;
 use crate::stages::waf::Blocklist;
 use crate::stages::{BodyNeed, Chain, Exchange, Flow, Services, StagedBody, Stop};
 use body_limit::BodyLimit;
@@ -74,6 +75,8 @@ pub struct Pipeline {
     authorizers: Authorizers,
     /// Clients the firewall's rate-based rules block, kept across reloads.
     blocks: Blocklist,
+    /// Response caches, by stage, kept across reloads.
+    caches: ResponseCaches,
     body_limit: BodyLimit,
     /// HTTP/1.1 heads are held to it by hyper; HTTP/2 heads here.
     max_headers: usize,
@@ -162,6 +165,7 @@ impl Pipeline {
             limiter,
             authorizers: Authorizers::new(upstreams.clone()),
             blocks: Blocklist::default(),
+            caches: ResponseCaches::default(),
             upstreams,
             body_limit: BodyLimit { max_bytes: limits.max_body_bytes },
             max_headers: limits.max_headers,
@@ -216,6 +220,7 @@ impl Pipeline {
             credentials: &table.credentials,
             authorizers: &self.authorizers,
             blocks: &self.blocks,
+            caches: &self.caches,
             dry_run,
         }
     }

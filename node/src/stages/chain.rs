@@ -24,6 +24,8 @@ pub struct Chain {
     response_head: Vec<Arc<dyn Stage>>,
     response_body: Vec<Arc<dyn Stage>>,
     complete: Vec<Arc<dyn Stage>>,
+    /// Whether a response-body stage may change the body.
+    rewrites_body: bool,
 }
 
 impl Chain {
@@ -43,6 +45,9 @@ impl Chain {
             response_head: of(Phases::RESPONSE_HEAD, true),
             response_body: of(Phases::RESPONSE_BODY, true),
             complete: of(Phases::COMPLETE, true),
+            rewrites_body: stages
+                .iter()
+                .any(|s| s.phases().contains(Phases::RESPONSE_BODY) && s.rewrites_response_body()),
             stages,
         }
     }
@@ -210,6 +215,6 @@ impl Body for StagedBody {
 
     fn size_hint(&self) -> SizeHint {
         // A stage may change the body, so only an untouched body keeps its length.
-        if self.chain.response_body.is_empty() { self.inner.size_hint() } else { SizeHint::default() }
+        if self.chain.rewrites_body { SizeHint::default() } else { self.inner.size_hint() }
     }
 }

@@ -142,7 +142,7 @@ impl JwtAuthorizer {
     fn pass(&self, claims: Arc<Claims>, head: &mut Parts, exchange: &mut Exchange) -> Result<(), Rejection> {
         let policy = &*self.policy;
         if !self.scopes.is_empty() {
-            let granted = granted_scopes(&claims);
+            let granted = crate::authorizers::granted_scopes(&claims);
             if let Some(missing) = self.scopes.iter().find(|s| !granted.contains(&s.as_str())) {
                 metrics::counter!("meridian_authorizer_refusals_total", "kind" => "jwt", "reason" => "insufficient scope")
                     .increment(1);
@@ -226,20 +226,6 @@ impl JwtPolicy {
         }
         Ok(verified.claims.clone())
     }
-}
-
-/// The scopes a token grants: `scope` (space-separated, RFC 8693) or `scp` (a string or a
-/// list, as some providers send it).
-fn granted_scopes(claims: &Claims) -> Vec<&str> {
-    let mut scopes = Vec::new();
-    for name in ["scope", "scp"] {
-        match claims.get(name) {
-            Some(serde_json::Value::String(s)) => scopes.extend(s.split(' ').filter(|s| !s.is_empty())),
-            Some(serde_json::Value::Array(list)) => scopes.extend(list.iter().filter_map(|v| v.as_str())),
-            _ => {}
-        }
-    }
-    scopes
 }
 
 /// What a verification failure tells the client.

@@ -28,6 +28,7 @@
 //! serve every route that uses it.
 
 pub mod api_key;
+pub mod cache;
 mod chain;
 pub mod cors;
 pub mod custom_authorizer;
@@ -210,6 +211,7 @@ pub struct Services<'r> {
     pub credentials: &'r signed_request::Credentials,
     pub authorizers: &'r Authorizers,
     pub blocks: &'r waf::Blocklist,
+    pub caches: &'r crate::response_cache::ResponseCaches,
     /// The request is only being explained: stages decide as they would, but count,
     /// record and block nothing.
     pub dry_run: bool,
@@ -261,6 +263,12 @@ pub trait Stage: Send + Sync + fmt::Debug + 'static {
     /// Each chunk of the response body as it streams; `end_of_stream` on the last call. A
     /// stage may replace the chunk (`None` sends nothing for it).
     fn response_body(&self, _chunk: &mut Option<Bytes>, _end_of_stream: bool, _exchange: &mut Exchange) {}
+
+    /// Whether [`Stage::response_body`] may change the body (a stage that only reads it
+    /// says no, and the response keeps its length).
+    fn rewrites_response_body(&self) -> bool {
+        true
+    }
 
     /// The request is over (its response was sent, or the client went away).
     fn complete(&self, _exchange: &Exchange) {}

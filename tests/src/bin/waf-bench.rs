@@ -18,6 +18,7 @@ use meridian_node::config::RoutingTable;
 use meridian_node::integration::upstreams::Upstreams;
 use meridian_node::limits::limiter::Limiter;
 use meridian_node::pipeline::routing;
+use meridian_node::response_cache::ResponseCaches;
 use meridian_node::stages::api_key::KeyRing;
 use meridian_node::stages::signed_request::Credentials;
 use meridian_node::stages::waf::Blocklist;
@@ -107,12 +108,14 @@ fn main() {
     let _entered = runtime.enter();
     let authorizers = Authorizers::new(Arc::new(Upstreams::new()));
     let blocks = Blocklist::default();
+    let caches = ResponseCaches::default();
     let services = Services {
         limiter: &limiter,
         keys: &keys,
         credentials: &credentials,
         authorizers: &authorizers,
         blocks: &blocks,
+        caches: &caches,
         dry_run: false,
     };
     println!("firewall cost per rule, none matching (median of {batches} batches of 200 requests, one thread)");

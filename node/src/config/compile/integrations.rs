@@ -38,6 +38,16 @@ pub(super) enum IntegrationSpec {
     Mock(MockIntegration),
 }
 
+impl IntegrationSpec {
+    /// The longest the integration may take to answer.
+    pub(super) fn timeout(&self) -> Duration {
+        match self {
+            IntegrationSpec::Proxy(proxy) => proxy.timeout,
+            IntegrationSpec::Mock(_) => Duration::from_secs(1),
+        }
+    }
+}
+
 impl Compiler<'_> {
     /// An `http_proxy` integration on one stage: its URI and targets with the stage's
     /// variables.

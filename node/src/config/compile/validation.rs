@@ -60,11 +60,17 @@ impl Compiler<'_> {
         if let Some(v) = &api.request_validator {
             refuse(v.referenced, "request_validator");
         }
+        for (i, stage) in api.stages.iter().enumerate() {
+            if let Some(cache) = &stage.cache {
+                refuse(cache.referenced, &format!("stages[{i}].cache"));
+            }
+        }
         for (i, route) in api.routes.iter().enumerate() {
             let used = [
                 route.request_validator.as_ref().map(|v| (v.referenced, "request_validator")),
                 route.request_models.as_ref().map(|v| (v.referenced, "request_models")),
                 route.required_parameters.as_ref().map(|v| (v.referenced, "required_parameters")),
+                route.cache.as_ref().map(|v| (v.referenced, "cache")),
             ];
             for (at, what) in used.into_iter().flatten() {
                 refuse(at, &format!("routes[{i}].{what}"));
