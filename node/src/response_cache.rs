@@ -82,14 +82,14 @@ impl Drop for FillGuard {
 
 impl StageCache {
     fn new(api: &str, stage: &str, capacity_bytes: u64) -> StageCache {
-        let labels = |result: &'static str| {
-            metrics::counter!("meridian_cache_requests_total", "api" => api.to_string(), "stage" => stage.to_string(), "result" => result)
-        };
-        let evictions = metrics::counter!("meridian_cache_evictions_total", "api" => api.to_string(), "stage" => stage.to_string());
+        let labels = |result: &'static str| metrics::counter!("meridian_cache_requests_total", "api" => api.to_string(), "stage" => stage.to_string(), "result" => result);
+        let evictions =
+            metrics::counter!("meridian_cache_evictions_total", "api" => api.to_string(), "stage" => stage.to_string());
         let entries = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|key: &String, value: &Arc<CachedResponse>| value.weight(key))
             .time_to_live(MAX_TTL)
+            .support_invalidation_closures()
             .eviction_listener(move |_, _, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     evictions.increment(1);
@@ -147,6 +147,15 @@ pub struct ResponseCaches {
     caches: Mutex<HashMap<String, Arc<StageCache>>>,
 }
 
+/// What to empty: a stage's cache, or only one route's entries in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flush {
+    pub api: String,
+    pub stage: String,
+    /// A route key (`GET /pets/{id}`); `None` for the whole stage.
+    pub route: Option<String>,
+}
+
 impl ResponseCaches {
     /// The cache of `api`'s stage `stage` holding at most `capacity_bytes`.
     pub fn bind(&self, api: &str, stage: &str, capacity_bytes: u64) -> Arc<StageCache> {
@@ -154,6 +163,31 @@ impl ResponseCaches {
         caches.retain(|_, c| Arc::strong_count(c) > 1);
         let key = format!("{api}\n{stage}\n{capacity_bytes}");
         caches.entry(key).or_insert_with(|| Arc::new(StageCache::new(api, stage, capacity_bytes))).clone()
+    }
+
+    /// Empties what `flush` names; the number of stage caches it touched.
+    pub fn flush(&self, flush: &Flush) -> usize {
+        let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        let prefix = format!("{}\n{}\n", flush.api, flush.stage);
+        let mut touched = 0;
+        for cache in caches.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(_, c)| c) {
+            touched += 1;
+            match &flush.route {
+                None => cache.entries.invalidate_all(),
+                Some(route) => {
+                    // Keys start with `METHOD ROUTE-KEY\n`.
+                    let route = format!("{route}\n");
+                    let matching = move |key: &String, _: &Arc<CachedResponse>| {
+                        key.split_once(' ').is_some_and(|(_, rest)| rest.starts_with(&route))
+                    };
+                    if let Err(e) = cache.entries.invalidate_entries_if(matching) {
+                        tracing::warn!(error = %e, "a route's cache entries could not be flushed; flushing the stage");
+                        cache.entries.invalidate_all();
+                    }
+                }
+            }
+        }
+        touched
     }
 }
 
@@ -185,6 +219,27 @@ mod tests {
         drop(guard);
         assert!(wait_for_fill(waiting, Duration::from_secs(5)).await.is_none());
         assert!(matches!(cache.miss("j".into()), Miss::Fill(_)));
+    }
+
+    #[test]
+    fn a_flush_empties_a_stage_or_one_route() {
+        let caches = ResponseCaches::default();
+        let cache = caches.bind("a", "s", 1 << 20);
+        let other = caches.bind("a", "t", 1 << 20);
+        for (c, key) in [(&cache, "GET GET /x\n/s/x\n"), (&cache, "GET GET /y\n/s/y\n"), (&other, "GET GET /x\n/t/x\n")]
+        {
+            let Miss::Fill(guard) = c.miss(key.into()) else { panic!() };
+            guard.complete(response(1, Duration::from_secs(60)));
+        }
+        let now = Instant::now();
+        let route = Flush { api: "a".into(), stage: "s".into(), route: Some("GET /x".into()) };
+        assert_eq!(caches.flush(&route), 1);
+        cache.entries.run_pending_tasks();
+        assert!(cache.get("GET GET /x\n/s/x\n", now).is_none());
+        assert!(cache.get("GET GET /y\n/s/y\n", now).is_some());
+        caches.flush(&Flush { route: None, ..route });
+        assert!(cache.get("GET GET /y\n/s/y\n", now).is_none());
+        assert!(other.get("GET GET /x\n/t/x\n", now).is_some(), "another stage keeps its entries");
     }
 
     #[test]

@@ -1252,3 +1252,68 @@ apis:
         assert_eq!(get_from(*gateway, &format!("127.{b}.10"), "/prod/version").await, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_flush_empties_the_stage_on_every_node_of_every_region() {
+    let cluster = tokio::task::spawn_blocking(|| three_regions(18)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cached.yaml");
+    std::fs::write(
+        &path,
+        r#"
+apis:
+  - id: pets
+    type: rest
+    routes:
+      - { route: GET /version, integration: { type: mock, body: cached } }
+      - { route: GET /other, integration: { type: mock, body: other } }
+    stages:
+      - { name: prod, cache: { ttl: 600s } }
+"#,
+    )
+    .unwrap();
+    let out = cli(&["apply", "-f", path.to_str().unwrap(), "--stage", "prod"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    served_everywhere(&cluster.nodes.iter().collect::<Vec<_>>(), "cached").await;
+    let gateways: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http.unwrap()).collect();
+    let x_cache = |gateway: SocketAddr, path: &'static str| async move {
+        get(gateway, "gw.test", path).await.header("x-cache").to_string()
+    };
+    for g in &gateways {
+        for path in ["/prod/version", "/prod/other"] {
+            x_cache(*g, path).await;
+            assert_eq!(x_cache(*g, path).await, "Hit", "{g} {path}");
+        }
+    }
+
+    // One route's entries, then the whole stage, from the node of region 2.
+    let out = cli(
+        &["cache", "flush", "--api", "pets", "--stage", "prod", "--route", "GET /other", "-o", "json"],
+        &cluster.nodes[1],
+    );
+    assert!(out.status.success(), "{out:?}");
+    for g in &gateways {
+        assert_eq!(
+            (x_cache(*g, "/prod/other").await, x_cache(*g, "/prod/version").await),
+            ("Miss".into(), "Hit".into())
+        );
+    }
+    let out = cli(&["cache", "flush", "--api", "pets", "--stage", "prod", "-o", "json"], &cluster.nodes[1]);
+    assert!(out.status.success(), "{out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let took = answer["took_ms"].as_f64().unwrap();
+    eprintln!("cache flush confirmed by {} nodes in {took:.1} ms", answer["flushed"].as_array().unwrap().len());
+    assert_eq!(answer["flushed"].as_array().unwrap().len(), 3, "{answer}");
+    assert!(took < 1000.0, "the flush took {took} ms");
+    for g in &gateways {
+        assert_eq!(x_cache(*g, "/prod/version").await, "Miss", "{g} still served its cached answer");
+    }
+    let text = String::from_utf8_lossy(
+        &cli(&["cache", "flush", "--api", "pets", "--stage", "prod"], &cluster.nodes[2]).stdout,
+    )
+    .into_owned();
+    assert!(text.starts_with("flushed on 3 node(s)"), "{text}");
+    let bad = cli(&["cache", "flush", "--api", "pets", "--stage", "prod", "--route", "not a route"], &cluster.nodes[0]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a route key"), "{bad:?}");
+}

@@ -6,6 +6,7 @@
 //! `admin.token_file`. Without a configured token those calls are refused, and reload is
 //! available through SIGHUP only. Tokens are never logged.
 
+mod cache;
 pub mod client;
 mod cluster;
 mod credentials;
@@ -177,6 +178,16 @@ impl AdminState {
                     Err(_) => message(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed"),
                 }
             }
+            (&Method::POST, path) if cache::flush_target(path).is_some() => {
+                if let Some(denied) = self.refusal(&request) {
+                    return denied;
+                }
+                let path = path.to_string();
+                let Some((api, stage)) = cache::flush_target(&path) else {
+                    return message(StatusCode::NOT_FOUND, "no such admin endpoint");
+                };
+                cache::handle(&self, api, stage, request).await
+            }
             (&Method::POST, "/v1/explain") => {
                 if let Some(denied) = self.refusal(&request) {
                     return denied;
@@ -320,10 +331,11 @@ mod tests {
             "/v1/plans/{plan}/keys",
             "/v1/usage",
             "/v1/explain",
+            "/v1/apis/{api}/stages/{stage}/cache/flush",
         ] {
             assert!(paths.iter().any(|p| *p == route), "{route} is not documented");
         }
-        assert_eq!(paths.len(), 38, "a documented path is not served");
+        assert_eq!(paths.len(), 39, "a documented path is not served");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod access;
 mod apis;
+mod cache;
 mod chaos;
 mod cluster;
 mod credentials;
@@ -147,6 +148,9 @@ pub enum Command {
     /// Manage DNS zones and explain the answers.
     #[command(subcommand)]
     Dns(DnsCommand),
+    /// Empty stages' response caches on every node.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Explain what a node would do with a request.
     #[command(subcommand)]
     Explain(explain::ExplainCommand),
@@ -304,6 +308,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Regions(command) => dns::regions(command).await,
         Command::Dns(command) => dns::dns(command).await,
         Command::Explain(command) => explain::run(command).await,
+        Command::Cache(command) => cache::run(command).await,
         Command::Chaos(command) => chaos::run_command(command).await,
         Command::Keys(command) => access::keys(command).await,
         Command::Usage { plan, key, from, to, csv, target } => {

@@ -89,6 +89,7 @@ pub struct ClusterMember {
     data_key: DataKey,
     limiter: std::sync::OnceLock<Arc<crate::limits::limiter::Limiter>>,
     dns: std::sync::OnceLock<Arc<super::dns::DnsService>>,
+    caches: std::sync::OnceLock<Arc<crate::response_cache::ResponseCaches>>,
     /// Set once this node's removal from the cluster has committed: the process then ends.
     left: tokio::sync::watch::Sender<bool>,
     /// How often a leader sends heartbeats (`cluster.heartbeat`).
@@ -378,6 +379,7 @@ impl ClusterMember {
             data_key,
             limiter: std::sync::OnceLock::new(),
             dns: std::sync::OnceLock::new(),
+            caches: std::sync::OnceLock::new(),
             left: tokio::sync::watch::Sender::new(false),
             heartbeat: settings.heartbeat,
             peers: Default::default(),
@@ -402,6 +404,57 @@ impl ClusterMember {
     /// The DNS service, once the node has attached it.
     pub fn dns(&self) -> Option<&Arc<super::dns::DnsService>> {
         self.dns.get()
+    }
+
+    /// The response caches that `FlushCache` empties.
+    pub fn attach_caches(&self, caches: Arc<crate::response_cache::ResponseCaches>) {
+        let _ = self.caches.set(caches);
+    }
+
+    /// The response caches, once the node has attached them.
+    pub fn caches(&self) -> Option<&Arc<crate::response_cache::ResponseCaches>> {
+        self.caches.get()
+    }
+
+    /// Empties what `flush` names on every other member, at once; each member's outcome.
+    pub async fn flush_caches_elsewhere(
+        &self,
+        flush: &crate::response_cache::Flush,
+    ) -> Vec<(NodeId, Result<(), String>)> {
+        let nodes: Vec<(NodeId, ClusterNode)> = {
+            let metrics = self.raft.metrics().borrow().clone();
+            metrics.membership_config.membership().nodes().map(|(i, n)| (*i, n.clone())).collect()
+        };
+        let mut calls = tokio::task::JoinSet::new();
+        for (id, node) in nodes.into_iter().filter(|(id, _)| *id != self.id) {
+            let client = self.peer_client(&node.rpc_addr);
+            let request = meridian_proto::CacheFlush {
+                api: flush.api.clone(),
+                stage: flush.stage.clone(),
+                route: flush.route.clone().unwrap_or_default(),
+            };
+            calls.spawn(async move {
+                let outcome = match client {
+                    Ok(mut client) => {
+                        match tokio::time::timeout(Duration::from_secs(2), client.flush_cache(request)).await {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(status)) => Err(status.message().to_string()),
+                            Err(_) => Err("no answer within 2s".to_string()),
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                (id, outcome)
+            });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(done) = calls.join_next().await {
+            if let Ok(outcome) = done {
+                outcomes.push(outcome);
+            }
+        }
+        outcomes.sort_by_key(|(id, _)| *id);
+        outcomes
     }
 
     /// The limiter, once the node has attached it.

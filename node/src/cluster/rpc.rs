@@ -10,8 +10,8 @@ use std::time::Duration;
 use meridian_consensus::{NodeId, Proposal, TypeConfig};
 use meridian_proto::node_server::{Node, NodeServer};
 use meridian_proto::{
-    GossipAck, GossipPayload, HealthPayload, JoinReply, JoinRequest, MembershipReply, MembershipRequest, ProposeReply,
-    ProposeRequest, RaftPayload, StatusReply, StatusRequest,
+    CacheFlush, GossipAck, GossipPayload, HealthPayload, JoinReply, JoinRequest, MembershipReply, MembershipRequest,
+    ProposeReply, ProposeRequest, RaftPayload, StatusReply, StatusRequest,
 };
 use openraft::ServerState;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -132,6 +132,23 @@ impl Node for NodeService {
         })?;
         if let Some(dns) = self.member.dns() {
             dns.receive(report);
+        }
+        Ok(Response::new(GossipAck {}))
+    }
+
+    async fn flush_cache(&self, request: Request<CacheFlush>) -> Result<Response<GossipAck>, Status> {
+        require_member(&request)?;
+        let flush = request.into_inner();
+        let bounded = |s: &str| s.len() <= 256;
+        if flush.api.is_empty()
+            || flush.stage.is_empty()
+            || ![&flush.api, &flush.stage, &flush.route].iter().all(|s| bounded(s))
+        {
+            return Err(Status::invalid_argument("a cache flush names an API and a stage (at most 256 bytes each)"));
+        }
+        if let Some(caches) = self.member.caches() {
+            let route = (!flush.route.is_empty()).then_some(flush.route);
+            caches.flush(&crate::response_cache::Flush { api: flush.api, stage: flush.stage, route });
         }
         Ok(Response::new(GossipAck {}))
     }

@@ -222,6 +222,7 @@ impl Node {
                 Err(e) => tracing::error!(error = %e, "the DNS responder could not start"),
             }
         }
+        member.attach_caches(self.admin.pipeline.caches().clone());
         let _ = self.admin.cluster.set(member);
     }
 

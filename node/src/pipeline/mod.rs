@@ -76,7 +76,7 @@ pub struct Pipeline {
     /// Clients the firewall's rate-based rules block, kept across reloads.
     blocks: Blocklist,
     /// Response caches, by stage, kept across reloads.
-    caches: ResponseCaches,
+    caches: Arc<ResponseCaches>,
     body_limit: BodyLimit,
     /// HTTP/1.1 heads are held to it by hyper; HTTP/2 heads here.
     max_headers: usize,
@@ -165,7 +165,7 @@ impl Pipeline {
             limiter,
             authorizers: Authorizers::new(upstreams.clone()),
             blocks: Blocklist::default(),
-            caches: ResponseCaches::default(),
+            caches: Arc::default(),
             upstreams,
             body_limit: BodyLimit { max_bytes: limits.max_body_bytes },
             max_headers: limits.max_headers,
@@ -210,6 +210,11 @@ impl Pipeline {
             in_flight: self.in_flight.clone(),
         };
         Response::from_parts(parts, ObservedBody::new(body, completion))
+    }
+
+    /// The node's response caches (`meridian cache flush` empties them).
+    pub fn caches(&self) -> &Arc<ResponseCaches> {
+        &self.caches
     }
 
     /// What the stages of a request on `table` enforce their policy with.

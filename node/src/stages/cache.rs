@@ -160,16 +160,13 @@ fn answer(cached: &CachedResponse) -> Response<ResponseBody> {
 /// Whether a response may be kept: a 200 that neither forbids shared caching nor sets a
 /// cookie.
 fn cacheable(head: &response::Parts) -> bool {
-    let forbidden = head
-        .headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| {
-            let d = d.trim();
-            d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private")
-        });
+    let forbidden =
+        head.headers.get_all(CACHE_CONTROL).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
+            |d| {
+                let d = d.trim();
+                d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private")
+            },
+        );
     head.status == StatusCode::OK && !forbidden && !head.headers.contains_key(SET_COOKIE)
 }
 

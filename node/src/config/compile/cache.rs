@@ -72,7 +72,11 @@ impl Compiler<'_> {
         let def = stage.cache.as_ref()?;
         let capacity = def.value.capacity_mib.unwrap_or(DEFAULT_CAPACITY_MIB);
         if !(1..=MAX_CAPACITY_MIB).contains(&capacity) {
-            self.sink.push(def.referenced, format!("{field}.cache.capacity_mib"), format!("1 to {MAX_CAPACITY_MIB} MiB"));
+            self.sink.push(
+                def.referenced,
+                format!("{field}.cache.capacity_mib"),
+                format!("1 to {MAX_CAPACITY_MIB} MiB"),
+            );
             return None;
         }
         let ttl = match &def.value.ttl {
@@ -99,7 +103,11 @@ impl Compiler<'_> {
                     "GET" => spec.methods.push(Method::GET),
                     "HEAD" => spec.methods.push(Method::HEAD),
                     other => {
-                        self.sink.push(at, format!("{field}.methods"), format!("`{other}`: only GET and HEAD answers are cached"));
+                        self.sink.push(
+                            at,
+                            format!("{field}.methods"),
+                            format!("`{other}`: only GET and HEAD answers are cached"),
+                        );
                         ok = false;
                     }
                 }
