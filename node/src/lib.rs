@@ -29,6 +29,7 @@ pub mod files;
 pub mod gateway;
 pub mod integration;
 pub mod limits;
+pub mod mapping;
 pub mod node;
 pub mod observe;
 pub mod pipeline;

@@ -10,8 +10,10 @@
 #                                        # quota counted) plus the cluster-wide throttle
 #   STAGES=1 tests/bench/proxy.sh        # Meridian alone: the same route without stages, behind
 #                                        # a JWT authorizer (RS256, key from a JWKS, kept token),
-#                                        # behind a custom authorizer (warm cache) and with CORS;
-#                                        # ratios to the route without, and each stage's CPU cost
+#                                        # behind a custom authorizer (warm cache), with CORS and
+#                                        # behind 20 firewall rules: ratios to the route without,
+#                                        # and each stage's CPU cost; then cache hits from
+#                                        # Meridian's response cache against nginx's proxy_cache
 #
 # Layout on a 2-core machine: the proxy under test (nginx with 1 worker, HAProxy with 1
 # thread, or Meridian with --workers 1) is pinned to core 0; the backend (nginx, 1 worker, fixed 200) and wrk share
@@ -106,8 +108,18 @@ http {
   access_log $work/proxy/logs/access.log;
   keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
+  # STAGES=1 compares cache hits: nginx's proxy_cache against Meridian's response cache.
+  proxy_cache_path $work/proxy/cache levels=1:2 keys_zone=bench:10m max_size=64m;
   server {
     listen 127.0.0.1:$NGINX_PORT;
+    location /cached/ {
+      proxy_pass http://backend/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+      proxy_cache_valid 200 10m;
+      add_header X-Cache \$upstream_cache_status;
+    }
     location / {
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -167,6 +179,7 @@ access_log: { path: "$work/meridian-access.log" }
 throttle: { rate: 100000000, burst: 100000000 }
 apis:
   - id: bench
+    type: rest
     authorizers:
       - { name: jwt, type: jwt, algorithms: [RS256], jwks_uri: "http://127.0.0.1:$BACKEND_PORT/jwks", audience: [bench] }
       - { name: custom, type: custom, uri: "http://127.0.0.1:$BACKEND_PORT/authorize", identity_sources: [\$request.header.x-token] }
@@ -185,6 +198,10 @@ apis:
     stages:
       - name: bench
         variables: { backend: "127.0.0.1:$BACKEND_PORT" }
+      # The same routes with the response cache: every measured request is a hit.
+      - name: cached
+        variables: { backend: "127.0.0.1:$BACKEND_PORT" }
+        cache: { ttl: 3600s }
       # The same routes behind 20 firewall rules, none of which matches the benchmark's
       # requests (so every rule is evaluated), the SQLi/XSS signature sets among them.
       - name: waf
@@ -285,9 +302,11 @@ if [ "$STAGES" = 1 ]; then
   base="http://127.0.0.1:$MERIDIAN_PORT/bench"
   for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round/$ROUNDS: meridian without stages, with the JWT authorizer, the custom authorizer, CORS ($DURATION each)"
-    order=(open jwt custom cors waf); (( round % 2 )) || order=(waf cors custom jwt open)
+    order=(open jwt custom cors waf cache nginx_cache); (( round % 2 )) || order=(nginx_cache cache waf cors custom jwt open)
     for t in "${order[@]}"; do
       case $t in
+        cache) echo "cache $(measure "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" "$meridian_pid" "x-token: none")" >> "$work/results" ;;
+        nginx_cache) echo "nginx_cache $(measure "http://127.0.0.1:$NGINX_PORT/cached/hello" "$nginx_worker" "x-token: none")" >> "$work/results" ;;
         open) echo "open $(measure "$base/hello" "$meridian_pid" "x-token: none")" >> "$work/results" ;;
         jwt) echo "jwt $(measure "$base/jwt/hello" "$meridian_pid" "Authorization: Bearer $BENCH_TOKEN")" >> "$work/results" ;;
         custom) echo "custom $(measure "$base/custom/hello" "$meridian_pid" "x-token: bench")" >> "$work/results" ;;
@@ -299,7 +318,7 @@ if [ "$STAGES" = 1 ]; then
   echo
   echo "median of $ROUNDS rounds:"
   printf '%-34s %12s %10s %10s %16s\n' "meridian route" "req/s" "p50 ms" "p99 ms" "CPU us/request"
-  for t in open jwt custom cors waf; do
+  for t in open jwt custom cors waf cache nginx_cache; do
     printf '%-34s %12s %10s %10s %16s\n' "$t" "$(col "$t" 2)" "$(col "$t" 3)" "$(col "$t" 4)" "$(col "$t" 5)"
   done
   echo
@@ -308,6 +327,14 @@ if [ "$STAGES" = 1 ]; then
     if (o + 0 <= 0 || j + 0 <= 0 || c + 0 <= 0 || s + 0 <= 0 || w + 0 <= 0) { print "a route measured no successful request" > "/dev/stderr"; exit 1 }
     printf "throughput jwt/open: %.2fx, custom/open: %.2fx, waf (20 rules)/open: %.2fx (goal >= 0.90x); cors/open: %.2fx (goal >= 0.97x)\n", j / o, c / o, w / o, s / o
     printf "cost per request: jwt %+.1f us, custom (warm cache) %+.1f us, cors %+.1f us, waf %+.1f us (%.2f us per rule) of CPU\n", jc - oc, cc - oc, sc - oc, wc - oc, (wc - oc) / 20 }'
+  # Cache hits: the same response from Meridian's cache and from nginx's proxy_cache.
+  curl -sf -o /dev/null -D - "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" | grep -qi '^x-cache: hit' \
+    || { echo "meridian's cached route did not answer from its cache" >&2; exit 1; }
+  curl -sf -o /dev/null -D - "http://127.0.0.1:$NGINX_PORT/cached/hello" | grep -qi '^x-cache: hit' \
+    || { echo "nginx's cached location did not answer from its cache" >&2; exit 1; }
+  awk -v m="$(col cache 2)" -v n="$(col nginx_cache 2)" -v mc="$(col cache 5)" -v nc="$(col nginx_cache 5)" 'BEGIN {
+    if (m + 0 <= 0 || n + 0 <= 0) { print "a cache measured no successful request" > "/dev/stderr"; exit 1 }
+    printf "cache hits meridian/nginx proxy_cache: %.2fx throughput (goal >= 1.00x), CPU per request %.2fx\n", m / n, mc / nc }'
   exit 0
 fi
 for round in $(seq 1 "$ROUNDS"); do

@@ -1,0 +1,539 @@
+//! Rendering a parsed template against a request's (or a response's) inputs, within
+//! [`Bounds`](super::Bounds).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use super::Bounds;
+use super::parse::{BinaryOp, Expr, Node, Reference, Step, Template};
+
+/// What a template reads: the body, the parameters, and what the caller puts in
+/// `$context` and `$stageVariables`.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub body: String,
+    pub path: Map<String, Value>,
+    pub querystring: Map<String, Value>,
+    pub header: Map<String, Value>,
+    pub context: Value,
+    pub stage_variables: Value,
+}
+
+/// Why a rendering failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct RenderError {
+    pub line: usize,
+    pub message: String,
+}
+
+struct Renderer<'a> {
+    inputs: &'a Inputs,
+    bounds: Bounds,
+    started: Instant,
+    vars: HashMap<String, Value>,
+    out: String,
+    iterations: u64,
+    /// The body as JSON, parsed on first use (`None` inside: not JSON).
+    body_json: Option<Option<Value>>,
+}
+
+type Rendered<T> = Result<T, RenderError>;
+
+impl Template {
+    /// Renders the template with `inputs`, within `bounds`.
+    pub fn render(&self, inputs: &Inputs, bounds: Bounds) -> Result<String, RenderError> {
+        let mut renderer = Renderer {
+            inputs,
+            bounds,
+            started: Instant::now(),
+            vars: HashMap::new(),
+            out: String::new(),
+            iterations: 0,
+            body_json: None,
+        };
+        renderer.nodes(&self.nodes)?;
+        Ok(renderer.out)
+    }
+}
+
+fn fail<T>(line: usize, message: impl Into<String>) -> Rendered<T> {
+    Err(RenderError { line, message: message.into() })
+}
+
+/// A value as text, as Velocity (Java) writes it.
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(items) => format!("[{}]", items.iter().map(text).collect::<Vec<_>>().join(", ")),
+        Value::Object(map) => {
+            format!("{{{}}}", map.iter().map(|(k, v)| format!("{k}={}", text(v))).collect::<Vec<_>>().join(", "))
+        }
+    }
+}
+
+fn truthy(value: &Option<Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => true,
+    }
+}
+
+fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        _ => None,
+    }
+}
+
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+/// JavaScript string escaping, as `$util.escapeJavaScript` does it.
+fn escape_javascript(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            '/' => out.push_str("\\/"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `application/x-www-form-urlencoded` encoding, as Java's `URLEncoder` does it.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'*' | b'_' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn compare(op: BinaryOp, a: &Value, b: &Value) -> bool {
+    use std::cmp::Ordering;
+    let ordering = match (number(a), number(b)) {
+        (Some(x), Some(y)) => x.partial_cmp(&y),
+        _ => match (a, b) {
+            (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+            _ => None,
+        },
+    };
+    match op {
+        BinaryOp::Eq => ordering.map_or_else(|| a == b || text(a) == text(b), |o| o == Ordering::Equal),
+        BinaryOp::Ne => !compare(BinaryOp::Eq, a, b),
+        BinaryOp::Lt => ordering == Some(Ordering::Less),
+        BinaryOp::Gt => ordering == Some(Ordering::Greater),
+        BinaryOp::Le => matches!(ordering, Some(Ordering::Less | Ordering::Equal)),
+        BinaryOp::Ge => matches!(ordering, Some(Ordering::Greater | Ordering::Equal)),
+        _ => false,
+    }
+}
+
+impl Renderer<'_> {
+    fn check_time(&self, line: usize) -> Rendered<()> {
+        if self.started.elapsed() > self.bounds.max_time {
+            return fail(line, format!("rendering took longer than {} ms", self.bounds.max_time.as_millis()));
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, text: &str, line: usize) -> Rendered<()> {
+        if self.out.len() + text.len() > self.bounds.max_output {
+            return fail(line, format!("the output is larger than {} bytes", self.bounds.max_output));
+        }
+        self.out.push_str(text);
+        Ok(())
+    }
+
+    fn nodes(&mut self, nodes: &[Node]) -> Rendered<()> {
+        for node in nodes {
+            match node {
+                Node::Text(t) => self.emit(t, 0)?,
+                Node::Ref(r, source) => match self.reference(r)? {
+                    Some(value) => {
+                        let t = text(&value);
+                        self.emit(&t, r.line)?;
+                    }
+                    None if r.quiet => {}
+                    None => self.emit(source, r.line)?,
+                },
+                Node::Set(name, value) => {
+                    // As in Velocity, a null value leaves the variable as it was.
+                    if let Some(v) = self.expr(value)?.filter(|v| !v.is_null()) {
+                        self.vars.insert(name.clone(), v);
+                    }
+                }
+                Node::If(branches, otherwise) => {
+                    let mut taken = false;
+                    for (condition, body) in branches {
+                        if truthy(&self.expr(condition)?) {
+                            self.nodes(body)?;
+                            taken = true;
+                            break;
+                        }
+                    }
+                    if !taken {
+                        self.nodes(otherwise)?;
+                    }
+                }
+                Node::Foreach(var, items, body) => self.foreach(var, items, body)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn foreach(&mut self, var: &str, items: &Expr, body: &[Node]) -> Rendered<()> {
+        let items = match self.expr(items)? {
+            Some(Value::Array(list)) => list,
+            Some(Value::Object(map)) => map.into_iter().map(|(_, v)| v).collect(),
+            _ => Vec::new(),
+        };
+        let saved = (self.vars.remove(var), self.vars.remove("foreach"));
+        let count = items.len();
+        for (index, item) in items.into_iter().enumerate() {
+            self.iterations += 1;
+            if self.iterations > self.bounds.max_iterations {
+                return fail(0, format!("more than {} #foreach iterations", self.bounds.max_iterations));
+            }
+            self.check_time(0)?;
+            self.vars.insert(var.to_string(), item);
+            let state = serde_json::json!({ "index": index, "count": index + 1, "hasNext": index + 1 < count, "first": index == 0, "last": index + 1 == count });
+            self.vars.insert("foreach".into(), state);
+            self.nodes(body)?;
+        }
+        self.vars.remove(var);
+        self.vars.remove("foreach");
+        if let Some(v) = saved.0 {
+            self.vars.insert(var.to_string(), v);
+        }
+        if let Some(v) = saved.1 {
+            self.vars.insert("foreach".into(), v);
+        }
+        Ok(())
+    }
+
+    fn expr(&mut self, expr: &Expr) -> Rendered<Option<Value>> {
+        Ok(Some(match expr {
+            Expr::Literal(v) => v.clone(),
+            Expr::Interpolated(nodes) => {
+                let outer = std::mem::take(&mut self.out);
+                let rendered = self.nodes(nodes);
+                let inner = std::mem::replace(&mut self.out, outer);
+                rendered?;
+                Value::String(inner)
+            }
+            Expr::List(items) => {
+                let mut list = Vec::with_capacity(items.len());
+                for item in items {
+                    list.push(self.expr(item)?.unwrap_or(Value::Null));
+                }
+                Value::Array(list)
+            }
+            Expr::Range(from, to) => {
+                let from = self.expr(from)?.as_ref().and_then(integer);
+                let to = self.expr(to)?.as_ref().and_then(integer);
+                let (Some(from), Some(to)) = (from, to) else { return fail(0, "a range needs two integers") };
+                if from.abs_diff(to) >= self.bounds.max_iterations {
+                    return fail(0, format!("a range longer than {} items", self.bounds.max_iterations));
+                }
+                let range: Vec<Value> = if from <= to {
+                    (from..=to).map(Value::from).collect()
+                } else {
+                    (to..=from).rev().map(Value::from).collect()
+                };
+                Value::Array(range)
+            }
+            Expr::Map(pairs) => {
+                let mut map = Map::new();
+                for (k, v) in pairs {
+                    let key = self.expr(k)?.map(|k| text(&k)).unwrap_or_default();
+                    map.insert(key, self.expr(v)?.unwrap_or(Value::Null));
+                }
+                Value::Object(map)
+            }
+            Expr::Ref(r) => return self.reference(r),
+            Expr::Not(inner) => Value::Bool(!truthy(&self.expr(inner)?)),
+            Expr::Negate(inner) => match self.expr(inner)? {
+                Some(v) if integer(&v).is_some() => Value::from(-integer(&v).unwrap_or(0)),
+                Some(v) if number(&v).is_some() => {
+                    serde_json::Number::from_f64(-number(&v).unwrap_or(0.0)).map_or(Value::Null, Value::Number)
+                }
+                _ => return fail(0, "`-` needs a number"),
+            },
+            Expr::Binary(op, a, b) => return self.binary(*op, a, b),
+        }))
+    }
+
+    fn binary(&mut self, op: BinaryOp, a: &Expr, b: &Expr) -> Rendered<Option<Value>> {
+        match op {
+            BinaryOp::Or => {
+                let left = truthy(&self.expr(a)?);
+                return Ok(Some(Value::Bool(left || truthy(&self.expr(b)?))));
+            }
+            BinaryOp::And => {
+                let left = truthy(&self.expr(a)?);
+                return Ok(Some(Value::Bool(left && truthy(&self.expr(b)?))));
+            }
+            _ => {}
+        }
+        let left = self.expr(a)?.unwrap_or(Value::Null);
+        let right = self.expr(b)?.unwrap_or(Value::Null);
+        if matches!(op, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Le | BinaryOp::Ge) {
+            return Ok(Some(Value::Bool(compare(op, &left, &right))));
+        }
+        if op == BinaryOp::Add && (left.is_string() || right.is_string()) {
+            return Ok(Some(Value::String(text(&left) + &text(&right))));
+        }
+        let result = match (integer(&left), integer(&right)) {
+            (Some(x), Some(y)) => match op {
+                BinaryOp::Add => x.checked_add(y).map(Value::from),
+                BinaryOp::Sub => x.checked_sub(y).map(Value::from),
+                BinaryOp::Mul => x.checked_mul(y).map(Value::from),
+                BinaryOp::Div => x.checked_div(y).map(Value::from),
+                BinaryOp::Rem => x.checked_rem(y).map(Value::from),
+                _ => None,
+            },
+            _ => match (number(&left), number(&right)) {
+                (Some(x), Some(y)) => {
+                    let r = match op {
+                        BinaryOp::Add => x + y,
+                        BinaryOp::Sub => x - y,
+                        BinaryOp::Mul => x * y,
+                        BinaryOp::Div => x / y,
+                        BinaryOp::Rem => x % y,
+                        _ => f64::NAN,
+                    };
+                    serde_json::Number::from_f64(r).map(Value::Number)
+                }
+                _ => return fail(0, "arithmetic needs numbers"),
+            },
+        };
+        // Division by zero and overflow are null, as in Velocity.
+        Ok(Some(result.unwrap_or(Value::Null)))
+    }
+
+    fn arguments(&mut self, args: &[Expr]) -> Rendered<Vec<Value>> {
+        let mut values = Vec::with_capacity(args.len());
+        for a in args {
+            values.push(self.expr(a)?.unwrap_or(Value::Null));
+        }
+        Ok(values)
+    }
+
+    fn body_json(&mut self) -> Option<&Value> {
+        if self.body_json.is_none() {
+            let body = self.inputs.body.trim();
+            let parsed =
+                if body.is_empty() { Some(Value::Object(Map::new())) } else { serde_json::from_str(body).ok() };
+            self.body_json = Some(parsed);
+        }
+        self.body_json.as_ref().and_then(Option::as_ref)
+    }
+
+    /// What `path` selects in the body: one value, several (a list), or null.
+    fn select(&mut self, path: &str, line: usize) -> Rendered<Value> {
+        let compiled = match serde_json_path::JsonPath::parse(path) {
+            Ok(p) => p,
+            Err(e) => return fail(line, format!("`{path}` is not a JSONPath: {e}")),
+        };
+        let Some(body) = self.body_json() else { return fail(line, "the body is not JSON") };
+        let nodes = compiled.query(body).all();
+        let singular = !path.contains(['*', '?', ':']) && !path.contains("..");
+        Ok(match (nodes.as_slice(), singular) {
+            ([], _) => Value::Null,
+            ([one], true) => (*one).clone(),
+            (many, _) => Value::Array(many.iter().map(|v| (*v).clone()).collect()),
+        })
+    }
+
+    fn reference(&mut self, r: &Reference) -> Rendered<Option<Value>> {
+        let (start, skip): (Value, usize) = match r.root.as_str() {
+            name if self.vars.contains_key(name) => (self.vars[name].clone(), 0),
+            "input" => (self.input(r)?, 1),
+            "util" => (self.util(r)?, 1),
+            "context" => (self.inputs.context.clone(), 0),
+            "stageVariables" => (self.inputs.stage_variables.clone(), 0),
+            _ => return Ok(None),
+        };
+        let mut value = start;
+        for step in &r.steps[skip..] {
+            value = self.step(value, step, r.line)?;
+        }
+        Ok(Some(value))
+    }
+
+    fn input(&mut self, r: &Reference) -> Rendered<Value> {
+        match r.steps.first() {
+            Some(Step::Field(f)) if f == "body" => Ok(Value::String(self.inputs.body.clone())),
+            Some(Step::Call(m, args)) if m == "json" || m == "path" => {
+                let args = self.arguments(args)?;
+                let path = args.first().map(text).unwrap_or_default();
+                let selected = self.select(&path, r.line)?;
+                Ok(if m == "json" { Value::String(selected.to_string()) } else { selected })
+            }
+            Some(Step::Call(m, args)) if m == "params" => {
+                let args = self.arguments(args)?;
+                match args.first() {
+                    None => Ok(serde_json::json!({
+                        "path": self.inputs.path,
+                        "querystring": self.inputs.querystring,
+                        "header": self.inputs.header,
+                    })),
+                    Some(name) => {
+                        let name = text(name);
+                        let header =
+                            self.inputs.header.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name)).map(|(_, v)| v);
+                        Ok(self
+                            .inputs
+                            .path
+                            .get(&name)
+                            .or_else(|| self.inputs.querystring.get(&name))
+                            .or(header)
+                            .cloned()
+                            .unwrap_or_else(|| Value::String(String::new())))
+                    }
+                }
+            }
+            _ => fail(r.line, "unsupported use of $input"),
+        }
+    }
+
+    fn util(&mut self, r: &Reference) -> Rendered<Value> {
+        let Some(Step::Call(f, args)) = r.steps.first() else { return fail(r.line, "$util needs a function") };
+        let args = self.arguments(args)?;
+        let arg = args.first().map(text).unwrap_or_default();
+        Ok(match f.as_str() {
+            "escapeJavaScript" => Value::String(escape_javascript(&arg)),
+            "urlEncode" => Value::String(url_encode(&arg)),
+            "urlDecode" => Value::String(crate::query::percent_decode(&arg.replace('+', " "))),
+            "base64Encode" => Value::String(base64::engine::general_purpose::STANDARD.encode(arg.as_bytes())),
+            "base64Decode" => match base64::engine::general_purpose::STANDARD.decode(arg.trim()) {
+                Ok(bytes) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+                Err(e) => return fail(r.line, format!("$util.base64Decode: {e}")),
+            },
+            "parseJson" => match serde_json::from_str(&arg) {
+                Ok(v) => v,
+                Err(e) => return fail(r.line, format!("$util.parseJson: {e}")),
+            },
+            "toJson" => Value::String(args.first().unwrap_or(&Value::Null).to_string()),
+            other => return fail(r.line, format!("$util has no `{other}`")),
+        })
+    }
+
+    fn step(&mut self, value: Value, step: &Step, line: usize) -> Rendered<Value> {
+        Ok(match step {
+            Step::Field(name) => match value {
+                Value::Object(mut map) => map.remove(name).unwrap_or(Value::Null),
+                _ => Value::Null,
+            },
+            Step::Index(index) => {
+                let index = self.expr(index)?.unwrap_or(Value::Null);
+                match (value, index) {
+                    (Value::Array(mut list), i) if integer(&i).is_some() => {
+                        let i = integer(&i).unwrap_or(-1);
+                        let i = if i < 0 { list.len() as i64 + i } else { i };
+                        usize::try_from(i).ok().filter(|i| *i < list.len()).map_or(Value::Null, |i| list.swap_remove(i))
+                    }
+                    (Value::Object(mut map), key) => map.remove(&text(&key)).unwrap_or(Value::Null),
+                    _ => Value::Null,
+                }
+            }
+            Step::Call(method, args) => {
+                let args = self.arguments(args)?;
+                method_call(value, method, &args).or_else(|e| fail(line, e))?
+            }
+        })
+    }
+}
+
+/// The methods values have.
+fn method_call(value: Value, method: &str, args: &[Value]) -> Result<Value, String> {
+    let arg = |i: usize| args.get(i).cloned().unwrap_or(Value::Null);
+    let size = |v: &Value| match v {
+        Value::String(s) => s.chars().count(),
+        Value::Array(l) => l.len(),
+        Value::Object(m) => m.len(),
+        _ => 0,
+    };
+    Ok(match (method, &value) {
+        ("size" | "length", _) => Value::from(size(&value)),
+        ("isEmpty", _) => Value::Bool(size(&value) == 0),
+        ("get", Value::Object(m)) => m.get(&text(&arg(0))).cloned().unwrap_or(Value::Null),
+        ("get", Value::Array(l)) => integer(&arg(0))
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| l.get(i).cloned())
+            .unwrap_or(Value::Null),
+        ("containsKey", Value::Object(m)) => Value::Bool(m.contains_key(&text(&arg(0)))),
+        ("keySet", Value::Object(m)) => Value::Array(m.keys().cloned().map(Value::String).collect()),
+        ("values", Value::Object(m)) => Value::Array(m.values().cloned().collect()),
+        ("contains", Value::Array(l)) => Value::Bool(l.contains(&arg(0))),
+        ("contains", Value::String(s)) => Value::Bool(s.contains(&text(&arg(0)))),
+        ("startsWith", Value::String(s)) => Value::Bool(s.starts_with(&text(&arg(0)))),
+        ("endsWith", Value::String(s)) => Value::Bool(s.ends_with(&text(&arg(0)))),
+        ("toLowerCase", Value::String(s)) => Value::String(s.to_lowercase()),
+        ("toUpperCase", Value::String(s)) => Value::String(s.to_uppercase()),
+        ("trim", Value::String(s)) => Value::String(s.trim().to_string()),
+        ("replace" | "replaceAll", Value::String(s)) => Value::String(s.replace(&text(&arg(0)), &text(&arg(1)))),
+        ("indexOf", Value::String(s)) => {
+            Value::from(s.find(&text(&arg(0))).map_or(-1, |byte| s[..byte].chars().count() as i64))
+        }
+        ("substring", Value::String(s)) => {
+            let chars: Vec<char> = s.chars().collect();
+            let from = integer(&arg(0)).and_then(|i| usize::try_from(i).ok()).unwrap_or(0).min(chars.len());
+            let to = match args.get(1) {
+                Some(v) => integer(v).and_then(|i| usize::try_from(i).ok()).unwrap_or(chars.len()).min(chars.len()),
+                None => chars.len(),
+            };
+            Value::String(chars[from..to.max(from)].iter().collect())
+        }
+        ("split", Value::String(s)) => {
+            let separator = text(&arg(0));
+            if separator.is_empty() {
+                return Err("split needs a separator".into());
+            }
+            Value::Array(s.split(separator.as_str()).map(|p| Value::String(p.to_string())).collect())
+        }
+        ("toString", _) => Value::String(text(&value)),
+        (m, v) => {
+            let kind = match v {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::String(_) => "a string",
+                Value::Array(_) => "a list",
+                Value::Object(_) => "a map",
+            };
+            return Err(format!("{kind} has no method `{m}`"));
+        }
+    })
+}

@@ -1,0 +1,59 @@
+//! Mapping templates: the Velocity-style template language a managed gateway's REST APIs use
+//! to reshape requests and responses, so that templates exported from one work here
+//! unchanged for the common cases.
+//!
+//! A template is parsed once per configuration revision ([`Template::parse`]); anything it
+//! uses that is not supported (a directive such as `#macro`, an unknown `$util` function, a
+//! JSONPath that does not parse) is an error with its line then, never a surprise later.
+//! Rendering ([`Template::render`]) is bounded in output size, loop iterations and work, and
+//! a failure is an error value, never a panic.
+//!
+//! What is supported:
+//!
+//! - references `$x`, `${x}`, `$!x` (quiet), with fields `$a.b`, indexes `$a[0]`, `$a['k']`
+//!   and method calls `$a.get('k')`;
+//! - `#set($x = ...)`, `#if / #elseif / #else / #end`, `#foreach($x in ...) ... #end` with
+//!   `$foreach.hasNext`, `$foreach.index` and `$foreach.count`, `##` and `#* *#` comments;
+//! - expressions: strings (`'literal'`, `"interpolated $x"`), numbers, `true`/`false`/`null`,
+//!   lists `[1, 2]`, ranges `[1..3]`, maps `{"k": v}`, `== != < > <= >=` (and `eq ne lt gt
+//!   le ge`), `&& || !` (and `and or not`), `+ - * / %`;
+//! - `$input.body`, `$input.json('$.path')`, `$input.path('$.path')`,
+//!   `$input.params('name')`, `$input.params()` (`path`, `querystring`, `header`);
+//!   `$context.*` and `$stageVariables.*` as the caller provides them;
+//! - `$util.escapeJavaScript`, `urlEncode`, `urlDecode`, `base64Encode`, `base64Decode`,
+//!   `parseJson`, `toJson`;
+//! - on values: `size length isEmpty get containsKey keySet values contains startsWith
+//!   endsWith toLowerCase toUpperCase trim replace substring indexOf split toString`.
+//!
+//! A reference that was never set renders as written (`$nothing`), as in Velocity; `$!x`
+//! renders nothing instead; a null value renders as an empty string. Maps and lists render
+//! as Java does (`{a=1, b=2}`, `[1, 2]`): use `$input.json(...)` or `$util.toJson(...)` for
+//! JSON.
+
+mod eval;
+mod parse;
+
+use std::time::Duration;
+
+pub use eval::{Inputs, RenderError};
+pub use parse::{Template, TemplateError};
+
+/// How much one rendering may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Bytes of output.
+    pub max_output: usize,
+    /// `#foreach` iterations, over the whole rendering.
+    pub max_iterations: u64,
+    /// Wall time.
+    pub max_time: Duration,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds { max_output: 1 << 20, max_iterations: 10_000, max_time: Duration::from_millis(100) }
+    }
+}
+
+#[cfg(test)]
+mod tests;

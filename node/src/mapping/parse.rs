@@ -1,0 +1,683 @@
+//! Parsing a mapping template into its tree, once, with every unsupported construct
+//! refused with its line.
+
+use serde_json::Value;
+
+/// A template, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    pub(super) nodes: Vec<Node>,
+}
+
+/// What is wrong with a template, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct TemplateError {
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Node {
+    Text(String),
+    /// A reference in the text, and how it was written (shown when it is undefined).
+    Ref(Reference, String),
+    Set(String, Expr),
+    If(Vec<(Expr, Vec<Node>)>, Vec<Node>),
+    Foreach(String, Expr, Vec<Node>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Reference {
+    pub root: String,
+    pub quiet: bool,
+    pub steps: Vec<Step>,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Step {
+    Field(String),
+    Index(Expr),
+    Call(String, Vec<Expr>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Expr {
+    Literal(Value),
+    /// A double-quoted string: text and references.
+    Interpolated(Vec<Node>),
+    List(Vec<Expr>),
+    Range(Box<Expr>, Box<Expr>),
+    Map(Vec<(Expr, Expr)>),
+    Ref(Reference),
+    Not(Box<Expr>),
+    Negate(Box<Expr>),
+    Binary(BinaryOp, Box<Expr>, Box<Expr>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BinaryOp {
+    Or,
+    And,
+    Eq,
+    Ne,
+    Lt,
+    Gt,
+    Le,
+    Ge,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+}
+
+/// The `$util` functions there are.
+pub(super) const UTIL: &[&str] =
+    &["escapeJavaScript", "urlEncode", "urlDecode", "base64Encode", "base64Decode", "parseJson", "toJson"];
+/// Directives of Velocity that mapping templates do not support.
+const UNSUPPORTED: &[&str] = &["macro", "include", "parse", "evaluate", "define", "stop", "break"];
+/// How deeply expressions and blocks may nest.
+const MAX_DEPTH: usize = 64;
+
+struct Parser<'t> {
+    text: &'t str,
+    pos: usize,
+    depth: usize,
+}
+
+type Parsed<T> = Result<T, TemplateError>;
+
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_'
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+impl Template {
+    /// Parses `text`; any construct that is not supported is an error with its line.
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
+        let mut parser = Parser { text, pos: 0, depth: 0 };
+        let (nodes, end) = parser.nodes(&[])?;
+        if let Some(end) = end {
+            return Err(parser.error(format!("#{end} without an opening directive")));
+        }
+        let template = Template { nodes };
+        template.check()?;
+        Ok(template)
+    }
+
+    /// Refuses references to `$input` and `$util` members that do not exist, and JSONPaths
+    /// that do not parse.
+    fn check(&self) -> Parsed<()> {
+        fn nodes(list: &[Node]) -> Parsed<()> {
+            for node in list {
+                match node {
+                    Node::Text(_) => {}
+                    Node::Ref(r, _) => reference(r)?,
+                    Node::Set(_, e) => expr(e)?,
+                    Node::If(branches, otherwise) => {
+                        for (condition, body) in branches {
+                            expr(condition)?;
+                            nodes(body)?;
+                        }
+                        nodes(otherwise)?;
+                    }
+                    Node::Foreach(_, items, body) => {
+                        expr(items)?;
+                        nodes(body)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        fn expr(e: &Expr) -> Parsed<()> {
+            match e {
+                Expr::Literal(_) => Ok(()),
+                Expr::Interpolated(list) => nodes(list),
+                Expr::List(items) => items.iter().try_for_each(expr),
+                Expr::Range(a, b) | Expr::Binary(_, a, b) => expr(a).and_then(|_| expr(b)),
+                Expr::Map(pairs) => pairs.iter().try_for_each(|(k, v)| expr(k).and_then(|_| expr(v))),
+                Expr::Ref(r) => reference(r),
+                Expr::Not(a) | Expr::Negate(a) => expr(a),
+            }
+        }
+        fn reference(r: &Reference) -> Parsed<()> {
+            let error = |message: String| Err(TemplateError { line: r.line, message });
+            for step in &r.steps {
+                match step {
+                    Step::Index(e) => expr(e)?,
+                    Step::Call(_, args) => args.iter().try_for_each(expr)?,
+                    Step::Field(_) => {}
+                }
+            }
+            match (r.root.as_str(), r.steps.first()) {
+                ("input", Some(Step::Field(f))) if f == "body" => Ok(()),
+                ("input", Some(Step::Call(m, args))) if m == "json" || m == "path" => match args.as_slice() {
+                    [Expr::Literal(Value::String(path))] => match serde_json_path::JsonPath::parse(path) {
+                        Ok(_) => Ok(()),
+                        Err(e) => error(format!("`{path}` is not a JSONPath: {e}")),
+                    },
+                    [_] => Ok(()),
+                    _ => error(format!("$input.{m} takes one JSONPath")),
+                },
+                ("input", Some(Step::Call(m, args))) if m == "params" && args.len() <= 1 => Ok(()),
+                ("input", Some(other)) => error(format!(
+                    "$input has `body`, `json(path)`, `path(path)` and `params()`, not {}",
+                    describe(other)
+                )),
+                ("input", None) => error("use `$input.body`, `$input.json(...)` or `$input.path(...)`".into()),
+                ("util", Some(Step::Call(f, _))) if UTIL.contains(&f.as_str()) => Ok(()),
+                ("util", Some(other)) => {
+                    error(format!("$util has no {} (it has {})", describe(other), UTIL.join(", ")))
+                }
+                _ => Ok(()),
+            }
+        }
+        fn describe(step: &Step) -> String {
+            match step {
+                Step::Field(f) => format!("`{f}`"),
+                Step::Call(m, _) => format!("`{m}(...)`"),
+                Step::Index(_) => "an index".into(),
+            }
+        }
+        nodes(&self.nodes)
+    }
+}
+
+impl<'t> Parser<'t> {
+    fn line(&self) -> usize {
+        self.text[..self.pos.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn error(&self, message: impl Into<String>) -> TemplateError {
+        TemplateError { line: self.line(), message: message.into() }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    fn peek_at(&self, offset: usize) -> Option<u8> {
+        self.text.as_bytes().get(self.pos + offset).copied()
+    }
+
+    fn rest(&self) -> &'t str {
+        &self.text[self.pos..]
+    }
+
+    fn skip_spaces(&mut self) {
+        while self.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            self.pos += 1;
+        }
+    }
+
+    fn expect(&mut self, c: u8, what: &str) -> Parsed<()> {
+        self.skip_spaces();
+        if self.peek() == Some(c) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(self.error(format!("expected `{}` {what}", c as char)))
+        }
+    }
+
+    fn ident(&mut self) -> Option<&'t str> {
+        let start = self.pos;
+        if !self.peek().is_some_and(is_ident_start) {
+            return None;
+        }
+        while self.peek().is_some_and(is_ident) {
+            self.pos += 1;
+        }
+        Some(&self.text[start..self.pos])
+    }
+
+    fn nest(&mut self) -> Parsed<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error(format!("nested more than {MAX_DEPTH} deep")));
+        }
+        Ok(())
+    }
+
+    /// After a directive alone on its line, the rest of the line (its newline included).
+    fn gobble_line(&mut self) {
+        let rest = self.rest();
+        let line_end = rest.find('\n');
+        let tail = &rest[..line_end.unwrap_or(rest.len())];
+        if tail.trim().is_empty() {
+            self.pos += line_end.map_or(rest.len(), |n| n + 1);
+        }
+    }
+
+    /// Nodes until one of the directives in `ends` (returned) or the end of the text.
+    fn nodes(&mut self, ends: &[&str]) -> Parsed<(Vec<Node>, Option<String>)> {
+        self.nest()?;
+        let mut nodes = Vec::new();
+        let mut text = String::new();
+        let flush = |text: &mut String, nodes: &mut Vec<Node>| {
+            if !text.is_empty() {
+                nodes.push(Node::Text(std::mem::take(text)));
+            }
+        };
+        while let Some(c) = self.peek() {
+            match c {
+                b'#' if self.peek_at(1) == Some(b'#') => {
+                    let rest = self.rest();
+                    self.pos += rest.find('\n').map_or(rest.len(), |n| n + 1);
+                }
+                b'#' if self.peek_at(1) == Some(b'*') => {
+                    let Some(end) = self.rest().find("*#") else {
+                        return Err(self.error("a `#*` comment is never closed with `*#`"));
+                    };
+                    self.pos += end + 2;
+                }
+                b'#' => {
+                    let start = self.pos;
+                    self.pos += 1;
+                    let braced = self.peek() == Some(b'{');
+                    if braced {
+                        self.pos += 1;
+                    }
+                    let Some(name) = self.ident() else {
+                        self.pos = start + 1;
+                        text.push('#');
+                        continue;
+                    };
+                    if braced && self.peek() == Some(b'}') {
+                        self.pos += 1;
+                    }
+                    match name {
+                        "set" | "if" | "foreach" => {
+                            flush(&mut text, &mut nodes);
+                            let node = match name {
+                                "set" => self.set()?,
+                                "if" => self.if_block()?,
+                                _ => self.foreach()?,
+                            };
+                            nodes.push(node);
+                        }
+                        "elseif" | "else" | "end" => {
+                            if !ends.contains(&name) {
+                                return Err(self.error(format!("#{name} without an opening directive")));
+                            }
+                            flush(&mut text, &mut nodes);
+                            self.depth -= 1;
+                            return Ok((nodes, Some(name.to_string())));
+                        }
+                        other if UNSUPPORTED.contains(&other) => {
+                            return Err(self.error(format!("#{other} is not supported in mapping templates")));
+                        }
+                        // `#ff0000`, `#tag`: text.
+                        _ => text.push_str(&self.text[start..self.pos]),
+                    }
+                }
+                b'$' => {
+                    let start = self.pos;
+                    match self.reference()? {
+                        Some(r) => {
+                            flush(&mut text, &mut nodes);
+                            nodes.push(Node::Ref(r, self.text[start..self.pos].to_string()));
+                        }
+                        None => {
+                            self.pos = start + 1;
+                            text.push('$');
+                        }
+                    }
+                }
+                _ => {
+                    let rest = self.rest();
+                    let n = rest.find(['#', '$']).unwrap_or(rest.len());
+                    text.push_str(&rest[..n]);
+                    self.pos += n;
+                }
+            }
+        }
+        flush(&mut text, &mut nodes);
+        if let Some(end) = ends.last() {
+            return Err(self.error(format!("the template ends before #{end}")));
+        }
+        self.depth -= 1;
+        Ok((nodes, None))
+    }
+
+    fn set(&mut self) -> Parsed<Node> {
+        self.expect(b'(', "after #set")?;
+        self.skip_spaces();
+        let Some(Reference { root, steps, .. }) = self.reference()? else {
+            return Err(self.error("#set needs a `$variable`"));
+        };
+        if !steps.is_empty() {
+            return Err(self.error("#set assigns to a `$variable`, not to a field or an index of one"));
+        }
+        self.expect(b'=', "in #set")?;
+        let value = self.expr()?;
+        self.expect(b')', "to close #set")?;
+        self.gobble_line();
+        Ok(Node::Set(root, value))
+    }
+
+    fn condition(&mut self, what: &str) -> Parsed<Expr> {
+        self.expect(b'(', &format!("after #{what}"))?;
+        let condition = self.expr()?;
+        self.expect(b')', &format!("to close #{what}"))?;
+        self.gobble_line();
+        Ok(condition)
+    }
+
+    fn if_block(&mut self) -> Parsed<Node> {
+        let mut branches = Vec::new();
+        let mut condition = self.condition("if")?;
+        loop {
+            let (body, end) = self.nodes(&["elseif", "else", "end"])?;
+            branches.push((condition, body));
+            match end.as_deref() {
+                Some("elseif") => condition = self.condition("elseif")?,
+                Some("else") => {
+                    self.gobble_line();
+                    let (otherwise, _) = self.nodes(&["end"])?;
+                    self.gobble_line();
+                    return Ok(Node::If(branches, otherwise));
+                }
+                _ => {
+                    self.gobble_line();
+                    return Ok(Node::If(branches, Vec::new()));
+                }
+            }
+        }
+    }
+
+    fn foreach(&mut self) -> Parsed<Node> {
+        self.expect(b'(', "after #foreach")?;
+        self.skip_spaces();
+        let Some(Reference { root, steps, .. }) = self.reference()? else {
+            return Err(self.error("#foreach needs a `$variable` to loop with"));
+        };
+        if !steps.is_empty() {
+            return Err(self.error("#foreach loops with a `$variable`"));
+        }
+        self.skip_spaces();
+        if self.ident() != Some("in") {
+            return Err(self.error("expected `in` in #foreach"));
+        }
+        let items = self.expr()?;
+        self.expect(b')', "to close #foreach")?;
+        self.gobble_line();
+        let (body, _) = self.nodes(&["end"])?;
+        self.gobble_line();
+        Ok(Node::Foreach(root, items, body))
+    }
+
+    /// A reference at `$`, or `None` when what follows the `$` is not one (then it is text).
+    fn reference(&mut self) -> Parsed<Option<Reference>> {
+        let line = self.line();
+        if self.peek() != Some(b'$') {
+            return Ok(None);
+        }
+        self.pos += 1;
+        let quiet = self.peek() == Some(b'!');
+        if quiet {
+            self.pos += 1;
+        }
+        let braced = self.peek() == Some(b'{');
+        if braced {
+            self.pos += 1;
+        }
+        let Some(root) = self.ident() else { return Ok(None) };
+        let mut steps = Vec::new();
+        loop {
+            match self.peek() {
+                Some(b'.') if self.peek_at(1).is_some_and(is_ident_start) => {
+                    self.pos += 1;
+                    let name = self.ident().unwrap_or_default().to_string();
+                    if self.peek() == Some(b'(') {
+                        self.pos += 1;
+                        steps.push(Step::Call(name, self.arguments()?));
+                    } else {
+                        steps.push(Step::Field(name));
+                    }
+                }
+                Some(b'[') => {
+                    self.pos += 1;
+                    self.nest()?;
+                    let index = self.expr()?;
+                    self.depth -= 1;
+                    self.expect(b']', "to close an index")?;
+                    steps.push(Step::Index(index));
+                }
+                _ => break,
+            }
+        }
+        if braced {
+            if self.peek() != Some(b'}') {
+                return Err(self.error("expected `}` to close `${`"));
+            }
+            self.pos += 1;
+        }
+        Ok(Some(Reference { root: root.to_string(), quiet, steps, line }))
+    }
+
+    fn arguments(&mut self) -> Parsed<Vec<Expr>> {
+        let mut args = Vec::new();
+        self.skip_spaces();
+        if self.peek() == Some(b')') {
+            self.pos += 1;
+            return Ok(args);
+        }
+        loop {
+            args.push(self.expr()?);
+            self.skip_spaces();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b')') => {
+                    self.pos += 1;
+                    return Ok(args);
+                }
+                _ => return Err(self.error("expected `,` or `)` in the arguments")),
+            }
+        }
+    }
+
+    fn expr(&mut self) -> Parsed<Expr> {
+        self.nest()?;
+        let e = self.binary(0);
+        self.depth -= 1;
+        e
+    }
+
+    /// The operator at the cursor of precedence at least `min`, without consuming it.
+    fn operator(&mut self) -> Option<(BinaryOp, usize, usize)> {
+        self.skip_spaces();
+        let rest = self.rest();
+        let symbols: &[(&str, BinaryOp, usize)] = &[
+            ("||", BinaryOp::Or, 0),
+            ("&&", BinaryOp::And, 1),
+            ("==", BinaryOp::Eq, 2),
+            ("!=", BinaryOp::Ne, 2),
+            ("<=", BinaryOp::Le, 3),
+            (">=", BinaryOp::Ge, 3),
+            ("<", BinaryOp::Lt, 3),
+            (">", BinaryOp::Gt, 3),
+            ("+", BinaryOp::Add, 4),
+            ("-", BinaryOp::Sub, 4),
+            ("*", BinaryOp::Mul, 5),
+            ("/", BinaryOp::Div, 5),
+            ("%", BinaryOp::Rem, 5),
+        ];
+        for (symbol, op, precedence) in symbols {
+            if rest.starts_with(symbol) {
+                return Some((*op, *precedence, symbol.len()));
+            }
+        }
+        let words: &[(&str, BinaryOp, usize)] = &[
+            ("or", BinaryOp::Or, 0),
+            ("and", BinaryOp::And, 1),
+            ("eq", BinaryOp::Eq, 2),
+            ("ne", BinaryOp::Ne, 2),
+            ("le", BinaryOp::Le, 3),
+            ("ge", BinaryOp::Ge, 3),
+            ("lt", BinaryOp::Lt, 3),
+            ("gt", BinaryOp::Gt, 3),
+        ];
+        for (word, op, precedence) in words {
+            if rest.starts_with(word) && !rest.as_bytes().get(word.len()).is_some_and(|c| is_ident(*c)) {
+                return Some((*op, *precedence, word.len()));
+            }
+        }
+        None
+    }
+
+    fn binary(&mut self, min: usize) -> Parsed<Expr> {
+        let mut left = self.unary()?;
+        while let Some((op, precedence, len)) = self.operator() {
+            if precedence < min {
+                break;
+            }
+            self.pos += len;
+            let right = self.binary(precedence + 1)?;
+            left = Expr::Binary(op, Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self) -> Parsed<Expr> {
+        self.skip_spaces();
+        if self.peek() == Some(b'!') && self.peek_at(1) != Some(b'=') {
+            self.pos += 1;
+            self.nest()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
+        }
+        if self.rest().starts_with("not") && !self.peek_at(3).is_some_and(is_ident) {
+            self.pos += 3;
+            self.nest()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
+        }
+        if self.peek() == Some(b'-') && !self.peek_at(1).is_some_and(|c| c.is_ascii_digit()) {
+            self.pos += 1;
+            self.nest()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Negate(Box::new(inner)));
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> Parsed<Expr> {
+        self.skip_spaces();
+        match self.peek() {
+            Some(b'(') => {
+                self.pos += 1;
+                let inner = self.expr()?;
+                self.expect(b')', "to close `(`")?;
+                Ok(inner)
+            }
+            Some(b'$') => match self.reference()? {
+                Some(r) => Ok(Expr::Ref(r)),
+                None => Err(self.error("expected a `$reference`")),
+            },
+            Some(b'\'') => {
+                self.pos += 1;
+                let Some(end) = self.rest().find('\'') else { return Err(self.error("a string is never closed")) };
+                let literal = self.rest()[..end].to_string();
+                self.pos += end + 1;
+                Ok(Expr::Literal(Value::String(literal)))
+            }
+            Some(b'"') => {
+                self.pos += 1;
+                let Some(end) = self.rest().find('"') else { return Err(self.error("a string is never closed")) };
+                let inner = &self.text[self.pos..self.pos + end];
+                let mut nested = Parser { text: inner, pos: 0, depth: self.depth };
+                let (nodes, _) = nested.nodes(&[]).map_err(|e| TemplateError { line: self.line(), ..e })?;
+                self.pos += end + 1;
+                Ok(Expr::Interpolated(nodes))
+            }
+            Some(c) if c.is_ascii_digit() || c == b'-' => {
+                let start = self.pos;
+                self.pos += 1;
+                while self.peek().is_some_and(|c| c.is_ascii_digit())
+                    || (self.peek() == Some(b'.') && self.peek_at(1).is_some_and(|c| c.is_ascii_digit()))
+                {
+                    self.pos += 1;
+                }
+                let digits = &self.text[start..self.pos];
+                let number = match digits.parse::<i64>() {
+                    Ok(i) => Value::from(i),
+                    Err(_) => digits
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)
+                        .map(Value::Number)
+                        .ok_or_else(|| self.error(format!("`{digits}` is not a number")))?,
+                };
+                Ok(Expr::Literal(number))
+            }
+            Some(b'[') => {
+                self.pos += 1;
+                self.skip_spaces();
+                if self.peek() == Some(b']') {
+                    self.pos += 1;
+                    return Ok(Expr::List(Vec::new()));
+                }
+                let first = self.expr()?;
+                self.skip_spaces();
+                if self.rest().starts_with("..") {
+                    self.pos += 2;
+                    let last = self.expr()?;
+                    self.expect(b']', "to close a range")?;
+                    return Ok(Expr::Range(Box::new(first), Box::new(last)));
+                }
+                let mut items = vec![first];
+                loop {
+                    self.skip_spaces();
+                    match self.peek() {
+                        Some(b',') => {
+                            self.pos += 1;
+                            items.push(self.expr()?);
+                        }
+                        Some(b']') => {
+                            self.pos += 1;
+                            return Ok(Expr::List(items));
+                        }
+                        _ => return Err(self.error("expected `,` or `]` in a list")),
+                    }
+                }
+            }
+            Some(b'{') => {
+                self.pos += 1;
+                let mut pairs = Vec::new();
+                loop {
+                    self.skip_spaces();
+                    if self.peek() == Some(b'}') {
+                        self.pos += 1;
+                        return Ok(Expr::Map(pairs));
+                    }
+                    let key = self.expr()?;
+                    self.expect(b':', "in a map")?;
+                    let value = self.expr()?;
+                    pairs.push((key, value));
+                    self.skip_spaces();
+                    match self.peek() {
+                        Some(b',') => self.pos += 1,
+                        Some(b'}') => {}
+                        _ => return Err(self.error("expected `,` or `}` in a map")),
+                    }
+                }
+            }
+            _ => match self.ident() {
+                Some("true") => Ok(Expr::Literal(Value::Bool(true))),
+                Some("false") => Ok(Expr::Literal(Value::Bool(false))),
+                Some("null") => Ok(Expr::Literal(Value::Null)),
+                Some(word) => Err(self.error(format!("`{word}` is not a value (write `$` before a variable)"))),
+                None => Err(self.error("expected a value")),
+            },
+        }
+    }
+}

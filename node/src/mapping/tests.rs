@@ -1,0 +1,167 @@
+//! A table of templates, inputs and expected outputs covering each supported construct;
+//! the constructs refused at parse time with their lines; the bounds.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Bounds, Inputs, Template};
+
+fn inputs() -> Inputs {
+    let map = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+    Inputs {
+        body: r#"{"name": "Rex", "price": 25.5, "tags": ["a", "b", "c"], "owner": {"id": 7, "email": "ana@example.com"}, "note": "say \"hi\"\n"}"#.into(),
+        path: map(json!({ "id": "42" })),
+        querystring: map(json!({ "page": "2" })),
+        header: map(json!({ "X-Tenant": "acme" })),
+        context: json!({
+            "requestId": "req-1",
+            "httpMethod": "POST",
+            "identity": { "sourceIp": "203.0.113.9" },
+            "authorizer": { "claims": { "sub": "ana" } }
+        }),
+        stage_variables: json!({ "backend": "orders.internal" }),
+    }
+}
+
+fn render(template: &str) -> String {
+    let t = Template::parse(template).unwrap_or_else(|e| panic!("{template:?}: {e}"));
+    t.render(&inputs(), Bounds::default()).unwrap_or_else(|e| panic!("{template:?}: {e}"))
+}
+
+#[test]
+fn each_construct_renders_as_a_managed_gateway_does() {
+    let table: &[(&str, &str)] = &[
+        ("plain text, no references", "plain text, no references"),
+        ("$input.json('$.name')", r#""Rex""#),
+        ("$input.json('$.owner')", r#"{"email":"ana@example.com","id":7}"#),
+        ("$input.json('$.tags[*]')", r#"["a","b","c"]"#),
+        ("$input.path('$.name')", "Rex"),
+        ("$input.path('$.price')", "25.5"),
+        ("$input.path('$.owner.id')", "7"),
+        ("$input.path('$.tags').size()", "3"),
+        ("$input.path('$.missing')", ""),
+        ("$input.params('id') $input.params('page') $input.params('x-tenant') [$input.params('none')]", "42 2 acme []"),
+        ("$input.params().header.get('X-Tenant')", "acme"),
+        ("$input.params().path.id", "42"),
+        ("$context.requestId $context.identity.sourceIp $context.authorizer.claims.sub", "req-1 203.0.113.9 ana"),
+        ("${stageVariables.backend}", "orders.internal"),
+        ("$util.escapeJavaScript($input.path('$.note'))", r#"say \"hi\"\n"#),
+        ("$util.urlEncode('a b&c=d/é')", "a+b%26c%3Dd%2F%C3%A9"),
+        ("$util.urlDecode('a+b%26c')", "a b&c"),
+        ("$util.base64Encode('hello')", "aGVsbG8="),
+        ("$util.base64Decode('aGVsbG8=')", "hello"),
+        ("$util.parseJson('{\"a\": [1, 2]}').a.get(1)", "2"),
+        ("#set($n = $input.path('$.name'))$n.toUpperCase() $n.length()", "REX 3"),
+        ("#set($x = 1 + 2 * 3)$x #set($y = (1 + 2) * 3)$y", "7 9"),
+        ("#set($s = \"id-$input.params('id')\")$s", "id-42"),
+        ("#set($m = {\"a\": 1, \"b\": [1, 2]})$m.a $m.b.size() $m", "1 2 {a=1, b=[1, 2]}"),
+        ("#if($input.path('$.price') > 20)dear#{else}cheap#end", "dear"),
+        ("#if($input.path('$.price') lt 20)cheap#elseif($input.path('$.name') == 'Rex')rex#{else}other#end", "rex"),
+        ("#if(!$input.path('$.missing'))absent#end", "absent"),
+        ("#if($input.path('$.missing') || $context.requestId)either#end", "either"),
+        ("#if($context.nothing && $context.requestId)both#{else}not both#end", "not both"),
+        ("[#foreach($t in $input.path('$.tags'))\"$t\"#if($foreach.hasNext),#end#end]", r#"["a","b","c"]"#),
+        ("#foreach($i in [1..3])$i:$foreach.index #end", "1:0 2:1 3:2 "),
+        ("#foreach($k in $input.path('$.owner').keySet())$k;#end", "email;id;"),
+        ("$nothing and $!nothing", "$nothing and "),
+        ("price: 10$ #notadirective", "price: 10$ #notadirective"),
+        ("a## a comment\nb", "ab"),
+        ("a#* a block\ncomment *#b", "ab"),
+        ("#set($a = 'x')\n#if($a == 'x')\nyes\n#end\ndone", "yes\ndone"),
+        (
+            "$input.path('$.name').substring(1) $input.path('$.name').replace('R', 'T') $input.path('$.owner.email').split('@').get(1)",
+            "ex Tex example.com",
+        ),
+        ("#set($list = [3, 1])$list.contains(1) $list.isEmpty() ${list}", "true false [3, 1]"),
+        ("#set($q = 7 / 2)$q #set($r = 7 % 2)$r #set($f = 7.0 / 2)$f", "3 1 3.5"),
+    ];
+    for (template, expected) in table {
+        assert_eq!(render(template), *expected, "template {template:?}");
+    }
+}
+
+#[test]
+fn a_template_exported_from_a_managed_gateway_renders() {
+    // The shape of the managed gateway's documented example of a request mapping.
+    let template = r##"#set($inputRoot = $input.path('$'))
+{
+  "petName": "$inputRoot.name",
+  "owner": {
+    "id": $inputRoot.owner.id,
+    "contact": "$util.escapeJavaScript($inputRoot.owner.email)"
+  },
+  "tags": [
+#foreach($tag in $inputRoot.tags)
+    "$tag"#if($foreach.hasNext),#end
+#end
+  ]
+}"##;
+    let rendered: serde_json::Value = serde_json::from_str(&render(template)).expect("valid JSON");
+    assert_eq!(
+        rendered,
+        json!({ "petName": "Rex", "owner": { "id": 7, "contact": "ana@example.com" }, "tags": ["a", "b", "c"] })
+    );
+}
+
+#[test]
+fn what_is_not_supported_is_refused_with_its_line() {
+    for (template, line, says) in [
+        ("ok\n#macro(x)#end", 2, "#macro is not supported"),
+        ("\n\n#include('x')", 3, "#include is not supported"),
+        ("$util.escapeHtml('x')", 1, "$util has no `escapeHtml(...)`"),
+        ("line\n$input.headers", 2, "$input has"),
+        ("$input.json('$[')", 1, "is not a JSONPath"),
+        ("#if($a)\nopen", 2, "ends before #end"),
+        ("#end", 1, "#end without an opening directive"),
+        ("#set($a.b = 1)", 1, "not to a field"),
+        ("#set($a = )", 1, "expected a value"),
+        ("#foreach($a on $b)#end", 1, "expected `in`"),
+        ("#* never closed", 1, "never closed"),
+        ("#set($a = 'open)", 1, "never closed"),
+        ("#set($a = banana)", 1, "is not a value"),
+    ] {
+        let e = Template::parse(template).expect_err(template);
+        assert_eq!(e.line, line, "{template:?}: {e}");
+        assert!(e.message.contains(says), "{template:?}: {e}");
+    }
+}
+
+#[test]
+fn rendering_stays_within_its_bounds_and_fails_cleanly() {
+    let bounds = Bounds { max_output: 100, max_iterations: 50, max_time: Duration::from_secs(5) };
+    let run = |t: &str| Template::parse(t).unwrap().render(&inputs(), bounds);
+    assert!(run("#foreach($i in [1..40])xxxxx#end").unwrap_err().message.contains("larger than 100 bytes"));
+    let e = run("#foreach($i in [1..10])#foreach($j in [1..10])#end#end").unwrap_err();
+    assert!(e.message.contains("iterations"), "{e}");
+    assert!(run("#foreach($i in [1..1000000000])#end").unwrap_err().message.contains("range"));
+    assert!(run("$input.path('$.name').frobnicate()").unwrap_err().message.contains("a string has no method"));
+    assert!(run("$util.parseJson('{not json')").unwrap_err().message.contains("parseJson"));
+    let not_json = Inputs { body: "<xml/>".into(), ..inputs() };
+    let e = Template::parse("$input.path('$.a')").unwrap().render(&not_json, bounds).unwrap_err();
+    assert!(e.message.contains("not JSON"), "{e}");
+    // Division by zero is null, as in Velocity, not a failure.
+    assert_eq!(run("#set($z = 1 / 0)[$!z]").unwrap(), "[]");
+    // Deep nesting is refused when parsed, not a stack overflow when rendered.
+    let deep = "(".repeat(500) + "1" + &")".repeat(500);
+    assert!(Template::parse(&format!("#set($a = {deep})")).is_err());
+}
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn any_template_parses_or_fails_and_renders_without_panicking(
+            template in r"([a-z{}\[\]()'\x22 .,:=!<>+*/%-]|\$|#|\$input\.path\('\$\.[a-z]'\)|#set\(|#if\(|#end|#foreach\(\$x in |\$foreach\.hasNext|[0-9]|\n){0,60}"
+        ) {
+            if let Ok(t) = Template::parse(&template) {
+                let bounds = Bounds { max_output: 10_000, max_iterations: 1000, max_time: Duration::from_millis(50) };
+                let _ = t.render(&inputs(), bounds);
+            }
+        }
+    }
+}
