@@ -175,6 +175,7 @@ mod authorizers;
 mod cache;
 mod cors;
 mod integrations;
+mod mapping;
 mod validation;
 mod waf;
 
@@ -219,6 +220,8 @@ struct RouteSpec {
     validation: Option<Arc<crate::stages::validation::RequestValidation>>,
     /// The route's cache settings (`type: rest`), for stages with a cache.
     cache: Option<cache::RouteCacheSpec>,
+    /// The integration's request mapping (`type: rest`).
+    mapping: Option<mapping::MappingSpec>,
     field: String,
 }
 
@@ -567,6 +570,9 @@ impl Compiler<'_> {
             let Ok(validation) = self.request_validation(api, route, &models, &rfield) else {
                 continue;
             };
+            let Ok(mapping) = self.request_mapping(&route.integration, &format!("{rfield}.integration")) else {
+                continue;
+            };
             let cache = match &route.cache {
                 Some(def) => match self.route_cache(def, &format!("{rfield}.cache")) {
                     Some(spec) => Some(spec),
@@ -593,6 +599,7 @@ impl Compiler<'_> {
                     },
                     validation,
                     cache,
+                    mapping,
                     field: rfield,
                 });
             }
@@ -717,6 +724,14 @@ impl Compiler<'_> {
             if let Some(validation) = &spec.validation {
                 stages.push(validation.clone());
             }
+            // Mapping after validation: the client's body is validated, the mapped one is sent.
+            let mapping = spec.mapping.as_ref().map(|m| {
+                let resource = spec.key.split_once(' ').map_or(spec.key.as_str(), |(_, path)| path);
+                self.mapping_stage(m, stage, spec.pattern.param_names(), resource)
+            });
+            if let Some(mapping) = &mapping {
+                stages.push(mapping.clone());
+            }
             // The cache last: only an authorized, valid request may have a cached answer.
             if let Some(caching) = stage_cache.as_ref().and_then(|c| self.caching((api, stage_name), spec, c)) {
                 stages.push(caching);
@@ -728,6 +743,7 @@ impl Compiler<'_> {
                 observer,
                 allow_encoded_slashes: spec.allow_encoded_slashes,
                 answers_preflight: spec.cors.is_some(),
+                keeps_path_parameters: mapping.is_some(),
             };
             let _ = router.insert(spec.method.clone(), &spec.pattern, target);
         }

@@ -564,6 +564,20 @@ pub struct IntegrationDef {
     pub headers: Option<Spanned<BTreeMap<String, String>>>,
     /// `mock`: response body.
     pub body: Option<Spanned<String>>,
+    /// `http_proxy` of a `type: rest` API: mapping templates for the request body, by content
+    /// type.
+    pub request_templates: Option<Spanned<BTreeMap<String, String>>>,
+    /// `when_no_match` (default), `when_no_templates` or `never`.
+    pub passthrough_behavior: Option<Spanned<PassthroughBehavior>>,
+}
+
+/// What a request whose content type has no mapping template gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PassthroughBehavior {
+    WhenNoMatch,
+    WhenNoTemplates,
+    Never,
 }
 
 /// One target of an `http_proxy` integration.

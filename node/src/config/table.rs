@@ -31,6 +31,8 @@ pub struct RouteTarget {
     pub allow_encoded_slashes: bool,
     /// The route has CORS: a preflight for one of its methods is routed to it.
     pub answers_preflight: bool,
+    /// A stage reads the path parameters' values (request mapping): the pipeline keeps them.
+    pub keeps_path_parameters: bool,
 }
 
 /// The routes of one API as served on one stage.

@@ -254,6 +254,11 @@ impl Pipeline {
             Err(refused) => return Served::unrouted(refused.rejection, &request_id, refused.observer),
         };
         let target = routed.target;
+        if target.keeps_path_parameters {
+            let path = routed.route_path();
+            let values = routed.captures.iter().map(|(s, e)| crate::query::percent_decode(&path[*s..*e])).collect();
+            exchange.extensions.insert(crate::stages::mapping::PathParameters(values));
+        }
         // The upstream URI is rendered from the path as routed, before any stage runs.
         let call = match &target.integration {
             Integration::Proxy(proxy) => {
@@ -293,7 +298,14 @@ impl Pipeline {
                 {
                     return Served::stopped(stop, &request_id, target);
                 }
-                read
+                match exchange.take_replaced_body() {
+                    Some(mapped) => {
+                        parts.headers.remove(http::header::TRANSFER_ENCODING);
+                        parts.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
+                        ClientBody::Read(mapped)
+                    }
+                    None => read,
+                }
             }
         };
         let (proxy, uri) = match call {

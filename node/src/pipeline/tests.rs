@@ -161,6 +161,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
         observer: Arc::new(RouteObserver::new("a", "s", "POST /thing", "", None)),
         allow_encoded_slashes: false,
         answers_preflight: false,
+        keeps_path_parameters: false,
     };
     router.insert(method, &pattern, target).unwrap();
     let routes = StageRoutes {

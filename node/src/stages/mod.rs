@@ -33,6 +33,7 @@ mod chain;
 pub mod cors;
 pub mod custom_authorizer;
 pub mod jwt;
+pub mod mapping;
 pub mod signed_request;
 pub mod throttle;
 pub mod validation;
@@ -152,11 +153,20 @@ pub struct Exchange {
     pub extensions: http::Extensions,
     /// What stages found, when the request is being explained (`meridian explain request`).
     notes: Option<Vec<String>>,
+    /// A body a request-body stage made to send upstream instead of the client's.
+    replaced_body: Option<Bytes>,
 }
 
 impl Exchange {
     pub fn new(request_id: HeaderValue, client: IpAddr) -> Self {
-        Exchange { request_id, client, status: None, extensions: http::Extensions::new(), notes: None }
+        Exchange {
+            request_id,
+            client,
+            status: None,
+            extensions: http::Extensions::new(),
+            notes: None,
+            replaced_body: None,
+        }
     }
 
     /// An exchange that keeps the stages' notes, for explaining a request.
@@ -170,6 +180,16 @@ impl Exchange {
         if let Some(notes) = &mut self.notes {
             notes.push(note());
         }
+    }
+
+    /// Sends `body` upstream instead of the client's (a mapped request).
+    pub fn replace_request_body(&mut self, body: Bytes) {
+        self.replaced_body = Some(body);
+    }
+
+    /// The body a stage made, if one did.
+    pub fn take_replaced_body(&mut self) -> Option<Bytes> {
+        self.replaced_body.take()
     }
 
     /// The notes recorded since the last call.

@@ -71,6 +71,12 @@ impl Compiler<'_> {
                 route.request_models.as_ref().map(|v| (v.referenced, "request_models")),
                 route.required_parameters.as_ref().map(|v| (v.referenced, "required_parameters")),
                 route.cache.as_ref().map(|v| (v.referenced, "cache")),
+                route.integration.request_templates.as_ref().map(|v| (v.referenced, "integration.request_templates")),
+                route
+                    .integration
+                    .passthrough_behavior
+                    .as_ref()
+                    .map(|v| (v.referenced, "integration.passthrough_behavior")),
             ];
             for (at, what) in used.into_iter().flatten() {
                 refuse(at, &format!("routes[{i}].{what}"));

@@ -1,0 +1,168 @@
+//! Request mapping (`type: rest`): the route's integration reshapes the request body with a
+//! mapping template ([`crate::mapping`]) chosen by the request's content type, before it goes
+//! upstream.
+//!
+//! A request without `Content-Type` is taken as `application/json`. When no template
+//! matches, the passthrough behaviour decides: `when_no_match` sends the body as it is,
+//! `when_no_templates` does so only when the integration has no templates at all, and
+//! `never` refuses with 415. A template that fails to render is a 500, its reason in the
+//! log, never a panic; rendering is bounded.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::request::Parts;
+use serde_json::{Map, Value};
+
+use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step};
+use crate::authorizers::AuthorizerContext;
+use crate::mapping::{Bounds, Inputs, Template};
+use crate::rejection::Rejection;
+
+/// What happens to a request whose content type has no template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    WhenNoMatch,
+    WhenNoTemplates,
+    Never,
+}
+
+/// The values of a route's path parameters, in capture order (the pipeline keeps them for
+/// routes that map their requests).
+#[derive(Debug, Clone)]
+pub struct PathParameters(pub Vec<String>);
+
+/// Which template this request renders with.
+#[derive(Debug, Clone)]
+struct Chosen(Arc<Template>);
+
+/// One route's request mapping on one stage.
+#[derive(Debug)]
+pub struct RequestMapping {
+    /// By media type (lower case, without parameters).
+    pub templates: Vec<(String, Arc<Template>)>,
+    pub passthrough: Passthrough,
+    /// The route's path parameter names, in capture order.
+    pub parameter_names: Vec<String>,
+    /// `$context.stage`, `$context.resourcePath`.
+    pub stage: String,
+    pub resource_path: String,
+    pub stage_variables: Value,
+    pub bounds: Bounds,
+}
+
+fn media_type(head: &Parts) -> String {
+    head.headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "application/json".into())
+}
+
+impl RequestMapping {
+    /// The inputs a template reads for this request.
+    fn inputs(&self, head: &Parts, body: &Bytes, exchange: &Exchange) -> Inputs {
+        let values = exchange.extensions.get::<PathParameters>().map(|p| p.0.as_slice()).unwrap_or_default();
+        let path: Map<String, Value> =
+            self.parameter_names.iter().cloned().zip(values.iter().map(|v| Value::String(v.clone()))).collect();
+        let mut querystring = Map::new();
+        for (k, v) in crate::query::pairs(head.uri.query().unwrap_or("")) {
+            querystring.entry(k).or_insert(Value::String(v));
+        }
+        let mut header = Map::new();
+        for (name, value) in &head.headers {
+            header
+                .entry(name.as_str().to_string())
+                .or_insert_with(|| Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
+        }
+        let authorizer = exchange.extensions.get::<AuthorizerContext>().map_or(Value::Null, |c| {
+            let mut values = (*c.values).clone();
+            // JWT claims are under `claims`, as the managed gateway has them.
+            values.insert("claims".into(), Value::Object((*c.values).clone()));
+            Value::Object(values)
+        });
+        let context = serde_json::json!({
+            "requestId": exchange.request_id.to_str().unwrap_or(""),
+            "httpMethod": head.method.as_str(),
+            "resourcePath": self.resource_path,
+            "path": head.uri.path(),
+            "stage": self.stage,
+            "identity": {
+                "sourceIp": exchange.client.to_string(),
+                "userAgent": head.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or(""),
+            },
+            "authorizer": authorizer,
+        });
+        Inputs {
+            body: String::from_utf8_lossy(body).into_owned(),
+            path,
+            querystring,
+            header,
+            context,
+            stage_variables: self.stage_variables.clone(),
+        }
+    }
+}
+
+impl Stage for RequestMapping {
+    fn name(&self) -> &'static str {
+        "mapping"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::REQUEST_HEAD | Phases::REQUEST_BODY
+    }
+
+    fn request_head<'a>(&'a self, head: &'a mut Parts, exchange: &'a mut Exchange, _: &'a Services<'a>) -> Step<'a> {
+        let media = media_type(head);
+        match self.templates.iter().find(|(m, _)| *m == media) {
+            Some((_, template)) => {
+                exchange.note(|| format!("the {media} request template"));
+                exchange.extensions.insert(Chosen(template.clone()));
+                Flow::Continue.into()
+            }
+            None => {
+                let passes = match self.passthrough {
+                    Passthrough::WhenNoMatch => true,
+                    Passthrough::WhenNoTemplates => self.templates.is_empty(),
+                    Passthrough::Never => false,
+                };
+                if passes {
+                    exchange.note(|| format!("no template for {media}: the body passes through"));
+                    return Flow::Continue.into();
+                }
+                Rejection::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("this route does not take `{media}` bodies"))
+                    .with_reason("no mapping template for the content type")
+                    .into()
+            }
+        }
+    }
+
+    fn body_need(&self, _: &Parts) -> Option<BodyNeed> {
+        // Rendered whenever a template was chosen, with or without a body (the pipeline
+        // calls the body phase only for stages that ask, so ask always and skip below).
+        Some(BodyNeed::Whole(u64::MAX))
+    }
+
+    fn request_body(&self, head: &Parts, body: &Bytes, exchange: &mut Exchange, services: &Services<'_>) -> Flow {
+        let Some(Chosen(template)) = exchange.extensions.remove::<Chosen>() else { return Flow::Continue };
+        let inputs = self.inputs(head, body, exchange);
+        match template.render(&inputs, self.bounds) {
+            Ok(rendered) => {
+                if !services.dry_run {
+                    exchange.replace_request_body(Bytes::from(rendered));
+                }
+                Flow::Continue
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, request_id = ?exchange.request_id, "the request mapping template failed");
+                Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, "the request could not be mapped for the upstream")
+                    .with_reason(format!("request template: {e}"))
+                    .into()
+            }
+        }
+    }
+}
