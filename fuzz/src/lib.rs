@@ -1,7 +1,7 @@
 //! Fuzz targets for everything a Meridian node reads from outside: HTTP request heads (with
 //! routing and upstream URI rendering), route patterns, DNS packets, node-to-node RPC
 //! payloads (gossip, health reports, proposals), configuration files, zone documents and API
-//! definitions (the bodies of the admin API's writes).
+//! definitions (the bodies of the admin API's writes), and mapping templates with the bodies they render.
 //!
 //! Each target is a plain function, so that `cargo fuzz run <target>` (libFuzzer, coverage
 //! guided) and the corpus replay in CI call the same code. A target fails by panicking:
@@ -186,5 +186,27 @@ pub fn api_definition(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let variables = BTreeMap::from([("backend".to_string(), "127.0.0.1:9".to_string())]);
         let _ = meridian_node::config::validate_definition(text, "fuzz.yaml", "prod", &variables);
+    }
+}
+
+/// A mapping template and a request body (separated by the first NUL byte): parsed, and when
+/// it parses, rendered within small bounds. Neither may panic, and the output stays within
+/// its bound.
+pub fn mapping_template(data: &[u8]) {
+    use meridian_node::mapping::{Bounds, Inputs, Template};
+    let (template, body) = match data.iter().position(|b| *b == 0) {
+        Some(nul) => (&data[..nul], &data[nul + 1..]),
+        None => (data, &b"{\"a\": [1, {\"b\": \"c\"}], \"d\": \"e\"}"[..]),
+    };
+    let Ok(template) = std::str::from_utf8(template) else { return };
+    let Ok(parsed) = Template::parse(template) else { return };
+    let inputs = Inputs {
+        body: String::from_utf8_lossy(body).into_owned(),
+        context: serde_json::json!({ "requestId": "r", "identity": { "sourceIp": "203.0.113.1" } }),
+        ..Inputs::default()
+    };
+    let bounds = Bounds { max_output: 64 * 1024, max_iterations: 1000, max_time: std::time::Duration::from_millis(200) };
+    if let Ok(out) = parsed.render(&inputs, bounds) {
+        assert!(out.len() <= bounds.max_output, "the output went past its bound");
     }
 }
