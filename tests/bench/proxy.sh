@@ -99,6 +99,8 @@ http {
 }
 CONF
 cat > "$work/proxy/nginx.conf" <<CONF
+# The worker must be able to write its cache (and temporary files) in the work folder.
+$( [ "$(id -u)" = 0 ] && echo "user root;" )
 worker_processes 1;
 daemon off;
 error_log $work/proxy/logs/error.log;
