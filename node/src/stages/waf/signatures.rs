@@ -83,6 +83,10 @@ impl Signatures {
         if set.is_match(value) {
             return true;
         }
+        // Nothing to decode (`%XX` or `+`): nothing more to check, and nothing to allocate.
+        if !value.contains(['%', '+']) {
+            return false;
+        }
         let once = crate::query::percent_decode(value);
         if once != value && set.is_match(&once) {
             return true;
