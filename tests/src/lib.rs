@@ -82,6 +82,18 @@ pub fn cli(args: &[&str], node: &meridian_chaos::launcher::NodeProcess) -> Outpu
         .expect("the meridian binary runs")
 }
 
+/// Runs `meridian validate` on `text`, written to a file of its own.
+pub fn validate(text: &str) -> Output {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let path = dir.path().join("checked.yaml");
+    std::fs::write(&path, text).expect("the file is written");
+    std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .expect("the meridian binary runs")
+}
+
 /// Whether every tool in `tools` is installed; when one is not, says that the test is
 /// skipped and why (README: the tests need only the Rust toolchain, and a test that drives
 /// a missing outside tool skips; CI installs them all). Call it first: `if !tools(&["dig"])

@@ -158,18 +158,9 @@ apis:
 
 #[test]
 fn caching_is_for_rest_apis() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lean.yaml");
-    std::fs::write(
-        &path,
+    let out = validate(
         "apis:\n  - id: lean\n    routes:\n      - { route: GET /a, integration: { type: mock } }\n    stages:\n      - { name: prod, cache: { ttl: 10s } }\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    );
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("line 6") && said.contains("`stages[0].cache` is for `type: rest` APIs"), "{said}");

@@ -125,13 +125,7 @@ impl ResponseCaching {
     /// Whether the client asks for a fresh answer, and may: `Err` when it may not and the
     /// route forbids asking.
     fn refresh(&self, head: &Parts, exchange: &Exchange) -> Result<bool, Rejection> {
-        let asks = head
-            .headers
-            .get_all(CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|d| d.trim().eq_ignore_ascii_case("max-age=0"));
+        let asks = cache_directives(&head.headers).any(|d| d.eq_ignore_ascii_case("max-age=0"));
         let Some(invalidation) = asks.then_some(()).and(self.invalidation.as_ref()) else { return Ok(false) };
         let granted = exchange
             .extensions
@@ -149,6 +143,11 @@ impl ResponseCaching {
     }
 }
 
+/// The `Cache-Control` directives of `headers`, trimmed.
+fn cache_directives(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(CACHE_CONTROL).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
+}
+
 /// A cached response, as an answer.
 fn answer(cached: &CachedResponse) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(cached.body.clone()));
@@ -160,13 +159,8 @@ fn answer(cached: &CachedResponse) -> Response<ResponseBody> {
 /// Whether a response may be kept: a 200 that neither forbids shared caching nor sets a
 /// cookie.
 fn cacheable(head: &response::Parts) -> bool {
-    let forbidden =
-        head.headers.get_all(CACHE_CONTROL).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
-            |d| {
-                let d = d.trim();
-                d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private")
-            },
-        );
+    let forbidden = cache_directives(&head.headers)
+        .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"));
     head.status == StatusCode::OK && !forbidden && !head.headers.contains_key(SET_COOKIE)
 }
 

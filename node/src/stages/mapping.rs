@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
-use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::header::USER_AGENT;
 use http::request::Parts;
 use serde_json::{Map, Value};
 
-use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step};
+use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, media_type};
 use crate::authorizers::AuthorizerContext;
 use crate::mapping::{Bounds, Inputs, Template};
 use crate::rejection::Rejection;
@@ -51,15 +51,6 @@ pub struct RequestMapping {
     pub resource_path: String,
     pub stage_variables: Value,
     pub bounds: Bounds,
-}
-
-fn media_type(head: &Parts) -> String {
-    head.headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-        .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| "application/json".into())
 }
 
 impl RequestMapping {
@@ -117,7 +108,7 @@ impl Stage for RequestMapping {
     }
 
     fn request_head<'a>(&'a self, head: &'a mut Parts, exchange: &'a mut Exchange, _: &'a Services<'a>) -> Step<'a> {
-        let media = media_type(head);
+        let media = media_type(head).unwrap_or_else(|| "application/json".into());
         match self.templates.iter().find(|(m, _)| *m == media) {
             Some((_, template)) => {
                 exchange.note(|| format!("the {media} request template"));

@@ -213,6 +213,13 @@ pub fn declared_length(head: &request::Parts) -> Option<u64> {
     head.headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
+/// The request's media type (`Content-Type` without parameters, lower case), if it names one.
+pub fn media_type(head: &request::Parts) -> Option<String> {
+    let value = head.headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    let media = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    (!media.is_empty()).then_some(media)
+}
+
 /// Whether a request may carry a body: a non-zero `Content-Length`, a chunked body, or an
 /// HTTP/2 request (whose end of stream is the only sign).
 pub fn may_have_body(head: &request::Parts) -> bool {

@@ -10,11 +10,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use http::{HeaderName, StatusCode};
 
-use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step};
+use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, media_type};
 use crate::rejection::{Rejection, Violation};
 
 /// The most violations one answer lists.
@@ -40,12 +39,9 @@ pub struct BodyModels {
 
 impl BodyModels {
     fn for_request(&self, head: &Parts) -> Option<&Arc<Model>> {
-        let media = head
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-        media.and_then(|m| self.by_type.iter().find(|(t, _)| *t == m).map(|(_, model)| model)).or(self.default.as_ref())
+        media_type(head)
+            .and_then(|m| self.by_type.iter().find(|(t, _)| *t == m).map(|(_, model)| model))
+            .or(self.default.as_ref())
     }
 }
 
