@@ -1,15 +1,16 @@
 //! Query strings as `application/x-www-form-urlencoded` pairs: percent-decoding, and the
 //! values of one parameter.
 
+use std::borrow::Cow;
+
 /// Decodes `%XX` escapes and `+` (a space); a `%` without two hex digits stays as it is.
 /// Bytes that are not UTF-8 become U+FFFD.
 pub fn percent_decode(text: &str) -> String {
-    String::from_utf8_lossy(&percent_decode_bytes(text)).into_owned()
+    String::from_utf8_lossy(&percent_decode_bytes(text.as_bytes())).into_owned()
 }
 
 /// [`percent_decode`], to bytes.
-pub fn percent_decode_bytes(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
+pub fn percent_decode_bytes(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -32,12 +33,19 @@ pub fn percent_decode_bytes(text: &str) -> Vec<u8> {
     out
 }
 
+/// [`percent_decode`], borrowing `text` when it has nothing to decode (no `%`, no `+`).
+pub fn decoded(text: &str) -> Cow<'_, str> {
+    if text.contains(['%', '+']) { Cow::Owned(percent_decode(text)) } else { Cow::Borrowed(text) }
+}
+
+/// The `(name, value)` pairs of a query string as sent (still encoded), in order.
+pub fn raw_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
 /// The decoded `(name, value)` pairs of a query string, in order.
 pub fn pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k), percent_decode(v))
-    })
+    raw_pairs(query).map(|(k, v)| (percent_decode(k), percent_decode(v)))
 }
 
 /// The values of parameter `name`, joined by commas; `None` when it is absent.
@@ -56,6 +64,8 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
         assert_eq!(percent_decode("%41"), "A");
+        assert!(matches!(decoded("plain"), Cow::Borrowed("plain")));
+        assert_eq!(decoded("a%2Fb+c"), "a/b c");
     }
 
     #[test]

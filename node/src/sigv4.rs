@@ -255,7 +255,8 @@ pub fn canonical_query(query: &str, token_signed: bool) -> String {
         .filter(|p| !p.is_empty())
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let (k, v) = (crate::query::percent_decode_bytes(k), crate::query::percent_decode_bytes(v));
+            let (k, v) =
+                (crate::query::percent_decode_bytes(k.as_bytes()), crate::query::percent_decode_bytes(v.as_bytes()));
             if k == b"X-Amz-Signature" || (!token_signed && k == b"X-Amz-Security-Token") {
                 return None;
             }

@@ -2,7 +2,7 @@
 //! connections, built on hyper's connection API.
 //!
 //! An [`Endpoint`] keeps what a target needs across requests and reloads: idle HTTP/1.1
-//! connections (a stack, newest first, expired after the idle timeout), one shared HTTP/2
+//! connections (the newest reused first, the oldest expired first), one shared HTTP/2
 //! connection, the count of requests outstanding (for least-outstanding balancing), and its
 //! passive health: a target that fails `failures` times in a row is ejected for a growing
 //! interval. A request that could not be written (no connection, or an idle one the target
@@ -12,6 +12,7 @@
 //! `..._ejections_total`, `meridian_upstream_connections_opened_total` and
 //! `meridian_upstream_connections_open`, each labelled `target`.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -93,7 +94,8 @@ pub struct Endpoint {
     key: EndpointKey,
     settings: EndpointSettings,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    idle: Mutex<Vec<IdleConnection>>,
+    /// Oldest first: checked out from the back, expired from the front.
+    idle: Mutex<VecDeque<IdleConnection>>,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
     open: Arc<AtomicU32>,
     outstanding: AtomicU32,
@@ -148,7 +150,7 @@ impl Endpoint {
             key,
             settings,
             tls,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             shared: Mutex::new(None),
             open: Arc::new(AtomicU32::new(0)),
             outstanding: AtomicU32::new(0),
@@ -290,7 +292,7 @@ impl Endpoint {
     /// The newest idle connection that is still open and fresh.
     fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(connection) = idle.pop() {
+        while let Some(connection) = idle.pop_back() {
             if connection.sender.is_ready() && connection.since.elapsed() < self.settings.idle_timeout {
                 return Some(connection.sender);
             }
@@ -304,10 +306,14 @@ impl Endpoint {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // The oldest idle connections are the first to have expired.
+        // The oldest idle connections are the first to expire; a connection closed further
+        // back is dropped when a checkout reaches it.
+        let now = Instant::now();
         let timeout = self.settings.idle_timeout;
-        idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
-        idle.push(IdleConnection { sender, since: Instant::now() });
+        while idle.front().is_some_and(|c| now.duration_since(c.since) >= timeout || c.sender.is_closed()) {
+            idle.pop_front();
+        }
+        idle.push_back(IdleConnection { sender, since: now });
     }
 
     async fn open_stream(&self) -> Result<(UpstreamIo, bool), String> {

@@ -13,7 +13,8 @@ use super::Compiler;
 use crate::limits::limiter::Period;
 use crate::stages::waf::rate::MAX_BLOCK;
 use crate::stages::waf::{
-    Action, Condition, Counted, Firewall, Pattern, PatternPart, RateKey, RateRule, Rule, Signatures, SizedPart,
+    Action, Condition, Counted, Firewall, Pattern, PatternPart, RateKey, RateRule, Rule, SignatureSet, Signatures,
+    SizedPart,
 };
 
 /// How much of a body the body patterns inspect, unless configured.
@@ -142,8 +143,8 @@ impl Compiler<'_> {
             Condition::Address { cidrs: cidrs(&mut self.sink, list, "ip_not_in")?, inside: false }
         } else if let Some(names) = &def.signatures {
             let sets: Option<Vec<Signatures>> = names.iter().map(|n| Signatures::parse(n)).collect();
-            match sets {
-                Some(sets) if !sets.is_empty() => Condition::Signatures(sets),
+            match sets.and_then(SignatureSet::new) {
+                Some(set) => Condition::Signatures(set),
                 _ => {
                     self.sink.push(at, format!("{field}.signatures"), "list `sqli`, `xss` or both");
                     return None;

@@ -38,7 +38,7 @@ use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, declared_le
 use crate::limits::limiter::Period;
 use crate::rejection::Rejection;
 pub use rate::{Blocklist, Counted, RateKey, RateRule};
-pub use signatures::Signatures;
+pub use signatures::{SignatureSet, Signatures};
 
 /// What a rule does when it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,7 @@ pub enum Condition {
     },
     /// A built-in signature set matches the path, a query parameter, a cookie, or the
     /// `User-Agent` or `Referer` header.
-    Signatures(Vec<Signatures>),
+    Signatures(SignatureSet),
     /// The client is over a rate-based rule's limit (or blocked for having been).
     Rate(RateRule),
 }
@@ -137,21 +137,19 @@ struct AwaitingBody {
 #[derive(Debug, Clone, Default)]
 struct FailureScopes(Vec<(Arc<str>, Period)>);
 
-/// The values the signature sets inspect.
-fn inspected(head: &Parts) -> impl Iterator<Item = String> + '_ {
-    let query = crate::query::pairs(head.uri.query().unwrap_or("")).flat_map(|(k, v)| [k, v]);
-    let cookies = head
-        .headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(|c| c.split_once('=').map_or(c, |(_, v)| v).trim().to_string());
-    let headers = ["user-agent", "referer"]
-        .into_iter()
-        .filter_map(|h| head.headers.get(h))
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    std::iter::once(head.uri.path().to_string()).chain(query).chain(cookies).chain(headers)
+/// The values the signature sets inspect, as sent (the sets decode them): the path, each
+/// query parameter's name and value, each cookie's value, `User-Agent` and `Referer`.
+fn inspected(head: &Parts) -> impl Iterator<Item = &[u8]> + '_ {
+    let query = crate::query::raw_pairs(head.uri.query().unwrap_or("")).flat_map(|(k, v)| [k, v]);
+    let cookies = cookies(head).map(|(_, value)| value);
+    let headers = ["user-agent", "referer"].into_iter().filter_map(|h| head.headers.get(h)).map(|v| v.as_bytes());
+    std::iter::once(head.uri.path()).chain(query).chain(cookies).map(str::as_bytes).chain(headers)
+}
+
+/// The `(name, value)` pairs of the request's `Cookie` headers.
+fn cookies(head: &Parts) -> impl Iterator<Item = (&str, &str)> + '_ {
+    let headers = head.headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
+    headers.flat_map(|v| v.split(';')).map(|c| c.split_once('=').map_or(("", c.trim()), |(k, v)| (k.trim(), v.trim())))
 }
 
 /// One rule, compiled.
@@ -313,7 +311,7 @@ impl Condition {
                 };
                 size > *over
             }
-            Condition::Signatures(sets) => inspected(head).any(|value| sets.iter().any(|s| s.matches(&value))),
+            Condition::Signatures(set) => inspected(head).any(|value| set.matches(value)),
             Condition::Rate(_) => false,
             Condition::Pattern { part: PatternPart::Body, pattern } => {
                 let body = subject.body?;
@@ -322,22 +320,17 @@ impl Condition {
             }
             Condition::Pattern { part, pattern } => match part {
                 PatternPart::Path => {
-                    pattern.matches(head.uri.path()) || pattern.matches(&crate::query::percent_decode(head.uri.path()))
+                    let path = head.uri.path();
+                    pattern.matches(path)
+                        || path.contains(['%', '+']) && pattern.matches(&crate::query::percent_decode(path))
                 }
-                PatternPart::Query(name) => {
-                    crate::query::pairs(head.uri.query().unwrap_or("")).any(|(k, v)| &k == name && pattern.matches(&v))
-                }
+                PatternPart::Query(name) => crate::query::raw_pairs(head.uri.query().unwrap_or("")).any(|(k, v)| {
+                    crate::query::decoded(k) == name.as_str() && pattern.matches(&crate::query::decoded(v))
+                }),
                 PatternPart::Header(name) => {
                     head.headers.get_all(name).iter().any(|v| pattern.matches(&String::from_utf8_lossy(v.as_bytes())))
                 }
-                PatternPart::Cookie(name) => head
-                    .headers
-                    .get_all(COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .flat_map(|v| v.split(';'))
-                    .filter_map(|c| c.trim().split_once('='))
-                    .any(|(k, v)| k == name && pattern.matches(v)),
+                PatternPart::Cookie(name) => cookies(head).any(|(k, v)| k == name && pattern.matches(v)),
                 PatternPart::Body => false,
             },
         };

@@ -11,7 +11,7 @@
 
 use std::sync::OnceLock;
 
-use regex::{Regex, RegexSet};
+use regex::bytes::Regex;
 
 /// A built-in signature set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,18 +54,21 @@ const XSS: &[&str] = &[
     r"\bsrcdoc\s*=",
 ];
 
-fn compiled(set: Signatures) -> &'static RegexSet {
-    static SQLI_SET: OnceLock<RegexSet> = OnceLock::new();
-    static XSS_SET: OnceLock<RegexSet> = OnceLock::new();
-    let (cell, patterns) = match set {
-        Signatures::Sqli => (&SQLI_SET, SQLI),
-        Signatures::Xss => (&XSS_SET, XSS),
-    };
-    cell.get_or_init(|| {
-        let case_insensitive: Vec<String> = patterns.iter().map(|p| format!("(?i){p}")).collect();
-        // The patterns are constants of this file, checked by its tests.
-        RegexSet::new(case_insensitive).unwrap_or_else(|_| RegexSet::empty())
-    })
+/// The signature sets one rule enables, compiled into one expression so that a value is
+/// scanned once whatever the number of sets.
+#[derive(Debug, Clone)]
+pub struct SignatureSet {
+    sets: Vec<Signatures>,
+    /// `None` only if the constant patterns stopped compiling (the tests check they do).
+    expression: Option<&'static Regex>,
+}
+
+/// The patterns of `sets` as one ASCII case-insensitive alternation over bytes (a request
+/// value need not be UTF-8, and ASCII word boundaries keep the scan in the fast DFA).
+fn alternation(sets: &[Signatures]) -> String {
+    let patterns = sets.iter().flat_map(|s| s.patterns().iter());
+    let alternatives: Vec<String> = patterns.map(|p| format!("(?:{p})")).collect();
+    format!("(?i-u){}", alternatives.join("|"))
 }
 
 impl Signatures {
@@ -77,45 +80,98 @@ impl Signatures {
         }
     }
 
-    /// Whether `value`, as sent or percent-decoded once or twice, looks like an attack.
-    pub fn matches(self, value: &str) -> bool {
-        let set = compiled(self);
-        if set.is_match(value) {
-            return true;
+    fn patterns(self) -> &'static [&'static str] {
+        match self {
+            Signatures::Sqli => SQLI,
+            Signatures::Xss => XSS,
         }
-        // Nothing to decode (`%XX` or `+`): nothing more to check, and nothing to allocate.
-        if !value.contains(['%', '+']) {
-            return false;
-        }
-        let once = crate::query::percent_decode(value);
-        if once != value && set.is_match(&once) {
-            return true;
-        }
-        let twice = crate::query::percent_decode(&once);
-        twice != once && set.is_match(&twice)
     }
 }
 
-/// Checks every pattern compiles (the set falls back to matching nothing otherwise).
+impl SignatureSet {
+    /// The sets named in a rule (in any order, repeats ignored); `None` for no set.
+    pub fn new(mut sets: Vec<Signatures>) -> Option<SignatureSet> {
+        sets.sort_by_key(|s| *s as u8);
+        sets.dedup();
+        static SQLI_ONLY: OnceLock<Option<Regex>> = OnceLock::new();
+        static XSS_ONLY: OnceLock<Option<Regex>> = OnceLock::new();
+        static BOTH: OnceLock<Option<Regex>> = OnceLock::new();
+        let cell = match sets.as_slice() {
+            [Signatures::Sqli] => &SQLI_ONLY,
+            [Signatures::Xss] => &XSS_ONLY,
+            [Signatures::Sqli, Signatures::Xss] => &BOTH,
+            _ => return None,
+        };
+        let expression = cell.get_or_init(|| Regex::new(&alternation(&sets)).ok()).as_ref();
+        Some(SignatureSet { sets, expression })
+    }
+
+    /// The sets, as named in the configuration.
+    pub fn sets(&self) -> &[Signatures] {
+        &self.sets
+    }
+
+    /// Whether `value`, as sent or percent-decoded once or twice, looks like an attack.
+    pub fn matches(&self, value: &[u8]) -> bool {
+        let Some(expression) = self.expression else { return false };
+        if expression.is_match(value) {
+            return true;
+        }
+        // Nothing to decode (`%XX` or `+`): nothing more to check, and nothing to allocate.
+        if !value.iter().any(|b| matches!(b, b'%' | b'+')) {
+            return false;
+        }
+        let once = crate::query::percent_decode_bytes(value);
+        if once != value && expression.is_match(&once) {
+            return true;
+        }
+        let twice = crate::query::percent_decode_bytes(&once);
+        twice != once && expression.is_match(&twice)
+    }
+}
+
+/// Checks every pattern compiles, alone and in the combined sets.
 pub fn patterns_compile() -> bool {
-    SQLI.iter().chain(XSS).all(|p| Regex::new(&format!("(?i){p}")).is_ok())
+    let alone = SQLI.iter().chain(XSS).all(|p| Regex::new(&format!("(?i-u){p}")).is_ok());
+    let combined = [vec![Signatures::Sqli], vec![Signatures::Xss], vec![Signatures::Sqli, Signatures::Xss]];
+    alone && combined.iter().all(|sets| Regex::new(&alternation(sets)).is_ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn set(sets: &[Signatures]) -> SignatureSet {
+        SignatureSet::new(sets.to_vec()).unwrap()
+    }
+
     #[test]
     fn every_pattern_compiles() {
         assert!(patterns_compile());
-        assert_eq!(compiled(Signatures::Sqli).len(), SQLI.len());
-        assert_eq!(compiled(Signatures::Xss).len(), XSS.len());
+        assert!(SignatureSet::new(vec![]).is_none());
     }
 
     #[test]
     fn double_encoding_does_not_hide_an_attack() {
-        assert!(Signatures::Xss.matches("%253Cscript%253Ealert(1)"));
-        assert!(Signatures::Sqli.matches("1%27%20OR%20%271%27%3D%271"));
-        assert!(!Signatures::Sqli.matches("O'Brien"));
+        assert!(set(&[Signatures::Xss]).matches(b"%253Cscript%253Ealert(1)"));
+        assert!(set(&[Signatures::Sqli]).matches(b"1%27%20OR%20%271%27%3D%271"));
+        assert!(!set(&[Signatures::Sqli]).matches(b"O'Brien"));
+    }
+
+    #[test]
+    fn a_rule_with_both_sets_catches_what_either_catches() {
+        let both = set(&[Signatures::Xss, Signatures::Sqli, Signatures::Xss]);
+        assert_eq!(both.sets(), [Signatures::Sqli, Signatures::Xss]);
+        assert!(both.matches(b"<script>alert(1)</script>"));
+        assert!(both.matches(b"' or 1=1 --"));
+        assert!(!set(&[Signatures::Sqli]).matches(b"<script>x</script>"));
+        assert!(!set(&[Signatures::Xss]).matches(b"1 union select password from users"));
+        assert!(!both.matches(b"a perfectly ordinary sentence, selected from the docs"));
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_scanned() {
+        assert!(set(&[Signatures::Xss]).matches(b"\xff\xfe<script>"));
+        assert!(!set(&[Signatures::Xss]).matches(b"\xff\xfe\x00plain"));
     }
 }
