@@ -140,3 +140,145 @@ fn templates_are_checked_when_the_definition_is() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("line 10") && said.contains("line 2 of the template: #macro is not supported"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integration_responses_map_upstream_answers_by_status() {
+    // A pet service: 200 with a pet, 404 with an error, 503 when "down".
+    let upstream = http_service(|req| {
+        let (status, body, header) = match req.uri().path() {
+            "/pets/1" => (200, r#"{"id": 1, "name": "Rex", "secret": "s3cr3t"}"#, ("x-upstream-version", "7")),
+            "/pets/down" => (503, "down", ("x-upstream-reason", "maintenance")),
+            _ => (404, r#"{"error": "no such pet"}"#, ("x-upstream-reason", "missing")),
+        };
+        async move {
+            hyper::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .header(header.0, header.1)
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap()
+        }
+    })
+    .await;
+    let node = start_node(format!(
+        r##"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+apis:
+  - id: pets
+    type: rest
+    routes:
+      - route: GET /pets/{{id}}
+        integration:
+          type: http_proxy
+          uri: "http://{upstream}/pets/{{id}}"
+          responses:
+            - selection_pattern: '4\d\d'
+              headers: {{ x-reason: integration.response.header.x-upstream-reason, x-mapped: "'yes'" }}
+              templates:
+                application/json: '{{"message": $input.json(''$.error''), "pet": "$input.params(''id'')", "request": "$context.requestId"}}'
+            - selection_pattern: '5\d\d'
+              status: 502
+              templates: {{ application/json: '{{"message": "the pet service is down"}}' }}
+            - headers: {{ x-version: integration.response.header.x-upstream-version, x-absent: integration.response.header.x-nothing }}
+              templates:
+                application/json: |
+                  #set($pet = $input.path('$'))
+                  {{"id": $pet.id, "name": "$pet.name", "stage": "$context.stage"}}
+                application/xml: "<pet><id>$input.path('$.id')</id><name>$input.path('$.name')</name></pet>"
+      - route: GET /raw/{{id}}
+        integration: {{ type: http_proxy, uri: "http://{upstream}/pets/{{id}}" }}
+    stages: [{{ name: prod }}]
+"##
+    ))
+    .await;
+    let gw = node.http.expect("http listener");
+    let get = |path: &str, accept: &str| {
+        let request = hyper::Request::get(path)
+            .header("host", "pets.test")
+            .header("accept", accept)
+            .header("x-request-id", "req-responses-1");
+        send(gw, request.body(Full::new(Bytes::new())).unwrap())
+    };
+
+    // The default response: the secret is filtered out, the upstream's header renamed.
+    let r = get("/prod/pets/1", "application/json").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json(), serde_json::json!({ "id": 1, "name": "Rex", "stage": "prod" }));
+    assert_eq!(r.header("x-version"), "7");
+    assert!(r.headers.get("x-absent").is_none());
+    assert_eq!(r.header("content-type"), "application/json");
+    assert!(r.headers.get("content-length").is_none(), "the upstream's length is not the mapped body's");
+    // The client that accepts XML gets the XML template of the same response.
+    let r = get("/prod/pets/1", "text/html, application/xml;q=0.9").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(String::from_utf8_lossy(&r.body), "<pet><id>1</id><name>Rex</name></pet>");
+    assert_eq!(r.header("content-type"), "application/xml");
+    // 4xx keeps the upstream's status (none set) with its own template and headers.
+    let r = get("/prod/pets/9", "*/*").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json(), serde_json::json!({ "message": "no such pet", "pet": "9", "request": "req-responses-1" }));
+    assert_eq!((r.header("x-reason"), r.header("x-mapped")), ("missing", "yes"));
+    // 5xx becomes 502.
+    let r = get("/prod/pets/down", "application/json").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json(), serde_json::json!({ "message": "the pet service is down" }));
+    // A route without responses passes the upstream's answer through untouched.
+    let r = get("/prod/raw/1", "application/json").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["secret"], "s3cr3t");
+    assert_eq!(r.header("x-upstream-version"), "7");
+    // The gateway's own refusals are not integration answers: a 404 for no route stays JSON.
+    let r = get("/prod/nothing", "application/json").await;
+    assert_eq!(r.status, 404);
+    assert!(r.json()["message"].is_string() && r.headers.get("x-mapped").is_none());
+}
+
+#[test]
+fn integration_responses_are_checked_when_the_definition_is() {
+    let out = validate(
+        r##"apis:
+  - id: pets
+    type: rest
+    routes:
+      - route: GET /a
+        integration:
+          type: http_proxy
+          uri: http://127.0.0.1:9/a
+          responses:
+            - { selection_pattern: "4(", status: 400 }
+            - { status: 700 }
+            - { headers: { x-a: "unquoted" } }
+            - { headers: { connection: "'close'" } }
+            - { templates: { application/json: "#macro(x)#end" } }
+            - { status: 201 }
+            - { status: 202 }
+"##,
+    );
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "responses[0].selection_pattern: not a regular expression",
+        "responses[1].status: a status from 200 to 599",
+        "responses[2].headers.x-a: a value is `'literal text'`",
+        "responses[3].headers.connection: the gateway sets this header itself",
+        "responses[4].templates.application/json: line 1 of the template: #macro is not supported",
+        "responses[6].selection_pattern: only one response may go without a `selection_pattern`",
+    ] {
+        assert!(said.contains(expected), "missing `{expected}` in:\n{said}");
+    }
+    let out = validate(
+        r#"apis:
+  - id: plain
+    type: http
+    routes:
+      - route: GET /b
+        integration: { type: http_proxy, uri: "http://127.0.0.1:9/b", responses: [{ status: 200 }] }
+"#,
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("`routes[0].integration.responses` is for `type: rest` APIs"),
+        "{said}"
+    );
+}

@@ -222,6 +222,8 @@ struct RouteSpec {
     cache: Option<cache::RouteCacheSpec>,
     /// The integration's request mapping (`type: rest`).
     mapping: Option<mapping::MappingSpec>,
+    /// The integration's responses (`type: rest`).
+    responses: Option<Arc<[crate::stages::integration_response::IntegrationResponse]>>,
     field: String,
 }
 
@@ -573,6 +575,9 @@ impl Compiler<'_> {
             let Ok(mapping) = self.request_mapping(&route.integration, &format!("{rfield}.integration")) else {
                 continue;
             };
+            let Ok(responses) = self.integration_responses(&route.integration, &format!("{rfield}.integration")) else {
+                continue;
+            };
             let cache = match &route.cache {
                 Some(def) => match self.route_cache(def, &format!("{rfield}.cache")) {
                     Some(spec) => Some(spec),
@@ -600,6 +605,7 @@ impl Compiler<'_> {
                     validation,
                     cache,
                     mapping,
+                    responses,
                     field: rfield,
                 });
             }
@@ -725,16 +731,22 @@ impl Compiler<'_> {
                 stages.push(validation.clone());
             }
             // Mapping after validation: the client's body is validated, the mapped one is sent.
-            let mapping = spec.mapping.as_ref().map(|m| {
+            let templated = spec.mapping.is_some() || spec.responses.is_some();
+            let scope = templated.then(|| {
                 let resource = spec.key.split_once(' ').map_or(spec.key.as_str(), |(_, path)| path);
-                self.mapping_stage(m, stage, spec.pattern.param_names(), resource)
+                Self::template_scope(stage, spec.pattern.param_names(), resource)
             });
-            if let Some(mapping) = &mapping {
-                stages.push(mapping.clone());
+            if let (Some(mapping), Some(scope)) = (&spec.mapping, &scope) {
+                stages.push(Self::mapping_stage(mapping, scope));
             }
-            // The cache last: only an authorized, valid request may have a cached answer.
+            // The cache after them: only an authorized, valid request may have a cached answer.
             if let Some(caching) = stage_cache.as_ref().and_then(|c| self.caching((api, stage_name), spec, c)) {
                 stages.push(caching);
+            }
+            // Integration responses last, closest to the integration: its answer is mapped
+            // first, and the cache keeps the mapped answer.
+            if let (Some(responses), Some(scope)) = (&spec.responses, &scope) {
+                stages.push(Self::responses_stage(responses, scope));
             }
             // Duplicates were refused when the routes were parsed.
             let target = RouteTarget {
@@ -743,7 +755,7 @@ impl Compiler<'_> {
                 observer,
                 allow_encoded_slashes: spec.allow_encoded_slashes,
                 answers_preflight: spec.cors.is_some(),
-                keeps_path_parameters: mapping.is_some(),
+                keeps_path_parameters: templated,
             };
             let _ = router.insert(spec.method.clone(), &spec.pattern, target);
         }

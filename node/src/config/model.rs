@@ -569,6 +569,26 @@ pub struct IntegrationDef {
     pub request_templates: Option<Spanned<BTreeMap<String, String>>>,
     /// `when_no_match` (default), `when_no_templates` or `never`.
     pub passthrough_behavior: Option<Spanned<PassthroughBehavior>>,
+    /// `type: rest`: what the client gets for each kind of upstream answer, chosen by the
+    /// upstream's status (see `stages/integration_response.rs`).
+    pub responses: Option<Spanned<Vec<IntegrationResponseDef>>>,
+}
+
+/// One of an integration's `responses`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationResponseDef {
+    /// A regular expression the whole upstream status must match (`4\d\d`); without one,
+    /// the default response (at most one).
+    pub selection_pattern: Option<String>,
+    /// The client's status (the upstream's when not set).
+    pub status: Option<u16>,
+    /// Response headers: `'literal'` or `integration.response.header.NAME`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Response templates by media type.
+    #[serde(default)]
+    pub templates: BTreeMap<String, String>,
 }
 
 /// What a request whose content type has no mapping template gets.

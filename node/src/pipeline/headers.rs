@@ -32,7 +32,8 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+/// Whether `name` is a hop-by-hop header (never forwarded, never set by configuration).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name) || *name == UPGRADE
 }
 

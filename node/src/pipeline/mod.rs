@@ -91,6 +91,8 @@ struct Served<'t> {
     /// The route's chain, once a route was found: its response phases run on the response.
     chain: Option<&'t Arc<Chain>>,
     integration_latency: Option<Duration>,
+    /// The integration answered (the upstream, or a mock), not the gateway.
+    integration_answered: bool,
     reason: Option<std::borrow::Cow<'static, str>>,
 }
 
@@ -102,6 +104,7 @@ impl<'t> Served<'t> {
             observer: observer.clone(),
             chain: None,
             integration_latency: None,
+            integration_answered: false,
             reason,
         }
     }
@@ -119,6 +122,7 @@ impl<'t> Served<'t> {
             observer: target.observer.clone(),
             chain: Some(&target.chain),
             integration_latency: None,
+            integration_answered: false,
             reason,
         }
     }
@@ -190,6 +194,7 @@ impl Pipeline {
         parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
         if let Some(chain) = served.chain {
             exchange.status = Some(parts.status);
+            exchange.integration_answered = served.integration_answered;
             chain.response_head(&mut parts, &mut exchange, &services);
             if chain.follows_response_body() {
                 body = ResponseBody::Wrapped(Box::pin(StagedBody::new(body, chain.clone(), exchange)));
@@ -316,6 +321,7 @@ impl Pipeline {
                     observer: target.observer.clone(),
                     chain: Some(&target.chain),
                     integration_latency: None,
+                    integration_answered: true,
                     reason: None,
                 };
             }
@@ -361,6 +367,7 @@ impl Pipeline {
                     observer: target.observer.clone(),
                     chain: Some(&target.chain),
                     integration_latency,
+                    integration_answered: true,
                     reason: None,
                 };
             }

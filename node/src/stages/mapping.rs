@@ -38,24 +38,21 @@ pub struct PathParameters(pub Vec<String>);
 #[derive(Debug, Clone)]
 struct Chosen(Arc<Template>);
 
-/// One route's request mapping on one stage.
-#[derive(Debug)]
-pub struct RequestMapping {
-    /// By media type (lower case, without parameters).
-    pub templates: Vec<(String, Arc<Template>)>,
-    pub passthrough: Passthrough,
+/// What a template reads besides the body, for one route on one stage: the request's
+/// parameters, `$context` and `$stageVariables`. Request and response templates share it.
+#[derive(Debug, Default)]
+pub struct TemplateScope {
     /// The route's path parameter names, in capture order.
     pub parameter_names: Vec<String>,
     /// `$context.stage`, `$context.resourcePath`.
     pub stage: String,
     pub resource_path: String,
     pub stage_variables: Value,
-    pub bounds: Bounds,
 }
 
-impl RequestMapping {
-    /// The inputs a template reads for this request.
-    fn inputs(&self, head: &Parts, body: &Bytes, exchange: &Exchange) -> Inputs {
+impl TemplateScope {
+    /// The inputs a template reads for this request, with an empty body.
+    pub fn inputs(&self, head: &Parts, exchange: &Exchange) -> Inputs {
         let values = exchange.extensions.get::<PathParameters>().map(|p| p.0.as_slice()).unwrap_or_default();
         let path: Map<String, Value> =
             self.parameter_names.iter().cloned().zip(values.iter().map(|v| Value::String(v.clone()))).collect();
@@ -88,7 +85,7 @@ impl RequestMapping {
             "authorizer": authorizer,
         });
         Inputs {
-            body: String::from_utf8_lossy(body).into_owned(),
+            body: String::new(),
             path,
             querystring,
             header,
@@ -96,6 +93,16 @@ impl RequestMapping {
             stage_variables: self.stage_variables.clone(),
         }
     }
+}
+
+/// One route's request mapping on one stage.
+#[derive(Debug)]
+pub struct RequestMapping {
+    /// By media type (lower case, without parameters).
+    pub templates: Vec<(String, Arc<Template>)>,
+    pub passthrough: Passthrough,
+    pub scope: Arc<TemplateScope>,
+    pub bounds: Bounds,
 }
 
 impl Stage for RequestMapping {
@@ -140,7 +147,8 @@ impl Stage for RequestMapping {
 
     fn request_body(&self, head: &Parts, body: &Bytes, exchange: &mut Exchange, services: &Services<'_>) -> Flow {
         let Some(Chosen(template)) = exchange.extensions.remove::<Chosen>() else { return Flow::Continue };
-        let inputs = self.inputs(head, body, exchange);
+        let mut inputs = self.scope.inputs(head, exchange);
+        inputs.body = String::from_utf8_lossy(body).into_owned();
         match template.render(&inputs, self.bounds) {
             Ok(rendered) => {
                 if !services.dry_run {

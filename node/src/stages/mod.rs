@@ -32,6 +32,7 @@ pub mod cache;
 mod chain;
 pub mod cors;
 pub mod custom_authorizer;
+pub mod integration_response;
 pub mod jwt;
 pub mod mapping;
 pub mod signed_request;
@@ -149,6 +150,9 @@ pub struct Exchange {
     pub client: IpAddr,
     /// The response's status, once there is one (set before the response phases).
     pub status: Option<StatusCode>,
+    /// Whether the response is the integration's answer (not a refusal or an answer of the
+    /// gateway's own, such as a cache hit).
+    pub integration_answered: bool,
     /// Whatever stages keep for their later phases, by type.
     pub extensions: http::Extensions,
     /// What stages found, when the request is being explained (`meridian explain request`).
@@ -163,6 +167,7 @@ impl Exchange {
             request_id,
             client,
             status: None,
+            integration_answered: false,
             extensions: http::Extensions::new(),
             notes: None,
             replaced_body: None,

@@ -1,15 +1,24 @@
-//! Compiling request mapping (`type: rest`): an `http_proxy` integration's request
-//! templates, each parsed once (an error names its line in the template and the
-//! definition's line), and its passthrough behaviour.
+//! Compiling mapping (`type: rest`): an integration's request templates and passthrough
+//! behaviour, and its responses (selection patterns, statuses, headers, response
+//! templates). Each template is parsed once; an error names its line in the template and
+//! the definition's line.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use http::{HeaderName, HeaderValue, StatusCode};
+use regex::Regex;
 use serde_json::Value;
+use serde_saphyr::Location;
 
 use super::super::model::*;
 use super::Compiler;
 use crate::mapping::{Bounds, Template};
-use crate::stages::mapping::{Passthrough, RequestMapping};
+use crate::stages::integration_response::{HeaderSource, IntegrationResponse, IntegrationResponses};
+use crate::stages::mapping::{Passthrough, RequestMapping, TemplateScope};
+
+/// The prefix of a response header mapped from the upstream's header.
+const UPSTREAM_HEADER: &str = "integration.response.header.";
 
 /// A route's request mapping, parsed once for every stage.
 #[derive(Clone)]
@@ -36,60 +45,188 @@ impl Compiler<'_> {
             );
             return Err(());
         }
-        let mut ok = true;
-        let mut templates = Vec::new();
-        if let Some(by_type) = &def.request_templates {
-            for (media, text) in &by_type.value {
-                let at = format!("{field}.request_templates.{media}");
-                let valid_media = media.split_once('/').is_some_and(|(t, s)| !t.is_empty() && !s.is_empty())
-                    && media.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/+.-_".contains(&b));
-                if !valid_media {
-                    self.sink.push(
-                        by_type.referenced,
-                        &at,
-                        "name a media type in lower case, such as `application/json`",
-                    );
-                    ok = false;
-                    continue;
-                }
-                match Template::parse(text) {
-                    Ok(t) => templates.push((media.clone(), Arc::new(t))),
-                    Err(e) => {
-                        self.sink.push(
-                            by_type.referenced,
-                            &at,
-                            format!("line {} of the template: {}", e.line, e.message),
-                        );
-                        ok = false;
-                    }
-                }
+        let templates = match &def.request_templates {
+            Some(by_type) => {
+                self.templates(&by_type.value, by_type.referenced, &format!("{field}.request_templates"))?
             }
-        }
+            None => Vec::new(),
+        };
         let passthrough = match def.passthrough_behavior.as_ref().map(|p| p.value) {
             None | Some(PassthroughBehavior::WhenNoMatch) => Passthrough::WhenNoMatch,
             Some(PassthroughBehavior::WhenNoTemplates) => Passthrough::WhenNoTemplates,
             Some(PassthroughBehavior::Never) => Passthrough::Never,
         };
-        if ok { Ok(Some(MappingSpec { templates, passthrough })) } else { Err(()) }
+        Ok(Some(MappingSpec { templates, passthrough }))
     }
 
-    /// The mapping stage of a route on one stage (its variables, its name).
-    pub(super) fn mapping_stage(
-        &self,
-        spec: &MappingSpec,
+    /// Templates by media type, each parsed once; every error is reported.
+    fn templates(
+        &mut self,
+        by_type: &BTreeMap<String, String>,
+        at: Location,
+        field: &str,
+    ) -> Result<Vec<(String, Arc<Template>)>, ()> {
+        let mut ok = true;
+        let mut templates = Vec::new();
+        for (media, text) in by_type {
+            let tfield = format!("{field}.{media}");
+            let valid_media = media.split_once('/').is_some_and(|(t, s)| !t.is_empty() && !s.is_empty())
+                && media.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/+.-_".contains(&b));
+            if !valid_media {
+                self.sink.push(at, &tfield, "name a media type in lower case, such as `application/json`");
+                ok = false;
+                continue;
+            }
+            match Template::parse(text) {
+                Ok(t) => templates.push((media.clone(), Arc::new(t))),
+                Err(e) => {
+                    self.sink.push(at, &tfield, format!("line {} of the template: {}", e.line, e.message));
+                    ok = false;
+                }
+            }
+        }
+        if ok { Ok(templates) } else { Err(()) }
+    }
+
+    /// An integration's `responses`, compiled once for every stage.
+    pub(super) fn integration_responses(
+        &mut self,
+        def: &IntegrationDef,
+        field: &str,
+    ) -> Result<Option<Arc<[IntegrationResponse]>>, ()> {
+        let Some(list) = &def.responses else { return Ok(None) };
+        let at = list.referenced;
+        let mut ok = true;
+        let mut patterned = Vec::new();
+        let mut default = None;
+        for (i, entry) in list.value.iter().enumerate() {
+            let efield = format!("{field}.responses[{i}]");
+            let Ok(response) = self.integration_response(entry, at, &efield) else {
+                ok = false;
+                continue;
+            };
+            if response.selection_pattern.is_some() {
+                patterned.push(response);
+            } else if default.replace(response).is_some() {
+                self.sink.push(
+                    at,
+                    format!("{efield}.selection_pattern"),
+                    "only one response may go without a `selection_pattern` (the default)",
+                );
+                ok = false;
+            }
+        }
+        if !ok {
+            return Err(());
+        }
+        patterned.extend(default);
+        Ok(Some(patterned.into()))
+    }
+
+    fn integration_response(
+        &mut self,
+        def: &IntegrationResponseDef,
+        at: Location,
+        field: &str,
+    ) -> Result<IntegrationResponse, ()> {
+        let mut ok = true;
+        let selection_pattern = match &def.selection_pattern {
+            None => None,
+            Some(p) => match Regex::new(&format!("^(?:{p})$")) {
+                Ok(r) if !p.is_empty() => Some(r),
+                Ok(_) => {
+                    self.sink.push(
+                        at,
+                        format!("{field}.selection_pattern"),
+                        "an empty pattern matches no status; leave it out for the default response",
+                    );
+                    ok = false;
+                    None
+                }
+                Err(e) => {
+                    self.sink.push(at, format!("{field}.selection_pattern"), format!("not a regular expression: {e}"));
+                    ok = false;
+                    None
+                }
+            },
+        };
+        let status = match def.status.map(StatusCode::from_u16) {
+            None => None,
+            Some(Ok(s)) if (200..=599).contains(&s.as_u16()) => Some(s),
+            Some(_) => {
+                self.sink.push(at, format!("{field}.status"), "a status from 200 to 599");
+                ok = false;
+                None
+            }
+        };
+        let mut headers = Vec::new();
+        for (name, source) in &def.headers {
+            let hfield = format!("{field}.headers.{name}");
+            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+                self.sink.push(at, &hfield, "not a header name");
+                ok = false;
+                continue;
+            };
+            if crate::pipeline::headers::is_hop_by_hop(&header) || header == http::header::CONTENT_LENGTH {
+                self.sink.push(at, &hfield, "the gateway sets this header itself");
+                ok = false;
+                continue;
+            }
+            let literal = source.strip_prefix('\'').and_then(|s| s.strip_suffix('\''));
+            let source = match (literal, source.strip_prefix(UPSTREAM_HEADER)) {
+                (Some(text), _) => HeaderValue::from_str(text).ok().map(HeaderSource::Literal),
+                (None, Some(from)) => HeaderName::from_bytes(from.as_bytes()).ok().map(HeaderSource::UpstreamHeader),
+                (None, None) => None,
+            };
+            match source {
+                Some(source) => headers.push((header, source)),
+                None => {
+                    self.sink.push(
+                        at,
+                        &hfield,
+                        format!("a value is `'literal text'` (in single quotes) or `{UPSTREAM_HEADER}NAME`"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let templates = self.templates(&def.templates, at, &format!("{field}.templates"));
+        match templates {
+            Ok(templates) if ok => Ok(IntegrationResponse { selection_pattern, status, headers, templates }),
+            _ => Err(()),
+        }
+    }
+
+    /// What a route's templates read on one stage (its variables, its name).
+    pub(super) fn template_scope(
         stage: &StageDef,
         parameter_names: Vec<String>,
         resource_path: &str,
-    ) -> Arc<RequestMapping> {
+    ) -> Arc<TemplateScope> {
         let variables = stage.variables.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-        Arc::new(RequestMapping {
-            templates: spec.templates.clone(),
-            passthrough: spec.passthrough,
+        Arc::new(TemplateScope {
             parameter_names,
             stage: stage.name.value.clone(),
             resource_path: resource_path.to_string(),
             stage_variables: Value::Object(variables),
+        })
+    }
+
+    /// The request mapping stage of a route on one stage.
+    pub(super) fn mapping_stage(spec: &MappingSpec, scope: &Arc<TemplateScope>) -> Arc<RequestMapping> {
+        Arc::new(RequestMapping {
+            templates: spec.templates.clone(),
+            passthrough: spec.passthrough,
+            scope: scope.clone(),
             bounds: Bounds::default(),
         })
+    }
+
+    /// The integration responses stage of a route on one stage.
+    pub(super) fn responses_stage(
+        responses: &Arc<[IntegrationResponse]>,
+        scope: &Arc<TemplateScope>,
+    ) -> Arc<IntegrationResponses> {
+        Arc::new(IntegrationResponses { responses: responses.clone(), scope: scope.clone(), bounds: Bounds::default() })
     }
 }

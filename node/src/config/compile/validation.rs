@@ -77,6 +77,7 @@ impl Compiler<'_> {
                     .passthrough_behavior
                     .as_ref()
                     .map(|v| (v.referenced, "integration.passthrough_behavior")),
+                route.integration.responses.as_ref().map(|v| (v.referenced, "integration.responses")),
             ];
             for (at, what) in used.into_iter().flatten() {
                 refuse(at, &format!("routes[{i}].{what}"));

@@ -1,0 +1,250 @@
+//! Integration responses (`type: rest`): what the client gets for each kind of upstream
+//! answer, chosen by the upstream's status.
+//!
+//! An integration lists responses, each with a `selection_pattern` (a regular expression
+//! that must match the whole upstream status, such as `4\d\d`) or none (the default, used
+//! when no pattern matches). The chosen response may set the client's status, set headers
+//! (a literal `'value'`, or `integration.response.header.NAME` from the upstream's answer),
+//! and reshape the body with a response template for the media type the client accepts
+//! ([`crate::mapping`], with the same inputs as a request template and the upstream's body
+//! as `$input.body`). An upstream answer no response selects passes through unchanged.
+//!
+//! Only answers of the integration are mapped: the gateway's own refusals (a 401, a 429, a
+//! cached or replayed answer) are not. A template renders once the whole upstream body has
+//! arrived (up to [`MAX_MAPPED_BODY`]); a body that is larger, or a template that fails,
+//! leaves the client a JSON error in place of the body, its reason in the log.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, StatusCode, response};
+use regex::Regex;
+
+use super::mapping::TemplateScope;
+use super::{Exchange, Flow, Phases, Services, Stage, Step};
+use crate::mapping::{Bounds, Inputs, Template};
+
+/// The largest upstream body a response template reads.
+pub const MAX_MAPPED_BODY: usize = 10 * 1024 * 1024;
+
+/// Where a mapped response header's value comes from.
+#[derive(Debug, Clone)]
+pub enum HeaderSource {
+    /// `'text'`: this value.
+    Literal(HeaderValue),
+    /// `integration.response.header.NAME`: the upstream's header (left out when absent).
+    UpstreamHeader(HeaderName),
+}
+
+/// One entry of an integration's `responses`.
+#[derive(Debug)]
+pub struct IntegrationResponse {
+    /// Anchored at both ends; `None` for the default response.
+    pub selection_pattern: Option<Regex>,
+    /// The client's status; the upstream's when not set.
+    pub status: Option<StatusCode>,
+    pub headers: Vec<(HeaderName, HeaderSource)>,
+    /// By media type (lower case, without parameters), in the order they were written.
+    pub templates: Vec<(String, Arc<Template>)>,
+}
+
+impl IntegrationResponse {
+    /// The template for a client that sent `accept`: the first media type it lists that has
+    /// a template, else `application/json`, else the first template.
+    fn template(&self, accept: Option<&str>) -> Option<&(String, Arc<Template>)> {
+        let listed = accept.into_iter().flat_map(|a| a.split(',')).filter_map(|m| {
+            let media = m.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            self.templates.iter().find(|(t, _)| *t == media)
+        });
+        let first_listed = listed.into_iter().next();
+        first_listed
+            .or_else(|| self.templates.iter().find(|(t, _)| t == "application/json"))
+            .or_else(|| self.templates.first())
+    }
+}
+
+/// The integration responses of one route on one stage.
+#[derive(Debug)]
+pub struct IntegrationResponses {
+    /// The patterned responses in order, then the default (at most one).
+    pub responses: Arc<[IntegrationResponse]>,
+    pub scope: Arc<TemplateScope>,
+    pub bounds: Bounds,
+}
+
+/// What the templates read of the request, kept from its head for the response.
+#[derive(Debug, Clone)]
+struct RequestInputs {
+    inputs: Inputs,
+    accept: Option<String>,
+}
+
+/// The response template chosen for this answer, and the upstream body read so far.
+#[derive(Debug, Clone)]
+struct Rendering {
+    template: Arc<Template>,
+    body: BytesMut,
+    overflowed: bool,
+}
+
+impl IntegrationResponses {
+    fn has_templates(&self) -> bool {
+        self.responses.iter().any(|r| !r.templates.is_empty())
+    }
+
+    /// The response that maps an upstream answer of `status`.
+    fn select(&self, status: StatusCode) -> Option<&IntegrationResponse> {
+        let code = status.as_str();
+        let patterned = self.responses.iter().filter(|r| r.selection_pattern.is_some());
+        let mut matching = patterned.filter(|r| r.selection_pattern.as_ref().is_some_and(|p| p.is_match(code)));
+        matching.next().or_else(|| self.responses.iter().find(|r| r.selection_pattern.is_none()))
+    }
+
+    fn render(&self, rendering: Rendering, exchange: &mut Exchange) -> Bytes {
+        let request_id = exchange.request_id.clone();
+        let failed = |reason: String| {
+            tracing::warn!(reason, request_id = ?request_id, "the response mapping template failed");
+            Bytes::from_static(b"{\"message\":\"the upstream's response could not be mapped\"}")
+        };
+        if rendering.overflowed {
+            return failed(format!("the upstream body is over {MAX_MAPPED_BODY} bytes"));
+        }
+        let Some(RequestInputs { mut inputs, .. }) = exchange.extensions.remove::<RequestInputs>() else {
+            return failed("the request's inputs were not kept".into());
+        };
+        inputs.body = String::from_utf8_lossy(&rendering.body).into_owned();
+        match rendering.template.render(&inputs, self.bounds) {
+            Ok(rendered) => Bytes::from(rendered),
+            Err(e) => failed(e.to_string()),
+        }
+    }
+}
+
+impl Stage for IntegrationResponses {
+    fn name(&self) -> &'static str {
+        "integration responses"
+    }
+
+    fn phases(&self) -> Phases {
+        if self.has_templates() {
+            Phases::REQUEST_HEAD | Phases::RESPONSE_HEAD | Phases::RESPONSE_BODY
+        } else {
+            Phases::RESPONSE_HEAD
+        }
+    }
+
+    fn rewrites_response_body(&self) -> bool {
+        true
+    }
+
+    fn request_head<'a>(&'a self, head: &'a mut Parts, exchange: &'a mut Exchange, _: &'a Services<'a>) -> Step<'a> {
+        let accept = head.headers.get(ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let inputs = self.scope.inputs(head, exchange);
+        exchange.extensions.insert(RequestInputs { inputs, accept });
+        Flow::Continue.into()
+    }
+
+    fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange, _: &Services<'_>) {
+        if !exchange.integration_answered {
+            return;
+        }
+        let Some(response) = self.select(head.status) else { return };
+        exchange.note(|| match &response.selection_pattern {
+            Some(p) => format!("the integration response for `{}`", p.as_str()),
+            None => "the default integration response".to_string(),
+        });
+        let upstream_headers = head.headers.clone();
+        if let Some(status) = response.status {
+            head.status = status;
+        }
+        for (name, source) in &response.headers {
+            match source {
+                HeaderSource::Literal(value) => {
+                    head.headers.insert(name, value.clone());
+                }
+                HeaderSource::UpstreamHeader(from) => match upstream_headers.get(from) {
+                    Some(value) => {
+                        head.headers.insert(name, value.clone());
+                    }
+                    None => {
+                        head.headers.remove(name);
+                    }
+                },
+            }
+        }
+        let accept = exchange.extensions.get::<RequestInputs>().and_then(|r| r.accept.as_deref());
+        if let Some((media, template)) = response.template(accept) {
+            if let Ok(content_type) = HeaderValue::from_str(media) {
+                head.headers.insert(CONTENT_TYPE, content_type);
+            }
+            head.headers.remove(CONTENT_LENGTH);
+            let rendering = Rendering { template: template.clone(), body: BytesMut::new(), overflowed: false };
+            exchange.extensions.insert(rendering);
+        }
+    }
+
+    fn response_body(&self, chunk: &mut Option<Bytes>, end_of_stream: bool, exchange: &mut Exchange) {
+        let Some(rendering) = exchange.extensions.get_mut::<Rendering>() else { return };
+        if let Some(data) = chunk.take()
+            && !rendering.overflowed
+        {
+            if rendering.body.len() + data.len() > MAX_MAPPED_BODY {
+                rendering.overflowed = true;
+                rendering.body = BytesMut::new();
+            } else {
+                rendering.body.extend_from_slice(&data);
+            }
+        }
+        if end_of_stream && let Some(rendering) = exchange.extensions.remove::<Rendering>() {
+            *chunk = Some(self.render(rendering, exchange));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(pattern: Option<&str>, templates: &[&str]) -> IntegrationResponse {
+        IntegrationResponse {
+            selection_pattern: pattern.map(|p| Regex::new(&format!("^(?:{p})$")).unwrap()),
+            status: None,
+            headers: Vec::new(),
+            templates: templates.iter().map(|m| (m.to_string(), Arc::new(Template::parse("x").unwrap()))).collect(),
+        }
+    }
+
+    #[test]
+    fn the_first_matching_pattern_wins_and_the_default_takes_the_rest() {
+        let responses = IntegrationResponses {
+            responses: vec![response(Some(r"4\d\d"), &[]), response(Some("404"), &[]), response(None, &[])].into(),
+            scope: Arc::new(TemplateScope::default()),
+            bounds: Bounds::default(),
+        };
+        let pattern_of = |s: u16| {
+            responses
+                .select(StatusCode::from_u16(s).unwrap())
+                .and_then(|r| r.selection_pattern.as_ref())
+                .map(|p| p.as_str().to_string())
+        };
+        assert_eq!(pattern_of(404).as_deref(), Some(r"^(?:4\d\d)$"));
+        assert_eq!(pattern_of(200), None, "the default");
+        let without_default =
+            IntegrationResponses { responses: vec![response(Some("5\\d\\d"), &[])].into(), ..responses };
+        assert!(without_default.select(StatusCode::OK).is_none(), "passes through");
+        assert!(without_default.select(StatusCode::from_u16(502).unwrap()).is_some());
+    }
+
+    #[test]
+    fn the_template_follows_what_the_client_accepts() {
+        let r = response(None, &["application/xml", "application/json", "text/plain"]);
+        let media = |accept: Option<&str>| r.template(accept).map(|(m, _)| m.as_str());
+        assert_eq!(media(Some("text/plain;q=0.9, application/xml")), Some("text/plain"));
+        assert_eq!(media(Some("image/png")), Some("application/json"));
+        assert_eq!(media(None), Some("application/json"));
+        let only_xml = response(None, &["application/xml"]);
+        assert_eq!(only_xml.template(Some("*/*")).map(|(m, _)| m.as_str()), Some("application/xml"));
+    }
+}
