@@ -27,6 +27,8 @@ pub mod digest;
 pub mod fast_random;
 pub mod files;
 pub mod gateway;
+pub mod gateway_responses;
+pub mod hop_by_hop;
 pub mod integration;
 pub mod limits;
 pub mod mapping;

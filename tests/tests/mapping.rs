@@ -282,3 +282,136 @@ fn integration_responses_are_checked_when_the_definition_is() {
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_responses_word_the_gateways_own_answers() {
+    // An upstream that answers 404 itself: an integration answer, never reworded.
+    let upstream = http_service(|_| async {
+        hyper::Response::builder().status(404).body(Full::new(Bytes::from_static(b"upstream's own 404"))).unwrap()
+    })
+    .await;
+    let node = start_node(format!(
+        r##"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+apis:
+  - id: pets
+    type: rest
+    models:
+      Pet: {{ type: object, required: [name], properties: {{ name: {{ type: string }} }} }}
+    request_validators: {{ body: {{ body: true }} }}
+    gateway_responses:
+      INVALID_API_KEY:
+        headers: {{ x-help: "'ask for a key at https://dev.pets.test'" }}
+        templates:
+          application/json: '{{"error": "key", "detail": $context.error.messageString, "request": "$context.requestId", "team": "$stageVariables.team"}}'
+      RESOURCE_NOT_FOUND:
+        status: 404
+        templates: {{ application/json: '{{"error": "no such thing", "type": "$context.error.responseType"}}' }}
+      BAD_REQUEST_BODY:
+        templates: {{ application/json: '{{"invalid": "$util.escapeJavaScript($context.error.validationErrorString)"}}' }}
+      DEFAULT_4XX:
+        headers: {{ x-gateway: "'meridian'" }}
+      DEFAULT_5XX:
+        status: 503
+        templates: {{ text/plain: "try again later ($context.error.responseType)" }}
+    routes:
+      - route: GET /keyed
+        api_key_required: true
+        integration: {{ type: mock, body: secret }}
+      - route: POST /pets
+        request_validator: body
+        request_models: {{ application/json: Pet }}
+        integration: {{ type: mock, body: created }}
+      - route: GET /tight
+        throttle: {{ rate: 1, burst: 1 }}
+        integration: {{ type: mock, body: hi }}
+      - route: GET /down
+        integration: {{ type: http_proxy, uri: "http://127.0.0.1:9/down" }}
+      - route: GET /upstream
+        integration: {{ type: http_proxy, uri: "http://{upstream}/missing" }}
+    stages: [{{ name: prod, variables: {{ team: pets }} }}]
+"##
+    ))
+    .await;
+    let gw = node.http.expect("http listener");
+    let call = |method: &str, path: &str, body: &'static str| {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "pets.test")
+            .header("content-type", "application/json")
+            .header("x-request-id", "req-gw-1");
+        send(gw, request.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap())
+    };
+
+    // A type of its own, with the refusal's message, the request id and a stage variable.
+    let r = call("GET", "/prod/keyed", "").await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-help"), "ask for a key at https://dev.pets.test");
+    let v = r.json();
+    assert_eq!(
+        (v["error"].as_str(), v["request"].as_str(), v["team"].as_str()),
+        (Some("key"), Some("req-gw-1"), Some("pets"))
+    );
+    assert!(v["detail"].as_str().is_some_and(|d| d.contains("key")), "{v}");
+    // No route: RESOURCE_NOT_FOUND.
+    let r = call("GET", "/prod/nothing-here", "").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json(), serde_json::json!({ "error": "no such thing", "type": "RESOURCE_NOT_FOUND" }));
+    // A body that does not match its model lists the violations.
+    let r = call("POST", "/prod/pets", r#"{"legs": 4}"#).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["invalid"].as_str().is_some_and(|s| s.contains("body") && s.contains("name")), "{:?}", r.body);
+    // THROTTLED has nothing of its own: DEFAULT_4XX adds its header to the built-in answer,
+    // which keeps its own headers (Retry-After).
+    let mut throttled = None;
+    for _ in 0..5 {
+        let r = call("GET", "/prod/tight", "").await;
+        if r.status == 429 {
+            throttled = Some(r);
+            break;
+        }
+    }
+    let r = throttled.expect("the route's throttle refused a request");
+    assert_eq!(r.header("x-gateway"), "meridian");
+    assert!(!r.header("retry-after").is_empty());
+    assert!(r.json()["message"].as_str().is_some_and(|m| m.contains("rate limit")));
+    // An unreachable upstream: INTEGRATION_FAILURE falls to DEFAULT_5XX, worded as text.
+    let r = call("GET", "/prod/down", "").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("content-type"), "text/plain");
+    assert_eq!(String::from_utf8_lossy(&r.body), "try again later (INTEGRATION_FAILURE)");
+    // The upstream's own 404 is the integration's answer, not the gateway's.
+    let r = call("GET", "/prod/upstream", "").await;
+    assert_eq!((r.status, &r.body[..]), (404, &b"upstream's own 404"[..]));
+    assert!(r.headers.get("x-gateway").is_none());
+}
+
+#[test]
+fn gateway_responses_are_checked_when_the_definition_is() {
+    let out = validate(
+        r##"apis:
+  - id: pets
+    type: rest
+    gateway_responses:
+      UNAUTHORISED: { status: 401 }
+      THROTTLED: { status: 200, headers: { x-a: unquoted, connection: "'close'" } }
+      DEFAULT_5XX: { templates: { application/json: "#include('x')" } }
+    routes:
+      - { route: GET /a, integration: { type: mock, body: a } }
+    stages: [{ name: prod }]
+"##,
+    );
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "gateway_responses.UNAUTHORISED: not a gateway response type; one of ACCESS_DENIED",
+        "gateway_responses.THROTTLED.status: a status from 400 to 599",
+        "gateway_responses.THROTTLED.headers.x-a: a value is `'literal text'`",
+        "gateway_responses.THROTTLED.headers.connection: the gateway sets this header itself",
+        "gateway_responses.DEFAULT_5XX.templates.application/json: line 1 of the template",
+    ] {
+        assert!(said.contains(expected), "missing `{expected}` in:\n{said}");
+    }
+}

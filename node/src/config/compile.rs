@@ -174,6 +174,7 @@ fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
 mod authorizers;
 mod cache;
 mod cors;
+mod gateway_responses;
 mod integrations;
 mod mapping;
 mod validation;
@@ -197,6 +198,8 @@ struct StageContext<'a> {
     signing: &'a SigningDef,
     /// The API's and the stage's firewall rules, when there are any.
     firewall: Option<Arc<crate::stages::waf::Firewall>>,
+    /// The API's gateway responses, when it has any.
+    gateway_responses: Option<&'a gateway_responses::GatewayResponseSpec>,
 }
 
 /// A route as parsed once, before it is specialised per stage.
@@ -514,6 +517,7 @@ impl Compiler<'_> {
         let api_cors = api.cors.as_ref().and_then(|c| self.cors(c, &format!("{field}.cors")));
         self.rest_only(api, field);
         let models = self.models(api, field);
+        let gateway_responses = self.gateway_responses(api, field).ok().flatten();
         if let Some(signing) = &api.signing {
             let part = |v: &str| {
                 !v.is_empty()
@@ -637,7 +641,12 @@ impl Compiler<'_> {
                 .map(|s| s.value.clone())
                 .unwrap_or(SigningDef { region: "us-east-1".into(), service: "execute-api".into() });
             let firewall = self.firewall(api, field, stage, &sfield);
-            let context = StageContext { authorizers: &authorizers, signing: &signing, firewall };
+            let context = StageContext {
+                authorizers: &authorizers,
+                signing: &signing,
+                firewall,
+                gateway_responses: gateway_responses.as_ref(),
+            };
             let routes = self.stage(&api.id.value, stage, &specs, &context, api.default_endpoint, &sfield);
             if stages.insert(stage.name.value.clone(), Arc::new(StageTarget::new(Arc::new(routes)))).is_some() {
                 self.sink.push(
@@ -662,6 +671,7 @@ impl Compiler<'_> {
         let stage_name = stage.name.value.as_str();
         let stage_rate = stage.throttle.as_ref().and_then(|t| self.rate(t, &format!("{field}.throttle")));
         let cluster_scope: Arc<str> = Arc::from("cluster");
+        let gateway_responses = context.gateway_responses.map(|g| Self::gateway_responses_stage(g, stage));
         let stage_scope: Arc<str> = Arc::from(format!("stage {api}/{stage_name}"));
         let log_template = stage.access_log_format.as_ref().and_then(|f| match LogTemplate::parse(&f.value) {
             Ok(t) => Some(Arc::new(t)),
@@ -756,6 +766,7 @@ impl Compiler<'_> {
                 allow_encoded_slashes: spec.allow_encoded_slashes,
                 answers_preflight: spec.cors.is_some(),
                 keeps_path_parameters: templated,
+                gateway_responses: gateway_responses.clone(),
             };
             let _ = router.insert(spec.method.clone(), &spec.pattern, target);
         }
@@ -765,6 +776,7 @@ impl Compiler<'_> {
             router,
             unrouted: Arc::new(RouteObserver::new(api, stage_name, "", self.deployment, log_template)),
             default_endpoint,
+            gateway_responses,
         }
     }
 

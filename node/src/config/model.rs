@@ -217,11 +217,29 @@ pub struct ApiDef {
     pub request_validators: std::collections::BTreeMap<String, Spanned<RequestValidatorDef>>,
     /// `type: rest`: the validator of routes that name none.
     pub request_validator: Option<Spanned<String>>,
+    /// `type: rest`: the API's own wording of the gateway's answers, by type
+    /// (`UNAUTHORIZED`, `THROTTLED`, `DEFAULT_4XX`, ...; see `gateway_responses.rs`).
+    #[serde(default)]
+    pub gateway_responses: std::collections::BTreeMap<String, Spanned<GatewayResponseDef>>,
     /// Serve the API on its default endpoint, `/{stage}/...` on a host whose first label is
     /// the API id (or any host when it is the only API). Turn it off so that an API with
     /// custom domains is reachable only through them.
     #[serde(default = "yes")]
     pub default_endpoint: bool,
+}
+
+/// One of an API's `gateway_responses`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayResponseDef {
+    /// The client's status (the refusal's when not set).
+    pub status: Option<u16>,
+    /// Response headers, each `'literal text'`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body's template by media type (one; `application/json` is used when several).
+    #[serde(default)]
+    pub templates: BTreeMap<String, String>,
 }
 
 /// A stage's response cache.

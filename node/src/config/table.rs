@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::certificates::DomainCertificates;
+use crate::gateway_responses::GatewayResponses;
 use crate::integration::Integration;
 use crate::limits::limiter::Rate;
 use crate::observe::access_log::LogSink;
@@ -33,6 +34,8 @@ pub struct RouteTarget {
     pub answers_preflight: bool,
     /// A stage reads the path parameters' values (request mapping): the pipeline keeps them.
     pub keeps_path_parameters: bool,
+    /// How the API words the gateway's own answers on this route (`type: rest`).
+    pub gateway_responses: Option<Arc<GatewayResponses>>,
 }
 
 /// The routes of one API as served on one stage.
@@ -46,6 +49,8 @@ pub struct StageRoutes {
     /// Whether the stage answers on the API's default endpoint (`/{stage}/...`), or only
     /// through custom domains.
     pub default_endpoint: bool,
+    /// How the API words the gateway's own answers, for requests that match no route.
+    pub gateway_responses: Option<Arc<GatewayResponses>>,
 }
 
 /// A canary: a share of a stage's requests served by another deployment.
@@ -172,6 +177,7 @@ mod tests {
             router: Router::default(),
             unrouted: Arc::new(RouteObserver::new("a", stage, "", "", None)),
             default_endpoint: true,
+            gateway_responses: None,
         })
     }
 

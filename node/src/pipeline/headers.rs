@@ -5,22 +5,12 @@ use std::net::IpAddr;
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+use crate::hop_by_hop::{HOP_BY_HOP, is_hop_by_hop};
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-
-const HOP_BY_HOP: [&HeaderName; 7] = [
-    &CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &http::header::TE,
-    &http::header::TRAILER,
-    &http::header::TRANSFER_ENCODING,
-    &http::header::PROXY_AUTHORIZATION,
-];
 
 /// Whether the request asks to switch to WebSocket.
 pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
@@ -30,11 +20,6 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
             .get_all(CONNECTION)
             .iter()
             .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
-}
-
-/// Whether `name` is a hop-by-hop header (never forwarded, never set by configuration).
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name) || *name == UPGRADE
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names. With

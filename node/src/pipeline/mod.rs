@@ -41,6 +41,7 @@ pub use crate::rejection::Rejection;
 use crate::authorizers::Authorizers;
 use crate::body::ResponseBody;
 use crate::config::table::{RouteTarget, RoutingTable};
+use crate::gateway_responses::GatewayResponses;
 use crate::integration::request_body::RequestBody;
 use crate::integration::upstreams::Upstreams;
 use crate::integration::{Integration, ProxyIntegration, UpstreamError};
@@ -86,7 +87,9 @@ pub struct Pipeline {
 
 /// What serving produced, before the response phases and logging.
 struct Served<'t> {
-    response: Response<ResponseBody>,
+    /// A response, or a refusal still to be worded (by the API's gateway responses).
+    response: Result<Response<ResponseBody>, Rejection>,
+    gateway_responses: Option<&'t Arc<GatewayResponses>>,
     observer: Arc<RouteObserver>,
     /// The route's chain, once a route was found: its response phases run on the response.
     chain: Option<&'t Arc<Chain>>,
@@ -97,10 +100,12 @@ struct Served<'t> {
 }
 
 impl<'t> Served<'t> {
-    fn unrouted(mut rejection: Rejection, request_id: &HeaderValue, observer: &Arc<RouteObserver>) -> Self {
+    fn unrouted(unrouted: routing::Unrouted<'t>) -> Self {
+        let routing::Unrouted { mut rejection, observer, gateway_responses } = unrouted;
         let reason = rejection.reason.take();
         Served {
-            response: rejection.into_response(request_id),
+            response: Err(rejection),
+            gateway_responses,
             observer: observer.clone(),
             chain: None,
             integration_latency: None,
@@ -109,16 +114,17 @@ impl<'t> Served<'t> {
         }
     }
 
-    fn stopped(stop: Stop, request_id: &HeaderValue, target: &'t RouteTarget) -> Self {
+    fn stopped(stop: Stop, target: &'t RouteTarget) -> Self {
         let (response, reason) = match stop {
             Stop::Reject(mut rejection) => {
                 let reason = rejection.reason.take();
-                (rejection.into_response(request_id), reason)
+                (Err(rejection), reason)
             }
-            Stop::Answer(response) => (response, None),
+            Stop::Answer(response) => (Ok(response), None),
         };
         Served {
             response,
+            gateway_responses: target.gateway_responses.as_ref(),
             observer: target.observer.clone(),
             chain: Some(&target.chain),
             integration_latency: None,
@@ -127,8 +133,13 @@ impl<'t> Served<'t> {
         }
     }
 
-    fn rejected(rejection: Rejection, request_id: &HeaderValue, target: &'t RouteTarget) -> Self {
-        Self::stopped(Stop::Reject(rejection), request_id, target)
+    fn rejected(rejection: Rejection, target: &'t RouteTarget) -> Self {
+        Self::stopped(Stop::Reject(rejection), target)
+    }
+
+    /// An unrouted refusal that never reached an API.
+    fn refused(rejection: Rejection, observer: &'t Arc<RouteObserver>) -> Self {
+        Self::unrouted(routing::Unrouted { rejection, observer, gateway_responses: None })
     }
 }
 
@@ -190,7 +201,14 @@ impl Pipeline {
         let services = self.services(&table, false);
         let mut exchange = Exchange::new(request_id.clone(), conn.client.ip());
         let served = self.serve(&table, &services, request, conn, &mut exchange).await;
-        let (mut parts, mut body) = served.response.into_parts();
+        let response = match served.response {
+            Ok(response) => response,
+            Err(rejection) => match served.gateway_responses {
+                Some(worded) => worded.answer(rejection, &request_id, conn.client.ip()),
+                None => rejection.into_response(&request_id),
+            },
+        };
+        let (mut parts, mut body) = response.into_parts();
         parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
         if let Some(chain) = served.chain {
             exchange.status = Some(parts.status);
@@ -247,16 +265,16 @@ impl Pipeline {
         let (mut parts, body) = request.into_parts();
         if parts.version == Version::HTTP_2 && parts.headers.len() > self.max_headers {
             let r = Rejection::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request has too many headers");
-            return Served::unrouted(r, &request_id, &table.unrouted);
+            return Served::refused(r, &table.unrouted);
         }
         let upgrade = headers::is_websocket_upgrade(&parts.headers);
         if upgrade && let Err(r) = websocket::validate_handshake(&parts) {
-            return Served::unrouted(r, &request_id, &table.unrouted);
+            return Served::refused(r, &table.unrouted);
         }
         let client_upgrade = if upgrade { parts.extensions.remove::<websocket::ClientUpgrade>() } else { None };
         let routed = match routing::route(table, &parts, canary_draw()) {
             Ok(routed) => routed,
-            Err(refused) => return Served::unrouted(refused.rejection, &request_id, refused.observer),
+            Err(refused) => return Served::unrouted(refused),
         };
         let target = routed.target;
         if target.keeps_path_parameters {
@@ -271,7 +289,7 @@ impl Pipeline {
                     Ok(uri) => Call::Proxy(proxy, uri),
                     Err(_) => {
                         let r = Rejection::new(StatusCode::BAD_REQUEST, "the request path cannot be forwarded");
-                        return Served::rejected(r, &request_id, target);
+                        return Served::rejected(r, target);
                     }
                 }
             }
@@ -279,10 +297,10 @@ impl Pipeline {
         };
         drop(routed);
         if let Err(r) = self.body_limit.check_declared(&parts) {
-            return Served::rejected(r, &request_id, target);
+            return Served::rejected(r, target);
         }
         if let Flow::Stop(stop) = target.chain.request_head(&mut parts, exchange, services).await {
-            return Served::stopped(stop, &request_id, target);
+            return Served::stopped(stop, target);
         }
         let body = match target.chain.body_need(&parts) {
             None => ClientBody::Streaming(body),
@@ -296,12 +314,12 @@ impl Pipeline {
                 };
                 let read = match read {
                     Ok(read) => read,
-                    Err(r) => return Served::rejected(r, &request_id, target),
+                    Err(r) => return Served::rejected(r, target),
                 };
                 if let Some(bytes) = read.read()
                     && let Flow::Stop(stop) = target.chain.request_body(&parts, bytes, exchange, services)
                 {
-                    return Served::stopped(stop, &request_id, target);
+                    return Served::stopped(stop, target);
                 }
                 match exchange.take_replaced_body() {
                     Some(mapped) => {
@@ -317,7 +335,8 @@ impl Pipeline {
             Call::Proxy(proxy, uri) => (proxy, uri),
             Call::Mock(mock) => {
                 return Served {
-                    response: mock.respond().map(ResponseBody::full),
+                    response: Ok(mock.respond().map(ResponseBody::full)),
+                    gateway_responses: target.gateway_responses.as_ref(),
                     observer: target.observer.clone(),
                     chain: Some(&target.chain),
                     integration_latency: None,
@@ -363,7 +382,8 @@ impl Pipeline {
                 headers::strip_hop_by_hop(&mut parts.headers, switching);
                 let response = Response::from_parts(parts, ResponseBody::Upstream(body));
                 return Served {
-                    response,
+                    response: Ok(response),
+                    gateway_responses: target.gateway_responses.as_ref(),
                     observer: target.observer.clone(),
                     chain: Some(&target.chain),
                     integration_latency,
@@ -389,7 +409,7 @@ impl Pipeline {
                 Rejection::new(StatusCode::BAD_GATEWAY, "the upstream could not be reached")
             }
         };
-        Served { integration_latency, ..Served::rejected(rejection, request_id, target) }
+        Served { integration_latency, ..Served::rejected(rejection, target) }
     }
 }
 

@@ -15,6 +15,7 @@ use http::{HeaderValue, StatusCode};
 
 use super::{host, path, resolve};
 use crate::config::table::{RouteTarget, RoutingTable, StageRoutes};
+use crate::gateway_responses::GatewayResponses;
 use crate::observe::completion::RouteObserver;
 use crate::rejection::Rejection;
 use crate::router::RouteMiss;
@@ -43,6 +44,8 @@ impl Routed<'_, '_> {
 pub struct Unrouted<'t> {
     pub rejection: Rejection,
     pub observer: &'t Arc<RouteObserver>,
+    /// How the API words the refusal, once the request reached one of its stages.
+    pub gateway_responses: Option<&'t Arc<GatewayResponses>>,
 }
 
 /// Routes a request head. `draw` (0..10,000) picks a stage's canary.
@@ -50,6 +53,7 @@ pub fn route<'t, 'p>(table: &'t RoutingTable, parts: &'p Parts, draw: u32) -> Re
     let refuse = |status, message: Cow<'static, str>, observer| Unrouted {
         rejection: Rejection::new(status, message),
         observer,
+        gateway_responses: None,
     };
     let host =
         host::request_host(parts).map_err(|r| refuse(StatusCode::BAD_REQUEST, r.message().into(), &table.unrouted))?;
@@ -64,7 +68,8 @@ pub fn route<'t, 'p>(table: &'t RoutingTable, parts: &'p Parts, draw: u32) -> Re
         // A browser's preflight for a route with CORS is that route's to answer.
         Err(RouteMiss::MethodNotAllowed(_)) if let Some(m) = preflight_route(stage, parts, route_path) => m,
         Err(RouteMiss::NotFound) => {
-            return Err(refuse(StatusCode::NOT_FOUND, "no route matches this path".into(), &stage.unrouted));
+            let refused = refuse(StatusCode::NOT_FOUND, "no route matches this path".into(), &stage.unrouted);
+            return Err(Unrouted { gateway_responses: stage.gateway_responses.as_ref(), ..refused });
         }
         Err(RouteMiss::MethodNotAllowed(allowed)) => {
             let list: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
@@ -76,7 +81,7 @@ pub fn route<'t, 'p>(table: &'t RoutingTable, parts: &'p Parts, draw: u32) -> Re
             if let Ok(v) = HeaderValue::try_from(list.join(", ")) {
                 refused.rejection = refused.rejection.with_header(ALLOW, v);
             }
-            return Err(refused);
+            return Err(Unrouted { gateway_responses: stage.gateway_responses.as_ref(), ..refused });
         }
     };
     let target = matched.value;
@@ -85,7 +90,8 @@ pub fn route<'t, 'p>(table: &'t RoutingTable, parts: &'p Parts, draw: u32) -> Re
         .iter()
         .find_map(|&(s, e)| path::check_capture(&route_path[s..e], target.allow_encoded_slashes).err())
     {
-        return Err(refuse(StatusCode::BAD_REQUEST, refusal.message().into(), &target.observer));
+        let refused = refuse(StatusCode::BAD_REQUEST, refusal.message().into(), &target.observer);
+        return Err(Unrouted { gateway_responses: target.gateway_responses.as_ref(), ..refused });
     }
     let captures = matched.captures;
     Ok(Routed { stage, target, offset: resolved.path_offset, path, captures })

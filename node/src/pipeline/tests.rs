@@ -162,6 +162,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
         allow_encoded_slashes: false,
         answers_preflight: false,
         keeps_path_parameters: false,
+        gateway_responses: None,
     };
     router.insert(method, &pattern, target).unwrap();
     let routes = StageRoutes {
@@ -170,6 +171,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
         router,
         unrouted: Arc::new(RouteObserver::new("a", "s", "", "", None)),
         default_endpoint: true,
+        gateway_responses: None,
     };
     let table = RoutingTable {
         revision: 1,

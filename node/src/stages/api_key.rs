@@ -17,7 +17,7 @@ use http::request::Parts;
 use super::throttle::{Scopes, admit};
 use super::{Exchange, Phases, Services, Stage, Step};
 use crate::digest::sha256_hex;
-use crate::rejection::Rejection;
+use crate::rejection::{Rejection, ResponseType};
 
 static API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 
@@ -75,7 +75,7 @@ pub struct ApiKeyCheck {
 
 fn refused(message: &'static str, reason: &'static str) -> Rejection {
     metrics::counter!("meridian_api_key_refusals_total", "reason" => reason).increment(1);
-    Rejection::new(StatusCode::FORBIDDEN, message).with_reason(reason)
+    Rejection::new(StatusCode::FORBIDDEN, message).with_reason(reason).of_type(ResponseType::InvalidApiKey)
 }
 
 impl ApiKeyCheck {

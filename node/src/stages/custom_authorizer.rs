@@ -23,7 +23,7 @@ use super::{Exchange, Flow, Phases, Services, Stage, Step};
 use crate::authorizers::AuthorizerContext;
 use crate::authorizers::decisions::{Decision, DecisionCache};
 use crate::integration::callee::{CallError, Callee};
-use crate::rejection::Rejection;
+use crate::rejection::{Rejection, ResponseType};
 
 /// The largest answer read from an authorizer.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -200,11 +200,13 @@ impl CustomAuthorizer {
             tracing::warn!(authorizer = %self.name, error = %e, "custom authorizer call failed");
             Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "the authorizer is unavailable")
                 .with_reason("authorizer unavailable")
+                .of_type(ResponseType::AuthorizerFailure)
         };
         let invalid = |why: String| {
             tracing::warn!(authorizer = %self.name, "custom authorizer answered wrongly: {why}");
             Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, "the authorizer's answer is not valid")
                 .with_reason("authorizer answer invalid")
+                .of_type(ResponseType::AuthorizerFailure)
         };
         let answer = match answer {
             Ok(a) => a,

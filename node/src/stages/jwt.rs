@@ -28,7 +28,7 @@ use super::{Exchange, Flow, Phases, Services, Stage, Step};
 use crate::authorizers::AuthorizerContext;
 use crate::authorizers::key_set::{KeySet, Keys};
 use crate::integration::callee::Callee;
-use crate::rejection::Rejection;
+use crate::rejection::{Rejection, ResponseType};
 
 type Claims = serde_json::Map<String, serde_json::Value>;
 
@@ -230,6 +230,9 @@ impl JwtPolicy {
 
 /// What a verification failure tells the client.
 fn refusal(kind: &ErrorKind) -> Rejection {
+    if *kind == ErrorKind::ExpiredSignature {
+        return invalid("the token has expired").of_type(ResponseType::ExpiredToken);
+    }
     invalid(match kind {
         ErrorKind::ExpiredSignature => "the token has expired",
         ErrorKind::ImmatureSignature => "the token is not valid yet",

@@ -26,7 +26,7 @@ use ring::hmac;
 use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, may_have_body};
 use crate::authorizers::AuthorizerContext;
 use crate::digest::{constant_time_eq, sha256_hex};
-use crate::rejection::Rejection;
+use crate::rejection::{Rejection, ResponseType};
 use crate::sigv4::{self, Claim, EMPTY_SHA256, Signed, UNSIGNED_PAYLOAD};
 
 /// How far `X-Amz-Date` may be from the node's clock.
@@ -84,7 +84,7 @@ struct AwaitingBody {
 
 fn refused(status: StatusCode, message: impl Into<std::borrow::Cow<'static, str>>, reason: &'static str) -> Rejection {
     metrics::counter!("meridian_authorizer_refusals_total", "kind" => "signed", "reason" => reason).increment(1);
-    Rejection::new(status, message).with_reason(reason)
+    Rejection::new(status, message).with_reason(reason).of_type(ResponseType::InvalidSignature)
 }
 
 fn forbidden(message: impl Into<std::borrow::Cow<'static, str>>, reason: &'static str) -> Rejection {
@@ -136,6 +136,7 @@ impl SignedRequestCheck {
                     "this route needs a request signed with AWS Signature Version 4",
                     "signature missing",
                 )
+                .of_type(ResponseType::MissingAuthenticationToken)
                 .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("AWS4-HMAC-SHA256")));
             }
             Err(e) => return Err(forbidden(e.to_string(), "signature malformed")),

@@ -15,7 +15,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::{Exchange, Phases, Services, Stage, Step};
 use crate::limits::limiter::{Period, Rate};
-use crate::rejection::Rejection;
+use crate::rejection::{Rejection, ResponseType};
 
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
@@ -72,13 +72,18 @@ pub fn admit(services: &Services, scopes: &[(Arc<str>, Rate)], exchange: &mut Ex
     }
     let (scope, rate) = scopes.get(decision.scope).map_or(("", None), |(s, r)| (&**s, Some(*r)));
     let number = |n: u64| HeaderValue::from(n);
-    let message = match rate {
-        Some(r) if r.period != Period::Second => {
-            format!("quota exhausted: {scope} allows {} requests per {}", decision.limit, r.period.name())
-        }
-        _ => format!("rate limit exceeded: {scope} allows {} requests per second", decision.limit),
+    let (message, response_type) = match rate {
+        Some(r) if r.period != Period::Second => (
+            format!("quota exhausted: {scope} allows {} requests per {}", decision.limit, r.period.name()),
+            ResponseType::QuotaExceeded,
+        ),
+        _ => (
+            format!("rate limit exceeded: {scope} allows {} requests per second", decision.limit),
+            ResponseType::Throttled,
+        ),
     };
     Err(Rejection::new(StatusCode::TOO_MANY_REQUESTS, message)
+        .of_type(response_type)
         .with_header(http::header::RETRY_AFTER, number(decision.reset_secs))
         .with_header(RATELIMIT_LIMIT.clone(), number(decision.limit))
         .with_header(RATELIMIT_REMAINING.clone(), number(decision.remaining))

@@ -14,7 +14,7 @@ use http::request::Parts;
 use http::{HeaderName, StatusCode};
 
 use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, media_type};
-use crate::rejection::{Rejection, Violation};
+use crate::rejection::{Rejection, ResponseType, Violation};
 
 /// The most violations one answer lists.
 const MAX_VIOLATIONS: usize = 50;
@@ -54,8 +54,11 @@ pub struct RequestValidation {
     pub body: Option<BodyModels>,
 }
 
-fn invalid(message: &'static str, violations: Vec<Violation>) -> Rejection {
-    Rejection::new(StatusCode::BAD_REQUEST, message).with_violations(violations).with_reason("request validation")
+fn invalid(message: &'static str, violations: Vec<Violation>, response_type: ResponseType) -> Rejection {
+    Rejection::new(StatusCode::BAD_REQUEST, message)
+        .with_violations(violations)
+        .with_reason("request validation")
+        .of_type(response_type)
 }
 
 fn cut(mut text: String) -> String {
@@ -95,11 +98,11 @@ impl RequestValidation {
                     String::new(),
                     format!("a body matching the model `{}` is required", model.name),
                 );
-                return Err(invalid("the request body is missing", vec![v]));
+                return Err(invalid("the request body is missing", vec![v], ResponseType::BadRequestBody));
             }
             Err(e) => {
                 let v = Violation::new("body", String::new(), format!("not JSON: {e}"));
-                return Err(invalid("the request body is not valid JSON", vec![v]));
+                return Err(invalid("the request body is not valid JSON", vec![v], ResponseType::BadRequestBody));
             }
         };
         let violations: Vec<Violation> = model
@@ -111,7 +114,7 @@ impl RequestValidation {
         if violations.is_empty() {
             Ok(())
         } else {
-            Err(invalid("the request body does not match its model", violations))
+            Err(invalid("the request body does not match its model", violations, ResponseType::BadRequestBody))
         }
     }
 }
@@ -134,7 +137,7 @@ impl Stage for RequestValidation {
             exchange.note(|| "required parameters present".to_string());
             return Flow::Continue.into();
         }
-        invalid("the request is missing required parameters", missing).into()
+        invalid("the request is missing required parameters", missing, ResponseType::BadRequestParameters).into()
     }
 
     fn body_need(&self, head: &Parts) -> Option<BodyNeed> {

@@ -60,7 +60,7 @@ impl Compiler<'_> {
     }
 
     /// Templates by media type, each parsed once; every error is reported.
-    fn templates(
+    pub(super) fn templates(
         &mut self,
         by_type: &BTreeMap<String, String>,
         at: Location,
@@ -162,17 +162,11 @@ impl Compiler<'_> {
         let mut headers = Vec::new();
         for (name, source) in &def.headers {
             let hfield = format!("{field}.headers.{name}");
-            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
-                self.sink.push(at, &hfield, "not a header name");
+            let Some(header) = self.response_header_name(name, at, &hfield) else {
                 ok = false;
                 continue;
             };
-            if crate::pipeline::headers::is_hop_by_hop(&header) || header == http::header::CONTENT_LENGTH {
-                self.sink.push(at, &hfield, "the gateway sets this header itself");
-                ok = false;
-                continue;
-            }
-            let literal = source.strip_prefix('\'').and_then(|s| s.strip_suffix('\''));
+            let literal = literal(source);
             let source = match (literal, source.strip_prefix(UPSTREAM_HEADER)) {
                 (Some(text), _) => HeaderValue::from_str(text).ok().map(HeaderSource::Literal),
                 (None, Some(from)) => HeaderName::from_bytes(from.as_bytes()).ok().map(HeaderSource::UpstreamHeader),
@@ -195,6 +189,19 @@ impl Compiler<'_> {
             Ok(templates) if ok => Ok(IntegrationResponse { selection_pattern, status, headers, templates }),
             _ => Err(()),
         }
+    }
+
+    /// A header name a response may be given by configuration.
+    pub(super) fn response_header_name(&mut self, name: &str, at: Location, field: &str) -> Option<HeaderName> {
+        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+            self.sink.push(at, field, "not a header name");
+            return None;
+        };
+        if crate::hop_by_hop::is_hop_by_hop(&header) || header == http::header::CONTENT_LENGTH {
+            self.sink.push(at, field, "the gateway sets this header itself");
+            return None;
+        }
+        Some(header)
     }
 
     /// What a route's templates read on one stage (its variables, its name).
@@ -229,4 +236,9 @@ impl Compiler<'_> {
     ) -> Arc<IntegrationResponses> {
         Arc::new(IntegrationResponses { responses: responses.clone(), scope: scope.clone(), bounds: Bounds::default() })
     }
+}
+
+/// The text of a `'literal'` header value, without its quotes.
+pub(super) fn literal(source: &str) -> Option<&str> {
+    source.strip_prefix('\'').and_then(|s| s.strip_suffix('\''))
 }

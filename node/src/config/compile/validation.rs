@@ -60,6 +60,9 @@ impl Compiler<'_> {
         if let Some(v) = &api.request_validator {
             refuse(v.referenced, "request_validator");
         }
+        if let Some((_, g)) = api.gateway_responses.iter().next() {
+            refuse(g.referenced, "gateway_responses");
+        }
         for (i, stage) in api.stages.iter().enumerate() {
             if let Some(cache) = &stage.cache {
                 refuse(cache.referenced, &format!("stages[{i}].cache"));

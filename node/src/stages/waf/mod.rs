@@ -36,7 +36,7 @@ use regex::Regex;
 
 use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, declared_length, may_have_body};
 use crate::limits::limiter::Period;
-use crate::rejection::Rejection;
+use crate::rejection::{Rejection, ResponseType};
 pub use rate::{Blocklist, Counted, RateKey, RateRule};
 pub use signatures::{SignatureSet, Signatures};
 
@@ -252,7 +252,8 @@ impl Firewall {
                             StatusCode::FORBIDDEN,
                             format!("the request was blocked by the firewall rule `{}`", rule.name),
                         )
-                        .with_reason(format!("waf rule {}", rule.name)),
+                        .with_reason(format!("waf rule {}", rule.name))
+                        .of_type(ResponseType::WafFiltered),
                     );
                 }
             }

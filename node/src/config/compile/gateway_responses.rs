@@ -1,0 +1,100 @@
+//! Compiling an API's `gateway_responses` (`type: rest`): each type's name, status,
+//! literal headers and body template, checked once for every stage.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderValue, StatusCode};
+use serde_json::Value;
+
+use super::super::model::*;
+use super::Compiler;
+use super::mapping::literal;
+use crate::gateway_responses::{GatewayResponse, GatewayResponses};
+use crate::mapping::Bounds;
+use crate::rejection::ResponseType;
+
+/// An API's gateway responses, by type.
+pub(super) type GatewayResponseSpec = Arc<HashMap<ResponseType, GatewayResponse>>;
+
+impl Compiler<'_> {
+    /// The API's gateway responses; `Ok(None)` when it has none.
+    pub(super) fn gateway_responses(&mut self, api: &ApiDef, field: &str) -> Result<Option<GatewayResponseSpec>, ()> {
+        if api.gateway_responses.is_empty() {
+            return Ok(None);
+        }
+        let mut ok = true;
+        let mut by_type = HashMap::new();
+        for (name, def) in &api.gateway_responses {
+            let gfield = format!("{field}.gateway_responses.{name}");
+            let Some(response_type) = ResponseType::parse(name) else {
+                let names: Vec<&str> = ResponseType::ALL.iter().map(|(_, n)| *n).collect();
+                self.sink.push(
+                    def.referenced,
+                    &gfield,
+                    format!("not a gateway response type; one of {}", names.join(", ")),
+                );
+                ok = false;
+                continue;
+            };
+            match self.gateway_response(&def.value, def.referenced, &gfield) {
+                Some(response) => {
+                    by_type.insert(response_type, response);
+                }
+                None => ok = false,
+            }
+        }
+        if ok { Ok(Some(Arc::new(by_type))) } else { Err(()) }
+    }
+
+    fn gateway_response(
+        &mut self,
+        def: &GatewayResponseDef,
+        at: serde_saphyr::Location,
+        field: &str,
+    ) -> Option<GatewayResponse> {
+        let mut ok = true;
+        let status = match def.status.map(StatusCode::from_u16) {
+            None => None,
+            Some(Ok(s)) if (400..=599).contains(&s.as_u16()) => Some(s),
+            Some(_) => {
+                self.sink.push(at, format!("{field}.status"), "a status from 400 to 599");
+                ok = false;
+                None
+            }
+        };
+        let mut headers = Vec::new();
+        for (name, value) in &def.headers {
+            let hfield = format!("{field}.headers.{name}");
+            let Some(header) = self.response_header_name(name, at, &hfield) else {
+                ok = false;
+                continue;
+            };
+            match literal(value).and_then(|text| HeaderValue::from_str(text).ok()) {
+                Some(value) => headers.push((header, value)),
+                None => {
+                    self.sink.push(at, &hfield, "a value is `'literal text'`, in single quotes");
+                    ok = false;
+                }
+            }
+        }
+        let templates = self.templates(&def.templates, at, &format!("{field}.templates")).ok()?;
+        let template = templates
+            .iter()
+            .find(|(media, _)| media == "application/json")
+            .or_else(|| templates.first())
+            .and_then(|(media, t)| Some((HeaderValue::from_str(media).ok()?, t.clone())));
+        ok.then_some(GatewayResponse { status, headers, template })
+    }
+
+    /// The gateway responses of an API on one stage.
+    pub(super) fn gateway_responses_stage(spec: &GatewayResponseSpec, stage: &StageDef) -> Arc<GatewayResponses> {
+        let variables = stage.variables.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        Arc::new(GatewayResponses {
+            by_type: spec.clone(),
+            stage: stage.name.value.clone(),
+            stage_variables: Value::Object(variables),
+            bounds: Bounds::default(),
+        })
+    }
+}

@@ -1,0 +1,18 @@
+//! Hop-by-hop headers: what describes one connection rather than the message, so a proxy
+//! never forwards it and configuration never sets it (RFC 9110, section 7.6.1).
+
+use http::HeaderName;
+use http::header::{CONNECTION, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The hop-by-hop headers a proxy removes, besides those `Connection` names (`Upgrade` is
+/// kept for a WebSocket handshake).
+pub const HOP_BY_HOP: [&HeaderName; 7] =
+    [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &PROXY_AUTHORIZATION];
+
+/// Whether `name` is a hop-by-hop header, `Upgrade` included.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name) || *name == UPGRADE
+}
