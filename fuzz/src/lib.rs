@@ -211,3 +211,16 @@ pub fn mapping_template(data: &[u8]) {
         assert!(out.len() <= bounds.max_output, "the output went past its bound");
     }
 }
+
+/// An XML document from an upstream (or a template): converted to JSON, and what converts
+/// converts back to XML and again to the same JSON. Nothing may panic.
+pub fn xml_document(data: &[u8]) {
+    use meridian_node::mapping::xml::{json_to_xml, xml_to_json};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(json) = xml_to_json(text) else { return };
+    let Some((root, value)) = json.as_object().and_then(|m| m.iter().next()) else { return };
+    if let Ok(xml) = json_to_xml(value, root) {
+        let again = xml_to_json(&xml).expect("what was written reads back");
+        assert_eq!(again, json, "a document converts back to the same JSON");
+    }
+}

@@ -446,6 +446,23 @@ impl Renderer<'_> {
                 Err(e) => return fail(r.line, format!("$util.parseJson: {e}")),
             },
             "toJson" => Value::String(args.first().unwrap_or(&Value::Null).to_string()),
+            "jsonToXml" => {
+                // A JSON text is parsed first; any other value converts as it is.
+                let value = match args.first() {
+                    Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
+                    Some(v) => v.clone(),
+                    None => Value::Null,
+                };
+                let root = args.get(1).map(text).unwrap_or_else(|| "root".to_string());
+                match super::xml::json_to_xml(&value, &root) {
+                    Ok(xml) => Value::String(xml),
+                    Err(e) => return fail(r.line, format!("$util.jsonToXml: {e}")),
+                }
+            }
+            "xmlToJson" => match super::xml::xml_to_json(&arg) {
+                Ok(v) => v,
+                Err(e) => return fail(r.line, format!("$util.xmlToJson: {e}")),
+            },
             other => return fail(r.line, format!("$util has no `{other}`")),
         })
     }

@@ -21,7 +21,8 @@
 //!   `$input.params('name')`, `$input.params()` (`path`, `querystring`, `header`);
 //!   `$context.*` and `$stageVariables.*` as the caller provides them;
 //! - `$util.escapeJavaScript`, `urlEncode`, `urlDecode`, `base64Encode`, `base64Decode`,
-//!   `parseJson`, `toJson`;
+//!   `parseJson`, `toJson`, and `jsonToXml(value, 'root')` / `xmlToJson(text)` ([`xml`]: a
+//!   value or a JSON text to an XML document, and an XML text to a value);
 //! - on values: `size length isEmpty get containsKey keySet values contains startsWith
 //!   endsWith toLowerCase toUpperCase trim replace substring indexOf split toString`.
 //!
@@ -32,6 +33,7 @@
 
 mod eval;
 mod parse;
+pub mod xml;
 
 use std::time::Duration;
 

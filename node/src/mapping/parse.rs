@@ -74,8 +74,17 @@ pub(super) enum BinaryOp {
 }
 
 /// The `$util` functions there are.
-pub(super) const UTIL: &[&str] =
-    &["escapeJavaScript", "urlEncode", "urlDecode", "base64Encode", "base64Decode", "parseJson", "toJson"];
+pub(super) const UTIL: &[&str] = &[
+    "escapeJavaScript",
+    "urlEncode",
+    "urlDecode",
+    "base64Encode",
+    "base64Decode",
+    "parseJson",
+    "toJson",
+    "jsonToXml",
+    "xmlToJson",
+];
 /// Directives of Velocity that mapping templates do not support.
 const UNSUPPORTED: &[&str] = &["macro", "include", "parse", "evaluate", "define", "stop", "break"];
 /// How deeply expressions and blocks may nest.

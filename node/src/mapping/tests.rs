@@ -52,6 +52,11 @@ fn each_construct_renders_as_a_managed_gateway_does() {
         ("$util.base64Encode('hello')", "aGVsbG8="),
         ("$util.base64Decode('aGVsbG8=')", "hello"),
         ("$util.parseJson('{\"a\": [1, 2]}').a.get(1)", "2"),
+        (
+            "$util.jsonToXml($input.json('$.owner'), 'owner')",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><owner><email>ana@example.com</email><id>7</id></owner>",
+        ),
+        ("#set($p = $util.xmlToJson('<pet id=\"3\"><name>Rex</name></pet>').pet)$p.get('@id') $p.name", "3 Rex"),
         ("#set($n = $input.path('$.name'))$n.toUpperCase() $n.length()", "REX 3"),
         ("#set($x = 1 + 2 * 3)$x #set($y = (1 + 2) * 3)$y", "7 9"),
         ("#set($s = \"id-$input.params('id')\")$s", "id-42"),
@@ -137,6 +142,8 @@ fn rendering_stays_within_its_bounds_and_fails_cleanly() {
     assert!(run("#foreach($i in [1..1000000000])#end").unwrap_err().message.contains("range"));
     assert!(run("$input.path('$.name').frobnicate()").unwrap_err().message.contains("a string has no method"));
     assert!(run("$util.parseJson('{not json')").unwrap_err().message.contains("parseJson"));
+    assert!(run("$util.xmlToJson('<a><b></a>')").unwrap_err().message.contains("xmlToJson"));
+    assert!(run("$util.jsonToXml('{\"1st\": 1}', 'r')").unwrap_err().message.contains("not an XML name"));
     let not_json = Inputs { body: "<xml/>".into(), ..inputs() };
     let e = Template::parse("$input.path('$.a')").unwrap().render(&not_json, bounds).unwrap_err();
     assert!(e.message.contains("not JSON"), "{e}");
