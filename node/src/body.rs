@@ -74,7 +74,7 @@ impl Body for ResponseBody {
 /// A copy of a body as it streams, up to a limit: what a stage keeps of a response (a cache
 /// entry, later a replayable answer) without ever holding more than it may. Past the limit
 /// the copy is given up and nothing more is held.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct BoundedCopy {
     copied: Option<bytes::BytesMut>,
     limit: usize,

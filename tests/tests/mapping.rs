@@ -415,3 +415,103 @@ fn gateway_responses_are_checked_when_the_definition_is() {
         assert!(said.contains(expected), "missing `{expected}` in:\n{said}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_client_talks_to_an_xml_upstream_both_ways() {
+    // The XML service answers with what it received (content type and body, escaped), or
+    // plain text on /plain.
+    let upstream = http_service(|req| {
+        let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let body = String::from_utf8_lossy(req.body()).replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let (media, answer) = match req.uri().path() {
+            "/plain" => ("text/plain", "just text".to_string()),
+            _ => (
+                "application/xml; charset=utf-8",
+                format!("<?xml version=\"1.0\"?><receipt status=\"ok\"><type>{content_type}</type><got>{body}</got><line>a</line><line>b</line></receipt>"),
+            ),
+        };
+        async move {
+            hyper::Response::builder().header("content-type", media).body(Full::new(Bytes::from(answer))).unwrap()
+        }
+    })
+    .await;
+    let node = start_node(format!(
+        r##"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+apis:
+  - id: orders
+    type: rest
+    routes:
+      - route: POST /orders
+        integration: {{ type: http_proxy, uri: "http://{upstream}/orders", xml_upstream: {{ root: order }} }}
+      - route: GET /plain
+        integration: {{ type: http_proxy, uri: "http://{upstream}/plain", xml_upstream: {{ root: order }} }}
+    stages: [{{ name: prod }}]
+"##
+    ))
+    .await;
+    let gw = node.http.expect("http listener");
+    let call = |method: &str, path: &str, body: &'static str| {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "orders.test")
+            .header("content-type", "application/json");
+        send(gw, request.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap())
+    };
+
+    let r = call("POST", "/prod/orders", r#"{"@id": "42", "item": ["apple", "pear & fig"], "rush": true}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({ "receipt": {
+            "@status": "ok",
+            "type": "application/xml; charset=utf-8",
+            "got": "<?xml version=\"1.0\" encoding=\"UTF-8\"?><order id=\"42\"><item>apple</item><item>pear &amp; fig</item><rush>true</rush></order>",
+            "line": ["a", "b"],
+        }})
+    );
+    // A body that is not JSON, or that XML cannot carry, never reaches the upstream.
+    let r = call("POST", "/prod/orders", "{not json").await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"].as_str().is_some_and(|m| m.contains("not valid JSON")));
+    let r = call("POST", "/prod/orders", r#"{"1st": "x"}"#).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"].as_str().is_some_and(|m| m.contains("not an XML name")), "{:?}", r.body);
+    // An answer that is not XML passes as it is.
+    let r = call("GET", "/prod/plain", "").await;
+    assert_eq!((r.status, &r.body[..], r.header("content-type")), (200, &b"just text"[..], "text/plain"));
+}
+
+#[test]
+fn xml_upstream_is_checked_when_the_definition_is() {
+    let out = validate(
+        r##"apis:
+  - id: orders
+    type: rest
+    routes:
+      - route: POST /a
+        integration: { type: http_proxy, uri: "http://127.0.0.1:9/a", xml_upstream: { root: "1st" } }
+      - route: POST /b
+        integration:
+          type: http_proxy
+          uri: http://127.0.0.1:9/b
+          xml_upstream: { root: order }
+          request_templates: { application/json: "$input.body" }
+      - route: GET /c
+        integration: { type: mock, body: c, xml_upstream: { root: order } }
+    stages: [{ name: prod }]
+"##,
+    );
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "routes[0].integration.xml_upstream.root: `1st` is not an XML name",
+        "routes[1].integration.xml_upstream: `xml_upstream` converts bodies that no template reshapes",
+        "routes[2].integration.xml_upstream: `xml_upstream` applies to `http_proxy` integrations",
+    ] {
+        assert!(said.contains(expected), "missing `{expected}` in:\n{said}");
+    }
+}

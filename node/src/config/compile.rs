@@ -227,6 +227,8 @@ struct RouteSpec {
     mapping: Option<mapping::MappingSpec>,
     /// The integration's responses (`type: rest`).
     responses: Option<Arc<[crate::stages::integration_response::IntegrationResponse]>>,
+    /// The integration's XML upstream conversions (`type: rest`).
+    xml_upstream: Option<Arc<crate::stages::xml_upstream::XmlUpstream>>,
     field: String,
 }
 
@@ -582,6 +584,9 @@ impl Compiler<'_> {
             let Ok(responses) = self.integration_responses(&route.integration, &format!("{rfield}.integration")) else {
                 continue;
             };
+            let Ok(xml_upstream) = self.xml_upstream(&route.integration, &format!("{rfield}.integration")) else {
+                continue;
+            };
             let cache = match &route.cache {
                 Some(def) => match self.route_cache(def, &format!("{rfield}.cache")) {
                     Some(spec) => Some(spec),
@@ -610,6 +615,7 @@ impl Compiler<'_> {
                     cache,
                     mapping,
                     responses,
+                    xml_upstream,
                     field: rfield,
                 });
             }
@@ -753,8 +759,11 @@ impl Compiler<'_> {
             if let Some(caching) = stage_cache.as_ref().and_then(|c| self.caching((api, stage_name), spec, c)) {
                 stages.push(caching);
             }
-            // Integration responses last, closest to the integration: its answer is mapped
-            // first, and the cache keeps the mapped answer.
+            // Conversions and integration responses last, closest to the integration: its
+            // answer is converted and mapped first, and the cache keeps what the client gets.
+            if let Some(xml_upstream) = &spec.xml_upstream {
+                stages.push(xml_upstream.clone());
+            }
             if let (Some(responses), Some(scope)) = (&spec.responses, &scope) {
                 stages.push(Self::responses_stage(responses, scope));
             }

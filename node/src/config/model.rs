@@ -590,6 +590,17 @@ pub struct IntegrationDef {
     /// `type: rest`: what the client gets for each kind of upstream answer, chosen by the
     /// upstream's status (see `stages/integration_response.rs`).
     pub responses: Option<Spanned<Vec<IntegrationResponseDef>>>,
+    /// `type: rest`: the upstream speaks XML; JSON clients talk to it both ways
+    /// (see `stages/xml_upstream.rs`).
+    pub xml_upstream: Option<Spanned<XmlUpstreamDef>>,
+}
+
+/// An integration's `xml_upstream`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmlUpstreamDef {
+    /// The root element of the XML requests (`pet` makes `<pet>...</pet>`).
+    pub root: String,
 }
 
 /// One of an integration's `responses`.

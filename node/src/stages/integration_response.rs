@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, StatusCode, response};
@@ -24,6 +24,7 @@ use regex::Regex;
 
 use super::mapping::TemplateScope;
 use super::{Exchange, Flow, Phases, Services, Stage, Step};
+use crate::body::BoundedCopy;
 use crate::mapping::{Bounds, Inputs, Template};
 
 /// The largest upstream body a response template reads.
@@ -85,8 +86,7 @@ struct RequestInputs {
 #[derive(Debug, Clone)]
 struct Rendering {
     template: Arc<Template>,
-    body: BytesMut,
-    overflowed: bool,
+    body: BoundedCopy,
 }
 
 impl IntegrationResponses {
@@ -108,13 +108,13 @@ impl IntegrationResponses {
             tracing::warn!(reason, request_id = ?request_id, "the response mapping template failed");
             Bytes::from_static(b"{\"message\":\"the upstream's response could not be mapped\"}")
         };
-        if rendering.overflowed {
+        let Some(body) = rendering.body.finish() else {
             return failed(format!("the upstream body is over {MAX_MAPPED_BODY} bytes"));
-        }
+        };
         let Some(RequestInputs { mut inputs, .. }) = exchange.extensions.remove::<RequestInputs>() else {
             return failed("the request's inputs were not kept".into());
         };
-        inputs.body = String::from_utf8_lossy(&rendering.body).into_owned();
+        inputs.body = String::from_utf8_lossy(&body).into_owned();
         match rendering.template.render(&inputs, self.bounds) {
             Ok(rendered) => Bytes::from(rendered),
             Err(e) => failed(e.to_string()),
@@ -180,22 +180,15 @@ impl Stage for IntegrationResponses {
                 head.headers.insert(CONTENT_TYPE, content_type);
             }
             head.headers.remove(CONTENT_LENGTH);
-            let rendering = Rendering { template: template.clone(), body: BytesMut::new(), overflowed: false };
+            let rendering = Rendering { template: template.clone(), body: BoundedCopy::new(MAX_MAPPED_BODY) };
             exchange.extensions.insert(rendering);
         }
     }
 
     fn response_body(&self, chunk: &mut Option<Bytes>, end_of_stream: bool, exchange: &mut Exchange) {
         let Some(rendering) = exchange.extensions.get_mut::<Rendering>() else { return };
-        if let Some(data) = chunk.take()
-            && !rendering.overflowed
-        {
-            if rendering.body.len() + data.len() > MAX_MAPPED_BODY {
-                rendering.overflowed = true;
-                rendering.body = BytesMut::new();
-            } else {
-                rendering.body.extend_from_slice(&data);
-            }
+        if let Some(data) = chunk.take() {
+            rendering.body.push(&data);
         }
         if end_of_stream && let Some(rendering) = exchange.extensions.remove::<Rendering>() {
             *chunk = Some(self.render(rendering, exchange));

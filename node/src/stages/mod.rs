@@ -39,6 +39,7 @@ pub mod signed_request;
 pub mod throttle;
 pub mod validation;
 pub mod waf;
+pub mod xml_upstream;
 
 use std::fmt;
 use std::future::Future;
@@ -220,7 +221,12 @@ pub fn declared_length(head: &request::Parts) -> Option<u64> {
 
 /// The request's media type (`Content-Type` without parameters, lower case), if it names one.
 pub fn media_type(head: &request::Parts) -> Option<String> {
-    let value = head.headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+    media_type_of(&head.headers)
+}
+
+/// The media type a message's `Content-Type` names (lower case, without parameters).
+pub fn media_type_of(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
     let media = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     (!media.is_empty()).then_some(media)
 }

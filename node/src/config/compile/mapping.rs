@@ -16,6 +16,7 @@ use super::Compiler;
 use crate::mapping::{Bounds, Template};
 use crate::stages::integration_response::{HeaderSource, IntegrationResponse, IntegrationResponses};
 use crate::stages::mapping::{Passthrough, RequestMapping, TemplateScope};
+use crate::stages::xml_upstream::XmlUpstream;
 
 /// The prefix of a response header mapped from the upstream's header.
 const UPSTREAM_HEADER: &str = "integration.response.header.";
@@ -189,6 +190,33 @@ impl Compiler<'_> {
             Ok(templates) if ok => Ok(IntegrationResponse { selection_pattern, status, headers, templates }),
             _ => Err(()),
         }
+    }
+
+    /// The integration's `xml_upstream` root, checked: an `http_proxy` integration whose
+    /// bodies no template reshapes (a template converts with `$util.jsonToXml` instead).
+    pub(super) fn xml_upstream(&mut self, def: &IntegrationDef, field: &str) -> Result<Option<Arc<XmlUpstream>>, ()> {
+        let Some(option) = &def.xml_upstream else { return Ok(None) };
+        let at = option.referenced;
+        let ofield = format!("{field}.xml_upstream");
+        if def.kind.value != IntegrationKind::HttpProxy {
+            self.sink.push(at, &ofield, "`xml_upstream` applies to `http_proxy` integrations");
+            return Err(());
+        }
+        let templated = def.request_templates.is_some()
+            || def.responses.as_ref().is_some_and(|r| r.value.iter().any(|r| !r.templates.is_empty()));
+        if templated {
+            self.sink.push(
+                at,
+                &ofield,
+                "`xml_upstream` converts bodies that no template reshapes; with templates, convert in them with `$util.jsonToXml` and `$util.xmlToJson`",
+            );
+            return Err(());
+        }
+        if let Err(e) = crate::mapping::xml::json_to_xml(&Value::Null, &option.value.root) {
+            self.sink.push(at, format!("{ofield}.root"), e.to_string());
+            return Err(());
+        }
+        Ok(Some(Arc::new(XmlUpstream { root: option.value.root.clone() })))
     }
 
     /// A header name a response may be given by configuration.

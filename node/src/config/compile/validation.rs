@@ -81,6 +81,7 @@ impl Compiler<'_> {
                     .as_ref()
                     .map(|v| (v.referenced, "integration.passthrough_behavior")),
                 route.integration.responses.as_ref().map(|v| (v.referenced, "integration.responses")),
+                route.integration.xml_upstream.as_ref().map(|v| (v.referenced, "integration.xml_upstream")),
             ];
             for (at, what) in used.into_iter().flatten() {
                 refuse(at, &format!("routes[{i}].{what}"));
