@@ -608,6 +608,18 @@ impl<'t> Parser<'t> {
                 self.pos += end + 1;
                 Ok(Expr::Interpolated(nodes))
             }
+            // `\"text\"`: a double-quoted string whose quotes were escaped on the way into
+            // a JSON or YAML document; exported APIs carry templates like that, read here as
+            // the double-quoted string they were meant to be.
+            Some(b'\\') if self.peek_at(1) == Some(b'"') => {
+                self.pos += 2;
+                let Some(end) = self.rest().find("\\\"") else { return Err(self.error("a string is never closed")) };
+                let inner = &self.text[self.pos..self.pos + end];
+                let mut nested = Parser { text: inner, pos: 0, depth: self.depth };
+                let (nodes, _) = nested.nodes(&[]).map_err(|e| TemplateError { line: self.line(), ..e })?;
+                self.pos += end + 2;
+                Ok(Expr::Interpolated(nodes))
+            }
             Some(c) if c.is_ascii_digit() || c == b'-' => {
                 let start = self.pos;
                 self.pos += 1;

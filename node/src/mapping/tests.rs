@@ -43,6 +43,7 @@ fn each_construct_renders_as_a_managed_gateway_does() {
         ("$input.path('$.missing')", ""),
         ("$input.params('id') $input.params('page') $input.params('x-tenant') [$input.params('none')]", "42 2 acme []"),
         ("$input.params().header.get('X-Tenant')", "acme"),
+        (r#"$input.params(\"id\") $input.params(\"x-$input.params('id')\")"#, "42 "),
         ("$input.params().path.id", "42"),
         ("$context.requestId $context.identity.sourceIp $context.authorizer.claims.sub", "req-1 203.0.113.9 ana"),
         ("${stageVariables.backend}", "orders.internal"),
