@@ -13,7 +13,8 @@
 #                                        # behind a custom authorizer (warm cache), with CORS and
 #                                        # behind 20 firewall rules, each measured next to the route
 #                                        # without (paired, alternating order): ratios to it,
-#                                        # and each stage's CPU cost; then cache hits from
+#                                        # and each stage's CPU cost; a POST validated and mapped both
+#                                        # ways against the same POST plain; then cache hits from
 #                                        # Meridian's response cache against nginx's proxy_cache
 #
 # Layout on a 2-core machine: the proxy under test (nginx with 1 worker, HAProxy with 1
@@ -198,6 +199,27 @@ apis:
       - route: ANY /cors/{proxy+}
         cors: { allow_origins: [https://app.bench.test], expose_headers: [x-request-id] }
         integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+      # A 2 KiB JSON body validated against a 20-property model, mapped by a request
+      # template, and the answer mapped by a response template; against the same POST plain.
+      - route: POST /posted/{proxy+}
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+      - route: POST /rest/{proxy+}
+        request_validator: body
+        request_models: { application/json: Order }
+        integration:
+          type: http_proxy
+          uri: "http://\${stageVariables.backend}/{proxy}"
+          request_templates:
+            application/json: '#set(\$b = \$input.path(''\$'')){"order": {#foreach(\$k in \$b.keySet())"\$k": "\$util.escapeJavaScript(\$b.get(\$k))"#if(\$foreach.hasNext),#end#end}, "request": "\$context.requestId"}'
+          responses:
+            - templates:
+                application/json: '{"ok": true, "request": "\$context.requestId", "upstream": "\$util.escapeJavaScript(\$input.body)"}'
+    models:
+      Order:
+        type: object
+        required: [$(seq -f '"p%02g"' -s ', ' 1 20)]
+        properties: { $(for i in $(seq -f '%02g' 1 20); do printf '"p%s": { type: string, maxLength: 200 }, ' "$i"; done) }
+    request_validators: { body: { body: true } }
     stages:
       - name: bench
         variables: { backend: "127.0.0.1:$BACKEND_PORT" }
@@ -270,10 +292,15 @@ fi
 # the CPU time is that of process $2 (user + system) over the run; $3 is a header every
 # request carries (the API key by default).
 measure() {
-  local url=$1 pid=$2 header=${3:-"x-api-key: $BENCH_KEY"} out c0 c1
-  curl -sf -o /dev/null -H "$header" "$url" || { echo "warm-up request to $url failed" >&2; exit 1; }
+  local url=$1 pid=$2 header=${3:-"x-api-key: $BENCH_KEY"} script=${4:-} out c0 c1
+  local post=() wrk_script=()
+  if [ -n "$script" ]; then
+    post=(-X POST -H "content-type: application/json" --data-binary "@$work/order.json")
+    wrk_script=(-s "$script")
+  fi
+  curl -sf -o /dev/null -H "$header" "${post[@]}" "$url" || { echo "warm-up request to $url failed" >&2; exit 1; }
   c0=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$header" "$url")
+  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$header" "${wrk_script[@]}" "$url")
   c1=$(cpu_ticks "$pid")
   if grep -q "Non-2xx" <<<"$out"; then
     echo "$url answered errors under load: $(grep Non-2xx <<<"$out")" >&2
@@ -303,6 +330,10 @@ col() { awk -v t="$1" -v c="$2" '$1 == t {print $c}' "$work/results" | median; }
 
 if [ "$STAGES" = 1 ]; then
   base="http://127.0.0.1:$MERIDIAN_PORT/bench"
+  # The posted order: 20 properties of about 95 characters, 2 KiB of JSON.
+  printf '{%s}' "$(for i in $(seq -f '%02g' 1 20); do printf '"p%s": "%s",' "$i" "$(printf 'v%.0s' $(seq 1 95))"; done | sed 's/,$//')" > "$work/order.json"
+  lua_body=$(sed 's/\\/\\\\/g; s/"/\\"/g' "$work/order.json")
+  printf 'wrk.method = "POST"\nwrk.body = "%s"\nwrk.headers["Content-Type"] = "application/json"\n' "$lua_body" > "$work/post.lua"
   # Each stage route is measured right next to its reference (the open route; nginx's
   # proxy_cache for cache hits), the two in alternating order from round to round, and the
   # ratio is taken within each pair: this VM drifts by 20 % over a minute, more than most
@@ -313,6 +344,8 @@ if [ "$STAGES" = 1 ]; then
       jwt) measure "$base/jwt/hello" "$meridian_pid" "Authorization: Bearer $BENCH_TOKEN" ;;
       custom) measure "$base/custom/hello" "$meridian_pid" "x-token: bench" ;;
       cors) measure "$base/cors/hello" "$meridian_pid" "Origin: https://app.bench.test" ;;
+      posted) measure "$base/posted/hello" "$meridian_pid" "x-token: none" "$work/post.lua" ;;
+      rest) measure "$base/rest/hello" "$meridian_pid" "x-token: none" "$work/post.lua" ;;
       waf) measure "http://127.0.0.1:$MERIDIAN_PORT/waf/hello?page=2&sort=name" "$meridian_pid" "x-token: none" ;;
       cache) measure "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" "$meridian_pid" "x-token: none" ;;
       nginx_cache) measure "http://127.0.0.1:$NGINX_PORT/cached/hello" "$nginx_worker" "x-token: none" ;;
@@ -320,8 +353,8 @@ if [ "$STAGES" = 1 ]; then
   }
   for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round/$ROUNDS: each stage route next to the open route, cache hits next to nginx's ($DURATION each)"
-    for t in jwt custom cors waf cache; do
-      reference=open; [ "$t" = cache ] && reference=nginx_cache
+    for t in jwt custom cors waf rest cache; do
+      reference=open; [ "$t" = cache ] && reference=nginx_cache; [ "$t" = rest ] && reference=posted
       if (( round % 2 )); then pair=("$reference" "$t"); else pair=("$t" "$reference"); fi
       for x in "${pair[@]}"; do
         result=$(run_target "$x")
@@ -339,7 +372,7 @@ if [ "$STAGES" = 1 ]; then
   echo
   echo "median of $ROUNDS rounds:"
   printf '%-34s %12s %10s %10s %16s\n' "meridian route" "req/s" "p50 ms" "p99 ms" "CPU us/request"
-  for t in open jwt custom cors waf cache nginx_cache; do
+  for t in open jwt custom cors waf posted rest cache nginx_cache; do
     printf '%-34s %12s %10s %10s %16s\n' "$t" "$(col "$t" 2)" "$(col "$t" 3)" "$(col "$t" 4)" "$(col "$t" 5)"
   done
   echo
@@ -348,6 +381,8 @@ if [ "$STAGES" = 1 ]; then
     "$(col pair_jwt 2)" "$(col pair_custom 2)" "$(col pair_waf 2)" "$(col pair_cors 2)"
   printf 'cost per request: jwt %+.1f us, custom (warm cache) %+.1f us, cors %+.1f us, waf %+.1f us of CPU\n' \
     "$(col pair_jwt 3)" "$(col pair_custom 3)" "$(col pair_cors 3)" "$(col pair_waf 3)"
+  printf 'validation + request and response templates (2 KiB body, 20 properties) / the same POST plain: %.2fx (goal >= 0.80x), %+.1f us of CPU\n' \
+    "$(col pair_rest 2)" "$(col pair_rest 3)"
   # Cache hits: the same response from Meridian's cache and from nginx's proxy_cache.
   curl -sf -o /dev/null -D - "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" | grep -qi '^x-cache: hit' \
     || { echo "meridian's cached route did not answer from its cache" >&2; exit 1; }
