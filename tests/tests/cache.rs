@@ -34,6 +34,10 @@ async fn upstream(calls: Calls) -> std::net::SocketAddr {
                 "/cookie" => {
                     response.headers_mut().insert("set-cookie", "session=1".parse().unwrap());
                 }
+                "/private-me" => {
+                    response.headers_mut().insert("set-cookie", "session=2".parse().unwrap());
+                    response.headers_mut().insert("cache-control", "private".parse().unwrap());
+                }
                 _ => {}
             }
             response
@@ -68,6 +72,10 @@ apis:
         authorizer: users
         cache: {{ per_principal: true, invalidation: {{ scope: "cache:invalidate", unauthorized: forbid }} }}
         integration: {{ type: http_proxy, uri: "http://{backend}/me" }}
+      - route: GET /private-me
+        authorizer: users
+        cache: {{ per_principal: true, keep_private: true }}
+        integration: {{ type: http_proxy, uri: "http://{backend}/private-me" }}
       - {{ route: GET /fresh, cache: {{ ttl: 0s }}, integration: {{ type: http_proxy, uri: "http://{backend}/fresh" }} }}
       - {{ route: GET /nostore, integration: {{ type: http_proxy, uri: "http://{backend}/nostore" }} }}
       - {{ route: GET /cookie, integration: {{ type: http_proxy, uri: "http://{backend}/cookie" }} }}
@@ -138,6 +146,14 @@ apis:
     assert_eq!((refreshed.status, refreshed.header("x-cache")), (200, "Miss"));
     assert_eq!(calls_to("/me"), 3);
     assert_eq!(fetch("/prod/me", vec![("authorization", token("ana", "read"))]).await.body, refreshed.body);
+    // A route that keeps private answers keeps each principal's own, cookie and all.
+    let ana = fetch("/prod/private-me", vec![("authorization", token("ana", "read"))]).await;
+    let again = fetch("/prod/private-me", vec![("authorization", token("ana", "read"))]).await;
+    assert_eq!((ana.header("x-cache"), again.header("x-cache")), ("Miss", "Hit"));
+    assert_eq!((again.body.clone(), again.header("set-cookie")), (ana.body.clone(), "session=2"));
+    let bob = fetch("/prod/private-me", vec![("authorization", token("bob", "read"))]).await;
+    assert_eq!(bob.header("x-cache"), "Miss", "bob never gets ana's private answer");
+    assert_eq!(calls_to("/private-me"), 2);
 
     // Twenty concurrent misses for one key make one upstream call, and all get its answer.
     let all: Vec<_> = (0..20).map(|_| tokio::spawn(fetch("/prod/slow", vec![]))).collect();
@@ -164,4 +180,13 @@ fn caching_is_for_rest_apis() {
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("line 6") && said.contains("`stages[0].cache` is for `type: rest` APIs"), "{said}");
+    let out = validate(
+        "apis:\n  - id: lean\n    type: rest\n    routes:\n      - { route: GET /a, integration: { type: mock }, cache: { keep_private: true } }\n    stages:\n      - { name: prod, cache: { ttl: 10s } }\n",
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains("routes[0].cache.keep_private: private answers are kept only per principal"),
+        "{said}"
+    );
 }

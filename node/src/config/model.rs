@@ -270,6 +270,10 @@ pub struct RouteCacheDef {
     /// Keep one answer per authorizer principal (`sub`, or the authorizer's context).
     #[serde(default)]
     pub per_principal: bool,
+    /// Keep answers marked `Cache-Control: no-store` or `private`, or that set a cookie
+    /// (only with `per_principal`: each principal gets back only its own).
+    #[serde(default)]
+    pub keep_private: bool,
     /// Who may ask for a fresh answer with `Cache-Control: max-age=0`.
     pub invalidation: Option<CacheInvalidationDef>,
     /// The largest answer kept, in KiB (default 1024).

@@ -5,13 +5,15 @@
 //! or only the parameters the route names), the headers the route names and, when asked,
 //! the authorizer's principal, so two users never see each other's answers. Only 200
 //! answers without `Cache-Control: no-store` or `private` and without `Set-Cookie` are
-//! kept, and only up to a size. A client may ask for a fresh answer with
+//! kept (unless the route keeps private answers, which it may only per principal), and only
+//! up to a size. A client may ask for a fresh answer with
 //! `Cache-Control: max-age=0` when the authorizer grants it the route's invalidation scope;
 //! otherwise the request is served as usual, or refused, as configured.
 //!
-//! The stage comes last among the request stages (after authorization: a cached answer is
-//! never given to a client that could not have had it) and so sees the upstream's response
-//! first: what it keeps carries no header a later stage adds (CORS, the request id).
+//! The stage comes after authorization, validation and request mapping (a cached answer is
+//! never given to a client that could not have had it), and before the stages that convert
+//! or map the upstream's answer, so it keeps what the client gets, without the headers the
+//! stages before it add (CORS, the request id).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -59,6 +61,9 @@ pub struct ResponseCaching {
     pub key_query: Option<Vec<String>>,
     pub key_headers: Vec<HeaderName>,
     pub per_principal: bool,
+    /// Keep answers marked private (`no-store`, `private`, `Set-Cookie`); only with
+    /// `per_principal`.
+    pub keep_private: bool,
     pub invalidation: Option<Invalidation>,
     /// The largest response kept.
     pub max_entry_bytes: usize,
@@ -157,11 +162,14 @@ fn answer(cached: &CachedResponse) -> Response<ResponseBody> {
 }
 
 /// Whether a response may be kept: a 200 that neither forbids shared caching nor sets a
-/// cookie.
-fn cacheable(head: &response::Parts) -> bool {
-    let forbidden = cache_directives(&head.headers)
-        .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"));
-    head.status == StatusCode::OK && !forbidden && !head.headers.contains_key(SET_COOKIE)
+/// cookie, unless the route keeps private answers (per principal).
+fn cacheable(head: &response::Parts, keep_private: bool) -> bool {
+    let private = || {
+        head.headers.contains_key(SET_COOKIE)
+            || cache_directives(&head.headers)
+                .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"))
+    };
+    head.status == StatusCode::OK && (keep_private || !private())
 }
 
 impl Stage for ResponseCaching {
@@ -225,7 +233,7 @@ impl Stage for ResponseCaching {
         let filling = exchange.extensions.get::<FillSlot>().cloned();
         if let Some(slot) = filling {
             let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-            if cacheable(head) {
+            if cacheable(head, self.keep_private) {
                 if let Some(filling) = slot.as_mut() {
                     filling.copy = Some((head.status, head.headers.clone(), BoundedCopy::new(self.max_entry_bytes)));
                 }

@@ -32,6 +32,7 @@ pub(super) struct RouteCacheSpec {
     key_query: Option<Vec<String>>,
     key_headers: Vec<HeaderName>,
     per_principal: bool,
+    keep_private: bool,
     invalidation: Option<Invalidation>,
     max_entry_bytes: usize,
 }
@@ -44,6 +45,7 @@ impl Default for RouteCacheSpec {
             key_query: None,
             key_headers: Vec::new(),
             per_principal: false,
+            keep_private: false,
             invalidation: None,
             max_entry_bytes: (DEFAULT_MAX_ENTRY_KIB * 1024) as usize,
         }
@@ -124,6 +126,15 @@ impl Compiler<'_> {
             }
         }
         spec.per_principal = c.per_principal;
+        spec.keep_private = c.keep_private;
+        if c.keep_private && !c.per_principal {
+            self.sink.push(
+                at,
+                format!("{field}.keep_private"),
+                "private answers are kept only per principal: add `per_principal: true`",
+            );
+            ok = false;
+        }
         if let Some(inv) = &c.invalidation {
             if inv.scope.is_empty() {
                 self.sink.push(at, format!("{field}.invalidation.scope"), "name the scope that grants invalidation");
@@ -168,6 +179,7 @@ impl Compiler<'_> {
             key_query: spec.key_query,
             key_headers: spec.key_headers,
             per_principal: spec.per_principal,
+            keep_private: spec.keep_private,
             invalidation: spec.invalidation,
             max_entry_bytes: spec.max_entry_bytes,
             fill_wait: route.integration.timeout(),
