@@ -1,6 +1,7 @@
 //! Rendering a parsed template against a request's (or a response's) inputs, within
 //! [`Bounds`](super::Bounds).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -377,19 +378,37 @@ impl Renderer<'_> {
     }
 
     fn reference(&mut self, r: &Reference) -> Rendered<Option<Value>> {
-        let (start, skip): (Value, usize) = match r.root.as_str() {
-            name if self.vars.contains_key(name) => (self.vars[name].clone(), 0),
-            "input" => (self.input(r)?, 1),
-            "util" => (self.util(r)?, 1),
-            "context" => (self.inputs.context.clone(), 0),
-            "stageVariables" => (self.inputs.stage_variables.clone(), 0),
+        let root = r.root.as_str();
+        let (computed, skip) = match root {
+            name if self.vars.contains_key(name) => (None, 0),
+            "input" => (Some(self.input(r)?), 1),
+            "util" => (Some(self.util(r)?), 1),
+            "context" | "stageVariables" => (None, 0),
             _ => return Ok(None),
         };
-        let mut value = start;
-        for step in &r.steps[skip..] {
-            value = self.step(value, step, r.line)?;
+        let steps = &r.steps[skip..];
+        // The steps' arguments first: the walk below borrows the value it starts from, so
+        // that `$map.get($k)` in a loop never copies the whole map.
+        let mut arguments = Vec::with_capacity(steps.len());
+        for step in steps {
+            arguments.push(match step {
+                Step::Field(_) => Vec::new(),
+                Step::Index(index) => vec![self.expr(index)?.unwrap_or(Value::Null)],
+                Step::Call(_, args) => self.arguments(args)?,
+            });
         }
-        Ok(Some(value))
+        let mut value = match computed {
+            Some(value) => Cow::Owned(value),
+            None => Cow::Borrowed(match root {
+                name if self.vars.contains_key(name) => &self.vars[name],
+                "context" => &self.inputs.context,
+                _ => &self.inputs.stage_variables,
+            }),
+        };
+        for (step, args) in steps.iter().zip(&arguments) {
+            value = walk(value, step, args).or_else(|e| fail(r.line, e))?;
+        }
+        Ok(Some(value.into_owned()))
     }
 
     fn input(&mut self, r: &Reference) -> Rendered<Value> {
@@ -466,35 +485,42 @@ impl Renderer<'_> {
             other => return fail(r.line, format!("$util has no `{other}`")),
         })
     }
+}
 
-    fn step(&mut self, value: Value, step: &Step, line: usize) -> Rendered<Value> {
-        Ok(match step {
-            Step::Field(name) => match value {
-                Value::Object(mut map) => map.remove(name).unwrap_or(Value::Null),
-                _ => Value::Null,
-            },
-            Step::Index(index) => {
-                let index = self.expr(index)?.unwrap_or(Value::Null);
-                match (value, index) {
-                    (Value::Array(mut list), i) if integer(&i).is_some() => {
-                        let i = integer(&i).unwrap_or(-1);
-                        let i = if i < 0 { list.len() as i64 + i } else { i };
-                        usize::try_from(i).ok().filter(|i| *i < list.len()).map_or(Value::Null, |i| list.swap_remove(i))
-                    }
-                    (Value::Object(mut map), key) => map.remove(&text(&key)).unwrap_or(Value::Null),
-                    _ => Value::Null,
-                }
+static NULL: Value = Value::Null;
+
+/// One step of a reference from `value`: a field, an index (its value in `args`) or a
+/// method call; a step into a borrowed value stays borrowed.
+fn walk<'v>(value: Cow<'v, Value>, step: &Step, args: &[Value]) -> Result<Cow<'v, Value>, String> {
+    // A field's name, or an index into a map.
+    let key = || match step {
+        Step::Field(name) => name.clone(),
+        _ => text(args.first().unwrap_or(&NULL)),
+    };
+    let position = |list: &[Value]| {
+        let i = args.first().and_then(integer)?;
+        let i = if i < 0 { list.len() as i64 + i } else { i };
+        usize::try_from(i).ok().filter(|i| *i < list.len())
+    };
+    Ok(match (step, value) {
+        (Step::Call(method, _), value) => Cow::Owned(method_call(&value, method, args)?),
+        (Step::Field(_) | Step::Index(_), Cow::Borrowed(value)) => Cow::Borrowed(match value {
+            Value::Object(map) => map.get(&key()).unwrap_or(&NULL),
+            Value::Array(list) if matches!(step, Step::Index(_)) => position(list).map_or(&NULL, |i| &list[i]),
+            _ => &NULL,
+        }),
+        (Step::Field(_) | Step::Index(_), Cow::Owned(value)) => Cow::Owned(match value {
+            Value::Object(mut map) => map.remove(&key()).unwrap_or(Value::Null),
+            Value::Array(mut list) if matches!(step, Step::Index(_)) => {
+                position(&list).map_or(Value::Null, |i| list.swap_remove(i))
             }
-            Step::Call(method, args) => {
-                let args = self.arguments(args)?;
-                method_call(value, method, &args).or_else(|e| fail(line, e))?
-            }
-        })
-    }
+            _ => Value::Null,
+        }),
+    })
 }
 
 /// The methods values have.
-fn method_call(value: Value, method: &str, args: &[Value]) -> Result<Value, String> {
+fn method_call(value: &Value, method: &str, args: &[Value]) -> Result<Value, String> {
     let arg = |i: usize| args.get(i).cloned().unwrap_or(Value::Null);
     let size = |v: &Value| match v {
         Value::String(s) => s.chars().count(),
@@ -502,9 +528,9 @@ fn method_call(value: Value, method: &str, args: &[Value]) -> Result<Value, Stri
         Value::Object(m) => m.len(),
         _ => 0,
     };
-    Ok(match (method, &value) {
-        ("size" | "length", _) => Value::from(size(&value)),
-        ("isEmpty", _) => Value::Bool(size(&value) == 0),
+    Ok(match (method, value) {
+        ("size" | "length", _) => Value::from(size(value)),
+        ("isEmpty", _) => Value::Bool(size(value) == 0),
         ("get", Value::Object(m)) => m.get(&text(&arg(0))).cloned().unwrap_or(Value::Null),
         ("get", Value::Array(l)) => integer(&arg(0))
             .and_then(|i| usize::try_from(i).ok())
@@ -540,7 +566,7 @@ fn method_call(value: Value, method: &str, args: &[Value]) -> Result<Value, Stri
             }
             Value::Array(s.split(separator.as_str()).map(|p| Value::String(p.to_string())).collect())
         }
-        ("toString", _) => Value::String(text(&value)),
+        ("toString", _) => Value::String(text(value)),
         (m, v) => {
             let kind = match v {
                 Value::Null => "null",
