@@ -354,15 +354,21 @@ impl<'t> Parser<'t> {
         Ok((nodes, None))
     }
 
+    /// A plain `$variable` (no field, index or call), as `#set` and `#foreach` name one; the
+    /// errors say what is `missing`, or that the reference is `not_plain`.
+    fn variable(&mut self, missing: &str, not_plain: &str) -> Parsed<String> {
+        self.skip_spaces();
+        let Some(Reference { root, steps, .. }) = self.reference()? else { return Err(self.error(missing)) };
+        if !steps.is_empty() {
+            return Err(self.error(not_plain));
+        }
+        Ok(root)
+    }
+
     fn set(&mut self) -> Parsed<Node> {
         self.expect(b'(', "after #set")?;
-        self.skip_spaces();
-        let Some(Reference { root, steps, .. }) = self.reference()? else {
-            return Err(self.error("#set needs a `$variable`"));
-        };
-        if !steps.is_empty() {
-            return Err(self.error("#set assigns to a `$variable`, not to a field or an index of one"));
-        }
+        let root = self
+            .variable("#set needs a `$variable`", "#set assigns to a `$variable`, not to a field or an index of one")?;
         self.expect(b'=', "in #set")?;
         let value = self.expr()?;
         self.expect(b')', "to close #set")?;
@@ -402,13 +408,7 @@ impl<'t> Parser<'t> {
 
     fn foreach(&mut self) -> Parsed<Node> {
         self.expect(b'(', "after #foreach")?;
-        self.skip_spaces();
-        let Some(Reference { root, steps, .. }) = self.reference()? else {
-            return Err(self.error("#foreach needs a `$variable` to loop with"));
-        };
-        if !steps.is_empty() {
-            return Err(self.error("#foreach loops with a `$variable`"));
-        }
+        let root = self.variable("#foreach needs a `$variable` to loop with", "#foreach loops with a `$variable`")?;
         self.skip_spaces();
         if self.ident() != Some("in") {
             return Err(self.error("expected `in` in #foreach"));
@@ -579,6 +579,17 @@ impl<'t> Parser<'t> {
         self.primary()
     }
 
+    /// The rest of a double-quoted string, up to its closing `quote`: template text, whose
+    /// references render into the string.
+    fn interpolated(&mut self, quote: &str) -> Parsed<Expr> {
+        let Some(end) = self.rest().find(quote) else { return Err(self.error("a string is never closed")) };
+        let inner = &self.text[self.pos..self.pos + end];
+        let mut nested = Parser { text: inner, pos: 0, depth: self.depth };
+        let (nodes, _) = nested.nodes(&[]).map_err(|e| TemplateError { line: self.line(), ..e })?;
+        self.pos += end + quote.len();
+        Ok(Expr::Interpolated(nodes))
+    }
+
     fn primary(&mut self) -> Parsed<Expr> {
         self.skip_spaces();
         match self.peek() {
@@ -601,24 +612,14 @@ impl<'t> Parser<'t> {
             }
             Some(b'"') => {
                 self.pos += 1;
-                let Some(end) = self.rest().find('"') else { return Err(self.error("a string is never closed")) };
-                let inner = &self.text[self.pos..self.pos + end];
-                let mut nested = Parser { text: inner, pos: 0, depth: self.depth };
-                let (nodes, _) = nested.nodes(&[]).map_err(|e| TemplateError { line: self.line(), ..e })?;
-                self.pos += end + 1;
-                Ok(Expr::Interpolated(nodes))
+                self.interpolated("\"")
             }
             // `\"text\"`: a double-quoted string whose quotes were escaped on the way into
             // a JSON or YAML document; exported APIs carry templates like that, read here as
             // the double-quoted string they were meant to be.
             Some(b'\\') if self.peek_at(1) == Some(b'"') => {
                 self.pos += 2;
-                let Some(end) = self.rest().find("\\\"") else { return Err(self.error("a string is never closed")) };
-                let inner = &self.text[self.pos..self.pos + end];
-                let mut nested = Parser { text: inner, pos: 0, depth: self.depth };
-                let (nodes, _) = nested.nodes(&[]).map_err(|e| TemplateError { line: self.line(), ..e })?;
-                self.pos += end + 2;
-                Ok(Expr::Interpolated(nodes))
+                self.interpolated("\\\"")
             }
             Some(c) if c.is_ascii_digit() || c == b'-' => {
                 let start = self.pos;

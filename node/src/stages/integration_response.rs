@@ -155,24 +155,23 @@ impl Stage for IntegrationResponses {
             Some(p) => format!("the integration response for `{}`", p.as_str()),
             None => "the default integration response".to_string(),
         });
-        let upstream_headers = head.headers.clone();
         if let Some(status) = response.status {
             head.status = status;
         }
-        for (name, source) in &response.headers {
-            match source {
-                HeaderSource::Literal(value) => {
-                    head.headers.insert(name, value.clone());
-                }
-                HeaderSource::UpstreamHeader(from) => match upstream_headers.get(from) {
-                    Some(value) => {
-                        head.headers.insert(name, value.clone());
-                    }
-                    None => {
-                        head.headers.remove(name);
-                    }
-                },
-            }
+        // Every value is read from the upstream's headers before any is set.
+        let values: Vec<_> = response
+            .headers
+            .iter()
+            .map(|(name, source)| match source {
+                HeaderSource::Literal(value) => (name, Some(value.clone())),
+                HeaderSource::UpstreamHeader(from) => (name, head.headers.get(from).cloned()),
+            })
+            .collect();
+        for (name, value) in values {
+            match value {
+                Some(value) => head.headers.insert(name, value),
+                None => head.headers.remove(name),
+            };
         }
         let accept = exchange.extensions.get::<RequestInputs>().and_then(|r| r.accept.as_deref());
         if let Some((media, template)) = response.template(accept) {

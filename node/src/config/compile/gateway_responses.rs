@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::{HeaderValue, StatusCode};
+use http::HeaderValue;
 use serde_json::Value;
 
 use super::super::model::*;
@@ -53,16 +53,8 @@ impl Compiler<'_> {
         at: serde_saphyr::Location,
         field: &str,
     ) -> Option<GatewayResponse> {
-        let mut ok = true;
-        let status = match def.status.map(StatusCode::from_u16) {
-            None => None,
-            Some(Ok(s)) if (400..=599).contains(&s.as_u16()) => Some(s),
-            Some(_) => {
-                self.sink.push(at, format!("{field}.status"), "a status from 400 to 599");
-                ok = false;
-                None
-            }
-        };
+        let status = self.response_status(def.status, 400..=599, at, field);
+        let mut ok = status.is_ok();
         let mut headers = Vec::new();
         for (name, value) in &def.headers {
             let hfield = format!("{field}.headers.{name}");
@@ -84,6 +76,7 @@ impl Compiler<'_> {
             .find(|(media, _)| media == "application/json")
             .or_else(|| templates.first())
             .and_then(|(media, t)| Some((HeaderValue::from_str(media).ok()?, t.clone())));
+        let status = status.ok()?;
         ok.then_some(GatewayResponse { status, headers, template })
     }
 

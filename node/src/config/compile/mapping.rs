@@ -4,6 +4,7 @@
 //! the definition's line.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -151,15 +152,8 @@ impl Compiler<'_> {
                 }
             },
         };
-        let status = match def.status.map(StatusCode::from_u16) {
-            None => None,
-            Some(Ok(s)) if (200..=599).contains(&s.as_u16()) => Some(s),
-            Some(_) => {
-                self.sink.push(at, format!("{field}.status"), "a status from 200 to 599");
-                ok = false;
-                None
-            }
-        };
+        let status = self.response_status(def.status, 200..=599, at, field);
+        ok &= status.is_ok();
         let mut headers = Vec::new();
         for (name, source) in &def.headers {
             let hfield = format!("{field}.headers.{name}");
@@ -186,8 +180,10 @@ impl Compiler<'_> {
             }
         }
         let templates = self.templates(&def.templates, at, &format!("{field}.templates"));
-        match templates {
-            Ok(templates) if ok => Ok(IntegrationResponse { selection_pattern, status, headers, templates }),
+        match (templates, status) {
+            (Ok(templates), Ok(status)) if ok => {
+                Ok(IntegrationResponse { selection_pattern, status, headers, templates })
+            }
             _ => Err(()),
         }
     }
@@ -217,6 +213,28 @@ impl Compiler<'_> {
             return Err(());
         }
         Ok(Some(Arc::new(XmlUpstream { root: option.value.root.clone() })))
+    }
+
+    /// A configured response status, checked to be within `range`.
+    pub(super) fn response_status(
+        &mut self,
+        status: Option<u16>,
+        range: RangeInclusive<u16>,
+        at: Location,
+        field: &str,
+    ) -> Result<Option<StatusCode>, ()> {
+        match status.map(|s| (s, StatusCode::from_u16(s))) {
+            None => Ok(None),
+            Some((s, Ok(code))) if range.contains(&s) => Ok(Some(code)),
+            Some(_) => {
+                self.sink.push(
+                    at,
+                    format!("{field}.status"),
+                    format!("a status from {} to {}", range.start(), range.end()),
+                );
+                Err(())
+            }
+        }
     }
 
     /// A header name a response may be given by configuration.
