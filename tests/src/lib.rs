@@ -63,6 +63,21 @@ pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
     Reply { status, headers, body }
 }
 
+/// `method path` with `headers` (`host` among them) and `body`, over a fresh connection.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static str,
+) -> impl std::future::Future<Output = Reply> + use<> {
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(addr, request.body(Full::new(Bytes::from_static(body.as_bytes()))).expect("a valid request"))
+}
+
 /// `GET path` with `Host: host`.
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
     send(addr, Request::get(path).header("host", host).body(Full::new(Bytes::new())).unwrap()).await

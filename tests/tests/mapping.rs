@@ -64,12 +64,13 @@ apis:
     .await;
     let gw = node.http.expect("http listener");
     let post = |path: &str, content_type: &str, body: &'static str| {
-        let request = hyper::Request::post(path)
-            .header("host", "shop.test")
-            .header("content-type", content_type)
-            .header("x-tenant", "acme")
-            .header("x-request-id", "req-mapping-1");
-        send(gw, request.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap())
+        let headers = [
+            ("host", "shop.test"),
+            ("content-type", content_type),
+            ("x-tenant", "acme"),
+            ("x-request-id", "req-mapping-1"),
+        ];
+        request(gw, "POST", path, &headers, body)
     };
 
     let r = post(
@@ -194,11 +195,8 @@ apis:
     .await;
     let gw = node.http.expect("http listener");
     let get = |path: &str, accept: &str| {
-        let request = hyper::Request::get(path)
-            .header("host", "pets.test")
-            .header("accept", accept)
-            .header("x-request-id", "req-responses-1");
-        send(gw, request.body(Full::new(Bytes::new())).unwrap())
+        let headers = [("host", "pets.test"), ("accept", accept), ("x-request-id", "req-responses-1")];
+        request(gw, "GET", path, &headers, "")
     };
 
     // The default response: the secret is filtered out, the upstream's header renamed.
@@ -336,13 +334,8 @@ apis:
     .await;
     let gw = node.http.expect("http listener");
     let call = |method: &str, path: &str, body: &'static str| {
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "pets.test")
-            .header("content-type", "application/json")
-            .header("x-request-id", "req-gw-1");
-        send(gw, request.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap())
+        let headers = [("host", "pets.test"), ("content-type", "application/json"), ("x-request-id", "req-gw-1")];
+        request(gw, method, path, &headers, body)
     };
 
     // A type of its own, with the refusal's message, the request id and a stage variable.
@@ -453,12 +446,7 @@ apis:
     .await;
     let gw = node.http.expect("http listener");
     let call = |method: &str, path: &str, body: &'static str| {
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "orders.test")
-            .header("content-type", "application/json");
-        send(gw, request.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap())
+        request(gw, method, path, &[("host", "orders.test"), ("content-type", "application/json")], body)
     };
 
     let r = call("POST", "/prod/orders", r#"{"@id": "42", "item": ["apple", "pear & fig"], "rush": true}"#).await;

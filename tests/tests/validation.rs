@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use http_body_util::Full;
 use meridian_tests::*;
 
@@ -75,11 +74,8 @@ apis:
     .await;
     let gw = node.http.expect("http listener");
     let request = |method: &str, path: &str, headers: &[(&str, &str)], body: &'static str| {
-        let mut r = hyper::Request::builder().method(method).uri(path).header("host", "pets.test");
-        for (k, v) in headers {
-            r = r.header(*k, *v);
-        }
-        send(gw, r.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap())
+        let headers: Vec<_> = [("host", "pets.test")].into_iter().chain(headers.iter().copied()).collect();
+        meridian_tests::request(gw, method, path, &headers, body)
     };
     let json = [("content-type", "application/json"), ("h1", "x")];
 
