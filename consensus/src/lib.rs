@@ -4,6 +4,8 @@
 //! by [`Proposal`]s that go through Raft. This crate holds:
 //!
 //! - [`state`]: the configuration model and its deterministic `apply`;
+//! - [`idempotency`]: the idempotency records routes keep for `Idempotency-Key`, replicated
+//!   through the same log but kept apart from the configuration;
 //! - [`types`]: the openraft type configuration ([`TypeConfig`], [`ClusterNode`]);
 //! - [`store`]: the sled-backed Raft log and state machine.
 //!
@@ -14,6 +16,7 @@
 // only add a conversion at every call.
 #![allow(clippy::result_large_err)]
 
+pub mod idempotency;
 pub mod state;
 pub mod store;
 pub mod types;
@@ -23,4 +26,4 @@ pub use state::{
     Deployment, DomainRecord, MappingRecord, PlanRate, Proposal, QuotaPeriod, RegionRecord, Rejection, StageRecord,
     UsagePlanRecord, ZoneRecord,
 };
-pub use types::{ClusterNode, NodeId, TypeConfig};
+pub use types::{ClusterNode, NodeId, TypeConfig, Write, WriteOutcome};

@@ -1,11 +1,14 @@
 //! The Raft log and state machine on sled.
 //!
 //! One sled database per node holds three trees: `log` (entries by big-endian index),
-//! `meta` (vote, last purged log id, committed log id) and `machine` (the applied
-//! [`ConfigState`] with its last applied log id and membership, and the current snapshot).
-//! Appends and votes are flushed before they are acknowledged; the applied state is written
-//! after every batch, so a restarted node resumes from where it stopped without replaying
-//! its log, and catches up from the leader for the rest.
+//! `meta` (vote, last purged log id, committed log id) and `machine`: the applied position
+//! (last applied log id, membership, the idempotency ledger's clock), the applied
+//! [`ConfigState`], one `record/<name>` per idempotency record, and the current snapshot.
+//! Appends and votes are flushed before they are acknowledged; what a batch of entries
+//! changed is written in one atomic sled batch after it is applied (the configuration only
+//! when a configuration write was among them, a record only when it changed), so a restarted
+//! node resumes from where it stopped without replaying its log, and catches up from the
+//! leader for the rest.
 
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -22,8 +25,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
+use crate::idempotency::{IdempotencyLedger, IdempotencyRecord};
 use crate::state::{CommandOutcome, ConfigState};
-use crate::types::{ClusterNode, Entry, NodeId, TypeConfig};
+use crate::types::{ClusterNode, Entry, NodeId, TypeConfig, Write, WriteOutcome};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -48,14 +52,58 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), sled::Error> {
     let db = sled::open(path)?;
     let log = LogStore { log: db.open_tree("log")?, meta: db.open_tree("meta")?, db: db.clone() };
     let machine_tree = db.open_tree("machine")?;
-    let machine = match machine_tree.get("applied")? {
-        Some(bytes) => decode::<AppliedMachine>(&bytes).map_err(|e| {
-            sled::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("applied state: {e}")))
-        })?,
-        None => AppliedMachine::default(),
-    };
+    let machine = read_machine(&machine_tree)?;
     let machine = StateMachine { tree: machine_tree, db, applied: Arc::new(RwLock::new(machine)) };
     Ok((log, machine))
+}
+
+const POSITION: &str = "position";
+const CONFIG: &str = "config";
+const RECORD_PREFIX: &str = "record/";
+
+fn record_key(name: &str) -> Vec<u8> {
+    [RECORD_PREFIX.as_bytes(), name.as_bytes()].concat()
+}
+
+/// Where the state machine is: what Raft needs to resume, and the idempotency ledger's clock.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Position {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, ClusterNode>,
+    idempotency_clock_ms: u64,
+}
+
+fn invalid(what: &str, e: impl std::fmt::Display) -> sled::Error {
+    sled::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}: {e}")))
+}
+
+/// The applied state as the `machine` tree holds it.
+fn read_machine(tree: &sled::Tree) -> Result<AppliedMachine, sled::Error> {
+    let position: Position = match tree.get(POSITION)? {
+        Some(bytes) => decode(&bytes).map_err(|e| invalid("applied position", e))?,
+        None => Position::default(),
+    };
+    let config: ConfigState = match tree.get(CONFIG)? {
+        Some(bytes) => decode(&bytes).map_err(|e| invalid("applied configuration", e))?,
+        None => ConfigState::default(),
+    };
+    let mut records = Vec::new();
+    for item in tree.scan_prefix(RECORD_PREFIX) {
+        let (key, value) = item?;
+        let name = String::from_utf8_lossy(&key[RECORD_PREFIX.len()..]).into_owned();
+        let record: IdempotencyRecord = decode(&value).map_err(|e| invalid("idempotency record", e))?;
+        records.push((name, record));
+    }
+    Ok(AppliedMachine {
+        last_applied: position.last_applied,
+        membership: position.membership,
+        config,
+        idempotency: IdempotencyLedger::restore(position.idempotency_clock_ms, records),
+    })
+}
+
+fn write_failed(e: &(impl std::error::Error + 'static)) -> StorageError<NodeId> {
+    io_error(ErrorSubject::StateMachine, ErrorVerb::Write, e)
 }
 
 /// The Raft log.
@@ -187,6 +235,17 @@ pub struct AppliedMachine {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, ClusterNode>,
     pub config: ConfigState,
+    pub idempotency: IdempotencyLedger,
+}
+
+/// What a batch of applied entries changed, to be written.
+#[derive(Default)]
+struct Changes {
+    config: bool,
+    /// Idempotency records written or removed, by name.
+    records: Vec<String>,
+    /// Every record was replaced (a snapshot was installed).
+    all_records: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -209,10 +268,34 @@ impl StateMachine {
         self.applied.clone()
     }
 
-    async fn persist(&self, machine: &AppliedMachine) -> StorageResult<()> {
-        let bytes = encode(machine).map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
-        self.tree.insert("applied", bytes).map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
-        self.db.flush_async().await.map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Write, &e))?;
+    /// Writes what `changes` says changed of `machine`, in one atomic batch, and flushes it.
+    async fn persist(&self, machine: &AppliedMachine, changes: &Changes) -> StorageResult<()> {
+        let mut batch = sled::Batch::default();
+        let position = Position {
+            last_applied: machine.last_applied,
+            membership: machine.membership.clone(),
+            idempotency_clock_ms: machine.idempotency.clock_ms(),
+        };
+        batch.insert(POSITION, encode(&position).map_err(|e| write_failed(&e))?);
+        if changes.config {
+            batch.insert(CONFIG, encode(&machine.config).map_err(|e| write_failed(&e))?);
+        }
+        if changes.all_records {
+            for key in self.tree.scan_prefix(RECORD_PREFIX).keys() {
+                batch.remove(key.map_err(|e| write_failed(&e))?);
+            }
+            for (name, record) in machine.idempotency.records() {
+                batch.insert(record_key(name), encode(record).map_err(|e| write_failed(&e))?);
+            }
+        }
+        for name in &changes.records {
+            match machine.idempotency.get(name) {
+                Some(record) => batch.insert(record_key(name), encode(record).map_err(|e| write_failed(&e))?),
+                None => batch.remove(record_key(name)),
+            }
+        }
+        self.tree.apply_batch(batch).map_err(|e| write_failed(&e))?;
+        self.db.flush_async().await.map_err(|e| write_failed(&e))?;
         Ok(())
     }
 }
@@ -248,26 +331,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((machine.last_applied, machine.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandOutcome>>
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<WriteOutcome>>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut machine = self.applied.write().await;
         let mut outcomes = Vec::new();
+        let mut changes = Changes::default();
         for entry in entries {
             machine.last_applied = Some(entry.log_id);
             let revision = machine.config.revision;
+            let unchanged = CommandOutcome { revision, changed: false, created: None, rejected: None };
             outcomes.push(match entry.payload {
-                EntryPayload::Blank => CommandOutcome { revision, changed: false, created: None, rejected: None },
-                EntryPayload::Normal(proposal) => machine.config.apply(&proposal),
+                EntryPayload::Blank => WriteOutcome::Config(unchanged),
+                EntryPayload::Normal(Write::Config(proposal)) => {
+                    changes.config = true;
+                    WriteOutcome::Config(machine.config.apply(&proposal))
+                }
+                EntryPayload::Normal(Write::Idempotency(command)) => {
+                    let (answer, changed) = machine.idempotency.apply(&command);
+                    changes.records.extend(changed);
+                    WriteOutcome::Idempotency(answer)
+                }
                 EntryPayload::Membership(membership) => {
                     machine.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    CommandOutcome { revision, changed: false, created: None, rejected: None }
+                    WriteOutcome::Config(unchanged)
                 }
             });
         }
-        self.persist(&machine).await?;
+        self.persist(&machine, &changes).await?;
         Ok(outcomes)
     }
 
@@ -291,6 +384,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             config: installed.config,
+            idempotency: installed.idempotency,
         };
         let stored = StoredSnapshot { meta: meta.clone(), data };
         let bytes =
@@ -298,7 +392,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.tree
             .insert("snapshot", bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
-        self.persist(&machine).await?;
+        self.persist(&machine, &Changes { config: true, records: Vec::new(), all_records: true }).await?;
         *self.applied.write().await = machine;
         Ok(())
     }
@@ -342,7 +436,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (_log, mut machine) = open(dir.path()).unwrap();
-            let proposal = Proposal {
+            let proposal = Write::Config(Proposal {
                 expected_revision: None,
                 command: ConfigCommand::Deploy {
                     api: "pets".into(),
@@ -353,13 +447,13 @@ mod tests {
                     stage: Some("prod".into()),
                     stage_variables: Default::default(),
                 },
-            };
+            });
             let entry = Entry {
                 log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
                 payload: EntryPayload::Normal(proposal),
             };
             let out = machine.apply(vec![entry]).await.unwrap();
-            assert_eq!(out[0].revision, 1);
+            assert!(matches!(&out[0], WriteOutcome::Config(o) if o.revision == 1));
         }
         // sled's flusher thread lets go of the lock shortly after the last handle is dropped.
         let mut reopened = open(dir.path());
@@ -374,5 +468,60 @@ mod tests {
         let (last, _) = machine.applied_state().await.unwrap();
         assert_eq!(last.map(|l| l.index), Some(1));
         assert_eq!(machine.applied().read().await.config.apis["pets"].stages["prod"].deployment, 1);
+    }
+
+    async fn reopen(dir: &std::path::Path) -> (LogStore, StateMachine) {
+        // sled's flusher thread lets go of the lock shortly after the last handle is dropped.
+        for _ in 0..100 {
+            if let Ok(store) = open(dir) {
+                return store;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        open(dir).unwrap()
+    }
+
+    #[tokio::test]
+    async fn idempotency_records_survive_a_reopen_and_travel_in_snapshots() {
+        use crate::idempotency::{IdempotencyAnswer, IdempotencyCommand, record_name};
+        let claim = |key: &str, index: u64| Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Write::Idempotency(IdempotencyCommand::Claim {
+                scope: "pay/prod".into(),
+                key: key.into(),
+                fingerprint: vec![7],
+                node: 1,
+                now_ms: 1_000,
+                lease_ms: 100,
+                ttl_ms: 60_000,
+                max_records: 10,
+            })),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = {
+            let (_log, mut machine) = open(dir.path()).unwrap();
+            let out = machine.apply(vec![claim("a", 1), claim("b", 2)]).await.unwrap();
+            assert_eq!(out[1], WriteOutcome::Idempotency(IdempotencyAnswer::Claimed));
+            machine.build_snapshot().await.unwrap()
+        };
+        let (_log, mut machine) = reopen(dir.path()).await;
+        {
+            let applied = machine.applied();
+            let applied = applied.read().await;
+            assert_eq!(applied.idempotency.len(), 2);
+            assert!(applied.idempotency.get(&record_name("pay/prod", "a")).is_some());
+            assert_eq!(applied.config.revision, 0, "records are not configuration");
+        }
+        let out = machine.apply(vec![claim("a", 3)]).await.unwrap();
+        assert!(matches!(out[0], WriteOutcome::Idempotency(IdempotencyAnswer::InFlight { .. })), "{out:?}");
+
+        // A fresh member installs the snapshot: it has the records, and only those.
+        let other = tempfile::tempdir().unwrap();
+        let (log, mut fresh) = open(other.path()).unwrap();
+        fresh.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+        assert_eq!(fresh.applied().read().await.idempotency.len(), 2);
+        drop((log, fresh));
+        let (_log, fresh) = reopen(other.path()).await;
+        assert_eq!(fresh.applied().read().await.idempotency.len(), 2);
     }
 }

@@ -5,6 +5,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::idempotency::{IdempotencyAnswer, IdempotencyCommand};
 use crate::state::{CommandOutcome, Proposal};
 
 /// A node's id in the cluster.
@@ -30,11 +31,27 @@ impl fmt::Display for ClusterNode {
     }
 }
 
+/// What one log entry asks of the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Write {
+    /// A change to the configuration.
+    Config(Proposal),
+    /// A change to the idempotency records (traffic, not configuration).
+    Idempotency(IdempotencyCommand),
+}
+
+/// What the state machine answered a [`Write`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOutcome {
+    Config(CommandOutcome),
+    Idempotency(IdempotencyAnswer),
+}
+
 openraft::declare_raft_types!(
-    /// Meridian's Raft types: proposals in, outcomes out, nodes with regions.
+    /// Meridian's Raft types: writes in, outcomes out, nodes with regions.
     pub TypeConfig:
-        D = Proposal,
-        R = CommandOutcome,
+        D = Write,
+        R = WriteOutcome,
         NodeId = NodeId,
         Node = ClusterNode,
         SnapshotData = Cursor<Vec<u8>>,

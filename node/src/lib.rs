@@ -29,6 +29,7 @@ pub mod files;
 pub mod gateway;
 pub mod gateway_responses;
 pub mod hop_by_hop;
+pub mod idempotency;
 pub mod integration;
 pub mod limits;
 pub mod mapping;

@@ -1317,3 +1317,145 @@ apis:
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a route key"), "{bad:?}");
 }
+
+/// An upstream on `ip` that counts deliveries per `Idempotency-Key` and answers 201.
+async fn counting_backend(
+    ip: &str,
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>) {
+    let deliveries: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Default::default();
+    let counted = deliveries.clone();
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let key = request.headers().get("idempotency-key").map(|k| k.to_str().unwrap_or("").to_string());
+                    let n = {
+                        let mut counted = counted.lock().unwrap();
+                        let n = counted.entry(key.unwrap_or_default()).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    async move {
+                        let body = http_body_util::Full::new(bytes::Bytes::from(format!("delivery {n}")));
+                        let mut response = hyper::Response::new(body);
+                        *response.status_mut() = hyper::StatusCode::CREATED;
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    (addr, deliveries)
+}
+
+async fn pay(gateway: SocketAddr, key: &str) -> meridian_tests::Reply {
+    meridian_tests::request(
+        gateway,
+        "POST",
+        "/prod/payments",
+        &[("host", "gw.test"), ("idempotency-key", key), ("content-type", "application/json")],
+        r#"{"amount":10}"#,
+    )
+    .await
+}
+
+/// A key delivered through one node is replayed by every other node, after the leader is
+/// killed too; a node without a quorum refuses (503) rather than deliver, and once the
+/// quorum is back the key is delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_hold_on_every_node_across_a_leader_kill_and_a_lost_quorum() {
+    let mut cluster = tokio::task::spawn_blocking(|| three_regions(19)).await.unwrap();
+    let (backend, deliveries) = counting_backend("127.0.0.1").await;
+    let delivered = |key: &str| deliveries.lock().unwrap().get(key).copied().unwrap_or(0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("payments.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+apis:
+  - id: pets
+    type: rest
+    routes:
+      - {{ route: GET /version, integration: {{ type: mock, body: idem }} }}
+      - route: POST /payments
+        idempotency: {{ commit_timeout: 2s }}
+        integration: {{ type: http_proxy, uri: "http://{backend}/payments" }}
+"#
+        ),
+    )
+    .unwrap();
+    let out = cli(&["apply", "-f", path.to_str().unwrap(), "--stage", "prod"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    served_everywhere(&cluster.nodes.iter().collect::<Vec<_>>(), "idem").await;
+    let gateways: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http.unwrap()).collect();
+
+    let first = pay(gateways[0], "k1").await;
+    assert_eq!((first.status, first.body.as_ref()), (201, &b"delivery 1"[..]), "{first:?}");
+    for g in &gateways[1..] {
+        let retry = pay(*g, "k1").await;
+        assert_eq!((retry.status, retry.header("idempotent-replayed")), (201, "true"), "{g}: {retry:?}");
+        assert_eq!(retry.body, first.body);
+    }
+    assert_eq!(delivered("k1"), 1);
+
+    // The leader dies: the survivors still know k1, and deliver new keys once.
+    let leader = cluster.leader_index();
+    cluster.nodes[leader].kill();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for i in &survivors {
+        let retry = pay(gateways[*i], "k1").await;
+        assert_eq!(retry.header("idempotent-replayed"), "true", "node {i}: {retry:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let fresh = pay(gateways[survivors[0]], "k2").await;
+        if fresh.status == 201 {
+            break;
+        }
+        // Until the survivors have elected a leader, the claim is refused, never delivered.
+        assert_eq!(fresh.status, 503, "{fresh:?}");
+        assert!(Instant::now() < deadline, "no delivery after the leader's death");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(pay(gateways[survivors[1]], "k2").await.header("idempotent-replayed"), "true");
+    assert_eq!((delivered("k1"), delivered("k2")), (1, 1));
+
+    // One node alone has no quorum: it refuses, and the upstream sees nothing.
+    cluster.nodes[survivors[1]].kill();
+    let alone = survivors[0];
+    for _ in 0..3 {
+        let refused = pay(gateways[alone], "k3").await;
+        assert_eq!((refused.status, refused.header("retry-after")), (503, "1"), "{refused:?}");
+    }
+    assert_eq!(delivered("k3"), 0);
+
+    // With the others back, k3 is delivered exactly once (after any claim the lone node
+    // made is given back).
+    for i in 0..3 {
+        if i != alone {
+            cluster.nodes[i].run(&["serve"], &[]).unwrap();
+        }
+    }
+    let gateways: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http.unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answered = Vec::new();
+    loop {
+        let attempt = pay(gateways[(answered.len() + 1) % 3], "k3").await;
+        answered.push(attempt.status);
+        if attempt.status == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "k3 was never delivered: {answered:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for g in &gateways {
+        assert_eq!(pay(*g, "k3").await.header("idempotent-replayed"), "true");
+    }
+    assert_eq!((delivered("k1"), delivered("k2"), delivered("k3")), (1, 1, 1), "answers to k3: {answered:?}");
+}

@@ -191,8 +191,11 @@ pub fn spawn_sync(
         let mut metrics = member.raft.metrics();
         let mut served = None;
         loop {
-            let state = member.applied.read().await.config.clone();
-            if served != Some(state.revision) {
+            // Idempotency records move the log without touching the configuration: compare
+            // revisions before copying anything.
+            let revision = member.applied.read().await.config.revision;
+            if served != Some(revision) {
+                let state = member.applied.read().await.config.clone();
                 sni.replace(certificates(&state, member.data_key()));
                 table.store(Arc::new(compile(&state, default_rate, member.data_key())));
                 served = Some(state.revision);

@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_consensus::idempotency::{IdempotencyCommand, IdempotencyRecord};
 use meridian_consensus::store::{self, AppliedMachine};
-use meridian_consensus::{ClusterNode, ClusterSecrets, CommandOutcome, ConfigCommand, NodeId, Proposal, TypeConfig};
+use meridian_consensus::{
+    ClusterNode, ClusterSecrets, CommandOutcome, ConfigCommand, NodeId, Proposal, TypeConfig, Write, WriteOutcome,
+};
 use meridian_proto::membership_request::Action;
 use meridian_proto::node_client::NodeClient;
 use meridian_proto::{JoinRequest, MembershipRequest, ProposeRequest};
@@ -25,6 +28,7 @@ use super::sealed::DataKey;
 use super::tls::{TlsConnector, joining_client_config, member_client_config, server_config};
 use crate::config::ClusterSettings;
 use crate::digest::sha256_hex;
+use crate::idempotency::{RecordLog, Submitted};
 
 /// How long a write may wait for a quorum before failing.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -497,9 +501,20 @@ impl ClusterMember {
         Some((leader, node))
     }
 
-    /// Commits a proposal: directly when this node leads, else through the leader. Fails
-    /// after [`WRITE_TIMEOUT`] without a quorum.
+    /// Commits a configuration proposal: directly when this node leads, else through the
+    /// leader. Fails after [`WRITE_TIMEOUT`] without a quorum.
     pub async fn propose(&self, proposal: Proposal) -> Result<CommandOutcome, ClusterError> {
+        match self.write(Write::Config(proposal)).await? {
+            WriteOutcome::Config(outcome) => Ok(outcome),
+            WriteOutcome::Idempotency(_) => {
+                Err(setup("the state machine answered a configuration write with a record"))
+            }
+        }
+    }
+
+    /// Commits a write (configuration or idempotency records): directly when this node
+    /// leads, else through the leader. Fails after [`WRITE_TIMEOUT`] without a quorum.
+    pub async fn write(&self, write: Write) -> Result<WriteOutcome, ClusterError> {
         let attempt = async {
             let mut leaderless_since: Option<tokio::time::Instant> = None;
             loop {
@@ -516,19 +531,19 @@ impl ClusterMember {
                     leaderless_since = None;
                 }
                 match leader {
-                    Some((leader, _)) if leader == self.id => match self.raft.client_write(proposal.clone()).await {
+                    Some((leader, _)) if leader == self.id => match self.raft.client_write(write.clone()).await {
                         Ok(response) => return Ok(response.data),
                         Err(e) if e.forward_to_leader().is_some() => {}
                         Err(e) => return Err(ClusterError::Refused(e.to_string())),
                     },
                     Some((_, node)) => {
                         let mut client = self.peer_client(&node.rpc_addr)?;
-                        let payload = encode(&proposal).map_err(setup)?;
+                        let payload = encode(&write).map_err(setup)?;
                         match client.propose(ProposeRequest { proposal: payload }).await {
                             Ok(reply) => {
                                 let reply = reply.into_inner();
                                 if reply.error.is_empty() {
-                                    return decode::<CommandOutcome>(&reply.outcome).map_err(setup);
+                                    return decode::<WriteOutcome>(&reply.outcome).map_err(setup);
                                 }
                                 tracing::debug!(error = %reply.error, "leader refused a forwarded write; retrying");
                             }
@@ -908,4 +923,32 @@ fn write_record(data_dir: &Path, record: &NodeRecord) -> Result<(), ClusterError
 
 fn sha256_hex_of_pem(pem: &str) -> Result<String, ClusterError> {
     super::pki::fingerprint(pem).map_err(setup)
+}
+
+/// Idempotency records are written through the log, like configuration: a claim is
+/// committed by a quorum before its request is delivered.
+impl RecordLog for ClusterMember {
+    fn node_id(&self) -> NodeId {
+        self.id
+    }
+
+    fn submit(&self, command: IdempotencyCommand) -> Submitted<'_> {
+        Box::pin(async move {
+            match self.write(Write::Idempotency(command)).await {
+                Ok(WriteOutcome::Idempotency(answer)) => Ok(answer),
+                Ok(WriteOutcome::Config(_)) => {
+                    Err("the state machine answered a record with a configuration outcome".into())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn applied(
+        &self,
+        name: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<IdempotencyRecord>> + Send + '_>> {
+        let name = name.to_string();
+        Box::pin(async move { self.applied.read().await.idempotency.get(&name).cloned() })
+    }
 }

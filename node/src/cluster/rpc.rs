@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meridian_consensus::{NodeId, Proposal, TypeConfig};
+use meridian_consensus::{NodeId, TypeConfig, Write};
 use meridian_proto::node_server::{Node, NodeServer};
 use meridian_proto::{
     CacheFlush, GossipAck, GossipPayload, HealthPayload, JoinReply, JoinRequest, MembershipReply, MembershipRequest,
@@ -63,12 +63,12 @@ impl Node for NodeService {
 
     async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
         require_member(&request)?;
-        let proposal: Proposal = payload(&request.get_ref().proposal)?;
+        let write: Write = payload(&request.get_ref().proposal)?;
         // Forwarded writes are served only by the leader: one hop, never a loop.
         if self.member.raft.metrics().borrow().state != ServerState::Leader {
             return Ok(Response::new(ProposeReply { outcome: Vec::new(), error: "not the leader".into() }));
         }
-        let write = tokio::time::timeout(Duration::from_secs(10), self.member.raft.client_write(proposal)).await;
+        let write = tokio::time::timeout(Duration::from_secs(10), self.member.raft.client_write(write)).await;
         let reply = match write {
             Ok(Ok(response)) => match encode(&response.data) {
                 Ok(outcome) => ProposeReply { outcome, error: String::new() },

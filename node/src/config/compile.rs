@@ -175,6 +175,7 @@ mod authorizers;
 mod cache;
 mod cors;
 mod gateway_responses;
+mod idempotency;
 mod integrations;
 mod mapping;
 mod validation;
@@ -223,6 +224,8 @@ struct RouteSpec {
     validation: Option<Arc<crate::stages::validation::RequestValidation>>,
     /// The route's cache settings (`type: rest`), for stages with a cache.
     cache: Option<cache::RouteCacheSpec>,
+    /// How the route honours `Idempotency-Key` (`type: rest`).
+    idempotency: Option<idempotency::IdempotencySpec>,
     /// The integration's request mapping (`type: rest`).
     mapping: Option<mapping::MappingSpec>,
     /// The integration's responses (`type: rest`).
@@ -594,6 +597,13 @@ impl Compiler<'_> {
                 },
                 None => None,
             };
+            let idempotency = match &route.idempotency {
+                Some(def) => match self.idempotency(def, &format!("{rfield}.idempotency")) {
+                    Some(spec) => Some(spec),
+                    None => continue,
+                },
+                None => None,
+            };
             if let Some(integration) = integration {
                 let throttle = route.throttle.as_ref().and_then(|t| self.rate(t, &format!("{rfield}.throttle")));
                 specs.push(RouteSpec {
@@ -613,6 +623,7 @@ impl Compiler<'_> {
                     },
                     validation,
                     cache,
+                    idempotency,
                     mapping,
                     responses,
                     xml_upstream,
@@ -745,6 +756,11 @@ impl Compiler<'_> {
             // models.
             if let Some(validation) = &spec.validation {
                 stages.push(validation.clone());
+            }
+            // Idempotency after validation (an invalid request uses up no key) and before
+            // mapping (the client's request is fingerprinted, not the mapped one).
+            if let Some(idempotency) = &spec.idempotency {
+                stages.push(Self::idempotency_stage(idempotency, spec, api, stage_name));
             }
             // Mapping after validation: the client's body is validated, the mapped one is sent.
             let templated = spec.mapping.is_some() || spec.responses.is_some();

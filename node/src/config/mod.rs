@@ -93,6 +93,39 @@ mod tests {
         assert!(parse_str(ok, "t.yaml", Path::new(".")).is_ok());
     }
 
+    #[test]
+    fn idempotency_settings_are_checked_with_their_lines() {
+        let http = "listen: { http: 127.0.0.1:0 }\napis:\n  - id: pay\n    routes:\n      - { route: POST /a, idempotency: {}, integration: { type: mock } }\n";
+        let e = errors(http);
+        assert_eq!((e[0].line, e[0].field.as_str()), (5, "apis[0].routes[0].idempotency"), "{e:?}");
+        let e = errors(&http.replace("id: pay\n", "id: pay\n    type: rest\n").replace("{}", "{ in_flight: queue }"));
+        assert!(e[0].line == 6 && e[0].message.contains("`queue`"), "{e:?}");
+        let e = errors(
+            r#"listen: { http: 127.0.0.1:0 }
+apis:
+  - id: rest
+    type: rest
+    routes:
+      - route: POST /b
+        idempotency: { ttl: 8d, max_response_kib: 0, commit_timeout: 10ms }
+        integration: { type: mock }
+      - route: POST /c
+        idempotency: { ttl: soon, max_records: 2000000 }
+        integration: { type: mock }
+"#,
+        );
+        let found: Vec<(u64, &str)> = e.iter().map(|e| (e.line, e.field.as_str())).collect();
+        for expected in [
+            (7, "apis[0].routes[0].idempotency.ttl"),
+            (7, "apis[0].routes[0].idempotency.max_response_kib"),
+            (7, "apis[0].routes[0].idempotency.commit_timeout"),
+            (10, "apis[0].routes[1].idempotency.ttl"),
+            (10, "apis[0].routes[1].idempotency.max_records"),
+        ] {
+            assert!(found.contains(&expected), "{expected:?} not in {found:?}");
+        }
+    }
+
     const GOOD: &str = r#"
 listen: { http: 127.0.0.1:0 }
 apis:

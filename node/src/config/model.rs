@@ -298,6 +298,36 @@ pub enum CacheUnauthorized {
     Forbid,
 }
 
+/// `type: rest`: how a route honours `Idempotency-Key` (docs/CONFIG.md, "Idempotency keys").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyDef {
+    /// Refuse requests without a key (400); by default they are delivered as usual.
+    #[serde(default)]
+    pub required: bool,
+    /// How long a key's record is kept (default 24h; 1s to 7d).
+    pub ttl: Option<Spanned<String>>,
+    /// What a retry gets while the first attempt is in flight: `reject` (409, the default)
+    /// or `wait` for its response.
+    #[serde(default)]
+    pub in_flight: IdempotencyInFlight,
+    /// The largest response body kept for replay, in KiB (default 16, at most 256).
+    pub max_response_kib: Option<Spanned<u64>>,
+    /// The most records the stage holds (default 50000, at most 1000000).
+    pub max_records: Option<Spanned<u64>>,
+    /// How long a claim waits for the cluster to commit it before the request is refused
+    /// with 503 (default 5s; 100ms to 30s).
+    pub commit_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdempotencyInFlight {
+    #[default]
+    Reject,
+    Wait,
+}
+
 /// What a request validator checks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -351,6 +381,8 @@ pub struct RouteDef {
     pub required_parameters: Option<Spanned<Vec<String>>>,
     /// `type: rest`: how this route's answers are cached (when the stage has a cache).
     pub cache: Option<Spanned<RouteCacheDef>>,
+    /// `type: rest`: requests with an `Idempotency-Key` are delivered once.
+    pub idempotency: Option<Spanned<IdempotencyDef>>,
     /// CORS for this route, instead of the API's.
     pub cors: Option<Spanned<CorsDef>>,
 }

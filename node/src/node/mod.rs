@@ -197,6 +197,9 @@ impl Node {
     /// Serves the cluster's configuration from now on, and the cluster endpoints of the
     /// admin API.
     pub fn attach_cluster(&self, member: Arc<ClusterMember>) {
+        // Before the first cluster table is served: no idempotent route ever claims a key in
+        // the node's own ledger.
+        self.admin.pipeline.records().replicate_through(member.clone());
         crate::cluster::dataplane::spawn_sync(
             member.clone(),
             self.table.clone(),

@@ -146,7 +146,7 @@ impl Pipeline {
         }
         if stop.is_none() && target.chain.body_need(&head).is_some() {
             let body = if may_have_body(&head) { body } else { Bytes::new() };
-            let (decision, stopped) = decide(target.chain.request_body(&head, &body, &mut exchange, &services));
+            let (decision, stopped) = decide(target.chain.request_body(&head, &body, &mut exchange, &services).await);
             stages.push(StageStep {
                 stage: "(body stages)",
                 phase: "request body",

@@ -42,6 +42,7 @@ use crate::authorizers::Authorizers;
 use crate::body::ResponseBody;
 use crate::config::table::{RouteTarget, RoutingTable};
 use crate::gateway_responses::GatewayResponses;
+use crate::idempotency::IdempotencyRecords;
 use crate::integration::request_body::RequestBody;
 use crate::integration::upstreams::Upstreams;
 use crate::integration::{Integration, ProxyIntegration, UpstreamError};
@@ -78,6 +79,8 @@ pub struct Pipeline {
     blocks: Blocklist,
     /// Response caches, by stage, kept across reloads.
     caches: Arc<ResponseCaches>,
+    /// Idempotency records (the cluster's once the node has joined one).
+    records: Arc<IdempotencyRecords>,
     body_limit: BodyLimit,
     /// HTTP/1.1 heads are held to it by hyper; HTTP/2 heads here.
     max_headers: usize,
@@ -96,6 +99,8 @@ struct Served<'t> {
     integration_latency: Option<Duration>,
     /// The integration answered (the upstream, or a mock), not the gateway.
     integration_answered: bool,
+    /// The request went to the integration (see [`Exchange::sent_upstream`]).
+    sent_upstream: bool,
     reason: Option<std::borrow::Cow<'static, str>>,
 }
 
@@ -110,6 +115,7 @@ impl<'t> Served<'t> {
             chain: None,
             integration_latency: None,
             integration_answered: false,
+            sent_upstream: false,
             reason,
         }
     }
@@ -129,6 +135,7 @@ impl<'t> Served<'t> {
             chain: Some(&target.chain),
             integration_latency: None,
             integration_answered: false,
+            sent_upstream: false,
             reason,
         }
     }
@@ -181,6 +188,7 @@ impl Pipeline {
             authorizers: Authorizers::new(upstreams.clone()),
             blocks: Blocklist::default(),
             caches: Arc::default(),
+            records: Arc::default(),
             upstreams,
             body_limit: BodyLimit { max_bytes: limits.max_body_bytes },
             max_headers: limits.max_headers,
@@ -213,6 +221,7 @@ impl Pipeline {
         if let Some(chain) = served.chain {
             exchange.status = Some(parts.status);
             exchange.integration_answered = served.integration_answered;
+            exchange.sent_upstream = served.sent_upstream;
             chain.response_head(&mut parts, &mut exchange, &services);
             if chain.follows_response_body() {
                 body = ResponseBody::Wrapped(Box::pin(StagedBody::new(body, chain.clone(), exchange)));
@@ -240,6 +249,11 @@ impl Pipeline {
         &self.caches
     }
 
+    /// The node's idempotency records (a cluster member replicates them).
+    pub fn records(&self) -> &Arc<IdempotencyRecords> {
+        &self.records
+    }
+
     /// What the stages of a request on `table` enforce their policy with.
     fn services<'a>(&'a self, table: &'a RoutingTable, dry_run: bool) -> Services<'a> {
         Services {
@@ -249,6 +263,7 @@ impl Pipeline {
             authorizers: &self.authorizers,
             blocks: &self.blocks,
             caches: &self.caches,
+            records: &self.records,
             dry_run,
         }
     }
@@ -317,7 +332,7 @@ impl Pipeline {
                     Err(r) => return Served::rejected(r, target),
                 };
                 if let Some(bytes) = read.read()
-                    && let Flow::Stop(stop) = target.chain.request_body(&parts, bytes, exchange, services)
+                    && let Flow::Stop(stop) = target.chain.request_body(&parts, bytes, exchange, services).await
                 {
                     return Served::stopped(stop, target);
                 }
@@ -341,6 +356,7 @@ impl Pipeline {
                     chain: Some(&target.chain),
                     integration_latency: None,
                     integration_answered: true,
+                    sent_upstream: true,
                     reason: None,
                 };
             }
@@ -371,6 +387,8 @@ impl Pipeline {
         let sent = Instant::now();
         let result = proxy.forward(request, &self.upstreams).await;
         let integration_latency = Some(sent.elapsed());
+        // Whether the upstream may have seen the request: not when no connection took it.
+        let sent_upstream = !matches!(result, Err(UpstreamError::Connect(_) | UpstreamError::Busy));
         let rejection = match result {
             Ok(mut response) => {
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -388,6 +406,7 @@ impl Pipeline {
                     chain: Some(&target.chain),
                     integration_latency,
                     integration_answered: true,
+                    sent_upstream: true,
                     reason: None,
                 };
             }
@@ -409,7 +428,7 @@ impl Pipeline {
                 Rejection::new(StatusCode::BAD_GATEWAY, "the upstream could not be reached")
             }
         };
-        Served { integration_latency, ..Served::rejected(rejection, target) }
+        Served { integration_latency, sent_upstream, ..Served::rejected(rejection, target) }
     }
 }
 

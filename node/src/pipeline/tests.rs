@@ -74,9 +74,15 @@ impl Stage for Recorder {
         self.reads_body.then_some(BodyNeed::Whole(1024))
     }
 
-    fn request_body(&self, _: &request::Parts, body: &Bytes, _: &mut Exchange, _: &Services<'_>) -> Flow {
+    fn request_body<'a>(
+        &'a self,
+        _: &'a request::Parts,
+        body: &'a Bytes,
+        _: &'a mut Exchange,
+        _: &'a Services<'a>,
+    ) -> Step<'a> {
         self.note(format!("request body {}", String::from_utf8_lossy(body)));
-        Flow::Continue
+        Step::Done(Flow::Continue)
     }
 
     fn upstream_request(&self, head: &mut request::Parts, _: &mut Exchange) {

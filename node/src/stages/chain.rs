@@ -90,8 +90,9 @@ impl Chain {
         })
     }
 
-    /// Runs the request-body phase over the body read for it.
-    pub fn request_body(
+    /// Runs the request-body phase over the body read for it; the first stage that stops
+    /// the request ends it.
+    pub async fn request_body(
         &self,
         head: &request::Parts,
         body: &Bytes,
@@ -99,9 +100,14 @@ impl Chain {
         services: &Services<'_>,
     ) -> Flow {
         for stage in &self.request_body {
-            if stage.body_need(head).is_some()
-                && let Flow::Stop(stop) = stage.request_body(head, body, exchange, services)
-            {
+            if stage.body_need(head).is_none() {
+                continue;
+            }
+            let flow = match stage.request_body(head, body, exchange, services) {
+                Step::Done(flow) => flow,
+                Step::Waiting(waiting) => waiting.await,
+            };
+            if let Flow::Stop(stop) = flow {
                 return Flow::Stop(stop);
             }
         }

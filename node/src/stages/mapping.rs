@@ -145,8 +145,14 @@ impl Stage for RequestMapping {
         Some(BodyNeed::Whole(u64::MAX))
     }
 
-    fn request_body(&self, head: &Parts, body: &Bytes, exchange: &mut Exchange, services: &Services<'_>) -> Flow {
-        let Some(Chosen(template)) = exchange.extensions.remove::<Chosen>() else { return Flow::Continue };
+    fn request_body<'a>(
+        &'a self,
+        head: &'a Parts,
+        body: &'a Bytes,
+        exchange: &'a mut Exchange,
+        services: &'a Services<'a>,
+    ) -> Step<'a> {
+        let Some(Chosen(template)) = exchange.extensions.remove::<Chosen>() else { return Flow::Continue.into() };
         let mut inputs = self.scope.inputs(head, exchange);
         inputs.body = String::from_utf8_lossy(body).into_owned();
         match template.render(&inputs, self.bounds) {
@@ -154,7 +160,7 @@ impl Stage for RequestMapping {
                 if !services.dry_run {
                     exchange.replace_request_body(Bytes::from(rendered));
                 }
-                Flow::Continue
+                Flow::Continue.into()
             }
             Err(e) => {
                 tracing::warn!(error = %e, request_id = ?exchange.request_id, "the request mapping template failed");

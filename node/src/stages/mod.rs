@@ -7,7 +7,8 @@
 //! request head ─▶ request body ─▶ upstream request ─▶ (integration) ─▶ response head ─▶ response body ─▶ complete
 //!   may wait        buffered, only     headers on their                     every outcome,    streamed, chunk     logging,
 //!   (a callout)     when a stage       way upstream                         rejections too    by chunk            metrics
-//!                   asks for it
+//!                   asks for it;
+//!                   may wait (a claim)
 //! ```
 //!
 //! A [`Stage`] is a small type in its own file that overrides only the phases it uses and
@@ -32,6 +33,7 @@ pub mod cache;
 mod chain;
 pub mod cors;
 pub mod custom_authorizer;
+pub mod idempotency;
 pub mod integration_response;
 pub mod jwt;
 pub mod mapping;
@@ -154,6 +156,9 @@ pub struct Exchange {
     /// Whether the response is the integration's answer (not a refusal or an answer of the
     /// gateway's own, such as a cache hit).
     pub integration_answered: bool,
+    /// Whether the request went to the integration (which may have acted on it, answered or
+    /// not); `false` when it was stopped before, or no upstream connection took it.
+    pub sent_upstream: bool,
     /// Whatever stages keep for their later phases, by type.
     pub extensions: http::Extensions,
     /// What stages found, when the request is being explained (`meridian explain request`).
@@ -169,6 +174,7 @@ impl Exchange {
             client,
             status: None,
             integration_answered: false,
+            sent_upstream: false,
             extensions: http::Extensions::new(),
             notes: None,
             replaced_body: None,
@@ -250,6 +256,8 @@ pub struct Services<'r> {
     pub authorizers: &'r Authorizers,
     pub blocks: &'r waf::Blocklist,
     pub caches: &'r crate::response_cache::ResponseCaches,
+    /// Idempotency records: the node's own, or the cluster's once it has joined.
+    pub records: &'r std::sync::Arc<crate::idempotency::IdempotencyRecords>,
     /// The request is only being explained: stages decide as they would, but count,
     /// record and block nothing.
     pub dry_run: bool,
@@ -281,15 +289,16 @@ pub trait Stage: Send + Sync + fmt::Debug + 'static {
     }
 
     /// The request body as [`Stage::body_need`] asked for it: the whole body, or at least
-    /// the asked prefix of it (the whole body when it is shorter).
-    fn request_body(
-        &self,
-        _head: &request::Parts,
-        _body: &Bytes,
-        _exchange: &mut Exchange,
-        _services: &Services<'_>,
-    ) -> Flow {
-        Flow::Continue
+    /// the asked prefix of it (the whole body when it is shorter). May wait (a claim on a
+    /// record the cluster keeps).
+    fn request_body<'a>(
+        &'a self,
+        _head: &'a request::Parts,
+        _body: &'a Bytes,
+        _exchange: &'a mut Exchange,
+        _services: &'a Services<'a>,
+    ) -> Step<'a> {
+        Step::Done(Flow::Continue)
     }
 
     /// The request head as it will be sent upstream (proxy integrations only).

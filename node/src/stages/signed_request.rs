@@ -255,10 +255,16 @@ impl Stage for SignedRequestCheck {
         (signed_body && may_have_body(head)).then_some(BodyNeed::Whole(MAX_SIGNED_BODY))
     }
 
-    fn request_body(&self, head: &Parts, body: &Bytes, exchange: &mut Exchange, _: &Services<'_>) -> Flow {
+    fn request_body<'a>(
+        &'a self,
+        head: &'a Parts,
+        body: &'a Bytes,
+        exchange: &'a mut Exchange,
+        _: &'a Services<'a>,
+    ) -> Step<'a> {
         let Some(awaiting) = exchange.extensions.remove::<Arc<AwaitingBody>>() else {
             // Verified from the head already.
-            return Flow::Continue;
+            return Flow::Continue.into();
         };
         let hash = sha256_hex(body);
         let verified = match &awaiting.declared {
@@ -281,6 +287,6 @@ impl Stage for SignedRequestCheck {
             .into();
         }
         admitted(exchange, &awaiting.claim.access_key_id, awaiting.caller.clone());
-        Flow::Continue
+        Flow::Continue.into()
     }
 }

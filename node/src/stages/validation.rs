@@ -146,12 +146,18 @@ impl Stage for RequestValidation {
         Some(BodyNeed::Whole(u64::MAX))
     }
 
-    fn request_body(&self, head: &Parts, body: &Bytes, exchange: &mut Exchange, _: &Services<'_>) -> Flow {
-        let Some(model) = self.body.as_ref().and_then(|b| b.for_request(head)) else { return Flow::Continue };
+    fn request_body<'a>(
+        &'a self,
+        head: &'a Parts,
+        body: &'a Bytes,
+        exchange: &'a mut Exchange,
+        _: &'a Services<'a>,
+    ) -> Step<'a> {
+        let Some(model) = self.body.as_ref().and_then(|b| b.for_request(head)) else { return Flow::Continue.into() };
         match Self::check_body(model, body) {
             Ok(()) => {
                 exchange.note(|| format!("the body matches the model `{}`", model.name));
-                Flow::Continue
+                Flow::Continue.into()
             }
             Err(rejection) => rejection.into(),
         }

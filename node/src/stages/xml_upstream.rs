@@ -17,7 +17,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, response};
 
-use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, may_have_body, media_type, media_type_of};
+use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, may_have_body, media_type, media_type_of};
 use crate::body::BoundedCopy;
 use crate::mapping::xml;
 use crate::rejection::{Rejection, ResponseType};
@@ -66,9 +66,15 @@ impl Stage for XmlUpstream {
         (json && may_have_body(head)).then_some(BodyNeed::Whole(u64::MAX))
     }
 
-    fn request_body(&self, _: &Parts, body: &Bytes, exchange: &mut Exchange, services: &Services<'_>) -> Flow {
+    fn request_body<'a>(
+        &'a self,
+        _: &'a Parts,
+        body: &'a Bytes,
+        exchange: &'a mut Exchange,
+        services: &'a Services<'a>,
+    ) -> Step<'a> {
         if body.is_empty() {
-            return Flow::Continue;
+            return Flow::Continue.into();
         }
         let refused = |message: String| {
             Rejection::new(StatusCode::BAD_REQUEST, message)
@@ -87,7 +93,7 @@ impl Stage for XmlUpstream {
                     exchange.replace_request_body(Bytes::from(document));
                     exchange.extensions.insert(ConvertedRequest);
                 }
-                Flow::Continue
+                Flow::Continue.into()
             }
             Err(e) => refused(format!("the request body cannot be sent as XML: {e}")),
         }

@@ -183,7 +183,12 @@ impl Compiler<'_> {
             (Some(uri), None) => {
                 let refetch_interval = match &def.jwks_refetch_interval {
                     None => DEFAULT_REFETCH,
-                    Some(d) => self.bounded_duration(d, &format!("{field}.jwks_refetch_interval"), 1, 3600)?,
+                    Some(d) => self.bounded_duration(
+                        d,
+                        &format!("{field}.jwks_refetch_interval"),
+                        Duration::from_secs(1),
+                        Duration::from_secs(3600),
+                    )?,
                 };
                 let callee = match Callee::new(&uri.value, Duration::from_secs(10), tls?) {
                     Ok(c) if uri.value.starts_with("http://") || uri.value.starts_with("https://") => c,
@@ -227,7 +232,9 @@ impl Compiler<'_> {
         validation.validate_nbf = true;
         validation.leeway = match &def.clock_skew {
             None => DEFAULT_SKEW.as_secs(),
-            Some(d) => self.bounded_duration(d, &format!("{field}.clock_skew"), 0, 300)?.as_secs(),
+            Some(d) => self
+                .bounded_duration(d, &format!("{field}.clock_skew"), Duration::from_secs(0), Duration::from_secs(300))?
+                .as_secs(),
         };
         match &def.issuer {
             Some(iss) => validation.set_issuer(&[iss.value.as_str()]),
@@ -343,11 +350,15 @@ impl Compiler<'_> {
         }
         let timeout = match &def.timeout {
             None => DEFAULT_CALLOUT_TIMEOUT,
-            Some(t) => self.bounded_duration(t, &format!("{field}.timeout"), 1, 30)?,
+            Some(t) => {
+                self.bounded_duration(t, &format!("{field}.timeout"), Duration::from_secs(1), Duration::from_secs(30))?
+            }
         };
         let ttl = match &def.ttl {
             None => DEFAULT_TTL,
-            Some(t) => self.bounded_duration(t, &format!("{field}.ttl"), 0, 3600)?,
+            Some(t) => {
+                self.bounded_duration(t, &format!("{field}.ttl"), Duration::from_secs(0), Duration::from_secs(3600))?
+            }
         };
         let cache_size = match &def.cache_size {
             None => DEFAULT_CACHE_SIZE,
@@ -498,20 +509,36 @@ impl Compiler<'_> {
         ok.then_some(out)
     }
 
-    /// A duration from `min` to `max` seconds.
-    fn bounded_duration(&mut self, value: &Spanned<String>, field: &str, min: u64, max: u64) -> Option<Duration> {
+    /// A duration from `least` to `most`.
+    pub(super) fn bounded_duration(
+        &mut self,
+        value: &Spanned<String>,
+        field: &str,
+        least: Duration,
+        most: Duration,
+    ) -> Option<Duration> {
         match parse_duration(&value.value) {
-            Ok(d) if (Duration::from_secs(min)..=Duration::from_secs(max)).contains(&d) => Some(d),
+            Ok(d) if (least..=most).contains(&d) => Some(d),
             _ => {
                 self.sink.push(
                     value.referenced,
                     field,
-                    format!("a duration from {min}s to {max}s, e.g. `{}s`", min.max(1)),
+                    format!(
+                        "a duration from {} to {}, e.g. `{}`",
+                        spelled(least),
+                        spelled(most),
+                        spelled(least.max(Duration::from_secs(1)))
+                    ),
                 );
                 None
             }
         }
     }
+}
+
+/// A duration as configuration spells it (`300ms`, `30s`).
+fn spelled(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
 }
 
 /// Headers the gateway owns on the way upstream.

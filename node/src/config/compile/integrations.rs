@@ -46,6 +46,15 @@ impl IntegrationSpec {
             IntegrationSpec::Mock(_) => Duration::from_secs(1),
         }
     }
+
+    /// The longest the integration may take to answer with every retry it may make.
+    pub(super) fn longest_answer(&self) -> Duration {
+        let attempts = match self {
+            IntegrationSpec::Proxy(proxy) => 1 + proxy.retry.as_ref().map_or(0, |r| r.attempts),
+            IntegrationSpec::Mock(_) => 1,
+        };
+        self.timeout() * attempts
+    }
 }
 
 impl Compiler<'_> {

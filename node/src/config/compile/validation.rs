@@ -74,6 +74,7 @@ impl Compiler<'_> {
                 route.request_models.as_ref().map(|v| (v.referenced, "request_models")),
                 route.required_parameters.as_ref().map(|v| (v.referenced, "required_parameters")),
                 route.cache.as_ref().map(|v| (v.referenced, "cache")),
+                route.idempotency.as_ref().map(|v| (v.referenced, "idempotency")),
                 route.integration.request_templates.as_ref().map(|v| (v.referenced, "integration.request_templates")),
                 route
                     .integration

@@ -386,13 +386,19 @@ impl Stage for WafCheck {
         self.firewall.body_need().filter(|_| may_have_body(head)).map(BodyNeed::Prefix)
     }
 
-    fn request_body(&self, head: &Parts, body: &Bytes, exchange: &mut Exchange, services: &Services<'_>) -> Flow {
+    fn request_body<'a>(
+        &'a self,
+        head: &'a Parts,
+        body: &'a Bytes,
+        exchange: &'a mut Exchange,
+        services: &'a Services<'a>,
+    ) -> Step<'a> {
         let Some(AwaitingBody { next, client }) = exchange.extensions.remove::<AwaitingBody>() else {
             // Decided on the head already.
-            return Flow::Continue;
+            return Flow::Continue.into();
         };
         let verdict = self.firewall.evaluate(next, &Subject { head, client, body: Some(body) }, exchange, services);
-        self.settle(verdict, client, exchange)
+        self.settle(verdict, client, exchange).into()
     }
 
     fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange, services: &Services<'_>) {
