@@ -23,9 +23,10 @@ use crate::launcher::NodeProcess;
 use crate::scenario::ClusterShape;
 
 pub const ADMIN_TOKEN: &str = "chaos-admin-token-0123456789abcdef";
-/// The API every scenario deploys (stage `prod`).
-pub const API: &str = r#"apis:
-  - id: pets
+/// The API every scenario deploys (stage `prod`); with a payment service, a `type: rest`
+/// API whose `POST /pay` honours `Idempotency-Key`.
+pub fn api(payments: Option<SocketAddr>) -> String {
+    let common = r#"
     routes:
       - route: GET /health
         integration: { type: mock, status: 200, body: ok }
@@ -33,6 +34,13 @@ pub const API: &str = r#"apis:
         api_key_required: true
         integration: { type: mock, status: 200, body: ok }
 "#;
+    match payments {
+        None => format!("apis:\n  - id: pets{common}"),
+        Some(service) => format!(
+            "apis:\n  - id: pets\n    type: rest{common}      - route: POST /pay\n        idempotency: {{ commit_timeout: 2s }}\n        integration: {{ type: http_proxy, uri: \"http://{service}/pay\", timeout: 5s }}\n"
+        ),
+    }
+}
 pub const ZONE_NAME: &str = "chaos.test";
 pub const API_NAME: &str = "api.chaos.test";
 /// The value of the keyed clients' API key.
@@ -126,9 +134,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl ChaosCluster {
-    /// Starts `shape` on subnet `subnet`, configures the API, the zone, the regions and (with
-    /// `plan_rate`) a usage plan with the run's key; returns once every node serves.
-    pub async fn start(shape: &ClusterShape, subnet: u8, plan_rate: Option<u32>) -> Result<ChaosCluster, SetupError> {
+    /// Starts `shape` on subnet `subnet`, configures the API (with the `payments` service
+    /// when given), the zone, the regions and (with `plan_rate`) a usage plan with the run's
+    /// key; returns once every node serves.
+    pub async fn start(
+        shape: &ClusterShape,
+        subnet: u8,
+        plan_rate: Option<u32>,
+        payments: Option<SocketAddr>,
+    ) -> Result<ChaosCluster, SetupError> {
         let total = shape.regions * shape.nodes_per_region;
         let mut layout = Vec::new();
         for r in 0..shape.regions {
@@ -240,11 +254,11 @@ impl ChaosCluster {
             links.push(row);
         }
         let cluster = ChaosCluster { nodes, regions: shape.regions, subnet, rpc, client, links };
-        cluster.configure(plan_rate).await?;
+        cluster.configure(plan_rate, payments).await?;
         Ok(cluster)
     }
 
-    async fn configure(&self, plan_rate: Option<u32>) -> Result<(), SetupError> {
+    async fn configure(&self, plan_rate: Option<u32>, payments: Option<SocketAddr>) -> Result<(), SetupError> {
         let first = self.nodes[0].admin();
         let write = |method: &'static str, path: String, body: String| async move {
             let response = admin(first, method, &path, &body).await.map_err(setup(&path))?;
@@ -253,7 +267,7 @@ impl ChaosCluster {
             }
             Ok(())
         };
-        write("POST", "/v1/apis/pets/deployments?stage=prod".into(), API.into()).await?;
+        write("POST", "/v1/apis/pets/deployments?stage=prod".into(), api(payments)).await?;
         write("PUT", format!("/v1/dns/zones/{ZONE_NAME}"), format!("zone: {ZONE_NAME}\nrouted: [api]\nttl: 5\n"))
             .await?;
         for r in 0..self.regions {

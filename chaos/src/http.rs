@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 pub struct Response {
     pub status: u16,
     pub body: String,
+    /// `Idempotent-Replayed: true`: the gateway answered with a recorded response.
+    pub replayed: bool,
 }
 
 /// Why a request failed.
@@ -92,11 +94,14 @@ impl Connection {
                 name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
             })
             .unwrap_or(0);
+        let replayed = head.lines().any(|l| {
+            l.split_once(':').is_some_and(|(n, v)| n.eq_ignore_ascii_case("idempotent-replayed") && v.trim() == "true")
+        });
         while self.buffer.len() < header_end + length {
             self.fill().await?;
         }
         let body = String::from_utf8_lossy(&self.buffer[header_end..header_end + length]).into_owned();
-        Ok(Response { status, body })
+        Ok(Response { status, body, replayed })
     }
 
     async fn fill(&mut self) -> Result<(), HttpError> {
@@ -123,4 +128,78 @@ pub async fn call(
 ) -> Result<Response, HttpError> {
     let mut connection = Connection::open(addr, timeout).await?;
     connection.request(method, path, headers, body, timeout).await
+}
+
+/// A request as [`ServerConnection`] reads it: its head's lines and its body.
+pub struct ServerRequest {
+    head: String,
+    pub body: Vec<u8>,
+}
+
+impl ServerRequest {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// The server side of one keep-alive connection, for the services a scenario plays:
+/// `Content-Length` bodies only, heads up to 64 KiB.
+pub struct ServerConnection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl ServerConnection {
+    pub fn new(stream: TcpStream) -> Self {
+        ServerConnection { stream, buffer: Vec::with_capacity(4096) }
+    }
+
+    /// The next request, or `None` when the client closed the connection.
+    pub async fn next_request(&mut self) -> Result<Option<ServerRequest>, HttpError> {
+        let header_end = loop {
+            if let Some(i) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if self.buffer.len() > 64 * 1024 {
+                return Err(HttpError::Malformed);
+            }
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) if self.buffer.is_empty() => return Ok(None),
+                Ok(0) => return Err(HttpError::Broken("closed mid-request".into())),
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(HttpError::Broken(e.to_string())),
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buffer[..header_end]).into_owned();
+        let request = ServerRequest { head, body: Vec::new() };
+        let length: usize = request.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        if length > 1024 * 1024 {
+            return Err(HttpError::Malformed);
+        }
+        while self.buffer.len() < header_end + length {
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) => return Err(HttpError::Broken("closed mid-body".into())),
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(HttpError::Broken(e.to_string())),
+            }
+        }
+        let body = self.buffer[header_end..header_end + length].to_vec();
+        self.buffer.drain(..header_end + length);
+        Ok(Some(ServerRequest { body, ..request }))
+    }
+
+    /// Answers with `status` and a JSON `body`.
+    pub async fn respond(&mut self, status: u16, reason: &str, body: &str) -> Result<(), HttpError> {
+        let response = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.write_all(response.as_bytes()).await.map_err(|e| HttpError::Broken(e.to_string()))
+    }
 }

@@ -8,7 +8,7 @@
 //! - [`scenario`] is the data format of a scenario; [`SCENARIOS`] are the shipped ones;
 //! - [`cluster`] builds a scenario's cluster with a proxy on every controlled link;
 //! - [`workload`] drives clients (through DNS), writers and keyed clients and records the
-//!   timeline; [`runner`] applies the faults and checks the invariants; [`report`] writes
+//!   timeline; [`payments`] drives payments with idempotency keys and plays their service; [`runner`] applies the faults and checks the invariants; [`report`] writes
 //!   the JSON report and the SVG timeline.
 
 pub mod cluster;
@@ -16,6 +16,7 @@ pub mod dns;
 pub mod fault_proxy;
 pub mod http;
 pub mod launcher;
+pub mod payments;
 pub mod report;
 pub mod runner;
 pub mod scenario;
@@ -33,4 +34,5 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("rolling-restart", include_str!("../scenarios/rolling-restart.yaml")),
     ("quota-under-partition", include_str!("../scenarios/quota-under-partition.yaml")),
     ("random-faults", include_str!("../scenarios/random-faults.yaml")),
+    ("retry-storm", include_str!("../scenarios/retry-storm.yaml")),
 ];

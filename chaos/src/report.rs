@@ -44,6 +44,14 @@ pub struct Figures {
     /// Keyed clients: the busiest second of the partition, its first seconds included.
     pub keyed_peak_per_s: Option<u64>,
     pub keyed_limit: Option<u32>,
+    /// Payments started, succeeded, and attempts made (`retry-storm`).
+    pub payments: u64,
+    pub payments_succeeded: u64,
+    pub payment_attempts: u64,
+    /// Successful attempts answered with a recorded response.
+    pub payment_replays: u64,
+    /// Keys that reached the payment service more than once.
+    pub payments_delivered_twice: u64,
 }
 
 /// Everything about one run.
@@ -100,6 +108,13 @@ impl Report {
                 "  keyed: {a:.1} admitted/s against a limit of {l} ({:+.1} %), busiest second {}",
                 (a / f64::from(l) - 1.0) * 100.0,
                 f.keyed_peak_per_s.unwrap_or(0)
+            );
+        }
+        if f.payments > 0 {
+            let _ = writeln!(
+                out,
+                "  payments: {} started, {} succeeded in {} attempts ({} answered by a replay), {} delivered twice",
+                f.payments, f.payments_succeeded, f.payment_attempts, f.payment_replays, f.payments_delivered_twice
             );
         }
         for v in &self.verdicts {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::cluster::{ChaosCluster, SetupError, client_ip};
+use crate::payments::{self, Deliveries, Payment, PaymentLoad};
 use crate::report::{FaultEvent, Figures, Report, Verdict};
 use crate::scenario::{FaultSpec, LinkFault, Scenario, Target};
 use crate::seeded::Xorshift;
@@ -362,7 +363,18 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             scenario.name, scenario.cluster.regions, scenario.cluster.nodes_per_region
         );
     }
-    let cluster = Arc::new(ChaosCluster::start(&scenario.cluster, options.subnet, keyed_limit).await?);
+    let service = match &scenario.workload.payments {
+        Some(load) => Some(
+            payments::service(std::net::Ipv4Addr::LOCALHOST, options.seed, load.slowest_answer)
+                .await
+                .map_err(|e| SetupError(format!("the payment service: {e}")))?,
+        ),
+        None => None,
+    };
+    let cluster = Arc::new(
+        ChaosCluster::start(&scenario.cluster, options.subnet, keyed_limit, service.as_ref().map(|(addr, _)| *addr))
+            .await?,
+    );
     let timeline = Arc::new(Timeline::new());
     let shared = Arc::new(Shared {
         cluster: cluster.clone(),
@@ -383,6 +395,17 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             let keyed =
                 workload::client(cluster.clone(), region, rate, ClientKind::Keyed, timeline.clone(), stop.clone());
             workers.push(tokio::spawn(keyed));
+        }
+    }
+    let mut payers = Vec::new();
+    if let Some(load) = &scenario.workload.payments {
+        for region in 0..cluster.regions {
+            let load = PaymentLoad {
+                rate: load.rate / cluster.regions as f64,
+                attempt_timeout: load.attempt_timeout,
+                give_up_after: load.give_up_after,
+            };
+            payers.push(tokio::spawn(payments::clients(cluster.clone(), region, load, timeline.start, stop.clone())));
         }
     }
     if let Some(writers) = &scenario.workload.writers {
@@ -429,6 +452,13 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     for w in workers {
         let _ = w.await;
     }
+    // Payments under way retry until they succeed or give up.
+    let mut paid = Vec::new();
+    for p in payers {
+        if let Ok(done) = p.await {
+            paid.extend(done);
+        }
+    }
     // Writes still in flight finish or time out (the admin client waits 12 s at most).
     let deadline = Instant::now() + Duration::from_secs(13);
     while timeline.writes_in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
@@ -440,7 +470,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     for n in 0..cluster.nodes.len() {
         cluster.signal(n, libc::SIGCONT);
     }
-    let report = check(scenario, options, &shared, duration_s).await;
+    let deliveries = service.map(|(_, deliveries)| deliveries);
+    let report = check(scenario, options, &shared, duration_s, &paid, deliveries.as_ref()).await;
     cluster.stop().await;
     std::fs::create_dir_all(&options.report_dir)?;
     let base = options.report_dir.join(format!("{}-{}", scenario.name, options.seed));
@@ -480,7 +511,14 @@ fn progress(shared: &Shared, scenario: &Scenario, tick: usize) {
     }
 }
 
-async fn check(scenario: &Scenario, options: &RunOptions, shared: &Arc<Shared>, duration_s: f64) -> Report {
+async fn check(
+    scenario: &Scenario,
+    options: &RunOptions,
+    shared: &Arc<Shared>,
+    duration_s: f64,
+    paid: &[Payment],
+    deliveries: Option<&Deliveries>,
+) -> Report {
     let cluster = &shared.cluster;
     let timeline = &shared.timeline;
     let invariants = &scenario.invariants;
@@ -717,6 +755,10 @@ async fn check(scenario: &Scenario, options: &RunOptions, shared: &Arc<Shared>, 
         });
     }
 
+    if let Some(deliveries) = deliveries {
+        check_payments(invariants, paid, &lock(deliveries), &mut figures, &mut verdicts);
+    }
+
     let kept =
         if options.keep { cluster.keep().into_iter().map(|p| p.display().to_string()).collect() } else { Vec::new() };
     let passed = verdicts.iter().all(|v| v.passed);
@@ -734,6 +776,59 @@ async fn check(scenario: &Scenario, options: &RunOptions, shared: &Arc<Shared>, 
         failures,
         writes,
         kept,
+    }
+}
+
+/// Payments: each key reached the service at most once, each success exactly once.
+fn check_payments(
+    invariants: &crate::scenario::Invariants,
+    paid: &[Payment],
+    deliveries: &std::collections::HashMap<String, u32>,
+    figures: &mut Figures,
+    verdicts: &mut Vec<Verdict>,
+) {
+    let delivered = |key: &str| deliveries.get(key).copied().unwrap_or(0);
+    figures.payments = paid.len() as u64;
+    figures.payments_succeeded = paid.iter().filter(|p| p.succeeded.is_some()).count() as u64;
+    figures.payment_attempts = paid.iter().map(|p| u64::from(p.attempts)).sum();
+    figures.payment_replays = paid.iter().map(|p| u64::from(p.replays)).sum();
+    let twice: Vec<(&String, &u32)> = deliveries.iter().filter(|(_, n)| **n > 1).collect();
+    figures.payments_delivered_twice = twice.len() as u64;
+    if invariants.delivered_once {
+        let lost: Vec<&Payment> = paid.iter().filter(|p| p.succeeded.is_some() && delivered(&p.key) != 1).collect();
+        let story =
+            |p: &Payment| format!("{} ({} deliveries; answers {})", p.key, delivered(&p.key), p.answers.join(", "));
+        verdicts.push(Verdict {
+            invariant: "delivered once".into(),
+            passed: !paid.is_empty() && twice.is_empty() && lost.is_empty() && figures.payments_succeeded > 0,
+            detail: format!(
+                "{} payments, {} keys delivered, {} delivered twice, {} successes not delivered exactly once{}{}",
+                paid.len(),
+                deliveries.len(),
+                twice.len(),
+                lost.len(),
+                twice.first().map(|(k, n)| format!("; e.g. {k} delivered {n} times")).unwrap_or_default(),
+                lost.first().map(|p| format!("; e.g. {}", story(p))).unwrap_or_default(),
+            ),
+        });
+    }
+    if let Some(min) = invariants.min_payments_succeeded {
+        let share = figures.payments_succeeded as f64 / paid.len().max(1) as f64;
+        let failed = paid.iter().find(|p| p.succeeded.is_none());
+        verdicts.push(Verdict {
+            invariant: "payments succeed".into(),
+            passed: !paid.is_empty() && share >= min,
+            detail: format!(
+                "{} of {} payments succeeded ({:.1} %, at least {:.0} %){}",
+                figures.payments_succeeded,
+                paid.len(),
+                share * 100.0,
+                min * 100.0,
+                failed
+                    .map(|p| format!("; one that gave up: {} after {}", p.key, p.answers.join(", ")))
+                    .unwrap_or_default()
+            ),
+        });
     }
 }
 

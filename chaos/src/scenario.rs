@@ -76,6 +76,38 @@ pub struct Workload {
     pub clients: ClientLoad,
     pub writers: Option<WriterLoad>,
     pub keyed: Option<KeyedLoad>,
+    /// Payments with an `Idempotency-Key`, retried on every timeout and error.
+    pub payments: Option<PaymentsLoad>,
+}
+
+/// Payment clients (`retry-storm`): new keys per second, retried until a 2xx.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentsLoad {
+    /// New payments per second, spread over the client regions.
+    pub rate: f64,
+    /// How long one attempt waits for its answer (default 1s).
+    #[serde(default = "one_second", deserialize_with = "duration")]
+    pub attempt_timeout: Duration,
+    /// The longest the payment service takes to answer (default 1.5s): longer than the
+    /// attempt timeout, so that retries arrive while the first attempt is in flight.
+    #[serde(default = "one_and_a_half_seconds", deserialize_with = "duration")]
+    pub slowest_answer: Duration,
+    /// A payment stops retrying after this long (default 25s).
+    #[serde(default = "twenty_five_seconds", deserialize_with = "duration")]
+    pub give_up_after: Duration,
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn one_and_a_half_seconds() -> Duration {
+    Duration::from_millis(1500)
+}
+
+fn twenty_five_seconds() -> Duration {
+    Duration::from_secs(25)
 }
 
 /// One client per client region resolves the API name through DNS and sends requests.
@@ -198,6 +230,12 @@ pub struct Invariants {
     pub minority_writes_refused: bool,
     /// Smallest share of writes acknowledged (0.9 = 90 %): the cluster keeps committing.
     pub min_writes_acked: Option<f64>,
+    /// Payments: no key reaches the payment service twice, and every key a client saw
+    /// succeed reached it exactly once.
+    #[serde(default)]
+    pub delivered_once: bool,
+    /// Payments: the smallest share of them that succeeded (0.9 = 90 %).
+    pub min_payments_succeeded: Option<f64>,
 }
 
 impl Default for Invariants {
@@ -210,6 +248,8 @@ impl Default for Invariants {
             limit_overshoot: None,
             minority_writes_refused: false,
             min_writes_acked: None,
+            delivered_once: false,
+            min_payments_succeeded: None,
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum IdempotencyCommand {
         key: String,
         fingerprint: Vec<u8>,
         node: NodeId,
+        /// This attempt's own number (random): only it may complete or release the claim,
+        /// never an earlier attempt of the same node that is still settling.
+        attempt: u64,
         now_ms: u64,
         /// How long the claim is this node's to complete.
         lease_ms: u64,
@@ -40,10 +43,18 @@ pub enum IdempotencyCommand {
         /// The most records `scope` may hold; a claim beyond is refused.
         max_records: u64,
     },
-    /// Stores the response of a delivered request with the key this node claimed.
-    Complete { scope: String, key: String, fingerprint: Vec<u8>, node: NodeId, now_ms: u64, response: StoredResponse },
+    /// Stores the response of a delivered request with the key this attempt claimed.
+    Complete {
+        scope: String,
+        key: String,
+        fingerprint: Vec<u8>,
+        node: NodeId,
+        attempt: u64,
+        now_ms: u64,
+        response: StoredResponse,
+    },
     /// Gives a claim back: its request never reached the upstream, so a retry may deliver it.
-    Release { scope: String, key: String, fingerprint: Vec<u8>, node: NodeId, now_ms: u64 },
+    Release { scope: String, key: String, fingerprint: Vec<u8>, node: NodeId, attempt: u64, now_ms: u64 },
 }
 
 /// A response as it is kept for replay.
@@ -87,7 +98,7 @@ pub struct IdempotencyRecord {
 /// Where a key's request is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordState {
-    InFlight { node: NodeId, lease_until_ms: u64 },
+    InFlight { node: NodeId, attempt: u64, lease_until_ms: u64 },
     Completed(StoredResponse),
 }
 
@@ -174,7 +185,9 @@ impl IdempotencyLedger {
         self.clock_ms = self.clock_ms.max(now_ms);
         let mut changed = self.expire();
         let answer = match command {
-            IdempotencyCommand::Claim { scope, key, fingerprint, node, lease_ms, ttl_ms, max_records, .. } => {
+            IdempotencyCommand::Claim {
+                scope, key, fingerprint, node, attempt, lease_ms, ttl_ms, max_records, ..
+            } => {
                 let name = record_name(scope, key);
                 match self.records.get(&name) {
                     Some(record) if record.fingerprint != *fingerprint => IdempotencyAnswer::Mismatch,
@@ -195,6 +208,7 @@ impl IdempotencyLedger {
                             fingerprint: fingerprint.clone(),
                             state: RecordState::InFlight {
                                 node: *node,
+                                attempt: *attempt,
                                 lease_until_ms: self.clock_ms.saturating_add(*lease_ms),
                             },
                             expires_at_ms: self.clock_ms.saturating_add(*ttl_ms),
@@ -205,10 +219,10 @@ impl IdempotencyLedger {
                     }
                 }
             }
-            IdempotencyCommand::Complete { scope, key, fingerprint, node, response, .. } => {
+            IdempotencyCommand::Complete { scope, key, fingerprint, node, attempt, response, .. } => {
                 let name = record_name(scope, key);
                 match self.records.get_mut(&name) {
-                    Some(record) if held(record, fingerprint, *node) => {
+                    Some(record) if held(record, fingerprint, *node, *attempt) => {
                         record.state = RecordState::Completed(response.clone());
                         changed.push(name);
                         IdempotencyAnswer::Recorded
@@ -216,10 +230,10 @@ impl IdempotencyLedger {
                     _ => IdempotencyAnswer::NotHeld,
                 }
             }
-            IdempotencyCommand::Release { scope, key, fingerprint, node, .. } => {
+            IdempotencyCommand::Release { scope, key, fingerprint, node, attempt, .. } => {
                 let name = record_name(scope, key);
                 match self.records.get(&name) {
-                    Some(record) if held(record, fingerprint, *node) => {
+                    Some(record) if held(record, fingerprint, *node, *attempt) => {
                         self.remove(&name);
                         changed.push(name);
                         IdempotencyAnswer::Recorded
@@ -274,9 +288,10 @@ impl IdempotencyLedger {
     }
 }
 
-/// Whether `record` is an in-flight claim of `node` for this fingerprint.
-fn held(record: &IdempotencyRecord, fingerprint: &[u8], node: NodeId) -> bool {
-    record.fingerprint == fingerprint && matches!(record.state, RecordState::InFlight { node: n, .. } if n == node)
+/// Whether `record` is the in-flight claim this attempt of `node` made for this fingerprint.
+fn held(record: &IdempotencyRecord, fingerprint: &[u8], node: NodeId, attempt: u64) -> bool {
+    record.fingerprint == fingerprint
+        && matches!(record.state, RecordState::InFlight { node: n, attempt: a, .. } if n == node && a == attempt)
 }
 
 #[cfg(test)]
@@ -290,6 +305,7 @@ mod tests {
             key: key.into(),
             fingerprint: vec![fingerprint],
             node,
+            attempt: node,
             now_ms,
             lease_ms: 1_000,
             ttl_ms: 10_000,
@@ -303,6 +319,7 @@ mod tests {
             key: key.into(),
             fingerprint: vec![fingerprint],
             node,
+            attempt: node,
             now_ms,
             response: response(),
         }
@@ -350,10 +367,42 @@ mod tests {
             key: "k".into(),
             fingerprint: vec![1],
             node: 1,
+            attempt: 1,
             now_ms: 5,
         };
         assert_eq!(ledger.apply(&release), (IdempotencyAnswer::Recorded, vec![record_name("pay/prod", "k")]));
         assert_eq!(ledger.apply(&claim("k", 1, 2, 6)).0, IdempotencyAnswer::Claimed);
+    }
+
+    #[test]
+    fn an_earlier_attempt_settling_late_leaves_a_later_claim_alone() {
+        let mut ledger = IdempotencyLedger::default();
+        let claim_by = |attempt: u64, now_ms: u64| IdempotencyCommand::Claim {
+            scope: "pay/prod".into(),
+            key: "k".into(),
+            fingerprint: vec![1],
+            node: 2,
+            attempt,
+            now_ms,
+            lease_ms: 1_000,
+            ttl_ms: 10_000,
+            max_records: 3,
+        };
+        let release_by = |attempt: u64| IdempotencyCommand::Release {
+            scope: "pay/prod".into(),
+            key: "k".into(),
+            fingerprint: vec![1],
+            node: 2,
+            attempt,
+            now_ms: 50,
+        };
+        // Attempt 7 timed out and gave its claim back; attempt 8 of the same node claimed
+        // the key again and delivered. Attempt 7's release, retried, must not free it.
+        ledger.apply(&claim_by(7, 0));
+        assert_eq!(ledger.apply(&release_by(7)).0, IdempotencyAnswer::Recorded);
+        assert_eq!(ledger.apply(&claim_by(8, 10)).0, IdempotencyAnswer::Claimed);
+        assert_eq!(ledger.apply(&release_by(7)).0, IdempotencyAnswer::NotHeld);
+        assert!(matches!(ledger.apply(&claim_by(9, 60)).0, IdempotencyAnswer::InFlight { .. }));
     }
 
     #[test]
@@ -391,6 +440,7 @@ mod tests {
                 key: key.into(),
                 fingerprint: vec![fingerprint],
                 node,
+                attempt: node,
                 now_ms,
             },
         })

@@ -491,6 +491,7 @@ mod tests {
                 key: key.into(),
                 fingerprint: vec![7],
                 node: 1,
+                attempt: 1,
                 now_ms: 1_000,
                 lease_ms: 100,
                 ttl_ms: 60_000,

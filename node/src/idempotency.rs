@@ -133,6 +133,7 @@ mod tests {
             key: "k".into(),
             fingerprint: vec![1],
             node,
+            attempt: 1,
             now_ms: now_ms(),
             lease_ms: 1_000,
             ttl_ms: 60_000,

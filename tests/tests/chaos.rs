@@ -54,6 +54,14 @@ fn minority_writes_fail_cleanly() {
 }
 
 #[test]
+fn a_retry_storm_delivers_no_payment_twice() {
+    let report = passes("retry-storm", 80);
+    let f = &report["figures"];
+    assert_eq!(f["payments_delivered_twice"], 0, "{f}");
+    assert!(f["payment_replays"].as_u64().unwrap() > 0, "retries were answered by replays: {f}");
+}
+
+#[test]
 fn a_broken_invariant_fails_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let scenario = dir.path().join("impossible.yaml");

@@ -174,3 +174,26 @@ async fn a_request_that_never_left_gives_its_key_back_and_records_expire() {
     assert_eq!((later.status, later.header("idempotent-replayed")), (201, ""));
     assert_eq!(deliveries.lock().unwrap()[r#"/brief {"n":2}"#], 1);
 }
+
+/// A client that goes away before the answer does not leave its key in flight forever: the
+/// gateway carries the request to its end, records the answer, and the retry gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_still_gets_the_answer_on_its_retry() {
+    use tokio::io::AsyncWriteExt;
+    let deliveries: Deliveries = Arc::default();
+    let node = start_node(config(payments(deliveries.clone()).await, closed_port().await)).await;
+    let gw = node.http.expect("http listener");
+
+    let mut abandoned = tokio::net::TcpStream::connect(gw).await.unwrap();
+    abandoned
+        .write_all(b"POST /prod/slow HTTP/1.1\r\nhost: pay.test\r\ncontent-type: application/json\r\nidempotency-key: gone-1\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(abandoned);
+    // The upstream answers 600 ms after it got the request; then the answer is recorded.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let retry = post(gw, "/prod/slow", Some("gone-1"), "{}").await;
+    assert_eq!((retry.status, retry.header("idempotent-replayed")), (201, "true"), "{:?}", retry.body);
+    assert_eq!(deliveries.lock().unwrap()["/slow {}"], 1);
+}

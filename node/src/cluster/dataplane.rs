@@ -59,6 +59,7 @@ pub fn compile(state: &ConfigState, default_rate: Rate, data_key: &DataKey) -> R
         mappings.sort_by_key(|m| std::cmp::Reverse(m.base_path.len()));
         domains.insert(name.clone(), mappings);
     }
+    let keeps_responses = crate::config::table::keeps_responses(&apis);
     RoutingTable {
         revision: state.revision,
         domains,
@@ -66,6 +67,7 @@ pub fn compile(state: &ConfigState, default_rate: Rate, data_key: &DataKey) -> R
         unrouted: Arc::new(RouteObserver::new("", "", "", "", None)),
         keys: keys(state),
         credentials: credentials(state, data_key),
+        keeps_responses,
     }
 }
 

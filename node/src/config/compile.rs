@@ -274,6 +274,7 @@ impl Compiler<'_> {
         let cluster = file.cluster.as_ref().and_then(|c| self.cluster(c, &file));
 
         let unrouted = Arc::new(RouteObserver::new("", "", "", "", None));
+        let keeps_responses = keeps_responses(&apis);
         match (self.sink.is_empty(), admin_listen, limits) {
             (true, Some(admin_listen), Some(limits)) => Ok(GatewayConfig {
                 listen_http,
@@ -289,6 +290,7 @@ impl Compiler<'_> {
                     unrouted,
                     keys: KeyRing::default(),
                     credentials: Default::default(),
+                    keeps_responses,
                 },
                 certificates,
                 cluster,
@@ -699,6 +701,7 @@ impl Compiler<'_> {
         });
         let stage_cache = self.stage_cache(stage, field);
         let mut router = Router::default();
+        let mut keeps_responses = false;
         for spec in specs {
             let integration = match &spec.integration {
                 IntegrationSpec::Mock(m) => Integration::Mock(m.clone()),
@@ -783,10 +786,12 @@ impl Compiler<'_> {
             if let (Some(responses), Some(scope)) = (&spec.responses, &scope) {
                 stages.push(Self::responses_stage(responses, scope));
             }
+            let chain = Arc::new(Chain::new(stages));
+            keeps_responses |= chain.keeps_response();
             // Duplicates were refused when the routes were parsed.
             let target = RouteTarget {
                 integration,
-                chain: Arc::new(Chain::new(stages)),
+                chain,
                 observer,
                 allow_encoded_slashes: spec.allow_encoded_slashes,
                 answers_preflight: spec.cors.is_some(),
@@ -802,6 +807,7 @@ impl Compiler<'_> {
             unrouted: Arc::new(RouteObserver::new(api, stage_name, "", self.deployment, log_template)),
             default_endpoint,
             gateway_responses,
+            keeps_responses,
         }
     }
 

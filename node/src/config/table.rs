@@ -51,6 +51,8 @@ pub struct StageRoutes {
     pub default_endpoint: bool,
     /// How the API words the gateway's own answers, for requests that match no route.
     pub gateway_responses: Option<Arc<GatewayResponses>>,
+    /// Whether a route records responses (see `Stage::keeps_response`).
+    pub keeps_responses: bool,
 }
 
 /// A canary: a share of a stage's requests served by another deployment.
@@ -105,6 +107,16 @@ pub struct RoutingTable {
     pub keys: KeyRing,
     /// Credentials for signed requests, their secrets opened.
     pub credentials: Credentials,
+    /// Whether a route records responses: requests are then carried to their end even when
+    /// their client goes away ([`keeps_responses`]).
+    pub keeps_responses: bool,
+}
+
+/// Whether any stage (or canary) of `apis` has a route that records responses.
+pub fn keeps_responses(apis: &HashMap<String, HashMap<String, Arc<StageTarget>>>) -> bool {
+    apis.values().flat_map(|stages| stages.values()).any(|target| {
+        target.primary.keeps_responses || target.canary.as_ref().is_some_and(|c| c.routes.keeps_responses)
+    })
 }
 
 /// Protective limits of the listeners.
@@ -178,6 +190,7 @@ mod tests {
             unrouted: Arc::new(RouteObserver::new("a", stage, "", "", None)),
             default_endpoint: true,
             gateway_responses: None,
+            keeps_responses: false,
         })
     }
 

@@ -197,8 +197,28 @@ impl Pipeline {
         }
     }
 
-    /// Serves one request; never fails, every problem becomes a response.
-    pub async fn handle(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ObservedBody> {
+    /// Serves one request; never fails, every problem becomes a response. When a route of
+    /// the table records responses, the request runs on a task of its own, so that it is
+    /// carried to its end (the upstream's answer read and recorded) even if its client goes
+    /// away and the connection drops this future.
+    pub async fn handle(self: &Arc<Self>, request: Request<Incoming>, conn: &Arc<ConnInfo>) -> Response<ObservedBody> {
+        if !self.table.load().keeps_responses {
+            return self.serve_here(request, conn).await;
+        }
+        let (pipeline, conn_info) = (self.clone(), conn.clone());
+        match tokio::spawn(async move { pipeline.serve_here(request, &conn_info).await }).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::error!(error = %e, "a request's task ended without a response");
+                let rejection = Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, "the request could not be served");
+                let response = rejection.into_response(&request_id::assign(&http::HeaderMap::new()));
+                let (parts, body) = response.into_parts();
+                Response::from_parts(parts, ObservedBody::unobserved(body))
+            }
+        }
+    }
+
+    async fn serve_here(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ObservedBody> {
         let started = Instant::now();
         self.in_flight.increment(1.0);
         let request_id = request_id::assign(request.headers());

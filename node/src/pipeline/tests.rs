@@ -178,6 +178,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
         unrouted: Arc::new(RouteObserver::new("a", "s", "", "", None)),
         default_endpoint: true,
         gateway_responses: None,
+        keeps_responses: false,
     };
     let table = RoutingTable {
         revision: 1,
@@ -189,6 +190,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
         unrouted: Arc::new(RouteObserver::new("", "", "", "", None)),
         keys: Default::default(),
         credentials: Default::default(),
+        keeps_responses: false,
     };
     let limits = crate::config::parse_str("{}", "test", std::path::Path::new(".")).unwrap().limits;
     let pipeline = Arc::new(Pipeline::new(

@@ -26,6 +26,8 @@ pub struct Chain {
     complete: Vec<Arc<dyn Stage>>,
     /// Whether a response-body stage may change the body.
     rewrites_body: bool,
+    /// Whether a stage records responses (see [`Stage::keeps_response`]).
+    keeps_response: bool,
 }
 
 impl Chain {
@@ -48,6 +50,7 @@ impl Chain {
             rewrites_body: stages
                 .iter()
                 .any(|s| s.phases().contains(Phases::RESPONSE_BODY) && s.rewrites_response_body()),
+            keeps_response: stages.iter().any(|s| s.keeps_response()),
             stages,
         }
     }
@@ -131,6 +134,12 @@ impl Chain {
         }
     }
 
+    /// Whether a stage records responses: requests on the route are carried to their end
+    /// when the client goes away.
+    pub fn keeps_response(&self) -> bool {
+        self.keeps_response
+    }
+
     /// Whether the response body needs [`StagedBody`] (a stage reads it or waits for the end).
     pub fn follows_response_body(&self) -> bool {
         !self.response_body.is_empty() || !self.complete.is_empty()
@@ -169,8 +178,38 @@ impl StagedBody {
     }
 }
 
+/// How long a body the client abandoned is still read for the stages that record it.
+const ABANDONED_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Drop for StagedBody {
     fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // The client went away mid-body: a chain that records responses reads the rest
+        // (bounded in time) through its stages before it completes.
+        if self.chain.keeps_response
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let rest = StagedBody {
+                inner: std::mem::replace(&mut self.inner, ResponseBody::Empty),
+                chain: self.chain.clone(),
+                exchange: std::mem::replace(
+                    &mut self.exchange,
+                    Exchange::new(http::HeaderValue::from_static(""), std::net::Ipv4Addr::UNSPECIFIED.into()),
+                ),
+                done: false,
+            };
+            self.done = true;
+            runtime.spawn(async move {
+                use http_body_util::BodyExt;
+                let mut rest = rest;
+                let drained = async { while let Some(Ok(_)) = rest.frame().await {} };
+                let _ = tokio::time::timeout(ABANDONED_BODY_TIME, drained).await;
+                // Dropped here: completes whatever did not end.
+            });
+            return;
+        }
         self.finish();
     }
 }

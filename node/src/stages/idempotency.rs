@@ -116,6 +116,8 @@ struct Claim {
     command_key: String,
     fingerprint: Vec<u8>,
     node: meridian_consensus::NodeId,
+    /// This attempt's number: only it settles the claim.
+    attempt: u64,
     copy: Option<(StatusCode, HeaderMap, BoundedCopy)>,
 }
 
@@ -226,11 +228,13 @@ impl IdempotentDelivery {
         let node = records.node_id();
         let started = Instant::now();
         loop {
+            let attempt = crate::fast_random::next_u64();
             let command = IdempotencyCommand::Claim {
                 scope: self.scope.to_string(),
                 key: command_key.clone(),
                 fingerprint: fingerprint.clone(),
                 node,
+                attempt,
                 now_ms: now_ms(),
                 lease_ms: self.lease.as_millis() as u64,
                 ttl_ms: self.ttl.as_millis() as u64,
@@ -243,7 +247,7 @@ impl IdempotentDelivery {
                     if matches!(e, RecordError::Timeout(_)) {
                         // The claim may still commit after this: give it back, so that a
                         // retry is not refused for a request that was never delivered.
-                        let claim = Claim { records, command_key, fingerprint, node, copy: None };
+                        let claim = Claim { records, command_key, fingerprint, node, attempt, copy: None };
                         self.settle(claim, None);
                     }
                     tracing::warn!(error = %e, request_id = ?exchange.request_id, "an idempotency key could not be claimed; the request was not delivered");
@@ -264,7 +268,7 @@ impl IdempotentDelivery {
             match answer {
                 IdempotencyAnswer::Claimed => {
                     self.metrics.delivered.increment(1);
-                    let claim = Claim { records, command_key, fingerprint, node, copy: None };
+                    let claim = Claim { records, command_key, fingerprint, node, attempt, copy: None };
                     exchange.extensions.insert::<ClaimSlot>(Arc::new(Mutex::new(Some(claim))));
                     return Flow::Continue;
                 }
@@ -318,13 +322,14 @@ impl IdempotentDelivery {
 
     /// Records the claim's outcome (or gives it back) in the background.
     fn settle(&self, claim: Claim, response: Option<StoredResponse>) {
-        let Claim { records, command_key, fingerprint, node, .. } = claim;
+        let Claim { records, command_key, fingerprint, node, attempt, .. } = claim;
         let command = match response {
             Some(response) => IdempotencyCommand::Complete {
                 scope: self.scope.to_string(),
                 key: command_key,
                 fingerprint,
                 node,
+                attempt,
                 now_ms: now_ms(),
                 response,
             },
@@ -333,6 +338,7 @@ impl IdempotentDelivery {
                 key: command_key,
                 fingerprint,
                 node,
+                attempt,
                 now_ms: now_ms(),
             },
         };
@@ -433,6 +439,10 @@ impl Stage for IdempotentDelivery {
 
     fn rewrites_response_body(&self) -> bool {
         false
+    }
+
+    fn keeps_response(&self) -> bool {
+        true
     }
 
     fn response_body(&self, chunk: &mut Option<Bytes>, end_of_stream: bool, exchange: &mut Exchange) {

@@ -317,6 +317,13 @@ pub trait Stage: Send + Sync + fmt::Debug + 'static {
         true
     }
 
+    /// Whether the stage records responses (idempotency): a request on its route is then
+    /// carried to its end when the client goes away, the upstream call answered and its body
+    /// read through the response phases, so that what the upstream did is recorded.
+    fn keeps_response(&self) -> bool {
+        false
+    }
+
     /// The request is over (its response was sent, or the client went away).
     fn complete(&self, _exchange: &Exchange) {}
 }

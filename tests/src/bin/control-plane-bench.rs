@@ -47,7 +47,7 @@ async fn write_ok(addr: SocketAddr, method: &str, path: &str, body: &str) -> boo
 async fn measure(rtt: Duration, subnet: u8, applies: usize, kills: usize, write_time: Duration) -> Figures {
     eprintln!("== {} ms between regions: starting a 3-region cluster on 127.{{1,2,3}}.{subnet}.1", rtt.as_millis());
     let shape = ClusterShape { regions: 3, nodes_per_region: 1, heartbeat: None };
-    let cluster = ChaosCluster::start(&shape, subnet, None).await.unwrap_or_else(|e| panic!("{e}"));
+    let cluster = ChaosCluster::start(&shape, subnet, None, None).await.unwrap_or_else(|e| panic!("{e}"));
     cluster.degrade(&[(0, 1), (0, 2), (1, 2)], rtt / 2, Duration::ZERO, 0.0, 0);
     let admins: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.admin()).collect();
     let gateways: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.gateway()).collect();
