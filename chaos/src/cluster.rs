@@ -24,7 +24,8 @@ use crate::scenario::ClusterShape;
 
 pub const ADMIN_TOKEN: &str = "chaos-admin-token-0123456789abcdef";
 /// The API every scenario deploys (stage `prod`); with a payment service, a `type: rest`
-/// API whose `POST /pay` honours `Idempotency-Key`.
+/// API whose `POST /pay` honours `Idempotency-Key` (and `POST /pay-plain`, the same call
+/// without it, for the benchmark's comparison).
 pub fn api(payments: Option<SocketAddr>) -> String {
     let common = r#"
     routes:
@@ -37,7 +38,7 @@ pub fn api(payments: Option<SocketAddr>) -> String {
     match payments {
         None => format!("apis:\n  - id: pets{common}"),
         Some(service) => format!(
-            "apis:\n  - id: pets\n    type: rest{common}      - route: POST /pay\n        idempotency: {{ commit_timeout: 2s }}\n        integration: {{ type: http_proxy, uri: \"http://{service}/pay\", timeout: 5s }}\n"
+            "apis:\n  - id: pets\n    type: rest{common}      - route: POST /pay\n        idempotency: {{ commit_timeout: 2s }}\n        integration: {{ type: http_proxy, uri: \"http://{service}/pay\", timeout: 5s }}\n      - route: POST /pay-plain\n        integration: {{ type: http_proxy, uri: \"http://{service}/pay\", timeout: 5s }}\n"
         ),
     }
 }

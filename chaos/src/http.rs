@@ -68,7 +68,9 @@ impl Connection {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Result<Response, HttpError> {
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: meridian\r\nContent-Length: {}\r\n", body.len());
+        // `Host: meridian` unless the caller names a host.
+        let host = if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) { "" } else { "Host: meridian\r\n" };
+        let mut request = format!("{method} {path} HTTP/1.1\r\n{host}Content-Length: {}\r\n", body.len());
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }

@@ -203,6 +203,10 @@ apis:
       # template, and the answer mapped by a response template; against the same POST plain.
       - route: POST /posted/{proxy+}
         integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+      # The same POST with a new Idempotency-Key on every request (the node's own ledger).
+      - route: POST /idempotent/{proxy+}
+        idempotency: { ttl: 20s, max_records: 1000000 }
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
       - route: POST /rest/{proxy+}
         request_validator: body
         request_models: { application/json: Order }
@@ -334,6 +338,17 @@ if [ "$STAGES" = 1 ]; then
   printf '{%s}' "$(for i in $(seq -f '%02g' 1 20); do printf '"p%s": "%s",' "$i" "$(printf 'v%.0s' $(seq 1 95))"; done | sed 's/,$//')" > "$work/order.json"
   lua_body=$(sed 's/\\/\\\\/g; s/"/\\"/g' "$work/order.json")
   printf 'wrk.method = "POST"\nwrk.body = "%s"\nwrk.headers["Content-Type"] = "application/json"\n' "$lua_body" > "$work/post.lua"
+  # The same POST with a new key each time: the thread's number, the run's second, a count.
+  cat "$work/post.lua" - > "$work/keyed-post.lua" <<'LUA'
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+function init(args) count = 0; run = os.time() end
+function request()
+  count = count + 1
+  wrk.headers["Idempotency-Key"] = run .. "-" .. tid .. "-" .. count
+  return wrk.format()
+end
+LUA
   # Each stage route is measured right next to its reference (the open route; nginx's
   # proxy_cache for cache hits), the two in alternating order from round to round, and the
   # ratio is taken within each pair: this VM drifts by 20 % over a minute, more than most
@@ -346,6 +361,7 @@ if [ "$STAGES" = 1 ]; then
       cors) measure "$base/cors/hello" "$meridian_pid" "Origin: https://app.bench.test" ;;
       posted) measure "$base/posted/hello" "$meridian_pid" "x-token: none" "$work/post.lua" ;;
       rest) measure "$base/rest/hello" "$meridian_pid" "x-token: none" "$work/post.lua" ;;
+      idempotent) measure "$base/idempotent/hello" "$meridian_pid" "x-token: none" "$work/keyed-post.lua" ;;
       waf) measure "http://127.0.0.1:$MERIDIAN_PORT/waf/hello?page=2&sort=name" "$meridian_pid" "x-token: none" ;;
       cache) measure "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" "$meridian_pid" "x-token: none" ;;
       nginx_cache) measure "http://127.0.0.1:$NGINX_PORT/cached/hello" "$nginx_worker" "x-token: none" ;;
@@ -353,8 +369,9 @@ if [ "$STAGES" = 1 ]; then
   }
   for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round/$ROUNDS: each stage route next to the open route, cache hits next to nginx's ($DURATION each)"
-    for t in jwt custom cors waf rest cache; do
-      reference=open; [ "$t" = cache ] && reference=nginx_cache; [ "$t" = rest ] && reference=posted
+    for t in jwt custom cors waf rest idempotent cache; do
+      reference=open; [ "$t" = cache ] && reference=nginx_cache
+      [ "$t" = rest ] || [ "$t" = idempotent ] && reference=posted
       if (( round % 2 )); then pair=("$reference" "$t"); else pair=("$t" "$reference"); fi
       for x in "${pair[@]}"; do
         result=$(run_target "$x")
@@ -372,7 +389,7 @@ if [ "$STAGES" = 1 ]; then
   echo
   echo "median of $ROUNDS rounds:"
   printf '%-34s %12s %10s %10s %16s\n' "meridian route" "req/s" "p50 ms" "p99 ms" "CPU us/request"
-  for t in open jwt custom cors waf posted rest cache nginx_cache; do
+  for t in open jwt custom cors waf posted rest idempotent cache nginx_cache; do
     printf '%-34s %12s %10s %10s %16s\n' "$t" "$(col "$t" 2)" "$(col "$t" 3)" "$(col "$t" 4)" "$(col "$t" 5)"
   done
   echo
@@ -383,6 +400,8 @@ if [ "$STAGES" = 1 ]; then
     "$(col pair_jwt 3)" "$(col pair_custom 3)" "$(col pair_cors 3)" "$(col pair_waf 3)"
   printf 'validation + request and response templates (2 KiB body, 20 properties) / the same POST plain: %.2fx (goal >= 0.80x), %+.1f us of CPU\n' \
     "$(col pair_rest 2)" "$(col pair_rest 3)"
+  printf 'idempotent POST (a new Idempotency-Key each request, the node'"'"'s own ledger) / the same POST plain: %.2fx, %+.1f us of CPU\n' \
+    "$(col pair_idempotent 2)" "$(col pair_idempotent 3)"
   # Cache hits: the same response from Meridian's cache and from nginx's proxy_cache.
   curl -sf -o /dev/null -D - "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" | grep -qi '^x-cache: hit' \
     || { echo "meridian's cached route did not answer from its cache" >&2; exit 1; }

@@ -6,10 +6,13 @@
 //! round trip it prints:
 //! - apply → served by every node: p50/p99 over the applies (goal p99 ≤ 2 × RTT + 50 ms);
 //! - SIGKILL of the leader → next committed write, also as a multiple of the RTT;
-//! - configuration writes per second, sustained by concurrent writers.
+//! - configuration writes per second, sustained by concurrent writers;
+//! - what an idempotency key costs: a POST with a new `Idempotency-Key` (its claim is a Raft
+//!   write before delivery) against the same POST without one, p50/p99, through every node
+//!   in turn.
 //!
-//! `SMOKE=1` runs one short round (80 ms, 3 applies, 1 kill, 1 s of writes) for CI: it fails
-//! unless every apply and write it timed was acknowledged.
+//! `SMOKE=1` runs one short round (80 ms, 3 applies, 1 kill, 1 s of writes, 5 payments) for
+//! CI: it fails unless every apply, write and payment it timed was acknowledged.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -38,16 +41,43 @@ struct Figures {
     visible: Vec<Duration>,
     failovers: Vec<Duration>,
     writes_per_second: f64,
+    /// POSTs with a new idempotency key, and the same POSTs without one.
+    idempotent: Vec<Duration>,
+    plain: Vec<Duration>,
 }
 
 async fn write_ok(addr: SocketAddr, method: &str, path: &str, body: &str) -> bool {
     admin(addr, method, path, body).await.is_ok_and(|r| r.status == 200)
 }
 
-async fn measure(rtt: Duration, subnet: u8, applies: usize, kills: usize, write_time: Duration) -> Figures {
+/// One POST on a fresh connection, timed; it must be answered 201.
+async fn timed_post(gateway: SocketAddr, path: &str, key: Option<&str>) -> Duration {
+    // Two APIs are served (the benchmark's and the payments'): the host names the API.
+    let mut headers = vec![("host", "pets.bench"), ("content-type", "application/json")];
+    if let Some(key) = key {
+        headers.push(("idempotency-key", key));
+    }
+    let started = Instant::now();
+    let answer =
+        meridian_chaos::http::call(gateway, "POST", path, &headers, "{\"amount\":10}", Duration::from_secs(10)).await;
+    assert!(answer.as_ref().is_ok_and(|r| r.status == 201), "POST {path} via {gateway}: {answer:?}");
+    started.elapsed()
+}
+
+async fn measure(
+    rtt: Duration,
+    subnet: u8,
+    applies: usize,
+    kills: usize,
+    write_time: Duration,
+    payments: usize,
+) -> Figures {
     eprintln!("== {} ms between regions: starting a 3-region cluster on 127.{{1,2,3}}.{subnet}.1", rtt.as_millis());
     let shape = ClusterShape { regions: 3, nodes_per_region: 1, heartbeat: None };
-    let cluster = ChaosCluster::start(&shape, subnet, None, None).await.unwrap_or_else(|e| panic!("{e}"));
+    let (service, _) = meridian_chaos::payments::service(std::net::Ipv4Addr::LOCALHOST, 1, Duration::ZERO)
+        .await
+        .expect("the payment service starts");
+    let cluster = ChaosCluster::start(&shape, subnet, None, Some(service)).await.unwrap_or_else(|e| panic!("{e}"));
     cluster.degrade(&[(0, 1), (0, 2), (1, 2)], rtt / 2, Duration::ZERO, 0.0, 0);
     let admins: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.admin()).collect();
     let gateways: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.gateway()).collect();
@@ -79,6 +109,16 @@ async fn measure(rtt: Duration, subnet: u8, applies: usize, kills: usize, write_
         visible.push(slowest);
     }
     visible.sort();
+
+    eprintln!("   {payments} POSTs with a new idempotency key and {payments} without, alternating, each node in turn");
+    let (mut idempotent, mut plain) = (Vec::new(), Vec::new());
+    for i in 0..payments {
+        let gateway = gateways[i % 3];
+        idempotent.push(timed_post(gateway, "/prod/pay", Some(&format!("bench-{subnet}-{i}"))).await);
+        plain.push(timed_post(gateway, "/prod/pay-plain", None).await);
+    }
+    idempotent.sort();
+    plain.sort();
 
     eprintln!("   writes per second: 8 concurrent writers for {} s", write_time.as_secs());
     let deadline = Instant::now() + write_time;
@@ -125,7 +165,7 @@ async fn measure(rtt: Duration, subnet: u8, applies: usize, kills: usize, write_
     }
     failovers.sort();
     cluster.stop().await;
-    Figures { rtt, visible, failovers, writes_per_second: writes as f64 / write_time.as_secs_f64() }
+    Figures { rtt, visible, failovers, writes_per_second: writes as f64 / write_time.as_secs_f64(), idempotent, plain }
 }
 
 fn print(f: &Figures) {
@@ -148,21 +188,29 @@ fn print(f: &Figures) {
         f.failovers.len()
     );
     println!("  sustained configuration writes: {:.0}/s (8 concurrent writers)", f.writes_per_second);
+    let (i50, i99) = (ms(percentile(&f.idempotent, 0.5)), ms(percentile(&f.idempotent, 0.99)));
+    let (p50, p99) = (ms(percentile(&f.plain, 0.5)), ms(percentile(&f.plain, 0.99)));
+    println!(
+        "  POST with a new idempotency key: p50 {i50:.1} ms, p99 {i99:.1} ms; without: p50 {p50:.1} ms, p99 {p99:.1} ms; the key adds {:+.1} ms at p50, {:+.1} ms at p99 ({} each)",
+        i50 - p50,
+        i99 - p99,
+        f.plain.len()
+    );
 }
 
 #[tokio::main]
 async fn main() {
     let smoke = std::env::var("SMOKE").is_ok_and(|v| v == "1");
     let env = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    let (rtts, applies, kills, write_time): (&[u64], usize, usize, Duration) = if smoke {
-        (&[80], 3, 1, Duration::from_secs(1))
+    let (rtts, applies, kills, write_time, payments): (&[u64], usize, usize, Duration, usize) = if smoke {
+        (&[80], 3, 1, Duration::from_secs(1), 5)
     } else {
-        (&[0, 80, 200], env("APPLIES", 60), env("KILLS", 3), Duration::from_secs(5))
+        (&[0, 80, 200], env("APPLIES", 60), env("KILLS", 3), Duration::from_secs(5), env("PAYMENTS", 100))
     };
     let build = if cfg!(debug_assertions) { "debug" } else { "release" };
     println!("control plane, 3 nodes in 3 regions on loopback, default settings ({build} build)");
     for (i, rtt) in rtts.iter().enumerate() {
-        let figures = measure(Duration::from_millis(*rtt), 200 + i as u8, applies, kills, write_time).await;
+        let figures = measure(Duration::from_millis(*rtt), 200 + i as u8, applies, kills, write_time, payments).await;
         print(&figures);
     }
 }
