@@ -503,3 +503,124 @@ fn xml_upstream_is_checked_when_the_definition_is() {
         assert!(said.contains(expected), "missing `{expected}` in:\n{said}");
     }
 }
+
+/// Binary media types and content handling: binary bodies pass through byte for byte (no
+/// template), `convert_to_text` base64-encodes them for a template, `convert_to_binary`
+/// decodes base64 text into bytes, on requests and on answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_bodies_pass_as_bytes_or_convert_as_configured() {
+    // Not UTF-8: a lossy conversion anywhere would change it.
+    const PNG: &[u8] = &[0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0xff, 0xfe, 0x80];
+    // The upstream answers with the bytes it received, under the content type it got, or
+    // for `/picture` and `/picture64` with a picture of its own, as bytes or as base64.
+    let upstream = http_service(|req| {
+        let path = req.uri().path().to_string();
+        let content_type = req.headers().get("content-type").cloned();
+        let body = req.into_body();
+        async move {
+            let (body, content_type) = match path.as_str() {
+                "/picture" => (Bytes::from_static(PNG), Some("image/png".parse().unwrap())),
+                "/picture64" => (Bytes::from_static(b"iVBORw0KGgoA//6A"), Some("text/plain".parse().unwrap())),
+                _ => (body, content_type),
+            };
+            let mut response = hyper::Response::new(Full::new(body));
+            if let Some(t) = content_type {
+                response.headers_mut().insert("content-type", t);
+            }
+            response
+        }
+    })
+    .await;
+    let node = start_node(format!(
+        r##"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+apis:
+  - id: photos
+    type: rest
+    binary_media_types: [image/png, application/octet-stream]
+    routes:
+      - route: POST /raw
+        integration:
+          type: http_proxy
+          uri: "http://{upstream}/raw"
+          request_templates: {{ application/json: '{{"wrapped": $input.json(''$'')}}', image/png: "never used" }}
+      - route: POST /encoded
+        integration:
+          type: http_proxy
+          uri: "http://{upstream}/encoded"
+          content_handling: convert_to_text
+          request_templates: {{ image/png: '{{"image": "$input.body"}}' }}
+      - route: POST /decoded
+        integration: {{ type: http_proxy, uri: "http://{upstream}/decoded", content_handling: CONVERT_TO_BINARY }}
+      - route: GET /picture
+        integration:
+          type: http_proxy
+          uri: "http://{upstream}/picture"
+          responses: [{{ content_handling: convert_to_text, templates: {{ application/json: '{{"picture": "$input.body"}}' }} }}]
+      - route: GET /picture64
+        integration:
+          type: http_proxy
+          uri: "http://{upstream}/picture64"
+          responses: [{{ content_handling: convert_to_binary, headers: {{ content-type: "'image/png'" }} }}]
+      - route: GET /passed
+        integration:
+          type: http_proxy
+          uri: "http://{upstream}/picture"
+          responses: [{{ templates: {{ application/json: "never used" }} }}]
+    stages:
+      - {{ name: prod }}
+"##
+    ))
+    .await;
+    let gw = node.http.expect("http listener");
+    let send_bytes = |path: &'static str, content_type: &'static str, body: &'static [u8]| {
+        send(
+            gw,
+            hyper::Request::post(path)
+                .header("host", "photos.test")
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::from_static(body)))
+                .unwrap(),
+        )
+    };
+
+    let raw = send_bytes("/prod/raw", "image/png", PNG).await;
+    assert_eq!((raw.status, raw.body.as_ref()), (200, PNG), "binary bodies pass through untouched");
+    let json = send_bytes("/prod/raw", "application/json", b"{\"a\":1}").await;
+    assert_eq!(json.body.as_ref(), b"{\"wrapped\": {\"a\":1}}", "text bodies still take their template");
+    let encoded = send_bytes("/prod/encoded", "image/png", PNG).await;
+    assert_eq!(encoded.json(), serde_json::json!({"image": "iVBORw0KGgoA//6A"}));
+    let decoded = send_bytes("/prod/decoded", "text/plain", b"iVBORw0KGgoA//6A\n").await;
+    assert_eq!(decoded.body.as_ref(), PNG);
+    let invalid = send_bytes("/prod/decoded", "text/plain", b"not base64 at all!").await;
+    assert_eq!(invalid.status, 400, "{:?}", invalid.body);
+
+    let picture = get(gw, "photos.test", "/prod/picture").await;
+    assert_eq!(picture.json(), serde_json::json!({"picture": "iVBORw0KGgoA//6A"}));
+    let picture = get(gw, "photos.test", "/prod/picture64").await;
+    assert_eq!((picture.header("content-type"), picture.body.as_ref()), ("image/png", PNG));
+    let passed = get(gw, "photos.test", "/prod/passed").await;
+    assert_eq!((passed.header("content-type"), passed.body.as_ref()), ("image/png", PNG));
+}
+
+#[test]
+fn binary_media_types_and_content_handling_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listen: { http: 127.0.0.1:0 }\napis:\n  - id: a\n    binary_media_types: [image/png]\n    routes:\n      - { route: POST /x, integration: { type: http_proxy, uri: \"http://127.0.0.1:1/\", content_handling: convert_to_text } }\n  - id: b\n    type: rest\n    binary_media_types: [png]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("line 4") && text.contains("binary_media_types"), "{text}");
+    assert!(text.contains("integration.content_handling"), "{text}");
+    assert!(text.contains("`png` is not a media type"), "{text}");
+}

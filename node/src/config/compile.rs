@@ -201,6 +201,8 @@ struct StageContext<'a> {
     firewall: Option<Arc<crate::stages::waf::Firewall>>,
     /// The API's gateway responses, when it has any.
     gateway_responses: Option<&'a gateway_responses::GatewayResponseSpec>,
+    /// The API's binary media types.
+    binary: Arc<crate::stages::content::BinaryMediaTypes>,
 }
 
 /// A route as parsed once, before it is specialised per stage.
@@ -524,6 +526,7 @@ impl Compiler<'_> {
         let api_cors = api.cors.as_ref().and_then(|c| self.cors(c, &format!("{field}.cors")));
         self.rest_only(api, field);
         let models = self.models(api, field);
+        let binary = self.binary_media_types(api, field);
         let gateway_responses = self.gateway_responses(api, field).ok().flatten();
         if let Some(signing) = &api.signing {
             let part = |v: &str| {
@@ -665,6 +668,7 @@ impl Compiler<'_> {
                 signing: &signing,
                 firewall,
                 gateway_responses: gateway_responses.as_ref(),
+                binary: binary.clone(),
             };
             let routes = self.stage(&api.id.value, stage, &specs, &context, api.default_endpoint, &sfield);
             if stages.insert(stage.name.value.clone(), Arc::new(StageTarget::new(Arc::new(routes)))).is_some() {
@@ -772,7 +776,7 @@ impl Compiler<'_> {
                 Self::template_scope(stage, spec.pattern.param_names(), resource)
             });
             if let (Some(mapping), Some(scope)) = (&spec.mapping, &scope) {
-                stages.push(Self::mapping_stage(mapping, scope));
+                stages.push(Self::mapping_stage(mapping, scope, &context.binary));
             }
             // The cache after them: only an authorized, valid request may have a cached answer.
             if let Some(caching) = stage_cache.as_ref().and_then(|c| self.caching((api, stage_name), spec, c)) {
@@ -784,7 +788,7 @@ impl Compiler<'_> {
                 stages.push(xml_upstream.clone());
             }
             if let (Some(responses), Some(scope)) = (&spec.responses, &scope) {
-                stages.push(Self::responses_stage(responses, scope));
+                stages.push(Self::responses_stage(responses, scope, &context.binary));
             }
             let chain = Arc::new(Chain::new(stages));
             keeps_responses |= chain.keeps_response();

@@ -201,6 +201,8 @@ pub struct ApiDef {
     /// Authorizers that routes and stages name (`authorizer: NAME`).
     #[serde(default)]
     pub authorizers: Vec<AuthorizerDef>,
+    /// `type: rest`: media types whose bodies are bytes (`image/png`, `image/*`, `*/*`).
+    pub binary_media_types: Option<Spanned<Vec<String>>>,
     /// The credential scope of signed requests (`authorization: signed`).
     pub signing: Option<Spanned<SigningDef>>,
     /// Which web origins may call the API from a browser (every route; a route's own
@@ -625,6 +627,8 @@ pub struct IntegrationDef {
     pub passthrough_behavior: Option<Spanned<PassthroughBehavior>>,
     /// `type: rest`: what the client gets for each kind of upstream answer, chosen by the
     /// upstream's status (see `stages/integration_response.rs`).
+    /// `type: rest`: how the request body is converted between text and bytes.
+    pub content_handling: Option<Spanned<ContentHandlingDef>>,
     pub responses: Option<Spanned<Vec<IntegrationResponseDef>>>,
     /// `type: rest`: the upstream speaks XML; JSON clients talk to it both ways
     /// (see `stages/xml_upstream.rs`).
@@ -654,6 +658,28 @@ pub struct IntegrationResponseDef {
     /// Response templates by media type.
     #[serde(default)]
     pub templates: BTreeMap<String, String>,
+    /// How the upstream's body is converted between text and bytes.
+    pub content_handling: Option<ContentHandlingDef>,
+}
+
+/// `convert_to_text` (bytes → base64) or `convert_to_binary` (base64 → bytes); the managed
+/// gateway's spellings `CONVERT_TO_TEXT` and `CONVERT_TO_BINARY` are taken too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentHandlingDef {
+    #[serde(alias = "CONVERT_TO_TEXT")]
+    ConvertToText,
+    #[serde(alias = "CONVERT_TO_BINARY")]
+    ConvertToBinary,
+}
+
+impl From<ContentHandlingDef> for crate::stages::content::ContentHandling {
+    fn from(def: ContentHandlingDef) -> Self {
+        match def {
+            ContentHandlingDef::ConvertToText => crate::stages::content::ContentHandling::ConvertToText,
+            ContentHandlingDef::ConvertToBinary => crate::stages::content::ContentHandling::ConvertToBinary,
+        }
+    }
 }
 
 /// What a request whose content type has no mapping template gets.

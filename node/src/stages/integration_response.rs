@@ -12,7 +12,9 @@
 //! Only answers of the integration are mapped: the gateway's own refusals (a 401, a 429, a
 //! cached or replayed answer) are not. A template renders once the whole upstream body has
 //! arrived (up to [`MAX_MAPPED_BODY`]); a body that is larger, or a template that fails,
-//! leaves the client a JSON error in place of the body, its reason in the log.
+//! leaves the client a JSON error in place of the body, its reason in the log. An answer of
+//! one of the API's binary media types passes through as bytes, or is converted as the
+//! response's `content_handling` says ([`super::content`]).
 
 use std::sync::Arc;
 
@@ -22,8 +24,9 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, StatusCode, response};
 use regex::Regex;
 
+use super::content::{BinaryMediaTypes, ContentHandling, Conversion};
 use super::mapping::TemplateScope;
-use super::{Exchange, Flow, Phases, Services, Stage, Step};
+use super::{Exchange, Flow, Phases, Services, Stage, Step, media_type_of};
 use crate::body::BoundedCopy;
 use crate::mapping::{Bounds, Inputs, Template};
 
@@ -49,6 +52,7 @@ pub struct IntegrationResponse {
     pub headers: Vec<(HeaderName, HeaderSource)>,
     /// By media type (lower case, without parameters), in the order they were written.
     pub templates: Vec<(String, Arc<Template>)>,
+    pub content_handling: Option<ContentHandling>,
 }
 
 impl IntegrationResponse {
@@ -73,6 +77,8 @@ pub struct IntegrationResponses {
     pub responses: Arc<[IntegrationResponse]>,
     pub scope: Arc<TemplateScope>,
     pub bounds: Bounds,
+    /// The API's binary media types.
+    pub binary: Arc<BinaryMediaTypes>,
 }
 
 /// What the templates read of the request, kept from its head for the response.
@@ -82,16 +88,19 @@ struct RequestInputs {
     accept: Option<String>,
 }
 
-/// The response template chosen for this answer, and the upstream body read so far.
+/// The response template chosen for this answer (if any), how its body is converted, and
+/// the upstream body read so far.
 #[derive(Debug, Clone)]
 struct Rendering {
-    template: Arc<Template>,
+    template: Option<Arc<Template>>,
+    conversion: Conversion,
     body: BoundedCopy,
 }
 
 impl IntegrationResponses {
-    fn has_templates(&self) -> bool {
-        self.responses.iter().any(|r| !r.templates.is_empty())
+    /// Whether an answer's body may be reshaped (by a template or a conversion).
+    fn reads_bodies(&self) -> bool {
+        self.responses.iter().any(|r| !r.templates.is_empty() || r.content_handling.is_some())
     }
 
     /// The response that maps an upstream answer of `status`.
@@ -111,11 +120,16 @@ impl IntegrationResponses {
         let Some(body) = rendering.body.finish() else {
             return failed(format!("the upstream body is over {MAX_MAPPED_BODY} bytes"));
         };
+        let body = match rendering.conversion.apply(&body) {
+            Ok(body) => body,
+            Err(e) => return failed(format!("content handling: {e}")),
+        };
+        let Some(template) = rendering.template else { return body };
         let Some(RequestInputs { mut inputs, .. }) = exchange.extensions.remove::<RequestInputs>() else {
             return failed("the request's inputs were not kept".into());
         };
         inputs.body = String::from_utf8_lossy(&body).into_owned();
-        match rendering.template.render(&inputs, self.bounds) {
+        match template.render(&inputs, self.bounds) {
             Ok(rendered) => Bytes::from(rendered),
             Err(e) => failed(e.to_string()),
         }
@@ -128,7 +142,7 @@ impl Stage for IntegrationResponses {
     }
 
     fn phases(&self) -> Phases {
-        if self.has_templates() {
+        if self.reads_bodies() {
             Phases::REQUEST_HEAD | Phases::RESPONSE_HEAD | Phases::RESPONSE_BODY
         } else {
             Phases::RESPONSE_HEAD
@@ -158,6 +172,8 @@ impl Stage for IntegrationResponses {
         if let Some(status) = response.status {
             head.status = status;
         }
+        let upstream_media = media_type_of(&head.headers).unwrap_or_default();
+        let conversion = Conversion::of(self.binary.contains(&upstream_media), response.content_handling);
         // Every value is read from the upstream's headers before any is set.
         let values: Vec<_> = response
             .headers
@@ -174,13 +190,16 @@ impl Stage for IntegrationResponses {
             };
         }
         let accept = exchange.extensions.get::<RequestInputs>().and_then(|r| r.accept.as_deref());
-        if let Some((media, template)) = response.template(accept) {
-            if let Ok(content_type) = HeaderValue::from_str(media) {
-                head.headers.insert(CONTENT_TYPE, content_type);
-            }
+        let template = if conversion.templated() { response.template(accept) } else { None };
+        if let Some((media, _)) = template
+            && let Ok(content_type) = HeaderValue::from_str(media)
+        {
+            head.headers.insert(CONTENT_TYPE, content_type);
+        }
+        if template.is_some() || matches!(conversion, Conversion::Encode | Conversion::Decode) {
             head.headers.remove(CONTENT_LENGTH);
-            let rendering = Rendering { template: template.clone(), body: BoundedCopy::new(MAX_MAPPED_BODY) };
-            exchange.extensions.insert(rendering);
+            let template = template.map(|(_, t)| t.clone());
+            exchange.extensions.insert(Rendering { template, conversion, body: BoundedCopy::new(MAX_MAPPED_BODY) });
         }
     }
 
@@ -205,6 +224,7 @@ mod tests {
             status: None,
             headers: Vec::new(),
             templates: templates.iter().map(|m| (m.to_string(), Arc::new(Template::parse("x").unwrap()))).collect(),
+            content_handling: None,
         }
     }
 
@@ -214,6 +234,7 @@ mod tests {
             responses: vec![response(Some(r"4\d\d"), &[]), response(Some("404"), &[]), response(None, &[])].into(),
             scope: Arc::new(TemplateScope::default()),
             bounds: Bounds::default(),
+            binary: Arc::default(),
         };
         let pattern_of = |s: u16| {
             responses

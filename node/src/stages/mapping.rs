@@ -6,7 +6,9 @@
 //! matches, the passthrough behaviour decides: `when_no_match` sends the body as it is,
 //! `when_no_templates` does so only when the integration has no templates at all, and
 //! `never` refuses with 415. A template that fails to render is a 500, its reason in the
-//! log, never a panic; rendering is bounded.
+//! log, never a panic; rendering is bounded. A body of one of the API's binary media types
+//! passes through as bytes, or is converted as the integration's `content_handling` says
+//! ([`super::content`]).
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use http::header::USER_AGENT;
 use http::request::Parts;
 use serde_json::{Map, Value};
 
+use super::content::{BinaryMediaTypes, ContentHandling, Conversion};
 use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, media_type};
 use crate::authorizers::AuthorizerContext;
 use crate::mapping::{Bounds, Inputs, Template};
@@ -37,6 +40,10 @@ pub struct PathParameters(pub Vec<String>);
 /// Which template this request renders with.
 #[derive(Debug, Clone)]
 struct Chosen(Arc<Template>);
+
+/// How this request's body is converted before it is mapped or sent.
+#[derive(Debug, Clone, Copy)]
+struct Converting(Conversion);
 
 /// What a template reads besides the body, for one route on one stage: the request's
 /// parameters, `$context` and `$stageVariables`. Request and response templates share it.
@@ -103,6 +110,9 @@ pub struct RequestMapping {
     pub passthrough: Passthrough,
     pub scope: Arc<TemplateScope>,
     pub bounds: Bounds,
+    /// The API's binary media types.
+    pub binary: Arc<BinaryMediaTypes>,
+    pub content_handling: Option<ContentHandling>,
 }
 
 impl Stage for RequestMapping {
@@ -116,6 +126,17 @@ impl Stage for RequestMapping {
 
     fn request_head<'a>(&'a self, head: &'a mut Parts, exchange: &'a mut Exchange, _: &'a Services<'a>) -> Step<'a> {
         let media = media_type(head).unwrap_or_else(|| "application/json".into());
+        let conversion = Conversion::of(self.binary.contains(&media), self.content_handling);
+        if conversion != Conversion::Text {
+            exchange.extensions.insert(Converting(conversion));
+        }
+        if !conversion.templated() {
+            exchange.note(|| match conversion {
+                Conversion::Decode => format!("the {media} body is base64-decoded and sent as bytes"),
+                _ => format!("{media} is a binary media type: the body passes through"),
+            });
+            return Flow::Continue.into();
+        }
         match self.templates.iter().find(|(m, _)| *m == media) {
             Some((_, template)) => {
                 exchange.note(|| format!("the {media} request template"));
@@ -152,9 +173,31 @@ impl Stage for RequestMapping {
         exchange: &'a mut Exchange,
         services: &'a Services<'a>,
     ) -> Step<'a> {
-        let Some(Chosen(template)) = exchange.extensions.remove::<Chosen>() else { return Flow::Continue.into() };
+        let converting = exchange.extensions.remove::<Converting>();
+        let chosen = exchange.extensions.remove::<Chosen>();
+        let body = match converting {
+            Some(Converting(conversion)) => match conversion.apply(body) {
+                Ok(converted) => converted,
+                Err(e) => {
+                    return Rejection::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("the request body cannot be converted: {e}"),
+                    )
+                    .of_type(crate::rejection::ResponseType::BadRequestBody)
+                    .with_reason("content handling: request body")
+                    .into();
+                }
+            },
+            None => body.clone(),
+        };
+        let Some(Chosen(template)) = chosen else {
+            if converting.is_some_and(|Converting(c)| c != Conversion::Bytes) && !services.dry_run {
+                exchange.replace_request_body(body);
+            }
+            return Flow::Continue.into();
+        };
         let mut inputs = self.scope.inputs(head, exchange);
-        inputs.body = String::from_utf8_lossy(body).into_owned();
+        inputs.body = String::from_utf8_lossy(&body).into_owned();
         match template.render(&inputs, self.bounds) {
             Ok(rendered) => {
                 if !services.dry_run {

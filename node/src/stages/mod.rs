@@ -31,6 +31,7 @@
 pub mod api_key;
 pub mod cache;
 mod chain;
+pub mod content;
 pub mod cors;
 pub mod custom_authorizer;
 pub mod idempotency;

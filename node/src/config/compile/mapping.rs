@@ -15,6 +15,7 @@ use serde_saphyr::Location;
 use super::super::model::*;
 use super::Compiler;
 use crate::mapping::{Bounds, Template};
+use crate::stages::content::BinaryMediaTypes;
 use crate::stages::integration_response::{HeaderSource, IntegrationResponse, IntegrationResponses};
 use crate::stages::mapping::{Passthrough, RequestMapping, TemplateScope};
 use crate::stages::xml_upstream::XmlUpstream;
@@ -27,12 +28,14 @@ const UPSTREAM_HEADER: &str = "integration.response.header.";
 pub(super) struct MappingSpec {
     templates: Vec<(String, Arc<Template>)>,
     passthrough: Passthrough,
+    content_handling: Option<crate::stages::content::ContentHandling>,
 }
 
 impl Compiler<'_> {
-    /// The request mapping of an integration, if it has templates or a passthrough rule.
+    /// The request mapping of an integration, if it has templates, a passthrough rule or
+    /// content handling.
     pub(super) fn request_mapping(&mut self, def: &IntegrationDef, field: &str) -> Result<Option<MappingSpec>, ()> {
-        if def.request_templates.is_none() && def.passthrough_behavior.is_none() {
+        if def.request_templates.is_none() && def.passthrough_behavior.is_none() && def.content_handling.is_none() {
             return Ok(None);
         }
         if def.kind.value != IntegrationKind::HttpProxy {
@@ -58,7 +61,11 @@ impl Compiler<'_> {
             Some(PassthroughBehavior::WhenNoTemplates) => Passthrough::WhenNoTemplates,
             Some(PassthroughBehavior::Never) => Passthrough::Never,
         };
-        Ok(Some(MappingSpec { templates, passthrough }))
+        Ok(Some(MappingSpec {
+            templates,
+            passthrough,
+            content_handling: def.content_handling.as_ref().map(|c| c.value.into()),
+        }))
     }
 
     /// Templates by media type, each parsed once; every error is reported.
@@ -182,7 +189,8 @@ impl Compiler<'_> {
         let templates = self.templates(&def.templates, at, &format!("{field}.templates"));
         match (templates, status) {
             (Ok(templates), Ok(status)) if ok => {
-                Ok(IntegrationResponse { selection_pattern, status, headers, templates })
+                let content_handling = def.content_handling.map(Into::into);
+                Ok(IntegrationResponse { selection_pattern, status, headers, templates, content_handling })
             }
             _ => Err(()),
         }
@@ -266,12 +274,18 @@ impl Compiler<'_> {
     }
 
     /// The request mapping stage of a route on one stage.
-    pub(super) fn mapping_stage(spec: &MappingSpec, scope: &Arc<TemplateScope>) -> Arc<RequestMapping> {
+    pub(super) fn mapping_stage(
+        spec: &MappingSpec,
+        scope: &Arc<TemplateScope>,
+        binary: &Arc<BinaryMediaTypes>,
+    ) -> Arc<RequestMapping> {
         Arc::new(RequestMapping {
             templates: spec.templates.clone(),
             passthrough: spec.passthrough,
             scope: scope.clone(),
             bounds: Bounds::default(),
+            binary: binary.clone(),
+            content_handling: spec.content_handling,
         })
     }
 
@@ -279,8 +293,26 @@ impl Compiler<'_> {
     pub(super) fn responses_stage(
         responses: &Arc<[IntegrationResponse]>,
         scope: &Arc<TemplateScope>,
+        binary: &Arc<BinaryMediaTypes>,
     ) -> Arc<IntegrationResponses> {
-        Arc::new(IntegrationResponses { responses: responses.clone(), scope: scope.clone(), bounds: Bounds::default() })
+        Arc::new(IntegrationResponses {
+            responses: responses.clone(),
+            scope: scope.clone(),
+            bounds: Bounds::default(),
+            binary: binary.clone(),
+        })
+    }
+
+    /// An API's binary media types, checked.
+    pub(super) fn binary_media_types(&mut self, api: &ApiDef, field: &str) -> Arc<BinaryMediaTypes> {
+        let Some(types) = &api.binary_media_types else { return Arc::default() };
+        match BinaryMediaTypes::new(&types.value) {
+            Ok(types) => Arc::new(types),
+            Err(e) => {
+                self.sink.push(types.referenced, format!("{field}.binary_media_types"), e);
+                Arc::default()
+            }
+        }
     }
 }
 

@@ -63,6 +63,9 @@ impl Compiler<'_> {
         if let Some((_, g)) = api.gateway_responses.iter().next() {
             refuse(g.referenced, "gateway_responses");
         }
+        if let Some(b) = &api.binary_media_types {
+            refuse(b.referenced, "binary_media_types");
+        }
         for (i, stage) in api.stages.iter().enumerate() {
             if let Some(cache) = &stage.cache {
                 refuse(cache.referenced, &format!("stages[{i}].cache"));
@@ -83,6 +86,7 @@ impl Compiler<'_> {
                     .map(|v| (v.referenced, "integration.passthrough_behavior")),
                 route.integration.responses.as_ref().map(|v| (v.referenced, "integration.responses")),
                 route.integration.xml_upstream.as_ref().map(|v| (v.referenced, "integration.xml_upstream")),
+                route.integration.content_handling.as_ref().map(|v| (v.referenced, "integration.content_handling")),
             ];
             for (at, what) in used.into_iter().flatten() {
                 refuse(at, &format!("routes[{i}].{what}"));
