@@ -119,3 +119,70 @@ apis:
     assert_eq!(request("POST", "/v1/orders", &[], r#"{"items": ["a", 3]}"#).await.status, 200);
     assert_eq!(delivered.load(Ordering::SeqCst), 4);
 }
+
+/// Models refer to each other as `models/NAME`, or as the managed gateway's exported
+/// definitions do (`https://apigateway.amazonaws.com/restapis/ID/models/NAME`); nothing is
+/// fetched, and a reference to anything else is refused when the definition is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_refer_to_each_other_and_to_nothing_else() {
+    let upstream = http_service(|req| {
+        let body = req.into_body();
+        async move { hyper::Response::new(Full::new(body)) }
+    })
+    .await;
+    let node = start_node(format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+apis:
+  - id: pets
+    type: rest
+    models:
+      Pet: {{ type: object, required: [name], properties: {{ name: {{ type: string }} }} }}
+      Owner:
+        type: object
+        required: [pets]
+        properties:
+          pets: {{ type: array, items: {{ $ref: "models/Pet" }} }}
+          favourite: {{ $ref: "https://apigateway.amazonaws.com/restapis/a1b2c3/models/Pet" }}
+    request_validators: {{ body: {{ body: true }} }}
+    request_validator: body
+    routes:
+      - route: POST /owners
+        request_models: {{ application/json: Owner }}
+        integration: {{ type: http_proxy, uri: "http://{upstream}/owners" }}
+    stages: [{{ name: v1 }}]
+"#
+    ))
+    .await;
+    let gw = node.http.expect("http listener");
+    let post = |body: &'static str| {
+        meridian_tests::request(
+            gw,
+            "POST",
+            "/v1/owners",
+            &[("host", "pets.test"), ("content-type", "application/json")],
+            body,
+        )
+    };
+    assert_eq!(post(r#"{"pets": [{"name": "Rex"}], "favourite": {"name": "Rex"}}"#).await.status, 200);
+    let refused = post(r#"{"pets": [{"name": 7}], "favourite": {}}"#).await;
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    let text = String::from_utf8_lossy(&refused.body);
+    assert!(text.contains("/pets/0/name") && text.contains("/favourite"), "both references were followed: {text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listen: { http: 127.0.0.1:0 }\napis:\n  - id: a\n    type: rest\n    models:\n      Owner: { properties: { pet: { $ref: \"https://example.com/pet.json\" } } }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("models.Owner") && text.contains("nothing is fetched"), "{text}");
+}

@@ -34,6 +34,30 @@ fn draft_of(schema: &serde_json::Value) -> Result<Draft, String> {
         .ok_or_else(|| format!("`$schema` `{named}` is not draft 4, 6 or 7, 2019-09 or 2020-12"))
 }
 
+/// Resolves `$ref`s between an API's models: `models/NAME` (relative to the model), or the
+/// managed gateway's `https://apigateway.amazonaws.com/restapis/ID/models/NAME` as exported
+/// definitions have them. Nothing is ever fetched: a reference to anything else is refused
+/// when the model compiles.
+#[derive(Clone)]
+struct ModelRefs(Arc<HashMap<String, serde_json::Value>>);
+
+impl jsonschema::Retrieve for ModelRefs {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+        let path = uri.path().as_str();
+        let name = path.rsplit_once("/models/").map(|(_, n)| n).or_else(|| path.strip_prefix("models/"));
+        match name.and_then(|n| self.0.get(n)) {
+            Some(schema) => Ok(schema.clone()),
+            None => Err(format!(
+                "`{uri}` is not one of this API's models (refer to one as `models/NAME`; nothing is fetched)"
+            )
+            .into()),
+        }
+    }
+}
+
 /// A media type as a route's `request_models` names it: `type/subtype`, or `$default`.
 fn media_type(text: &str) -> bool {
     let token = |t: &str| {
@@ -103,6 +127,7 @@ impl Compiler<'_> {
             self.sink.push(named.referenced, format!("{field}.request_validator"), message);
         }
         let mut models = HashMap::new();
+        let refs = ModelRefs(Arc::new(api.models.iter().map(|(n, s)| (n.clone(), s.value.clone())).collect()));
         for (name, schema) in &api.models {
             let mfield = format!("{field}.models.{name}");
             let named = !name.is_empty()
@@ -123,7 +148,7 @@ impl Compiler<'_> {
                     continue;
                 }
             };
-            match jsonschema::options().with_draft(draft).build(&schema.value) {
+            match jsonschema::options().with_draft(draft).with_retriever(refs.clone()).build(&schema.value) {
                 Ok(validator) => {
                     models.insert(name.clone(), Arc::new(Model { name: name.clone(), validator }));
                 }
