@@ -2,7 +2,6 @@
 //! [`Bounds`](super::Bounds).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::time::Instant;
 
 use base64::Engine;
@@ -35,7 +34,9 @@ struct Renderer<'a> {
     inputs: &'a Inputs,
     bounds: Bounds,
     started: Instant,
-    vars: HashMap<String, Value>,
+    vars: Variables,
+    /// The innermost `#foreach`'s position (index, count): `$foreach.*` reads it.
+    position: Option<(usize, usize)>,
     out: String,
     iterations: u64,
     /// The body as JSON, parsed on first use (`None` inside: not JSON).
@@ -51,7 +52,8 @@ impl Template {
             inputs,
             bounds,
             started: Instant::now(),
-            vars: HashMap::new(),
+            vars: Variables::default(),
+            position: None,
             out: String::new(),
             iterations: 0,
             body_json: None,
@@ -101,29 +103,72 @@ fn integer(value: &Value) -> Option<i64> {
     }
 }
 
-/// JavaScript string escaping, as `$util.escapeJavaScript` does it.
-fn escape_javascript(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\'' => out.push_str("\\'"),
-            '\\' => out.push_str("\\\\"),
-            '/' => out.push_str("\\/"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{unit:04X}"));
-                }
-            }
-            c => out.push(c),
+/// A template's variables (`#set`, `#foreach`): few, so a list searched in order is
+/// cheaper than hashing every name on every reference.
+#[derive(Default)]
+struct Variables(Vec<(String, Value)>);
+
+impl Variables {
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, name: String, value: Value) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, slot)) => *slot = value,
+            None => self.0.push((name, value)),
         }
     }
+
+    fn remove(&mut self, name: &str) -> Option<Value> {
+        let at = self.0.iter().position(|(n, _)| n == name)?;
+        Some(self.0.swap_remove(at).1)
+    }
+}
+
+/// JavaScript string escaping, as `$util.escapeJavaScript` does it: runs of printable
+/// ASCII are copied whole; quotes, `\`, `/` and the usual controls get their escapes; other
+/// characters are `\uXXXX` per UTF-16 unit.
+fn escape_javascript(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() + s.len() / 8);
+    let bytes = s.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        let escape = match bytes[i] {
+            b'"' => "\\\"",
+            b'\'' => "\\'",
+            b'\\' => "\\\\",
+            b'/' => "\\/",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x20..=0x7e => {
+                i += 1;
+                continue;
+            }
+            _ => {
+                // A control character or the first byte of a non-ASCII one (a boundary:
+                // the loop steps over whole characters).
+                out.push_str(&s[start..i]);
+                let c = s[i..].chars().next().unwrap_or('\u{fffd}');
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04X}");
+                }
+                i += c.len_utf8().max(1);
+                start = i;
+                continue;
+            }
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(escape);
+        i += 1;
+        start = i;
+    }
+    out.push_str(&s[start..]);
     out
 }
 
@@ -181,6 +226,7 @@ impl Renderer<'_> {
             match node {
                 Node::Text(t) => self.emit(t, 0)?,
                 Node::Ref(r, source) => match self.reference(r)? {
+                    Some(Value::String(s)) => self.emit(&s, r.line)?,
                     Some(value) => {
                         let t = text(&value);
                         self.emit(&t, r.line)?;
@@ -219,7 +265,7 @@ impl Renderer<'_> {
             Some(Value::Object(map)) => map.into_iter().map(|(_, v)| v).collect(),
             _ => Vec::new(),
         };
-        let saved = (self.vars.remove(var), self.vars.remove("foreach"));
+        let saved = (self.vars.remove(var), self.position);
         let count = items.len();
         for (index, item) in items.into_iter().enumerate() {
             self.iterations += 1;
@@ -228,19 +274,40 @@ impl Renderer<'_> {
             }
             self.check_time(0)?;
             self.vars.insert(var.to_string(), item);
-            let state = serde_json::json!({ "index": index, "count": index + 1, "hasNext": index + 1 < count, "first": index == 0, "last": index + 1 == count });
-            self.vars.insert("foreach".into(), state);
+            self.position = Some((index, count));
             self.nodes(body)?;
         }
         self.vars.remove(var);
-        self.vars.remove("foreach");
+        self.position = saved.1;
         if let Some(v) = saved.0 {
             self.vars.insert(var.to_string(), v);
         }
-        if let Some(v) = saved.1 {
-            self.vars.insert("foreach".into(), v);
-        }
         Ok(())
+    }
+
+    /// `$foreach` inside a loop: the innermost loop's position, as Velocity names it.
+    fn position(&self) -> Option<Value> {
+        let (index, count) = self.position?;
+        Some(serde_json::json!({
+            "index": index,
+            "count": index + 1,
+            "hasNext": index + 1 < count,
+            "first": index == 0,
+            "last": index + 1 == count,
+        }))
+    }
+
+    /// `$foreach.NAME` without building the whole object (the common case, per iteration).
+    fn position_field(&self, name: &str) -> Option<Value> {
+        let (index, count) = self.position?;
+        Some(match name {
+            "index" => Value::from(index),
+            "count" => Value::from(index + 1),
+            "hasNext" => Value::Bool(index + 1 < count),
+            "first" => Value::Bool(index == 0),
+            "last" => Value::Bool(index + 1 == count),
+            _ => Value::Null,
+        })
     }
 
     fn expr(&mut self, expr: &Expr) -> Rendered<Option<Value>> {
@@ -380,7 +447,11 @@ impl Renderer<'_> {
     fn reference(&mut self, r: &Reference) -> Rendered<Option<Value>> {
         let root = r.root.as_str();
         let (computed, skip) = match root {
-            name if self.vars.contains_key(name) => (None, 0),
+            name if self.vars.get(name).is_some() => (None, 0),
+            "foreach" if self.position.is_some() => match r.steps.first() {
+                Some(Step::Field(name)) => (self.position_field(name), 1),
+                _ => (self.position(), 0),
+            },
             "input" => (Some(self.input(r)?), 1),
             "util" => (Some(self.util(r)?), 1),
             "context" | "stageVariables" => (None, 0),
@@ -400,7 +471,7 @@ impl Renderer<'_> {
         let mut value = match computed {
             Some(value) => Cow::Owned(value),
             None => Cow::Borrowed(match root {
-                name if self.vars.contains_key(name) => &self.vars[name],
+                name if let Some(value) = self.vars.get(name) => value,
                 "context" => &self.inputs.context,
                 _ => &self.inputs.stage_variables,
             }),
@@ -450,7 +521,11 @@ impl Renderer<'_> {
     fn util(&mut self, r: &Reference) -> Rendered<Value> {
         let Some(Step::Call(f, args)) = r.steps.first() else { return fail(r.line, "$util needs a function") };
         let args = self.arguments(args)?;
-        let arg = args.first().map(text).unwrap_or_default();
+        let arg: std::borrow::Cow<str> = match args.first() {
+            Some(Value::String(s)) => std::borrow::Cow::Borrowed(s),
+            Some(other) => std::borrow::Cow::Owned(text(other)),
+            None => std::borrow::Cow::Borrowed(""),
+        };
         Ok(match f.as_str() {
             "escapeJavaScript" => Value::String(escape_javascript(&arg)),
             "urlEncode" => Value::String(url_encode(&arg)),

@@ -155,6 +155,14 @@ fn rendering_stays_within_its_bounds_and_fails_cleanly() {
     assert!(Template::parse(&format!("#set($a = {deep})")).is_err());
 }
 
+#[test]
+fn escape_javascript_escapes_like_java_and_copies_the_rest() {
+    let mut inputs = inputs();
+    inputs.body = "plain a\"b'c\\d/e\nf\tg\u{1}h\u{8}\u{c}\r é 😀 ~".into();
+    let rendered = Template::parse("$util.escapeJavaScript($input.body)").unwrap().render(&inputs, Bounds::default());
+    assert_eq!(rendered.unwrap(), r#"plain a\"b\'c\\d\/e\nf\tg\u0001h\b\f\r \u00E9 \uD83D\uDE00 ~"#);
+}
+
 mod fuzz {
     use proptest::prelude::*;
 

@@ -1,0 +1,59 @@
+//! The mapping templates' cost, in one thread: the REST benchmark's request template
+//! (`#foreach` over a 2 KiB JSON body's 20 keys, each value through
+//! `$util.escapeJavaScript`) and its response template, rendered many times against the same
+//! inputs. Run it with `tests/bench/template.sh` (release build); `SMOKE=1` renders a few.
+//! Prints the median of batches, in microseconds per rendering.
+
+use std::time::Instant;
+
+use meridian_node::mapping::{Bounds, Inputs, Template};
+use serde_json::{Map, Value};
+
+const REQUEST: &str = r##"#set($b = $input.path('$')){"order": {#foreach($k in $b.keySet())"$k": "$util.escapeJavaScript($b.get($k))"#if($foreach.hasNext),#end#end}, "request": "$context.requestId"}"##;
+const RESPONSE: &str =
+    r#"{"ok": true, "request": "$context.requestId", "upstream": "$util.escapeJavaScript($input.body)"}"#;
+
+/// The posted order: 20 properties of 95 characters, 2 KiB of JSON.
+fn order() -> String {
+    let properties: Vec<String> = (1..=20).map(|i| format!("\"p{i:02}\": \"{}\"", "v".repeat(95))).collect();
+    format!("{{{}}}", properties.join(","))
+}
+
+fn inputs(body: String) -> Inputs {
+    Inputs {
+        body,
+        path: Map::new(),
+        querystring: Map::new(),
+        header: Map::from_iter([("content-type".to_string(), Value::String("application/json".into()))]),
+        context: serde_json::json!({"requestId": "0123456789abcdef0123456789abcdef", "stage": "bench"}),
+        stage_variables: serde_json::json!({"backend": "127.0.0.1:18491"}),
+    }
+}
+
+fn measure(template: &Template, inputs: &Inputs, batches: usize) -> f64 {
+    let mut per_render = Vec::with_capacity(batches);
+    for _ in 0..batches {
+        let started = Instant::now();
+        for _ in 0..200 {
+            let rendered = template.render(inputs, Bounds::default()).expect("the template renders");
+            std::hint::black_box(rendered);
+        }
+        per_render.push(started.elapsed().as_secs_f64() * 1e6 / 200.0);
+    }
+    per_render.sort_by(|a, b| a.total_cmp(b));
+    per_render[per_render.len() / 2]
+}
+
+fn main() {
+    let smoke = std::env::var("SMOKE").is_ok_and(|v| v == "1");
+    let batches = if smoke { 3 } else { 300 };
+    let request = Template::parse(REQUEST).expect("the request template parses");
+    let response = Template::parse(RESPONSE).expect("the response template parses");
+    let body = order();
+    let rendered = request.render(&inputs(body.clone()), Bounds::default()).expect("renders");
+    let parsed: Value = serde_json::from_str(&rendered).expect("the request template makes JSON");
+    assert_eq!(parsed["order"].as_object().map(Map::len), Some(20), "{rendered}");
+    println!("mapping templates, median of {batches} batches of 200 renderings, one thread");
+    println!("request template (2 KiB body, 20 keys):  {:8.2} us", measure(&request, &inputs(body), batches));
+    println!("response template (2 KiB body escaped): {:8.2} us", measure(&response, &inputs(rendered), batches));
+}
