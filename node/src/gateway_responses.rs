@@ -30,8 +30,9 @@ pub struct GatewayResponse {
     /// The client's status; the refusal's when not set.
     pub status: Option<StatusCode>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// The body's template and its media type (`application/json` when several are written).
-    pub template: Option<(HeaderValue, Arc<Template>)>,
+    /// The body's templates by media type; the client's `Accept` chooses
+    /// ([`crate::mapping::for_accept`]).
+    pub templates: Vec<(String, Arc<Template>)>,
 }
 
 /// An API's gateway responses on one stage.
@@ -44,16 +45,24 @@ pub struct GatewayResponses {
 }
 
 impl GatewayResponses {
-    /// The answer to `rejection`, as this API words it.
-    pub fn answer(&self, rejection: Rejection, request_id: &HeaderValue, client: IpAddr) -> Response<ResponseBody> {
+    /// The answer to `rejection`, as this API words it, for a client that sent `accept`.
+    pub fn answer(
+        &self,
+        rejection: Rejection,
+        request_id: &HeaderValue,
+        client: IpAddr,
+        accept: Option<&str>,
+    ) -> Response<ResponseBody> {
         let response_type = rejection.response_type();
         let configured =
             self.by_type.get(&response_type).or_else(|| self.by_type.get(&ResponseType::default_for(rejection.status)));
         let Some(configured) = configured else { return rejection.into_response(request_id) };
-        let rendered = configured.template.as_ref().and_then(|(media, template)| {
+        let chosen = crate::mapping::for_accept(&configured.templates, accept);
+        let rendered = chosen.and_then(|(media, template)| {
+            let media = HeaderValue::from_str(media).ok()?;
             let inputs = self.inputs(&rejection, response_type, request_id, client);
             match template.render(&inputs, self.bounds) {
-                Ok(body) => Some((media.clone(), body)),
+                Ok(body) => Some((media, body)),
                 Err(e) => {
                     tracing::warn!(error = %e, request_id = ?request_id, response_type = response_type.name(), "the gateway response template failed");
                     None
@@ -130,12 +139,15 @@ mod tests {
                 GatewayResponse {
                     status: None,
                     headers: vec![(HeaderName::from_static("x-help"), HeaderValue::from_static("see docs"))],
-                    template: Some((HeaderValue::from_static("application/json"), Arc::new(template))),
+                    templates: vec![
+                        ("application/json".into(), Arc::new(template)),
+                        ("text/plain".into(), Arc::new(Template::parse("denied: $context.error.message").unwrap())),
+                    ],
                 },
             ),
             (
                 ResponseType::Default5xx,
-                GatewayResponse { status: Some(StatusCode::SERVICE_UNAVAILABLE), headers: vec![], template: None },
+                GatewayResponse { status: Some(StatusCode::SERVICE_UNAVAILABLE), headers: vec![], templates: vec![] },
             ),
         ]);
         let id = HeaderValue::from_static("req-1");
@@ -143,18 +155,27 @@ mod tests {
 
         let unauthorized = Rejection::new(StatusCode::UNAUTHORIZED, "no \"token\"")
             .with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        let r = custom.answer(unauthorized, &id, client);
+        let r = custom.answer(unauthorized, &id, client, None);
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()["x-help"], "see docs");
         assert_eq!(r.headers()["www-authenticate"], "Bearer", "the refusal's own headers stay");
         let v: Value = serde_json::from_str(&body(r).await).unwrap();
         assert_eq!(v, serde_json::json!({ "error": "no \"token\"", "type": "UNAUTHORIZED", "team": "pets" }));
+        // A client that prefers text gets the text template.
+        let plain = custom.answer(
+            Rejection::new(StatusCode::UNAUTHORIZED, "no token"),
+            &id,
+            client,
+            Some("text/html;q=0.9, text/plain"),
+        );
+        assert_eq!(plain.headers()[CONTENT_TYPE], "text/plain");
+        assert_eq!(body(plain).await, "denied: no token");
 
-        let failure = custom.answer(Rejection::new(StatusCode::BAD_GATEWAY, "down"), &id, client);
+        let failure = custom.answer(Rejection::new(StatusCode::BAD_GATEWAY, "down"), &id, client, None);
         assert_eq!(failure.status(), 503, "INTEGRATION_FAILURE falls to DEFAULT_5XX");
         assert!(body(failure).await.contains("\"message\":\"down\""), "no template: the built-in body");
 
-        let throttled = custom.answer(Rejection::new(StatusCode::TOO_MANY_REQUESTS, "slow down"), &id, client);
+        let throttled = custom.answer(Rejection::new(StatusCode::TOO_MANY_REQUESTS, "slow down"), &id, client, None);
         assert_eq!(throttled.status(), 429, "nothing configured for 4xx: the built-in answer");
     }
 

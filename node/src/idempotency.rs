@@ -81,6 +81,16 @@ impl IdempotencyRecords {
         }
     }
 
+    /// Applies `command` at once when the records are the node's own (no cluster), so that a
+    /// response is recorded before its last byte leaves; `None` on a cluster member, whose
+    /// writes go through the log.
+    pub fn apply_here(&self, command: &IdempotencyCommand) -> Option<IdempotencyAnswer> {
+        if self.replicated.get().is_some() {
+            return None;
+        }
+        Some(self.local.lock().unwrap_or_else(|p| p.into_inner()).apply(command).0)
+    }
+
     /// Writes `command` and returns the ledger's answer, within `timeout`.
     pub async fn submit(
         &self,

@@ -1353,15 +1353,24 @@ async fn counting_backend(
     (addr, deliveries)
 }
 
+/// A payment, retried as a client would while the key's first attempt is still being
+/// recorded (409, for a few milliseconds after its answer on a cluster).
 async fn pay(gateway: SocketAddr, key: &str) -> meridian_tests::Reply {
-    meridian_tests::request(
-        gateway,
-        "POST",
-        "/prod/payments",
-        &[("host", "gw.test"), ("idempotency-key", key), ("content-type", "application/json")],
-        r#"{"amount":10}"#,
-    )
-    .await
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let reply = meridian_tests::request(
+            gateway,
+            "POST",
+            "/prod/payments",
+            &[("host", "gw.test"), ("idempotency-key", key), ("content-type", "application/json")],
+            r#"{"amount":10}"#,
+        )
+        .await;
+        if reply.status != 409 || Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A key delivered through one node is replayed by every other node, after the leader is

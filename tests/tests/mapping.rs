@@ -305,7 +305,9 @@ apis:
           application/json: '{{"error": "key", "detail": $context.error.messageString, "request": "$context.requestId", "team": "$stageVariables.team"}}'
       RESOURCE_NOT_FOUND:
         status: 404
-        templates: {{ application/json: '{{"error": "no such thing", "type": "$context.error.responseType"}}' }}
+        templates:
+          application/json: '{{"error": "no such thing", "type": "$context.error.responseType"}}'
+          application/xml: "<error type=\"$context.error.responseType\">no such thing</error>"
       BAD_REQUEST_BODY:
         templates: {{ application/json: '{{"invalid": "$util.escapeJavaScript($context.error.validationErrorString)"}}' }}
       DEFAULT_4XX:
@@ -352,6 +354,11 @@ apis:
     let r = call("GET", "/prod/nothing-here", "").await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json(), serde_json::json!({ "error": "no such thing", "type": "RESOURCE_NOT_FOUND" }));
+    // A client that asks for XML gets the XML template (its media type, too).
+    let headers = [("host", "pets.test"), ("accept", "text/html, application/xml;q=0.9")];
+    let r = request(gw, "GET", "/prod/nothing-here", &headers, "").await;
+    assert_eq!((r.status, r.header("content-type")), (404, "application/xml"));
+    assert_eq!(String::from_utf8_lossy(&r.body), r#"<error type="RESOURCE_NOT_FOUND">no such thing</error>"#);
     // A body that does not match its model lists the violations.
     let r = call("POST", "/prod/pets", r#"{"legs": 4}"#).await;
     assert_eq!(r.status, 400);

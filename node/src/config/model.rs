@@ -239,7 +239,8 @@ pub struct GatewayResponseDef {
     /// Response headers, each `'literal text'`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// The body's template by media type (one; `application/json` is used when several).
+    /// The body's templates by media type; the client's `Accept` chooses one (else
+    /// `application/json`, else the first).
     #[serde(default)]
     pub templates: BTreeMap<String, String>,
 }

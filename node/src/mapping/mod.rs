@@ -35,10 +35,25 @@ mod eval;
 mod parse;
 pub mod xml;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use eval::{Inputs, RenderError};
 pub use parse::{Template, TemplateError};
+
+/// The template for a client that sent `accept`: the first media type it lists that has a
+/// template, else `application/json`, else the first template. Templates are by media type
+/// (lower case, without parameters).
+pub fn for_accept<'t>(
+    templates: &'t [(String, Arc<Template>)],
+    accept: Option<&str>,
+) -> Option<&'t (String, Arc<Template>)> {
+    let listed = accept.into_iter().flat_map(|a| a.split(',')).find_map(|m| {
+        let media = m.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        templates.iter().find(|(t, _)| *t == media)
+    });
+    listed.or_else(|| templates.iter().find(|(t, _)| t == "application/json")).or_else(|| templates.first())
+}
 
 /// How much one rendering may do.
 #[derive(Debug, Clone, Copy)]

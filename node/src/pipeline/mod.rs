@@ -225,6 +225,8 @@ impl Pipeline {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let version = request.version();
+        // Kept for the API's gateway responses, which choose their template by it.
+        let accept = request.headers().get(http::header::ACCEPT).cloned();
         let table = self.table.load_full();
         let services = self.services(&table, false);
         let mut exchange = Exchange::new(request_id.clone(), conn.client.ip());
@@ -232,7 +234,10 @@ impl Pipeline {
         let response = match served.response {
             Ok(response) => response,
             Err(rejection) => match served.gateway_responses {
-                Some(worded) => worded.answer(rejection, &request_id, conn.client.ip()),
+                Some(worded) => {
+                    let accept = accept.as_ref().and_then(|a| a.to_str().ok());
+                    worded.answer(rejection, &request_id, conn.client.ip(), accept)
+                }
                 None => rejection.into_response(&request_id),
             },
         };

@@ -342,6 +342,13 @@ impl IdempotentDelivery {
                 now_ms: now_ms(),
             },
         };
+        // A standalone node records at once; a cluster member in the background.
+        if let Some(answer) = records.apply_here(&command) {
+            if answer != IdempotencyAnswer::Recorded {
+                tracing::warn!(answer = ?answer, "an idempotency record was no longer this node's to settle");
+            }
+            return;
+        }
         let timeout = self.commit_timeout;
         tokio::spawn(async move {
             // A cluster without a quorum now may have one again soon: keep trying for a

@@ -56,17 +56,9 @@ pub struct IntegrationResponse {
 }
 
 impl IntegrationResponse {
-    /// The template for a client that sent `accept`: the first media type it lists that has
-    /// a template, else `application/json`, else the first template.
+    /// The template for a client that sent `accept` ([`crate::mapping::for_accept`]).
     fn template(&self, accept: Option<&str>) -> Option<&(String, Arc<Template>)> {
-        let listed = accept.into_iter().flat_map(|a| a.split(',')).filter_map(|m| {
-            let media = m.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            self.templates.iter().find(|(t, _)| *t == media)
-        });
-        let first_listed = listed.into_iter().next();
-        first_listed
-            .or_else(|| self.templates.iter().find(|(t, _)| t == "application/json"))
-            .or_else(|| self.templates.first())
+        crate::mapping::for_accept(&self.templates, accept)
     }
 }
 

@@ -71,13 +71,8 @@ impl Compiler<'_> {
             }
         }
         let templates = self.templates(&def.templates, at, &format!("{field}.templates")).ok()?;
-        let template = templates
-            .iter()
-            .find(|(media, _)| media == "application/json")
-            .or_else(|| templates.first())
-            .and_then(|(media, t)| Some((HeaderValue::from_str(media).ok()?, t.clone())));
         let status = status.ok()?;
-        ok.then_some(GatewayResponse { status, headers, template })
+        ok.then_some(GatewayResponse { status, headers, templates })
     }
 
     /// The gateway responses of an API on one stage.
