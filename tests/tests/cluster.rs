@@ -1318,38 +1318,27 @@ apis:
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a route key"), "{bad:?}");
 }
 
-/// An upstream on `ip` that counts deliveries per `Idempotency-Key` and answers 201.
-async fn counting_backend(
-    ip: &str,
-) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>) {
+/// An upstream on loopback that counts deliveries per `Idempotency-Key` and answers 201.
+async fn counting_backend() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>)
+{
     let deliveries: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Default::default();
     let counted = deliveries.clone();
-    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let key = request.headers().get("idempotency-key").map(|k| k.to_str().unwrap_or("").to_string());
-                    let n = {
-                        let mut counted = counted.lock().unwrap();
-                        let n = counted.entry(key.unwrap_or_default()).or_default();
-                        *n += 1;
-                        *n
-                    };
-                    async move {
-                        let body = http_body_util::Full::new(bytes::Bytes::from(format!("delivery {n}")));
-                        let mut response = hyper::Response::new(body);
-                        *response.status_mut() = hyper::StatusCode::CREATED;
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-            });
+    let addr = meridian_tests::http_service(move |request| {
+        let key = request.headers().get("idempotency-key").map(|k| k.to_str().unwrap_or("").to_string());
+        let n = {
+            let mut counted = counted.lock().unwrap();
+            let n = counted.entry(key.unwrap_or_default()).or_default();
+            *n += 1;
+            *n
+        };
+        async move {
+            let mut response =
+                hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!("delivery {n}"))));
+            *response.status_mut() = hyper::StatusCode::CREATED;
+            response
         }
-    });
+    })
+    .await;
     (addr, deliveries)
 }
 
@@ -1379,7 +1368,7 @@ async fn pay(gateway: SocketAddr, key: &str) -> meridian_tests::Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_hold_on_every_node_across_a_leader_kill_and_a_lost_quorum() {
     let mut cluster = tokio::task::spawn_blocking(|| three_regions(19)).await.unwrap();
-    let (backend, deliveries) = counting_backend("127.0.0.1").await;
+    let (backend, deliveries) = counting_backend().await;
     let delivered = |key: &str| deliveries.lock().unwrap().get(key).copied().unwrap_or(0);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("payments.yaml");
