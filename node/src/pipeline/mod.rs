@@ -202,11 +202,13 @@ impl Pipeline {
     /// carried to its end (the upstream's answer read and recorded) even if its client goes
     /// away and the connection drops this future.
     pub async fn handle(self: &Arc<Self>, request: Request<Incoming>, conn: &Arc<ConnInfo>) -> Response<ObservedBody> {
-        if !self.table.load().keeps_responses {
-            return self.serve_here(request, conn).await;
+        // The table is loaded once: the request finishes on it, whatever a reload swaps in.
+        let table = self.table.load_full();
+        if !table.keeps_responses {
+            return self.serve_here(table, request, conn).await;
         }
         let (pipeline, conn_info) = (self.clone(), conn.clone());
-        match tokio::spawn(async move { pipeline.serve_here(request, &conn_info).await }).await {
+        match tokio::spawn(async move { pipeline.serve_here(table, request, &conn_info).await }).await {
             Ok(response) => response,
             Err(e) => {
                 tracing::error!(error = %e, "a request's task ended without a response");
@@ -218,7 +220,12 @@ impl Pipeline {
         }
     }
 
-    async fn serve_here(&self, request: Request<Incoming>, conn: &ConnInfo) -> Response<ObservedBody> {
+    async fn serve_here(
+        &self,
+        table: Arc<RoutingTable>,
+        request: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<ObservedBody> {
         let started = Instant::now();
         self.in_flight.increment(1.0);
         let request_id = request_id::assign(request.headers());
@@ -227,7 +234,6 @@ impl Pipeline {
         let version = request.version();
         // Kept for the API's gateway responses, which choose their template by it.
         let accept = request.headers().get(http::header::ACCEPT).cloned();
-        let table = self.table.load_full();
         let services = self.services(&table, false);
         let mut exchange = Exchange::new(request_id.clone(), conn.client.ip());
         let served = self.serve(&table, &services, request, conn, &mut exchange).await;
