@@ -137,8 +137,9 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
                 settings.advertise_rpc
             );
             if let Some(path) = ready_file {
-                write_ready_file(&node, &path)?;
+                // The token first: whoever waits for the ready file reads the token next.
                 std::fs::write(path.with_extension("token"), &token)?;
+                write_ready_file(&node, &path)?;
             }
             node.run_until_signal().await?;
             Ok(ExitCode::SUCCESS)
