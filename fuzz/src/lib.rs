@@ -201,7 +201,7 @@ pub fn mapping_template(data: &[u8]) {
     let Ok(template) = std::str::from_utf8(template) else { return };
     let Ok(parsed) = Template::parse(template) else { return };
     let inputs = Inputs {
-        body: String::from_utf8_lossy(body).into_owned(),
+        body: body.to_vec().into(),
         context: serde_json::json!({ "requestId": "r", "identity": { "sourceIp": "203.0.113.1" } }),
         ..Inputs::default()
     };

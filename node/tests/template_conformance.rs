@@ -39,7 +39,8 @@ fn templates(value: &Value, at: &str, found: &mut Vec<(String, String)>) {
 fn sample() -> Inputs {
     let text = |v: &str| Value::String(v.to_string());
     Inputs {
-        body: json!({ "a": 1, "b": 2, "op": "+", "name": "Rex", "price": 25 }).to_string(),
+        body: json!({ "a": 1, "b": 2, "op": "+", "name": "Rex", "price": 25 }).to_string().into(),
+        body_json: Default::default(),
         path: [("data", "hello"), ("seconds", "3"), ("petId", "1")]
             .into_iter()
             .map(|(k, v)| (k.into(), text(v)))

@@ -1,10 +1,16 @@
 //! Rendering a parsed template against a request's (or a response's) inputs, within
 //! [`Bounds`](super::Bounds).
+//!
+//! Values are borrowed wherever they can be: a reference into the body, `$context` or
+//! `$stageVariables` (or a variable `#set` to one) walks the inputs without copying them, so
+//! a template that loops over a large body copies only what it writes.
 
 use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use base64::Engine;
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::Bounds;
@@ -14,12 +20,38 @@ use super::parse::{BinaryOp, Expr, Node, Reference, Step, Template};
 /// `$context` and `$stageVariables`.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
-    pub body: String,
+    pub body: Bytes,
+    /// The body as JSON, parsed on first use, or given by a stage that parsed it already.
+    pub body_json: BodyJson,
     pub path: Map<String, Value>,
     pub querystring: Map<String, Value>,
     pub header: Map<String, Value>,
     pub context: Value,
     pub stage_variables: Value,
+}
+
+/// The body as JSON: parsed at most once per request, whoever asks first.
+#[derive(Debug, Clone, Default)]
+pub struct BodyJson(OnceLock<Option<Arc<Value>>>);
+
+impl BodyJson {
+    /// A body already parsed (by request validation): the template does not parse it again.
+    pub fn parsed(value: Arc<Value>) -> BodyJson {
+        BodyJson(OnceLock::from(Some(value)))
+    }
+
+    /// The body as JSON (an empty body is `{}`), or `None` when it is not JSON.
+    fn of(&self, body: &[u8]) -> Option<&Value> {
+        let parsed = self.0.get_or_init(|| {
+            let body = body.trim_ascii();
+            if body.is_empty() {
+                Some(Arc::new(Value::Object(Map::new())))
+            } else {
+                serde_json::from_slice(body).ok().map(Arc::new)
+            }
+        });
+        parsed.as_deref()
+    }
 }
 
 /// Why a rendering failed.
@@ -30,17 +62,20 @@ pub struct RenderError {
     pub message: String,
 }
 
+/// A value while rendering: borrowed from the template or the inputs, or made here.
+type Val<'a> = Cow<'a, Value>;
+
 struct Renderer<'a> {
     inputs: &'a Inputs,
+    /// The template's JSONPaths, compiled.
+    paths: &'a [(String, serde_json_path::JsonPath)],
     bounds: Bounds,
     started: Instant,
-    vars: Variables,
+    vars: Variables<'a>,
     /// The innermost `#foreach`'s position (index, count): `$foreach.*` reads it.
     position: Option<(usize, usize)>,
     out: String,
     iterations: u64,
-    /// The body as JSON, parsed on first use (`None` inside: not JSON).
-    body_json: Option<Option<Value>>,
 }
 
 type Rendered<T> = Result<T, RenderError>;
@@ -50,13 +85,13 @@ impl Template {
     pub fn render(&self, inputs: &Inputs, bounds: Bounds) -> Result<String, RenderError> {
         let mut renderer = Renderer {
             inputs,
+            paths: &self.paths,
             bounds,
             started: Instant::now(),
             vars: Variables::default(),
             position: None,
             out: String::new(),
             iterations: 0,
-            body_json: None,
         };
         renderer.nodes(&self.nodes)?;
         Ok(renderer.out)
@@ -81,7 +116,15 @@ fn text(value: &Value) -> String {
     }
 }
 
-fn truthy(value: &Option<Value>) -> bool {
+/// [`text`], borrowing a string instead of copying it.
+fn as_text(value: &Value) -> Cow<'_, str> {
+    match value {
+        Value::String(s) => Cow::Borrowed(s),
+        other => Cow::Owned(text(other)),
+    }
+}
+
+fn truthy(value: Option<&Value>) -> bool {
     match value {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -106,25 +149,37 @@ fn integer(value: &Value) -> Option<i64> {
 /// A template's variables (`#set`, `#foreach`): few, so a list searched in order is
 /// cheaper than hashing every name on every reference.
 #[derive(Default)]
-struct Variables(Vec<(String, Value)>);
+struct Variables<'a>(Vec<(String, Val<'a>)>);
 
-impl Variables {
-    fn get(&self, name: &str) -> Option<&Value> {
+impl<'a> Variables<'a> {
+    fn get(&self, name: &str) -> Option<&Val<'a>> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
-    fn insert(&mut self, name: String, value: Value) {
-        match self.0.iter_mut().find(|(n, _)| *n == name) {
+    fn insert(&mut self, name: &str, value: Val<'a>) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
             Some((_, slot)) => *slot = value,
-            None => self.0.push((name, value)),
+            None => self.0.push((name.to_string(), value)),
         }
     }
 
-    fn remove(&mut self, name: &str) -> Option<Value> {
+    fn remove(&mut self, name: &str) -> Option<Val<'a>> {
         let at = self.0.iter().position(|(n, _)| n == name)?;
         Some(self.0.swap_remove(at).1)
     }
 }
+
+/// Which bytes [`escape_javascript`] copies as they are: printable ASCII but quotes, `\`
+/// and `/`.
+const COPIED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0x20;
+    while b <= 0x7e {
+        table[b] = !matches!(b as u8, b'"' | b'\'' | b'\\' | b'/');
+        b += 1;
+    }
+    table
+};
 
 /// JavaScript string escaping, as `$util.escapeJavaScript` does it: runs of printable
 /// ASCII are copied whole; quotes, `\`, `/` and the usual controls get their escapes; other
@@ -135,6 +190,11 @@ fn escape_javascript(s: &str) -> String {
     let bytes = s.as_bytes();
     let (mut start, mut i) = (0, 0);
     while i < bytes.len() {
+        if COPIED[bytes[i] as usize] {
+            i += 1;
+            continue;
+        }
+        out.push_str(&s[start..i]);
         let escape = match bytes[i] {
             b'"' => "\\\"",
             b'\'' => "\\'",
@@ -145,14 +205,9 @@ fn escape_javascript(s: &str) -> String {
             b'\t' => "\\t",
             0x08 => "\\b",
             0x0c => "\\f",
-            0x20..=0x7e => {
-                i += 1;
-                continue;
-            }
             _ => {
                 // A control character or the first byte of a non-ASCII one (a boundary:
                 // the loop steps over whole characters).
-                out.push_str(&s[start..i]);
                 let c = s[i..].chars().next().unwrap_or('\u{fffd}');
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
@@ -163,7 +218,6 @@ fn escape_javascript(s: &str) -> String {
                 continue;
             }
         };
-        out.push_str(&s[start..i]);
         out.push_str(escape);
         i += 1;
         start = i;
@@ -205,7 +259,7 @@ fn compare(op: BinaryOp, a: &Value, b: &Value) -> bool {
     }
 }
 
-impl Renderer<'_> {
+impl<'a> Renderer<'a> {
     fn check_time(&self, line: usize) -> Rendered<()> {
         if self.started.elapsed() > self.bounds.max_time {
             return fail(line, format!("rendering took longer than {} ms", self.bounds.max_time.as_millis()));
@@ -221,29 +275,40 @@ impl Renderer<'_> {
         Ok(())
     }
 
-    fn nodes(&mut self, nodes: &[Node]) -> Rendered<()> {
+    fn nodes(&mut self, nodes: &'a [Node]) -> Rendered<()> {
         for node in nodes {
             match node {
                 Node::Text(t) => self.emit(t, 0)?,
-                Node::Ref(r, source) => match self.reference(r)? {
-                    Some(Value::String(s)) => self.emit(&s, r.line)?,
-                    Some(value) => {
-                        let t = text(&value);
-                        self.emit(&t, r.line)?;
+                // A variable written as it is: no copy of its value.
+                Node::Ref(r, _) if r.steps.is_empty() && self.vars.get(&r.root).is_some() => {
+                    let value = self.vars.get(&r.root).map_or(&NULL, |v| v.as_ref());
+                    let text = as_text(value);
+                    if self.out.len() + text.len() > self.bounds.max_output {
+                        return fail(r.line, format!("the output is larger than {} bytes", self.bounds.max_output));
                     }
+                    self.out.push_str(&text);
+                }
+                Node::Ref(r, source) => match self.reference(r)? {
+                    Some(value) => match value.as_ref() {
+                        Value::String(s) => self.emit(s, r.line)?,
+                        other => {
+                            let t = text(other);
+                            self.emit(&t, r.line)?;
+                        }
+                    },
                     None if r.quiet => {}
                     None => self.emit(source, r.line)?,
                 },
                 Node::Set(name, value) => {
                     // As in Velocity, a null value leaves the variable as it was.
                     if let Some(v) = self.expr(value)?.filter(|v| !v.is_null()) {
-                        self.vars.insert(name.clone(), v);
+                        self.vars.insert(name, v);
                     }
                 }
                 Node::If(branches, otherwise) => {
                     let mut taken = false;
                     for (condition, body) in branches {
-                        if truthy(&self.expr(condition)?) {
+                        if truthy(self.expr(condition)?.as_deref()) {
                             self.nodes(body)?;
                             taken = true;
                             break;
@@ -259,10 +324,12 @@ impl Renderer<'_> {
         Ok(())
     }
 
-    fn foreach(&mut self, var: &str, items: &Expr, body: &[Node]) -> Rendered<()> {
-        let items = match self.expr(items)? {
-            Some(Value::Array(list)) => list,
-            Some(Value::Object(map)) => map.into_iter().map(|(_, v)| v).collect(),
+    fn foreach(&mut self, var: &str, items: &'a Expr, body: &'a [Node]) -> Rendered<()> {
+        let items: Vec<Val<'a>> = match self.expr(items)? {
+            Some(Cow::Borrowed(Value::Array(list))) => list.iter().map(Cow::Borrowed).collect(),
+            Some(Cow::Borrowed(Value::Object(map))) => map.values().map(Cow::Borrowed).collect(),
+            Some(Cow::Owned(Value::Array(list))) => list.into_iter().map(Cow::Owned).collect(),
+            Some(Cow::Owned(Value::Object(map))) => map.into_iter().map(|(_, v)| Cow::Owned(v)).collect(),
             _ => Vec::new(),
         };
         let saved = (self.vars.remove(var), self.position);
@@ -273,14 +340,14 @@ impl Renderer<'_> {
                 return fail(0, format!("more than {} #foreach iterations", self.bounds.max_iterations));
             }
             self.check_time(0)?;
-            self.vars.insert(var.to_string(), item);
+            self.vars.insert(var, item);
             self.position = Some((index, count));
             self.nodes(body)?;
         }
         self.vars.remove(var);
         self.position = saved.1;
         if let Some(v) = saved.0 {
-            self.vars.insert(var.to_string(), v);
+            self.vars.insert(var, v);
         }
         Ok(())
     }
@@ -310,9 +377,9 @@ impl Renderer<'_> {
         })
     }
 
-    fn expr(&mut self, expr: &Expr) -> Rendered<Option<Value>> {
-        Ok(Some(match expr {
-            Expr::Literal(v) => v.clone(),
+    fn expr(&mut self, expr: &'a Expr) -> Rendered<Option<Val<'a>>> {
+        Ok(Some(Cow::Owned(match expr {
+            Expr::Literal(v) => return Ok(Some(Cow::Borrowed(v))),
             Expr::Interpolated(nodes) => {
                 let outer = std::mem::take(&mut self.out);
                 let rendered = self.nodes(nodes);
@@ -323,13 +390,13 @@ impl Renderer<'_> {
             Expr::List(items) => {
                 let mut list = Vec::with_capacity(items.len());
                 for item in items {
-                    list.push(self.expr(item)?.unwrap_or(Value::Null));
+                    list.push(self.expr(item)?.map_or(Value::Null, Cow::into_owned));
                 }
                 Value::Array(list)
             }
             Expr::Range(from, to) => {
-                let from = self.expr(from)?.as_ref().and_then(integer);
-                let to = self.expr(to)?.as_ref().and_then(integer);
+                let from = self.expr(from)?.as_deref().and_then(integer);
+                let to = self.expr(to)?.as_deref().and_then(integer);
                 let (Some(from), Some(to)) = (from, to) else { return fail(0, "a range needs two integers") };
                 if from.abs_diff(to) >= self.bounds.max_iterations {
                     return fail(0, format!("a range longer than {} items", self.bounds.max_iterations));
@@ -345,42 +412,43 @@ impl Renderer<'_> {
                 let mut map = Map::new();
                 for (k, v) in pairs {
                     let key = self.expr(k)?.map(|k| text(&k)).unwrap_or_default();
-                    map.insert(key, self.expr(v)?.unwrap_or(Value::Null));
+                    map.insert(key, self.expr(v)?.map_or(Value::Null, Cow::into_owned));
                 }
                 Value::Object(map)
             }
             Expr::Ref(r) => return self.reference(r),
-            Expr::Not(inner) => Value::Bool(!truthy(&self.expr(inner)?)),
-            Expr::Negate(inner) => match self.expr(inner)? {
-                Some(v) if integer(&v).is_some() => Value::from(-integer(&v).unwrap_or(0)),
-                Some(v) if number(&v).is_some() => {
-                    serde_json::Number::from_f64(-number(&v).unwrap_or(0.0)).map_or(Value::Null, Value::Number)
+            Expr::Not(inner) => Value::Bool(!truthy(self.expr(inner)?.as_deref())),
+            Expr::Negate(inner) => match self.expr(inner)?.as_deref() {
+                Some(v) if integer(v).is_some() => Value::from(-integer(v).unwrap_or(0)),
+                Some(v) if number(v).is_some() => {
+                    serde_json::Number::from_f64(-number(v).unwrap_or(0.0)).map_or(Value::Null, Value::Number)
                 }
                 _ => return fail(0, "`-` needs a number"),
             },
             Expr::Binary(op, a, b) => return self.binary(*op, a, b),
-        }))
+        })))
     }
 
-    fn binary(&mut self, op: BinaryOp, a: &Expr, b: &Expr) -> Rendered<Option<Value>> {
+    fn binary(&mut self, op: BinaryOp, a: &'a Expr, b: &'a Expr) -> Rendered<Option<Val<'a>>> {
+        let owned = |v: Value| Ok(Some(Cow::Owned(v)));
         match op {
             BinaryOp::Or => {
-                let left = truthy(&self.expr(a)?);
-                return Ok(Some(Value::Bool(left || truthy(&self.expr(b)?))));
+                let left = truthy(self.expr(a)?.as_deref());
+                return owned(Value::Bool(left || truthy(self.expr(b)?.as_deref())));
             }
             BinaryOp::And => {
-                let left = truthy(&self.expr(a)?);
-                return Ok(Some(Value::Bool(left && truthy(&self.expr(b)?))));
+                let left = truthy(self.expr(a)?.as_deref());
+                return owned(Value::Bool(left && truthy(self.expr(b)?.as_deref())));
             }
             _ => {}
         }
-        let left = self.expr(a)?.unwrap_or(Value::Null);
-        let right = self.expr(b)?.unwrap_or(Value::Null);
+        let left = self.expr(a)?.unwrap_or(Cow::Borrowed(&NULL));
+        let right = self.expr(b)?.unwrap_or(Cow::Borrowed(&NULL));
         if matches!(op, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Le | BinaryOp::Ge) {
-            return Ok(Some(Value::Bool(compare(op, &left, &right))));
+            return owned(Value::Bool(compare(op, &left, &right)));
         }
         if op == BinaryOp::Add && (left.is_string() || right.is_string()) {
-            return Ok(Some(Value::String(text(&left) + &text(&right))));
+            return owned(Value::String(text(&left) + &text(&right)));
         }
         let result = match (integer(&left), integer(&right)) {
             (Some(x), Some(y)) => match op {
@@ -407,54 +475,51 @@ impl Renderer<'_> {
             },
         };
         // Division by zero and overflow are null, as in Velocity.
-        Ok(Some(result.unwrap_or(Value::Null)))
+        owned(result.unwrap_or(Value::Null))
     }
 
-    fn arguments(&mut self, args: &[Expr]) -> Rendered<Vec<Value>> {
+    fn arguments(&mut self, args: &'a [Expr]) -> Rendered<Vec<Val<'a>>> {
         let mut values = Vec::with_capacity(args.len());
         for a in args {
-            values.push(self.expr(a)?.unwrap_or(Value::Null));
+            values.push(self.expr(a)?.unwrap_or(Cow::Borrowed(&NULL)));
         }
         Ok(values)
     }
 
-    fn body_json(&mut self) -> Option<&Value> {
-        if self.body_json.is_none() {
-            let body = self.inputs.body.trim();
-            let parsed =
-                if body.is_empty() { Some(Value::Object(Map::new())) } else { serde_json::from_str(body).ok() };
-            self.body_json = Some(parsed);
-        }
-        self.body_json.as_ref().and_then(Option::as_ref)
-    }
-
     /// What `path` selects in the body: one value, several (a list), or null.
-    fn select(&mut self, path: &str, line: usize) -> Rendered<Value> {
-        let compiled = match serde_json_path::JsonPath::parse(path) {
-            Ok(p) => p,
-            Err(e) => return fail(line, format!("`{path}` is not a JSONPath: {e}")),
+    fn select(&self, path: &str, line: usize) -> Rendered<Val<'a>> {
+        let inputs = self.inputs;
+        let Some(body) = inputs.body_json.of(&inputs.body) else { return fail(line, "the body is not JSON") };
+        if path == "$" {
+            return Ok(Cow::Borrowed(body));
+        }
+        let compiled = match self.paths.iter().find(|(p, _)| p == path) {
+            Some((_, compiled)) => Cow::Borrowed(compiled),
+            None => match serde_json_path::JsonPath::parse(path) {
+                Ok(p) => Cow::Owned(p),
+                Err(e) => return fail(line, format!("`{path}` is not a JSONPath: {e}")),
+            },
         };
-        let Some(body) = self.body_json() else { return fail(line, "the body is not JSON") };
         let nodes = compiled.query(body).all();
         let singular = !path.contains(['*', '?', ':']) && !path.contains("..");
         Ok(match (nodes.as_slice(), singular) {
-            ([], _) => Value::Null,
-            ([one], true) => (*one).clone(),
-            (many, _) => Value::Array(many.iter().map(|v| (*v).clone()).collect()),
+            ([], _) => Cow::Borrowed(&NULL),
+            ([one], true) => Cow::Borrowed(*one),
+            (many, _) => Cow::Owned(Value::Array(many.iter().map(|v| (*v).clone()).collect())),
         })
     }
 
-    fn reference(&mut self, r: &Reference) -> Rendered<Option<Value>> {
-        let root = r.root.as_str();
-        let (computed, skip) = match root {
+    fn reference(&mut self, r: &'a Reference) -> Rendered<Option<Val<'a>>> {
+        let (start, skip) = match r.root.as_str() {
             name if self.vars.get(name).is_some() => (None, 0),
             "foreach" if self.position.is_some() => match r.steps.first() {
-                Some(Step::Field(name)) => (self.position_field(name), 1),
-                _ => (self.position(), 0),
+                Some(Step::Field(name)) => (self.position_field(name).map(Cow::Owned), 1),
+                _ => (self.position().map(Cow::Owned), 0),
             },
             "input" => (Some(self.input(r)?), 1),
-            "util" => (Some(self.util(r)?), 1),
-            "context" | "stageVariables" => (None, 0),
+            "util" => (Some(Cow::Owned(self.util(r)?)), 1),
+            "context" => (Some(Cow::Borrowed(&self.inputs.context)), 0),
+            "stageVariables" => (Some(Cow::Borrowed(&self.inputs.stage_variables)), 0),
             _ => return Ok(None),
         };
         let steps = &r.steps[skip..];
@@ -464,53 +529,59 @@ impl Renderer<'_> {
         for step in steps {
             arguments.push(match step {
                 Step::Field(_) => Vec::new(),
-                Step::Index(index) => vec![self.expr(index)?.unwrap_or(Value::Null)],
+                Step::Index(index) => vec![self.expr(index)?.unwrap_or(Cow::Borrowed(&NULL))],
                 Step::Call(_, args) => self.arguments(args)?,
             });
         }
-        let mut value = match computed {
-            Some(value) => Cow::Owned(value),
-            None => Cow::Borrowed(match root {
-                name if let Some(value) = self.vars.get(name) => value,
-                "context" => &self.inputs.context,
-                _ => &self.inputs.stage_variables,
-            }),
+        let value = match start {
+            Some(value) => walk_steps(value, steps, &arguments),
+            // A variable set to a borrowed value walks on borrowing it; one made while
+            // rendering is walked by reference and only the result is copied.
+            None => match self.vars.get(&r.root) {
+                Some(Cow::Borrowed(value)) => walk_steps(Cow::Borrowed(*value), steps, &arguments),
+                Some(Cow::Owned(value)) => {
+                    walk_steps(Cow::Borrowed(value), steps, &arguments).map(|v| Cow::Owned(v.into_owned()))
+                }
+                None => return Ok(None),
+            },
         };
-        for (step, args) in steps.iter().zip(&arguments) {
-            value = walk(value, step, args).or_else(|e| fail(r.line, e))?;
-        }
-        Ok(Some(value.into_owned()))
+        value.map(Some).or_else(|e| fail(r.line, e))
     }
 
-    fn input(&mut self, r: &Reference) -> Rendered<Value> {
+    fn input(&mut self, r: &'a Reference) -> Rendered<Val<'a>> {
         match r.steps.first() {
-            Some(Step::Field(f)) if f == "body" => Ok(Value::String(self.inputs.body.clone())),
+            Some(Step::Field(f)) if f == "body" => {
+                Ok(Cow::Owned(Value::String(match std::str::from_utf8(&self.inputs.body) {
+                    Ok(text) => text.to_string(),
+                    Err(_) => String::from_utf8_lossy(&self.inputs.body).into_owned(),
+                })))
+            }
             Some(Step::Call(m, args)) if m == "json" || m == "path" => {
                 let args = self.arguments(args)?;
-                let path = args.first().map(text).unwrap_or_default();
+                let path = args.first().map(|p| as_text(p)).unwrap_or_default();
                 let selected = self.select(&path, r.line)?;
-                Ok(if m == "json" { Value::String(selected.to_string()) } else { selected })
+                Ok(if m == "json" { Cow::Owned(Value::String(selected.to_string())) } else { selected })
             }
             Some(Step::Call(m, args)) if m == "params" => {
                 let args = self.arguments(args)?;
+                let inputs = self.inputs;
                 match args.first() {
-                    None => Ok(serde_json::json!({
-                        "path": self.inputs.path,
-                        "querystring": self.inputs.querystring,
-                        "header": self.inputs.header,
-                    })),
+                    None => Ok(Cow::Owned(serde_json::json!({
+                        "path": inputs.path,
+                        "querystring": inputs.querystring,
+                        "header": inputs.header,
+                    }))),
                     Some(name) => {
-                        let name = text(name);
-                        let header =
-                            self.inputs.header.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name)).map(|(_, v)| v);
-                        Ok(self
-                            .inputs
-                            .path
-                            .get(&name)
-                            .or_else(|| self.inputs.querystring.get(&name))
-                            .or(header)
-                            .cloned()
-                            .unwrap_or_else(|| Value::String(String::new())))
+                        let name = as_text(name);
+                        let header = inputs.header.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name)).map(|(_, v)| v);
+                        Ok(Cow::Borrowed(
+                            inputs
+                                .path
+                                .get(name.as_ref())
+                                .or_else(|| inputs.querystring.get(name.as_ref()))
+                                .or(header)
+                                .unwrap_or(&EMPTY),
+                        ))
                     }
                 }
             }
@@ -518,14 +589,10 @@ impl Renderer<'_> {
         }
     }
 
-    fn util(&mut self, r: &Reference) -> Rendered<Value> {
+    fn util(&mut self, r: &'a Reference) -> Rendered<Value> {
         let Some(Step::Call(f, args)) = r.steps.first() else { return fail(r.line, "$util needs a function") };
         let args = self.arguments(args)?;
-        let arg: std::borrow::Cow<str> = match args.first() {
-            Some(Value::String(s)) => std::borrow::Cow::Borrowed(s),
-            Some(other) => std::borrow::Cow::Owned(text(other)),
-            None => std::borrow::Cow::Borrowed(""),
-        };
+        let arg = args.first().map(|a| as_text(a)).unwrap_or_default();
         Ok(match f.as_str() {
             "escapeJavaScript" => Value::String(escape_javascript(&arg)),
             "urlEncode" => Value::String(url_encode(&arg)),
@@ -539,15 +606,15 @@ impl Renderer<'_> {
                 Ok(v) => v,
                 Err(e) => return fail(r.line, format!("$util.parseJson: {e}")),
             },
-            "toJson" => Value::String(args.first().unwrap_or(&Value::Null).to_string()),
+            "toJson" => Value::String(args.first().map_or(&NULL, |v| v.as_ref()).to_string()),
             "jsonToXml" => {
                 // A JSON text is parsed first; any other value converts as it is.
-                let value = match args.first() {
+                let value = match args.first().map(|v| v.as_ref()) {
                     Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
                     Some(v) => v.clone(),
                     None => Value::Null,
                 };
-                let root = args.get(1).map(text).unwrap_or_else(|| "root".to_string());
+                let root = args.get(1).map(|r| text(r)).unwrap_or_else(|| "root".to_string());
                 match super::xml::json_to_xml(&value, &root) {
                     Ok(xml) => Value::String(xml),
                     Err(e) => return fail(r.line, format!("$util.jsonToXml: {e}")),
@@ -563,29 +630,49 @@ impl Renderer<'_> {
 }
 
 static NULL: Value = Value::Null;
+static EMPTY: Value = Value::String(String::new());
 
-/// One step of a reference from `value`: a field, an index (its value in `args`) or a
-/// method call; a step into a borrowed value stays borrowed.
-fn walk<'v>(value: Cow<'v, Value>, step: &Step, args: &[Value]) -> Result<Cow<'v, Value>, String> {
-    // A field's name, or an index into a map.
+/// The steps of a reference from `value`, each with its arguments.
+fn walk_steps<'v>(
+    mut value: Cow<'v, Value>,
+    steps: &[Step],
+    arguments: &[Vec<Val<'_>>],
+) -> Result<Cow<'v, Value>, String> {
+    for (step, args) in steps.iter().zip(arguments) {
+        value = walk(value, step, args)?;
+    }
+    Ok(value)
+}
+
+/// One step of a reference from `value`: a field, an index (its value in `args`), or a
+/// method call; a step into a borrowed value (`get` included) stays borrowed.
+fn walk<'v>(value: Cow<'v, Value>, step: &Step, args: &[Val<'_>]) -> Result<Cow<'v, Value>, String> {
+    let first = args.first().map_or(&NULL, |v| v.as_ref());
+    // A field's name, or a key into a map.
     let key = || match step {
-        Step::Field(name) => name.clone(),
-        _ => text(args.first().unwrap_or(&NULL)),
+        Step::Field(name) => Cow::Borrowed(name.as_str()),
+        _ => as_text(first),
     };
     let position = |list: &[Value]| {
-        let i = args.first().and_then(integer)?;
+        let i = integer(first)?;
         let i = if i < 0 { list.len() as i64 + i } else { i };
         usize::try_from(i).ok().filter(|i| *i < list.len())
     };
     Ok(match (step, value) {
+        (Step::Call(method, _), Cow::Borrowed(Value::Object(map))) if method == "get" => {
+            Cow::Borrowed(map.get(key().as_ref()).unwrap_or(&NULL))
+        }
+        (Step::Call(method, _), Cow::Borrowed(Value::Array(list))) if method == "get" => Cow::Borrowed(
+            integer(first).and_then(|i| usize::try_from(i).ok()).and_then(|i| list.get(i)).unwrap_or(&NULL),
+        ),
         (Step::Call(method, _), value) => Cow::Owned(method_call(&value, method, args)?),
         (Step::Field(_) | Step::Index(_), Cow::Borrowed(value)) => Cow::Borrowed(match value {
-            Value::Object(map) => map.get(&key()).unwrap_or(&NULL),
+            Value::Object(map) => map.get(key().as_ref()).unwrap_or(&NULL),
             Value::Array(list) if matches!(step, Step::Index(_)) => position(list).map_or(&NULL, |i| &list[i]),
             _ => &NULL,
         }),
         (Step::Field(_) | Step::Index(_), Cow::Owned(value)) => Cow::Owned(match value {
-            Value::Object(mut map) => map.remove(&key()).unwrap_or(Value::Null),
+            Value::Object(mut map) => map.remove(key().as_ref()).unwrap_or(Value::Null),
             Value::Array(mut list) if matches!(step, Step::Index(_)) => {
                 position(&list).map_or(Value::Null, |i| list.swap_remove(i))
             }
@@ -595,8 +682,8 @@ fn walk<'v>(value: Cow<'v, Value>, step: &Step, args: &[Value]) -> Result<Cow<'v
 }
 
 /// The methods values have.
-fn method_call(value: &Value, method: &str, args: &[Value]) -> Result<Value, String> {
-    let arg = |i: usize| args.get(i).cloned().unwrap_or(Value::Null);
+fn method_call(value: &Value, method: &str, args: &[Val<'_>]) -> Result<Value, String> {
+    let arg = |i: usize| args.get(i).map_or(&NULL, |v| v.as_ref());
     let size = |v: &Value| match v {
         Value::String(s) => s.chars().count(),
         Value::Array(l) => l.len(),
@@ -606,28 +693,29 @@ fn method_call(value: &Value, method: &str, args: &[Value]) -> Result<Value, Str
     Ok(match (method, value) {
         ("size" | "length", _) => Value::from(size(value)),
         ("isEmpty", _) => Value::Bool(size(value) == 0),
-        ("get", Value::Object(m)) => m.get(&text(&arg(0))).cloned().unwrap_or(Value::Null),
-        ("get", Value::Array(l)) => integer(&arg(0))
-            .and_then(|i| usize::try_from(i).ok())
-            .and_then(|i| l.get(i).cloned())
-            .unwrap_or(Value::Null),
-        ("containsKey", Value::Object(m)) => Value::Bool(m.contains_key(&text(&arg(0)))),
+        ("get", Value::Object(m)) => m.get(as_text(arg(0)).as_ref()).cloned().unwrap_or(Value::Null),
+        ("get", Value::Array(l)) => {
+            integer(arg(0)).and_then(|i| usize::try_from(i).ok()).and_then(|i| l.get(i).cloned()).unwrap_or(Value::Null)
+        }
+        ("containsKey", Value::Object(m)) => Value::Bool(m.contains_key(as_text(arg(0)).as_ref())),
         ("keySet", Value::Object(m)) => Value::Array(m.keys().cloned().map(Value::String).collect()),
         ("values", Value::Object(m)) => Value::Array(m.values().cloned().collect()),
-        ("contains", Value::Array(l)) => Value::Bool(l.contains(&arg(0))),
-        ("contains", Value::String(s)) => Value::Bool(s.contains(&text(&arg(0)))),
-        ("startsWith", Value::String(s)) => Value::Bool(s.starts_with(&text(&arg(0)))),
-        ("endsWith", Value::String(s)) => Value::Bool(s.ends_with(&text(&arg(0)))),
+        ("contains", Value::Array(l)) => Value::Bool(l.contains(arg(0))),
+        ("contains", Value::String(s)) => Value::Bool(s.contains(as_text(arg(0)).as_ref())),
+        ("startsWith", Value::String(s)) => Value::Bool(s.starts_with(as_text(arg(0)).as_ref())),
+        ("endsWith", Value::String(s)) => Value::Bool(s.ends_with(as_text(arg(0)).as_ref())),
         ("toLowerCase", Value::String(s)) => Value::String(s.to_lowercase()),
         ("toUpperCase", Value::String(s)) => Value::String(s.to_uppercase()),
         ("trim", Value::String(s)) => Value::String(s.trim().to_string()),
-        ("replace" | "replaceAll", Value::String(s)) => Value::String(s.replace(&text(&arg(0)), &text(&arg(1)))),
+        ("replace" | "replaceAll", Value::String(s)) => {
+            Value::String(s.replace(as_text(arg(0)).as_ref(), as_text(arg(1)).as_ref()))
+        }
         ("indexOf", Value::String(s)) => {
-            Value::from(s.find(&text(&arg(0))).map_or(-1, |byte| s[..byte].chars().count() as i64))
+            Value::from(s.find(as_text(arg(0)).as_ref()).map_or(-1, |byte| s[..byte].chars().count() as i64))
         }
         ("substring", Value::String(s)) => {
             let chars: Vec<char> = s.chars().collect();
-            let from = integer(&arg(0)).and_then(|i| usize::try_from(i).ok()).unwrap_or(0).min(chars.len());
+            let from = integer(arg(0)).and_then(|i| usize::try_from(i).ok()).unwrap_or(0).min(chars.len());
             let to = match args.get(1) {
                 Some(v) => integer(v).and_then(|i| usize::try_from(i).ok()).unwrap_or(chars.len()).min(chars.len()),
                 None => chars.len(),
@@ -635,11 +723,11 @@ fn method_call(value: &Value, method: &str, args: &[Value]) -> Result<Value, Str
             Value::String(chars[from..to.max(from)].iter().collect())
         }
         ("split", Value::String(s)) => {
-            let separator = text(&arg(0));
+            let separator = as_text(arg(0));
             if separator.is_empty() {
                 return Err("split needs a separator".into());
             }
-            Value::Array(s.split(separator.as_str()).map(|p| Value::String(p.to_string())).collect())
+            Value::Array(s.split(separator.as_ref()).map(|p| Value::String(p.to_string())).collect())
         }
         ("toString", _) => Value::String(text(value)),
         (m, v) => {

@@ -38,7 +38,7 @@ pub mod xml;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use eval::{Inputs, RenderError};
+pub use eval::{BodyJson, Inputs, RenderError};
 pub use parse::{Template, TemplateError};
 
 /// The template for a client that sent `accept`: the first media type it lists that has a

@@ -7,6 +7,10 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     pub(super) nodes: Vec<Node>,
+    /// The literal JSONPaths of `$input.json(...)` and `$input.path(...)`, compiled once.
+    pub(super) paths: Vec<(String, serde_json_path::JsonPath)>,
+    /// Whether the template reads `$input.params(...)`.
+    pub(super) reads_params: bool,
 }
 
 /// What is wrong with a template, and where.
@@ -114,52 +118,63 @@ impl Template {
         if let Some(end) = end {
             return Err(parser.error(format!("#{end} without an opening directive")));
         }
-        let template = Template { nodes };
+        let mut template = Template { nodes, paths: Vec::new(), reads_params: false };
         template.check()?;
         Ok(template)
     }
 
+    /// Whether the template reads the request's parameters (`$input.params(...)`): a caller
+    /// that knows it does not can leave them out of the [`Inputs`](super::Inputs).
+    pub fn reads_params(&self) -> bool {
+        self.reads_params
+    }
+
     /// Refuses references to `$input` and `$util` members that do not exist, and JSONPaths
-    /// that do not parse.
-    fn check(&self) -> Parsed<()> {
-        fn nodes(list: &[Node]) -> Parsed<()> {
+    /// that do not parse; keeps the compiled paths and notes what the template reads.
+    fn check(&mut self) -> Parsed<()> {
+        #[derive(Default)]
+        struct Found {
+            paths: Vec<(String, serde_json_path::JsonPath)>,
+            reads_params: bool,
+        }
+        fn nodes(list: &[Node], found: &mut Found) -> Parsed<()> {
             for node in list {
                 match node {
                     Node::Text(_) => {}
-                    Node::Ref(r, _) => reference(r)?,
-                    Node::Set(_, e) => expr(e)?,
+                    Node::Ref(r, _) => reference(r, found)?,
+                    Node::Set(_, e) => expr(e, found)?,
                     Node::If(branches, otherwise) => {
                         for (condition, body) in branches {
-                            expr(condition)?;
-                            nodes(body)?;
+                            expr(condition, found)?;
+                            nodes(body, found)?;
                         }
-                        nodes(otherwise)?;
+                        nodes(otherwise, found)?;
                     }
                     Node::Foreach(_, items, body) => {
-                        expr(items)?;
-                        nodes(body)?;
+                        expr(items, found)?;
+                        nodes(body, found)?;
                     }
                 }
             }
             Ok(())
         }
-        fn expr(e: &Expr) -> Parsed<()> {
+        fn expr(e: &Expr, found: &mut Found) -> Parsed<()> {
             match e {
                 Expr::Literal(_) => Ok(()),
-                Expr::Interpolated(list) => nodes(list),
-                Expr::List(items) => items.iter().try_for_each(expr),
-                Expr::Range(a, b) | Expr::Binary(_, a, b) => expr(a).and_then(|_| expr(b)),
-                Expr::Map(pairs) => pairs.iter().try_for_each(|(k, v)| expr(k).and_then(|_| expr(v))),
-                Expr::Ref(r) => reference(r),
-                Expr::Not(a) | Expr::Negate(a) => expr(a),
+                Expr::Interpolated(list) => nodes(list, found),
+                Expr::List(items) => items.iter().try_for_each(|e| expr(e, found)),
+                Expr::Range(a, b) | Expr::Binary(_, a, b) => expr(a, found).and_then(|_| expr(b, found)),
+                Expr::Map(pairs) => pairs.iter().try_for_each(|(k, v)| expr(k, found).and_then(|_| expr(v, found))),
+                Expr::Ref(r) => reference(r, found),
+                Expr::Not(a) | Expr::Negate(a) => expr(a, found),
             }
         }
-        fn reference(r: &Reference) -> Parsed<()> {
+        fn reference(r: &Reference, found: &mut Found) -> Parsed<()> {
             let error = |message: String| Err(TemplateError { line: r.line, message });
             for step in &r.steps {
                 match step {
-                    Step::Index(e) => expr(e)?,
-                    Step::Call(_, args) => args.iter().try_for_each(expr)?,
+                    Step::Index(e) => expr(e, found)?,
+                    Step::Call(_, args) => args.iter().try_for_each(|e| expr(e, found))?,
                     Step::Field(_) => {}
                 }
             }
@@ -167,13 +182,21 @@ impl Template {
                 ("input", Some(Step::Field(f))) if f == "body" => Ok(()),
                 ("input", Some(Step::Call(m, args))) if m == "json" || m == "path" => match args.as_slice() {
                     [Expr::Literal(Value::String(path))] => match serde_json_path::JsonPath::parse(path) {
-                        Ok(_) => Ok(()),
+                        Ok(compiled) => {
+                            if !found.paths.iter().any(|(p, _)| p == path) {
+                                found.paths.push((path.clone(), compiled));
+                            }
+                            Ok(())
+                        }
                         Err(e) => error(format!("`{path}` is not a JSONPath: {e}")),
                     },
                     [_] => Ok(()),
                     _ => error(format!("$input.{m} takes one JSONPath")),
                 },
-                ("input", Some(Step::Call(m, args))) if m == "params" && args.len() <= 1 => Ok(()),
+                ("input", Some(Step::Call(m, args))) if m == "params" && args.len() <= 1 => {
+                    found.reads_params = true;
+                    Ok(())
+                }
                 ("input", Some(other)) => error(format!(
                     "$input has `body`, `json(path)`, `path(path)` and `params()`, not {}",
                     describe(other)
@@ -193,7 +216,11 @@ impl Template {
                 Step::Index(_) => "an index".into(),
             }
         }
-        nodes(&self.nodes)
+        let mut found = Found::default();
+        nodes(&self.nodes, &mut found)?;
+        self.paths = found.paths;
+        self.reads_params = found.reads_params;
+        Ok(())
     }
 }
 

@@ -21,6 +21,7 @@ fn inputs() -> Inputs {
             "authorizer": { "claims": { "sub": "ana" } }
         }),
         stage_variables: json!({ "backend": "orders.internal" }),
+        body_json: Default::default(),
     }
 }
 
@@ -180,4 +181,31 @@ mod fuzz {
             }
         }
     }
+}
+
+#[test]
+fn a_body_parsed_before_is_not_parsed_again_and_params_are_noted() {
+    // Validation hands its parse over: the template reads that value, not the text.
+    let given =
+        Inputs { body_json: super::BodyJson::parsed(std::sync::Arc::new(json!({ "name": "parsed" }))), ..inputs() };
+    let t = Template::parse("$input.path('$.name') $input.json('$')").unwrap();
+    assert_eq!(t.render(&given, Bounds::default()).unwrap(), r#"parsed {"name":"parsed"}"#);
+    assert!(!t.reads_params());
+    assert!(Template::parse("#set($h = $input.params().header)$h").unwrap().reads_params());
+    assert!(Template::parse("$input.params('id')").unwrap().reads_params());
+}
+
+#[test]
+fn values_borrowed_from_the_body_walk_like_copies() {
+    let t = Template::parse(
+        "#set($b = $input.path('$'))#foreach($k in $b.keySet())$k=$b.get($k).toString()#if($foreach.hasNext);#end#end|$b.owner.get('id')|$b.tags.get(1)|$b['name']",
+    )
+    .unwrap();
+    let out = t.render(&inputs(), Bounds::default()).unwrap();
+    assert!(
+        out.starts_with(
+            "name=Rex;note=say \"hi\"\n;owner={email=ana@example.com, id=7};price=25.5;tags=[a, b, c]|7|b|Rex"
+        ),
+        "{out}"
+    );
 }

@@ -120,7 +120,7 @@ impl IntegrationResponses {
         let Some(RequestInputs { mut inputs, .. }) = exchange.extensions.remove::<RequestInputs>() else {
             return failed("the request's inputs were not kept".into());
         };
-        inputs.body = String::from_utf8_lossy(&body).into_owned();
+        inputs.body = body.clone();
         match template.render(&inputs, self.bounds) {
             Ok(rendered) => Bytes::from(rendered),
             Err(e) => failed(e.to_string()),
@@ -147,7 +147,8 @@ impl Stage for IntegrationResponses {
 
     fn request_head<'a>(&'a self, head: &'a mut Parts, exchange: &'a mut Exchange, _: &'a Services<'a>) -> Step<'a> {
         let accept = head.headers.get(ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let inputs = self.scope.inputs(head, exchange);
+        let reads_params = self.responses.iter().flat_map(|r| &r.templates).any(|(_, t)| t.reads_params());
+        let inputs = self.scope.inputs(head, exchange, reads_params);
         exchange.extensions.insert(RequestInputs { inputs, accept });
         Flow::Continue.into()
     }

@@ -19,9 +19,10 @@ use http::request::Parts;
 use serde_json::{Map, Value};
 
 use super::content::{BinaryMediaTypes, ContentHandling, Conversion};
+use super::validation::ValidatedJson;
 use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, media_type};
 use crate::authorizers::AuthorizerContext;
-use crate::mapping::{Bounds, Inputs, Template};
+use crate::mapping::{BodyJson, Bounds, Inputs, Template};
 use crate::rejection::Rejection;
 
 /// What happens to a request whose content type has no template.
@@ -58,20 +59,21 @@ pub struct TemplateScope {
 }
 
 impl TemplateScope {
-    /// The inputs a template reads for this request, with an empty body.
-    pub fn inputs(&self, head: &Parts, exchange: &Exchange) -> Inputs {
-        let values = exchange.extensions.get::<PathParameters>().map(|p| p.0.as_slice()).unwrap_or_default();
-        let path: Map<String, Value> =
-            self.parameter_names.iter().cloned().zip(values.iter().map(|v| Value::String(v.clone()))).collect();
-        let mut querystring = Map::new();
-        for (k, v) in crate::query::pairs(head.uri.query().unwrap_or("")) {
-            querystring.entry(k).or_insert(Value::String(v));
-        }
-        let mut header = Map::new();
-        for (name, value) in &head.headers {
-            header
-                .entry(name.as_str().to_string())
-                .or_insert_with(|| Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
+    /// The inputs a template reads for this request, with an empty body; the request's
+    /// parameters only when `with_params` (a template that reads them).
+    pub fn inputs(&self, head: &Parts, exchange: &Exchange, with_params: bool) -> Inputs {
+        let (mut path, mut querystring, mut header) = (Map::new(), Map::new(), Map::new());
+        if with_params {
+            let values = exchange.extensions.get::<PathParameters>().map(|p| p.0.as_slice()).unwrap_or_default();
+            path = self.parameter_names.iter().cloned().zip(values.iter().map(|v| Value::String(v.clone()))).collect();
+            for (k, v) in crate::query::pairs(head.uri.query().unwrap_or("")) {
+                querystring.entry(k).or_insert(Value::String(v));
+            }
+            for (name, value) in &head.headers {
+                header
+                    .entry(name.as_str().to_string())
+                    .or_insert_with(|| Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
+            }
         }
         let authorizer = exchange.extensions.get::<AuthorizerContext>().map_or(Value::Null, |c| {
             let mut values = (*c.values).clone();
@@ -92,7 +94,8 @@ impl TemplateScope {
             "authorizer": authorizer,
         });
         Inputs {
-            body: String::new(),
+            body: Bytes::new(),
+            body_json: Default::default(),
             path,
             querystring,
             header,
@@ -196,8 +199,11 @@ impl Stage for RequestMapping {
             }
             return Flow::Continue.into();
         };
-        let mut inputs = self.scope.inputs(head, exchange);
-        inputs.body = String::from_utf8_lossy(&body).into_owned();
+        let mut inputs = self.scope.inputs(head, exchange, template.reads_params());
+        if let Some(parsed) = exchange.extensions.get::<ValidatedJson>().and_then(|v| v.of(&body)) {
+            inputs.body_json = BodyJson::parsed(parsed);
+        }
+        inputs.body = body;
         match template.render(&inputs, self.bounds) {
             Ok(rendered) => {
                 if !services.dry_run {

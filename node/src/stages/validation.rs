@@ -46,6 +46,22 @@ impl BodyModels {
 }
 
 /// One route's request validation.
+/// A request body that validation parsed, kept so that a mapping template reads it without
+/// parsing it again.
+#[derive(Debug, Clone)]
+pub struct ValidatedJson {
+    body: Bytes,
+    value: Arc<serde_json::Value>,
+}
+
+impl ValidatedJson {
+    /// The parsed value, if `body` is the very body that was validated (a stage between may
+    /// have replaced it).
+    pub fn of(&self, body: &Bytes) -> Option<Arc<serde_json::Value>> {
+        (self.body.as_ptr() == body.as_ptr() && self.body.len() == body.len()).then(|| self.value.clone())
+    }
+}
+
 #[derive(Debug)]
 pub struct RequestValidation {
     pub required_query: Vec<String>,
@@ -89,7 +105,8 @@ impl RequestValidation {
     }
 
     /// Every violation of `model` by `body`.
-    fn check_body(model: &Model, body: &Bytes) -> Result<(), Rejection> {
+    /// The body, parsed, when it matches `model`; else the refusal listing every violation.
+    fn check_body(model: &Model, body: &Bytes) -> Result<serde_json::Value, Rejection> {
         let value: serde_json::Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(_) if body.is_empty() => {
@@ -105,6 +122,9 @@ impl RequestValidation {
                 return Err(invalid("the request body is not valid JSON", vec![v], ResponseType::BadRequestBody));
             }
         };
+        if model.validator.is_valid(&value) {
+            return Ok(value);
+        }
         let violations: Vec<Violation> = model
             .validator
             .iter_errors(&value)
@@ -112,7 +132,7 @@ impl RequestValidation {
             .map(|e| Violation::new("body", e.instance_path().as_str().to_string(), cut(e.to_string())))
             .collect();
         if violations.is_empty() {
-            Ok(())
+            Ok(value)
         } else {
             Err(invalid("the request body does not match its model", violations, ResponseType::BadRequestBody))
         }
@@ -155,8 +175,9 @@ impl Stage for RequestValidation {
     ) -> Step<'a> {
         let Some(model) = self.body.as_ref().and_then(|b| b.for_request(head)) else { return Flow::Continue.into() };
         match Self::check_body(model, body) {
-            Ok(()) => {
+            Ok(value) => {
                 exchange.note(|| format!("the body matches the model `{}`", model.name));
+                exchange.extensions.insert(ValidatedJson { body: body.clone(), value: Arc::new(value) });
                 Flow::Continue.into()
             }
             Err(rejection) => rejection.into(),
@@ -190,11 +211,22 @@ mod tests {
         for pointer in ["/name", "/price", "/tags", "/tags/1"] {
             assert!(at.contains(&pointer), "{pointer} not in {at:?}");
         }
-        assert!(RequestValidation::check_body(&pet, &Bytes::from_static(br#"{"name":"rex","price":3}"#)).is_ok());
+        let valid = RequestValidation::check_body(&pet, &Bytes::from_static(br#"{"name":"rex","price":3}"#));
+        assert_eq!(valid.unwrap()["name"], "rex");
         let not_json = RequestValidation::check_body(&pet, &Bytes::from_static(b"{nope")).unwrap_err();
         assert!(not_json.violations[0].message.starts_with("not JSON"));
         let empty = RequestValidation::check_body(&pet, &Bytes::new()).unwrap_err();
         assert_eq!(empty.message, "the request body is missing");
+    }
+
+    #[test]
+    fn a_validated_body_is_handed_on_only_for_the_same_bytes() {
+        let body = Bytes::from_static(br#"{"name":"rex"}"#);
+        let kept = ValidatedJson { body: body.clone(), value: Arc::new(serde_json::json!({"name": "rex"})) };
+        assert_eq!(kept.of(&body.clone()).unwrap()["name"], "rex");
+        // The same text in another buffer is a body a stage put in its place.
+        assert!(kept.of(&Bytes::copy_from_slice(&body)).is_none());
+        assert!(kept.of(&body.slice(0..5)).is_none());
     }
 
     #[test]
