@@ -17,6 +17,7 @@ mod demo;
 mod dns;
 mod domains;
 mod explain;
+mod import;
 mod output;
 mod sync;
 mod target;
@@ -154,6 +155,9 @@ pub enum Command {
     /// Explain what a node would do with a request.
     #[command(subcommand)]
     Explain(explain::ExplainCommand),
+    /// Import an API from another format (an OpenAPI document a managed gateway exported).
+    #[command(subcommand)]
+    Import(import::ImportCommand),
     /// Run chaos scenarios: real nodes, faults on their links, invariants checked.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
@@ -308,6 +312,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Regions(command) => dns::regions(command).await,
         Command::Dns(command) => dns::dns(command).await,
         Command::Explain(command) => explain::run(command).await,
+        Command::Import(command) => import::run(command),
         Command::Cache(command) => cache::run(command).await,
         Command::Chaos(command) => chaos::run_command(command).await,
         Command::Keys(command) => access::keys(command).await,
