@@ -27,6 +27,7 @@
 //! ```
 
 mod document;
+mod export;
 mod operations;
 mod security;
 
@@ -36,6 +37,7 @@ use serde_json::{Map, Value, json};
 
 use document::Document;
 pub use document::pointer;
+pub use export::{Extensions, export};
 
 /// What the caller knows that the document does not say.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +86,9 @@ impl std::error::Error for NotOpenApi {}
 /// Imports `document` (parsed from JSON or YAML).
 pub fn import(document: &Value, options: &Options) -> Result<Imported, NotOpenApi> {
     let doc = Document::new(document)?;
+    if let Some(exported) = document.get("x-meridian-api").and_then(Value::as_object) {
+        return Ok(reimport(&doc, exported));
+    }
     let mut api = Map::new();
     let mut report = Report::default();
 
@@ -134,6 +139,36 @@ pub fn import(document: &Value, options: &Options) -> Result<Imported, NotOpenAp
 
     doc.unhandled_extensions(&mut report);
     Ok(Imported { definition: json!({ "apis": [Value::Object(api)] }), report: report.0, operations, routes })
+}
+
+/// A document Meridian exported with its own extensions: the definition it carries, routes
+/// from each operation's `x-meridian-route`.
+fn reimport(doc: &Document<'_>, exported: &Map<String, Value>) -> Imported {
+    let mut api = exported.clone();
+    let mut routes = Vec::new();
+    let mut report = Report::default();
+    let operations = doc.operations();
+    for op in &operations {
+        match op.body.get("x-meridian-route").and_then(Value::as_object) {
+            Some(own) => {
+                let mut route = Map::new();
+                route.insert("route".into(), json!(format!("{} {}", op.method, op.path)));
+                route.extend(own.clone());
+                routes.push(Value::Object(route));
+            }
+            None => report.add(
+                op.at.clone(),
+                "this operation has no x-meridian-route (the document was edited after its export): it is not imported",
+            ),
+        }
+    }
+    api.insert("routes".into(), Value::Array(routes.clone()));
+    Imported {
+        definition: json!({ "apis": [Value::Object(api)] }),
+        report: report.0,
+        operations: operations.len(),
+        routes: routes.len(),
+    }
 }
 
 /// An API id from a title: lower-case letters, digits and dashes.

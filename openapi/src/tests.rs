@@ -191,3 +191,96 @@ fn http_api_exports_keep_their_type_and_cors() {
     );
     assert!(i.report.is_empty(), "{:?}", i.report);
 }
+
+/// A definition using what both extension sets can carry.
+fn definition() -> Value {
+    json!({
+        "id": "pets", "name": "Pets", "type": "rest",
+        "authorizers": [{"name": "auth", "type": "jwt", "algorithms": ["RS256"], "issuer": "https://id.example.com",
+                         "jwks_uri": "https://id.example.com/.well-known/jwks.json", "audience": ["pets"]}],
+        "binary_media_types": ["image/png"],
+        "cors": {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET"], "max_age": "600s"},
+        "gateway_responses": {"UNAUTHORIZED": {"status": 401, "headers": {"X-Why": "'token'"}, "templates": {"application/json": "{\"m\": \"$context.error.message\"}"}}},
+        "models": {"Pet": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "owner": {"$ref": "models/Owner"}}},
+                   "Owner": {"type": "object"}},
+        "request_validators": {"all": {"body": true, "parameters": true}},
+        "request_validator": "all",
+        "routes": [
+            {"route": "ANY /{proxy+}", "integration": {"type": "http_proxy", "uri": "http://${stageVariables.backend}/{proxy}", "timeout": "5000ms"}},
+            {"route": "GET /ping", "integration": {"type": "mock", "status": 200, "body": "{\"pong\": true}", "headers": {"content-type": "application/json"}}},
+            {"route": "POST /pets", "api_key_required": true, "authorizer": "auth", "scopes": ["pets:write"],
+             "request_models": {"application/json": "Pet"}, "required_parameters": ["header.x-tenant"],
+             "integration": {"type": "http_proxy", "uri": "http://${stageVariables.backend}/pets",
+                 "request_templates": {"application/json": "{\"pet\": $input.json('$')}"}, "passthrough_behavior": "never",
+                 "responses": [{"selection_pattern": "4\\d\\d", "status": 400, "templates": {"application/json": "{\"bad\": true}"}},
+                               {"status": 201, "headers": {"X-Source": "integration.response.header.X-Upstream"}}]}}
+        ],
+        "stages": [{"name": "prod", "variables": {"backend": "SET-ME"}}]
+    })
+}
+
+fn by_route(api: &Value) -> Value {
+    let mut api = api.clone();
+    if let Some(routes) = api.get_mut("routes").and_then(Value::as_array_mut) {
+        routes.sort_by(|a, b| a["route"].as_str().cmp(&b["route"].as_str()));
+    }
+    api
+}
+
+#[test]
+fn an_export_with_meridian_extensions_imports_back_to_the_same_definition() {
+    let mut original = definition();
+    original["waf"] =
+        json!({"rules": [{"name": "no-admin", "action": "block", "pattern": {"part": "path", "contains": "/admin"}}]});
+    original["routes"][1]["idempotency"] = json!({"ttl": "1h"});
+    let document = export(&original, "prod", Extensions::Meridian).unwrap();
+    let back = import(&document, &Options::default()).unwrap();
+    assert!(back.report.is_empty(), "{:?}", back.report);
+    assert_eq!(by_route(&back.definition["apis"][0]), by_route(&original));
+}
+
+#[test]
+fn an_export_with_the_managed_gateways_extensions_imports_back_to_what_they_carry() {
+    let original = definition();
+    let document = export(&original, "prod", Extensions::Aws).unwrap();
+    assert!(document.get("x-meridian-api").is_none());
+    assert_eq!(
+        document["paths"]["/{proxy+}"]["x-amazon-apigateway-any-method"]["x-amazon-apigateway-integration"]["type"],
+        "http_proxy"
+    );
+    let back = import(&document, &Options::default()).unwrap();
+    let api = by_route(&back.definition["apis"][0]);
+    let expected = by_route(&original);
+    for key in [
+        "id",
+        "type",
+        "binary_media_types",
+        "cors",
+        "gateway_responses",
+        "models",
+        "request_validators",
+        "request_validator",
+        "routes",
+        "stages",
+    ] {
+        assert_eq!(api[key], expected[key], "{key}: {:?}", back.report);
+    }
+    // The JWT authorizer's keys are where the issuer publishes them by convention (reported).
+    assert_eq!(api["authorizers"][0]["jwks_uri"], expected["authorizers"][0]["jwks_uri"]);
+}
+
+#[test]
+fn a_plain_export_has_no_extensions_and_spells_out_any() {
+    let document = export(&definition(), "prod", Extensions::None).unwrap();
+    let text = document.to_string();
+    assert!(!text.contains("x-amazon-apigateway") && !text.contains("x-meridian"), "{text}");
+    let proxy = document["paths"]["/{proxy+}"].as_object().unwrap();
+    assert_eq!(proxy.len(), 7, "every method of ANY");
+    assert_eq!(
+        document["paths"]["/pets"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Pet"
+    );
+    assert_eq!(document["components"]["schemas"]["Pet"]["properties"]["owner"]["$ref"], "#/components/schemas/Owner");
+    assert_eq!(document["components"]["securitySchemes"]["auth"]["scheme"], "bearer");
+    assert_eq!(document["servers"][0]["url"], "/prod");
+}

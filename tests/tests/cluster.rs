@@ -1457,3 +1457,55 @@ apis:
     }
     assert_eq!((delivered("k1"), delivered("k2"), delivered("k3")), (1, 1, 1), "answers to k3: {answered:?}");
 }
+
+/// An OpenAPI document imported with the CLI and applied on one region is served by every
+/// region, and exported from another region it imports back to the same definition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_api_is_served_everywhere_and_exports_back_to_the_same_definition() {
+    let cluster = tokio::task::spawn_blocking(|| three_regions(20)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let document = serde_json::json!({
+        "openapi": "3.0.1",
+        "info": { "title": "Pets", "version": "1" },
+        "servers": [{ "url": "/test" }],
+        "paths": {
+            "/ping": { "get": { "x-amazon-apigateway-integration": {
+                "type": "mock", "responses": { "default": { "statusCode": "200",
+                    "responseTemplates": { "application/json": "{\"pong\": true}" } } } } } },
+            "/orders": { "post": { "x-amazon-apigateway-integration": { "type": "aws_proxy", "uri": "arn:aws:lambda:x" } } }
+        }
+    });
+    std::fs::write(dir.path().join("pets.json"), document.to_string()).unwrap();
+    let imported = std::process::Command::new(meridian_chaos::launcher::meridian_binary())
+        .args(["import", "openapi", "pets.json", "-f", "pets.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&imported.stderr);
+    assert!(imported.status.success(), "{report}");
+    assert!(
+        report.contains("imported 1 of 2 operations") && report.contains("`POST /orders` is not imported"),
+        "{report}"
+    );
+    let out =
+        cli(&["apply", "-f", dir.path().join("pets.yaml").to_str().unwrap(), "--stage", "test"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for node in &cluster.nodes {
+        let http = node.http.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut reply = get(http, "pets.test", "/test/ping").await;
+        while reply.status != 200 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            reply = get(http, "pets.test", "/test/ping").await;
+        }
+        assert_eq!((reply.status, reply.body.as_ref()), (200, br#"{"pong": true}"#.as_ref()), "{}", node.admin);
+    }
+    let exported = cli(&["export", "openapi", "pets", "--stage", "test"], &cluster.nodes[2]);
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    let document: serde_json::Value = serde_json::from_slice(&exported.stdout).unwrap();
+    let back = meridian_openapi::import(&document, &meridian_openapi::Options::default()).unwrap();
+    assert!(back.report.is_empty(), "{:?}", back.report);
+    let applied: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(dir.path().join("pets.yaml")).unwrap()).unwrap();
+    assert_eq!(back.definition, applied);
+}

@@ -17,7 +17,7 @@ mod demo;
 mod dns;
 mod domains;
 mod explain;
-mod import;
+mod openapi;
 mod output;
 mod sync;
 mod target;
@@ -157,7 +157,10 @@ pub enum Command {
     Explain(explain::ExplainCommand),
     /// Import an API from another format (an OpenAPI document a managed gateway exported).
     #[command(subcommand)]
-    Import(import::ImportCommand),
+    Import(openapi::ImportCommand),
+    /// Export an API in another format (OpenAPI 3.0).
+    #[command(subcommand)]
+    Export(openapi::ExportCommand),
     /// Run chaos scenarios: real nodes, faults on their links, invariants checked.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
@@ -312,7 +315,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Regions(command) => dns::regions(command).await,
         Command::Dns(command) => dns::dns(command).await,
         Command::Explain(command) => explain::run(command).await,
-        Command::Import(command) => import::run(command),
+        Command::Import(command) => openapi::import(command),
+        Command::Export(command) => openapi::export(command).await,
         Command::Cache(command) => cache::run(command).await,
         Command::Chaos(command) => chaos::run_command(command).await,
         Command::Keys(command) => access::keys(command).await,
