@@ -3,6 +3,9 @@
 //! The resolver holds the certificate set in an [`ArcSwap`], so a reload that changes a
 //! certificate takes effect for the next handshake without restarting the listener. A
 //! handshake whose SNI names no configured domain is refused (`unrecognized_name`).
+//!
+//! Each certificate's expiry is published as `meridian_certificate_expiry_timestamp_seconds`
+//! whenever the set is loaded, for the "expires soon" alert (`deploy/prometheus/alerts.yaml`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +30,21 @@ impl DomainCertificates {
 
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+
+    /// When each leaf certificate expires (Unix seconds), by domain name.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let mut list: Vec<(String, i64)> = self
+            .by_name
+            .iter()
+            .filter_map(|(name, key)| {
+                let leaf = key.cert.first()?;
+                let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+                Some((name.clone(), parsed.validity().not_after.timestamp()))
+            })
+            .collect();
+        list.sort();
+        list
     }
 
     /// The certificate for `server_name`: exact name first, then a wildcard.
@@ -74,12 +92,30 @@ pub struct SniResolver {
 
 impl SniResolver {
     pub fn new(certificates: DomainCertificates) -> Self {
+        publish_expiries(None, &certificates);
         SniResolver { current: ArcSwap::from_pointee(certificates) }
     }
 
     /// Swaps in a reloaded certificate set.
     pub fn replace(&self, certificates: DomainCertificates) {
+        publish_expiries(Some(&self.current.load()), &certificates);
         self.current.store(Arc::new(certificates));
+    }
+}
+
+/// Sets each certificate's expiry gauge; a certificate no longer served gets NaN, which no
+/// alert threshold matches (a gauge cannot be removed once registered).
+fn publish_expiries(previous: Option<&DomainCertificates>, current: &DomainCertificates) {
+    let gauge =
+        |name: &str| metrics::gauge!("meridian_certificate_expiry_timestamp_seconds", "name" => name.to_string());
+    let now = current.expiries();
+    for (name, _) in previous.map(DomainCertificates::expiries).unwrap_or_default() {
+        if !now.iter().any(|(n, _)| *n == name) {
+            gauge(&name).set(f64::NAN);
+        }
+    }
+    for (name, expires) in now {
+        gauge(&name).set(expires as f64);
     }
 }
 
@@ -97,4 +133,21 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Result<rustls::ServerConfig,
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expiry_of_each_certificate_is_read_from_it() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["api.example.com".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let cert = params.self_signed(&key).unwrap();
+        let mut set = DomainCertificates::default();
+        set.insert("API.example.com", certified_key_from_pem(&cert.pem(), &key.serialize_pem()).unwrap());
+        // 2031-05-17T00:00:00Z
+        assert_eq!(set.expiries(), vec![("api.example.com".to_string(), 1_936_742_400)]);
+    }
 }

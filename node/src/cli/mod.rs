@@ -17,6 +17,7 @@ mod demo;
 mod dns;
 mod domains;
 mod explain;
+mod manual;
 mod openapi;
 mod output;
 mod sync;
@@ -161,6 +162,17 @@ pub enum Command {
     /// Export an API in another format (OpenAPI 3.0).
     #[command(subcommand)]
     Export(openapi::ExportCommand),
+    /// Print the shell completion script (`source <(meridian completions bash)`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one per command into a folder.
+    Man {
+        /// Write `meridian.1`, `meridian-apply.1`, ... here instead of printing `meridian(1)`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run chaos scenarios: real nodes, faults on their links, invariants checked.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
@@ -317,6 +329,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(command) => explain::run(command).await,
         Command::Import(command) => openapi::import(command),
         Command::Export(command) => openapi::export(command).await,
+        Command::Completions { shell } => Ok(manual::completions(shell)),
+        Command::Man { dir } => manual::man(dir.as_deref()),
         Command::Cache(command) => cache::run(command).await,
         Command::Chaos(command) => chaos::run_command(command).await,
         Command::Keys(command) => access::keys(command).await,

@@ -333,11 +333,13 @@ impl DnsService {
                 let latency = self.lock_latency();
                 RegionSelector::new(&regions, &addresses, &self.member.me.region, &board, &latency, now)
             };
+            // Set on every rebuild, the first included: a region's count is there from the
+            // start, not only once its health has changed.
+            for region in &selector.regions {
+                metrics::gauge!("meridian_dns_region_healthy_nodes", "region" => region.name.clone())
+                    .set(region.healthy.len() as f64);
+            }
             if health_changed {
-                for region in &selector.regions {
-                    metrics::gauge!("meridian_dns_region_healthy_nodes", "region" => region.name.clone())
-                        .set(region.healthy.len() as f64);
-                }
                 tracing::info!(
                     regions = ?selector.regions.iter().map(|r| (r.name.as_str(), r.healthy.len())).collect::<Vec<_>>(),
                     "DNS health changed"

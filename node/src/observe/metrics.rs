@@ -67,6 +67,15 @@ pub fn describe() {
     metrics::describe_gauge!("meridian_requests_in_flight", "Requests being served");
     metrics::describe_gauge!("meridian_connections_open", "Client connections open");
     metrics::describe_counter!("meridian_connections_rejected_total", "Connections refused at the connection cap");
+    metrics::describe_counter!("meridian_rate_limited_total", "Requests refused by a throttle or quota (429), by kind");
+    metrics::describe_counter!(
+        "meridian_quota_low_requests_total",
+        "Requests admitted while their tightest quota had less than a tenth left"
+    );
+    metrics::describe_gauge!(
+        "meridian_certificate_expiry_timestamp_seconds",
+        "When each served certificate expires (Unix seconds; NaN once it is no longer served)"
+    );
     metrics::describe_counter!("meridian_upstream_connections_opened_total", "Upstream connections opened");
     metrics::describe_gauge!("meridian_upstream_connections_open", "Upstream connections open (pooled or busy)");
     metrics::describe_counter!(

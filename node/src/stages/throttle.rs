@@ -67,13 +67,22 @@ pub fn admit(services: &Services, scopes: &[(Arc<str>, Rate)], exchange: &mut Ex
             decision.remaining + u64::from(decision.allowed)
         )
     });
+    let (scope, rate) = scopes.get(decision.scope).map_or(("", None), |(s, r)| (&**s, Some(*r)));
+    let quota = rate.is_some_and(|r| r.period != Period::Second);
     if decision.allowed {
+        // A client within a tenth of its quota: what the "quota nearly spent" alert watches.
+        if quota && !services.dry_run && decision.remaining.saturating_mul(10) < decision.limit {
+            metrics::counter!("meridian_quota_low_requests_total").increment(1);
+        }
         return Ok(());
     }
-    let (scope, rate) = scopes.get(decision.scope).map_or(("", None), |(s, r)| (&**s, Some(*r)));
+    if !services.dry_run {
+        metrics::counter!("meridian_rate_limited_total", "kind" => if quota { "quota" } else { "throttle" })
+            .increment(1);
+    }
     let number = |n: u64| HeaderValue::from(n);
     let (message, response_type) = match rate {
-        Some(r) if r.period != Period::Second => (
+        Some(r) if quota => (
             format!("quota exhausted: {scope} allows {} requests per {}", decision.limit, r.period.name()),
             ResponseType::QuotaExceeded,
         ),

@@ -1,0 +1,239 @@
+//! The deployment artefacts in `deploy/`, each checked by the tool that knows its format:
+//! the systemd unit by `systemd-analyze` (verify, and its exposure score), the Prometheus
+//! alert rules by `promtool` (check and the rules' unit tests), and the Grafana dashboard
+//! against a running one-node cluster: every metric its queries name is one the node exports.
+//! A missing tool skips its test with a SKIPPED line (CI installs them all).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meridian_chaos::launcher::{NodeProcess, meridian_binary};
+use meridian_tests::{TestCa, cli, get, tools};
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    if !tools(&["systemd-analyze"]) {
+        return;
+    }
+    // The unit as shipped, with the binary under test where it expects /usr/local/bin.
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(deploy().join("systemd/meridian.service")).unwrap();
+    let unit = unit.replace("/usr/local/bin/meridian", meridian_binary().to_str().unwrap());
+    std::fs::write(dir.path().join("meridian.service"), unit).unwrap();
+    std::fs::create_dir(dir.path().join("meridian.service.d")).unwrap();
+    std::fs::copy(
+        deploy().join("systemd/meridian.service.d/dns-port-53.conf"),
+        dir.path().join("meridian.service.d/dns-port-53.conf"),
+    )
+    .unwrap();
+    let unit_path = format!("{}:", dir.path().display());
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "meridian.service"])
+        .env("SYSTEMD_UNIT_PATH", &unit_path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr);
+    // systemd-analyze only warns about unknown keys and bad values: any line is a failure.
+    assert!(verify.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    // Exposure 0.0 (locked down) to 10.0; the unit is held at 2.0 or less.
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=20", "./meridian.service"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&security.stdout);
+    let level = out.lines().find(|l| l.contains("Overall exposure level")).unwrap_or("").to_string();
+    eprintln!("{level}");
+    assert!(security.status.success(), "exposure above 2.0: {level}\n{}", String::from_utf8_lossy(&security.stderr));
+}
+
+#[test]
+fn the_alert_rules_check_and_pass_their_unit_tests() {
+    if !tools(&["promtool"]) {
+        return;
+    }
+    let dir = deploy().join("prometheus");
+    for args in [["check", "rules", "alerts.yaml"], ["test", "rules", "alerts.test.yaml"]] {
+        let out = Command::new("promtool").args(args).current_dir(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The metric names an expression mentions (`meridian_...`, histogram buckets as their
+/// series names).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("meridian_") {
+        let name: String = rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+const TOKEN: &str = "deploy-test-admin-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_and_alert_metric_is_one_a_node_exports() {
+    if !tools(&["dig"]) {
+        return;
+    }
+    let ip = format!("127.122.{}.1", std::process::id() % 250);
+    let dir = tempfile::Builder::new().prefix("meridian-deploy-").tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let ca = TestCa::new();
+    ca.issue(dir.path(), "api.example.com");
+    let config = format!(
+        r#"
+listen: {{ http: "{ip}:0", https: "{ip}:0" }}
+admin: {{ listen: "{ip}:0", token_file: admin.token }}
+cluster: {{ data_dir: data, rpc: "{ip}:7001", dns: {{ listen: "{ip}:0" }} }}
+"#
+    );
+    let node = NodeProcess::launch(dir, &config, &["cluster", "init", "--region", "r1"], &[]).unwrap();
+    let work = node.dir().to_path_buf();
+    // An API whose routes produce each kind of metric: an upstream that is down (5xx and
+    // upstream failures), a throttle of 1 request per second (429s), a firewall rule and a
+    // response cache.
+    std::fs::write(
+        work.join("api.yaml"),
+        r#"
+apis:
+  - id: shop
+    type: rest
+    waf: { rules: [ { name: no-admin, action: block, pattern: { part: path, contains: /admin } } ] }
+    routes:
+      - { route: GET /down, integration: { type: http_proxy, uri: "http://127.0.0.1:9/down", timeout: 1s } }
+      - { route: GET /tight, throttle: { rate: 1, burst: 1 }, integration: { type: mock, body: tight } }
+      - { route: GET /cached, cache: { ttl: 60s }, integration: { type: mock, body: cached } }
+      - { route: GET /admin, integration: { type: mock, body: never } }
+      - { route: GET /keyed, api_key_required: true, integration: { type: mock, body: keyed } }
+    stages:
+      - { name: prod, cache: { ttl: 60s } }
+"#,
+    )
+    .unwrap();
+    let out = cli(&["apply", "-f", work.join("api.yaml").to_str().unwrap(), "--stage", "prod"], &node);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pem = work.join("api.example.com.pem");
+    let key = work.join("api.example.com.key");
+    let out = cli(
+        &[
+            "domains",
+            "put",
+            "api.example.com",
+            "--certificate",
+            pem.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--map",
+            "/=shop:prod",
+        ],
+        &node,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A usage plan with a quota of 10 a day: its last request is within a tenth of it.
+    for args in [
+        &["keys", "create", "--name", "k", "--value", "deploy-test-key-0123456789abcdef"][..],
+        &["plans", "create", "--name", "small", "--rate", "100", "--burst", "100", "--quota", "10/day"],
+        &["plans", "attach", "small", "--api", "shop", "--stage", "prod"],
+        &["plans", "add-key", "small", "k"],
+    ] {
+        let out = cli(args, &node);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::write(work.join("zone.yaml"), "zone: example.com\nrouted: [api]\n").unwrap();
+    let out = cli(&["dns", "zones", "put", work.join("zone.yaml").to_str().unwrap()], &node);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let http = node.http.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(http, "shop.test", "/prod/cached").await.status != 200 {
+        assert!(Instant::now() < deadline, "the API is not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for path in ["/prod/cached", "/prod/down", "/prod/tight", "/prod/tight", "/prod/tight", "/prod/admin"] {
+        get(http, "shop.test", path).await;
+    }
+    let keyed = |http| {
+        let request = hyper::Request::get("/prod/keyed")
+            .header("host", "shop.test")
+            .header("x-api-key", "deploy-test-key-0123456789abcdef")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        meridian_tests::send(http, request)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while keyed(http).await.status != 200 {
+        assert!(Instant::now() < deadline, "the key is not granted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..12 {
+        keyed(http).await;
+    }
+    let dns = node.dns.unwrap();
+    let dig = Command::new("dig")
+        .args([
+            &format!("@{}", dns.ip()),
+            "-p",
+            &dns.port().to_string(),
+            "+short",
+            "+tries=2",
+            "+time=1",
+            "api.example.com",
+        ])
+        .output()
+        .unwrap();
+    assert!(dig.status.success());
+
+    let admin = node.admin;
+    let mut wanted = BTreeSet::new();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy().join("grafana/meridian.json")).unwrap()).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            wanted.extend(metric_names(target["expr"].as_str().unwrap()));
+        }
+    }
+    let alerts = std::fs::read_to_string(deploy().join("prometheus/alerts.yaml")).unwrap();
+    // `meridian_limit_peer_silence_seconds` needs a peer: the cluster tests export it.
+    wanted.extend(metric_names(&alerts).into_iter().filter(|m| m != "meridian_limit_peer_silence_seconds"));
+    assert!(wanted.len() >= 15, "{wanted:?}");
+    // The metrics a node exports, once the requests above have been counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scraped = get(admin, "admin", "/metrics").await;
+        let text = String::from_utf8_lossy(&scraped.body).into_owned();
+        let exported: BTreeSet<String> = text.lines().filter(|l| !l.starts_with('#')).flat_map(metric_names).collect();
+        let missing: Vec<&String> = wanted.difference(&exported).collect();
+        let count = |name: &str| -> f64 {
+            text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        };
+        if missing.is_empty() {
+            // The counters behind the limit alerts count what they say.
+            assert!(count("meridian_quota_low_requests_total") >= 1.0, "{text}");
+            assert!(count("meridian_rate_limited_total{kind=\"throttle\"}") >= 1.0, "{text}");
+            assert!(count("meridian_rate_limited_total{kind=\"quota\"}") >= 1.0, "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard or the alerts name metrics the node does not export: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
