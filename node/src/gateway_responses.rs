@@ -11,25 +11,53 @@
 //! `$stageVariables`. Without a template the body is the usual JSON error; a template that
 //! fails falls back to it too, its reason in the log. A refusal with no configured type
 //! keeps the built-in answer.
+//!
+//! A header's value is a literal (`'text'`), or taken from the request
+//! (`method.request.header.NAME`, `method.request.querystring.NAME`, left out when the request
+//! has none), the stage (`stageVariables.NAME`) or `context.requestId`. The pipeline keeps
+//! what a refused request said ([`RequestEcho`]) only for APIs that have gateway responses.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::CONTENT_TYPE;
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use serde_json::Value;
 
 use crate::body::ResponseBody;
 use crate::mapping::{Bounds, Inputs, Template};
 use crate::rejection::{Rejection, ResponseType};
 
+/// Where a gateway response header's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderSource {
+    /// `'text'`.
+    Literal(HeaderValue),
+    /// `method.request.header.NAME`.
+    RequestHeader(HeaderName),
+    /// `method.request.querystring.NAME`.
+    Query(String),
+    /// `stageVariables.NAME`.
+    StageVariable(String),
+    /// `context.requestId`.
+    RequestId,
+}
+
+/// What a refused request said, kept for the API's gateway responses: its headers (the
+/// `Accept` that chooses the template among them) and its query.
+#[derive(Debug, Clone)]
+pub struct RequestEcho {
+    pub headers: HeaderMap,
+    pub query: Option<String>,
+}
+
 /// One configured gateway response.
 #[derive(Debug)]
 pub struct GatewayResponse {
     /// The client's status; the refusal's when not set.
     pub status: Option<StatusCode>,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub headers: Vec<(HeaderName, HeaderSource)>,
     /// The body's templates by media type; the client's `Accept` chooses
     /// ([`crate::mapping::for_accept`]).
     pub templates: Vec<(String, Arc<Template>)>,
@@ -45,14 +73,15 @@ pub struct GatewayResponses {
 }
 
 impl GatewayResponses {
-    /// The answer to `rejection`, as this API words it, for a client that sent `accept`.
+    /// The answer to `rejection`, as this API words it, to the request `echo` says.
     pub fn answer(
         &self,
         rejection: Rejection,
         request_id: &HeaderValue,
         client: IpAddr,
-        accept: Option<&str>,
+        echo: Option<&RequestEcho>,
     ) -> Response<ResponseBody> {
+        let accept = echo.and_then(|e| e.headers.get(ACCEPT)).and_then(|a| a.to_str().ok());
         let response_type = rejection.response_type();
         let configured =
             self.by_type.get(&response_type).or_else(|| self.by_type.get(&ResponseType::default_for(rejection.status)));
@@ -76,10 +105,34 @@ impl GatewayResponses {
         let headers = response.headers_mut();
         headers.extend(rejection.headers);
         headers.insert(CONTENT_TYPE, media);
-        for (name, value) in &configured.headers {
-            headers.insert(name, value.clone());
+        for (name, source) in &configured.headers {
+            if let Some(value) = self.header_value(source, request_id, echo) {
+                headers.insert(name, value);
+            }
         }
         response
+    }
+
+    /// A configured header's value for this request; `None` when the request has none.
+    fn header_value(
+        &self,
+        source: &HeaderSource,
+        request_id: &HeaderValue,
+        echo: Option<&RequestEcho>,
+    ) -> Option<HeaderValue> {
+        match source {
+            HeaderSource::Literal(value) => Some(value.clone()),
+            HeaderSource::RequestHeader(name) => echo?.headers.get(name).cloned(),
+            HeaderSource::Query(name) => {
+                let query = echo?.query.as_deref()?;
+                let (_, value) = crate::query::pairs(query).find(|(k, _)| k == name)?;
+                HeaderValue::from_str(&value).ok()
+            }
+            HeaderSource::StageVariable(name) => {
+                self.stage_variables.get(name).and_then(Value::as_str).and_then(|v| HeaderValue::from_str(v).ok())
+            }
+            HeaderSource::RequestId => Some(request_id.clone()),
+        }
     }
 
     fn inputs(
@@ -138,7 +191,10 @@ mod tests {
                 ResponseType::Unauthorized,
                 GatewayResponse {
                     status: None,
-                    headers: vec![(HeaderName::from_static("x-help"), HeaderValue::from_static("see docs"))],
+                    headers: vec![(
+                        HeaderName::from_static("x-help"),
+                        HeaderSource::Literal(HeaderValue::from_static("see docs")),
+                    )],
                     templates: vec![
                         ("application/json".into(), Arc::new(template)),
                         ("text/plain".into(), Arc::new(Template::parse("denied: $context.error.message").unwrap())),
@@ -162,12 +218,10 @@ mod tests {
         let v: Value = serde_json::from_str(&body(r).await).unwrap();
         assert_eq!(v, serde_json::json!({ "error": "no \"token\"", "type": "UNAUTHORIZED", "team": "pets" }));
         // A client that prefers text gets the text template.
-        let plain = custom.answer(
-            Rejection::new(StatusCode::UNAUTHORIZED, "no token"),
-            &id,
-            client,
-            Some("text/html;q=0.9, text/plain"),
-        );
+        let mut asked = HeaderMap::new();
+        asked.insert(ACCEPT, HeaderValue::from_static("text/html;q=0.9, text/plain"));
+        let echo = RequestEcho { headers: asked, query: None };
+        let plain = custom.answer(Rejection::new(StatusCode::UNAUTHORIZED, "no token"), &id, client, Some(&echo));
         assert_eq!(plain.headers()[CONTENT_TYPE], "text/plain");
         assert_eq!(body(plain).await, "denied: no token");
 
@@ -177,6 +231,33 @@ mod tests {
 
         let throttled = custom.answer(Rejection::new(StatusCode::TOO_MANY_REQUESTS, "slow down"), &id, client, None);
         assert_eq!(throttled.status(), 429, "nothing configured for 4xx: the built-in answer");
+    }
+
+    #[tokio::test]
+    async fn headers_come_from_the_request_the_stage_and_the_context() {
+        let headers = vec![
+            (HeaderName::from_static("x-tenant"), HeaderSource::RequestHeader(HeaderName::from_static("x-tenant"))),
+            (HeaderName::from_static("x-page"), HeaderSource::Query("page".into())),
+            (HeaderName::from_static("x-team"), HeaderSource::StageVariable("team".into())),
+            (HeaderName::from_static("x-id"), HeaderSource::RequestId),
+            (HeaderName::from_static("x-missing"), HeaderSource::RequestHeader(HeaderName::from_static("x-none"))),
+        ];
+        let worded =
+            responses(vec![(ResponseType::Default4xx, GatewayResponse { status: None, headers, templates: vec![] })]);
+        let mut asked = HeaderMap::new();
+        asked.insert("x-tenant", HeaderValue::from_static("acme"));
+        let echo = RequestEcho { headers: asked, query: Some("a=1&page=3".into()) };
+        let id = HeaderValue::from_static("req-9");
+        let r =
+            worded.answer(Rejection::new(StatusCode::NOT_FOUND, "no"), &id, "192.0.2.1".parse().unwrap(), Some(&echo));
+        let h = r.headers();
+        let values: Vec<&str> =
+            ["x-tenant", "x-page", "x-team", "x-id"].iter().map(|n| h[*n].to_str().unwrap()).collect();
+        assert_eq!(values, ["acme", "3", "pets", "req-9"]);
+        assert!(h.get("x-missing").is_none(), "a header the request did not send is left out");
+        // Without the request (a refusal before it was read), only what needs none.
+        let r = worded.answer(Rejection::new(StatusCode::NOT_FOUND, "no"), &id, "192.0.2.1".parse().unwrap(), None);
+        assert!(r.headers().get("x-tenant").is_none() && r.headers()["x-team"] == "pets");
     }
 
     #[test]

@@ -248,12 +248,12 @@ impl<'d> Document<'d> {
                 {
                     let header = name.strip_prefix("gatewayresponse.header.");
                     match (header, value.as_str()) {
-                        (Some(header), Some(v)) if v.starts_with('\'') && v.ends_with('\'') && v.len() >= 2 => {
+                        (Some(header), Some(v)) if gateway_header_value(v) => {
                             headers.insert(header.to_string(), json!(v));
                         }
                         _ => report.add(
                             format!("{at}/responseParameters{}", pointer([name.as_str()])),
-                            format!("`{name}: {value}` is not imported: gateway response headers are literal values (`'text'`)"),
+                            format!("`{name}: {value}` is not imported: gateway response headers are literals (`'text'`), request headers and query parameters, stage variables or context.requestId"),
                         ),
                     }
                 }
@@ -306,6 +306,16 @@ impl<'d> Document<'d> {
         let read = self.read.borrow();
         walk(self.root, &mut String::new(), &read, report);
     }
+}
+
+/// A gateway response header value Meridian takes: a literal, a request header or query
+/// parameter, a stage variable or the request id.
+fn gateway_header_value(v: &str) -> bool {
+    (v.len() >= 2 && v.starts_with('\'') && v.ends_with('\''))
+        || ["method.request.header.", "method.request.querystring.", "stageVariables."]
+            .iter()
+            .any(|p| v.strip_prefix(p).is_some_and(|rest| !rest.is_empty()))
+        || v == "context.requestId"
 }
 
 fn valid_model_name(name: &str) -> bool {

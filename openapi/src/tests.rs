@@ -150,7 +150,8 @@ fn api_level_extensions_and_models() {
         "x-amazon-apigateway-request-validators": {"all": {"validateRequestBody": true, "validateRequestParameters": true}},
         "x-amazon-apigateway-request-validator": "all",
         "x-amazon-apigateway-gateway-responses": {"UNAUTHORIZED": {"statusCode": 401,
-            "responseParameters": {"gatewayresponse.header.WWW-Authenticate": "'Bearer'", "gatewayresponse.header.X-Id": "method.request.header.X-Id"},
+            "responseParameters": {"gatewayresponse.header.WWW-Authenticate": "'Bearer'", "gatewayresponse.header.X-Id": "method.request.header.X-Id",
+                                   "gatewayresponse.header.X-Path": "method.request.path.id"},
             "responseTemplates": {"application/json": "{\"message\": $context.error.messageString}"}}},
         "x-amazon-apigateway-minimum-compression-size": 1024,
         "components": {"schemas": {"Pet": {"type": "object", "properties": {"owner": {"$ref": "#/components/schemas/Owner"}}},
@@ -164,14 +165,17 @@ fn api_level_extensions_and_models() {
     assert_eq!(a["request_validators"]["all"], json!({"body": true, "parameters": true}));
     assert_eq!(a["request_validator"], "all");
     assert_eq!(a["gateway_responses"]["UNAUTHORIZED"]["status"], 401);
-    assert_eq!(a["gateway_responses"]["UNAUTHORIZED"]["headers"], json!({"WWW-Authenticate": "'Bearer'"}));
+    assert_eq!(
+        a["gateway_responses"]["UNAUTHORIZED"]["headers"],
+        json!({"WWW-Authenticate": "'Bearer'", "X-Id": "method.request.header.X-Id"})
+    );
     assert_eq!(a["models"]["Pet"]["properties"]["owner"]["$ref"], "models/Owner");
     assert_eq!(a["routes"][0]["request_models"], json!({"application/json": "Pet"}));
     assert!(reported(&i, "/x-amazon-apigateway-minimum-compression-size", "not supported"));
     assert!(reported(
         &i,
-        "/x-amazon-apigateway-gateway-responses/UNAUTHORIZED/responseParameters/gatewayresponse.header.X-Id",
-        "literal"
+        "/x-amazon-apigateway-gateway-responses/UNAUTHORIZED/responseParameters/gatewayresponse.header.X-Path",
+        "not imported"
     ));
 }
 

@@ -311,7 +311,7 @@ apis:
       BAD_REQUEST_BODY:
         templates: {{ application/json: '{{"invalid": "$util.escapeJavaScript($context.error.validationErrorString)"}}' }}
       DEFAULT_4XX:
-        headers: {{ x-gateway: "'meridian'" }}
+        headers: {{ x-gateway: "'meridian'", x-request: context.requestId, x-team: stageVariables.team, x-asked: method.request.header.x-asked, x-page: method.request.querystring.page }}
       DEFAULT_5XX:
         status: 503
         templates: {{ text/plain: "try again later ($context.error.responseType)" }}
@@ -375,6 +375,20 @@ apis:
     }
     let r = throttled.expect("the route's throttle refused a request");
     assert_eq!(r.header("x-gateway"), "meridian");
+    assert_eq!((r.header("x-request"), r.header("x-team")), ("req-gw-1", "pets"));
+    assert!(r.headers.get("x-asked").is_none(), "a request header it did not send is left out");
+    // Headers from the request the gateway refused.
+    let headers = [("host", "pets.test"), ("x-asked", "by curl")];
+    let mut refused = None;
+    for _ in 0..5 {
+        let r = request(gw, "GET", "/prod/tight?page=7", &headers, "").await;
+        if r.status == 429 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the route's throttle refused a request");
+    assert_eq!((r.header("x-asked"), r.header("x-page")), ("by curl", "7"));
     assert!(!r.header("retry-after").is_empty());
     assert!(r.json()["message"].as_str().is_some_and(|m| m.contains("rate limit")));
     // An unreachable upstream: INTEGRATION_FAILURE falls to DEFAULT_5XX, worded as text.

@@ -41,7 +41,7 @@ pub use crate::rejection::Rejection;
 use crate::authorizers::Authorizers;
 use crate::body::ResponseBody;
 use crate::config::table::{RouteTarget, RoutingTable};
-use crate::gateway_responses::GatewayResponses;
+use crate::gateway_responses::{GatewayResponses, RequestEcho};
 use crate::idempotency::IdempotencyRecords;
 use crate::integration::request_body::RequestBody;
 use crate::integration::upstreams::Upstreams;
@@ -232,8 +232,6 @@ impl Pipeline {
         let method = request.method().clone();
         let uri = request.uri().clone();
         let version = request.version();
-        // Kept for the API's gateway responses, which choose their template by it.
-        let accept = request.headers().get(http::header::ACCEPT).cloned();
         let services = self.services(&table, false);
         let mut exchange = Exchange::new(request_id.clone(), conn.client.ip());
         let served = self.serve(&table, &services, request, conn, &mut exchange).await;
@@ -241,8 +239,8 @@ impl Pipeline {
             Ok(response) => response,
             Err(rejection) => match served.gateway_responses {
                 Some(worded) => {
-                    let accept = accept.as_ref().and_then(|a| a.to_str().ok());
-                    worded.answer(rejection, &request_id, conn.client.ip(), accept)
+                    let echo = exchange.extensions.get::<RequestEcho>();
+                    worded.answer(rejection, &request_id, conn.client.ip(), echo)
                 }
                 None => rejection.into_response(&request_id),
             },
@@ -318,11 +316,25 @@ impl Pipeline {
             return Served::refused(r, &table.unrouted);
         }
         let client_upgrade = if upgrade { parts.extensions.remove::<websocket::ClientUpgrade>() } else { None };
+        // What the API's gateway responses may read of a refused request, kept only for
+        // APIs that have them.
+        let echo = |parts: &http::request::Parts| RequestEcho {
+            headers: parts.headers.clone(),
+            query: parts.uri.query().map(str::to_string),
+        };
         let routed = match routing::route(table, &parts, canary_draw()) {
             Ok(routed) => routed,
-            Err(refused) => return Served::unrouted(refused),
+            Err(refused) => {
+                if refused.gateway_responses.is_some() {
+                    exchange.extensions.insert(echo(&parts));
+                }
+                return Served::unrouted(refused);
+            }
         };
         let target = routed.target;
+        if target.gateway_responses.is_some() {
+            exchange.extensions.insert(echo(&parts));
+        }
         if target.keeps_path_parameters {
             let path = routed.route_path();
             let values = routed.captures.iter().map(|(s, e)| crate::query::percent_decode(&path[*s..*e])).collect();

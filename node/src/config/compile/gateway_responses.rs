@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::super::model::*;
 use super::Compiler;
 use super::mapping::literal;
-use crate::gateway_responses::{GatewayResponse, GatewayResponses};
+use crate::gateway_responses::{GatewayResponse, GatewayResponses, HeaderSource};
 use crate::mapping::Bounds;
 use crate::rejection::ResponseType;
 
@@ -62,10 +62,14 @@ impl Compiler<'_> {
                 ok = false;
                 continue;
             };
-            match literal(value).and_then(|text| HeaderValue::from_str(text).ok()) {
-                Some(value) => headers.push((header, value)),
+            match header_source(value) {
+                Some(source) => headers.push((header, source)),
                 None => {
-                    self.sink.push(at, &hfield, "a value is `'literal text'`, in single quotes");
+                    self.sink.push(
+                        at,
+                        &hfield,
+                        "a value is `'literal text'` (in single quotes), `method.request.header.NAME`, `method.request.querystring.NAME`, `stageVariables.NAME` or `context.requestId`",
+                    );
                     ok = false;
                 }
             }
@@ -85,4 +89,25 @@ impl Compiler<'_> {
             bounds: Bounds::default(),
         })
     }
+}
+
+/// A gateway response header's value as written.
+fn header_source(value: &str) -> Option<HeaderSource> {
+    if let Some(text) = literal(value) {
+        return HeaderValue::from_str(text).ok().map(HeaderSource::Literal);
+    }
+    let name = |rest: &str| {
+        (!rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+            .then(|| rest.to_string())
+    };
+    if let Some(rest) = value.strip_prefix("method.request.header.") {
+        return HeaderName::try_from(rest.to_ascii_lowercase()).ok().map(HeaderSource::RequestHeader);
+    }
+    if let Some(rest) = value.strip_prefix("method.request.querystring.") {
+        return name(rest).map(HeaderSource::Query);
+    }
+    if let Some(rest) = value.strip_prefix("stageVariables.") {
+        return name(rest).map(HeaderSource::StageVariable);
+    }
+    (value == "context.requestId").then_some(HeaderSource::RequestId)
 }
