@@ -2,7 +2,9 @@
 //!
 //! The resolver holds the certificate set in an [`ArcSwap`], so a reload that changes a
 //! certificate takes effect for the next handshake without restarting the listener. A
-//! handshake whose SNI names no configured domain is refused (`unrecognized_name`).
+//! handshake whose SNI names no configured domain is refused (`unrecognized_name`); one
+//! without SNI gets the listener's default certificate (`listen.default_certificate`) when
+//! there is one, and is refused otherwise.
 //!
 //! Each certificate's expiry is published as `meridian_certificate_expiry_timestamp_seconds`
 //! whenever the set is loaded, for the "expires soon" alert (`deploy/prometheus/alerts.yaml`).
@@ -88,18 +90,49 @@ pub fn certified_key_from_pem(cert_pem: &str, key_pem: &str) -> Result<Arc<Certi
 #[derive(Debug)]
 pub struct SniResolver {
     current: ArcSwap<DomainCertificates>,
+    /// The domain whose certificate clients without SNI get.
+    default: ArcSwap<Option<String>>,
 }
 
 impl SniResolver {
-    pub fn new(certificates: DomainCertificates) -> Self {
+    pub fn new(certificates: DomainCertificates, default: Option<String>) -> Self {
         publish_expiries(None, &certificates);
-        SniResolver { current: ArcSwap::from_pointee(certificates) }
+        let resolver =
+            SniResolver { current: ArcSwap::from_pointee(certificates), default: ArcSwap::from_pointee(default) };
+        resolver.check_default();
+        resolver
     }
 
     /// Swaps in a reloaded certificate set.
     pub fn replace(&self, certificates: DomainCertificates) {
         publish_expiries(Some(&self.current.load()), &certificates);
         self.current.store(Arc::new(certificates));
+        self.check_default();
+    }
+
+    /// Changes the default certificate's domain (a reloaded node file).
+    pub fn set_default(&self, default: Option<String>) {
+        self.default.store(Arc::new(default));
+        self.check_default();
+    }
+
+    /// The certificate for a handshake that named `server_name`, or none.
+    fn certificate(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let current = self.current.load();
+        match server_name {
+            Some(name) => current.find(name),
+            None => current.find(self.default.load().as_deref()?),
+        }
+    }
+
+    /// Says so when the default names a domain without a certificate (a cluster's domains
+    /// change apart from the node's file).
+    fn check_default(&self) {
+        if let Some(name) = self.default.load().as_deref()
+            && self.current.load().find(name).is_none()
+        {
+            tracing::warn!(domain = %name, "listen.default_certificate names no domain with a certificate: clients without SNI are refused");
+        }
     }
 }
 
@@ -121,7 +154,7 @@ fn publish_expiries(previous: Option<&DomainCertificates>, current: &DomainCerti
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current.load().find(hello.server_name()?)
+        self.certificate(hello.server_name())
     }
 }
 
@@ -149,5 +182,22 @@ mod tests {
         set.insert("API.example.com", certified_key_from_pem(&cert.pem(), &key.serialize_pem()).unwrap());
         // 2031-05-17T00:00:00Z
         assert_eq!(set.expiries(), vec![("api.example.com".to_string(), 1_936_742_400)]);
+    }
+
+    #[test]
+    fn a_client_without_sni_gets_the_default_certificate_or_none() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["api.example.com".to_string()]).unwrap().self_signed(&key).unwrap();
+        let mut set = DomainCertificates::default();
+        set.insert("api.example.com", certified_key_from_pem(&cert.pem(), &key.serialize_pem()).unwrap());
+        let resolver = SniResolver::new(set, None);
+        assert!(resolver.certificate(None).is_none(), "no default: refused");
+        assert!(resolver.certificate(Some("api.example.com")).is_some());
+        resolver.set_default(Some("api.example.com".into()));
+        assert!(resolver.certificate(None).is_some());
+        resolver.set_default(Some("other.example.com".into()));
+        assert!(resolver.certificate(None).is_none(), "a default without a certificate: refused");
+        assert!(resolver.certificate(Some("unknown.example.com")).is_none(), "an unknown name stays refused");
     }
 }

@@ -156,8 +156,11 @@ impl Reloader {
         if !needs_restart.is_empty() {
             tracing::warn!(sections = ?needs_restart, "these changes take effect at the next restart");
         }
-        self.sni.replace(config.certificates);
+        // A cluster member's certificates are the cluster's domains (kept in step by the data
+        // plane); only a standalone node takes them from its file.
+        self.sni.set_default(config.default_certificate.clone());
         if !self.cluster_mode {
+            self.sni.replace(config.certificates);
             let revision = self.file_revision.fetch_add(1, Ordering::Relaxed) + 1;
             let mut table = config.table;
             table.revision = revision;

@@ -413,6 +413,15 @@ async fn domains_and_regions_are_replicated_and_served_over_tls_by_every_node() 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // A reload of a member's file keeps the cluster's certificates (the file has none).
+    let node = &cluster.nodes[0];
+    let out = cli(&["reload"], node);
+    assert!(out.status.success(), "{out:?}");
+    let (port, ip) = (node.https.unwrap().port(), node.https.unwrap().ip());
+    let resolve = format!("api.example.test:{port}:{ip}");
+    let url = format!("https://api.example.test:{port}/version");
+    let out = curl(&["-s", "--cacert", dir.path().join("ca.pem").to_str().unwrap(), "--resolve", &resolve, &url]);
+    assert_eq!(out.stdout, b"tls-v1", "after a reload: {out:?}");
 
     // Regions: settings are validated and replicated.
     let out = cli(&["regions", "put", "r1", "--weight", "2", "--cidr", "203.0.113.0/24"], &cluster.nodes[2]);

@@ -303,6 +303,61 @@ domains:
     assert!(!out.status.success());
 }
 
+/// The certificate a TLS server at `addr` presents to a client that sends no SNI (as clients
+/// that connect by address do), as `openssl x509 -ext subjectAltName` prints it; empty when
+/// the handshake is refused.
+fn presented_without_sni(addr: SocketAddr) -> String {
+    let script = format!(
+        "openssl s_client -connect {addr} -noservername < /dev/null 2> /dev/null | openssl x509 -noout -ext subjectAltName 2> /dev/null"
+    );
+    let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_sni_gets_the_default_certificate_and_is_refused_without_one() {
+    if !meridian_tests::tools(&["openssl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    ca.issue(dir.path(), "a.example.test");
+    ca.issue(dir.path(), "b.example.test");
+    let config = |default: &str| {
+        format!(
+            r#"
+listen: {{ https: "127.0.0.1:0"{default} }}
+admin: {{ listen: "127.0.0.1:0" }}
+apis:
+  - id: alpha
+    routes: [{{ route: "GET /who", integration: {{ type: mock, body: alpha }} }}]
+    stages: [{{ name: live }}]
+domains:
+  - {{ name: a.example.test, certificate: a.example.test.pem, key: a.example.test.key, mappings: [{{ api: alpha, stage: live }}] }}
+  - {{ name: b.example.test, certificate: b.example.test.pem, key: b.example.test.key, mappings: [{{ api: alpha, stage: live }}] }}
+"#
+        )
+    };
+    // A default that names no domain of the file is an error with its line.
+    let out = meridian_tests::validate(&config(", default_certificate: c.example.test"));
+    assert!(!out.status.success());
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("listen.default_certificate"), "{said}");
+
+    let node = start_node_in(dir, config(", default_certificate: b.example.test")).await;
+    let addr = node.https.unwrap();
+    let presented = tokio::task::spawn_blocking(move || presented_without_sni(addr)).await.unwrap();
+    assert!(presented.contains("DNS:b.example.test"), "{presented:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    ca.issue(dir.path(), "a.example.test");
+    ca.issue(dir.path(), "b.example.test");
+    let node = start_node_in(dir, config("")).await;
+    let addr = node.https.unwrap();
+    let presented = tokio::task::spawn_blocking(move || presented_without_sni(addr)).await.unwrap();
+    assert!(presented.is_empty(), "without a default a client without SNI is refused: {presented:?}");
+}
+
 fn ca_der(pem: &str) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()

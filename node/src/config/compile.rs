@@ -274,6 +274,20 @@ impl Compiler<'_> {
         }
         let (domains, certificates) = self.domains(&file.domains, &apis, listen_https.is_some());
         let cluster = file.cluster.as_ref().and_then(|c| self.cluster(c, &file));
+        let default_certificate = file.listen.default_certificate.as_ref().map(|d| d.value.to_ascii_lowercase());
+        if let Some(name) = &file.listen.default_certificate {
+            let at = name.referenced;
+            if file.listen.https.is_none() {
+                self.sink.push(at, "listen.default_certificate", "is for the `https` listener, which is not set");
+            } else if file.cluster.is_none() && certificates.find(&name.value).is_none() {
+                // A cluster member's domains come from the cluster: checked when they load.
+                self.sink.push(
+                    at,
+                    "listen.default_certificate",
+                    format!("`{}` is not a domain of this file with a certificate", name.value),
+                );
+            }
+        }
 
         let unrouted = Arc::new(RouteObserver::new("", "", "", "", None));
         let keeps_responses = keeps_responses(&apis);
@@ -295,6 +309,7 @@ impl Compiler<'_> {
                     keeps_responses,
                 },
                 certificates,
+                default_certificate,
                 cluster,
                 default_rate: self.default_rate,
             }),

@@ -106,11 +106,14 @@ pub struct ListenSection {
     pub http: Option<Spanned<String>>,
     /// TLS with SNI over the configured domains; HTTP/2 and HTTP/1.1 by ALPN.
     pub https: Option<Spanned<String>>,
+    /// The domain whose certificate `https` presents to clients that send no SNI (clients
+    /// that connect by address); without it they are refused.
+    pub default_certificate: Option<Spanned<String>>,
 }
 
 impl Default for ListenSection {
     fn default() -> Self {
-        ListenSection { http: Some(unspanned("127.0.0.1:8080".into())), https: None }
+        ListenSection { http: Some(unspanned("127.0.0.1:8080".into())), https: None, default_certificate: None }
     }
 }
 

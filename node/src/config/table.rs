@@ -145,6 +145,8 @@ pub struct GatewayConfig {
     pub access_log: LogSink,
     pub table: RoutingTable,
     pub certificates: DomainCertificates,
+    /// The domain whose certificate clients without SNI get (`listen.default_certificate`).
+    pub default_certificate: Option<String>,
     /// Set when the node is a cluster member.
     pub cluster: Option<ClusterSettings>,
     /// The cluster-wide rate limit (`throttle`); a member applies it to the cluster's APIs.

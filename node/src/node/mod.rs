@@ -117,7 +117,7 @@ impl Node {
         let dns_addr = dns_sockets.as_ref().and_then(|s| s.local_addr().ok());
         let client_rtt = Arc::new(std::sync::OnceLock::new());
 
-        let sni = Arc::new(SniResolver::new(config.certificates));
+        let sni = Arc::new(SniResolver::new(config.certificates, config.default_certificate.clone()));
         let mut table = config.table;
         table.revision = 1;
         let table = Arc::new(ArcSwap::from_pointee(table));
