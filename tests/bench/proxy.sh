@@ -257,6 +257,16 @@ apis:
             - { name: referer-spam, action: block, pattern: { part: header, name: referer, regex: "(?i)casino|viagra" } }
             - { name: xml-rpc, action: block, pattern: { part: path, contains: xmlrpc } }
             - { name: attacks, action: block, signatures: [sqli, xss] }
+  # The open route again in a type http API: a type rest route without stages must cost the
+  # same (requests name their API by the host's first label: bench.* or plain.*).
+  - id: plain
+    type: http
+    routes:
+      - route: ANY /{proxy+}
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+    stages:
+      - name: bench
+        variables: { backend: "127.0.0.1:$BACKEND_PORT" }
 CONF
 fi
 
@@ -296,15 +306,16 @@ fi
 # the CPU time is that of process $2 (user + system) over the run; $3 is a header every
 # request carries (the API key by default).
 measure() {
-  local url=$1 pid=$2 header=${3:-"x-api-key: $BENCH_KEY"} script=${4:-} out c0 c1
-  local post=() wrk_script=()
+  local url=$1 pid=$2 header=${3:-"x-api-key: $BENCH_KEY"} script=${4:-} host=${5:-} out c0 c1
+  local post=() wrk_script=() host_header=()
+  [ -n "$host" ] && host_header=(-H "Host: $host")  # capitalised: wrk then sends no Host of its own
   if [ -n "$script" ]; then
     post=(-X POST -H "content-type: application/json" --data-binary "@$work/order.json")
     wrk_script=(-s "$script")
   fi
-  curl -sf -o /dev/null -H "$header" "${post[@]}" "$url" || { echo "warm-up request to $url failed" >&2; exit 1; }
+  curl -sf -o /dev/null -H "$header" "${host_header[@]}" "${post[@]}" "$url" || { echo "warm-up request to $url failed" >&2; exit 1; }
   c0=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$header" "${wrk_script[@]}" "$url")
+  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$header" "${host_header[@]}" "${wrk_script[@]}" "$url")
   c1=$(cpu_ticks "$pid")
   if grep -q "Non-2xx" <<<"$out"; then
     echo "$url answered errors under load: $(grep Non-2xx <<<"$out")" >&2
@@ -355,21 +366,22 @@ LUA
   # stages cost, and a pair sees the same drift on both sides.
   run_target() {
     case $1 in
-      open) measure "$base/hello" "$meridian_pid" "x-token: none" ;;
-      jwt) measure "$base/jwt/hello" "$meridian_pid" "Authorization: Bearer $BENCH_TOKEN" ;;
-      custom) measure "$base/custom/hello" "$meridian_pid" "x-token: bench" ;;
-      cors) measure "$base/cors/hello" "$meridian_pid" "Origin: https://app.bench.test" ;;
-      posted) measure "$base/posted/hello" "$meridian_pid" "x-token: none" "$work/post.lua" ;;
-      rest) measure "$base/rest/hello" "$meridian_pid" "x-token: none" "$work/post.lua" ;;
-      idempotent) measure "$base/idempotent/hello" "$meridian_pid" "x-token: none" "$work/keyed-post.lua" ;;
-      waf) measure "http://127.0.0.1:$MERIDIAN_PORT/waf/hello?page=2&sort=name" "$meridian_pid" "x-token: none" ;;
-      cache) measure "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" "$meridian_pid" "x-token: none" ;;
+      open) measure "$base/hello" "$meridian_pid" "x-token: none" "" bench.local ;;
+      http) measure "$base/hello" "$meridian_pid" "x-token: none" "" plain.local ;;
+      jwt) measure "$base/jwt/hello" "$meridian_pid" "Authorization: Bearer $BENCH_TOKEN" "" bench.local ;;
+      custom) measure "$base/custom/hello" "$meridian_pid" "x-token: bench" "" bench.local ;;
+      cors) measure "$base/cors/hello" "$meridian_pid" "Origin: https://app.bench.test" "" bench.local ;;
+      posted) measure "$base/posted/hello" "$meridian_pid" "x-token: none" "$work/post.lua" bench.local ;;
+      rest) measure "$base/rest/hello" "$meridian_pid" "x-token: none" "$work/post.lua" bench.local ;;
+      idempotent) measure "$base/idempotent/hello" "$meridian_pid" "x-token: none" "$work/keyed-post.lua" bench.local ;;
+      waf) measure "http://127.0.0.1:$MERIDIAN_PORT/waf/hello?page=2&sort=name" "$meridian_pid" "x-token: none" "" bench.local ;;
+      cache) measure "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" "$meridian_pid" "x-token: none" "" bench.local ;;
       nginx_cache) measure "http://127.0.0.1:$NGINX_PORT/cached/hello" "$nginx_worker" "x-token: none" ;;
     esac
   }
   for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round/$ROUNDS: each stage route next to the open route, cache hits next to nginx's ($DURATION each)"
-    for t in jwt custom cors waf rest idempotent cache; do
+    for t in http jwt custom cors waf rest idempotent cache; do
       reference=open; [ "$t" = cache ] && reference=nginx_cache
       [ "$t" = rest ] || [ "$t" = idempotent ] && reference=posted
       if (( round % 2 )); then pair=("$reference" "$t"); else pair=("$t" "$reference"); fi
@@ -389,13 +401,15 @@ LUA
   echo
   echo "median of $ROUNDS rounds:"
   printf '%-34s %12s %10s %10s %16s\n' "meridian route" "req/s" "p50 ms" "p99 ms" "CPU us/request"
-  for t in open jwt custom cors waf posted rest idempotent cache nginx_cache; do
+  for t in open http jwt custom cors waf posted rest idempotent cache nginx_cache; do
     printf '%-34s %12s %10s %10s %16s\n' "$t" "$(col "$t" 2)" "$(col "$t" 3)" "$(col "$t" 4)" "$(col "$t" 5)"
   done
   echo
   echo "median of the paired ratios (each stage measured next to the open route):"
   printf 'throughput jwt/open: %.2fx, custom/open: %.2fx, waf (20 rules)/open: %.2fx (goal >= 0.90x); cors/open: %.2fx (goal >= 0.97x)\n' \
     "$(col pair_jwt 2)" "$(col pair_custom 2)" "$(col pair_waf 2)" "$(col pair_cors 2)"
+  printf 'type: rest route without stages / the same route in a type: http API: CPU per request %.3fx (goal within 3 %%), throughput %.2fx\n' \
+    "$(awk -v r="$(col pair_http 4)" 'BEGIN { printf "%.4f", 1 / r }')" "$(awk -v r="$(col pair_http 2)" 'BEGIN { printf "%.4f", 1 / r }')"
   printf 'cost per request: jwt %+.1f us, custom (warm cache) %+.1f us, cors %+.1f us, waf %+.1f us of CPU\n' \
     "$(col pair_jwt 3)" "$(col pair_custom 3)" "$(col pair_cors 3)" "$(col pair_waf 3)"
   printf 'validation + request and response templates (2 KiB body, 20 properties) / the same POST plain: %.2fx (goal >= 0.80x), %+.1f us of CPU\n' \
@@ -403,7 +417,7 @@ LUA
   printf 'idempotent POST (a new Idempotency-Key each request, the node'"'"'s own ledger) / the same POST plain: %.2fx, %+.1f us of CPU\n' \
     "$(col pair_idempotent 2)" "$(col pair_idempotent 3)"
   # Cache hits: the same response from Meridian's cache and from nginx's proxy_cache.
-  curl -sf -o /dev/null -D - "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" | grep -qi '^x-cache: hit' \
+  curl -sf -o /dev/null -D - -H "host: bench.local" "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" | grep -qi '^x-cache: hit' \
     || { echo "meridian's cached route did not answer from its cache" >&2; exit 1; }
   curl -sf -o /dev/null -D - "http://127.0.0.1:$NGINX_PORT/cached/hello" | grep -qi '^x-cache: hit' \
     || { echo "nginx's cached location did not answer from its cache" >&2; exit 1; }
@@ -417,9 +431,9 @@ for round in $(seq 1 "$ROUNDS"); do
   if (( round % 2 )); then
     echo "nginx $(measure "http://127.0.0.1:$NGINX_PORT/hello" "$nginx_worker")" >> "$work/results"
     echo "haproxy $(measure "http://127.0.0.1:$HAPROXY_PORT/hello" "$haproxy_pid")" >> "$work/results"
-    echo "meridian $(measure "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" "$meridian_pid")" >> "$work/results"
+    echo "meridian $(measure "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" "$meridian_pid" "x-api-key: $BENCH_KEY" "" bench.local)" >> "$work/results"
   else
-    echo "meridian $(measure "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" "$meridian_pid")" >> "$work/results"
+    echo "meridian $(measure "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" "$meridian_pid" "x-api-key: $BENCH_KEY" "" bench.local)" >> "$work/results"
     echo "haproxy $(measure "http://127.0.0.1:$HAPROXY_PORT/hello" "$haproxy_pid")" >> "$work/results"
     echo "nginx $(measure "http://127.0.0.1:$NGINX_PORT/hello" "$nginx_worker")" >> "$work/results"
   fi
