@@ -185,7 +185,7 @@ fn api_id_from(title: &str) -> String {
     if id.is_empty() { "api".into() } else { id }
 }
 
-/// The findings so far, and which extension keys were read (the rest are reported).
+/// The findings so far.
 #[derive(Debug, Default)]
 pub(crate) struct Report(Vec<Finding>);
 

@@ -1518,3 +1518,67 @@ async fn an_imported_api_is_served_everywhere_and_exports_back_to_the_same_defin
         serde_saphyr::from_str(&std::fs::read_to_string(dir.path().join("pets.yaml")).unwrap()).unwrap();
     assert_eq!(back.definition, applied);
 }
+
+/// A member may advertise its RPC address by name (as a StatefulSet pod's stable DNS name)
+/// and bind its gateway to a wildcard, with the address peers and DNS answers use given
+/// apart: the cluster forms and replicates over the names, and the members list the
+/// addresses they were given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_advertise_rpc_by_name_and_the_address_they_are_reached_at() {
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (p1, p2) = (free(), free());
+    let b = base(21);
+    let config = |port: u16, r: u8| {
+        format!(
+            r#"
+listen: {{ http: "0.0.0.0:0" }}
+admin: {{ listen: "127.{b}.{r}:0", token_file: admin.token }}
+cluster: {{ data_dir: data, rpc: "127.0.0.1:{port}", advertise_rpc: "localhost:{port}", advertise_address: "127.{b}.{r}" }}
+"#
+        )
+    };
+    let (c1, c2) = (config(p1, 1), config(p2, 2));
+    let cluster = tokio::task::spawn_blocking(move || {
+        let first = NodeProcess::launch(new_dir(), &c1, &["cluster", "init", "--region", "r1"], &[]).unwrap();
+        let token = std::fs::read_to_string(first.dir().join("ready.token")).unwrap();
+        let peer = format!("localhost:{p1}");
+        let second = NodeProcess::launch(
+            new_dir(),
+            &c2,
+            &["cluster", "join", "--region", "r2", "--peer", &peer, "--token", &token],
+            &[],
+        )
+        .unwrap();
+        let cluster = Cluster { nodes: vec![first, second], token };
+        cluster.wait_for(|s| {
+            s["members"].as_array().is_some_and(|m| m.iter().filter(|m| m["role"] == "voter").count() == 2)
+        });
+        cluster
+    })
+    .await
+    .unwrap();
+    let members = status(&cluster.nodes[0])["members"].as_array().cloned().unwrap();
+    for (node, (port, r)) in cluster.nodes.iter().zip([(p1, 1), (p2, 2)]) {
+        let gateway_port = node.http.unwrap().port();
+        let listed =
+            members.iter().find(|m| m["rpc"] == format!("localhost:{port}")).unwrap_or_else(|| panic!("{members:?}"));
+        assert_eq!(listed["gateway"], format!("127.{b}.{r}:{gateway_port}"), "{members:?}");
+    }
+    // A definition applied through the second member is served by the first.
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(
+        &["apply", "-f", definition(dir.path(), "by-name").to_str().unwrap(), "--stage", "prod"],
+        &cluster.nodes[1],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let gateway = SocketAddr::new(format!("127.{b}.1").parse().unwrap(), cluster.nodes[0].http.unwrap().port());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get(gateway, "pets.test", "/prod/version").await;
+        if reply.status == 200 && reply.body.as_ref() == b"by-name" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not served: {} {:?}", reply.status, reply.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

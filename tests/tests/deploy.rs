@@ -92,7 +92,8 @@ async fn every_dashboard_and_alert_metric_is_one_a_node_exports() {
     if !tools(&["dig"]) {
         return;
     }
-    let ip = format!("127.122.{}.1", std::process::id() % 250);
+    // 127.141.x: apart from the cluster tests (127.101-120.x) and the docs (127.5-7.x).
+    let ip = format!("127.141.{}.1", std::process::id() % 250);
     let dir = tempfile::Builder::new().prefix("meridian-deploy-").tempdir().unwrap();
     std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
     let ca = TestCa::new();
@@ -236,4 +237,80 @@ apis:
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_against_the_api_schemas() {
+    let Some(python) = meridian_tests::python_with("kubernetes-venv", &["kubernetes-validate==1.31.0"]) else { return };
+    let out = Command::new(python)
+        .args(["-m", "kubernetes_validate", "--strict", "--kubernetes-version", "1.31.0"])
+        .arg(deploy().join("kubernetes/meridian.yaml"))
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    // Every object of the file was checked (kubernetes-validate prints one line each).
+    let objects =
+        std::fs::read_to_string(deploy().join("kubernetes/meridian.yaml")).unwrap().matches("\nkind: ").count();
+    assert!(said.matches(" passed for resource ").count() >= objects, "{objects} objects: {said}");
+}
+
+/// The pods' start script writes the node's file from the pod's identity and runs the right
+/// command: `serve` once the node has data, `cluster init` on the founder, `cluster join`
+/// elsewhere (a stand-in `meridian` prints what it was asked).
+#[test]
+fn the_pod_start_script_serves_founds_or_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("meridian"), "#!/bin/sh\necho \"meridian $*\"\n").unwrap();
+    std::fs::set_permissions(bin.join("meridian"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = std::fs::read_to_string(deploy().join("kubernetes/start.sh")).unwrap();
+    // The script's fixed paths, moved into the test's folder.
+    let data = dir.path().join("data");
+    let config = dir.path().join("node.yaml");
+    let script = script
+        .replace("/var/lib/meridian/data", data.to_str().unwrap())
+        .replace("/tmp/node.yaml", config.to_str().unwrap());
+    let run = |pod: &str| {
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .envs([
+                ("POD_NAME", pod),
+                ("POD_IP", "10.1.2.3"),
+                ("NAMESPACE", "meridian"),
+                ("REGION", "r1"),
+                ("SERVICE", "meridian-r1"),
+                ("FOUNDER", "meridian-r1-0"),
+                ("FOUNDER_RPC", "meridian-r1-0.meridian-r1.meridian.svc.cluster.local:7001"),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let cfg = config.to_str().unwrap();
+    assert_eq!(run("meridian-r1-0"), format!("meridian cluster init --config {cfg} --region r1"));
+    assert_eq!(
+        run("meridian-r1-1"),
+        format!(
+            "meridian cluster join --config {cfg} --region r1 --peer meridian-r1-0.meridian-r1.meridian.svc.cluster.local:7001"
+        )
+    );
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        written.contains("advertise_rpc: \"meridian-r1-1.meridian-r1.meridian.svc.cluster.local:7001\""),
+        "{written}"
+    );
+    assert!(written.contains("advertise_address: \"10.1.2.3\""), "{written}");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("node.json"), "{}").unwrap();
+    assert_eq!(run("meridian-r1-1"), format!("meridian serve --config {cfg}"));
+    // The file it writes is one the node takes (its admin token file aside).
+    let checked = written.replace("/etc/meridian/secret/admin.token", dir.path().join("admin.token").to_str().unwrap());
+    std::fs::write(dir.path().join("admin.token"), "a-token-of-twenty-four-chars").unwrap();
+    std::fs::write(&config, checked).unwrap();
+    let out = Command::new(meridian_binary()).args(["validate", "--config"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }

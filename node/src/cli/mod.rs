@@ -260,7 +260,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         settings.data_dir.display()
                     );
                 }
-                let member = crate::cluster::member::ClusterMember::resume(&settings, node.advertised("")).await?;
+                let member = crate::cluster::member::ClusterMember::resume(
+                    &settings,
+                    node.advertised("", settings.advertise_address),
+                )
+                .await?;
                 node.attach_cluster(member);
             }
             if let Some(path) = ready_file {

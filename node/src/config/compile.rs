@@ -327,7 +327,24 @@ impl Compiler<'_> {
         }
         let rpc_listen = self.socket_addr(&c.rpc, "cluster.rpc")?;
         let advertise_rpc = match &c.advertise_rpc {
-            Some(a) => self.socket_addr(a, "cluster.advertise_rpc")?.to_string(),
+            Some(a) => match a.value.parse::<SocketAddr>() {
+                Ok(addr) => addr.to_string(),
+                Err(_) => match a.value.rsplit_once(':') {
+                    Some((host, port))
+                        if valid_host(host) && !host.starts_with("*.") && port.parse::<u16>().is_ok_and(|p| p != 0) =>
+                    {
+                        a.value.to_ascii_lowercase()
+                    }
+                    _ => {
+                        self.sink.push(
+                            a.referenced,
+                            "cluster.advertise_rpc",
+                            format!("`{}` is neither `IP:port` nor `host:port`", a.value),
+                        );
+                        return None;
+                    }
+                },
+            },
             None if rpc_listen.ip().is_unspecified() || rpc_listen.port() == 0 => {
                 self.sink.push(
                     c.rpc.referenced,
@@ -360,10 +377,41 @@ impl Compiler<'_> {
             Some(d) => Some(self.dns(d)?),
             None => None,
         };
+        let advertise_address = match &c.advertise_address {
+            None => None,
+            Some(a) => match a.value.parse::<std::net::IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() => Some(ip),
+                _ => {
+                    self.sink.push(
+                        a.referenced,
+                        "cluster.advertise_address",
+                        format!("`{}` is not a unicast IP address", a.value),
+                    );
+                    return None;
+                }
+            },
+        };
+        // Peers probe the gateway and DNS answers name it: a wildcard is no address to give.
+        let wildcard = |a: Option<&Spanned<String>>| {
+            a.and_then(|a| a.value.parse::<SocketAddr>().ok()).is_some_and(|a| a.ip().is_unspecified())
+        };
+        if advertise_address.is_none()
+            && (wildcard(file.listen.http.as_ref())
+                || wildcard(file.listen.https.as_ref())
+                || wildcard(c.dns.as_ref().map(|d| &d.listen)))
+        {
+            self.sink.push(
+                c.rpc.referenced,
+                "cluster.advertise_address",
+                "a listener binds a wildcard address: set the IP peers and DNS clients reach this node at",
+            );
+            return None;
+        }
         Some(ClusterSettings {
             data_dir: self.path(&c.data_dir.value),
             rpc_listen,
             advertise_rpc,
+            advertise_address,
             snapshot_after_logs: c.snapshot_after_logs.value,
             heartbeat,
             dns,

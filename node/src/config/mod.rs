@@ -85,6 +85,35 @@ mod tests {
     }
 
     #[test]
+    fn advertised_addresses_take_names_and_a_wildcard_needs_one() {
+        let node = |cluster: &str| {
+            format!(
+                "listen: {{ http: \"0.0.0.0:8080\" }}\ncluster: {{ data_dir: d, rpc: \"0.0.0.0:7001\", {cluster} }}\n"
+            )
+        };
+        let ok = |cluster: &str| parse_str(&node(cluster), "t.yaml", Path::new(".")).map(|c| c.cluster.unwrap());
+        let settings =
+            ok("advertise_rpc: meridian-r1-0.meridian.svc.cluster.local:7001, advertise_address: 10.0.0.5").unwrap();
+        assert_eq!(settings.advertise_rpc, "meridian-r1-0.meridian.svc.cluster.local:7001");
+        assert_eq!(settings.advertise_address, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(
+            ok("advertise_rpc: \"10.0.0.5:7001\", advertise_address: 10.0.0.5").unwrap().advertise_rpc,
+            "10.0.0.5:7001"
+        );
+        for (cluster, field) in [
+            ("advertise_rpc: \"no port\", advertise_address: 10.0.0.5", "cluster.advertise_rpc"),
+            ("advertise_rpc: \"*.wild:7001\", advertise_address: 10.0.0.5", "cluster.advertise_rpc"),
+            ("advertise_rpc: \"host:0\", advertise_address: 10.0.0.5", "cluster.advertise_rpc"),
+            ("advertise_rpc: \"host:7001\", advertise_address: 0.0.0.0", "cluster.advertise_address"),
+            // The gateway binds 0.0.0.0: peers and DNS answers need the node's address.
+            ("advertise_rpc: \"host:7001\"", "cluster.advertise_address"),
+        ] {
+            let e = errors(&node(cluster));
+            assert!(e.iter().any(|e| e.field == field), "{cluster}: {e:?}");
+        }
+    }
+
+    #[test]
     fn websocket_apis_are_refused_with_their_line() {
         let e = errors("listen: { http: 127.0.0.1:0 }\napis:\n  - id: chat\n    type: websocket\n");
         assert_eq!((e[0].line, e[0].field.as_str()), (4, "apis[0].type"), "{e:?}");

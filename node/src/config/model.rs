@@ -41,8 +41,14 @@ pub struct ClusterSection {
     pub data_dir: Spanned<String>,
     /// The node-to-node RPC listener (mutual TLS).
     pub rpc: Spanned<String>,
-    /// The RPC address other nodes use, when it differs from `rpc` (e.g. `rpc` is 0.0.0.0).
+    /// The RPC address other nodes use, when it differs from `rpc` (e.g. `rpc` is 0.0.0.0):
+    /// `IP:port`, or `host:port` with a name that stays the node's when its IP changes (a
+    /// StatefulSet pod's DNS name).
     pub advertise_rpc: Option<Spanned<String>>,
+    /// The IP other members probe this node's gateway at and DNS answers give for it (its
+    /// gateway and DNS ports stay the bound ones); needed when those listeners bind a
+    /// wildcard address.
+    pub advertise_address: Option<Spanned<String>>,
     /// Snapshot the state and compact the log after this many entries (default 500).
     #[serde(default = "default_snapshot_after_logs")]
     pub snapshot_after_logs: Spanned<u64>,

@@ -158,8 +158,11 @@ pub struct GatewayConfig {
 pub struct ClusterSettings {
     pub data_dir: std::path::PathBuf,
     pub rpc_listen: SocketAddr,
-    /// The RPC address peers use.
+    /// The RPC address peers use (`IP:port` or `host:port`).
     pub advertise_rpc: String,
+    /// The IP peers and DNS answers use for this node's gateway and DNS listeners, when it
+    /// differs from their bound one.
+    pub advertise_address: Option<std::net::IpAddr>,
     /// Take a snapshot (and compact the log) after this many entries.
     pub snapshot_after_logs: u64,
     /// How often the Raft leader sends heartbeats (see `cluster::member::raft_config`).

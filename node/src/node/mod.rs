@@ -184,13 +184,15 @@ impl Node {
         self.reloader.clone()
     }
 
-    /// What this node advertises to its cluster.
-    pub fn advertised(&self, region: &str) -> Advertised {
+    /// What this node advertises to its cluster: its listeners' addresses, with `address`
+    /// (`cluster.advertise_address`) in place of their bound IP when it is set.
+    pub fn advertised(&self, region: &str, address: Option<std::net::IpAddr>) -> Advertised {
+        let public = |a: SocketAddr| address.map_or(a, |ip| SocketAddr::new(ip, a.port()));
         Advertised {
             region: region.to_string(),
-            gateway: self.http_addr.or(self.https_addr),
+            gateway: self.http_addr.or(self.https_addr).map(public),
             admin: self.admin_addr,
-            dns: self.dns_addr,
+            dns: self.dns_addr.map(public),
         }
     }
 
