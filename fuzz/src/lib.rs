@@ -224,3 +224,19 @@ pub fn xml_document(data: &[u8]) {
         assert_eq!(again, json, "a document converts back to the same JSON");
     }
 }
+
+/// An OpenAPI document (JSON), as `meridian import openapi` reads one: imported, and what it
+/// imports to exported with each extension set. Neither may panic, and an export of an
+/// import must import again.
+pub fn openapi_document(data: &[u8]) {
+    use meridian_openapi::{Extensions, Options, export, import};
+    let Ok(document) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let Ok(imported) = import(&document, &Options::default()) else { return };
+    let api = &imported.definition["apis"][0];
+    let stage = api["stages"][0]["name"].as_str().unwrap_or("prod");
+    for extensions in [Extensions::Meridian, Extensions::Aws, Extensions::None] {
+        if let Ok(exported) = export(api, stage, extensions) {
+            assert!(import(&exported, &Options::default()).is_ok(), "an export does not import");
+        }
+    }
+}
