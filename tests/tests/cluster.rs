@@ -1540,7 +1540,11 @@ cluster: {{ data_dir: data, rpc: "127.0.0.1:{port}", advertise_rpc: "localhost:{
     let (c1, c2) = (config(p1, 1), config(p2, 2));
     let cluster = tokio::task::spawn_blocking(move || {
         let first = NodeProcess::launch(new_dir(), &c1, &["cluster", "init", "--region", "r1"], &[]).unwrap();
-        let token = std::fs::read_to_string(first.dir().join("ready.token")).unwrap();
+        let token_file = first.dir().join("ready.token");
+        // The join token is a secret: the file beside the ready file is the node user's only.
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token_file).unwrap().permissions());
+        assert_eq!(mode & 0o077, 0, "ready.token is readable by others: {mode:o}");
+        let token = std::fs::read_to_string(token_file).unwrap();
         let peer = format!("localhost:{p1}");
         let second = NodeProcess::launch(
             new_dir(),

@@ -139,7 +139,8 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
             );
             if let Some(path) = ready_file {
                 // The token first: whoever waits for the ready file reads the token next.
-                std::fs::write(path.with_extension("token"), &token)?;
+                // The join token is a secret: readable by this user only.
+                crate::files::write_private(&path.with_extension("token"), token.as_bytes())?;
                 write_ready_file(&node, &path)?;
             }
             node.run_until_signal().await?;

@@ -15,13 +15,11 @@ use serde_json::Value;
 use super::output::{Output, refused};
 use super::target::{AdminTarget, encode, get};
 
-/// Documents larger than this are refused before they are parsed.
-const MAX_DOCUMENT: u64 = 16 << 20;
-
 #[derive(Debug, Subcommand)]
 pub enum ImportCommand {
     /// Read an OpenAPI 3.0/3.1 or Swagger 2.0 document (with the managed gateway's
-    /// `x-amazon-apigateway-*` extensions) into an API definition for `meridian apply`.
+    /// `x-amazon-apigateway-*` extensions; at most 16 MiB) into an API definition for
+    /// `meridian apply`.
     /// The report (stderr) lists every element that was not carried over, with its JSON
     /// pointer and what to do instead.
     Openapi {
@@ -61,11 +59,7 @@ pub fn import(command: ImportCommand) -> anyhow::Result<ExitCode> {
         }
         uris.insert(name.to_string(), url.to_string());
     }
-    let size = std::fs::metadata(&file).with_context(|| format!("cannot read {}", file.display()))?.len();
-    if size > MAX_DOCUMENT {
-        bail!("{} is {size} bytes; documents up to {MAX_DOCUMENT} bytes are imported", file.display());
-    }
-    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = crate::files::read_bounded(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let document: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(_) => serde_saphyr::from_str(&text)

@@ -159,16 +159,7 @@ fn save_identity(data_dir: &Path, identity: &NodeIdentity, data_key: &DataKey) -
 
 /// Writes a file only this user can read (whatever the umask).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| setup(format!("{}: {e}", path.display())))?;
-    file.write_all(bytes).map_err(|e| setup(format!("{}: {e}", path.display())))
+    crate::files::write_private(path, bytes).map_err(|e| setup(format!("{}: {e}", path.display())))
 }
 
 fn load_identity(data_dir: &Path) -> Result<NodeIdentity, ClusterError> {
