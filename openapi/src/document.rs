@@ -239,32 +239,13 @@ impl<'d> Document<'d> {
             let mut map = Map::new();
             for (kind, response) in responses.as_object().into_iter().flatten() {
                 let at = format!("/x-amazon-apigateway-gateway-responses{}", pointer([kind.as_str()]));
-                let mut entry = Map::new();
-                if let Some(status) = status_of(response.get("statusCode")) {
-                    entry.insert("status".into(), json!(status));
-                }
-                let mut headers = Map::new();
-                for (name, value) in response.get("responseParameters").and_then(Value::as_object).into_iter().flatten()
-                {
-                    let header = name.strip_prefix("gatewayresponse.header.");
-                    match (header, value.as_str()) {
-                        (Some(header), Some(v)) if gateway_header_value(v) => {
-                            headers.insert(header.to_string(), json!(v));
-                        }
-                        _ => report.add(
-                            format!("{at}/responseParameters{}", pointer([name.as_str()])),
-                            format!("`{name}: {value}` is not imported: gateway response headers are literals (`'text'`), request headers and query parameters, stage variables or context.requestId"),
-                        ),
-                    }
-                }
-                if !headers.is_empty() {
-                    entry.insert("headers".into(), Value::Object(headers));
-                }
-                if let Some(templates) = response.get("responseTemplates").and_then(Value::as_object)
-                    && !templates.is_empty()
-                {
-                    entry.insert("templates".into(), Value::Object(templates.clone()));
-                }
+                let entry = response_of(
+                    response,
+                    &at,
+                    ("gatewayresponse.header.", gateway_header_value),
+                    "gateway response headers are literals (`'text'`), request headers and query parameters, stage variables or context.requestId",
+                    report,
+                );
                 map.insert(kind.clone(), Value::Object(entry));
             }
             api.insert("gateway_responses".into(), Value::Object(map));
@@ -306,6 +287,43 @@ impl<'d> Document<'d> {
         let read = self.read.borrow();
         walk(self.root, &mut String::new(), &read, report);
     }
+}
+
+/// The status, headers and templates of an integration or gateway response (`at` is its
+/// pointer): headers named `prefix` + NAME whose value `takes` accepts; the others reported
+/// with `refused`.
+pub(crate) fn response_of(
+    response: &Value,
+    at: &str,
+    (prefix, takes): (&str, fn(&str) -> bool),
+    refused: &str,
+    report: &mut Report,
+) -> Map<String, Value> {
+    let mut entry = Map::new();
+    if let Some(status) = status_of(response.get("statusCode")) {
+        entry.insert("status".into(), json!(status));
+    }
+    let mut headers = Map::new();
+    for (name, value) in response.get("responseParameters").and_then(Value::as_object).into_iter().flatten() {
+        match (name.strip_prefix(prefix), value.as_str()) {
+            (Some(header), Some(v)) if takes(v) => {
+                headers.insert(header.to_string(), json!(v));
+            }
+            _ => report.add(
+                format!("{at}/responseParameters{}", pointer([name.as_str()])),
+                format!("`{name}: {value}` is not imported: {refused}"),
+            ),
+        }
+    }
+    if !headers.is_empty() {
+        entry.insert("headers".into(), Value::Object(headers));
+    }
+    if let Some(templates) = response.get("responseTemplates").and_then(Value::as_object)
+        && !templates.is_empty()
+    {
+        entry.insert("templates".into(), Value::Object(templates.clone()));
+    }
+    entry
 }
 
 /// A gateway response header value Meridian takes: a literal, a request header or query

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value, json};
 
 use crate::Report;
-use crate::document::{Document, Operation, model_name, pointer, status_of};
+use crate::document::{Document, Operation, model_name, pointer, response_of, status_of};
 use crate::security::{Scheme, Schemes};
 
 #[derive(Default)]
@@ -336,35 +336,18 @@ fn mapping(integration: &Value, out: &mut Map<String, Value>, at: &str, report: 
     let mut default = None;
     for (pattern, response) in integration.get("responses").and_then(Value::as_object).into_iter().flatten() {
         let rat = format!("{at}/responses{}", pointer([pattern.as_str()]));
-        let mut entry = Map::new();
+        let mut entry = response_of(
+            response,
+            &rat,
+            ("method.response.header.", |v| {
+                (v.len() >= 2 && v.starts_with('\'') && v.ends_with('\''))
+                    || v.starts_with("integration.response.header.")
+            }),
+            "response headers are literals or upstream headers",
+            report,
+        );
         if pattern != "default" {
             entry.insert("selection_pattern".into(), json!(pattern));
-        }
-        if let Some(status) = status_of(response.get("statusCode")) {
-            entry.insert("status".into(), json!(status));
-        }
-        let mut headers = Map::new();
-        for (name, value) in response.get("responseParameters").and_then(Value::as_object).into_iter().flatten() {
-            let header = name.strip_prefix("method.response.header.");
-            let value = value.as_str().unwrap_or("");
-            let literal = value.len() >= 2 && value.starts_with('\'') && value.ends_with('\'');
-            match header {
-                Some(header) if literal || value.starts_with("integration.response.header.") => {
-                    headers.insert(header.to_string(), json!(value));
-                }
-                _ => report.add(
-                    format!("{rat}/responseParameters{}", pointer([name.as_str()])),
-                    format!("`{name}: {value}` is not imported: response headers are literals or upstream headers"),
-                ),
-            }
-        }
-        if !headers.is_empty() {
-            entry.insert("headers".into(), Value::Object(headers));
-        }
-        if let Some(templates) = response.get("responseTemplates").and_then(Value::as_object)
-            && !templates.is_empty()
-        {
-            entry.insert("templates".into(), Value::Object(templates.clone()));
         }
         if let Some(handling) = response.get("contentHandling").and_then(Value::as_str) {
             entry.insert("content_handling".into(), json!(handling.to_ascii_lowercase()));
