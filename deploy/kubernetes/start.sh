@@ -21,7 +21,8 @@ YAML
 if [ -e "$DATA/node.json" ]; then
   exec meridian serve --config "$CONFIG"
 elif [ "$POD_NAME" = "$FOUNDER" ]; then
-  exec meridian cluster init --config "$CONFIG" --region "$REGION"
+  # The join token is also written, private to the node's user, to /var/lib/meridian/ready.token.
+  exec meridian cluster init --config "$CONFIG" --region "$REGION" --ready-file /var/lib/meridian/ready
 else
   # The join token comes from the Secret `meridian-join` (MERIDIAN_JOIN_TOKEN).
   exec meridian cluster join --config "$CONFIG" --region "$REGION" --peer "$FOUNDER_RPC"

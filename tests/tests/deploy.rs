@@ -291,7 +291,10 @@ fn the_pod_start_script_serves_founds_or_joins() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let cfg = config.to_str().unwrap();
-    assert_eq!(run("meridian-r1-0"), format!("meridian cluster init --config {cfg} --region r1"));
+    assert_eq!(
+        run("meridian-r1-0"),
+        format!("meridian cluster init --config {cfg} --region r1 --ready-file /var/lib/meridian/ready")
+    );
     assert_eq!(
         run("meridian-r1-1"),
         format!(
