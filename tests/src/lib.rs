@@ -233,6 +233,21 @@ where
     addr
 }
 
+/// The in-process benchmarks' measure: `call` run in `batches` batches of 200; the median
+/// batch, in microseconds per call (a median resists this VM's bursts of noise).
+pub fn median_micros_per_call(batches: usize, mut call: impl FnMut()) -> f64 {
+    let mut per_call = Vec::with_capacity(batches);
+    for _ in 0..batches {
+        let started = std::time::Instant::now();
+        for _ in 0..200 {
+            call();
+        }
+        per_call.push(started.elapsed().as_secs_f64() * 1e6 / 200.0);
+    }
+    per_call.sort_by(|a, b| a.total_cmp(b));
+    per_call[per_call.len() / 2]
+}
+
 /// A Python with `packages` from PyPI, in a virtualenv kept under `target/` (made on first
 /// use); `None`, with the test's SKIPPED line, when Python or PyPI is not available. CI
 /// installs `python3-venv`, so there it is always there.

@@ -5,8 +5,6 @@
 //! Prints the median of batches, in microseconds per rendering; the request template both with
 //! the body already parsed (request validation hands its parse over) and parsing it.
 
-use std::time::Instant;
-
 use meridian_node::mapping::{Bounds, Inputs, Template};
 use serde_json::{Map, Value};
 
@@ -36,24 +34,17 @@ fn inputs(body: String) -> Inputs {
 /// a body not yet parsed (the template parses it), else with the body parsed once, as
 /// request validation hands it over.
 fn measure(template: &Template, inputs: &Inputs, parse: bool, batches: usize) -> f64 {
-    let mut per_render = Vec::with_capacity(batches);
-    for _ in 0..batches {
-        let started = Instant::now();
-        for _ in 0..200 {
-            let fresh;
-            let inputs = if parse {
-                fresh = Inputs { body_json: Default::default(), ..inputs.clone() };
-                &fresh
-            } else {
-                inputs
-            };
-            let rendered = template.render(inputs, Bounds::default()).expect("the template renders");
-            std::hint::black_box(rendered);
-        }
-        per_render.push(started.elapsed().as_secs_f64() * 1e6 / 200.0);
-    }
-    per_render.sort_by(|a, b| a.total_cmp(b));
-    per_render[per_render.len() / 2]
+    meridian_tests::median_micros_per_call(batches, || {
+        let fresh;
+        let inputs = if parse {
+            fresh = Inputs { body_json: Default::default(), ..inputs.clone() };
+            &fresh
+        } else {
+            inputs
+        };
+        let rendered = template.render(inputs, Bounds::default()).expect("the template renders");
+        std::hint::black_box(rendered);
+    })
 }
 
 fn main() {

@@ -10,7 +10,6 @@
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use meridian_node::authorizers::Authorizers;
@@ -76,29 +75,22 @@ fn measure(table: &RoutingTable, services: &Services, batches: usize) -> f64 {
         chain.request_head_stages().iter().find(|s| s.name() == "waf").expect("a firewall").clone();
     let client: IpAddr = "203.0.113.9".parse().unwrap();
     let request_id = hyper::header::HeaderValue::from_static("bench");
-    let mut per_call = Vec::with_capacity(batches);
-    for _ in 0..batches {
-        let started = Instant::now();
-        for _ in 0..200 {
-            let mut exchange = Exchange::new(request_id.clone(), client);
-            let flow = match waf.request_head(&mut head, &mut exchange, services) {
+    meridian_tests::median_micros_per_call(batches, || {
+        let mut exchange = Exchange::new(request_id.clone(), client);
+        let flow = match waf.request_head(&mut head, &mut exchange, services) {
+            Step::Done(flow) => flow,
+            Step::Waiting(_) => panic!("the firewall never waits"),
+        };
+        assert!(matches!(flow, Flow::Continue), "a rule matched the benchmark's request");
+        if waf.body_need(&head).is_some() {
+            let flow = match waf.request_body(&head, &body, &mut exchange, services) {
                 Step::Done(flow) => flow,
                 Step::Waiting(_) => panic!("the firewall never waits"),
             };
-            assert!(matches!(flow, Flow::Continue), "a rule matched the benchmark's request");
-            if waf.body_need(&head).is_some() {
-                let flow = match waf.request_body(&head, &body, &mut exchange, services) {
-                    Step::Done(flow) => flow,
-                    Step::Waiting(_) => panic!("the firewall never waits"),
-                };
-                assert!(matches!(flow, Flow::Continue), "a body rule matched the benchmark's request");
-            }
-            std::hint::black_box(&exchange);
+            assert!(matches!(flow, Flow::Continue), "a body rule matched the benchmark's request");
         }
-        per_call.push(started.elapsed().as_secs_f64() * 1e6 / 200.0);
-    }
-    per_call.sort_by(|a, b| a.total_cmp(b));
-    per_call[per_call.len() / 2]
+        std::hint::black_box(&exchange);
+    })
 }
 
 fn main() {
