@@ -141,13 +141,11 @@ impl SniResolver {
 fn publish_expiries(previous: Option<&DomainCertificates>, current: &DomainCertificates) {
     let gauge =
         |name: &str| metrics::gauge!("meridian_certificate_expiry_timestamp_seconds", "name" => name.to_string());
-    let now = current.expiries();
-    for (name, _) in previous.map(DomainCertificates::expiries).unwrap_or_default() {
-        if !now.iter().any(|(n, _)| *n == name) {
-            gauge(&name).set(f64::NAN);
-        }
+    let gone = previous.into_iter().flat_map(|p| p.by_name.keys()).filter(|n| !current.by_name.contains_key(*n));
+    for name in gone {
+        gauge(name).set(f64::NAN);
     }
-    for (name, expires) in now {
+    for (name, expires) in current.expiries() {
         gauge(&name).set(expires as f64);
     }
 }

@@ -98,6 +98,16 @@ impl Template {
     }
 }
 
+/// Appends `text` to `out` unless that would pass `max_output` bytes (a free function, so
+/// that a value borrowed from the renderer's variables can be written without a copy).
+fn emit_into(out: &mut String, max_output: usize, text: &str, line: usize) -> Rendered<()> {
+    if out.len() + text.len() > max_output {
+        return fail(line, format!("the output is larger than {max_output} bytes"));
+    }
+    out.push_str(text);
+    Ok(())
+}
+
 fn fail<T>(line: usize, message: impl Into<String>) -> Rendered<T> {
     Err(RenderError { line, message: message.into() })
 }
@@ -268,11 +278,7 @@ impl<'a> Renderer<'a> {
     }
 
     fn emit(&mut self, text: &str, line: usize) -> Rendered<()> {
-        if self.out.len() + text.len() > self.bounds.max_output {
-            return fail(line, format!("the output is larger than {} bytes", self.bounds.max_output));
-        }
-        self.out.push_str(text);
-        Ok(())
+        emit_into(&mut self.out, self.bounds.max_output, text, line)
     }
 
     fn nodes(&mut self, nodes: &'a [Node]) -> Rendered<()> {
@@ -282,11 +288,7 @@ impl<'a> Renderer<'a> {
                 // A variable written as it is: no copy of its value.
                 Node::Ref(r, _) if r.steps.is_empty() && self.vars.get(&r.root).is_some() => {
                     let value = self.vars.get(&r.root).map_or(&NULL, |v| v.as_ref());
-                    let text = as_text(value);
-                    if self.out.len() + text.len() > self.bounds.max_output {
-                        return fail(r.line, format!("the output is larger than {} bytes", self.bounds.max_output));
-                    }
-                    self.out.push_str(&text);
+                    emit_into(&mut self.out, self.bounds.max_output, &as_text(value), r.line)?;
                 }
                 Node::Ref(r, source) => match self.reference(r)? {
                     Some(value) => match value.as_ref() {

@@ -300,6 +300,7 @@ impl Compiler<'_> {
             scope: scope.clone(),
             bounds: Bounds::default(),
             binary: binary.clone(),
+            reads_params: responses.iter().flat_map(|r| &r.templates).any(|(_, t)| t.reads_params()),
         })
     }
 
