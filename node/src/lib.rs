@@ -22,6 +22,7 @@ pub mod certificates;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod content_coding;
 pub mod demo;
 pub mod digest;
 pub mod fast_random;

@@ -194,7 +194,7 @@ impl<'d> Document<'d> {
     }
 
     /// The API-level extensions: binary media types, gateway responses, CORS, request
-    /// validators, the key source.
+    /// validators, the key source, the minimum compression size.
     pub fn api_extensions(&self, api: &mut Map<String, Value>, report: &mut Report) {
         let root = self.root;
         if let Some(types) = self.extension(root, "", "x-amazon-apigateway-binary-media-types") {
@@ -223,6 +223,19 @@ impl<'d> Document<'d> {
         }
         if let Some(name) = self.extension(root, "", "x-amazon-apigateway-request-validator").and_then(Value::as_str) {
             api.insert("request_validator".into(), json!(name));
+        }
+        // The managed gateway compresses with gzip and deflate; Meridian answers in whichever
+        // of zstd, brotli and gzip the client prefers.
+        if let Some(size) = self.extension(root, "", "x-amazon-apigateway-minimum-compression-size") {
+            match size.as_u64() {
+                Some(size) => {
+                    api.insert("compression".into(), json!({ "minimum_size": size }));
+                }
+                None => report.add(
+                    "/x-amazon-apigateway-minimum-compression-size",
+                    "the minimum compression size is a whole number of bytes; compression was not imported",
+                ),
+            }
         }
         if let Some(source) = self.extension(root, "", "x-amazon-apigateway-api-key-source").and_then(Value::as_str)
             && !source.eq_ignore_ascii_case("HEADER")

@@ -333,6 +333,10 @@ fn api_extensions(api: &Map<String, Value>, doc: &mut Map<String, Value>) {
     if let Some(types) = api.get("binary_media_types") {
         doc.insert("x-amazon-apigateway-binary-media-types".into(), types.clone());
     }
+    if let Some(compression) = api.get("compression") {
+        let size = compression.get("minimum_size").and_then(Value::as_u64).unwrap_or(1024);
+        doc.insert("x-amazon-apigateway-minimum-compression-size".into(), json!(size));
+    }
     if let Some(validators) = api.get("request_validators").and_then(Value::as_object) {
         let written: Map<String, Value> = validators
             .iter()

@@ -171,7 +171,8 @@ fn api_level_extensions_and_models() {
     );
     assert_eq!(a["models"]["Pet"]["properties"]["owner"]["$ref"], "models/Owner");
     assert_eq!(a["routes"][0]["request_models"], json!({"application/json": "Pet"}));
-    assert!(reported(&i, "/x-amazon-apigateway-minimum-compression-size", "not supported"));
+    assert_eq!(a["compression"], json!({"minimum_size": 1024}));
+    assert!(i.report.iter().all(|f| !f.pointer.contains("compression")), "{:?}", i.report);
     assert!(reported(
         &i,
         "/x-amazon-apigateway-gateway-responses/UNAUTHORIZED/responseParameters/gatewayresponse.header.X-Path",
@@ -203,6 +204,7 @@ fn definition() -> Value {
         "authorizers": [{"name": "auth", "type": "jwt", "algorithms": ["RS256"], "issuer": "https://id.example.com",
                          "jwks_uri": "https://id.example.com/.well-known/jwks.json", "audience": ["pets"]}],
         "binary_media_types": ["image/png"],
+        "compression": {"minimum_size": 2048},
         "cors": {"allow_origins": ["https://app.example.com"], "allow_methods": ["GET"], "max_age": "600s"},
         "gateway_responses": {"UNAUTHORIZED": {"status": 401, "headers": {"X-Why": "'token'"}, "templates": {"application/json": "{\"m\": \"$context.error.message\"}"}}},
         "models": {"Pet": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "owner": {"$ref": "models/Owner"}}},
@@ -259,6 +261,7 @@ fn an_export_with_the_managed_gateways_extensions_imports_back_to_what_they_carr
         "id",
         "type",
         "binary_media_types",
+        "compression",
         "cors",
         "gateway_responses",
         "models",

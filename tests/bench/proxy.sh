@@ -26,6 +26,7 @@
 # the ratios, and Meridian's peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source tests/bench/lib.sh
 
 SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then
@@ -270,14 +271,6 @@ apis:
 CONF
 fi
 
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2; exit 1
-}
-
 taskset -c "$LOAD_CORE" nginx -p "$work/backend" -c "$work/backend/nginx.conf" 2>/dev/null & pids+=($!)
 wait_port "$BACKEND_PORT"
 taskset -c "$PROXY_CORE" nginx -p "$work/proxy" -c "$work/proxy/nginx.conf" 2>/dev/null & nginx_master=$!; pids+=($nginx_master)
@@ -302,11 +295,11 @@ else
   wait_port "$MERIDIAN_PORT"
 fi
 
-# Runs wrk on the load core and prints "req/s p50_ms p99_ms cpu_us_per_request" where
-# the CPU time is that of process $2 (user + system) over the run; $3 is a header every
-# request carries (the API key by default).
+# Runs wrk on the load core (lib.sh's wrk_run) against $1, the CPU time being process $2's;
+# $3 is a header every request carries (the API key by default), $4 a wrk script that POSTs
+# the order, $5 the Host.
 measure() {
-  local url=$1 pid=$2 header=${3:-"x-api-key: $BENCH_KEY"} script=${4:-} host=${5:-} out c0 c1
+  local url=$1 pid=$2 header=${3:-"x-api-key: $BENCH_KEY"} script=${4:-} host=${5:-}
   local post=() wrk_script=() host_header=()
   [ -n "$host" ] && host_header=(-H "Host: $host")  # capitalised: wrk then sends no Host of its own
   if [ -n "$script" ]; then
@@ -314,28 +307,7 @@ measure() {
     wrk_script=(-s "$script")
   fi
   curl -sf -o /dev/null -H "$header" "${host_header[@]}" "${post[@]}" "$url" || { echo "warm-up request to $url failed" >&2; exit 1; }
-  c0=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$header" "${host_header[@]}" "${wrk_script[@]}" "$url")
-  c1=$(cpu_ticks "$pid")
-  if grep -q "Non-2xx" <<<"$out"; then
-    echo "$url answered errors under load: $(grep Non-2xx <<<"$out")" >&2
-    exit 1
-  fi
-  local rps p50 p99 n
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  n=$(awk '/requests in/ {print $1}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $(awk -v c=$((c1 - c0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", c * 1e6 / hz / n}')"
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}'; }
-to_ms() {
-  awk -v v="$1" 'BEGIN {
-    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
-    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
-    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
-    else printf "%s", v }'
+  wrk_run "$pid" -H "$header" "${host_header[@]}" "${wrk_script[@]}" "$url"
 }
 
 backend_pid=$(pgrep -f "nginx -p $work/backend" | head -1)

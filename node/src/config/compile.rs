@@ -24,6 +24,7 @@ use crate::observe::access_log::{LogSink, LogTemplate};
 use crate::observe::completion::RouteObserver;
 use crate::router::{MethodMatch, PathPattern, Router, parse_route_key};
 use crate::stages::api_key::{ApiKeyCheck, KeyRing};
+use crate::stages::compression::Compression;
 use crate::stages::cors::Cors;
 use crate::stages::signed_request::SignedRequestCheck;
 use crate::stages::throttle::RouteThrottle;
@@ -173,6 +174,7 @@ fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
 
 mod authorizers;
 mod cache;
+mod compression;
 mod cors;
 mod gateway_responses;
 mod idempotency;
@@ -202,7 +204,9 @@ struct StageContext<'a> {
     /// The API's gateway responses, when it has any.
     gateway_responses: Option<&'a gateway_responses::GatewayResponseSpec>,
     /// The API's binary media types.
-    binary: Arc<crate::stages::content::BinaryMediaTypes>,
+    binary: Arc<crate::stages::content::MediaRanges>,
+    /// How the API compresses its answers, if it does.
+    compression: Option<Arc<crate::stages::compression::CompressionPolicy>>,
 }
 
 /// A route as parsed once, before it is specialised per stage.
@@ -590,6 +594,7 @@ impl Compiler<'_> {
         self.rest_only(api, field);
         let models = self.models(api, field);
         let binary = self.binary_media_types(api, field);
+        let compression = self.compression(api, field);
         let gateway_responses = self.gateway_responses(api, field).ok().flatten();
         if let Some(signing) = &api.signing {
             let part = |v: &str| {
@@ -732,6 +737,7 @@ impl Compiler<'_> {
                 firewall,
                 gateway_responses: gateway_responses.as_ref(),
                 binary: binary.clone(),
+                compression: compression.clone(),
             };
             let routes = self.stage(&api.id.value, stage, &specs, &context, api.default_endpoint, &sfield);
             if stages.insert(stage.name.value.clone(), Arc::new(StageTarget::new(Arc::new(routes)))).is_some() {
@@ -788,9 +794,13 @@ impl Compiler<'_> {
             if let Some(rate) = spec.throttle {
                 scopes.push((Arc::from(format!("route {api}/{stage_name} {}", spec.key)), rate));
             }
-            // CORS first: a preflight is answered before anything else, and every answer
-            // (a 429 or a 401 too) carries its headers.
+            // Compression first, so it is the last to see the answer: caches and records
+            // keep it uncompressed. Then CORS: a preflight is answered before anything else,
+            // and every answer (a 429 or a 401 too) carries its headers.
             let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
+            if let Some(policy) = &context.compression {
+                stages.push(Arc::new(Compression { policy: policy.clone() }));
+            }
             if let Some(policy) = &spec.cors {
                 stages.push(Arc::new(Cors { policy: policy.clone() }));
             }

@@ -219,6 +219,8 @@ pub struct ApiDef {
     pub cors: Option<Spanned<CorsDef>>,
     /// Firewall rules for every route, before a stage's own.
     pub waf: Option<Spanned<WafDef>>,
+    /// Answers compressed by the client's `Accept-Encoding` (docs/CONFIG.md, "Compression").
+    pub compression: Option<Spanned<CompressionDef>>,
     /// `type: rest`: JSON Schemas (draft 4 unless `$schema` says 2020-12) that routes name
     /// as request models.
     #[serde(default)]
@@ -472,6 +474,18 @@ pub struct WafPatternDef {
     pub name: Option<String>,
     pub regex: Option<String>,
     pub contains: Option<String>,
+}
+
+/// Response compression (docs/CONFIG.md, "Compression").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionDef {
+    /// Answers with a `Content-Length` below this many bytes are sent as they are
+    /// (default 1024; 0 compresses every answer).
+    pub minimum_size: Option<u64>,
+    /// The media types compressed (`type/subtype` or `type/*`; default: text, JSON, XML,
+    /// JavaScript and SVG).
+    pub content_types: Option<Vec<String>>,
 }
 
 /// CORS settings (docs/CONFIG.md, "CORS").

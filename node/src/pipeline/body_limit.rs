@@ -3,6 +3,8 @@
 //! counted as it streams ([`RequestBody::limited`]) and fails at the limit, which the
 //! pipeline answers with the same 413; a body a stage reads is buffered up to the smaller
 //! of the stage's need and the limit, or only its first bytes when a stage inspects a prefix.
+//! A body sent compressed (`Content-Encoding`) is read whole and decoded for the stages, up to
+//! their need: a decompression bomb is a 413 like any other body over the limit.
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
@@ -11,8 +13,10 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::content_coding::{self, Coding, DecodeError};
 use crate::integration::request_body::RequestBody;
 use crate::rejection::Rejection;
+use crate::stages::BodyNeed;
 
 /// The most bytes a request body may have.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +65,28 @@ impl BodyLimit {
         }
         let rest = (!body.is_end_stream()).then_some(body);
         Ok((buffer.freeze(), rest))
+    }
+
+    /// What the stages read of a body sent with `coding`: the whole of `sent` decoded, up to
+    /// `need` (a body that decodes to more is refused with 413, however small it was sent),
+    /// or the first bytes of it.
+    pub fn decode(&self, coding: Coding, sent: &[u8], need: BodyNeed) -> Result<Bytes, Rejection> {
+        let (limit, prefix) = match need {
+            BodyNeed::Whole(limit) => (limit.min(self.max_bytes), false),
+            BodyNeed::Prefix(bytes) => (bytes, true),
+        };
+        content_coding::decode(coding, sent, limit, prefix).map_err(|e| match e {
+            DecodeError::TooLarge => Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body decompresses to more than the limit of {limit} bytes"),
+            )
+            .with_reason("decompressed body too large"),
+            DecodeError::Malformed => Rejection::new(
+                StatusCode::BAD_REQUEST,
+                format!("the request body is not valid {} data", coding.token()),
+            )
+            .with_reason("malformed compressed body"),
+        })
     }
 
     fn malformed() -> Rejection {

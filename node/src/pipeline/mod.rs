@@ -41,6 +41,7 @@ pub use crate::rejection::Rejection;
 use crate::authorizers::Authorizers;
 use crate::body::ResponseBody;
 use crate::config::table::{RouteTarget, RoutingTable};
+use crate::content_coding::Coding;
 use crate::gateway_responses::{GatewayResponses, RequestEcho};
 use crate::idempotency::IdempotencyRecords;
 use crate::integration::request_body::RequestBody;
@@ -363,24 +364,50 @@ impl Pipeline {
         let body = match target.chain.body_need(&parts) {
             None => ClientBody::Streaming(body),
             Some(need) => {
-                let read = match need {
-                    BodyNeed::Whole(limit) => self.body_limit.buffer(body, limit).await.map(ClientBody::Read),
-                    BodyNeed::Prefix(bytes) => self.body_limit.read_prefix(body, bytes).await.map(|read| match read {
-                        (prefix, Some(rest)) => ClientBody::Prefixed(prefix, rest),
-                        (whole, None) => ClientBody::Read(whole),
-                    }),
+                let coding = match Coding::of_message(&parts.headers) {
+                    Ok(coding) => coding,
+                    Err(what) => {
+                        let r = Rejection::new(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            format!("the request's Content-Encoding {what} cannot be read (gzip, deflate, br or zstd)"),
+                        );
+                        return Served::rejected(r, target);
+                    }
+                };
+                let read = match (need, coding) {
+                    (BodyNeed::Whole(limit), None) => self.body_limit.buffer(body, limit).await.map(ClientBody::Read),
+                    (BodyNeed::Prefix(bytes), None) => {
+                        self.body_limit.read_prefix(body, bytes).await.map(|read| match read {
+                            (prefix, Some(rest)) => ClientBody::Prefixed(prefix, rest),
+                            (whole, None) => ClientBody::Read(whole),
+                        })
+                    }
+                    // A compressed body is read whole: its prefix says nothing of what it holds.
+                    (_, Some(_)) => self.body_limit.buffer(body, self.body_limit.max_bytes).await.map(ClientBody::Read),
                 };
                 let read = match read {
                     Ok(read) => read,
                     Err(r) => return Served::rejected(r, target),
                 };
-                if let Some(bytes) = read.read()
+                let decoded = match (coding, read.read()) {
+                    (Some(coding), Some(sent)) => match self.body_limit.decode(coding, sent, need) {
+                        Ok(decoded) => {
+                            exchange.set_encoded_body(sent.clone());
+                            Some(decoded)
+                        }
+                        Err(r) => return Served::rejected(r, target),
+                    },
+                    _ => None,
+                };
+                if let Some(bytes) = decoded.as_ref().or(read.read())
                     && let Flow::Stop(stop) = target.chain.request_body(&parts, bytes, exchange, services).await
                 {
                     return Served::stopped(stop, target);
                 }
                 match exchange.take_replaced_body() {
                     Some(mapped) => {
+                        // The stages' body is sent as it is, never encoded.
+                        parts.headers.remove(http::header::CONTENT_ENCODING);
                         parts.headers.remove(http::header::TRANSFER_ENCODING);
                         parts.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
                         ClientBody::Read(mapped)

@@ -68,11 +68,12 @@ impl Conversion {
     }
 }
 
-/// An API's binary media types: `type/subtype`, `type/*` or `*/*`, lower case.
+/// A list of media ranges, `type/subtype`, `type/*` or `*/*`, lower case: an API's binary
+/// media types, the types its compression applies to.
 #[derive(Debug, Clone, Default)]
-pub struct BinaryMediaTypes(Vec<String>);
+pub struct MediaRanges(Vec<String>);
 
-impl BinaryMediaTypes {
+impl MediaRanges {
     /// The list, each checked: `Err` names the first that is not a media type (pattern).
     pub fn new(types: &[String]) -> Result<Self, String> {
         let mut list = Vec::new();
@@ -89,10 +90,10 @@ impl BinaryMediaTypes {
             }
             list.push(lower);
         }
-        Ok(BinaryMediaTypes(list))
+        Ok(MediaRanges(list))
     }
 
-    /// Whether a body of `media` (lower case, without parameters) is binary.
+    /// Whether `media` (lower case, without parameters) is in one of the ranges.
     pub fn contains(&self, media: &str) -> bool {
         self.0.iter().any(|t| match t.split_once("/*") {
             Some(("*", _)) => true,
@@ -112,12 +113,12 @@ mod tests {
 
     #[test]
     fn media_types_match_exactly_by_type_or_all() {
-        let types = BinaryMediaTypes::new(&["image/*".into(), "Application/Octet-Stream".into()]).unwrap();
+        let types = MediaRanges::new(&["image/*".into(), "Application/Octet-Stream".into()]).unwrap();
         assert!(types.contains("image/png") && types.contains("application/octet-stream"));
         assert!(!types.contains("application/json") && !types.contains("imagex/png"));
-        assert!(BinaryMediaTypes::new(&["*/*".into()]).unwrap().contains("text/plain"));
+        assert!(MediaRanges::new(&["*/*".into()]).unwrap().contains("text/plain"));
         for bad in ["png", "image/", "*/png", "a b/c"] {
-            assert!(BinaryMediaTypes::new(&[bad.into()]).is_err(), "{bad}");
+            assert!(MediaRanges::new(&[bad.into()]).is_err(), "{bad}");
         }
     }
 

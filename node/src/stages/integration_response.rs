@@ -24,7 +24,7 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, StatusCode, response};
 use regex::Regex;
 
-use super::content::{BinaryMediaTypes, ContentHandling, Conversion};
+use super::content::{ContentHandling, Conversion, MediaRanges};
 use super::mapping::TemplateScope;
 use super::{Exchange, Flow, Phases, Services, Stage, Step, media_type_of};
 use crate::body::BoundedCopy;
@@ -70,7 +70,7 @@ pub struct IntegrationResponses {
     pub scope: Arc<TemplateScope>,
     pub bounds: Bounds,
     /// The API's binary media types.
-    pub binary: Arc<BinaryMediaTypes>,
+    pub binary: Arc<MediaRanges>,
     /// Whether a response template reads `$input.params` (the request's parameters are then
     /// kept for it), worked out once when the stage is built.
     pub reads_params: bool,

@@ -18,7 +18,7 @@ use http::header::USER_AGENT;
 use http::request::Parts;
 use serde_json::{Map, Value};
 
-use super::content::{BinaryMediaTypes, ContentHandling, Conversion};
+use super::content::{ContentHandling, Conversion, MediaRanges};
 use super::validation::ValidatedJson;
 use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, media_type};
 use crate::authorizers::AuthorizerContext;
@@ -114,7 +114,7 @@ pub struct RequestMapping {
     pub scope: Arc<TemplateScope>,
     pub bounds: Bounds,
     /// The API's binary media types.
-    pub binary: Arc<BinaryMediaTypes>,
+    pub binary: Arc<MediaRanges>,
     pub content_handling: Option<ContentHandling>,
 }
 

@@ -31,6 +31,7 @@
 pub mod api_key;
 pub mod cache;
 mod chain;
+pub mod compression;
 pub mod content;
 pub mod cors;
 pub mod custom_authorizer;
@@ -166,6 +167,9 @@ pub struct Exchange {
     notes: Option<Vec<String>>,
     /// A body a request-body stage made to send upstream instead of the client's.
     replaced_body: Option<Bytes>,
+    /// The body as the client sent it, when the stages read it decoded from its
+    /// `Content-Encoding`.
+    encoded_body: Option<Bytes>,
 }
 
 impl Exchange {
@@ -179,6 +183,7 @@ impl Exchange {
             extensions: http::Extensions::new(),
             notes: None,
             replaced_body: None,
+            encoded_body: None,
         }
     }
 
@@ -203,6 +208,18 @@ impl Exchange {
     /// The body a stage made, if one did.
     pub fn take_replaced_body(&mut self) -> Option<Bytes> {
         self.replaced_body.take()
+    }
+
+    /// Records that the stages read `body` decoded from the `Content-Encoding` it was sent
+    /// with.
+    pub fn set_encoded_body(&mut self, body: Bytes) {
+        self.encoded_body = Some(body);
+    }
+
+    /// The body's bytes as the client sent them (what a signature covers): `read`, the body
+    /// the request-body phase was given, unless that was decoded from a content coding.
+    pub fn body_as_sent<'b>(&'b self, read: &'b Bytes) -> &'b Bytes {
+        self.encoded_body.as_ref().unwrap_or(read)
     }
 
     /// The notes recorded since the last call.

@@ -266,7 +266,7 @@ impl Stage for SignedRequestCheck {
             // Verified from the head already.
             return Flow::Continue.into();
         };
-        let hash = sha256_hex(body);
+        let hash = sha256_hex(exchange.body_as_sent(body));
         let verified = match &awaiting.declared {
             Some(declared) => {
                 if !constant_time_eq(declared.as_bytes(), hash.as_bytes()) {

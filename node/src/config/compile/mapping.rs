@@ -15,7 +15,7 @@ use serde_saphyr::Location;
 use super::super::model::*;
 use super::Compiler;
 use crate::mapping::{Bounds, Template};
-use crate::stages::content::BinaryMediaTypes;
+use crate::stages::content::MediaRanges;
 use crate::stages::integration_response::{HeaderSource, IntegrationResponse, IntegrationResponses};
 use crate::stages::mapping::{Passthrough, RequestMapping, TemplateScope};
 use crate::stages::xml_upstream::XmlUpstream;
@@ -277,7 +277,7 @@ impl Compiler<'_> {
     pub(super) fn mapping_stage(
         spec: &MappingSpec,
         scope: &Arc<TemplateScope>,
-        binary: &Arc<BinaryMediaTypes>,
+        binary: &Arc<MediaRanges>,
     ) -> Arc<RequestMapping> {
         Arc::new(RequestMapping {
             templates: spec.templates.clone(),
@@ -293,7 +293,7 @@ impl Compiler<'_> {
     pub(super) fn responses_stage(
         responses: &Arc<[IntegrationResponse]>,
         scope: &Arc<TemplateScope>,
-        binary: &Arc<BinaryMediaTypes>,
+        binary: &Arc<MediaRanges>,
     ) -> Arc<IntegrationResponses> {
         Arc::new(IntegrationResponses {
             responses: responses.clone(),
@@ -305,9 +305,9 @@ impl Compiler<'_> {
     }
 
     /// An API's binary media types, checked.
-    pub(super) fn binary_media_types(&mut self, api: &ApiDef, field: &str) -> Arc<BinaryMediaTypes> {
+    pub(super) fn binary_media_types(&mut self, api: &ApiDef, field: &str) -> Arc<MediaRanges> {
         let Some(types) = &api.binary_media_types else { return Arc::default() };
-        match BinaryMediaTypes::new(&types.value) {
+        match MediaRanges::new(&types.value) {
             Ok(types) => Arc::new(types),
             Err(e) => {
                 self.sink.push(types.referenced, format!("{field}.binary_media_types"), e);

@@ -1,0 +1,47 @@
+# Helpers the HTTP benchmark scripts share (sourced, not run): waiting for a port, a
+# process's CPU time, medians, wrk's latency units, and one wrk run measured.
+
+# Waits until something listens on 127.0.0.1:$1 (5 s at most).
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2; exit 1
+}
+
+# The user + system clock ticks process $1 has used.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# The median of the numbers on stdin, one per line.
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}'; }
+
+# wrk's latency ("812.00us", "1.20ms", "2.00s") in milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+    else printf "%s", v }'
+}
+
+# wrk_run PID WRK_ARGS...: runs wrk on $LOAD_CORE with WRK_ARGS (the URL last) and prints
+# "req/s p50_ms p99_ms cpu_us_per_request", the CPU time being process PID's over the run.
+# Fails when any answer was not 2xx or 3xx, or none was measured.
+wrk_run() {
+  local pid=$1 out c0 c1 rps p50 p99 n
+  shift
+  c0=$(cpu_ticks "$pid")
+  out=$(taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@")
+  c1=$(cpu_ticks "$pid")
+  if grep -q "Non-2xx" <<<"$out"; then
+    echo "${*: -1} answered errors under load: $(grep Non-2xx <<<"$out")" >&2
+    exit 1
+  fi
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  awk -v r="$rps" 'BEGIN { exit !(r + 0 > 0) }' || { echo "${*: -1} measured no successful request" >&2; exit 1; }
+  echo "$rps $(to_ms "$p50") $(to_ms "$p99") $(awk -v c=$((c1 - c0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", c * 1e6 / hz / n}')"
+}
