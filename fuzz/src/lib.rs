@@ -240,3 +240,34 @@ pub fn openapi_document(data: &[u8]) {
         }
     }
 }
+
+/// A compressed request body (the first byte picks the coding) and an `Accept-Encoding`
+/// header: decoding stays within its limit whole or as a prefix, negotiation picks a coding
+/// the client accepts, and what the encoder writes decodes back to the input. Nothing may
+/// panic.
+pub fn content_coding(data: &[u8]) {
+    use meridian_node::content_coding::{Coding, DecodeError, Encoder, decode, negotiate};
+    let Some((&pick, body)) = data.split_first() else { return };
+    let coding = [Coding::Gzip, Coding::Deflate, Coding::Brotli, Coding::Zstd][usize::from(pick % 4)];
+    const LIMIT: u64 = 64 * 1024;
+    match decode(coding, body, LIMIT, false) {
+        Ok(decoded) => assert!(decoded.len() as u64 <= LIMIT),
+        Err(DecodeError::TooLarge | DecodeError::Malformed) => {}
+    }
+    if let Ok(prefix) = decode(coding, body, 100, true) {
+        assert!(prefix.len() <= 100);
+    }
+    if let Ok(value) = http::HeaderValue::from_bytes(body) {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::ACCEPT_ENCODING, value);
+        if let Some(chosen) = negotiate(&headers) {
+            let header = String::from_utf8_lossy(body).to_ascii_lowercase();
+            assert!(header.contains(chosen.token()) || header.contains('*'), "{chosen:?} from {header:?}");
+        }
+    }
+    let mut encoder = Encoder::new(coding).expect("an encoder");
+    let mut compressed = encoder.write(body).expect("written").to_vec();
+    compressed.extend_from_slice(&encoder.finish().expect("finished"));
+    let back = decode(coding, &compressed, body.len() as u64, false).expect("what was encoded decodes");
+    assert_eq!(&back[..], body);
+}
