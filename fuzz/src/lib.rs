@@ -97,25 +97,40 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
-/// A route key and a request path (separated by a newline) against a router that also
-/// holds a few fixed routes.
+/// A route key and a request path with its query (separated by a newline) against a router
+/// that also holds a few fixed routes, some of them with conditions on the query.
 pub fn route_patterns(data: &[u8]) {
-    use meridian_node::router::{Router, parse_route_key};
+    use meridian_node::router::conditions::{Condition, Subject, Test};
+    use meridian_node::router::{RequestFacts, RouteConditions, Router, parse_route_key};
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let (key, path) = text.split_once('\n').unwrap_or((text, "/"));
+    let (key, target) = text.split_once('\n').unwrap_or((text, "/"));
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let on_query = |test| RouteConditions::new(vec![Condition { subject: Subject::Query("q".into()), test }]);
     let mut router = Router::default();
-    for fixed in ["GET /pets/{id}", "ANY /{proxy+}", "GET /pets/mine", "POST /a/{b}/c/{d+}"] {
+    let fixed = [
+        ("GET /pets/{id}", RouteConditions::default()),
+        ("GET /pets/{id}", on_query(Test::Present)),
+        ("ANY /{proxy+}", RouteConditions::default()),
+        ("GET /pets/mine", on_query(Test::Equals("a b".into()))),
+        ("POST /a/{b}/c/{d+}", RouteConditions::default()),
+    ];
+    for (fixed, conditions) in fixed {
         if let Ok((method, pattern)) = parse_route_key(fixed) {
-            let _ = router.insert(method, &pattern, ());
+            let _ = router.insert(method, &pattern, conditions, ());
         }
     }
     if let Ok((method, pattern)) = parse_route_key(key) {
         let _ = pattern.to_string();
-        let _ = router.insert(method, &pattern, ());
+        let _ = router.insert(method, &pattern, RouteConditions::default(), ());
     }
+    let headers = http::HeaderMap::new();
+    let facts = RequestFacts::of(&headers, query);
     if let Ok(path) = meridian_node::pipeline::path::normalize(path) {
         for method in [http::Method::GET, http::Method::POST, http::Method::DELETE] {
-            if let Ok(found) = router.find(&method, &path) {
+            if let Ok(found) = router.find(&method, &path, &facts) {
                 for &(start, end) in &found.captures {
                     assert!(start <= end && end <= path.len(), "capture {start}..{end} outside {path:?}");
                 }

@@ -36,6 +36,13 @@ pub fn export(api: &Value, stage: &str, extensions: Extensions) -> Result<Value,
     let mut paths: Map<String, Value> = Map::new();
     for route in api.get("routes").and_then(Value::as_array).into_iter().flatten() {
         let key = route.get("route").and_then(Value::as_str).ok_or("a route has no `route`")?;
+        // An operation is one method of one path: routes told apart by headers or query have
+        // no place in the document, and exporting one of them alone would misdescribe the API.
+        if route.get("match").is_some() {
+            return Err(format!(
+                "route `{key}` has `match` conditions, which an OpenAPI document cannot express (one operation per method and path)"
+            ));
+        }
         let (method, path) = key.split_once(' ').ok_or_else(|| format!("`{key}` is not `METHOD /path`"))?;
         let path = path.trim();
         let method = method.to_ascii_lowercase();

@@ -291,3 +291,13 @@ fn a_plain_export_has_no_extensions_and_spells_out_any() {
     assert_eq!(document["components"]["securitySchemes"]["auth"]["scheme"], "bearer");
     assert_eq!(document["servers"][0]["url"], "/prod");
 }
+
+#[test]
+fn routes_with_conditions_are_not_exported_as_if_they_were_the_only_one() {
+    let mut api = definition();
+    api["routes"][1]["match"] = json!({"headers": [{"name": "x-version", "equals": "2"}]});
+    for extensions in [Extensions::None, Extensions::Aws, Extensions::Meridian] {
+        let refused = export(&api, "prod", extensions).unwrap_err();
+        assert!(refused.contains("`GET /ping` has `match` conditions"), "{refused}");
+    }
+}

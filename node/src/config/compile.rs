@@ -175,6 +175,7 @@ fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
 mod authorizers;
 mod cache;
 mod compression;
+mod conditions;
 mod cors;
 mod gateway_responses;
 mod idempotency;
@@ -211,12 +212,14 @@ struct StageContext<'a> {
 
 /// A route as parsed once, before it is specialised per stage.
 struct RouteSpec {
+    /// `METHOD /path`, with the route's conditions when it has any (metrics, logs, scopes).
     key: String,
     throttle: Option<Rate>,
     api_key_required: bool,
     allow_encoded_slashes: bool,
     method: MethodMatch,
     pattern: PathPattern,
+    conditions: crate::router::RouteConditions,
     integration: IntegrationSpec,
     /// The authorizer the route names, checked against the API's.
     authorizer: Option<String>,
@@ -622,14 +625,16 @@ impl Compiler<'_> {
                 }
             };
             let integration = self.integration(&route.integration, &format!("{rfield}.integration"));
-            let Some((method, pattern)) = parsed else {
+            let conditions = self.route_conditions(route, &rfield);
+            let (Some((method, pattern)), Ok(conditions)) = (parsed, conditions) else {
                 continue;
             };
-            if shape.insert(method.clone(), &pattern, ()).is_err() {
+            if shape.insert(method.clone(), &pattern, conditions.clone(), ()).is_err() {
+                let with = if conditions.is_empty() { "" } else { " with the same `match`" };
                 self.sink.push(
                     route.route.referenced,
                     format!("{rfield}.route"),
-                    format!("route `{}` is declared twice", route.route.value),
+                    format!("route `{}` is declared twice{with}", route.route.value),
                 );
                 continue;
             }
@@ -679,13 +684,18 @@ impl Compiler<'_> {
             };
             if let Some(integration) = integration {
                 let throttle = route.throttle.as_ref().and_then(|t| self.rate(t, &format!("{rfield}.throttle")));
+                let key = match conditions.is_empty() {
+                    true => route.route.value.clone(),
+                    false => format!("{} [{conditions}]", route.route.value),
+                };
                 specs.push(RouteSpec {
-                    key: route.route.value.clone(),
+                    key,
                     throttle,
                     api_key_required: route.api_key_required,
                     allow_encoded_slashes: route.allow_encoded_slashes,
                     method,
                     pattern,
+                    conditions,
                     integration,
                     authorizer,
                     scopes: route.scopes.as_ref().map(|s| s.value.clone()).unwrap_or_default(),
@@ -875,7 +885,7 @@ impl Compiler<'_> {
                 keeps_path_parameters: templated,
                 gateway_responses: gateway_responses.clone(),
             };
-            let _ = router.insert(spec.method.clone(), &spec.pattern, target);
+            let _ = router.insert(spec.method.clone(), &spec.pattern, spec.conditions.clone(), target);
         }
         StageRoutes {
             api: api.into(),

@@ -77,7 +77,11 @@ mod tests {
             let config = parse_str(&text, "chain.yaml", Path::new(".")).unwrap();
             let stage = &config.table.apis["a"]["s"].primary;
             for (i, (key, _)) in routes.iter().enumerate() {
-                let found = stage.router.find(&http::Method::GET, &format!("/r{i}")).unwrap();
+                let none = http::HeaderMap::new();
+                let found = stage
+                    .router
+                    .find(&http::Method::GET, &format!("/r{i}"), &crate::router::RequestFacts::of(&none, None))
+                    .unwrap();
                 let expected: Vec<&str> = if *key || stage_key { vec!["throttle", "api_key"] } else { vec!["throttle"] };
                 prop_assert_eq!(found.value.chain.names(), expected);
             }

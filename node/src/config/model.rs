@@ -370,6 +370,10 @@ pub enum ApiKind {
 #[serde(deny_unknown_fields)]
 pub struct RouteDef {
     pub route: Spanned<String>,
+    /// Headers and query parameters a request must carry for this route to serve it
+    /// (docs/CONFIG.md, "Route conditions").
+    #[serde(rename = "match")]
+    pub conditions: Option<Spanned<RouteConditionsDef>>,
     pub integration: IntegrationDef,
     /// A rate limit for this route (on every stage).
     pub throttle: Option<Spanned<ThrottleDef>>,
@@ -399,6 +403,28 @@ pub struct RouteDef {
     pub idempotency: Option<Spanned<IdempotencyDef>>,
     /// CORS for this route, instead of the API's.
     pub cors: Option<Spanned<CorsDef>>,
+}
+
+/// A route's `match`: conditions on headers and query parameters, all of which must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConditionsDef {
+    #[serde(default)]
+    pub headers: Vec<ConditionDef>,
+    #[serde(default)]
+    pub query: Vec<ConditionDef>,
+}
+
+/// One condition: a header or query parameter by `name`, and exactly one of `equals`,
+/// `regex` or `present: true`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionDef {
+    pub name: String,
+    pub equals: Option<String>,
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub present: bool,
 }
 
 /// Firewall rules (docs/CONFIG.md, "Firewall").

@@ -18,7 +18,7 @@ use crate::config::table::{RouteTarget, RoutingTable, StageRoutes};
 use crate::gateway_responses::GatewayResponses;
 use crate::observe::completion::RouteObserver;
 use crate::rejection::Rejection;
-use crate::router::RouteMiss;
+use crate::router::{RequestFacts, RouteMiss};
 
 /// A request head matched to its route.
 #[derive(Debug)]
@@ -63,12 +63,13 @@ pub fn route<'t, 'p>(table: &'t RoutingTable, parts: &'p Parts, draw: u32) -> Re
         .map_err(|u| refuse(StatusCode::NOT_FOUND, u.message().into(), &table.unrouted))?;
     let stage = resolved.stage;
     let route_path = &path[resolved.path_offset..];
-    let matched = match stage.router.find(&parts.method, route_path) {
+    let facts = RequestFacts::of(&parts.headers, parts.uri.query());
+    let matched = match stage.router.find(&parts.method, route_path, &facts) {
         Ok(m) => m,
         // A browser's preflight for a route with CORS is that route's to answer.
         Err(RouteMiss::MethodNotAllowed(_)) if let Some(m) = preflight_route(stage, parts, route_path) => m,
         Err(RouteMiss::NotFound) => {
-            let refused = refuse(StatusCode::NOT_FOUND, "no route matches this path".into(), &stage.unrouted);
+            let refused = refuse(StatusCode::NOT_FOUND, "no route matches this request".into(), &stage.unrouted);
             return Err(Unrouted { gateway_responses: stage.gateway_responses.as_ref(), ..refused });
         }
         Err(RouteMiss::MethodNotAllowed(allowed)) => {
@@ -109,5 +110,8 @@ fn preflight_route<'t>(
     }
     let requested = parts.headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD)?;
     let method = http::Method::from_bytes(requested.as_bytes()).ok()?;
-    stage.router.find(&method, route_path).ok().filter(|m| m.value.answers_preflight)
+    // A preflight does not carry the request's headers, so routes' conditions cannot tell
+    // which of them it asks about: the most conditioned route of the path answers it.
+    let facts = RequestFacts { preflight: true, ..RequestFacts::of(&parts.headers, parts.uri.query()) };
+    stage.router.find(&method, route_path, &facts).ok().filter(|m| m.value.answers_preflight)
 }

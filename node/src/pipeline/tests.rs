@@ -170,7 +170,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
         keeps_path_parameters: false,
         gateway_responses: None,
     };
-    router.insert(method, &pattern, target).unwrap();
+    router.insert(method, &pattern, Default::default(), target).unwrap();
     let routes = StageRoutes {
         api: "a".into(),
         stage: "s".into(),
