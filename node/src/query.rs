@@ -33,6 +33,24 @@ pub fn percent_decode_bytes(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `text` percent-encoded for a query string: everything but RFC 3986's unreserved
+/// characters, borrowed when nothing needs encoding.
+pub fn encode(text: &str) -> Cow<'_, str> {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    if text.bytes().all(unreserved) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if unreserved(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// [`percent_decode`], borrowing `text` when it has nothing to decode (no `%`, no `+`).
 pub fn decoded(text: &str) -> Cow<'_, str> {
     if text.contains(['%', '+']) { Cow::Owned(percent_decode(text)) } else { Cow::Borrowed(text) }

@@ -43,6 +43,11 @@ pub fn export(api: &Value, stage: &str, extensions: Extensions) -> Result<Value,
                 "route `{key}` has `match` conditions, which an OpenAPI document cannot express (one operation per method and path)"
             ));
         }
+        if route.pointer("/integration/type").and_then(Value::as_str) == Some("redirect") {
+            return Err(format!(
+                "route `{key}` is a redirect, which the managed gateway's integrations cannot express (its mocks cannot splice the path into `Location`)"
+            ));
+        }
         let (method, path) = key.split_once(' ').ok_or_else(|| format!("`{key}` is not `METHOD /path`"))?;
         let path = path.trim();
         let method = method.to_ascii_lowercase();

@@ -293,11 +293,15 @@ fn a_plain_export_has_no_extensions_and_spells_out_any() {
 }
 
 #[test]
-fn routes_with_conditions_are_not_exported_as_if_they_were_the_only_one() {
+fn routes_with_conditions_and_redirects_are_refused_rather_than_misdescribed() {
     let mut api = definition();
     api["routes"][1]["match"] = json!({"headers": [{"name": "x-version", "equals": "2"}]});
     for extensions in [Extensions::None, Extensions::Aws, Extensions::Meridian] {
         let refused = export(&api, "prod", extensions).unwrap_err();
         assert!(refused.contains("`GET /ping` has `match` conditions"), "{refused}");
     }
+    let mut api = definition();
+    api["routes"][1]["integration"] = json!({"type": "redirect", "uri": "https://new.example.com/ping", "status": 301});
+    let refused = export(&api, "prod", Extensions::Aws).unwrap_err();
+    assert!(refused.contains("`GET /ping` is a redirect"), "{refused}");
 }

@@ -9,7 +9,10 @@
 # Compression: a 20 KiB JSON document from the backend, gzip-compressed on its way through
 # the proxy for a client that sends `Accept-Encoding: gzip`: nginx with `gzip on` (level 1,
 # its default) against Meridian with `compression` (gzip level 1). Both proxies log every
-# request. Layout as in proxy.sh: the proxy under test (nginx with 1 worker, Meridian with
+# request.
+# Transforms: a route with five request header transforms (a literal, the request id, the
+# client's address, a stage variable, a copy of a request header) and a path rewrite,
+# measured next to the same route without them (paired, alternating order). Layout as in proxy.sh: the proxy under test (nginx with 1 worker, Meridian with
 # --workers 1) on core 0; the backend (nginx, 1 worker) and wrk on core 1. Prints req/s, p50,
 # p99, the CPU time each proxy spent per request, the compressed size each sent, and the
 # ratios (the median of ROUNDS alternating rounds).
@@ -51,6 +54,7 @@ trap cleanup EXIT
 mkdir -p "$work/backend/logs" "$work/backend/www" "$work/proxy/logs"
 
 # The document: 400 pets, about 20 KiB of JSON.
+printf 'hello from the backend\n' > "$work/backend/www/hello"
 python3 - > "$work/backend/www/pets.json" <<'PY'
 import json
 print(json.dumps([{"id": i, "name": f"pet {i}", "tag": "dog" if i % 2 else "cat", "owner": {"id": i * 7 % 97}} for i in range(300)]))
@@ -115,6 +119,25 @@ apis:
       - route: ANY /{proxy+}
         integration: { type: http_proxy, uri: "http://127.0.0.1:$BACKEND_PORT/{proxy}" }
     stages: [{ name: bench }]
+  - id: edits
+    routes:
+      - route: ANY /plain/{proxy+}
+        integration: { type: http_proxy, uri: "http://127.0.0.1:$BACKEND_PORT/{proxy}" }
+      - route: ANY /edited/{proxy+}
+        integration:
+          type: http_proxy
+          uri: "http://127.0.0.1:$BACKEND_PORT/api/{proxy}"
+          rewrite: { path: { prefix: /api, replacement: "" } }
+        transform:
+          request:
+            headers:
+              set:
+                x-gateway: meridian
+                x-request: \$context.requestId
+                x-client: \$context.identity.sourceIp
+                x-env: "\${stageVariables.env}"
+                x-agent: \$request.header.user-agent
+    stages: [{ name: bench, variables: { env: bench } }]
 CONF
 
 taskset -c "$LOAD_CORE" nginx -p "$work/backend" -c "$work/backend/nginx.conf" 2>/dev/null & pids+=($!)
@@ -155,6 +178,27 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# Transforms: each round measures the pair next to each other, in alternating order.
+plain_url="http://127.0.0.1:$MERIDIAN_PORT/bench/plain/hello"
+edited_url="http://127.0.0.1:$MERIDIAN_PORT/bench/edited/hello"
+for url in "$plain_url" "$edited_url"; do
+  curl -sf -o /dev/null -H "Host: edits.local" "$url" || { echo "$url did not answer" >&2; exit 1; }
+done
+for round in $(seq 1 "$ROUNDS"); do
+  echo "== round $round/$ROUNDS: a route with five header transforms and a rewrite, next to the same route without ($DURATION each)"
+  if (( round % 2 )); then order=(plain edited); else order=(edited plain); fi
+  for t in "${order[@]}"; do
+    url=$plain_url; [ "$t" = edited ] && url=$edited_url
+    result=$(wrk_run "$meridian_pid" -H "Host: edits.local" "$url") || exit 1
+    echo "$t $result" >> "$work/results"
+    if [ "$t" = plain ]; then plain_result=$result; else edited_result=$result; fi
+  done
+  read -r plain_rps _ _ plain_cpu <<<"$plain_result"
+  read -r edited_rps _ _ edited_cpu <<<"$edited_result"
+  awk -v e="$edited_rps" -v p="$plain_rps" -v ec="$edited_cpu" -v pc="$plain_cpu" \
+    'BEGIN { printf "pair_edited %.4f %.2f\n", e / p, ec - pc }' >> "$work/results"
+done
+
 echo
 echo "median of $ROUNDS rounds (a 20 KiB JSON answer, gzip):"
 printf '%-22s %12s %10s %10s %16s %14s\n' "target" "req/s" "p50 ms" "p99 ms" "CPU us/request" "bytes sent"
@@ -163,3 +207,10 @@ printf '%-22s %12s %10s %10s %16s %14s\n' "meridian compression" "$(col meridian
 echo
 awk -v m="$(col meridian 2)" -v n="$(col nginx 2)" -v mc="$(col meridian 5)" -v nc="$(col nginx 5)" 'BEGIN {
   printf "compression meridian/nginx: throughput %.2fx (goal >= 1.00x), CPU per request %.2fx (lower is better)\n", m / n, mc / nc }'
+echo
+printf '%-34s %12s %10s %10s %16s\n' "meridian route" "req/s" "p50 ms" "p99 ms" "CPU us/request"
+for t in plain edited; do
+  printf '%-34s %12s %10s %10s %16s\n' "$t" "$(col "$t" 2)" "$(col "$t" 3)" "$(col "$t" 4)" "$(col "$t" 5)"
+done
+printf 'five header transforms and a rewrite / the same route without (paired): %.2fx throughput (goal >= 0.95x), %+.1f us of CPU per request\n' \
+  "$(col pair_edited 2)" "$(col pair_edited 3)"

@@ -105,6 +105,9 @@ fn text(v: &Value) -> String {
         }
         Some("forwarded") => writeln!(out, "outcome    forwarded to {}", cell(&outcome["upstream"])),
         Some("mocked") => writeln!(out, "outcome    {} from the route's mock integration", cell(&outcome["status"])),
+        Some("redirected") => {
+            writeln!(out, "outcome    {} redirect to {}", cell(&outcome["status"]), cell(&outcome["location"]))
+        }
         _ => writeln!(out, "outcome    {outcome}"),
     };
     if let Some(name) = outcome["authorizer"]["name"].as_str() {

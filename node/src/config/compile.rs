@@ -181,6 +181,7 @@ mod gateway_responses;
 mod idempotency;
 mod integrations;
 mod mapping;
+mod transform;
 mod validation;
 mod waf;
 
@@ -241,6 +242,10 @@ struct RouteSpec {
     responses: Option<Arc<[crate::stages::integration_response::IntegrationResponse]>>,
     /// The integration's XML upstream conversions (`type: rest`).
     xml_upstream: Option<Arc<crate::stages::xml_upstream::XmlUpstream>>,
+    /// The `http_proxy`'s path and host rewrite.
+    rewrite: Option<Arc<crate::stages::rewrite::Rewrite>>,
+    /// The route's transform, compiled per stage (its values may read stage variables).
+    transform: Option<Spanned<TransformDef>>,
     field: String,
 }
 
@@ -675,6 +680,15 @@ impl Compiler<'_> {
                 },
                 None => None,
             };
+            let rewrite = match &route.integration.rewrite {
+                Some(def) if route.integration.kind.value == IntegrationKind::HttpProxy => {
+                    match self.rewrite(def, &format!("{rfield}.integration")) {
+                        Some(r) => Some(Arc::new(r)),
+                        None => continue,
+                    }
+                }
+                _ => None,
+            };
             let idempotency = match &route.idempotency {
                 Some(def) => match self.idempotency(def, &format!("{rfield}.idempotency")) {
                     Some(spec) => Some(spec),
@@ -710,6 +724,8 @@ impl Compiler<'_> {
                     mapping,
                     responses,
                     xml_upstream,
+                    rewrite,
+                    transform: route.transform.clone(),
                     field: rfield,
                 });
             }
@@ -788,6 +804,12 @@ impl Compiler<'_> {
         for spec in specs {
             let integration = match &spec.integration {
                 IntegrationSpec::Mock(m) => Integration::Mock(m.clone()),
+                IntegrationSpec::Redirect(redirect) => {
+                    match self.redirect_for_stage(redirect, spec, stage_name, &stage.variables) {
+                        Some(r) => Integration::Redirect(r),
+                        None => continue,
+                    }
+                }
                 IntegrationSpec::Proxy(proxy) => {
                     match self.proxy_for_stage(proxy, spec, stage_name, &stage.variables) {
                         Some(p) => Integration::Proxy(Box::new(p)),
@@ -847,6 +869,25 @@ impl Compiler<'_> {
             if let Some(validation) = &spec.validation {
                 stages.push(validation.clone());
             }
+            // Transforms after authorization (their values may read the authorizer's
+            // context), with the rewrite: both shape what goes upstream.
+            let transform = match &spec.transform {
+                Some(def) => {
+                    let params = spec.pattern.param_names();
+                    match self.transform(def, &params, &stage.variables, &spec.field) {
+                        Ok(t) => Some(Arc::new(t)),
+                        Err(()) => continue,
+                    }
+                }
+                None => None,
+            };
+            let transform_reads_path = transform.as_ref().is_some_and(|t| t.reads_path());
+            if let Some(transform) = transform {
+                stages.push(transform);
+            }
+            if let Some(rewrite) = &spec.rewrite {
+                stages.push(rewrite.clone());
+            }
             // Idempotency after validation (an invalid request uses up no key) and before
             // mapping (the client's request is fingerprinted, not the mapped one).
             if let Some(idempotency) = &spec.idempotency {
@@ -882,7 +923,7 @@ impl Compiler<'_> {
                 observer,
                 allow_encoded_slashes: spec.allow_encoded_slashes,
                 answers_preflight: spec.cors.is_some(),
-                keeps_path_parameters: templated,
+                keeps_path_parameters: templated || transform_reads_path,
                 gateway_responses: gateway_responses.clone(),
             };
             let _ = router.insert(spec.method.clone(), &spec.pattern, spec.conditions.clone(), target);

@@ -403,6 +403,62 @@ pub struct RouteDef {
     pub idempotency: Option<Spanned<IdempotencyDef>>,
     /// CORS for this route, instead of the API's.
     pub cors: Option<Spanned<CorsDef>>,
+    /// Request headers and query parameters, and response headers, edited (docs/CONFIG.md,
+    /// "Header and query transforms").
+    pub transform: Option<Spanned<TransformDef>>,
+}
+
+/// An `http_proxy`'s `rewrite`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteDef {
+    pub path: Option<PathRewriteDef>,
+    /// The `Host` the upstream sees (`host` or `host:port`).
+    pub host: Option<String>,
+}
+
+/// A path rewrite: exactly one of `prefix` and `regex`, and the `replacement`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathRewriteDef {
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+    pub replacement: String,
+}
+
+/// A route's `transform`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformDef {
+    pub request: Option<RequestTransformDef>,
+    pub response: Option<ResponseTransformDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestTransformDef {
+    pub headers: Option<EditsDef>,
+    pub query: Option<EditsDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseTransformDef {
+    pub headers: Option<EditsDef>,
+}
+
+/// Edits of headers or query parameters, by name (values are templates).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditsDef {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub append: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// A route's `match`: conditions on headers and query parameters, all of which must hold.
@@ -643,8 +699,14 @@ pub struct ThrottleDef {
 pub struct IntegrationDef {
     #[serde(rename = "type")]
     pub kind: Spanned<IntegrationKind>,
-    /// `http_proxy`: upstream URI template, e.g. `http://${stageVariables.backend}/pets/{id}`.
+    /// `http_proxy`: upstream URI template, e.g. `http://${stageVariables.backend}/pets/{id}`;
+    /// `redirect`: where to, e.g. `https://new.example.com/pets/{id}` or `/v2/pets/{id}`.
     pub uri: Option<Spanned<String>>,
+    /// `redirect`: append the request's query to a `uri` without one (default true).
+    pub keep_query: Option<Spanned<bool>>,
+    /// `http_proxy`: the path and `Host` sent upstream, rewritten (docs/CONFIG.md,
+    /// "Rewrites and redirects").
+    pub rewrite: Option<Spanned<RewriteDef>>,
     /// `http_proxy`: how long to wait for the upstream's response headers (default 29s).
     pub timeout: Option<Spanned<String>>,
     /// `http_proxy`: retries for idempotent requests without a body.
@@ -664,7 +726,7 @@ pub struct IntegrationDef {
     pub http2: Option<Spanned<bool>>,
     /// `http_proxy`: connections per target.
     pub connections: Option<Spanned<ConnectionsDef>>,
-    /// `mock`: the status code (default 200).
+    /// `mock`: the status code (default 200); `redirect`: 301, 302 (default), 303, 307 or 308.
     pub status: Option<Spanned<u16>>,
     /// `mock`: response headers.
     pub headers: Option<Spanned<BTreeMap<String, String>>>,
@@ -802,6 +864,7 @@ fn default_idle() -> String {
 pub enum IntegrationKind {
     HttpProxy,
     Mock,
+    Redirect,
 }
 
 /// Retry policy of an `http_proxy` integration.

@@ -1,4 +1,5 @@
-//! Calling what serves a route: an upstream over HTTP(S), or a mock answer from config.
+//! Calling what serves a route: an upstream over HTTP(S), a mock answer from config, or a
+//! redirect.
 //!
 //! - [`uri`]: upstream URI templates with stage variables and path parameters.
 //! - [`upstreams`]: the node's targets, shared by routes and kept across reloads.
@@ -9,6 +10,7 @@
 //! - [`proxy`]: streamed pass-through with timeout, retries and WebSocket upgrades.
 //! - [`retry`]: the retry budget that keeps retries from amplifying an outage.
 //! - [`mock`]: static responses.
+//! - [`redirect`]: `Location` answers made from a template.
 //! - [`callee`]: URLs the node calls itself (JWKS documents, custom authorizers).
 
 pub mod balance;
@@ -16,6 +18,7 @@ pub mod callee;
 pub mod endpoint;
 pub mod mock;
 pub mod proxy;
+pub mod redirect;
 pub mod request_body;
 pub mod retry;
 pub mod trust;
@@ -30,4 +33,5 @@ pub use proxy::{ProxyIntegration, UpstreamError};
 pub enum Integration {
     Proxy(Box<ProxyIntegration>),
     Mock(MockIntegration),
+    Redirect(redirect::RedirectIntegration),
 }

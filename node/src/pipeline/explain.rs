@@ -67,6 +67,8 @@ pub enum Outcome {
     Forwarded { upstream: String, authorizer: Option<AuthorizerView> },
     /// Answered by the route's mock integration.
     Mocked { status: u16, authorizer: Option<AuthorizerView> },
+    /// Answered by the route's redirect integration, to this location.
+    Redirected { status: u16, location: String, authorizer: Option<AuthorizerView> },
 }
 
 /// The authorizer that admitted the request, and what it passes on.
@@ -80,6 +82,7 @@ pub struct AuthorizerView {
 enum Destination {
     Upstream(String),
     Mock(u16),
+    Redirect(u16, String),
 }
 
 fn refused(rejection: Rejection, by: &'static str) -> Outcome {
@@ -122,6 +125,10 @@ impl Pipeline {
                 }
             }
             Integration::Mock(mock) => Destination::Mock(mock.status.as_u16()),
+            Integration::Redirect(redirect) => Destination::Redirect(
+                redirect.status.as_u16(),
+                redirect.location.render(routed.route_path(), &routed.captures, head.uri.query()),
+            ),
         };
         drop(routed);
         let mut exchange = Exchange::explained(crate::pipeline::request_id::generate(), client);
@@ -164,6 +171,7 @@ impl Pipeline {
             (Some((Stop::Answer(response), by)), _) => Outcome::Answered { status: response.status().as_u16(), by },
             (None, Destination::Upstream(upstream)) => Outcome::Forwarded { upstream, authorizer },
             (None, Destination::Mock(status)) => Outcome::Mocked { status, authorizer },
+            (None, Destination::Redirect(status, location)) => Outcome::Redirected { status, location, authorizer },
         };
         Explanation { route: Some(route), stages, outcome }
     }

@@ -154,7 +154,8 @@ impl<'t> Served<'t> {
 /// What serves a routed request.
 enum Call<'t> {
     Proxy(&'t ProxyIntegration, http::Uri),
-    Mock(&'t crate::integration::MockIntegration),
+    /// An answer of the gateway's own: a mock, a redirect.
+    Local(Response<bytes::Bytes>),
 }
 
 /// A request body on its way to the integration.
@@ -352,7 +353,16 @@ impl Pipeline {
                     }
                 }
             }
-            Integration::Mock(mock) => Call::Mock(mock),
+            Integration::Mock(mock) => Call::Local(mock.respond()),
+            Integration::Redirect(redirect) => {
+                match redirect.respond(routed.route_path(), &routed.captures, parts.uri.query()) {
+                    Some(answer) => Call::Local(answer),
+                    None => {
+                        let r = Rejection::new(StatusCode::BAD_REQUEST, "the request cannot be redirected");
+                        return Served::rejected(r, target);
+                    }
+                }
+            }
         };
         drop(routed);
         if let Err(r) = self.body_limit.check_declared(&parts) {
@@ -418,9 +428,9 @@ impl Pipeline {
         };
         let (proxy, uri) = match call {
             Call::Proxy(proxy, uri) => (proxy, uri),
-            Call::Mock(mock) => {
+            Call::Local(answer) => {
                 return Served {
-                    response: Ok(mock.respond().map(ResponseBody::full)),
+                    response: Ok(answer.map(ResponseBody::full)),
                     gateway_responses: target.gateway_responses.as_ref(),
                     observer: target.observer.clone(),
                     chain: Some(&target.chain),

@@ -1,6 +1,6 @@
 //! Compiling integrations: `http_proxy` (URI template, targets, balance, health,
-//! connections, TLS trust, retries) and `mock`, each field checked with its line; an
-//! `http_proxy` is specialised per stage once its stage variables are known.
+//! connections, TLS trust, retries), `mock` and `redirect`, each field checked with its line;
+//! an `http_proxy` or a `redirect` is specialised per stage once its stage variables are known.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,9 +14,11 @@ use super::super::model::*;
 use super::super::parse_duration;
 use super::{Compiler, DEFAULT_TIMEOUT, MAX_TIMEOUT, RouteSpec};
 use crate::integration::endpoint::EndpointSettings;
+use crate::integration::redirect::{REDIRECT_STATUSES, RedirectIntegration};
 use crate::integration::retry::RetryPolicy;
 use crate::integration::trust::UpstreamTls;
 use crate::integration::upstreams::{TargetSpec, UpstreamSpec};
+use crate::integration::uri::LocationTemplate;
 use crate::integration::uri::{UpstreamTemplate, stage_variable_names, substitute_stage_variables};
 use crate::integration::{MockIntegration, ProxyIntegration};
 
@@ -36,6 +38,14 @@ pub(super) struct ProxySpec {
 pub(super) enum IntegrationSpec {
     Proxy(Box<ProxySpec>),
     Mock(MockIntegration),
+    Redirect(RedirectSpec),
+}
+
+/// A `redirect` as parsed once, before stage variables are substituted.
+pub(super) struct RedirectSpec {
+    uri: Spanned<String>,
+    status: StatusCode,
+    keep_query: bool,
 }
 
 impl IntegrationSpec {
@@ -43,7 +53,7 @@ impl IntegrationSpec {
     pub(super) fn timeout(&self) -> Duration {
         match self {
             IntegrationSpec::Proxy(proxy) => proxy.timeout,
-            IntegrationSpec::Mock(_) => Duration::from_secs(1),
+            IntegrationSpec::Mock(_) | IntegrationSpec::Redirect(_) => Duration::from_secs(1),
         }
     }
 
@@ -51,7 +61,7 @@ impl IntegrationSpec {
     pub(super) fn longest_answer(&self) -> Duration {
         let attempts = match self {
             IntegrationSpec::Proxy(proxy) => 1 + proxy.retry.as_ref().map_or(0, |r| r.attempts),
-            IntegrationSpec::Mock(_) => 1,
+            IntegrationSpec::Mock(_) | IntegrationSpec::Redirect(_) => 1,
         };
         self.timeout() * attempts
     }
@@ -60,6 +70,27 @@ impl IntegrationSpec {
 impl Compiler<'_> {
     /// An `http_proxy` integration on one stage: its URI and targets with the stage's
     /// variables.
+    /// A `redirect` for one stage: its stage variables substituted, its captures checked.
+    pub(super) fn redirect_for_stage(
+        &mut self,
+        redirect: &RedirectSpec,
+        route: &RouteSpec,
+        stage_name: &str,
+        variables: &BTreeMap<String, String>,
+    ) -> Option<RedirectIntegration> {
+        let ufield = format!("{}.integration.uri", route.field);
+        let uri = &redirect.uri;
+        let location = substitute_stage_variables(&uri.value, variables)
+            .and_then(|text| LocationTemplate::compile(&text, &route.pattern.param_names(), redirect.keep_query));
+        match location {
+            Ok(location) => Some(RedirectIntegration { status: redirect.status, location }),
+            Err(e) => {
+                self.sink.push(uri.referenced, ufield, format!("on stage `{stage_name}`: {e}"));
+                None
+            }
+        }
+    }
+
     pub(super) fn proxy_for_stage(
         &mut self,
         proxy: &ProxySpec,
@@ -131,17 +162,51 @@ impl Compiler<'_> {
                 );
             }
         };
+        let proxy_only = [
+            (def.timeout.is_some(), loc(&def.timeout), "timeout"),
+            (def.retry.is_some(), loc(&def.retry), "retry"),
+            (def.ca_file.is_some(), loc(&def.ca_file), "ca_file"),
+            (def.targets.is_some(), loc(&def.targets), "targets"),
+            (def.balance.is_some(), loc(&def.balance), "balance"),
+            (def.health.is_some(), loc(&def.health), "health"),
+            (def.http2.is_some(), loc(&def.http2), "http2"),
+            (def.connections.is_some(), loc(&def.connections), "connections"),
+            (def.rewrite.is_some(), loc(&def.rewrite), "rewrite"),
+        ];
+        if kind != IntegrationKind::Redirect {
+            misplaced(&mut self.sink, def.keep_query.is_some(), loc(&def.keep_query), "keep_query");
+        }
         match kind {
+            IntegrationKind::Redirect => {
+                for (present, at, name) in proxy_only {
+                    misplaced(&mut self.sink, present, at, name);
+                }
+                misplaced(&mut self.sink, def.headers.is_some(), loc(&def.headers), "headers");
+                misplaced(&mut self.sink, def.body.is_some(), loc(&def.body), "body");
+                let Some(uri) = &def.uri else {
+                    self.sink.push(def.kind.referenced, format!("{field}.uri"), "a `redirect` needs `uri`: where to");
+                    return None;
+                };
+                let status = match &def.status {
+                    None => StatusCode::FOUND,
+                    Some(s) if REDIRECT_STATUSES.contains(&s.value) => StatusCode::from_u16(s.value).ok()?,
+                    Some(s) => {
+                        self.sink.push(
+                            s.referenced,
+                            format!("{field}.status"),
+                            "a redirect is 301, 302, 303, 307 or 308",
+                        );
+                        return None;
+                    }
+                };
+                let keep_query = def.keep_query.as_ref().is_none_or(|k| k.value);
+                Some(IntegrationSpec::Redirect(RedirectSpec { uri: uri.clone(), status, keep_query }))
+            }
             IntegrationKind::Mock => {
                 misplaced(&mut self.sink, def.uri.is_some(), loc(&def.uri), "uri");
-                misplaced(&mut self.sink, def.timeout.is_some(), loc(&def.timeout), "timeout");
-                misplaced(&mut self.sink, def.retry.is_some(), loc(&def.retry), "retry");
-                misplaced(&mut self.sink, def.ca_file.is_some(), loc(&def.ca_file), "ca_file");
-                misplaced(&mut self.sink, def.targets.is_some(), loc(&def.targets), "targets");
-                misplaced(&mut self.sink, def.balance.is_some(), loc(&def.balance), "balance");
-                misplaced(&mut self.sink, def.health.is_some(), loc(&def.health), "health");
-                misplaced(&mut self.sink, def.http2.is_some(), loc(&def.http2), "http2");
-                misplaced(&mut self.sink, def.connections.is_some(), loc(&def.connections), "connections");
+                for (present, at, name) in proxy_only {
+                    misplaced(&mut self.sink, present, at, name);
+                }
                 let status = match &def.status {
                     None => Some(StatusCode::OK),
                     Some(s) => match StatusCode::from_u16(s.value) {
@@ -334,6 +399,7 @@ fn kind_name(kind: IntegrationKind) -> &'static str {
     match kind {
         IntegrationKind::HttpProxy => "http_proxy",
         IntegrationKind::Mock => "mock",
+        IntegrationKind::Redirect => "redirect",
     }
 }
 
