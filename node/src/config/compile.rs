@@ -811,7 +811,7 @@ impl Compiler<'_> {
                     }
                 }
                 IntegrationSpec::Proxy(proxy) => {
-                    match self.proxy_for_stage(proxy, spec, stage_name, &stage.variables) {
+                    match self.proxy_for_stage(proxy, spec, stage_name, &stage.variables, api) {
                         Some(p) => Integration::Proxy(Box::new(p)),
                         None => continue,
                     }

@@ -408,6 +408,22 @@ pub struct RouteDef {
     pub transform: Option<Spanned<TransformDef>>,
 }
 
+/// An `http_proxy`'s `mirror`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorDef {
+    /// The shadow target's origin, `http://shadow.internal:8080`.
+    pub uri: String,
+    /// The share of requests mirrored, more than 0 and at most 100 (default 100).
+    pub percent: Option<f64>,
+    /// Bodies longer than this (or of unknown length) are not mirrored (default 64 KiB).
+    pub max_body_bytes: Option<u64>,
+    /// Mirrored requests in flight at once; more are dropped (default 100).
+    pub max_concurrency: Option<usize>,
+    /// How long a mirrored request may take (default 5s, at most 1m).
+    pub timeout: Option<String>,
+}
+
 /// An `http_proxy`'s `rewrite`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -707,6 +723,9 @@ pub struct IntegrationDef {
     /// `http_proxy`: the path and `Host` sent upstream, rewritten (docs/CONFIG.md,
     /// "Rewrites and redirects").
     pub rewrite: Option<Spanned<RewriteDef>>,
+    /// `http_proxy`: a share of the requests copied to a shadow target (docs/CONFIG.md,
+    /// "Traffic mirroring").
+    pub mirror: Option<Spanned<MirrorDef>>,
     /// `http_proxy`: how long to wait for the upstream's response headers (default 29s).
     pub timeout: Option<Spanned<String>>,
     /// `http_proxy`: retries for idempotent requests without a body.

@@ -9,6 +9,7 @@
 //! - [`request_body`]: the client's body on its way upstream, held to the body limit.
 //! - [`proxy`]: streamed pass-through with timeout, retries and WebSocket upgrades.
 //! - [`retry`]: the retry budget that keeps retries from amplifying an outage.
+//! - [`mirror`]: a share of a route's requests copied to a shadow target.
 //! - [`mock`]: static responses.
 //! - [`redirect`]: `Location` answers made from a template.
 //! - [`callee`]: URLs the node calls itself (JWKS documents, custom authorizers).
@@ -16,6 +17,7 @@
 pub mod balance;
 pub mod callee;
 pub mod endpoint;
+pub mod mirror;
 pub mod mock;
 pub mod proxy;
 pub mod redirect;

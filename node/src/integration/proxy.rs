@@ -49,6 +49,8 @@ pub struct ProxyIntegration {
     pub timeout: Duration,
     pub retry: Option<RetryPolicy>,
     pub targets: UpstreamSpec,
+    /// Where a share of the requests is copied to.
+    pub mirror: Option<std::sync::Arc<super::mirror::Mirror>>,
     /// Bound to the node's endpoints on first use.
     balancer: OnceLock<Balancer>,
 }
@@ -76,7 +78,7 @@ impl ProxyIntegration {
         retry: Option<RetryPolicy>,
         targets: UpstreamSpec,
     ) -> Self {
-        ProxyIntegration { upstream, timeout, retry, targets, balancer: OnceLock::new() }
+        ProxyIntegration { upstream, timeout, retry, targets, mirror: None, balancer: OnceLock::new() }
     }
 
     /// Sends `request` upstream. A call that failed because of the client's body is

@@ -371,8 +371,26 @@ impl Pipeline {
         if let Flow::Stop(stop) = target.chain.request_head(&mut parts, exchange, services).await {
             return Served::stopped(stop, target);
         }
+        // A mirrored request's body is read (when its declared length allows) to be sent twice.
+        let mut mirror = match &call {
+            Call::Proxy(proxy, _) => proxy.mirror.as_ref().filter(|m| m.sampled()),
+            Call::Local(_) => None,
+        };
         let body = match target.chain.body_need(&parts) {
-            None => ClientBody::Streaming(body),
+            None => match mirror {
+                Some(m) if crate::stages::may_have_body(&parts) => match crate::stages::declared_length(&parts) {
+                    Some(length) if length <= m.max_body_bytes => match self.body_limit.buffer(body, length).await {
+                        Ok(bytes) => ClientBody::Read(bytes),
+                        Err(r) => return Served::rejected(r, target),
+                    },
+                    _ => {
+                        m.skip();
+                        mirror = None;
+                        ClientBody::Streaming(body)
+                    }
+                },
+                _ => ClientBody::Streaming(body),
+            },
             Some(need) => {
                 let coding = match Coding::of_message(&parts.headers) {
                     Ok(coding) => coding,
@@ -448,6 +466,15 @@ impl Pipeline {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         target.chain.upstream_request(&mut parts, exchange);
+        if let Some(m) = mirror {
+            match &body {
+                ClientBody::Read(bytes) if bytes.len() as u64 <= m.max_body_bytes => {
+                    m.send(&parts, bytes.clone(), &self.upstreams)
+                }
+                ClientBody::Streaming(_) => m.send(&parts, bytes::Bytes::new(), &self.upstreams),
+                ClientBody::Read(_) | ClientBody::Prefixed(..) => m.skip(),
+            }
+        }
         let body = match body {
             ClientBody::Streaming(incoming) => self.body_limit.stream(incoming),
             ClientBody::Read(bytes) => RequestBody::buffered(bytes),

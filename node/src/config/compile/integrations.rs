@@ -3,6 +3,7 @@
 //! an `http_proxy` or a `redirect` is specialised per stage once its stage variables are known.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use super::super::model::*;
 use super::super::parse_duration;
 use super::{Compiler, DEFAULT_TIMEOUT, MAX_TIMEOUT, RouteSpec};
 use crate::integration::endpoint::EndpointSettings;
+use crate::integration::mirror::Mirror;
 use crate::integration::redirect::{REDIRECT_STATUSES, RedirectIntegration};
 use crate::integration::retry::RetryPolicy;
 use crate::integration::trust::UpstreamTls;
@@ -33,6 +35,17 @@ pub(super) struct ProxySpec {
     settings: EndpointSettings,
     http2: bool,
     tls: Option<UpstreamTls>,
+    mirror: Option<MirrorSpec>,
+}
+
+/// An `http_proxy`'s mirror, checked.
+#[derive(Clone)]
+pub(super) struct MirrorSpec {
+    uri: String,
+    percent: f64,
+    max_body_bytes: u64,
+    max_concurrency: usize,
+    timeout: Duration,
 }
 
 pub(super) enum IntegrationSpec {
@@ -91,12 +104,14 @@ impl Compiler<'_> {
         }
     }
 
+    /// An `http_proxy` for one stage of `api`.
     pub(super) fn proxy_for_stage(
         &mut self,
         proxy: &ProxySpec,
         route: &RouteSpec,
         stage_name: &str,
         variables: &BTreeMap<String, String>,
+        api: &str,
     ) -> Option<ProxyIntegration> {
         let ufield = format!("{}.integration.uri", route.field);
         let uri = &proxy.uri;
@@ -148,7 +163,26 @@ impl Compiler<'_> {
             tls: if https { proxy.tls.clone() } else { None },
         };
         let retry = proxy.retry.as_ref().map(|r| RetryPolicy::new(r.attempts, r.budget_percent));
-        Some(ProxyIntegration::new(upstream, proxy.timeout, retry, spec))
+        let mut integration = ProxyIntegration::new(upstream, proxy.timeout, retry, spec);
+        if let Some(m) = &proxy.mirror {
+            // Checked when the integration was parsed: an origin compiles.
+            let origin = UpstreamTemplate::compile(&m.uri, &[]).ok()?;
+            let https = origin.scheme == http::uri::Scheme::HTTPS;
+            let spec = UpstreamSpec {
+                scheme: origin.scheme.clone(),
+                targets: vec![TargetSpec { authority: origin.authority.clone(), weight: 1, region: None }],
+                balance: Default::default(),
+                settings: EndpointSettings::default(),
+                http2: false,
+                server_name: https.then(|| origin.authority.host().to_string()),
+                tls: if https { proxy.tls.clone() } else { None },
+            };
+            let target = ProxyIntegration::new(origin, m.timeout, None, spec);
+            let labels = (api, stage_name, route.key.as_str());
+            integration.mirror =
+                Some(Arc::new(Mirror::new(target, m.percent, m.max_body_bytes, m.max_concurrency, labels)));
+        }
+        Some(integration)
     }
 
     pub(super) fn integration(&mut self, def: &IntegrationDef, field: &str) -> Option<IntegrationSpec> {
@@ -172,6 +206,7 @@ impl Compiler<'_> {
             (def.http2.is_some(), loc(&def.http2), "http2"),
             (def.connections.is_some(), loc(&def.connections), "connections"),
             (def.rewrite.is_some(), loc(&def.rewrite), "rewrite"),
+            (def.mirror.is_some(), loc(&def.mirror), "mirror"),
         ];
         if kind != IntegrationKind::Redirect {
             misplaced(&mut self.sink, def.keep_query.is_some(), loc(&def.keep_query), "keep_query");
@@ -291,6 +326,10 @@ impl Compiler<'_> {
                 if def.targets.is_some() && targets.is_none() {
                     return None;
                 }
+                let mirror = match &def.mirror {
+                    Some(m) => Some(self.mirror(m, field)?),
+                    None => None,
+                };
                 Some(IntegrationSpec::Proxy(Box::new(ProxySpec {
                     uri: uri.clone(),
                     timeout: timeout?,
@@ -300,9 +339,54 @@ impl Compiler<'_> {
                     settings: settings?,
                     http2: def.http2.as_ref().is_some_and(|h| h.value),
                     tls: Some(tls?),
+                    mirror,
                 })))
             }
         }
+    }
+
+    /// A `mirror`, every field checked; `None` when one is wrong (recorded).
+    fn mirror(&mut self, def: &Spanned<MirrorDef>, field: &str) -> Option<MirrorSpec> {
+        let at = def.referenced;
+        let m = &def.value;
+        let mut ok = true;
+        if let Err(e) = crate::integration::mirror::origin(&m.uri) {
+            self.sink.push(at, format!("{field}.mirror.uri"), e);
+            ok = false;
+        }
+        let percent = m.percent.unwrap_or(100.0);
+        if !(percent > 0.0 && percent <= 100.0) {
+            self.sink.push(at, format!("{field}.mirror.percent"), "more than 0 and at most 100");
+            ok = false;
+        }
+        let max_body_bytes = m.max_body_bytes.unwrap_or(64 * 1024);
+        if max_body_bytes > 10 * 1024 * 1024 {
+            self.sink.push(at, format!("{field}.mirror.max_body_bytes"), "at most 10485760 (10 MiB)");
+            ok = false;
+        }
+        let max_concurrency = m.max_concurrency.unwrap_or(100);
+        if !(1..=10_000).contains(&max_concurrency) {
+            self.sink.push(at, format!("{field}.mirror.max_concurrency"), "from 1 to 10000");
+            ok = false;
+        }
+        let timeout = match &m.timeout {
+            None => crate::integration::mirror::DEFAULT_MIRROR_TIMEOUT,
+            Some(t) => match parse_duration(t) {
+                Ok(d) if !d.is_zero() && d <= Duration::from_secs(60) => d,
+                _ => {
+                    self.sink.push(at, format!("{field}.mirror.timeout"), "a duration of at most 1m, e.g. `5s`");
+                    ok = false;
+                    Duration::ZERO
+                }
+            },
+        };
+        ok.then(|| MirrorSpec {
+            uri: m.uri.trim_end_matches('/').to_string(),
+            percent,
+            max_body_bytes,
+            max_concurrency,
+            timeout,
+        })
     }
 
     /// The TLS roots an `https` callee is checked against: the system's, or `ca_file`'s (an
