@@ -408,6 +408,21 @@ pub struct RouteDef {
     pub transform: Option<Spanned<TransformDef>>,
 }
 
+/// An `http_proxy`'s `tls`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsDef {
+    /// The name sent in SNI, and checked in the certificate unless `expected_name` says
+    /// otherwise (default: the URI's host).
+    pub server_name: Option<String>,
+    /// The name the upstream's certificate must carry (default: `server_name`).
+    pub expected_name: Option<String>,
+    /// A PEM certificate chain the gateway presents to the upstream, with `client_key`.
+    pub client_certificate: Option<String>,
+    /// The PEM private key of `client_certificate` (a file private to its owner).
+    pub client_key: Option<String>,
+}
+
 /// An `http_proxy`'s `mirror`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -726,6 +741,10 @@ pub struct IntegrationDef {
     /// `http_proxy`: a share of the requests copied to a shadow target (docs/CONFIG.md,
     /// "Traffic mirroring").
     pub mirror: Option<Spanned<MirrorDef>>,
+    /// `http_proxy` to an `https` upstream: the name sent in SNI, the name its certificate
+    /// must carry, the client certificate the gateway presents (docs/CONFIG.md, "Upstream
+    /// TLS").
+    pub tls: Option<Spanned<UpstreamTlsDef>>,
     /// `http_proxy`: how long to wait for the upstream's response headers (default 29s).
     pub timeout: Option<Spanned<String>>,
     /// `http_proxy`: retries for idempotent requests without a body.

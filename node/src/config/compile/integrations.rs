@@ -35,6 +35,8 @@ pub(super) struct ProxySpec {
     settings: EndpointSettings,
     http2: bool,
     tls: Option<UpstreamTls>,
+    /// `tls.server_name`: the SNI, when not the URI's host.
+    server_name: Option<String>,
     mirror: Option<MirrorSpec>,
 }
 
@@ -159,7 +161,8 @@ impl Compiler<'_> {
             balance: proxy.balance,
             settings: proxy.settings,
             http2: proxy.http2,
-            server_name: https.then(|| upstream.authority.host().to_string()),
+            server_name: https
+                .then(|| proxy.server_name.clone().unwrap_or_else(|| upstream.authority.host().to_string())),
             tls: if https { proxy.tls.clone() } else { None },
         };
         let retry = proxy.retry.as_ref().map(|r| RetryPolicy::new(r.attempts, r.budget_percent));
@@ -207,6 +210,7 @@ impl Compiler<'_> {
             (def.connections.is_some(), loc(&def.connections), "connections"),
             (def.rewrite.is_some(), loc(&def.rewrite), "rewrite"),
             (def.mirror.is_some(), loc(&def.mirror), "mirror"),
+            (def.tls.is_some(), loc(&def.tls), "tls"),
         ];
         if kind != IntegrationKind::Redirect {
             misplaced(&mut self.sink, def.keep_query.is_some(), loc(&def.keep_query), "keep_query");
@@ -317,7 +321,8 @@ impl Compiler<'_> {
                     }
                     ok.then(|| r.value.clone())
                 });
-                let tls = self.trust(def.ca_file.as_ref(), field, uri.referenced);
+                let tls = self.upstream_tls(def, uri, field);
+                let server_name = def.tls.as_ref().and_then(|t| t.value.server_name.clone());
                 let targets = def.targets.as_ref().and_then(|t| self.targets(t, field));
                 let settings = self.endpoint_settings(def, field);
                 if def.retry.is_some() && retry.is_none() {
@@ -339,6 +344,7 @@ impl Compiler<'_> {
                     settings: settings?,
                     http2: def.http2.as_ref().is_some_and(|h| h.value),
                     tls: Some(tls?),
+                    server_name,
                     mirror,
                 })))
             }
@@ -387,6 +393,48 @@ impl Compiler<'_> {
             max_concurrency,
             timeout,
         })
+    }
+
+    /// An `http_proxy`'s client for `https`: `ca_file` and `tls`, each file checked with its
+    /// line; `tls` needs an `https` URI.
+    fn upstream_tls(&mut self, def: &IntegrationDef, uri: &Spanned<String>, field: &str) -> Option<UpstreamTls> {
+        let Some(tls) = &def.tls else {
+            return self.trust(def.ca_file.as_ref(), field, uri.referenced);
+        };
+        let at = tls.referenced;
+        let t = &tls.value;
+        if !uri.value.starts_with("https://") {
+            self.sink.push(at, format!("{field}.tls"), "`tls` is for an `https` upstream");
+            return None;
+        }
+        for (name, value) in [("server_name", &t.server_name), ("expected_name", &t.expected_name)] {
+            if let Some(v) = value
+                && rustls::pki_types::ServerName::try_from(v.as_str()).is_err()
+            {
+                self.sink.push(at, format!("{field}.tls.{name}"), format!("`{v}` is not a DNS name or an IP address"));
+                return None;
+            }
+        }
+        let (certificate, key) = match (&t.client_certificate, &t.client_key) {
+            (Some(c), Some(k)) => (Some(self.path(c)), Some(self.path(k))),
+            (None, None) => (None, None),
+            _ => {
+                self.sink.push(at, format!("{field}.tls"), "give `client_certificate` and `client_key` together");
+                return None;
+            }
+        };
+        let ca_file = def.ca_file.as_ref().map(|f| self.path(&f.value));
+        let options = crate::integration::trust::ClientTls {
+            expected_name: t.expected_name.as_deref(),
+            identity: certificate.as_deref().zip(key.as_deref()),
+        };
+        match crate::integration::trust::upstream_client(ca_file.as_deref(), &options) {
+            Ok(client) => Some(client),
+            Err(e) => {
+                self.sink.push(at, format!("{field}.tls"), e);
+                None
+            }
+        }
     }
 
     /// The TLS roots an `https` callee is checked against: the system's, or `ca_file`'s (an
