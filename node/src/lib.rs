@@ -29,6 +29,7 @@ pub mod fast_random;
 pub mod files;
 pub mod gateway;
 pub mod gateway_responses;
+pub mod grpc;
 pub mod hop_by_hop;
 pub mod idempotency;
 pub mod integration;

@@ -171,6 +171,21 @@ impl Rejection {
         response
     }
 
+    /// The refusal as a gRPC client reads it: a trailers-only answer (HTTP 200, no body) with
+    /// `grpc-status` and `grpc-message`, and the request id.
+    pub fn into_grpc_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::Empty);
+        let headers = response.headers_mut();
+        headers.extend(self.headers);
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(u16::from(crate::grpc::status_code(self.status))));
+        let message = format!("{} (request {})", self.message, request_id.to_str().unwrap_or("-"));
+        if let Ok(value) = HeaderValue::try_from(crate::grpc::encode_message(&message)) {
+            headers.insert("grpc-message", value);
+        }
+        response
+    }
+
     /// The JSON body of [`Rejection::into_response`].
     pub fn json_body(&self, request_id: &HeaderValue) -> String {
         let mut body = String::with_capacity(64 + self.message.len());

@@ -235,10 +235,13 @@ impl Pipeline {
         let uri = request.uri().clone();
         let version = request.version();
         let services = self.services(&table, false);
+        let grpc_call = crate::grpc::is_call(request.headers());
         let mut exchange = Exchange::new(request_id.clone(), conn.client.ip());
         let served = self.serve(&table, &services, request, conn, &mut exchange).await;
         let response = match served.response {
             Ok(response) => response,
+            // A gRPC client reads the gateway's refusals as gRPC statuses.
+            Err(rejection) if grpc_call => rejection.into_grpc_response(&request_id),
             Err(rejection) => match served.gateway_responses {
                 Some(worded) => {
                     let echo = exchange.extensions.get::<RequestEcho>();
@@ -492,7 +495,15 @@ impl Pipeline {
         request_id: &HeaderValue,
     ) -> Served<'t> {
         let sent = Instant::now();
-        let result = proxy.forward(request, &self.upstreams).await;
+        // A gRPC call's own deadline, when it is shorter than the route's timeout.
+        let deadline = crate::grpc::timeout(request.headers())
+            .filter(|d| *d < proxy.timeout && crate::grpc::is_call(request.headers()));
+        let result = match deadline {
+            Some(d) => tokio::time::timeout(d, proxy.forward(request, &self.upstreams))
+                .await
+                .unwrap_or(Err(UpstreamError::Timeout(d))),
+            None => proxy.forward(request, &self.upstreams).await,
+        };
         let integration_latency = Some(sent.elapsed());
         // Whether the upstream may have seen the request: not when no connection took it.
         let sent_upstream = !matches!(result, Err(UpstreamError::Connect(_) | UpstreamError::Busy));
