@@ -301,6 +301,17 @@ impl Compiler<'_> {
             }
         }
 
+        let nameservers: Vec<SocketAddr> = file
+            .resolver
+            .iter()
+            .flat_map(|r| r.nameservers.iter().enumerate())
+            .filter_map(|(i, n)| self.socket_addr(n, &format!("resolver.nameservers[{i}]")))
+            .collect();
+        if let Some(r) = &file.resolver
+            && r.nameservers.is_empty()
+        {
+            self.sink.push(Location::UNKNOWN, "resolver.nameservers", "name at least one `IP:port`");
+        }
         let unrouted = Arc::new(RouteObserver::new("", "", "", "", None));
         let keeps_responses = keeps_responses(&apis);
         match (self.sink.is_empty(), admin_listen, limits) {
@@ -324,6 +335,7 @@ impl Compiler<'_> {
                 default_certificate,
                 cluster,
                 default_rate: self.default_rate,
+                nameservers,
             }),
             _ => Err(self.sink),
         }

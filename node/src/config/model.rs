@@ -31,6 +31,16 @@ pub struct GatewayFile {
     pub apis: Vec<ApiDef>,
     #[serde(default)]
     pub domains: Vec<DomainDef>,
+    /// Where upstream names are resolved (`discover`), instead of `/etc/resolv.conf`'s servers.
+    pub resolver: Option<ResolverSection>,
+}
+
+/// The name servers upstream discovery asks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverSection {
+    /// `IP:port` of each name server, in order.
+    pub nameservers: Vec<Spanned<String>>,
 }
 
 /// Cluster membership of a node.
@@ -408,6 +418,16 @@ pub struct RouteDef {
     pub transform: Option<Spanned<TransformDef>>,
 }
 
+/// An `http_proxy`'s `discover`: exactly one of `dns` and `srv`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverDef {
+    /// `name:port`: every A and AAAA address of the name, on the port.
+    pub dns: Option<String>,
+    /// `_service._proto.name`: the SRV records of the lowest priority, with their ports and weights.
+    pub srv: Option<String>,
+}
+
 /// An `http_proxy`'s `tls`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -741,6 +761,9 @@ pub struct IntegrationDef {
     /// `http_proxy`: a share of the requests copied to a shadow target (docs/CONFIG.md,
     /// "Traffic mirroring").
     pub mirror: Option<Spanned<MirrorDef>>,
+    /// `http_proxy`: targets found in DNS and re-resolved by their TTL, instead of `targets`
+    /// (docs/CONFIG.md, "Upstream discovery").
+    pub discover: Option<Spanned<DiscoverDef>>,
     /// `http_proxy` to an `https` upstream: the name sent in SNI, the name its certificate
     /// must carry, the client certificate the gateway presents (docs/CONFIG.md, "Upstream
     /// TLS").

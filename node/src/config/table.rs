@@ -151,6 +151,8 @@ pub struct GatewayConfig {
     pub cluster: Option<ClusterSettings>,
     /// The cluster-wide rate limit (`throttle`); a member applies it to the cluster's APIs.
     pub default_rate: Rate,
+    /// The name servers upstream discovery asks (`resolver.nameservers`; empty: the system's).
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// Where a cluster member keeps its state and talks to its peers.

@@ -59,6 +59,7 @@ impl Callee {
             http2: false,
             server_name: https.then(|| upstream.authority.host().to_string()),
             tls: https.then_some(tls),
+            discovery: None,
         };
         Ok(Callee { uri, proxy: ProxyIntegration::new(upstream, timeout, None, spec) })
     }

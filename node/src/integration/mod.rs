@@ -4,6 +4,7 @@
 //! - [`uri`]: upstream URI templates with stage variables and path parameters.
 //! - [`upstreams`]: the node's targets, shared by routes and kept across reloads.
 //! - [`balance`]: choosing a target (weights, least requests, regions, ejections).
+//! - [`discovery`]: targets named in DNS (A/AAAA, SRV), re-resolved by their TTLs.
 //! - [`endpoint`]: one target's connections over hyper's connection API, and its health.
 //! - [`trust`]: the TLS roots an `https` upstream is checked against.
 //! - [`request_body`]: the client's body on its way upstream, held to the body limit.
@@ -16,6 +17,7 @@
 
 pub mod balance;
 pub mod callee;
+pub mod discovery;
 pub mod endpoint;
 pub mod mirror;
 pub mod mock;

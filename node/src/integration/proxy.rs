@@ -6,13 +6,16 @@
 //! target, retries (only when configured, only idempotent requests without a body, only
 //! within the retry budget) on timeouts and failures, and splices WebSocket upgrades.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
 
 use http::{Method, Request, Response};
 use http_body::Body;
 
 use super::balance::Balancer;
+use super::discovery::{Lookup, Watched};
 use super::endpoint::{SendError, UpstreamBody};
 use super::request_body::{BodyTooLarge, ClientBodyError, RequestBody, caused_by};
 use super::retry::RetryPolicy;
@@ -53,7 +56,21 @@ pub struct ProxyIntegration {
     pub mirror: Option<std::sync::Arc<super::mirror::Mirror>>,
     /// Bound to the node's endpoints on first use.
     balancer: OnceLock<Balancer>,
+    /// With discovery: the watched name, and the balancer over the targets it last
+    /// resolved to (rebound when they change).
+    watched: OnceLock<Result<Arc<Watched>, String>>,
+    discovered: ArcSwapOption<DiscoveredBalancer>,
 }
+
+/// A balancer over one version of a watched name's targets.
+#[derive(Debug)]
+struct DiscoveredBalancer {
+    version: u64,
+    balancer: Balancer,
+}
+
+/// How long a request waits for a name's first resolution.
+const FIRST_RESOLUTION: Duration = Duration::from_secs(3);
 
 fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
@@ -78,7 +95,16 @@ impl ProxyIntegration {
         retry: Option<RetryPolicy>,
         targets: UpstreamSpec,
     ) -> Self {
-        ProxyIntegration { upstream, timeout, retry, targets, mirror: None, balancer: OnceLock::new() }
+        ProxyIntegration {
+            upstream,
+            timeout,
+            retry,
+            targets,
+            mirror: None,
+            balancer: OnceLock::new(),
+            watched: OnceLock::new(),
+            discovered: ArcSwapOption::empty(),
+        }
     }
 
     /// Sends `request` upstream. A call that failed because of the client's body is
@@ -88,7 +114,14 @@ impl ProxyIntegration {
         request: Request<RequestBody>,
         upstreams: &Upstreams,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let balancer = self.balancer.get_or_init(|| upstreams.bind(&self.targets));
+        let discovered;
+        let balancer = match &self.targets.discovery {
+            None => self.balancer.get_or_init(|| upstreams.bind(&self.targets)),
+            Some(lookup) => {
+                discovered = self.discovered(lookup, upstreams).await?;
+                &discovered.balancer
+            }
+        };
         let region = upstreams.region();
         let retry = self.retry.as_ref().filter(|_| is_idempotent(request.method()) && request.body().is_end_stream());
         let Some(policy) = retry else {
@@ -112,6 +145,35 @@ impl ProxyIntegration {
                 result => return result,
             }
         }
+    }
+
+    /// The balancer over what `lookup` resolves to now; the first request waits (a few
+    /// seconds at most) for the first resolution.
+    async fn discovered(
+        &self,
+        lookup: &Lookup,
+        upstreams: &Upstreams,
+    ) -> Result<Arc<DiscoveredBalancer>, UpstreamError> {
+        let watched = self
+            .watched
+            .get_or_init(|| upstreams.discovery().map(|d| d.watch(lookup)))
+            .as_ref()
+            .map_err(|e| UpstreamError::Connect(e.clone()))?;
+        let mut current = watched.current();
+        if current.version == 0 {
+            watched.ready(FIRST_RESOLUTION).await;
+            current = watched.current();
+        }
+        if current.targets.is_empty() {
+            return Err(UpstreamError::Connect(format!("`{lookup}` has not resolved to any target")));
+        }
+        if let Some(bound) = self.discovered.load_full().filter(|b| b.version == current.version) {
+            return Ok(bound);
+        }
+        let spec = UpstreamSpec { targets: current.targets.clone(), discovery: None, ..self.targets.clone() };
+        let bound = Arc::new(DiscoveredBalancer { version: current.version, balancer: upstreams.bind(&spec) });
+        self.discovered.store(Some(bound.clone()));
+        Ok(bound)
     }
 
     /// One attempt: the request goes to a target, and to the next one while none could

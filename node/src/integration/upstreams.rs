@@ -37,6 +37,8 @@ pub struct UpstreamSpec {
     /// For `https`: the client configuration, and the digest of its CA file (`None`: the
     /// system roots).
     pub tls: Option<(Arc<rustls::ClientConfig>, Option<String>)>,
+    /// Targets found in DNS instead of `targets` (which is then empty).
+    pub discovery: Option<super::discovery::Lookup>,
 }
 
 /// The node's endpoints by what identifies their connections.
@@ -45,6 +47,10 @@ pub struct Upstreams {
     endpoints: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
     /// The node's region, once it is a cluster member: targets there are preferred.
     region: OnceLock<String>,
+    /// The resolver of targets named in DNS, made on first use (`resolver.nameservers`, or
+    /// the system's).
+    discovery: OnceLock<Result<Arc<super::discovery::Discovery>, String>>,
+    nameservers: OnceLock<Vec<std::net::SocketAddr>>,
 }
 
 impl Upstreams {
@@ -54,6 +60,27 @@ impl Upstreams {
 
     pub fn set_region(&self, region: &str) {
         let _ = self.region.set(region.to_string());
+    }
+
+    /// The name servers discovery asks, instead of the system's (`resolver.nameservers`).
+    pub fn set_nameservers(&self, nameservers: Vec<std::net::SocketAddr>) {
+        let _ = self.nameservers.set(nameservers);
+    }
+
+    /// The node's discovery resolver; `Err` says why there is none (no name server).
+    pub fn discovery(&self) -> Result<Arc<super::discovery::Discovery>, String> {
+        self.discovery
+            .get_or_init(|| {
+                let servers = match self.nameservers.get() {
+                    Some(list) if !list.is_empty() => list.clone(),
+                    _ => super::discovery::system_nameservers(),
+                };
+                if servers.is_empty() {
+                    return Err("no name server to resolve upstream names with (set `resolver.nameservers`)".into());
+                }
+                super::discovery::Discovery::new(&servers).map(Arc::new)
+            })
+            .clone()
     }
 
     pub fn region(&self) -> Option<&str> {
@@ -111,6 +138,7 @@ mod tests {
             http2: false,
             server_name: None,
             tls: None,
+            discovery: None,
         }
     }
 

@@ -129,6 +129,9 @@ impl Node {
 
         let limiter = Arc::new(Limiter::new(0, MAX_LIMIT_SCOPES));
         let upstreams = Arc::new(Upstreams::new());
+        if !config.nameservers.is_empty() {
+            upstreams.set_nameservers(config.nameservers.clone());
+        }
         let pipeline =
             Arc::new(Pipeline::new(table.clone(), &limits, access_log.clone(), limiter.clone(), upstreams.clone()));
         let connections = ConnectionTable::new(limits.max_connections, limits.max_connections_per_client);

@@ -161,6 +161,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
                 http2: false,
                 server_name: None,
                 tls: None,
+                discovery: None,
             },
         ))),
         chain: Arc::new(Chain::new(stages)),

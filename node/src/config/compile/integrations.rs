@@ -14,6 +14,7 @@ use super::super::errors::ErrorSink;
 use super::super::model::*;
 use super::super::parse_duration;
 use super::{Compiler, DEFAULT_TIMEOUT, MAX_TIMEOUT, RouteSpec};
+use crate::integration::discovery::Lookup;
 use crate::integration::endpoint::EndpointSettings;
 use crate::integration::mirror::Mirror;
 use crate::integration::redirect::{REDIRECT_STATUSES, RedirectIntegration};
@@ -37,6 +38,8 @@ pub(super) struct ProxySpec {
     tls: Option<UpstreamTls>,
     /// `tls.server_name`: the SNI, when not the URI's host.
     server_name: Option<String>,
+    /// `discover`: targets found in DNS.
+    discovery: Option<Lookup>,
     mirror: Option<MirrorSpec>,
 }
 
@@ -157,13 +160,14 @@ impl Compiler<'_> {
         let https = upstream.scheme == http::uri::Scheme::HTTPS;
         let spec = UpstreamSpec {
             scheme: upstream.scheme.clone(),
-            targets,
+            targets: if proxy.discovery.is_some() { Vec::new() } else { targets },
             balance: proxy.balance,
             settings: proxy.settings,
             http2: proxy.http2,
             server_name: https
                 .then(|| proxy.server_name.clone().unwrap_or_else(|| upstream.authority.host().to_string())),
             tls: if https { proxy.tls.clone() } else { None },
+            discovery: proxy.discovery.clone(),
         };
         let retry = proxy.retry.as_ref().map(|r| RetryPolicy::new(r.attempts, r.budget_percent));
         let mut integration = ProxyIntegration::new(upstream, proxy.timeout, retry, spec);
@@ -179,6 +183,7 @@ impl Compiler<'_> {
                 http2: false,
                 server_name: https.then(|| origin.authority.host().to_string()),
                 tls: if https { proxy.tls.clone() } else { None },
+                discovery: None,
             };
             let target = ProxyIntegration::new(origin, m.timeout, None, spec);
             let labels = (api, stage_name, route.key.as_str());
@@ -211,6 +216,7 @@ impl Compiler<'_> {
             (def.rewrite.is_some(), loc(&def.rewrite), "rewrite"),
             (def.mirror.is_some(), loc(&def.mirror), "mirror"),
             (def.tls.is_some(), loc(&def.tls), "tls"),
+            (def.discover.is_some(), loc(&def.discover), "discover"),
         ];
         if kind != IntegrationKind::Redirect {
             misplaced(&mut self.sink, def.keep_query.is_some(), loc(&def.keep_query), "keep_query");
@@ -331,6 +337,18 @@ impl Compiler<'_> {
                 if def.targets.is_some() && targets.is_none() {
                     return None;
                 }
+                let discovery = match &def.discover {
+                    Some(d) if def.targets.is_some() => {
+                        self.sink.push(
+                            d.referenced,
+                            format!("{field}.discover"),
+                            "give `targets` or `discover`, not both",
+                        );
+                        return None;
+                    }
+                    Some(d) => Some(self.discover(d, field)?),
+                    None => None,
+                };
                 let mirror = match &def.mirror {
                     Some(m) => Some(self.mirror(m, field)?),
                     None => None,
@@ -345,8 +363,54 @@ impl Compiler<'_> {
                     http2: def.http2.as_ref().is_some_and(|h| h.value),
                     tls: Some(tls?),
                     server_name,
+                    discovery,
                     mirror,
                 })))
+            }
+        }
+    }
+
+    /// `discover`: a `name:port` or an SRV name; `None` when it is neither (recorded).
+    fn discover(&mut self, def: &Spanned<DiscoverDef>, field: &str) -> Option<Lookup> {
+        let at = def.referenced;
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 253
+                && n.trim_end_matches('.').split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        };
+        match (&def.value.dns, &def.value.srv) {
+            (Some(dns), None) => {
+                let parsed = dns.rsplit_once(':').and_then(|(name, port)| Some((name, port.parse::<u16>().ok()?)));
+                match parsed {
+                    Some((name, port)) if valid_name(name) && port > 0 => {
+                        Some(Lookup::Addresses { name: name.to_string(), port })
+                    }
+                    _ => {
+                        self.sink.push(
+                            at,
+                            format!("{field}.discover.dns"),
+                            format!("`{dns}` is not `name:port` (e.g. `pets.internal:8080`)"),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, Some(srv)) if valid_name(srv) && srv.starts_with('_') => Some(Lookup::Service { name: srv.clone() }),
+            (None, Some(srv)) => {
+                self.sink.push(
+                    at,
+                    format!("{field}.discover.srv"),
+                    format!("`{srv}` is not a service name (e.g. `_http._tcp.pets.internal`)"),
+                );
+                None
+            }
+            _ => {
+                self.sink.push(at, format!("{field}.discover"), "give exactly one of `dns` and `srv`");
+                None
             }
         }
     }
