@@ -8,6 +8,11 @@
 //!
 //! Each certificate's expiry is published as `meridian_certificate_expiry_timestamp_seconds`
 //! whenever the set is loaded, for the "expires soon" alert (`deploy/prometheus/alerts.yaml`).
+//!
+//! A domain may also ask clients for a certificate (mutual TLS): its handshakes then use a
+//! configuration with the domain's verifier (its truststore and revocation list), chosen by
+//! SNI like the certificate. The verified client certificate becomes the connection's
+//! [`ClientCertificate`], which authorizers, transforms and the access log read.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +20,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -23,11 +29,28 @@ use rustls::sign::CertifiedKey;
 #[derive(Debug, Default, Clone)]
 pub struct DomainCertificates {
     by_name: HashMap<String, Arc<CertifiedKey>>,
+    /// The client certificate verifiers of domains with mutual TLS.
+    client_auth: HashMap<String, Arc<dyn ClientCertVerifier>>,
+}
+
+/// By exact name, then by the wildcard of its parent.
+fn by_sni<'m, T>(map: &'m HashMap<String, T>, server_name: &str) -> Option<&'m T> {
+    let name = server_name.to_ascii_lowercase();
+    if let Some(v) = map.get(&name) {
+        return Some(v);
+    }
+    let (_, parent) = name.split_once('.')?;
+    map.get(&format!("*.{parent}"))
 }
 
 impl DomainCertificates {
     pub fn insert(&mut self, name: &str, key: Arc<CertifiedKey>) {
         self.by_name.insert(name.to_ascii_lowercase(), key);
+    }
+
+    /// Makes `name`'s handshakes ask for a client certificate `verifier` checks.
+    pub fn require_client_certificates(&mut self, name: &str, verifier: Arc<dyn ClientCertVerifier>) {
+        self.client_auth.insert(name.to_ascii_lowercase(), verifier);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -51,12 +74,96 @@ impl DomainCertificates {
 
     /// The certificate for `server_name`: exact name first, then a wildcard.
     pub fn find(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
-        let name = server_name.to_ascii_lowercase();
-        if let Some(k) = self.by_name.get(&name) {
-            return Some(k.clone());
+        by_sni(&self.by_name, server_name).cloned()
+    }
+}
+
+/// A verifier of client certificates against the CA certificates of `ca_file` (and the
+/// revocation lists of `crl_file`); with `required: false` a client without a certificate
+/// is let in without identity (one with a bad certificate is still refused).
+pub fn client_verifier(
+    ca_file: &Path,
+    crl_file: Option<&Path>,
+    required: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let text = crate::files::read_bounded(ca_file).map_err(|e| format!("cannot read `{}`: {e}", ca_file.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
+        let cert = cert.map_err(|e| format!("`{}` is not a PEM certificate file: {e}", ca_file.display()))?;
+        roots.add(cert).map_err(|e| format!("`{}`: unusable CA certificate: {e}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("`{}` holds no certificate", ca_file.display()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    if let Some(crl_file) = crl_file {
+        let text =
+            crate::files::read_bounded(crl_file).map_err(|e| format!("cannot read `{}`: {e}", crl_file.display()))?;
+        let crls: Vec<CertificateRevocationListDer<'static>> =
+            CertificateRevocationListDer::pem_slice_iter(text.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("`{}` is not a PEM revocation list file: {e}", crl_file.display()))?;
+        if crls.is_empty() {
+            return Err(format!("`{}` holds no revocation list", crl_file.display()));
         }
-        let (_, parent) = name.split_once('.')?;
-        self.by_name.get(&format!("*.{parent}")).cloned()
+        builder = builder.with_crls(crls);
+    }
+    if !required {
+        builder = builder.allow_unauthenticated();
+    }
+    builder.build().map_err(|e| format!("`{}`: {e}", ca_file.display()))
+}
+
+/// A verified client certificate, as the connection's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// The subject's distinguished name, `CN=alice,O=Example`.
+    pub subject: String,
+    pub issuer: String,
+    /// Hexadecimal, lower case.
+    pub serial: String,
+    /// DNS names, e-mail addresses, URIs and IP addresses of the subject alternative names.
+    pub sans: Vec<String>,
+    /// SHA-256 of the certificate (DER), hexadecimal.
+    pub fingerprint: String,
+}
+
+impl ClientCertificate {
+    /// The identity in `der` (a certificate the handshake verified); `None` when it cannot
+    /// be parsed.
+    pub fn from_der(der: &[u8]) -> Option<ClientCertificate> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let sans = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|ext| {
+                ext.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::DNSName(d) => Some(d.to_string()),
+                        GeneralName::RFC822Name(m) => Some(m.to_string()),
+                        GeneralName::URI(u) => Some(u.to_string()),
+                        GeneralName::IPAddress(bytes) => match bytes.len() {
+                            4 => <[u8; 4]>::try_from(*bytes).ok().map(|b| std::net::Ipv4Addr::from(b).to_string()),
+                            16 => <[u8; 16]>::try_from(*bytes).ok().map(|b| std::net::Ipv6Addr::from(b).to_string()),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(ClientCertificate {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            serial: cert.raw_serial_as_string().replace(':', ""),
+            sans,
+            fingerprint: crate::digest::sha256_hex(der),
+        })
     }
 }
 
@@ -92,13 +199,19 @@ pub struct SniResolver {
     current: ArcSwap<DomainCertificates>,
     /// The domain whose certificate clients without SNI get.
     default: ArcSwap<Option<String>>,
+    /// The server configurations of domains with mutual TLS, made on their first handshake
+    /// and forgotten when the set is replaced.
+    mutual: std::sync::Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
 }
 
 impl SniResolver {
     pub fn new(certificates: DomainCertificates, default: Option<String>) -> Self {
         publish_expiries(None, &certificates);
-        let resolver =
-            SniResolver { current: ArcSwap::from_pointee(certificates), default: ArcSwap::from_pointee(default) };
+        let resolver = SniResolver {
+            current: ArcSwap::from_pointee(certificates),
+            default: ArcSwap::from_pointee(default),
+            mutual: Default::default(),
+        };
         resolver.check_default();
         resolver
     }
@@ -107,7 +220,37 @@ impl SniResolver {
     pub fn replace(&self, certificates: DomainCertificates) {
         publish_expiries(Some(&self.current.load()), &certificates);
         self.current.store(Arc::new(certificates));
+        self.mutual.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.check_default();
+    }
+
+    /// The configuration for a handshake that named `server_name`: `base`, or for a domain
+    /// with mutual TLS, `base` with the domain's client verifier.
+    pub fn config_for(
+        self: &Arc<Self>,
+        server_name: Option<&str>,
+        base: &Arc<rustls::ServerConfig>,
+    ) -> Arc<rustls::ServerConfig> {
+        let Some(name) = server_name else { return base.clone() };
+        let current = self.current.load();
+        let Some(verifier) = by_sni(&current.client_auth, name) else { return base.clone() };
+        let key = name.to_ascii_lowercase();
+        let mut mutual = self.mutual.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(config) = mutual.get(&key) {
+            return config.clone();
+        }
+        match server_config_with(verifier.clone(), self.clone()) {
+            Ok(config) => {
+                let config = Arc::new(config);
+                mutual.insert(key, config.clone());
+                config
+            }
+            Err(e) => {
+                // Never without the verifier: a handshake with no configuration fails.
+                tracing::error!(domain = %name, error = %e, "the domain's mutual TLS configuration failed");
+                Arc::new(server_config_with(Arc::new(RefuseAll), self.clone()).unwrap_or_else(|_| (**base).clone()))
+            }
+        }
     }
 
     /// Changes the default certificate's domain (a reloaded node file).
@@ -158,12 +301,61 @@ impl ResolvesServerCert for SniResolver {
 
 /// The server TLS configuration: ALPN `h2` then `http/1.1`, certificates by SNI.
 pub fn server_config(resolver: Arc<SniResolver>) -> Result<rustls::ServerConfig, rustls::Error> {
+    server_config_with(rustls::server::WebPkiClientVerifier::no_client_auth(), resolver)
+}
+
+fn server_config_with(
+    verifier: Arc<dyn ClientCertVerifier>,
+    resolver: Arc<SniResolver>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// A verifier that accepts no client: what a domain's handshakes get if its own verifier
+/// could not be set up.
+#[derive(Debug)]
+struct RefuseAll;
+
+impl ClientCertVerifier for RefuseAll {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Err(rustls::Error::General("client certificates cannot be verified here".into()))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("client certificates cannot be verified here".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("client certificates cannot be verified here".into()))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]

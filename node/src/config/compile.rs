@@ -988,6 +988,19 @@ impl Compiler<'_> {
                 ),
                 (None, None) => {}
             }
+            if let Some(mutual) = &d.client_certificates {
+                let m = &mutual.value;
+                let crl = m.crl_file.as_ref().map(|f| self.path(f));
+                match crate::certificates::client_verifier(&self.path(&m.ca_file), crl.as_deref(), m.required) {
+                    Ok(verifier) if https => certificates.require_client_certificates(&name, verifier),
+                    Ok(_) => self.sink.push(
+                        mutual.referenced,
+                        format!("{field}.client_certificates"),
+                        "client certificates are asked in a TLS handshake: turn on the `https` listener",
+                    ),
+                    Err(e) => self.sink.push(mutual.referenced, format!("{field}.client_certificates"), e),
+                }
+            }
             let mut mappings: Vec<BaseMapping> = Vec::new();
             for (j, m) in d.mappings.iter().enumerate() {
                 let mfield = format!("{field}.mappings[{j}]");

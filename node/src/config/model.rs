@@ -977,8 +977,24 @@ pub struct DomainDef {
     pub certificate: Option<Spanned<String>>,
     /// PEM private key file.
     pub key: Option<Spanned<String>>,
+    /// Ask clients for a certificate (mutual TLS; docs/CONFIG.md, "Client certificates").
+    pub client_certificates: Option<Spanned<ClientCertificatesDef>>,
     #[serde(default)]
     pub mappings: Vec<MappingDef>,
+}
+
+/// A domain's mutual TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificatesDef {
+    /// PEM CA certificates client certificates must chain to (the truststore).
+    pub ca_file: String,
+    /// PEM certificate revocation lists.
+    pub crl_file: Option<String>,
+    /// `true` (default): a handshake without a certificate fails; `false`: it goes on
+    /// without identity.
+    #[serde(default = "yes")]
+    pub required: bool,
 }
 
 /// `(domain, base path) → (api, stage)`.

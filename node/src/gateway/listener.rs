@@ -11,13 +11,13 @@
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
+use crate::certificates::{ClientCertificate, SniResolver};
 use bytes::Bytes;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use super::conns::{ConnSlot, ConnectionTable, Refused};
 use super::http1::{self, Prefixed};
@@ -82,7 +82,15 @@ pub struct ListenerShared {
 
 /// Serves `listener` once `serving` turns true and until `shutdown` does, then drains for up
 /// to the drain timeout.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: ListenerShared) {
+/// What an HTTPS listener's handshakes use: the configuration of every domain, and the
+/// resolver that picks a domain's own (mutual TLS) by SNI.
+#[derive(Clone)]
+pub struct TlsSetup {
+    pub base: Arc<rustls::ServerConfig>,
+    pub sni: Arc<SniResolver>,
+}
+
+pub async fn serve(listener: TcpListener, tls: Option<TlsSetup>, shared: ListenerShared) {
     let ListenerShared { pipeline, limits, connections, client_rtt, mut serving, mut shutdown } = shared;
     // Until there is something to serve, connections wait in the kernel's backlog.
     tokio::select! {
@@ -124,6 +132,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
             rtt.measured(micros);
         }
         let conn = Arc::new(ConnInfo::new(peer, tls.is_some()));
+        let this_conn = conn.clone();
         let pipeline = pipeline.clone();
         let slot = admitted.slot.clone();
         let first_request = rtt.clone();
@@ -151,12 +160,12 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, shared: List
             let limits = &settings.limits;
             let stream = IdleTimeout::new(stream, limits.idle_timeout)
                 .with_first_request_deadline(limits.header_read_timeout, slot.clone());
-            let client = Client { peer, settings: &settings, handler, slot: &slot, shutdown };
+            let client = Client { peer, settings: &settings, handler, slot: &slot, shutdown, conn: this_conn };
             // Boxed: the task itself holds only what every state needs, so a parked
             // connection costs the state it is in and no more.
             match tls {
                 None => Box::pin(client.serve_cleartext(stream)).await,
-                Some(acceptor) => Box::pin(client.serve_tls(&acceptor, stream, rtt.as_deref())).await,
+                Some(setup) => Box::pin(client.serve_tls(&setup, stream, rtt.as_deref())).await,
             }
             open.decrement(1.0);
             drop(admitted);
@@ -175,6 +184,8 @@ struct Client<'a> {
     handler: http1::Handler,
     slot: &'a ConnSlot,
     shutdown: watch::Receiver<bool>,
+    /// What requests on the connection know of it (its client certificate, once verified).
+    conn: Arc<ConnInfo>,
 }
 
 impl Client<'_> {
@@ -200,14 +211,8 @@ impl Client<'_> {
     }
 
     /// TLS: the handshake within the header read timeout, then the protocol ALPN chose.
-    async fn serve_tls(
-        self,
-        acceptor: &TlsAcceptor,
-        stream: IdleTimeout<tokio::net::TcpStream>,
-        rtt: Option<&PendingRtt>,
-    ) {
-        let accepted =
-            tokio::time::timeout(self.settings.limits.header_read_timeout, accept_tls(acceptor, stream)).await;
+    async fn serve_tls(self, setup: &TlsSetup, stream: IdleTimeout<tokio::net::TcpStream>, rtt: Option<&PendingRtt>) {
+        let accepted = tokio::time::timeout(self.settings.limits.header_read_timeout, accept_tls(setup, stream)).await;
         let tls_stream = match accepted {
             Ok(Ok((tls_stream, round_trip))) => {
                 if let Some(rtt) = rtt {
@@ -218,6 +223,13 @@ impl Client<'_> {
             Ok(Err(e)) => return tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed"),
             Err(_) => return tracing::debug!(client = %self.peer, "TLS handshake timed out"),
         };
+        // A certificate the handshake verified (a domain with mutual TLS) is the client's
+        // identity for every request on the connection.
+        if let Some(leaf) = tls_stream.get_ref().1.peer_certificates().and_then(|c| c.first())
+            && let Some(identity) = ClientCertificate::from_der(leaf.as_ref())
+        {
+            let _ = self.conn.client_certificate.set(Arc::new(identity));
+        }
         if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             serve_http2(&self.settings.http2, tls_stream, self.handler, self.slot, self.shutdown).await
         } else {
@@ -302,7 +314,7 @@ impl PendingRtt {
 /// flight and the client's answer, one round trip that (unlike the kernel's RTT) spans any
 /// proxy between client and gateway.
 async fn accept_tls<S>(
-    acceptor: &TlsAcceptor,
+    setup: &TlsSetup,
     stream: S,
 ) -> std::io::Result<(tokio_rustls::server::TlsStream<S>, std::time::Duration)>
 where
@@ -310,7 +322,8 @@ where
 {
     let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let hello = std::time::Instant::now();
-    let tls = start.into_stream(acceptor.config().clone()).await?;
+    let config = setup.sni.config_for(start.client_hello().server_name(), &setup.base);
+    let tls = start.into_stream(config).await?;
     Ok((tls, hello.elapsed()))
 }
 

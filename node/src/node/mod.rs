@@ -13,7 +13,6 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
 use crate::certificates::{SniResolver, server_config};
@@ -150,8 +149,8 @@ impl Node {
             tasks.push(tokio::spawn(listener::serve(l, None, listening.clone())));
         }
         if let Some(l) = https {
-            let acceptor = TlsAcceptor::from(Arc::new(server_config(sni)?));
-            tasks.push(tokio::spawn(listener::serve(l, Some(acceptor), listening.clone())));
+            let setup = listener::TlsSetup { base: Arc::new(server_config(sni.clone())?), sni: sni.clone() };
+            tasks.push(tokio::spawn(listener::serve(l, Some(setup), listening.clone())));
         }
         let admin_state = Arc::new(AdminState {
             metrics,

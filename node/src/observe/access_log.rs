@@ -41,6 +41,8 @@ pub struct LogEntry<'a> {
     /// Why the gateway refused the request, when the client was told less (e.g. which of
     /// the key checks failed).
     pub reason: Option<&'a str>,
+    /// The subject of the client's certificate (mutual TLS).
+    pub client_cert: Option<&'a str>,
 }
 
 /// The fields a template may name.
@@ -232,6 +234,10 @@ pub fn format_line(out: &mut String, entry: &LogEntry<'_>, template: Option<&Log
                 out.push_str(",\"reason\":");
                 write_json_string(out, reason);
             }
+            if let Some(subject) = entry.client_cert {
+                out.push_str(",\"client_cert\":");
+                write_json_string(out, subject);
+            }
             out.push('}');
         }
     }
@@ -390,6 +396,7 @@ mod tests {
             latency: Duration::from_micros(1500),
             integration_latency: Some(Duration::from_micros(1000)),
             reason: None,
+            client_cert: None,
         }
     }
 

@@ -60,6 +60,8 @@ pub struct Completion {
     /// The precise reason of a refusal, for the log only.
     pub reason: Option<std::borrow::Cow<'static, str>>,
     pub observer: Arc<RouteObserver>,
+    /// The client's certificate (mutual TLS), for the log.
+    pub client_cert: Option<Arc<crate::certificates::ClientCertificate>>,
     pub log: AccessLog,
     pub in_flight: Gauge,
 }
@@ -86,6 +88,7 @@ impl Completion {
                 latency,
                 integration_latency: self.integration_latency,
                 reason: self.reason.as_deref(),
+                client_cert: self.client_cert.as_ref().map(|c| c.subject.as_str()),
             },
             self.observer.log_template.as_deref(),
         );

@@ -61,11 +61,18 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub tls: bool,
     pub forwarding: headers::ClientForwarding,
+    /// The certificate the client presented and the handshake verified (mutual TLS).
+    pub client_certificate: std::sync::OnceLock<Arc<crate::certificates::ClientCertificate>>,
 }
 
 impl ConnInfo {
     pub fn new(client: SocketAddr, tls: bool) -> Self {
-        ConnInfo { client, tls, forwarding: headers::ClientForwarding::new(client.ip(), tls) }
+        ConnInfo {
+            client,
+            tls,
+            forwarding: headers::ClientForwarding::new(client.ip(), tls),
+            client_certificate: std::sync::OnceLock::new(),
+        }
     }
 }
 
@@ -272,6 +279,7 @@ impl Pipeline {
             integration_latency: served.integration_latency,
             reason: served.reason,
             observer: served.observer,
+            client_cert: conn.client_certificate.get().cloned(),
             log: self.log.clone(),
             in_flight: self.in_flight.clone(),
         };
@@ -311,6 +319,9 @@ impl Pipeline {
         exchange: &mut Exchange,
     ) -> Served<'t> {
         let request_id = exchange.request_id.clone();
+        if let Some(certificate) = conn.client_certificate.get() {
+            exchange.extensions.insert(certificate.clone());
+        }
         let (mut parts, body) = request.into_parts();
         if parts.version == Version::HTTP_2 && parts.headers.len() > self.max_headers {
             let r = Rejection::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request has too many headers");

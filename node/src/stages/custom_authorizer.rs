@@ -187,6 +187,17 @@ impl CustomAuthorizer {
                 },
             },
         });
+        let mut document = document;
+        // Mutual TLS: the verified client certificate, as the managed gateway passes it.
+        if let Some(cert) = exchange.extensions.get::<std::sync::Arc<crate::certificates::ClientCertificate>>() {
+            document["requestContext"]["authentication"] = json!({ "clientCert": {
+                "subjectDN": cert.subject,
+                "issuerDN": cert.issuer,
+                "serialNumber": cert.serial,
+                "fingerprint": cert.fingerprint,
+                "subjectAlternativeNames": cert.sans,
+            }});
+        }
         Bytes::from(document.to_string())
     }
 

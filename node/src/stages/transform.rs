@@ -12,6 +12,7 @@
 //! | `$context.requestId` | the request id the gateway gave it |
 //! | `$context.identity.sourceIp` | the client's address |
 //! | `$context.authorizer.KEY` | what the authorizer that admitted it passes on |
+//! | `$context.identity.clientCert.subjectDN`, `.issuerDN`, `.serialNumber`, `.fingerprint`, `.sans` | the client certificate (mutual TLS) |
 //! | `$stageVariables.NAME` | the stage's variable (filled in when the stage is compiled) |
 //!
 //! A placeholder with nothing to read is empty. Edits apply in a fixed order, whatever order
@@ -31,6 +32,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, response};
 use super::mapping::PathParameters;
 use super::{Exchange, Flow, Phases, Services, Stage, Step};
 use crate::authorizers::AuthorizerContext;
+use crate::certificates::ClientCertificate;
 use crate::query;
 
 /// One piece of a value.
@@ -43,6 +45,17 @@ enum Piece {
     RequestId,
     SourceIp,
     Authorizer(String),
+    ClientCert(CertField),
+}
+
+/// What of the client certificate a value reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CertField {
+    Subject,
+    Issuer,
+    Serial,
+    Fingerprint,
+    Sans,
 }
 
 /// A value: text and placeholders, rendered per request.
@@ -90,6 +103,19 @@ impl ValueTemplate {
                 Piece::RequestId
             } else if name == "context.identity.sourceIp" {
                 Piece::SourceIp
+            } else if let Some(field) = name.strip_prefix("context.identity.clientCert.") {
+                Piece::ClientCert(match field {
+                    "subjectDN" => CertField::Subject,
+                    "issuerDN" => CertField::Issuer,
+                    "serialNumber" => CertField::Serial,
+                    "fingerprint" => CertField::Fingerprint,
+                    "sans" => CertField::Sans,
+                    _ => {
+                        return Err(format!(
+                            "`${name}`: a client certificate has subjectDN, issuerDN, serialNumber, fingerprint and sans"
+                        ));
+                    }
+                })
             } else if let Some(key) = name.strip_prefix("context.authorizer.") {
                 Piece::Authorizer(key.to_string())
             } else if let Some(variable) = name.strip_prefix("stageVariables.") {
@@ -101,7 +127,7 @@ impl ValueTemplate {
                 continue;
             } else {
                 return Err(format!(
-                    "`${name}` is not a value a transform can read ($request.header.NAME, $request.querystring.NAME, $request.path.NAME, $context.requestId, $context.identity.sourceIp, $context.authorizer.KEY, $stageVariables.NAME)"
+                    "`${name}` is not a value a transform can read ($request.header.NAME, $request.querystring.NAME, $request.path.NAME, $context.requestId, $context.identity.sourceIp, $context.identity.clientCert.subjectDN, $context.authorizer.KEY, $stageVariables.NAME)"
                 ));
             };
             if !literal.is_empty() {
@@ -168,6 +194,17 @@ impl ValueTemplate {
                 Piece::RequestId => out.push_str(exchange.request_id.to_str().unwrap_or("")),
                 Piece::SourceIp => {
                     let _ = write!(out, "{}", exchange.client);
+                }
+                Piece::ClientCert(field) => {
+                    if let Some(cert) = exchange.extensions.get::<std::sync::Arc<ClientCertificate>>() {
+                        match field {
+                            CertField::Subject => out.push_str(&cert.subject),
+                            CertField::Issuer => out.push_str(&cert.issuer),
+                            CertField::Serial => out.push_str(&cert.serial),
+                            CertField::Fingerprint => out.push_str(&cert.fingerprint),
+                            CertField::Sans => out.push_str(&cert.sans.join(", ")),
+                        }
+                    }
                 }
                 Piece::Authorizer(key) => {
                     if let Some(context) = exchange.extensions.get::<AuthorizerContext>() {

@@ -1,0 +1,127 @@
+//! Mutual TLS on custom domains with curl's `--cert`/`--key`: a domain that requires a client
+//! certificate refuses the handshake without one (or with one from another CA), a domain that
+//! requests one lets a client without it in anonymously, and the verified certificate's
+//! subject, names and fingerprint reach a transform (so the upstream sees them) and the
+//! access log.
+
+use std::path::Path;
+
+use meridian_tests::*;
+
+fn curl_https(port: u16, domain: &str, dir: &Path, identity: Option<&str>) -> Result<serde_json::Value, String> {
+    let resolve = format!("{domain}:{port}:127.0.0.1");
+    let url = format!("https://{domain}:{port}/who");
+    let ca = dir.join("ca.pem");
+    let mut args = vec!["-s", "--fail", "--cacert", ca.to_str().unwrap(), "--resolve", &resolve];
+    let (cert, key);
+    if let Some(name) = identity {
+        cert = dir.join(format!("{name}.pem")).display().to_string();
+        key = dir.join(format!("{name}.key")).display().to_string();
+        args.extend_from_slice(&["--cert", &cert, "--key", &key]);
+    }
+    args.push(&url);
+    let out = curl(&args);
+    if !out.status.success() {
+        return Err(format!("curl exited with {}", out.status));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_ask_for_client_certificates_and_pass_the_identity_on() {
+    if !tools(&["curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = TestCa::new();
+    std::fs::write(d.join("ca.pem"), &ca.pem).unwrap();
+    for name in ["mtls.test", "open.test", "plain.test", "alice.client"] {
+        ca.issue(d, name);
+    }
+    // A certificate from a CA the domains do not trust.
+    let stranger = TestCa::new();
+    stranger.issue(d, "mallory.client");
+    let echo = echo_backend().await;
+    let files = d.display();
+    let node = start_node(format!(
+        r#"
+listen: {{ https: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+access_log: {{ path: {files}/access.log }}
+apis:
+  - id: shop
+    routes:
+      - route: GET /who
+        transform:
+          request:
+            headers:
+              set:
+                x-client-subject: $context.identity.clientCert.subjectDN
+                x-client-names: $context.identity.clientCert.sans
+                x-client-fingerprint: $context.identity.clientCert.fingerprint
+        integration: {{ type: http_proxy, uri: "http://{echo}/who" }}
+    stages: [{{ name: prod }}]
+domains:
+  - name: mtls.test
+    certificate: {files}/mtls.test.pem
+    key: {files}/mtls.test.key
+    client_certificates: {{ ca_file: {files}/ca.pem }}
+    mappings: [{{ api: shop, stage: prod }}]
+  - name: open.test
+    certificate: {files}/open.test.pem
+    key: {files}/open.test.key
+    client_certificates: {{ ca_file: {files}/ca.pem, required: false }}
+    mappings: [{{ api: shop, stage: prod }}]
+  - name: plain.test
+    certificate: {files}/plain.test.pem
+    key: {files}/plain.test.key
+    mappings: [{{ api: shop, stage: prod }}]
+"#
+    ))
+    .await;
+    let port = node.https.expect("https listener").port();
+
+    // Required: with the client's certificate, the upstream sees who it is.
+    let seen = curl_https(port, "mtls.test", d, Some("alice.client")).expect("a trusted client gets in");
+    let headers = &seen["headers"];
+    assert!(headers["x-client-subject"].as_str().unwrap_or("").contains("CN="), "{seen}");
+    assert_eq!(headers["x-client-names"], "alice.client");
+    assert_eq!(headers["x-client-fingerprint"].as_str().map(str::len), Some(64));
+    // Without one, or with a stranger's, the handshake fails.
+    assert!(curl_https(port, "mtls.test", d, None).is_err(), "no certificate, no handshake");
+    assert!(curl_https(port, "mtls.test", d, Some("mallory.client")).is_err(), "an untrusted CA");
+
+    // Requested: a client without a certificate gets in with no identity.
+    let anonymous = curl_https(port, "open.test", d, None).expect("requested, not required");
+    assert_eq!(anonymous["headers"]["x-client-names"], "");
+    let known = curl_https(port, "open.test", d, Some("alice.client")).expect("with a certificate");
+    assert_eq!(known["headers"]["x-client-names"], "alice.client");
+    assert!(curl_https(port, "open.test", d, Some("mallory.client")).is_err(), "a bad certificate is refused");
+
+    // A domain without mutual TLS asks for nothing.
+    let plain = curl_https(port, "plain.test", d, Some("alice.client")).expect("plain TLS");
+    assert_eq!(plain["headers"]["x-client-names"], "");
+
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = std::fs::read_to_string(d.join("access.log")).unwrap_or_default();
+    let with_identity = log.lines().filter(|l| l.contains("\"client_cert\":\"CN=")).count();
+    assert_eq!(with_identity, 2, "the two requests with a verified certificate: {log}");
+}
+
+#[test]
+fn client_certificates_need_https_and_a_readable_truststore() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let files = dir.path().display();
+    let definition = |listen: &str, ca_file: &str| {
+        format!(
+            "listen: {{ {listen} }}\ndomains:\n  - name: a.test\n    client_certificates: {{ ca_file: {ca_file} }}\n    mappings: []\n"
+        )
+    };
+    let no_https = validate(&definition("http: \"127.0.0.1:0\"", &format!("{files}/ca.pem")));
+    assert!(String::from_utf8_lossy(&no_https.stderr).contains("turn on the `https` listener"));
+    let missing = validate(&definition("http: \"127.0.0.1:0\"", &format!("{files}/nothing.pem")));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"), "{missing:?}");
+}
