@@ -1,8 +1,8 @@
 //! Mutual TLS on custom domains with curl's `--cert`/`--key`: a domain that requires a client
 //! certificate refuses the handshake without one (or with one from another CA), a domain that
 //! requests one lets a client without it in anonymously, and the verified certificate's
-//! subject, names and fingerprint reach a transform (so the upstream sees them) and the
-//! access log.
+//! subject, names and fingerprint reach a transform (so the upstream sees them), the
+//! firewall and the access log.
 
 use std::path::Path;
 
@@ -36,7 +36,7 @@ async fn domains_ask_for_client_certificates_and_pass_the_identity_on() {
     let d = dir.path();
     let ca = TestCa::new();
     std::fs::write(d.join("ca.pem"), &ca.pem).unwrap();
-    for name in ["mtls.test", "open.test", "plain.test", "alice.client"] {
+    for name in ["mtls.test", "open.test", "plain.test", "alice.client", "carol.client"] {
         ca.issue(d, name);
     }
     // A certificate from a CA the domains do not trust.
@@ -51,6 +51,9 @@ admin: {{ listen: "127.0.0.1:0" }}
 access_log: {{ path: {files}/access.log }}
 apis:
   - id: shop
+    waf:
+      rules:
+        - {{ name: no-carol, action: block, pattern: {{ part: client_cert, contains: carol.client }} }}
     routes:
       - route: GET /who
         transform:
@@ -88,6 +91,8 @@ domains:
     assert!(headers["x-client-subject"].as_str().unwrap_or("").contains("CN="), "{seen}");
     assert_eq!(headers["x-client-names"], "alice.client");
     assert_eq!(headers["x-client-fingerprint"].as_str().map(str::len), Some(64));
+    // The firewall reads the certificate too: carol's is trusted, and blocked by a rule.
+    assert!(curl_https(port, "mtls.test", d, Some("carol.client")).is_err(), "blocked by the firewall (403)");
     // Without one, or with a stranger's, the handshake fails.
     assert!(curl_https(port, "mtls.test", d, None).is_err(), "no certificate, no handshake");
     assert!(curl_https(port, "mtls.test", d, Some("mallory.client")).is_err(), "an untrusted CA");
@@ -106,7 +111,8 @@ domains:
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let log = std::fs::read_to_string(d.join("access.log")).unwrap_or_default();
     let with_identity = log.lines().filter(|l| l.contains("\"client_cert\":\"CN=")).count();
-    assert_eq!(with_identity, 2, "the two requests with a verified certificate: {log}");
+    assert_eq!(with_identity, 3, "the three requests with a verified certificate: {log}");
+    assert!(log.contains("\"status\":403") && log.contains("\"reason\":\"waf rule no-carol\""), "{log}");
 }
 
 #[test]

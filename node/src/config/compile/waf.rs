@@ -196,11 +196,12 @@ impl Compiler<'_> {
                     }
                 },
                 "body" => PatternPart::Body,
+                "client_cert" => PatternPart::ClientCert,
                 other => {
                     self.sink.push(
                         at,
                         format!("{pfield}.part"),
-                        format!("`{other}` is not `path`, `query`, `header`, `cookie` or `body`"),
+                        format!("`{other}` is not `path`, `query`, `header`, `cookie`, `body` or `client_cert`"),
                     );
                     return None;
                 }

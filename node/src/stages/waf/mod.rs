@@ -35,6 +35,7 @@ use metrics::Counter;
 use regex::Regex;
 
 use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, declared_length, may_have_body};
+use crate::certificates::ClientCertificate;
 use crate::limits::limiter::Period;
 use crate::rejection::{Rejection, ResponseType};
 pub use rate::{Blocklist, Counted, RateKey, RateRule};
@@ -68,6 +69,9 @@ pub enum PatternPart {
     Cookie(String),
     /// The first `inspect_body_bytes` of the body.
     Body,
+    /// The client certificate's subject and each of its names (mutual TLS); a request
+    /// without one matches no such pattern.
+    ClientCert,
 }
 
 /// A regex or a literal.
@@ -115,6 +119,7 @@ struct Subject<'r> {
     head: &'r Parts,
     client: IpAddr,
     body: Option<&'r [u8]>,
+    client_cert: Option<&'r ClientCertificate>,
 }
 
 /// What evaluating the rules decided.
@@ -333,6 +338,9 @@ impl Condition {
                 }
                 PatternPart::Cookie(name) => cookies(head).any(|(k, v)| k == name && pattern.matches(v)),
                 PatternPart::Body => false,
+                PatternPart::ClientCert => subject
+                    .client_cert
+                    .is_some_and(|c| pattern.matches(&c.subject) || c.sans.iter().any(|name| pattern.matches(name))),
             },
         };
         Some(matched)
@@ -378,7 +386,9 @@ impl Stage for WafCheck {
         let client = self.firewall.client(head, exchange.client);
         // A request that cannot have a body has an empty one: nothing to wait for.
         let body: Option<&[u8]> = if may_have_body(head) { None } else { Some(&[]) };
-        let verdict = self.firewall.evaluate(0, &Subject { head, client, body }, exchange, services);
+        let cert = exchange.extensions.get::<Arc<ClientCertificate>>().cloned();
+        let subject = Subject { head, client, body, client_cert: cert.as_deref() };
+        let verdict = self.firewall.evaluate(0, &subject, exchange, services);
         self.settle(verdict, client, exchange).into()
     }
 
@@ -397,7 +407,9 @@ impl Stage for WafCheck {
             // Decided on the head already.
             return Flow::Continue.into();
         };
-        let verdict = self.firewall.evaluate(next, &Subject { head, client, body: Some(body) }, exchange, services);
+        let cert = exchange.extensions.get::<Arc<ClientCertificate>>().cloned();
+        let subject = Subject { head, client, body: Some(body), client_cert: cert.as_deref() };
+        let verdict = self.firewall.evaluate(next, &subject, exchange, services);
         self.settle(verdict, client, exchange).into()
     }
 
