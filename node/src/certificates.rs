@@ -224,6 +224,18 @@ impl SniResolver {
         self.check_default();
     }
 
+    /// Whether a request for `host` may be served on a connection whose handshake named
+    /// `handshake_name`: always, unless `host` is a domain with mutual TLS and the handshake
+    /// was not made under the same client certificate policy (no SNI, or another domain's),
+    /// so that no client reaches a mutual TLS domain past its handshake.
+    pub fn allows(&self, handshake_name: Option<&str>, host: &str) -> bool {
+        let current = self.current.load();
+        let Some(wanted) = by_sni(&current.client_auth, host) else { return true };
+        handshake_name
+            .and_then(|name| by_sni(&current.client_auth, name))
+            .is_some_and(|had| std::ptr::addr_eq(Arc::as_ptr(had), Arc::as_ptr(wanted)))
+    }
+
     /// The configuration for a handshake that named `server_name`: `base`, or for a domain
     /// with mutual TLS, `base` with the domain's client verifier.
     pub fn config_for(

@@ -108,6 +108,29 @@ domains:
     let plain = curl_https(port, "plain.test", d, Some("alice.client")).expect("plain TLS");
     assert_eq!(plain["headers"]["x-client-names"], "");
 
+    // A connection made for another domain cannot reach the mutual TLS one through its
+    // Host header: 421, so the client connects to that domain (and shows its certificate).
+    for sni in ["plain.test", "open.test"] {
+        let resolve = format!("{sni}:{port}:127.0.0.1");
+        let ca = d.join("ca.pem");
+        let url = format!("https://{sni}:{port}/who");
+        let out = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-H",
+            "Host: mtls.test",
+            &url,
+        ]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "421", "SNI {sni}, Host mtls.test");
+    }
+
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let log = std::fs::read_to_string(d.join("access.log")).unwrap_or_default();
     let with_identity = log.lines().filter(|l| l.contains("\"client_cert\":\"CN=")).count();

@@ -136,6 +136,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsSetup>, shared: Listene
         let pipeline = pipeline.clone();
         let slot = admitted.slot.clone();
         let first_request = rtt.clone();
+        let mutual = tls.as_ref().map(|t| t.sni.clone());
         let handler: http1::Handler = Arc::new(move |request: http::Request<hyper::body::Incoming>| {
             let pipeline = pipeline.clone();
             let conn = conn.clone();
@@ -144,8 +145,17 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsSetup>, shared: Listene
                 rtt.first_request(request.uri().path());
             }
             let probe = request.uri().path() == PROBE_PATH;
+            let misdirected = mutual.as_ref().is_some_and(|sni| {
+                request_host(&request).is_some_and(|host| !sni.allows(conn.server_name.get().map(String::as_str), host))
+            });
             Box::pin(async move {
-                let response = if probe { probe_answer() } else { pipeline.handle(request, &conn).await };
+                let response = if probe {
+                    probe_answer()
+                } else if misdirected {
+                    misdirected_answer()
+                } else {
+                    pipeline.handle(request, &conn).await
+                };
                 drop(busy);
                 response
             })
@@ -223,6 +233,9 @@ impl Client<'_> {
             Ok(Err(e)) => return tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed"),
             Err(_) => return tracing::debug!(client = %self.peer, "TLS handshake timed out"),
         };
+        if let Some(name) = tls_stream.get_ref().1.server_name() {
+            let _ = self.conn.server_name.set(name.to_string());
+        }
         // A certificate the handshake verified (a domain with mutual TLS) is the client's
         // identity for every request on the connection.
         if let Some(leaf) = tls_stream.get_ref().1.peer_certificates().and_then(|c| c.first())
@@ -242,6 +255,28 @@ impl Client<'_> {
 fn probe_answer() -> http::Response<ObservedBody> {
     let mut response = http::Response::new(ObservedBody::unobserved(crate::body::ResponseBody::Empty));
     *response.status_mut() = http::StatusCode::NO_CONTENT;
+    response
+}
+
+/// The host a request names (`:authority` or `Host`, without its port), for the mutual TLS
+/// check before routing (which refuses ambiguous hosts itself).
+fn request_host<B>(request: &http::Request<B>) -> Option<&str> {
+    let host = match request.uri().host() {
+        Some(h) => h,
+        None => request.headers().get(http::header::HOST)?.to_str().ok()?,
+    };
+    Some(host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h))
+}
+
+/// The answer to a request for a mutual TLS domain on a connection whose handshake was not
+/// made for it: 421, so the client opens a connection for that domain.
+fn misdirected_answer() -> http::Response<ObservedBody> {
+    let body = crate::body::ResponseBody::full(
+        "{\"message\":\"this host needs a TLS connection of its own (with its client certificate)\"}",
+    );
+    let mut response = http::Response::new(ObservedBody::unobserved(body));
+    *response.status_mut() = http::StatusCode::MISDIRECTED_REQUEST;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }
 

@@ -63,6 +63,8 @@ pub struct ConnInfo {
     pub forwarding: headers::ClientForwarding,
     /// The certificate the client presented and the handshake verified (mutual TLS).
     pub client_certificate: std::sync::OnceLock<Arc<crate::certificates::ClientCertificate>>,
+    /// The server name the TLS handshake asked for (SNI), if any.
+    pub server_name: std::sync::OnceLock<String>,
 }
 
 impl ConnInfo {
@@ -72,6 +74,7 @@ impl ConnInfo {
             tls,
             forwarding: headers::ClientForwarding::new(client.ip(), tls),
             client_certificate: std::sync::OnceLock::new(),
+            server_name: std::sync::OnceLock::new(),
         }
     }
 }
