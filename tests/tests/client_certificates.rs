@@ -39,6 +39,9 @@ async fn domains_ask_for_client_certificates_and_pass_the_identity_on() {
     for name in ["mtls.test", "open.test", "plain.test", "alice.client", "carol.client"] {
         ca.issue(d, name);
     }
+    // Dave's certificate is revoked by the truststore's revocation list.
+    ca.issue_with_serial(d, "dave.client", 4242);
+    std::fs::write(d.join("revoked.crl"), ca.revocation_list(&[4242])).unwrap();
     // A certificate from a CA the domains do not trust.
     let stranger = TestCa::new();
     stranger.issue(d, "mallory.client");
@@ -69,7 +72,7 @@ domains:
   - name: mtls.test
     certificate: {files}/mtls.test.pem
     key: {files}/mtls.test.key
-    client_certificates: {{ ca_file: {files}/ca.pem }}
+    client_certificates: {{ ca_file: {files}/ca.pem, crl_file: {files}/revoked.crl }}
     mappings: [{{ api: shop, stage: prod }}]
   - name: open.test
     certificate: {files}/open.test.pem
@@ -96,6 +99,9 @@ domains:
     // Without one, or with a stranger's, the handshake fails.
     assert!(curl_https(port, "mtls.test", d, None).is_err(), "no certificate, no handshake");
     assert!(curl_https(port, "mtls.test", d, Some("mallory.client")).is_err(), "an untrusted CA");
+    assert!(curl_https(port, "mtls.test", d, Some("dave.client")).is_err(), "a revoked certificate");
+    // The same certificate where no revocation list applies: the list made the difference.
+    assert!(curl_https(port, "open.test", d, Some("dave.client")).is_ok(), "dave's certificate is otherwise good");
 
     // Requested: a client without a certificate gets in with no identity.
     let anonymous = curl_https(port, "open.test", d, None).expect("requested, not required");
@@ -134,7 +140,7 @@ domains:
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let log = std::fs::read_to_string(d.join("access.log")).unwrap_or_default();
     let with_identity = log.lines().filter(|l| l.contains("\"client_cert\":\"CN=")).count();
-    assert_eq!(with_identity, 3, "the three requests with a verified certificate: {log}");
+    assert_eq!(with_identity, 4, "the four requests with a verified certificate: {log}");
     assert!(log.contains("\"status\":403") && log.contains("\"reason\":\"waf rule no-carol\""), "{log}");
 }
 
