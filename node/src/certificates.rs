@@ -29,8 +29,19 @@ use rustls::sign::CertifiedKey;
 #[derive(Debug, Default, Clone)]
 pub struct DomainCertificates {
     by_name: HashMap<String, Arc<CertifiedKey>>,
-    /// The client certificate verifiers of domains with mutual TLS.
-    client_auth: HashMap<String, Arc<dyn ClientCertVerifier>>,
+    /// The client certificate policies of domains with mutual TLS.
+    client_auth: HashMap<String, ClientAuth>,
+}
+
+/// A domain's client certificate policy.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// What the handshake runs: proof that the client holds the key, and (when required)
+    /// the chain to the truststore.
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// When a certificate is only requested: the check that decides, after the handshake,
+    /// whether the certificate the client showed is an identity (a bad one is not).
+    requested: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 /// By exact name, then by the wildcard of its parent.
@@ -48,9 +59,9 @@ impl DomainCertificates {
         self.by_name.insert(name.to_ascii_lowercase(), key);
     }
 
-    /// Makes `name`'s handshakes ask for a client certificate `verifier` checks.
-    pub fn require_client_certificates(&mut self, name: &str, verifier: Arc<dyn ClientCertVerifier>) {
-        self.client_auth.insert(name.to_ascii_lowercase(), verifier);
+    /// Makes `name`'s handshakes ask for a client certificate under `policy`.
+    pub fn require_client_certificates(&mut self, name: &str, policy: ClientAuth) {
+        self.client_auth.insert(name.to_ascii_lowercase(), policy);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,14 +89,11 @@ impl DomainCertificates {
     }
 }
 
-/// A verifier of client certificates against the CA certificates of `ca_file` (and the
-/// revocation lists of `crl_file`); with `required: false` a client without a certificate
-/// is let in without identity (one with a bad certificate is still refused).
-pub fn client_verifier(
-    ca_file: &Path,
-    crl_file: Option<&Path>,
-    required: bool,
-) -> Result<Arc<dyn ClientCertVerifier>, String> {
+/// The client certificate policy of a domain: certificates must chain to the CA
+/// certificates of `ca_file` and not be revoked by the lists of `crl_file`. With `required:
+/// false` a client without a certificate, or with one that does not pass, is served without
+/// identity (it must still prove it holds the key of what it shows).
+pub fn client_verifier(ca_file: &Path, crl_file: Option<&Path>, required: bool) -> Result<ClientAuth, String> {
     let text = crate::files::read_bounded(ca_file).map_err(|e| format!("cannot read `{}`: {e}", ca_file.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
@@ -109,10 +117,58 @@ pub fn client_verifier(
         }
         builder = builder.with_crls(crls);
     }
-    if !required {
-        builder = builder.allow_unauthenticated();
+    let strict = builder.build().map_err(|e| format!("`{}`: {e}", ca_file.display()))?;
+    Ok(if required {
+        ClientAuth { verifier: strict, requested: None }
+    } else {
+        ClientAuth { verifier: Arc::new(Requested(strict.clone())), requested: Some(strict) }
+    })
+}
+
+/// A requested client certificate: the handshake checks only that the client holds its
+/// key; whether it is an identity is decided after the handshake.
+#[derive(Debug)]
+struct Requested(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for Requested {
+    fn client_auth_mandatory(&self) -> bool {
+        false
     }
-    builder.build().map_err(|e| format!("`{}`: {e}", ca_file.display()))
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// A verified client certificate, as the connection's identity.
@@ -233,7 +289,22 @@ impl SniResolver {
         let Some(wanted) = by_sni(&current.client_auth, host) else { return true };
         handshake_name
             .and_then(|name| by_sni(&current.client_auth, name))
-            .is_some_and(|had| std::ptr::addr_eq(Arc::as_ptr(had), Arc::as_ptr(wanted)))
+            .is_some_and(|had| std::ptr::addr_eq(Arc::as_ptr(&had.verifier), Arc::as_ptr(&wanted.verifier)))
+    }
+
+    /// The identity of a client that showed `chain` in a handshake for `server_name`: its
+    /// leaf, when the domain's policy accepts the chain (a required certificate passed the
+    /// handshake already; a requested one is checked now).
+    pub fn identity(&self, server_name: Option<&str>, chain: &[CertificateDer<'_>]) -> Option<ClientCertificate> {
+        let (leaf, intermediates) = chain.split_first()?;
+        let current = self.current.load();
+        let policy = by_sni(&current.client_auth, server_name?)?;
+        if let Some(check) = &policy.requested
+            && check.verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now()).is_err()
+        {
+            return None;
+        }
+        ClientCertificate::from_der(leaf.as_ref())
     }
 
     /// The configuration for a handshake that named `server_name`: `base`, or for a domain
@@ -245,7 +316,8 @@ impl SniResolver {
     ) -> Arc<rustls::ServerConfig> {
         let Some(name) = server_name else { return base.clone() };
         let current = self.current.load();
-        let Some(verifier) = by_sni(&current.client_auth, name) else { return base.clone() };
+        let Some(policy) = by_sni(&current.client_auth, name) else { return base.clone() };
+        let verifier = &policy.verifier;
         let key = name.to_ascii_lowercase();
         let mut mutual = self.mutual.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(config) = mutual.get(&key) {

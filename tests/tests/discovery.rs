@@ -1,7 +1,7 @@
 //! Upstream discovery end to end: a DNS server of the test's own on loopback answers A and
 //! SRV records with a one-second TTL; the gateway's targets follow its answers while traffic
 //! flows (a changed A record moves the traffic without a reload, SRV weights and ports split
-//! it), and a name that stops resolving keeps its last good targets, counted in `/metrics`.
+//! it, a changed SRV set moves it again), and a name that stops resolving keeps its last good targets, counted in `/metrics`.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -158,6 +158,29 @@ apis:
         (counts.get(&heavy.to_string()).copied().unwrap_or(0), counts.get(&light.to_string()).copied().unwrap_or(0));
     assert_eq!(h + l, 80, "{counts:?}");
     assert!((50..=70).contains(&h), "weights 3:1 give {h}:{l}");
+
+    // The SRV records change during traffic: the light target leaves, and only the heavy
+    // one is used, without a reload.
+    {
+        let mut z = zone.lock().unwrap();
+        let srv = RData::SRV(SRV::new(10, 3, heavy.port(), Name::from_str("heavy.test.").unwrap()));
+        z.records.insert(("_http._tcp.shop.test".into(), RecordType::SRV), vec![srv]);
+    }
+    let started = Instant::now();
+    loop {
+        let answers: Vec<String> = {
+            let mut list = Vec::new();
+            for _ in 0..12 {
+                list.push(answer("/prod/by-service").await);
+            }
+            list
+        };
+        if answers.iter().all(|a| *a == heavy.to_string()) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(8), "the SRV change never reached the traffic: {answers:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The resolver fails: the last good targets stay, and the failures are counted.
     zone.lock().unwrap().failing = true;

@@ -991,7 +991,7 @@ pub struct ClientCertificatesDef {
     pub ca_file: String,
     /// PEM certificate revocation lists.
     pub crl_file: Option<String>,
-    /// `true` (default): a handshake without a certificate fails; `false`: it goes on
+    /// `true` (default): a handshake without a good certificate fails; `false`: it goes on
     /// without identity.
     #[serde(default = "yes")]
     pub required: bool,

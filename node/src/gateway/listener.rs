@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
-use crate::certificates::{ClientCertificate, SniResolver};
+use crate::certificates::SniResolver;
 use bytes::Bytes;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -233,13 +233,14 @@ impl Client<'_> {
             Ok(Err(e)) => return tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed"),
             Err(_) => return tracing::debug!(client = %self.peer, "TLS handshake timed out"),
         };
-        if let Some(name) = tls_stream.get_ref().1.server_name() {
+        let session = tls_stream.get_ref().1;
+        if let Some(name) = session.server_name() {
             let _ = self.conn.server_name.set(name.to_string());
         }
-        // A certificate the handshake verified (a domain with mutual TLS) is the client's
-        // identity for every request on the connection.
-        if let Some(leaf) = tls_stream.get_ref().1.peer_certificates().and_then(|c| c.first())
-            && let Some(identity) = ClientCertificate::from_der(leaf.as_ref())
+        // A certificate the domain's policy accepts (mutual TLS) is the client's identity for
+        // every request on the connection.
+        if let Some(chain) = session.peer_certificates()
+            && let Some(identity) = setup.sni.identity(session.server_name(), chain)
         {
             let _ = self.conn.client_certificate.set(Arc::new(identity));
         }
