@@ -306,3 +306,76 @@ fn bad_targets_are_refused_with_their_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("fastest"), "{out:?}");
 }
+
+/// Active health checks: a target that answers requests but fails its health check is taken
+/// out of service (passive health alone would keep sending it traffic), and one passed check
+/// brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_eject_a_sick_target_and_bring_it_back() {
+    use std::sync::atomic::AtomicBool;
+    let sick = Arc::new(AtomicBool::new(true));
+    let target = |name: &'static str, sick: Option<Arc<AtomicBool>>| async move {
+        meridian_tests::http_service(move |req| {
+            let sick = sick.clone();
+            async move {
+                let unhealthy = sick.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+                let mut response = Response::new(Full::new(Bytes::from_static(name.as_bytes())));
+                if req.uri().path() == "/healthz" && unhealthy {
+                    *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                response
+            }
+        })
+        .await
+    };
+    let good = target("good", None).await;
+    let flaky = target("flaky", Some(sick.clone())).await;
+    let node = start_node(format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+apis:
+  - id: pets
+    routes:
+      - route: GET /pets
+        integration:
+          type: http_proxy
+          uri: "http://pets.internal/pets"
+          targets: [{{ address: "{good}" }}, {{ address: "{flaky}" }}]
+          health: {{ failures: 2, ejection: 60s, check: {{ path: /healthz, interval: 1s, timeout: 500ms }} }}
+    stages: [{{ name: prod }}]
+"#
+    ))
+    .await;
+    let gw = node.http.unwrap();
+    let answers = |n: usize| async move {
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            seen.push(String::from_utf8_lossy(&get(gw, "pets.test", "/prod/pets").await.body).into_owned());
+        }
+        seen
+    };
+    // Both serve at first (the checks start with the integration's first request).
+    assert!(answers(4).await.contains(&"flaky".to_string()));
+    // Two failed checks later, the flaky target gets nothing, though it answers requests.
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if answers(10).await.iter().all(|a| a == "good") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(6), "the failing health checks never ejected it");
+    }
+    // Healthy again: the next passed check brings it back long before its 60 s ejection ends.
+    sick.store(false, Ordering::SeqCst);
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if answers(10).await.contains(&"flaky".to_string()) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "a passed health check did not bring it back");
+    }
+    let metrics = String::from_utf8_lossy(&get(node.admin, "admin", "/metrics").await.body).into_owned();
+    assert!(metrics.contains("meridian_upstream_health_checks_total"), "{metrics}");
+}

@@ -890,6 +890,19 @@ pub struct HealthDef {
     pub failures: u32,
     #[serde(default = "default_ejection")]
     pub ejection: String,
+    /// An active check of every target, besides the requests' own outcomes.
+    pub check: Option<HealthCheckDef>,
+}
+
+/// `GET path` on every target every `interval`; 2xx or 3xx within `timeout` passes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckDef {
+    pub path: String,
+    /// Default 5s (1s to 5m).
+    pub interval: Option<String>,
+    /// Default 2s (at most the interval).
+    pub timeout: Option<String>,
 }
 
 fn default_failures() -> u32 {

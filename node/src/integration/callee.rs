@@ -60,6 +60,7 @@ impl Callee {
             server_name: https.then(|| upstream.authority.host().to_string()),
             tls: https.then_some(tls),
             discovery: None,
+            check: None,
         };
         Ok(Callee { uri, proxy: ProxyIntegration::new(upstream, timeout, None, spec) })
     }

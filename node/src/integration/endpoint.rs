@@ -105,6 +105,17 @@ pub struct Endpoint {
     ejected_until: AtomicU64,
     epoch: Instant,
     metrics: EndpointMetrics,
+    /// Whether an active health check runs against this target, and its failures in a row.
+    checked: std::sync::atomic::AtomicBool,
+    check_failures: AtomicU32,
+}
+
+/// An active health check: `GET path` every `interval`, answered 2xx or 3xx within `timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -159,7 +170,71 @@ impl Endpoint {
             ejected_until: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics,
+            checked: std::sync::atomic::AtomicBool::new(false),
+            check_failures: AtomicU32::new(0),
         }
+    }
+
+    /// Starts `check` against this target, once: `failures` failed checks in a row eject it
+    /// (whatever requests do meanwhile), and a passed check brings an ejected target back at
+    /// once. The task ends when the target is no longer used.
+    pub fn start_checks(self: &Arc<Self>, check: &HealthCheck) {
+        if self.checked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let target = Arc::downgrade(self);
+        let check = check.clone();
+        let label = self.key.authority.to_string();
+        let outcome = |o: &'static str| metrics::counter!("meridian_upstream_health_checks_total", "target" => label.clone(), "outcome" => o);
+        let (passed, failed) = (outcome("passed"), outcome("failed"));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(check.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(endpoint) = target.upgrade() else { break };
+                let uri = format!("{}://{}{}", endpoint.key.scheme, endpoint.key.authority, check.path);
+                let Ok(uri) = uri.parse::<Uri>() else { break };
+                let mut request = Request::new(RequestBody::empty());
+                *request.uri_mut() = uri;
+                let healthy = tokio::time::timeout(check.timeout, async {
+                    let response = endpoint.send(request).await.ok()?;
+                    let ok = response.status().is_success() || response.status().is_redirection();
+                    http_body_util::BodyExt::collect(response.into_body()).await.ok()?;
+                    ok.then_some(())
+                })
+                .await
+                .is_ok_and(|r| r.is_some());
+                if healthy {
+                    passed.increment(1);
+                    endpoint.check_passed();
+                } else {
+                    failed.increment(1);
+                    endpoint.check_failed();
+                }
+            }
+        });
+    }
+
+    /// A failed health check; the `failures`-th in a row ejects the target (requests that
+    /// succeed in between do not start the count over: the check is its own judge).
+    fn check_failed(&self) {
+        let failures = self.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.settings.failures {
+            self.check_failures.store(0, Ordering::Relaxed);
+            self.eject(failures, "health check");
+        }
+    }
+
+    /// A passed health check: an ejected target is back, and its failures start over.
+    fn check_passed(&self) {
+        self.check_failures.store(0, Ordering::Relaxed);
+        if self.ejected_for().is_some() {
+            self.ejected_until.store(0, Ordering::Relaxed);
+            tracing::info!(target = %self.key.authority, "upstream target passed its health check; back in service");
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejections_in_a_row.store(0, Ordering::Relaxed);
     }
 
     pub fn key(&self) -> &EndpointKey {
@@ -200,14 +275,23 @@ impl Endpoint {
     pub fn failed(&self) {
         self.metrics.failures.increment(1);
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= self.settings.failures && self.ejected_for().is_none() {
+        if failures >= self.settings.failures {
             self.consecutive_failures.store(0, Ordering::Relaxed);
-            let in_a_row = self.ejections_in_a_row.fetch_add(1, Ordering::Relaxed).min(16);
-            let length = self.settings.ejection.saturating_mul(1 << in_a_row).min(MAX_EJECTION);
-            self.ejected_until.store(self.now_ms() + length.as_millis() as u64, Ordering::Relaxed);
-            self.metrics.ejections.increment(1);
-            tracing::warn!(target = %self.key.authority, failures, ejected_for = ?length, "upstream target ejected");
+            self.eject(failures, "requests");
         }
+    }
+
+    /// Ejects the target (unless it is ejected already), each ejection in a row twice as
+    /// long as the one before.
+    fn eject(&self, failures: u32, by: &'static str) {
+        if self.ejected_for().is_some() {
+            return;
+        }
+        let in_a_row = self.ejections_in_a_row.fetch_add(1, Ordering::Relaxed).min(16);
+        let length = self.settings.ejection.saturating_mul(1 << in_a_row).min(MAX_EJECTION);
+        self.ejected_until.store(self.now_ms() + length.as_millis() as u64, Ordering::Relaxed);
+        self.metrics.ejections.increment(1);
+        tracing::warn!(target = %self.key.authority, failures, by, ejected_for = ?length, "upstream target ejected");
     }
 
     /// Records a successful exchange: the failure count and the ejection backoff start over.

@@ -39,6 +39,8 @@ pub struct UpstreamSpec {
     pub tls: Option<(Arc<rustls::ClientConfig>, Option<String>)>,
     /// Targets found in DNS instead of `targets` (which is then empty).
     pub discovery: Option<super::discovery::Lookup>,
+    /// An active health check of every target.
+    pub check: Option<super::endpoint::HealthCheck>,
 }
 
 /// The node's endpoints by what identifies their connections.
@@ -115,6 +117,9 @@ impl Upstreams {
                         e
                     }
                 };
+                if let Some(check) = &spec.check {
+                    endpoint.start_checks(check);
+                }
                 Target { endpoint, weight: t.weight, region: t.region.clone() }
             })
             .collect();
@@ -139,6 +144,7 @@ mod tests {
             server_name: None,
             tls: None,
             discovery: None,
+            check: None,
         }
     }
 

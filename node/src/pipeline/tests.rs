@@ -162,6 +162,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
                 server_name: None,
                 tls: None,
                 discovery: None,
+                check: None,
             },
         ))),
         chain: Arc::new(Chain::new(stages)),

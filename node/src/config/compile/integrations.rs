@@ -15,7 +15,7 @@ use super::super::model::*;
 use super::super::parse_duration;
 use super::{Compiler, DEFAULT_TIMEOUT, MAX_TIMEOUT, RouteSpec};
 use crate::integration::discovery::Lookup;
-use crate::integration::endpoint::EndpointSettings;
+use crate::integration::endpoint::{EndpointSettings, HealthCheck};
 use crate::integration::mirror::Mirror;
 use crate::integration::redirect::{REDIRECT_STATUSES, RedirectIntegration};
 use crate::integration::retry::RetryPolicy;
@@ -40,6 +40,8 @@ pub(super) struct ProxySpec {
     server_name: Option<String>,
     /// `discover`: targets found in DNS.
     discovery: Option<Lookup>,
+    /// `health.check`: the active health check of every target.
+    check: Option<HealthCheck>,
     mirror: Option<MirrorSpec>,
 }
 
@@ -168,6 +170,7 @@ impl Compiler<'_> {
                 .then(|| proxy.server_name.clone().unwrap_or_else(|| upstream.authority.host().to_string())),
             tls: if https { proxy.tls.clone() } else { None },
             discovery: proxy.discovery.clone(),
+            check: proxy.check.clone(),
         };
         let retry = proxy.retry.as_ref().map(|r| RetryPolicy::new(r.attempts, r.budget_percent));
         let mut integration = ProxyIntegration::new(upstream, proxy.timeout, retry, spec);
@@ -184,6 +187,7 @@ impl Compiler<'_> {
                 server_name: https.then(|| origin.authority.host().to_string()),
                 tls: if https { proxy.tls.clone() } else { None },
                 discovery: None,
+                check: None,
             };
             let target = ProxyIntegration::new(origin, m.timeout, None, spec);
             let labels = (api, stage_name, route.key.as_str());
@@ -349,6 +353,10 @@ impl Compiler<'_> {
                     Some(d) => Some(self.discover(d, field)?),
                     None => None,
                 };
+                let check = match def.health.as_ref().and_then(|h| h.value.check.as_ref().map(|c| (h.referenced, c))) {
+                    Some((at, c)) => Some(self.health_check(c, at, field)?),
+                    None => None,
+                };
                 let mirror = match &def.mirror {
                     Some(m) => Some(self.mirror(m, field)?),
                     None => None,
@@ -364,10 +372,37 @@ impl Compiler<'_> {
                     tls: Some(tls?),
                     server_name,
                     discovery,
+                    check,
                     mirror,
                 })))
             }
         }
+    }
+
+    /// `health.check`: its path, interval and timeout checked; `None` when one is wrong
+    /// (recorded).
+    fn health_check(&mut self, def: &HealthCheckDef, at: Location, field: &str) -> Option<HealthCheck> {
+        let cfield = format!("{field}.health.check");
+        if !def.path.starts_with('/') || def.path.parse::<http::uri::PathAndQuery>().is_err() {
+            self.sink.push(at, format!("{cfield}.path"), format!("`{}` is not a path (e.g. `/healthz`)", def.path));
+            return None;
+        }
+        let duration = |text: &Option<String>, default: Duration| match text {
+            None => Some(default),
+            Some(t) => parse_duration(t).ok().filter(|d| !d.is_zero()),
+        };
+        let interval = duration(&def.interval, Duration::from_secs(5))
+            .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(300)).contains(d));
+        let Some(interval) = interval else {
+            self.sink.push(at, format!("{cfield}.interval"), "a duration from 1s to 5m, e.g. `5s`");
+            return None;
+        };
+        let Some(timeout) = duration(&def.timeout, Duration::from_secs(2).min(interval)).filter(|t| *t <= interval)
+        else {
+            self.sink.push(at, format!("{cfield}.timeout"), "a duration of at most the interval, e.g. `2s`");
+            return None;
+        };
+        Some(HealthCheck { path: def.path.clone(), interval, timeout })
     }
 
     /// `discover`: a `name:port` or an SRV name; `None` when it is neither (recorded).
