@@ -23,28 +23,34 @@ pub struct Forwarder {
 #[error("cannot set up forwarding: {0}")]
 pub struct ForwardError(String);
 
+/// A resolver asking `servers` (UDP, then TCP for a truncated answer), two attempts of 2 s
+/// each, caching up to `cache_size` answers (0: none).
+pub fn resolver(servers: &[SocketAddr], cache_size: u64) -> Result<Resolver<TokioRuntimeProvider>, String> {
+    let servers = servers
+        .iter()
+        .map(|addr| {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = addr.port();
+            NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+        })
+        .collect();
+    let mut builder =
+        Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default());
+    builder.options_mut().timeout = Duration::from_secs(2);
+    builder.options_mut().attempts = 2;
+    builder.options_mut().cache_size = cache_size;
+    builder.build().map_err(|e| e.to_string())
+}
+
 impl Forwarder {
     /// Forwards to `upstreams` (UDP with TCP fallback) for clients in `allow`.
     pub fn new(upstreams: &[SocketAddr], allow: Vec<Cidr>) -> Result<Forwarder, ForwardError> {
         if upstreams.is_empty() {
             return Err(ForwardError("no upstream resolvers given".into()));
         }
-        let servers = upstreams
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        let mut builder =
-            Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default());
-        builder.options_mut().timeout = Duration::from_secs(2);
-        builder.options_mut().attempts = 2;
-        builder.options_mut().cache_size = 10_000;
-        let resolver = builder.build().map_err(|e| ForwardError(e.to_string()))?;
+        let resolver = resolver(upstreams, 10_000).map_err(ForwardError)?;
         Ok(Forwarder { resolver, allow })
     }
 

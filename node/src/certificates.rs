@@ -94,15 +94,7 @@ impl DomainCertificates {
 /// false` a client without a certificate, or with one that does not pass, is served without
 /// identity (it must still prove it holds the key of what it shows).
 pub fn client_verifier(ca_file: &Path, crl_file: Option<&Path>, required: bool) -> Result<ClientAuth, String> {
-    let text = crate::files::read_bounded(ca_file).map_err(|e| format!("cannot read `{}`: {e}", ca_file.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
-        let cert = cert.map_err(|e| format!("`{}` is not a PEM certificate file: {e}", ca_file.display()))?;
-        roots.add(cert).map_err(|e| format!("`{}`: unusable CA certificate: {e}", ca_file.display()))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("`{}` holds no certificate", ca_file.display()));
-    }
+    let (roots, _) = crate::integration::trust::read_roots(ca_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
     if let Some(crl_file) = crl_file {

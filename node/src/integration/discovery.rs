@@ -17,7 +17,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hickory_proto::rr::{RData, RecordType};
 use hickory_resolver::Resolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio::sync::watch;
 
@@ -102,22 +101,8 @@ impl Discovery {
     /// A resolver asking `nameservers` (UDP, then TCP for a truncated answer). Answers are
     /// not cached beyond one resolution: the watch task follows the TTLs itself.
     pub fn new(nameservers: &[SocketAddr]) -> Result<Discovery, String> {
-        let servers = nameservers
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        let mut builder =
-            Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default());
-        builder.options_mut().timeout = Duration::from_secs(2);
-        builder.options_mut().attempts = 2;
-        builder.options_mut().cache_size = 0;
-        let resolver = builder.build().map_err(|e| format!("the discovery resolver cannot start: {e}"))?;
+        let resolver = meridian_dns::forward::resolver(nameservers, 0)
+            .map_err(|e| format!("the discovery resolver cannot start: {e}"))?;
         Ok(Discovery { resolver, watched: Mutex::new(HashMap::new()) })
     }
 

@@ -35,19 +35,24 @@ pub fn system_roots() -> Result<UpstreamTls, String> {
 
 /// A client trusting only the CA certificates in `pem_file`.
 pub fn ca_file(pem_file: &Path) -> Result<UpstreamTls, String> {
+    let (roots, text) = read_roots(pem_file)?;
+    Ok((Arc::new(client_config(roots)?), Some(crate::digest::sha256_hex(text.as_bytes()))))
+}
+
+/// The CA certificates of a PEM file (read with the size bound every named file gets), and
+/// the file's text; `Err` says what is wrong with it.
+pub fn read_roots(pem_file: &Path) -> Result<(rustls::RootCertStore, String), String> {
     let text =
         crate::files::read_bounded(pem_file).map_err(|e| format!("cannot read `{}`: {e}", pem_file.display()))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(text.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("`{}` is not a PEM certificate file: {e}", pem_file.display()))?;
-    if certs.is_empty() {
-        return Err(format!("`{}` holds no certificate", pem_file.display()));
-    }
     let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
+    for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
+        let cert = cert.map_err(|e| format!("`{}` is not a PEM certificate file: {e}", pem_file.display()))?;
         roots.add(cert).map_err(|e| format!("`{}`: unusable CA certificate: {e}", pem_file.display()))?;
     }
-    Ok((Arc::new(client_config(roots)?), Some(crate::digest::sha256_hex(text.as_bytes()))))
+    if roots.is_empty() {
+        return Err(format!("`{}` holds no certificate", pem_file.display()));
+    }
+    Ok((roots, text))
 }
 
 /// An `http_proxy`'s own TLS settings, beyond whom to trust.
@@ -78,16 +83,7 @@ pub fn upstream_client(ca_file: Option<&Path>, tls: &ClientTls<'_>) -> Result<Up
             roots
         }
         Some(file) => {
-            let text =
-                crate::files::read_bounded(file).map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
-                let cert = cert.map_err(|e| format!("`{}` is not a PEM certificate file: {e}", file.display()))?;
-                roots.add(cert).map_err(|e| format!("`{}`: unusable CA certificate: {e}", file.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("`{}` holds no certificate", file.display()));
-            }
+            let (roots, text) = read_roots(file)?;
             digest_input.push_str(&text);
             roots
         }

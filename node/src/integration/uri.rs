@@ -86,6 +86,17 @@ fn path_parts(path: &str, params: &[String], what: &str) -> Result<Vec<Part>, St
     Ok(parts)
 }
 
+/// The path `parts` make with a placeholder for each capture, to check its shape.
+fn probe(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .map(|p| match p {
+            Part::Text(t) => t.as_str(),
+            Part::Capture(_) => "x",
+        })
+        .collect()
+}
+
 /// Writes `parts` into `out`, each capture taken from `path` by its byte range.
 fn splice(parts: &[Part], path: &str, captures: &[(usize, usize)], out: &mut String) {
     for part in parts {
@@ -129,13 +140,7 @@ impl LocationTemplate {
             None => return Err(format!("`{text}` must be an absolute URI (https://...) or a path (/...)")),
         };
         let parts = path_parts(path, params, "redirect")?;
-        let probe: String = parts
-            .iter()
-            .map(|p| match p {
-                Part::Text(t) => t.as_str(),
-                Part::Capture(_) => "x",
-            })
-            .collect();
+        let probe = probe(&parts);
         if !probe.is_empty() && PathAndQuery::try_from(probe.as_str()).is_err() {
             return Err(format!("`{text}` is not a valid location"));
         }
@@ -184,14 +189,7 @@ impl UpstreamTemplate {
             }
             _ => {
                 // Validate the shape with placeholder captures so errors surface at load time.
-                let probe: String = parts
-                    .iter()
-                    .map(|p| match p {
-                        Part::Text(t) => t.as_str(),
-                        Part::Capture(_) => "x",
-                    })
-                    .collect();
-                PathAndQuery::try_from(probe.as_str()).map_err(|_| format!("`{path}` is not a valid upstream path"))?;
+                PathAndQuery::try_from(probe(&parts)).map_err(|_| format!("`{path}` is not a valid upstream path"))?;
                 None
             }
         };
