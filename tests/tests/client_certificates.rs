@@ -46,6 +46,15 @@ async fn domains_ask_for_client_certificates_and_pass_the_identity_on() {
     let stranger = TestCa::new();
     stranger.issue(d, "mallory.client");
     let echo = echo_backend().await;
+    // An authorizer that lets in alice's certificate only, whatever the token.
+    let authorizer = http_service(|req| async move {
+        let asked: serde_json::Value = serde_json::from_slice(req.body()).unwrap_or_default();
+        let names = &asked["requestContext"]["authentication"]["clientCert"]["subjectAlternativeNames"];
+        let alice = names.as_array().is_some_and(|n| n.iter().any(|v| v == "alice.client"));
+        let decision = serde_json::json!({ "isAuthorized": alice });
+        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(decision.to_string())))
+    })
+    .await;
     let files = d.display();
     let node = start_node(format!(
         r#"
@@ -54,6 +63,8 @@ admin: {{ listen: "127.0.0.1:0" }}
 access_log: {{ path: {files}/access.log }}
 apis:
   - id: shop
+    authorizers:
+      - {{ name: gate, type: custom, uri: "http://{authorizer}/", identity_sources: [$request.header.x-token] }}
     waf:
       rules:
         - {{ name: no-carol, action: block, pattern: {{ part: client_cert, contains: carol.client }} }}
@@ -67,6 +78,9 @@ apis:
                 x-client-names: $context.identity.clientCert.sans
                 x-client-fingerprint: $context.identity.clientCert.fingerprint
         integration: {{ type: http_proxy, uri: "http://{echo}/who" }}
+      - route: GET /vip
+        authorizer: gate
+        integration: {{ type: http_proxy, uri: "http://{echo}/vip" }}
     stages: [{{ name: prod }}]
 domains:
   - name: mtls.test
@@ -112,6 +126,36 @@ domains:
     let stranger = curl_https(port, "open.test", d, Some("mallory.client")).expect("a bad certificate, requested");
     assert_eq!(stranger["headers"]["x-client-names"], "", "served without identity");
 
+    // The authorizer decides on the certificate: its cached decision for alice (same token)
+    // is not dave's.
+    let vip = |domain: &str, who: &str| {
+        let resolve = format!("{domain}:{port}:127.0.0.1");
+        let url = format!("https://{domain}:{port}/vip");
+        let (ca, cert, key) = (d.join("ca.pem"), d.join(format!("{who}.pem")), d.join(format!("{who}.key")));
+        let out = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-H",
+            "x-token: shared",
+            &url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(vip("mtls.test", "alice.client"), "200");
+    assert_eq!(vip("open.test", "dave.client"), "403", "the same token with another certificate asks again");
+    assert_eq!(vip("open.test", "alice.client"), "200");
+
     // A domain without mutual TLS asks for nothing.
     let plain = curl_https(port, "plain.test", d, Some("alice.client")).expect("plain TLS");
     assert_eq!(plain["headers"]["x-client-names"], "");
@@ -141,8 +185,9 @@ domains:
 
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let log = std::fs::read_to_string(d.join("access.log")).unwrap_or_default();
-    let with_identity = log.lines().filter(|l| l.contains("\"client_cert\":\"CN=")).count();
-    assert_eq!(with_identity, 4, "the four requests with a verified certificate: {log}");
+    let who = log.lines().filter(|l| l.contains("\"path\":\"/who\""));
+    let with_identity = who.filter(|l| l.contains("\"client_cert\":\"CN=")).count();
+    assert_eq!(with_identity, 4, "the four requests for /who with a verified certificate: {log}");
     assert!(log.contains("\"status\":403") && log.contains("\"reason\":\"waf rule no-carol\""), "{log}");
 }
 

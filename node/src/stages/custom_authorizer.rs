@@ -107,7 +107,8 @@ fn unauthorized() -> Rejection {
 
 impl CustomAuthorizer {
     /// The identity as a cache key: every source's value, each after its length (so that
-    /// no two identities make one key); `None` when a source is missing.
+    /// no two identities make one key), and the client certificate's fingerprint when there
+    /// is one; `None` when a source is missing.
     fn cache_key(&self, head: &Parts, exchange: &Exchange) -> Option<String> {
         let mut key = String::with_capacity(64);
         for source in &self.sources {
@@ -128,6 +129,11 @@ impl CustomAuthorizer {
                 return None;
             }
             let _ = write!(key, ":{length};");
+        }
+        // The authorizer sees the client certificate too (mutual TLS): two clients with the
+        // same identity and different certificates never share a decision.
+        if let Some(cert) = exchange.extensions.get::<std::sync::Arc<crate::certificates::ClientCertificate>>() {
+            let _ = write!(key, "cert:{};", cert.fingerprint);
         }
         Some(key)
     }
