@@ -118,6 +118,18 @@ pub struct HealthCheck {
     pub timeout: Duration,
 }
 
+/// Whether a method may be sent twice with the effect of once (RFC 9110, 9.2.2).
+pub fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// Whether a request may be sent again after its connection closed under it: an idempotent
+/// method and no body.
+fn is_replayable(request: &Request<RequestBody>) -> bool {
+    is_idempotent(request.method()) && request.body().is_end_stream()
+}
+
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint").field("key", &self.key).finish_non_exhaustive()
@@ -337,6 +349,12 @@ impl Endpoint {
                     }
                 }
             };
+            // A reused connection may have been closed by the target while the request was
+            // on its way; an idempotent request without a body is then sent again on a fresh
+            // one (RFC 9110, 9.2.2), so keep what it takes to rebuild it.
+            let replay = (reused && is_replayable(&request)).then(|| {
+                (request.method().clone(), request.uri().clone(), request.version(), request.headers().clone())
+            });
             let guard = Outstanding::new(self.clone());
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -344,11 +362,19 @@ impl Endpoint {
                     let lease = keep.then_some(sender);
                     return Ok(response.map(|body| UpstreamBody::new(body, guard, lease)));
                 }
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), replay) {
                     // A reused connection the target had closed: try a fresh one.
-                    Some(back) if reused => request = back,
-                    Some(back) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
-                    None => return Err(SendError::Failed(e.into_error())),
+                    (Some(back), _) if reused => request = back,
+                    (Some(back), _) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
+                    (None, Some((method, uri, version, headers))) if e.error().is_incomplete_message() => {
+                        let mut again = Request::new(RequestBody::empty());
+                        *again.method_mut() = method;
+                        *again.uri_mut() = uri;
+                        *again.version_mut() = version;
+                        *again.headers_mut() = headers;
+                        request = again;
+                    }
+                    (None, _) => return Err(SendError::Failed(e.into_error())),
                 },
             }
         }

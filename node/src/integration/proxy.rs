@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 
 use super::balance::Balancer;
 use super::discovery::{Lookup, Watched};
-use super::endpoint::{SendError, UpstreamBody};
+use super::endpoint::{SendError, UpstreamBody, is_idempotent};
 use super::request_body::{BodyTooLarge, ClientBodyError, RequestBody, caused_by};
 use super::retry::RetryPolicy;
 use super::upstreams::{UpstreamSpec, Upstreams};
@@ -71,10 +71,6 @@ struct DiscoveredBalancer {
 
 /// How long a request waits for a name's first resolution.
 const FIRST_RESOLUTION: Duration = Duration::from_secs(3);
-
-fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
-}
 
 /// Renders an error and its sources on one line.
 fn error_chain(e: &dyn std::error::Error) -> String {
