@@ -112,6 +112,21 @@ pub struct RoutingTable {
     pub keeps_responses: bool,
 }
 
+impl RoutingTable {
+    /// Every `http_proxy` integration of every stage and canary.
+    pub fn proxies(&self) -> impl Iterator<Item = &crate::integration::ProxyIntegration> {
+        self.apis
+            .values()
+            .flat_map(|stages| stages.values())
+            .flat_map(|target| std::iter::once(&target.primary).chain(target.canary.as_ref().map(|c| &c.routes)))
+            .flat_map(|routes| routes.router.values())
+            .filter_map(|route| match &route.integration {
+                crate::integration::Integration::Proxy(proxy) => Some(&**proxy),
+                _ => None,
+            })
+    }
+}
+
 /// Whether any stage (or canary) of `apis` has a route that records responses.
 pub fn keeps_responses(apis: &HashMap<String, HashMap<String, Arc<StageTarget>>>) -> bool {
     apis.values().flat_map(|stages| stages.values()).any(|target| {

@@ -103,6 +103,15 @@ impl ProxyIntegration {
         }
     }
 
+    /// Binds the integration to the node's endpoints now, when its targets have an active
+    /// health check, so the checks run before the first request (targets found in DNS bind
+    /// on their first request, once resolved).
+    pub fn start_health_checks(&self, upstreams: &Upstreams) {
+        if self.targets.check.is_some() && self.targets.discovery.is_none() {
+            self.balancer.get_or_init(|| upstreams.bind(&self.targets));
+        }
+    }
+
     /// Sends `request` upstream. A call that failed because of the client's body is
     /// reported as [`UpstreamError::BodyTooLarge`] or [`UpstreamError::ClientBody`].
     pub async fn forward(
