@@ -305,28 +305,19 @@ impl SniResolver {
         self: &Arc<Self>,
         server_name: Option<&str>,
         base: &Arc<rustls::ServerConfig>,
-    ) -> Arc<rustls::ServerConfig> {
-        let Some(name) = server_name else { return base.clone() };
+    ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let Some(name) = server_name else { return Ok(base.clone()) };
         let current = self.current.load();
-        let Some(policy) = by_sni(&current.client_auth, name) else { return base.clone() };
-        let verifier = &policy.verifier;
+        let Some(policy) = by_sni(&current.client_auth, name) else { return Ok(base.clone()) };
         let key = name.to_ascii_lowercase();
         let mut mutual = self.mutual.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(config) = mutual.get(&key) {
-            return config.clone();
+            return Ok(config.clone());
         }
-        match server_config_with(verifier.clone(), self.clone()) {
-            Ok(config) => {
-                let config = Arc::new(config);
-                mutual.insert(key, config.clone());
-                config
-            }
-            Err(e) => {
-                // Never without the verifier: a handshake with no configuration fails.
-                tracing::error!(domain = %name, error = %e, "the domain's mutual TLS configuration failed");
-                Arc::new(server_config_with(Arc::new(RefuseAll), self.clone()).unwrap_or_else(|_| (**base).clone()))
-            }
-        }
+        // Never without the verifier: when it cannot be set up, the handshake fails.
+        let config = Arc::new(server_config_with(policy.verifier.clone(), self.clone())?);
+        mutual.insert(key, config.clone());
+        Ok(config)
     }
 
     /// Changes the default certificate's domain (a reloaded node file).
@@ -390,48 +381,6 @@ fn server_config_with(
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// A verifier that accepts no client: what a domain's handshakes get if its own verifier
-/// could not be set up.
-#[derive(Debug)]
-struct RefuseAll;
-
-impl ClientCertVerifier for RefuseAll {
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        Err(rustls::Error::General("client certificates cannot be verified here".into()))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("client certificates cannot be verified here".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("client certificates cannot be verified here".into()))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -358,7 +358,8 @@ where
 {
     let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let hello = std::time::Instant::now();
-    let config = setup.sni.config_for(start.client_hello().server_name(), &setup.base);
+    let config =
+        setup.sni.config_for(start.client_hello().server_name(), &setup.base).map_err(std::io::Error::other)?;
     let tls = start.into_stream(config).await?;
     Ok((tls, hello.elapsed()))
 }
