@@ -5,22 +5,34 @@
 //! firewall and the access log.
 
 use std::path::Path;
+use std::process::Output;
 
 use meridian_tests::*;
 
-fn curl_https(port: u16, domain: &str, dir: &Path, identity: Option<&str>) -> Result<serde_json::Value, String> {
+/// curl over TLS to `domain` (on the gateway's loopback `port`), trusting the test CA, with
+/// `identity`'s certificate and key when given, and `extra` arguments.
+fn curl_tls(port: u16, domain: &str, path: &str, dir: &Path, identity: Option<&str>, extra: &[&str]) -> Output {
     let resolve = format!("{domain}:{port}:127.0.0.1");
-    let url = format!("https://{domain}:{port}/who");
-    let ca = dir.join("ca.pem");
-    let mut args = vec!["-s", "--fail", "--cacert", ca.to_str().unwrap(), "--resolve", &resolve];
+    let url = format!("https://{domain}:{port}{path}");
+    let ca = dir.join("ca.pem").display().to_string();
+    let mut args = vec!["-s", "--cacert", &ca, "--resolve", &resolve];
     let (cert, key);
     if let Some(name) = identity {
         cert = dir.join(format!("{name}.pem")).display().to_string();
         key = dir.join(format!("{name}.key")).display().to_string();
         args.extend_from_slice(&["--cert", &cert, "--key", &key]);
     }
+    args.extend_from_slice(extra);
     args.push(&url);
-    let out = curl(&args);
+    curl(&args)
+}
+
+/// The status code of a curl run with `-w %{http_code}`.
+const STATUS: [&str; 4] = ["-o", "/dev/null", "-w", "%{http_code}"];
+
+/// What the echo backend saw of `GET /who`, or why there was no answer.
+fn curl_https(port: u16, domain: &str, dir: &Path, identity: Option<&str>) -> Result<serde_json::Value, String> {
+    let out = curl_tls(port, domain, "/who", dir, identity, &["--fail"]);
     if !out.status.success() {
         return Err(format!("curl exited with {}", out.status));
     }
@@ -129,27 +141,7 @@ domains:
     // The authorizer decides on the certificate: its cached decision for alice (same token)
     // is not dave's.
     let vip = |domain: &str, who: &str| {
-        let resolve = format!("{domain}:{port}:127.0.0.1");
-        let url = format!("https://{domain}:{port}/vip");
-        let (ca, cert, key) = (d.join("ca.pem"), d.join(format!("{who}.pem")), d.join(format!("{who}.key")));
-        let out = curl(&[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "-H",
-            "x-token: shared",
-            &url,
-        ]);
+        let out = curl_tls(port, domain, "/vip", d, Some(who), &[&STATUS[..], &["-H", "x-token: shared"]].concat());
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert_eq!(vip("mtls.test", "alice.client"), "200");
@@ -163,23 +155,7 @@ domains:
     // A connection made for another domain cannot reach the mutual TLS one through its
     // Host header: 421, so the client connects to that domain (and shows its certificate).
     for sni in ["plain.test", "open.test"] {
-        let resolve = format!("{sni}:{port}:127.0.0.1");
-        let ca = d.join("ca.pem");
-        let url = format!("https://{sni}:{port}/who");
-        let out = curl(&[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            "-H",
-            "Host: mtls.test",
-            &url,
-        ]);
+        let out = curl_tls(port, sni, "/who", d, None, &[&STATUS[..], &["-H", "Host: mtls.test"]].concat());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "421", "SNI {sni}, Host mtls.test");
     }
 
