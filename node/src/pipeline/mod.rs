@@ -164,8 +164,10 @@ impl<'t> Served<'t> {
 /// What serves a routed request.
 enum Call<'t> {
     Proxy(&'t ProxyIntegration, http::Uri),
-    /// An answer of the gateway's own: a mock, a redirect.
-    Local(Response<bytes::Bytes>),
+    /// Answered from the configuration once the stages let the request through.
+    Mock(&'t crate::integration::MockIntegration),
+    /// A redirect, its `Location` made while the route's captures are at hand.
+    Redirect(Response<bytes::Bytes>),
 }
 
 /// A request body on its way to the integration.
@@ -370,10 +372,10 @@ impl Pipeline {
                     }
                 }
             }
-            Integration::Mock(mock) => Call::Local(mock.respond()),
+            Integration::Mock(mock) => Call::Mock(mock),
             Integration::Redirect(redirect) => {
                 match redirect.respond(routed.route_path(), &routed.captures, parts.uri.query()) {
-                    Some(answer) => Call::Local(answer),
+                    Some(answer) => Call::Redirect(answer),
                     None => {
                         let r = Rejection::new(StatusCode::BAD_REQUEST, "the request cannot be redirected");
                         return Served::rejected(r, target);
@@ -391,7 +393,7 @@ impl Pipeline {
         // A mirrored request's body is read (when its declared length allows) to be sent twice.
         let mut mirror = match &call {
             Call::Proxy(proxy, _) => proxy.mirror.as_ref().filter(|m| m.sampled()),
-            Call::Local(_) => None,
+            Call::Mock(_) | Call::Redirect(_) => None,
         };
         let body = match target.chain.body_need(&parts) {
             None => match mirror {
@@ -461,20 +463,21 @@ impl Pipeline {
                 }
             }
         };
+        // A mock or a redirect: the gateway's own answer, as if the integration gave it.
+        let answered = |answer: Response<bytes::Bytes>| Served {
+            response: Ok(answer.map(ResponseBody::full)),
+            gateway_responses: target.gateway_responses.as_ref(),
+            observer: target.observer.clone(),
+            chain: Some(&target.chain),
+            integration_latency: None,
+            integration_answered: true,
+            sent_upstream: true,
+            reason: None,
+        };
         let (proxy, uri) = match call {
             Call::Proxy(proxy, uri) => (proxy, uri),
-            Call::Local(answer) => {
-                return Served {
-                    response: Ok(answer.map(ResponseBody::full)),
-                    gateway_responses: target.gateway_responses.as_ref(),
-                    observer: target.observer.clone(),
-                    chain: Some(&target.chain),
-                    integration_latency: None,
-                    integration_answered: true,
-                    sent_upstream: true,
-                    reason: None,
-                };
-            }
+            Call::Mock(mock) => return answered(mock.respond()),
+            Call::Redirect(answer) => return answered(answer),
         };
         let host = host_of(&parts);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
