@@ -33,18 +33,10 @@ ADMIN_PORT=${ADMIN_PORT:-18530}
 for tool in nginx wrk taskset python3; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx wrk util-linux python3)" >&2; exit 1; }
 done
-echo "== building meridian ($PROFILE)"
-if [ "$PROFILE" = release ]; then cargo build --release --bin meridian --quiet; else cargo build --bin meridian --quiet; fi
+build meridian
 MERIDIAN=target/$PROFILE/meridian
 
-work=$(mktemp -d /tmp/meridian-ejection.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do pkill -P "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+work_dir ejection
 
 as_root=$( [ "$(id -u)" = 0 ] && echo "user root;" || true )
 targets=""

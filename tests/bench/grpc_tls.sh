@@ -40,12 +40,7 @@ for tool in nginx h2load openssl taskset python3; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx nghttp2-client openssl util-linux python3-venv)" >&2; exit 1; }
 done
 
-echo "== building meridian and the handshake generator ($PROFILE)"
-if [ "$PROFILE" = release ]; then
-  cargo build --release --bin meridian --bin tls-handshakes --quiet
-else
-  cargo build --bin meridian --bin tls-handshakes --quiet
-fi
+build meridian tls-handshakes
 MERIDIAN=target/$PROFILE/meridian
 HANDSHAKES=target/$PROFILE/tls-handshakes
 
@@ -56,14 +51,7 @@ if [ ! -f "$venv/.installed" ]; then
   python3 -m venv "$venv" && "$venv/bin/python" -m pip install -q grpcio==1.85.3 && printf 'grpcio==1.85.3' > "$venv/.installed"
 fi
 
-work=$(mktemp -d /tmp/meridian-grpc-tls.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+work_dir grpc-tls
 mkdir -p "$work/nginx/logs"
 
 # A CA, a server certificate for both domains and a client certificate, all P-256.

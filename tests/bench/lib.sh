@@ -45,3 +45,24 @@ wrk_run() {
   awk -v r="$rps" 'BEGIN { exit !(r + 0 > 0) }' || { echo "${*: -1} measured no successful request" >&2; exit 1; }
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $(awk -v c=$((c1 - c0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", c * 1e6 / hz / n}')"
 }
+
+# build BIN...: builds these binaries of the workspace for $PROFILE (release or debug).
+build() {
+  echo "== building $* ($PROFILE)"
+  local bins=()
+  for b in "$@"; do bins+=(--bin "$b"); done
+  if [ "$PROFILE" = release ]; then cargo build --release "${bins[@]}" --quiet; else cargo build "${bins[@]}" --quiet; fi
+}
+
+# work_dir NAME: a fresh folder in $work for the run; at exit every process in $pids, and
+# the processes they started (nginx workers), are stopped and the folder removed.
+work_dir() {
+  work=$(mktemp -d "/tmp/meridian-$1.XXXXXX")
+  pids=()
+  trap cleanup EXIT
+}
+cleanup() {
+  for p in "${pids[@]}"; do pkill -P "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}

@@ -51,18 +51,10 @@ for tool in nginx haproxy wrk taskset; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx haproxy wrk util-linux)" >&2; exit 1; }
 done
 
-echo "== building meridian ($PROFILE)"
-if [ "$PROFILE" = release ]; then cargo build --release --bin meridian --quiet; else cargo build --bin meridian --quiet; fi
+build meridian
 MERIDIAN=target/$PROFILE/meridian
 
-work=$(mktemp -d /tmp/meridian-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+work_dir bench
 
 mkdir -p "$work/backend/logs" "$work/proxy/logs" "$work/haproxy"
 jwks='{"keys": []}'

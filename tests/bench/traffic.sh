@@ -39,18 +39,10 @@ for tool in nginx wrk taskset curl python3; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx wrk util-linux curl python3)" >&2; exit 1; }
 done
 
-echo "== building meridian ($PROFILE)"
-if [ "$PROFILE" = release ]; then cargo build --release --bin meridian --quiet; else cargo build --bin meridian --quiet; fi
+build meridian
 MERIDIAN=target/$PROFILE/meridian
 
-work=$(mktemp -d /tmp/meridian-traffic.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+work_dir traffic
 mkdir -p "$work/backend/logs" "$work/backend/www" "$work/proxy/logs"
 
 # The document: 400 pets, about 20 KiB of JSON.
