@@ -47,6 +47,7 @@ pub struct StartupSettings {
     access_log: crate::observe::access_log::LogSink,
     cluster: Option<ClusterSettings>,
     default_rate: crate::limits::limiter::Rate,
+    tracing: Option<crate::observe::otlp::ExportSettings>,
 }
 
 impl StartupSettings {
@@ -60,6 +61,7 @@ impl StartupSettings {
             access_log: config.access_log.clone(),
             cluster: config.cluster.clone(),
             default_rate: config.default_rate,
+            tracing: config.tracing.clone(),
         }
     }
 
@@ -78,6 +80,7 @@ impl StartupSettings {
         note(self.limits != now.limits, "limits");
         note(self.access_log != now.access_log, "access_log");
         note(self.default_rate != now.default_rate, "throttle");
+        note(self.tracing != now.tracing, "tracing");
         let dns = |c: &Option<ClusterSettings>| c.as_ref().and_then(|c| c.dns.clone());
         let without_dns = |c: &Option<ClusterSettings>| c.clone().map(|c| ClusterSettings { dns: None, ..c });
         note(without_dns(&self.cluster) != without_dns(&now.cluster), "cluster");

@@ -181,6 +181,7 @@ mod gateway_responses;
 mod idempotency;
 mod integrations;
 mod mapping;
+mod traces;
 mod transform;
 mod validation;
 mod waf;
@@ -312,6 +313,7 @@ impl Compiler<'_> {
         {
             self.sink.push(Location::UNKNOWN, "resolver.nameservers", "name at least one `IP:port`");
         }
+        let tracing = file.tracing.as_ref().and_then(|t| self.tracing(t));
         let unrouted = Arc::new(RouteObserver::new("", "", "", "", None));
         let keeps_responses = keeps_responses(&apis);
         match (self.sink.is_empty(), admin_listen, limits) {
@@ -336,6 +338,7 @@ impl Compiler<'_> {
                 cluster,
                 default_rate: self.default_rate,
                 nameservers,
+                tracing,
             }),
             _ => Err(self.sink),
         }
@@ -811,6 +814,7 @@ impl Compiler<'_> {
             }
         });
         let stage_cache = self.stage_cache(stage, field);
+        let sampling = self.sampling(stage, field);
         let mut router = Router::default();
         let mut keeps_responses = false;
         for spec in specs {
@@ -829,8 +833,9 @@ impl Compiler<'_> {
                     }
                 }
             };
-            let observer =
-                Arc::new(RouteObserver::new(api, stage_name, &spec.key, self.deployment, log_template.clone()));
+            let observer = Arc::new(
+                RouteObserver::new(api, stage_name, &spec.key, self.deployment, log_template.clone()).traced(sampling),
+            );
             let mut scopes = vec![(cluster_scope.clone(), self.default_rate)];
             if let Some(rate) = stage_rate {
                 scopes.push((stage_scope.clone(), rate));
@@ -944,7 +949,7 @@ impl Compiler<'_> {
             api: api.into(),
             stage: stage_name.into(),
             router,
-            unrouted: Arc::new(RouteObserver::new(api, stage_name, "", self.deployment, log_template)),
+            unrouted: Arc::new(RouteObserver::new(api, stage_name, "", self.deployment, log_template).traced(sampling)),
             default_endpoint,
             gateway_responses,
             keeps_responses,
@@ -1174,6 +1179,7 @@ pub fn compile_stage(
         authorization: declared.and_then(|s| s.authorization.clone()),
         waf: declared.and_then(|s| s.waf.clone()),
         cache: declared.and_then(|s| s.cache.clone()),
+        tracing: declared.and_then(|s| s.tracing.clone()),
     }];
     let mut compiler = Compiler { sink: ErrorSink::default(), base_dir: Path::new("."), deployment, default_rate };
     let compiled = compiler.api(&api, "apis[0]");

@@ -33,6 +33,22 @@ pub struct GatewayFile {
     pub domains: Vec<DomainDef>,
     /// Where upstream names are resolved (`discover`), instead of `/etc/resolv.conf`'s servers.
     pub resolver: Option<ResolverSection>,
+    /// Where the spans of traced stages are exported (OTLP).
+    pub tracing: Option<TracingSection>,
+}
+
+/// The OTLP collector a node exports spans to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSection {
+    /// `http://host:4317` for gRPC; the base URL (`http(s)://host:4318`) for `http`.
+    pub endpoint: Spanned<String>,
+    /// `grpc` (default) or `http` (OTLP/HTTP with protobuf bodies).
+    pub protocol: Option<Spanned<String>>,
+    /// The most spans waiting for export (default 8192); more are dropped and counted.
+    pub queue: Option<Spanned<u64>>,
+    /// PEM CA certificates an `https` collector's certificate must chain to.
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// The name servers upstream discovery asks.
@@ -979,6 +995,17 @@ pub struct StageDef {
     pub waf: Option<Spanned<WafDef>>,
     /// `type: rest`: the stage's response cache.
     pub cache: Option<Spanned<StageCacheDef>>,
+    /// Traces of the stage's requests (W3C trace context, spans exported by OTLP).
+    pub tracing: Option<Spanned<StageTracingDef>>,
+}
+
+/// How a stage's requests are traced.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageTracingDef {
+    /// The share of new traces recorded, 0.0 to 1.0; a request whose caller's
+    /// `traceparent` says whether it records follows that.
+    pub sample_ratio: f64,
 }
 
 /// A custom domain: its certificate and the APIs it serves under base paths.

@@ -168,6 +168,8 @@ pub struct GatewayConfig {
     pub default_rate: Rate,
     /// The name servers upstream discovery asks (`resolver.nameservers`; empty: the system's).
     pub nameservers: Vec<SocketAddr>,
+    /// Where traced stages' spans are exported (`tracing`), if anywhere.
+    pub tracing: Option<crate::observe::otlp::ExportSettings>,
 }
 
 /// Where a cluster member keeps its state and talks to its peers.

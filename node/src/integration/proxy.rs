@@ -45,6 +45,15 @@ impl UpstreamError {
     }
 }
 
+/// Asks [`ProxyIntegration::forward`] to say which target answered (for a trace span): put
+/// it in the request's extensions, and the response's carry an [`AnsweredBy`].
+#[derive(Debug, Clone, Copy)]
+pub struct NameTheTarget;
+
+/// The target that answered a request that asked with [`NameTheTarget`].
+#[derive(Debug, Clone)]
+pub struct AnsweredBy(pub http::uri::Authority);
+
 /// A compiled `http_proxy` integration of one route on one stage.
 #[derive(Debug)]
 pub struct ProxyIntegration {
@@ -141,6 +150,9 @@ impl ProxyIntegration {
             *again.uri_mut() = parts.uri.clone();
             *again.version_mut() = parts.version;
             *again.headers_mut() = parts.headers.clone();
+            if parts.extensions.get::<NameTheTarget>().is_some() {
+                again.extensions_mut().insert(NameTheTarget);
+            }
             match self.attempt(balancer, region, again).await {
                 Err(e) if e.retryable() && tries < policy.attempts && policy.try_withdraw() => {
                     tries += 1;
@@ -191,6 +203,7 @@ impl ProxyIntegration {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let mut tried = Vec::new();
         let mut last = UpstreamError::Connect("the integration has no target".into());
+        let names_target = request.extensions().get::<NameTheTarget>().is_some();
         while let Some(index) = balancer.pick(region, &tried) {
             let endpoint = &balancer.targets()[index].endpoint;
             let sent = match tokio::time::timeout(self.timeout, endpoint.send(request)).await {
@@ -201,8 +214,11 @@ impl ProxyIntegration {
                 }
             };
             match sent {
-                Ok(response) => {
+                Ok(mut response) => {
                     endpoint.succeeded();
+                    if names_target {
+                        response.extensions_mut().insert(AnsweredBy(endpoint.key().authority.clone()));
+                    }
                     return Ok(response);
                 }
                 Err(SendError::NotSent(back, e)) => {

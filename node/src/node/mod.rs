@@ -42,6 +42,8 @@ pub enum NodeError {
     Tls(#[from] rustls::Error),
     #[error("metrics setup failed: {0}")]
     Metrics(String),
+    #[error("tracing setup failed: {0}")]
+    Tracing(String),
 }
 
 /// A started node.
@@ -72,6 +74,8 @@ pub struct Node {
     /// Whether listeners accept connections: at once for a file configuration, once the
     /// cluster's configuration is compiled for a member.
     serving: watch::Sender<bool>,
+    /// Where traced requests' spans are exported (`tracing`), if anywhere.
+    spans: Option<Arc<crate::observe::otlp::SpanSink>>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -147,8 +151,14 @@ impl Node {
                 }
             });
         }
-        let pipeline =
-            Arc::new(Pipeline::new(table.clone(), &limits, access_log.clone(), limiter.clone(), upstreams.clone()));
+        let spans = match &config.tracing {
+            Some(settings) => {
+                Some(crate::observe::otlp::SpanSink::start(settings, upstreams.clone()).map_err(NodeError::Tracing)?)
+            }
+            None => None,
+        };
+        let pipeline = Pipeline::new(table.clone(), &limits, access_log.clone(), limiter.clone(), upstreams.clone());
+        let pipeline = Arc::new(pipeline.with_spans(spans.clone()));
         let connections = ConnectionTable::new(limits.max_connections, limits.max_connections_per_client);
         let (shutdown, stop) = watch::channel(false);
         let serving = watch::Sender::new(config.cluster.is_none());
@@ -195,6 +205,7 @@ impl Node {
             dns_addr,
             client_rtt,
             serving,
+            spans,
         })
     }
 
@@ -229,6 +240,9 @@ impl Node {
         );
         self.limiter.set_node(member.id);
         self.upstreams.set_region(&member.me.region);
+        if let Some(spans) = &self.spans {
+            spans.identify(&member.id.to_string(), &member.me.region);
+        }
         let quotas = member.data_dir().join("quotas.bin");
         let restored = crate::limits::persist::restore(&self.limiter, &quotas);
         tracing::info!(restored, "quota counters restored");

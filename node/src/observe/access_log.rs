@@ -43,6 +43,8 @@ pub struct LogEntry<'a> {
     pub reason: Option<&'a str>,
     /// The subject of the client's certificate (mutual TLS).
     pub client_cert: Option<&'a str>,
+    /// The request's trace id (32 hex digits), when its stage traces requests.
+    pub trace_id: Option<&'a str>,
 }
 
 /// The fields a template may name.
@@ -63,6 +65,7 @@ enum Field {
     LatencyMs,
     IntegrationLatencyMs,
     Reason,
+    TraceId,
 }
 
 const FIELDS: &[(&str, Field)] = &[
@@ -81,6 +84,7 @@ const FIELDS: &[(&str, Field)] = &[
     ("latency_ms", Field::LatencyMs),
     ("integration_latency_ms", Field::IntegrationLatencyMs),
     ("reason", Field::Reason),
+    ("trace_id", Field::TraceId),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +170,7 @@ fn write_field(out: &mut String, entry: &LogEntry<'_>, field: Field) {
             None => out.write_str("-"),
         },
         Field::Reason => out.write_str(entry.reason.unwrap_or("-")),
+        Field::TraceId => out.write_str(entry.trace_id.unwrap_or("-")),
     };
 }
 
@@ -237,6 +242,10 @@ pub fn format_line(out: &mut String, entry: &LogEntry<'_>, template: Option<&Log
             if let Some(subject) = entry.client_cert {
                 out.push_str(",\"client_cert\":");
                 write_json_string(out, subject);
+            }
+            if let Some(trace_id) = entry.trace_id {
+                out.push_str(",\"trace_id\":");
+                write_json_string(out, trace_id);
             }
             out.push('}');
         }
@@ -397,6 +406,7 @@ mod tests {
             integration_latency: Some(Duration::from_micros(1000)),
             reason: None,
             client_cert: None,
+            trace_id: None,
         }
     }
 

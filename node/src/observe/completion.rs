@@ -18,6 +18,8 @@ use metrics::Gauge;
 
 use super::access_log::{AccessLog, LogEntry, LogTemplate};
 use super::metrics::RouteMetrics;
+use super::otlp::SpanSink;
+use super::trace::{FinishedRequest, RequestTrace, Sampling};
 use crate::body::{BoxError, ResponseBody};
 
 /// Names and handles of what served a request: a route of a stage, or nothing.
@@ -31,6 +33,8 @@ pub struct RouteObserver {
     pub deployment: Arc<str>,
     pub metrics: RouteMetrics,
     pub log_template: Option<Arc<LogTemplate>>,
+    /// How the stage samples its requests for tracing, when it traces them.
+    pub sampling: Option<Sampling>,
 }
 
 impl RouteObserver {
@@ -42,7 +46,13 @@ impl RouteObserver {
             deployment: deployment.into(),
             metrics: RouteMetrics::new(api, stage, route, deployment),
             log_template,
+            sampling: None,
         }
+    }
+
+    /// The same, tracing its requests by `sampling`.
+    pub fn traced(self, sampling: Option<Sampling>) -> Self {
+        RouteObserver { sampling, ..self }
     }
 }
 
@@ -62,6 +72,8 @@ pub struct Completion {
     pub observer: Arc<RouteObserver>,
     /// The client's certificate (mutual TLS), for the log.
     pub client_cert: Option<Arc<crate::certificates::ClientCertificate>>,
+    /// The request's trace, and where its spans go, when its stage traces requests.
+    pub trace: Option<(Arc<RequestTrace>, Option<Arc<SpanSink>>)>,
     pub log: AccessLog,
     pub in_flight: Gauge,
 }
@@ -71,6 +83,22 @@ impl Completion {
         let latency = self.started.elapsed();
         self.observer.metrics.record(self.status, latency, self.integration_latency);
         self.in_flight.decrement(1.0);
+        let trace_id = self.trace.as_ref().map(|(trace, _)| trace.trace_id.to_string());
+        if let Some((trace, Some(sink))) = &self.trace {
+            let request_id = self.request_id.to_str().unwrap_or("-");
+            sink.submit(trace.finish(FinishedRequest {
+                method: &self.method,
+                path: self.uri.path(),
+                version: self.version,
+                client: self.client,
+                status: self.status,
+                route: &self.observer.route,
+                api: &self.observer.api,
+                stage: &self.observer.stage,
+                deployment: &self.observer.deployment,
+                request_id,
+            }));
+        }
         self.log.record(
             &LogEntry {
                 time: SystemTime::now(),
@@ -89,6 +117,7 @@ impl Completion {
                 integration_latency: self.integration_latency,
                 reason: self.reason.as_deref(),
                 client_cert: self.client_cert.as_ref().map(|c| c.subject.as_str()),
+                trace_id: trace_id.as_deref(),
             },
             self.observer.log_template.as_deref(),
         );

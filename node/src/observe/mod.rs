@@ -1,5 +1,5 @@
-//! Observability: the access log and the metrics each request feeds, and the node's own
-//! log ([`log`]).
+//! Observability: the access log, the metrics and the trace spans each request feeds, and
+//! the node's own log ([`log`]).
 //!
 //! Both are written when a response finishes (see [`completion`]), never on the way in,
 //! and neither blocks a request: metric handles are bound to their labels when the
@@ -9,4 +9,6 @@ pub mod access_log;
 pub mod completion;
 pub mod log;
 pub mod metrics;
+pub mod otlp;
 pub mod time;
+pub mod trace;

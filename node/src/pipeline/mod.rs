@@ -44,12 +44,15 @@ use crate::config::table::{RouteTarget, RoutingTable};
 use crate::content_coding::Coding;
 use crate::gateway_responses::{GatewayResponses, RequestEcho};
 use crate::idempotency::IdempotencyRecords;
+use crate::integration::proxy::{AnsweredBy, NameTheTarget};
 use crate::integration::request_body::RequestBody;
 use crate::integration::upstreams::Upstreams;
 use crate::integration::{Integration, ProxyIntegration, UpstreamError};
 use crate::limits::limiter::Limiter;
 use crate::observe::access_log::AccessLog;
 use crate::observe::completion::{Completion, ObservedBody, RouteObserver};
+use crate::observe::otlp::SpanSink;
+use crate::observe::trace::{Attributes, RequestTrace, SpanId, SpanKind, SpanStart};
 use crate::response_cache::ResponseCaches;
 use crate::stages::waf::Blocklist;
 use crate::stages::{BodyNeed, Chain, Exchange, Flow, Services, StagedBody, Stop};
@@ -97,6 +100,8 @@ pub struct Pipeline {
     max_headers: usize,
     log: AccessLog,
     in_flight: Gauge,
+    /// Where traced requests' spans go (the node's `tracing` collector), if anywhere.
+    spans: Option<Arc<SpanSink>>,
 }
 
 /// What serving produced, before the response phases and logging.
@@ -208,7 +213,13 @@ impl Pipeline {
             max_headers: limits.max_headers,
             log,
             in_flight: metrics::gauge!("meridian_requests_in_flight"),
+            spans: None,
         }
+    }
+
+    /// The same pipeline, exporting traced requests' spans to `spans`.
+    pub fn with_spans(self, spans: Option<Arc<SpanSink>>) -> Self {
+        Pipeline { spans, ..self }
     }
 
     /// Serves one request; never fails, every problem becomes a response. When a route of
@@ -249,7 +260,7 @@ impl Pipeline {
         let services = self.services(&table, false);
         let grpc_call = crate::grpc::is_call(request.headers());
         let mut exchange = Exchange::new(request_id.clone(), conn.client.ip());
-        let served = self.serve(&table, &services, request, conn, &mut exchange).await;
+        let served = self.serve(&table, &services, request, conn, &mut exchange, started).await;
         let response = match served.response {
             Ok(response) => response,
             // A gRPC client reads the gateway's refusals as gRPC statuses.
@@ -264,6 +275,7 @@ impl Pipeline {
         };
         let (mut parts, mut body) = response.into_parts();
         parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
+        let trace = exchange.trace.clone();
         if let Some(chain) = served.chain {
             exchange.status = Some(parts.status);
             exchange.integration_answered = served.integration_answered;
@@ -285,6 +297,7 @@ impl Pipeline {
             reason: served.reason,
             observer: served.observer,
             client_cert: conn.client_certificate.get().cloned(),
+            trace: trace.map(|trace| (trace, self.spans.clone())),
             log: self.log.clone(),
             in_flight: self.in_flight.clone(),
         };
@@ -322,6 +335,7 @@ impl Pipeline {
         request: Request<Incoming>,
         conn: &ConnInfo,
         exchange: &mut Exchange,
+        started: Instant,
     ) -> Served<'t> {
         let request_id = exchange.request_id.clone();
         if let Some(certificate) = conn.client_certificate.get() {
@@ -349,10 +363,16 @@ impl Pipeline {
                 if refused.gateway_responses.is_some() {
                     exchange.extensions.insert(echo(&parts));
                 }
+                if let Some(sampling) = &refused.observer.sampling {
+                    exchange.trace = Some(Arc::new(RequestTrace::begin(sampling, &parts.headers, conn.tls, started)));
+                }
                 return Served::unrouted(refused);
             }
         };
         let target = routed.target;
+        if let Some(sampling) = &target.observer.sampling {
+            exchange.trace = Some(Arc::new(RequestTrace::begin(sampling, &parts.headers, conn.tls, started)));
+        }
         if target.gateway_responses.is_some() {
             exchange.extensions.insert(echo(&parts));
         }
@@ -486,6 +506,20 @@ impl Pipeline {
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         target.chain.upstream_request(&mut parts, exchange);
+        // The upstream joins the request's trace, as a child of the integration's span.
+        let span = exchange.trace.as_ref().map(|trace| {
+            let start = trace.start_span();
+            trace.propagate(&mut parts.headers, start.map_or_else(SpanId::random, |s| s.id));
+            if start.is_some() {
+                parts.extensions.insert(NameTheTarget);
+            }
+            start
+        });
+        let span = span.flatten().map(|start| IntegrationSpan {
+            start,
+            method: parts.method.clone(),
+            url: parts.uri.to_string(),
+        });
         if let Some(m) = mirror {
             match &body {
                 ClientBody::Read(bytes) if bytes.len() as u64 <= m.max_body_bytes => {
@@ -500,7 +534,12 @@ impl Pipeline {
             ClientBody::Read(bytes) => RequestBody::buffered(bytes),
             ClientBody::Prefixed(prefix, rest) => RequestBody::prefixed(prefix, rest, self.body_limit.max_bytes),
         };
-        self.call_upstream(proxy, Request::from_parts(parts, body), client_upgrade, target, &request_id).await
+        let served = self.call_upstream(proxy, Request::from_parts(parts, body), client_upgrade, target, &request_id);
+        let served = served.await;
+        if let Some(span) = span {
+            span.end(exchange, &served);
+        }
+        served
     }
 
     async fn call_upstream<'t>(
@@ -526,6 +565,7 @@ impl Pipeline {
         let sent_upstream = !matches!(result, Err(UpstreamError::Connect(_) | UpstreamError::Busy));
         let rejection = match result {
             Ok(mut response) => {
+                let answered_by = response.extensions_mut().remove::<AnsweredBy>();
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 if let (true, Some(client)) = (switching, client_upgrade) {
                     let upstream = hyper::upgrade::on(&mut response);
@@ -533,6 +573,9 @@ impl Pipeline {
                 }
                 let (mut parts, body) = response.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers, switching);
+                if let Some(answered_by) = answered_by {
+                    parts.extensions.insert(answered_by);
+                }
                 let response = Response::from_parts(parts, ResponseBody::Upstream(body));
                 return Served {
                     response: Ok(response),
@@ -564,6 +607,50 @@ impl Pipeline {
             }
         };
         Served { integration_latency, sent_upstream, ..Served::rejected(rejection, target) }
+    }
+}
+
+/// The span of a traced request's integration call, from its start to its answer's head.
+struct IntegrationSpan {
+    start: SpanStart,
+    method: http::Method,
+    url: String,
+}
+
+impl IntegrationSpan {
+    fn end(self, exchange: &Exchange, served: &Served<'_>) {
+        let IntegrationSpan { start, method, url } = self;
+        let (status, target) = match &served.response {
+            Ok(response) => (Some(response.status().as_u16()), response.extensions().get::<AnsweredBy>()),
+            Err(_) => (None, None),
+        };
+        let error = match (&served.response, status) {
+            (Err(rejection), _) => Some(served.reason.as_deref().unwrap_or(&rejection.message).to_string()),
+            (Ok(_), Some(code)) if code >= 500 => Some(code.to_string()),
+            _ => None,
+        };
+        let name = method.to_string();
+        exchange.end_span(
+            Some(start),
+            name,
+            SpanKind::Client,
+            || {
+                let mut attributes: Attributes =
+                    vec![("http.request.method", method.to_string().into()), ("url.full", url.into())];
+                if let Some(AnsweredBy(authority)) = target {
+                    attributes.push(("server.address", authority.host().to_string().into()));
+                    if let Some(port) = authority.port_u16() {
+                        attributes.push(("server.port", i64::from(port).into()));
+                    }
+                }
+                match status {
+                    Some(code) => attributes.push(("http.response.status_code", i64::from(code).into())),
+                    None => attributes.push(("error.type", "no answer".into())),
+                }
+                attributes
+            },
+            error,
+        );
     }
 }
 

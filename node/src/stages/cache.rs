@@ -26,6 +26,7 @@ use http::{HeaderName, HeaderValue, Method, Response, StatusCode, response};
 use super::{Exchange, Flow, Phases, Services, Stage, Step, Stop};
 use crate::authorizers::{AuthorizerContext, granted_scopes};
 use crate::body::{BoundedCopy, ResponseBody};
+use crate::observe::trace::SpanKind;
 use crate::rejection::Rejection;
 use crate::response_cache::{CachedResponse, FillGuard, Miss, StageCache, wait_for_fill};
 
@@ -195,8 +196,19 @@ impl Stage for ResponseCaching {
             Err(rejection) => return rejection.into(),
         };
         let Some(key) = self.key(head, exchange) else { return Flow::Continue.into() };
+        let span = exchange.start_span();
+        let lookup_ended = move |exchange: &Exchange, hit: bool| {
+            exchange.end_span(
+                span,
+                "cache lookup",
+                SpanKind::Internal,
+                || vec![("meridian.cache.hit", hit.into())],
+                None,
+            )
+        };
         let cache = self.cache(services);
         if !refresh && let Some(cached) = cache.get(&key, Instant::now()) {
+            lookup_ended(exchange, true);
             exchange.note(|| "a cached answer".to_string());
             if !services.dry_run {
                 cache.hits.increment(1);
@@ -206,17 +218,22 @@ impl Stage for ResponseCaching {
         }
         exchange.note(|| if refresh { "a fresh answer was asked for" } else { "not cached" }.to_string());
         if services.dry_run {
+            lookup_ended(exchange, false);
             return Flow::Continue.into();
         }
         cache.misses.increment(1);
         exchange.extensions.insert(Outcome::Miss);
         match cache.miss(key) {
             Miss::Fill(guard) => {
+                lookup_ended(exchange, false);
                 exchange.extensions.insert(Arc::new(std::sync::Mutex::new(Some(Filling { guard, copy: None }))));
                 Flow::Continue.into()
             }
+            // Waiting for another request's fill is part of the lookup.
             Miss::Wait(receiver) => Step::Waiting(Box::pin(async move {
-                match wait_for_fill(receiver, self.fill_wait).await {
+                let filled = wait_for_fill(receiver, self.fill_wait).await;
+                lookup_ended(exchange, filled.is_some());
+                match filled {
                     Some(cached) => {
                         exchange.extensions.insert(Outcome::Hit);
                         Flow::Stop(Stop::Answer(answer(&cached)))

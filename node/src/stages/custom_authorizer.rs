@@ -23,6 +23,7 @@ use super::{Exchange, Flow, Phases, Services, Stage, Step};
 use crate::authorizers::AuthorizerContext;
 use crate::authorizers::decisions::{Decision, DecisionCache};
 use crate::integration::callee::{CallError, Callee};
+use crate::observe::trace::{Attributes, SpanKind};
 use crate::rejection::{Rejection, ResponseType};
 
 /// The largest answer read from an authorizer.
@@ -292,8 +293,26 @@ impl Stage for CustomAuthorizer {
             return unauthorized().into();
         };
         let document = self.request_document(head, exchange, &identity);
+        let span = exchange.start_span();
         Step::Waiting(Box::pin(async move {
-            match self.ask(services, document).await {
+            let asked = self.ask(services, document).await;
+            exchange.end_span(
+                span,
+                format!("authorizer {}", self.name),
+                SpanKind::Client,
+                || {
+                    let mut attributes: Attributes = vec![
+                        ("meridian.authorizer", self.name.to_string().into()),
+                        ("url.full", self.callee.uri().to_string().into()),
+                    ];
+                    if let Ok(decision) = &asked {
+                        attributes.push(("meridian.authorizer.allowed", decision.authorized.into()));
+                    }
+                    attributes
+                },
+                asked.as_ref().err().map(|r| r.reason.as_deref().unwrap_or(&r.message).to_string()),
+            );
+            match asked {
                 Ok(decision) => {
                     let decision = Arc::new(decision);
                     cache.insert(key, decision.clone());

@@ -29,6 +29,7 @@ use super::mapping::TemplateScope;
 use super::{Exchange, Flow, Phases, Services, Stage, Step, media_type_of};
 use crate::body::BoundedCopy;
 use crate::mapping::{Bounds, Inputs, Template};
+use crate::observe::trace::SpanKind;
 
 /// The largest upstream body a response template reads.
 pub const MAX_MAPPED_BODY: usize = 10 * 1024 * 1024;
@@ -124,7 +125,11 @@ impl IntegrationResponses {
             return failed("the request's inputs were not kept".into());
         };
         inputs.body = body.clone();
-        match template.render(&inputs, self.bounds) {
+        let span = exchange.start_span();
+        let rendered = template.render(&inputs, self.bounds);
+        let error = rendered.as_ref().err().map(|e| e.to_string());
+        exchange.end_span(span, "response mapping", SpanKind::Internal, Vec::new, error);
+        match rendered {
             Ok(rendered) => Bytes::from(rendered),
             Err(e) => failed(e.to_string()),
         }

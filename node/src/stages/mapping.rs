@@ -23,6 +23,7 @@ use super::validation::ValidatedJson;
 use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, media_type};
 use crate::authorizers::AuthorizerContext;
 use crate::mapping::{BodyJson, Bounds, Inputs, Template};
+use crate::observe::trace::SpanKind;
 use crate::rejection::Rejection;
 
 /// What happens to a request whose content type has no template.
@@ -204,7 +205,11 @@ impl Stage for RequestMapping {
             inputs.body_json = BodyJson::parsed(parsed);
         }
         inputs.body = body;
-        match template.render(&inputs, self.bounds) {
+        let span = exchange.start_span();
+        let rendered = template.render(&inputs, self.bounds);
+        let error = rendered.as_ref().err().map(|e| e.to_string());
+        exchange.end_span(span, "request mapping", SpanKind::Internal, Vec::new, error);
+        match rendered {
             Ok(rendered) => {
                 if !services.dry_run {
                     exchange.replace_request_body(Bytes::from(rendered));

@@ -63,6 +63,7 @@ pub use chain::{Chain, StagedBody};
 use crate::authorizers::Authorizers;
 use crate::body::ResponseBody;
 use crate::limits::limiter::Limiter;
+use crate::observe::trace::{Attributes, SpanKind, SpanStart};
 use crate::rejection::Rejection;
 
 /// The phases of a request a stage takes part in.
@@ -165,6 +166,9 @@ pub struct Exchange {
     pub sent_upstream: bool,
     /// Whatever stages keep for their later phases, by type.
     pub extensions: http::Extensions,
+    /// The request's trace, when its stage traces requests: a stage that does work worth a
+    /// span (a callout, a lookup, a mapping) records one in it.
+    pub trace: Option<std::sync::Arc<crate::observe::trace::RequestTrace>>,
     /// What stages found, when the request is being explained (`meridian explain request`).
     notes: Option<Vec<String>>,
     /// A body a request-body stage made to send upstream instead of the client's.
@@ -183,6 +187,7 @@ impl Exchange {
             integration_answered: false,
             sent_upstream: false,
             extensions: http::Extensions::new(),
+            trace: None,
             notes: None,
             replaced_body: None,
             encoded_body: None,
@@ -199,6 +204,25 @@ impl Exchange {
     pub fn note(&mut self, note: impl FnOnce() -> String) {
         if let Some(notes) = &mut self.notes {
             notes.push(note());
+        }
+    }
+
+    /// The start of a span for work a stage is about to do, when the request is recorded.
+    pub fn start_span(&self) -> Option<SpanStart> {
+        self.trace.as_ref()?.start_span()
+    }
+
+    /// Records the span begun at `start` (from [`Exchange::start_span`]) as ending now.
+    pub fn end_span(
+        &self,
+        start: Option<SpanStart>,
+        name: impl Into<std::borrow::Cow<'static, str>>,
+        kind: SpanKind,
+        attributes: impl FnOnce() -> Attributes,
+        error: Option<String>,
+    ) {
+        if let (Some(trace), Some(start)) = (&self.trace, start) {
+            trace.end_span(start, name, kind, attributes(), error);
         }
     }
 

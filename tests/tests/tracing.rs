@@ -1,0 +1,296 @@
+//! Tracing end to end: two gateways on a path (the front's route proxies to a route of the
+//! second) export their spans to an independent OTLP receiver (tests/otel/receiver.py:
+//! Python's `grpcio` and the `opentelemetry-proto` package), the front over gRPC and the
+//! second over HTTP/protobuf. One client request makes one trace with correct parent links
+//! and HTTP attributes; a request without a `traceparent` starts a trace whose id is in the
+//! access log; an unsampled trace is passed on and recorded nowhere; and a collector that
+//! cannot be reached never delays a request (its failures are counted).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_tests::*;
+use serde_json::Value;
+
+/// The receiver process and the spans it printed so far; stopped when dropped.
+struct Receiver {
+    child: Child,
+    _stdin: ChildStdin,
+    grpc: u16,
+    http: u16,
+    spans: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    fn start(python: &Path) -> Receiver {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("otel/receiver.py");
+        let mut child =
+            Command::new(python).arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python runs");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+        let ports: Vec<u16> = ready.split_whitespace().skip(1).filter_map(|p| p.parse().ok()).collect();
+        assert_eq!(ports.len(), 2, "the receiver said {ready:?}");
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let sink = spans.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let span: Value = serde_json::from_str(&line).expect("a JSON line per span");
+                sink.lock().unwrap().push(span);
+            }
+        });
+        Receiver { child, _stdin: stdin, grpc: ports[0], http: ports[1], spans }
+    }
+
+    /// The spans of `trace_id`, once there are `count` of them (within 10 s).
+    async fn trace(&self, trace_id: &str, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let spans: Vec<Value> =
+                self.spans.lock().unwrap().iter().filter(|s| s["trace_id"] == trace_id).cloned().collect();
+            if spans.len() >= count || Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn span<'a>(spans: &'a [Value], api: &str, kind: i64) -> &'a Value {
+    spans
+        .iter()
+        .find(|s| s["kind"] == kind && (kind != 2 || s["attributes"]["meridian.api"] == api))
+        .unwrap_or_else(|| panic!("no span of kind {kind} for {api} in {spans:#?}"))
+}
+
+fn access_log_trace_ids(node: &NodeProcess) -> Vec<String> {
+    let text = std::fs::read_to_string(node.dir().join("access.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|l| l["trace_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn metric(node: &NodeProcess, line_start: &str) -> f64 {
+    let scraped = get(node.admin, "admin", "/metrics").await;
+    let text = String::from_utf8_lossy(&scraped.body).into_owned();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn gateway(node: &NodeProcess) -> SocketAddr {
+    node.http.expect("http listener")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_spans_two_gateways_and_reaches_an_otlp_receiver() {
+    let python =
+        tokio::task::spawn_blocking(|| python_with("otel-venv", &["grpcio==1.85.3", "opentelemetry-proto==1.45.2"]));
+    let Some(python) = python.await.unwrap() else { return };
+    let receiver = Receiver::start(&python);
+
+    // The second gateway: its stage records nothing of its own accord (ratio 0), so what it
+    // records follows the caller's decision.
+    let inventory = start_node(format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+access_log: {{ path: access.log }}
+tracing: {{ endpoint: "http://127.0.0.1:{}", protocol: http }}
+apis:
+  - id: inventory
+    routes:
+      - route: GET /items/{{id}}
+        integration: {{ type: mock, body: item }}
+    stages:
+      - name: prod
+        tracing: {{ sample_ratio: 0.0 }}
+"#,
+        receiver.http
+    ))
+    .await;
+    let front = start_node(format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+access_log: {{ path: access.log }}
+tracing: {{ endpoint: "http://127.0.0.1:{}" }}
+apis:
+  - id: shop
+    routes:
+      - route: GET /items/{{id}}
+        integration: {{ type: http_proxy, uri: "http://{}/prod/items/{{id}}" }}
+    stages:
+      - name: prod
+        tracing: {{ sample_ratio: 1.0 }}
+"#,
+        receiver.grpc,
+        gateway(&inventory)
+    ))
+    .await;
+
+    // A client that traces: its span is the parent of the front's.
+    let (trace_id, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let traceparent = format!("00-{trace_id}-{client_span}-01");
+    let headers = [("host", "shop"), ("traceparent", traceparent.as_str()), ("tracestate", "vendor=7")];
+    let reply = request(gateway(&front), "GET", "/prod/items/7", &headers, "").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+
+    let spans = receiver.trace(trace_id, 3).await;
+    assert_eq!(spans.len(), 3, "front server + its upstream call + inventory server: {spans:#?}");
+    let front_server = span(&spans, "shop", 2);
+    let front_call = span(&spans, "shop", 3);
+    let inventory_server = span(&spans, "inventory", 2);
+    assert_eq!(front_server["parent_span_id"], client_span, "the client's span is the parent");
+    assert_eq!(front_server["trace_state"], "vendor=7");
+    assert_eq!(front_call["parent_span_id"], front_server["span_id"]);
+    assert_eq!(inventory_server["parent_span_id"], front_call["span_id"], "the upstream joined the trace");
+    assert_eq!(
+        (front_server["protocol"].as_str(), inventory_server["protocol"].as_str()),
+        (Some("grpc"), Some("http"))
+    );
+
+    assert_eq!(front_server["name"], "GET /items/{id}");
+    let attributes = &front_server["attributes"];
+    assert_eq!(attributes["http.request.method"], "GET");
+    assert_eq!(attributes["http.route"], "/items/{id}");
+    assert_eq!(attributes["url.path"], "/prod/items/7");
+    assert_eq!(attributes["http.response.status_code"], 200);
+    assert_eq!(attributes["meridian.stage"], "prod");
+    assert_eq!(attributes["server.address"], "shop");
+    assert_eq!(attributes["client.address"], "127.0.0.1");
+    assert_eq!(front_server["resource"]["service.name"], "meridian");
+    let call = &front_call["attributes"];
+    assert_eq!(call["server.address"], "127.0.0.1");
+    assert_eq!(call["server.port"], i64::from(gateway(&inventory).port()));
+    assert_eq!(call["http.response.status_code"], 200);
+    assert_eq!(call["url.full"], format!("http://{}/prod/items/7", gateway(&inventory)));
+    let within = |inner: &Value, outer: &Value| {
+        outer["start"].as_u64() <= inner["start"].as_u64() && inner["end"].as_u64() <= outer["end"].as_u64()
+    };
+    assert!(within(front_call, front_server) && within(inventory_server, front_call), "{spans:#?}");
+    assert_eq!(inventory_server["status_code"], 0, "unset: no error");
+
+    // Without a traceparent the front starts the trace; its id is in the access log.
+    let reply = request(gateway(&front), "GET", "/prod/items/8", &[("host", "shop")], "").await;
+    assert_eq!(reply.status, 200);
+    let started = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let found = receiver
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| s["attributes"]["url.path"] == "/prod/items/8" && s["attributes"]["meridian.api"] == "shop")
+                .cloned();
+            match found {
+                Some(s) => return s,
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("the new trace is exported");
+    assert_eq!(started["parent_span_id"], "", "a new trace has no parent");
+    let new_trace = started["trace_id"].as_str().unwrap().to_string();
+    assert_eq!(receiver.trace(&new_trace, 3).await.len(), 3);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !access_log_trace_ids(&front).contains(&new_trace) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(access_log_trace_ids(&front).contains(&new_trace), "the access log names the trace");
+
+    // A caller that does not record: the trace is passed on (the second gateway logs its
+    // id) and no span of it is exported anywhere.
+    let quiet = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{quiet}-b7ad6b7169203331-00");
+    let reply =
+        request(gateway(&front), "GET", "/prod/items/9", &[("host", "shop"), ("traceparent", &traceparent)], "").await;
+    assert_eq!(reply.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !access_log_trace_ids(&inventory).iter().any(|t| t == quiet) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(access_log_trace_ids(&inventory).iter().any(|t| t == quiet), "the unsampled trace reached the upstream");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(receiver.trace(quiet, 1).await.is_empty(), "an unsampled trace is recorded nowhere");
+
+    assert!(metric(&front, "meridian_trace_spans_total{outcome=\"exported\"}").await >= 4.0);
+    assert!(metric(&inventory, "meridian_trace_spans_total{outcome=\"exported\"}").await >= 2.0);
+    drop(receiver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_cannot_be_reached_never_delays_a_request() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let node = start_node(format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+access_log: {{ enabled: false }}
+tracing: {{ endpoint: "http://{closed}" }}
+apis:
+  - id: shop
+    routes:
+      - route: GET /ping
+        integration: {{ type: mock, body: pong }}
+    stages:
+      - name: prod
+        tracing: {{ sample_ratio: 1.0 }}
+"#
+    ))
+    .await;
+    let started = Instant::now();
+    for _ in 0..50 {
+        let reply = request(gateway(&node), "GET", "/prod/ping", &[("host", "shop")], "").await;
+        assert_eq!(reply.status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "50 requests took {:?}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut failed = 0.0;
+    while failed < 1.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        failed = metric(&node, "meridian_trace_spans_total{outcome=\"failed\"}").await;
+    }
+    assert!(failed >= 1.0, "failed exports are counted");
+    // The node still serves.
+    assert_eq!(request(gateway(&node), "GET", "/prod/ping", &[("host", "shop")], "").await.status, 200);
+}
+
+#[test]
+fn tracing_settings_are_checked_with_their_lines() {
+    let out = validate(
+        r#"
+listen: { http: "127.0.0.1:0" }
+tracing: { endpoint: "https://collector:4317", queue: 0 }
+apis:
+  - id: shop
+    routes:
+      - route: GET /ping
+        integration: { type: mock, body: ok }
+    stages:
+      - name: prod
+        tracing: { sample_ratio: 1.5 }
+"#,
+    );
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("tracing.endpoint") && said.contains("gRPC without TLS"), "{said}");
+    assert!(said.contains("tracing.queue"), "{said}");
+    assert!(said.contains("stages[0].tracing.sample_ratio") && said.contains("1.5"), "{said}");
+    let _ = std::io::stdout().flush();
+}
