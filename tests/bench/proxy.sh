@@ -15,7 +15,9 @@
 #                                        # without (paired, alternating order): ratios to it,
 #                                        # and each stage's CPU cost; a POST validated and mapped both
 #                                        # ways against the same POST plain; then cache hits from
-#                                        # Meridian's response cache against nginx's proxy_cache
+#                                        # Meridian's response cache against nginx's proxy_cache;
+#                                        # and the open route traced at 1 % and at 100 % (spans
+#                                        # exported by OTLP/HTTP to the backend, which takes them)
 #
 # Layout on a 2-core machine: the proxy under test (nginx with 1 worker, HAProxy with 1
 # thread, or Meridian with --workers 1) is pinned to core 0; the backend (nginx, 1 worker, fixed 200) and wrk share
@@ -90,6 +92,8 @@ http {
     # The identity provider's keys and the custom authorizer, for STAGES=1.
     location = /jwks { default_type application/json; return 200 '$jwks'; }
     location = /authorize { default_type application/json; return 200 '{"isAuthorized": true, "context": {"tenant": "bench"}}'; }
+    # An OTLP/HTTP collector that takes every batch, for the traced stages of STAGES=1.
+    location = /v1/traces { return 200; }
   }
 }
 CONF
@@ -174,6 +178,8 @@ access_log: { path: "$work/meridian-access.log" }
 # The cluster-wide default (10,000 req/s) would answer most of the load with 429s: the
 # proxy's cost is measured here, not the limit, so it is set out of reach (and still counted).
 throttle: { rate: 100000000, burst: 100000000 }
+# The traced stages' spans (STAGES=1): OTLP/HTTP to the backend, which answers 200.
+tracing: { endpoint: "http://127.0.0.1:$BACKEND_PORT", protocol: http }
 apis:
   - id: bench
     type: rest
@@ -224,6 +230,13 @@ apis:
       - name: cached
         variables: { backend: "127.0.0.1:$BACKEND_PORT" }
         cache: { ttl: 3600s }
+      # The same routes traced: 1 % of new traces recorded, and every one.
+      - name: trace1
+        variables: { backend: "127.0.0.1:$BACKEND_PORT" }
+        tracing: { sample_ratio: 0.01 }
+      - name: trace100
+        variables: { backend: "127.0.0.1:$BACKEND_PORT" }
+        tracing: { sample_ratio: 1.0 }
       # The same routes behind 20 firewall rules, none of which matches the benchmark's
       # requests (so every rule is evaluated), the SQLi/XSS signature sets among them.
       - name: waf
@@ -340,12 +353,14 @@ LUA
       idempotent) measure "$base/idempotent/hello" "$meridian_pid" "x-token: none" "$work/keyed-post.lua" bench.local ;;
       waf) measure "http://127.0.0.1:$MERIDIAN_PORT/waf/hello?page=2&sort=name" "$meridian_pid" "x-token: none" "" bench.local ;;
       cache) measure "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" "$meridian_pid" "x-token: none" "" bench.local ;;
+      trace1) measure "http://127.0.0.1:$MERIDIAN_PORT/trace1/hello" "$meridian_pid" "x-token: none" "" bench.local ;;
+      trace100) measure "http://127.0.0.1:$MERIDIAN_PORT/trace100/hello" "$meridian_pid" "x-token: none" "" bench.local ;;
       nginx_cache) measure "http://127.0.0.1:$NGINX_PORT/cached/hello" "$nginx_worker" "x-token: none" ;;
     esac
   }
   for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round/$ROUNDS: each stage route next to the open route, cache hits next to nginx's ($DURATION each)"
-    for t in http jwt custom cors waf rest idempotent cache; do
+    for t in http jwt custom cors waf rest idempotent cache trace1 trace100; do
       reference=open; [ "$t" = cache ] && reference=nginx_cache
       [ "$t" = rest ] || [ "$t" = idempotent ] && reference=posted
       if (( round % 2 )); then pair=("$reference" "$t"); else pair=("$t" "$reference"); fi
@@ -365,7 +380,7 @@ LUA
   echo
   echo "median of $ROUNDS rounds:"
   printf '%-34s %12s %10s %10s %16s\n' "meridian route" "req/s" "p50 ms" "p99 ms" "CPU us/request"
-  for t in open http jwt custom cors waf posted rest idempotent cache nginx_cache; do
+  for t in open http jwt custom cors waf posted rest idempotent cache nginx_cache trace1 trace100; do
     printf '%-34s %12s %10s %10s %16s\n' "$t" "$(col "$t" 2)" "$(col "$t" 3)" "$(col "$t" 4)" "$(col "$t" 5)"
   done
   echo
@@ -380,6 +395,12 @@ LUA
     "$(col pair_rest 2)" "$(col pair_rest 3)"
   printf 'idempotent POST (a new Idempotency-Key each request, the node'"'"'s own ledger) / the same POST plain: %.2fx, %+.1f us of CPU\n' \
     "$(col pair_idempotent 2)" "$(col pair_idempotent 3)"
+  # The traced stages exported spans, and the collector took them.
+  exported=$(curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^meridian_trace_spans_total\{outcome="exported"\}/ {print $2}')
+  dropped=$(curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^meridian_trace_spans_total\{outcome="dropped"\}/ {print $2}')
+  [ "${exported:-0}" != 0 ] || { echo "the traced stages exported no span" >&2; exit 1; }
+  printf 'tracing on, 1 %% sampled / the open route untraced: %.2fx (goal >= 0.97x), %+.1f us of CPU; 100 %% sampled: %.2fx, %+.1f us of CPU (%s spans exported, %s dropped)\n' \
+    "$(col pair_trace1 2)" "$(col pair_trace1 3)" "$(col pair_trace100 2)" "$(col pair_trace100 3)" "$exported" "${dropped:-0}"
   # Cache hits: the same response from Meridian's cache and from nginx's proxy_cache.
   curl -sf -o /dev/null -D - -H "host: bench.local" "http://127.0.0.1:$MERIDIAN_PORT/cached/hello" | grep -qi '^x-cache: hit' \
     || { echo "meridian's cached route did not answer from its cache" >&2; exit 1; }

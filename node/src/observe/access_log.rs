@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use http::{Method, Version};
 
 use super::time::write_rfc3339_millis;
+use super::trace::TraceId;
 
 /// What one access-log line says.
 #[derive(Debug)]
@@ -43,8 +44,8 @@ pub struct LogEntry<'a> {
     pub reason: Option<&'a str>,
     /// The subject of the client's certificate (mutual TLS).
     pub client_cert: Option<&'a str>,
-    /// The request's trace id (32 hex digits), when its stage traces requests.
-    pub trace_id: Option<&'a str>,
+    /// The request's trace id, when its stage traces requests.
+    pub trace_id: Option<TraceId>,
 }
 
 /// The fields a template may name.
@@ -170,7 +171,10 @@ fn write_field(out: &mut String, entry: &LogEntry<'_>, field: Field) {
             None => out.write_str("-"),
         },
         Field::Reason => out.write_str(entry.reason.unwrap_or("-")),
-        Field::TraceId => out.write_str(entry.trace_id.unwrap_or("-")),
+        Field::TraceId => match entry.trace_id {
+            Some(id) => out.write_str(std::str::from_utf8(&id.hex()).unwrap_or_default()),
+            None => out.write_str("-"),
+        },
     };
 }
 
@@ -244,8 +248,9 @@ pub fn format_line(out: &mut String, entry: &LogEntry<'_>, template: Option<&Log
                 write_json_string(out, subject);
             }
             if let Some(trace_id) = entry.trace_id {
-                out.push_str(",\"trace_id\":");
-                write_json_string(out, trace_id);
+                out.push_str(",\"trace_id\":\"");
+                out.push_str(std::str::from_utf8(&trace_id.hex()).unwrap_or_default());
+                out.push('"');
             }
             out.push('}');
         }
@@ -406,7 +411,7 @@ mod tests {
             integration_latency: Some(Duration::from_micros(1000)),
             reason: None,
             client_cert: None,
-            trace_id: None,
+            trace_id: Some(TraceId([0xab; 16])),
         }
     }
 
@@ -422,16 +427,19 @@ mod tests {
         assert_eq!(v["latency_ms"], 1.5);
         assert_eq!(v["integration_latency_ms"], 1.0);
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["trace_id"], "ab".repeat(16));
         assert!(s.ends_with('\n'));
     }
 
     #[test]
     fn templates_substitute_fields() {
-        let t = LogTemplate::parse("$request_id $method $path -> $status ($latency_ms ms) $integration_latency_ms")
-            .unwrap();
+        let t = LogTemplate::parse(
+            "$request_id $method $path -> $status ($latency_ms ms) $integration_latency_ms $trace_id",
+        )
+        .unwrap();
         let mut s = String::new();
         format_line(&mut s, &entry(), Some(&t));
-        assert_eq!(s, "abc GET /pets/\"1\" -> 200 (1.500 ms) 1.000\n");
+        assert_eq!(s, format!("abc GET /pets/\"1\" -> 200 (1.500 ms) 1.000 {}\n", "ab".repeat(16)));
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl Completion {
         let latency = self.started.elapsed();
         self.observer.metrics.record(self.status, latency, self.integration_latency);
         self.in_flight.decrement(1.0);
-        let trace_id = self.trace.as_ref().map(|(trace, _)| trace.trace_id.to_string());
+        let trace_id = self.trace.as_ref().map(|(trace, _)| trace.trace_id);
         if let Some((trace, Some(sink))) = &self.trace {
             let request_id = self.request_id.to_str().unwrap_or("-");
             sink.submit(trace.finish(FinishedRequest {
@@ -117,7 +117,7 @@ impl Completion {
                 integration_latency: self.integration_latency,
                 reason: self.reason.as_deref(),
                 client_cert: self.client_cert.as_ref().map(|c| c.subject.as_str()),
-                trace_id: trace_id.as_deref(),
+                trace_id,
             },
             self.observer.log_template.as_deref(),
         );

@@ -58,19 +58,41 @@ impl SpanId {
     }
 }
 
-fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+/// `bytes` as lower-case hex digits into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+impl TraceId {
+    /// The 32 hex digits of the id (how `traceparent` and the access log write it).
+    pub fn hex(&self) -> [u8; 32] {
+        let mut out = [0; 32];
+        hex_into(&self.0, &mut out);
+        out
+    }
+}
+
+impl SpanId {
+    pub fn hex(&self) -> [u8; 16] {
+        let mut out = [0; 16];
+        hex_into(&self.0, &mut out);
+        out
+    }
 }
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
+        f.write_str(std::str::from_utf8(&self.hex()).unwrap_or_default())
     }
 }
 
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
+        f.write_str(std::str::from_utf8(&self.hex()).unwrap_or_default())
     }
 }
 
@@ -107,9 +129,14 @@ impl TraceParent {
 
     /// The header value for a call made from span `span_id` of `trace_id`.
     pub fn header_value(trace_id: TraceId, span_id: SpanId, sampled: bool) -> HeaderValue {
-        let text = format!("00-{trace_id}-{span_id}-{}", if sampled { "01" } else { "00" });
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        text[3..35].copy_from_slice(&trace_id.hex());
+        text[36..52].copy_from_slice(&span_id.hex());
+        if sampled {
+            text[54] = b'1';
+        }
         // Hex digits and dashes only: always a valid header value.
-        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""))
+        HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static(""))
     }
 }
 
