@@ -1,10 +1,11 @@
-//! Tracing end to end: two gateways on a path (the front's route proxies to a route of the
-//! second) export their spans to an independent OTLP receiver (tests/otel/receiver.py:
-//! Python's `grpcio` and the `opentelemetry-proto` package), the front over gRPC and the
-//! second over HTTP/protobuf. One client request makes one trace with correct parent links
-//! and HTTP attributes; a request without a `traceparent` starts a trace whose id is in the
-//! access log; an unsampled trace is passed on and recorded nowhere; and a collector that
-//! cannot be reached never delays a request (its failures are counted).
+//! Tracing end to end: two gateways on a path (the front's route, behind a custom
+//! authorizer, proxies to a route of the second) export their spans to an independent OTLP
+//! receiver (tests/otel/receiver.py: Python's `grpcio` and the `opentelemetry-proto`
+//! package), the front over gRPC and the second over HTTP/protobuf. One client request makes
+//! one trace with correct parent links and HTTP attributes; a request without a
+//! `traceparent` starts a trace whose id is in the access log; an unsampled trace is passed
+//! on and recorded nowhere; and a collector that cannot be reached never delays a request
+//! (its failures are counted).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -123,6 +124,10 @@ apis:
         receiver.http
     ))
     .await;
+    let authorizer = http_service(|_| async {
+        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"{\"isAuthorized\": true}")))
+    })
+    .await;
     let front = start_node(format!(
         r#"
 listen: {{ http: "127.0.0.1:0" }}
@@ -131,14 +136,18 @@ access_log: {{ path: access.log }}
 tracing: {{ endpoint: "http://127.0.0.1:{}" }}
 apis:
   - id: shop
+    authorizers:
+      - {{ name: gate, type: custom, uri: "http://{}/", identity_sources: [$request.header.x-token], ttl: 0s }}
     routes:
       - route: GET /items/{{id}}
+        authorizer: gate
         integration: {{ type: http_proxy, uri: "http://{}/prod/items/{{id}}" }}
     stages:
       - name: prod
         tracing: {{ sample_ratio: 1.0 }}
 "#,
         receiver.grpc,
+        authorizer,
         gateway(&inventory)
     ))
     .await;
@@ -146,14 +155,23 @@ apis:
     // A client that traces: its span is the parent of the front's.
     let (trace_id, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let traceparent = format!("00-{trace_id}-{client_span}-01");
-    let headers = [("host", "shop"), ("traceparent", traceparent.as_str()), ("tracestate", "vendor=7")];
+    let headers =
+        [("host", "shop"), ("x-token", "t"), ("traceparent", traceparent.as_str()), ("tracestate", "vendor=7")];
     let reply = request(gateway(&front), "GET", "/prod/items/7", &headers, "").await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
 
-    let spans = receiver.trace(trace_id, 3).await;
-    assert_eq!(spans.len(), 3, "front server + its upstream call + inventory server: {spans:#?}");
+    let spans = receiver.trace(trace_id, 4).await;
+    assert_eq!(spans.len(), 4, "front server, its authorizer and upstream calls, inventory server: {spans:#?}");
     let front_server = span(&spans, "shop", 2);
-    let front_call = span(&spans, "shop", 3);
+    let calls: Vec<&Value> = spans.iter().filter(|s| s["kind"] == 3).collect();
+    let front_call = *calls.iter().find(|s| s["name"] == "GET").expect("the integration's span");
+    let authorizer_call = *calls
+        .iter()
+        .find(|s| s["name"] == "authorizer shop/gate")
+        .unwrap_or_else(|| panic!("no authorizer span: {spans:#?}"));
+    assert_eq!(authorizer_call["parent_span_id"], front_server["span_id"]);
+    assert_eq!(authorizer_call["attributes"]["meridian.authorizer.allowed"], true);
+    assert!(authorizer_call["end"].as_u64() <= front_call["start"].as_u64(), "the callout ends before the call");
     let inventory_server = span(&spans, "inventory", 2);
     assert_eq!(front_server["parent_span_id"], client_span, "the client's span is the parent");
     assert_eq!(front_server["trace_state"], "vendor=7");
@@ -186,7 +204,7 @@ apis:
     assert_eq!(inventory_server["status_code"], 0, "unset: no error");
 
     // Without a traceparent the front starts the trace; its id is in the access log.
-    let reply = request(gateway(&front), "GET", "/prod/items/8", &[("host", "shop")], "").await;
+    let reply = request(gateway(&front), "GET", "/prod/items/8", &[("host", "shop"), ("x-token", "t")], "").await;
     assert_eq!(reply.status, 200);
     let started = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -207,7 +225,7 @@ apis:
     .expect("the new trace is exported");
     assert_eq!(started["parent_span_id"], "", "a new trace has no parent");
     let new_trace = started["trace_id"].as_str().unwrap().to_string();
-    assert_eq!(receiver.trace(&new_trace, 3).await.len(), 3);
+    assert_eq!(receiver.trace(&new_trace, 4).await.len(), 4);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !access_log_trace_ids(&front).contains(&new_trace) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -218,8 +236,8 @@ apis:
     // id) and no span of it is exported anywhere.
     let quiet = "0af7651916cd43dd8448eb211c80319c";
     let traceparent = format!("00-{quiet}-b7ad6b7169203331-00");
-    let reply =
-        request(gateway(&front), "GET", "/prod/items/9", &[("host", "shop"), ("traceparent", &traceparent)], "").await;
+    let headers = [("host", "shop"), ("x-token", "t"), ("traceparent", traceparent.as_str())];
+    let reply = request(gateway(&front), "GET", "/prod/items/9", &headers, "").await;
     assert_eq!(reply.status, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !access_log_trace_ids(&inventory).iter().any(|t| t == quiet) && Instant::now() < deadline {
@@ -229,7 +247,7 @@ apis:
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(receiver.trace(quiet, 1).await.is_empty(), "an unsampled trace is recorded nowhere");
 
-    assert!(metric(&front, "meridian_trace_spans_total{outcome=\"exported\"}").await >= 4.0);
+    assert!(metric(&front, "meridian_trace_spans_total{outcome=\"exported\"}").await >= 6.0);
     assert!(metric(&inventory, "meridian_trace_spans_total{outcome=\"exported\"}").await >= 2.0);
     drop(receiver);
 }

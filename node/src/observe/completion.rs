@@ -73,7 +73,7 @@ pub struct Completion {
     /// The client's certificate (mutual TLS), for the log.
     pub client_cert: Option<Arc<crate::certificates::ClientCertificate>>,
     /// The request's trace, and where its spans go, when its stage traces requests.
-    pub trace: Option<(Arc<RequestTrace>, Option<Arc<SpanSink>>)>,
+    pub trace: Option<(RequestTrace, Option<Arc<SpanSink>>)>,
     pub log: AccessLog,
     pub in_flight: Gauge,
 }
@@ -84,7 +84,9 @@ impl Completion {
         self.observer.metrics.record(self.status, latency, self.integration_latency);
         self.in_flight.decrement(1.0);
         let trace_id = self.trace.as_ref().map(|(trace, _)| trace.trace_id);
-        if let Some((trace, Some(sink))) = &self.trace {
+        if let Some((trace, Some(sink))) = &self.trace
+            && trace.sampled
+        {
             let request_id = self.request_id.to_str().unwrap_or("-");
             sink.submit(trace.finish(FinishedRequest {
                 method: &self.method,

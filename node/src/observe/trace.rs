@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -259,8 +259,9 @@ struct ServerSide {
     user_agent: Option<String>,
 }
 
-/// One request's place in a trace, from routing to the end of its response.
-#[derive(Debug)]
+/// One request's place in a trace, from routing to the end of its response. Cheap to
+/// clone: what a recorded request collects is shared.
+#[derive(Debug, Clone)]
 pub struct RequestTrace {
     pub trace_id: TraceId,
     /// The request's own (server) span.
@@ -269,6 +270,13 @@ pub struct RequestTrace {
     pub parent_id: Option<SpanId>,
     pub sampled: bool,
     trace_state: Option<HeaderValue>,
+    /// What a recorded (sampled) request collects; an unsampled one allocates nothing.
+    recording: Option<Arc<Recording>>,
+}
+
+/// The spans of a recorded request so far, and what its own span will say.
+#[derive(Debug)]
+struct Recording {
     start: u64,
     server: ServerSide,
     children: Mutex<Vec<SpanRecord>>,
@@ -289,26 +297,18 @@ impl RequestTrace {
         let trace_state =
             parent.and(headers.get(&TRACESTATE)).filter(|v| v.len() <= MAX_TRACESTATE && !v.is_empty()).cloned();
         let text = |name: http::header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let server = if sampled {
-            ServerSide {
-                scheme: if tls { "https" } else { "http" },
-                host: text(http::header::HOST),
-                user_agent: text(http::header::USER_AGENT),
-            }
-        } else {
-            ServerSide { scheme: "", host: None, user_agent: None }
-        };
-        let start = if sampled { now_nanos().saturating_sub(started.elapsed().as_nanos() as u64) } else { 0 };
-        RequestTrace {
-            trace_id,
-            span_id: SpanId::random(),
-            parent_id,
-            sampled,
-            trace_state,
-            start,
-            server,
-            children: Mutex::new(Vec::new()),
-        }
+        let recording = sampled.then(|| {
+            Arc::new(Recording {
+                start: now_nanos().saturating_sub(started.elapsed().as_nanos() as u64),
+                server: ServerSide {
+                    scheme: if tls { "https" } else { "http" },
+                    host: text(http::header::HOST),
+                    user_agent: text(http::header::USER_AGENT),
+                },
+                children: Mutex::new(Vec::new()),
+            })
+        });
+        RequestTrace { trace_id, span_id: SpanId::random(), parent_id, sampled, trace_state, recording }
     }
 
     /// The `traceparent` (and `tracestate`) of a call made from span `from` of this trace,
@@ -347,16 +347,19 @@ impl RequestTrace {
             attributes,
             error,
         };
-        self.children.lock().unwrap_or_else(|p| p.into_inner()).push(span);
+        if let Some(recording) = &self.recording {
+            recording.children.lock().unwrap_or_else(|p| p.into_inner()).push(span);
+        }
     }
 
     /// Ends the request's span: every span it recorded, its own last; nothing when it was
     /// not sampled.
     pub fn finish(&self, request: FinishedRequest<'_>) -> Vec<SpanRecord> {
-        if !self.sampled {
+        let Some(recording) = &self.recording else {
             return Vec::new();
-        }
-        let mut spans = std::mem::take(&mut *self.children.lock().unwrap_or_else(|p| p.into_inner()));
+        };
+        let mut spans = std::mem::take(&mut *recording.children.lock().unwrap_or_else(|p| p.into_inner()));
+        let server = &recording.server;
         // A route key is "METHOD /path"; the unrouted have none, and are named by method.
         let route = request.route.split_once(' ').map(|(_, path)| path).filter(|p| !p.is_empty());
         let name: Cow<'static, str> = match route {
@@ -366,7 +369,7 @@ impl RequestTrace {
         let mut attributes: Attributes = vec![
             ("http.request.method", request.method.to_string().into()),
             ("url.path", request.path.to_string().into()),
-            ("url.scheme", self.server.scheme.into()),
+            ("url.scheme", server.scheme.into()),
             ("network.protocol.version", protocol_version(request.version).into()),
             ("client.address", request.client.to_string().into()),
             ("http.response.status_code", i64::from(request.status).into()),
@@ -380,11 +383,11 @@ impl RequestTrace {
         if !request.deployment.is_empty() {
             attributes.push(("meridian.deployment", request.deployment.to_string().into()));
         }
-        if let Some(host) = &self.server.host {
+        if let Some(host) = &server.host {
             let name = host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok()).map_or(&**host, |h| h.0);
             attributes.push(("server.address", name.to_string().into()));
         }
-        if let Some(agent) = &self.server.user_agent {
+        if let Some(agent) = &server.user_agent {
             attributes.push(("user_agent.original", agent.clone().into()));
         }
         // OpenTelemetry's HTTP conventions: a server span fails on 5xx only.
@@ -399,7 +402,7 @@ impl RequestTrace {
             trace_state: self.trace_state.as_ref().and_then(|s| s.to_str().ok()).map(str::to_owned),
             name,
             kind: SpanKind::Server,
-            start: self.start,
+            start: recording.start,
             end: now_nanos(),
             attributes,
             error,
@@ -471,6 +474,25 @@ mod tests {
             "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert_eq!(TraceParent::parse(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_parse_without_panicking_and_valid_ids_round_trip(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            trace in proptest::prelude::any::<[u8; 16]>(),
+            span in proptest::prelude::any::<[u8; 8]>(),
+            sampled in proptest::prelude::any::<bool>(),
+        ) {
+            let _ = TraceParent::parse(&noise);
+            let value = TraceParent::header_value(TraceId(trace), SpanId(span), sampled);
+            let parsed = TraceParent::parse(value.as_bytes());
+            let valid = trace != [0; 16] && span != [0; 8];
+            proptest::prop_assert_eq!(
+                parsed,
+                valid.then_some(TraceParent { trace_id: TraceId(trace), parent_id: SpanId(span), sampled })
+            );
         }
     }
 

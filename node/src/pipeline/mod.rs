@@ -364,14 +364,14 @@ impl Pipeline {
                     exchange.extensions.insert(echo(&parts));
                 }
                 if let Some(sampling) = &refused.observer.sampling {
-                    exchange.trace = Some(Arc::new(RequestTrace::begin(sampling, &parts.headers, conn.tls, started)));
+                    exchange.trace = Some(RequestTrace::begin(sampling, &parts.headers, conn.tls, started));
                 }
                 return Served::unrouted(refused);
             }
         };
         let target = routed.target;
         if let Some(sampling) = &target.observer.sampling {
-            exchange.trace = Some(Arc::new(RequestTrace::begin(sampling, &parts.headers, conn.tls, started)));
+            exchange.trace = Some(RequestTrace::begin(sampling, &parts.headers, conn.tls, started));
         }
         if target.gateway_responses.is_some() {
             exchange.extensions.insert(echo(&parts));

@@ -28,6 +28,7 @@ use super::{Exchange, Flow, Phases, Services, Stage, Step};
 use crate::authorizers::AuthorizerContext;
 use crate::authorizers::key_set::{KeySet, Keys};
 use crate::integration::callee::Callee;
+use crate::observe::trace::SpanKind;
 use crate::rejection::{Rejection, ResponseType};
 
 type Claims = serde_json::Map<String, serde_json::Value>;
@@ -281,8 +282,16 @@ impl Stage for JwtAuthorizer {
                 // A key the set does not hold (yet): fetch it again, at most once per
                 // interval, and decide with what that brought.
                 drop(keys);
+                let span = exchange.start_span();
                 Step::Waiting(Box::pin(async move {
                     set.refetch().await;
+                    exchange.end_span(
+                        span,
+                        "authorizer key fetch",
+                        SpanKind::Client,
+                        || vec![("url.full", callee.uri().to_string().into())],
+                        None,
+                    );
                     Flow::from(self.admit(&set.keys(), &token, alg, kid.as_deref(), head, exchange))
                 }))
             }

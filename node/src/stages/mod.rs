@@ -168,7 +168,7 @@ pub struct Exchange {
     pub extensions: http::Extensions,
     /// The request's trace, when its stage traces requests: a stage that does work worth a
     /// span (a callout, a lookup, a mapping) records one in it.
-    pub trace: Option<std::sync::Arc<crate::observe::trace::RequestTrace>>,
+    pub trace: Option<crate::observe::trace::RequestTrace>,
     /// What stages found, when the request is being explained (`meridian explain request`).
     notes: Option<Vec<String>>,
     /// A body a request-body stage made to send upstream instead of the client's.
