@@ -1,7 +1,9 @@
 //! The deployment artefacts in `deploy/`, each checked by the tool that knows its format:
 //! the systemd unit by `systemd-analyze` (verify, and its exposure score), the Prometheus
 //! alert rules by `promtool` (check and the rules' unit tests), and the Grafana dashboard
-//! against a running one-node cluster: every metric its queries name is one the node exports.
+//! against a running one-node cluster: every metric its queries name is one the node exports;
+//! the container image definition by Docker's parser, and the Kubernetes manifests against
+//! the API schemas.
 //! A missing tool skips its test with a SKIPPED line (CI installs them all).
 
 use std::collections::BTreeSet;
@@ -316,4 +318,57 @@ fn the_pod_start_script_serves_founds_or_joins() {
     std::fs::write(&config, checked).unwrap();
     let out = Command::new(meridian_binary()).args(["validate", "--config"]).arg(&config).output().unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// The container image definition, read by Docker's own parser (the `dockerfile` package
+/// wraps BuildKit's): it builds the binary with the lockfile, runs as the unprivileged user
+/// the Kubernetes pods name, copies only files that exist, and exposes the ports the pods
+/// declare. (Building the image needs a registry for its base images, which this machine
+/// cannot reach.)
+#[test]
+fn the_container_image_definition_parses_and_matches_the_pods() {
+    let Some(python) = meridian_tests::python_with("dockerfile-venv", &["dockerfile==3.4.0"]) else { return };
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import dockerfile, json, sys\n\
+             print(json.dumps([[c.cmd, list(c.value), list(c.flags)] for c in dockerfile.parse_file(sys.argv[1])]))",
+        ])
+        .arg(deploy().join("container/Containerfile"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let instructions: Vec<(String, Vec<String>, Vec<String>)> = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |cmd: &'static str| instructions.iter().filter(move |(c, _, _)| c.eq_ignore_ascii_case(cmd));
+    let stages: Vec<&Vec<String>> = of("FROM").map(|(_, v, _)| v).collect();
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage: {stages:?}");
+    for image in stages.iter().map(|v| &v[0]) {
+        assert!(image.contains(':') && !image.ends_with(":latest"), "base images are pinned by tag: {image}");
+    }
+    assert!(of("RUN").any(|(_, v, _)| v[0].contains("cargo build --release --locked")));
+    // Everything after the runtime stage's FROM runs as the pods' user.
+    let last_from = instructions.iter().rposition(|(c, _, _)| c == "FROM").unwrap();
+    let users: Vec<&String> =
+        instructions[last_from..].iter().filter(|(c, _, _)| c == "USER").map(|(_, v, _)| &v[0]).collect();
+    assert_eq!(users, ["10001:10001"], "the image runs as uid 10001");
+    let manifests = std::fs::read_to_string(deploy().join("kubernetes/meridian.yaml")).unwrap();
+    assert!(manifests.contains("runAsUser: 10001") && manifests.contains("readOnlyRootFilesystem: true"));
+    // Files copied from the checkout exist; the binary comes from the build stage.
+    for (_, value, flags) in of("COPY") {
+        if flags.iter().any(|f| f.starts_with("--from=")) {
+            continue;
+        }
+        let source = &value[0];
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(source);
+        assert!(path.exists(), "COPY {source}: not in the repository");
+    }
+    // The pods' container ports are the ones the image exposes.
+    let exposed: BTreeSet<String> = of("EXPOSE").flat_map(|(_, v, _)| v.iter().cloned()).collect();
+    for port in ["8080", "8443", "9901", "7001", "5353/udp", "5353/tcp"] {
+        assert!(exposed.contains(port), "EXPOSE lacks {port}: {exposed:?}");
+        let number = port.split('/').next().unwrap();
+        assert!(manifests.contains(&format!("containerPort: {number}")), "the pods do not declare {port}");
+    }
+    let entrypoint: Vec<&Vec<String>> = of("ENTRYPOINT").map(|(_, v, _)| v).collect();
+    assert_eq!(entrypoint, [&vec!["/usr/local/bin/meridian".to_string()]]);
 }
