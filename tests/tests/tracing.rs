@@ -4,8 +4,8 @@
 //! package), the front over gRPC and the second over HTTP/protobuf. One client request makes
 //! one trace with correct parent links and HTTP attributes; a request without a
 //! `traceparent` starts a trace whose id is in the access log; an unsampled trace is passed
-//! on and recorded nowhere; and a collector that cannot be reached never delays a request
-//! (its failures are counted).
+//! on and recorded nowhere; a stopping node exports the spans it still holds; and a
+//! collector that cannot be reached never delays a request (its failures are counted).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -249,6 +249,26 @@ apis:
 
     assert!(metric(&front, "meridian_trace_spans_total{outcome=\"exported\"}").await >= 6.0);
     assert!(metric(&inventory, "meridian_trace_spans_total{outcome=\"exported\"}").await >= 2.0);
+
+    // A stopping node exports what it still holds before it exits (the batch it was filling
+    // would otherwise wait for the next second's tick).
+    let (last, last_span) = ("5e1f8c0a2b3d4e5f60718293a4b5c6d7", "1122334455667788");
+    let traceparent = format!("00-{last}-{last_span}-01");
+    let headers = [("host", "shop"), ("x-token", "t"), ("traceparent", traceparent.as_str())];
+    assert_eq!(request(gateway(&front), "GET", "/prod/items/10", &headers, "").await.status, 200);
+    let mut front = front;
+    front.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while front.is_running() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!front.is_running(), "the node stops on SIGTERM");
+    let exported = receiver.spans.lock().unwrap().clone();
+    let flushed = exported.iter().filter(|s| s["trace_id"] == last && s["resource"]["service.name"] == "meridian");
+    assert!(
+        flushed.clone().any(|s| s["kind"] == 2 && s["attributes"]["meridian.api"] == "shop"),
+        "the front's last spans were exported as it stopped"
+    );
     drop(receiver);
 }
 

@@ -288,6 +288,10 @@ impl Node {
             tracing::warn!(error = %e, "quota counters could not be saved at shutdown");
         }
         self.access_log.close();
+        // The last requests' spans, if the collector takes them soon.
+        if let Some(spans) = &self.spans {
+            spans.flush(std::time::Duration::from_secs(3)).await;
+        }
     }
 
     /// Serves until SIGINT or SIGTERM; SIGHUP reloads the configuration.

@@ -22,7 +22,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, Key
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::trace::{AttributeValue, SpanKind, SpanRecord};
 use crate::integration::callee::Callee;
@@ -65,10 +65,18 @@ struct NodeIdentity {
     region: String,
 }
 
+/// What the exporter task is handed.
+#[derive(Debug)]
+enum Queued {
+    Spans(Vec<SpanRecord>),
+    /// Export everything handed over before this, then answer (the node is stopping).
+    Flush(oneshot::Sender<()>),
+}
+
 /// Where the request path leaves finished spans.
 #[derive(Debug)]
 pub struct SpanSink {
-    queue: mpsc::UnboundedSender<Vec<SpanRecord>>,
+    queue: mpsc::UnboundedSender<Queued>,
     /// Spans sent to the queue and not yet taken by the exporter.
     waiting: Arc<AtomicUsize>,
     limit: usize,
@@ -117,11 +125,19 @@ impl SpanSink {
             .waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n + count <= self.limit).then_some(n + count))
             .is_ok();
-        if !admitted || self.queue.send(spans).is_err() {
+        if !admitted || self.queue.send(Queued::Spans(spans)).is_err() {
             if admitted {
                 self.waiting.fetch_sub(count, Ordering::AcqRel);
             }
             self.dropped.increment(count as u64);
+        }
+    }
+
+    /// Exports what is queued, waiting at most `limit` (a stopping node's last spans).
+    pub async fn flush(&self, limit: Duration) {
+        let (done, exported) = oneshot::channel();
+        if self.queue.send(Queued::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(limit, exported).await;
         }
     }
 }
@@ -183,7 +199,7 @@ impl Transport {
 
 /// The task that batches spans and sends them.
 struct Exporter {
-    spans: mpsc::UnboundedReceiver<Vec<SpanRecord>>,
+    spans: mpsc::UnboundedReceiver<Queued>,
     waiting: Arc<AtomicUsize>,
     identity: Arc<OnceLock<NodeIdentity>>,
     transport: Transport,
@@ -198,18 +214,26 @@ impl Exporter {
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         let mut last_warning: Option<tokio::time::Instant> = None;
         loop {
+            let mut flushed = None;
             let full = tokio::select! {
                 received = self.spans.recv() => match received {
-                    Some(spans) => {
+                    Some(Queued::Spans(spans)) => {
                         self.waiting.fetch_sub(spans.len(), Ordering::AcqRel);
                         batch.extend(spans);
                         batch.len() >= BATCH_SPANS
+                    }
+                    Some(Queued::Flush(done)) => {
+                        flushed = Some(done);
+                        !batch.is_empty()
                     }
                     None => break,
                 },
                 _ = tick.tick() => !batch.is_empty(),
             };
             if !full {
+                if let Some(done) = flushed {
+                    let _ = done.send(());
+                }
                 continue;
             }
             let count = batch.len() as u64;
@@ -224,6 +248,9 @@ impl Exporter {
                         last_warning = Some(tokio::time::Instant::now());
                     }
                 }
+            }
+            if let Some(done) = flushed {
+                let _ = done.send(());
             }
         }
     }
@@ -378,8 +405,12 @@ mod tests {
         sink.submit(vec![record(SpanKind::Server, None, None); 2]);
         sink.submit(vec![record(SpanKind::Server, None, None)]);
         assert_eq!(sink.waiting.load(Ordering::Acquire), 3, "the second request's two spans did not fit");
-        assert_eq!(received.recv().await.map(|s| s.len()), Some(2));
-        assert_eq!(received.recv().await.map(|s| s.len()), Some(1));
+        let count = |queued: Option<Queued>| match queued {
+            Some(Queued::Spans(spans)) => spans.len(),
+            _ => 0,
+        };
+        assert_eq!(count(received.recv().await), 2);
+        assert_eq!(count(received.recv().await), 1);
         assert!(received.try_recv().is_err());
     }
 }
