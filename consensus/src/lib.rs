@@ -16,14 +16,15 @@
 // only add a conversion at every call.
 #![allow(clippy::result_large_err)]
 
+pub mod format;
 pub mod idempotency;
 pub mod state;
 pub mod store;
 pub mod types;
 
 pub use state::{
-    ApiKeyRecord, ApiRecord, Canary, ClusterSecrets, CommandOutcome, ConfigCommand, ConfigState, CredentialRecord,
-    Deployment, DomainRecord, MappingRecord, PlanRate, Proposal, QuotaPeriod, RegionRecord, Rejection, StageRecord,
-    UsagePlanRecord, ZoneRecord,
+    ApiKeyRecord, ApiRecord, Canary, ClientCertificatesRecord, ClusterSecrets, CommandOutcome, ConfigCommand,
+    ConfigState, CredentialRecord, Deployment, DomainRecord, MappingRecord, PlanRate, Proposal, QuotaPeriod,
+    RegionRecord, Rejection, StageRecord, UsagePlanRecord, ZoneRecord,
 };
 pub use types::{ClusterNode, NodeId, TypeConfig, Write, WriteOutcome};

@@ -86,6 +86,16 @@ pub struct DomainRecord {
     pub mappings: Vec<MappingRecord>,
 }
 
+/// A custom domain's mutual TLS: the CA certificates (PEM) its clients' certificates must
+/// chain to, the revocation lists (PEM) that withdraw some, and whether a client without a
+/// valid one is refused (`required`) or served without an identity. Public material only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCertificatesRecord {
+    pub ca_pem: String,
+    pub crl_pem: Option<String>,
+    pub required: bool,
+}
+
 /// A region: its DNS weight and the client networks known to sit near it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionRecord {
@@ -165,6 +175,10 @@ pub struct ConfigState {
     pub plans: BTreeMap<String, UsagePlanRecord>,
     /// Credentials for signed requests, by access key id.
     pub credentials: BTreeMap<String, CredentialRecord>,
+    /// Custom domains' mutual TLS, by domain name. Kept beside `domains` rather than in
+    /// [`DomainRecord`], so that the records and commands written before it existed decode
+    /// unchanged (see [`crate::format`]).
+    pub client_certificates: BTreeMap<String, ClientCertificatesRecord>,
 }
 
 /// A change to the configuration.
@@ -298,6 +312,13 @@ pub enum ConfigCommand {
     DeleteCredential {
         id: String,
     },
+    /// Creates or replaces a custom domain with its mutual TLS policy (`None`: no client
+    /// certificates asked for). `PutDomain`, from before mutual TLS, keeps a domain's policy.
+    PutDomainWithClientCertificates {
+        name: String,
+        domain: DomainRecord,
+        client_certificates: Option<ClientCertificatesRecord>,
+    },
 }
 
 /// A command with an optional revision precondition (an HTTP `If-Match`).
@@ -399,6 +420,10 @@ impl ConfigState {
                 stage(api, name).is_some_and(|s| s.canary.as_ref() == Some(canary))
             }
             ConfigCommand::PutDomain { name, domain } => self.domains.get(name) == Some(domain),
+            ConfigCommand::PutDomainWithClientCertificates { name, domain, client_certificates } => {
+                self.domains.get(name) == Some(domain)
+                    && self.client_certificates.get(name) == client_certificates.as_ref()
+            }
             ConfigCommand::PutRegion { name, region } => self.regions.get(name) == Some(region),
             ConfigCommand::PutZone { name, zone } => self.zones.get(name) == Some(zone),
             ConfigCommand::PutPlan { name, rate, quota } => {
@@ -550,7 +575,19 @@ impl ConfigState {
                 self.domains.insert(name.clone(), domain.clone());
                 Ok(None)
             }
+            ConfigCommand::PutDomainWithClientCertificates { name, domain, client_certificates } => {
+                if name.is_empty() {
+                    return Err(Rejection::Invalid("a domain needs a name".into()));
+                }
+                self.domains.insert(name.clone(), domain.clone());
+                match client_certificates {
+                    Some(policy) => self.client_certificates.insert(name.clone(), policy.clone()),
+                    None => self.client_certificates.remove(name),
+                };
+                Ok(None)
+            }
             ConfigCommand::DeleteDomain { name } => {
+                self.client_certificates.remove(name);
                 self.domains.remove(name).map(|_| None).ok_or_else(|| Rejection::NoDomain(name.clone()))
             }
             ConfigCommand::PutRegion { name, region } => {
@@ -850,6 +887,15 @@ mod tests {
                 }
             }),
             name().prop_map(|name| ConfigCommand::DeleteDomain { name }),
+            (name(), any::<bool>()).prop_map(|(name, required)| ConfigCommand::PutDomainWithClientCertificates {
+                name,
+                domain: DomainRecord { certificate_pem: None, key_sealed: None, mappings: vec![] },
+                client_certificates: required.then(|| ClientCertificatesRecord {
+                    ca_pem: "ca".into(),
+                    crl_pem: None,
+                    required
+                }),
+            }),
             (name(), proptest::option::of(0u32..10)).prop_map(|(name, weight)| ConfigCommand::PutRegion {
                 name,
                 region: RegionRecord { weight, client_cidrs: vec!["10.0.0.0/8".into()] }

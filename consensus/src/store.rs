@@ -84,7 +84,7 @@ fn read_machine(tree: &sled::Tree) -> Result<AppliedMachine, sled::Error> {
         None => Position::default(),
     };
     let config: ConfigState = match tree.get(CONFIG)? {
-        Some(bytes) => decode(&bytes).map_err(|e| invalid("applied configuration", e))?,
+        Some(bytes) => crate::format::decode_config(&bytes).map_err(|e| invalid("applied configuration", e))?,
         None => ConfigState::default(),
     };
     let mut records = Vec::new();
@@ -278,7 +278,7 @@ impl StateMachine {
         };
         batch.insert(POSITION, encode(&position).map_err(|e| write_failed(&e))?);
         if changes.config {
-            batch.insert(CONFIG, encode(&machine.config).map_err(|e| write_failed(&e))?);
+            batch.insert(CONFIG, crate::format::encode_config(&machine.config).map_err(|e| write_failed(&e))?);
         }
         if changes.all_records {
             for key in self.tree.scan_prefix(RECORD_PREFIX).keys() {
@@ -303,7 +303,8 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let machine = self.applied.read().await.clone();
-        let data = encode(&machine).map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
+        let data = crate::format::encode_machine(&machine)
+            .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
         let snapshot_id = match machine.last_applied {
             Some(last) => format!("{}-{}-{}", last.leader_id, last.index, machine.config.revision),
             None => format!("--{}", machine.config.revision),
@@ -378,8 +379,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
-        let installed: AppliedMachine =
-            decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
+        let installed = crate::format::decode_machine(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
         let machine = AppliedMachine {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
