@@ -95,21 +95,57 @@ impl DomainCertificates {
 /// identity (it must still prove it holds the key of what it shows).
 pub fn client_verifier(ca_file: &Path, crl_file: Option<&Path>, required: bool) -> Result<ClientAuth, String> {
     let (roots, _) = crate::integration::trust::read_roots(ca_file)?;
+    let crls = match crl_file {
+        Some(crl_file) => {
+            let text = crate::files::read_bounded(crl_file)
+                .map_err(|e| format!("cannot read `{}`: {e}", crl_file.display()))?;
+            revocation_lists(&text).map_err(|e| format!("`{}`: {e}", crl_file.display()))?
+        }
+        None => Vec::new(),
+    };
+    verifier(roots, crls, required).map_err(|e| format!("`{}`: {e}", ca_file.display()))
+}
+
+/// The same policy from PEM text (a cluster-managed domain's, from the replicated state).
+pub fn client_verifier_from_pem(ca_pem: &str, crl_pem: Option<&str>, required: bool) -> Result<ClientAuth, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("the CA certificates are not PEM: {e}"))?;
+        roots.add(cert).map_err(|e| format!("a CA certificate is not usable: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate in `ca_pem`".into());
+    }
+    let crls = match crl_pem {
+        Some(text) => revocation_lists(text)?,
+        None => Vec::new(),
+    };
+    verifier(roots, crls, required)
+}
+
+/// The revocation lists of a PEM text: at least one.
+fn revocation_lists(text: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_slice_iter(text.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("not a PEM revocation list: {e}"))?;
+    if crls.is_empty() {
+        return Err("holds no revocation list".into());
+    }
+    Ok(crls)
+}
+
+fn verifier(
+    roots: rustls::RootCertStore,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    required: bool,
+) -> Result<ClientAuth, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-    if let Some(crl_file) = crl_file {
-        let text =
-            crate::files::read_bounded(crl_file).map_err(|e| format!("cannot read `{}`: {e}", crl_file.display()))?;
-        let crls: Vec<CertificateRevocationListDer<'static>> =
-            CertificateRevocationListDer::pem_slice_iter(text.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("`{}` is not a PEM revocation list file: {e}", crl_file.display()))?;
-        if crls.is_empty() {
-            return Err(format!("`{}` holds no revocation list", crl_file.display()));
-        }
+    if !crls.is_empty() {
         builder = builder.with_crls(crls);
     }
-    let strict = builder.build().map_err(|e| format!("`{}`: {e}", ca_file.display()))?;
+    let strict = builder.build().map_err(|e| e.to_string())?;
     Ok(if required {
         ClientAuth { verifier: strict, requested: None }
     } else {

@@ -1586,3 +1586,102 @@ cluster: {{ data_dir: data, rpc: "127.0.0.1:{port}", advertise_rpc: "localhost:{
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// curl to `api.example.test` on `node`'s HTTPS listener, trusting the test CA, with the
+/// client certificate `identity` (files in `dir`) when given: the body, or `None` when the
+/// handshake or the request failed.
+fn mtls_get(node: &NodeProcess, dir: &std::path::Path, identity: Option<&str>) -> Option<Vec<u8>> {
+    let https = node.https.unwrap();
+    let resolve = format!("api.example.test:{}:{}", https.port(), https.ip());
+    let url = format!("https://api.example.test:{}/version", https.port());
+    let ca = dir.join("ca.pem").display().to_string();
+    let mut args = vec!["-s", "--fail", "--cacert", &ca, "--resolve", &resolve];
+    let (cert, key);
+    if let Some(name) = identity {
+        cert = dir.join(format!("{name}.pem")).display().to_string();
+        key = dir.join(format!("{name}.key")).display().to_string();
+        args.extend_from_slice(&["--cert", &cert, "--key", &key]);
+    }
+    args.push(&url);
+    let out = curl(&args);
+    out.status.success().then_some(out.stdout)
+}
+
+/// Waits (10 s at most) until every node answers `identity` as `expected` says.
+fn until_every_node(cluster: &Cluster, dir: &std::path::Path, identity: Option<&str>, expected: Option<&[u8]>) {
+    for node in &cluster.nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = mtls_get(node, dir, identity);
+            if got.as_deref() == expected {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{:?} with {identity:?}: {got:?}, not {expected:?}", node.https);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_domains_client_certificates_are_replicated_to_every_member() {
+    if !meridian_tests::tools(&["curl"]) {
+        return;
+    }
+    let cluster = three_regions(22);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = cli(&["apply", "-f", definition(d, "v1").to_str().unwrap(), "--stage", "prod"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    let ca = TestCa::new();
+    std::fs::write(d.join("ca.pem"), &ca.pem).unwrap();
+    ca.issue(d, "api.example.test");
+    ca.issue(d, "alice.client");
+    ca.issue_with_serial(d, "dave.client", 4242);
+    std::fs::write(d.join("revoked.crl"), ca.revocation_list(&[4242])).unwrap();
+    let file = |name: &str| d.join(name).display().to_string();
+    let put = |extra: &[&str]| {
+        let mut args = vec!["domains", "put", "api.example.test", "--map", "/=pets:prod"];
+        let (cert, key) = (file("api.example.test.pem"), file("api.example.test.key"));
+        args.extend_from_slice(&["--certificate", &cert, "--key", &key]);
+        args.extend_from_slice(extra);
+        let out = cli(&args, &cluster.nodes[1]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    let (ca_file, crl_file) = (file("ca.pem"), file("revoked.crl"));
+
+    // Required, with a revocation list: set through one member, enforced by every member.
+    put(&["--client-ca", &ca_file, "--client-crl", &crl_file]);
+    until_every_node(&cluster, d, Some("alice.client"), Some(b"v1"));
+    until_every_node(&cluster, d, None, None);
+    until_every_node(&cluster, d, Some("dave.client"), None);
+    let shown = json_of(&["domains", "show", "api.example.test"], &cluster.nodes[2]);
+    assert_eq!(shown["client_certificates"]["required"], true, "{shown}");
+    assert!(shown["client_certificates"]["crl_sha256"].is_string(), "{shown}");
+
+    // Optional: clients without a certificate are served again.
+    put(&["--client-ca", &ca_file, "--client-certificate-optional"]);
+    until_every_node(&cluster, d, None, Some(b"v1"));
+    until_every_node(&cluster, d, Some("alice.client"), Some(b"v1"));
+
+    // A bad CA file is refused with what is wrong, and changes nothing.
+    std::fs::write(d.join("bad-ca.pem"), "not a certificate").unwrap();
+    let bad = file("bad-ca.pem");
+    let (cert, key) = (file("api.example.test.pem"), file("api.example.test.key"));
+    let out = cli(
+        &["domains", "put", "api.example.test", "--certificate", &cert, "--key", &key, "--client-ca", &bad],
+        &cluster.nodes[0],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("client_certificates"), "{err}");
+    let shown = json_of(&["domains", "show", "api.example.test"], &cluster.nodes[0]);
+    assert_eq!(shown["client_certificates"]["required"], false, "{shown}");
+
+    // Without `--client-ca` the domain asks for no certificate.
+    put(&[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !json_of(&["domains", "show", "api.example.test"], &cluster.nodes[2])["client_certificates"].is_null() {
+        assert!(Instant::now() < deadline, "the policy was not removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    until_every_node(&cluster, d, None, Some(b"v1"));
+}

@@ -38,8 +38,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use meridian_consensus::{
-    ApiKeyRecord, ApiRecord, Canary, CommandOutcome, ConfigCommand, DomainRecord, MappingRecord, PlanRate, Proposal,
-    QuotaPeriod, RegionRecord, Rejection, ZoneRecord,
+    ApiKeyRecord, ApiRecord, Canary, ClientCertificatesRecord, CommandOutcome, ConfigCommand, DomainRecord,
+    MappingRecord, PlanRate, Proposal, QuotaPeriod, RegionRecord, Rejection, ZoneRecord,
 };
 
 use super::{json, message, views};
@@ -366,7 +366,12 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
         }
         (&Method::GET, ["v1", "domains"]) => {
             let applied = member.applied.read().await;
-            let list: Vec<_> = applied.config.domains.iter().map(|(name, d)| views::domain(name, d)).collect();
+            let config = &applied.config;
+            let list: Vec<_> = config
+                .domains
+                .iter()
+                .map(|(name, d)| views::domain(name, d, config.client_certificates.get(name)))
+                .collect();
             with_etag(json(StatusCode::OK, serde_json::json!({ "domains": list }).to_string()), applied.config.revision)
         }
         (&Method::GET, ["v1", "domains", name]) => {
@@ -377,14 +382,15 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 .domains
                 .get(&name)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no domain `{name}`")))?;
-            with_etag(json(StatusCode::OK, views::domain(&name, d).to_string()), applied.config.revision)
+            let view = views::domain(&name, d, applied.config.client_certificates.get(&name));
+            with_etag(json(StatusCode::OK, view.to_string()), applied.config.revision)
         }
         (&Method::PUT, ["v1", "domains", name]) => {
             let name = name.to_ascii_lowercase();
             let expected = expected_revision(&request)?;
             let text = body_text(request).await?;
-            let domain = domain_record(&member, &name, &text).await?;
-            let command = ConfigCommand::PutDomain { name, domain };
+            let (domain, client_certificates) = domain_record(&member, &name, &text).await?;
+            let command = ConfigCommand::PutDomainWithClientCertificates { name, domain, client_certificates };
             outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
         }
         (&Method::DELETE, ["v1", "domains", name]) => {
@@ -779,9 +785,14 @@ pub(super) fn invalid(text: impl Into<String>) -> Refusal {
     Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, text)
 }
 
-/// Checks a domain body: a host name, a certificate that fits its key (or neither), and
-/// mappings to stages that exist.
-async fn domain_record(member: &ClusterMember, name: &str, text: &str) -> Result<DomainRecord, Refusal> {
+/// Checks a domain body: a host name, a certificate that fits its key (or neither),
+/// mappings to stages that exist, and a mutual TLS policy whose CA certificates and
+/// revocation lists make a verifier.
+async fn domain_record(
+    member: &ClusterMember,
+    name: &str,
+    text: &str,
+) -> Result<(DomainRecord, Option<ClientCertificatesRecord>), Refusal> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Mapping {
@@ -795,13 +806,25 @@ async fn domain_record(member: &ClusterMember, name: &str, text: &str) -> Result
     }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct ClientCertificates {
+        ca_pem: String,
+        crl_pem: Option<String>,
+        #[serde(default = "yes")]
+        required: bool,
+    }
+    fn yes() -> bool {
+        true
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Body {
         certificate_pem: Option<String>,
         key_pem: Option<String>,
         #[serde(default)]
         mappings: Vec<Mapping>,
+        client_certificates: Option<ClientCertificates>,
     }
-    let body: Body = json_body(text, "{\"certificate_pem\", \"key_pem\", \"mappings\"}")?;
+    let body: Body = json_body(text, "{\"certificate_pem\", \"key_pem\", \"mappings\", \"client_certificates\"}")?;
     if !valid_host(name) {
         return Err(invalid(format!("`{name}` is not a host name")));
     }
@@ -812,6 +835,17 @@ async fn domain_record(member: &ClusterMember, name: &str, text: &str) -> Result
         (None, None) => {}
         _ => return Err(invalid("give both `certificate_pem` and `key_pem`, or neither")),
     }
+    let client_certificates = match body.client_certificates {
+        None => None,
+        Some(_) if body.certificate_pem.is_none() => {
+            return Err(invalid("`client_certificates` needs the domain's own `certificate_pem` and `key_pem`"));
+        }
+        Some(c) => {
+            crate::certificates::client_verifier_from_pem(&c.ca_pem, c.crl_pem.as_deref(), c.required)
+                .map_err(|e| invalid(format!("client_certificates: {e}")))?;
+            Some(ClientCertificatesRecord { ca_pem: c.ca_pem, crl_pem: c.crl_pem, required: c.required })
+        }
+    };
     let applied = member.applied.read().await;
     let mut seen = std::collections::BTreeSet::new();
     let mut mappings = Vec::new();
@@ -835,7 +869,7 @@ async fn domain_record(member: &ClusterMember, name: &str, text: &str) -> Result
         ),
         None => None,
     };
-    Ok(DomainRecord { certificate_pem: body.certificate_pem, key_sealed, mappings })
+    Ok((DomainRecord { certificate_pem: body.certificate_pem, key_sealed, mappings }, client_certificates))
 }
 
 /// Checks a region body: a name, an optional weight, and client networks in CIDR form.

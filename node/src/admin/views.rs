@@ -5,8 +5,8 @@
 //! described in `openapi.json`).
 
 use meridian_consensus::{
-    ApiKeyRecord, ApiRecord, ConfigState, Deployment, DomainRecord, QuotaPeriod, RegionRecord, StageRecord,
-    UsagePlanRecord, ZoneRecord,
+    ApiKeyRecord, ApiRecord, ClientCertificatesRecord, ConfigState, Deployment, DomainRecord, QuotaPeriod,
+    RegionRecord, StageRecord, UsagePlanRecord, ZoneRecord,
 };
 use serde_json::{Value, json};
 
@@ -117,14 +117,20 @@ pub fn plan(name: &str, p: &UsagePlanRecord) -> Value {
 }
 
 /// A custom domain: whether it has TLS, and its base-path mappings (never the key).
-pub fn domain(name: &str, d: &DomainRecord) -> Value {
+pub fn domain(name: &str, d: &DomainRecord, client_certificates: Option<&ClientCertificatesRecord>) -> Value {
     let mappings: Vec<Value> =
         d.mappings.iter().map(|m| json!({"base_path": m.base_path, "api": m.api, "stage": m.stage})).collect();
+    let sha256 = |pem: &str| crate::digest::sha256_hex(pem.as_bytes());
     json!({
         "name": name,
         "tls": d.certificate_pem.is_some(),
-        "certificate_sha256": d.certificate_pem.as_deref().map(|pem| crate::digest::sha256_hex(pem.as_bytes())),
+        "certificate_sha256": d.certificate_pem.as_deref().map(sha256),
         "mappings": mappings,
+        "client_certificates": client_certificates.map(|c| json!({
+            "required": c.required,
+            "ca_sha256": sha256(&c.ca_pem),
+            "crl_sha256": c.crl_pem.as_deref().map(sha256),
+        })),
     })
 }
 

@@ -1,4 +1,5 @@
-//! `meridian domains`: custom domains, their certificates and base-path mappings.
+//! `meridian domains`: custom domains, their certificates, their clients' certificates
+//! (mutual TLS) and base-path mappings.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,16 @@ pub enum DomainCommand {
         /// `BASE_PATH=API:STAGE`, e.g. `/=pets:prod` or `/v2=pets:beta`; repeatable.
         #[arg(long = "map")]
         mappings: Vec<String>,
+        /// Mutual TLS: PEM CA certificates the clients' certificates must chain to.
+        #[arg(long, requires = "certificate")]
+        client_ca: Option<PathBuf>,
+        /// PEM certificate revocation lists that withdraw client certificates.
+        #[arg(long, requires = "client_ca")]
+        client_crl: Option<PathBuf>,
+        /// Serve clients without a valid certificate too (without an identity), instead of
+        /// refusing their handshake.
+        #[arg(long, requires = "client_ca")]
+        client_certificate_optional: bool,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -53,7 +64,16 @@ pub enum DomainCommand {
 
 pub async fn domains(command: DomainCommand) -> anyhow::Result<ExitCode> {
     let (method, path, body, target, said) = match command {
-        DomainCommand::Put { name, certificate, key, mappings, target } => {
+        DomainCommand::Put {
+            name,
+            certificate,
+            key,
+            mappings,
+            client_ca,
+            client_crl,
+            client_certificate_optional,
+            target,
+        } => {
             let read = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
                 p.as_ref()
                     .map(|p| crate::files::read_bounded(p).with_context(|| format!("cannot read {}", p.display())))
@@ -67,16 +87,28 @@ pub async fn domains(command: DomainCommand) -> anyhow::Result<ExitCode> {
                 };
                 list.push(serde_json::json!({"base_path": base, "api": api, "stage": stage}));
             }
-            let body =
+            let mut body =
                 serde_json::json!({"certificate_pem": read(&certificate)?, "key_pem": read(&key)?, "mappings": list});
+            if let Some(ca_pem) = read(&client_ca)? {
+                body["client_certificates"] = serde_json::json!({
+                    "ca_pem": ca_pem,
+                    "crl_pem": read(&client_crl)?,
+                    "required": !client_certificate_optional,
+                });
+            }
             let said = format!("domain {name} saved");
             (Method::PUT, format!("/v1/domains/{}", encode(&name)), Bytes::from(body.to_string()), target, said)
         }
         DomainCommand::List { target } => {
             return Ok(get(&target, "/v1/domains").await?.show(target.output, |v| {
-                let mut table = Table::new(&["DOMAIN", "TLS", "MAPPINGS"]);
+                let mut table = Table::new(&["DOMAIN", "TLS", "CLIENT CERTIFICATES", "MAPPINGS"]);
                 for d in v["domains"].as_array().into_iter().flatten() {
-                    table.row(vec![cell(&d["name"]), cell(&d["tls"]), mappings(&d["mappings"])]);
+                    table.row(vec![
+                        cell(&d["name"]),
+                        cell(&d["tls"]),
+                        client_certificates(&d["client_certificates"]),
+                        mappings(&d["mappings"]),
+                    ]);
                 }
                 table.render("no custom domains yet: `meridian domains put NAME --map /=API:STAGE`")
             }));
@@ -85,7 +117,16 @@ pub async fn domains(command: DomainCommand) -> anyhow::Result<ExitCode> {
             return Ok(get(&target, &format!("/v1/domains/{}", encode(&name))).await?.show(target.output, |v| {
                 let mut shown = v.clone();
                 shown["mappings"] = Value::String(mappings(&v["mappings"]));
-                super::output::fields(&shown, &[("domain", "name"), ("tls", "tls"), ("mappings", "mappings")])
+                shown["client_certificates"] = Value::String(client_certificates(&v["client_certificates"]));
+                super::output::fields(
+                    &shown,
+                    &[
+                        ("domain", "name"),
+                        ("tls", "tls"),
+                        ("client certificates", "client_certificates"),
+                        ("mappings", "mappings"),
+                    ],
+                )
             }));
         }
         DomainCommand::Delete { name, target } => {
@@ -95,6 +136,16 @@ pub async fn domains(command: DomainCommand) -> anyhow::Result<ExitCode> {
         }
     };
     Ok(call(&target, method, &path, body, &[]).await?.written(target.output, &said))
+}
+
+/// A domain's mutual TLS in a word: `required`, `optional` (each with `+ CRL` when a
+/// revocation list is set), or `-`.
+fn client_certificates(policy: &Value) -> String {
+    if policy.is_null() {
+        return "-".into();
+    }
+    let mode = if policy["required"].as_bool().unwrap_or(true) { "required" } else { "optional" };
+    if policy["crl_sha256"].is_string() { format!("{mode} + CRL") } else { mode.to_string() }
 }
 
 /// `BASE_PATH -> API:STAGE` for each mapping of a domain.

@@ -160,7 +160,9 @@ fn keys(state: &ConfigState) -> KeyRing {
     ring
 }
 
-/// The certificates of the domains that have one (their keys opened with the data key).
+/// The certificates of the domains that have one (their keys opened with the data key),
+/// with their mutual TLS policies. A domain whose policy cannot be built is not served over
+/// TLS at all, rather than without the client certificates it asks for.
 pub fn certificates(state: &ConfigState, data_key: &DataKey) -> DomainCertificates {
     let mut set = DomainCertificates::default();
     for (name, domain) in &state.domains {
@@ -170,9 +172,20 @@ pub fn certificates(state: &ConfigState, data_key: &DataKey) -> DomainCertificat
                 .map_err(|e| e.to_string())
                 .and_then(|key| String::from_utf8(key).map_err(|_| "the sealed key is not PEM".to_string()))
                 .and_then(|key| certified_key_from_pem(cert, &key));
-            match key {
-                Ok(k) => set.insert(name, k),
-                Err(e) => tracing::error!(domain = %name, error = %e, "domain certificate unusable"),
+            let policy = state
+                .client_certificates
+                .get(name)
+                .map(|c| crate::certificates::client_verifier_from_pem(&c.ca_pem, c.crl_pem.as_deref(), c.required));
+            match (key, policy) {
+                (Ok(k), None) => set.insert(name, k),
+                (Ok(k), Some(Ok(policy))) => {
+                    set.insert(name, k);
+                    set.require_client_certificates(name, policy);
+                }
+                (Ok(_), Some(Err(e))) => {
+                    tracing::error!(domain = %name, error = %e, "domain client certificate policy unusable")
+                }
+                (Err(e), _) => tracing::error!(domain = %name, error = %e, "domain certificate unusable"),
             }
         }
     }
