@@ -657,14 +657,14 @@ async fn usage(member: &ClusterMember, query: Option<&str>) -> Result<Response<F
         let scope = usage_scope(&plan_name, id);
         let days: Vec<serde_json::Value> = (from..=to)
             .map(|day| {
-                let requests = limiter.and_then(|l| l.count(&scope, day as u64)).unwrap_or(0);
+                let requests = limiter.count(&scope, day as u64).unwrap_or(0);
                 serde_json::json!({ "date": format_date(day), "requests": requests })
             })
             .collect();
         let total: u64 = days.iter().filter_map(|d| d["requests"].as_u64()).sum();
         let quota = plan.quota.map(|(limit, p)| {
             let (window, _) = period(p).window(crate::observe::time::unix_ms());
-            let used = limiter.and_then(|l| l.count(&quota_scope(&plan_name, id), window)).unwrap_or(0);
+            let used = limiter.count(&quota_scope(&plan_name, id), window).unwrap_or(0);
             serde_json::json!({ "limit": limit, "period": period(p).name(), "used": used, "remaining": limit.saturating_sub(used) })
         });
         keys.push(serde_json::json!({ "id": id, "name": name, "days": days, "total": total, "quota": quota }));

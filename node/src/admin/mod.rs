@@ -140,7 +140,7 @@ impl AdminState {
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/metrics") => {
                 let mut text = self.metrics.render();
-                if let Some(limiter) = self.cluster.get().and_then(|m| m.limiter()) {
+                if let Some(limiter) = self.cluster.get().map(|m| m.limiter()) {
                     peer_silence(&mut text, &limiter.peer_silence());
                 }
                 let mut r = Response::new(Full::new(Bytes::from(text)));

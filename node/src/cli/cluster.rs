@@ -129,8 +129,12 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
         ClusterCommand::Init { config, region, ready_file, .. } => {
             check_region(&region)?;
             let (node, settings) = start_node(&config).await?;
-            let (member, token) =
-                ClusterMember::init(&settings, node.advertised(&region, settings.advertise_address)).await?;
+            let (member, token) = ClusterMember::init(
+                &settings,
+                node.advertised(&region, settings.advertise_address),
+                node.rpc_handlers(),
+            )
+            .await?;
             node.attach_cluster(member);
             println!("cluster founded in region {region}; join other nodes with:");
             println!(
@@ -149,9 +153,14 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
         ClusterCommand::Join { config, region, peer, token, ready_file, .. } => {
             check_region(&region)?;
             let (node, settings) = start_node(&config).await?;
-            let member =
-                ClusterMember::join(&settings, node.advertised(&region, settings.advertise_address), &peer, &token)
-                    .await?;
+            let member = ClusterMember::join(
+                &settings,
+                node.advertised(&region, settings.advertise_address),
+                &peer,
+                &token,
+                node.rpc_handlers(),
+            )
+            .await?;
             println!("joined the cluster as node {} in region {region}", member.id);
             node.attach_cluster(member);
             if let Some(path) = ready_file {

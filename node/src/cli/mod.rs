@@ -263,6 +263,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let member = crate::cluster::member::ClusterMember::resume(
                     &settings,
                     node.advertised("", settings.advertise_address),
+                    node.rpc_handlers(),
                 )
                 .await?;
                 node.attach_cluster(member);

@@ -113,7 +113,6 @@ impl DnsService {
             changed: std::sync::atomic::AtomicBool::new(true),
             server,
         });
-        member.attach_dns(service.clone());
         let (sink, mut samples) = tokio::sync::mpsc::channel::<(IpAddr, u32)>(4096);
         let collector = service.clone();
         tokio::spawn(async move {

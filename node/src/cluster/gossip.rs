@@ -22,7 +22,6 @@ const FAN_OUT: usize = 2;
 
 /// Starts gossiping `limiter`'s counters with the member's peers.
 pub fn spawn(member: Arc<ClusterMember>, limiter: Arc<Limiter>) {
-    member.attach_limiter(limiter.clone());
     tokio::spawn(async move {
         let mut clients: std::collections::HashMap<String, NodeClient<tonic::transport::Channel>> = Default::default();
         let mut round: u64 = 0;

@@ -91,9 +91,8 @@ pub struct ClusterMember {
     data_dir: PathBuf,
     /// Opens the secrets sealed in the replicated state.
     data_key: DataKey,
-    limiter: std::sync::OnceLock<Arc<crate::limits::limiter::Limiter>>,
-    dns: std::sync::OnceLock<Arc<super::dns::DnsService>>,
-    caches: std::sync::OnceLock<Arc<crate::response_cache::ResponseCaches>>,
+    /// What peers' data-plane calls reach (the RPC server's handlers).
+    handlers: rpc::Handlers,
     /// Set once this node's removal from the cluster has committed: the process then ends.
     left: tokio::sync::watch::Sender<bool>,
     /// How often a leader sends heartbeats (`cluster.heartbeat`).
@@ -241,7 +240,11 @@ pub fn is_initialized(data_dir: &Path) -> bool {
 impl ClusterMember {
     /// Founds a new cluster: makes its CA and join secret, initializes Raft with this node as
     /// the only voter and records the secrets. Returns the member and the join token.
-    pub async fn init(settings: &ClusterSettings, advertised: Advertised) -> Result<(Arc<Self>, String), ClusterError> {
+    pub async fn init(
+        settings: &ClusterSettings,
+        advertised: Advertised,
+        handlers: rpc::Handlers,
+    ) -> Result<(Arc<Self>, String), ClusterError> {
         if is_initialized(&settings.data_dir) {
             return Err(setup(format!(
                 "{} already holds a cluster member: start it with `meridian serve`",
@@ -258,7 +261,7 @@ impl ClusterMember {
         let ca_key_sealed = data_key.seal(super::sealed::CA_KEY, ca.key_pem.as_bytes()).map_err(setup)?;
         save_identity(&settings.data_dir, &identity, &data_key)?;
         write_record(&settings.data_dir, &NodeRecord { node_id: 1, region: advertised.region.clone() })?;
-        let member = Self::start(1, identity, data_key, settings, &advertised).await?;
+        let member = Self::start(1, identity, data_key, settings, &advertised, handlers).await?;
         let members = BTreeMap::from([(1, member.me.clone())]);
         member.raft.initialize(members).await.map_err(setup)?;
         let secrets = ClusterSecrets {
@@ -278,6 +281,7 @@ impl ClusterMember {
         advertised: Advertised,
         peer: &str,
         token: &str,
+        handlers: rpc::Handlers,
     ) -> Result<Arc<Self>, ClusterError> {
         if is_initialized(&settings.data_dir) {
             return Err(setup(format!(
@@ -317,21 +321,25 @@ impl ClusterMember {
         let identity = NodeIdentity { cert_pem: reply.certificate_pem, key_pem, ca_pem: reply.ca_pem };
         save_identity(&settings.data_dir, &identity, &data_key)?;
         write_record(&settings.data_dir, &NodeRecord { node_id: reply.node_id, region: advertised.region.clone() })?;
-        let member = Self::start(reply.node_id, identity, data_key, settings, &advertised).await?;
+        let member = Self::start(reply.node_id, identity, data_key, settings, &advertised, handlers).await?;
         creating.done();
         member.spawn_autopilot();
         Ok(member)
     }
 
     /// Restarts a member from its data folder.
-    pub async fn resume(settings: &ClusterSettings, advertised: Advertised) -> Result<Arc<Self>, ClusterError> {
+    pub async fn resume(
+        settings: &ClusterSettings,
+        advertised: Advertised,
+        handlers: rpc::Handlers,
+    ) -> Result<Arc<Self>, ClusterError> {
         super::data_dir::check_private(&settings.data_dir).map_err(setup)?;
         let text = std::fs::read_to_string(record_path(&settings.data_dir)).map_err(setup)?;
         let record: NodeRecord = serde_json::from_str(&text).map_err(setup)?;
         let identity = load_identity(&settings.data_dir)?;
         let data_key = DataKey::load(&data_key_path(&settings.data_dir)).map_err(setup)?;
         let advertised = Advertised { region: record.region.clone(), ..advertised };
-        let member = Self::start(record.node_id, identity, data_key, settings, &advertised).await?;
+        let member = Self::start(record.node_id, identity, data_key, settings, &advertised, handlers).await?;
         member.spawn_autopilot();
         member.spawn_readdress();
         Ok(member)
@@ -343,6 +351,7 @@ impl ClusterMember {
         data_key: DataKey,
         settings: &ClusterSettings,
         advertised: &Advertised,
+        handlers: rpc::Handlers,
     ) -> Result<Arc<Self>, ClusterError> {
         // The RPC port first: if it is taken, nothing has been opened or written yet.
         let listener = TcpListener::bind(settings.rpc_listen)
@@ -372,43 +381,21 @@ impl ClusterMember {
             connector,
             data_dir: settings.data_dir.clone(),
             data_key,
-            limiter: std::sync::OnceLock::new(),
-            dns: std::sync::OnceLock::new(),
-            caches: std::sync::OnceLock::new(),
+            handlers: handlers.clone(),
             left: tokio::sync::watch::Sender::new(false),
             heartbeat: settings.heartbeat,
             peers: Default::default(),
         });
         let tls = server_config(&identity).map_err(setup)?;
-        tokio::spawn(rpc::serve(listener, tls, member.clone()));
+        tokio::spawn(rpc::serve(listener, tls, member.clone(), handlers));
         member.spawn_heartbeats();
         crate::observe::log::set_label(format!("{}/{id}", advertised.region));
         Ok(member)
     }
 
-    /// The limiter whose counters this member gossips.
-    pub fn attach_limiter(&self, limiter: Arc<crate::limits::limiter::Limiter>) {
-        let _ = self.limiter.set(limiter);
-    }
-
-    /// The DNS service that takes this member's health reports.
-    pub fn attach_dns(&self, dns: Arc<super::dns::DnsService>) {
-        let _ = self.dns.set(dns);
-    }
-
-    /// The DNS service, once the node has attached it.
+    /// The DNS service, once the node serves DNS.
     pub fn dns(&self) -> Option<&Arc<super::dns::DnsService>> {
-        self.dns.get()
-    }
-
-    /// The response caches that `FlushCache` empties.
-    pub fn attach_caches(&self, caches: Arc<crate::response_cache::ResponseCaches>) {
-        let _ = self.caches.set(caches);
-    }
-
-    /// The response caches, once the node has attached them.
-    pub fn caches(&self) -> Option<&Arc<crate::response_cache::ResponseCaches>> {
-        self.caches.get()
+        self.handlers.dns.get()
     }
 
     /// Empties what `flush` names on every other member, at once; each member's outcome.
@@ -452,9 +439,9 @@ impl ClusterMember {
         outcomes
     }
 
-    /// The limiter, once the node has attached it.
-    pub fn limiter(&self) -> Option<&Arc<crate::limits::limiter::Limiter>> {
-        self.limiter.get()
+    /// The limiter whose counters this member gossips.
+    pub fn limiter(&self) -> &Arc<crate::limits::limiter::Limiter> {
+        &self.handlers.limiter
     }
 
     /// The TLS connector members use to call each other.

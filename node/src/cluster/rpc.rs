@@ -22,8 +22,26 @@ use super::member::ClusterMember;
 use super::network::{decode, encode};
 use super::tls::{PeerIdentity, RpcStream};
 
+/// The node's services that peers' data-plane calls reach: given to the RPC server by
+/// whatever wires the node together (`node::Node::rpc_handlers`), so the server knows the
+/// calls and nothing of what serves them, and a new call is one more handler here.
+#[derive(Clone)]
+pub struct Handlers {
+    /// Takes gossiped limit counters (`Gossip`).
+    pub limiter: Arc<crate::limits::limiter::Limiter>,
+    /// Empties what a `FlushCache` names.
+    pub caches: Arc<crate::response_cache::ResponseCaches>,
+    /// Takes peers' health reports (`ReportHealth`) once the node serves DNS; reports that
+    /// arrive before are dropped, as a node without DNS needs none.
+    pub dns: DnsHandle,
+}
+
+/// The node's DNS service, once it runs one (set by `cluster::dns::DnsService::start`).
+pub type DnsHandle = Arc<std::sync::OnceLock<Arc<super::dns::DnsService>>>;
+
 struct NodeService {
     member: Arc<ClusterMember>,
+    handlers: Handlers,
 }
 
 fn require_member<T>(request: &Request<T>) -> Result<(), Status> {
@@ -118,9 +136,7 @@ impl Node for NodeService {
             metrics::counter!("meridian_limit_gossip_rejected_total").increment(1);
             Status::invalid_argument(e)
         })?;
-        if let Some(limiter) = self.member.limiter() {
-            limiter.merge(message.node_id, &observations);
-        }
+        self.handlers.limiter.merge(message.node_id, &observations);
         Ok(Response::new(GossipAck {}))
     }
 
@@ -130,7 +146,7 @@ impl Node for NodeService {
             metrics::counter!("meridian_dns_reports_rejected_total").increment(1);
             Status::invalid_argument(e)
         })?;
-        if let Some(dns) = self.member.dns() {
+        if let Some(dns) = self.handlers.dns.get() {
             dns.receive(report);
         }
         Ok(Response::new(GossipAck {}))
@@ -146,10 +162,8 @@ impl Node for NodeService {
         {
             return Err(Status::invalid_argument("a cache flush names an API and a stage (at most 256 bytes each)"));
         }
-        if let Some(caches) = self.member.caches() {
-            let route = (!flush.route.is_empty()).then_some(flush.route);
-            caches.flush(&crate::response_cache::Flush { api: flush.api, stage: flush.stage, route });
-        }
+        let route = (!flush.route.is_empty()).then_some(flush.route);
+        self.handlers.caches.flush(&crate::response_cache::Flush { api: flush.api, stage: flush.stage, route });
         Ok(Response::new(GossipAck {}))
     }
 
@@ -179,7 +193,7 @@ impl NodeService {
 }
 
 /// Accepts TLS connections on `listener` and serves the node RPC service on them.
-pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, member: Arc<ClusterMember>) {
+pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, member: Arc<ClusterMember>, handlers: Handlers) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<RpcStream, std::io::Error>>(64);
     tokio::spawn(async move {
@@ -203,7 +217,7 @@ pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, member: Arc
         }
     });
     let incoming = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let service = NodeServer::new(NodeService { member })
+    let service = NodeServer::new(NodeService { member, handlers })
         .max_decoding_message_size(super::network::MAX_MESSAGE)
         .max_encoding_message_size(super::network::MAX_MESSAGE);
     if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await {

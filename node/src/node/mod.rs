@@ -76,6 +76,8 @@ pub struct Node {
     serving: watch::Sender<bool>,
     /// Where traced requests' spans are exported (`tracing`), if anywhere.
     spans: Option<Arc<crate::observe::otlp::SpanSink>>,
+    /// The DNS service once the node serves DNS, for peers' health reports.
+    dns: crate::cluster::rpc::DnsHandle,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -206,7 +208,17 @@ impl Node {
             client_rtt,
             serving,
             spans,
+            dns: Arc::default(),
         })
+    }
+
+    /// What peers' calls to this node reach, for the RPC server of the member it becomes.
+    pub fn rpc_handlers(&self) -> crate::cluster::rpc::Handlers {
+        crate::cluster::rpc::Handlers {
+            limiter: self.limiter.clone(),
+            caches: self.admin.pipeline.caches().clone(),
+            dns: self.dns.clone(),
+        }
     }
 
     pub fn reloader(&self) -> Arc<Reloader> {
@@ -253,13 +265,13 @@ impl Node {
         let settings = self.cluster.as_ref().and_then(|c| c.dns.clone());
         if let (Some(sockets), Some(settings)) = (sockets, settings) {
             match crate::cluster::dns::DnsService::start(member.clone(), &settings, sockets) {
-                Ok((_, sink)) => {
+                Ok((service, sink)) => {
+                    let _ = self.dns.set(service);
                     let _ = self.client_rtt.set(sink);
                 }
                 Err(e) => tracing::error!(error = %e, "the DNS responder could not start"),
             }
         }
-        member.attach_caches(self.admin.pipeline.caches().clone());
         let _ = self.admin.cluster.set(member);
     }
 
