@@ -174,9 +174,11 @@ fn field_at(text: &str, line: usize, column: usize) -> Option<String> {
 
 mod authorizers;
 mod cache;
+mod cluster;
 mod compression;
 mod conditions;
 mod cors;
+mod domains;
 mod gateway_responses;
 mod idempotency;
 mod integrations;
@@ -187,6 +189,7 @@ mod validation;
 mod waf;
 
 use authorizers::{AuthorizerSpec, AuthorizerUse};
+pub use domains::{base_path, valid_host};
 use integrations::IntegrationSpec;
 
 struct Compiler<'a> {
@@ -342,145 +345,6 @@ impl Compiler<'_> {
             }),
             _ => Err(self.sink),
         }
-    }
-
-    fn cluster(&mut self, c: &ClusterSection, file: &GatewayFile) -> Option<ClusterSettings> {
-        if let Some(api) = file.apis.first() {
-            self.sink.push(
-                api.id.referenced,
-                "apis",
-                "a cluster member serves the cluster's APIs: deploy them with `meridian apply`",
-            );
-        }
-        let rpc_listen = self.socket_addr(&c.rpc, "cluster.rpc")?;
-        let advertise_rpc = match &c.advertise_rpc {
-            Some(a) => match a.value.parse::<SocketAddr>() {
-                Ok(addr) => addr.to_string(),
-                Err(_) => match a.value.rsplit_once(':') {
-                    Some((host, port))
-                        if valid_host(host) && !host.starts_with("*.") && port.parse::<u16>().is_ok_and(|p| p != 0) =>
-                    {
-                        a.value.to_ascii_lowercase()
-                    }
-                    _ => {
-                        self.sink.push(
-                            a.referenced,
-                            "cluster.advertise_rpc",
-                            format!("`{}` is neither `IP:port` nor `host:port`", a.value),
-                        );
-                        return None;
-                    }
-                },
-            },
-            None if rpc_listen.ip().is_unspecified() || rpc_listen.port() == 0 => {
-                self.sink.push(
-                    c.rpc.referenced,
-                    "cluster.advertise_rpc",
-                    "set the address peers use when `rpc` is a wildcard or port 0",
-                );
-                return None;
-            }
-            None => rpc_listen.to_string(),
-        };
-        if !(10..=1_000_000).contains(&c.snapshot_after_logs.value) {
-            self.sink.push(
-                c.snapshot_after_logs.referenced,
-                "cluster.snapshot_after_logs",
-                "must be from 10 to 1000000",
-            );
-            return None;
-        }
-        let heartbeat = match &c.heartbeat {
-            None => Duration::from_millis(150),
-            Some(h) => match super::parse_duration(&h.value) {
-                Ok(d) if (Duration::from_millis(50)..=Duration::from_secs(5)).contains(&d) => d,
-                _ => {
-                    self.sink.push(h.referenced, "cluster.heartbeat", "a duration from 50ms to 5s, e.g. `300ms`");
-                    return None;
-                }
-            },
-        };
-        let dns = match &c.dns {
-            Some(d) => Some(self.dns(d)?),
-            None => None,
-        };
-        let advertise_address = match &c.advertise_address {
-            None => None,
-            Some(a) => match a.value.parse::<std::net::IpAddr>() {
-                Ok(ip) if !ip.is_unspecified() => Some(ip),
-                _ => {
-                    self.sink.push(
-                        a.referenced,
-                        "cluster.advertise_address",
-                        format!("`{}` is not a unicast IP address", a.value),
-                    );
-                    return None;
-                }
-            },
-        };
-        // Peers probe the gateway and DNS answers name it: a wildcard is no address to give.
-        let wildcard = |a: Option<&Spanned<String>>| {
-            a.and_then(|a| a.value.parse::<SocketAddr>().ok()).is_some_and(|a| a.ip().is_unspecified())
-        };
-        if advertise_address.is_none()
-            && (wildcard(file.listen.http.as_ref())
-                || wildcard(file.listen.https.as_ref())
-                || wildcard(c.dns.as_ref().map(|d| &d.listen)))
-        {
-            self.sink.push(
-                c.rpc.referenced,
-                "cluster.advertise_address",
-                "a listener binds a wildcard address: set the IP peers and DNS clients reach this node at",
-            );
-            return None;
-        }
-        Some(ClusterSettings {
-            data_dir: self.path(&c.data_dir.value),
-            rpc_listen,
-            advertise_rpc,
-            advertise_address,
-            snapshot_after_logs: c.snapshot_after_logs.value,
-            heartbeat,
-            dns,
-        })
-    }
-
-    fn dns(&mut self, d: &DnsSection) -> Option<DnsSettings> {
-        let listen = self.socket_addr(&d.listen, "cluster.dns.listen");
-        if !(1..=64).contains(&d.udp_workers.value) {
-            self.sink.push(d.udp_workers.referenced, "cluster.dns.udp_workers", "must be from 1 to 64");
-        }
-        let forward = d.forward.as_ref().map(|f| {
-            if f.upstreams.is_empty() {
-                self.sink.push(Location::UNKNOWN, "cluster.dns.forward.upstreams", "name at least one resolver");
-            }
-            let upstreams: Vec<SocketAddr> = f
-                .upstreams
-                .iter()
-                .enumerate()
-                .filter_map(|(i, u)| self.socket_addr(u, &format!("cluster.dns.forward.upstreams[{i}]")))
-                .collect();
-            let allow = f
-                .allow
-                .iter()
-                .enumerate()
-                .filter_map(|(i, a)| match a.value.parse::<meridian_dns::net::Cidr>() {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        self.sink.push(a.referenced, format!("cluster.dns.forward.allow[{i}]"), e.to_string());
-                        None
-                    }
-                })
-                .collect();
-            (upstreams, allow)
-        });
-        Some(DnsSettings {
-            listen: listen?,
-            udp_workers: d.udp_workers.value.clamp(1, 64),
-            rate_limit: d.rate_limit,
-            slip: d.slip,
-            forward,
-        })
     }
 
     fn path(&self, text: &str) -> PathBuf {
@@ -955,127 +819,6 @@ impl Compiler<'_> {
             keeps_responses,
         }
     }
-
-    fn domains(
-        &mut self,
-        domains: &[DomainDef],
-        apis: &HashMap<String, HashMap<String, Arc<StageTarget>>>,
-        https: bool,
-    ) -> (HashMap<String, Vec<BaseMapping>>, DomainCertificates) {
-        let mut table = HashMap::new();
-        let mut certificates = DomainCertificates::default();
-        for (i, d) in domains.iter().enumerate() {
-            let field = format!("domains[{i}]");
-            let name = d.name.value.to_ascii_lowercase();
-            if !valid_host(&name) {
-                self.sink.push(
-                    d.name.referenced,
-                    format!("{field}.name"),
-                    format!("`{}` is not a host name", d.name.value),
-                );
-                continue;
-            }
-            match (&d.certificate, &d.key) {
-                (Some(c), Some(k)) => match load_certified_key(&self.path(&c.value), &self.path(&k.value)) {
-                    Ok(key) => certificates.insert(&name, key),
-                    Err(e) => self.sink.push(c.referenced, format!("{field}.certificate"), e),
-                },
-                (Some(c), None) => {
-                    self.sink.push(c.referenced, format!("{field}.key"), "a certificate needs its `key`")
-                }
-                (None, Some(k)) => {
-                    self.sink.push(k.referenced, format!("{field}.certificate"), "a key needs its `certificate`")
-                }
-                (None, None) if https => self.sink.push(
-                    d.name.referenced,
-                    format!("{field}.certificate"),
-                    "the https listener is on, so every domain needs `certificate` and `key`",
-                ),
-                (None, None) => {}
-            }
-            if let Some(mutual) = &d.client_certificates {
-                let m = &mutual.value;
-                let crl = m.crl_file.as_ref().map(|f| self.path(f));
-                match crate::certificates::client_verifier(&self.path(&m.ca_file), crl.as_deref(), m.required) {
-                    Ok(verifier) if https => certificates.require_client_certificates(&name, verifier),
-                    Ok(_) => self.sink.push(
-                        mutual.referenced,
-                        format!("{field}.client_certificates"),
-                        "client certificates are asked in a TLS handshake: turn on the `https` listener",
-                    ),
-                    Err(e) => self.sink.push(mutual.referenced, format!("{field}.client_certificates"), e),
-                }
-            }
-            let mut mappings: Vec<BaseMapping> = Vec::new();
-            for (j, m) in d.mappings.iter().enumerate() {
-                let mfield = format!("{field}.mappings[{j}]");
-                let base = match base_path(&m.base_path.value) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.sink.push(m.base_path.referenced, format!("{mfield}.base_path"), e);
-                        continue;
-                    }
-                };
-                let Some(stages) = apis.get(&m.api.value) else {
-                    self.sink.push(
-                        m.api.referenced,
-                        format!("{mfield}.api"),
-                        format!("no API has id `{}`", m.api.value),
-                    );
-                    continue;
-                };
-                let Some(stage) = stages.get(&m.stage.value) else {
-                    self.sink.push(
-                        m.stage.referenced,
-                        format!("{mfield}.stage"),
-                        format!("API `{}` has no stage `{}`", m.api.value, m.stage.value),
-                    );
-                    continue;
-                };
-                if mappings.iter().any(|x| x.base_path == base) {
-                    self.sink.push(
-                        m.base_path.referenced,
-                        format!("{mfield}.base_path"),
-                        format!("base path `{}` is mapped twice", m.base_path.value),
-                    );
-                    continue;
-                }
-                mappings.push(BaseMapping { base_path: base, stage: stage.clone() });
-            }
-            mappings.sort_by_key(|m| std::cmp::Reverse(m.base_path.len()));
-            if table.insert(name.clone(), mappings).is_some() {
-                self.sink.push(
-                    d.name.referenced,
-                    format!("{field}.name"),
-                    format!("domain `{name}` is declared twice"),
-                );
-            }
-        }
-        (table, certificates)
-    }
-}
-
-/// Normalizes a base path (`/`, `/v1`, `/v1/`) to its matching form (`""`, `/v1`).
-pub fn base_path(text: &str) -> Result<String, String> {
-    let base = text.trim_end_matches('/').to_string();
-    if !text.starts_with('/') || base.contains("//") || base.contains(['{', '}', '?', '#', ' ']) {
-        return Err(format!("`{text}` is not a base path like `/` or `/v1`"));
-    }
-    Ok(base)
-}
-
-/// A DNS host name, optionally with one leading `*.` label.
-pub fn valid_host(name: &str) -> bool {
-    let name = name.strip_prefix("*.").unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
 }
 
 /// An API definition as `meridian apply` sends it: a configuration file with one API.
