@@ -165,6 +165,9 @@ domains:
     let with_identity = who.filter(|l| l.contains("\"client_cert\":\"CN=")).count();
     assert_eq!(with_identity, 4, "the four requests for /who with a verified certificate: {log}");
     assert!(log.contains("\"status\":403") && log.contains("\"reason\":\"waf rule no-carol\""), "{log}");
+    // The misdirected requests are logged (and counted) like any refusal.
+    let misdirected = log.lines().filter(|l| l.contains("\"status\":421") && l.contains("misdirected")).count();
+    assert_eq!(misdirected, 2, "{log}");
 }
 
 #[test]

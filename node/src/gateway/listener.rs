@@ -148,14 +148,12 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsSetup>, shared: Listene
             let misdirected = mutual.as_ref().is_some_and(|sni| {
                 request_host(&request).is_some_and(|host| !sni.allows(conn.server_name.get().map(String::as_str), host))
             });
+            let mut request = request;
+            if misdirected {
+                request.extensions_mut().insert(crate::pipeline::Misdirected);
+            }
             Box::pin(async move {
-                let response = if probe {
-                    probe_answer()
-                } else if misdirected {
-                    misdirected_answer()
-                } else {
-                    pipeline.handle(request, &conn).await
-                };
+                let response = if probe { probe_answer() } else { pipeline.handle(request, &conn).await };
                 drop(busy);
                 response
             })
@@ -267,18 +265,6 @@ fn request_host<B>(request: &http::Request<B>) -> Option<&str> {
         None => request.headers().get(http::header::HOST)?.to_str().ok()?,
     };
     Some(host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h))
-}
-
-/// The answer to a request for a mutual TLS domain on a connection whose handshake was not
-/// made for it: 421, so the client opens a connection for that domain.
-fn misdirected_answer() -> http::Response<ObservedBody> {
-    let body = crate::body::ResponseBody::full(
-        "{\"message\":\"this host needs a TLS connection of its own (with its client certificate)\"}",
-    );
-    let mut response = http::Response::new(ObservedBody::unobserved(body));
-    *response.status_mut() = http::StatusCode::MISDIRECTED_REQUEST;
-    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    response
 }
 
 /// Serves HTTP/2 on one connection until it ends; asks it to close gracefully (GOAWAY,

@@ -82,6 +82,12 @@ impl ConnInfo {
     }
 }
 
+/// Marks a request for a mutual TLS domain on a connection whose handshake was made for
+/// another name (or none): the listener finds it, the pipeline refuses it with 421 (so the
+/// client opens a connection for that domain), logged and counted like any refusal.
+#[derive(Debug, Clone, Copy)]
+pub struct Misdirected;
+
 /// The request path of a node, shared by all its connections.
 pub struct Pipeline {
     table: Arc<ArcSwap<RoutingTable>>,
@@ -342,6 +348,14 @@ impl Pipeline {
             exchange.extensions.insert(certificate.clone());
         }
         let (mut parts, body) = request.into_parts();
+        if parts.extensions.remove::<Misdirected>().is_some() {
+            let r = Rejection::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this host needs a TLS connection of its own (with its client certificate)",
+            )
+            .with_reason("misdirected: the TLS handshake named another host");
+            return Served::refused(r, &table.unrouted);
+        }
         if parts.version == Version::HTTP_2 && parts.headers.len() > self.max_headers {
             let r = Rejection::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request has too many headers");
             return Served::refused(r, &table.unrouted);
