@@ -373,3 +373,61 @@ apis:
     let metrics = String::from_utf8_lossy(&get(node.admin, "admin", "/metrics").await.body).into_owned();
     assert!(metrics.contains("meridian_upstream_health_checks_total"), "{metrics}");
 }
+
+/// An HTTP/2 (prior knowledge) backend that answers the first stream of each connection and
+/// refuses every later one unprocessed (`REFUSED_STREAM`), as a server at its stream limit
+/// or draining does. Counts the connections.
+async fn one_stream_per_connection_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else { return };
+                let mut answered = false;
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    if answered {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    answered = true;
+                    let response = http::Response::builder().status(200).body(()).unwrap();
+                    if let Ok(mut body) = respond.send_response(response, false) {
+                        let _ = body.send_data(Bytes::from_static(b"answered"), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_an_http2_target_did_not_process_are_sent_again_on_a_new_connection() {
+    let (backend, connections) = one_stream_per_connection_backend().await;
+    let node =
+        start_node(config(&format!("{{ type: http_proxy, uri: \"http://{backend}/work\", http2: true }}"), "")).await;
+    let gateway = node.http.unwrap();
+    // The first request opens the gateway's connection to the target; eight at once then
+    // share it, and the target refuses their streams.
+    assert_eq!(get(gateway, "svc", "/prod/work").await.status, 200);
+    let mut calls = JoinSet::new();
+    for _ in 0..8 {
+        calls.spawn(async move { get(gateway, "svc", "/prod/work").await });
+    }
+    let mut statuses = Vec::new();
+    while let Some(reply) = calls.join_next().await {
+        let reply = reply.unwrap();
+        statuses.push(reply.status);
+        if reply.status == 200 {
+            assert_eq!(&reply.body[..], b"answered");
+        }
+    }
+    let log = std::fs::read_to_string(node.dir().join("stderr.log")).unwrap_or_default();
+    assert_eq!(statuses, vec![200; 8], "every refused stream was sent again on a new connection: {log}");
+    assert_eq!(connections.load(Ordering::SeqCst), 9, "each refused stream went to a new connection");
+}

@@ -124,6 +124,22 @@ pub fn is_idempotent(method: &http::Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
+/// Whether an HTTP/2 stream failed without the target processing it: refused
+/// (`REFUSED_STREAM`), or above the last stream a graceful GOAWAY says the target will
+/// process.
+fn unprocessed(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)));
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Whether a request may be sent again after its connection closed under it: an idempotent
 /// method and no body.
 fn is_replayable(request: &Request<RequestBody>) -> bool {
@@ -380,7 +396,10 @@ impl Endpoint {
         }
     }
 
-    async fn send_http2(self: &Arc<Self>, request: Request<RequestBody>) -> Result<Response<UpstreamBody>, SendError> {
+    async fn send_http2(
+        self: &Arc<Self>,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let existing = self.shared.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|s| !s.is_closed());
         let mut sender = match existing {
             Some(sender) => sender,
@@ -389,13 +408,39 @@ impl Endpoint {
                 Err(e) => return Err(SendError::NotSent(Box::new(request), e)),
             },
         };
-        let guard = Outstanding::new(self.clone());
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok(response.map(|body| UpstreamBody::new(body, guard, None))),
-            Err(mut e) => match e.take_message() {
-                Some(back) => Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
-                None => Err(SendError::Failed(e.into_error())),
-            },
+        // A target that closes the connection (GOAWAY, at its request limit or shutting
+        // down) or refuses a stream has not processed the streams it names (RFC 9113, 6.8
+        // and 8.7): such a request is sent again, once, on a new connection; one that never
+        // left (the connection had closed) as it is, an idempotent one without a body from
+        // what is kept here to rebuild it.
+        let mut replay = is_replayable(&request)
+            .then(|| (request.method().clone(), request.uri().clone(), request.version(), request.headers().clone()));
+        let mut retried = false;
+        loop {
+            let guard = Outstanding::new(self.clone());
+            let mut e = match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response.map(|body| UpstreamBody::new(body, guard, None))),
+                Err(e) => e,
+            };
+            let again = match (e.take_message(), replay.take()) {
+                (Some(back), _) if !retried => back,
+                (Some(back), _) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
+                (None, Some((method, uri, version, headers))) if !retried && unprocessed(e.error()) => {
+                    let mut again = Request::new(RequestBody::empty());
+                    *again.method_mut() = method;
+                    *again.uri_mut() = uri;
+                    *again.version_mut() = version;
+                    *again.headers_mut() = headers;
+                    again
+                }
+                (None, _) => return Err(SendError::Failed(e.into_error())),
+            };
+            retried = true;
+            sender = match self.connect_http2().await {
+                Ok(sender) => sender,
+                Err(connect) => return Err(SendError::NotSent(Box::new(again), connect)),
+            };
+            request = again;
         }
     }
 
