@@ -1,4 +1,6 @@
-//! The cluster endpoints of the admin API: status, leave, deployments and stages.
+//! The cluster endpoints of the admin API: status, leave, deployments and stages here;
+//! domains, regions and zones in `domains.rs`, keys, plans and usage in `access.rs`,
+//! credentials in `credentials.rs` (each gets its calls from [`handle`]).
 //!
 //! | call | does |
 //! | --- | --- |
@@ -37,20 +39,15 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use meridian_consensus::{
-    ApiKeyRecord, ApiRecord, Canary, ClientCertificatesRecord, CommandOutcome, ConfigCommand, DomainRecord,
-    MappingRecord, PlanRate, Proposal, QuotaPeriod, RegionRecord, Rejection, ZoneRecord,
-};
+use meridian_consensus::{ApiRecord, Canary, CommandOutcome, ConfigCommand, Proposal, Rejection};
 
 use super::{json, message, views};
-use crate::certificates::certified_key_from_pem;
 use crate::cluster::member::{ClusterError, ClusterMember};
-use crate::config::{base_path, valid_host, validate_definition};
-use crate::digest::sha256_hex;
+use crate::config::validate_definition;
 
 const MAX_DEFINITION: usize = 1024 * 1024;
 
-fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+pub(super) fn query_value(query: Option<&str>, key: &str) -> Option<String> {
     query?.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).map(crate::query::percent_decode)
 }
 
@@ -71,7 +68,7 @@ impl Refusal {
     }
 }
 
-fn expected_revision(request: &Request<Incoming>) -> Result<Option<u64>, Refusal> {
+pub(super) fn expected_revision(request: &Request<Incoming>) -> Result<Option<u64>, Refusal> {
     match request.headers().get(http::header::IF_MATCH) {
         None => Ok(None),
         Some(v) => v
@@ -139,8 +136,15 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
     let query = request.uri().query().map(str::to_string);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method().clone();
-    if let ["v1", "credentials", ..] = segments.as_slice() {
-        return super::credentials::route(&member, &method, &segments, request).await;
+    match segments.as_slice() {
+        ["v1", "credentials", ..] => return super::credentials::route(&member, &method, &segments, request).await,
+        ["v1", "domains" | "regions" | "dns", ..] => {
+            return super::domains::route(&member, &method, &segments, query.as_deref(), request).await;
+        }
+        ["v1", "keys" | "plans" | "usage", ..] => {
+            return super::access::route(&member, &method, &segments, query.as_deref(), request).await;
+        }
+        _ => {}
     }
     Ok(match (&method, segments.as_slice()) {
         (&Method::GET, ["v1", "cluster"]) => json(StatusCode::OK, member.status_with_peers().await.to_string()),
@@ -364,328 +368,17 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
             )
         }
-        (&Method::GET, ["v1", "domains"]) => {
-            let applied = member.applied.read().await;
-            let config = &applied.config;
-            let list: Vec<_> = config
-                .domains
-                .iter()
-                .map(|(name, d)| views::domain(name, d, config.client_certificates.get(name)))
-                .collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "domains": list }).to_string()), applied.config.revision)
-        }
-        (&Method::GET, ["v1", "domains", name]) => {
-            let applied = member.applied.read().await;
-            let name = name.to_ascii_lowercase();
-            let d = applied
-                .config
-                .domains
-                .get(&name)
-                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no domain `{name}`")))?;
-            let view = views::domain(&name, d, applied.config.client_certificates.get(&name));
-            with_etag(json(StatusCode::OK, view.to_string()), applied.config.revision)
-        }
-        (&Method::PUT, ["v1", "domains", name]) => {
-            let name = name.to_ascii_lowercase();
-            let expected = expected_revision(&request)?;
-            let text = body_text(request).await?;
-            let (domain, client_certificates) = domain_record(&member, &name, &text).await?;
-            let command = ConfigCommand::PutDomainWithClientCertificates { name, domain, client_certificates };
-            outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
-        }
-        (&Method::DELETE, ["v1", "domains", name]) => {
-            let command = ConfigCommand::DeleteDomain { name: name.to_ascii_lowercase() };
-            outcome_response(
-                member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
-            )
-        }
-        (&Method::GET, ["v1", "regions"]) => {
-            let applied = member.applied.read().await;
-            let list: Vec<_> = applied.config.regions.iter().map(|(name, r)| views::region(name, r)).collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "regions": list }).to_string()), applied.config.revision)
-        }
-        (&Method::GET, ["v1", "regions", name]) => {
-            let applied = member.applied.read().await;
-            let r = applied
-                .config
-                .regions
-                .get(*name)
-                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no region `{name}`")))?;
-            with_etag(json(StatusCode::OK, views::region(name, r).to_string()), applied.config.revision)
-        }
-        (&Method::PUT, ["v1", "regions", name]) => {
-            let name = name.to_string();
-            let expected = expected_revision(&request)?;
-            let text = body_text(request).await?;
-            let region = region_record(&name, &text)?;
-            let command = ConfigCommand::PutRegion { name, region };
-            outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
-        }
-        (&Method::DELETE, ["v1", "regions", name]) => {
-            let command = ConfigCommand::DeleteRegion { name: name.to_string() };
-            outcome_response(
-                member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
-            )
-        }
-        (&Method::GET, ["v1", "dns", "zones"]) => {
-            let applied = member.applied.read().await;
-            let list: Vec<_> = applied.config.zones.iter().map(|(name, z)| views::zone(name, z)).collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "zones": list }).to_string()), applied.config.revision)
-        }
-        (&Method::GET, ["v1", "dns", "zones", name]) => {
-            let applied = member.applied.read().await;
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            let z = applied
-                .config
-                .zones
-                .get(&name)
-                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no DNS zone `{name}`")))?;
-            with_etag(json(StatusCode::OK, views::zone(&name, z).to_string()), applied.config.revision)
-        }
-        (&Method::PUT, ["v1", "dns", "zones", name]) => {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            let expected = expected_revision(&request)?;
-            let text = body_text(request).await?;
-            let zone = crate::cluster::dns::parse_zone(&text).map_err(|errors| invalid(errors.join("; ")))?;
-            if zone.origin.to_string().trim_end_matches('.') != name {
-                return Err(invalid(format!("the document is for zone `{}`, not `{name}`", zone.origin)));
-            }
-            let command = ConfigCommand::PutZone { name, zone: ZoneRecord { definition: text } };
-            outcome_response(member.propose(Proposal { expected_revision: expected, command }).await)
-        }
-        (&Method::DELETE, ["v1", "dns", "zones", name]) => {
-            let command = ConfigCommand::DeleteZone { name: name.trim_end_matches('.').to_ascii_lowercase() };
-            outcome_response(
-                member.propose(Proposal { expected_revision: expected_revision(&request)?, command }).await,
-            )
-        }
-        (&Method::GET, ["v1", "dns", "explain"]) => {
-            let Some(dns) = member.dns() else {
-                return Err(Refusal::new(StatusCode::CONFLICT, "this node serves no DNS (set `cluster.dns`)"));
-            };
-            let client = query_value(query.as_deref(), "client")
-                .and_then(|c| c.parse::<std::net::IpAddr>().ok())
-                .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the client address: ?client=IP"))?;
-            let name = query_value(query.as_deref(), "name")
-                .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the queried name: ?name=NAME"))?;
-            let explained = dns.explain(client, &name).await.map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e))?;
-            json(StatusCode::OK, explained.to_string())
-        }
-        (&Method::GET, ["v1", "keys"]) => {
-            let applied = member.applied.read().await;
-            let config = &applied.config;
-            let list: Vec<_> = config.keys.iter().map(|(id, k)| views::key(config, id, k)).collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "keys": list }).to_string()), config.revision)
-        }
-        (&Method::GET, ["v1", "keys", key]) => {
-            let id = key_id(&member, key).await?;
-            let applied = member.applied.read().await;
-            let config = &applied.config;
-            let k =
-                config.keys.get(&id).ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no key `{key}`")))?;
-            with_etag(json(StatusCode::OK, views::key(config, &id, k).to_string()), config.revision)
-        }
-        (&Method::POST, ["v1", "keys"]) => {
-            let text = body_text(request).await?;
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Body {
-                name: String,
-                value: Option<String>,
-            }
-            let body: Body = json_body(&text, "{\"name\", \"value\"?}")?;
-            let value = match body.value {
-                Some(v) if (20..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()) => v,
-                Some(_) => return Err(invalid("a key value is 20 to 128 printable characters")),
-                None => random_token()?,
-            };
-            if body.name.is_empty() || body.name.len() > 64 {
-                return Err(invalid("a key needs a name of 1 to 64 characters"));
-            }
-            let id = format!("k-{}", &random_token()?[..12]);
-            let key = ApiKeyRecord {
-                name: body.name.clone(),
-                value_sha256: sha256_hex(value.as_bytes()),
-                enabled: true,
-                created_at_ms: crate::observe::time::unix_ms(),
-            };
-            let outcome = member
-                .propose(Proposal {
-                    expected_revision: None,
-                    command: ConfigCommand::CreateKey { id: id.clone(), key },
-                })
-                .await;
-            shown_once(outcome, serde_json::json!({"id": id, "name": body.name, "value": value}))
-        }
-        (&Method::POST, ["v1", "keys", key, action]) => {
-            let id = key_id(&member, key).await?;
-            let command = match *action {
-                "enable" => ConfigCommand::SetKeyEnabled { id, enabled: true },
-                "disable" => ConfigCommand::SetKeyEnabled { id, enabled: false },
-                "rotate" => {
-                    let value = random_token()?;
-                    let command =
-                        ConfigCommand::RotateKey { id: id.clone(), value_sha256: sha256_hex(value.as_bytes()) };
-                    let outcome = member.propose(Proposal { expected_revision: None, command }).await;
-                    return Ok(shown_once(outcome, serde_json::json!({"id": id, "value": value})));
-                }
-                _ => return Err(Refusal::new(StatusCode::NOT_FOUND, "keys support enable, disable and rotate")),
-            };
-            outcome_response(member.propose(Proposal { expected_revision: None, command }).await)
-        }
-        (&Method::DELETE, ["v1", "keys", key]) => {
-            let id = key_id(&member, key).await?;
-            outcome_response(
-                member.propose(Proposal { expected_revision: None, command: ConfigCommand::DeleteKey { id } }).await,
-            )
-        }
-        (&Method::GET, ["v1", "plans"]) => {
-            let applied = member.applied.read().await;
-            let list: Vec<_> = applied.config.plans.iter().map(|(name, p)| views::plan(name, p)).collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "plans": list }).to_string()), applied.config.revision)
-        }
-        (&Method::GET, ["v1", "plans", plan]) => {
-            let applied = member.applied.read().await;
-            let p = applied
-                .config
-                .plans
-                .get(*plan)
-                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no usage plan `{plan}`")))?;
-            with_etag(json(StatusCode::OK, views::plan(plan, p).to_string()), applied.config.revision)
-        }
-        (&Method::PUT, ["v1", "plans", plan]) => {
-            let plan = plan.to_string();
-            let text = body_text(request).await?;
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Body {
-                rate: Option<u64>,
-                burst: Option<u64>,
-                quota: Option<String>,
-            }
-            let body: Body = json_body(&text, "{\"rate\", \"burst\", \"quota\"}")?;
-            let rate = match (body.rate, body.burst) {
-                (Some(r), b) => Some(PlanRate { per_second: r, burst: b.unwrap_or(r) }),
-                (None, None) => None,
-                (None, Some(_)) => return Err(invalid("`burst` needs `rate`")),
-            };
-            let quota = body.quota.as_deref().map(parse_quota).transpose().map_err(invalid)?;
-            let command = ConfigCommand::PutPlan { name: plan, rate, quota };
-            outcome_response(member.propose(Proposal { expected_revision: None, command }).await)
-        }
-        (&Method::DELETE, ["v1", "plans", plan]) => {
-            let command = ConfigCommand::DeletePlan { name: plan.to_string() };
-            outcome_response(member.propose(Proposal { expected_revision: None, command }).await)
-        }
-        (&Method::POST, ["v1", "plans", plan, "attach"]) => {
-            let plan = plan.to_string();
-            let text = body_text(request).await?;
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Body {
-                api: String,
-                stage: String,
-                route: Option<String>,
-                rate: Option<u64>,
-                burst: Option<u64>,
-            }
-            let body: Body = json_body(&text, "{\"api\", \"stage\", \"route\"?, \"rate\"?, \"burst\"?}")?;
-            let route = match (body.route, body.rate) {
-                (Some(route), Some(rate)) if rate > 0 => {
-                    Some((route, PlanRate { per_second: rate, burst: body.burst.unwrap_or(rate).max(1) }))
-                }
-                (None, None) => None,
-                _ => return Err(invalid("a route override needs both `route` and a `rate` of at least 1")),
-            };
-            let command = ConfigCommand::AttachPlan { plan, api: body.api, stage: body.stage, route };
-            outcome_response(member.propose(Proposal { expected_revision: None, command }).await)
-        }
-        (&Method::POST, ["v1", "plans", plan, "keys"]) => {
-            let plan = plan.to_string();
-            let text = body_text(request).await?;
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Body {
-                key: String,
-            }
-            let body: Body = json_body(&text, "{\"key\"}")?;
-            let key = key_id(&member, &body.key).await?;
-            outcome_response(
-                member
-                    .propose(Proposal { expected_revision: None, command: ConfigCommand::AddPlanKey { plan, key } })
-                    .await,
-            )
-        }
-        (&Method::GET, ["v1", "usage"]) => usage(&member, query.as_deref()).await?,
         _ => message(StatusCode::NOT_FOUND, "no such cluster endpoint"),
     })
 }
 
-/// `GET /v1/usage?plan=P[&key=K]&from=YYYY-MM-DD&to=YYYY-MM-DD`: each key's requests per day
-/// and its quota, as this node sees the cluster's counters.
-async fn usage(member: &ClusterMember, query: Option<&str>) -> Result<Response<Full<Bytes>>, Refusal> {
-    use crate::cluster::dataplane::{period, quota_scope, usage_scope};
-    use crate::observe::time::{format_date, parse_date};
-    let plan_name =
-        query_value(query, "plan").ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the plan: ?plan=NAME"))?;
-    let today = (crate::observe::time::unix_ms() / 86_400_000) as i64;
-    let from = match query_value(query, "from") {
-        Some(d) => parse_date(&d).map_err(invalid)?,
-        None => today - 29,
-    };
-    let to = match query_value(query, "to") {
-        Some(d) => parse_date(&d).map_err(invalid)?,
-        None => today,
-    };
-    if to < from || to - from > 400 {
-        return Err(invalid("`from` must not be after `to`, and the range is at most 400 days"));
-    }
-    let key_filter = match query_value(query, "key") {
-        Some(k) => Some(key_id(member, &k).await?),
-        None => None,
-    };
-    let applied = member.applied.read().await;
-    let plan = applied
-        .config
-        .plans
-        .get(&plan_name)
-        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no usage plan `{plan_name}`")))?;
-    let limiter = member.limiter();
-    let mut keys = Vec::new();
-    for id in plan.keys.iter().filter(|id| key_filter.as_ref().is_none_or(|k| k == *id)) {
-        let name = applied.config.keys.get(id).map_or("", |k| k.name.as_str());
-        let scope = usage_scope(&plan_name, id);
-        let days: Vec<serde_json::Value> = (from..=to)
-            .map(|day| {
-                let requests = limiter.count(&scope, day as u64).unwrap_or(0);
-                serde_json::json!({ "date": format_date(day), "requests": requests })
-            })
-            .collect();
-        let total: u64 = days.iter().filter_map(|d| d["requests"].as_u64()).sum();
-        let quota = plan.quota.map(|(limit, p)| {
-            let (window, _) = period(p).window(crate::observe::time::unix_ms());
-            let used = limiter.count(&quota_scope(&plan_name, id), window).unwrap_or(0);
-            serde_json::json!({ "limit": limit, "period": period(p).name(), "used": used, "remaining": limit.saturating_sub(used) })
-        });
-        keys.push(serde_json::json!({ "id": id, "name": name, "days": days, "total": total, "quota": quota }));
-    }
-    Ok(with_etag(
-        json(
-            StatusCode::OK,
-            serde_json::json!({ "plan": plan_name, "from": format_date(from), "to": format_date(to), "keys": keys })
-                .to_string(),
-        ),
-        applied.config.revision,
-    ))
-}
-
-fn api_record<'c>(config: &'c meridian_consensus::ConfigState, api: &str) -> Result<&'c ApiRecord, Refusal> {
+pub(super) fn api_record<'c>(config: &'c meridian_consensus::ConfigState, api: &str) -> Result<&'c ApiRecord, Refusal> {
     config.apis.get(api).ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no API `{api}`")))
 }
 
 /// Who is making a change, as the client says (`x-meridian-actor`, which the CLI sets to
 /// `user@host`); printable ASCII, at most 128 characters.
-fn actor(request: &Request<Incoming>) -> String {
+pub(super) fn actor(request: &Request<Incoming>) -> String {
     request
         .headers()
         .get("x-meridian-actor")
@@ -698,7 +391,7 @@ fn actor(request: &Request<Incoming>) -> String {
 /// When `stage` of `api` already serves `definition` (the same API, compared as parsed
 /// documents: comments, layout and key order do not count) and has every variable of
 /// `file_variables`, the answer that says so; `apply` then creates no deployment.
-async fn already_served(
+pub(super) async fn already_served(
     member: &ClusterMember,
     api: &str,
     stage: &str,
@@ -723,53 +416,6 @@ async fn already_served(
     Some(with_etag(json(StatusCode::OK, body.to_string()), revision))
 }
 
-fn random_token() -> Result<String, Refusal> {
-    crate::cluster::pki::random_secret().map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-/// A key's id from its id or its (unique) name.
-async fn key_id(member: &ClusterMember, key: &str) -> Result<String, Refusal> {
-    let applied = member.applied.read().await;
-    if applied.config.keys.contains_key(key) {
-        return Ok(key.to_string());
-    }
-    let named: Vec<&String> = applied.config.keys.iter().filter(|(_, k)| k.name == key).map(|(id, _)| id).collect();
-    match named.as_slice() {
-        [id] => Ok((*id).clone()),
-        [] => Err(Refusal::new(StatusCode::NOT_FOUND, format!("no key with id or name `{key}`"))),
-        _ => Err(invalid(format!("several keys are named `{key}`: use the id"))),
-    }
-}
-
-/// A write's answer that also shows a secret once (a new or rotated key value).
-fn shown_once(outcome: Result<CommandOutcome, ClusterError>, shown: serde_json::Value) -> Response<Full<Bytes>> {
-    match outcome {
-        Ok(CommandOutcome { revision, rejected: None, .. }) => {
-            let mut body = shown;
-            body["revision"] = serde_json::json!(revision);
-            body["note"] = serde_json::json!("the value is shown only now; the cluster stores its hash");
-            with_etag(json(StatusCode::OK, body.to_string()), revision)
-        }
-        other => outcome_response(other),
-    }
-}
-
-/// `10000/month` → (10000, Month).
-fn parse_quota(text: &str) -> Result<(u64, QuotaPeriod), String> {
-    let (limit, period) = text.split_once('/').ok_or_else(|| format!("quota `{text}` is not LIMIT/day|week|month"))?;
-    let limit: u64 = limit.trim().parse().map_err(|_| format!("quota limit `{limit}` is not a number"))?;
-    if limit == 0 {
-        return Err("a quota is at least 1".into());
-    }
-    let period = match period.trim() {
-        "day" => QuotaPeriod::Day,
-        "week" => QuotaPeriod::Week,
-        "month" => QuotaPeriod::Month,
-        other => return Err(format!("quota period `{other}` is not day, week or month")),
-    };
-    Ok((limit, period))
-}
-
 /// Parses a JSON request body; a malformed one is a 400 that says what was expected.
 pub(super) fn json_body<T: serde::de::DeserializeOwned>(text: &str, expected: &str) -> Result<T, Refusal> {
     let bad = |e: String| Refusal::new(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}"));
@@ -783,112 +429,6 @@ pub(super) fn json_body<T: serde::de::DeserializeOwned>(text: &str, expected: &s
 
 pub(super) fn invalid(text: impl Into<String>) -> Refusal {
     Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, text)
-}
-
-/// Checks a domain body: a host name, a certificate that fits its key (or neither),
-/// mappings to stages that exist, and a mutual TLS policy whose CA certificates and
-/// revocation lists make a verifier.
-async fn domain_record(
-    member: &ClusterMember,
-    name: &str,
-    text: &str,
-) -> Result<(DomainRecord, Option<ClientCertificatesRecord>), Refusal> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Mapping {
-        #[serde(default = "root")]
-        base_path: String,
-        api: String,
-        stage: String,
-    }
-    fn root() -> String {
-        "/".into()
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct ClientCertificates {
-        ca_pem: String,
-        crl_pem: Option<String>,
-        #[serde(default = "yes")]
-        required: bool,
-    }
-    fn yes() -> bool {
-        true
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Body {
-        certificate_pem: Option<String>,
-        key_pem: Option<String>,
-        #[serde(default)]
-        mappings: Vec<Mapping>,
-        client_certificates: Option<ClientCertificates>,
-    }
-    let body: Body = json_body(text, "{\"certificate_pem\", \"key_pem\", \"mappings\", \"client_certificates\"}")?;
-    if !valid_host(name) {
-        return Err(invalid(format!("`{name}` is not a host name")));
-    }
-    match (&body.certificate_pem, &body.key_pem) {
-        (Some(cert), Some(key)) => {
-            certified_key_from_pem(cert, key).map_err(|e| invalid(format!("certificate: {e}")))?;
-        }
-        (None, None) => {}
-        _ => return Err(invalid("give both `certificate_pem` and `key_pem`, or neither")),
-    }
-    let client_certificates = match body.client_certificates {
-        None => None,
-        Some(_) if body.certificate_pem.is_none() => {
-            return Err(invalid("`client_certificates` needs the domain's own `certificate_pem` and `key_pem`"));
-        }
-        Some(c) => {
-            crate::certificates::client_verifier_from_pem(&c.ca_pem, c.crl_pem.as_deref(), c.required)
-                .map_err(|e| invalid(format!("client_certificates: {e}")))?;
-            Some(ClientCertificatesRecord { ca_pem: c.ca_pem, crl_pem: c.crl_pem, required: c.required })
-        }
-    };
-    let applied = member.applied.read().await;
-    let mut seen = std::collections::BTreeSet::new();
-    let mut mappings = Vec::new();
-    for m in body.mappings {
-        let normalized = base_path(&m.base_path).map_err(invalid)?;
-        if !seen.insert(normalized.clone()) {
-            return Err(invalid(format!("base path `{}` is mapped twice", m.base_path)));
-        }
-        if applied.config.apis.get(&m.api).and_then(|a| a.stages.get(&m.stage)).is_none() {
-            return Err(invalid(format!("API `{}` has no stage `{}`", m.api, m.stage)));
-        }
-        mappings.push(MappingRecord { base_path: m.base_path, api: m.api, stage: m.stage });
-    }
-    // The key enters the replicated state sealed (docs/SECURITY.md).
-    let key_sealed = match &body.key_pem {
-        Some(key) => Some(
-            member
-                .data_key()
-                .seal(&crate::cluster::sealed::domain_key(name), key.as_bytes())
-                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-        ),
-        None => None,
-    };
-    Ok((DomainRecord { certificate_pem: body.certificate_pem, key_sealed, mappings }, client_certificates))
-}
-
-/// Checks a region body: a name, an optional weight, and client networks in CIDR form.
-fn region_record(name: &str, text: &str) -> Result<RegionRecord, Refusal> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Body {
-        weight: Option<u32>,
-        #[serde(default)]
-        client_cidrs: Vec<String>,
-    }
-    let body: Body = json_body(text, "{\"weight\", \"client_cidrs\"}")?;
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        return Err(invalid("a region is a name of a-z, 0-9 and `-`"));
-    }
-    for cidr in &body.client_cidrs {
-        cidr.parse::<meridian_dns::net::Cidr>().map_err(|e| invalid(e.to_string()))?;
-    }
-    Ok(RegionRecord { weight: body.weight, client_cidrs: body.client_cidrs })
 }
 
 #[cfg(test)]

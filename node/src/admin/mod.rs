@@ -6,10 +6,12 @@
 //! `admin.token_file`. Without a configured token those calls are refused, and reload is
 //! available through SIGHUP only. Tokens are never logged.
 
+mod access;
 mod cache;
 pub mod client;
 mod cluster;
 mod credentials;
+mod domains;
 mod explain;
 mod spec;
 mod views;
