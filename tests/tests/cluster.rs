@@ -42,6 +42,9 @@ fn three_regions(test: u8) -> Cluster {
     let first = NodeProcess::launch(new_dir(), &node_config(&first_ip), &["cluster", "init", "--region", "r1"], &[])
         .unwrap_or_else(|e| panic!("init: {e}"));
     let token = std::fs::read_to_string(first.dir().join("ready.token")).expect("the join token is written");
+    // Output that is not a terminal (here a file, often a journal) never shows the secret.
+    let said = std::fs::read_to_string(first.dir().join("stdout.log")).unwrap_or_default();
+    assert!(said.contains("ready.token") && !said.contains(token.trim()), "{said}");
     let mut nodes = vec![first];
     for r in 2..=3 {
         let ip = format!("127.{b}.{r}");

@@ -136,15 +136,24 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
             )
             .await?;
             node.attach_cluster(member);
+            // The join token is a secret: on a terminal it is shown; otherwise (a log file, a
+            // service manager's journal) it goes only to a file readable by this user.
             println!("cluster founded in region {region}; join other nodes with:");
+            let peer = &settings.advertise_rpc;
+            let token_file = match &ready_file {
+                Some(path) => path.with_extension("token"),
+                None => settings.data_dir.join("join.token"),
+            };
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                println!("  meridian cluster join --peer {peer} --token {token} --region REGION --config node.yaml");
+            }
+            // The token first: whoever waits for the ready file reads the token next.
+            crate::files::write_private(&token_file, token.as_bytes())?;
             println!(
-                "  meridian cluster join --peer {} --token {token} --region REGION --config node.yaml",
-                settings.advertise_rpc
+                "  meridian cluster join --peer {peer} --token \"$(cat {})\" --region REGION --config node.yaml",
+                token_file.display()
             );
             if let Some(path) = ready_file {
-                // The token first: whoever waits for the ready file reads the token next.
-                // The join token is a secret: readable by this user only.
-                crate::files::write_private(&path.with_extension("token"), token.as_bytes())?;
                 write_ready_file(&node, &path)?;
             }
             node.run_until_signal().await?;
