@@ -84,6 +84,7 @@ pub fn request_head(data: &[u8]) {
         let (parts, ()) = request.into_parts();
         let _ = websocket::validate_handshake(&parts);
         let _ = request_id::assign(&parts.headers);
+        traced(&parts.headers);
         let draw = (data.len() * 7919 % 10_000) as u32;
         let Ok(routed) = routing::route(table(), &parts, draw) else { continue };
         let Integration::Proxy(proxy) = &routed.target.integration else { continue };
@@ -94,6 +95,21 @@ pub fn request_head(data: &[u8]) {
             let seen = as_a_lenient_upstream_reads_it(uri.path());
             assert!(seen.starts_with(prefix), "{target} reached {} upstream ({seen})", uri.path());
         }
+    }
+}
+
+/// A traced request's `traceparent` and `tracestate` read, passed on and its spans made:
+/// what is passed on is always a valid `traceparent`.
+fn traced(headers: &http::HeaderMap) {
+    use meridian_node::observe::trace::{RequestTrace, Sampling, SpanKind, TRACEPARENT, TraceParent};
+    let trace = RequestTrace::begin(&Sampling::new(0.5), headers, false, std::time::Instant::now());
+    let mut upstream = headers.clone();
+    let span = trace.start_span();
+    trace.propagate(&mut upstream, span.map_or_else(meridian_node::observe::trace::SpanId::random, |s| s.id));
+    let sent = upstream.get(&TRACEPARENT).map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+    assert!(TraceParent::parse(&sent).is_some(), "passed on an invalid traceparent: {sent:?}");
+    if let Some(span) = span {
+        trace.end_span(span, "fuzz", SpanKind::Internal, Vec::new(), None);
     }
 }
 
