@@ -202,6 +202,58 @@ apis:
     assert!(node.stderr().contains("upstream discovery failed; the last good targets stay in use"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_found_in_dns_are_health_checked_before_any_request() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let checks = Arc::new(AtomicUsize::new(0));
+    let counted = checks.clone();
+    let target = http_service(move |request| {
+        if request.uri().path() == "/healthz" {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+        async { hyper::Response::new(Full::new(Bytes::from_static(b"ok"))) }
+    })
+    .await;
+    let zone = Arc::new(Mutex::new(Zone::default()));
+    {
+        let mut z = zone.lock().unwrap();
+        z.records.insert(("checked.test".into(), RecordType::A), vec![a("127.0.0.1")]);
+        z.records.insert(("checked.test".into(), RecordType::AAAA), vec![]);
+    }
+    let dns = dns_server(zone).await;
+    let port = target.port();
+    let node = start_node(format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+resolver: {{ nameservers: ["{dns}"] }}
+apis:
+  - id: pets
+    routes:
+      - route: GET /checked
+        integration:
+          type: http_proxy
+          uri: "http://checked.test:{port}/"
+          discover: {{ dns: "checked.test:{port}" }}
+          health: {{ check: {{ path: /healthz, interval: 1s, timeout: 1s }} }}
+    stages: [{{ name: prod }}]
+"#
+    ))
+    .await;
+    // No request is sent: the checks start once the name has resolved.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while checks.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        checks.load(Ordering::SeqCst) >= 2,
+        "the discovered target was checked {} times",
+        checks.load(Ordering::SeqCst)
+    );
+    let metrics = String::from_utf8_lossy(&get(node.admin, "admin", "/metrics").await.body).into_owned();
+    assert!(metrics.contains("meridian_upstream_health_checks_total"), "{metrics}");
+}
+
 #[test]
 fn bad_discovery_settings_are_refused_with_their_line() {
     let definition = |integration: &str, extra: &str| {

@@ -112,12 +112,24 @@ impl ProxyIntegration {
         }
     }
 
-    /// Binds the integration to the node's endpoints now, when its targets have an active
-    /// health check, so the checks run before the first request (targets found in DNS bind
-    /// on their first request, once resolved).
-    pub fn start_health_checks(&self, upstreams: &Upstreams) {
-        if self.targets.check.is_some() && self.targets.discovery.is_none() {
+    /// Keeps the active health checks of the integration's targets running without waiting
+    /// for traffic: fixed targets are bound to the node's endpoints at the first call, and
+    /// targets named in DNS as each resolution arrives (the node calls this about once a
+    /// second for the table in use).
+    pub fn keep_health_checks(&self, upstreams: &Upstreams) {
+        if self.targets.check.is_none() {
+            return;
+        }
+        let Some(lookup) = &self.targets.discovery else {
             self.balancer.get_or_init(|| upstreams.bind(&self.targets));
+            return;
+        };
+        let watched = self.watched.get_or_init(|| upstreams.discovery().map(|d| d.watch(lookup)));
+        if let Ok(watched) = watched {
+            let current = watched.current();
+            if current.version != 0 && !current.targets.is_empty() {
+                self.bind_discovered(&current, upstreams);
+            }
         }
     }
 
@@ -184,13 +196,18 @@ impl ProxyIntegration {
         if current.targets.is_empty() {
             return Err(UpstreamError::Connect(format!("`{lookup}` has not resolved to any target")));
         }
+        Ok(self.bind_discovered(&current, upstreams))
+    }
+
+    /// The balancer over the resolution `current`, bound once per resolution.
+    fn bind_discovered(&self, current: &super::discovery::Resolved, upstreams: &Upstreams) -> Arc<DiscoveredBalancer> {
         if let Some(bound) = self.discovered.load_full().filter(|b| b.version == current.version) {
-            return Ok(bound);
+            return bound;
         }
         let spec = UpstreamSpec { targets: current.targets.clone(), discovery: None, ..self.targets.clone() };
         let bound = Arc::new(DiscoveredBalancer { version: current.version, balancer: upstreams.bind(&spec) });
         self.discovered.store(Some(bound.clone()));
-        Ok(bound)
+        bound
     }
 
     /// One attempt: the request goes to a target, and to the next one while none could

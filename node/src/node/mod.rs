@@ -138,17 +138,13 @@ impl Node {
             upstreams.set_nameservers(config.nameservers.clone());
         }
         // Active health checks run from the moment a table is in use, whichever way it came
-        // (the file, a reload, a cluster revision): a table is looked at once a second.
+        // (the file, a reload, a cluster revision), and follow targets named in DNS as they
+        // resolve: the table in use is looked at once a second.
         {
             let (table, upstreams) = (table.clone(), upstreams.clone());
             tokio::spawn(async move {
-                let mut seen: Option<Arc<crate::config::RoutingTable>> = None;
                 loop {
-                    let current = table.load_full();
-                    if !seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, &current)) {
-                        current.proxies().for_each(|p| p.start_health_checks(&upstreams));
-                        seen = Some(current);
-                    }
+                    table.load().proxies().for_each(|p| p.keep_health_checks(&upstreams));
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             });
