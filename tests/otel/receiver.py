@@ -3,7 +3,8 @@
 It serves OTLP/gRPC (grpcio, with the service from the `opentelemetry-proto` package) and
 OTLP/HTTP with protobuf bodies (`POST /v1/traces`) on two loopback ports, prints
 `ready GRPC_PORT HTTP_PORT`, then one JSON line per span received, naming the protocol it
-came by. It stops when its standard input closes.
+came by. It stops when its standard input closes. With `CERT KEY` (PEM files) as arguments,
+the gRPC port is served over TLS with that certificate.
 """
 
 import json
@@ -80,7 +81,12 @@ class HttpReceiver(BaseHTTPRequestHandler):
 def main():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    if len(sys.argv) == 3:
+        with open(sys.argv[1], "rb") as cert, open(sys.argv[2], "rb") as key:
+            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+        grpc_port = server.add_secure_port("127.0.0.1:0", credentials)
+    else:
+        grpc_port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     http = ThreadingHTTPServer(("127.0.0.1", 0), HttpReceiver)
     threading.Thread(target=http.serve_forever, daemon=True).start()

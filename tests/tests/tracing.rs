@@ -34,10 +34,16 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
-    fn start(python: &Path) -> Receiver {
+    /// The receiver; `tls` names its gRPC port's certificate and key files.
+    fn start(python: &Path, tls: Option<(&Path, &Path)>) -> Receiver {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("otel/receiver.py");
-        let mut child =
-            Command::new(python).arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python runs");
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(tls.into_iter().flat_map(|(cert, key)| [cert.as_os_str(), key.as_os_str()]))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python runs");
         let stdin = child.stdin.take().expect("stdin");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let ready = lines.next().and_then(Result::ok).unwrap_or_default();
@@ -102,7 +108,7 @@ async fn one_trace_spans_two_gateways_and_reaches_an_otlp_receiver() {
     let python =
         tokio::task::spawn_blocking(|| python_with("otel-venv", &["grpcio==1.85.3", "opentelemetry-proto==1.45.2"]));
     let Some(python) = python.await.unwrap() else { return };
-    let receiver = Receiver::start(&python);
+    let receiver = Receiver::start(&python, None);
 
     // The second gateway: its stage records nothing of its own accord (ratio 0), so what it
     // records follows the caller's decision.
@@ -273,6 +279,62 @@ apis:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_collector_over_grpc_with_tls_and_only_a_trusted_one() {
+    let python =
+        tokio::task::spawn_blocking(|| python_with("otel-venv", &["grpcio==1.85.3", "opentelemetry-proto==1.45.2"]));
+    let Some(python) = python.await.unwrap() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    ca.issue(dir.path(), "127.0.0.1");
+    std::fs::write(dir.path().join("other-ca.pem"), &TestCa::new().pem).unwrap();
+    let (cert, key) = (dir.path().join("127.0.0.1.pem"), dir.path().join("127.0.0.1.key"));
+    let receiver = Receiver::start(&python, Some((&cert, &key)));
+    let node_with = |ca_file: &str| {
+        format!(
+            r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+access_log: {{ enabled: false }}
+tracing: {{ endpoint: "https://127.0.0.1:{}", ca_file: "{}" }}
+apis:
+  - id: shop
+    routes:
+      - route: GET /ping
+        integration: {{ type: mock, body: pong }}
+    stages:
+      - name: prod
+        tracing: {{ sample_ratio: 1.0 }}
+"#,
+            receiver.grpc,
+            dir.path().join(ca_file).display()
+        )
+    };
+    // Trusting the collector's CA: the span arrives over TLS.
+    let trusted = start_node(node_with("ca.pem")).await;
+    let trace_id = "7a1b2c3d4e5f60718293a4b5c6d7e8f9";
+    let traceparent = format!("00-{trace_id}-0102030405060708-01");
+    let headers = [("host", "shop"), ("traceparent", traceparent.as_str())];
+    assert_eq!(request(gateway(&trusted), "GET", "/prod/ping", &headers, "").await.status, 200);
+    let spans = receiver.trace(trace_id, 1).await;
+    assert_eq!(spans.len(), 1, "the span reached the TLS collector");
+    assert_eq!(spans[0]["protocol"], "grpc");
+    // Trusting another CA: the export fails, is counted, and no span arrives.
+    let untrusting = start_node(node_with("other-ca.pem")).await;
+    let other = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let traceparent = format!("00-{other}-0102030405060708-01");
+    let headers = [("host", "shop"), ("traceparent", traceparent.as_str())];
+    assert_eq!(request(gateway(&untrusting), "GET", "/prod/ping", &headers, "").await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&untrusting, "meridian_trace_spans_total{outcome=\"failed\"}").await < 1.0 && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric(&untrusting, "meridian_trace_spans_total{outcome=\"failed\"}").await >= 1.0);
+    assert!(receiver.trace(other, 1).await.is_empty(), "a collector the node does not trust gets nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_cannot_be_reached_never_delays_a_request() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let node = start_node(format!(
@@ -314,7 +376,7 @@ fn tracing_settings_are_checked_with_their_lines() {
     let out = validate(
         r#"
 listen: { http: "127.0.0.1:0" }
-tracing: { endpoint: "https://collector:4317", queue: 0 }
+tracing: { endpoint: "ftp://collector:4317", queue: 0 }
 apis:
   - id: shop
     routes:
@@ -327,7 +389,7 @@ apis:
     );
     let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{said}");
-    assert!(said.contains("tracing.endpoint") && said.contains("gRPC without TLS"), "{said}");
+    assert!(said.contains("tracing.endpoint") && said.contains("is not an `http://` or `https://` URL"), "{said}");
     assert!(said.contains("tracing.queue"), "{said}");
     assert!(said.contains("stages[0].tracing.sample_ratio") && said.contains("1.5"), "{said}");
     let _ = std::io::stdout().flush();

@@ -49,7 +49,7 @@ pub enum OtlpProtocol {
 /// The node's span export, as its configuration file sets it (`tracing`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportSettings {
-    /// `http://host:port` (gRPC), or an `http(s)` URL whose `/v1/traces` is posted to.
+    /// `http(s)://host:port` (gRPC), or an `http(s)` URL whose `/v1/traces` is posted to.
     pub endpoint: String,
     pub protocol: OtlpProtocol,
     /// The most spans waiting for export; more are dropped.
@@ -153,15 +153,25 @@ impl Transport {
         let endpoint = settings.endpoint.trim_end_matches('/');
         match settings.protocol {
             OtlpProtocol::Grpc => {
-                if !endpoint.starts_with("http://") {
-                    return Err(format!("`{endpoint}`: OTLP over gRPC needs an `http://host:port` endpoint"));
-                }
-                let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+                let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
                     .map_err(|e| format!("`{endpoint}` is not a URL: {e}"))?
                     .connect_timeout(Duration::from_secs(5))
-                    .timeout(EXPORT_TIMEOUT)
-                    .connect_lazy();
-                Ok(Transport::Grpc(TraceServiceClient::new(channel)))
+                    .timeout(EXPORT_TIMEOUT);
+                if endpoint.starts_with("https://") {
+                    // The collector's certificate is checked against `ca_file`, or the
+                    // system's roots; the name it must carry is the endpoint's host.
+                    let tls = match &settings.ca_file {
+                        Some(file) => {
+                            let pem = crate::files::read_bounded(file)
+                                .map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
+                            tonic::transport::ClientTlsConfig::new()
+                                .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                        }
+                        None => tonic::transport::ClientTlsConfig::new().with_native_roots(),
+                    };
+                    channel = channel.tls_config(tls).map_err(|e| format!("`{endpoint}`: {e}"))?;
+                }
+                Ok(Transport::Grpc(TraceServiceClient::new(channel.connect_lazy())))
             }
             OtlpProtocol::HttpProtobuf => {
                 let tls = match &settings.ca_file {

@@ -26,16 +26,12 @@ impl Compiler<'_> {
         let has_host = url.as_ref().and_then(|u| u.host()).is_some_and(|h| !h.is_empty());
         let endpoint_ok = match (protocol, scheme.as_deref()) {
             (_, _) if !has_host => false,
-            (Some(OtlpProtocol::Grpc), Some("http")) => true,
-            (Some(OtlpProtocol::HttpProtobuf), Some("http" | "https")) => true,
+            (Some(_), Some("http" | "https")) => true,
             (None, _) => true,
             _ => false,
         };
         if !endpoint_ok {
-            let wanted = match protocol {
-                Some(OtlpProtocol::HttpProtobuf) => "an `http://` or `https://` URL",
-                _ => "an `http://host:port` URL (gRPC without TLS; use `protocol: http` for an `https` collector)",
-            };
+            let wanted = "an `http://` or `https://` URL with a host";
             self.sink.push(endpoint.referenced, "tracing.endpoint", format!("`{}` is not {wanted}", endpoint.value));
         }
         let queue = match &section.queue {
