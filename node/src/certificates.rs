@@ -108,14 +108,7 @@ pub fn client_verifier(ca_file: &Path, crl_file: Option<&Path>, required: bool) 
 
 /// The same policy from PEM text (a cluster-managed domain's, from the replicated state).
 pub fn client_verifier_from_pem(ca_pem: &str, crl_pem: Option<&str>, required: bool) -> Result<ClientAuth, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| format!("the CA certificates are not PEM: {e}"))?;
-        roots.add(cert).map_err(|e| format!("a CA certificate is not usable: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("no CA certificate in `ca_pem`".into());
-    }
+    let roots = crate::integration::trust::roots_from_pem(ca_pem, "`ca_pem`")?;
     let crls = match crl_pem {
         Some(text) => revocation_lists(text)?,
         None => Vec::new(),

@@ -124,6 +124,34 @@ pub fn is_idempotent(method: &http::Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
+/// What it takes to send a request without a body again once hyper has consumed it.
+struct ReplayHead {
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl ReplayHead {
+    fn of(request: &Request<RequestBody>) -> ReplayHead {
+        ReplayHead {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        }
+    }
+
+    fn request(self) -> Request<RequestBody> {
+        let mut again = Request::new(RequestBody::empty());
+        *again.method_mut() = self.method;
+        *again.uri_mut() = self.uri;
+        *again.version_mut() = self.version;
+        *again.headers_mut() = self.headers;
+        again
+    }
+}
+
 /// Whether an HTTP/2 stream failed without the target processing it: refused
 /// (`REFUSED_STREAM`), or above the last stream a graceful GOAWAY says the target will
 /// process.
@@ -368,9 +396,7 @@ impl Endpoint {
             // A reused connection may have been closed by the target while the request was
             // on its way; an idempotent request without a body is then sent again on a fresh
             // one (RFC 9110, 9.2.2), so keep what it takes to rebuild it.
-            let replay = (reused && is_replayable(&request)).then(|| {
-                (request.method().clone(), request.uri().clone(), request.version(), request.headers().clone())
-            });
+            let replay = (reused && is_replayable(&request)).then(|| ReplayHead::of(&request));
             let guard = Outstanding::new(self.clone());
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -382,14 +408,7 @@ impl Endpoint {
                     // A reused connection the target had closed: try a fresh one.
                     (Some(back), _) if reused => request = back,
                     (Some(back), _) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
-                    (None, Some((method, uri, version, headers))) if e.error().is_incomplete_message() => {
-                        let mut again = Request::new(RequestBody::empty());
-                        *again.method_mut() = method;
-                        *again.uri_mut() = uri;
-                        *again.version_mut() = version;
-                        *again.headers_mut() = headers;
-                        request = again;
-                    }
+                    (None, Some(head)) if e.error().is_incomplete_message() => request = head.request(),
                     (None, _) => return Err(SendError::Failed(e.into_error())),
                 },
             }
@@ -413,8 +432,7 @@ impl Endpoint {
         // and 8.7): such a request is sent again, once, on a new connection; one that never
         // left (the connection had closed) as it is, an idempotent one without a body from
         // what is kept here to rebuild it.
-        let mut replay = is_replayable(&request)
-            .then(|| (request.method().clone(), request.uri().clone(), request.version(), request.headers().clone()));
+        let mut replay = is_replayable(&request).then(|| ReplayHead::of(&request));
         let mut retried = false;
         loop {
             let guard = Outstanding::new(self.clone());
@@ -425,14 +443,7 @@ impl Endpoint {
             let again = match (e.take_message(), replay.take()) {
                 (Some(back), _) if !retried => back,
                 (Some(back), _) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
-                (None, Some((method, uri, version, headers))) if !retried && unprocessed(e.error()) => {
-                    let mut again = Request::new(RequestBody::empty());
-                    *again.method_mut() = method;
-                    *again.uri_mut() = uri;
-                    *again.version_mut() = version;
-                    *again.headers_mut() = headers;
-                    again
-                }
+                (None, Some(head)) if !retried && unprocessed(e.error()) => head.request(),
                 (None, _) => return Err(SendError::Failed(e.into_error())),
             };
             retried = true;

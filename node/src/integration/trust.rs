@@ -44,15 +44,22 @@ pub fn ca_file(pem_file: &Path) -> Result<UpstreamTls, String> {
 pub fn read_roots(pem_file: &Path) -> Result<(rustls::RootCertStore, String), String> {
     let text =
         crate::files::read_bounded(pem_file).map_err(|e| format!("cannot read `{}`: {e}", pem_file.display()))?;
+    let roots = roots_from_pem(&text, &format!("`{}`", pem_file.display()))?;
+    Ok((roots, text))
+}
+
+/// The CA certificates of a PEM text, at least one; `source` names the text in errors (a
+/// file, a field).
+pub fn roots_from_pem(text: &str, source: &str) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
-        let cert = cert.map_err(|e| format!("`{}` is not a PEM certificate file: {e}", pem_file.display()))?;
-        roots.add(cert).map_err(|e| format!("`{}`: unusable CA certificate: {e}", pem_file.display()))?;
+        let cert = cert.map_err(|e| format!("{source} does not hold PEM certificates: {e}"))?;
+        roots.add(cert).map_err(|e| format!("{source}: unusable CA certificate: {e}"))?;
     }
     if roots.is_empty() {
-        return Err(format!("`{}` holds no certificate", pem_file.display()));
+        return Err(format!("{source} holds no certificate"));
     }
-    Ok((roots, text))
+    Ok(roots)
 }
 
 /// An `http_proxy`'s own TLS settings, beyond whom to trust.
