@@ -1,5 +1,6 @@
 # Helpers the HTTP benchmark scripts share (sourced, not run): waiting for a port, a
-# process's CPU time, medians, wrk's latency units, and one wrk run measured.
+# process's CPU time, medians, wrk's latency units, one wrk run measured, HAProxy's
+# configuration, building and the work folder.
 
 # Waits until something listens on 127.0.0.1:$1 (5 s at most).
 wait_port() {
@@ -44,6 +45,31 @@ wrk_run() {
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   awk -v r="$rps" 'BEGIN { exit !(r + 0 > 0) }' || { echo "${*: -1} measured no successful request" >&2; exit 1; }
   echo "$rps $(to_ms "$p50") $(to_ms "$p99") $(awk -v c=$((c1 - c0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", c * 1e6 / hz / n}')"
+}
+
+# haproxy_config FILE PORT SERVER: HAProxy as the benchmarks run it (one thread, its HTTP log
+# on stdout, keep-alive to the backend) listening on 127.0.0.1:PORT, with SERVER (a `server`
+# line) as its one backend.
+haproxy_config() {
+  cat > "$1" <<CONF
+global
+  nbthread 1
+  maxconn 8192
+  log stdout format raw local0 info
+defaults
+  mode http
+  log global
+  option httplog
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:$2
+  default_backend upstream
+backend upstream
+  $3
+CONF
 }
 
 # build BIN...: builds these binaries of the workspace for $PROFILE (release or debug).

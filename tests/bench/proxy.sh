@@ -130,25 +130,7 @@ http {
   }
 }
 CONF
-cat > "$work/haproxy/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 8192
-  log stdout format raw local0 info
-defaults
-  mode http
-  log global
-  option httplog
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend bench
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend upstream
-backend upstream
-  server backend 127.0.0.1:$BACKEND_PORT maxconn 128
-CONF
+haproxy_config "$work/haproxy/haproxy.cfg" "$HAPROXY_PORT" "server backend 127.0.0.1:$BACKEND_PORT maxconn 128"
 if [ "$KEYED" = 1 ]; then
 echo "bench-admin-token-0123456789" > "$work/admin.token"
 cat > "$work/meridian.yaml" <<CONF

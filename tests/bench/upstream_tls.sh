@@ -104,25 +104,7 @@ http {
   }
 }
 CONF
-cat > "$work/haproxy/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 8192
-  log stdout format raw local0 info
-defaults
-  mode http
-  log global
-  option httplog
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend bench
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend upstream
-backend upstream
-  server backend 127.0.0.1:$BACKEND_TLS_PORT ssl verify required ca-file $work/ca.pem sni str(backend.test) verifyhost backend.test alpn h2
-CONF
+haproxy_config "$work/haproxy/haproxy.cfg" "$HAPROXY_PORT" "server backend 127.0.0.1:$BACKEND_TLS_PORT ssl verify required ca-file $work/ca.pem sni str(backend.test) verifyhost backend.test alpn h2"
 cat > "$work/meridian.yaml" <<CONF
 listen: { http: "127.0.0.1:$MERIDIAN_PORT" }
 admin: { listen: "127.0.0.1:$ADMIN_PORT" }

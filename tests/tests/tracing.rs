@@ -103,6 +103,46 @@ fn gateway(node: &NodeProcess) -> SocketAddr {
     node.http.expect("http listener")
 }
 
+/// A node whose one stage traces every request to `GET /prod/ping` (a mock), exporting as
+/// `tracing` (the node's section, in flow style) says.
+fn ping_node(tracing: &str) -> String {
+    format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+access_log: {{ enabled: false }}
+tracing: {tracing}
+apis:
+  - id: shop
+    routes:
+      - route: GET /ping
+        integration: {{ type: mock, body: pong }}
+    stages:
+      - name: prod
+        tracing: {{ sample_ratio: 1.0 }}
+"#
+    )
+}
+
+/// `GET /prod/ping` on `node` as part of trace `trace_id`, recorded by the caller.
+async fn traced_ping(node: &NodeProcess, trace_id: &str) -> u16 {
+    let traceparent = format!("00-{trace_id}-0102030405060708-01");
+    let headers = [("host", "shop"), ("traceparent", traceparent.as_str())];
+    request(gateway(node), "GET", "/prod/ping", &headers, "").await.status
+}
+
+/// The spans `node` failed to export, once there is one (within 10 s).
+async fn failed_exports(node: &NodeProcess) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let failed = metric(node, "meridian_trace_spans_total{outcome=\"failed\"}").await;
+        if failed >= 1.0 || Instant::now() > deadline {
+            return failed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_spans_two_gateways_and_reaches_an_otlp_receiver() {
     let python =
@@ -291,82 +331,39 @@ async fn spans_reach_a_collector_over_grpc_with_tls_and_only_a_trusted_one() {
     let (cert, key) = (dir.path().join("127.0.0.1.pem"), dir.path().join("127.0.0.1.key"));
     let receiver = Receiver::start(&python, Some((&cert, &key)));
     let node_with = |ca_file: &str| {
-        format!(
-            r#"
-listen: {{ http: "127.0.0.1:0" }}
-admin: {{ listen: "127.0.0.1:0" }}
-access_log: {{ enabled: false }}
-tracing: {{ endpoint: "https://127.0.0.1:{}", ca_file: "{}" }}
-apis:
-  - id: shop
-    routes:
-      - route: GET /ping
-        integration: {{ type: mock, body: pong }}
-    stages:
-      - name: prod
-        tracing: {{ sample_ratio: 1.0 }}
-"#,
+        let ca_file = dir.path().join(ca_file);
+        ping_node(&format!(
+            "{{ endpoint: \"https://127.0.0.1:{}\", ca_file: \"{}\" }}",
             receiver.grpc,
-            dir.path().join(ca_file).display()
-        )
+            ca_file.display()
+        ))
     };
     // Trusting the collector's CA: the span arrives over TLS.
     let trusted = start_node(node_with("ca.pem")).await;
     let trace_id = "7a1b2c3d4e5f60718293a4b5c6d7e8f9";
-    let traceparent = format!("00-{trace_id}-0102030405060708-01");
-    let headers = [("host", "shop"), ("traceparent", traceparent.as_str())];
-    assert_eq!(request(gateway(&trusted), "GET", "/prod/ping", &headers, "").await.status, 200);
+    assert_eq!(traced_ping(&trusted, trace_id).await, 200);
     let spans = receiver.trace(trace_id, 1).await;
     assert_eq!(spans.len(), 1, "the span reached the TLS collector");
     assert_eq!(spans[0]["protocol"], "grpc");
     // Trusting another CA: the export fails, is counted, and no span arrives.
     let untrusting = start_node(node_with("other-ca.pem")).await;
     let other = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
-    let traceparent = format!("00-{other}-0102030405060708-01");
-    let headers = [("host", "shop"), ("traceparent", traceparent.as_str())];
-    assert_eq!(request(gateway(&untrusting), "GET", "/prod/ping", &headers, "").await.status, 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&untrusting, "meridian_trace_spans_total{outcome=\"failed\"}").await < 1.0 && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(metric(&untrusting, "meridian_trace_spans_total{outcome=\"failed\"}").await >= 1.0);
+    assert_eq!(traced_ping(&untrusting, other).await, 200);
+    assert!(failed_exports(&untrusting).await >= 1.0);
     assert!(receiver.trace(other, 1).await.is_empty(), "a collector the node does not trust gets nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_cannot_be_reached_never_delays_a_request() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let node = start_node(format!(
-        r#"
-listen: {{ http: "127.0.0.1:0" }}
-admin: {{ listen: "127.0.0.1:0" }}
-access_log: {{ enabled: false }}
-tracing: {{ endpoint: "http://{closed}" }}
-apis:
-  - id: shop
-    routes:
-      - route: GET /ping
-        integration: {{ type: mock, body: pong }}
-    stages:
-      - name: prod
-        tracing: {{ sample_ratio: 1.0 }}
-"#
-    ))
-    .await;
+    let node = start_node(ping_node(&format!("{{ endpoint: \"http://{closed}\" }}"))).await;
     let started = Instant::now();
     for _ in 0..50 {
         let reply = request(gateway(&node), "GET", "/prod/ping", &[("host", "shop")], "").await;
         assert_eq!(reply.status, 200);
     }
     assert!(started.elapsed() < Duration::from_secs(5), "50 requests took {:?}", started.elapsed());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut failed = 0.0;
-    while failed < 1.0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        failed = metric(&node, "meridian_trace_spans_total{outcome=\"failed\"}").await;
-    }
-    assert!(failed >= 1.0, "failed exports are counted");
+    assert!(failed_exports(&node).await >= 1.0, "failed exports are counted");
     // The node still serves.
     assert_eq!(request(gateway(&node), "GET", "/prod/ping", &[("host", "shop")], "").await.status, 200);
 }
