@@ -21,15 +21,11 @@ impl Compiler<'_> {
             }
         };
         let endpoint = &section.endpoint;
+        // Both protocols take `http://` and `https://` (TLS) endpoints.
         let url: Option<http::Uri> = endpoint.value.parse().ok();
-        let scheme = url.as_ref().and_then(|u| u.scheme_str().map(str::to_string));
-        let has_host = url.as_ref().and_then(|u| u.host()).is_some_and(|h| !h.is_empty());
-        let endpoint_ok = match (protocol, scheme.as_deref()) {
-            (_, _) if !has_host => false,
-            (Some(_), Some("http" | "https")) => true,
-            (None, _) => true,
-            _ => false,
-        };
+        let endpoint_ok = url.as_ref().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+        });
         if !endpoint_ok {
             let wanted = "an `http://` or `https://` URL with a host";
             self.sink.push(endpoint.referenced, "tracing.endpoint", format!("`{}` is not {wanted}", endpoint.value));
