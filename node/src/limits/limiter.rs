@@ -868,7 +868,11 @@ mod tests {
         }
 
         fn at(&self, ms: u64) -> Instant {
-            self.base + Duration::from_millis(ms)
+            self.at_us(ms * 1000)
+        }
+
+        fn at_us(&self, us: u64) -> Instant {
+            self.base + Duration::from_micros(us)
         }
 
         fn gossip(&self, ms: u64) {
@@ -884,11 +888,18 @@ mod tests {
 
         /// Runs the gossip rounds due by `ms`, then asks `node` to admit.
         fn admit(&mut self, node: usize, scopes: &[(Arc<str>, Rate)], ms: u64) -> bool {
+            self.admit_us(node, scopes, ms * 1000)
+        }
+
+        /// The same at a time in microseconds: the buckets refill on that clock, so requests
+        /// less than a millisecond apart are still as far apart as they were sent.
+        fn admit_us(&mut self, node: usize, scopes: &[(Arc<str>, Rate)], us: u64) -> bool {
+            let ms = us / 1000;
             while self.gossiped_at + Self::ROUND_MS <= ms {
                 self.gossiped_at += Self::ROUND_MS;
                 self.gossip(self.gossiped_at);
             }
-            self.nodes[node].admit_at(scopes, ms, self.at(ms), true).allowed
+            self.nodes[node].admit_at(scopes, ms, self.at_us(us), true).allowed
         }
     }
 
@@ -908,8 +919,10 @@ mod tests {
         let mut refused = 0;
         let requests = (per_second * seconds as f64) as u64;
         for k in 0..requests {
-            let ms = start + (k as f64 * 1000.0 / per_second) as u64;
-            if !cluster.admit(pick(k), &s, ms) {
+            // Microseconds: above 1,000 requests a second, rounding to milliseconds would
+            // send two at once, more than a burst of one allows.
+            let us = start * 1000 + (k as f64 * 1_000_000.0 / per_second) as u64;
+            if !cluster.admit_us(pick(k), &s, us) {
                 refused += 1;
             }
         }
