@@ -9,6 +9,7 @@
 //! - [`gateway`]: listeners, TLS/SNI, HTTP/1.1 + HTTP/2 serving, limits, reload, shutdown.
 //! - [`pipeline`]: the request path, one module per stage, run in order.
 //! - [`integration`]: calling upstreams (HTTP proxy, mock, WebSocket pass-through).
+//! - [`connections`]: the WebSocket connections of `type: websocket` APIs.
 //! - [`limits`]: global rate limits (G-counters, admission, gossip).
 //! - [`observe`]: access log and metrics.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`, reload).
@@ -22,6 +23,7 @@ pub mod certificates;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod content_coding;
 pub mod demo;
 pub mod digest;

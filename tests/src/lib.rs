@@ -310,3 +310,32 @@ pub fn python_with(venv: &str, packages: &[&str]) -> Option<std::path::PathBuf> 
     }
     Some(python)
 }
+
+/// Signs `specs` with botocore (see tests/python/sigv4_sign.py).
+pub fn botocore_sign(python: &Path, specs: &serde_json::Value) -> Vec<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sigv4_sign.py");
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(specs.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the signer failed");
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("the signer's JSON")
+}
+
+/// Sends a signed request as it was signed (URL, headers), with `method` and `body`.
+pub async fn send_signed(gateway: SocketAddr, method: &str, signed: &serde_json::Value, body: &str) -> Reply {
+    let url: hyper::Uri = signed["url"].as_str().unwrap().parse().unwrap();
+    let mut request = hyper::Request::builder().method(method).uri(url.path_and_query().unwrap().as_str());
+    for (name, value) in signed["headers"].as_object().unwrap() {
+        request = request.header(name.as_str(), value.as_str().unwrap());
+    }
+    if !signed["headers"].as_object().unwrap().keys().any(|k| k.eq_ignore_ascii_case("host")) {
+        request = request.header("host", url.authority().unwrap().as_str());
+    }
+    send(gateway, request.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
+}

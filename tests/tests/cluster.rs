@@ -1688,3 +1688,125 @@ fn a_domains_client_certificates_are_replicated_to_every_member() {
     }
     until_every_node(&cluster, d, None, Some(b"v1"));
 }
+
+/// A WebSocket API whose every route's integration is `backend`.
+fn chat_definition(dir: &std::path::Path, backend: SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("chat.yaml");
+    let text = format!(
+        r#"
+apis:
+  - id: chat
+    type: websocket
+    routes:
+      - {{ route: $connect, integration: {{ type: http_proxy, uri: "http://{backend}/connect" }} }}
+      - {{ route: $default, integration: {{ type: http_proxy, uri: "http://{backend}/default" }} }}
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A callback API call through `node`'s admin API.
+async fn connection_call(node: &NodeProcess, method: &str, id: &str, body: &str) -> meridian_tests::Reply {
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("/v1/apis/chat/stages/prod/connections/{id}"))
+        .header("host", "admin")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    meridian_tests::send(node.admin, request).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_held_in_one_region_is_reached_from_every_other() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut cluster = tokio::task::spawn_blocking(|| three_regions(23)).await.unwrap();
+    let backend = meridian_tests::echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(
+        &["apply", "-f", chat_definition(dir.path(), backend).to_str().unwrap(), "--stage", "prod"],
+        &cluster.nodes[0],
+    );
+    assert!(out.status.success(), "{out:?}");
+    // Every node serves the API: a client connects to r1's and to r2's gateway.
+    let connect = |node: &NodeProcess| {
+        let url = format!("ws://{}/prod", node.http.unwrap());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match tokio_tungstenite::connect_async(url.clone()).await {
+                    Ok((client, response)) => {
+                        let id = response.headers()["x-meridian-connection-id"].to_str().unwrap().to_string();
+                        return (client, id);
+                    }
+                    Err(e) => assert!(Instant::now() < deadline, "{url}: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let (mut held_by_r1, id) = connect(&cluster.nodes[0]).await;
+    let (_held_by_r2, id_on_r2) = connect(&cluster.nodes[1]).await;
+
+    // Sent through r3 and r2, received by the client r1 holds, in order.
+    for (n, node) in [2, 1, 2, 0].iter().enumerate() {
+        let sent = connection_call(&cluster.nodes[*node], "POST", &id, &format!("push {n}")).await;
+        assert_eq!(sent.status, 200, "through node {node}: {:?}", sent.body);
+    }
+    for n in 0..4 {
+        let got = tokio::time::timeout(Duration::from_secs(5), held_by_r1.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(got, Message::text(format!("push {n}")));
+    }
+    // A backend signs its call with the cluster's credentials and sends it to any gateway.
+    let python = tokio::task::spawn_blocking(|| meridian_tests::python_with("botocore-venv", &["botocore"]));
+    if let Some(python) = python.await.unwrap() {
+        let out = cli(&["credentials", "create", "--name", "chat-backend", "--output", "json"], &cluster.nodes[0]);
+        assert!(out.status.success(), "{out:?}");
+        let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let gateway = cluster.nodes[2].http.unwrap();
+        let spec = serde_json::json!([{
+            "method": "POST",
+            "url": format!("http://chat.example.test:{}/prod/@connections/{id}", gateway.port()),
+            "headers": {},
+            "body": "signed push",
+            "access_key": created["access_key_id"],
+            "secret_key": created["secret_access_key"],
+            "region": "us-east-1",
+            "service": "execute-api",
+        }]);
+        let signed = tokio::task::spawn_blocking(move || meridian_tests::botocore_sign(&python, &spec)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The credential reaches r3 with the next revision.
+            let r = meridian_tests::send_signed(gateway, "POST", &signed[0], "signed push").await;
+            if r.status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} {:?}", r.status, r.body);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let got = tokio::time::timeout(Duration::from_secs(5), held_by_r1.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(got, Message::text("signed push"));
+    }
+    let described = connection_call(&cluster.nodes[2], "GET", &id, "").await;
+    assert_eq!(described.status, 200, "{:?}", described.body);
+    assert!(described.json()["sourceIp"].is_string());
+
+    // Closed from r2: the client sees it, and no node knows the id any more.
+    assert_eq!(connection_call(&cluster.nodes[1], "DELETE", &id, "").await.status, 204);
+    let closed = tokio::time::timeout(Duration::from_secs(5), held_by_r1.next()).await.unwrap();
+    assert!(matches!(closed, Some(Ok(Message::Close(_)))), "{closed:?}");
+    for node in &cluster.nodes {
+        assert_eq!(connection_call(node, "POST", &id, "late").await.status, 410);
+    }
+
+    // The node holding a connection is killed: pushes to it are 410 from the others.
+    cluster.nodes[1].kill();
+    for node in [0, 2] {
+        let r = connection_call(&cluster.nodes[node], "POST", &id_on_r2, "to the dead").await;
+        assert_eq!(r.status, 410, "{:?}", r.body);
+    }
+}

@@ -5,7 +5,6 @@
 //! expire; the secret never reaches the data directory or the logs.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,35 +14,6 @@ use meridian_tests::*;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
-
-/// Signs `specs` with botocore (see tests/python/sigv4_sign.py).
-fn botocore_sign(python: &Path, specs: &Value) -> Vec<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sigv4_sign.py");
-    let mut child = std::process::Command::new(python)
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(specs.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the signer failed");
-    serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("the signer's JSON")
-}
-
-/// Sends a signed request as it was signed (URL, headers), with `method` and `body`.
-async fn send_signed(gateway: SocketAddr, method: &str, signed: &Value, body: &str) -> Reply {
-    let url: hyper::Uri = signed["url"].as_str().unwrap().parse().unwrap();
-    let mut request = hyper::Request::builder().method(method).uri(url.path_and_query().unwrap().as_str());
-    for (name, value) in signed["headers"].as_object().unwrap() {
-        request = request.header(name.as_str(), value.as_str().unwrap());
-    }
-    if !signed["headers"].as_object().unwrap().keys().any(|k| k.eq_ignore_ascii_case("host")) {
-        request = request.header("host", url.authority().unwrap().as_str());
-    }
-    send(gateway, request.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_signed_by_botocore_pass_and_every_tampering_is_refused() {

@@ -10,6 +10,7 @@ mod access;
 mod cache;
 pub mod client;
 mod cluster;
+mod connections;
 mod credentials;
 mod domains;
 mod explain;
@@ -190,6 +191,16 @@ impl AdminState {
                 };
                 cache::handle(&self, api, stage, request).await
             }
+            (_, path) if connections::connection_target(path).is_some() => {
+                if let Some(denied) = self.refusal(&request) {
+                    return denied;
+                }
+                let path = path.to_string();
+                let Some(target) = connections::connection_target(&path) else {
+                    return message(StatusCode::NOT_FOUND, "no such admin endpoint");
+                };
+                connections::handle(&self, target, request).await
+            }
             (&Method::POST, "/v1/explain") => {
                 if let Some(denied) = self.refusal(&request) {
                     return denied;
@@ -334,10 +345,11 @@ mod tests {
             "/v1/usage",
             "/v1/explain",
             "/v1/apis/{api}/stages/{stage}/cache/flush",
+            "/v1/apis/{api}/stages/{stage}/connections/{connection}",
         ] {
             assert!(paths.iter().any(|p| *p == route), "{route} is not documented");
         }
-        assert_eq!(paths.len(), 39, "a documented path is not served");
+        assert_eq!(paths.len(), 40, "a documented path is not served");
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::config::ClusterSettings;
 use crate::digest::sha256_hex;
 use crate::idempotency::{RecordLog, Submitted};
 
+mod connections;
 mod membership;
 mod status;
 

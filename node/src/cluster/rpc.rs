@@ -31,6 +31,8 @@ pub struct Handlers {
     pub limiter: Arc<crate::limits::limiter::Limiter>,
     /// Empties what a `FlushCache` names.
     pub caches: Arc<crate::response_cache::ResponseCaches>,
+    /// Serves calls for the WebSocket connections this node holds (`CallConnection`).
+    pub connections: Arc<crate::connections::Connections>,
     /// Takes peers' health reports (`ReportHealth`) once the node serves DNS; reports that
     /// arrive before are dropped, as a node without DNS needs none.
     pub dns: DnsHandle,
@@ -165,6 +167,41 @@ impl Node for NodeService {
         let route = (!flush.route.is_empty()).then_some(flush.route);
         self.handlers.caches.flush(&crate::response_cache::Flush { api: flush.api, stage: flush.stage, route });
         Ok(Response::new(GossipAck {}))
+    }
+
+    async fn call_connection(
+        &self,
+        request: Request<meridian_proto::ConnectionCall>,
+    ) -> Result<Response<meridian_proto::ConnectionAnswer>, Status> {
+        use crate::connections::{CallAnswer, ConnectionCall, ConnectionId, Target};
+        use meridian_proto::connection_answer::Outcome;
+        use meridian_proto::connection_call::Action;
+        require_member(&request)?;
+        let call = request.into_inner();
+        let bounded = |s: &str| !s.is_empty() && s.len() <= 256;
+        if !bounded(&call.api) || !bounded(&call.stage) {
+            return Err(Status::invalid_argument(
+                "a connection call names an API and a stage (at most 256 bytes each)",
+            ));
+        }
+        let id = ConnectionId::parse(&call.connection_id)
+            .ok_or_else(|| Status::invalid_argument("a connection call names a connection id"))?;
+        let action =
+            Action::try_from(call.action).map_err(|_| Status::invalid_argument("unknown connection action"))?;
+        let target = Target { api: call.api, stage: call.stage, id };
+        let asked = match action {
+            Action::Send => ConnectionCall::Send(call.message.into()),
+            Action::Describe => ConnectionCall::Describe,
+            Action::Close => ConnectionCall::Close,
+        };
+        let (outcome, view) = match self.handlers.connections.call_here(&target, asked) {
+            CallAnswer::Sent => (Outcome::Sent, String::new()),
+            CallAnswer::Closed => (Outcome::Closed, String::new()),
+            CallAnswer::Busy => (Outcome::Busy, String::new()),
+            CallAnswer::Described(view) => (Outcome::Described, serde_json::to_string(&view).unwrap_or_default()),
+            CallAnswer::Gone | CallAnswer::Unreachable(_) => (Outcome::Gone, String::new()),
+        };
+        Ok(Response::new(meridian_proto::ConnectionAnswer { outcome: outcome.into(), view }))
     }
 
     async fn change_membership(

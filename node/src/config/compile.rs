@@ -19,10 +19,11 @@ use super::parse_duration;
 use super::table::*;
 use crate::certificates::{DomainCertificates, load_certified_key};
 use crate::integration::Integration;
+use crate::integration::websocket::WebSocketEndpoint;
 use crate::limits::limiter::Rate;
 use crate::observe::access_log::{LogSink, LogTemplate};
 use crate::observe::completion::RouteObserver;
-use crate::router::{MethodMatch, PathPattern, Router, parse_route_key};
+use crate::router::{MethodMatch, PathPattern, Router};
 use crate::stages::api_key::{ApiKeyCheck, KeyRing};
 use crate::stages::compression::Compression;
 use crate::stages::cors::Cors;
@@ -183,14 +184,16 @@ mod gateway_responses;
 mod idempotency;
 mod integrations;
 mod mapping;
+mod routes;
 mod traces;
 mod transform;
 mod validation;
 mod waf;
+mod websocket;
 
 use authorizers::{AuthorizerSpec, AuthorizerUse};
 pub use domains::{base_path, valid_host};
-use integrations::IntegrationSpec;
+use integrations::{IntegrationSpec, RoutePlace};
 
 struct Compiler<'a> {
     sink: ErrorSink,
@@ -250,6 +253,9 @@ struct RouteSpec {
     rewrite: Option<Arc<crate::stages::rewrite::Rewrite>>,
     /// The route's transform, compiled per stage (its values may read stage variables).
     transform: Option<Spanned<TransformDef>>,
+    /// Called by backends, not clients (a WebSocket API's callback API): the stage's API
+    /// key requirement does not apply.
+    backend_facing: bool,
     field: String,
 }
 
@@ -425,6 +431,7 @@ impl Compiler<'_> {
             max_connections: l.max_connections,
             max_connections_per_client: l.max_connections_per_client,
             drain_timeout: drain_timeout?,
+            max_websocket_connections: l.max_websocket_connections,
         })
         .filter(|_| ok)
     }
@@ -467,15 +474,7 @@ impl Compiler<'_> {
 
     fn api(&mut self, api: &ApiDef, field: &str) -> Option<(String, HashMap<String, Arc<StageTarget>>)> {
         let id_ok = self.name(&api.id, &format!("{field}.id"), "API id");
-        if let Some(kind) = &api.kind
-            && kind.value == ApiKind::Websocket
-        {
-            self.sink.push(
-                kind.referenced,
-                format!("{field}.type"),
-                "`websocket` APIs are not supported yet; use `http` (WebSocket upgrades on its routes pass through to the upstream)",
-            );
-        }
+        self.websocket_only(api, field);
         let authorizers = self.authorizers(api, field);
         let api_cors = api.cors.as_ref().and_then(|c| self.cors(c, &format!("{field}.cors")));
         self.rest_only(api, field);
@@ -497,118 +496,10 @@ impl Compiler<'_> {
                 );
             }
         }
-        let mut specs = Vec::new();
-        let mut shape: Router<()> = Router::default();
-        for (i, route) in api.routes.iter().enumerate() {
-            let rfield = format!("{field}.routes[{i}]");
-            let parsed = match parse_route_key(&route.route.value) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    self.sink.push(route.route.referenced, format!("{rfield}.route"), e);
-                    None
-                }
-            };
-            let integration = self.integration(&route.integration, &format!("{rfield}.integration"));
-            let conditions = self.route_conditions(route, &rfield);
-            let (Some((method, pattern)), Ok(conditions)) = (parsed, conditions) else {
-                continue;
-            };
-            if shape.insert(method.clone(), &pattern, conditions.clone(), ()).is_err() {
-                let with = if conditions.is_empty() { "" } else { " with the same `match`" };
-                self.sink.push(
-                    route.route.referenced,
-                    format!("{rfield}.route"),
-                    format!("route `{}` is declared twice{with}", route.route.value),
-                );
-                continue;
-            }
-            if let (Some(_), Some(signed)) = (&route.authorizer, &route.authorization) {
-                self.sink.push(
-                    signed.referenced,
-                    format!("{rfield}.authorization"),
-                    "a route uses an authorizer or `authorization: signed`, not both",
-                );
-                continue;
-            }
-            let authorizer = match &route.authorizer {
-                Some(name) => {
-                    let used = AuthorizerUse { name, field: format!("{rfield}.authorizer") };
-                    if !self.check_authorizer_use(&used, &authorizers, &api.authorizers) {
-                        continue;
-                    }
-                    Some(name.value.clone())
-                }
-                None => None,
-            };
-            let Ok(validation) = self.request_validation(api, route, &models, &rfield) else {
-                continue;
-            };
-            let Ok(mapping) = self.request_mapping(&route.integration, &format!("{rfield}.integration")) else {
-                continue;
-            };
-            let Ok(responses) = self.integration_responses(&route.integration, &format!("{rfield}.integration")) else {
-                continue;
-            };
-            let Ok(xml_upstream) = self.xml_upstream(&route.integration, &format!("{rfield}.integration")) else {
-                continue;
-            };
-            let cache = match &route.cache {
-                Some(def) => match self.route_cache(def, &format!("{rfield}.cache")) {
-                    Some(spec) => Some(spec),
-                    None => continue,
-                },
-                None => None,
-            };
-            let rewrite = match &route.integration.rewrite {
-                Some(def) if route.integration.kind.value == IntegrationKind::HttpProxy => {
-                    match self.rewrite(def, &format!("{rfield}.integration")) {
-                        Some(r) => Some(Arc::new(r)),
-                        None => continue,
-                    }
-                }
-                _ => None,
-            };
-            let idempotency = match &route.idempotency {
-                Some(def) => match self.idempotency(def, &format!("{rfield}.idempotency")) {
-                    Some(spec) => Some(spec),
-                    None => continue,
-                },
-                None => None,
-            };
-            if let Some(integration) = integration {
-                let throttle = route.throttle.as_ref().and_then(|t| self.rate(t, &format!("{rfield}.throttle")));
-                let key = match conditions.is_empty() {
-                    true => route.route.value.clone(),
-                    false => format!("{} [{conditions}]", route.route.value),
-                };
-                specs.push(RouteSpec {
-                    key,
-                    throttle,
-                    api_key_required: route.api_key_required,
-                    allow_encoded_slashes: route.allow_encoded_slashes,
-                    method,
-                    pattern,
-                    conditions,
-                    integration,
-                    authorizer,
-                    scopes: route.scopes.as_ref().map(|s| s.value.clone()).unwrap_or_default(),
-                    signed: route.authorization.is_some(),
-                    cors: match &route.cors {
-                        Some(c) => self.cors(c, &format!("{rfield}.cors")),
-                        None => api_cors.clone(),
-                    },
-                    validation,
-                    cache,
-                    idempotency,
-                    mapping,
-                    responses,
-                    xml_upstream,
-                    rewrite,
-                    transform: route.transform.clone(),
-                    field: rfield,
-                });
-            }
-        }
+        let specs = match api.kind.as_ref().map(|k| k.value) {
+            Some(ApiKind::Websocket) => self.websocket_routes(api, field, &authorizers),
+            _ => self.path_routes(api, field, &authorizers, api_cors.as_ref(), &models),
+        };
         let mut stages = HashMap::new();
         for (i, stage) in api.stages.iter().enumerate() {
             let sfield = format!("{field}.stages[{i}]");
@@ -691,10 +582,25 @@ impl Compiler<'_> {
                     }
                 }
                 IntegrationSpec::Proxy(proxy) => {
-                    match self.proxy_for_stage(proxy, spec, stage_name, &stage.variables, api) {
+                    let params = spec.pattern.param_names();
+                    let place = RoutePlace { key: &spec.key, field: &spec.field, params: &params };
+                    match self.proxy_for_stage(proxy, place, stage_name, &stage.variables, api) {
                         Some(p) => Integration::Proxy(Box::new(p)),
                         None => continue,
                     }
+                }
+                IntegrationSpec::WebSocket(websocket) => {
+                    match self.websocket_for_stage(websocket, api, stage_name, &stage.variables) {
+                        Some(s) => Integration::WebSocket(WebSocketEndpoint::Connect(Arc::new(s))),
+                        None => continue,
+                    }
+                }
+                IntegrationSpec::Connections(max_message_bytes) => {
+                    Integration::WebSocket(WebSocketEndpoint::Callback {
+                        api: api.into(),
+                        stage: stage_name.into(),
+                        max_message_bytes: *max_message_bytes,
+                    })
                 }
             };
             let observer = Arc::new(
@@ -739,7 +645,7 @@ impl Compiler<'_> {
                     service: context.signing.service.clone(),
                 }));
             }
-            if spec.api_key_required || stage.api_key_required {
+            if spec.api_key_required || (stage.api_key_required && !spec.backend_facing) {
                 stages.push(Arc::new(ApiKeyCheck {
                     stage: (api.to_string(), stage_name.to_string()),
                     route: spec.key.clone(),

@@ -118,10 +118,61 @@ mod tests {
     }
 
     #[test]
-    fn websocket_apis_are_refused_with_their_line() {
-        let e = errors("listen: { http: 127.0.0.1:0 }\napis:\n  - id: chat\n    type: websocket\n");
-        assert_eq!((e[0].line, e[0].field.as_str()), (4, "apis[0].type"), "{e:?}");
-        assert!(e[0].message.contains("not supported yet"), "{e:?}");
+    fn websocket_apis_compile_their_routes_and_refuse_what_does_not_apply() {
+        let chat = r#"listen: { http: 127.0.0.1:0 }
+apis:
+  - id: chat
+    type: websocket
+    route_selection: $request.body.action
+    websocket: { max_message_kib: 64, messages_per_second: 5, idle_timeout: 30s }
+    routes:
+      - { route: $connect, api_key_required: true, integration: { type: http_proxy, uri: "http://127.0.0.1:9/connect" } }
+      - { route: sendmessage, reply: true, integration: { type: http_proxy, uri: "http://127.0.0.1:9/send" } }
+      - { route: $default, integration: { type: http_proxy, uri: "http://127.0.0.1:9/default" } }
+    stages: [{ name: prod }]
+"#;
+        let config = parse_str(chat, "t.yaml", Path::new(".")).unwrap();
+        let routes = &config.table.apis["chat"]["prod"].primary;
+        let keys: Vec<&str> = routes.router.values().iter().map(|t| &*t.observer.route).collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys.contains(&"$connect") && keys.contains(&"@connections"), "{keys:?}");
+        let stage = routes.router.values().iter().find_map(|t| match &t.integration {
+            crate::integration::Integration::WebSocket(crate::integration::websocket::WebSocketEndpoint::Connect(
+                s,
+            )) => Some(s.clone()),
+            _ => None,
+        });
+        let stage = stage.expect("the handshake route serves the stage");
+        assert!(stage.connect.is_some() && stage.default.is_some() && stage.disconnect.is_none());
+        assert!(stage.routes["sendmessage"].reply);
+        assert_eq!(stage.limits.max_message_bytes, 64 * 1024);
+        assert_eq!(stage.limits.messages_per_second, 5);
+        assert_eq!(stage.limits.idle_timeout, std::time::Duration::from_secs(30));
+        // The handshake's chain has the API key check; the callback API's is signed.
+        let chain =
+            |key: &str| routes.router.values().iter().find(|t| &*t.observer.route == key).unwrap().chain.names();
+        assert!(chain("$connect").contains(&"api_key"), "{:?}", chain("$connect"));
+        assert!(chain("@connections").contains(&"signed_request"), "{:?}", chain("@connections"));
+        assert!(!chain("@connections").contains(&"api_key"));
+
+        for (original, changed, field) in [
+            ("route_selection: $request.body.action", "route_selection: $context.x", "apis[0].route_selection"),
+            ("{ route: sendmessage, reply: true,", "{ route: send message, reply: true,", "apis[0].routes[1].route"),
+            ("{ route: $default,", "{ route: $default, throttle: { rate: 1, burst: 1 },", "apis[0].routes[2].throttle"),
+            ("{ route: $connect,", "{ route: $connect, reply: true,", "apis[0].routes[0].reply"),
+            ("max_message_kib: 64", "max_message_kib: 4096", "apis[0].websocket.max_message_kib"),
+            ("idle_timeout: 30s", "idle_timeout: 3h", "apis[0].websocket.idle_timeout"),
+            (
+                "type: http_proxy, uri: \"http://127.0.0.1:9/default\"",
+                "type: mock",
+                "apis[0].routes[2].integration.type",
+            ),
+        ] {
+            let e = errors(&chat.replace(original, changed));
+            assert!(e.iter().any(|e| e.field == field && e.line > 0), "{changed}: {e:?}");
+        }
+        let e = errors("listen: { http: 127.0.0.1:0 }\napis:\n  - id: a\n    route_selection: $request.body.action\n");
+        assert_eq!((e[0].line, e[0].field.as_str()), (4, "apis[0].route_selection"), "{e:?}");
         let ok = "listen: { http: 127.0.0.1:0 }\napis:\n  - id: a\n    type: rest\n  - id: b\n    type: http\n";
         assert!(parse_str(ok, "t.yaml", Path::new(".")).is_ok());
     }

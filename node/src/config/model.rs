@@ -183,6 +183,9 @@ pub struct LimitsSection {
     /// Open connections one client address may hold (0: no limit).
     pub max_connections_per_client: usize,
     pub drain_timeout: Spanned<String>,
+    /// WebSocket connections the node holds for `type: websocket` APIs; more are refused
+    /// with 503.
+    pub max_websocket_connections: usize,
 }
 
 impl Default for LimitsSection {
@@ -196,6 +199,7 @@ impl Default for LimitsSection {
             max_connections: 10_000,
             max_connections_per_client: 0,
             drain_timeout: unspanned("30s".into()),
+            max_websocket_connections: 10_000,
         }
     }
 }
@@ -226,9 +230,14 @@ fn yes() -> bool {
 pub struct ApiDef {
     pub id: Spanned<String>,
     pub name: Option<String>,
-    /// `http` (default) or `rest`; `websocket` is reserved (see docs/CONFIG.md).
+    /// `http` (default), `rest` or `websocket`.
     #[serde(rename = "type")]
     pub kind: Option<Spanned<ApiKind>>,
+    /// `type: websocket`: how a message's route key is chosen (`$request.body.action`,
+    /// `$request.header.NAME` or a constant).
+    pub route_selection: Option<Spanned<String>>,
+    /// `type: websocket`: what each connection is held to.
+    pub websocket: Option<Spanned<WebSocketDef>>,
     #[serde(default)]
     pub routes: Vec<RouteDef>,
     #[serde(default)]
@@ -381,7 +390,8 @@ pub struct RequestValidatorDef {
 }
 
 /// The API types of a managed gateway. `http` is the lean pipeline; `rest` may also use the
-/// stages that read or reshape bodies; `websocket` is reserved for WebSocket APIs.
+/// stages that read or reshape bodies; `websocket` holds clients' connections and routes
+/// their messages.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiKind {
@@ -389,6 +399,22 @@ pub enum ApiKind {
     #[default]
     Http,
     Websocket,
+}
+
+/// `type: websocket`: the limits of each connection (docs/CONFIG.md, "WebSocket APIs").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketDef {
+    /// The largest message in KiB, reassembled from its frames (default 128, at most 1024).
+    pub max_message_kib: Option<Spanned<u64>>,
+    /// The largest frame in KiB (default 32, at most the message size).
+    pub max_frame_kib: Option<Spanned<u64>>,
+    /// Messages a second a client may send on a connection (default 100).
+    pub messages_per_second: Option<Spanned<u32>>,
+    /// Closed after this long without a message either way (default 10m).
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Closed after this long (default 2h).
+    pub max_duration: Option<Spanned<String>>,
 }
 
 /// `route: "GET /pets/{id}"` and what serves it.
@@ -432,6 +458,8 @@ pub struct RouteDef {
     /// Request headers and query parameters, and response headers, edited (docs/CONFIG.md,
     /// "Header and query transforms").
     pub transform: Option<Spanned<TransformDef>>,
+    /// `type: websocket`: the integration's answer is sent back to the client.
+    pub reply: Option<Spanned<bool>>,
 }
 
 /// An `http_proxy`'s `discover`: exactly one of `dns` and `srv`.

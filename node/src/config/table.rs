@@ -120,10 +120,7 @@ impl RoutingTable {
             .flat_map(|stages| stages.values())
             .flat_map(|target| std::iter::once(&target.primary).chain(target.canary.as_ref().map(|c| &c.routes)))
             .flat_map(|routes| routes.router.values())
-            .filter_map(|route| match &route.integration {
-                crate::integration::Integration::Proxy(proxy) => Some(&**proxy),
-                _ => None,
-            })
+            .flat_map(|route| route.integration.proxies())
     }
 }
 
@@ -146,6 +143,8 @@ pub struct Limits {
     /// 0: no limit.
     pub max_connections_per_client: usize,
     pub drain_timeout: Duration,
+    /// WebSocket connections of `type: websocket` APIs the node holds at once.
+    pub max_websocket_connections: usize,
 }
 
 /// A validated configuration file, ready to serve.

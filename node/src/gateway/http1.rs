@@ -49,6 +49,8 @@ pub trait ClientSocket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn deadline(&self) -> tokio::time::Instant;
     /// Whether bytes the server has not seen are already decoded and waiting (TLS).
     fn has_buffered_input(&mut self) -> bool;
+    /// Replaces the idle timeout (an upgraded connection has its own).
+    fn set_idle_timeout(&mut self, timeout: Duration);
 }
 
 impl ClientSocket for IdleTimeout<TcpStream> {
@@ -62,6 +64,10 @@ impl ClientSocket for IdleTimeout<TcpStream> {
 
     fn has_buffered_input(&mut self) -> bool {
         false
+    }
+
+    fn set_idle_timeout(&mut self, timeout: Duration) {
+        self.set_timeout(timeout);
     }
 }
 
@@ -77,6 +83,16 @@ impl ClientSocket for tokio_rustls::server::TlsStream<IdleTimeout<TcpStream>> {
     fn has_buffered_input(&mut self) -> bool {
         // Records already received and decrypted that nobody has read yet.
         self.get_mut().1.process_new_packets().is_ok_and(|state| state.plaintext_bytes_to_read() > 0)
+    }
+
+    fn set_idle_timeout(&mut self, timeout: Duration) {
+        self.get_mut().0.set_timeout(timeout);
+    }
+}
+
+impl<S: ClientSocket> crate::pipeline::websocket::ClientIo for Prefixed<S> {
+    fn set_idle_timeout(&mut self, timeout: Duration) {
+        self.inner.set_idle_timeout(timeout);
     }
 }
 

@@ -64,6 +64,12 @@ impl<T> IdleTimeout<T> {
         self.expires()
     }
 
+    /// Replaces the idle timeout, counted from the last byte moved.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+        self.first_request = None;
+    }
+
     /// When the connection times out if nothing moves before.
     pub fn expires(&self) -> Instant {
         let idle = self.last_activity + self.timeout;

@@ -14,6 +14,7 @@
 //! - [`mock`]: static responses.
 //! - [`redirect`]: `Location` answers made from a template.
 //! - [`callee`]: URLs the node calls itself (JWKS documents, custom authorizers).
+//! - [`websocket`]: a WebSocket API's stage as policy: route selection, routes, limits.
 
 pub mod balance;
 pub mod callee;
@@ -28,6 +29,7 @@ pub mod retry;
 pub mod trust;
 pub mod upstreams;
 pub mod uri;
+pub mod websocket;
 
 pub use mock::MockIntegration;
 pub use proxy::{ProxyIntegration, UpstreamError};
@@ -38,4 +40,18 @@ pub enum Integration {
     Proxy(Box<ProxyIntegration>),
     Mock(MockIntegration),
     Redirect(redirect::RedirectIntegration),
+    /// A `type: websocket` API: the gateway holds the connection, each message goes to a
+    /// route's integration.
+    WebSocket(websocket::WebSocketEndpoint),
+}
+
+impl Integration {
+    /// The `http_proxy` integrations that serve this route.
+    pub fn proxies(&self) -> Vec<&ProxyIntegration> {
+        match self {
+            Integration::Proxy(proxy) => vec![&**proxy],
+            Integration::WebSocket(websocket::WebSocketEndpoint::Connect(stage)) => stage.proxies().collect(),
+            Integration::Mock(_) | Integration::Redirect(_) | Integration::WebSocket(_) => Vec::new(),
+        }
+    }
 }

@@ -26,6 +26,8 @@ use crate::reload::{ConfigSource, Reloader, StartupSettings};
 
 /// How many rate-limit scopes a node tracks before it evicts the least recently used.
 const MAX_LIMIT_SCOPES: usize = 100_000;
+/// How long a stopping node waits for its WebSocket connections' `$disconnect` deliveries.
+const WEBSOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::integration::upstreams::Upstreams;
 use crate::pipeline::Pipeline;
 
@@ -213,6 +215,7 @@ impl Node {
         crate::cluster::rpc::Handlers {
             limiter: self.limiter.clone(),
             caches: self.admin.pipeline.caches().clone(),
+            connections: self.admin.pipeline.connections().clone(),
             dns: self.dns.clone(),
         }
     }
@@ -247,6 +250,9 @@ impl Node {
             self.serving.clone(),
         );
         self.limiter.set_node(member.id);
+        let connections = self.admin.pipeline.connections();
+        connections.set_node(member.id);
+        connections.forward_through(member.clone());
         self.upstreams.set_region(&member.me.region);
         if let Some(spans) = &self.spans {
             spans.identify(&member.id.to_string(), &member.me.region);
@@ -287,6 +293,9 @@ impl Node {
     /// the access log.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        // WebSocket clients are told to go away (1001) and reconnect elsewhere; their
+        // `$disconnect` deliveries get a few seconds.
+        self.admin.pipeline.connections().drain(WEBSOCKET_DRAIN).await;
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }

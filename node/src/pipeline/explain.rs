@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::{Pipeline, canary_draw, routing};
 use crate::authorizers::AuthorizerContext;
 use crate::integration::Integration;
+use crate::integration::websocket::WebSocketEndpoint;
 use crate::rejection::Rejection;
 use crate::stages::{Exchange, Flow, Step, Stop, may_have_body};
 
@@ -69,6 +70,8 @@ pub enum Outcome {
     Mocked { status: u16, authorizer: Option<AuthorizerView> },
     /// Answered by the route's redirect integration, to this location.
     Redirected { status: u16, location: String, authorizer: Option<AuthorizerView> },
+    /// A WebSocket API's route: the handshake (`$connect`) or the callback API.
+    WebSocket { endpoint: &'static str, authorizer: Option<AuthorizerView> },
 }
 
 /// The authorizer that admitted the request, and what it passes on.
@@ -83,6 +86,7 @@ enum Destination {
     Upstream(String),
     Mock(u16),
     Redirect(u16, String),
+    WebSocket(&'static str),
 }
 
 fn refused(rejection: Rejection, by: &'static str) -> Outcome {
@@ -129,6 +133,8 @@ impl Pipeline {
                 redirect.status.as_u16(),
                 redirect.location.render(routed.route_path(), &routed.captures, head.uri.query()),
             ),
+            Integration::WebSocket(WebSocketEndpoint::Connect(_)) => Destination::WebSocket("$connect"),
+            Integration::WebSocket(WebSocketEndpoint::Callback { .. }) => Destination::WebSocket("callback API"),
         };
         drop(routed);
         let mut exchange = Exchange::explained(crate::pipeline::request_id::generate(), client);
@@ -172,6 +178,7 @@ impl Pipeline {
             (None, Destination::Upstream(upstream)) => Outcome::Forwarded { upstream, authorizer },
             (None, Destination::Mock(status)) => Outcome::Mocked { status, authorizer },
             (None, Destination::Redirect(status, location)) => Outcome::Redirected { status, location, authorizer },
+            (None, Destination::WebSocket(endpoint)) => Outcome::WebSocket { endpoint, authorizer },
         };
         Explanation { route: Some(route), stages, outcome }
     }

@@ -15,6 +15,7 @@
 //! request: it finishes on the table it started with.
 
 pub mod body_limit;
+pub mod connections;
 pub mod explain;
 pub mod headers;
 pub mod host;
@@ -47,6 +48,7 @@ use crate::idempotency::IdempotencyRecords;
 use crate::integration::proxy::{AnsweredBy, NameTheTarget};
 use crate::integration::request_body::RequestBody;
 use crate::integration::upstreams::Upstreams;
+use crate::integration::websocket::WebSocketEndpoint;
 use crate::integration::{Integration, ProxyIntegration, UpstreamError};
 use crate::limits::limiter::Limiter;
 use crate::observe::access_log::AccessLog;
@@ -101,6 +103,8 @@ pub struct Pipeline {
     caches: Arc<ResponseCaches>,
     /// Idempotency records (the cluster's once the node has joined one).
     records: Arc<IdempotencyRecords>,
+    /// The WebSocket connections of `type: websocket` APIs, kept across reloads.
+    connections: Arc<crate::connections::Connections>,
     body_limit: BodyLimit,
     /// HTTP/1.1 heads are held to it by hyper; HTTP/2 heads here.
     max_headers: usize,
@@ -181,6 +185,15 @@ enum Call<'t> {
     Redirect(Response<bytes::Bytes>),
 }
 
+/// A request for a WebSocket API's route, as routing found it.
+struct WebSocketCall<'t, 'r> {
+    endpoint: &'t WebSocketEndpoint,
+    /// The callback API's connection id, as the path has it.
+    id: Option<String>,
+    client_upgrade: Option<websocket::ClientUpgrade>,
+    request_id: &'r HeaderValue,
+}
+
 /// A request body on its way to the integration.
 enum ClientBody {
     Streaming(Incoming),
@@ -214,6 +227,7 @@ impl Pipeline {
             blocks: Blocklist::default(),
             caches: Arc::default(),
             records: Arc::default(),
+            connections: crate::connections::Connections::new(limits.max_websocket_connections, upstreams.clone()),
             upstreams,
             body_limit: BodyLimit { max_bytes: limits.max_body_bytes },
             max_headers: limits.max_headers,
@@ -320,6 +334,11 @@ impl Pipeline {
         &self.records
     }
 
+    /// The node's WebSocket connections (calls for them arrive over RPC and the admin API).
+    pub fn connections(&self) -> &Arc<crate::connections::Connections> {
+        &self.connections
+    }
+
     /// What the stages of a request on `table` enforce their policy with.
     fn services<'a>(&'a self, table: &'a RoutingTable, dry_run: bool) -> Services<'a> {
         Services {
@@ -415,6 +434,14 @@ impl Pipeline {
                         return Served::rejected(r, target);
                     }
                 }
+            }
+            Integration::WebSocket(endpoint) => {
+                // The callback API's one capture is the connection id.
+                let path = routed.route_path();
+                let id = routed.captures.first().map(|(s, e)| path[*s..*e].to_string());
+                drop(routed);
+                let websocket = WebSocketCall { endpoint, id, client_upgrade, request_id: &request_id };
+                return self.serve_websocket(websocket, parts, body, target, exchange, services, conn).await;
             }
         };
         drop(routed);
@@ -554,6 +581,53 @@ impl Pipeline {
             span.end(exchange, &served);
         }
         served
+    }
+
+    /// Serves a route of a WebSocket API once its chain's request head lets it through:
+    /// the handshake becomes a connection; a callback API request reaches one.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_websocket<'t>(
+        &self,
+        call: WebSocketCall<'t, '_>,
+        mut parts: Parts,
+        body: Incoming,
+        target: &'t RouteTarget,
+        exchange: &mut Exchange,
+        services: &Services<'_>,
+        conn: &ConnInfo,
+    ) -> Served<'t> {
+        if let Err(r) = self.body_limit.check_declared(&parts) {
+            return Served::rejected(r, target);
+        }
+        if let Flow::Stop(stop) = target.chain.request_head(&mut parts, exchange, services).await {
+            return Served::stopped(stop, target);
+        }
+        let answer = match call.endpoint {
+            WebSocketEndpoint::Connect(stage) => {
+                let authorizer = exchange.extensions.get::<crate::authorizers::AuthorizerContext>();
+                let source = conn.client.ip();
+                let client = call.client_upgrade;
+                connections::open(&self.connections, stage, &parts, client, source, authorizer, call.request_id).await
+            }
+            WebSocketEndpoint::Callback { api, stage, max_message_bytes } => {
+                let id = call.id.unwrap_or_default();
+                let endpoint = (&**api, &**stage, *max_message_bytes);
+                connections::call(&self.connections, endpoint, &id, &parts, body, &self.body_limit).await
+            }
+        };
+        match answer {
+            Ok(answer) => Served {
+                response: Ok(answer.map(ResponseBody::full)),
+                gateway_responses: None,
+                observer: target.observer.clone(),
+                chain: Some(&target.chain),
+                integration_latency: None,
+                integration_answered: true,
+                sent_upstream: true,
+                reason: None,
+            },
+            Err(rejection) => Served::rejected(rejection, target),
+        }
     }
 
     async fn call_upstream<'t>(

@@ -22,9 +22,11 @@ use super::Rejection;
 
 /// A client socket after `101 Switching Protocols`, with any bytes read past the handshake
 /// in front.
-pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Fails the socket after `timeout` without a byte either way (instead of the
+    /// listener's idle timeout, which is for HTTP requests).
+    fn set_idle_timeout(&mut self, timeout: std::time::Duration);
+}
 
 /// An upgraded client connection.
 pub type UpgradedClient = Box<dyn ClientIo>;
@@ -39,7 +41,8 @@ impl ClientUpgrade {
         ClientUpgrade(std::sync::Arc::new(std::sync::Mutex::new(Some(socket))))
     }
 
-    async fn socket(self) -> Result<UpgradedClient, &'static str> {
+    /// The client's socket, once the `101` is out.
+    pub async fn socket(self) -> Result<UpgradedClient, &'static str> {
         let receiver = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
         match receiver {
             Some(receiver) => receiver.await.map_err(|_| "the listener kept the connection"),

@@ -59,6 +59,10 @@ pub(super) enum IntegrationSpec {
     Proxy(Box<ProxySpec>),
     Mock(MockIntegration),
     Redirect(RedirectSpec),
+    /// A WebSocket API's opening handshake, with every route its messages may take.
+    WebSocket(Arc<super::websocket::WebSocketSpec>),
+    /// A WebSocket API's callback API (`/@connections/{id}`), with the largest message.
+    Connections(usize),
 }
 
 /// A `redirect` as parsed once, before stage variables are substituted.
@@ -73,7 +77,10 @@ impl IntegrationSpec {
     pub(super) fn timeout(&self) -> Duration {
         match self {
             IntegrationSpec::Proxy(proxy) => proxy.timeout,
-            IntegrationSpec::Mock(_) | IntegrationSpec::Redirect(_) => Duration::from_secs(1),
+            IntegrationSpec::Mock(_)
+            | IntegrationSpec::Redirect(_)
+            | IntegrationSpec::WebSocket(_)
+            | IntegrationSpec::Connections(_) => Duration::from_secs(1),
         }
     }
 
@@ -81,10 +88,24 @@ impl IntegrationSpec {
     pub(super) fn longest_answer(&self) -> Duration {
         let attempts = match self {
             IntegrationSpec::Proxy(proxy) => 1 + proxy.retry.as_ref().map_or(0, |r| r.attempts),
-            IntegrationSpec::Mock(_) | IntegrationSpec::Redirect(_) => 1,
+            IntegrationSpec::Mock(_)
+            | IntegrationSpec::Redirect(_)
+            | IntegrationSpec::WebSocket(_)
+            | IntegrationSpec::Connections(_) => 1,
         };
         self.timeout() * attempts
     }
+}
+
+/// Where an integration is in the file, for its errors and labels.
+#[derive(Clone, Copy)]
+pub(super) struct RoutePlace<'a> {
+    /// The route's key (`GET /pets/{id}`, `sendmessage`).
+    pub key: &'a str,
+    /// The route's field path (`apis[0].routes[2]`).
+    pub field: &'a str,
+    /// The names of the route's path parameters.
+    pub params: &'a [String],
 }
 
 impl Compiler<'_> {
@@ -115,7 +136,7 @@ impl Compiler<'_> {
     pub(super) fn proxy_for_stage(
         &mut self,
         proxy: &ProxySpec,
-        route: &RouteSpec,
+        route: RoutePlace<'_>,
         stage_name: &str,
         variables: &BTreeMap<String, String>,
         api: &str,
@@ -129,7 +150,7 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        let upstream = match UpstreamTemplate::compile(&text, &route.pattern.param_names()) {
+        let upstream = match UpstreamTemplate::compile(&text, route.params) {
             Ok(u) => u,
             Err(e) => {
                 self.sink.push(uri.referenced, ufield, format!("on stage `{stage_name}`: {e}"));
@@ -190,7 +211,7 @@ impl Compiler<'_> {
                 check: None,
             };
             let target = ProxyIntegration::new(origin, m.timeout, None, spec);
-            let labels = (api, stage_name, route.key.as_str());
+            let labels = (api, stage_name, route.key);
             integration.mirror =
                 Some(Arc::new(Mirror::new(target, m.percent, m.max_body_bytes, m.max_concurrency, labels)));
         }
