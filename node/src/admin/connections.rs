@@ -29,10 +29,6 @@ pub(super) async fn handle(
     (api, stage, id): (&str, &str, &str),
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let id = match callback::connection_id(id) {
-        Ok(id) => id,
-        Err(r) => return message(r.status, &r.message),
-    };
     let (parts, body) = request.into_parts();
     let body = match parts.method {
         http::Method::POST => match Limited::new(body, MAX_MESSAGE).collect().await {
@@ -41,8 +37,13 @@ pub(super) async fn handle(
         },
         _ => None,
     };
+    // What is asked is checked before whom it is for: a bad request is 400 whatever the id.
     let call = match callback::call(&parts.method, body) {
         Ok(call) => call,
+        Err(r) => return message(r.status, &r.message),
+    };
+    let id = match callback::connection_id(id) {
+        Ok(id) => id,
         Err(r) => return message(r.status, &r.message),
     };
     let target = Target { api: api.to_string(), stage: stage.to_string(), id };

@@ -93,12 +93,13 @@ pub async fn call(
     body: Incoming,
     limit: &BodyLimit,
 ) -> Result<Response<Bytes>, Rejection> {
-    let id = callback::connection_id(id)?;
     let body = match parts.method {
         Method::POST => Some(limit.buffer(body, max_message_bytes as u64).await?),
         _ => None,
     };
+    // What is asked is checked before whom it is for: a bad request is 400 whatever the id.
     let call = callback::call(&parts.method, body)?;
+    let id = callback::connection_id(id)?;
     let target = Target { api: api.to_string(), stage: stage.to_string(), id };
     callback::respond(connections.call(target, call).await)
 }
