@@ -302,3 +302,27 @@ pub fn content_coding(data: &[u8]) {
     let back = decode(coding, &compressed, body.len() as u64, false).expect("what was encoded decodes");
     assert_eq!(&back[..], body);
 }
+
+/// What a WebSocket client and a backend send that the gateway reads itself: a route
+/// selection expression and a message (separated by the first NUL byte), the message's
+/// route key by that expression, and the message read as a connection id (the callback
+/// API's path).
+pub fn websocket_message(data: &[u8]) {
+    use meridian_node::connections::ConnectionId;
+    use meridian_node::integration::websocket::RouteSelection;
+    let (expression, message) = match data.iter().position(|b| *b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (&b"$request.body.action"[..], data),
+    };
+    let text = std::str::from_utf8(message).ok();
+    if let Some(text) = text
+        && let Some(id) = ConnectionId::parse(text)
+    {
+        assert_eq!(id.to_string(), text, "an id reads back as it was written");
+    }
+    if let Ok(expression) = std::str::from_utf8(expression)
+        && let Ok(selection) = RouteSelection::parse(expression)
+    {
+        let _ = selection.route_key(text, text);
+    }
+}
