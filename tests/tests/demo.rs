@@ -43,12 +43,17 @@ fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut urls = Vec::new();
     let mut digs = Vec::new();
+    let mut chats = Vec::new();
     let mut logs = String::new();
-    while urls.len() < 3 {
+    // The banner ends with where the nodes log.
+    while !logs.starts_with("Node logs:") {
         let line =
-            rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the demo prints its URLs");
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the demo prints its banner");
         if let Some(start) = line.find("curl ") {
             urls.push(line[start..].split('#').next().unwrap().trim().to_string());
+        }
+        if let Some(start) = line.find("websocat ") {
+            chats.push(line[start + "websocat ".len()..].split_whitespace().next().unwrap().to_string());
         }
         if let Some(start) = line.find("dig @") {
             digs.push(line[start..].split('#').next().unwrap().trim().to_string());
@@ -57,9 +62,7 @@ fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
             logs = line.clone();
         }
     }
-    while !logs.starts_with("Node logs:") {
-        logs = rx.recv_timeout(Duration::from_secs(5)).expect("the banner says where the node logs are");
-    }
+    assert!(urls.len() >= 3, "{urls:?}");
     assert!(logs.contains("node-eu-west.log") && logs.contains("node-ap-south.log"), "{logs}");
     // Each printed dig (a client network of region R) is answered with region R's gateway,
     // also once the gateways have probed each other for a while (probes used to count as
@@ -84,6 +87,25 @@ fn demo_serves_the_urls_it_prints_and_stops_on_ctrl_c() {
     assert!(String::from_utf8_lossy(&health.stdout).contains("{\"status\":\"ok\"}"));
     let orders = Command::new("sh").arg("-c").arg(format!("{} -s", urls[2])).output().unwrap();
     assert!(String::from_utf8_lossy(&orders.stdout).contains("\"method\":\"POST\""));
+
+    // The chat: clients of two regions; a message sent by one reaches both, through the
+    // callback API; a message without an action gets the `$default` route's reply.
+    assert_eq!(chats.len(), 2, "the demo prints a chat command per client: {chats:?}");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut first, _) = tokio_tungstenite::connect_async(chats[0].as_str()).await.expect("chat in region 1");
+        let (mut second, _) = tokio_tungstenite::connect_async(chats[1].as_str()).await.expect("chat in region 2");
+        first.send(Message::text(r#"{"action":"sendmessage","text":"hello regions"}"#)).await.unwrap();
+        for client in [&mut first, &mut second] {
+            let got = tokio::time::timeout(Duration::from_secs(5), client.next()).await.unwrap().unwrap().unwrap();
+            let got: serde_json::Value = serde_json::from_str(got.to_text().unwrap()).unwrap();
+            assert_eq!(got["text"], "hello regions", "{got}");
+        }
+        second.send(Message::text("what now?")).await.unwrap();
+        let help = tokio::time::timeout(Duration::from_secs(5), second.next()).await.unwrap().unwrap().unwrap();
+        assert!(help.to_text().unwrap().contains("sendmessage"), "{help:?}");
+    });
 
     // SAFETY: kill(2) on our own child.
     unsafe {

@@ -114,6 +114,9 @@ pub async fn run(subnet: u8) -> anyhow::Result<ExitCode> {
     let token_file = work.join("admin.token");
     std::fs::write(&token_file, &token)?;
     let backend = demo::echo::spawn("127.0.0.1:0".parse()?).await.context("cannot start the echo backend")?;
+    let callback = std::sync::Arc::new(std::sync::OnceLock::new());
+    let chat =
+        demo::chat::spawn("127.0.0.1:0".parse()?, callback.clone()).await.context("cannot start the chat backend")?;
 
     let mut nodes = Nodes(Vec::new());
     let mut gateways: Vec<demo::DemoNode> = Vec::new();
@@ -147,6 +150,11 @@ pub async fn run(subnet: u8) -> anyhow::Result<ExitCode> {
         format!("{}    stages:\n      - {{ name: prod, variables: {{ backend: \"{backend}\" }} }}\n", demo::SAMPLE_API);
     let path = "/v1/apis/pets/deployments?stage=prod&description=the%20demo%27s%20sample%20API";
     write(admin, &token, Method::POST, path, definition).await?;
+    let chat_api =
+        format!("{}    stages:\n      - {{ name: live, variables: {{ chat: \"{chat}\" }} }}\n", demo::CHAT_API);
+    let path = "/v1/apis/chat/deployments?stage=live&description=the%20demo%27s%20chat";
+    write(admin, &token, Method::POST, path, chat_api).await?;
+    let _ = callback.set(demo::chat::CallbackApi { admin, token: token.clone() });
     for (i, region) in demo::REGIONS.iter().enumerate() {
         let body = serde_json::json!({ "client_cidrs": [format!("127.{}.0.0/16", i + 1)] }).to_string();
         write(admin, &token, Method::PUT, &format!("/v1/regions/{region}"), body).await?;

@@ -7,6 +7,7 @@
 //! variables, proxying, mocks, access log, metrics) and of the control plane (Raft
 //! replication, forwarding, status) is exercised by the commands it prints.
 
+pub mod chat;
 pub mod echo;
 
 use std::net::SocketAddr;
@@ -30,6 +31,22 @@ apis:
           body: '{"status":"ok"}'
       - route: ANY /{proxy+}
         integration: { type: http_proxy, uri: "http://${stageVariables.backend}/{proxy}" }
+"#;
+
+/// The chat API `meridian demo` deploys to stage `live` (`${stageVariables.chat}` is the
+/// [`chat`] backend): clients hold WebSocket connections on any region's gateway, and a
+/// `sendmessage` is broadcast to all of them through the callback API.
+pub const CHAT_API: &str = r#"# The chat API of `meridian demo`.
+apis:
+  - id: chat
+    name: Chat (demo)
+    type: websocket
+    route_selection: $request.body.action
+    routes:
+      - { route: $connect, integration: { type: http_proxy, uri: "http://${stageVariables.chat}/connect" } }
+      - { route: $disconnect, integration: { type: http_proxy, uri: "http://${stageVariables.chat}/disconnect" } }
+      - { route: sendmessage, integration: { type: http_proxy, uri: "http://${stageVariables.chat}/sendmessage" } }
+      - { route: $default, reply: true, integration: { type: http_proxy, uri: "http://${stageVariables.chat}/help" } }
 "#;
 
 /// The demo's DNS zone: `api.meridian.test` goes to the region nearest the client.
@@ -71,7 +88,8 @@ pub fn node_ip(region: usize, subnet: u8) -> String {
 
 /// What `meridian demo` prints once the cluster serves the sample API.
 pub fn banner(gateways: &[DemoNode], node_config: &std::path::Path) -> String {
-    let mut text = String::from("Meridian demo: a cluster of one node per region, serving the sample API `pets`.\n\n");
+    let mut text =
+        String::from("Meridian demo: a cluster of one node per region, serving the sample API `pets` and a chat.\n\n");
     for DemoNode { region, http, admin, dns } in gateways {
         text.push_str(&format!("  {region:<9} gateway http://{http}   admin http://{admin}   dns {dns} (UDP+TCP)\n"));
     }
@@ -100,6 +118,10 @@ pub fn banner(gateways: &[DemoNode], node_config: &std::path::Path) -> String {
          \x20 meridian cluster status --config {cfg}\n\
          \x20 meridian dns explain api.meridian.test --client 127.3.0.9 --config {cfg}\n\
          \x20 meridian deployments list pets --config {cfg}\n\
+         \n\
+         Chat (a WebSocket API; what one client sends with sendmessage reaches every region's clients):\n\
+         \x20 websocat ws://{first}/live        # or: pip install websockets; python3 -m websockets ws://{first}/live\n\
+         \x20 websocat ws://{second}/live       # then type {{\"action\":\"sendmessage\",\"text\":\"hi\"}}\n\
          \n\
          Ctrl-C stops the demo and removes its data.\n",
         cfg = node_config.display(),

@@ -3,8 +3,9 @@
 //! A host that names a custom domain is served only by that domain's base-path mappings
 //! (longest base path first). Any other host uses the default endpoint form
 //! `/{stage}/...`, where the API is the one whose id is the host's first label
-//! (`pets.localhost` → API `pets`), or the only API when there is just one, unless the API
-//! turned its default endpoint off. The host arrives normalised ([`super::host`]).
+//! (`pets.localhost` → API `pets`), or else the one API that has a stage of that name (so
+//! an address without a name reaches it), unless the API turned its default endpoint off.
+//! The host arrives normalised ([`super::host`]).
 
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ impl Unresolved {
             Unresolved::NoMapping => "no API is mapped at this path on this domain",
             Unresolved::NoStage => "no such stage",
             Unresolved::AmbiguousApi => {
-                "several APIs are configured: address one as {api-id}.<host>/{stage}/... or through a custom domain"
+                "several APIs have this stage: address one as {api-id}.<host>/{stage}/... or through a custom domain"
             }
         }
     }
@@ -58,19 +59,21 @@ pub fn resolve<'t>(
             .map(|m| Resolved { stage: m.stage.pick(draw), path_offset: m.base_path.len() })
             .ok_or(Unresolved::NoMapping);
     }
-    let stages = match host.and_then(|h| h.split('.').next()).and_then(|label| table.apis.get(label)) {
-        Some(stages) => stages,
-        None if table.apis.len() == 1 => table.apis.values().next().ok_or(Unresolved::NoStage)?,
-        None if table.apis.is_empty() => return Err(Unresolved::NoStage),
-        None => return Err(Unresolved::AmbiguousApi),
-    };
     let rest = path.strip_prefix('/').unwrap_or(path);
     let stage_name = rest.split('/').next().unwrap_or("");
-    stages
-        .get(stage_name)
-        .filter(|s| s.primary.default_endpoint)
-        .map(|s| Resolved { stage: s.pick(draw), path_offset: 1 + stage_name.len() })
-        .ok_or(Unresolved::NoStage)
+    let serves = |target: &&Arc<crate::config::table::StageTarget>| target.primary.default_endpoint;
+    let stage = match host.and_then(|h| h.split('.').next()).and_then(|label| table.apis.get(label)) {
+        Some(stages) => stages.get(stage_name).filter(serves),
+        // Any other host: the one API that serves a stage of that name.
+        None => {
+            let mut serving = table.apis.values().filter_map(|stages| stages.get(stage_name).filter(serves));
+            match (serving.next(), serving.next()) {
+                (first, None) => first,
+                (_, Some(_)) => return Err(Unresolved::AmbiguousApi),
+            }
+        }
+    };
+    stage.map(|s| Resolved { stage: s.pick(draw), path_offset: 1 + stage_name.len() }).ok_or(Unresolved::NoStage)
 }
 
 #[cfg(test)]
@@ -113,6 +116,9 @@ domains:
         let t = table(TWO_APIS);
         assert_eq!(who(&t, "pets.localhost:8080", "/prod/x").unwrap(), ("pets".into(), "prod".into(), "/x".into()));
         assert_eq!(who(&t, "127.0.0.1:8080", "/prod/x").unwrap_err(), Unresolved::AmbiguousApi);
+        // Without a name, a stage only one API has is that API's.
+        assert_eq!(who(&t, "127.0.0.1:8080", "/dev/x").unwrap(), ("pets".into(), "dev".into(), "/x".into()));
+        assert_eq!(who(&t, "127.0.0.1:8080", "/qa/x").unwrap_err(), Unresolved::NoStage);
         assert_eq!(who(&t, "pets.localhost", "/qa/x").unwrap_err(), Unresolved::NoStage);
     }
 
