@@ -42,6 +42,17 @@ pub fn api(payments: Option<SocketAddr>) -> String {
         ),
     }
 }
+/// What a scenario's cluster serves besides the sample API, and the services behind it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterApis {
+    /// A usage plan with this rate and the chaos key (keyed clients).
+    pub plan_rate: Option<u32>,
+    /// The payment service behind `POST /pay` (payments).
+    pub payments: Option<SocketAddr>,
+    /// The backend of the WebSocket API `chat` (sockets).
+    pub sockets: Option<SocketAddr>,
+}
+
 pub const ZONE_NAME: &str = "chaos.test";
 pub const API_NAME: &str = "api.chaos.test";
 /// The value of the keyed clients' API key.
@@ -138,12 +149,7 @@ impl ChaosCluster {
     /// Starts `shape` on subnet `subnet`, configures the API (with the `payments` service
     /// when given), the zone, the regions and (with `plan_rate`) a usage plan with the run's
     /// key; returns once every node serves.
-    pub async fn start(
-        shape: &ClusterShape,
-        subnet: u8,
-        plan_rate: Option<u32>,
-        payments: Option<SocketAddr>,
-    ) -> Result<ChaosCluster, SetupError> {
+    pub async fn start(shape: &ClusterShape, subnet: u8, apis: &ClusterApis) -> Result<ChaosCluster, SetupError> {
         let total = shape.regions * shape.nodes_per_region;
         let mut layout = Vec::new();
         for r in 0..shape.regions {
@@ -255,11 +261,12 @@ impl ChaosCluster {
             links.push(row);
         }
         let cluster = ChaosCluster { nodes, regions: shape.regions, subnet, rpc, client, links };
-        cluster.configure(plan_rate, payments).await?;
+        cluster.configure(apis).await?;
         Ok(cluster)
     }
 
-    async fn configure(&self, plan_rate: Option<u32>, payments: Option<SocketAddr>) -> Result<(), SetupError> {
+    async fn configure(&self, apis: &ClusterApis) -> Result<(), SetupError> {
+        let ClusterApis { plan_rate, payments, sockets } = *apis;
         let first = self.nodes[0].admin();
         let write = |method: &'static str, path: String, body: String| async move {
             let response = admin(first, method, &path, &body).await.map_err(setup(&path))?;
@@ -269,6 +276,10 @@ impl ChaosCluster {
             Ok(())
         };
         write("POST", "/v1/apis/pets/deployments?stage=prod".into(), api(payments)).await?;
+        if let Some(backend) = sockets {
+            let path = format!("/v1/apis/chat/deployments?stage={}", crate::sockets::STAGE);
+            write("POST", path, crate::sockets::api(backend)).await?;
+        }
         write("PUT", format!("/v1/dns/zones/{ZONE_NAME}"), format!("zone: {ZONE_NAME}\nrouted: [api]\nttl: 5\n"))
             .await?;
         for r in 0..self.regions {

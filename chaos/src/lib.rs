@@ -8,7 +8,9 @@
 //! - [`scenario`] is the data format of a scenario; [`SCENARIOS`] are the shipped ones;
 //! - [`cluster`] builds a scenario's cluster with a proxy on every controlled link;
 //! - [`workload`] drives clients (through DNS), writers and keyed clients and records the
-//!   timeline; [`payments`] drives payments with idempotency keys and plays their service; [`runner`] applies the faults and checks the invariants; [`report`] writes
+//!   timeline; [`payments`] drives payments with idempotency keys and plays their service;
+//!   [`sockets`] holds WebSocket clients and pushes to them through the callback API;
+//!   [`runner`] applies the faults and checks the invariants; [`report`] writes
 //!   the JSON report and the SVG timeline.
 
 pub mod cluster;
@@ -21,6 +23,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod seeded;
+pub mod sockets;
 pub mod workload;
 
 /// The scenarios shipped with Meridian: `(name, YAML)`.
@@ -35,4 +38,5 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("quota-under-partition", include_str!("../scenarios/quota-under-partition.yaml")),
     ("random-faults", include_str!("../scenarios/random-faults.yaml")),
     ("retry-storm", include_str!("../scenarios/retry-storm.yaml")),
+    ("websocket-failover", include_str!("../scenarios/websocket-failover.yaml")),
 ];

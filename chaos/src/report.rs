@@ -52,6 +52,17 @@ pub struct Figures {
     pub payment_replays: u64,
     /// Keys that reached the payment service more than once.
     pub payments_delivered_twice: u64,
+    /// WebSocket connections the clients held (`websocket-failover`), and the longest a
+    /// client whose connection dropped went without one.
+    pub socket_connections: u64,
+    pub socket_reconnect_max_s: Option<f64>,
+    /// Pushes made through the callback API; accepted (200) and delivered; accepted just
+    /// before their connection's node died and lost with it; answered 410 for dropped
+    /// connections.
+    pub pushes: u64,
+    pub pushes_accepted: u64,
+    pub pushes_lost_with_node: u64,
+    pub pushes_gone: u64,
 }
 
 /// Everything about one run.

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::cluster::{ChaosCluster, SetupError, client_ip};
+use crate::cluster::{ChaosCluster, ClusterApis, SetupError, client_ip};
 use crate::payments::{self, Deliveries, Payment, PaymentLoad};
 use crate::report::{FaultEvent, Figures, Report, Verdict};
 use crate::scenario::{FaultSpec, LinkFault, Scenario, Target};
 use crate::seeded::Xorshift;
+use crate::sockets;
 use crate::workload::{self, ClientKind, Timeline, WriteTarget};
 
 /// The routed answers' TTL (set by the cluster's zone).
@@ -371,10 +372,20 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         ),
         None => None,
     };
-    let cluster = Arc::new(
-        ChaosCluster::start(&scenario.cluster, options.subnet, keyed_limit, service.as_ref().map(|(addr, _)| *addr))
-            .await?,
-    );
+    let socket_backend = match &scenario.workload.sockets {
+        Some(_) => Some(
+            sockets::backend(std::net::Ipv4Addr::LOCALHOST)
+                .await
+                .map_err(|e| SetupError(format!("the WebSocket API's backend: {e}")))?,
+        ),
+        None => None,
+    };
+    let apis = ClusterApis {
+        plan_rate: keyed_limit,
+        payments: service.as_ref().map(|(addr, _)| *addr),
+        sockets: socket_backend,
+    };
+    let cluster = Arc::new(ChaosCluster::start(&scenario.cluster, options.subnet, &apis).await?);
     let timeline = Arc::new(Timeline::new());
     let shared = Arc::new(Shared {
         cluster: cluster.clone(),
@@ -407,6 +418,25 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             };
             payers.push(tokio::spawn(payments::clients(cluster.clone(), region, load, timeline.start, stop.clone())));
         }
+    }
+    let sockets_record = Arc::new(sockets::Record::default());
+    if let Some(load) = &scenario.workload.sockets {
+        for region in 0..cluster.regions {
+            for index in 0..load.per_region {
+                let record = sockets_record.clone();
+                let client = sockets::client(cluster.clone(), region, index, timeline.start, record, stop.clone());
+                workers.push(tokio::spawn(client));
+            }
+        }
+        let pusher = sockets::pusher(
+            cluster.clone(),
+            load.push_rate,
+            options.seed,
+            timeline.start,
+            sockets_record.clone(),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(pusher));
     }
     if let Some(writers) = &scenario.workload.writers {
         let target = match Target::parse(&writers.target) {
@@ -471,7 +501,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         cluster.signal(n, libc::SIGCONT);
     }
     let deliveries = service.map(|(_, deliveries)| deliveries);
-    let report = check(scenario, options, &shared, duration_s, &paid, deliveries.as_ref()).await;
+    let recorded = Recorded { paid: &paid, deliveries: deliveries.as_ref(), sockets: &sockets_record };
+    let report = check(scenario, options, &shared, duration_s, recorded).await;
     cluster.stop().await;
     std::fs::create_dir_all(&options.report_dir)?;
     let base = options.report_dir.join(format!("{}-{}", scenario.name, options.seed));
@@ -511,14 +542,21 @@ fn progress(shared: &Shared, scenario: &Scenario, tick: usize) {
     }
 }
 
+/// What the workloads recorded besides the timeline.
+struct Recorded<'r> {
+    paid: &'r [Payment],
+    deliveries: Option<&'r Deliveries>,
+    sockets: &'r sockets::Record,
+}
+
 async fn check(
     scenario: &Scenario,
     options: &RunOptions,
     shared: &Arc<Shared>,
     duration_s: f64,
-    paid: &[Payment],
-    deliveries: Option<&Deliveries>,
+    recorded: Recorded<'_>,
 ) -> Report {
+    let Recorded { paid, deliveries, sockets: socket_record } = recorded;
     let cluster = &shared.cluster;
     let timeline = &shared.timeline;
     let invariants = &scenario.invariants;
@@ -757,6 +795,13 @@ async fn check(
 
     if let Some(deliveries) = deliveries {
         check_payments(invariants, paid, &lock(deliveries), &mut figures, &mut verdicts);
+    }
+    if scenario.workload.sockets.is_some() {
+        let budget = invariants.socket_reconnect_within.unwrap_or(Duration::from_secs(8)).as_secs_f64();
+        // A push made through a node as it is killed loses its answer: the window opens a
+        // second before the kill.
+        let windows: Vec<(f64, f64)> = outages.iter().map(|o| (o.at_s - 1.0, o.at_s + budget)).collect();
+        sockets::check(invariants, socket_record, &windows, &mut figures, &mut verdicts);
     }
 
     let kept =

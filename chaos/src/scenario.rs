@@ -78,6 +78,17 @@ pub struct Workload {
     pub keyed: Option<KeyedLoad>,
     /// Payments with an `Idempotency-Key`, retried on every timeout and error.
     pub payments: Option<PaymentsLoad>,
+    /// WebSocket clients holding connections, and a backend pushing to them.
+    pub sockets: Option<SocketsLoad>,
+}
+
+/// WebSocket clients (`websocket-failover`): connections held per client region, and the
+/// backend's pushes per second through the callback API of random nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketsLoad {
+    pub per_region: usize,
+    pub push_rate: f64,
 }
 
 /// Payment clients (`retry-storm`): new keys per second, retried until a 2xx.
@@ -236,6 +247,14 @@ pub struct Invariants {
     pub delivered_once: bool,
     /// Payments: the smallest share of them that succeeded (0.9 = 90 %).
     pub min_payments_succeeded: Option<f64>,
+    /// Sockets: a client whose connection dropped holds a new one within this long.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub socket_reconnect_within: Option<Duration>,
+    /// Sockets: every push a node accepted for an open connection reaches its client, in
+    /// the order accepted (pushes accepted in the last second before the connection dropped
+    /// excepted); pushes to connections that are gone answer 410.
+    #[serde(default)]
+    pub pushes_delivered: bool,
 }
 
 impl Default for Invariants {
@@ -250,6 +269,8 @@ impl Default for Invariants {
             min_writes_acked: None,
             delivered_once: false,
             min_payments_succeeded: None,
+            socket_reconnect_within: None,
+            pushes_delivered: false,
         }
     }
 }
@@ -393,6 +414,16 @@ impl Scenario {
         }
         if let Some(w) = &scenario.workload.writers {
             check_target("workload.writers.target", if w.target == "any" { "all" } else { &w.target }, &mut errors);
+        }
+        if let Some(sockets) = &scenario.workload.sockets
+            && (!(1..=200).contains(&sockets.per_region) || !(0.1..=1000.0).contains(&sockets.push_rate))
+        {
+            errors.push("workload.sockets: 1-200 connections per region and 0.1-1000 pushes a second".to_string());
+        }
+        let needs_sockets =
+            scenario.invariants.socket_reconnect_within.is_some() || scenario.invariants.pushes_delivered;
+        if needs_sockets && scenario.workload.sockets.is_none() {
+            errors.push("invariants: socket_reconnect_within and pushes_delivered need workload.sockets".to_string());
         }
         if errors.is_empty() { Ok(scenario) } else { Err(errors) }
     }

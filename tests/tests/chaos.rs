@@ -123,3 +123,12 @@ invariants:
     let report = report(dir.path(), "wan");
     assert!(report["figures"]["writes_acked"].as_u64().unwrap() >= 30, "{report}");
 }
+
+#[test]
+fn websocket_clients_of_a_killed_node_reconnect_and_pushes_hold() {
+    let report = passes("websocket-failover", 82);
+    let f = &report["figures"];
+    assert!(f["pushes_accepted"].as_u64().unwrap() > 100, "{f}");
+    assert!(f["pushes_gone"].as_u64().unwrap() > 0, "pushes to the killed node's connections answered 410: {f}");
+    assert!(f["socket_reconnect_max_s"].as_f64().unwrap() <= 8.0, "{f}");
+}

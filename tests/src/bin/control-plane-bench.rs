@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use meridian_chaos::cluster::{ChaosCluster, admin};
+use meridian_chaos::cluster::{ChaosCluster, ClusterApis, admin};
 use meridian_chaos::scenario::ClusterShape;
 use meridian_tests::get;
 
@@ -77,7 +77,10 @@ async fn measure(
     let (service, _) = meridian_chaos::payments::service(std::net::Ipv4Addr::LOCALHOST, 1, Duration::ZERO)
         .await
         .expect("the payment service starts");
-    let cluster = ChaosCluster::start(&shape, subnet, None, Some(service)).await.unwrap_or_else(|e| panic!("{e}"));
+    let cluster =
+        ChaosCluster::start(&shape, subnet, &ClusterApis { payments: Some(service), ..ClusterApis::default() })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     cluster.degrade(&[(0, 1), (0, 2), (1, 2)], rtt / 2, Duration::ZERO, 0.0, 0);
     let admins: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.admin()).collect();
     let gateways: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.gateway()).collect();
