@@ -352,3 +352,79 @@ async fn a_reload_keeps_connections_and_sigterm_closes_them_going_away() {
     assert_eq!(told.envelope["requestContext"]["disconnectStatusCode"], 1001);
     assert!(node.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_at_its_connection_cap_refuses_and_connections_end_at_their_maximum_duration() {
+    let (backend, seen) = chat_backend().await;
+    let config = chat_api(backend, "max_duration: 2s", "").replace(
+        "access_log: { enabled: false }",
+        "access_log: { enabled: false }\nlimits: { max_websocket_connections: 1 }",
+    );
+    let node = start_chat(config).await;
+    let (mut first, id) = connect(&node, &[]).await.unwrap();
+    match connect(&node, &[]).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("the second connection should be refused: {:?}", other.map(|(_, id)| id)),
+    }
+    // However busy, a connection ends at its maximum duration, with 1001.
+    let started = Instant::now();
+    let ping = async {
+        loop {
+            if first.send(Message::text(r#"{"action":"sendmessage","text":"busy"}"#)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(2500), ping).await;
+    let (code, reason) = close_frame(&mut first, Duration::from_secs(5)).await;
+    assert_eq!((code, reason.as_str()), (CloseCode::Away, "maximum connection duration"));
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    seen.wait_for("/disconnect", |r| r.envelope["requestContext"]["connectionId"] == id.as_str()).await;
+    // Its place is free again.
+    let (_again, _) = connect(&node, &[]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_runs_the_authorizer_and_every_event_carries_its_identity() {
+    let (backend, seen) = chat_backend().await;
+    // A custom authorizer: `allow-NAME` passes as principal NAME, anything else does not.
+    let authorizer = http_service(|request: hyper::Request<Bytes>| async move {
+        let document: Value = serde_json::from_slice(request.body()).unwrap_or(Value::Null);
+        let token = document["identitySource"][0].as_str().unwrap_or("").to_string();
+        let body = match token.strip_prefix("allow-") {
+            Some(name) => serde_json::json!({"isAuthorized": true, "context": {"principalId": name, "room": "lobby"}}),
+            None => serde_json::json!({"isAuthorized": false}),
+        };
+        hyper::Response::new(Full::new(Bytes::from(body.to_string())))
+    })
+    .await;
+    let config = chat_api(backend, "", "authorizer: users,").replace(
+        "    route_selection: $request.body.action\n",
+        &format!(
+            "    route_selection: $request.body.action\n    authorizers:\n      - {{ name: users, type: custom, uri: \"http://{authorizer}/authorize\", identity_sources: [$request.header.x-token] }}\n"
+        ),
+    );
+    let node = start_chat(config).await;
+    for token in [None, Some("nope")] {
+        let headers: Vec<(&str, &str)> = token.map(|t| ("x-token", t)).into_iter().collect();
+        match connect(&node, &headers).await {
+            Err(WsError::Http(response)) => assert!([401, 403].contains(&response.status().as_u16()), "{response:?}"),
+            other => panic!("{token:?} should be refused: {:?}", other.map(|(_, id)| id)),
+        }
+    }
+    assert_eq!(seen.count("/connect"), 0, "refused handshakes never reach $connect");
+
+    let (mut client, id) = connect(&node, &[("x-token", "allow-alice")]).await.unwrap();
+    let connect = seen.wait_for("/connect", |_| true).await;
+    assert_eq!(connect.envelope["requestContext"]["identity"]["principal"], "alice");
+    assert_eq!(connect.envelope["requestContext"]["authorizer"]["room"], "lobby");
+    client.send(Message::text(r#"{"action":"sendmessage","text":"hi"}"#)).await.unwrap();
+    assert_eq!(next_text(&mut client).await, "got hi");
+    let sent = seen.wait_for("/send", |_| true).await;
+    assert_eq!(sent.headers["x-meridian-principal"], "alice");
+    let context: Value = serde_json::from_str(sent.headers["x-meridian-authorizer"].to_str().unwrap()).unwrap();
+    assert_eq!(context["room"], "lobby");
+    let described = admin_call(&node, "GET", &id, "").await.json();
+    assert_eq!(described["identity"]["principal"], "alice", "{described}");
+}
