@@ -372,6 +372,19 @@ impl Compiler<'_> {
         }
     }
 
+    /// Whether a route names at most one of an authorizer and `authorization: signed`.
+    fn one_authorization(&mut self, route: &RouteDef, rfield: &str) -> bool {
+        let (Some(_), Some(signed)) = (&route.authorizer, &route.authorization) else {
+            return true;
+        };
+        self.sink.push(
+            signed.referenced,
+            format!("{rfield}.authorization"),
+            "a route uses an authorizer or `authorization: signed`, not both",
+        );
+        false
+    }
+
     fn duration(&mut self, value: &Spanned<String>, field: &str) -> Option<Duration> {
         match parse_duration(&value.value) {
             Ok(d) if d.is_zero() => {

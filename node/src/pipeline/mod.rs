@@ -166,6 +166,21 @@ impl<'t> Served<'t> {
         }
     }
 
+    /// The gateway's own answer, given as the integration's: a mock, a redirect, a
+    /// WebSocket API's handshake or callback.
+    fn answered(answer: Response<Bytes>, target: &'t RouteTarget) -> Self {
+        Served {
+            response: Ok(answer.map(ResponseBody::full)),
+            gateway_responses: target.gateway_responses.as_ref(),
+            observer: target.observer.clone(),
+            chain: Some(&target.chain),
+            integration_latency: None,
+            integration_answered: true,
+            sent_upstream: true,
+            reason: None,
+        }
+    }
+
     fn rejected(rejection: Rejection, target: &'t RouteTarget) -> Self {
         Self::stopped(Stop::Reject(rejection), target)
     }
@@ -524,21 +539,10 @@ impl Pipeline {
                 }
             }
         };
-        // A mock or a redirect: the gateway's own answer, as if the integration gave it.
-        let answered = |answer: Response<bytes::Bytes>| Served {
-            response: Ok(answer.map(ResponseBody::full)),
-            gateway_responses: target.gateway_responses.as_ref(),
-            observer: target.observer.clone(),
-            chain: Some(&target.chain),
-            integration_latency: None,
-            integration_answered: true,
-            sent_upstream: true,
-            reason: None,
-        };
         let (proxy, uri) = match call {
             Call::Proxy(proxy, uri) => (proxy, uri),
-            Call::Mock(mock) => return answered(mock.respond()),
-            Call::Redirect(answer) => return answered(answer),
+            Call::Mock(mock) => return Served::answered(mock.respond(), target),
+            Call::Redirect(answer) => return Served::answered(answer, target),
         };
         let host = host_of(&parts);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -616,16 +620,7 @@ impl Pipeline {
             }
         };
         match answer {
-            Ok(answer) => Served {
-                response: Ok(answer.map(ResponseBody::full)),
-                gateway_responses: None,
-                observer: target.observer.clone(),
-                chain: Some(&target.chain),
-                integration_latency: None,
-                integration_answered: true,
-                sent_upstream: true,
-                reason: None,
-            },
+            Ok(answer) => Served::answered(answer, target),
             Err(rejection) => Served::rejected(rejection, target),
         }
     }

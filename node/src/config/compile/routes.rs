@@ -47,12 +47,7 @@ impl Compiler<'_> {
                 );
                 continue;
             }
-            if let (Some(_), Some(signed)) = (&route.authorizer, &route.authorization) {
-                self.sink.push(
-                    signed.referenced,
-                    format!("{rfield}.authorization"),
-                    "a route uses an authorizer or `authorization: signed`, not both",
-                );
+            if !self.one_authorization(route, &rfield) {
                 continue;
             }
             let authorizer = match &route.authorizer {
