@@ -1791,6 +1791,19 @@ async fn a_connection_held_in_one_region_is_reached_from_every_other() {
         let got = tokio::time::timeout(Duration::from_secs(5), held_by_r1.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(got, Message::text("signed push"));
     }
+    // A new revision of the API does not drop the connection.
+    std::fs::write(
+        dir.path().join("chat.yaml"),
+        std::fs::read_to_string(dir.path().join("chat.yaml")).unwrap() + "    name: Chat v2\n",
+    )
+    .unwrap();
+    let out =
+        cli(&["apply", "-f", dir.path().join("chat.yaml").to_str().unwrap(), "--stage", "prod"], &cluster.nodes[2]);
+    assert!(out.status.success(), "{out:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(connection_call(&cluster.nodes[1], "POST", &id, "after the revision").await.status, 200);
+    let got = tokio::time::timeout(Duration::from_secs(5), held_by_r1.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(got, Message::text("after the revision"));
     let described = connection_call(&cluster.nodes[2], "GET", &id, "").await;
     assert_eq!(described.status, 200, "{:?}", described.body);
     assert!(described.json()["sourceIp"].is_string());
