@@ -29,6 +29,7 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::ConnectionId;
@@ -58,7 +59,7 @@ impl EventType {
     }
 }
 
-/// What every event of one connection tells its integration.
+/// What every event of one connection tells its integration, prepared once when it opens.
 #[derive(Debug, Clone)]
 pub struct ConnectionContext {
     pub id: ConnectionId,
@@ -70,17 +71,44 @@ pub struct ConnectionContext {
     pub identity: Arc<Value>,
     /// The authorizer's context (a JWT's claims, a custom authorizer's context).
     pub authorizer: Option<Arc<Map<String, Value>>>,
+    /// The `X-Meridian-*` headers that are the same for every event of the connection.
+    headers: HeaderMap,
 }
 
 impl ConnectionContext {
-    /// The identity of a connection from `source` that an authorizer let in with `context`.
-    pub fn identity_of(source: IpAddr, authorizer: Option<&Map<String, Value>>) -> Value {
+    pub fn new(
+        id: ConnectionId,
+        (api, stage): (Arc<str>, Arc<str>),
+        connected_at_ms: u64,
+        source: IpAddr,
+        authorizer: Option<Arc<Map<String, Value>>>,
+    ) -> Self {
         let mut identity = json!({ "sourceIp": source.to_string() });
-        let principal = authorizer.and_then(|c| c.get("principalId").or_else(|| c.get("sub")));
-        if let Some(principal) = principal.and_then(Value::as_str) {
-            identity["principal"] = Value::from(principal);
+        let principal = authorizer.as_deref().and_then(|c| c.get("principalId").or_else(|| c.get("sub")));
+        let principal = principal.and_then(Value::as_str).map(str::to_string);
+        if let Some(principal) = &principal {
+            identity["principal"] = Value::from(principal.as_str());
         }
-        identity
+        let mut headers = HeaderMap::new();
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        };
+        set("x-meridian-connection-id", &id.to_string());
+        set("x-meridian-api", &api);
+        set("x-meridian-stage", &stage);
+        set("x-meridian-source-ip", &source.to_string());
+        if let Some(principal) = &principal {
+            set("x-meridian-principal", principal);
+        }
+        if let Some(context) = &authorizer {
+            let text = Value::Object((**context).clone()).to_string();
+            if text.len() <= MAX_CONTEXT_HEADER {
+                set("x-meridian-authorizer", &text);
+            }
+        }
+        ConnectionContext { id, api, stage, connected_at_ms, source, identity: Arc::new(identity), authorizer, headers }
     }
 }
 
@@ -110,92 +138,129 @@ pub fn request(
     event: &Event<'_>,
 ) -> Result<Request<RequestBody>, String> {
     let uri = route.integration.upstream.render("/", &[], None).map_err(|e| e.to_string())?;
-    let body = serde_json::to_vec(&envelope(context, event)).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&Envelope::of(context, event)).map_err(|e| e.to_string())?;
     let mut request = Request::new(RequestBody::buffered(Bytes::from(body)));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri;
-    let headers = request.headers_mut();
+    let mut headers = context.headers.clone();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut set = |name: &'static str, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(HeaderName::from_static(name), value);
         }
     };
-    set("x-meridian-connection-id", &context.id.to_string());
     set("x-meridian-route-key", event.route_key);
     set("x-meridian-event-type", event.kind.as_str());
-    set("x-meridian-api", &context.api);
-    set("x-meridian-stage", &context.stage);
     set("x-request-id", event.request_id);
-    set("x-meridian-source-ip", &context.source.to_string());
-    if let Some(principal) = context.identity.get("principal").and_then(Value::as_str) {
-        set("x-meridian-principal", principal);
-    }
-    if let Some(authorizer) = &context.authorizer {
-        let text = Value::Object((**authorizer).clone()).to_string();
-        if text.len() <= MAX_CONTEXT_HEADER {
-            set("x-meridian-authorizer", &text);
-        }
-    }
+    *request.headers_mut() = headers;
     Ok(request)
 }
 
-fn envelope(context: &ConnectionContext, event: &Event<'_>) -> Value {
-    let mut request_context = json!({
-        "routeKey": event.route_key,
-        "eventType": event.kind.as_str(),
-        "connectionId": context.id.to_string(),
-        "api": &*context.api,
-        "stage": &*context.stage,
-        "requestId": event.request_id,
-        "connectedAt": context.connected_at_ms,
-        "identity": &*context.identity,
-        "authorizer": context.authorizer.as_deref().map(|m| Value::Object(m.clone())),
-    });
-    if let Some((code, reason)) = event.closed {
-        request_context["disconnectStatusCode"] = Value::from(code);
-        request_context["disconnectReason"] = Value::from(reason);
+/// The JSON body of an event (module documentation), borrowed from the connection and the
+/// event: nothing is copied into a JSON tree first.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    request_context: RequestContext<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_base64_encoded: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query_string_parameters: Option<Map<String, Value>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestContext<'a> {
+    route_key: &'a str,
+    event_type: &'static str,
+    connection_id: Display<ConnectionId>,
+    api: &'a str,
+    stage: &'a str,
+    request_id: &'a str,
+    connected_at: u64,
+    identity: &'a Value,
+    authorizer: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disconnect_status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disconnect_reason: Option<&'a str>,
+}
+
+/// A value serialized as the string its `Display` writes, without an allocation.
+struct Display<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Display<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
     }
-    let mut envelope = json!({ "requestContext": request_context });
-    match event.payload {
-        Some(Payload::Text(text)) => {
-            envelope["body"] = Value::from(text.as_str());
-            envelope["isBase64Encoded"] = Value::from(false);
+}
+
+impl<'a> Envelope<'a> {
+    fn of(context: &'a ConnectionContext, event: &Event<'a>) -> Self {
+        let (body, is_base64_encoded) = match event.payload {
+            Some(Payload::Text(text)) => (Some(text.as_str().into()), Some(false)),
+            Some(Payload::Binary(bytes)) => (Some(STANDARD.encode(bytes).into()), Some(true)),
+            None => (None, None),
+        };
+        let (headers, query_string_parameters) = match event.handshake {
+            Some((headers, query)) => (Some(handshake_headers(headers)), Some(query_parameters(query))),
+            None => (None, None),
+        };
+        Envelope {
+            request_context: RequestContext {
+                route_key: event.route_key,
+                event_type: event.kind.as_str(),
+                connection_id: Display(context.id),
+                api: &context.api,
+                stage: &context.stage,
+                request_id: event.request_id,
+                connected_at: context.connected_at_ms,
+                identity: &context.identity,
+                authorizer: context.authorizer.as_deref(),
+                disconnect_status_code: event.closed.map(|(code, _)| code),
+                disconnect_reason: event.closed.map(|(_, reason)| reason),
+            },
+            body,
+            is_base64_encoded,
+            headers,
+            query_string_parameters,
         }
-        Some(Payload::Binary(bytes)) => {
-            envelope["body"] = Value::from(STANDARD.encode(bytes));
-            envelope["isBase64Encoded"] = Value::from(true);
-        }
-        None => {}
     }
-    if let Some((headers, query)) = event.handshake {
-        let mut named = Map::new();
-        for (name, value) in headers {
-            if let Ok(value) = value.to_str() {
-                match named.get_mut(name.as_str()) {
-                    Some(Value::String(joined)) => {
-                        joined.push_str(", ");
-                        joined.push_str(value);
-                    }
-                    _ => {
-                        named.insert(name.as_str().to_string(), Value::from(value));
-                    }
-                }
+}
+
+/// A handshake's headers by name, repeated ones joined with `, `.
+fn handshake_headers(headers: &HeaderMap) -> Map<String, Value> {
+    let mut named = Map::new();
+    for (name, value) in headers {
+        let Ok(value) = value.to_str() else { continue };
+        match named.get_mut(name.as_str()) {
+            Some(Value::String(joined)) => {
+                joined.push_str(", ");
+                joined.push_str(value);
+            }
+            _ => {
+                named.insert(name.as_str().to_string(), Value::from(value));
             }
         }
-        envelope["headers"] = Value::Object(named);
-        let query: Map<String, Value> = query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter(|pair| !pair.is_empty())
-            .map(|pair| {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                (crate::query::percent_decode(name), Value::from(crate::query::percent_decode(value)))
-            })
-            .collect();
-        envelope["queryStringParameters"] = Value::Object(query);
     }
-    envelope
+    named
+}
+
+/// A handshake's query parameters, percent-decoded (the last of a repeated name wins).
+fn query_parameters(query: Option<&str>) -> Map<String, Value> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (crate::query::percent_decode(name), Value::from(crate::query::percent_decode(value)))
+        })
+        .collect()
 }
 
 /// How much of an answer nobody wants is read (so that its connection is reused);
@@ -248,15 +313,18 @@ mod tests {
     fn context() -> ConnectionContext {
         let authorizer: Map<String, Value> = serde_json::from_str(r#"{"sub":"alice","scope":"chat"}"#).unwrap();
         let source: IpAddr = "127.0.0.1".parse().unwrap();
-        ConnectionContext {
-            id: ConnectionId { node: 1, nonce: 2 },
-            api: "chat".into(),
-            stage: "prod".into(),
-            connected_at_ms: 1_764_470_000_000,
+        let id = ConnectionId { node: 1, nonce: 2 };
+        ConnectionContext::new(
+            id,
+            ("chat".into(), "prod".into()),
+            1_764_470_000_000,
             source,
-            identity: Arc::new(ConnectionContext::identity_of(source, Some(&authorizer))),
-            authorizer: Some(Arc::new(authorizer)),
-        }
+            Some(Arc::new(authorizer)),
+        )
+    }
+
+    fn envelope(context: &ConnectionContext, event: &Event<'_>) -> Value {
+        serde_json::to_value(Envelope::of(context, event)).unwrap()
     }
 
     #[test]

@@ -85,16 +85,13 @@ impl Connections {
             },
         })?;
         let stage = handshake.stage;
-        let identity = ConnectionContext::identity_of(handshake.source, handshake.authorizer.as_deref());
-        let context = ConnectionContext {
+        let context = ConnectionContext::new(
             id,
-            api: stage.api.clone(),
-            stage: stage.stage.clone(),
-            connected_at_ms: unix_millis(SystemTime::now()),
-            source: handshake.source,
-            identity: Arc::new(identity),
-            authorizer: handshake.authorizer,
-        };
+            (stage.api.clone(), stage.stage.clone()),
+            unix_millis(SystemTime::now()),
+            handshake.source,
+            handshake.authorizer,
+        );
         let header_key = match &stage.selection {
             crate::integration::websocket::RouteSelection::Header(name) => {
                 handshake.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
