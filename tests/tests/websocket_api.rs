@@ -428,3 +428,38 @@ async fn connect_runs_the_authorizer_and_every_event_carries_its_identity() {
     let described = admin_call(&node, "GET", &id, "").await.json();
     assert_eq!(described["identity"]["principal"], "alice", "{described}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_api_is_served_over_tls_on_a_custom_domain_s_base_path() {
+    use rustls::pki_types::pem::PemObject;
+    let (backend, seen) = chat_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    let ca = TestCa::new();
+    ca.issue(dir.path(), "chat.example.test");
+    let config = chat_api(backend, "", "")
+        .replace(r#"listen: { http: "127.0.0.1:0" }"#, r#"listen: { https: "127.0.0.1:0" }"#)
+        .replace("    stages: [{ name: prod }]\n", "    default_endpoint: false\n    stages: [{ name: prod }]\n")
+        + "domains:\n  - name: chat.example.test\n    certificate: chat.example.test.pem\n    key: chat.example.test.key\n    mappings: [{ base_path: /rooms, api: chat, stage: prod }]\n";
+    let node = start_node_in(dir, config).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(node.https.unwrap()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("chat.example.test").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.unwrap();
+    let (mut client, response) = tokio_tungstenite::client_async("wss://chat.example.test/rooms", stream)
+        .await
+        .expect("a WebSocket handshake over TLS, on the domain's base path");
+    assert_eq!(response.status(), 101);
+    client.send(Message::text(r#"{"action":"sendmessage","text":"secure"}"#)).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), client.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(reply, Message::text("got secure"));
+    let sent = seen.wait_for("/send", |_| true).await;
+    assert_eq!(sent.envelope["requestContext"]["stage"], "prod");
+}

@@ -71,8 +71,11 @@ pub struct ConnectionContext {
     pub identity: Arc<Value>,
     /// The authorizer's context (a JWT's claims, a custom authorizer's context).
     pub authorizer: Option<Arc<Map<String, Value>>>,
-    /// The `X-Meridian-*` headers that are the same for every event of the connection.
-    headers: HeaderMap,
+    /// `X-Meridian-Connection-Id` and `X-Meridian-Authorizer`, made once (the context's JSON
+    /// is the costly one); the other headers are made per event, so an idle connection
+    /// holds no header map.
+    id_header: HeaderValue,
+    authorizer_header: Option<HeaderValue>,
 }
 
 impl ConnectionContext {
@@ -85,30 +88,27 @@ impl ConnectionContext {
     ) -> Self {
         let mut identity = json!({ "sourceIp": source.to_string() });
         let principal = authorizer.as_deref().and_then(|c| c.get("principalId").or_else(|| c.get("sub")));
-        let principal = principal.and_then(Value::as_str).map(str::to_string);
-        if let Some(principal) = &principal {
-            identity["principal"] = Value::from(principal.as_str());
+        if let Some(principal) = principal.and_then(Value::as_str) {
+            identity["principal"] = Value::from(principal);
         }
-        let mut headers = HeaderMap::new();
-        let mut set = |name: &'static str, value: &str| {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(HeaderName::from_static(name), value);
-            }
-        };
-        set("x-meridian-connection-id", &id.to_string());
-        set("x-meridian-api", &api);
-        set("x-meridian-stage", &stage);
-        set("x-meridian-source-ip", &source.to_string());
-        if let Some(principal) = &principal {
-            set("x-meridian-principal", principal);
+        let id_header = HeaderValue::try_from(id.to_string()).unwrap_or(HeaderValue::from_static(""));
+        let authorizer_header = authorizer
+            .as_deref()
+            .map(|context| Value::Object(context.clone()).to_string())
+            .filter(|text| text.len() <= MAX_CONTEXT_HEADER)
+            .and_then(|text| HeaderValue::try_from(text).ok());
+        let identity = Arc::new(identity);
+        ConnectionContext {
+            id,
+            api,
+            stage,
+            connected_at_ms,
+            source,
+            identity,
+            authorizer,
+            id_header,
+            authorizer_header,
         }
-        if let Some(context) = &authorizer {
-            let text = Value::Object((**context).clone()).to_string();
-            if text.len() <= MAX_CONTEXT_HEADER {
-                set("x-meridian-authorizer", &text);
-            }
-        }
-        ConnectionContext { id, api, stage, connected_at_ms, source, identity: Arc::new(identity), authorizer, headers }
     }
 }
 
@@ -142,8 +142,9 @@ pub fn request(
     let mut request = Request::new(RequestBody::buffered(Bytes::from(body)));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = uri;
-    let mut headers = context.headers.clone();
+    let headers = request.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(HeaderName::from_static("x-meridian-connection-id"), context.id_header.clone());
     let mut set = |name: &'static str, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(HeaderName::from_static(name), value);
@@ -151,8 +152,16 @@ pub fn request(
     };
     set("x-meridian-route-key", event.route_key);
     set("x-meridian-event-type", event.kind.as_str());
+    set("x-meridian-api", &context.api);
+    set("x-meridian-stage", &context.stage);
     set("x-request-id", event.request_id);
-    *request.headers_mut() = headers;
+    set("x-meridian-source-ip", &context.source.to_string());
+    if let Some(principal) = context.identity.get("principal").and_then(Value::as_str) {
+        set("x-meridian-principal", principal);
+    }
+    if let Some(authorizer) = &context.authorizer_header {
+        headers.insert(HeaderName::from_static("x-meridian-authorizer"), authorizer.clone());
+    }
     Ok(request)
 }
 

@@ -20,7 +20,7 @@ pub mod session;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -177,6 +177,8 @@ pub struct Connections {
     /// The node's id in its cluster (0 until it is a member).
     node: AtomicU64,
     held: Mutex<HashMap<ConnectionId, Arc<Held>>>,
+    /// Places taken: connections held, and handshakes admitted but not yet serving.
+    places: Arc<AtomicUsize>,
     max: usize,
     peers: OnceLock<Arc<dyn ConnectionPeers>>,
     upstreams: Arc<Upstreams>,
@@ -191,6 +193,7 @@ impl Connections {
         Arc::new(Connections {
             node: AtomicU64::new(0),
             held: Mutex::default(),
+            places: Arc::default(),
             max,
             peers: OnceLock::new(),
             upstreams,
@@ -222,15 +225,17 @@ impl Connections {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new connection's id, if the node may take one more.
-    pub fn admit(&self) -> Result<ConnectionId, Refused> {
+    /// A new connection's id and its place, if the node may take one more: the place is
+    /// taken from the handshake on, so handshakes at once cannot pass the cap together.
+    fn admit(&self) -> Result<(ConnectionId, Place), Refused> {
         if *self.draining.borrow() {
             return Err(Refused::Draining);
         }
-        if self.len() >= self.max {
+        let taken = self.places.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1));
+        if taken.is_err() {
             return Err(Refused::Full);
         }
-        Ok(ConnectionId::new(self.node.load(Ordering::Relaxed)))
+        Ok((ConnectionId::new(self.node.load(Ordering::Relaxed)), Place(self.places.clone())))
     }
 
     /// Serves a call for a connection: here when this node holds it, else on its node.
@@ -285,7 +290,8 @@ impl Connections {
     /// Closes every connection with 1001 (going away), so their clients reconnect to
     /// another node, and waits (up to `grace`) for their `$disconnect` deliveries.
     pub async fn drain(&self, grace: Duration) {
-        let _ = self.draining.send(true);
+        // `send_replace`: the flag must turn even when no session listens (`send` would not).
+        self.draining.send_replace(true);
         let open = self.len();
         if open > 0 {
             tracing::info!(open, "closing WebSocket connections (1001, going away)");
@@ -316,12 +322,22 @@ fn outcome(answer: &CallAnswer) -> &'static str {
     }
 }
 
+/// One of the node's places for a connection, given back when dropped (the session ended,
+/// or the handshake never completed).
+struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// How many `$disconnect` deliveries are still running.
 #[derive(Default)]
-struct Deliveries(Arc<std::sync::atomic::AtomicUsize>);
+struct Deliveries(Arc<AtomicUsize>);
 
 /// Held by a running delivery; the count drops with it.
-struct Delivery(Arc<std::sync::atomic::AtomicUsize>);
+struct Delivery(Arc<AtomicUsize>);
 
 impl Deliveries {
     fn start(&self) -> Delivery {
@@ -343,6 +359,18 @@ impl Drop for Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_place_is_taken_at_admission_and_given_back_when_dropped() {
+        let connections = Connections::new(1, Arc::new(Upstreams::new()));
+        let (_, place) = connections.admit().unwrap();
+        assert!(matches!(connections.admit(), Err(Refused::Full)), "two handshakes at once cannot pass a cap of one");
+        drop(place);
+        assert!(connections.admit().is_ok());
+        // A draining node admits nobody, even with no connection open to be told.
+        connections.drain(Duration::ZERO).await;
+        assert!(matches!(connections.admit(), Err(Refused::Draining)));
+    }
 
     #[test]
     fn an_id_names_its_node_and_reads_back() {

@@ -65,6 +65,8 @@ pub struct Accepted {
     header_key: Option<String>,
     /// The subprotocol the `$connect` integration chose (`Sec-WebSocket-Protocol`).
     pub protocol: Option<HeaderValue>,
+    /// The connection's place among the node's, until it ends.
+    place: super::Place,
 }
 
 impl Accepted {
@@ -77,7 +79,7 @@ impl Connections {
     /// Admits a connection and asks `$connect`'s integration (when the stage has one)
     /// whether to accept it.
     pub async fn connect(&self, handshake: Handshake<'_>) -> Result<Accepted, Refusal> {
-        let id = self.admit().map_err(|refused| Refusal {
+        let (id, place) = self.admit().map_err(|refused| Refusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: match refused {
                 Refused::Full => "this node holds as many WebSocket connections as it may; try again".into(),
@@ -120,7 +122,7 @@ impl Connections {
             }
             protocol = headers.get(http::header::SEC_WEBSOCKET_PROTOCOL).cloned();
         }
-        Ok(Accepted { context, stage, header_key, protocol })
+        Ok(Accepted { context, stage, header_key, protocol, place })
     }
 
     /// Serves an accepted connection on its upgraded socket until it closes.
@@ -128,7 +130,7 @@ impl Connections {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Accepted { context, stage, header_key, .. } = accepted;
+        let Accepted { context, stage, header_key, place, .. } = accepted;
         let limits = stage.limits;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
@@ -170,6 +172,7 @@ impl Connections {
         open.decrement(1.0);
         self.unregister(&session.context.id);
         session.disconnected(code, reason);
+        drop(place);
     }
 
     /// Posts `event` to `route`'s integration and reads its answer's body when `reply`
