@@ -145,7 +145,8 @@ pub(crate) enum Outbound {
 struct Held {
     api: Arc<str>,
     stage: Arc<str>,
-    connected_at: SystemTime,
+    /// Milliseconds since the Unix epoch when `$connect` accepted it.
+    connected_at_ms: u64,
     /// Milliseconds since the Unix epoch of the last message either way.
     last_active: AtomicU64,
     source: IpAddr,
@@ -271,7 +272,7 @@ impl Connections {
                 Err(mpsc::error::TrySendError::Closed(_)) => CallAnswer::Gone,
             },
             ConnectionCall::Describe => CallAnswer::Described(ConnectionView {
-                connected_at: rfc3339(unix_millis(held.connected_at)),
+                connected_at: rfc3339(held.connected_at_ms),
                 last_active_at: rfc3339(held.last_active.load(Ordering::Relaxed)),
                 source_ip: held.source.to_string(),
                 identity: (*held.identity).clone(),

@@ -143,7 +143,7 @@ impl Connections {
         let held = Arc::new(Held {
             api: context.api.clone(),
             stage: context.stage.clone(),
-            connected_at: SystemTime::now(),
+            connected_at_ms: context.connected_at_ms,
             last_active: AtomicU64::new(unix_millis(SystemTime::now())),
             source: context.source,
             identity: context.identity.clone(),
