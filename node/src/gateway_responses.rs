@@ -68,7 +68,7 @@ pub struct GatewayResponse {
 pub struct GatewayResponses {
     pub by_type: Arc<HashMap<ResponseType, GatewayResponse>>,
     pub stage: String,
-    pub stage_variables: Value,
+    pub stage_variables: Arc<Value>,
     pub bounds: Bounds,
 }
 
@@ -171,7 +171,7 @@ mod tests {
         GatewayResponses {
             by_type: Arc::new(entries.into_iter().collect()),
             stage: "prod".into(),
-            stage_variables: serde_json::json!({ "team": "pets" }),
+            stage_variables: Arc::new(serde_json::json!({ "team": "pets" })),
             bounds: Bounds::default(),
         }
     }

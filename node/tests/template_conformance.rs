@@ -53,7 +53,7 @@ fn sample() -> Inputs {
             "identity": { "sourceIp": "203.0.113.9", "userAgent": "test" },
             "error": { "message": "Unauthorized", "messageString": "\"Unauthorized\"", "responseType": "UNAUTHORIZED" },
         }),
-        stage_variables: json!({}),
+        stage_variables: std::sync::Arc::new(json!({})),
     }
 }
 

@@ -27,7 +27,8 @@ pub struct Inputs {
     pub querystring: Map<String, Value>,
     pub header: Map<String, Value>,
     pub context: Value,
-    pub stage_variables: Value,
+    /// Shared by every request of the stage.
+    pub stage_variables: std::sync::Arc<Value>,
 }
 
 /// The body as JSON: parsed at most once per request, whoever asks first.
@@ -521,7 +522,7 @@ impl<'a> Renderer<'a> {
             "input" => (Some(self.input(r)?), 1),
             "util" => (Some(Cow::Owned(self.util(r)?)), 1),
             "context" => (Some(Cow::Borrowed(&self.inputs.context)), 0),
-            "stageVariables" => (Some(Cow::Borrowed(&self.inputs.stage_variables)), 0),
+            "stageVariables" => (Some(Cow::Borrowed(&*self.inputs.stage_variables)), 0),
             _ => return Ok(None),
         };
         let steps = &r.steps[skip..];

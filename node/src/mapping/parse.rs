@@ -9,8 +9,23 @@ pub struct Template {
     pub(super) nodes: Vec<Node>,
     /// The literal JSONPaths of `$input.json(...)` and `$input.path(...)`, compiled once.
     pub(super) paths: Vec<(String, serde_json_path::JsonPath)>,
-    /// Whether the template reads `$input.params(...)`.
-    pub(super) reads_params: bool,
+    /// What it reads besides the body.
+    pub(super) reads: Reads,
+}
+
+/// What a template reads besides its body: the request's parameters (`$input.params(...)`)
+/// and `$context` (`$stageVariables` is shared, so always there).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reads {
+    pub params: bool,
+    pub context: bool,
+}
+
+impl Reads {
+    /// What either reads (for a stage that renders one of several templates).
+    pub fn union(self, other: Reads) -> Reads {
+        Reads { params: self.params || other.params, context: self.context || other.context }
+    }
 }
 
 /// What is wrong with a template, and where.
@@ -118,15 +133,15 @@ impl Template {
         if let Some(end) = end {
             return Err(parser.error(format!("#{end} without an opening directive")));
         }
-        let mut template = Template { nodes, paths: Vec::new(), reads_params: false };
+        let mut template = Template { nodes, paths: Vec::new(), reads: Reads::default() };
         template.check()?;
         Ok(template)
     }
 
-    /// Whether the template reads the request's parameters (`$input.params(...)`): a caller
-    /// that knows it does not can leave them out of the [`Inputs`](super::Inputs).
-    pub fn reads_params(&self) -> bool {
-        self.reads_params
+    /// What the template reads besides the body: a caller leaves the rest out of the
+    /// [`Inputs`](super::Inputs) it renders with.
+    pub fn reads(&self) -> Reads {
+        self.reads
     }
 
     /// Refuses references to `$input` and `$util` members that do not exist, and JSONPaths
@@ -135,7 +150,7 @@ impl Template {
         #[derive(Default)]
         struct Found {
             paths: Vec<(String, serde_json_path::JsonPath)>,
-            reads_params: bool,
+            reads: Reads,
         }
         fn nodes(list: &[Node], found: &mut Found) -> Parsed<()> {
             for node in list {
@@ -194,7 +209,11 @@ impl Template {
                     _ => error(format!("$input.{m} takes one JSONPath")),
                 },
                 ("input", Some(Step::Call(m, args))) if m == "params" && args.len() <= 1 => {
-                    found.reads_params = true;
+                    found.reads.params = true;
+                    Ok(())
+                }
+                ("context", _) => {
+                    found.reads.context = true;
                     Ok(())
                 }
                 ("input", Some(other)) => error(format!(
@@ -219,7 +238,7 @@ impl Template {
         let mut found = Found::default();
         nodes(&self.nodes, &mut found)?;
         self.paths = found.paths;
-        self.reads_params = found.reads_params;
+        self.reads = found.reads;
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ fn inputs() -> Inputs {
             "identity": { "sourceIp": "203.0.113.9" },
             "authorizer": { "claims": { "sub": "ana" } }
         }),
-        stage_variables: json!({ "backend": "orders.internal" }),
+        stage_variables: std::sync::Arc::new(json!({ "backend": "orders.internal" })),
         body_json: Default::default(),
     }
 }
@@ -190,9 +190,12 @@ fn a_body_parsed_before_is_not_parsed_again_and_params_are_noted() {
         Inputs { body_json: super::BodyJson::parsed(std::sync::Arc::new(json!({ "name": "parsed" }))), ..inputs() };
     let t = Template::parse("$input.path('$.name') $input.json('$')").unwrap();
     assert_eq!(t.render(&given, Bounds::default()).unwrap(), r#"parsed {"name":"parsed"}"#);
-    assert!(!t.reads_params());
-    assert!(Template::parse("#set($h = $input.params().header)$h").unwrap().reads_params());
-    assert!(Template::parse("$input.params('id')").unwrap().reads_params());
+    assert!(!t.reads().params);
+    assert!(Template::parse("#set($h = $input.params().header)$h").unwrap().reads().params);
+    assert!(Template::parse("$input.params('id')").unwrap().reads().params);
+    assert!(!t.reads().context);
+    assert!(Template::parse("#if($context.stage == 'prod')p#end").unwrap().reads().context);
+    assert!(Template::parse("#set($c = $context.authorizer)$c").unwrap().reads().context);
 }
 
 #[test]

@@ -72,9 +72,9 @@ pub struct IntegrationResponses {
     pub bounds: Bounds,
     /// The API's binary media types.
     pub binary: Arc<MediaRanges>,
-    /// Whether a response template reads `$input.params` (the request's parameters are then
-    /// kept for it), worked out once when the stage is built.
-    pub reads_params: bool,
+    /// What the response templates read of the request (its parameters, `$context`), kept
+    /// from its head only when one does; worked out once when the stage is built.
+    pub reads: crate::mapping::Reads,
 }
 
 /// What the templates read of the request, kept from its head for the response.
@@ -155,7 +155,7 @@ impl Stage for IntegrationResponses {
 
     fn request_head<'a>(&'a self, head: &'a mut Parts, exchange: &'a mut Exchange, _: &'a Services<'a>) -> Step<'a> {
         let accept = head.headers.get(ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let inputs = self.scope.inputs(head, exchange, self.reads_params);
+        let inputs = self.scope.inputs(head, exchange, self.reads);
         exchange.extensions.insert(RequestInputs { inputs, accept });
         Flow::Continue.into()
     }
@@ -235,7 +235,7 @@ mod tests {
             scope: Arc::new(TemplateScope::default()),
             bounds: Bounds::default(),
             binary: Arc::default(),
-            reads_params: false,
+            reads: Default::default(),
         };
         let pattern_of = |s: u16| {
             responses

@@ -22,7 +22,7 @@ use super::content::{ContentHandling, Conversion, MediaRanges};
 use super::validation::ValidatedJson;
 use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, media_type};
 use crate::authorizers::AuthorizerContext;
-use crate::mapping::{BodyJson, Bounds, Inputs, Template};
+use crate::mapping::{BodyJson, Bounds, Inputs, Reads, Template};
 use crate::observe::trace::SpanKind;
 use crate::rejection::Rejection;
 
@@ -56,15 +56,15 @@ pub struct TemplateScope {
     /// `$context.stage`, `$context.resourcePath`.
     pub stage: String,
     pub resource_path: String,
-    pub stage_variables: Value,
+    pub stage_variables: Arc<Value>,
 }
 
 impl TemplateScope {
     /// The inputs a template reads for this request, with an empty body; the request's
-    /// parameters only when `with_params` (a template that reads them).
-    pub fn inputs(&self, head: &Parts, exchange: &Exchange, with_params: bool) -> Inputs {
+    /// parameters and `$context` only when the template `reads` them.
+    pub fn inputs(&self, head: &Parts, exchange: &Exchange, reads: Reads) -> Inputs {
         let (mut path, mut querystring, mut header) = (Map::new(), Map::new(), Map::new());
-        if with_params {
+        if reads.params {
             let values = exchange.extensions.get::<PathParameters>().map(|p| p.0.as_slice()).unwrap_or_default();
             path = self.parameter_names.iter().cloned().zip(values.iter().map(|v| Value::String(v.clone()))).collect();
             for (k, v) in crate::query::pairs(head.uri.query().unwrap_or("")) {
@@ -76,13 +76,27 @@ impl TemplateScope {
                     .or_insert_with(|| Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
             }
         }
+        let context = if reads.context { self.context(head, exchange) } else { Value::Null };
+        Inputs {
+            body: Bytes::new(),
+            body_json: Default::default(),
+            path,
+            querystring,
+            header,
+            context,
+            stage_variables: self.stage_variables.clone(),
+        }
+    }
+
+    /// `$context` for this request.
+    fn context(&self, head: &Parts, exchange: &Exchange) -> Value {
         let authorizer = exchange.extensions.get::<AuthorizerContext>().map_or(Value::Null, |c| {
             let mut values = (*c.values).clone();
             // JWT claims are under `claims`, as the managed gateway has them.
             values.insert("claims".into(), Value::Object((*c.values).clone()));
             Value::Object(values)
         });
-        let context = serde_json::json!({
+        serde_json::json!({
             "requestId": exchange.request_id.to_str().unwrap_or(""),
             "httpMethod": head.method.as_str(),
             "resourcePath": self.resource_path,
@@ -93,16 +107,7 @@ impl TemplateScope {
                 "userAgent": head.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or(""),
             },
             "authorizer": authorizer,
-        });
-        Inputs {
-            body: Bytes::new(),
-            body_json: Default::default(),
-            path,
-            querystring,
-            header,
-            context,
-            stage_variables: self.stage_variables.clone(),
-        }
+        })
     }
 }
 
@@ -200,7 +205,7 @@ impl Stage for RequestMapping {
             }
             return Flow::Continue.into();
         };
-        let mut inputs = self.scope.inputs(head, exchange, template.reads_params());
+        let mut inputs = self.scope.inputs(head, exchange, template.reads());
         if let Some(parsed) = exchange.extensions.get::<ValidatedJson>().and_then(|v| v.of(&body)) {
             inputs.body_json = BodyJson::parsed(parsed);
         }

@@ -85,7 +85,7 @@ impl Compiler<'_> {
         Arc::new(GatewayResponses {
             by_type: spec.clone(),
             stage: stage.name.value.clone(),
-            stage_variables: Value::Object(variables),
+            stage_variables: Arc::new(Value::Object(variables)),
             bounds: Bounds::default(),
         })
     }

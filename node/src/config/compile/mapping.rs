@@ -269,7 +269,7 @@ impl Compiler<'_> {
             parameter_names,
             stage: stage.name.value.clone(),
             resource_path: resource_path.to_string(),
-            stage_variables: Value::Object(variables),
+            stage_variables: Arc::new(Value::Object(variables)),
         })
     }
 
@@ -300,7 +300,10 @@ impl Compiler<'_> {
             scope: scope.clone(),
             bounds: Bounds::default(),
             binary: binary.clone(),
-            reads_params: responses.iter().flat_map(|r| &r.templates).any(|(_, t)| t.reads_params()),
+            reads: responses
+                .iter()
+                .flat_map(|r| &r.templates)
+                .fold(Default::default(), |reads, (_, t)| t.reads().union(reads)),
         })
     }
 
