@@ -463,3 +463,46 @@ async fn a_websocket_api_is_served_over_tls_on_a_custom_domain_s_base_path() {
     let sent = seen.wait_for("/send", |_| true).await;
     assert_eq!(sent.envelope["requestContext"]["stage"], "prod");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_shows_sends_to_and_closes_a_connection_with_the_cli() {
+    let (backend, _seen) = chat_backend().await;
+    let node = start_chat(chat_api(backend, "", "")).await;
+    let (mut client, id) = connect(&node, &[]).await.unwrap();
+    let run = |args: Vec<String>| {
+        let node_args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&node_args, &node)
+    };
+    let connection = |verb: &str| {
+        vec![
+            "connections".into(),
+            verb.into(),
+            "--api".into(),
+            "chat".into(),
+            "--stage".into(),
+            "prod".into(),
+            id.clone(),
+        ]
+    };
+
+    let mut send = connection("send");
+    send.extend(["--message".to_string(), "from the operator".to_string()]);
+    let out = run(send);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(next_text(&mut client).await, "from the operator");
+
+    let out = run(connection("show"));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && shown.contains("source           127.0.0.1"), "{shown}");
+    let mut as_json = connection("show");
+    as_json.extend(["--output".to_string(), "json".to_string()]);
+    let view: Value = serde_json::from_slice(&run(as_json).stdout).unwrap();
+    assert_eq!(view["sourceIp"], "127.0.0.1");
+
+    let out = run(connection("close"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(close_frame(&mut client, Duration::from_secs(5)).await.0, CloseCode::Normal);
+    let out = run(connection("show"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("gone"), "{said}");
+}

@@ -12,6 +12,7 @@ mod apis;
 mod cache;
 mod chaos;
 mod cluster;
+mod connections;
 mod credentials;
 mod demo;
 mod dns;
@@ -153,6 +154,9 @@ pub enum Command {
     /// Empty stages' response caches on every node.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Show, send to and close a WebSocket API's connections, on whichever node holds them.
+    #[command(subcommand)]
+    Connections(connections::ConnectionsCommand),
     /// Explain what a node would do with a request.
     #[command(subcommand)]
     Explain(explain::ExplainCommand),
@@ -337,6 +341,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completions { shell } => Ok(manual::completions(shell)),
         Command::Man { dir } => manual::man(dir.as_deref()),
         Command::Cache(command) => cache::run(command).await,
+        Command::Connections(command) => connections::run(command).await,
         Command::Chaos(command) => chaos::run_command(command).await,
         Command::Keys(command) => access::keys(command).await,
         Command::Usage { plan, key, from, to, csv, target } => {
