@@ -158,7 +158,7 @@ impl GatewayResponses {
                 "validationErrorString": validation.collect::<Vec<_>>().join("; "),
             },
         });
-        Inputs { context, stage_variables: self.stage_variables.clone(), ..Inputs::default() }
+        Inputs { context: Arc::new(context), stage_variables: self.stage_variables.clone(), ..Inputs::default() }
     }
 }
 

@@ -47,12 +47,12 @@ fn sample() -> Inputs {
             .collect(),
         querystring: [("a", "1"), ("b", "2"), ("op", "+")].into_iter().map(|(k, v)| (k.into(), text(v))).collect(),
         header: [("content-type", "application/json")].into_iter().map(|(k, v)| (k.into(), text(v))).collect(),
-        context: json!({
+        context: std::sync::Arc::new(json!({
             "requestId": "req-1",
             "stage": "prod",
             "identity": { "sourceIp": "203.0.113.9", "userAgent": "test" },
             "error": { "message": "Unauthorized", "messageString": "\"Unauthorized\"", "responseType": "UNAUTHORIZED" },
-        }),
+        })),
         stage_variables: std::sync::Arc::new(json!({})),
     }
 }

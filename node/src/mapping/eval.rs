@@ -26,7 +26,8 @@ pub struct Inputs {
     pub path: Map<String, Value>,
     pub querystring: Map<String, Value>,
     pub header: Map<String, Value>,
-    pub context: Value,
+    /// `$context`, built once per request and shared by its templates.
+    pub context: std::sync::Arc<Value>,
     /// Shared by every request of the stage.
     pub stage_variables: std::sync::Arc<Value>,
 }
@@ -521,7 +522,7 @@ impl<'a> Renderer<'a> {
             },
             "input" => (Some(self.input(r)?), 1),
             "util" => (Some(Cow::Owned(self.util(r)?)), 1),
-            "context" => (Some(Cow::Borrowed(&self.inputs.context)), 0),
+            "context" => (Some(Cow::Borrowed(&*self.inputs.context)), 0),
             "stageVariables" => (Some(Cow::Borrowed(&*self.inputs.stage_variables)), 0),
             _ => return Ok(None),
         };

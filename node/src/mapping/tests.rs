@@ -14,12 +14,12 @@ fn inputs() -> Inputs {
         path: map(json!({ "id": "42" })),
         querystring: map(json!({ "page": "2" })),
         header: map(json!({ "X-Tenant": "acme" })),
-        context: json!({
+        context: std::sync::Arc::new(json!({
             "requestId": "req-1",
             "httpMethod": "POST",
             "identity": { "sourceIp": "203.0.113.9" },
             "authorizer": { "claims": { "sub": "ana" } }
-        }),
+        })),
         stage_variables: std::sync::Arc::new(json!({ "backend": "orders.internal" })),
         body_json: Default::default(),
     }

@@ -47,6 +47,13 @@ struct Chosen(Arc<Template>);
 #[derive(Debug, Clone, Copy)]
 struct Converting(Conversion);
 
+/// A request's `$context`, kept for its other templates once one has built it.
+#[derive(Debug, Clone)]
+struct SharedContext(Arc<Value>);
+
+/// `$context` for a template that does not read it.
+static NO_CONTEXT: std::sync::LazyLock<Arc<Value>> = std::sync::LazyLock::new(|| Arc::new(Value::Null));
+
 /// What a template reads besides the body, for one route on one stage: the request's
 /// parameters, `$context` and `$stageVariables`. Request and response templates share it.
 #[derive(Debug, Default)]
@@ -61,8 +68,9 @@ pub struct TemplateScope {
 
 impl TemplateScope {
     /// The inputs a template reads for this request, with an empty body; the request's
-    /// parameters and `$context` only when the template `reads` them.
-    pub fn inputs(&self, head: &Parts, exchange: &Exchange, reads: Reads) -> Inputs {
+    /// parameters and `$context` only when the template `reads` them (`$context` is built
+    /// once per request, whichever template asks first).
+    pub fn inputs(&self, head: &Parts, exchange: &mut Exchange, reads: Reads) -> Inputs {
         let (mut path, mut querystring, mut header) = (Map::new(), Map::new(), Map::new());
         if reads.params {
             let values = exchange.extensions.get::<PathParameters>().map(|p| p.0.as_slice()).unwrap_or_default();
@@ -76,7 +84,15 @@ impl TemplateScope {
                     .or_insert_with(|| Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
             }
         }
-        let context = if reads.context { self.context(head, exchange) } else { Value::Null };
+        let context = match (reads.context, exchange.extensions.get::<SharedContext>()) {
+            (false, _) => NO_CONTEXT.clone(),
+            (true, Some(SharedContext(built))) => built.clone(),
+            (true, None) => {
+                let built = Arc::new(self.context(head, exchange));
+                exchange.extensions.insert(SharedContext(built.clone()));
+                built
+            }
+        };
         Inputs {
             body: Bytes::new(),
             body_json: Default::default(),

@@ -25,7 +25,9 @@ fn inputs(body: String) -> Inputs {
         path: Map::new(),
         querystring: Map::new(),
         header: Map::from_iter([("content-type".to_string(), Value::String("application/json".into()))]),
-        context: serde_json::json!({"requestId": "0123456789abcdef0123456789abcdef", "stage": "bench"}),
+        context: std::sync::Arc::new(
+            serde_json::json!({"requestId": "0123456789abcdef0123456789abcdef", "stage": "bench"}),
+        ),
         stage_variables: std::sync::Arc::new(serde_json::json!({"backend": "127.0.0.1:18491"})),
     }
 }
