@@ -188,6 +188,33 @@ apis:
     for _ in 0..12 {
         keyed(http).await;
     }
+    // A WebSocket API: a connection, a message (no route takes it) and a callback call.
+    std::fs::write(
+        work.join("chat.yaml"),
+        "apis:\n  - id: chat\n    type: websocket\n    routes:\n      - { route: sendmessage, integration: { type: http_proxy, uri: \"http://127.0.0.1:9/send\" } }\n",
+    )
+    .unwrap();
+    let out = cli(&["apply", "-f", work.join("chat.yaml").to_str().unwrap(), "--stage", "live"], &node);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut socket, id) = loop {
+        match tokio_tungstenite::connect_async(format!("ws://{http}/live")).await {
+            Ok((socket, response)) => break (socket, response.headers()["x-meridian-connection-id"].clone()),
+            Err(e) => assert!(Instant::now() < deadline, "the WebSocket API is not served: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    {
+        use futures_util::{SinkExt, StreamExt};
+        socket.send(tokio_tungstenite::tungstenite::Message::text("hello")).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+    }
+    let path = format!("/v1/apis/chat/stages/live/connections/{}", id.to_str().unwrap());
+    let auth = format!("Bearer {TOKEN}");
+    let pushed =
+        meridian_tests::request(node.admin, "GET", &path, &[("host", "admin"), ("authorization", &auth)], "").await;
+    assert_eq!(pushed.status, 200, "{:?}", pushed.body);
+
     let dns = node.dns.unwrap();
     let dig = Command::new("dig")
         .args([
