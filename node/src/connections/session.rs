@@ -201,6 +201,16 @@ struct Session {
     messages_out: metrics::Counter,
 }
 
+/// A close frame's reason holds at most 123 bytes (RFC 6455 §5.5): longer text is cut at a
+/// character boundary.
+fn close_reason(text: &str) -> String {
+    let mut end = text.len().min(120);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
 /// Tokens for the messages a client may send: `rate` a second, at most `rate` saved up.
 struct MessageRate {
     rate: f64,
@@ -235,7 +245,11 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let limits = self.stage.limits;
-        let ends = tokio::time::Instant::now() + limits.max_duration;
+        let ends = tokio::time::sleep(limits.max_duration);
+        tokio::pin!(ends);
+        // The idle timer is moved only when it fires (a message does not touch it): it then
+        // closes the connection, or waits again from the last message.
+        let mut last_active = tokio::time::Instant::now();
         let idle = tokio::time::sleep(limits.idle_timeout);
         tokio::pin!(idle);
         let mut draining = self.connections.draining.subscribe();
@@ -259,19 +273,20 @@ impl Session {
                             };
                             break (CloseCode::Size, reason.to_string());
                         }
-                        Some(Err(WsError::Protocol(e))) => break (CloseCode::Protocol, e.to_string()),
+                        Some(Err(WsError::Protocol(e))) => break (CloseCode::Protocol, close_reason(&e.to_string())),
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "WebSocket connection failed");
                             break (CloseCode::Abnormal, "the connection failed".to_string());
                         }
                     };
-                    idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                    last_active = tokio::time::Instant::now();
                     self.touch();
                     let payload = match message {
                         Message::Text(text) => Payload::Text(text.as_str().to_string()),
                         Message::Binary(bytes) => Payload::Binary(bytes),
                         Message::Close(frame) => {
-                            let (code, reason) = frame.map_or((CloseCode::Status, String::new()), |f| (f.code, f.reason.to_string()));
+                            let (code, reason) =
+                                frame.map_or((CloseCode::Status, String::new()), |f| (f.code, close_reason(&f.reason)));
                             // tungstenite answers the client's close frame itself.
                             let _ = ws.flush().await;
                             return (code.into(), reason);
@@ -296,7 +311,7 @@ impl Session {
                 }
                 outbound = inbox.recv() => match outbound {
                     Some(Outbound::Message(bytes)) => {
-                        idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                        last_active = tokio::time::Instant::now();
                         self.touch();
                         let message = match String::from_utf8(bytes.to_vec()) {
                             Ok(text) => Message::text(text),
@@ -308,8 +323,14 @@ impl Session {
                     }
                     Some(Outbound::Close) | None => break (CloseCode::Normal, "closed by the backend".to_string()),
                 },
-                _ = &mut idle => break going_away("idle timeout"),
-                _ = tokio::time::sleep_until(ends) => break going_away("maximum connection duration"),
+                _ = &mut idle => {
+                    let quiet_until = last_active + limits.idle_timeout;
+                    if tokio::time::Instant::now() >= quiet_until {
+                        break going_away("idle timeout");
+                    }
+                    idle.as_mut().reset(quiet_until);
+                }
+                _ = &mut ends => break going_away("maximum connection duration"),
                 _ = &mut drained => break going_away("the gateway is going away"),
             }
         };
@@ -408,5 +429,26 @@ impl Session {
                 tracing::debug!(connection = %context.id, error = %e, "$disconnect could not be delivered");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        assert_eq!(close_reason("idle timeout"), "idle timeout");
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123 && cut.chars().all(|c| c == 'é'), "{}", cut.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_may_send_its_rate_and_no_more() {
+        let mut rate = MessageRate::new(2);
+        assert!(rate.take() && rate.take() && !rate.take());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(rate.take() && !rate.take(), "half a second gives one more");
     }
 }
