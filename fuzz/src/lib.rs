@@ -233,7 +233,9 @@ pub fn mapping_template(data: &[u8]) {
     let Ok(parsed) = Template::parse(template) else { return };
     let inputs = Inputs {
         body: body.to_vec().into(),
-        context: serde_json::json!({ "requestId": "r", "identity": { "sourceIp": "203.0.113.1" } }),
+        context: std::sync::Arc::new(
+            serde_json::json!({ "requestId": "r", "identity": { "sourceIp": "203.0.113.1" } }),
+        ),
         ..Inputs::default()
     };
     let bounds =
