@@ -1822,4 +1822,43 @@ async fn a_connection_held_in_one_region_is_reached_from_every_other() {
         let r = connection_call(&cluster.nodes[node], "POST", &id_on_r2, "to the dead").await;
         assert_eq!(r.status, 410, "{:?}", r.body);
     }
+
+    // `$connect` with `api_key_required`: a handshake needs a key its usage plan grants.
+    let keyed = std::fs::read_to_string(dir.path().join("chat.yaml"))
+        .unwrap()
+        .replace("- { route: $connect, integration", "- { route: $connect, api_key_required: true, integration");
+    std::fs::write(dir.path().join("chat.yaml"), keyed).unwrap();
+    let out =
+        cli(&["apply", "-f", dir.path().join("chat.yaml").to_str().unwrap(), "--stage", "prod"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&["keys", "create", "--name", "chat-client", "-o", "json"], &cluster.nodes[0]);
+    assert!(out.status.success(), "{out:?}");
+    let key = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["value"].as_str().unwrap().to_string();
+    for args in [
+        vec!["plans", "create", "--name", "chat", "--rate", "100", "--burst", "100"],
+        vec!["plans", "attach", "chat", "--api", "chat", "--stage", "prod"],
+        vec!["plans", "add-key", "chat", "chat-client"],
+    ] {
+        let out = cli(&args, &cluster.nodes[0]);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let handshake = |key: Option<&str>| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{}/prod", cluster.nodes[2].http.unwrap()).into_client_request().unwrap();
+        if let Some(key) = key {
+            request.headers_mut().insert("x-api-key", key.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Refused without a key, accepted with it, once the revision and the grant arrived.
+        let refused =
+            matches!(handshake(None).await, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 403);
+        if refused && handshake(Some(&key)).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the key requirement and its grant did not reach r3");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
