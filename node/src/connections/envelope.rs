@@ -112,10 +112,10 @@ impl ConnectionContext {
     }
 }
 
-/// A message's content.
+/// A message's content, as the client's frames carried it (shared, not copied).
 #[derive(Debug, Clone)]
 pub enum Payload {
-    Text(String),
+    Text(tokio_tungstenite::tungstenite::Utf8Bytes),
     Binary(Bytes),
 }
 

@@ -282,7 +282,7 @@ impl Session {
                     last_active = tokio::time::Instant::now();
                     self.touch();
                     let payload = match message {
-                        Message::Text(text) => Payload::Text(text.as_str().to_string()),
+                        Message::Text(text) => Payload::Text(text),
                         Message::Binary(bytes) => Payload::Binary(bytes),
                         Message::Close(frame) => {
                             let (code, reason) =
