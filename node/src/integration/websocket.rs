@@ -78,14 +78,101 @@ impl RouteSelection {
                 if !text.trim_start().starts_with('{') {
                     return None;
                 }
-                let value: serde_json::Value = serde_json::from_str(text).ok()?;
-                let mut at = &value;
-                for step in path {
-                    at = at.as_object()?.get(step)?;
-                }
-                at.as_str().map(str::to_string)
+                // Walked, not parsed into a tree: everything off the path is skipped.
+                let mut reader = serde_json::Deserializer::from_str(text);
+                let key = serde::de::DeserializeSeed::deserialize(PathSeed(path), &mut reader).ok()?;
+                reader.end().ok()?;
+                key
             }
         }
+    }
+}
+
+/// Finds the string at a path of JSON object keys while the message is read, skipping the
+/// rest without building it (a repeated key: its first occurrence counts).
+struct PathSeed<'p>(&'p [String]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for PathSeed<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(PathVisitor(self.0))
+    }
+}
+
+struct PathVisitor<'p>(&'p [String]);
+
+impl<'de> serde::de::Visitor<'de> for PathVisitor<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(is_step) = map.next_key_seed(KeyIs(self.0.first().map(String::as_str)))? {
+            match (is_step && found.is_none(), self.0.split_first()) {
+                (true, Some((_, rest))) => found = map.next_value_seed(PathSeed(rest))?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        // A string is the key only at the end of the path.
+        Ok(self.0.is_empty().then(|| text.to_string()))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Reads an object key and says whether it is `name`, without keeping it.
+struct KeyIs<'n>(Option<&'n str>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(self.0 == Some(key))
     }
 }
 
@@ -195,9 +282,18 @@ mod tests {
         assert_eq!(key(Some(r#"{"other":"x"}"#)), None);
         assert_eq!(key(Some("not json")), None);
         assert_eq!(key(Some(r#"["action"]"#)), None);
+        // Off the path, anything is skipped; an escaped key or value reads as written.
+        let busy = r#"{"a":[1,{"action":"no"}],"b":{"c":null},"act\u0069on":"s\u0065nd","z":1.5}"#;
+        assert_eq!(key(Some(busy)).as_deref(), Some("send"));
+        assert_eq!(key(Some(r#"{"action":"first","action":"second"}"#)).as_deref(), Some("first"));
+        assert_eq!(key(Some(r#"{"action":"x"} trailing"#)), None, "not one JSON value");
+        assert_eq!(key(Some(r#"{"action":"x""#)), None, "cut short");
+        assert_eq!(key(Some(r#"{"action":{"deeper":"x"}}"#)), None);
         assert_eq!(key(None), None, "binary messages go to $default");
         let nested = RouteSelection::parse("$request.body.meta.kind").unwrap();
         assert_eq!(nested.route_key(Some(r#"{"meta":{"kind":"k"}}"#), None).as_deref(), Some("k"));
+        assert_eq!(nested.route_key(Some(r#"{"meta":"k","kind":"x"}"#), None), None);
+        assert_eq!(nested.route_key(Some(r#"{"kind":"x","meta":{"other":1,"kind":"k"}}"#), None).as_deref(), Some("k"));
         let header = RouteSelection::parse("$request.header.x-room").unwrap();
         assert_eq!(header.route_key(Some("{}"), Some("lobby")).as_deref(), Some("lobby"));
         assert_eq!(RouteSelection::Constant("c".into()).route_key(None, None).as_deref(), Some("c"));
