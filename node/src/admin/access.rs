@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use meridian_consensus::{ApiKeyRecord, CommandOutcome, ConfigCommand, PlanRate, Proposal, QuotaPeriod};
 
 use super::cluster::*;
-use super::{json, message, views};
+use super::{message, views};
 use crate::cluster::member::{ClusterError, ClusterMember};
 use crate::digest::sha256_hex;
 
@@ -24,7 +24,7 @@ pub(super) async fn route(
             let applied = member.applied.read().await;
             let config = &applied.config;
             let list: Vec<_> = config.keys.iter().map(|(id, k)| views::key(config, id, k)).collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "keys": list }).to_string()), config.revision)
+            viewed(&serde_json::json!({ "keys": list }), config.revision)
         }
         (&Method::GET, ["v1", "keys", key]) => {
             let id = key_id(member, key).await?;
@@ -32,7 +32,7 @@ pub(super) async fn route(
             let config = &applied.config;
             let k =
                 config.keys.get(&id).ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no key `{key}`")))?;
-            with_etag(json(StatusCode::OK, views::key(config, &id, k).to_string()), config.revision)
+            viewed(&views::key(config, &id, k), config.revision)
         }
         (&Method::POST, ["v1", "keys"]) => {
             let text = body_text(request).await?;
@@ -91,7 +91,7 @@ pub(super) async fn route(
         (&Method::GET, ["v1", "plans"]) => {
             let applied = member.applied.read().await;
             let list: Vec<_> = applied.config.plans.iter().map(|(name, p)| views::plan(name, p)).collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "plans": list }).to_string()), applied.config.revision)
+            viewed(&serde_json::json!({ "plans": list }), applied.config.revision)
         }
         (&Method::GET, ["v1", "plans", plan]) => {
             let applied = member.applied.read().await;
@@ -100,7 +100,7 @@ pub(super) async fn route(
                 .plans
                 .get(*plan)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no usage plan `{plan}`")))?;
-            with_etag(json(StatusCode::OK, views::plan(plan, p).to_string()), applied.config.revision)
+            viewed(&views::plan(plan, p), applied.config.revision)
         }
         (&Method::PUT, ["v1", "plans", plan]) => {
             let plan = plan.to_string();
@@ -218,14 +218,9 @@ async fn usage(member: &ClusterMember, query: Option<&str>) -> Result<Response<F
         });
         keys.push(serde_json::json!({ "id": id, "name": name, "days": days, "total": total, "quota": quota }));
     }
-    Ok(with_etag(
-        json(
-            StatusCode::OK,
-            serde_json::json!({ "plan": plan_name, "from": format_date(from), "to": format_date(to), "keys": keys })
-                .to_string(),
-        ),
-        applied.config.revision,
-    ))
+    let usage =
+        serde_json::json!({ "plan": plan_name, "from": format_date(from), "to": format_date(to), "keys": keys });
+    Ok(viewed(&usage, applied.config.revision))
 }
 
 fn random_token() -> Result<String, Refusal> {
@@ -253,7 +248,7 @@ fn shown_once(outcome: Result<CommandOutcome, ClusterError>, shown: serde_json::
             let mut body = shown;
             body["revision"] = serde_json::json!(revision);
             body["note"] = serde_json::json!("the value is shown only now; the cluster stores its hash");
-            with_etag(json(StatusCode::OK, body.to_string()), revision)
+            viewed(&body, revision)
         }
         other => outcome_response(other),
     }

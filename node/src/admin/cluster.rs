@@ -58,6 +58,11 @@ pub(super) fn with_etag(mut response: Response<Full<Bytes>>, revision: u64) -> R
     response
 }
 
+/// A read's answer: `view` as JSON, tagged with the revision it was read at.
+pub(super) fn viewed(view: &serde_json::Value, revision: u64) -> Response<Full<Bytes>> {
+    with_etag(json(StatusCode::OK, view.to_string()), revision)
+}
+
 /// A refused call: its status and message, made into a JSON response at the end.
 #[derive(Debug)]
 pub(super) struct Refusal(StatusCode, String);
@@ -180,30 +185,24 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
         (&Method::GET, ["v1", "apis"]) => {
             let applied = member.applied.read().await;
             let list: Vec<_> = applied.config.apis.iter().map(|(id, record)| views::api(id, record)).collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "apis": list }).to_string()), applied.config.revision)
+            viewed(&serde_json::json!({ "apis": list }), applied.config.revision)
         }
         (&Method::GET, ["v1", "apis", api]) => {
             let applied = member.applied.read().await;
             let record = api_record(&applied.config, api)?;
-            with_etag(json(StatusCode::OK, views::api(api, record).to_string()), applied.config.revision)
+            viewed(&views::api(api, record), applied.config.revision)
         }
         (&Method::GET, ["v1", "apis", api, "stages"]) => {
             let applied = member.applied.read().await;
             let record = api_record(&applied.config, api)?;
             let list: Vec<_> = record.stages.iter().map(|(name, s)| views::stage(api, name, s)).collect();
-            with_etag(
-                json(StatusCode::OK, serde_json::json!({ "api": api, "stages": list }).to_string()),
-                applied.config.revision,
-            )
+            viewed(&serde_json::json!({ "api": api, "stages": list }), applied.config.revision)
         }
         (&Method::GET, ["v1", "apis", api, "deployments"]) => {
             let applied = member.applied.read().await;
             let record = api_record(&applied.config, api)?;
             let list: Vec<_> = record.deployments.values().map(|d| views::deployment(api, record, d, false)).collect();
-            with_etag(
-                json(StatusCode::OK, serde_json::json!({ "api": api, "deployments": list }).to_string()),
-                applied.config.revision,
-            )
+            viewed(&serde_json::json!({ "api": api, "deployments": list }), applied.config.revision)
         }
         (&Method::GET, ["v1", "apis", api, "deployments", id]) => {
             let applied = member.applied.read().await;
@@ -212,10 +211,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 id.parse::<u64>().ok().and_then(|id| record.deployments.get(&id)).ok_or_else(|| {
                     Refusal::new(StatusCode::NOT_FOUND, format!("API `{api}` has no deployment {id}"))
                 })?;
-            with_etag(
-                json(StatusCode::OK, views::deployment(api, record, deployment, true).to_string()),
-                applied.config.revision,
-            )
+            viewed(&views::deployment(api, record, deployment, true), applied.config.revision)
         }
         (&Method::POST, ["v1", "apis", api, "deployments"]) => {
             let api = api.to_string();
@@ -274,9 +270,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
         (&Method::GET, ["v1", "apis", api, "stages", stage]) => {
             let applied = member.applied.read().await;
             match applied.config.apis.get(*api).and_then(|a| a.stages.get(*stage)) {
-                Some(s) => {
-                    with_etag(json(StatusCode::OK, views::stage(api, stage, s).to_string()), applied.config.revision)
-                }
+                Some(s) => viewed(&views::stage(api, stage, s), applied.config.revision),
                 None => message(StatusCode::NOT_FOUND, &format!("API `{api}` has no stage `{stage}`")),
             }
         }
@@ -413,7 +407,7 @@ pub(super) async fn already_served(
         "created": null,
         "deployment": current.deployment,
     });
-    Some(with_etag(json(StatusCode::OK, body.to_string()), revision))
+    Some(viewed(&body, revision))
 }
 
 /// Parses a JSON request body; a malformed one is a 400 that says what was expected.

@@ -18,8 +18,8 @@ use hyper::body::Incoming;
 use meridian_consensus::{CommandOutcome, ConfigCommand, CredentialRecord, Proposal};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::cluster::{Refusal, body_text, invalid, json_body, outcome_response, with_etag};
-use super::{json, views};
+use super::cluster::{Refusal, body_text, invalid, json_body, outcome_response, viewed};
+use super::views;
 use crate::cluster::member::ClusterMember;
 
 /// Serves `/v1/credentials...` (the caller has checked the admin token).
@@ -34,14 +34,14 @@ pub(super) async fn route(
             let applied = member.applied.read().await;
             let config = &applied.config;
             let list: Vec<_> = config.credentials.iter().map(|(id, c)| views::credential(id, c)).collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "credentials": list }).to_string()), config.revision)
+            viewed(&serde_json::json!({ "credentials": list }), config.revision)
         }
         (&Method::GET, ["v1", "credentials", credential]) => {
             let id = credential_id(member, credential).await?;
             let applied = member.applied.read().await;
             let config = &applied.config;
             let c = config.credentials.get(&id).ok_or_else(|| not_found(credential))?;
-            with_etag(json(StatusCode::OK, views::credential(&id, c).to_string()), config.revision)
+            viewed(&views::credential(&id, c), config.revision)
         }
         (&Method::POST, ["v1", "credentials"]) => {
             let text = body_text(request).await?;
@@ -75,7 +75,7 @@ pub(super) async fn route(
                         "revision": revision,
                         "note": "the secret is shown only now; the cluster keeps it sealed",
                     });
-                    with_etag(json(StatusCode::OK, body.to_string()), revision)
+                    viewed(&body, revision)
                 }
                 other => outcome_response(other),
             }

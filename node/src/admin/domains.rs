@@ -31,7 +31,7 @@ pub(super) async fn route(
                 .iter()
                 .map(|(name, d)| views::domain(name, d, config.client_certificates.get(name)))
                 .collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "domains": list }).to_string()), applied.config.revision)
+            viewed(&serde_json::json!({ "domains": list }), applied.config.revision)
         }
         (&Method::GET, ["v1", "domains", name]) => {
             let applied = member.applied.read().await;
@@ -42,7 +42,7 @@ pub(super) async fn route(
                 .get(&name)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no domain `{name}`")))?;
             let view = views::domain(&name, d, applied.config.client_certificates.get(&name));
-            with_etag(json(StatusCode::OK, view.to_string()), applied.config.revision)
+            viewed(&view, applied.config.revision)
         }
         (&Method::PUT, ["v1", "domains", name]) => {
             let name = name.to_ascii_lowercase();
@@ -61,7 +61,7 @@ pub(super) async fn route(
         (&Method::GET, ["v1", "regions"]) => {
             let applied = member.applied.read().await;
             let list: Vec<_> = applied.config.regions.iter().map(|(name, r)| views::region(name, r)).collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "regions": list }).to_string()), applied.config.revision)
+            viewed(&serde_json::json!({ "regions": list }), applied.config.revision)
         }
         (&Method::GET, ["v1", "regions", name]) => {
             let applied = member.applied.read().await;
@@ -70,7 +70,7 @@ pub(super) async fn route(
                 .regions
                 .get(*name)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no region `{name}`")))?;
-            with_etag(json(StatusCode::OK, views::region(name, r).to_string()), applied.config.revision)
+            viewed(&views::region(name, r), applied.config.revision)
         }
         (&Method::PUT, ["v1", "regions", name]) => {
             let name = name.to_string();
@@ -89,7 +89,7 @@ pub(super) async fn route(
         (&Method::GET, ["v1", "dns", "zones"]) => {
             let applied = member.applied.read().await;
             let list: Vec<_> = applied.config.zones.iter().map(|(name, z)| views::zone(name, z)).collect();
-            with_etag(json(StatusCode::OK, serde_json::json!({ "zones": list }).to_string()), applied.config.revision)
+            viewed(&serde_json::json!({ "zones": list }), applied.config.revision)
         }
         (&Method::GET, ["v1", "dns", "zones", name]) => {
             let applied = member.applied.read().await;
@@ -99,7 +99,7 @@ pub(super) async fn route(
                 .zones
                 .get(&name)
                 .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("no DNS zone `{name}`")))?;
-            with_etag(json(StatusCode::OK, views::zone(&name, z).to_string()), applied.config.revision)
+            viewed(&views::zone(&name, z), applied.config.revision)
         }
         (&Method::PUT, ["v1", "dns", "zones", name]) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
