@@ -13,6 +13,7 @@
 # (VmRSS) over those COUNT connections, divided by COUNT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source tests/bench/lib.sh
 
 SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then
@@ -79,45 +80,14 @@ apis:
       - name: idle
 CONF
 
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2; exit 1
-}
-
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-
-# Opens $2 idle connections to port $1 (path $3) and leaves them open; sets `holder` to the
-# client's pid. Fails unless every one was answered 2xx.
-hold() {
-  local port=$1 count=$2 path=$3 fifo out
-  fifo=$(mktemp -u "$work/hold.XXXXXX"); mkfifo "$fifo"
-  out=$(mktemp "$work/out.XXXXXX")
-  "$CLIENTS" "127.0.0.1:$port" "$count" idle.test "$path" < "$fifo" > "$out" 2>"$out.err" & holder=$!; pids+=($holder)
-  exec {keep}>"$fifo"  # holds the client's standard input open
-  holders+=("$keep")
-  for _ in $(seq 1 600); do
-    if grep -q '^ready' "$out"; then break; fi
-    sleep 0.1
-  done
-  local answered
-  answered=$(awk '/^ready/ {print $2}' "$out")
-  if [ "${answered:-0}" != "$count" ]; then
-    echo "only ${answered:-0} of $count connections to port $port were answered: $(head -3 "$out.err")" >&2
-    exit 1
-  fi
-}
-holders=()
-
 # Prints the KiB per connection for the server process $1 on port $2.
 per_connection() {
   local pid=$1 port=$2 path=$3 before after
-  hold "$port" 100 "$path"
+  # `ready N` counts the connections answered 2xx.
+  hold_open 100 "$CLIENTS" "127.0.0.1:$port" 100 idle.test "$path"
   sleep 0.5
   before=$(rss_kib "$pid")
-  hold "$port" "$COUNT" "$path"
+  hold_open "$COUNT" "$CLIENTS" "127.0.0.1:$port" "$COUNT" idle.test "$path"
   sleep "${SETTLE:-1}"
   after=$(rss_kib "$pid")
   awk -v b="$before" -v a="$after" -v n="$COUNT" 'BEGIN { printf "%.2f %d %d", (a - b) / n, b, a }'

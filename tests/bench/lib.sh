@@ -1,5 +1,5 @@
 # Helpers the HTTP benchmark scripts share (sourced, not run): waiting for a port, a
-# process's CPU time, medians, wrk's latency units, one wrk run measured, HAProxy's
+# process's resident set, clients holding idle connections, a process's CPU time, medians, wrk's latency units, one wrk run measured, HAProxy's
 # configuration, building and the work folder.
 
 # Waits until something listens on 127.0.0.1:$1 (5 s at most).
@@ -9,6 +9,27 @@ wait_port() {
     sleep 0.05
   done
   echo "nothing listens on port $1" >&2; exit 1
+}
+
+# The resident set of process $1, in KiB.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# hold_open COUNT CMD...: runs CMD, a client that opens COUNT connections, prints `ready N`
+# once N are open and holds them until its standard input closes (kept open here until the
+# script ends); fails unless all COUNT opened within a minute.
+hold_open() {
+  local count=$1 fifo out opened keep
+  shift
+  fifo=$(mktemp -u "$work/hold.XXXXXX"); mkfifo "$fifo"
+  out=$(mktemp "$work/out.XXXXXX")
+  "$@" < "$fifo" > "$out" 2>"$out.err" & pids+=($!)
+  exec {keep}>"$fifo"
+  for _ in $(seq 1 600); do
+    if grep -q '^ready' "$out"; then break; fi
+    sleep 0.1
+  done
+  opened=$(awk '/^ready/ {print $2}' "$out")
+  [ "${opened:-0}" = "$count" ] || { echo "only ${opened:-0} of $count connections opened ($*): $(head -3 "$out.err")" >&2; exit 1; }
 }
 
 # The user + system clock ticks process $1 has used.

@@ -107,22 +107,8 @@ awk -v m="$(col "$work/meridian.txt" 1)" -v e="$(col "$work/echo.txt" 1)" -v mc=
 
 echo
 echo "== $COUNT idle connections to meridian"
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-# hold COUNT: opens COUNT connections, each left silent; fails unless all opened.
-hold() {
-  local fifo out
-  fifo=$(mktemp -u "$work/hold.XXXXXX"); mkfifo "$fifo"
-  out=$(mktemp "$work/out.XXXXXX")
-  taskset -c "$LOAD_CORE" "$BENCH" idle "ws://127.0.0.1:$MERIDIAN_PORT/bench" "$1" < "$fifo" > "$out" 2>"$out.err" & pids+=($!)
-  exec {keep}>"$fifo"
-  for _ in $(seq 1 1200); do
-    if grep -q '^ready' "$out"; then break; fi
-    sleep 0.1
-  done
-  local opened
-  opened=$(awk '/^ready/ {print $2}' "$out")
-  [ "${opened:-0}" = "$1" ] || { echo "only ${opened:-0} of $1 connections opened: $(head -3 "$out.err")" >&2; exit 1; }
-}
+# hold COUNT: COUNT connections to Meridian's stage, each left silent.
+hold() { hold_open "$1" taskset -c "$LOAD_CORE" "$BENCH" idle "ws://127.0.0.1:$MERIDIAN_PORT/bench" "$1"; }
 hold 100
 sleep 0.5
 before=$(rss_kib "$meridian_pid")
