@@ -64,6 +64,17 @@ pub struct Record {
     pub pushes: Mutex<Vec<Push>>,
 }
 
+impl Record {
+    /// Notes a push's number that connection `at` received (other messages are not pushes).
+    fn received(&self, at: usize, message: &Message) {
+        if let Message::Text(text) = message
+            && let Ok(n) = text.as_str().parse::<u64>()
+        {
+            lock(&self.connections)[at].received.push(n);
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -103,24 +114,23 @@ pub async fn client(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let at = lock(&record.connections).len();
-        lock(&record.connections).push(Connection {
-            id,
-            client: name.clone(),
-            node,
-            opened_at_s: start.elapsed().as_secs_f64(),
-            closed_at_s: None,
-            received: Vec::new(),
-        });
+        // Its place in the record, taken under the one lock that adds it.
+        let at = {
+            let mut connections = lock(&record.connections);
+            connections.push(Connection {
+                id,
+                client: name.clone(),
+                node,
+                opened_at_s: start.elapsed().as_secs_f64(),
+                closed_at_s: None,
+                received: Vec::new(),
+            });
+            connections.len() - 1
+        };
         loop {
             tokio::select! {
                 message = ws.next() => match message {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Ok(n) = text.as_str().parse::<u64>() {
-                            lock(&record.connections)[at].received.push(n);
-                        }
-                    }
-                    Some(Ok(_)) => {}
+                    Some(Ok(message)) => record.received(at, &message),
                     Some(Err(_)) | None => break,
                 },
                 _ = stop.changed() => {
@@ -128,11 +138,7 @@ pub async fn client(
                     // the connection open.
                     let _ = tokio::time::timeout(LINGER, async {
                         while let Some(Ok(message)) = ws.next().await {
-                            if let Message::Text(text) = message
-                                && let Ok(n) = text.as_str().parse::<u64>()
-                            {
-                                lock(&record.connections)[at].received.push(n);
-                            }
+                            record.received(at, &message);
                         }
                     })
                     .await;

@@ -43,18 +43,18 @@ impl Compiler<'_> {
         if api.kind.as_ref().is_some_and(|k| k.value == ApiKind::Websocket) {
             return;
         }
-        let api_wide = [
-            (api.route_selection.as_ref().map(|v| v.referenced), "route_selection"),
-            (api.websocket.as_ref().map(|v| v.referenced), "websocket"),
-        ];
-        let replies = api.routes.iter().enumerate().filter_map(|(i, r)| {
-            let at = r.reply.as_ref()?.referenced;
-            Some((Some(at), format!("routes[{i}].reply")))
-        });
-        let misplaced: Vec<_> = api_wide.into_iter().map(|(at, what)| (at, what.to_string())).chain(replies).collect();
-        for (at, what) in misplaced {
-            if let Some(at) = at {
-                self.sink.push(at, format!("{field}.{what}"), format!("`{what}` is for `type: websocket` APIs"));
+        let mut refuse = |at, what: &str| {
+            self.sink.push(at, format!("{field}.{what}"), format!("`{what}` is for `type: websocket` APIs"));
+        };
+        if let Some(selection) = &api.route_selection {
+            refuse(selection.referenced, "route_selection");
+        }
+        if let Some(websocket) = &api.websocket {
+            refuse(websocket.referenced, "websocket");
+        }
+        for (i, route) in api.routes.iter().enumerate() {
+            if let Some(reply) = &route.reply {
+                refuse(reply.referenced, &format!("routes[{i}].reply"));
             }
         }
     }
