@@ -238,8 +238,12 @@ pub fn mapping_template(data: &[u8]) {
         ),
         ..Inputs::default()
     };
-    let bounds =
-        Bounds { max_output: 64 * 1024, max_iterations: 1000, max_time: std::time::Duration::from_millis(200) };
+    let bounds = Bounds {
+        max_output: 64 * 1024,
+        max_iterations: 1000,
+        max_held: 1 << 20,
+        max_time: std::time::Duration::from_millis(200),
+    };
     if let Ok(out) = parsed.render(&inputs, bounds) {
         assert!(out.len() <= bounds.max_output, "the output went past its bound");
     }

@@ -2,8 +2,10 @@
 //! [`Bounds`](super::Bounds).
 //!
 //! Values are borrowed wherever they can be: a reference into the body, `$context` or
-//! `$stageVariables` (or a variable `#set` to one) walks the inputs without copying them, so
-//! a template that loops over a large body copies only what it writes.
+//! `$stageVariables` walks the inputs without copying them. A value made while rendering that
+//! a variable holds (`#set`, a `#foreach` list) is kept in an arena until the rendering ends,
+//! so a variable is always a reference too and reading it never copies it: a template that
+//! loops over a large body copies only what it writes.
 
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -12,6 +14,8 @@ use std::time::Instant;
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
+use typed_arena::Arena;
 
 use super::Bounds;
 use super::parse::{BinaryOp, Expr, Node, Reference, Step, Template};
@@ -64,13 +68,24 @@ pub struct RenderError {
     pub message: String,
 }
 
-/// A value while rendering: borrowed from the template or the inputs, or made here.
+/// A value while rendering: borrowed from the template, the inputs or the kept values, or
+/// made here.
 type Val<'a> = Cow<'a, Value>;
+
+/// A call's arguments: rarely more than two, so no allocation for them.
+type Arguments<'a> = SmallVec<[Val<'a>; 2]>;
+
+/// How many `#foreach` iterations pass between two looks at the clock.
+const ITERATIONS_PER_TIME_CHECK: u64 = 8;
 
 struct Renderer<'a> {
     inputs: &'a Inputs,
     /// The template's JSONPaths, compiled.
     paths: &'a [(String, serde_json_path::JsonPath)],
+    /// Values made while rendering that variables hold, until the rendering ends.
+    kept: &'a Arena<Value>,
+    /// Their size, within `bounds.max_held`.
+    kept_bytes: usize,
     bounds: Bounds,
     started: Instant,
     vars: Variables<'a>,
@@ -85,9 +100,12 @@ type Rendered<T> = Result<T, RenderError>;
 impl Template {
     /// Renders the template with `inputs`, within `bounds`.
     pub fn render(&self, inputs: &Inputs, bounds: Bounds) -> Result<String, RenderError> {
+        let kept = Arena::new();
         let mut renderer = Renderer {
             inputs,
             paths: &self.paths,
+            kept: &kept,
+            kept_bytes: 0,
             bounds,
             started: Instant::now(),
             vars: Variables::default(),
@@ -159,26 +177,38 @@ fn integer(value: &Value) -> Option<i64> {
 }
 
 /// A template's variables (`#set`, `#foreach`): few, so a list searched in order is
-/// cheaper than hashing every name on every reference.
+/// cheaper than hashing every name on every reference. Each is a reference, into the inputs
+/// or the kept values.
 #[derive(Default)]
-struct Variables<'a>(Vec<(String, Val<'a>)>);
+struct Variables<'a>(Vec<(&'a str, &'a Value)>);
 
 impl<'a> Variables<'a> {
-    fn get(&self, name: &str) -> Option<&Val<'a>> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
 
-    fn insert(&mut self, name: &str, value: Val<'a>) {
-        match self.0.iter_mut().find(|(n, _)| n == name) {
+    fn insert(&mut self, name: &'a str, value: &'a Value) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
             Some((_, slot)) => *slot = value,
-            None => self.0.push((name.to_string(), value)),
+            None => self.0.push((name, value)),
         }
     }
 
-    fn remove(&mut self, name: &str) -> Option<Val<'a>> {
-        let at = self.0.iter().position(|(n, _)| n == name)?;
+    fn remove(&mut self, name: &str) -> Option<&'a Value> {
+        let at = self.0.iter().position(|(n, _)| *n == name)?;
         Some(self.0.swap_remove(at).1)
     }
+}
+
+/// About how many bytes `value` holds (what [`Renderer::keep`] counts).
+fn footprint(value: &Value) -> usize {
+    std::mem::size_of::<Value>()
+        + match value {
+            Value::String(s) => s.len(),
+            Value::Array(items) => items.iter().map(footprint).sum(),
+            Value::Object(map) => map.iter().map(|(k, v)| k.len() + footprint(v)).sum(),
+            _ => 0,
+        }
 }
 
 /// Which bytes [`escape_javascript`] copies as they are: printable ASCII but quotes, `\`
@@ -283,15 +313,27 @@ impl<'a> Renderer<'a> {
         emit_into(&mut self.out, self.bounds.max_output, text, line)
     }
 
+    /// `value` as a reference that lasts the whole rendering: a value made here is kept
+    /// (within the bounds) until the rendering ends.
+    fn keep(&mut self, value: Val<'a>, line: usize) -> Rendered<&'a Value> {
+        match value {
+            Cow::Borrowed(value) => Ok(value),
+            Cow::Owned(value) => {
+                self.kept_bytes = self.kept_bytes.saturating_add(footprint(&value));
+                if self.kept_bytes > self.bounds.max_held {
+                    let limit = self.bounds.max_held;
+                    return fail(line, format!("the template's variables hold more than {limit} bytes"));
+                }
+                let kept: &'a Arena<Value> = self.kept;
+                Ok(kept.alloc(value))
+            }
+        }
+    }
+
     fn nodes(&mut self, nodes: &'a [Node]) -> Rendered<()> {
         for node in nodes {
             match node {
                 Node::Text(t) => self.emit(t, 0)?,
-                // A variable written as it is: no copy of its value.
-                Node::Ref(r, _) if r.steps.is_empty() && self.vars.get(&r.root).is_some() => {
-                    let value = self.vars.get(&r.root).map_or(&NULL, |v| v.as_ref());
-                    emit_into(&mut self.out, self.bounds.max_output, &as_text(value), r.line)?;
-                }
                 Node::Ref(r, source) => match self.reference(r)? {
                     Some(value) => match value.as_ref() {
                         Value::String(s) => self.emit(s, r.line)?,
@@ -306,6 +348,7 @@ impl<'a> Renderer<'a> {
                 Node::Set(name, value) => {
                     // As in Velocity, a null value leaves the variable as it was.
                     if let Some(v) = self.expr(value)?.filter(|v| !v.is_null()) {
+                        let v = self.keep(v, 0)?;
                         self.vars.insert(name, v);
                     }
                 }
@@ -328,57 +371,68 @@ impl<'a> Renderer<'a> {
         Ok(())
     }
 
-    fn foreach(&mut self, var: &str, items: &'a Expr, body: &'a [Node]) -> Rendered<()> {
-        let items: Vec<Val<'a>> = match self.expr(items)? {
-            Some(Cow::Borrowed(Value::Array(list))) => list.iter().map(Cow::Borrowed).collect(),
-            Some(Cow::Borrowed(Value::Object(map))) => map.values().map(Cow::Borrowed).collect(),
-            Some(Cow::Owned(Value::Array(list))) => list.into_iter().map(Cow::Owned).collect(),
-            Some(Cow::Owned(Value::Object(map))) => map.into_iter().map(|(_, v)| Cow::Owned(v)).collect(),
-            _ => Vec::new(),
+    fn foreach(&mut self, var: &'a str, items: &'a Expr, body: &'a [Node]) -> Rendered<()> {
+        let items = match self.expr(items)? {
+            Some(items) => self.keep(items, 0)?,
+            None => return Ok(()),
         };
         let saved = (self.vars.remove(var), self.position);
-        let count = items.len();
-        for (index, item) in items.into_iter().enumerate() {
-            self.iterations += 1;
-            if self.iterations > self.bounds.max_iterations {
-                return fail(0, format!("more than {} #foreach iterations", self.bounds.max_iterations));
-            }
-            self.check_time(0)?;
-            self.vars.insert(var, item);
-            self.position = Some((index, count));
-            self.nodes(body)?;
-        }
+        let looped = match items {
+            Value::Array(list) => self.iterate(var, body, list.len(), list.iter()),
+            Value::Object(map) => self.iterate(var, body, map.len(), map.values()),
+            _ => Ok(()),
+        };
         self.vars.remove(var);
         self.position = saved.1;
         if let Some(v) = saved.0 {
             self.vars.insert(var, v);
         }
+        looped
+    }
+
+    fn iterate(
+        &mut self,
+        var: &'a str,
+        body: &'a [Node],
+        count: usize,
+        items: impl Iterator<Item = &'a Value>,
+    ) -> Rendered<()> {
+        for (index, item) in items.enumerate() {
+            self.iterations += 1;
+            if self.iterations > self.bounds.max_iterations {
+                return fail(0, format!("more than {} #foreach iterations", self.bounds.max_iterations));
+            }
+            if self.iterations.is_multiple_of(ITERATIONS_PER_TIME_CHECK) {
+                self.check_time(0)?;
+            }
+            self.vars.insert(var, item);
+            self.position = Some((index, count));
+            self.nodes(body)?;
+        }
         Ok(())
     }
 
     /// `$foreach` inside a loop: the innermost loop's position, as Velocity names it.
-    fn position(&self) -> Option<Value> {
-        let (index, count) = self.position?;
-        Some(serde_json::json!({
+    fn position((index, count): (usize, usize)) -> Value {
+        serde_json::json!({
             "index": index,
             "count": index + 1,
             "hasNext": index + 1 < count,
             "first": index == 0,
             "last": index + 1 == count,
-        }))
+        })
     }
 
     /// `$foreach.NAME` without building the whole object (the common case, per iteration).
-    fn position_field(&self, name: &str) -> Option<Value> {
-        let (index, count) = self.position?;
-        Some(match name {
+    fn position_field((index, count): (usize, usize), name: &str) -> Value {
+        match name {
             "index" => Value::from(index),
             "count" => Value::from(index + 1),
             "hasNext" => Value::Bool(index + 1 < count),
             "first" => Value::Bool(index == 0),
             "last" => Value::Bool(index + 1 == count),
             _ => Value::Null,
-        })
+        }
     }
 
     fn expr(&mut self, expr: &'a Expr) -> Rendered<Option<Val<'a>>> {
@@ -482,8 +536,8 @@ impl<'a> Renderer<'a> {
         owned(result.unwrap_or(Value::Null))
     }
 
-    fn arguments(&mut self, args: &'a [Expr]) -> Rendered<Vec<Val<'a>>> {
-        let mut values = Vec::with_capacity(args.len());
+    fn arguments(&mut self, args: &'a [Expr]) -> Rendered<Arguments<'a>> {
+        let mut values = Arguments::with_capacity(args.len());
         for a in args {
             values.push(self.expr(a)?.unwrap_or(Cow::Borrowed(&NULL)));
         }
@@ -514,42 +568,36 @@ impl<'a> Renderer<'a> {
     }
 
     fn reference(&mut self, r: &'a Reference) -> Rendered<Option<Val<'a>>> {
-        let (start, skip) = match r.root.as_str() {
-            name if self.vars.get(name).is_some() => (None, 0),
-            "foreach" if self.position.is_some() => match r.steps.first() {
-                Some(Step::Field(name)) => (self.position_field(name).map(Cow::Owned), 1),
-                _ => (self.position().map(Cow::Owned), 0),
+        let (mut value, skip) = match (self.vars.get(&r.root), r.root.as_str(), self.position) {
+            (Some(variable), ..) => (Cow::Borrowed(variable), 0),
+            (None, "foreach", Some(position)) => match r.steps.first() {
+                Some(Step::Field(name)) => (Cow::Owned(Self::position_field(position, name)), 1),
+                _ => (Cow::Owned(Self::position(position)), 0),
             },
-            "input" => (Some(self.input(r)?), 1),
-            "util" => (Some(Cow::Owned(self.util(r)?)), 1),
-            "context" => (Some(Cow::Borrowed(&*self.inputs.context)), 0),
-            "stageVariables" => (Some(Cow::Borrowed(&*self.inputs.stage_variables)), 0),
+            (None, "input", _) => (self.input(r)?, 1),
+            (None, "util", _) => (Cow::Owned(self.util(r)?), 1),
+            (None, "context", _) => (Cow::Borrowed(&*self.inputs.context), 0),
+            (None, "stageVariables", _) => (Cow::Borrowed(&*self.inputs.stage_variables), 0),
             _ => return Ok(None),
         };
-        let steps = &r.steps[skip..];
-        // The steps' arguments first: the walk below borrows the value it starts from, so
-        // that `$map.get($k)` in a loop never copies the whole map.
-        let mut arguments = Vec::with_capacity(steps.len());
-        for step in steps {
-            arguments.push(match step {
-                Step::Field(_) => Vec::new(),
-                Step::Index(index) => vec![self.expr(index)?.unwrap_or(Cow::Borrowed(&NULL))],
-                Step::Call(_, args) => self.arguments(args)?,
-            });
-        }
-        let value = match start {
-            Some(value) => walk_steps(value, steps, &arguments),
-            // A variable set to a borrowed value walks on borrowing it; one made while
-            // rendering is walked by reference and only the result is copied.
-            None => match self.vars.get(&r.root) {
-                Some(Cow::Borrowed(value)) => walk_steps(Cow::Borrowed(*value), steps, &arguments),
-                Some(Cow::Owned(value)) => {
-                    walk_steps(Cow::Borrowed(value), steps, &arguments).map(|v| Cow::Owned(v.into_owned()))
+        // Each step's arguments are evaluated as the walk reaches it; the value walked from
+        // is borrowed (from the inputs or the kept values), so `$map.get($k)` in a loop never
+        // copies the map.
+        for step in &r.steps[skip..] {
+            let walked = match step {
+                Step::Field(_) => walk(value, step, &[]),
+                Step::Index(index) => {
+                    let index = self.expr(index)?.unwrap_or(Cow::Borrowed(&NULL));
+                    walk(value, step, std::slice::from_ref(&index))
                 }
-                None => return Ok(None),
-            },
-        };
-        value.map(Some).or_else(|e| fail(r.line, e))
+                Step::Call(_, args) => {
+                    let args = self.arguments(args)?;
+                    walk(value, step, &args)
+                }
+            };
+            value = walked.or_else(|e| fail(r.line, e))?;
+        }
+        Ok(Some(value))
     }
 
     fn input(&mut self, r: &'a Reference) -> Rendered<Val<'a>> {
@@ -635,18 +683,6 @@ impl<'a> Renderer<'a> {
 
 static NULL: Value = Value::Null;
 static EMPTY: Value = Value::String(String::new());
-
-/// The steps of a reference from `value`, each with its arguments.
-fn walk_steps<'v>(
-    mut value: Cow<'v, Value>,
-    steps: &[Step],
-    arguments: &[Vec<Val<'_>>],
-) -> Result<Cow<'v, Value>, String> {
-    for (step, args) in steps.iter().zip(arguments) {
-        value = walk(value, step, args)?;
-    }
-    Ok(value)
-}
 
 /// One step of a reference from `value`: a field, an index (its value in `args`), or a
 /// method call; a step into a borrowed value (`get` included) stays borrowed.

@@ -62,13 +62,16 @@ pub struct Bounds {
     pub max_output: usize,
     /// `#foreach` iterations, over the whole rendering.
     pub max_iterations: u64,
+    /// Bytes of values that variables hold (`#set`, `#foreach` lists), over the whole
+    /// rendering: a value made while rendering is kept until it ends.
+    pub max_held: usize,
     /// Wall time.
     pub max_time: Duration,
 }
 
 impl Default for Bounds {
     fn default() -> Self {
-        Bounds { max_output: 1 << 20, max_iterations: 10_000, max_time: Duration::from_millis(100) }
+        Bounds { max_output: 1 << 20, max_iterations: 10_000, max_held: 16 << 20, max_time: Duration::from_millis(100) }
     }
 }
 

@@ -136,11 +136,15 @@ fn what_is_not_supported_is_refused_with_its_line() {
 
 #[test]
 fn rendering_stays_within_its_bounds_and_fails_cleanly() {
-    let bounds = Bounds { max_output: 100, max_iterations: 50, max_time: Duration::from_secs(5) };
+    let bounds = Bounds { max_output: 100, max_iterations: 50, max_held: 10_000, max_time: Duration::from_secs(5) };
     let run = |t: &str| Template::parse(t).unwrap().render(&inputs(), bounds);
     assert!(run("#foreach($i in [1..40])xxxxx#end").unwrap_err().message.contains("larger than 100 bytes"));
     let e = run("#foreach($i in [1..10])#foreach($j in [1..10])#end#end").unwrap_err();
     assert!(e.message.contains("iterations"), "{e}");
+    // Every value a variable was set to is held until the rendering ends, within a bound.
+    let e = run("#foreach($i in [1..40])#set($l = [1..40])#end").unwrap_err();
+    assert!(e.message.contains("hold more than 10000 bytes"), "{e}");
+    assert_eq!(run("#foreach($i in [1..4])#set($l = [1..40])#end$l.size()").unwrap(), "40");
     assert!(run("#foreach($i in [1..1000000000])#end").unwrap_err().message.contains("range"));
     assert!(run("$input.path('$.name').frobnicate()").unwrap_err().message.contains("a string has no method"));
     assert!(run("$util.parseJson('{not json')").unwrap_err().message.contains("parseJson"));
@@ -176,7 +180,7 @@ mod fuzz {
             template in r"([a-z{}\[\]()'\x22 .,:=!<>+*/%-]|\$|#|\$input\.path\('\$\.[a-z]'\)|#set\(|#if\(|#end|#foreach\(\$x in |\$foreach\.hasNext|[0-9]|\n){0,60}"
         ) {
             if let Ok(t) = Template::parse(&template) {
-                let bounds = Bounds { max_output: 10_000, max_iterations: 1000, max_time: Duration::from_millis(50) };
+                let bounds = Bounds { max_output: 10_000, max_iterations: 1000, max_held: 100_000, max_time: Duration::from_millis(50) };
                 let _ = t.render(&inputs(), bounds);
             }
         }
