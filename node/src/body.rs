@@ -37,6 +37,17 @@ impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         ResponseBody::Full(Some(bytes.into()))
     }
+
+    /// The whole body, if it ends within `limit` bytes; otherwise why not (too long, or
+    /// the upstream failed mid-body).
+    pub async fn read_whole(self, limit: usize) -> Result<Bytes, String> {
+        use http_body_util::BodyExt;
+        match http_body_util::Limited::new(self, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(format!("the body is over {limit} bytes")),
+            Err(e) => Err(format!("the body could not be read: {e}")),
+        }
+    }
 }
 
 impl Body for ResponseBody {

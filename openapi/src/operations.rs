@@ -342,8 +342,10 @@ fn mapping(integration: &Value, out: &mut Map<String, Value>, at: &str, report: 
             ("method.response.header.", |v| {
                 (v.len() >= 2 && v.starts_with('\'') && v.ends_with('\''))
                     || v.starts_with("integration.response.header.")
+                    || v == "integration.response.body"
+                    || v.starts_with("integration.response.body.")
             }),
-            "response headers are literals or upstream headers",
+            "response headers are literals, upstream headers or values of the upstream's body",
             report,
         );
         if pattern != "default" {

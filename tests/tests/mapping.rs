@@ -145,18 +145,25 @@ fn templates_are_checked_when_the_definition_is() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integration_responses_map_upstream_answers_by_status() {
     // A pet service: 200 with a pet, 404 with an error, 503 when "down".
-    let upstream = http_service(|req| {
+    // A pet too large for a head that waits for the body (over 10 MiB).
+    let huge = Bytes::from(format!(r#"{{"id": 2, "name": "{}"}}"#, "x".repeat(10 * 1024 * 1024)));
+    let upstream = http_service(move |req| {
         let (status, body, header) = match req.uri().path() {
-            "/pets/1" => (200, r#"{"id": 1, "name": "Rex", "secret": "s3cr3t"}"#, ("x-upstream-version", "7")),
-            "/pets/down" => (503, "down", ("x-upstream-reason", "maintenance")),
-            _ => (404, r#"{"error": "no such pet"}"#, ("x-upstream-reason", "missing")),
+            "/pets/1" => (
+                200,
+                Bytes::from_static(br#"{"id": 1, "name": "Rex", "secret": "s3cr3t"}"#),
+                ("x-upstream-version", "7"),
+            ),
+            "/pets/2" => (200, huge.clone(), ("x-upstream-version", "7")),
+            "/pets/down" => (503, Bytes::from_static(b"down"), ("x-upstream-reason", "maintenance")),
+            _ => (404, Bytes::from_static(br#"{"error": "no such pet"}"#), ("x-upstream-reason", "missing")),
         };
         async move {
             hyper::Response::builder()
                 .status(status)
                 .header("content-type", "application/json")
                 .header(header.0, header.1)
-                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .body(Full::new(body))
                 .unwrap()
         }
     })
@@ -180,8 +187,14 @@ apis:
                 application/json: '{{"message": $input.json(''$.error''), "pet": "$input.params(''id'')", "request": "$context.requestId"}}'
             - selection_pattern: '5\d\d'
               status: 502
+              headers: {{ x-down: integration.response.body.reason }}
               templates: {{ application/json: '{{"message": "the pet service is down"}}' }}
-            - headers: {{ x-version: integration.response.header.x-upstream-version, x-absent: integration.response.header.x-nothing }}
+            - headers:
+                x-version: integration.response.header.x-upstream-version
+                x-absent: integration.response.header.x-nothing
+                x-pet-name: integration.response.body.name
+                x-pet-id: integration.response.body.id
+                x-pet-owner: integration.response.body.owner.name
               templates:
                 application/json: |
                   #set($pet = $input.path('$'))
@@ -205,6 +218,14 @@ apis:
     assert_eq!(r.json(), serde_json::json!({ "id": 1, "name": "Rex", "stage": "prod" }));
     assert_eq!(r.header("x-version"), "7");
     assert!(r.headers.get("x-absent").is_none());
+    // Headers from the upstream's body: a string as it is, a number as JSON, nothing for a
+    // field the body does not have.
+    assert_eq!((r.header("x-pet-name"), r.header("x-pet-id")), ("Rex", "1"));
+    assert!(r.headers.get("x-pet-owner").is_none());
+    // A body too large to wait for is refused before its head goes out.
+    let r = get("/prod/pets/2", "application/json").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["message"], "the upstream's response could not be mapped");
     assert_eq!(r.header("content-type"), "application/json");
     assert!(r.headers.get("content-length").is_none(), "the upstream's length is not the mapped body's");
     // The client that accepts XML gets the XML template of the same response.
@@ -221,6 +242,7 @@ apis:
     let r = get("/prod/pets/down", "application/json").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.json(), serde_json::json!({ "message": "the pet service is down" }));
+    assert!(r.headers.get("x-down").is_none(), "the body is not JSON: the header is left out");
     // A route without responses passes the upstream's answer through untouched.
     let r = get("/prod/raw/1", "application/json").await;
     assert_eq!(r.status, 200);
@@ -249,6 +271,7 @@ fn integration_responses_are_checked_when_the_definition_is() {
             - { headers: { x-a: "unquoted" } }
             - { headers: { connection: "'close'" } }
             - { templates: { application/json: "#macro(x)#end" } }
+            - { selection_pattern: "3\\d\\d", headers: { x-b: "integration.response.body.items[", x-c: "integration.response.bodyx" } }
             - { status: 201 }
             - { status: 202 }
 "##,
@@ -261,7 +284,9 @@ fn integration_responses_are_checked_when_the_definition_is() {
         "responses[2].headers.x-a: a value is `'literal text'`",
         "responses[3].headers.connection: the gateway sets this header itself",
         "responses[4].templates.application/json: line 1 of the template: #macro is not supported",
-        "responses[6].selection_pattern: only one response may go without a `selection_pattern`",
+        "responses[5].headers.x-b: `integration.response.body.items[` is not a JSON expression",
+        "responses[5].headers.x-c: a value is `'literal text'`",
+        "responses[7].selection_pattern: only one response may go without a `selection_pattern`",
     ] {
         assert!(said.contains(expected), "missing `{expected}` in:\n{said}");
     }

@@ -869,7 +869,8 @@ pub struct IntegrationResponseDef {
     pub selection_pattern: Option<String>,
     /// The client's status (the upstream's when not set).
     pub status: Option<u16>,
-    /// Response headers: `'literal'` or `integration.response.header.NAME`.
+    /// Response headers: `'literal'`, `integration.response.header.NAME`,
+    /// `integration.response.body` or `integration.response.body.FIELD`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Response templates by media type.

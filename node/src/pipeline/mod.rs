@@ -57,7 +57,7 @@ use crate::observe::otlp::SpanSink;
 use crate::observe::trace::{Attributes, RequestTrace, SpanId, SpanKind, SpanStart};
 use crate::response_cache::ResponseCaches;
 use crate::stages::waf::Blocklist;
-use crate::stages::{BodyNeed, Chain, Exchange, Flow, Services, StagedBody, Stop};
+use crate::stages::{AnswerBody, BodyNeed, Chain, Exchange, Flow, MAX_ANSWER_BODY, Services, StagedBody, Stop};
 use body_limit::BodyLimit;
 
 /// What the pipeline knows about the client connection, prepared once per connection.
@@ -311,10 +311,29 @@ impl Pipeline {
         let (mut parts, mut body) = response.into_parts();
         parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
         let trace = exchange.trace.clone();
+        let mut reason = served.reason;
         if let Some(chain) = served.chain {
             exchange.status = Some(parts.status);
             exchange.integration_answered = served.integration_answered;
             exchange.sent_upstream = served.sent_upstream;
+            // A head that reads the answer's body waits for all of it.
+            if exchange.integration_answered && chain.head_reads_answer_body(parts.status) {
+                match body.read_whole(MAX_ANSWER_BODY).await {
+                    Ok(whole) => {
+                        exchange.extensions.insert(AnswerBody(whole.clone()));
+                        body = ResponseBody::full(whole);
+                    }
+                    Err(why) => {
+                        let refusal =
+                            Rejection::new(StatusCode::BAD_GATEWAY, "the upstream's response could not be mapped");
+                        (parts, body) = refusal.into_response(&request_id).into_parts();
+                        parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
+                        exchange.status = Some(parts.status);
+                        exchange.integration_answered = false;
+                        reason = Some(format!("the upstream's answer for the response head: {why}").into());
+                    }
+                }
+            }
             chain.response_head(&mut parts, &mut exchange, &services);
             if chain.follows_response_body() {
                 body = ResponseBody::Wrapped(Box::pin(StagedBody::new(body, chain.clone(), exchange)));
@@ -329,7 +348,7 @@ impl Pipeline {
             started,
             status: parts.status.as_u16(),
             integration_latency: served.integration_latency,
-            reason: served.reason,
+            reason,
             observer: served.observer,
             client_cert: conn.client_certificate.get().cloned(),
             trace: trace.map(|trace| (trace, self.spans.clone())),

@@ -134,6 +134,12 @@ impl Chain {
         }
     }
 
+    /// Whether a response-head stage reads the body of an integration's answer of `status`
+    /// ([`Stage::head_reads_answer_body`]): the head then waits for the whole body.
+    pub fn head_reads_answer_body(&self, status: http::StatusCode) -> bool {
+        self.response_head.iter().any(|s| s.head_reads_answer_body(status))
+    }
+
     /// Whether a stage records responses: requests on the route are carried to their end
     /// when the client goes away.
     pub fn keeps_response(&self) -> bool {

@@ -4,8 +4,9 @@
 //! An integration lists responses, each with a `selection_pattern` (a regular expression
 //! that must match the whole upstream status, such as `4\d\d`) or none (the default, used
 //! when no pattern matches). The chosen response may set the client's status, set headers
-//! (a literal `'value'`, or `integration.response.header.NAME` from the upstream's answer),
-//! and reshape the body with a response template for the media type the client accepts
+//! (a literal `'value'`, `integration.response.header.NAME` from the upstream's answer, or
+//! `integration.response.body.FIELD` from its JSON body: the head then waits for the whole
+//! body, see [`super::AnswerBody`]), and reshape the body with a response template for the media type the client accepts
 //! ([`crate::mapping`], with the same inputs as a request template and the upstream's body
 //! as `$input.body`). An upstream answer no response selects passes through unchanged.
 //!
@@ -23,10 +24,11 @@ use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, StatusCode, response};
 use regex::Regex;
+use serde_json::Value;
 
 use super::content::{ContentHandling, Conversion, MediaRanges};
 use super::mapping::TemplateScope;
-use super::{Exchange, Flow, Phases, Services, Stage, Step, media_type_of};
+use super::{AnswerBody, Exchange, Flow, Phases, Services, Stage, Step, media_type_of};
 use crate::body::BoundedCopy;
 use crate::mapping::{Bounds, Inputs, Template};
 use crate::observe::trace::SpanKind;
@@ -41,6 +43,37 @@ pub enum HeaderSource {
     Literal(HeaderValue),
     /// `integration.response.header.NAME`: the upstream's header (left out when absent).
     UpstreamHeader(HeaderName),
+    /// `integration.response.body`: the upstream's whole body, as text.
+    UpstreamBody,
+    /// `integration.response.body.FIELD` (a JSON expression without its `$`): what it selects
+    /// in the upstream's JSON body, a string as it is and anything else as JSON (left out
+    /// when the body is not JSON or the expression selects nothing).
+    UpstreamBodyValue(serde_json_path::JsonPath),
+}
+
+impl HeaderSource {
+    fn reads_body(&self) -> bool {
+        matches!(self, HeaderSource::UpstreamBody | HeaderSource::UpstreamBodyValue(_))
+    }
+}
+
+/// The value a body source gives, from the upstream's whole `body` (`json` is the body
+/// parsed, on first use).
+fn body_header(source: &HeaderSource, body: &Bytes, json: &mut Option<Option<Value>>) -> Option<HeaderValue> {
+    match source {
+        HeaderSource::UpstreamBody => HeaderValue::from_bytes(body.trim_ascii()).ok(),
+        HeaderSource::UpstreamBodyValue(path) => {
+            let document = json.get_or_insert_with(|| serde_json::from_slice(body).ok()).as_ref()?;
+            let text = match path.query(document).all().as_slice() {
+                [] => return None,
+                [Value::String(s)] => s.clone(),
+                [one] => one.to_string(),
+                many => Value::Array(many.iter().map(|v| (*v).clone()).collect()).to_string(),
+            };
+            HeaderValue::from_str(&text).ok()
+        }
+        HeaderSource::Literal(_) | HeaderSource::UpstreamHeader(_) => None,
+    }
 }
 
 /// One entry of an integration's `responses`.
@@ -57,6 +90,11 @@ pub struct IntegrationResponse {
 }
 
 impl IntegrationResponse {
+    /// Whether a header of this response comes from the upstream's body.
+    fn reads_body_in_head(&self) -> bool {
+        self.headers.iter().any(|(_, source)| source.reads_body())
+    }
+
     /// The template for a client that sent `accept` ([`crate::mapping::for_accept`]).
     fn template(&self, accept: Option<&str>) -> Option<&(String, Arc<Template>)> {
         crate::mapping::for_accept(&self.templates, accept)
@@ -153,6 +191,10 @@ impl Stage for IntegrationResponses {
         true
     }
 
+    fn head_reads_answer_body(&self, status: StatusCode) -> bool {
+        self.select(status).is_some_and(IntegrationResponse::reads_body_in_head)
+    }
+
     fn request_head<'a>(&'a self, head: &'a mut Parts, exchange: &'a mut Exchange, _: &'a Services<'a>) -> Step<'a> {
         let accept = head.headers.get(ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
         let inputs = self.scope.inputs(head, exchange, self.reads);
@@ -174,13 +216,16 @@ impl Stage for IntegrationResponses {
         }
         let upstream_media = media_type_of(&head.headers).unwrap_or_default();
         let conversion = Conversion::of(self.binary.contains(&upstream_media), response.content_handling);
-        // Every value is read from the upstream's headers before any is set.
+        // Every value is read from the upstream's headers (and body) before any is set.
+        let body = exchange.extensions.get::<AnswerBody>().map(|b| &b.0);
+        let mut json = None;
         let values: Vec<_> = response
             .headers
             .iter()
             .map(|(name, source)| match source {
                 HeaderSource::Literal(value) => (name, Some(value.clone())),
                 HeaderSource::UpstreamHeader(from) => (name, head.headers.get(from).cloned()),
+                body_source => (name, body.and_then(|body| body_header(body_source, body, &mut json))),
             })
             .collect();
         for (name, value) in values {
@@ -249,6 +294,42 @@ mod tests {
             IntegrationResponses { responses: vec![response(Some("5\\d\\d"), &[])].into(), ..responses };
         assert!(without_default.select(StatusCode::OK).is_none(), "passes through");
         assert!(without_default.select(StatusCode::from_u16(502).unwrap()).is_some());
+    }
+
+    #[test]
+    fn a_header_from_the_body_is_its_value_as_text_or_left_out() {
+        let at = |expression: &str| {
+            HeaderSource::UpstreamBodyValue(serde_json_path::JsonPath::parse(&format!("${expression}")).unwrap())
+        };
+        let body = Bytes::from_static(
+            br#"{"id": 7, "name": "Rex", "tags": ["a", "b"], "owner": {"name": "Ann"}, "bad": "x\ny"}"#,
+        );
+        let header = |source: &HeaderSource| {
+            body_header(source, &body, &mut None).map(|v| v.to_str().unwrap_or("?").to_string())
+        };
+        assert_eq!(header(&at(".name")).as_deref(), Some("Rex"), "a string as it is");
+        assert_eq!(header(&at(".id")).as_deref(), Some("7"), "anything else as JSON");
+        assert_eq!(header(&at(".owner")).as_deref(), Some(r#"{"name":"Ann"}"#));
+        assert_eq!(header(&at(".tags[1]")).as_deref(), Some("b"));
+        assert_eq!(header(&at(".tags[*]")).as_deref(), Some(r#"["a","b"]"#), "several as a list");
+        assert_eq!(header(&at(".missing")), None);
+        assert_eq!(header(&at(".bad")), None, "not a header value");
+        assert!(header(&HeaderSource::UpstreamBody).is_some_and(|b| b.starts_with("{\"id\"")));
+        let not_json = Bytes::from_static(b"plain text");
+        assert_eq!(body_header(&at(".id"), &not_json, &mut None), None);
+        assert_eq!(body_header(&HeaderSource::UpstreamBody, &not_json, &mut None).unwrap(), "plain text");
+        // Only a response with a header from the body makes the head wait for the body.
+        let mut from_body = response(Some("2\\d\\d"), &[]);
+        from_body.headers.push((HeaderName::from_static("x-id"), at(".id")));
+        let responses = IntegrationResponses {
+            responses: vec![from_body, response(None, &[])].into(),
+            scope: Arc::new(TemplateScope::default()),
+            bounds: Bounds::default(),
+            binary: Arc::default(),
+            reads: Default::default(),
+        };
+        assert!(responses.head_reads_answer_body(StatusCode::OK));
+        assert!(!responses.head_reads_answer_body(StatusCode::NOT_FOUND));
     }
 
     #[test]

@@ -21,7 +21,10 @@
 //! it (the JSON error every refusal uses) or by answering it (a preflight, a cached or
 //! replayed response). Either way the response phases still run, so a 401 carries the same
 //! headers a 200 would. Response phases run in the reverse of the chain's order: the stage
-//! closest to the integration sees the response first, like layers around a service.
+//! closest to the integration sees the response first, like layers around a service. The
+//! response head goes out before its body streams, unless a stage reads the integration's
+//! answer body in its head ([`Stage::head_reads_answer_body`]: a header mapped from the
+//! body); that head waits for the whole body, bounded by [`MAX_ANSWER_BODY`].
 //!
 //! Stages keep their configuration (the policy) in their own fields, compiled from the API
 //! definition; what they enforce it with (the node's limiter, the revision's API keys)
@@ -307,6 +310,14 @@ pub struct Services<'r> {
     pub dry_run: bool,
 }
 
+/// The whole body of the integration's answer, read before the response head for a stage
+/// whose head reads it ([`Stage::head_reads_answer_body`]), up to [`MAX_ANSWER_BODY`].
+#[derive(Debug, Clone)]
+pub struct AnswerBody(pub Bytes);
+
+/// The largest answer body the response head waits for; a larger one is refused (502).
+pub const MAX_ANSWER_BODY: usize = 10 * 1024 * 1024;
+
 /// One step of a route's request path. Every phase has a default that does nothing; a stage
 /// overrides the ones it names in [`Stage::phases`], and only those are ever called.
 pub trait Stage: Send + Sync + fmt::Debug + 'static {
@@ -350,6 +361,13 @@ pub trait Stage: Send + Sync + fmt::Debug + 'static {
 
     /// The response head, whatever produced it: the integration, a rejection or an answer.
     fn response_head(&self, _head: &mut response::Parts, _exchange: &mut Exchange, _services: &Services<'_>) {}
+
+    /// Whether [`Stage::response_head`] reads the body of an integration's answer of
+    /// `status` (a response header mapped from it). The head then waits until the whole
+    /// body has arrived, and finds it as [`AnswerBody`].
+    fn head_reads_answer_body(&self, _status: StatusCode) -> bool {
+        false
+    }
 
     /// Each chunk of the response body as it streams; `end_of_stream` on the last call. A
     /// stage may replace the chunk (`None` sends nothing for it).

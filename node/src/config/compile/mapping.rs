@@ -22,6 +22,9 @@ use crate::stages::xml_upstream::XmlUpstream;
 
 /// The prefix of a response header mapped from the upstream's header.
 const UPSTREAM_HEADER: &str = "integration.response.header.";
+/// A response header mapped from the upstream's body: the whole of it, or followed by a
+/// JSON expression without its `$` (`.id`, `.items[0].name`).
+const UPSTREAM_BODY: &str = "integration.response.body";
 
 /// A route's request mapping, parsed once for every stage.
 #[derive(Clone)]
@@ -168,20 +171,30 @@ impl Compiler<'_> {
                 ok = false;
                 continue;
             };
-            let literal = literal(source);
-            let source = match (literal, source.strip_prefix(UPSTREAM_HEADER)) {
-                (Some(text), _) => HeaderValue::from_str(text).ok().map(HeaderSource::Literal),
-                (None, Some(from)) => HeaderName::from_bytes(from.as_bytes()).ok().map(HeaderSource::UpstreamHeader),
-                (None, None) => None,
-            };
+            let source =
+                match (literal(source), source.strip_prefix(UPSTREAM_HEADER), source.strip_prefix(UPSTREAM_BODY)) {
+                    (Some(text), ..) => HeaderValue::from_str(text).ok().map(HeaderSource::Literal).ok_or(None),
+                    (None, Some(from), _) => {
+                        HeaderName::from_bytes(from.as_bytes()).ok().map(HeaderSource::UpstreamHeader).ok_or(None)
+                    }
+                    (None, None, Some("")) => Ok(HeaderSource::UpstreamBody),
+                    (None, None, Some(expression)) if expression.starts_with(['.', '[']) => {
+                        serde_json_path::JsonPath::parse(&format!("${expression}"))
+                            .map(HeaderSource::UpstreamBodyValue)
+                            .map_err(|e| Some(format!("`{source}` is not a JSON expression: {e}")))
+                    }
+                    _ => Err(None),
+                };
             match source {
-                Some(source) => headers.push((header, source)),
-                None => {
-                    self.sink.push(
-                        at,
-                        &hfield,
-                        format!("a value is `'literal text'` (in single quotes) or `{UPSTREAM_HEADER}NAME`"),
-                    );
+                Ok(source) => headers.push((header, source)),
+                Err(why) => {
+                    let why = why.unwrap_or_else(|| {
+                        format!(
+                            "a value is `'literal text'` (in single quotes), `{UPSTREAM_HEADER}NAME`, \
+                             `{UPSTREAM_BODY}` or `{UPSTREAM_BODY}.FIELD`"
+                        )
+                    });
+                    self.sink.push(at, &hfield, why);
                     ok = false;
                 }
             }
