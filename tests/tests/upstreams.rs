@@ -389,16 +389,25 @@ async fn one_stream_per_connection_backend() -> (SocketAddr, Arc<AtomicUsize>) {
             tokio::spawn(async move {
                 let Ok(mut connection) = h2::server::handshake(tcp).await else { return };
                 let mut answered = false;
-                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
                     if answered {
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
                         continue;
                     }
                     answered = true;
-                    let response = http::Response::builder().status(200).body(()).unwrap();
-                    if let Ok(mut body) = respond.send_response(response, false) {
-                        let _ = body.send_data(Bytes::from_static(b"answered"), true);
-                    }
+                    // The answer names what it received: "answered", then the request's body.
+                    tokio::spawn(async move {
+                        let mut received = b"answered".to_vec();
+                        let mut body = request.into_body();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            received.extend_from_slice(&chunk);
+                        }
+                        let response = http::Response::builder().status(200).body(()).unwrap();
+                        if let Ok(mut body) = respond.send_response(response, false) {
+                            let _ = body.send_data(Bytes::from(received), true);
+                        }
+                    });
                 }
             });
         }
@@ -429,5 +438,33 @@ async fn requests_an_http2_target_did_not_process_are_sent_again_on_a_new_connec
     }
     let log = std::fs::read_to_string(node.dir().join("stderr.log")).unwrap_or_default();
     assert_eq!(statuses, vec![200; 8], "every refused stream was sent again on a new connection: {log}");
+    assert_eq!(connections.load(Ordering::SeqCst), 9, "each refused stream went to a new connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_an_http2_target_refused_are_sent_again_with_their_bodies() {
+    let (backend, connections) = one_stream_per_connection_backend().await;
+    let integration = format!("{{ type: http_proxy, uri: \"http://{backend}/work\", http2: true }}");
+    let post_route = format!("      - route: POST /work\n        integration: {integration}\n");
+    let node = start_node(config(&integration, &post_route)).await;
+    let gateway = node.http.unwrap();
+    assert_eq!(get(gateway, "svc", "/prod/work").await.status, 200);
+    // Eight POSTs at once share the gateway's connection, whose target refuses their streams
+    // unprocessed: each is sent again on a new connection, its whole body with it (a POST
+    // too, since the target did not process it), and each client gets its own echo.
+    let mut calls = JoinSet::new();
+    for i in 0..8 {
+        calls.spawn(async move {
+            let body = format!("order {i}: {}", "x".repeat(10_000 + i));
+            let request = Request::post("/prod/work").header("host", "svc").body(Full::new(Bytes::from(body.clone())));
+            (body, send(gateway, request.unwrap()).await)
+        });
+    }
+    while let Some(call) = calls.join_next().await {
+        let (body, reply) = call.unwrap();
+        let log = std::fs::read_to_string(node.dir().join("stderr.log")).unwrap_or_default();
+        assert_eq!(reply.status, 200, "{log}");
+        assert_eq!(reply.body, Bytes::from(format!("answered{body}")), "the target received the whole body");
+    }
     assert_eq!(connections.load(Ordering::SeqCst), 9, "each refused stream went to a new connection");
 }

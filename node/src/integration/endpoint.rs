@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::request_body::RequestBody;
+use super::request_body::{RequestBody, Resend};
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,13 +124,19 @@ pub fn is_idempotent(method: &http::Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
-/// What it takes to send a request without a body again once hyper has consumed it.
+/// What it takes to send a request again once hyper has consumed it: its head, and its body
+/// when it has one that was kept ([`RequestBody::keep_for_resend`]).
 struct ReplayHead {
     method: http::Method,
     uri: Uri,
     version: http::Version,
     headers: http::HeaderMap,
+    body: Option<Resend>,
 }
+
+/// The most of a request body kept for sending it again to an HTTP/2 target that refused
+/// its stream: a body that sent more is not sent again (the client gets the 502).
+pub const MAX_RESENT_BODY: usize = 64 * 1024;
 
 impl ReplayHead {
     fn of(request: &Request<RequestBody>) -> ReplayHead {
@@ -139,16 +145,35 @@ impl ReplayHead {
             uri: request.uri().clone(),
             version: request.version(),
             headers: request.headers().clone(),
+            body: None,
         }
     }
 
-    fn request(self) -> Request<RequestBody> {
-        let mut again = Request::new(RequestBody::empty());
+    /// The head of `request`, and its body kept (up to [`MAX_RESENT_BODY`]) unless it has
+    /// none.
+    fn keeping_body(request: &mut Request<RequestBody>) -> ReplayHead {
+        let mut head = ReplayHead::of(request);
+        if !request.body().is_end_stream() {
+            let body = std::mem::replace(request.body_mut(), RequestBody::empty());
+            let (body, resend) = body.keep_for_resend(MAX_RESENT_BODY);
+            *request.body_mut() = body;
+            head.body = Some(resend);
+        }
+        head
+    }
+
+    /// The request again; `None` when its body was too long to keep.
+    fn request(self) -> Option<Request<RequestBody>> {
+        let body = match self.body {
+            Some(resend) => resend.body()?,
+            None => RequestBody::empty(),
+        };
+        let mut again = Request::new(body);
         *again.method_mut() = self.method;
         *again.uri_mut() = self.uri;
         *again.version_mut() = self.version;
         *again.headers_mut() = self.headers;
-        again
+        Some(again)
     }
 }
 
@@ -408,7 +433,10 @@ impl Endpoint {
                     // A reused connection the target had closed: try a fresh one.
                     (Some(back), _) if reused => request = back,
                     (Some(back), _) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
-                    (None, Some(head)) if e.error().is_incomplete_message() => request = head.request(),
+                    (None, Some(head)) if e.error().is_incomplete_message() => match head.request() {
+                        Some(again) => request = again,
+                        None => return Err(SendError::Failed(e.into_error())),
+                    },
                     (None, _) => return Err(SendError::Failed(e.into_error())),
                 },
             }
@@ -429,10 +457,11 @@ impl Endpoint {
         };
         // A target that closes the connection (GOAWAY, at its request limit or shutting
         // down) or refuses a stream has not processed the streams it names (RFC 9113, 6.8
-        // and 8.7): such a request is sent again, once, on a new connection; one that never
-        // left (the connection had closed) as it is, an idempotent one without a body from
-        // what is kept here to rebuild it.
-        let mut replay = is_replayable(&request).then(|| ReplayHead::of(&request));
+        // and 8.7): such a request, whatever its method, is sent again, once, on a new
+        // connection; one that never left (the connection had closed) as it is, one that
+        // left from what is kept here to rebuild it (its head, and its body as far as it
+        // was sent, up to MAX_RESENT_BODY, then what the client has still to send).
+        let mut replay = Some(ReplayHead::keeping_body(&mut request));
         let mut retried = false;
         loop {
             let guard = Outstanding::new(self.clone());
@@ -443,7 +472,10 @@ impl Endpoint {
             let again = match (e.take_message(), replay.take()) {
                 (Some(back), _) if !retried => back,
                 (Some(back), _) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
-                (None, Some(head)) if !retried && unprocessed(e.error()) => head.request(),
+                (None, Some(head)) if !retried && unprocessed(e.error()) => match head.request() {
+                    Some(again) => again,
+                    None => return Err(SendError::Failed(e.into_error())),
+                },
                 (None, _) => return Err(SendError::Failed(e.into_error())),
             };
             retried = true;

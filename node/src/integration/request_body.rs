@@ -2,11 +2,17 @@
 //! counter that enforces the body-size limit when the client did not declare a length, or a
 //! body the stages read whole.
 //!
+//! A body on its way to an HTTP/2 target may be kept for sending again
+//! ([`RequestBody::keep_for_resend`]): a stream the target refused unprocessed is sent once
+//! more on a new connection, the part already sent (up to a cap) followed by what the client
+//! has still to send.
+//!
 //! Its errors say whose fault a failed upstream call was ([`BodyTooLarge`],
 //! [`ClientBodyError`]: the client's), found by walking the error's sources with
 //! [`caused_by`].
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -40,31 +46,79 @@ pub struct RequestBody {
     limit: u64,
     /// A body read whole by the stages that needed it.
     buffered: Option<Bytes>,
+    /// Set on a body kept for sending again: it streams from there, recording what it sends.
+    kept: Option<Arc<Mutex<Kept>>>,
+}
+
+/// A body kept for sending again, and what of it has been sent.
+#[derive(Debug)]
+struct Kept {
+    body: RequestBody,
+    /// The chunks sent so far (shared with the client's buffers, not copied).
+    sent: Vec<Bytes>,
+    sent_len: usize,
+    /// The most that is kept; once more was sent, the body cannot be sent again.
+    cap: usize,
+}
+
+impl Kept {
+    fn lock(kept: &Mutex<Kept>) -> MutexGuard<'_, Kept> {
+        kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The handle that sends a kept body again ([`RequestBody::keep_for_resend`]).
+#[derive(Debug)]
+pub struct Resend(Arc<Mutex<Kept>>);
+
+impl Resend {
+    /// The whole body again: the part already sent, then what the client has still to send;
+    /// `None` when more than the cap was sent.
+    pub fn body(self) -> Option<RequestBody> {
+        let mut kept = Kept::lock(&self.0);
+        if kept.sent_len > kept.cap {
+            return None;
+        }
+        let mut body = std::mem::replace(&mut kept.body, RequestBody::empty());
+        if !kept.sent.is_empty() {
+            // The sent part came after any buffered prefix, which went first.
+            body.buffered = Some(kept.sent.concat().into());
+        }
+        Some(body)
+    }
 }
 
 impl RequestBody {
     /// A body with nothing in it (a retried or body-less request).
     pub fn empty() -> Self {
-        RequestBody { inner: None, remaining: 0, limit: 0, buffered: None }
+        RequestBody { inner: None, remaining: 0, limit: 0, buffered: None, kept: None }
     }
 
     /// A body already read whole.
     pub fn buffered(bytes: Bytes) -> Self {
-        RequestBody { inner: None, remaining: 0, limit: 0, buffered: (!bytes.is_empty()).then_some(bytes) }
+        RequestBody { inner: None, remaining: 0, limit: 0, buffered: (!bytes.is_empty()).then_some(bytes), kept: None }
     }
 
     /// The `prefix` the stages read, then the rest of `incoming`; more than `limit` bytes in
     /// all fails the stream with [`BodyTooLarge`].
     pub fn prefixed(prefix: Bytes, incoming: Incoming, limit: u64) -> Self {
         let remaining = limit.saturating_sub(prefix.len() as u64);
-        RequestBody { inner: Some(incoming), remaining, limit, buffered: (!prefix.is_empty()).then_some(prefix) }
+        let buffered = (!prefix.is_empty()).then_some(prefix);
+        RequestBody { inner: Some(incoming), remaining, limit, buffered, kept: None }
     }
 
     /// Streams `incoming`; more than `limit` bytes fails the stream with [`BodyTooLarge`].
     /// A declared `content-length` was checked against the limit already and hyper holds
     /// the body to it, so counting costs nothing there.
     pub fn limited(incoming: Incoming, limit: u64) -> Self {
-        RequestBody { inner: Some(incoming), remaining: limit, limit, buffered: None }
+        RequestBody { inner: Some(incoming), remaining: limit, limit, buffered: None, kept: None }
+    }
+
+    /// This body, kept so that [`Resend::body`] can send it again while at most `cap` bytes
+    /// of it have been sent.
+    pub fn keep_for_resend(self, cap: usize) -> (RequestBody, Resend) {
+        let kept = Arc::new(Mutex::new(Kept { body: self, sent: Vec::new(), sent_len: 0, cap }));
+        (RequestBody { kept: Some(kept.clone()), ..RequestBody::empty() }, Resend(kept))
     }
 }
 
@@ -86,6 +140,21 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(kept) = &this.kept {
+            let mut kept = Kept::lock(kept);
+            let polled = Pin::new(&mut kept.body).poll_frame(cx);
+            if let Poll::Ready(Some(Ok(frame))) = &polled
+                && let Some(data) = frame.data_ref()
+            {
+                kept.sent_len = kept.sent_len.saturating_add(data.len());
+                if kept.sent_len <= kept.cap {
+                    kept.sent.push(data.clone());
+                } else {
+                    kept.sent = Vec::new();
+                }
+            }
+            return polled;
+        }
         if let Some(bytes) = this.buffered.take() {
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
@@ -114,14 +183,57 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(kept) = &self.kept {
+            return Kept::lock(kept).body.is_end_stream();
+        }
         self.buffered.is_none() && self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.buffered, &self.inner) {
-            (Some(bytes), _) => SizeHint::with_exact(bytes.len() as u64),
-            (None, Some(inner)) => inner.size_hint(),
-            (None, None) => SizeHint::with_exact(0),
+        if let Some(kept) = &self.kept {
+            return Kept::lock(kept).body.size_hint();
         }
+        let prefix = self.buffered.as_ref().map_or(0, |b| b.len() as u64);
+        let Some(inner) = &self.inner else { return SizeHint::with_exact(prefix) };
+        // A prefix, then the rest of the client's body.
+        let rest = inner.size_hint();
+        let mut hint = SizeHint::new();
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(prefix));
+        }
+        hint.set_lower(rest.lower().saturating_add(prefix));
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn read(body: RequestBody) -> Bytes {
+        body.collect().await.expect("the body reads").to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_kept_body_is_sent_again_whole_unless_more_than_the_cap_was_sent() {
+        let order = Bytes::from_static(b"{\"order\": 42}");
+        // Sent, then sent again: the same bytes.
+        let (body, resend) = RequestBody::buffered(order.clone()).keep_for_resend(64);
+        assert_eq!(body.size_hint().exact(), Some(order.len() as u64));
+        assert_eq!(read(body).await, order);
+        assert_eq!(read(resend.body().expect("within the cap")).await, order);
+        // Refused before anything was sent: the body as it was.
+        let (_unsent, resend) = RequestBody::buffered(order.clone()).keep_for_resend(64);
+        assert_eq!(read(resend.body().expect("nothing sent")).await, order);
+        // More than the cap went: it cannot be sent again.
+        let (body, resend) = RequestBody::buffered(order.clone()).keep_for_resend(4);
+        assert_eq!(read(body).await, order);
+        assert!(resend.body().is_none());
+        // No body: nothing to keep, nothing to send.
+        let (body, resend) = RequestBody::empty().keep_for_resend(64);
+        assert!(body.is_end_stream());
+        assert!(read(resend.body().expect("empty")).await.is_empty());
     }
 }
