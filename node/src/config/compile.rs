@@ -697,7 +697,8 @@ impl Compiler<'_> {
             let templated = spec.mapping.is_some() || spec.responses.is_some();
             let scope = templated.then(|| {
                 let resource = spec.key.split_once(' ').map_or(spec.key.as_str(), |(_, path)| path);
-                Self::template_scope(stage, spec.pattern.param_names(), resource)
+                let templates = Self::route_templates(spec.mapping.as_ref(), spec.responses.as_ref());
+                Self::template_scope(stage, spec.pattern.param_names(), resource, templates)
             });
             if let (Some(mapping), Some(scope)) = (&spec.mapping, &scope) {
                 stages.push(Self::mapping_stage(mapping, scope, &context.binary));

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use eval::{BodyJson, Inputs, RenderError};
-pub use parse::{Reads, Template, TemplateError};
+pub use parse::{ContextReads, Reads, Template, TemplateError};
 
 /// The template for a client that sent `accept`: the first media type it lists that has a
 /// template, else `application/json`, else the first template. Templates are by media type

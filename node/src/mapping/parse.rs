@@ -15,16 +15,62 @@ pub struct Template {
 
 /// What a template reads besides its body: the request's parameters (`$input.params(...)`)
 /// and `$context` (`$stageVariables` is shared, so always there).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reads {
     pub params: bool,
-    pub context: bool,
+    pub context: ContextReads,
+}
+
+/// What a template reads of `$context`: nothing, some of its members by name
+/// (`$context.requestId`), or all of it (`$context` itself, or a member chosen while
+/// rendering).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ContextReads {
+    #[default]
+    Nothing,
+    Members(std::collections::BTreeSet<String>),
+    Whole,
+}
+
+impl ContextReads {
+    /// Whether `$context` is read at all.
+    pub fn any(&self) -> bool {
+        *self != ContextReads::Nothing
+    }
+
+    /// Whether the member `name` is read.
+    pub fn member(&self, name: &str) -> bool {
+        match self {
+            ContextReads::Nothing => false,
+            ContextReads::Members(names) => names.contains(name),
+            ContextReads::Whole => true,
+        }
+    }
+
+    fn union(self, other: ContextReads) -> ContextReads {
+        match (self, other) {
+            (ContextReads::Whole, _) | (_, ContextReads::Whole) => ContextReads::Whole,
+            (ContextReads::Nothing, other) | (other, ContextReads::Nothing) => other,
+            (ContextReads::Members(mut a), ContextReads::Members(b)) => {
+                a.extend(b);
+                ContextReads::Members(a)
+            }
+        }
+    }
+
+    fn add(&mut self, member: Option<&str>) {
+        let read = match member {
+            Some(name) => ContextReads::Members([name.to_string()].into()),
+            None => ContextReads::Whole,
+        };
+        *self = std::mem::take(self).union(read);
+    }
 }
 
 impl Reads {
     /// What either reads (for a stage that renders one of several templates).
     pub fn union(self, other: Reads) -> Reads {
-        Reads { params: self.params || other.params, context: self.context || other.context }
+        Reads { params: self.params || other.params, context: self.context.union(other.context) }
     }
 }
 
@@ -140,8 +186,8 @@ impl Template {
 
     /// What the template reads besides the body: a caller leaves the rest out of the
     /// [`Inputs`](super::Inputs) it renders with.
-    pub fn reads(&self) -> Reads {
-        self.reads
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     /// Refuses references to `$input` and `$util` members that do not exist, and JSONPaths
@@ -212,8 +258,12 @@ impl Template {
                     found.reads.params = true;
                     Ok(())
                 }
-                ("context", _) => {
-                    found.reads.context = true;
+                ("context", first) => {
+                    let member = match first {
+                        Some(Step::Field(name)) => Some(name.as_str()),
+                        _ => None,
+                    };
+                    found.reads.context.add(member);
                     Ok(())
                 }
                 ("input", Some(other)) => error(format!(

@@ -197,9 +197,17 @@ fn a_body_parsed_before_is_not_parsed_again_and_params_are_noted() {
     assert!(!t.reads().params);
     assert!(Template::parse("#set($h = $input.params().header)$h").unwrap().reads().params);
     assert!(Template::parse("$input.params('id')").unwrap().reads().params);
-    assert!(!t.reads().context);
-    assert!(Template::parse("#if($context.stage == 'prod')p#end").unwrap().reads().context);
-    assert!(Template::parse("#set($c = $context.authorizer)$c").unwrap().reads().context);
+    assert!(!t.reads().context.any());
+    // `$context` is read member by member, or whole when a member is not named.
+    let reads = Template::parse("#if($context.stage == 'prod')p#end$context.requestId").unwrap().reads().clone();
+    assert!(reads.context.member("stage") && reads.context.member("requestId"));
+    assert!(!reads.context.member("identity"));
+    assert!(Template::parse("#set($c = $context.authorizer)$c").unwrap().reads().context.member("authorizer"));
+    let whole = Template::parse("#set($c = $context)$c.stage").unwrap().reads().clone();
+    assert!(whole.context.member("identity"), "the whole of it");
+    assert!(Template::parse("$context.get('stage')").unwrap().reads().context.member("path"));
+    let union = reads.union(Template::parse("$context.path").unwrap().reads().clone());
+    assert!(union.context.member("path") && union.context.member("stage") && !union.context.member("identity"));
 }
 
 #[test]

@@ -197,7 +197,7 @@ impl Stage for IntegrationResponses {
 
     fn request_head<'a>(&'a self, head: &'a mut Parts, exchange: &'a mut Exchange, _: &'a Services<'a>) -> Step<'a> {
         let accept = head.headers.get(ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let inputs = self.scope.inputs(head, exchange, self.reads);
+        let inputs = self.scope.inputs(head, exchange, &self.reads);
         exchange.extensions.insert(RequestInputs { inputs, accept });
         Flow::Continue.into()
     }

@@ -22,7 +22,7 @@ use super::content::{ContentHandling, Conversion, MediaRanges};
 use super::validation::ValidatedJson;
 use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, media_type};
 use crate::authorizers::AuthorizerContext;
-use crate::mapping::{BodyJson, Bounds, Inputs, Reads, Template};
+use crate::mapping::{BodyJson, Bounds, ContextReads, Inputs, Reads, Template};
 use crate::observe::trace::SpanKind;
 use crate::rejection::Rejection;
 
@@ -64,13 +64,42 @@ pub struct TemplateScope {
     pub stage: String,
     pub resource_path: String,
     pub stage_variables: Arc<Value>,
+    /// The members of `$context` the route's templates read: only those are built.
+    pub context: ContextMembers,
+}
+
+/// Which members of `$context` are built for a route's templates (what any of them reads).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContextMembers {
+    request_id: bool,
+    http_method: bool,
+    resource_path: bool,
+    path: bool,
+    stage: bool,
+    identity: bool,
+    authorizer: bool,
+}
+
+impl ContextMembers {
+    /// The members `reads` names (all of them when it reads `$context` whole).
+    pub fn of(reads: &ContextReads) -> ContextMembers {
+        ContextMembers {
+            request_id: reads.member("requestId"),
+            http_method: reads.member("httpMethod"),
+            resource_path: reads.member("resourcePath"),
+            path: reads.member("path"),
+            stage: reads.member("stage"),
+            identity: reads.member("identity"),
+            authorizer: reads.member("authorizer"),
+        }
+    }
 }
 
 impl TemplateScope {
     /// The inputs a template reads for this request, with an empty body; the request's
     /// parameters and `$context` only when the template `reads` them (`$context` is built
     /// once per request, whichever template asks first).
-    pub fn inputs(&self, head: &Parts, exchange: &mut Exchange, reads: Reads) -> Inputs {
+    pub fn inputs(&self, head: &Parts, exchange: &mut Exchange, reads: &Reads) -> Inputs {
         let (mut path, mut querystring, mut header) = (Map::new(), Map::new(), Map::new());
         if reads.params {
             let values = exchange.extensions.get::<PathParameters>().map(|p| p.0.as_slice()).unwrap_or_default();
@@ -84,7 +113,7 @@ impl TemplateScope {
                     .or_insert_with(|| Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
             }
         }
-        let context = match (reads.context, exchange.extensions.get::<SharedContext>()) {
+        let context = match (reads.context.any(), exchange.extensions.get::<SharedContext>()) {
             (false, _) => NO_CONTEXT.clone(),
             (true, Some(SharedContext(built))) => built.clone(),
             (true, None) => {
@@ -104,26 +133,41 @@ impl TemplateScope {
         }
     }
 
-    /// `$context` for this request.
+    /// `$context` for this request: the members the route's templates read.
     fn context(&self, head: &Parts, exchange: &Exchange) -> Value {
-        let authorizer = exchange.extensions.get::<AuthorizerContext>().map_or(Value::Null, |c| {
-            let mut values = (*c.values).clone();
-            // JWT claims are under `claims`, as the managed gateway has them.
-            values.insert("claims".into(), Value::Object((*c.values).clone()));
-            Value::Object(values)
-        });
-        serde_json::json!({
-            "requestId": exchange.request_id.to_str().unwrap_or(""),
-            "httpMethod": head.method.as_str(),
-            "resourcePath": self.resource_path,
-            "path": head.uri.path(),
-            "stage": self.stage,
-            "identity": {
-                "sourceIp": exchange.client.to_string(),
-                "userAgent": head.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or(""),
-            },
-            "authorizer": authorizer,
-        })
+        let wanted = self.context;
+        let text = |s: &str| Value::String(s.to_string());
+        let mut members = Map::new();
+        if wanted.request_id {
+            members.insert("requestId".into(), text(exchange.request_id.to_str().unwrap_or("")));
+        }
+        if wanted.http_method {
+            members.insert("httpMethod".into(), text(head.method.as_str()));
+        }
+        if wanted.resource_path {
+            members.insert("resourcePath".into(), text(&self.resource_path));
+        }
+        if wanted.path {
+            members.insert("path".into(), text(head.uri.path()));
+        }
+        if wanted.stage {
+            members.insert("stage".into(), text(&self.stage));
+        }
+        if wanted.identity {
+            let user_agent = head.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let identity = serde_json::json!({ "sourceIp": exchange.client.to_string(), "userAgent": user_agent });
+            members.insert("identity".into(), identity);
+        }
+        if wanted.authorizer {
+            let authorizer = exchange.extensions.get::<AuthorizerContext>().map_or(Value::Null, |c| {
+                let mut values = (*c.values).clone();
+                // JWT claims are under `claims`, as the managed gateway has them.
+                values.insert("claims".into(), Value::Object((*c.values).clone()));
+                Value::Object(values)
+            });
+            members.insert("authorizer".into(), authorizer);
+        }
+        Value::Object(members)
     }
 }
 

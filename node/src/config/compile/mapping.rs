@@ -14,10 +14,10 @@ use serde_saphyr::Location;
 
 use super::super::model::*;
 use super::Compiler;
-use crate::mapping::{Bounds, Template};
+use crate::mapping::{Bounds, Reads, Template};
 use crate::stages::content::MediaRanges;
 use crate::stages::integration_response::{HeaderSource, IntegrationResponse, IntegrationResponses};
-use crate::stages::mapping::{Passthrough, RequestMapping, TemplateScope};
+use crate::stages::mapping::{ContextMembers, Passthrough, RequestMapping, TemplateScope};
 use crate::stages::xml_upstream::XmlUpstream;
 
 /// The prefix of a response header mapped from the upstream's header.
@@ -271,19 +271,33 @@ impl Compiler<'_> {
         Some(header)
     }
 
-    /// What a route's templates read on one stage (its variables, its name).
+    /// What a route's templates read on one stage (its variables, its name, the members of
+    /// `$context` any of its request and response templates reads).
     pub(super) fn template_scope(
         stage: &StageDef,
         parameter_names: Vec<String>,
         resource_path: &str,
+        templates: impl Iterator<Item = Arc<Template>>,
     ) -> Arc<TemplateScope> {
         let variables = stage.variables.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let reads = templates.fold(Reads::default(), |reads, t| reads.union(t.reads().clone()));
         Arc::new(TemplateScope {
             parameter_names,
             stage: stage.name.value.clone(),
             resource_path: resource_path.to_string(),
             stage_variables: Arc::new(Value::Object(variables)),
+            context: ContextMembers::of(&reads.context),
         })
+    }
+
+    /// Every template of a route: its request templates and its responses' templates.
+    pub(super) fn route_templates<'s>(
+        mapping: Option<&'s MappingSpec>,
+        responses: Option<&'s Arc<[IntegrationResponse]>>,
+    ) -> impl Iterator<Item = Arc<Template>> + 's {
+        let requests = mapping.into_iter().flat_map(|m| &m.templates);
+        let answers = responses.into_iter().flat_map(|r| r.iter()).flat_map(|r| &r.templates);
+        requests.chain(answers).map(|(_, t)| t.clone())
     }
 
     /// The request mapping stage of a route on one stage.
@@ -316,7 +330,7 @@ impl Compiler<'_> {
             reads: responses
                 .iter()
                 .flat_map(|r| &r.templates)
-                .fold(Default::default(), |reads, (_, t)| t.reads().union(reads)),
+                .fold(Default::default(), |reads, (_, t)| t.reads().clone().union(reads)),
         })
     }
 
