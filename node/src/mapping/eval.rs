@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use typed_arena::Arena;
 
 use super::Bounds;
-use super::parse::{BinaryOp, Expr, Node, Reference, Step, Template};
+use super::parse::{BinaryOp, Builtin, Expr, Node, Reference, Step, Template};
 
 /// What a template reads: the body, the parameters, and what the caller puts in
 /// `$context` and `$stageVariables`.
@@ -108,7 +108,7 @@ impl Template {
             kept_bytes: 0,
             bounds,
             started: Instant::now(),
-            vars: Variables::default(),
+            vars: Variables(vec![None; self.slots]),
             position: None,
             out: String::new(),
             iterations: 0,
@@ -176,27 +176,23 @@ fn integer(value: &Value) -> Option<i64> {
     }
 }
 
-/// A template's variables (`#set`, `#foreach`): few, so a list searched in order is
-/// cheaper than hashing every name on every reference. Each is a reference, into the inputs
-/// or the kept values.
-#[derive(Default)]
-struct Variables<'a>(Vec<(&'a str, &'a Value)>);
+/// A template's variables (`#set`, `#foreach`), by the slots the parser gave their names.
+/// Each is a reference, into the inputs or the kept values.
+struct Variables<'a>(Vec<Option<&'a Value>>);
 
 impl<'a> Variables<'a> {
-    fn get(&self, name: &str) -> Option<&'a Value> {
-        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    fn get(&self, slot: usize) -> Option<&'a Value> {
+        self.0.get(slot).copied().flatten()
     }
 
-    fn insert(&mut self, name: &'a str, value: &'a Value) {
-        match self.0.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, slot)) => *slot = value,
-            None => self.0.push((name, value)),
+    fn insert(&mut self, slot: usize, value: &'a Value) {
+        if let Some(variable) = self.0.get_mut(slot) {
+            *variable = Some(value);
         }
     }
 
-    fn remove(&mut self, name: &str) -> Option<&'a Value> {
-        let at = self.0.iter().position(|(n, _)| *n == name)?;
-        Some(self.0.swap_remove(at).1)
+    fn remove(&mut self, slot: usize) -> Option<&'a Value> {
+        self.0.get_mut(slot).and_then(Option::take)
     }
 }
 
@@ -345,11 +341,11 @@ impl<'a> Renderer<'a> {
                     None if r.quiet => {}
                     None => self.emit(source, r.line)?,
                 },
-                Node::Set(name, value) => {
+                Node::Set(slot, value) => {
                     // As in Velocity, a null value leaves the variable as it was.
                     if let Some(v) = self.expr(value)?.filter(|v| !v.is_null()) {
                         let v = self.keep(v, 0)?;
-                        self.vars.insert(name, v);
+                        self.vars.insert(*slot, v);
                     }
                 }
                 Node::If(branches, otherwise) => {
@@ -365,13 +361,13 @@ impl<'a> Renderer<'a> {
                         self.nodes(otherwise)?;
                     }
                 }
-                Node::Foreach(var, items, body) => self.foreach(var, items, body)?,
+                Node::Foreach(var, items, body) => self.foreach(*var, items, body)?,
             }
         }
         Ok(())
     }
 
-    fn foreach(&mut self, var: &'a str, items: &'a Expr, body: &'a [Node]) -> Rendered<()> {
+    fn foreach(&mut self, var: usize, items: &'a Expr, body: &'a [Node]) -> Rendered<()> {
         let items = match self.expr(items)? {
             Some(items) => self.keep(items, 0)?,
             None => return Ok(()),
@@ -392,7 +388,7 @@ impl<'a> Renderer<'a> {
 
     fn iterate(
         &mut self,
-        var: &'a str,
+        var: usize,
         body: &'a [Node],
         count: usize,
         items: impl Iterator<Item = &'a Value>,
@@ -568,16 +564,16 @@ impl<'a> Renderer<'a> {
     }
 
     fn reference(&mut self, r: &'a Reference) -> Rendered<Option<Val<'a>>> {
-        let (mut value, skip) = match (self.vars.get(&r.root), r.root.as_str(), self.position) {
+        let (mut value, skip) = match (self.vars.get(r.slot), r.builtin, self.position) {
             (Some(variable), ..) => (Cow::Borrowed(variable), 0),
-            (None, "foreach", Some(position)) => match r.steps.first() {
+            (None, Builtin::Foreach, Some(position)) => match r.steps.first() {
                 Some(Step::Field(name)) => (Cow::Owned(Self::position_field(position, name)), 1),
                 _ => (Cow::Owned(Self::position(position)), 0),
             },
-            (None, "input", _) => (self.input(r)?, 1),
-            (None, "util", _) => (Cow::Owned(self.util(r)?), 1),
-            (None, "context", _) => (Cow::Borrowed(&*self.inputs.context), 0),
-            (None, "stageVariables", _) => (Cow::Borrowed(&*self.inputs.stage_variables), 0),
+            (None, Builtin::Input, _) => (self.input(r)?, 1),
+            (None, Builtin::Util, _) => (Cow::Owned(self.util(r)?), 1),
+            (None, Builtin::Context, _) => (Cow::Borrowed(&*self.inputs.context), 0),
+            (None, Builtin::StageVariables, _) => (Cow::Borrowed(&*self.inputs.stage_variables), 0),
             _ => return Ok(None),
         };
         // Each step's arguments are evaluated as the walk reaches it; the value walked from

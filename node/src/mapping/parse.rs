@@ -7,6 +7,8 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     pub(super) nodes: Vec<Node>,
+    /// How many names its references use: each has a slot (see [`Reference::slot`]).
+    pub(super) slots: usize,
     /// The literal JSONPaths of `$input.json(...)` and `$input.path(...)`, compiled once.
     pub(super) paths: Vec<(String, serde_json_path::JsonPath)>,
     /// What it reads besides the body.
@@ -87,17 +89,50 @@ pub(super) enum Node {
     Text(String),
     /// A reference in the text, and how it was written (shown when it is undefined).
     Ref(Reference, String),
-    Set(String, Expr),
+    /// `#set`: the variable's slot, its value.
+    Set(usize, Expr),
     If(Vec<(Expr, Vec<Node>)>, Vec<Node>),
-    Foreach(String, Expr, Vec<Node>),
+    /// `#foreach`: the loop variable's slot, the items, the body.
+    Foreach(usize, Expr, Vec<Node>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Reference {
     pub root: String,
+    /// The root name's slot among the template's variables: names are resolved when the
+    /// template is parsed, so reading a variable while rendering compares no strings.
+    pub slot: usize,
+    /// What the root is when no variable of that name is set.
+    pub builtin: Builtin,
     pub quiet: bool,
     pub steps: Vec<Step>,
     pub line: usize,
+}
+
+/// The names a template finds set for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Builtin {
+    Input,
+    Util,
+    Context,
+    StageVariables,
+    /// `$foreach`, inside a loop.
+    Foreach,
+    /// Not one of them: a variable, or a reference never set.
+    None,
+}
+
+impl Builtin {
+    fn of(name: &str) -> Builtin {
+        match name {
+            "input" => Builtin::Input,
+            "util" => Builtin::Util,
+            "context" => Builtin::Context,
+            "stageVariables" => Builtin::StageVariables,
+            "foreach" => Builtin::Foreach,
+            _ => Builtin::None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -159,6 +194,8 @@ struct Parser<'t> {
     text: &'t str,
     pos: usize,
     depth: usize,
+    /// Every root name the references use, in the order first seen: a name's slot.
+    names: Vec<String>,
 }
 
 type Parsed<T> = Result<T, TemplateError>;
@@ -174,12 +211,13 @@ fn is_ident(c: u8) -> bool {
 impl Template {
     /// Parses `text`; any construct that is not supported is an error with its line.
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
-        let mut parser = Parser { text, pos: 0, depth: 0 };
+        let mut parser = Parser { text, pos: 0, depth: 0, names: Vec::new() };
         let (nodes, end) = parser.nodes(&[])?;
         if let Some(end) = end {
             return Err(parser.error(format!("#{end} without an opening directive")));
         }
-        let mut template = Template { nodes, paths: Vec::new(), reads: Reads::default() };
+        let slots = parser.names.len();
+        let mut template = Template { nodes, slots, paths: Vec::new(), reads: Reads::default() };
         template.check()?;
         Ok(template)
     }
@@ -452,13 +490,24 @@ impl<'t> Parser<'t> {
 
     /// A plain `$variable` (no field, index or call), as `#set` and `#foreach` name one; the
     /// errors say what is `missing`, or that the reference is `not_plain`.
-    fn variable(&mut self, missing: &str, not_plain: &str) -> Parsed<String> {
+    fn variable(&mut self, missing: &str, not_plain: &str) -> Parsed<usize> {
         self.skip_spaces();
-        let Some(Reference { root, steps, .. }) = self.reference()? else { return Err(self.error(missing)) };
+        let Some(Reference { slot, steps, .. }) = self.reference()? else { return Err(self.error(missing)) };
         if !steps.is_empty() {
             return Err(self.error(not_plain));
         }
-        Ok(root)
+        Ok(slot)
+    }
+
+    /// The slot of the root name `name`.
+    fn slot(&mut self, name: &str) -> usize {
+        match self.names.iter().position(|n| n == name) {
+            Some(slot) => slot,
+            None => {
+                self.names.push(name.to_string());
+                self.names.len() - 1
+            }
+        }
     }
 
     fn set(&mut self) -> Parsed<Node> {
@@ -563,7 +612,8 @@ impl<'t> Parser<'t> {
             }
             self.pos += 1;
         }
-        Ok(Some(Reference { root: root.to_string(), quiet, steps, line }))
+        let slot = self.slot(root);
+        Ok(Some(Reference { root: root.to_string(), slot, builtin: Builtin::of(root), quiet, steps, line }))
     }
 
     fn arguments(&mut self) -> Parsed<Vec<Expr>> {
@@ -680,8 +730,12 @@ impl<'t> Parser<'t> {
     fn interpolated(&mut self, quote: &str) -> Parsed<Expr> {
         let Some(end) = self.rest().find(quote) else { return Err(self.error("a string is never closed")) };
         let inner = &self.text[self.pos..self.pos + end];
-        let mut nested = Parser { text: inner, pos: 0, depth: self.depth };
-        let (nodes, _) = nested.nodes(&[]).map_err(|e| TemplateError { line: self.line(), ..e })?;
+        // The string's references share the template's names.
+        let names = std::mem::take(&mut self.names);
+        let mut nested = Parser { text: inner, pos: 0, depth: self.depth, names };
+        let parsed = nested.nodes(&[]);
+        self.names = nested.names;
+        let (nodes, _) = parsed.map_err(|e| TemplateError { line: self.line(), ..e })?;
         self.pos += end + quote.len();
         Ok(Expr::Interpolated(nodes))
     }
