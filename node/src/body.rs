@@ -38,14 +38,16 @@ impl ResponseBody {
         ResponseBody::Full(Some(bytes.into()))
     }
 
-    /// The whole body, if it ends within `limit` bytes; otherwise why not (too long, or
-    /// the upstream failed mid-body).
-    pub async fn read_whole(self, limit: usize) -> Result<Bytes, String> {
+    /// The whole body, if it ends within `limit` bytes and `time`; otherwise why not (too
+    /// long, too slow, or the upstream failed mid-body).
+    pub async fn read_whole(self, limit: usize, time: std::time::Duration) -> Result<Bytes, String> {
         use http_body_util::BodyExt;
-        match http_body_util::Limited::new(self, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(format!("the body is over {limit} bytes")),
-            Err(e) => Err(format!("the body could not be read: {e}")),
+        let read = http_body_util::Limited::new(self, limit).collect();
+        match tokio::time::timeout(time, read).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(format!("the body is over {limit} bytes")),
+            Ok(Err(e)) => Err(format!("the body could not be read: {e}")),
+            Err(_) => Err(format!("the body did not end within {} s", time.as_secs())),
         }
     }
 }
@@ -114,8 +116,8 @@ impl BoundedCopy {
 }
 
 #[cfg(test)]
-mod copy_tests {
-    use super::BoundedCopy;
+mod tests {
+    use super::*;
 
     #[test]
     fn a_copy_holds_up_to_its_limit_and_nothing_past_it() {
@@ -128,5 +130,18 @@ mod copy_tests {
         assert!(!over.push(b"world!"));
         assert!(!over.push(b""));
         assert_eq!(over.finish(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_whole_body_is_read_within_its_length_and_time() {
+        let second = std::time::Duration::from_secs(1);
+        assert_eq!(ResponseBody::full("abc").read_whole(3, second).await.unwrap(), "abc");
+        let e = ResponseBody::full("abcd").read_whole(3, second).await.unwrap_err();
+        assert!(e.contains("over 3 bytes"), "{e}");
+        // An upstream that sends its head and then nothing more.
+        let stalled = futures_util::stream::pending::<Result<http_body::Frame<Bytes>, BoxError>>();
+        let stalled = ResponseBody::Wrapped(Box::pin(http_body_util::StreamBody::new(stalled)));
+        let e = stalled.read_whole(100, 30 * second).await.unwrap_err();
+        assert!(e.contains("did not end within 30 s"), "{e}");
     }
 }

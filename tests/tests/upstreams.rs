@@ -468,3 +468,39 @@ async fn posts_an_http2_target_refused_are_sent_again_with_their_bodies() {
     }
     assert_eq!(connections.load(Ordering::SeqCst), 9, "each refused stream went to a new connection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_body_that_stalls_is_cut_off_after_the_route_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A target that answers its head and 10 of the 100 bytes it announces, then nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789").await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let node =
+        start_node(config(&format!("{{ type: http_proxy, uri: \"http://{backend}/work\", timeout: 1s }}"), "")).await;
+    let gateway = node.http.unwrap();
+    let mut client = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    client.write_all(b"GET /prod/work HTTP/1.1\r\nhost: svc\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut received)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(read.is_ok(), "the gateway held the stalled response open: {text}");
+    assert!(started.elapsed() < Duration::from_secs(10), "cut off after about the route's timeout");
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("0123456789"), "{text}");
+}

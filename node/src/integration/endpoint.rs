@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::request_body::{RequestBody, Resend};
+use super::request_body::{BoxError, RequestBody, Resend};
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -613,11 +613,23 @@ impl Drop for Outstanding {
 
 /// An upstream response body. When it has been read to its end, its HTTP/1.1 connection
 /// goes back to the endpoint's idle connections; dropped earlier, the connection closes.
+/// With an idle timeout, a body that sends nothing for that long mid-body fails with
+/// [`BodyStalled`] (the client's response is cut off, the connection closed).
 pub struct UpstreamBody {
     inner: Incoming,
     outstanding: Option<Outstanding>,
     lease: Option<http1::SendRequest<RequestBody>>,
+    /// In milliseconds, 0 for none (a route's timeout is at most 5 minutes; kept small because
+    /// every response carries this body).
+    idle_timeout_ms: u32,
+    /// Runs while the body waits for its next frame (made only when it has to wait).
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// The error of an upstream body that sent nothing for longer than its idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's body sent nothing for {} ms", .0.as_millis())]
+pub struct BodyStalled(pub Duration);
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -627,11 +639,17 @@ impl std::fmt::Debug for UpstreamBody {
 
 impl UpstreamBody {
     fn new(inner: Incoming, outstanding: Outstanding, lease: Option<http1::SendRequest<RequestBody>>) -> Self {
-        let mut body = UpstreamBody { inner, outstanding: Some(outstanding), lease };
+        let mut body = UpstreamBody { inner, outstanding: Some(outstanding), lease, idle_timeout_ms: 0, waiting: None };
         if body.inner.is_end_stream() {
             body.release();
         }
         body
+    }
+
+    /// This body, failing with [`BodyStalled`] when the upstream sends nothing for `idle`.
+    pub fn with_idle_timeout(self, idle: Duration) -> Self {
+        let idle_timeout_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX).max(1);
+        UpstreamBody { idle_timeout_ms, ..self }
     }
 
     fn release(&mut self) {
@@ -646,17 +664,31 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.lease = None,
-            _ => {}
+            Poll::Pending => {
+                if this.idle_timeout_ms == 0 {
+                    return Poll::Pending;
+                }
+                let idle = Duration::from_millis(this.idle_timeout_ms.into());
+                let waiting = this.waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if waiting.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.lease = None;
+                return Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))));
+            }
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.lease = None,
+            Poll::Ready(Some(Ok(_))) => {}
         }
-        polled
+        this.waiting = None;
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -231,8 +231,10 @@ impl ProxyIntegration {
                 }
             };
             match sent {
-                Ok(mut response) => {
+                Ok(response) => {
                     endpoint.succeeded();
+                    // The route's timeout also bounds each wait for the body's next bytes.
+                    let mut response = response.map(|body| body.with_idle_timeout(self.timeout));
                     if names_target {
                         response.extensions_mut().insert(AnsweredBy(endpoint.key().authority.clone()));
                     }

@@ -57,7 +57,9 @@ use crate::observe::otlp::SpanSink;
 use crate::observe::trace::{Attributes, RequestTrace, SpanId, SpanKind, SpanStart};
 use crate::response_cache::ResponseCaches;
 use crate::stages::waf::Blocklist;
-use crate::stages::{AnswerBody, BodyNeed, Chain, Exchange, Flow, MAX_ANSWER_BODY, Services, StagedBody, Stop};
+use crate::stages::{
+    AnswerBody, BodyNeed, Chain, Exchange, Flow, MAX_ANSWER_BODY, MAX_ANSWER_BODY_TIME, Services, StagedBody, Stop,
+};
 use body_limit::BodyLimit;
 
 /// What the pipeline knows about the client connection, prepared once per connection.
@@ -318,7 +320,7 @@ impl Pipeline {
             exchange.sent_upstream = served.sent_upstream;
             // A head that reads the answer's body waits for all of it.
             if exchange.integration_answered && chain.head_reads_answer_body(parts.status) {
-                match body.read_whole(MAX_ANSWER_BODY).await {
+                match body.read_whole(MAX_ANSWER_BODY, MAX_ANSWER_BODY_TIME).await {
                     Ok(whole) => {
                         exchange.extensions.insert(AnswerBody(whole.clone()));
                         body = ResponseBody::full(whole);

@@ -24,7 +24,8 @@
 //! closest to the integration sees the response first, like layers around a service. The
 //! response head goes out before its body streams, unless a stage reads the integration's
 //! answer body in its head ([`Stage::head_reads_answer_body`]: a header mapped from the
-//! body); that head waits for the whole body, bounded by [`MAX_ANSWER_BODY`].
+//! body); that head waits for the whole body, bounded by [`MAX_ANSWER_BODY`] and
+//! [`MAX_ANSWER_BODY_TIME`].
 //!
 //! Stages keep their configuration (the policy) in their own fields, compiled from the API
 //! definition; what they enforce it with (the node's limiter, the revision's API keys)
@@ -311,12 +312,16 @@ pub struct Services<'r> {
 }
 
 /// The whole body of the integration's answer, read before the response head for a stage
-/// whose head reads it ([`Stage::head_reads_answer_body`]), up to [`MAX_ANSWER_BODY`].
+/// whose head reads it ([`Stage::head_reads_answer_body`]), up to [`MAX_ANSWER_BODY`] and
+/// [`MAX_ANSWER_BODY_TIME`].
 #[derive(Debug, Clone)]
 pub struct AnswerBody(pub Bytes);
 
 /// The largest answer body the response head waits for; a larger one is refused (502).
 pub const MAX_ANSWER_BODY: usize = 10 * 1024 * 1024;
+
+/// How long the response head waits for the answer's body; a slower one is refused (502).
+pub const MAX_ANSWER_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One step of a route's request path. Every phase has a default that does nothing; a stage
 /// overrides the ones it names in [`Stage::phases`], and only those are ever called.
