@@ -219,12 +219,12 @@ const COPIED: [bool; 256] = {
     table
 };
 
-/// JavaScript string escaping, as `$util.escapeJavaScript` does it: runs of printable
-/// ASCII are copied whole; quotes, `\`, `/` and the usual controls get their escapes; other
-/// characters are `\uXXXX` per UTF-16 unit.
-fn escape_javascript(s: &str) -> String {
+/// JavaScript string escaping, as `$util.escapeJavaScript` does it, appended to `out`: runs
+/// of printable ASCII are copied whole; quotes, `\`, `/` and the usual controls get their
+/// escapes; other characters are `\uXXXX` per UTF-16 unit.
+fn escape_javascript(s: &str, out: &mut String) {
     use std::fmt::Write;
-    let mut out = String::with_capacity(s.len() + s.len() / 8);
+    out.reserve(s.len());
     let bytes = s.as_bytes();
     let (mut start, mut i) = (0, 0);
     while i < bytes.len() {
@@ -261,20 +261,32 @@ fn escape_javascript(s: &str) -> String {
         start = i;
     }
     out.push_str(&s[start..]);
-    out
 }
 
-/// `application/x-www-form-urlencoded` encoding, as Java's `URLEncoder` does it.
-fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// `application/x-www-form-urlencoded` encoding, as Java's `URLEncoder` does it, appended to
+/// `out`.
+fn url_encode(s: &str, out: &mut String) {
+    use std::fmt::Write;
+    out.reserve(s.len());
     for b in s.bytes() {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'*' | b'_' => out.push(b as char),
             b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
         }
     }
-    out
+}
+
+/// The `$util` functions whose result is text made from their argument: written straight
+/// into the output when a template writes them, with no string made for them first.
+fn text_function(name: &str) -> Option<fn(&str, &mut String)> {
+    match name {
+        "escapeJavaScript" => Some(escape_javascript),
+        "urlEncode" => Some(url_encode),
+        _ => None,
+    }
 }
 
 fn compare(op: BinaryOp, a: &Value, b: &Value) -> bool {
@@ -330,6 +342,7 @@ impl<'a> Renderer<'a> {
         for node in nodes {
             match node {
                 Node::Text(t) => self.emit(t, 0)?,
+                Node::Ref(r, _) if self.writes_text_function(r)? => {}
                 Node::Ref(r, source) => match self.reference(r)? {
                     Some(value) => match value.as_ref() {
                         Value::String(s) => self.emit(s, r.line)?,
@@ -365,6 +378,23 @@ impl<'a> Renderer<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Writes `$util.F(x)` straight into the output when F is a text function
+    /// ([`text_function`]) and `$util` is not a variable here; says whether it did.
+    fn writes_text_function(&mut self, r: &'a Reference) -> Rendered<bool> {
+        let (Builtin::Util, [Step::Call(name, args)]) = (r.builtin, r.steps.as_slice()) else { return Ok(false) };
+        let Some(write) = text_function(name) else { return Ok(false) };
+        if self.vars.get(r.slot).is_some() {
+            return Ok(false);
+        }
+        let args = self.arguments(args)?;
+        let arg = args.first().map(|a| as_text(a)).unwrap_or_default();
+        write(&arg, &mut self.out);
+        if self.out.len() > self.bounds.max_output {
+            return fail(r.line, format!("the output is larger than {} bytes", self.bounds.max_output));
+        }
+        Ok(true)
     }
 
     fn foreach(&mut self, var: usize, items: &'a Expr, body: &'a [Node]) -> Rendered<()> {
@@ -642,8 +672,11 @@ impl<'a> Renderer<'a> {
         let args = self.arguments(args)?;
         let arg = args.first().map(|a| as_text(a)).unwrap_or_default();
         Ok(match f.as_str() {
-            "escapeJavaScript" => Value::String(escape_javascript(&arg)),
-            "urlEncode" => Value::String(url_encode(&arg)),
+            name if let Some(write) = text_function(name) => {
+                let mut text = String::new();
+                write(&arg, &mut text);
+                Value::String(text)
+            }
             "urlDecode" => Value::String(crate::query::percent_decode(&arg.replace('+', " "))),
             "base64Encode" => Value::String(base64::engine::general_purpose::STANDARD.encode(arg.as_bytes())),
             "base64Decode" => match base64::engine::general_purpose::STANDARD.decode(arg.trim()) {

@@ -139,6 +139,10 @@ fn rendering_stays_within_its_bounds_and_fails_cleanly() {
     let bounds = Bounds { max_output: 100, max_iterations: 50, max_held: 10_000, max_time: Duration::from_secs(5) };
     let run = |t: &str| Template::parse(t).unwrap().render(&inputs(), bounds);
     assert!(run("#foreach($i in [1..40])xxxxx#end").unwrap_err().message.contains("larger than 100 bytes"));
+    // A text function writes straight into the output, within the same bound.
+    let long = Inputs { body: "x/".repeat(60).into(), ..inputs() };
+    let escaped = Template::parse("$util.escapeJavaScript($input.body)").unwrap().render(&long, bounds);
+    assert!(escaped.unwrap_err().message.contains("larger than 100 bytes"));
     let e = run("#foreach($i in [1..10])#foreach($j in [1..10])#end#end").unwrap_err();
     assert!(e.message.contains("iterations"), "{e}");
     // Every value a variable was set to is held until the rendering ends, within a bound.
