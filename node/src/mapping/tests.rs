@@ -177,6 +177,44 @@ mod fuzz {
 
     use super::*;
 
+    /// `$util.escapeJavaScript` one character at a time, as the table of Java's escapes says.
+    fn escaped_by_character(s: &str) -> String {
+        let mut out = String::new();
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\'' => out.push_str("\\'"),
+                '\\' => out.push_str("\\\\"),
+                '/' => out.push_str("\\/"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                ' '..='~' => out.push(c),
+                _ => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04X}"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn escaping_eight_bytes_at_a_time_matches_escaping_each_character(
+            text in r"([ -~]{0,20}|[\x00-\x1f\x7f\u{80}-\u{10ffff}\x22\x27\x5c/]){0,12}"
+        ) {
+            let inputs = Inputs { body: text.clone().into(), ..inputs() };
+            let rendered = Template::parse("$util.escapeJavaScript($input.body)").unwrap().render(&inputs, Bounds::default());
+            prop_assert_eq!(rendered.unwrap(), escaped_by_character(&text));
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
