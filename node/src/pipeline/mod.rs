@@ -318,23 +318,8 @@ impl Pipeline {
             exchange.status = Some(parts.status);
             exchange.integration_answered = served.integration_answered;
             exchange.sent_upstream = served.sent_upstream;
-            // A head that reads the answer's body waits for all of it.
             if exchange.integration_answered && chain.head_reads_answer_body(parts.status) {
-                match body.read_whole(MAX_ANSWER_BODY, MAX_ANSWER_BODY_TIME).await {
-                    Ok(whole) => {
-                        exchange.extensions.insert(AnswerBody(whole.clone()));
-                        body = ResponseBody::full(whole);
-                    }
-                    Err(why) => {
-                        let refusal =
-                            Rejection::new(StatusCode::BAD_GATEWAY, "the upstream's response could not be mapped");
-                        (parts, body) = refusal.into_response(&request_id).into_parts();
-                        parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
-                        exchange.status = Some(parts.status);
-                        exchange.integration_answered = false;
-                        reason = Some(format!("the upstream's answer for the response head: {why}").into());
-                    }
-                }
+                (parts, body) = read_answer_for_head(parts, body, &mut exchange, &mut reason).await;
             }
             chain.response_head(&mut parts, &mut exchange, &services);
             if chain.follows_response_body() {
@@ -755,6 +740,32 @@ impl IntegrationSpan {
             },
             error,
         );
+    }
+}
+
+/// The integration's whole answer, read before its head for a stage whose head reads the
+/// body ([`crate::stages::Stage::head_reads_answer_body`]) and kept in the exchange as
+/// [`AnswerBody`]; an answer too long or too slow to read becomes a 502 (its `reason` noted).
+async fn read_answer_for_head(
+    parts: http::response::Parts,
+    body: ResponseBody,
+    exchange: &mut Exchange,
+    reason: &mut Option<std::borrow::Cow<'static, str>>,
+) -> (http::response::Parts, ResponseBody) {
+    match body.read_whole(MAX_ANSWER_BODY, MAX_ANSWER_BODY_TIME).await {
+        Ok(whole) => {
+            exchange.extensions.insert(AnswerBody(whole.clone()));
+            (parts, ResponseBody::full(whole))
+        }
+        Err(why) => {
+            let refusal = Rejection::new(StatusCode::BAD_GATEWAY, "the upstream's response could not be mapped");
+            let (mut parts, body) = refusal.into_response(&exchange.request_id).into_parts();
+            parts.headers.insert(&request_id::REQUEST_ID, exchange.request_id.clone());
+            exchange.status = Some(parts.status);
+            exchange.integration_answered = false;
+            *reason = Some(format!("the upstream's answer for the response head: {why}").into());
+            (parts, body)
+        }
     }
 }
 

@@ -6,9 +6,10 @@
 //! when no pattern matches). The chosen response may set the client's status, set headers
 //! (a literal `'value'`, `integration.response.header.NAME` from the upstream's answer, or
 //! `integration.response.body.FIELD` from its JSON body: the head then waits for the whole
-//! body, see [`super::AnswerBody`]), and reshape the body with a response template for the media type the client accepts
-//! ([`crate::mapping`], with the same inputs as a request template and the upstream's body
-//! as `$input.body`). An upstream answer no response selects passes through unchanged.
+//! body, see [`super::AnswerBody`]), and reshape the body with a response template for the
+//! media type the client accepts ([`crate::mapping`], with the same inputs as a request
+//! template and the upstream's body as `$input.body`). An upstream answer no response
+//! selects passes through unchanged.
 //!
 //! Only answers of the integration are mapped: the gateway's own refusals (a 401, a 429, a
 //! cached or replayed answer) are not. A template renders once the whole upstream body has
