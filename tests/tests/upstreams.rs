@@ -504,3 +504,43 @@ async fn an_upstream_body_that_stalls_is_cut_off_after_the_route_timeout() {
     assert!(started.elapsed() < Duration::from_secs(10), "cut off after about the route's timeout");
     assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("0123456789"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_on_a_kept_connection_the_target_resets_is_sent_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A target that answers one request per connection, keeps the connection, and resets it
+    // when the next request arrives (closing with that request unread): the keep-alive race a
+    // target's idle timeout causes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nanswered").await;
+                // The next request is left unread: closing with it unread resets the
+                // connection (the kernel answers RST, not FIN).
+                let _ = tcp.readable().await;
+            });
+        }
+    });
+    let node = start_node(config(&format!("{{ type: http_proxy, uri: \"http://{backend}/work\" }}"), "")).await;
+    let gateway = node.http.unwrap();
+    for i in 0..5 {
+        let reply = get(gateway, "svc", "/prod/work").await;
+        let log = std::fs::read_to_string(node.dir().join("stderr.log")).unwrap_or_default();
+        assert_eq!((reply.status, &reply.body[..]), (200, &b"answered"[..]), "request {i}: {log}");
+    }
+    // Each request after the first found its kept connection reset and took a new one.
+    assert_eq!(connections.load(Ordering::SeqCst), 5);
+}

@@ -193,6 +193,25 @@ fn unprocessed(error: &hyper::Error) -> bool {
     false
 }
 
+/// Whether a request on a reused HTTP/1.1 connection failed because the target had closed
+/// that connection: it ended before an answer (EOF), or was reset (the target's socket was
+/// already gone when the request arrived; which of the two a client sees depends on when it
+/// reads, so both count).
+fn closed_by_target(error: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted);
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Whether a request may be sent again after its connection closed under it: an idempotent
 /// method and no body.
 fn is_replayable(request: &Request<RequestBody>) -> bool {
@@ -433,7 +452,7 @@ impl Endpoint {
                     // A reused connection the target had closed: try a fresh one.
                     (Some(back), _) if reused => request = back,
                     (Some(back), _) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
-                    (None, Some(head)) if e.error().is_incomplete_message() => match head.request() {
+                    (None, Some(head)) if closed_by_target(e.error()) => match head.request() {
                         Some(again) => request = again,
                         None => return Err(SendError::Failed(e.into_error())),
                     },
