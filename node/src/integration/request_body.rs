@@ -140,14 +140,16 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let Some(kept) = &this.kept {
-            let mut kept = Kept::lock(kept);
+        if let Some(shared) = &this.kept {
+            // Once the `Resend` is gone (the answer's head came), nothing is kept any more.
+            let resendable = Arc::strong_count(shared) > 1;
+            let mut kept = Kept::lock(shared);
             let polled = Pin::new(&mut kept.body).poll_frame(cx);
             if let Poll::Ready(Some(Ok(frame))) = &polled
                 && let Some(data) = frame.data_ref()
             {
                 kept.sent_len = kept.sent_len.saturating_add(data.len());
-                if kept.sent_len <= kept.cap {
+                if resendable && kept.sent_len <= kept.cap {
                     kept.sent.push(data.clone());
                 } else {
                     kept.sent = Vec::new();
@@ -231,6 +233,12 @@ mod tests {
         let (body, resend) = RequestBody::buffered(order.clone()).keep_for_resend(4);
         assert_eq!(read(body).await, order);
         assert!(resend.body().is_none());
+        // A body still streaming once its answer came (its `Resend` dropped) keeps nothing.
+        let (mut body, resend) = RequestBody::buffered(order.clone()).keep_for_resend(64);
+        drop(resend);
+        assert!(body.frame().await.is_some());
+        let kept = body.kept.as_ref().map(|k| Kept::lock(k).sent.len());
+        assert_eq!(kept, Some(0));
         // No body: nothing to keep, nothing to send.
         let (body, resend) = RequestBody::empty().keep_for_resend(64);
         assert!(body.is_end_stream());
