@@ -506,3 +506,54 @@ async fn an_operator_shows_sends_to_and_closes_a_connection_with_the_cli() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && said.contains("gone"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_and_the_disconnect_write_an_access_log_line() {
+    let (backend, seen) = chat_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    let log = dir.path().join("access.log");
+    let config = chat_api(backend, "", "")
+        .replace("access_log: { enabled: false }", &format!("access_log: {{ path: \"{}\" }}", log.display()));
+    let node = start_node_in(dir, config).await;
+    let (mut client, id) = connect(&node, &[]).await.unwrap();
+    client.send(Message::text(r#"{"action":"sendmessage","text":"hi"}"#)).await.unwrap();
+    assert_eq!(next_text(&mut client).await, "got hi");
+    client.send(Message::text(r#"{"action":"broken"}"#)).await.unwrap();
+    next_text(&mut client).await;
+    client.close(None).await.unwrap();
+    seen.wait_for("/disconnect", |_| true).await;
+
+    // The lines are written within a moment; the last is the disconnect's.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+        if lines.iter().any(|l| l["method"] == "DISCONNECT") {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "no disconnect line in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let connection = format!("/@connections/{id}");
+    let find = |method: &str, route: &str| {
+        lines
+            .iter()
+            .find(|l| l["method"] == method && l["route"] == route)
+            .unwrap_or_else(|| panic!("no {method} line for {route} in {lines:#?}"))
+    };
+    // The handshake is an HTTP request like any other.
+    assert_eq!(lines.iter().find(|l| l["method"] == "GET").map(|l| l["status"].clone()), Some(101.into()));
+    let sent = find("MESSAGE", "sendmessage");
+    assert_eq!((sent["status"].as_u64(), sent["bytes"].as_u64()), (Some(200), Some("got hi".len() as u64)));
+    assert_eq!(
+        (&sent["path"], &sent["api"], &sent["stage"]),
+        (&Value::from(connection.as_str()), &"chat".into(), &"prod".into())
+    );
+    assert!(sent["integration_latency_ms"].is_number() && sent["request_id"].is_string());
+    let broken = find("MESSAGE", "broken");
+    assert_eq!(broken["status"], 502);
+    assert_eq!(broken["reason"], "the integration answered 500 Internal Server Error");
+    let gone = find("DISCONNECT", "$disconnect");
+    assert_eq!((&gone["status"], &gone["path"]), (&Value::from(200), &Value::from(connection.as_str())));
+}

@@ -603,7 +603,7 @@ impl Compiler<'_> {
                     }
                 }
                 IntegrationSpec::WebSocket(websocket) => {
-                    match self.websocket_for_stage(websocket, api, stage_name, &stage.variables) {
+                    match self.websocket_for_stage(websocket, api, stage_name, &stage.variables, log_template.clone()) {
                         Some(s) => Integration::WebSocket(WebSocketEndpoint::Connect(Arc::new(s))),
                         None => continue,
                     }

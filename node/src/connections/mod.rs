@@ -16,6 +16,7 @@
 
 pub mod callback;
 pub mod envelope;
+mod event_log;
 pub mod session;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::integration::upstreams::Upstreams;
+use crate::observe::access_log::AccessLog;
 
 /// Messages waiting to be written to one client; a push beyond is refused (429).
 const OUTBOX: usize = 256;
@@ -187,10 +189,12 @@ pub struct Connections {
     draining: watch::Sender<bool>,
     /// `$disconnect` deliveries still running, which a stopping node waits for.
     disconnects: Deliveries,
+    /// Where each message's and `$disconnect`'s line goes (the node's access log).
+    log: AccessLog,
 }
 
 impl Connections {
-    pub fn new(max: usize, upstreams: Arc<Upstreams>) -> Arc<Self> {
+    pub fn new(max: usize, upstreams: Arc<Upstreams>, log: AccessLog) -> Arc<Self> {
         Arc::new(Connections {
             node: AtomicU64::new(0),
             held: Mutex::default(),
@@ -200,6 +204,7 @@ impl Connections {
             upstreams,
             draining: watch::Sender::new(false),
             disconnects: Deliveries::default(),
+            log,
         })
     }
 
@@ -363,7 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_place_is_taken_at_admission_and_given_back_when_dropped() {
-        let connections = Connections::new(1, Arc::new(Upstreams::new()));
+        let connections = Connections::new(1, Arc::new(Upstreams::new()), AccessLog::off());
         let (_, place) = connections.admit().unwrap();
         assert!(matches!(connections.admit(), Err(Refused::Full)), "two handshakes at once cannot pass a cap of one");
         drop(place);

@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
 use super::envelope::{self, ConnectionContext, Event, EventType, Payload};
+use super::event_log::{self, EventLine};
 use super::{Connections, Held, OUTBOX, Outbound, Refused, unix_millis};
 use crate::integration::websocket::{CONNECT, ConnectionLimits, DISCONNECT, MessageRoute, WebSocketStage};
 
@@ -295,8 +296,19 @@ impl Session {
                     };
                     self.messages_in.increment(1);
                     if !rate.take() {
-                        let request_id = envelope::request_id();
+                        let (started, request_id) = (Instant::now(), envelope::request_id());
                         let refused = envelope::gateway_message(429, "Too many messages", &self.context, &request_id);
+                        let line = EventLine {
+                            event: &event_log::MESSAGE,
+                            route: "",
+                            request_id: &request_id,
+                            status: 429,
+                            bytes: refused.len() as u64,
+                            started,
+                            integration: None,
+                            reason: Some("over the connection's messages_per_second"),
+                        };
+                        self.connections.log_event(&self.stage, &self.context, line);
                         if self.write(&mut ws, Message::text(refused)).await.is_err() {
                             break (CloseCode::Abnormal, "the client stopped reading".to_string());
                         }
@@ -369,12 +381,25 @@ impl Session {
         };
         let key = stage.selection.route_key(text_key, self.header_key.as_deref());
         async move {
+            let started = Instant::now();
             let request_id = envelope::request_id();
             let failed = |status: u16, message: &str| {
                 Some(Message::text(envelope::gateway_message(status, message, &context, &request_id)))
             };
             let Some(route) = stage.route(key.as_deref()) else {
-                return failed(404, "No route for this message and no $default route");
+                let answer = failed(404, "No route for this message and no $default route");
+                let line = EventLine {
+                    event: &event_log::MESSAGE,
+                    route: key.as_deref().unwrap_or(""),
+                    request_id: &request_id,
+                    status: 404,
+                    bytes: answer.as_ref().map_or(0, |m| m.len() as u64),
+                    started,
+                    integration: None,
+                    reason: Some("no route for the message's key and no $default route"),
+                };
+                connections.log_event(&stage, &context, line);
+                return answer;
             };
             let event = Event {
                 kind: EventType::Message,
@@ -384,23 +409,41 @@ impl Session {
                 handshake: None,
                 closed: None,
             };
-            match connections.deliver((route, &stage.limits), &context, &event, route.reply).await {
-                Ok((status, _, body)) if status.is_success() => match (route.reply, body.is_empty()) {
-                    (true, false) => Some(match String::from_utf8(body.to_vec()) {
-                        Ok(text) => Message::text(text),
-                        Err(_) => Message::binary(body),
-                    }),
-                    _ => None,
-                },
+            let called = Instant::now();
+            let delivered = connections.deliver((route, &stage.limits), &context, &event, route.reply).await;
+            let integration = Some(called.elapsed());
+            let (status, answer, reason) = match delivered {
+                Ok((status, _, body)) if status.is_success() => {
+                    let answer = match (route.reply, body.is_empty()) {
+                        (true, false) => Some(match String::from_utf8(body.to_vec()) {
+                            Ok(text) => Message::text(text),
+                            Err(_) => Message::binary(body),
+                        }),
+                        _ => None,
+                    };
+                    (status.as_u16(), answer, None)
+                }
                 Ok((status, _, _)) => {
                     tracing::debug!(route = %route.key, %status, "a WebSocket route's integration refused a message");
-                    failed(502, "The integration failed")
+                    (502, failed(502, "The integration failed"), Some(format!("the integration answered {status}")))
                 }
                 Err(e) => {
                     tracing::warn!(route = %route.key, error = %e, "a WebSocket route's integration could not be reached");
-                    failed(502, "The integration failed")
+                    (502, failed(502, "The integration failed"), Some(e))
                 }
-            }
+            };
+            let line = EventLine {
+                event: &event_log::MESSAGE,
+                route: &route.key,
+                request_id: &request_id,
+                status,
+                bytes: answer.as_ref().map_or(0, |m| m.len() as u64),
+                started,
+                integration,
+                reason: reason.as_deref(),
+            };
+            connections.log_event(&stage, &context, line);
+            answer
         }
     }
 
@@ -416,7 +459,7 @@ impl Session {
             let Some(route) = &stage.disconnect else {
                 return;
             };
-            let request_id = envelope::request_id();
+            let (started, request_id) = (Instant::now(), envelope::request_id());
             let event = Event {
                 kind: EventType::Disconnect,
                 route_key: DISCONNECT,
@@ -425,9 +468,25 @@ impl Session {
                 handshake: None,
                 closed: Some((code, &reason)),
             };
-            if let Err(e) = connections.deliver((route, &stage.limits), &context, &event, false).await {
-                tracing::debug!(connection = %context.id, error = %e, "$disconnect could not be delivered");
-            }
+            let (status, failure) = match connections.deliver((route, &stage.limits), &context, &event, false).await {
+                Ok((status, _, _)) if status.is_success() => (status.as_u16(), None),
+                Ok((status, _, _)) => (502, Some(format!("the integration answered {status}"))),
+                Err(e) => {
+                    tracing::debug!(connection = %context.id, error = %e, "$disconnect could not be delivered");
+                    (502, Some(e))
+                }
+            };
+            let line = EventLine {
+                event: &event_log::DISCONNECT,
+                route: DISCONNECT,
+                request_id: &request_id,
+                status,
+                bytes: 0,
+                started,
+                integration: Some(started.elapsed()),
+                reason: failure.as_deref(),
+            };
+            connections.log_event(&stage, &context, line);
         });
     }
 }

@@ -222,6 +222,10 @@ impl Default for ConnectionLimits {
 pub struct WebSocketStage {
     pub api: Arc<str>,
     pub stage: Arc<str>,
+    /// The deployment the stage serves and its access-log format, for the lines its
+    /// messages and `$disconnect` events write.
+    pub deployment: Arc<str>,
+    pub log_template: Option<Arc<crate::observe::access_log::LogTemplate>>,
     pub selection: RouteSelection,
     /// Custom routes by key.
     pub routes: HashMap<String, MessageRoute>,

@@ -244,7 +244,11 @@ impl Pipeline {
             blocks: Blocklist::default(),
             caches: Arc::default(),
             records: Arc::default(),
-            connections: crate::connections::Connections::new(limits.max_websocket_connections, upstreams.clone()),
+            connections: crate::connections::Connections::new(
+                limits.max_websocket_connections,
+                upstreams.clone(),
+                log.clone(),
+            ),
             upstreams,
             body_limit: BodyLimit { max_bytes: limits.max_body_bytes },
             max_headers: limits.max_headers,

@@ -18,6 +18,7 @@ use super::{Compiler, RouteSpec};
 use crate::integration::websocket::{
     CONNECT, ConnectionLimits, DEFAULT, DISCONNECT, MessageRoute, RouteSelection, WebSocketStage, is_route_key,
 };
+use crate::observe::access_log::LogTemplate;
 use crate::router::{MethodMatch, PathPattern};
 
 /// The route selection a WebSocket API without `route_selection` uses.
@@ -320,10 +321,13 @@ impl Compiler<'_> {
         api: &str,
         stage_name: &str,
         variables: &BTreeMap<String, String>,
+        log_template: Option<Arc<LogTemplate>>,
     ) -> Option<WebSocketStage> {
         let mut stage = WebSocketStage {
             api: api.into(),
             stage: stage_name.into(),
+            deployment: self.deployment.into(),
+            log_template,
             selection: spec.selection.clone(),
             routes: HashMap::new(),
             connect: None,

@@ -1,0 +1,67 @@
+//! Access-log lines for what a WebSocket connection does after its handshake: each message
+//! the client sends and the `$disconnect` event. The handshake itself is an HTTP request and
+//! logged as one (`GET`, 101).
+//!
+//! A line has the fields of a request's line, read for an event: the event type as the method
+//! (`MESSAGE`, `DISCONNECT`), the connection as the path (`/@connections/{id}`, the callback
+//! API's address for it), the route key as the route, and the status of the event: the
+//! integration's (2xx), or the gateway's when it answered the client itself (404 no route,
+//! 429 too many messages, 502 the integration failed or could not be reached). The stage's
+//! `access_log_format` applies, as it does to its requests.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{Method, Version};
+
+use super::Connections;
+use super::envelope::ConnectionContext;
+use crate::integration::websocket::WebSocketStage;
+use crate::observe::access_log::LogEntry;
+
+/// A client's message, as a line's method.
+pub static MESSAGE: LazyLock<Method> = LazyLock::new(|| Method::from_bytes(b"MESSAGE").unwrap_or(Method::POST));
+/// The connection's end, delivered to `$disconnect`, as a line's method.
+pub static DISCONNECT: LazyLock<Method> = LazyLock::new(|| Method::from_bytes(b"DISCONNECT").unwrap_or(Method::DELETE));
+
+/// One event of a connection, as its access-log line tells it.
+pub struct EventLine<'a> {
+    pub event: &'a Method,
+    pub route: &'a str,
+    pub request_id: &'a str,
+    pub status: u16,
+    /// Bytes sent back to the client for it (a two-way route's answer, a gateway's word).
+    pub bytes: u64,
+    pub started: Instant,
+    /// The time its integration took, when it was called.
+    pub integration: Option<Duration>,
+    /// Why the gateway answered for the integration.
+    pub reason: Option<&'a str>,
+}
+
+impl Connections {
+    /// Writes `line` for a connection of `stage` to the node's access log.
+    pub(super) fn log_event(&self, stage: &WebSocketStage, context: &ConnectionContext, line: EventLine<'_>) {
+        let path = format!("/@connections/{}", context.id);
+        let entry = LogEntry {
+            time: SystemTime::now(),
+            request_id: line.request_id,
+            client: context.source,
+            method: line.event,
+            path: &path,
+            protocol: Version::HTTP_11,
+            route: line.route,
+            api: &stage.api,
+            stage: &stage.stage,
+            deployment: &stage.deployment,
+            status: line.status,
+            bytes: line.bytes,
+            latency: line.started.elapsed(),
+            integration_latency: line.integration,
+            reason: line.reason,
+            client_cert: None,
+            trace_id: None,
+        };
+        self.log.record(&entry, stage.log_template.as_deref());
+    }
+}
