@@ -391,3 +391,58 @@ apis:
     assert!(said.contains("stages[0].tracing.sample_ratio") && said.contains("1.5"), "{said}");
     let _ = std::io::stdout().flush();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_message_is_a_trace_whose_integration_call_carries_it_on() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let python =
+        tokio::task::spawn_blocking(|| python_with("otel-venv", &["grpcio==1.85.3", "opentelemetry-proto==1.45.2"]));
+    let Some(python) = python.await.unwrap() else { return };
+    let receiver = Receiver::start(&python, None);
+    // The route's backend keeps the `traceparent` it was called with.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let kept = seen.clone();
+    let backend = http_service(move |request: hyper::Request<bytes::Bytes>| {
+        let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
+        kept.lock().unwrap().push(traceparent.to_string());
+        async { hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"noted"))) }
+    })
+    .await;
+    let node = start_node(format!(
+        r#"
+listen: {{ http: "127.0.0.1:0" }}
+admin: {{ listen: "127.0.0.1:0" }}
+access_log: {{ enabled: false }}
+tracing: {{ endpoint: "http://127.0.0.1:{}", protocol: http }}
+apis:
+  - id: chat
+    type: websocket
+    routes:
+      - {{ route: sendmessage, reply: true, integration: {{ type: http_proxy, uri: "http://{backend}/send" }} }}
+    stages:
+      - name: prod
+        tracing: {{ sample_ratio: 1.0 }}
+"#,
+        receiver.http
+    ))
+    .await;
+    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{}/prod", gateway(&node))).await.unwrap();
+    client.send(Message::text(r#"{"action":"sendmessage"}"#)).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), client.next()).await.expect("a reply in time");
+    assert_eq!(reply.and_then(Result::ok).and_then(|m| m.into_text().ok()).as_deref(), Some("noted"));
+
+    let traceparent = seen.lock().unwrap().first().cloned().expect("the integration was called");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!((parts.len(), parts[0], parts.get(3).copied()), (4, "00", Some("01")), "{traceparent}");
+    let spans = receiver.trace(parts[1], 2).await;
+    let server = spans.iter().find(|s| s["kind"] == 2).unwrap_or_else(|| panic!("no server span in {spans:#?}"));
+    let call = spans.iter().find(|s| s["kind"] == 3).unwrap_or_else(|| panic!("no client span in {spans:#?}"));
+    assert_eq!(server["name"], "MESSAGE sendmessage");
+    assert_eq!(server["attributes"]["meridian.api"], "chat");
+    assert_eq!(server["attributes"]["http.route"], "sendmessage");
+    assert_eq!(server["attributes"]["http.response.status_code"], 200);
+    assert!(server["parent_span_id"].as_str().unwrap_or("").is_empty(), "a message begins its own trace");
+    assert_eq!(call["parent_span_id"], server["span_id"]);
+    assert_eq!(call["span_id"], parts[2], "the backend was called from the integration's span");
+}

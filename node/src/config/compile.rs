@@ -603,7 +603,8 @@ impl Compiler<'_> {
                     }
                 }
                 IntegrationSpec::WebSocket(websocket) => {
-                    match self.websocket_for_stage(websocket, api, stage_name, &stage.variables, log_template.clone()) {
+                    let observed = (log_template.clone(), sampling);
+                    match self.websocket_for_stage(websocket, api, stage_name, &stage.variables, observed) {
                         Some(s) => Integration::WebSocket(WebSocketEndpoint::Connect(Arc::new(s))),
                         None => continue,
                     }

@@ -16,7 +16,7 @@
 
 pub mod callback;
 pub mod envelope;
-mod event_log;
+mod observed;
 pub mod session;
 
 use std::collections::HashMap;
@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::integration::upstreams::Upstreams;
 use crate::observe::access_log::AccessLog;
+use crate::observe::otlp::SpanSink;
 
 /// Messages waiting to be written to one client; a push beyond is refused (429).
 const OUTBOX: usize = 256;
@@ -191,6 +192,8 @@ pub struct Connections {
     disconnects: Deliveries,
     /// Where each message's and `$disconnect`'s line goes (the node's access log).
     log: AccessLog,
+    /// Where the spans of traced events go, once the node exports traces.
+    spans: OnceLock<Arc<SpanSink>>,
 }
 
 impl Connections {
@@ -205,7 +208,13 @@ impl Connections {
             draining: watch::Sender::new(false),
             disconnects: Deliveries::default(),
             log,
+            spans: OnceLock::new(),
         })
+    }
+
+    /// Exports the spans of traced events (messages, `$disconnect`) to `sink`.
+    pub fn export_spans_to(&self, sink: Arc<SpanSink>) {
+        let _ = self.spans.set(sink);
     }
 
     /// The node's id in its cluster, which new connections' ids carry from now on.

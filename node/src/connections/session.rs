@@ -28,9 +28,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
 
 use super::envelope::{self, ConnectionContext, Event, EventType, Payload};
-use super::event_log::{self, EventLine};
+use super::observed::{self, EventLine};
 use super::{Connections, Held, OUTBOX, Outbound, Refused, unix_millis};
 use crate::integration::websocket::{CONNECT, ConnectionLimits, DISCONNECT, MessageRoute, WebSocketStage};
+use crate::observe::trace::{Attributes, RequestTrace, SpanId, SpanKind};
 
 /// Messages of one connection waiting for their integration at once.
 pub const IN_FLIGHT: usize = 8;
@@ -111,7 +112,7 @@ impl Connections {
                 handshake: Some((handshake.headers, handshake.query)),
                 closed: None,
             };
-            let (status, headers, _) = self.deliver((route, &stage.limits), &context, &event, false).await.map_err(|e| {
+            let (status, headers, _) = self.deliver((route, &stage.limits), &context, &event, (false, None)).await.map_err(|e| {
                 tracing::warn!(api = %context.api, stage = %context.stage, error = %e, "$connect integration failed");
                 Refusal {
                     status: StatusCode::BAD_GATEWAY,
@@ -183,11 +184,31 @@ impl Connections {
         (route, limits): (&MessageRoute, &ConnectionLimits),
         context: &ConnectionContext,
         event: &Event<'_>,
-        reply: bool,
+        (reply, trace): (bool, Option<&RequestTrace>),
     ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
-        let request = envelope::request(route, context, event)?;
-        let response = route.integration.forward(request, &self.upstreams).await.map_err(|e| e.to_string())?;
-        envelope::answer(response, reply, limits.max_message_bytes).await
+        let mut request = envelope::request(route, context, event)?;
+        // A traced event's integration call is its child span, and carries the trace on.
+        let call = trace.and_then(|trace| {
+            let start = trace.start_span();
+            trace.propagate(request.headers_mut(), start.map_or_else(SpanId::random, |s| s.id));
+            start.map(|start| (trace, start, request.uri().to_string()))
+        });
+        let answered = match route.integration.forward(request, &self.upstreams).await {
+            Ok(response) => envelope::answer(response, reply, limits.max_message_bytes).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Some((trace, start, url)) = call {
+            let mut attributes: Attributes = vec![("http.request.method", "POST".into()), ("url.full", url.into())];
+            let error = match &answered {
+                Ok((status, _, _)) => {
+                    attributes.push(("http.response.status_code", i64::from(status.as_u16()).into()));
+                    status.is_server_error().then(|| status.as_str().to_string())
+                }
+                Err(e) => Some(e.clone()),
+            };
+            trace.end_span(start, "POST", SpanKind::Client, attributes, error);
+        }
+        answered
     }
 }
 
@@ -299,7 +320,7 @@ impl Session {
                         let (started, request_id) = (Instant::now(), envelope::request_id());
                         let refused = envelope::gateway_message(429, "Too many messages", &self.context, &request_id);
                         let line = EventLine {
-                            event: &event_log::MESSAGE,
+                            event: &observed::MESSAGE,
                             route: "",
                             request_id: &request_id,
                             status: 429,
@@ -308,7 +329,7 @@ impl Session {
                             integration: None,
                             reason: Some("over the connection's messages_per_second"),
                         };
-                        self.connections.log_event(&self.stage, &self.context, line);
+                        self.connections.observe_event(&self.stage, &self.context, line, None);
                         if self.write(&mut ws, Message::text(refused)).await.is_err() {
                             break (CloseCode::Abnormal, "the client stopped reading".to_string());
                         }
@@ -389,7 +410,7 @@ impl Session {
             let Some(route) = stage.route(key.as_deref()) else {
                 let answer = failed(404, "No route for this message and no $default route");
                 let line = EventLine {
-                    event: &event_log::MESSAGE,
+                    event: &observed::MESSAGE,
                     route: key.as_deref().unwrap_or(""),
                     request_id: &request_id,
                     status: 404,
@@ -398,7 +419,7 @@ impl Session {
                     integration: None,
                     reason: Some("no route for the message's key and no $default route"),
                 };
-                connections.log_event(&stage, &context, line);
+                connections.observe_event(&stage, &context, line, None);
                 return answer;
             };
             let event = Event {
@@ -409,8 +430,10 @@ impl Session {
                 handshake: None,
                 closed: None,
             };
+            let trace = connections.trace_event(&stage, started);
             let called = Instant::now();
-            let delivered = connections.deliver((route, &stage.limits), &context, &event, route.reply).await;
+            let delivered =
+                connections.deliver((route, &stage.limits), &context, &event, (route.reply, trace.as_ref())).await;
             let integration = Some(called.elapsed());
             let (status, answer, reason) = match delivered {
                 Ok((status, _, body)) if status.is_success() => {
@@ -433,7 +456,7 @@ impl Session {
                 }
             };
             let line = EventLine {
-                event: &event_log::MESSAGE,
+                event: &observed::MESSAGE,
                 route: &route.key,
                 request_id: &request_id,
                 status,
@@ -442,7 +465,7 @@ impl Session {
                 integration,
                 reason: reason.as_deref(),
             };
-            connections.log_event(&stage, &context, line);
+            connections.observe_event(&stage, &context, line, trace.as_ref());
             answer
         }
     }
@@ -468,7 +491,10 @@ impl Session {
                 handshake: None,
                 closed: Some((code, &reason)),
             };
-            let (status, failure) = match connections.deliver((route, &stage.limits), &context, &event, false).await {
+            let trace = connections.trace_event(&stage, started);
+            let delivered =
+                connections.deliver((route, &stage.limits), &context, &event, (false, trace.as_ref())).await;
+            let (status, failure) = match delivered {
                 Ok((status, _, _)) if status.is_success() => (status.as_u16(), None),
                 Ok((status, _, _)) => (502, Some(format!("the integration answered {status}"))),
                 Err(e) => {
@@ -477,7 +503,7 @@ impl Session {
                 }
             };
             let line = EventLine {
-                event: &event_log::DISCONNECT,
+                event: &observed::DISCONNECT,
                 route: DISCONNECT,
                 request_id: &request_id,
                 status,
@@ -486,7 +512,7 @@ impl Session {
                 integration: Some(started.elapsed()),
                 reason: failure.as_deref(),
             };
-            connections.log_event(&stage, &context, line);
+            connections.observe_event(&stage, &context, line, trace.as_ref());
         });
     }
 }

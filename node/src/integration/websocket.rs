@@ -226,6 +226,8 @@ pub struct WebSocketStage {
     /// messages and `$disconnect` events write.
     pub deployment: Arc<str>,
     pub log_template: Option<Arc<crate::observe::access_log::LogTemplate>>,
+    /// How the stage samples traces: each message (and `$disconnect`) is a trace's root.
+    pub sampling: Option<crate::observe::trace::Sampling>,
     pub selection: RouteSelection,
     /// Custom routes by key.
     pub routes: HashMap<String, MessageRoute>,

@@ -260,6 +260,9 @@ impl Pipeline {
 
     /// The same pipeline, exporting traced requests' spans to `spans`.
     pub fn with_spans(self, spans: Option<Arc<SpanSink>>) -> Self {
+        if let Some(sink) = &spans {
+            self.connections.export_spans_to(sink.clone());
+        }
         Pipeline { spans, ..self }
     }
 

@@ -1,6 +1,6 @@
-//! Access-log lines for what a WebSocket connection does after its handshake: each message
-//! the client sends and the `$disconnect` event. The handshake itself is an HTTP request and
-//! logged as one (`GET`, 101).
+//! What a WebSocket connection's events leave for operators after its handshake (which is an
+//! HTTP request, logged and traced as one): an access-log line for each message the client
+//! sends and for the `$disconnect` event, and on a stage that traces, a trace for each.
 //!
 //! A line has the fields of a request's line, read for an event: the event type as the method
 //! (`MESSAGE`, `DISCONNECT`), the connection as the path (`/@connections/{id}`, the callback
@@ -8,16 +8,22 @@
 //! integration's (2xx), or the gateway's when it answered the client itself (404 no route,
 //! 429 too many messages, 502 the integration failed or could not be reached). The stage's
 //! `access_log_format` applies, as it does to its requests.
+//!
+//! An event is the root of its own trace (a message carries no `traceparent`), sampled by the
+//! stage's `tracing.sample_ratio`: a server span named after the event and its route key,
+//! and a client span for the integration call, which carries the trace on in its
+//! `traceparent`.
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{Method, Version};
+use http::{HeaderMap, Method, Version};
 
 use super::Connections;
 use super::envelope::ConnectionContext;
 use crate::integration::websocket::WebSocketStage;
 use crate::observe::access_log::LogEntry;
+use crate::observe::trace::{FinishedRequest, RequestTrace};
 
 /// A client's message, as a line's method.
 pub static MESSAGE: LazyLock<Method> = LazyLock::new(|| Method::from_bytes(b"MESSAGE").unwrap_or(Method::POST));
@@ -40,9 +46,41 @@ pub struct EventLine<'a> {
 }
 
 impl Connections {
-    /// Writes `line` for a connection of `stage` to the node's access log.
-    pub(super) fn log_event(&self, stage: &WebSocketStage, context: &ConnectionContext, line: EventLine<'_>) {
+    /// The trace of an event that begins at `started`, when `stage` traces and samples it and
+    /// the node exports traces.
+    pub(super) fn trace_event(&self, stage: &WebSocketStage, started: Instant) -> Option<RequestTrace> {
+        let sampling = stage.sampling.as_ref()?;
+        self.spans.get()?;
+        let trace = RequestTrace::begin(sampling, &HeaderMap::new(), false, started);
+        trace.sampled.then_some(trace)
+    }
+
+    /// Writes `line` for a connection of `stage` to the node's access log, and ends the
+    /// event's `trace`.
+    pub(super) fn observe_event(
+        &self,
+        stage: &WebSocketStage,
+        context: &ConnectionContext,
+        line: EventLine<'_>,
+        trace: Option<&RequestTrace>,
+    ) {
         let path = format!("/@connections/{}", context.id);
+        if let (Some(trace), Some(sink)) = (trace, self.spans.get()) {
+            // Named like a route key ("MESSAGE sendmessage"), so the span's name says both.
+            let route = format!("{} {}", line.event, line.route);
+            sink.submit(trace.finish(FinishedRequest {
+                method: line.event,
+                path: &path,
+                version: Version::HTTP_11,
+                client: context.source,
+                status: line.status,
+                route: &route,
+                api: &stage.api,
+                stage: &stage.stage,
+                deployment: &stage.deployment,
+                request_id: line.request_id,
+            }));
+        }
         let entry = LogEntry {
             time: SystemTime::now(),
             request_id: line.request_id,
