@@ -393,22 +393,27 @@ apis:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_message_is_a_trace_whose_integration_call_carries_it_on() {
+async fn websocket_connects_and_messages_are_traced_and_their_integration_calls_carry_the_trace() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let python =
         tokio::task::spawn_blocking(|| python_with("otel-venv", &["grpcio==1.85.3", "opentelemetry-proto==1.45.2"]));
     let Some(python) = python.await.unwrap() else { return };
     let receiver = Receiver::start(&python, None);
-    // The route's backend keeps the `traceparent` it was called with.
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    // The routes' backend keeps the `traceparent` each call came with, by path.
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let kept = seen.clone();
     let backend = http_service(move |request: hyper::Request<bytes::Bytes>| {
         let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
-        kept.lock().unwrap().push(traceparent.to_string());
+        kept.lock().unwrap().push((request.uri().path().to_string(), traceparent.to_string()));
         async { hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"noted"))) }
     })
     .await;
+    let traceparent_of = |path: &str| {
+        let seen = seen.lock().unwrap();
+        let found = seen.iter().find(|(p, _)| p == path).map(|(_, t)| t.clone());
+        found.unwrap_or_else(|| panic!("no call to {path} in {seen:?}"))
+    };
     let node = start_node(format!(
         r#"
 listen: {{ http: "127.0.0.1:0" }}
@@ -419,6 +424,7 @@ apis:
   - id: chat
     type: websocket
     routes:
+      - {{ route: $connect, integration: {{ type: http_proxy, uri: "http://{backend}/connect" }} }}
       - {{ route: sendmessage, reply: true, integration: {{ type: http_proxy, uri: "http://{backend}/send" }} }}
     stages:
       - name: prod
@@ -427,12 +433,27 @@ apis:
         receiver.http
     ))
     .await;
-    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{}/prod", gateway(&node))).await.unwrap();
+    // The handshake comes in a trace of the client's: `$connect`'s call is a span of it.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let handshake_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let mut request = format!("ws://{}/prod", gateway(&node)).into_client_request().unwrap();
+    let parent = format!("00-{handshake_trace}-00f067aa0ba902b7-01");
+    request.headers_mut().insert("traceparent", parent.parse().unwrap());
+    let (mut client, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let connect = traceparent_of("/connect");
+    assert!(connect.starts_with(&format!("00-{handshake_trace}-")), "{connect}");
+    let handshake_spans = receiver.trace(handshake_trace, 2).await;
+    let connect_call = handshake_spans.iter().find(|s| s["kind"] == 3).expect("the $connect call's span");
+    let handshake_server = handshake_spans.iter().find(|s| s["kind"] == 2).expect("the handshake's span");
+    assert_eq!(connect_call["parent_span_id"], handshake_server["span_id"]);
+    assert_eq!(connect_call["span_id"], connect.split('-').nth(2).unwrap_or(""));
+
+    // A message is a trace of its own.
     client.send(Message::text(r#"{"action":"sendmessage"}"#)).await.unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(5), client.next()).await.expect("a reply in time");
     assert_eq!(reply.and_then(Result::ok).and_then(|m| m.into_text().ok()).as_deref(), Some("noted"));
 
-    let traceparent = seen.lock().unwrap().first().cloned().expect("the integration was called");
+    let traceparent = traceparent_of("/send");
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!((parts.len(), parts[0], parts.get(3).copied()), (4, "00", Some("01")), "{traceparent}");
     let spans = receiver.trace(parts[1], 2).await;

@@ -603,8 +603,7 @@ impl Compiler<'_> {
                     }
                 }
                 IntegrationSpec::WebSocket(websocket) => {
-                    let observed = (log_template.clone(), sampling);
-                    match self.websocket_for_stage(websocket, api, stage_name, &stage.variables, observed) {
+                    match self.websocket_for_stage(websocket, api, stage_name, &stage.variables) {
                         Some(s) => Integration::WebSocket(WebSocketEndpoint::Connect(Arc::new(s))),
                         None => continue,
                     }

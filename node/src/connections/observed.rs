@@ -21,8 +21,8 @@ use http::{HeaderMap, Method, Version};
 
 use super::Connections;
 use super::envelope::ConnectionContext;
-use crate::integration::websocket::WebSocketStage;
 use crate::observe::access_log::LogEntry;
+use crate::observe::completion::RouteObserver;
 use crate::observe::trace::{FinishedRequest, RequestTrace};
 
 /// A client's message, as a line's method.
@@ -46,20 +46,20 @@ pub struct EventLine<'a> {
 }
 
 impl Connections {
-    /// The trace of an event that begins at `started`, when `stage` traces and samples it and
-    /// the node exports traces.
-    pub(super) fn trace_event(&self, stage: &WebSocketStage, started: Instant) -> Option<RequestTrace> {
-        let sampling = stage.sampling.as_ref()?;
+    /// The trace of an event that begins at `started`, when the connection's stage (its
+    /// handshake route's `observer`) traces and samples it and the node exports traces.
+    pub(super) fn trace_event(&self, observer: &RouteObserver, started: Instant) -> Option<RequestTrace> {
+        let sampling = observer.sampling.as_ref()?;
         self.spans.get()?;
         let trace = RequestTrace::begin(sampling, &HeaderMap::new(), false, started);
         trace.sampled.then_some(trace)
     }
 
-    /// Writes `line` for a connection of `stage` to the node's access log, and ends the
-    /// event's `trace`.
+    /// Writes `line` for a connection whose handshake route `observer` observed to the node's
+    /// access log, and ends the event's `trace`.
     pub(super) fn observe_event(
         &self,
-        stage: &WebSocketStage,
+        observer: &RouteObserver,
         context: &ConnectionContext,
         line: EventLine<'_>,
         trace: Option<&RequestTrace>,
@@ -75,9 +75,9 @@ impl Connections {
                 client: context.source,
                 status: line.status,
                 route: &route,
-                api: &stage.api,
-                stage: &stage.stage,
-                deployment: &stage.deployment,
+                api: &observer.api,
+                stage: &observer.stage,
+                deployment: &observer.deployment,
                 request_id: line.request_id,
             }));
         }
@@ -89,9 +89,9 @@ impl Connections {
             path: &path,
             protocol: Version::HTTP_11,
             route: line.route,
-            api: &stage.api,
-            stage: &stage.stage,
-            deployment: &stage.deployment,
+            api: &observer.api,
+            stage: &observer.stage,
+            deployment: &observer.deployment,
             status: line.status,
             bytes: line.bytes,
             latency: line.started.elapsed(),
@@ -100,6 +100,6 @@ impl Connections {
             client_cert: None,
             trace_id: None,
         };
-        self.log.record(&entry, stage.log_template.as_deref());
+        self.log.record(&entry, observer.log_template.as_deref());
     }
 }

@@ -31,6 +31,7 @@ use super::envelope::{self, ConnectionContext, Event, EventType, Payload};
 use super::observed::{self, EventLine};
 use super::{Connections, Held, OUTBOX, Outbound, Refused, unix_millis};
 use crate::integration::websocket::{CONNECT, ConnectionLimits, DISCONNECT, MessageRoute, WebSocketStage};
+use crate::observe::completion::RouteObserver;
 use crate::observe::trace::{Attributes, RequestTrace, SpanId, SpanKind};
 
 /// Messages of one connection waiting for their integration at once.
@@ -50,6 +51,11 @@ pub struct Handshake<'a> {
     pub source: IpAddr,
     pub authorizer: Option<Arc<Map<String, Value>>>,
     pub request_id: &'a str,
+    /// The handshake request's trace: `$connect`'s integration call is a span of it.
+    pub trace: Option<&'a RequestTrace>,
+    /// What observes the handshake's route: the connection's events are logged and traced
+    /// as its stage says (its access-log format, its sampling, its deployment).
+    pub observer: Arc<RouteObserver>,
 }
 
 /// Why a handshake is refused: the status and what the client is told.
@@ -63,6 +69,7 @@ pub struct Refusal {
 pub struct Accepted {
     context: ConnectionContext,
     stage: Arc<WebSocketStage>,
+    observer: Arc<RouteObserver>,
     /// `$request.header.*` selection: the route key the handshake chose.
     header_key: Option<String>,
     /// The subprotocol the `$connect` integration chose (`Sec-WebSocket-Protocol`).
@@ -112,7 +119,7 @@ impl Connections {
                 handshake: Some((handshake.headers, handshake.query)),
                 closed: None,
             };
-            let (status, headers, _) = self.deliver((route, &stage.limits), &context, &event, (false, None)).await.map_err(|e| {
+            let (status, headers, _) = self.deliver((route, &stage.limits), &context, &event, (false, handshake.trace)).await.map_err(|e| {
                 tracing::warn!(api = %context.api, stage = %context.stage, error = %e, "$connect integration failed");
                 Refusal {
                     status: StatusCode::BAD_GATEWAY,
@@ -124,7 +131,7 @@ impl Connections {
             }
             protocol = headers.get(http::header::SEC_WEBSOCKET_PROTOCOL).cloned();
         }
-        Ok(Accepted { context, stage, header_key, protocol, place })
+        Ok(Accepted { context, stage, observer: handshake.observer, header_key, protocol, place })
     }
 
     /// Serves an accepted connection on its upgraded socket until it closes.
@@ -132,7 +139,7 @@ impl Connections {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Accepted { context, stage, header_key, place, .. } = accepted;
+        let Accepted { context, stage, observer, header_key, place, .. } = accepted;
         let limits = stage.limits;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
@@ -159,6 +166,7 @@ impl Connections {
             connections: self.clone(),
             context,
             stage,
+            observer,
             header_key,
             held,
             messages_in: metrics::counter!(
@@ -217,6 +225,7 @@ struct Session {
     connections: Arc<Connections>,
     context: ConnectionContext,
     stage: Arc<WebSocketStage>,
+    observer: Arc<RouteObserver>,
     header_key: Option<String>,
     held: Arc<Held>,
     messages_in: metrics::Counter,
@@ -329,7 +338,7 @@ impl Session {
                             integration: None,
                             reason: Some("over the connection's messages_per_second"),
                         };
-                        self.connections.observe_event(&self.stage, &self.context, line, None);
+                        self.connections.observe_event(&self.observer, &self.context, line, None);
                         if self.write(&mut ws, Message::text(refused)).await.is_err() {
                             break (CloseCode::Abnormal, "the client stopped reading".to_string());
                         }
@@ -396,6 +405,7 @@ impl Session {
     /// back (a two-way route's answer, or the gateway's word that it failed).
     fn message(&self, payload: Payload) -> impl Future<Output = Option<Message>> + Send + 'static {
         let (connections, context, stage) = (self.connections.clone(), self.context.clone(), self.stage.clone());
+        let observer = self.observer.clone();
         let text_key = match &payload {
             Payload::Text(text) => Some(text.as_str()),
             Payload::Binary(_) => None,
@@ -419,7 +429,7 @@ impl Session {
                     integration: None,
                     reason: Some("no route for the message's key and no $default route"),
                 };
-                connections.observe_event(&stage, &context, line, None);
+                connections.observe_event(&observer, &context, line, None);
                 return answer;
             };
             let event = Event {
@@ -430,7 +440,7 @@ impl Session {
                 handshake: None,
                 closed: None,
             };
-            let trace = connections.trace_event(&stage, started);
+            let trace = connections.trace_event(&observer, started);
             let called = Instant::now();
             let delivered =
                 connections.deliver((route, &stage.limits), &context, &event, (route.reply, trace.as_ref())).await;
@@ -465,7 +475,7 @@ impl Session {
                 integration,
                 reason: reason.as_deref(),
             };
-            connections.observe_event(&stage, &context, line, trace.as_ref());
+            connections.observe_event(&observer, &context, line, trace.as_ref());
             answer
         }
     }
@@ -476,6 +486,7 @@ impl Session {
             return;
         }
         let (connections, context, stage) = (self.connections.clone(), self.context.clone(), self.stage.clone());
+        let observer = self.observer.clone();
         let delivery = self.connections.disconnects.start();
         tokio::spawn(async move {
             let _delivery = delivery;
@@ -491,7 +502,7 @@ impl Session {
                 handshake: None,
                 closed: Some((code, &reason)),
             };
-            let trace = connections.trace_event(&stage, started);
+            let trace = connections.trace_event(&observer, started);
             let delivered =
                 connections.deliver((route, &stage.limits), &context, &event, (false, trace.as_ref())).await;
             let (status, failure) = match delivered {
@@ -512,7 +523,7 @@ impl Session {
                 integration: Some(started.elapsed()),
                 reason: failure.as_deref(),
             };
-            connections.observe_event(&stage, &context, line, trace.as_ref());
+            connections.observe_event(&observer, &context, line, trace.as_ref());
         });
     }
 }

@@ -222,12 +222,6 @@ impl Default for ConnectionLimits {
 pub struct WebSocketStage {
     pub api: Arc<str>,
     pub stage: Arc<str>,
-    /// The deployment the stage serves and its access-log format, for the lines its
-    /// messages and `$disconnect` events write.
-    pub deployment: Arc<str>,
-    pub log_template: Option<Arc<crate::observe::access_log::LogTemplate>>,
-    /// How the stage samples traces: each message (and `$disconnect`) is a trace's root.
-    pub sampling: Option<crate::observe::trace::Sampling>,
     pub selection: RouteSelection,
     /// Custom routes by key.
     pub routes: HashMap<String, MessageRoute>,

@@ -18,6 +18,8 @@ use crate::authorizers::AuthorizerContext;
 use crate::connections::session::Handshake;
 use crate::connections::{Connections, Target, callback};
 use crate::integration::websocket::WebSocketStage;
+use crate::observe::completion::RouteObserver;
+use crate::observe::trace::RequestTrace;
 
 /// How much longer than the API's idle timeout the socket itself waits without a byte:
 /// the session closes an idle connection with a close frame first.
@@ -35,8 +37,8 @@ pub async fn open(
     parts: &Parts,
     client: Option<ClientUpgrade>,
     source: std::net::IpAddr,
-    authorizer: Option<&AuthorizerContext>,
-    request_id: &HeaderValue,
+    (authorizer, trace): (Option<&AuthorizerContext>, Option<&RequestTrace>),
+    (request_id, observer): (&HeaderValue, &Arc<RouteObserver>),
 ) -> Result<Response<Bytes>, Rejection> {
     let (Some(client), Some(key)) = (client, parts.headers.get(SEC_WEBSOCKET_KEY)) else {
         return Err(Rejection::new(
@@ -52,6 +54,8 @@ pub async fn open(
         source,
         authorizer: authorizer.map(|a| a.values.clone()),
         request_id: request_id.to_str().unwrap_or_default(),
+        trace,
+        observer: observer.clone(),
     };
     let accepted = connections.connect(handshake).await.map_err(|refusal| {
         Rejection::new(refusal.status, refusal.message).with_reason("websocket connection refused")

@@ -624,7 +624,9 @@ impl Pipeline {
                 let authorizer = exchange.extensions.get::<crate::authorizers::AuthorizerContext>();
                 let source = conn.client.ip();
                 let client = call.client_upgrade;
-                connections::open(&self.connections, stage, &parts, client, source, authorizer, call.request_id).await
+                let observed = (authorizer, exchange.trace.as_ref());
+                let named = (call.request_id, &target.observer);
+                connections::open(&self.connections, stage, &parts, client, source, observed, named).await
             }
             WebSocketEndpoint::Callback { api, stage, max_message_bytes } => {
                 let id = call.id.unwrap_or_default();

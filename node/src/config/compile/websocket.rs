@@ -18,8 +18,6 @@ use super::{Compiler, RouteSpec};
 use crate::integration::websocket::{
     CONNECT, ConnectionLimits, DEFAULT, DISCONNECT, MessageRoute, RouteSelection, WebSocketStage, is_route_key,
 };
-use crate::observe::access_log::LogTemplate;
-use crate::observe::trace::Sampling;
 use crate::router::{MethodMatch, PathPattern};
 
 /// The route selection a WebSocket API without `route_selection` uses.
@@ -322,14 +320,10 @@ impl Compiler<'_> {
         api: &str,
         stage_name: &str,
         variables: &BTreeMap<String, String>,
-        (log_template, sampling): (Option<Arc<LogTemplate>>, Option<Sampling>),
     ) -> Option<WebSocketStage> {
         let mut stage = WebSocketStage {
             api: api.into(),
             stage: stage_name.into(),
-            deployment: self.deployment.into(),
-            log_template,
-            sampling,
             selection: spec.selection.clone(),
             routes: HashMap::new(),
             connect: None,
