@@ -513,13 +513,18 @@ async fn every_message_and_the_disconnect_write_an_access_log_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
     let log = dir.path().join("access.log");
-    let config = chat_api(backend, "", "")
+    let config = chat_api(backend, "messages_per_second: 1", "")
         .replace("access_log: { enabled: false }", &format!("access_log: {{ path: \"{}\" }}", log.display()));
     let node = start_node_in(dir, config).await;
     let (mut client, id) = connect(&node, &[]).await.unwrap();
     client.send(Message::text(r#"{"action":"sendmessage","text":"hi"}"#)).await.unwrap();
     assert_eq!(next_text(&mut client).await, "got hi");
+    // One message a second: the next token comes after a second, and a message sent right
+    // after that one finds none.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     client.send(Message::text(r#"{"action":"broken"}"#)).await.unwrap();
+    client.send(Message::text(r#"{"action":"sendmessage","text":"too soon"}"#)).await.unwrap();
+    next_text(&mut client).await;
     next_text(&mut client).await;
     client.close(None).await.unwrap();
     seen.wait_for("/disconnect", |_| true).await;
@@ -554,6 +559,12 @@ async fn every_message_and_the_disconnect_write_an_access_log_line() {
     let broken = find("MESSAGE", "broken");
     assert_eq!(broken["status"], 502);
     assert_eq!(broken["reason"], "the integration answered 500 Internal Server Error");
+    let refused = find("MESSAGE", "");
+    assert_eq!(
+        (&refused["status"], &refused["reason"]),
+        (&Value::from(429), &"over the connection's messages_per_second".into())
+    );
+    assert!(refused.get("integration_latency_ms").is_none(), "no integration was called");
     let gone = find("DISCONNECT", "$disconnect");
     assert_eq!((&gone["status"], &gone["path"]), (&Value::from(200), &Value::from(connection.as_str())));
 }
