@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::request_body::{BoxError, RequestBody, Resend};
+use super::request_body::{BoxError, RequestBody, Resend, source_of};
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,16 +181,11 @@ impl ReplayHead {
 /// (`REFUSED_STREAM`), or above the last stream a graceful GOAWAY says the target will
 /// process.
 fn unprocessed(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && (h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                    || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)));
-        }
-        source = e.source();
-    }
-    false
+    source_of::<h2::Error>(error).is_some_and(|h2| {
+        h2.is_remote()
+            && (h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)))
+    })
 }
 
 /// Whether a request on a reused HTTP/1.1 connection failed because the target had closed
@@ -199,17 +194,9 @@ fn unprocessed(error: &hyper::Error) -> bool {
 /// reads, so both count).
 fn closed_by_target(error: &hyper::Error) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    if error.is_incomplete_message() {
-        return true;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted);
-        }
-        source = e.source();
-    }
-    false
+    error.is_incomplete_message()
+        || source_of::<io::Error>(error)
+            .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
 }
 
 /// Whether a request may be sent again after its connection closed under it: an idempotent

@@ -122,16 +122,21 @@ impl RequestBody {
     }
 }
 
-/// Whether `error` (or one of its sources) is `E`.
-pub fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+/// The first of `error` and its sources (in that order) that is an `E`.
+pub fn source_of<'e, E: std::error::Error + 'static>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e E> {
     let mut current = Some(error);
     while let Some(e) = current {
-        if e.is::<E>() {
-            return true;
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
         }
         current = e.source();
     }
-    false
+    None
+}
+
+/// Whether `error` (or one of its sources) is `E`.
+pub fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    source_of::<E>(error).is_some()
 }
 
 impl Body for RequestBody {

@@ -118,16 +118,6 @@ impl Template {
     }
 }
 
-/// Appends `text` to `out` unless that would pass `max_output` bytes (a free function, so
-/// that a value borrowed from the renderer's variables can be written without a copy).
-fn emit_into(out: &mut String, max_output: usize, text: &str, line: usize) -> Rendered<()> {
-    if out.len() + text.len() > max_output {
-        return fail(line, format!("the output is larger than {max_output} bytes"));
-    }
-    out.push_str(text);
-    Ok(())
-}
-
 fn fail<T>(line: usize, message: impl Into<String>) -> Rendered<T> {
     Err(RenderError { line, message: message.into() })
 }
@@ -317,8 +307,17 @@ impl<'a> Renderer<'a> {
         Ok(())
     }
 
+    /// Appends `text` to the output unless that would pass the output bound.
     fn emit(&mut self, text: &str, line: usize) -> Rendered<()> {
-        emit_into(&mut self.out, self.bounds.max_output, text, line)
+        if self.out.len() + text.len() > self.bounds.max_output {
+            return self.too_long(line);
+        }
+        self.out.push_str(text);
+        Ok(())
+    }
+
+    fn too_long<T>(&self, line: usize) -> Rendered<T> {
+        fail(line, format!("the output is larger than {} bytes", self.bounds.max_output))
     }
 
     /// `value` as a reference that lasts the whole rendering: a value made here is kept
@@ -392,7 +391,7 @@ impl<'a> Renderer<'a> {
         let arg = args.first().map(|a| as_text(a)).unwrap_or_default();
         write(&arg, &mut self.out);
         if self.out.len() > self.bounds.max_output {
-            return fail(r.line, format!("the output is larger than {} bytes", self.bounds.max_output));
+            return self.too_long(r.line);
         }
         Ok(true)
     }

@@ -98,7 +98,6 @@ pub(super) enum Node {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Reference {
-    pub root: String,
     /// The root name's slot among the template's variables: names are resolved when the
     /// template is parsed, so reading a variable while rendering compares no strings.
     pub slot: usize,
@@ -277,9 +276,9 @@ impl Template {
                     Step::Field(_) => {}
                 }
             }
-            match (r.root.as_str(), r.steps.first()) {
-                ("input", Some(Step::Field(f))) if f == "body" => Ok(()),
-                ("input", Some(Step::Call(m, args))) if m == "json" || m == "path" => match args.as_slice() {
+            match (r.builtin, r.steps.first()) {
+                (Builtin::Input, Some(Step::Field(f))) if f == "body" => Ok(()),
+                (Builtin::Input, Some(Step::Call(m, args))) if m == "json" || m == "path" => match args.as_slice() {
                     [Expr::Literal(Value::String(path))] => match serde_json_path::JsonPath::parse(path) {
                         Ok(compiled) => {
                             if !found.paths.iter().any(|(p, _)| p == path) {
@@ -292,11 +291,11 @@ impl Template {
                     [_] => Ok(()),
                     _ => error(format!("$input.{m} takes one JSONPath")),
                 },
-                ("input", Some(Step::Call(m, args))) if m == "params" && args.len() <= 1 => {
+                (Builtin::Input, Some(Step::Call(m, args))) if m == "params" && args.len() <= 1 => {
                     found.reads.params = true;
                     Ok(())
                 }
-                ("context", first) => {
+                (Builtin::Context, first) => {
                     let member = match first {
                         Some(Step::Field(name)) => Some(name.as_str()),
                         _ => None,
@@ -304,13 +303,13 @@ impl Template {
                     found.reads.context.add(member);
                     Ok(())
                 }
-                ("input", Some(other)) => error(format!(
+                (Builtin::Input, Some(other)) => error(format!(
                     "$input has `body`, `json(path)`, `path(path)` and `params()`, not {}",
                     describe(other)
                 )),
-                ("input", None) => error("use `$input.body`, `$input.json(...)` or `$input.path(...)`".into()),
-                ("util", Some(Step::Call(f, _))) if UTIL.contains(&f.as_str()) => Ok(()),
-                ("util", Some(other)) => {
+                (Builtin::Input, None) => error("use `$input.body`, `$input.json(...)` or `$input.path(...)`".into()),
+                (Builtin::Util, Some(Step::Call(f, _))) if UTIL.contains(&f.as_str()) => Ok(()),
+                (Builtin::Util, Some(other)) => {
                     error(format!("$util has no {} (it has {})", describe(other), UTIL.join(", ")))
                 }
                 _ => Ok(()),
@@ -613,7 +612,7 @@ impl<'t> Parser<'t> {
             self.pos += 1;
         }
         let slot = self.slot(root);
-        Ok(Some(Reference { root: root.to_string(), slot, builtin: Builtin::of(root), quiet, steps, line }))
+        Ok(Some(Reference { slot, builtin: Builtin::of(root), quiet, steps, line }))
     }
 
     fn arguments(&mut self) -> Parsed<Vec<Expr>> {
