@@ -99,6 +99,14 @@ async fn metric(node: &NodeProcess, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The Python the OTLP receiver runs on (a virtualenv with `grpcio` and
+/// `opentelemetry-proto`), made on first use.
+async fn otel_python() -> Option<std::path::PathBuf> {
+    let made =
+        tokio::task::spawn_blocking(|| python_with("otel-venv", &["grpcio==1.85.3", "opentelemetry-proto==1.45.2"]));
+    made.await.expect("the virtualenv task ends")
+}
+
 fn gateway(node: &NodeProcess) -> SocketAddr {
     node.http.expect("http listener")
 }
@@ -145,9 +153,7 @@ async fn failed_exports(node: &NodeProcess) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_spans_two_gateways_and_reaches_an_otlp_receiver() {
-    let python =
-        tokio::task::spawn_blocking(|| python_with("otel-venv", &["grpcio==1.85.3", "opentelemetry-proto==1.45.2"]));
-    let Some(python) = python.await.unwrap() else { return };
+    let Some(python) = otel_python().await else { return };
     let receiver = Receiver::start(&python, None);
 
     // The second gateway: its stage records nothing of its own accord (ratio 0), so what it
@@ -320,9 +326,7 @@ apis:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_a_collector_over_grpc_with_tls_and_only_a_trusted_one() {
-    let python =
-        tokio::task::spawn_blocking(|| python_with("otel-venv", &["grpcio==1.85.3", "opentelemetry-proto==1.45.2"]));
-    let Some(python) = python.await.unwrap() else { return };
+    let Some(python) = otel_python().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
@@ -396,9 +400,7 @@ apis:
 async fn websocket_connects_and_messages_are_traced_and_their_integration_calls_carry_the_trace() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let python =
-        tokio::task::spawn_blocking(|| python_with("otel-venv", &["grpcio==1.85.3", "opentelemetry-proto==1.45.2"]));
-    let Some(python) = python.await.unwrap() else { return };
+    let Some(python) = otel_python().await else { return };
     let receiver = Receiver::start(&python, None);
     // The routes' backend keeps the `traceparent` each call came with, by path.
     let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();

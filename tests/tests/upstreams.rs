@@ -469,14 +469,23 @@ async fn posts_an_http2_target_refused_are_sent_again_with_their_bodies() {
     assert_eq!(connections.load(Ordering::SeqCst), 9, "each refused stream went to a new connection");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_body_that_stalls_is_cut_off_after_the_route_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A target that answers its head and 10 of the 100 bytes it announces, then nothing.
+/// A target on raw sockets, for answers no HTTP server library would give: each connection
+/// (counted) is handed to `answer` once a request head has arrived on it.
+async fn raw_target<F, Fut>(answer: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tokio::io::AsyncReadExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -486,11 +495,22 @@ async fn an_upstream_body_that_stalls_is_cut_off_after_the_route_timeout() {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789").await;
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                answer(tcp).await;
             });
         }
     });
+    (addr, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_body_that_stalls_is_cut_off_after_the_route_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A target that answers its head and 10 of the 100 bytes it announces, then nothing.
+    let (backend, _) = raw_target(|mut tcp| async move {
+        let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789").await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await;
     let node =
         start_node(config(&format!("{{ type: http_proxy, uri: \"http://{backend}/work\", timeout: 1s }}"), "")).await;
     let gateway = node.http.unwrap();
@@ -507,33 +527,17 @@ async fn an_upstream_body_that_stalls_is_cut_off_after_the_route_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_on_a_kept_connection_the_target_resets_is_sent_again() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     // A target that answers one request per connection, keeps the connection, and resets it
     // when the next request arrives (closing with that request unread): the keep-alive race a
     // target's idle timeout causes.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nanswered").await;
-                // The next request is left unread: closing with it unread resets the
-                // connection (the kernel answers RST, not FIN).
-                let _ = tcp.readable().await;
-            });
-        }
-    });
+    let (backend, connections) = raw_target(|mut tcp| async move {
+        let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nanswered").await;
+        // The next request is left unread: closing with it unread resets the connection (the
+        // kernel answers RST, not FIN).
+        let _ = tcp.readable().await;
+    })
+    .await;
     let node = start_node(config(&format!("{{ type: http_proxy, uri: \"http://{backend}/work\" }}"), "")).await;
     let gateway = node.http.unwrap();
     for i in 0..5 {
