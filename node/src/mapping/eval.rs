@@ -2,10 +2,11 @@
 //! [`Bounds`](super::Bounds).
 //!
 //! Values are borrowed wherever they can be: a reference into the body, `$context` or
-//! `$stageVariables` walks the inputs without copying them. A value made while rendering that
-//! a variable holds (`#set`, a `#foreach` list) is kept in an arena until the rendering ends,
-//! so a variable is always a reference too and reading it never copies it: a template that
-//! loops over a large body copies only what it writes.
+//! `$stageVariables` walks the inputs without copying them. A value made while rendering (a
+//! `#set` value, a `#foreach` list, a call's result) is kept in an arena until the rendering
+//! ends, within [`Bounds::max_held`](super::Bounds), so every value is a plain reference:
+//! reading a variable never copies it, and a template that loops over a large body copies
+//! only what it writes.
 
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -68,9 +69,10 @@ pub struct RenderError {
     pub message: String,
 }
 
-/// A value while rendering: borrowed from the template, the inputs or the kept values, or
-/// made here.
-type Val<'a> = Cow<'a, Value>;
+/// A value while rendering: borrowed from the template, the inputs or the values made while
+/// rendering, which the arena keeps until the rendering ends. A reference is small enough to
+/// come back from every level in registers, and reading a variable or a field never copies.
+type Val<'a> = &'a Value;
 
 /// A call's arguments: rarely more than two, so no allocation for them.
 type Arguments<'a> = SmallVec<[Val<'a>; 2]>;
@@ -82,10 +84,13 @@ struct Renderer<'a> {
     inputs: &'a Inputs,
     /// The template's JSONPaths, compiled.
     paths: &'a [(String, serde_json_path::JsonPath)],
-    /// Values made while rendering that variables hold, until the rendering ends.
-    kept: &'a Arena<Value>,
+    /// Values made while rendering (a `#set` value, a list, a call's result), until the
+    /// rendering ends.
+    made: &'a Arena<Value>,
     /// Their size, within `bounds.max_held`.
-    kept_bytes: usize,
+    made_bytes: usize,
+    /// `$input.body` as a string value, made on first use.
+    body_text: Option<Val<'a>>,
     bounds: Bounds,
     started: Instant,
     vars: Variables<'a>,
@@ -95,17 +100,19 @@ struct Renderer<'a> {
     iterations: u64,
 }
 
-type Rendered<T> = Result<T, RenderError>;
+/// A rendering's result; the error is boxed so that a result is as small as its value.
+type Rendered<T> = Result<T, Box<RenderError>>;
 
 impl Template {
     /// Renders the template with `inputs`, within `bounds`.
     pub fn render(&self, inputs: &Inputs, bounds: Bounds) -> Result<String, RenderError> {
-        let kept = Arena::new();
+        let made = Arena::new();
         let mut renderer = Renderer {
             inputs,
             paths: &self.paths,
-            kept: &kept,
-            kept_bytes: 0,
+            made: &made,
+            made_bytes: 0,
+            body_text: None,
             bounds,
             started: Instant::now(),
             vars: Variables(vec![None; self.slots]),
@@ -113,15 +120,14 @@ impl Template {
             out: String::new(),
             iterations: 0,
         };
-        renderer.nodes(&self.nodes)?;
+        renderer.nodes(&self.nodes).map_err(|e| *e)?;
         Ok(renderer.out)
     }
 }
 
 fn fail<T>(line: usize, message: impl Into<String>) -> Rendered<T> {
-    Err(RenderError { line, message: message.into() })
+    Err(Box::new(RenderError { line, message: message.into() }))
 }
-
 /// A value as text, as Velocity (Java) writes it.
 fn text(value: &Value) -> String {
     match value {
@@ -209,6 +215,39 @@ const COPIED: [bool; 256] = {
     table
 };
 
+/// How many bytes at the start of `bytes` [`escape_javascript`] copies as they are (see
+/// [`COPIED`]): sixteen at a time with SSE2, which every x86-64 CPU has, one at a time
+/// elsewhere and for the tail.
+fn copied_run(bytes: &[u8]) -> usize {
+    let mut start = 0;
+    #[cfg(target_arch = "x86_64")]
+    while let Some(chunk) = bytes.get(start..start + 16).and_then(|c| <&[u8; 16]>::try_from(c).ok()) {
+        // SAFETY: SSE2 is part of x86-64 itself: every CPU this code runs on has it.
+        let escaped = unsafe { escaped_among(chunk) };
+        if escaped != 0 {
+            return start + escaped.trailing_zeros() as usize;
+        }
+        start += 16;
+    }
+    start + bytes[start..].iter().take_while(|b| COPIED[usize::from(**b)]).count()
+}
+
+/// Which of the 16 bytes [`escape_javascript`] does not copy as they are, one bit each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn escaped_among(chunk: &[u8; 16]) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    // SAFETY: `chunk` is 16 readable bytes, and the load does not need alignment.
+    let v = unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) };
+    let is = |b: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8));
+    // Compared as signed bytes, everything from 0x80 up is below 0x20 too.
+    let control = _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)), is(0x7f));
+    let marks = _mm_or_si128(_mm_or_si128(is(b'"'), is(b'\'')), _mm_or_si128(is(b'\\'), is(b'/')));
+    _mm_movemask_epi8(_mm_or_si128(control, marks)) as u32
+}
+
 /// JavaScript string escaping, as `$util.escapeJavaScript` does it, appended to `out`: runs
 /// of printable ASCII are copied whole; quotes, `\`, `/` and the usual controls get their
 /// escapes; other characters are `\uXXXX` per UTF-16 unit.
@@ -216,14 +255,15 @@ fn escape_javascript(s: &str, out: &mut String) {
     use std::fmt::Write;
     out.reserve(s.len());
     let bytes = s.as_bytes();
-    let (mut start, mut i) = (0, 0);
-    while i < bytes.len() {
-        if COPIED[bytes[i] as usize] {
-            i += 1;
-            continue;
-        }
-        out.push_str(&s[start..i]);
-        let escape = match bytes[i] {
+    let mut i = 0;
+    loop {
+        // A run stops at a byte to escape: ASCII, or the first byte of a character beyond
+        // it, so `i` is always on a character boundary.
+        let run = copied_run(&bytes[i..]);
+        out.push_str(&s[i..i + run]);
+        i += run;
+        let Some(&byte) = bytes.get(i) else { return };
+        let escape = match byte {
             b'"' => "\\\"",
             b'\'' => "\\'",
             b'\\' => "\\\\",
@@ -234,23 +274,18 @@ fn escape_javascript(s: &str, out: &mut String) {
             0x08 => "\\b",
             0x0c => "\\f",
             _ => {
-                // A control character or the first byte of a non-ASCII one (a boundary:
-                // the loop steps over whole characters).
                 let c = s[i..].chars().next().unwrap_or('\u{fffd}');
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
                     let _ = write!(out, "\\u{unit:04X}");
                 }
-                i += c.len_utf8().max(1);
-                start = i;
+                i += c.len_utf8();
                 continue;
             }
         };
         out.push_str(escape);
         i += 1;
-        start = i;
     }
-    out.push_str(&s[start..]);
 }
 
 /// `application/x-www-form-urlencoded` encoding, as Java's `URLEncoder` does it, appended to
@@ -320,21 +355,21 @@ impl<'a> Renderer<'a> {
         fail(line, format!("the output is larger than {} bytes", self.bounds.max_output))
     }
 
-    /// `value` as a reference that lasts the whole rendering: a value made here is kept
-    /// (within the bounds) until the rendering ends.
-    fn keep(&mut self, value: Val<'a>, line: usize) -> Rendered<&'a Value> {
+    /// `value`, made while rendering, as a reference that lasts the whole rendering: kept
+    /// (within the bounds) until the rendering ends. Null and the booleans are not made.
+    fn make(&mut self, value: Value, line: usize) -> Rendered<Val<'a>> {
         match value {
-            Cow::Borrowed(value) => Ok(value),
-            Cow::Owned(value) => {
-                self.kept_bytes = self.kept_bytes.saturating_add(footprint(&value));
-                if self.kept_bytes > self.bounds.max_held {
-                    let limit = self.bounds.max_held;
-                    return fail(line, format!("the template's variables hold more than {limit} bytes"));
-                }
-                let kept: &'a Arena<Value> = self.kept;
-                Ok(kept.alloc(value))
-            }
+            Value::Null => return Ok(&NULL),
+            Value::Bool(b) => return Ok(boolean(b)),
+            _ => {}
         }
+        self.made_bytes = self.made_bytes.saturating_add(footprint(&value));
+        if self.made_bytes > self.bounds.max_held {
+            let limit = self.bounds.max_held;
+            return fail(line, format!("the template's values hold more than {limit} bytes"));
+        }
+        let made: &'a Arena<Value> = self.made;
+        Ok(made.alloc(value))
     }
 
     fn nodes(&mut self, nodes: &'a [Node]) -> Rendered<()> {
@@ -343,27 +378,24 @@ impl<'a> Renderer<'a> {
                 Node::Text(t) => self.emit(t, 0)?,
                 Node::Ref(r, _) if self.writes_text_function(r)? => {}
                 Node::Ref(r, source) => match self.reference(r)? {
-                    Some(value) => match value.as_ref() {
-                        Value::String(s) => self.emit(s, r.line)?,
-                        other => {
-                            let t = text(other);
-                            self.emit(&t, r.line)?;
-                        }
-                    },
+                    Some(Value::String(s)) => self.emit(s, r.line)?,
+                    Some(other) => {
+                        let t = text(other);
+                        self.emit(&t, r.line)?;
+                    }
                     None if r.quiet => {}
                     None => self.emit(source, r.line)?,
                 },
                 Node::Set(slot, value) => {
                     // As in Velocity, a null value leaves the variable as it was.
                     if let Some(v) = self.expr(value)?.filter(|v| !v.is_null()) {
-                        let v = self.keep(v, 0)?;
                         self.vars.insert(*slot, v);
                     }
                 }
                 Node::If(branches, otherwise) => {
                     let mut taken = false;
                     for (condition, body) in branches {
-                        if truthy(self.expr(condition)?.as_deref()) {
+                        if truthy(self.expr(condition)?) {
                             self.nodes(body)?;
                             taken = true;
                             break;
@@ -397,10 +429,7 @@ impl<'a> Renderer<'a> {
     }
 
     fn foreach(&mut self, var: usize, items: &'a Expr, body: &'a [Node]) -> Rendered<()> {
-        let items = match self.expr(items)? {
-            Some(items) => self.keep(items, 0)?,
-            None => return Ok(()),
-        };
+        let Some(items) = self.expr(items)? else { return Ok(()) };
         let saved = (self.vars.remove(var), self.position);
         let looped = match items {
             Value::Array(list) => self.iterate(var, body, list.len(), list.iter()),
@@ -449,20 +478,23 @@ impl<'a> Renderer<'a> {
     }
 
     /// `$foreach.NAME` without building the whole object (the common case, per iteration).
-    fn position_field((index, count): (usize, usize), name: &str) -> Value {
+    fn position_field(&mut self, (index, count): (usize, usize), name: &str, line: usize) -> Rendered<Val<'a>> {
         match name {
-            "index" => Value::from(index),
-            "count" => Value::from(index + 1),
-            "hasNext" => Value::Bool(index + 1 < count),
-            "first" => Value::Bool(index == 0),
-            "last" => Value::Bool(index + 1 == count),
-            _ => Value::Null,
+            "index" => self.make(Value::from(index), line),
+            "count" => self.make(Value::from(index + 1), line),
+            "hasNext" => Ok(boolean(index + 1 < count)),
+            "first" => Ok(boolean(index == 0)),
+            "last" => Ok(boolean(index + 1 == count)),
+            _ => Ok(&NULL),
         }
     }
 
     fn expr(&mut self, expr: &'a Expr) -> Rendered<Option<Val<'a>>> {
-        Ok(Some(Cow::Owned(match expr {
-            Expr::Literal(v) => return Ok(Some(Cow::Borrowed(v))),
+        let made = match expr {
+            Expr::Literal(v) => return Ok(Some(v)),
+            Expr::Ref(r) => return self.reference(r),
+            Expr::Not(inner) => return Ok(Some(boolean(!truthy(self.expr(inner)?)))),
+            Expr::Binary(op, a, b) => return self.binary(*op, a, b).map(Some),
             Expr::Interpolated(nodes) => {
                 let outer = std::mem::take(&mut self.out);
                 let rendered = self.nodes(nodes);
@@ -473,13 +505,13 @@ impl<'a> Renderer<'a> {
             Expr::List(items) => {
                 let mut list = Vec::with_capacity(items.len());
                 for item in items {
-                    list.push(self.expr(item)?.map_or(Value::Null, Cow::into_owned));
+                    list.push(self.expr(item)?.map_or(Value::Null, Value::clone));
                 }
                 Value::Array(list)
             }
             Expr::Range(from, to) => {
-                let from = self.expr(from)?.as_deref().and_then(integer);
-                let to = self.expr(to)?.as_deref().and_then(integer);
+                let from = self.expr(from)?.and_then(integer);
+                let to = self.expr(to)?.and_then(integer);
                 let (Some(from), Some(to)) = (from, to) else { return fail(0, "a range needs two integers") };
                 if from.abs_diff(to) >= self.bounds.max_iterations {
                     return fail(0, format!("a range longer than {} items", self.bounds.max_iterations));
@@ -494,46 +526,43 @@ impl<'a> Renderer<'a> {
             Expr::Map(pairs) => {
                 let mut map = Map::new();
                 for (k, v) in pairs {
-                    let key = self.expr(k)?.map(|k| text(&k)).unwrap_or_default();
-                    map.insert(key, self.expr(v)?.map_or(Value::Null, Cow::into_owned));
+                    let key = self.expr(k)?.map(text).unwrap_or_default();
+                    map.insert(key, self.expr(v)?.map_or(Value::Null, Value::clone));
                 }
                 Value::Object(map)
             }
-            Expr::Ref(r) => return self.reference(r),
-            Expr::Not(inner) => Value::Bool(!truthy(self.expr(inner)?.as_deref())),
-            Expr::Negate(inner) => match self.expr(inner)?.as_deref() {
+            Expr::Negate(inner) => match self.expr(inner)? {
                 Some(v) if integer(v).is_some() => Value::from(-integer(v).unwrap_or(0)),
                 Some(v) if number(v).is_some() => {
                     serde_json::Number::from_f64(-number(v).unwrap_or(0.0)).map_or(Value::Null, Value::Number)
                 }
                 _ => return fail(0, "`-` needs a number"),
             },
-            Expr::Binary(op, a, b) => return self.binary(*op, a, b),
-        })))
+        };
+        self.make(made, 0).map(Some)
     }
 
-    fn binary(&mut self, op: BinaryOp, a: &'a Expr, b: &'a Expr) -> Rendered<Option<Val<'a>>> {
-        let owned = |v: Value| Ok(Some(Cow::Owned(v)));
+    fn binary(&mut self, op: BinaryOp, a: &'a Expr, b: &'a Expr) -> Rendered<Val<'a>> {
         match op {
             BinaryOp::Or => {
-                let left = truthy(self.expr(a)?.as_deref());
-                return owned(Value::Bool(left || truthy(self.expr(b)?.as_deref())));
+                let left = truthy(self.expr(a)?);
+                return Ok(boolean(left || truthy(self.expr(b)?)));
             }
             BinaryOp::And => {
-                let left = truthy(self.expr(a)?.as_deref());
-                return owned(Value::Bool(left && truthy(self.expr(b)?.as_deref())));
+                let left = truthy(self.expr(a)?);
+                return Ok(boolean(left && truthy(self.expr(b)?)));
             }
             _ => {}
         }
-        let left = self.expr(a)?.unwrap_or(Cow::Borrowed(&NULL));
-        let right = self.expr(b)?.unwrap_or(Cow::Borrowed(&NULL));
+        let left = self.expr(a)?.unwrap_or(&NULL);
+        let right = self.expr(b)?.unwrap_or(&NULL);
         if matches!(op, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Le | BinaryOp::Ge) {
-            return owned(Value::Bool(compare(op, &left, &right)));
+            return Ok(boolean(compare(op, left, right)));
         }
         if op == BinaryOp::Add && (left.is_string() || right.is_string()) {
-            return owned(Value::String(text(&left) + &text(&right)));
+            return self.make(Value::String(text(left) + &text(right)), 0);
         }
-        let result = match (integer(&left), integer(&right)) {
+        let result = match (integer(left), integer(right)) {
             (Some(x), Some(y)) => match op {
                 BinaryOp::Add => x.checked_add(y).map(Value::from),
                 BinaryOp::Sub => x.checked_sub(y).map(Value::from),
@@ -542,7 +571,7 @@ impl<'a> Renderer<'a> {
                 BinaryOp::Rem => x.checked_rem(y).map(Value::from),
                 _ => None,
             },
-            _ => match (number(&left), number(&right)) {
+            _ => match (number(left), number(right)) {
                 (Some(x), Some(y)) => {
                     let r = match op {
                         BinaryOp::Add => x + y,
@@ -558,23 +587,23 @@ impl<'a> Renderer<'a> {
             },
         };
         // Division by zero and overflow are null, as in Velocity.
-        owned(result.unwrap_or(Value::Null))
+        self.make(result.unwrap_or(Value::Null), 0)
     }
 
     fn arguments(&mut self, args: &'a [Expr]) -> Rendered<Arguments<'a>> {
         let mut values = Arguments::with_capacity(args.len());
         for a in args {
-            values.push(self.expr(a)?.unwrap_or(Cow::Borrowed(&NULL)));
+            values.push(self.expr(a)?.unwrap_or(&NULL));
         }
         Ok(values)
     }
 
     /// What `path` selects in the body: one value, several (a list), or null.
-    fn select(&self, path: &str, line: usize) -> Rendered<Val<'a>> {
+    fn select(&mut self, path: &str, line: usize) -> Rendered<Val<'a>> {
         let inputs = self.inputs;
         let Some(body) = inputs.body_json.of(&inputs.body) else { return fail(line, "the body is not JSON") };
         if path == "$" {
-            return Ok(Cow::Borrowed(body));
+            return Ok(body);
         }
         let compiled = match self.paths.iter().find(|(p, _)| p == path) {
             Some((_, compiled)) => Cow::Borrowed(compiled),
@@ -585,42 +614,58 @@ impl<'a> Renderer<'a> {
         };
         let nodes = compiled.query(body).all();
         let singular = !path.contains(['*', '?', ':']) && !path.contains("..");
-        Ok(match (nodes.as_slice(), singular) {
-            ([], _) => Cow::Borrowed(&NULL),
-            ([one], true) => Cow::Borrowed(*one),
-            (many, _) => Cow::Owned(Value::Array(many.iter().map(|v| (*v).clone()).collect())),
-        })
+        match (nodes.as_slice(), singular) {
+            ([], _) => Ok(&NULL),
+            ([one], true) => Ok(*one),
+            (many, _) => {
+                let list = Value::Array(many.iter().map(|v| (*v).clone()).collect());
+                self.make(list, line)
+            }
+        }
     }
 
     fn reference(&mut self, r: &'a Reference) -> Rendered<Option<Val<'a>>> {
+        let inputs = self.inputs;
         let (mut value, skip) = match (self.vars.get(r.slot), r.builtin, self.position) {
-            (Some(variable), ..) => (Cow::Borrowed(variable), 0),
+            (Some(variable), ..) => (variable, 0),
             (None, Builtin::Foreach, Some(position)) => match r.steps.first() {
-                Some(Step::Field(name)) => (Cow::Owned(Self::position_field(position, name)), 1),
-                _ => (Cow::Owned(Self::position(position)), 0),
+                Some(Step::Field(name)) => (self.position_field(position, name, r.line)?, 1),
+                _ => (self.make(Self::position(position), r.line)?, 0),
             },
             (None, Builtin::Input, _) => (self.input(r)?, 1),
-            (None, Builtin::Util, _) => (Cow::Owned(self.util(r)?), 1),
-            (None, Builtin::Context, _) => (Cow::Borrowed(&*self.inputs.context), 0),
-            (None, Builtin::StageVariables, _) => (Cow::Borrowed(&*self.inputs.stage_variables), 0),
+            (None, Builtin::Util, _) => {
+                let made = self.util(r)?;
+                (self.make(made, r.line)?, 1)
+            }
+            (None, Builtin::Context, _) => (&*inputs.context, 0),
+            (None, Builtin::StageVariables, _) => (&*inputs.stage_variables, 0),
             _ => return Ok(None),
         };
-        // Each step's arguments are evaluated as the walk reaches it; the value walked from
-        // is borrowed (from the inputs or the kept values), so `$map.get($k)` in a loop never
-        // copies the map.
+        // Each step's arguments are evaluated as the walk reaches it; every step from a
+        // value borrows from it, so `$map.get($k)` in a loop never copies the map.
         for step in &r.steps[skip..] {
-            let walked = match step {
-                Step::Field(_) => walk(value, step, &[]),
+            value = match step {
+                Step::Field(name) => match value {
+                    Value::Object(map) => map.get(name.as_str()).unwrap_or(&NULL),
+                    _ => &NULL,
+                },
                 Step::Index(index) => {
-                    let index = self.expr(index)?.unwrap_or(Cow::Borrowed(&NULL));
-                    walk(value, step, std::slice::from_ref(&index))
+                    let index = self.expr(index)?.unwrap_or(&NULL);
+                    indexed(value, index)
                 }
-                Step::Call(_, args) => {
+                Step::Call(method, args) => {
                     let args = self.arguments(args)?;
-                    walk(value, step, &args)
+                    match (method.as_str(), value) {
+                        ("get", Value::Object(_) | Value::Array(_)) => {
+                            got(value, args.first().copied().unwrap_or(&NULL))
+                        }
+                        _ => match method_call(value, method, &args) {
+                            Ok(made) => self.make(made, r.line)?,
+                            Err(message) => return fail(r.line, message),
+                        },
+                    }
                 }
             };
-            value = walked.or_else(|e| fail(r.line, e))?;
         }
         Ok(Some(value))
     }
@@ -628,37 +673,45 @@ impl<'a> Renderer<'a> {
     fn input(&mut self, r: &'a Reference) -> Rendered<Val<'a>> {
         match r.steps.first() {
             Some(Step::Field(f)) if f == "body" => {
-                Ok(Cow::Owned(Value::String(match std::str::from_utf8(&self.inputs.body) {
+                if let Some(body) = self.body_text {
+                    return Ok(body);
+                }
+                let body = &self.inputs.body;
+                let text = match std::str::from_utf8(body) {
                     Ok(text) => text.to_string(),
-                    Err(_) => String::from_utf8_lossy(&self.inputs.body).into_owned(),
-                })))
+                    Err(_) => String::from_utf8_lossy(body).into_owned(),
+                };
+                let made = self.make(Value::String(text), r.line)?;
+                self.body_text = Some(made);
+                Ok(made)
             }
             Some(Step::Call(m, args)) if m == "json" || m == "path" => {
                 let args = self.arguments(args)?;
                 let path = args.first().map(|p| as_text(p)).unwrap_or_default();
                 let selected = self.select(&path, r.line)?;
-                Ok(if m == "json" { Cow::Owned(Value::String(selected.to_string())) } else { selected })
+                if m == "json" { self.make(Value::String(selected.to_string()), r.line) } else { Ok(selected) }
             }
             Some(Step::Call(m, args)) if m == "params" => {
                 let args = self.arguments(args)?;
                 let inputs = self.inputs;
                 match args.first() {
-                    None => Ok(Cow::Owned(serde_json::json!({
-                        "path": inputs.path,
-                        "querystring": inputs.querystring,
-                        "header": inputs.header,
-                    }))),
+                    None => {
+                        let params = serde_json::json!({
+                            "path": inputs.path,
+                            "querystring": inputs.querystring,
+                            "header": inputs.header,
+                        });
+                        self.make(params, r.line)
+                    }
                     Some(name) => {
                         let name = as_text(name);
                         let header = inputs.header.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name)).map(|(_, v)| v);
-                        Ok(Cow::Borrowed(
-                            inputs
-                                .path
-                                .get(name.as_ref())
-                                .or_else(|| inputs.querystring.get(name.as_ref()))
-                                .or(header)
-                                .unwrap_or(&EMPTY),
-                        ))
+                        Ok(inputs
+                            .path
+                            .get(name.as_ref())
+                            .or_else(|| inputs.querystring.get(name.as_ref()))
+                            .or(header)
+                            .unwrap_or(&EMPTY))
                     }
                 }
             }
@@ -686,10 +739,10 @@ impl<'a> Renderer<'a> {
                 Ok(v) => v,
                 Err(e) => return fail(r.line, format!("$util.parseJson: {e}")),
             },
-            "toJson" => Value::String(args.first().map_or(&NULL, |v| v.as_ref()).to_string()),
+            "toJson" => Value::String(args.first().copied().unwrap_or(&NULL).to_string()),
             "jsonToXml" => {
                 // A JSON text is parsed first; any other value converts as it is.
-                let value = match args.first().map(|v| v.as_ref()) {
+                let value = match args.first().copied() {
                     Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
                     Some(v) => v.clone(),
                     None => Value::Null,
@@ -712,46 +765,41 @@ impl<'a> Renderer<'a> {
 static NULL: Value = Value::Null;
 static EMPTY: Value = Value::String(String::new());
 
-/// One step of a reference from `value`: a field, an index (its value in `args`), or a
-/// method call; a step into a borrowed value (`get` included) stays borrowed.
-fn walk<'v>(value: Cow<'v, Value>, step: &Step, args: &[Val<'_>]) -> Result<Cow<'v, Value>, String> {
-    let first = args.first().map_or(&NULL, |v| v.as_ref());
-    // A field's name, or a key into a map.
-    let key = || match step {
-        Step::Field(name) => Cow::Borrowed(name.as_str()),
-        _ => as_text(first),
-    };
-    let position = |list: &[Value]| {
-        let i = integer(first)?;
-        let i = if i < 0 { list.len() as i64 + i } else { i };
-        usize::try_from(i).ok().filter(|i| *i < list.len())
-    };
-    Ok(match (step, value) {
-        (Step::Call(method, _), Cow::Borrowed(Value::Object(map))) if method == "get" => {
-            Cow::Borrowed(map.get(key().as_ref()).unwrap_or(&NULL))
+static TRUE: Value = Value::Bool(true);
+static FALSE: Value = Value::Bool(false);
+
+fn boolean(b: bool) -> Val<'static> {
+    if b { &TRUE } else { &FALSE }
+}
+
+/// `value[key]`: a map's member by name, a list's item by position (a negative one counts
+/// from the end), else null; borrowed from `value`.
+fn indexed<'v>(value: &'v Value, key: &Value) -> &'v Value {
+    match value {
+        Value::Object(map) => map.get(as_text(key).as_ref()).unwrap_or(&NULL),
+        Value::Array(list) => integer(key)
+            .map(|i| if i < 0 { list.len() as i64 + i } else { i })
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| list.get(i))
+            .unwrap_or(&NULL),
+        _ => &NULL,
+    }
+}
+
+/// `value.get(key)`: as [`indexed`], but a list's position counts from the start only, as
+/// Java's `List.get` does.
+fn got<'v>(value: &'v Value, key: &Value) -> &'v Value {
+    match value {
+        Value::Array(list) => {
+            integer(key).and_then(|i| usize::try_from(i).ok()).and_then(|i| list.get(i)).unwrap_or(&NULL)
         }
-        (Step::Call(method, _), Cow::Borrowed(Value::Array(list))) if method == "get" => Cow::Borrowed(
-            integer(first).and_then(|i| usize::try_from(i).ok()).and_then(|i| list.get(i)).unwrap_or(&NULL),
-        ),
-        (Step::Call(method, _), value) => Cow::Owned(method_call(&value, method, args)?),
-        (Step::Field(_) | Step::Index(_), Cow::Borrowed(value)) => Cow::Borrowed(match value {
-            Value::Object(map) => map.get(key().as_ref()).unwrap_or(&NULL),
-            Value::Array(list) if matches!(step, Step::Index(_)) => position(list).map_or(&NULL, |i| &list[i]),
-            _ => &NULL,
-        }),
-        (Step::Field(_) | Step::Index(_), Cow::Owned(value)) => Cow::Owned(match value {
-            Value::Object(mut map) => map.remove(key().as_ref()).unwrap_or(Value::Null),
-            Value::Array(mut list) if matches!(step, Step::Index(_)) => {
-                position(&list).map_or(Value::Null, |i| list.swap_remove(i))
-            }
-            _ => Value::Null,
-        }),
-    })
+        _ => indexed(value, key),
+    }
 }
 
 /// The methods values have.
 fn method_call(value: &Value, method: &str, args: &[Val<'_>]) -> Result<Value, String> {
-    let arg = |i: usize| args.get(i).map_or(&NULL, |v| v.as_ref());
+    let arg = |i: usize| args.get(i).copied().unwrap_or(&NULL);
     let size = |v: &Value| match v {
         Value::String(s) => s.chars().count(),
         Value::Array(l) => l.len(),
@@ -761,10 +809,6 @@ fn method_call(value: &Value, method: &str, args: &[Val<'_>]) -> Result<Value, S
     Ok(match (method, value) {
         ("size" | "length", _) => Value::from(size(value)),
         ("isEmpty", _) => Value::Bool(size(value) == 0),
-        ("get", Value::Object(m)) => m.get(as_text(arg(0)).as_ref()).cloned().unwrap_or(Value::Null),
-        ("get", Value::Array(l)) => {
-            integer(arg(0)).and_then(|i| usize::try_from(i).ok()).and_then(|i| l.get(i).cloned()).unwrap_or(Value::Null)
-        }
         ("containsKey", Value::Object(m)) => Value::Bool(m.contains_key(as_text(arg(0)).as_ref())),
         ("keySet", Value::Object(m)) => Value::Array(m.keys().cloned().map(Value::String).collect()),
         ("values", Value::Object(m)) => Value::Array(m.values().cloned().collect()),

@@ -62,8 +62,8 @@ pub struct Bounds {
     pub max_output: usize,
     /// `#foreach` iterations, over the whole rendering.
     pub max_iterations: u64,
-    /// Bytes of values that variables hold (`#set`, `#foreach` lists), over the whole
-    /// rendering: a value made while rendering is kept until it ends.
+    /// Bytes of values made while rendering (a `#set` value, a list, a call's result),
+    /// over the whole rendering: each is kept until it ends.
     pub max_held: usize,
     /// Wall time.
     pub max_time: Duration,

@@ -145,8 +145,12 @@ fn rendering_stays_within_its_bounds_and_fails_cleanly() {
     assert!(escaped.unwrap_err().message.contains("larger than 100 bytes"));
     let e = run("#foreach($i in [1..10])#foreach($j in [1..10])#end#end").unwrap_err();
     assert!(e.message.contains("iterations"), "{e}");
-    // Every value a variable was set to is held until the rendering ends, within a bound.
+    // Every value made while rendering, a variable's or an expression's, is held until the
+    // rendering ends, within a bound.
     let e = run("#foreach($i in [1..40])#set($l = [1..40])#end").unwrap_err();
+    assert!(e.message.contains("hold more than 10000 bytes"), "{e}");
+    let upper = format!("#set($s = '{}')#foreach($i in [1..40])#if($s.toUpperCase() == '')#end#end", "x".repeat(300));
+    let e = run(&upper).unwrap_err();
     assert!(e.message.contains("hold more than 10000 bytes"), "{e}");
     assert_eq!(run("#foreach($i in [1..4])#set($l = [1..40])#end$l.size()").unwrap(), "40");
     assert!(run("#foreach($i in [1..1000000000])#end").unwrap_err().message.contains("range"));
@@ -206,7 +210,7 @@ mod fuzz {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
         #[test]
-        fn escaping_eight_bytes_at_a_time_matches_escaping_each_character(
+        fn escaping_sixteen_bytes_at_a_time_matches_escaping_each_character(
             text in r"([ -~]{0,20}|[\x00-\x1f\x7f\u{80}-\u{10ffff}\x22\x27\x5c/]){0,12}"
         ) {
             let inputs = Inputs { body: text.clone().into(), ..inputs() };
