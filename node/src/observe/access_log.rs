@@ -143,8 +143,20 @@ fn protocol_name(v: Version) -> &'static str {
     }
 }
 
-fn millis(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1000.0
+/// `d` in milliseconds with three decimals, from its whole microseconds: integers only, no
+/// floating-point formatting on every request.
+fn write_millis(out: &mut String, d: Duration) {
+    let micros = d.as_micros();
+    write_integer(out, micros / 1000);
+    let fraction = (micros % 1000) as u16;
+    out.push('.');
+    for digit in [fraction / 100, fraction / 10 % 10, fraction % 10] {
+        out.push(char::from(b'0' + digit as u8));
+    }
+}
+
+fn write_integer(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 fn write_field(out: &mut String, entry: &LogEntry<'_>, field: Field) {
@@ -163,11 +175,23 @@ fn write_field(out: &mut String, entry: &LogEntry<'_>, field: Field) {
         Field::Api => out.write_str(entry.api),
         Field::Stage => out.write_str(entry.stage),
         Field::Deployment => out.write_str(entry.deployment),
-        Field::Status => write!(out, "{}", entry.status),
-        Field::Bytes => write!(out, "{}", entry.bytes),
-        Field::LatencyMs => write!(out, "{:.3}", millis(entry.latency)),
+        Field::Status => {
+            write_integer(out, entry.status);
+            Ok(())
+        }
+        Field::Bytes => {
+            write_integer(out, entry.bytes);
+            Ok(())
+        }
+        Field::LatencyMs => {
+            write_millis(out, entry.latency);
+            Ok(())
+        }
         Field::IntegrationLatencyMs => match entry.integration_latency {
-            Some(d) => write!(out, "{:.3}", millis(d)),
+            Some(d) => {
+                write_millis(out, d);
+                Ok(())
+            }
             None => out.write_str("-"),
         },
         Field::Reason => out.write_str(entry.reason.unwrap_or("-")),
@@ -178,23 +202,31 @@ fn write_field(out: &mut String, entry: &LogEntry<'_>, field: Field) {
     };
 }
 
-/// Appends `s` as a JSON string literal.
+/// Appends `s` as a JSON string literal: runs without a byte to escape are copied whole.
 pub fn write_json_string(out: &mut String, s: &str) {
+    use std::fmt::Write;
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                use std::fmt::Write;
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    let mut start = 0;
+    for (i, byte) in s.bytes().enumerate() {
+        let escape = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..0x20 => "",
+            _ => continue,
+        };
+        // `i` is an ASCII byte's: a character boundary.
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{byte:04x}");
+        } else {
+            out.push_str(escape);
         }
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
     out.push('"');
 }
 
@@ -219,7 +251,9 @@ pub fn format_line(out: &mut String, entry: &LogEntry<'_>, template: Option<&Log
             write_json_string(out, entry.method.as_str());
             out.push_str(",\"path\":");
             write_json_string(out, entry.path);
-            let _ = write!(out, ",\"protocol\":\"{}\",\"route\":", protocol_name(entry.protocol));
+            out.push_str(",\"protocol\":\"");
+            out.push_str(protocol_name(entry.protocol));
+            out.push_str("\",\"route\":");
             write_json_string(out, entry.route);
             out.push_str(",\"api\":");
             write_json_string(out, entry.api);
@@ -229,15 +263,15 @@ pub fn format_line(out: &mut String, entry: &LogEntry<'_>, template: Option<&Log
                 out.push_str(",\"deployment\":");
                 write_json_string(out, entry.deployment);
             }
-            let _ = write!(
-                out,
-                ",\"status\":{},\"bytes\":{},\"latency_ms\":{:.3}",
-                entry.status,
-                entry.bytes,
-                millis(entry.latency)
-            );
+            out.push_str(",\"status\":");
+            write_integer(out, entry.status);
+            out.push_str(",\"bytes\":");
+            write_integer(out, entry.bytes);
+            out.push_str(",\"latency_ms\":");
+            write_millis(out, entry.latency);
             if let Some(d) = entry.integration_latency {
-                let _ = write!(out, ",\"integration_latency_ms\":{:.3}", millis(d));
+                out.push_str(",\"integration_latency_ms\":");
+                write_millis(out, d);
             }
             if let Some(reason) = entry.reason {
                 out.push_str(",\"reason\":");
@@ -429,6 +463,24 @@ mod tests {
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["trace_id"], "ab".repeat(16));
         assert!(s.ends_with('\n'));
+    }
+
+    #[test]
+    fn latencies_have_three_decimals_and_strings_are_escaped() {
+        let millis = |micros| {
+            let mut out = String::new();
+            write_millis(&mut out, Duration::from_micros(micros));
+            out
+        };
+        assert_eq!(millis(0), "0.000");
+        assert_eq!(millis(7), "0.007");
+        assert_eq!(millis(999), "0.999");
+        assert_eq!(millis(1_234_567), "1234.567");
+        let mut out = String::new();
+        let text = "a\"b\\c\nd\re\tf\u{1}g\u{1f} é 😀";
+        write_json_string(&mut out, text);
+        assert_eq!(out, r#""a\"b\\c\nd\re\tf\u0001g\u001f é 😀""#);
+        assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text);
     }
 
     #[test]
