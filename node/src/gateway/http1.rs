@@ -9,7 +9,8 @@
 //! it is asked to stop after what it is doing (without closing the socket, and without
 //! `Connection: close`, since no response is being started), its buffers are freed, and the
 //! socket is parked: the task waits for it to become readable, holding only the socket, its
-//! timers and the service (about 8 KiB in all, measured by `tests/bench/idle_memory.sh`).
+//! idle timer and the service (about 2 KiB of heap in all; `tests/bench/idle_memory.sh`
+//! measures the resident set).
 //! The next request starts a new period, which costs a new hyper connection (two buffer
 //! allocations); a client that keeps the connection busy is never parked.
 //!
@@ -45,8 +46,8 @@ pub const PARK_AFTER: Duration = Duration::from_millis(50);
 pub trait ClientSocket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The TCP socket underneath, to wait for readability on.
     fn tcp(&self) -> &TcpStream;
-    /// When the connection's idle timeout (or first-request deadline) runs out.
-    fn deadline(&self) -> tokio::time::Instant;
+    /// Ready when the connection's idle timeout (or first-request deadline) has run out.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()>;
     /// Whether bytes the server has not seen are already decoded and waiting (TLS).
     fn has_buffered_input(&mut self) -> bool;
     /// Replaces the idle timeout (an upgraded connection has its own).
@@ -58,8 +59,8 @@ impl ClientSocket for IdleTimeout<TcpStream> {
         self.get_ref()
     }
 
-    fn deadline(&self) -> tokio::time::Instant {
-        self.expires()
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        IdleTimeout::poll_idle(self, cx).map(drop)
     }
 
     fn has_buffered_input(&mut self) -> bool {
@@ -76,8 +77,8 @@ impl ClientSocket for tokio_rustls::server::TlsStream<IdleTimeout<TcpStream>> {
         self.get_ref().0.get_ref()
     }
 
-    fn deadline(&self) -> tokio::time::Instant {
-        self.get_ref().0.expires()
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.get_mut().0.poll_idle(cx).map(drop)
     }
 
     fn has_buffered_input(&mut self) -> bool {
@@ -116,84 +117,133 @@ pub fn builder(limits: &Limits) -> http1::Builder {
 
 /// Serves HTTP/1.1 on `socket` until the client closes, the idle timeout runs out, the table
 /// sheds the connection or the node shuts down.
-pub async fn serve<S: ClientSocket>(
-    builder: &http1::Builder,
+///
+/// The connection is a loop of periods, each served by hyper, with the connection parked
+/// between them. The loop is an async block, not an async fn, and everything a period hands
+/// back is taken apart outside it ([`begin_period`], [`resume`]): what it holds across its
+/// awaits is then only the socket, the service and the current wait, with no second copy
+/// of its arguments and no room kept for values already moved on (rustc keeps both in an
+/// async fn's state), so an idle connection's future stays small.
+pub fn serve<'a, S: ClientSocket>(
+    builder: &'a http1::Builder,
     socket: S,
     already_read: Bytes,
     handler: Handler,
-    slot: &ConnSlot,
+    slot: &'a ConnSlot,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let upgrade: Arc<Mutex<Option<oneshot::Sender<UpgradedClient>>>> = Arc::default();
-    let service = {
-        let upgrade = upgrade.clone();
-        hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-            if crate::pipeline::headers::is_websocket_upgrade(request.headers()) {
-                let (tx, rx) = oneshot::channel();
-                request.extensions_mut().insert(ClientUpgrade::new(rx));
-                *upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-            }
-            let handled = handler(request);
-            let upgrade = upgrade.clone();
-            Box::pin(async move {
-                let response = handled.await;
-                if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                    upgrade.lock().unwrap_or_else(|p| p.into_inner()).take();
-                }
-                Ok::<_, Infallible>(response)
-            }) as Pin<Box<dyn Future<Output = Result<http::Response<ObservedBody>, Infallible>> + Send>>
-        })
-    };
+) -> impl Future<Output = ()> + Send + 'a {
     let mut socket = Prefixed { prefix: already_read, inner: socket };
-    let mut service = service;
-    loop {
-        let connection = builder.serve_connection(TokioIo::new(socket), service);
-        // Boxed: the hyper connection's state lives only as long as the period.
-        let (parts, end) = match Box::pin(period(connection, slot, &mut shutdown)).await {
-            Ok(done) => done,
-            Err(e) => {
-                tracing::debug!(error = %e, "connection ended with an error");
+    let mut service = Http1Service { handler, upgrade: Arc::default() };
+    async move {
+        loop {
+            let end;
+            (socket, service, end) = match begin_period(builder, socket, service, slot, &mut shutdown).await {
+                Ok((parts, end)) => {
+                    let (socket, service) = resume(parts);
+                    (socket, service, end)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                    return;
+                }
+            };
+            if let Some(tx) = service.upgrade.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                // The 101 is out: the request path takes the socket from here.
+                let _ = tx.send(Box::new(socket));
                 return;
             }
-        };
-        let http1::Parts { io, read_buf, service: kept, .. } = parts;
-        let io = io.into_inner();
-        // Bytes read past the last request are copied out, and the read buffer they sit in
-        // (hyper's whole 8 KiB, even when empty) is freed now, not when the park ends.
-        let prefix = match (io.prefix.is_empty(), read_buf.is_empty()) {
-            (true, true) => Bytes::new(),
-            (false, true) => io.prefix,
-            (true, false) => Bytes::copy_from_slice(&read_buf),
-            (false, false) => [&io.prefix[..], &read_buf[..]].concat().into(),
-        };
-        drop(read_buf);
-        socket = Prefixed { prefix, inner: io.inner };
-        service = kept;
-        if let Some(tx) = upgrade.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            // The 101 is out: the request path takes the socket from here.
-            let _ = tx.send(Box::new(socket));
-            return;
-        }
-        if end == PeriodEnd::Closing {
-            let _ = tokio::time::timeout(Duration::from_secs(1), socket.shutdown()).await;
-            return;
-        }
-        if socket.prefix.is_empty() && !socket.inner.has_buffered_input() {
-            // Parked: only the socket is held until the client speaks again.
-            let parked = Parked::new();
-            tokio::select! {
-                readable = socket.inner.tcp().readable() => if readable.is_err() { return },
-                _ = tokio::time::sleep_until(socket.inner.deadline()) => return,
-                _ = slot.shed_requested() => return,
-                _ = super::listener::stopped(&mut shutdown) => return,
+            if end == PeriodEnd::Closing {
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.shutdown()).await;
+                return;
             }
-            drop(parked);
+            let nothing_to_read = socket.prefix.is_empty() && !socket.inner.has_buffered_input();
+            if nothing_to_read && !park(&mut socket.inner, slot, &mut shutdown).await {
+                return;
+            }
         }
+    }
+}
+
+/// What a period hands back, taken apart: the socket, with the bytes read past the last
+/// request in front of it, and the service. The bytes are copied out, and hyper's read
+/// buffer they sit in (its whole 8 KiB, even when empty) is freed now, not when the park ends.
+fn resume<S: ClientSocket>(parts: Parts<S, Http1Service>) -> (Prefixed<S>, Http1Service) {
+    let http1::Parts { io, read_buf, service, .. } = parts;
+    let io = io.into_inner();
+    let prefix = match (io.prefix.is_empty(), read_buf.is_empty()) {
+        (true, true) => Bytes::new(),
+        (false, true) => io.prefix,
+        (true, false) => Bytes::copy_from_slice(&read_buf),
+        (false, false) => [&io.prefix[..], &read_buf[..]].concat().into(),
+    };
+    (Prefixed { prefix, inner: io.inner }, service)
+}
+
+/// A period's future, boxed: the hyper connection's state (760 bytes) lives only as long as
+/// the period.
+fn begin_period<'a, S: ClientSocket>(
+    builder: &http1::Builder,
+    socket: Prefixed<S>,
+    service: Http1Service,
+    slot: &'a ConnSlot,
+    shutdown: &'a mut watch::Receiver<bool>,
+) -> Pin<Box<impl Future<Output = PeriodResult<S>> + Send + 'a>> {
+    Box::pin(period(builder.serve_connection(TokioIo::new(socket), service), slot, shutdown))
+}
+
+/// Where the `101` of a WebSocket handshake hands the socket over, once it is out.
+type Upgrade = Arc<Mutex<Option<oneshot::Sender<UpgradedClient>>>>;
+
+/// What a period's hyper connection serves requests with: the handler, and the WebSocket
+/// upgrade a request may start.
+struct Http1Service {
+    handler: Handler,
+    upgrade: Upgrade,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Http1Service {
+    type Response = http::Response<ObservedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, mut request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if crate::pipeline::headers::is_websocket_upgrade(request.headers()) {
+            let (tx, rx) = oneshot::channel();
+            request.extensions_mut().insert(ClientUpgrade::new(rx));
+            *self.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        }
+        let handled = (self.handler)(request);
+        let upgrade = self.upgrade.clone();
+        Box::pin(async move {
+            let response = handled.await;
+            if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                upgrade.lock().unwrap_or_else(|p| p.into_inner()).take();
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Parks a connection with nothing to read: only the socket is held until the client speaks
+/// again (true), or the idle timeout runs out, the table sheds it or the node stops (false).
+/// Readiness and the idle timeout are polled on the socket itself, with no futures to hold.
+async fn park<S: ClientSocket>(socket: &mut S, slot: &ConnSlot, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let _parked = Parked::new();
+    let spoke = std::future::poll_fn(|cx| match socket.tcp().poll_read_ready(cx) {
+        Poll::Ready(ready) => Poll::Ready(ready.is_ok()),
+        Poll::Pending => socket.poll_idle(cx).map(|()| false),
+    });
+    tokio::select! {
+        spoke = spoke => spoke,
+        _ = slot.shed_requested() => false,
+        _ = super::listener::stopped(shutdown) => false,
     }
 }
 
 type Connection<S, F> = http1::Connection<TokioIo<Prefixed<S>>, F>;
 type Parts<S, F> = hyper::server::conn::http1::Parts<TokioIo<Prefixed<S>>, F>;
+/// What a period ends with: hyper's parts of the connection and why it ended.
+type PeriodResult<S, F = Http1Service> = hyper::Result<(Parts<S, F>, PeriodEnd)>;
 
 /// Counts a parked connection in `meridian_connections_parked` while it lives.
 struct Parked(metrics::Gauge);
@@ -227,7 +277,7 @@ async fn period<S, F>(
     mut connection: Connection<S, F>,
     slot: &ConnSlot,
     shutdown: &mut watch::Receiver<bool>,
-) -> hyper::Result<(Parts<S, F>, PeriodEnd)>
+) -> PeriodResult<S, F>
 where
     S: ClientSocket,
     F: hyper::service::HttpService<hyper::body::Incoming, ResBody = ObservedBody> + Unpin,

@@ -71,7 +71,7 @@ impl<T> IdleTimeout<T> {
     }
 
     /// When the connection times out if nothing moves before.
-    pub fn expires(&self) -> Instant {
+    fn expires(&self) -> Instant {
         let idle = self.last_activity + self.timeout;
         match &self.first_request {
             Some((first, slot)) if !slot.served() => idle.min(*first),
@@ -84,8 +84,9 @@ impl<T> IdleTimeout<T> {
     }
 
     /// Called when the socket would block: errors once the connection has idled too long,
-    /// and otherwise makes sure the timer will wake this task at the deadline.
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+    /// and otherwise makes sure the timer will wake this task at the deadline. A parked
+    /// connection waits on this too, instead of a timer of its own.
+    pub fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             let deadline = self.deadline();
             if self.timer.deadline() != deadline {

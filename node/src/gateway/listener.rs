@@ -196,31 +196,48 @@ struct Client<'a> {
     conn: Arc<ConnInfo>,
 }
 
-impl Client<'_> {
+impl<'a> Client<'a> {
     /// Cleartext: HTTP/2 with prior knowledge when the preface says so, else HTTP/1.1.
-    async fn serve_cleartext(self, mut stream: IdleTimeout<tokio::net::TcpStream>) {
-        // A connection that has sent nothing yet is the first to be shed.
-        let mut stop = self.shutdown.clone();
-        let sniffed = tokio::select! {
-            sniffed = sniff_preface(&mut stream) => sniffed,
-            _ = self.slot.shed_requested() => Err(std::io::Error::other("shed before its first request")),
-            _ = stopped(&mut stop) => Err(std::io::Error::other("the node is stopping")),
-        };
-        match sniffed {
-            Ok((true, read)) => {
-                serve_http2(&self.settings.http2, Prefixed::new(read, stream), self.handler, self.slot, self.shutdown)
-                    .await
-            }
-            Ok((false, read)) => {
-                http1::serve(&self.settings.http1, stream, read, self.handler, self.slot, self.shutdown).await
-            }
-            Err(e) => tracing::debug!(client = %self.peer, error = %e, "no request"),
+    ///
+    /// This future lasts as long as the connection, so it holds only what every state needs:
+    /// sniffing and then the protocol's state are boxed while they are the current one, and
+    /// it is an async block, not an async fn, which would keep a second copy of its arguments
+    /// (see `http1::serve`).
+    #[allow(clippy::manual_async_fn, reason = "an async fn would keep a second copy of its arguments")]
+    fn serve_cleartext(self, mut stream: IdleTimeout<tokio::net::TcpStream>) -> impl Future<Output = ()> + Send + 'a {
+        async move {
+            let served: std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> = {
+                // A connection that has sent nothing yet is the first to be shed.
+                let mut stop = self.shutdown.clone();
+                let sniffed = Box::pin(async {
+                    tokio::select! {
+                        sniffed = sniff_preface(&mut stream) => sniffed,
+                        _ = self.slot.shed_requested() => Err(std::io::Error::other("shed before its first request")),
+                        _ = stopped(&mut stop) => Err(std::io::Error::other("the node is stopping")),
+                    }
+                })
+                .await;
+                let Settings { http1, http2, .. } = self.settings;
+                match sniffed {
+                    Ok((true, read)) => {
+                        let stream = Prefixed::new(read, stream);
+                        Box::pin(serve_http2(http2, stream, self.handler, self.slot, self.shutdown))
+                    }
+                    Ok((false, read)) => {
+                        Box::pin(http1::serve(http1, stream, read, self.handler, self.slot, self.shutdown))
+                    }
+                    Err(e) => return tracing::debug!(client = %self.peer, error = %e, "no request"),
+                }
+            };
+            served.await
         }
     }
 
     /// TLS: the handshake within the header read timeout, then the protocol ALPN chose.
     async fn serve_tls(self, setup: &TlsSetup, stream: IdleTimeout<tokio::net::TcpStream>, rtt: Option<&PendingRtt>) {
-        let accepted = tokio::time::timeout(self.settings.limits.header_read_timeout, accept_tls(setup, stream)).await;
+        // The handshake's state is boxed, and freed once it is done (see serve_cleartext).
+        let handshake = Box::pin(accept_tls(setup, stream));
+        let accepted = tokio::time::timeout(self.settings.limits.header_read_timeout, handshake).await;
         let tls_stream = match accepted {
             Ok(Ok((tls_stream, round_trip))) => {
                 if let Some(rtt) = rtt {
@@ -243,9 +260,10 @@ impl Client<'_> {
             let _ = self.conn.client_certificate.set(Arc::new(identity));
         }
         if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            serve_http2(&self.settings.http2, tls_stream, self.handler, self.slot, self.shutdown).await
+            Box::pin(serve_http2(&self.settings.http2, tls_stream, self.handler, self.slot, self.shutdown)).await
         } else {
-            http1::serve(&self.settings.http1, tls_stream, Bytes::new(), self.handler, self.slot, self.shutdown).await
+            let (http1, empty) = (&self.settings.http1, Bytes::new());
+            Box::pin(http1::serve(http1, tls_stream, empty, self.handler, self.slot, self.shutdown)).await
         }
     }
 }
