@@ -4,7 +4,7 @@
 //! `deny_unknown_fields` everywhere so a typo is an error rather than a silently ignored
 //! setting. Values that need checking beyond their YAML type (addresses, durations, path
 //! patterns, URIs, file paths) are kept as [`Spanned`] strings so that
-//! [`compile`](super::compile) can report every bad value with its line.
+//! `compile` can report every bad value with its line.
 
 use std::collections::BTreeMap;
 
@@ -712,7 +712,7 @@ fn default_signing_service() -> String {
 }
 
 /// An authorizer of an API. One struct for both kinds so that each field keeps its line;
-/// [`compile`](super::compile) rejects fields that do not belong to the chosen kind.
+/// `compile` rejects fields that do not belong to the chosen kind.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizerDef {
@@ -788,7 +788,7 @@ pub struct ThrottleDef {
 }
 
 /// How a route is served. One struct for every kind so that each field keeps its line;
-/// [`compile`](super::compile) rejects fields that do not belong to the chosen kind.
+/// `compile` rejects fields that do not belong to the chosen kind.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntegrationDef {

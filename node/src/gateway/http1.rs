@@ -120,7 +120,7 @@ pub fn builder(limits: &Limits) -> http1::Builder {
 ///
 /// The connection is a loop of periods, each served by hyper, with the connection parked
 /// between them. The loop is an async block, not an async fn, and everything a period hands
-/// back is taken apart outside it ([`begin_period`], [`resume`]): what it holds across its
+/// back is taken apart outside it (`begin_period`, `resume`): what it holds across its
 /// awaits is then only the socket, the service and the current wait, with no second copy
 /// of its arguments and no room kept for values already moved on (rustc keeps both in an
 /// async fn's state), so an idle connection's future stays small.

@@ -173,7 +173,7 @@ fn integer(value: &Value) -> Option<i64> {
 }
 
 /// A template's variables (`#set`, `#foreach`), by the slots the parser gave their names.
-/// Each is a reference, into the inputs or the kept values.
+/// Each is a reference, into the inputs or the values made while rendering.
 struct Variables<'a>(Vec<Option<&'a Value>>);
 
 impl<'a> Variables<'a> {
@@ -192,7 +192,7 @@ impl<'a> Variables<'a> {
     }
 }
 
-/// About how many bytes `value` holds (what [`Renderer::keep`] counts).
+/// About how many bytes `value` holds (what [`Renderer::make`] counts).
 fn footprint(value: &Value) -> usize {
     std::mem::size_of::<Value>()
         + match value {
