@@ -212,7 +212,7 @@ pub enum Command {
     },
     /// Start a local cluster, one node per region on loopback, serving a sample API.
     Demo {
-        /// Region R's node listens on 127.R.<subnet>.1 (gateway :8080, admin :9901, RPC :7001).
+        /// Region R's node listens on 127.R.SUBNET.1 (gateway :8080, admin :9901, RPC :7001).
         #[arg(long, default_value_t = 0)]
         subnet: u8,
         #[command(flatten)]

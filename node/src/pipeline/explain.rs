@@ -2,7 +2,7 @@
 //! without sending anything upstream.
 //!
 //! The request runs through the same routing and the same stages as a real one, on the
-//! routing table the node serves now, with [`Services::dry_run`] set: the firewall's rules,
+//! routing table the node serves now, with [`Services::dry_run`](crate::stages::Services::dry_run) set: the firewall's rules,
 //! the throttles, the API key and the authorizers decide exactly as they would, but nothing
 //! is counted, recorded or blocked, and the integration is only named (the upstream URI the
 //! request would be sent to, or the mock's status). A custom authorizer is called as it
