@@ -234,36 +234,51 @@ impl<'a> Client<'a> {
     }
 
     /// TLS: the handshake within the header read timeout, then the protocol ALPN chose.
-    async fn serve_tls(self, setup: &TlsSetup, stream: IdleTimeout<tokio::net::TcpStream>, rtt: Option<&PendingRtt>) {
-        // The handshake's state is boxed, and freed once it is done (see serve_cleartext).
-        let handshake = Box::pin(accept_tls(setup, stream));
-        let accepted = tokio::time::timeout(self.settings.limits.header_read_timeout, handshake).await;
-        let tls_stream = match accepted {
-            Ok(Ok((tls_stream, round_trip))) => {
-                if let Some(rtt) = rtt {
-                    rtt.measured(round_trip.as_micros().min(u128::from(u32::MAX)) as u32);
+    ///
+    /// Shaped like [`Client::serve_cleartext`] for the same reason: the TLS stream carries
+    /// rustls' state inline (1.3 KiB), and an async fn would keep it three times for the
+    /// connection's whole life (as its argument, its local and the handshake's result).
+    #[allow(clippy::manual_async_fn, reason = "an async fn would keep a second copy of its arguments")]
+    fn serve_tls(
+        self,
+        setup: &'a TlsSetup,
+        stream: IdleTimeout<tokio::net::TcpStream>,
+        rtt: Option<&'a PendingRtt>,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        async move {
+            let served: std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> = {
+                // The handshake's state is boxed, and freed once it is done.
+                let handshake = Box::pin(accept_tls(setup, stream));
+                let accepted = tokio::time::timeout(self.settings.limits.header_read_timeout, handshake).await;
+                let tls_stream = match accepted {
+                    Ok(Ok((tls_stream, round_trip))) => {
+                        if let Some(rtt) = rtt {
+                            rtt.measured(round_trip.as_micros().min(u128::from(u32::MAX)) as u32);
+                        }
+                        tls_stream
+                    }
+                    Ok(Err(e)) => return tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(client = %self.peer, "TLS handshake timed out"),
+                };
+                let session = tls_stream.get_ref().1;
+                if let Some(name) = session.server_name() {
+                    let _ = self.conn.server_name.set(name.to_string());
                 }
-                tls_stream
-            }
-            Ok(Err(e)) => return tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed"),
-            Err(_) => return tracing::debug!(client = %self.peer, "TLS handshake timed out"),
-        };
-        let session = tls_stream.get_ref().1;
-        if let Some(name) = session.server_name() {
-            let _ = self.conn.server_name.set(name.to_string());
-        }
-        // A certificate the domain's policy accepts (mutual TLS) is the client's identity for
-        // every request on the connection.
-        if let Some(chain) = session.peer_certificates()
-            && let Some(identity) = setup.sni.identity(session.server_name(), chain)
-        {
-            let _ = self.conn.client_certificate.set(Arc::new(identity));
-        }
-        if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            Box::pin(serve_http2(&self.settings.http2, tls_stream, self.handler, self.slot, self.shutdown)).await
-        } else {
-            let (http1, empty) = (&self.settings.http1, Bytes::new());
-            Box::pin(http1::serve(http1, tls_stream, empty, self.handler, self.slot, self.shutdown)).await
+                // A certificate the domain's policy accepts (mutual TLS) is the client's
+                // identity for every request on the connection.
+                if let Some(chain) = session.peer_certificates()
+                    && let Some(identity) = setup.sni.identity(session.server_name(), chain)
+                {
+                    let _ = self.conn.client_certificate.set(Arc::new(identity));
+                }
+                let Settings { http1, http2, .. } = self.settings;
+                if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Box::pin(serve_http2(http2, tls_stream, self.handler, self.slot, self.shutdown))
+                } else {
+                    Box::pin(http1::serve(http1, tls_stream, Bytes::new(), self.handler, self.slot, self.shutdown))
+                }
+            };
+            served.await
         }
     }
 }
@@ -384,4 +399,30 @@ fn kernel_rtt_us(stream: &tokio::net::TcpStream) -> Option<u32> {
 /// Resolves once `shutdown` has turned true (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    fn returned4<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// A connection's own future lives as long as the connection: it holds what every state
+    /// needs and boxes the rest, so an idle connection stays small (the cleartext one was
+    /// 2,544 bytes with the HTTP/1.1 state inline, the TLS one 3,032 with the TLS stream kept
+    /// three times).
+    #[test]
+    fn a_connections_own_future_stays_small() {
+        let cleartext = returned(Client::serve_cleartext);
+        let tls = returned4(Client::serve_tls);
+        assert!(cleartext <= 320, "the cleartext connection's future is {cleartext} bytes");
+        assert!(tls <= 448, "the TLS connection's future is {tls} bytes");
+    }
 }
