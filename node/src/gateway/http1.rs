@@ -167,7 +167,7 @@ pub fn serve<'a, S: ClientSocket>(
 /// What a period hands back, taken apart: the socket, with the bytes read past the last
 /// request in front of it, and the service. The bytes are copied out, and hyper's read
 /// buffer they sit in (its whole 8 KiB, even when empty) is freed now, not when the park ends.
-fn resume<S: ClientSocket>(parts: Parts<S, Http1Service>) -> (Prefixed<S>, Http1Service) {
+fn resume<S: ClientSocket>(parts: Parts<S>) -> (Prefixed<S>, Http1Service) {
     let http1::Parts { io, read_buf, service, .. } = parts;
     let io = io.into_inner();
     let prefix = match (io.prefix.is_empty(), read_buf.is_empty()) {
@@ -240,10 +240,10 @@ async fn park<S: ClientSocket>(socket: &mut S, slot: &ConnSlot, shutdown: &mut w
     }
 }
 
-type Connection<S, F> = http1::Connection<TokioIo<Prefixed<S>>, F>;
-type Parts<S, F> = hyper::server::conn::http1::Parts<TokioIo<Prefixed<S>>, F>;
+type Connection<S> = http1::Connection<TokioIo<Prefixed<S>>, Http1Service>;
+type Parts<S> = hyper::server::conn::http1::Parts<TokioIo<Prefixed<S>>, Http1Service>;
 /// What a period ends with: hyper's parts of the connection and why it ended.
-type PeriodResult<S, F = Http1Service> = hyper::Result<(Parts<S, F>, PeriodEnd)>;
+type PeriodResult<S> = hyper::Result<(Parts<S>, PeriodEnd)>;
 
 /// Counts a parked connection in `meridian_connections_parked` while it lives.
 struct Parked(metrics::Gauge);
@@ -273,16 +273,11 @@ enum PeriodEnd {
 
 /// One period of a connection: serves until hyper is done, then returns its parts and
 /// why it ended.
-async fn period<S, F>(
-    mut connection: Connection<S, F>,
+async fn period<S: ClientSocket>(
+    mut connection: Connection<S>,
     slot: &ConnSlot,
     shutdown: &mut watch::Receiver<bool>,
-) -> PeriodResult<S, F>
-where
-    S: ClientSocket,
-    F: hyper::service::HttpService<hyper::body::Incoming, ResBody = ObservedBody> + Unpin,
-    F::Future: Unpin + Send,
-{
+) -> PeriodResult<S> {
     let mut shed = std::pin::pin!(slot.shed_requested());
     let mut stop = std::pin::pin!(super::listener::stopped(shutdown));
     let mut park = std::pin::pin!(tokio::time::sleep(PARK_AFTER));

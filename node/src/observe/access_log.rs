@@ -160,46 +160,33 @@ fn write_integer(out: &mut String, n: impl itoa::Integer) {
 }
 
 fn write_field(out: &mut String, entry: &LogEntry<'_>, field: Field) {
-    use std::fmt::Write;
-    let _ = match field {
-        Field::Time => {
-            write_rfc3339_millis(entry.time, out);
-            Ok(())
+    match field {
+        Field::Time => write_rfc3339_millis(entry.time, out),
+        Field::RequestId => out.push_str(entry.request_id),
+        Field::Client => {
+            use std::fmt::Write;
+            let _ = write!(out, "{}", entry.client);
         }
-        Field::RequestId => out.write_str(entry.request_id),
-        Field::Client => write!(out, "{}", entry.client),
-        Field::Method => out.write_str(entry.method.as_str()),
-        Field::Path => out.write_str(entry.path),
-        Field::Protocol => out.write_str(protocol_name(entry.protocol)),
-        Field::Route => out.write_str(entry.route),
-        Field::Api => out.write_str(entry.api),
-        Field::Stage => out.write_str(entry.stage),
-        Field::Deployment => out.write_str(entry.deployment),
-        Field::Status => {
-            write_integer(out, entry.status);
-            Ok(())
-        }
-        Field::Bytes => {
-            write_integer(out, entry.bytes);
-            Ok(())
-        }
-        Field::LatencyMs => {
-            write_millis(out, entry.latency);
-            Ok(())
-        }
+        Field::Method => out.push_str(entry.method.as_str()),
+        Field::Path => out.push_str(entry.path),
+        Field::Protocol => out.push_str(protocol_name(entry.protocol)),
+        Field::Route => out.push_str(entry.route),
+        Field::Api => out.push_str(entry.api),
+        Field::Stage => out.push_str(entry.stage),
+        Field::Deployment => out.push_str(entry.deployment),
+        Field::Status => write_integer(out, entry.status),
+        Field::Bytes => write_integer(out, entry.bytes),
+        Field::LatencyMs => write_millis(out, entry.latency),
         Field::IntegrationLatencyMs => match entry.integration_latency {
-            Some(d) => {
-                write_millis(out, d);
-                Ok(())
-            }
-            None => out.write_str("-"),
+            Some(d) => write_millis(out, d),
+            None => out.push('-'),
         },
-        Field::Reason => out.write_str(entry.reason.unwrap_or("-")),
+        Field::Reason => out.push_str(entry.reason.unwrap_or("-")),
         Field::TraceId => match entry.trace_id {
-            Some(id) => out.write_str(std::str::from_utf8(&id.hex()).unwrap_or_default()),
-            None => out.write_str("-"),
+            Some(id) => out.push_str(std::str::from_utf8(&id.hex()).unwrap_or_default()),
+            None => out.push('-'),
         },
-    };
+    }
 }
 
 /// Appends `s` as a JSON string literal: runs without a byte to escape are copied whole.
@@ -209,20 +196,22 @@ pub fn write_json_string(out: &mut String, s: &str) {
     let mut start = 0;
     for (i, byte) in s.bytes().enumerate() {
         let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..0x20 => "",
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            // Other controls: `\u00XX`.
+            0..0x20 => None,
             _ => continue,
         };
         // `i` is an ASCII byte's: a character boundary.
         out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            let _ = write!(out, "\\u{byte:04x}");
-        } else {
-            out.push_str(escape);
+        match escape {
+            Some(escape) => out.push_str(escape),
+            None => {
+                let _ = write!(out, "\\u{byte:04x}");
+            }
         }
         start = i + 1;
     }
