@@ -332,3 +332,21 @@ pub fn websocket_message(data: &[u8]) {
         let _ = selection.route_key(text, text);
     }
 }
+
+/// What an upstream target answers the gateway's HTTP/1.1 client: a flags byte (bit 0: the
+/// request was a `HEAD`), then the bytes the target sent. Read whole and cut in pieces of
+/// several sizes, the outcome is the same (the client reads a socket however the kernel
+/// cuts it); a body is never longer than what was sent.
+pub fn upstream_response(data: &[u8]) {
+    use meridian_node::integration::http1_client::read_response;
+    let Some((&flags, wire)) = data.split_first() else { return };
+    let head_request = flags & 1 == 1;
+    let whole = read_response(wire, wire.len(), head_request);
+    for piece in [1, 2, 3, 7, 64] {
+        let cut = read_response(wire, piece, head_request);
+        assert_eq!(format!("{cut:?}"), format!("{whole:?}"), "read {piece} bytes at a time");
+    }
+    if let Ok(response) = whole {
+        assert!(response.body.len() <= wire.len());
+    }
+}

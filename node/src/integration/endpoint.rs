@@ -1,5 +1,6 @@
 //! One upstream target (`host:port`, plain or TLS, HTTP/1.1 or HTTP/2) and its
-//! connections, built on hyper's connection API.
+//! connections: HTTP/1.1 spoken in the request's own task ([`super::http1_client`]), HTTP/2
+//! over hyper's connection API.
 //!
 //! An [`Endpoint`] keeps what a target needs across requests and reloads: idle HTTP/1.1
 //! connections (the newest reused first, the oldest expired first), one shared HTTP/2
@@ -13,7 +14,6 @@
 //! `meridian_upstream_connections_open`, each labelled `target`.
 
 use std::collections::VecDeque;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,15 +26,15 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use metrics::{Counter, Gauge};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
+use super::connection::{OpenConnection, UpstreamIo};
+use super::http1_client::{self, ExchangeFailure, Http1Connection, ResponseStream, UpgradedUpstream};
 use super::request_body::{BoxError, RequestBody, Resend, source_of};
 
 /// How long a connection attempt may take.
@@ -85,8 +85,8 @@ pub enum SendError {
     NotSent(Box<Request<RequestBody>>, String),
     /// The target is at its connection limit; the request comes back too.
     Busy(Box<Request<RequestBody>>),
-    /// Sent, and the exchange failed (the error and its sources, on one line).
-    Failed(hyper::Error),
+    /// Sent, and the exchange failed (the error and its sources say why).
+    Failed(BoxError),
 }
 
 /// One upstream target and its connections.
@@ -139,20 +139,16 @@ struct ReplayHead {
 pub const MAX_RESENT_BODY: usize = 64 * 1024;
 
 impl ReplayHead {
-    fn of(request: &Request<RequestBody>) -> ReplayHead {
-        ReplayHead {
+    /// The head of `request`, and its body kept (up to [`MAX_RESENT_BODY`]) unless it has
+    /// none.
+    fn keeping_body(request: &mut Request<RequestBody>) -> ReplayHead {
+        let mut head = ReplayHead {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
             headers: request.headers().clone(),
             body: None,
-        }
-    }
-
-    /// The head of `request`, and its body kept (up to [`MAX_RESENT_BODY`]) unless it has
-    /// none.
-    fn keeping_body(request: &mut Request<RequestBody>) -> ReplayHead {
-        let mut head = ReplayHead::of(request);
+        };
         if !request.body().is_end_stream() {
             let body = std::mem::replace(request.body_mut(), RequestBody::empty());
             let (body, resend) = body.keep_for_resend(MAX_RESENT_BODY);
@@ -188,23 +184,6 @@ fn unprocessed(error: &hyper::Error) -> bool {
     })
 }
 
-/// Whether a request on a reused HTTP/1.1 connection failed because the target had closed
-/// that connection: it ended before an answer (EOF), or was reset (the target's socket was
-/// already gone when the request arrived; which of the two a client sees depends on when it
-/// reads, so both count).
-fn closed_by_target(error: &hyper::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    error.is_incomplete_message()
-        || source_of::<io::Error>(error)
-            .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
-}
-
-/// Whether a request may be sent again after its connection closed under it: an idempotent
-/// method and no body.
-fn is_replayable(request: &Request<RequestBody>) -> bool {
-    is_idempotent(request.method()) && request.body().is_end_stream()
-}
-
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint").field("key", &self.key).finish_non_exhaustive()
@@ -212,7 +191,7 @@ impl std::fmt::Debug for Endpoint {
 }
 
 struct IdleConnection {
-    sender: http1::SendRequest<RequestBody>,
+    connection: Box<Http1Connection>,
     since: Instant,
 }
 
@@ -400,51 +379,40 @@ impl Endpoint {
         if self.key.http2 {
             return self.send_http2(request).await;
         }
-        // HTTP/1.1 takes the origin form, and the URI's authority as `Host`.
+        // The URI's authority is the `Host` (the request line takes the origin form).
         if let Some(host) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             request.headers_mut().insert(HOST, host);
         }
-        let origin = request.uri().path_and_query().cloned();
-        *request.uri_mut() = Uri::from_parts({
-            let mut parts = http::uri::Parts::default();
-            parts.path_and_query = origin;
-            parts
-        })
-        .unwrap_or_default();
         loop {
-            let (mut sender, reused) = match self.checkout() {
-                Some(sender) => (sender, true),
+            let (connection, reused) = match self.checkout() {
+                Some(connection) => (connection, true),
                 None => {
                     if self.open_connections() >= self.settings.max_connections {
                         return Err(SendError::Busy(Box::new(request)));
                     }
                     match self.connect_http1().await {
-                        Ok(sender) => (sender, false),
+                        Ok(connection) => (connection, false),
                         Err(e) => return Err(SendError::NotSent(Box::new(request), e)),
                     }
                 }
             };
-            // A reused connection may have been closed by the target while the request was
-            // on its way; an idempotent request without a body is then sent again on a fresh
-            // one (RFC 9110, 9.2.2), so keep what it takes to rebuild it.
-            let replay = (reused && is_replayable(&request)).then(|| ReplayHead::of(&request));
             let guard = Outstanding::new(self.clone());
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let keep = response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-                    let lease = keep.then_some(sender);
-                    return Ok(response.map(|body| UpstreamBody::new(body, guard, lease)));
+            match http1_client::exchange(connection, request).await {
+                Ok(response) => return Ok(response.map(|stream| UpstreamBody::new(Stream::Http1(stream), guard))),
+                // A reused connection the target had closed while the request was on its way:
+                // a request that did not leave, or an idempotent one without a body, goes
+                // again on a fresh connection (RFC 9110, 9.2.2).
+                Err(ExchangeFailure::Unanswered { request: Some(back), written, .. })
+                    if reused && (!written || is_idempotent(back.method())) =>
+                {
+                    request = *back;
                 }
-                Err(mut e) => match (e.take_message(), replay) {
-                    // A reused connection the target had closed: try a fresh one.
-                    (Some(back), _) if reused => request = back,
-                    (Some(back), _) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
-                    (None, Some(head)) if closed_by_target(e.error()) => match head.request() {
-                        Some(again) => request = again,
-                        None => return Err(SendError::Failed(e.into_error())),
-                    },
-                    (None, _) => return Err(SendError::Failed(e.into_error())),
-                },
+                Err(ExchangeFailure::Unanswered { request: Some(back), written: false, error }) => {
+                    return Err(SendError::NotSent(back, error.to_string()));
+                }
+                Err(ExchangeFailure::Unanswered { error, .. } | ExchangeFailure::Failed(error)) => {
+                    return Err(SendError::Failed(Box::new(error)));
+                }
             }
         }
     }
@@ -472,7 +440,7 @@ impl Endpoint {
         loop {
             let guard = Outstanding::new(self.clone());
             let mut e = match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(|body| UpstreamBody::new(body, guard, None))),
+                Ok(response) => return Ok(response.map(|body| UpstreamBody::new(Stream::Http2(body), guard))),
                 Err(e) => e,
             };
             let again = match (e.take_message(), replay.take()) {
@@ -480,9 +448,9 @@ impl Endpoint {
                 (Some(back), _) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
                 (None, Some(head)) if !retried && unprocessed(e.error()) => match head.request() {
                     Some(again) => again,
-                    None => return Err(SendError::Failed(e.into_error())),
+                    None => return Err(SendError::Failed(e.into_error().into())),
                 },
-                (None, _) => return Err(SendError::Failed(e.into_error())),
+                (None, _) => return Err(SendError::Failed(e.into_error().into())),
             };
             retried = true;
             sender = match self.connect_http2().await {
@@ -494,30 +462,27 @@ impl Endpoint {
     }
 
     /// The newest idle connection that is still open and fresh.
-    fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
+    fn checkout(&self) -> Option<Box<Http1Connection>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(connection) = idle.pop_back() {
-            if connection.sender.is_ready() && connection.since.elapsed() < self.settings.idle_timeout {
-                return Some(connection.sender);
+        while let Some(mut idle) = idle.pop_back() {
+            if idle.since.elapsed() < self.settings.idle_timeout && idle.connection.is_reusable() {
+                return Some(idle.connection);
             }
         }
         None
     }
 
     /// Puts a connection whose exchange finished back for the next request.
-    fn checkin(&self, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn checkin(&self, connection: Box<Http1Connection>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // The oldest idle connections are the first to expire; a connection closed further
-        // back is dropped when a checkout reaches it.
+        // The oldest idle connections are the first to expire; one the target closed further
+        // back is dropped when a checkout reaches it, or when it expires.
         let now = Instant::now();
         let timeout = self.settings.idle_timeout;
-        while idle.front().is_some_and(|c| now.duration_since(c.since) >= timeout || c.sender.is_closed()) {
+        while idle.front().is_some_and(|c| now.duration_since(c.since) >= timeout) {
             idle.pop_front();
         }
-        idle.push_back(IdleConnection { sender, since: now });
+        idle.push_back(IdleConnection { connection, since: now });
     }
 
     async fn open_stream(&self) -> Result<(UpstreamIo, bool), String> {
@@ -540,18 +505,9 @@ impl Endpoint {
         }
     }
 
-    async fn connect_http1(&self) -> Result<http1::SendRequest<RequestBody>, String> {
+    async fn connect_http1(&self) -> Result<Box<Http1Connection>, String> {
         let (io, _) = self.open_stream().await?;
-        let (sender, connection) =
-            http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
-        let open = self.opened();
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-            drop(open);
-        });
-        Ok(sender)
+        Ok(Http1Connection::new(io, self.opened()))
     }
 
     async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, String> {
@@ -579,26 +535,12 @@ impl Endpoint {
     /// Counts a new connection; the returned guard uncounts it when the connection ends.
     fn opened(&self) -> OpenConnection {
         self.metrics.opened.increment(1);
-        self.metrics.open.increment(1.0);
-        self.open.fetch_add(1, Ordering::Relaxed);
-        OpenConnection { open: self.open.clone(), gauge: self.metrics.open.clone() }
+        OpenConnection::count(self.open.clone(), self.metrics.open.clone())
     }
 }
 
 fn default_port(key: &EndpointKey) -> u16 {
     if key.scheme == Scheme::HTTPS { 443 } else { 80 }
-}
-
-struct OpenConnection {
-    open: Arc<AtomicU32>,
-    gauge: Gauge,
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        self.gauge.decrement(1.0);
-    }
 }
 
 /// A request counted as outstanding on its endpoint until its response body is done.
@@ -622,14 +564,21 @@ impl Drop for Outstanding {
 /// With an idle timeout, a body that sends nothing for that long mid-body fails with
 /// [`BodyStalled`] (the client's response is cut off, the connection closed).
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Stream,
     outstanding: Option<Outstanding>,
-    lease: Option<http1::SendRequest<RequestBody>>,
     /// In milliseconds, 0 for none (a route's timeout is at most 5 minutes; kept small because
     /// every response carries this body).
     idle_timeout_ms: u32,
     /// Runs while the body waits for its next frame (made only when it has to wait).
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Where a response body comes from.
+enum Stream {
+    /// Read from its HTTP/1.1 connection in the polling task.
+    Http1(ResponseStream),
+    /// A stream of a shared HTTP/2 connection.
+    Http2(Incoming),
 }
 
 /// The error of an upstream body that sent nothing for longer than its idle timeout.
@@ -644,9 +593,9 @@ impl std::fmt::Debug for UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, outstanding: Outstanding, lease: Option<http1::SendRequest<RequestBody>>) -> Self {
-        let mut body = UpstreamBody { inner, outstanding: Some(outstanding), lease, idle_timeout_ms: 0, waiting: None };
-        if body.inner.is_end_stream() {
+    fn new(inner: Stream, outstanding: Outstanding) -> Self {
+        let mut body = UpstreamBody { inner, outstanding: Some(outstanding), idle_timeout_ms: 0, waiting: None };
+        if body.is_end_stream() {
             body.release();
         }
         body
@@ -658,12 +607,31 @@ impl UpstreamBody {
         UpstreamBody { idle_timeout_ms, ..self }
     }
 
+    /// The upstream's connection after it answered `101 Switching Protocols`.
+    pub fn upgraded(&mut self) -> Option<UpgradedUpstream> {
+        match &mut self.inner {
+            Stream::Http1(stream) => stream.upgraded(),
+            Stream::Http2(_) => None,
+        }
+    }
+
+    /// The exchange is over: the request stops counting as outstanding, and a connection
+    /// that can carry another exchange goes back to the endpoint.
     fn release(&mut self) {
         if let Some(outstanding) = self.outstanding.take() {
-            if let Some(sender) = self.lease.take() {
-                outstanding.0.checkin(sender);
+            if let Stream::Http1(stream) = &mut self.inner
+                && let Some(connection) = stream.reusable_connection()
+            {
+                outstanding.0.checkin(connection);
             }
             drop(outstanding);
+        }
+    }
+
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.inner {
+            Stream::Http1(stream) => Pin::new(stream).poll_frame(cx).map_err(Into::into),
+            Stream::Http2(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
         }
     }
 }
@@ -674,7 +642,7 @@ impl Body for UpstreamBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = this.poll_inner(cx);
         match &polled {
             Poll::Pending => {
                 if this.idle_timeout_ms == 0 {
@@ -685,79 +653,30 @@ impl Body for UpstreamBody {
                 if waiting.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                this.lease = None;
+                if let Stream::Http1(stream) = &mut this.inner {
+                    stream.close();
+                }
                 return Poll::Ready(Some(Err(Box::new(BodyStalled(idle)))));
             }
             Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.lease = None,
-            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Ready(Some(Ok(_))) if this.is_end_stream() => this.release(),
+            Poll::Ready(Some(_)) => {}
         }
         this.waiting = None;
-        polled.map_err(Into::into)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Stream::Http1(stream) => stream.is_end_stream(),
+            Stream::Http2(incoming) => incoming.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A connection to a target: plain TCP or TLS.
-enum UpstreamIo {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Plain(s) => s.is_write_vectored(),
-            UpstreamIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &self.inner {
+            Stream::Http1(stream) => stream.size_hint(),
+            Stream::Http2(incoming) => incoming.size_hint(),
         }
     }
 }

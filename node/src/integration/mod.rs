@@ -5,7 +5,9 @@
 //! - [`upstreams`]: the node's targets, shared by routes and kept across reloads.
 //! - [`balance`]: choosing a target (weights, least requests, regions, ejections).
 //! - [`discovery`]: targets named in DNS (A/AAAA, SRV), re-resolved by their TTLs.
-//! - [`endpoint`]: one target's connections over hyper's connection API, and its health.
+//! - [`endpoint`]: one target's connections, pooled, and its health.
+//! - [`http1_client`]: HTTP/1.1 to a target, spoken in the request's own task.
+//! - [`connection`]: a connection to a target (TCP or TLS), counted while open.
 //! - [`trust`]: the TLS roots an `https` upstream is checked against.
 //! - [`request_body`]: the client's body on its way upstream, held to the body limit.
 //! - [`proxy`]: streamed pass-through with timeout, retries and WebSocket upgrades.
@@ -18,8 +20,10 @@
 
 pub mod balance;
 pub mod callee;
+pub mod connection;
 pub mod discovery;
 pub mod endpoint;
+pub mod http1_client;
 pub mod mirror;
 pub mod mock;
 pub mod proxy;

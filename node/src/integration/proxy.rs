@@ -250,11 +250,13 @@ impl ProxyIntegration {
                     last = UpstreamError::Busy;
                     request = *back;
                 }
-                Err(SendError::Failed(e)) if caused_by::<BodyTooLarge>(&e) => return Err(UpstreamError::BodyTooLarge),
-                Err(SendError::Failed(e)) if caused_by::<ClientBodyError>(&e) => return Err(UpstreamError::ClientBody),
+                Err(SendError::Failed(e)) if caused_by::<BodyTooLarge>(&*e) => return Err(UpstreamError::BodyTooLarge),
+                Err(SendError::Failed(e)) if caused_by::<ClientBodyError>(&*e) => {
+                    return Err(UpstreamError::ClientBody);
+                }
                 Err(SendError::Failed(e)) => {
                     endpoint.failed();
-                    return Err(UpstreamError::Failed(format!("{}: {}", endpoint.key().authority, error_chain(&e))));
+                    return Err(UpstreamError::Failed(format!("{}: {}", endpoint.key().authority, error_chain(&*e))));
                 }
             }
             tried.push(index);

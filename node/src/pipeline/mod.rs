@@ -665,8 +665,9 @@ impl Pipeline {
             Ok(mut response) => {
                 let answered_by = response.extensions_mut().remove::<AnsweredBy>();
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                if let (true, Some(client)) = (switching, client_upgrade) {
-                    let upstream = hyper::upgrade::on(&mut response);
+                if let (true, Some(client), Some(upstream)) =
+                    (switching, client_upgrade, response.body_mut().upgraded())
+                {
                     websocket::splice(client, upstream);
                 }
                 let (mut parts, body) = response.into_parts();

@@ -13,8 +13,7 @@ use http::header::{CONTENT_LENGTH, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, TRA
 use http::request::Parts;
 use http::{HeaderValue, Method, StatusCode, Version};
 
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use crate::integration::http1_client::UpgradedUpstream;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
@@ -53,17 +52,15 @@ impl ClientUpgrade {
 
 /// Joins a client's upgraded connection to the upstream's once both sides have switched
 /// protocols, copying bytes both ways until either side closes.
-pub fn splice(client: ClientUpgrade, upstream: OnUpgrade) {
+pub fn splice(client: ClientUpgrade, mut upstream: UpgradedUpstream) {
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::join!(client.socket(), upstream) {
-            (Ok(client), Ok(upstream)) => (client, upstream),
-            (client, upstream) => {
-                tracing::debug!(client = ?client.err(), upstream = ?upstream.err(), "upgrade did not complete");
+        let mut client = match client.socket().await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!(client = e, "upgrade did not complete");
                 return;
             }
         };
-        let mut client = client;
-        let mut upstream = TokioIo::new(upstream);
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             tracing::debug!(error = %e, "upgraded connection ended with an error");
         }
