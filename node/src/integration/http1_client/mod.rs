@@ -1,0 +1,466 @@
+//! HTTP/1.1 to an upstream target, spoken in the task of the request it serves.
+//!
+//! hyper's client runs every connection in a task of its own and reaches it through
+//! channels, so a proxied request crosses tasks on its way out, with the response head and
+//! with every body frame. Here the request's task does it all: [`exchange`] writes the
+//! request and reads the response head, and the [`ResponseStream`] it returns reads the body
+//! straight from the socket as the client's connection asks for it, sending what is left of
+//! the request body meanwhile (a target may answer before it has read the whole upload).
+//! Once a response has ended cleanly its connection comes back
+//! ([`ResponseStream::reusable_connection`]) for the next exchange.
+//!
+//! An idle connection is its socket and nothing else: the read buffer goes with the last
+//! response's bytes, and [`Http1Connection::is_reusable`] learns from the runtime, without a
+//! system call unless the socket turned readable, whether the target closed it meanwhile.
+//!
+//! Framing follows RFC 9112: the request carries `Content-Length` when its body's length is
+//! known and is chunked otherwise; a response is empty for `HEAD`, 1xx, 204 and 304, chunked
+//! when `chunked` is its last transfer coding, as long as its `Content-Length` says when it
+//! has one (conflicting values are refused), and read until the target closes otherwise.
+//! Response heads are bounded ([`MAX_HEAD`], [`MAX_FIELDS`]), as are chunk-size lines and
+//! trailers; anything malformed fails the exchange and closes the connection.
+
+mod wire;
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::io::poll_read_buf;
+
+use wire::{Decoded, Framing, READ_SIZE, ResponseHead, framing, next_head};
+pub use wire::{MAX_FIELDS, MAX_HEAD, ReadResponse, read_response};
+
+use super::connection::{OpenConnection, UpstreamIo};
+use super::request_body::{BoxError, RequestBody};
+
+/// The most a single read asks for (a long body is read in pieces this large).
+const MAX_READ_SIZE: usize = 64 * 1024;
+/// The most body pieces queued before they are written.
+const MAX_QUEUED: usize = 8;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Http1Error {
+    #[error("connection error")]
+    Io(#[from] io::Error),
+    #[error("the target closed the connection before it answered")]
+    ClosedBeforeAnswer,
+    #[error("the target closed the connection in the middle of its response")]
+    ClosedMidResponse,
+    #[error("the target's response is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("the request body failed")]
+    RequestBody(#[source] BoxError),
+}
+
+/// An exchange that got no response.
+#[derive(Debug)]
+pub enum ExchangeFailure {
+    /// Not a byte of a response arrived. `request` is the request again when it can be sent
+    /// as it was (it had no body); `written` says whether any of it left.
+    Unanswered { request: Option<Box<Request<RequestBody>>>, written: bool, error: Http1Error },
+    /// The request, its body or the response failed.
+    Failed(Http1Error),
+}
+
+/// An open HTTP/1.1 connection to a target.
+pub struct Http1Connection {
+    io: UpstreamIo,
+    /// Bytes read and not consumed yet; nothing (and no allocation) between exchanges.
+    read: BytesMut,
+    _open: OpenConnection,
+}
+
+impl Http1Connection {
+    /// A connection over `io`, boxed: it moves between the pool and the responses it
+    /// carries, and stays small in both.
+    pub fn new(io: UpstreamIo, open: OpenConnection) -> Box<Self> {
+        Box::new(Http1Connection { io, read: BytesMut::new(), _open: open })
+    }
+
+    /// Whether this idle connection can carry an exchange: the target has neither closed it
+    /// nor sent anything unasked. Asks the runtime whether the socket turned readable, and
+    /// reads only if it did.
+    pub fn is_reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if self.io.tcp().poll_read_ready(&mut cx).is_pending() {
+            return true;
+        }
+        // Readable: the target closed the connection or sent bytes, or the readiness is stale
+        // (or, over TLS, it is a record such as a session ticket). A read tells which.
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        Pin::new(&mut self.io).poll_read(&mut cx, &mut buf).is_pending()
+    }
+
+    /// Reads more into the buffer: at least `want` bytes of room (within
+    /// [`READ_SIZE`]..=[`MAX_READ_SIZE`]). Ready with the count read, 0 at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let room = want.clamp(READ_SIZE, MAX_READ_SIZE);
+        if self.read.capacity() - self.read.len() < room / 2 {
+            self.read.reserve(room);
+        }
+        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// Reads until a final response head. `answered` is set once a byte of a response has
+    /// arrived.
+    fn poll_head(&mut self, cx: &mut Context<'_>, answered: &mut bool) -> Poll<Result<ResponseHead, Http1Error>> {
+        loop {
+            if let Some(head) = next_head(&mut self.read)? {
+                return Poll::Ready(Ok(head));
+            }
+            if ready!(self.poll_fill(cx, READ_SIZE))? == 0 {
+                let error = if *answered { Http1Error::ClosedMidResponse } else { Http1Error::ClosedBeforeAnswer };
+                return Poll::Ready(Err(error));
+            }
+            *answered = true;
+        }
+    }
+
+    /// The next piece of the response body, as `framing` delimits it.
+    fn poll_body(
+        &mut self,
+        framing: &mut Framing,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
+        loop {
+            match framing.decode(&mut self.read)? {
+                Decoded::Frame(frame) => return Poll::Ready(Some(Ok(frame))),
+                Decoded::End => return Poll::Ready(None),
+                Decoded::More(want) => {
+                    if ready!(self.poll_fill(cx, want))? == 0 {
+                        framing.closed()?;
+                        return Poll::Ready(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The request on its way out: its head, then its body as the body yields it.
+struct Upload {
+    /// Bytes to write, in order: the head; each piece of the body (in chunked framing with
+    /// its size line and CRLF); the last chunk.
+    queued: VecDeque<Bytes>,
+    body: Option<RequestBody>,
+    chunked: bool,
+    /// Whether any byte has been written.
+    written: bool,
+}
+
+impl Upload {
+    /// Serializes the head of `request` (origin form, its body framed by its length when
+    /// known, chunked otherwise) and takes its body; a request without a body is left whole.
+    fn new(request: &mut Request<RequestBody>) -> Upload {
+        let body = request.body();
+        let length = if body.is_end_stream() { Some(0) } else { body.size_hint().exact() };
+        let method = request.method().clone();
+        let headers = request.headers_mut();
+        headers.remove(TRANSFER_ENCODING);
+        let chunked = match length {
+            // A method whose requests have no defined body semantics gets no framing.
+            Some(0)
+                if matches!(method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT)
+                    && !headers.contains_key(CONTENT_LENGTH) =>
+            {
+                false
+            }
+            Some(n) => {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+                false
+            }
+            None => {
+                headers.remove(CONTENT_LENGTH);
+                headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                true
+            }
+        };
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let fields: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        let mut head = Vec::with_capacity(method.as_str().len() + target.len() + fields + 16);
+        head.extend_from_slice(method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in request.headers() {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        let body = (length != Some(0)).then(|| std::mem::replace(request.body_mut(), RequestBody::empty()));
+        Upload { queued: VecDeque::from([Bytes::from(head)]), body, chunked, written: false }
+    }
+
+    /// Writes what is queued and what the body yields, until the body has ended and all of
+    /// it is written and flushed.
+    fn poll_send(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
+        loop {
+            let mut body_waits = false;
+            while self.queued.len() < MAX_QUEUED {
+                let Some(body) = self.body.as_mut() else { break };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => {
+                        body_waits = true;
+                        break;
+                    }
+                    Poll::Ready(frame) => self.queue(frame)?,
+                }
+            }
+            if self.queued.is_empty() {
+                ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                return if body_waits { Poll::Pending } else { Poll::Ready(Ok(())) };
+            }
+            let mut slices = [io::IoSlice::new(&[]); MAX_QUEUED];
+            let count = self.queued.len().min(MAX_QUEUED);
+            for (slice, bytes) in slices.iter_mut().zip(self.queued.iter()) {
+                *slice = io::IoSlice::new(bytes);
+            }
+            let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if written == 0 {
+                return Poll::Ready(Err(Http1Error::Io(io::ErrorKind::WriteZero.into())));
+            }
+            self.written = true;
+            while written > 0 {
+                let Some(front) = self.queued.front_mut() else { break };
+                if written >= front.len() {
+                    written -= front.len();
+                    self.queued.pop_front();
+                } else {
+                    front.advance(written);
+                    written = 0;
+                }
+            }
+        }
+    }
+
+    /// Queues what the body yielded, framed.
+    fn queue(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>) -> Result<(), Http1Error> {
+        match frame {
+            None => {
+                self.body = None;
+                if self.chunked {
+                    self.queued.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                }
+            }
+            Some(Err(e)) => {
+                self.body = None;
+                return Err(Http1Error::RequestBody(e));
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) if self.chunked => {
+                    self.queued.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                    self.queued.push_back(data);
+                    self.queued.push_back(Bytes::from_static(b"\r\n"));
+                }
+                Ok(data) => self.queued.push_back(data),
+                Err(frame) => {
+                    // Trailers end the body; only chunked framing can carry them.
+                    if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
+                        let mut last = b"0\r\n".to_vec();
+                        for (name, value) in &trailers {
+                            last.extend_from_slice(name.as_str().as_bytes());
+                            last.extend_from_slice(b": ");
+                            last.extend_from_slice(value.as_bytes());
+                            last.extend_from_slice(b"\r\n");
+                        }
+                        last.extend_from_slice(b"\r\n");
+                        self.queued.push_back(Bytes::from(last));
+                        self.body = None;
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Sends `request` (its URI in origin form or absolute; its `Host` set) on `connection` and
+/// reads the response head. The body of the response reads from the connection.
+pub async fn exchange(
+    mut connection: Box<Http1Connection>,
+    mut request: Request<RequestBody>,
+) -> Result<Response<ResponseStream>, ExchangeFailure> {
+    let head_request = request.method() == Method::HEAD;
+    let mut upload = Upload::new(&mut request);
+    // A request without a body stays whole, to be sent again if the connection turns out
+    // closed; one with a body is not needed any more.
+    let mut kept = upload.body.is_none().then_some(request);
+    let mut sending = true;
+    let mut write_error = None;
+    let mut answered = false;
+    let head = std::future::poll_fn(|cx| {
+        if sending {
+            match upload.poll_send(&mut connection.io, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => sending = false,
+                // The client's body failed: no answer can come to a request cut short.
+                Poll::Ready(Err(e @ Http1Error::RequestBody(_))) => return Poll::Ready(Err(e)),
+                // The target may have answered and stopped reading: look for its answer.
+                Poll::Ready(Err(e)) => {
+                    sending = false;
+                    write_error = Some(e);
+                }
+            }
+        }
+        connection.poll_head(cx, &mut answered)
+    })
+    .await;
+    let mut head = match head {
+        Ok(head) => head,
+        Err(e @ Http1Error::RequestBody(_)) => return Err(ExchangeFailure::Failed(e)),
+        Err(e) if !answered => {
+            let error = write_error.unwrap_or(e);
+            let request = kept.take().map(Box::new);
+            return Err(ExchangeFailure::Unanswered { request, written: upload.written, error });
+        }
+        Err(e) => return Err(ExchangeFailure::Failed(e)),
+    };
+    drop(kept);
+    let (framing, keep_alive) = framing(&mut head, head_request).map_err(ExchangeFailure::Failed)?;
+    let stream = ResponseStream {
+        connection: Some(connection),
+        framing,
+        upload: (sending && write_error.is_none()).then(|| Box::new(upload)),
+        keep_alive: keep_alive && write_error.is_none(),
+        upgrade: head.status == StatusCode::SWITCHING_PROTOCOLS,
+    };
+    let mut response = Response::new(stream);
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = head.headers;
+    Ok(response)
+}
+
+/// A response body read from its connection as it is polled. Polling it also sends what is
+/// left of the request body.
+pub struct ResponseStream {
+    /// `None` once the connection failed (it closes).
+    connection: Option<Box<Http1Connection>>,
+    framing: Framing,
+    /// What is left of the request body, while the target answers (boxed: rare).
+    upload: Option<Box<Upload>>,
+    keep_alive: bool,
+    upgrade: bool,
+}
+
+impl std::fmt::Debug for ResponseStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseStream").finish_non_exhaustive()
+    }
+}
+
+impl ResponseStream {
+    /// The connection, when the response has ended cleanly and the connection can carry
+    /// another exchange: the target keeps it open, the whole request was sent and nothing
+    /// was read past the response.
+    pub fn reusable_connection(&mut self) -> Option<Box<Http1Connection>> {
+        let clean = matches!(self.framing, Framing::Empty) && self.keep_alive && self.upload.is_none() && !self.upgrade;
+        let mut connection = self.connection.take_if(|c| clean && c.read.is_empty())?;
+        // Lets go of the last response's buffer (its bytes may live on in the response).
+        connection.read = BytesMut::new();
+        Some(connection)
+    }
+
+    /// The connection of a `101 Switching Protocols` response, with whatever the target sent
+    /// past the head.
+    pub fn upgraded(&mut self) -> Option<UpgradedUpstream> {
+        if !self.upgrade {
+            return None;
+        }
+        let Http1Connection { io, read, _open } = *self.connection.take()?;
+        Some(UpgradedUpstream { io, read: read.freeze(), _open })
+    }
+
+    /// Closes the connection (a body abandoned mid-way).
+    pub fn close(&mut self) {
+        self.connection = None;
+    }
+}
+
+impl Body for ResponseStream {
+    type Data = Bytes;
+    type Error = Http1Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
+        let this = self.get_mut();
+        let Some(connection) = this.connection.as_mut() else { return Poll::Ready(None) };
+        if let Some(upload) = &mut this.upload {
+            match upload.poll_send(&mut connection.io, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => this.upload = None,
+                // The target answered and stopped reading; the answer still counts.
+                Poll::Ready(Err(_)) => {
+                    this.upload = None;
+                    this.keep_alive = false;
+                }
+            }
+        }
+        let polled = connection.poll_body(&mut this.framing, cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            this.connection = None;
+            this.framing = Framing::Empty;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Empty)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty => SizeHint::with_exact(0),
+            Framing::Length(left) => SizeHint::with_exact(left),
+            Framing::Chunked(_) | Framing::UntilClose => SizeHint::default(),
+        }
+    }
+}
+
+/// An upstream connection after `101 Switching Protocols`: the bytes the target sent past
+/// the head come first, then the socket's.
+pub struct UpgradedUpstream {
+    io: UpstreamIo,
+    read: Bytes,
+    _open: OpenConnection,
+}
+
+impl AsyncRead for UpgradedUpstream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read.is_empty() {
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpgradedUpstream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;
