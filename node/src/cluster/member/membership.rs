@@ -1,7 +1,14 @@
 //! Changing the membership: admitting a joining node, removing, promoting and readdressing
 //! members, leaving, and the autopilot that makes caught-up learners voters.
 
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+
 use super::*;
+
+/// How long a membership change waits for another one still being committed before it is
+/// refused: the autopilot's promotion of a new node and an operator's command can meet (a
+/// node told to leave right after it joined), and the first commits within a few heartbeats.
+const CHANGE_WAIT: Duration = Duration::from_secs(10);
 
 impl ClusterMember {
     /// Admits a joining node (on the leader; others forward): checks the token, reserves an
@@ -44,16 +51,9 @@ impl ClusterMember {
         let voters: BTreeSet<NodeId> =
             self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
         if voters.contains(&node) {
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
-                .await
-                .map_err(|e| ClusterError::Refused(e.to_string()))?;
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false).await?;
         }
-        self.raft
-            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node])), false)
-            .await
-            .map_err(|e| ClusterError::Refused(e.to_string()))?;
-        Ok(())
+        self.change(ChangeMembers::RemoveNodes(BTreeSet::from([node])), false).await
     }
 
     /// Makes learner `node` a voter (on the leader).
@@ -62,11 +62,7 @@ impl ClusterMember {
         if membership.get_node(&node).is_none() {
             return Err(ClusterError::Refused(format!("node {node} is not a member")));
         }
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), true)
-            .await
-            .map_err(|e| ClusterError::Refused(e.to_string()))?;
-        Ok(())
+        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([node])), true).await
     }
 
     /// Records new addresses for `node` in the membership (on the leader).
@@ -75,11 +71,24 @@ impl ClusterMember {
         if membership.get_node(&node).is_none() {
             return Err(ClusterError::Refused(format!("node {node} is not a member")));
         }
-        self.raft
-            .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(node, info)])), true)
-            .await
-            .map_err(|e| ClusterError::Refused(e.to_string()))?;
-        Ok(())
+        self.change(ChangeMembers::SetNodes(BTreeMap::from([(node, info)])), true).await
+    }
+
+    /// Commits a membership change (on the leader), waiting up to [`CHANGE_WAIT`] while
+    /// another change is still being committed.
+    async fn change(&self, members: ChangeMembers<NodeId, ClusterNode>, retain: bool) -> Result<(), ClusterError> {
+        let waiting = tokio::time::Instant::now();
+        loop {
+            match self.raft.change_membership(members.clone(), retain).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if waiting.elapsed() < CHANGE_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(ClusterError::Refused(e.to_string())),
+            }
+        }
     }
 
     /// After a restart: if the membership still holds other addresses for this node (its
