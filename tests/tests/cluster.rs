@@ -454,7 +454,7 @@ async fn a_stage_limit_holds_across_the_cluster() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // Requests spread over the three nodes for three seconds, far above the limit, counted
-    // by the second in which they were admitted.
+    // by the second of the run in which they were admitted.
     let gateways: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http.unwrap()).collect();
     let started = Instant::now();
     let mut per_second = std::collections::BTreeMap::<u64, u64>::new();
@@ -463,8 +463,7 @@ async fn a_stage_limit_holds_across_the_cluster() {
         let r = get(gateways[(sent % 3) as usize], "gw.test", "/prod/version").await;
         sent += 1;
         if r.status == 200 {
-            let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-            *per_second.entry(second).or_default() += 1;
+            *per_second.entry(started.elapsed().as_secs()).or_default() += 1;
         } else {
             assert_eq!(r.status, 429);
         }
@@ -473,10 +472,14 @@ async fn a_stage_limit_holds_across_the_cluster() {
     assert!(sent > 300, "only {sent} requests were sent");
     // Without shared counters each node would admit 20 a second, 60 in all; the shared
     // estimate keeps every second near 20 (the sliding window lets a second run over by the
-    // share of the previous one it discounts).
-    let full: Vec<u64> = per_second.values().copied().collect();
-    assert!(full.iter().all(|n| *n <= 30), "a second admitted more than 1.5 × the limit: {per_second:?}");
-    let total: u64 = full.iter().sum();
+    // share of the previous one it discounts). The flood's first second is bounded by the
+    // burst instead: until the first gossip round reaches them (50 ms, later on a loaded
+    // machine), the other nodes may each admit up to their burst.
+    let first = per_second.get(&0).copied().unwrap_or(0);
+    let rest: Vec<u64> = per_second.iter().filter(|(s, _)| **s > 0).map(|(_, n)| *n).collect();
+    assert!(first <= 20 + 2 * 20, "the first second admitted more than the limit and two bursts: {per_second:?}");
+    assert!(rest.iter().all(|n| *n <= 30), "a second admitted more than 1.5 × the limit: {per_second:?}");
+    let total: u64 = per_second.values().sum();
     assert!(total >= 40, "the limit starved traffic: {per_second:?}");
 }
 
