@@ -328,8 +328,17 @@ impl Endpoint {
     /// Whether the target is ejected now; the time left if so.
     pub fn ejected_for(&self) -> Option<Duration> {
         let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            // Never ejected, or back: no need to read the clock (every request asks).
+            return None;
+        }
         let now = self.now_ms();
-        (until > now).then(|| Duration::from_millis(until - now))
+        if until <= now {
+            // The ejection is over: later checks skip the clock again.
+            let _ = self.ejected_until.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+            return None;
+        }
+        Some(Duration::from_millis(until - now))
     }
 
     #[cfg(test)]

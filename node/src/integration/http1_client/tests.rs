@@ -124,8 +124,10 @@ async fn a_length_delimited_response_arrives_in_pieces_and_the_connection_serves
     assert_eq!(response.body().size_hint().exact(), Some(11));
     assert_eq!(body_of(&mut response).await.unwrap().0, "hello world");
     let mut connection = response.body_mut().reusable_connection().expect("the connection is reusable");
-    // An idle connection holds no buffer: the bytes it read live on in the response only.
+    // An idle connection holds no buffer (the bytes it read live on in the response only),
+    // and is small itself: the socket, the empty buffer, its place in the open count.
     assert_eq!(connection.read.capacity(), 0);
+    assert!(std::mem::size_of::<Http1Connection>() <= 96, "{} bytes", std::mem::size_of::<Http1Connection>());
     assert!(connection.is_reusable());
     let mut response = answered(exchange(connection, get("/two")).await);
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
