@@ -362,3 +362,39 @@ async fn an_upgrade_hands_over_the_socket_with_the_bytes_past_the_head() {
     upstream.read_exact(&mut echo).await.unwrap();
     assert_eq!(&echo, b"ping");
 }
+
+/// A body of `n` bytes that tells where each byte was: a cut or repeated piece shows.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn large_bodies_arrive_whole_in_either_framing() {
+    const LENGTH: usize = (1 << 20) + 13;
+    let connection = connect(|mut s| async move {
+        read_request(&mut s).await;
+        s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {LENGTH}\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(&pattern(LENGTH)).await.unwrap();
+        read_request(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
+        let body = pattern(LENGTH);
+        let (mut at, mut size) = (0, 1);
+        while at < body.len() {
+            let piece = &body[at..(at + size).min(body.len())];
+            s.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await.unwrap();
+            s.write_all(piece).await.unwrap();
+            s.write_all(b"\r\n").await.unwrap();
+            at += piece.len();
+            size = size * 3 % 70_001 + 1;
+        }
+        s.write_all(b"0\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    })
+    .await;
+    let mut response = answered(exchange(connection, get("/long")).await);
+    assert_eq!(body_of(&mut response).await.unwrap().0, pattern(LENGTH));
+    let connection = response.body_mut().reusable_connection().expect("reusable after a long body");
+    let mut response = answered(exchange(connection, get("/chunked")).await);
+    assert_eq!(body_of(&mut response).await.unwrap().0, pattern(LENGTH));
+    assert!(response.body_mut().reusable_connection().is_some());
+}
