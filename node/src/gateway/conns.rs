@@ -18,8 +18,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use meridian_dns::net::{ClientConnection, ConnectionsPerClient};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -52,7 +54,11 @@ pub struct ConnSlot {
     served: AtomicBool,
     /// Asked to close already (not picked twice).
     shedding: AtomicBool,
+    /// Wakes a connection serving requests when it is asked to close.
     shed: Notify,
+    /// Wakes a parked connection when it is asked to close ([`ConnSlot::poll_shed`]): a
+    /// parked connection holds no future for it.
+    parked: AtomicWaker,
 }
 
 /// Why a connection was not admitted.
@@ -142,6 +148,7 @@ impl ConnectionTable {
             served: AtomicBool::new(false),
             shedding: AtomicBool::new(false),
             shed: Notify::new(),
+            parked: AtomicWaker::new(),
         });
         self.lock().insert(id, slot.clone());
         Admitted { slot, table: self.clone(), _permit: permit, _client: counted }
@@ -164,11 +171,18 @@ impl ConnectionTable {
         match victim {
             Some(slot) => {
                 metrics::counter!("meridian_connections_shed_total").increment(1);
-                slot.shedding.store(true, Ordering::Relaxed);
-                slot.shed.notify_one();
+                slot.ask_to_close();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Asks every connection to close (the node is stopping): those serving a request after
+    /// it, parked ones at once.
+    pub fn close_all(&self) {
+        for slot in self.lock().values() {
+            slot.ask_to_close();
         }
     }
 
@@ -229,6 +243,19 @@ impl ConnSlot {
     /// Resolves when the table asks this connection to close.
     pub async fn shed_requested(&self) {
         self.shed.notified().await
+    }
+
+    /// Ready once the table has asked this connection to close; for a parked connection,
+    /// which polls this instead of holding a [`ConnSlot::shed_requested`] future.
+    pub fn poll_shed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.parked.register(cx.waker());
+        if self.shedding.load(Ordering::Acquire) { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    fn ask_to_close(&self) {
+        self.shedding.store(true, Ordering::Release);
+        self.shed.notify_one();
+        self.parked.wake();
     }
 }
 

@@ -157,7 +157,7 @@ pub fn serve<'a, S: ClientSocket>(
                 return;
             }
             let nothing_to_read = socket.prefix.is_empty() && !socket.inner.has_buffered_input();
-            if nothing_to_read && !park(&mut socket.inner, slot, &mut shutdown).await {
+            if nothing_to_read && !park(&mut socket.inner, slot).await {
                 return;
             }
         }
@@ -225,19 +225,21 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Http1Serv
 }
 
 /// Parks a connection with nothing to read: only the socket is held until the client speaks
-/// again (true), or the idle timeout runs out, the table sheds it or the node stops (false).
-/// Readiness and the idle timeout are polled on the socket itself, with no futures to hold.
-async fn park<S: ClientSocket>(socket: &mut S, slot: &ConnSlot, shutdown: &mut watch::Receiver<bool>) -> bool {
+/// again (true), or the idle timeout runs out or the table asks it to close (shedding it, or
+/// because the node stops) (false). Everything is polled on the socket and the slot, with no
+/// futures to hold.
+async fn park<S: ClientSocket>(socket: &mut S, slot: &ConnSlot) -> bool {
     let _parked = Parked::new();
-    let spoke = std::future::poll_fn(|cx| match socket.tcp().poll_read_ready(cx) {
-        Poll::Ready(ready) => Poll::Ready(ready.is_ok()),
-        Poll::Pending => socket.poll_idle(cx).map(|()| false),
-    });
-    tokio::select! {
-        spoke = spoke => spoke,
-        _ = slot.shed_requested() => false,
-        _ = super::listener::stopped(shutdown) => false,
-    }
+    std::future::poll_fn(|cx| {
+        if slot.poll_shed(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        match socket.tcp().poll_read_ready(cx) {
+            Poll::Ready(ready) => Poll::Ready(ready.is_ok()),
+            Poll::Pending => socket.poll_idle(cx).map(|()| false),
+        }
+    })
+    .await
 }
 
 type Connection<S> = http1::Connection<TokioIo<Prefixed<S>>, Http1Service>;
@@ -385,6 +387,37 @@ mod tests {
         let socket = IdleTimeout::new(client, Duration::from_secs(5));
         let served = serve(&builder, socket, Bytes::new(), handler, &admitted.slot, watch::channel(false).1);
         let size = std::mem::size_of_val(&served);
-        assert!(size <= 640, "an HTTP/1.1 connection's future is {size} bytes");
+        assert!(size <= 400, "an HTTP/1.1 connection's future is {size} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_closes_when_the_table_asks() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let table = ConnectionTable::new(10, 10);
+        let admitted = table.admit(client.local_addr().unwrap().ip()).await.unwrap();
+        let slot = admitted.slot.clone();
+        let served = tokio::spawn(async move {
+            let handler: Handler = Arc::new(|_| {
+                Box::pin(async { http::Response::new(ObservedBody::unobserved(crate::body::ResponseBody::Empty)) })
+            });
+            let builder = http1::Builder::new();
+            let socket = IdleTimeout::new(server, Duration::from_secs(30));
+            let (_stop, shutdown) = watch::channel(false);
+            serve(&builder, socket, Bytes::new(), handler, &slot, shutdown).await;
+        });
+        client.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n").await.unwrap();
+        let mut answer = [0u8; 512];
+        let n = client.read(&mut answer).await.unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..n]));
+        // Idle past PARK_AFTER: parked, holding the socket and nothing else.
+        tokio::time::sleep(PARK_AFTER + Duration::from_millis(100)).await;
+        assert!(!served.is_finished());
+        table.close_all();
+        tokio::time::timeout(Duration::from_secs(2), served).await.expect("the parked connection closed").unwrap();
+        assert_eq!(client.read(&mut answer).await.unwrap(), 0, "the client sees the close");
+        drop(admitted);
     }
 }

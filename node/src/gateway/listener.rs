@@ -180,6 +180,9 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsSetup>, shared: Listene
         });
     }
     drop(listener);
+    // Connections serving a request see the stop themselves; parked ones hold no future for
+    // it and are woken through their slots.
+    connections.close_all();
     if !connections.drained(settings.limits.drain_timeout).await {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
