@@ -8,9 +8,10 @@
 //! connection has had no request in progress and received no byte for [`PARK_AFTER`]; then
 //! it is asked to stop after what it is doing (without closing the socket, and without
 //! `Connection: close`, since no response is being started), its buffers are freed, and the
-//! socket is parked: the task waits for it to become readable, holding only the socket, its
-//! idle timer and the service (about 2 KiB of heap in all; `tests/bench/idle_memory.sh`
-//! measures the resident set).
+//! socket is parked: the task waits for it to become readable, its idle timer to run out or
+//! its slot in the connection table to ask it to close, holding only the socket, the timer
+//! and the service (under 2 KiB of heap in all; `tests/bench/idle_memory.sh` measures the
+//! resident set).
 //! The next request starts a new period, which costs a new hyper connection (two buffer
 //! allocations); a client that keeps the connection busy is never parked.
 //!
