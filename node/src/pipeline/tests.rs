@@ -389,3 +389,35 @@ async fn a_route_without_body_stages_streams_the_body() {
     let journal = journal_of(&journal, 5).await;
     assert!(journal.contains(&"upstream first last [plain]".to_string()), "{journal:?}");
 }
+
+#[tokio::test]
+async fn a_client_that_expects_100_continue_gets_it_before_sending_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (journal, gateway, _) = staged(|journal| vec![Arc::new(Recorder::new("plain", journal))]).await;
+    let mut client = TcpStream::connect(gateway).await.unwrap();
+    client
+        .write_all(b"POST /s/thing HTTP/1.1\r\nhost: a.example\r\ncontent-length: 9\r\nexpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    // The gateway asks for the body (the upstream's own 100 is not passed on twice).
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await.expect("a 100").unwrap();
+        assert!(n > 0, "closed before the 100");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 100 Continue\r\n"), "{}", String::from_utf8_lossy(&seen));
+    client.write_all(b"the thing").await.unwrap();
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).contains("upstream says hi") {
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    let journal = journal_of(&journal, 5).await;
+    assert!(journal.contains(&"upstream the thing [plain]".to_string()), "{journal:?}");
+}
