@@ -484,11 +484,15 @@ impl Endpoint {
     /// Puts a connection whose exchange finished back for the next request.
     fn checkin(&self, connection: Box<Http1Connection>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // The oldest idle connections are the first to expire; one the target closed further
-        // back is dropped when a checkout reaches it, or when it expires.
+        // The oldest idle connections are the first to expire. Checkouts take the newest, so
+        // one the target closed sits at the front: each checkin looks at the oldest, and so
+        // the closed ones go (and stop counting as open) while traffic flows.
         let now = Instant::now();
         let timeout = self.settings.idle_timeout;
         while idle.front().is_some_and(|c| now.duration_since(c.since) >= timeout) {
+            idle.pop_front();
+        }
+        if idle.front_mut().is_some_and(|c| !c.connection.is_reusable()) {
             idle.pop_front();
         }
         idle.push_back(IdleConnection { connection, since: now });
@@ -687,5 +691,74 @@ impl Body for UpstreamBody {
             Stream::Http1(stream) => stream.size_hint(),
             Stream::Http2(incoming) => incoming.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A target that answers each request after the delay its path names (`/wait/MS`), and
+    /// closes the connection after answering `/close/MS`.
+    async fn target() -> Authority {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&seen).into_owned();
+                        seen.clear();
+                        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                        let ms: u64 = path.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                        if path.starts_with("/close/") {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        authority
+    }
+
+    async fn get(endpoint: &Arc<Endpoint>, authority: &Authority, path: &str) {
+        let mut request = Request::new(RequestBody::empty());
+        *request.uri_mut() = format!("http://{authority}{path}").parse().unwrap();
+        let response = endpoint.send(request).await.unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_target_closed_goes_while_traffic_flows() {
+        let authority = target().await;
+        let key = EndpointKey {
+            scheme: Scheme::HTTP,
+            authority: authority.clone(),
+            server_name: None,
+            trust: None,
+            http2: false,
+        };
+        let endpoint = Arc::new(Endpoint::new(key, EndpointSettings::default(), None));
+        // Two connections at once. The one the target closes after answering is checked in
+        // first (the oldest); by the time the other is checked in, 70 ms later, the runtime
+        // has seen the close, and that checkin lets the closed one go.
+        tokio::join!(get(&endpoint, &authority, "/close/10"), get(&endpoint, &authority, "/wait/80"));
+        assert_eq!(endpoint.open_connections(), 1, "the closed idle connection still counts as open");
     }
 }
