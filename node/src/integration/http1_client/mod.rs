@@ -29,7 +29,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::poll_read_buf;
@@ -191,13 +191,7 @@ impl Upload {
         head.push(b' ');
         head.extend_from_slice(target.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in request.headers() {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
+        write_fields(&mut head, request.headers());
         let body = (length != Some(0)).then(|| std::mem::replace(request.body_mut(), RequestBody::empty()));
         Upload { queued: VecDeque::from([Bytes::from(head)]), body, chunked, written: false }
     }
@@ -269,13 +263,7 @@ impl Upload {
                     // Trailers end the body; only chunked framing can carry them.
                     if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
                         let mut last = b"0\r\n".to_vec();
-                        for (name, value) in &trailers {
-                            last.extend_from_slice(name.as_str().as_bytes());
-                            last.extend_from_slice(b": ");
-                            last.extend_from_slice(value.as_bytes());
-                            last.extend_from_slice(b"\r\n");
-                        }
-                        last.extend_from_slice(b"\r\n");
+                        write_fields(&mut last, &trailers);
                         self.queued.push_back(Bytes::from(last));
                         self.body = None;
                     }
@@ -284,6 +272,17 @@ impl Upload {
         }
         Ok(())
     }
+}
+
+/// Writes `fields` as a head's (or trailers') lines, and the empty line that ends them.
+fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Sends `request` (its URI in origin form or absolute; its `Host` set) on `connection` and
