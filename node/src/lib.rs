@@ -40,6 +40,7 @@ pub mod mapping;
 pub mod node;
 pub mod observe;
 pub mod pipeline;
+pub mod prefixed;
 pub mod query;
 pub mod rejection;
 pub mod reload;

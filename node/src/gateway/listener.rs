@@ -20,12 +20,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::conns::{ConnSlot, ConnectionTable, Refused};
-use super::http1::{self, Prefixed};
+use super::http1;
 use super::io::IdleTimeout;
 use super::{ClientRttSink, PROBE_PATH};
 use crate::config::Limits;
 use crate::observe::completion::ObservedBody;
 use crate::pipeline::{ConnInfo, Pipeline};
+use crate::prefixed::Prefixed;
 
 /// What every connection of a listener is served with, prepared once per listener.
 struct Settings {

@@ -61,7 +61,8 @@ pub fn splice(client: ClientUpgrade, mut upstream: UpgradedUpstream) {
                 return;
             }
         };
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        // The upstream connection counts as open (`upstream.open`) until the splice ends.
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream.socket).await {
             tracing::debug!(error = %e, "upgraded connection ended with an error");
         }
     });

@@ -39,6 +39,7 @@ pub use wire::{MAX_FIELDS, MAX_HEAD, ReadResponse, read_response};
 
 use super::connection::{OpenConnection, UpstreamIo};
 use super::request_body::{BoxError, RequestBody};
+use crate::prefixed::Prefixed;
 
 /// The most a single read asks for (a long body is read in pieces this large).
 const MAX_READ_SIZE: usize = 64 * 1024;
@@ -379,7 +380,7 @@ impl ResponseStream {
             return None;
         }
         let Http1Connection { io, read, _open } = *self.connection.take()?;
-        Some(UpgradedUpstream { io, read: read.freeze(), _open })
+        Some(UpgradedUpstream { socket: Prefixed::new(read.freeze(), io), open: _open })
     }
 
     /// Closes the connection (a body abandoned mid-way).
@@ -427,38 +428,11 @@ impl Body for ResponseStream {
     }
 }
 
-/// An upstream connection after `101 Switching Protocols`: the bytes the target sent past
-/// the head come first, then the socket's.
+/// An upstream connection after `101 Switching Protocols`: the socket, with the bytes the
+/// target sent past the head in front, and its place in the open count (kept while it lives).
 pub struct UpgradedUpstream {
-    io: UpstreamIo,
-    read: Bytes,
-    _open: OpenConnection,
-}
-
-impl AsyncRead for UpgradedUpstream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.read.is_empty() {
-            let n = this.read.len().min(buf.remaining());
-            buf.put_slice(&this.read.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for UpgradedUpstream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
+    pub socket: Prefixed<UpstreamIo>,
+    pub open: OpenConnection,
 }
 
 #[cfg(test)]

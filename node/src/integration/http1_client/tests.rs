@@ -353,7 +353,7 @@ async fn an_upgrade_hands_over_the_socket_with_the_bytes_past_the_head() {
     let mut response = answered(exchange(connection, get("/socket")).await);
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert!(response.body_mut().reusable_connection().is_none());
-    let mut upstream = response.body_mut().upgraded().expect("an upgraded connection");
+    let mut upstream = response.body_mut().upgraded().expect("an upgraded connection").socket;
     let mut first = [0u8; 5];
     upstream.read_exact(&mut first).await.unwrap();
     assert_eq!(&first, b"first");
