@@ -54,11 +54,8 @@ pub struct ConnSlot {
     served: AtomicBool,
     /// Asked to close already (not picked twice).
     shedding: AtomicBool,
-    /// Wakes a connection serving requests when it is asked to close.
-    shed: Notify,
-    /// Wakes a parked connection when it is asked to close ([`ConnSlot::poll_shed`]): a
-    /// parked connection holds no future for it.
-    parked: AtomicWaker,
+    /// Wakes the connection's task when it is asked to close ([`ConnSlot::poll_shed`]).
+    asked: AtomicWaker,
 }
 
 /// Why a connection was not admitted.
@@ -147,8 +144,7 @@ impl ConnectionTable {
             last_read: AtomicU64::new(0),
             served: AtomicBool::new(false),
             shedding: AtomicBool::new(false),
-            shed: Notify::new(),
-            parked: AtomicWaker::new(),
+            asked: AtomicWaker::new(),
         });
         self.lock().insert(id, slot.clone());
         Admitted { slot, table: self.clone(), _permit: permit, _client: counted }
@@ -242,20 +238,20 @@ impl ConnSlot {
 
     /// Resolves when the table asks this connection to close.
     pub async fn shed_requested(&self) {
-        self.shed.notified().await
+        std::future::poll_fn(|cx| self.poll_shed(cx)).await
     }
 
-    /// Ready once the table has asked this connection to close; for a parked connection,
-    /// which polls this instead of holding a [`ConnSlot::shed_requested`] future.
+    /// Ready once the table has asked this connection to close. A parked connection polls
+    /// this beside its socket instead of holding a [`ConnSlot::shed_requested`] future. Only
+    /// the connection's own task waits on its slot, so one waker is enough.
     pub fn poll_shed(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.parked.register(cx.waker());
+        self.asked.register(cx.waker());
         if self.shedding.load(Ordering::Acquire) { Poll::Ready(()) } else { Poll::Pending }
     }
 
     fn ask_to_close(&self) {
         self.shedding.store(true, Ordering::Release);
-        self.shed.notify_one();
-        self.parked.wake();
+        self.asked.wake();
     }
 }
 
