@@ -8,7 +8,8 @@
 //!   when it has attributes or children too); an element with only text is that string, and
 //!   an empty one is `""`;
 //! - names keep their namespace prefix (`soap:Envelope`), and namespace declarations are
-//!   attributes like any other (`@xmlns`, `@xmlns:soap`);
+//!   attributes like any other (`@xmlns`, `@xmlns:soap`); a name that is not an XML name
+//!   (`#text`, `@id`, `1st`) is refused either way, so none reads as convention;
 //! - XML has no numbers or booleans: converted to XML they are written as text, and they
 //!   come back as strings; `null` becomes an empty element;
 //! - children are written in the order of their object's keys, which is alphabetical (the
@@ -155,10 +156,13 @@ struct Open {
 impl Open {
     fn start(start: &BytesStart) -> Result<Open, XmlError> {
         let name = start.name().as_ref().to_string();
+        check_name(&name)?;
         let mut fields = Map::new();
         for attribute in start.attributes() {
             let attribute = attribute.map_err(|e| XmlError::Syntax(e.to_string()))?;
-            let key = format!("@{}", attribute.key.as_ref());
+            let key = attribute.key.as_ref();
+            check_name(key)?;
+            let key = format!("@{key}");
             let value = attribute
                 .normalized_value(quick_xml::XmlVersion::default())
                 .map_err(|e| XmlError::Syntax(e.to_string()))?;
@@ -329,6 +333,17 @@ mod tests {
         assert_eq!(xml_to_json("  "), Err(XmlError::Empty));
         assert_eq!(xml_to_json(&"<a>".repeat(MAX_DEPTH + 1)), Err(XmlError::TooDeep));
         assert_eq!(xml_to_json("<a>&#65;<![CDATA[<b>]]></a>").unwrap(), json!({ "a": "A<b>" }));
+    }
+
+    /// A name the convention gives a meaning (`#text`, `@id`) or that XML does not allow is
+    /// refused when read, as when written: `<#text/>` read as a child would write back as
+    /// the parent's text.
+    #[test]
+    fn names_that_are_not_xml_names_are_refused_when_read() {
+        assert_eq!(xml_to_json("<a>x<#text/></a>"), Err(XmlError::Name("#text".into())));
+        assert_eq!(xml_to_json("<a><@id>7</@id></a>"), Err(XmlError::Name("@id".into())));
+        assert_eq!(xml_to_json("<a 1x=\"y\"/>"), Err(XmlError::Name("1x".into())));
+        assert_eq!(xml_to_json("<#text/>"), Err(XmlError::Name("#text".into())));
     }
 
     /// Values the convention carries both ways: strings at the leaves, non-empty names,
