@@ -49,8 +49,6 @@ pub struct ConnSlot {
     active: AtomicU32,
     /// Milliseconds since the table's epoch when the connection last became idle.
     idle_since: AtomicU64,
-    /// Milliseconds since the table's epoch when bytes last arrived.
-    last_read: AtomicU64,
     served: AtomicBool,
     /// Asked to close already (not picked twice).
     shedding: AtomicBool,
@@ -141,7 +139,6 @@ impl ConnectionTable {
             epoch: self.epoch,
             active: AtomicU32::new(0),
             idle_since: AtomicU64::new(Self::now_ms(self.epoch)),
-            last_read: AtomicU64::new(0),
             served: AtomicBool::new(false),
             shedding: AtomicBool::new(false),
             asked: AtomicWaker::new(),
@@ -220,20 +217,9 @@ impl ConnSlot {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// How long the connection has had no request in progress and received nothing
-    /// (`None` while a request is in progress or the next one has begun arriving).
-    pub fn idle_for(&self) -> Option<Duration> {
-        let idle_since = self.idle_since.load(Ordering::Relaxed);
-        if self.active.load(Ordering::Acquire) > 0 || self.last_read.load(Ordering::Relaxed) > idle_since {
-            return None;
-        }
-        let now = ConnectionTable::now_ms(self.epoch);
-        Some(Duration::from_millis(now.saturating_sub(idle_since)))
-    }
-
-    /// Notes that bytes arrived on the connection.
-    pub fn received(&self) {
-        self.last_read.store(ConnectionTable::now_ms(self.epoch), Ordering::Relaxed);
+    /// Whether the table has asked this connection to close.
+    pub fn shedding(&self) -> bool {
+        self.shedding.load(Ordering::Acquire)
     }
 
     /// Resolves when the table asks this connection to close.

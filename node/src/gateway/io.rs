@@ -31,8 +31,6 @@ pub struct IdleTimeout<T> {
     timer: Pin<Box<Sleep>>,
     /// The deadline for the first request head, until the connection has served one.
     first_request: Option<(Instant, Arc<ConnSlot>)>,
-    /// Told when bytes arrive (the HTTP/1.1 server parks only connections that got none).
-    slot: Option<Arc<ConnSlot>>,
 }
 
 impl<T> IdleTimeout<T> {
@@ -44,15 +42,12 @@ impl<T> IdleTimeout<T> {
             last_activity: now,
             timer: Box::pin(tokio::time::sleep_until(now + timeout)),
             first_request: None,
-            slot: None,
         }
     }
 
-    /// Also fails the connection if `slot` has not begun a request within `limit` of now,
-    /// and tells `slot` whenever bytes arrive.
+    /// Also fails the connection if `slot` has not begun a request within `limit` of now.
     pub fn with_first_request_deadline(mut self, limit: Duration, slot: Arc<ConnSlot>) -> Self {
-        self.first_request = Some((Instant::now() + limit, slot.clone()));
-        self.slot = Some(slot);
+        self.first_request = Some((Instant::now() + limit, slot));
         self
     }
 
@@ -110,15 +105,9 @@ impl<T> IdleTimeout<T> {
 impl<T: AsyncRead + Unpin> AsyncRead for IdleTimeout<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 this.last_activity = Instant::now();
-                if let Some(slot) = &this.slot
-                    && buf.filled().len() > before
-                {
-                    slot.received();
-                }
                 Poll::Ready(r)
             }
             Poll::Pending => this.poll_idle(cx).map(Err),

@@ -31,7 +31,7 @@ use crate::prefixed::Prefixed;
 /// What every connection of a listener is served with, prepared once per listener.
 struct Settings {
     limits: Limits,
-    http1: hyper::server::conn::http1::Builder,
+    http1: http1::Settings,
     http2: http2::Builder<TokioExecutor>,
 }
 
@@ -99,7 +99,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsSetup>, shared: Listene
         _ = stopped(&mut shutdown) => return,
     }
     let open = metrics::gauge!("meridian_connections_open");
-    let settings = Arc::new(Settings { http1: http1::builder(&limits), http2: http2_builder(&limits), limits });
+    let settings = Arc::new(Settings { http1: http1::Settings::new(&limits), http2: http2_builder(&limits), limits });
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -138,7 +138,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsSetup>, shared: Listene
         let slot = admitted.slot.clone();
         let first_request = rtt.clone();
         let mutual = tls.as_ref().map(|t| t.sni.clone());
-        let handler: http1::Handler = Arc::new(move |request: http::Request<hyper::body::Incoming>| {
+        let handler: http1::Handler = Arc::new(move |request: http::Request<crate::incoming::Incoming>| {
             let pipeline = pipeline.clone();
             let conn = conn.clone();
             let busy = slot.begin();
@@ -227,9 +227,7 @@ impl<'a> Client<'a> {
                         let stream = Prefixed::new(read, stream);
                         Box::pin(serve_http2(http2, stream, self.handler, self.slot, self.shutdown))
                     }
-                    Ok((false, read)) => {
-                        Box::pin(http1::serve(http1, stream, read, self.handler, self.slot, self.shutdown))
-                    }
+                    Ok((false, read)) => Box::pin(http1::serve(http1, stream, read, self.handler, self.slot)),
                     Err(e) => return tracing::debug!(client = %self.peer, error = %e, "no request"),
                 }
             };
@@ -279,7 +277,7 @@ impl<'a> Client<'a> {
                 if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                     Box::pin(serve_http2(http2, tls_stream, self.handler, self.slot, self.shutdown))
                 } else {
-                    Box::pin(http1::serve(http1, tls_stream, Bytes::new(), self.handler, self.slot, self.shutdown))
+                    Box::pin(http1::serve(http1, tls_stream, Bytes::new(), self.handler, self.slot))
                 }
             };
             served.await
@@ -315,8 +313,8 @@ async fn serve_http2<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request| {
-        let handled = handler(request);
+    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let handled = handler(request.map(crate::incoming::Incoming::from));
         async move { Ok::<_, Infallible>(handled.await) }
     });
     let connection = builder.serve_connection(TokioIo::new(stream), service);

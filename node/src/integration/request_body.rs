@@ -15,9 +15,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
+use crate::incoming::Incoming;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 /// Errors a request body can yield while streaming.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,7 +34,7 @@ pub struct BodyTooLarge {
 /// answered with 400, never counted as an upstream failure.
 #[derive(Debug, thiserror::Error)]
 #[error("the client's request body is malformed or incomplete: {0}")]
-pub struct ClientBodyError(#[source] hyper::Error);
+pub struct ClientBodyError(#[source] BoxError);
 
 /// A client's request body on its way upstream. Its errors are [`BodyTooLarge`] or
 /// [`ClientBodyError`], so whoever sees a failed upstream call can tell them apart by

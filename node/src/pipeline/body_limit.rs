@@ -6,12 +6,12 @@
 //! A body sent compressed (`Content-Encoding`) is read whole and decoded for the stages, up to
 //! their need: a decompression bomb is a 413 like any other body over the limit.
 
+use crate::incoming::Incoming;
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http::request::Parts;
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::content_coding::{self, Coding, DecodeError};
 use crate::integration::request_body::RequestBody;

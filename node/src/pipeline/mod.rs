@@ -29,12 +29,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::incoming::Incoming;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use metrics::Gauge;
 
 pub use crate::rejection::Rejection;

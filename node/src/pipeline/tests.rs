@@ -209,10 +209,12 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
             let (stream, client) = listener.accept().await.unwrap();
             let pipeline = pipeline.clone();
             let conn = Arc::new(ConnInfo::new(client, false));
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let pipeline = pipeline.clone();
                 let conn = conn.clone();
-                async move { Ok::<_, Infallible>(pipeline.handle(request, &conn).await) }
+                async move {
+                    Ok::<_, Infallible>(pipeline.handle(request.map(crate::incoming::Incoming::from), &conn).await)
+                }
             });
             tokio::spawn(
                 hyper::server::conn::http1::Builder::new()

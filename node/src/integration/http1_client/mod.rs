@@ -22,29 +22,27 @@
 
 mod wire;
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
-use wire::{Decoded, Framing, READ_SIZE, ResponseHead, framing, next_head};
 pub use wire::{MAX_FIELDS, MAX_HEAD, ReadResponse, read_response};
+use wire::{ResponseHead, framing, next_head};
 
 use super::connection::{OpenConnection, UpstreamIo};
 use super::request_body::{BoxError, RequestBody};
+use crate::framing::{Decoded, Framing, FramingError, Outgoing, READ_SIZE, SendError, write_fields};
 use crate::prefixed::Prefixed;
 
 /// The most a single read asks for (a long body is read in pieces this large).
 const MAX_READ_SIZE: usize = 64 * 1024;
-/// The most body pieces queued before they are written.
-const MAX_QUEUED: usize = 8;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +57,24 @@ pub enum Http1Error {
     Malformed(&'static str),
     #[error("the request body failed")]
     RequestBody(#[source] BoxError),
+}
+
+impl From<FramingError> for Http1Error {
+    fn from(e: FramingError) -> Self {
+        match e {
+            FramingError::Malformed(what) => Http1Error::Malformed(what),
+            FramingError::Truncated => Http1Error::ClosedMidResponse,
+        }
+    }
+}
+
+impl From<SendError> for Http1Error {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Io(e) => Http1Error::Io(e),
+            SendError::Body(e) => Http1Error::RequestBody(e),
+        }
+    }
 }
 
 /// An exchange that got no response.
@@ -148,142 +164,44 @@ impl Http1Connection {
 }
 
 /// The request on its way out: its head, then its body as the body yields it.
-struct Upload {
-    /// Bytes to write, in order: the head; each piece of the body (in chunked framing with
-    /// its size line and CRLF); the last chunk.
-    queued: VecDeque<Bytes>,
-    body: Option<RequestBody>,
-    chunked: bool,
-    /// Whether any byte has been written.
-    written: bool,
-}
+type Upload = Outgoing<RequestBody>;
 
-impl Upload {
-    /// Serializes the head of `request` (origin form, its body framed by its length when
-    /// known, chunked otherwise) and takes its body; a request without a body is left whole.
-    fn new(request: &mut Request<RequestBody>) -> Upload {
-        let body = request.body();
-        let length = if body.is_end_stream() { Some(0) } else { body.size_hint().exact() };
-        let method = request.method().clone();
-        let headers = request.headers_mut();
-        headers.remove(TRANSFER_ENCODING);
-        let chunked = match length {
-            // A method whose requests have no defined body semantics gets no framing.
-            Some(0)
-                if matches!(method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT)
-                    && !headers.contains_key(CONTENT_LENGTH) =>
-            {
-                false
-            }
-            Some(n) => {
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-                false
-            }
-            None => {
-                headers.remove(CONTENT_LENGTH);
-                headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-                true
-            }
-        };
-        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let fields: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-        let mut head = Vec::with_capacity(method.as_str().len() + target.len() + fields + 16);
-        head.extend_from_slice(method.as_str().as_bytes());
-        head.push(b' ');
-        head.extend_from_slice(target.as_bytes());
-        head.extend_from_slice(b" HTTP/1.1\r\n");
-        write_fields(&mut head, request.headers());
-        let body = (length != Some(0)).then(|| std::mem::replace(request.body_mut(), RequestBody::empty()));
-        Upload { queued: VecDeque::from([Bytes::from(head)]), body, chunked, written: false }
-    }
-
-    /// Writes what is queued and what the body yields, until the body has ended and all of
-    /// it is written and flushed.
-    fn poll_send(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
-        loop {
-            let mut body_waits = false;
-            while self.queued.len() < MAX_QUEUED {
-                let Some(body) = self.body.as_mut() else { break };
-                match Pin::new(body).poll_frame(cx) {
-                    Poll::Pending => {
-                        body_waits = true;
-                        break;
-                    }
-                    Poll::Ready(frame) => self.queue(frame)?,
-                }
-            }
-            if self.queued.is_empty() {
-                ready!(Pin::new(&mut *io).poll_flush(cx))?;
-                return if body_waits { Poll::Pending } else { Poll::Ready(Ok(())) };
-            }
-            let mut slices = [io::IoSlice::new(&[]); MAX_QUEUED];
-            let count = self.queued.len().min(MAX_QUEUED);
-            for (slice, bytes) in slices.iter_mut().zip(self.queued.iter()) {
-                *slice = io::IoSlice::new(bytes);
-            }
-            let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
-            if written == 0 {
-                return Poll::Ready(Err(Http1Error::Io(io::ErrorKind::WriteZero.into())));
-            }
-            self.written = true;
-            while written > 0 {
-                let Some(front) = self.queued.front_mut() else { break };
-                if written >= front.len() {
-                    written -= front.len();
-                    self.queued.pop_front();
-                } else {
-                    front.advance(written);
-                    written = 0;
-                }
-            }
+/// Serializes the head of `request` (origin form, its body framed by its length when known,
+/// chunked otherwise) and takes its body; a request without a body is left whole.
+fn upload(request: &mut Request<RequestBody>) -> Upload {
+    let body = request.body();
+    let length = if body.is_end_stream() { Some(0) } else { body.size_hint().exact() };
+    let method = request.method().clone();
+    let headers = request.headers_mut();
+    headers.remove(TRANSFER_ENCODING);
+    let chunked = match length {
+        // A method whose requests have no defined body semantics gets no framing.
+        Some(0)
+            if matches!(method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT)
+                && !headers.contains_key(CONTENT_LENGTH) =>
+        {
+            false
         }
-    }
-
-    /// Queues what the body yielded, framed.
-    fn queue(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>) -> Result<(), Http1Error> {
-        match frame {
-            None => {
-                self.body = None;
-                if self.chunked {
-                    self.queued.push_back(Bytes::from_static(b"0\r\n\r\n"));
-                }
-            }
-            Some(Err(e)) => {
-                self.body = None;
-                return Err(Http1Error::RequestBody(e));
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) if data.is_empty() => {}
-                Ok(data) if self.chunked => {
-                    self.queued.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
-                    self.queued.push_back(data);
-                    self.queued.push_back(Bytes::from_static(b"\r\n"));
-                }
-                Ok(data) => self.queued.push_back(data),
-                Err(frame) => {
-                    // Trailers end the body; only chunked framing can carry them.
-                    if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
-                        let mut last = b"0\r\n".to_vec();
-                        write_fields(&mut last, &trailers);
-                        self.queued.push_back(Bytes::from(last));
-                        self.body = None;
-                    }
-                }
-            },
+        Some(n) => {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+            false
         }
-        Ok(())
-    }
-}
-
-/// Writes `fields` as a head's (or trailers') lines, and the empty line that ends them.
-fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
-    for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+        None => {
+            headers.remove(CONTENT_LENGTH);
+            headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            true
+        }
+    };
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let fields: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let mut head = Vec::with_capacity(method.as_str().len() + target.len() + fields + 16);
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    write_fields(&mut head, request.headers());
+    let body = (length != Some(0)).then(|| std::mem::replace(request.body_mut(), RequestBody::empty()));
+    Outgoing::new(Bytes::from(head), body, chunked)
 }
 
 /// Sends `request` (its URI in origin form or absolute; its `Host` set) on `connection` and
@@ -293,10 +211,10 @@ pub async fn exchange(
     mut request: Request<RequestBody>,
 ) -> Result<Response<ResponseStream>, ExchangeFailure> {
     let head_request = request.method() == Method::HEAD;
-    let mut upload = Upload::new(&mut request);
+    let mut upload = upload(&mut request);
     // A request without a body stays whole, to be sent again if the connection turns out
     // closed; one with a body is not needed any more.
-    let mut kept = upload.body.is_none().then_some(request);
+    let mut kept = (!upload.has_body()).then_some(request);
     let mut sending = true;
     let mut write_error = None;
     let mut answered = false;
@@ -306,11 +224,11 @@ pub async fn exchange(
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => sending = false,
                 // The client's body failed: no answer can come to a request cut short.
-                Poll::Ready(Err(e @ Http1Error::RequestBody(_))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(SendError::Body(e))) => return Poll::Ready(Err(Http1Error::RequestBody(e))),
                 // The target may have answered and stopped reading: look for its answer.
-                Poll::Ready(Err(e)) => {
+                Poll::Ready(Err(SendError::Io(e))) => {
                     sending = false;
-                    write_error = Some(e);
+                    write_error = Some(Http1Error::Io(e));
                 }
             }
         }

@@ -1,0 +1,356 @@
+//! HTTP/1.1 message bodies on the wire, both ways, without a socket: how a body is
+//! delimited (RFC 9112, section 6), taking its pieces out of the bytes read so far
+//! ([`Framing::decode`]), and writing a head and a body's frames in that framing
+//! ([`Outgoing`]).
+//!
+//! The gateway's HTTP/1.1 server reads client request bodies and writes responses with
+//! these; its upstream client writes requests and reads response bodies with the same.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body, Frame};
+use tokio::io::AsyncWrite;
+
+/// The longest chunk-size line (with its extensions).
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// The most trailer fields after a chunked body.
+const MAX_TRAILERS: usize = 32;
+/// The most bytes of trailer fields after a chunked body.
+const MAX_TRAILER_BYTES: usize = 64 * 1024;
+/// How much is read at once, at least.
+pub const READ_SIZE: usize = 8 * 1024;
+/// The most pieces queued before they are written.
+const MAX_QUEUED: usize = 8;
+
+/// Errors a body's frames can carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// The connection closed before the body's end.
+    #[error("the connection closed in the middle of the body")]
+    Truncated,
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body, or the body is over.
+    Empty,
+    /// `Content-Length`: this many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the sender closes the connection (responses only).
+    UntilClose,
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// What a body's framing made of the bytes read so far.
+pub enum Decoded {
+    /// A piece of the body, or its trailers.
+    Frame(Frame<Bytes>),
+    /// The body is over.
+    End,
+    /// More bytes are needed (about this many would help).
+    More(usize),
+}
+
+impl Framing {
+    /// A chunked body, from its first chunk-size line.
+    pub const CHUNKED: Framing = Framing::Chunked(Chunk::Size);
+
+    /// Takes the next piece of the body out of `read`. Knows nothing of sockets: the
+    /// connection reads more when told to, and the fuzz targets feed bytes in pieces.
+    pub fn decode(&mut self, read: &mut BytesMut) -> Result<Decoded, FramingError> {
+        loop {
+            match self {
+                Framing::Empty => return Ok(Decoded::End),
+                Framing::UntilClose if read.is_empty() => return Ok(Decoded::More(READ_SIZE)),
+                Framing::UntilClose => return Ok(Decoded::Frame(Frame::data(read.split().freeze()))),
+                Framing::Length(left) => {
+                    if read.is_empty() {
+                        return Ok(Decoded::More(clamp_len(*left)));
+                    }
+                    let data = take(read, left);
+                    if *left == 0 {
+                        *self = Framing::Empty;
+                    }
+                    return Ok(Decoded::Frame(Frame::data(data)));
+                }
+                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(read) {
+                    Ok(httparse::Status::Complete((used, size))) if read[0].is_ascii_hexdigit() => {
+                        read.advance(used);
+                        *self = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                    }
+                    Ok(httparse::Status::Partial) if read.len() <= MAX_CHUNK_LINE => {
+                        return Ok(Decoded::More(READ_SIZE));
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        return Err(FramingError::Malformed("a chunk-size line is over 4 KiB"));
+                    }
+                    Ok(httparse::Status::Complete(_)) | Err(_) => {
+                        return Err(FramingError::Malformed("a chunk size is invalid"));
+                    }
+                },
+                Framing::Chunked(Chunk::Data(left)) => {
+                    if read.is_empty() {
+                        return Ok(Decoded::More(clamp_len(*left)));
+                    }
+                    let data = take(read, left);
+                    if *left == 0 {
+                        *self = Framing::Chunked(Chunk::DataEnd);
+                    }
+                    return Ok(Decoded::Frame(Frame::data(data)));
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if read.len() < 2 {
+                        return Ok(Decoded::More(READ_SIZE));
+                    }
+                    if &read[..2] != b"\r\n" {
+                        return Err(FramingError::Malformed("a chunk's data is not followed by CRLF"));
+                    }
+                    read.advance(2);
+                    *self = Framing::CHUNKED;
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    if read.starts_with(b"\r\n") {
+                        read.advance(2);
+                        *self = Framing::Empty;
+                        return Ok(Decoded::End);
+                    }
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+                    match httparse::parse_headers(read, &mut fields) {
+                        Ok(httparse::Status::Complete((used, fields))) => {
+                            let trailers = trailer_map(fields)?;
+                            read.advance(used);
+                            *self = Framing::Empty;
+                            return Ok(if trailers.is_empty() {
+                                Decoded::End
+                            } else {
+                                Decoded::Frame(Frame::trailers(trailers))
+                            });
+                        }
+                        Ok(httparse::Status::Partial) if read.len() <= MAX_TRAILER_BYTES => {
+                            return Ok(Decoded::More(READ_SIZE));
+                        }
+                        Ok(httparse::Status::Partial) | Err(_) => {
+                            return Err(FramingError::Malformed("the trailer fields are invalid"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sender closed the connection: the end of a body read until then, an error for
+    /// any other body not over yet.
+    pub fn closed(&mut self) -> Result<(), FramingError> {
+        match std::mem::replace(self, Framing::Empty) {
+            Framing::Empty | Framing::UntilClose => Ok(()),
+            Framing::Length(_) | Framing::Chunked(_) => Err(FramingError::Truncated),
+        }
+    }
+}
+
+/// Up to `left` bytes of `read`, counted off `left`.
+fn take(read: &mut BytesMut, left: &mut u64) -> Bytes {
+    let n = read.len().min(clamp_len(*left));
+    *left -= n as u64;
+    read.split_to(n).freeze()
+}
+
+pub fn clamp_len(left: u64) -> usize {
+    usize::try_from(left).unwrap_or(usize::MAX)
+}
+
+fn trailer_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, FramingError> {
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| FramingError::Malformed("a trailer field name is invalid"))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| FramingError::Malformed("a trailer field value is invalid"))?;
+        trailers.append(name, value);
+    }
+    Ok(trailers)
+}
+
+/// Whether a comma-separated field (all its lines) lists `token`, in any case.
+pub fn lists(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The one length all `Content-Length` values (lines and comma-separated items) state;
+/// `Ok(None)` without any, an error when one is not a number or two differ.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, FramingError> {
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            let parsed = (!item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(item).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or(FramingError::Malformed("its Content-Length is invalid"))?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err(FramingError::Malformed("its Content-Length values differ"));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length)
+}
+
+/// Writes `fields` as a head's (or trailers') lines, and the empty line that ends them.
+pub fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Why writing a message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connection error")]
+    Io(#[from] io::Error),
+    #[error("the body failed")]
+    Body(#[source] BoxError),
+}
+
+/// A message on its way out: its head, then its body's frames as the body yields them,
+/// in `Content-Length` framing (the body's exact length was written in the head) or chunked.
+pub struct Outgoing<B> {
+    /// Bytes to write, in order: the head; each piece of the body (in chunked framing with
+    /// its size line and CRLF); the last chunk.
+    queued: VecDeque<Bytes>,
+    body: Option<B>,
+    chunked: bool,
+    /// Whether any byte has been written.
+    pub written: bool,
+}
+
+impl<B> Outgoing<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// `head` (ending with its empty line), then `body` (none: the head alone), chunked or
+    /// not.
+    pub fn new(head: Bytes, body: Option<B>, chunked: bool) -> Self {
+        Outgoing { queued: VecDeque::from([head]), body, chunked, written: false }
+    }
+
+    /// Whether the body has yet to yield frames.
+    pub fn has_body(&self) -> bool {
+        self.body.is_some()
+    }
+
+    /// Takes the body back, unsent.
+    pub fn take_body(&mut self) -> Option<B> {
+        self.body.take()
+    }
+
+    /// Writes what is queued and what the body yields, until the body has ended and all of
+    /// it is written and flushed.
+    pub fn poll_send<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendError>> {
+        loop {
+            let mut body_waits = false;
+            while self.queued.len() < MAX_QUEUED {
+                let Some(body) = self.body.as_mut() else { break };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => {
+                        body_waits = true;
+                        break;
+                    }
+                    Poll::Ready(frame) => self.queue(frame)?,
+                }
+            }
+            if self.queued.is_empty() {
+                ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                return if body_waits { Poll::Pending } else { Poll::Ready(Ok(())) };
+            }
+            let mut slices = [io::IoSlice::new(&[]); MAX_QUEUED];
+            let count = self.queued.len().min(MAX_QUEUED);
+            for (slice, bytes) in slices.iter_mut().zip(self.queued.iter()) {
+                *slice = io::IoSlice::new(bytes);
+            }
+            let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if written == 0 {
+                return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())));
+            }
+            self.written = true;
+            while written > 0 {
+                let Some(front) = self.queued.front_mut() else { break };
+                if written >= front.len() {
+                    written -= front.len();
+                    self.queued.pop_front();
+                } else {
+                    front.advance(written);
+                    written = 0;
+                }
+            }
+        }
+    }
+
+    /// Queues what the body yielded, framed.
+    fn queue(&mut self, frame: Option<Result<Frame<Bytes>, B::Error>>) -> Result<(), SendError> {
+        match frame {
+            None => {
+                self.body = None;
+                if self.chunked {
+                    self.queued.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                }
+            }
+            Some(Err(e)) => {
+                self.body = None;
+                return Err(SendError::Body(e.into()));
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) if self.chunked => {
+                    self.queued.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                    self.queued.push_back(data);
+                    self.queued.push_back(Bytes::from_static(b"\r\n"));
+                }
+                Ok(data) => self.queued.push_back(data),
+                Err(frame) => {
+                    // Trailers end the body; only chunked framing can carry them.
+                    if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
+                        let mut last = b"0\r\n".to_vec();
+                        write_fields(&mut last, &trailers);
+                        self.queued.push_back(Bytes::from(last));
+                        self.body = None;
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+}

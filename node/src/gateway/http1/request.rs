@@ -1,0 +1,308 @@
+//! Client request heads, parsed from the bytes read so far without a socket: the request
+//! line and fields into an [`http::Request`], and what the connection needs to know of them
+//! (how the body is delimited, whether the connection stays open, whether the client waits
+//! for `100 Continue`).
+//!
+//! Strict where a lenient reading lets two parsers disagree about where a request ends
+//! (request smuggling): `Transfer-Encoding` other than a final `chunked`, or beside a
+//! `Content-Length`, or in HTTP/1.0, is refused, as are differing `Content-Length` values,
+//! folded field lines and bytes a field value may not hold.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, EXPECT, HeaderName, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use smallvec::SmallVec;
+
+use crate::framing::{Framing, content_length, lists};
+
+/// How many fields a head is parsed into without a heap allocation; a limit above it
+/// parses again into room for the limit.
+const INLINE_FIELDS: usize = 128;
+
+/// The bounds of a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// The most bytes of a head (request line and fields).
+    pub max_bytes: usize,
+    /// The most fields.
+    pub max_fields: usize,
+}
+
+/// A request head and what it says of the connection.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub request: Request<()>,
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// Whether the client waits for `100 Continue` before it sends the body.
+    pub expect_continue: bool,
+}
+
+/// Why a head is refused: the status to answer with, and what was wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{what}")]
+pub struct HeadError {
+    pub status: StatusCode,
+    pub what: &'static str,
+}
+
+impl HeadError {
+    fn bad(what: &'static str) -> Self {
+        HeadError { status: StatusCode::BAD_REQUEST, what }
+    }
+
+    fn too_large(what: &'static str) -> Self {
+        HeadError { status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, what }
+    }
+}
+
+/// The request head at the start of `read`, taken out of it; `None` while it is incomplete.
+/// Empty lines before a request line are passed over (RFC 9112, 2.2).
+pub fn parse(read: &mut BytesMut, limits: HeadLimits) -> Result<Option<RequestHead>, HeadError> {
+    let blank = read.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    if blank > 0 {
+        let _ = read.split_to(blank);
+    }
+    if read.is_empty() {
+        return Ok(None);
+    }
+    let parsed = if limits.max_fields <= INLINE_FIELDS {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; INLINE_FIELDS];
+        parse_into(read, &mut fields[..limits.max_fields], limits)?
+    } else {
+        let mut fields: Vec<MaybeUninit<httparse::Header<'_>>> = Vec::with_capacity(limits.max_fields);
+        fields.resize_with(limits.max_fields, MaybeUninit::uninit);
+        parse_into(read, &mut fields, limits)?
+    };
+    let Some(parsed) = parsed else { return Ok(None) };
+    build(read, parsed).map(Some)
+}
+
+/// Whether the request line ends in an HTTP version (`HTTP/2.0`), one the parser does not
+/// speak, rather than in something else.
+fn names_a_version(read: &[u8]) -> bool {
+    let line = read.split(|&b| b == b'\n').next().unwrap_or_default().trim_ascii_end();
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit())
+}
+
+/// Where the parts of a parsed head sit in the bytes read.
+struct Spans {
+    length: usize,
+    method: (usize, usize),
+    target: (usize, usize),
+    version: Version,
+    fields: SmallVec<[(usize, usize, usize, usize); 24]>,
+}
+
+fn parse_into<'b>(
+    read: &'b BytesMut,
+    fields: &mut [MaybeUninit<httparse::Header<'b>>],
+    limits: HeadLimits,
+) -> Result<Option<Spans>, HeadError> {
+    let mut request = httparse::Request::new(&mut []);
+    let status = httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, read, fields);
+    let length = match status {
+        Ok(httparse::Status::Complete(length)) if length > limits.max_bytes => {
+            return Err(HeadError::too_large("the request head is over the limit"));
+        }
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if read.len() > limits.max_bytes => {
+            return Err(HeadError::too_large("the request head is over the limit"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::too_large("the request has too many fields")),
+        Err(httparse::Error::Version) if names_a_version(read) => {
+            return Err(HeadError { status: StatusCode::HTTP_VERSION_NOT_SUPPORTED, what: "the HTTP version" });
+        }
+        Err(_) => return Err(HeadError::bad("the request line or a header field is invalid")),
+    };
+    let start = read.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let at = s.as_ptr() as usize - start;
+        (at, at + s.len())
+    };
+    let (Some(method), Some(target), Some(version)) = (request.method, request.path, request.version) else {
+        return Err(HeadError::bad("the request line is incomplete"));
+    };
+    Ok(Some(Spans {
+        length,
+        method: span(method.as_bytes()),
+        target: span(target.as_bytes()),
+        version: if version == 1 { Version::HTTP_11 } else { Version::HTTP_10 },
+        fields: request
+            .headers
+            .iter()
+            .map(|field| {
+                let (name, value) = (span(field.name.as_bytes()), span(field.value));
+                (name.0, name.1, value.0, value.1)
+            })
+            .collect(),
+    }))
+}
+
+/// Takes the head out of `read` and builds the request from it; field values and the
+/// target share the head's bytes rather than being copied.
+fn build(read: &mut BytesMut, spans: Spans) -> Result<RequestHead, HeadError> {
+    let head: Bytes = read.split_to(spans.length).freeze();
+    let method = Method::from_bytes(&head[spans.method.0..spans.method.1])
+        .map_err(|_| HeadError::bad("the request method is invalid"))?;
+    let uri = Uri::from_maybe_shared(head.slice(spans.target.0..spans.target.1))
+        .map_err(|_| HeadError::bad("the request target is invalid"))?;
+    let mut headers = HeaderMap::with_capacity(spans.fields.len());
+    for &(name_start, name_end, value_start, value_end) in &spans.fields {
+        let name = HeaderName::from_bytes(&head[name_start..name_end])
+            .map_err(|_| HeadError::bad("a header field name is invalid"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+            .map_err(|_| HeadError::bad("a header field value is invalid"))?;
+        headers.append(name, value);
+    }
+    let version = spans.version;
+    let framing = body_framing(&headers, version)?;
+    let keep_alive = match version {
+        Version::HTTP_11 => !lists(&headers, &CONNECTION, "close"),
+        _ => lists(&headers, &CONNECTION, "keep-alive"),
+    };
+    let expect_continue = version == Version::HTTP_11
+        && framing != Framing::Empty
+        && headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(RequestHead { request, framing, keep_alive, expect_continue })
+}
+
+/// How the body of a request with `headers` is delimited (RFC 9112, 6.3): chunked when
+/// `Transfer-Encoding` is `chunked`, by `Content-Length` when that is given, empty otherwise.
+fn body_framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        if version == Version::HTTP_10 {
+            return Err(HeadError::bad("an HTTP/1.0 request has Transfer-Encoding"));
+        }
+        if headers.contains_key(http::header::CONTENT_LENGTH) {
+            return Err(HeadError::bad("the request has both Transfer-Encoding and Content-Length"));
+        }
+        let only_chunked = codings.count() == 1
+            && headers
+                .get(TRANSFER_ENCODING)
+                .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if !only_chunked {
+            return Err(HeadError {
+                status: StatusCode::NOT_IMPLEMENTED,
+                what: "the only transfer coding accepted is chunked",
+            });
+        }
+        return Ok(Framing::CHUNKED);
+    }
+    match content_length(headers) {
+        Ok(None | Some(0)) => Ok(Framing::Empty),
+        Ok(Some(n)) => Ok(Framing::Length(n)),
+        Err(_) => Err(HeadError::bad("the request's Content-Length is invalid")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits { max_bytes: 8192, max_fields: 20 };
+
+    fn parse_all(text: &str) -> Result<Option<RequestHead>, HeadError> {
+        parse(&mut BytesMut::from(text.as_bytes()), LIMITS)
+    }
+
+    fn status(text: &str) -> StatusCode {
+        parse_all(text).expect_err(text).status
+    }
+
+    #[test]
+    fn a_head_comes_out_whole_and_leaves_what_follows() {
+        let mut read = BytesMut::from(&b"\r\nPOST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET"[..]);
+        let head = parse(&mut read, LIMITS).unwrap().unwrap();
+        assert_eq!(head.request.method(), Method::POST);
+        assert_eq!(head.request.uri(), "/a?b=1");
+        assert_eq!(head.request.headers()["host"], "x");
+        assert_eq!(head.framing, Framing::Length(3));
+        assert!(head.keep_alive && !head.expect_continue);
+        assert_eq!(&read[..], b"abcGET");
+        // Incomplete: nothing taken.
+        let mut partial = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n"[..]);
+        assert!(parse(&mut partial, LIMITS).unwrap().is_none());
+        assert_eq!(partial.len(), 25);
+    }
+
+    #[test]
+    fn keep_alive_and_expect_follow_the_version() {
+        let close = parse_all("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").unwrap().unwrap();
+        assert!(!close.keep_alive);
+        let old = parse_all("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!old.keep_alive);
+        let old_kept = parse_all("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap();
+        assert!(old_kept.keep_alive);
+        let expect =
+            parse_all("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+        assert!(expect.expect_continue);
+        assert_eq!(expect.framing, Framing::CHUNKED);
+        // Nothing to wait for without a body.
+        let bodiless = parse_all("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").unwrap().unwrap();
+        assert!(!bodiless.expect_continue);
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let both = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(status(both), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(status("POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(status("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(status("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), StatusCode::BAD_REQUEST);
+        for coding in ["gzip", "chunked, gzip", "gzip, chunked", "chunked, chunked"] {
+            let text = format!("POST / HTTP/1.1\r\nTransfer-Encoding: {coding}\r\n\r\n");
+            assert_eq!(status(&text), StatusCode::NOT_IMPLEMENTED, "{coding}");
+        }
+        let twice = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status(twice), StatusCode::NOT_IMPLEMENTED);
+        // The same length said twice is one length.
+        let same = parse_all("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        assert_eq!(same.framing, Framing::Length(3));
+    }
+
+    #[test]
+    fn malformed_and_oversized_heads_are_refused() {
+        assert_eq!(status("THIS IS NOT HTTP\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(status("GET / HTTP/1.1\r\nbad header line\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(status("GET / HTTP/1.1\r\nx: a\r\n folded\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(status("GET / HTTP/1.1\r\nx: a\x01b\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(status("GET / HTTP/2.0\r\n\r\n"), StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+        let many: String = (0..21).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(status(&format!("GET / HTTP/1.1\r\n{many}\r\n")), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let big = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(9000));
+        assert_eq!(status(&big), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        // Over the limit before it is complete: refused without waiting for the rest.
+        let endless = format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(9000));
+        assert_eq!(status(&endless), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        // Room for more fields than fit inline.
+        let wide = HeadLimits { max_bytes: 64 * 1024, max_fields: 300 };
+        let fields: String = (0..250).map(|i| format!("x-{i}: v\r\n")).collect();
+        let text = format!("GET / HTTP/1.1\r\n{fields}\r\n");
+        let head = parse(&mut BytesMut::from(text.as_bytes()), wide).unwrap().unwrap();
+        assert_eq!(head.request.headers().len(), 250);
+    }
+
+    #[test]
+    fn absolute_and_asterisk_targets_parse() {
+        let absolute = parse_all("GET http://a.test/x HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(absolute.request.uri().host(), Some("a.test"));
+        let star = parse_all("OPTIONS * HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(star.request.uri(), "*");
+    }
+}
