@@ -69,16 +69,15 @@ fn upstream_prefix(route: &str) -> Option<&'static str> {
 
 /// An HTTP/1.x request head as a client sends it, routed as over HTTP/1.1 and HTTP/2.
 pub fn request_head(data: &[u8]) {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Request::new(&mut headers);
-    if !matches!(parsed.parse(data), Ok(httparse::Status::Complete(_))) {
+    let limits = meridian_node::gateway::http1::HeadLimits { max_bytes: 64 * 1024, max_fields: 64 };
+    let Ok(Some(head)) = meridian_node::gateway::http1::parse_head(&mut bytes::BytesMut::from(data), limits) else {
         return;
-    }
-    let (Some(method), Some(target)) = (parsed.method, parsed.path) else { return };
+    };
+    let (method, target) = (head.request.method(), head.request.uri());
     for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
         let mut builder = http::Request::builder().method(method).uri(target).version(version);
-        for h in parsed.headers.iter() {
-            builder = builder.header(h.name, h.value);
+        for (name, value) in head.request.headers() {
+            builder = builder.header(name, value);
         }
         let Ok(request) = builder.body(()) else { return };
         let (parts, ()) = request.into_parts();
@@ -348,5 +347,25 @@ pub fn upstream_response(data: &[u8]) {
     }
     if let Ok(response) = whole {
         assert!(response.body.len() <= wire.len());
+    }
+}
+
+/// What a client sends the gateway's HTTP/1.1 server: requests one after another, heads and
+/// bodies. Read whole and cut in pieces of several sizes, the outcome is the same (the
+/// server reads a socket however the kernel cuts it); no body is longer than what was sent,
+/// and a head is never longer than the limit.
+pub fn client_request(data: &[u8]) {
+    use meridian_node::gateway::http1::{HeadLimits, read_requests};
+    let limits = HeadLimits { max_bytes: 4096, max_fields: 32 };
+    let whole = read_requests(data, data.len(), limits);
+    for piece in [1, 2, 3, 7, 64] {
+        let cut = read_requests(data, piece, limits);
+        assert_eq!(cut, whole, "read {piece} bytes at a time");
+    }
+    let (requests, _) = whole;
+    let body: usize = requests.iter().map(|r| r.body.len()).sum();
+    assert!(body <= data.len());
+    for request in &requests {
+        assert!(request.target.len() <= limits.max_bytes && request.headers.len() <= limits.max_fields);
     }
 }

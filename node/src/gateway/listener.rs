@@ -3,8 +3,9 @@
 //! One accept loop per listener. Each accepted connection takes a place in the node's
 //! [`ConnectionTable`] (at the cap the longest-idle connection is shed for it; a client at
 //! its per-client limit is refused), gets an idle timeout and a deadline for its first
-//! request head, an optional TLS handshake within that deadline, and then hyper's automatic
-//! HTTP/1.1-or-HTTP/2 server with the configured header limits. On shutdown the loop stops
+//! request head, an optional TLS handshake within that deadline, and then HTTP/2 (hyper's
+//! server: prior knowledge, or ALPN `h2`) or HTTP/1.1 (Meridian's own, [`super::http1`]),
+//! with the configured header limits. On shutdown the loop stops
 //! accepting, every connection is asked to close after its current exchange, and the node
 //! waits for them up to the drain timeout.
 

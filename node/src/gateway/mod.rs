@@ -2,6 +2,8 @@
 //! limits and idle timeouts, reload and graceful shutdown.
 //!
 //! - [`listener`]: the accept loop and per-connection HTTP serving.
+//! - [`http1`]: the HTTP/1.1 server.
+//! - [`conns`]: the connection table (cap, per-client limit, shedding).
 //! - [`io`]: idle timeouts on client sockets.
 
 pub mod conns;

@@ -385,8 +385,10 @@ impl Endpoint {
         mut request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         self.metrics.requests.increment(1);
+        // What only some requests wait on is boxed (HTTP/2 targets, new connections): every
+        // request's future carries, and moves, the room for whatever it holds inline.
         if self.key.http2 {
-            return self.send_http2(request).await;
+            return Box::pin(self.send_http2(request)).await;
         }
         // The URI's authority is the `Host` (the request line takes the origin form).
         if let Some(host) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
@@ -399,7 +401,7 @@ impl Endpoint {
                     if self.open_connections() >= self.settings.max_connections {
                         return Err(SendError::Busy(Box::new(request)));
                     }
-                    match self.connect_http1().await {
+                    match Box::pin(self.connect_http1()).await {
                         Ok(connection) => (connection, false),
                         Err(e) => return Err(SendError::NotSent(Box::new(request), e)),
                     }

@@ -469,7 +469,8 @@ impl Pipeline {
                 let id = routed.captures.first().map(|(s, e)| path[*s..*e].to_string());
                 drop(routed);
                 let websocket = WebSocketCall { endpoint, id, client_upgrade, request_id: &request_id };
-                return self.serve_websocket(websocket, parts, body, target, exchange, services, conn).await;
+                // Boxed: a WebSocket's future is large, and every request's would carry it.
+                return Box::pin(self.serve_websocket(websocket, parts, body, target, exchange, services, conn)).await;
             }
         };
         drop(routed);

@@ -40,7 +40,7 @@ use crate::incoming::Incoming;
 use crate::observe::completion::ObservedBody;
 use crate::pipeline::websocket::{ClientUpgrade, UpgradedClient};
 use crate::prefixed::Prefixed;
-pub use request::{HeadError, HeadLimits, RequestHead, parse as parse_head};
+pub use request::{HeadError, HeadLimits, ReadRequest, RequestHead, Stopped, parse as parse_head, read_requests};
 use response::Asked;
 use wire::{SharedWire, SharedWriter, Wire};
 

@@ -15,7 +15,7 @@ use http::header::{CONNECTION, EXPECT, HeaderName, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use smallvec::SmallVec;
 
-use crate::framing::{Framing, content_length, lists};
+use crate::framing::{Decoded, Framing, FramingError, content_length, lists};
 
 /// How many fields a head is parsed into without a heap allocation; a limit above it
 /// parses again into room for the limit.
@@ -207,6 +207,88 @@ fn body_framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadEr
     }
 }
 
+/// A request as [`read_requests`] read it, in a form that compares: its head's parts, its
+/// body and trailers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadRequest {
+    pub method: Method,
+    pub target: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub body: Vec<u8>,
+    pub trailers: Option<HeaderMap>,
+}
+
+/// Why [`read_requests`] stopped before the end of its bytes.
+#[derive(Debug, PartialEq)]
+pub enum Stopped {
+    Head(HeadError),
+    Body(FramingError),
+    /// The bytes ended inside a head.
+    Incomplete,
+}
+
+/// Reads every request in `wire` with the server's parsing and framing, the bytes arriving
+/// `piece` at a time, without a socket (for the fuzz target and the tests: however the
+/// bytes are cut, the outcome must be the same). Stops at the first error, or where a
+/// request closes the connection.
+pub fn read_requests(wire: &[u8], piece: usize, limits: HeadLimits) -> (Vec<ReadRequest>, Option<Stopped>) {
+    let mut pieces = wire.chunks(piece.max(1));
+    let mut read = BytesMut::new();
+    let mut requests = Vec::new();
+    loop {
+        let head = loop {
+            match parse(&mut read, limits) {
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => return (requests, Some(Stopped::Head(e))),
+            }
+            match pieces.next() {
+                Some(piece) => read.extend_from_slice(piece),
+                None if read.is_empty() => return (requests, None),
+                None => return (requests, Some(Stopped::Incomplete)),
+            }
+        };
+        let RequestHead { request, mut framing, keep_alive, expect_continue } = head;
+        let (mut body, mut trailers) = (Vec::new(), None);
+        loop {
+            match framing.decode(&mut read) {
+                Ok(Decoded::Frame(frame)) => match frame.into_data() {
+                    Ok(data) => body.extend_from_slice(&data),
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+                Ok(Decoded::End) => break,
+                Ok(Decoded::More(_)) => match pieces.next() {
+                    Some(piece) => read.extend_from_slice(piece),
+                    None => {
+                        if let Err(e) = framing.closed() {
+                            return (requests, Some(Stopped::Body(e)));
+                        }
+                        break;
+                    }
+                },
+                Err(e) => return (requests, Some(Stopped::Body(e))),
+            }
+        }
+        let (parts, ()) = request.into_parts();
+        requests.push(ReadRequest {
+            method: parts.method,
+            target: parts.uri.to_string(),
+            version: parts.version,
+            headers: parts.headers,
+            keep_alive,
+            expect_continue,
+            body,
+            trailers,
+        });
+        if !keep_alive {
+            return (requests, None);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +386,24 @@ mod tests {
         assert_eq!(absolute.request.uri().host(), Some("a.test"));
         let star = parse_all("OPTIONS * HTTP/1.1\r\n\r\n").unwrap().unwrap();
         assert_eq!(star.request.uri(), "*");
+    }
+
+    #[test]
+    fn how_the_bytes_are_cut_does_not_change_what_is_read() {
+        let wire = b"POST /a HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc\
+                     PUT /b HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n2;x=y\r\nde\r\n1\r\nf\r\n0\r\nx-sum: 1\r\n\r\n\
+                     GET /c HTTP/1.0\r\n\r\nGET /never HTTP/1.1\r\n\r\n";
+        let (whole, stopped) = read_requests(wire, wire.len(), LIMITS);
+        assert_eq!(stopped, None);
+        let summary: Vec<(String, Vec<u8>)> = whole.iter().map(|r| (r.target.clone(), r.body.clone())).collect();
+        assert_eq!(summary, [("/a".into(), b"abc".to_vec()), ("/b".into(), b"def".to_vec()), ("/c".into(), vec![])]);
+        assert_eq!(whole[1].trailers.as_ref().unwrap()["x-sum"], "1");
+        for piece in [1, 2, 5, 17] {
+            assert_eq!(read_requests(wire, piece, LIMITS), (whole.clone(), None), "pieces of {piece}");
+        }
+        let (_, cut) = read_requests(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nab", 3, LIMITS);
+        assert_eq!(cut, Some(Stopped::Body(FramingError::Truncated)));
+        let (_, partial) = read_requests(b"GET / HTTP/1.1\r\nhost", 3, LIMITS);
+        assert_eq!(partial, Some(Stopped::Incomplete));
     }
 }
