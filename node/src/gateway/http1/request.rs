@@ -115,6 +115,8 @@ fn parse_into<'b>(
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::too_large("the request has too many fields")),
+        // What follows a bad version decides its status: wait for the whole request line.
+        Err(httparse::Error::Version) if !read.contains(&b'\n') && read.len() <= limits.max_bytes => return Ok(None),
         Err(httparse::Error::Version) if names_a_version(read) => {
             return Err(HeadError { status: StatusCode::HTTP_VERSION_NOT_SUPPORTED, what: "the HTTP version" });
         }
@@ -222,7 +224,7 @@ pub struct ReadRequest {
 }
 
 /// Why [`read_requests`] stopped before the end of its bytes.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Stopped {
     Head(HeadError),
     Body(FramingError),
@@ -403,6 +405,12 @@ mod tests {
         }
         let (_, cut) = read_requests(b"POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nab", 3, LIMITS);
         assert_eq!(cut, Some(Stopped::Body(FramingError::Truncated)));
+        // The status of an unknown version is the same however its line arrives.
+        let newer = b"PUT / HTTP/2.1\r\ncontent-length: 1\r\n\r\nx";
+        let version =
+            Some(Stopped::Head(HeadError { status: StatusCode::HTTP_VERSION_NOT_SUPPORTED, what: "the HTTP version" }));
+        assert_eq!(read_requests(newer, 1, LIMITS), (vec![], version.clone()));
+        assert_eq!(read_requests(newer, newer.len(), LIMITS), (vec![], version));
         let (_, partial) = read_requests(b"GET / HTTP/1.1\r\nhost", 3, LIMITS);
         assert_eq!(partial, Some(Stopped::Incomplete));
     }
