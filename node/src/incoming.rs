@@ -14,12 +14,14 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::framing::{BoxError, FramingError};
 
-/// Where an HTTP/1.1 request body's bytes come from: its connection.
+/// Where an HTTP/1.1 request body's bytes come from: its connection. A connection carries
+/// one request after another, so a body names its request by `number`: a body still held
+/// after its request is over (by a task that outlived it) reads nothing of the next one.
 pub trait BodySource: Send + Sync {
-    /// The body's next piece, read from the connection as needed.
-    fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, FramingError>>>;
-    /// What is known of the length still to come.
-    fn size_hint(&self) -> SizeHint;
+    /// The next piece of request `number`'s body, read from the connection as needed.
+    fn poll_body(&self, number: u64, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, FramingError>>>;
+    /// What is known of the length still to come of request `number`'s body.
+    fn size_hint(&self, number: u64) -> SizeHint;
 }
 
 /// A client's request body.
@@ -28,6 +30,8 @@ pub enum Incoming {
     Empty,
     Http1 {
         source: Arc<dyn BodySource>,
+        /// Which of the connection's requests this body is.
+        number: u64,
         done: bool,
     },
     /// Read by hyper (HTTP/2).
@@ -45,9 +49,9 @@ impl std::fmt::Debug for Incoming {
 }
 
 impl Incoming {
-    /// An HTTP/1.1 body read from `source`.
-    pub fn http1(source: Arc<dyn BodySource>) -> Self {
-        Incoming::Http1 { source, done: false }
+    /// The body of the connection's request `number`, read from `source`.
+    pub fn http1(source: Arc<dyn BodySource>, number: u64) -> Self {
+        Incoming::Http1 { source, number, done: false }
     }
 }
 
@@ -64,8 +68,8 @@ impl Body for Incoming {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Incoming::Empty | Incoming::Http1 { done: true, .. } => Poll::Ready(None),
-            Incoming::Http1 { source, done } => {
-                let polled = source.poll_body(cx);
+            Incoming::Http1 { source, number, done } => {
+                let polled = source.poll_body(*number, cx);
                 if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
                     *done = true;
                 }
@@ -86,7 +90,7 @@ impl Body for Incoming {
     fn size_hint(&self) -> SizeHint {
         match self {
             Incoming::Empty | Incoming::Http1 { done: true, .. } => SizeHint::with_exact(0),
-            Incoming::Http1 { source, .. } => source.size_hint(),
+            Incoming::Http1 { source, number, .. } => source.size_hint(*number),
             Incoming::Hyper(body) => body.size_hint(),
         }
     }

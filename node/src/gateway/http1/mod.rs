@@ -240,12 +240,8 @@ async fn exchange<S: ClientSocket>(
 ) -> After {
     let RequestHead { request, framing, keep_alive, expect_continue } = head;
     let mut asked = Asked { head: request.method() == Method::HEAD, version: request.version(), keep_alive };
-    let body = if framing == Framing::Empty {
-        Incoming::Empty
-    } else {
-        Wire::lock(wire).begin_body(framing, expect_continue);
-        Incoming::http1(wire.clone())
-    };
+    let number = Wire::lock(wire).begin_request(framing, expect_continue);
+    let body = if framing == Framing::Empty { Incoming::Empty } else { Incoming::http1(wire.clone(), number) };
     let mut request = request.map(|()| body);
     let upgrade = crate::pipeline::headers::is_websocket_upgrade(request.headers()).then(|| {
         let (tx, rx) = oneshot::channel();

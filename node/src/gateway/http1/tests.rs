@@ -221,3 +221,44 @@ async fn a_head_that_does_not_arrive_in_time_gets_408() {
     assert!(started.elapsed() < Duration::from_millis(1500));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+/// A body kept past its request (a task that outlived the request holds it, its last frame
+/// read but not its end) reads nothing of the next request's body.
+#[tokio::test]
+async fn a_body_held_past_its_request_reads_nothing_of_the_next() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kept: Arc<std::sync::Mutex<Option<Incoming>>> = Arc::default();
+    let table = ConnectionTable::new(10, 0);
+    let server = tokio::spawn(async move {
+        let (stream, client) = listener.accept().await.unwrap();
+        let admitted = table.admit(client.ip()).await.unwrap();
+        let handler: Handler = Arc::new(move |request: Request<Incoming>| {
+            let kept = kept.clone();
+            Box::pin(async move {
+                let (parts, mut body) = request.into_parts();
+                let text = if parts.uri.path() == "/keep" {
+                    // The whole body in one frame, and the body kept without reading its end.
+                    let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                    *kept.lock().unwrap() = Some(body);
+                    String::from_utf8_lossy(&frame).into_owned()
+                } else {
+                    let stale = kept.lock().unwrap().take().unwrap();
+                    let stale = stale.collect().await.map(|c| c.to_bytes().len());
+                    let own = body.collect().await.unwrap().to_bytes();
+                    format!("stale {stale:?}, own {}", String::from_utf8_lossy(&own))
+                };
+                http::Response::new(ObservedBody::unobserved(ResponseBody::full(text)))
+            })
+        });
+        let socket = IdleTimeout::new(stream, Duration::from_secs(10));
+        serve(&TEST_SETTINGS, socket, Bytes::new(), handler, &admitted.slot).await;
+    });
+    let answer = exchange_raw(
+        addr,
+        b"POST /keep HTTP/1.1\r\ncontent-length: 3\r\n\r\nabcPOST /next HTTP/1.1\r\ncontent-length: 3\r\nconnection: close\r\n\r\ndef",
+    )
+    .await;
+    assert!(answer.ends_with("stale Ok(0), own def"), "{answer}");
+    server.await.unwrap();
+}

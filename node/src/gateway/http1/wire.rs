@@ -31,6 +31,8 @@ pub struct Wire<S> {
     pub io: Option<S>,
     /// Read and not consumed yet. Empty, and without an allocation, between requests.
     pub read: BytesMut,
+    /// Which of the connection's requests is current (counted from 1).
+    pub request: u64,
     /// How what is left of the current request's body is delimited.
     pub body: Framing,
     /// What is still to write of a `100 Continue` the client waits for before its body.
@@ -47,6 +49,7 @@ impl<S> Wire<S> {
         Wire {
             io: Some(io),
             read: BytesMut::from(already_read),
+            request: 0,
             body: Framing::Empty,
             continue_owed: &[],
             broken: false,
@@ -57,11 +60,13 @@ impl<S> Wire<S> {
         wire.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a request whose body is delimited by `framing`, the client waiting for
-    /// `100 Continue` first or not.
-    pub fn begin_body(&mut self, framing: Framing, expect_continue: bool) {
+    /// Starts the next request, whose body is delimited by `framing`, the client waiting
+    /// for `100 Continue` first or not; returns its number.
+    pub fn begin_request(&mut self, framing: Framing, expect_continue: bool) -> u64 {
+        self.request += 1;
         self.body = framing;
         self.continue_owed = if expect_continue { CONTINUE } else { &[] };
+        self.request
     }
 }
 
@@ -129,12 +134,22 @@ impl<S> BodySource for SharedWire<S>
 where
     S: tokio::io::AsyncRead + AsyncWrite + Unpin + Send,
 {
-    fn poll_body(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, FramingError>>> {
-        Wire::lock(self).poll_body(cx)
+    fn poll_body(&self, number: u64, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, FramingError>>> {
+        let mut wire = Wire::lock(self);
+        if wire.request != number {
+            // A body held past its request (by a task that outlived it): the connection went
+            // on to the next request only because this body had ended.
+            return Poll::Ready(None);
+        }
+        wire.poll_body(cx)
     }
 
-    fn size_hint(&self) -> SizeHint {
-        match Wire::lock(self).body {
+    fn size_hint(&self, number: u64) -> SizeHint {
+        let wire = Wire::lock(self);
+        if wire.request != number {
+            return SizeHint::with_exact(0);
+        }
+        match wire.body {
             Framing::Empty => SizeHint::with_exact(0),
             Framing::Length(left) => SizeHint::with_exact(left),
             Framing::Chunked(_) | Framing::UntilClose => SizeHint::default(),
