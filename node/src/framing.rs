@@ -248,6 +248,12 @@ pub struct Outgoing<B> {
     queued: VecDeque<Bytes>,
     body: Option<B>,
     chunked: bool,
+    /// What is left of the length the head announced (`Content-Length`): a body that
+    /// yields more or less fails, rather than leaving the peer to read the next message
+    /// from the wrong place.
+    remaining: Option<u64>,
+    /// Why the body failed, once it has: what was queued before is written first.
+    failed: Option<BoxError>,
     /// Whether any byte has been written.
     pub written: bool,
 }
@@ -258,9 +264,10 @@ where
     B::Error: Into<BoxError>,
 {
     /// `head` (ending with its empty line), then `body` (none: the head alone), chunked or
-    /// not.
+    /// not; not chunked, a body whose length is known must yield exactly that many bytes.
     pub fn new(head: Bytes, body: Option<B>, chunked: bool) -> Self {
-        Outgoing { queued: VecDeque::from([head]), body, chunked, written: false }
+        let remaining = if chunked { None } else { body.as_ref().and_then(|b| b.size_hint().exact()) };
+        Outgoing { queued: VecDeque::from([head]), body, chunked, remaining, failed: None, written: false }
     }
 
     /// Whether the body has yet to yield frames.
@@ -289,11 +296,14 @@ where
                         body_waits = true;
                         break;
                     }
-                    Poll::Ready(frame) => self.queue(frame)?,
+                    Poll::Ready(frame) => self.queue(frame),
                 }
             }
             if self.queued.is_empty() {
                 ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                if let Some(e) = self.failed.take() {
+                    return Poll::Ready(Err(SendError::Body(e)));
+                }
                 return if body_waits { Poll::Pending } else { Poll::Ready(Ok(())) };
             }
             let mut slices = [io::IoSlice::new(&[]); MAX_QUEUED];
@@ -319,27 +329,41 @@ where
         }
     }
 
+    /// Fails the body: what is queued is still written, and then the failure returned.
+    fn fail(&mut self, error: BoxError) {
+        self.body = None;
+        self.failed = Some(error);
+    }
+
     /// Queues what the body yielded, framed.
-    fn queue(&mut self, frame: Option<Result<Frame<Bytes>, B::Error>>) -> Result<(), SendError> {
+    fn queue(&mut self, frame: Option<Result<Frame<Bytes>, B::Error>>) {
         match frame {
+            None if self.remaining.is_some_and(|left| left > 0) => {
+                self.fail("the body is shorter than its announced length".into());
+            }
             None => {
                 self.body = None;
                 if self.chunked {
                     self.queued.push_back(Bytes::from_static(b"0\r\n\r\n"));
                 }
             }
-            Some(Err(e)) => {
-                self.body = None;
-                return Err(SendError::Body(e.into()));
-            }
+            Some(Err(e)) => self.fail(e.into()),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if data.is_empty() => {}
+                Ok(data) if self.remaining.is_some_and(|left| data.len() as u64 > left) => {
+                    self.fail("the body is longer than its announced length".into());
+                }
                 Ok(data) if self.chunked => {
                     self.queued.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
                     self.queued.push_back(data);
                     self.queued.push_back(Bytes::from_static(b"\r\n"));
                 }
-                Ok(data) => self.queued.push_back(data),
+                Ok(data) => {
+                    if let Some(left) = &mut self.remaining {
+                        *left -= data.len() as u64;
+                    }
+                    self.queued.push_back(data);
+                }
                 Err(frame) => {
                     // Trailers end the body; only chunked framing can carry them.
                     if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
@@ -351,6 +375,56 @@ where
                 }
             },
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that announces `announced` bytes and yields `chunks`.
+    struct Announced {
+        announced: u64,
+        chunks: VecDeque<&'static [u8]>,
+    }
+
+    impl Body for Announced {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(Bytes::from_static(c)))))
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.announced)
+        }
+    }
+
+    fn send(announced: u64, chunks: &[&'static [u8]], chunked: bool) -> (Result<(), SendError>, Vec<u8>) {
+        let body = Announced { announced, chunks: chunks.iter().copied().collect() };
+        let mut out = Outgoing::new(Bytes::from_static(b"HEAD\r\n\r\n"), Some(body), chunked);
+        let mut written = Vec::new();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let result = match out.poll_send(&mut written, &mut cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => panic!("a Vec never waits"),
+        };
+        (result, written)
+    }
+
+    #[test]
+    fn a_body_must_be_as_long_as_it_announced() {
+        let (whole, written) = send(5, &[b"he", b"llo"], false);
+        assert!(whole.is_ok());
+        assert_eq!(written, b"HEAD\r\n\r\nhello");
+        let (short, _) = send(5, &[b"he"], false);
+        assert!(matches!(short, Err(SendError::Body(_))));
+        let (long, _) = send(5, &[b"hello", b"!"], false);
+        assert!(matches!(long, Err(SendError::Body(_))));
+        // Chunked, the length is the chunks'.
+        let (chunked, written) = send(99, &[b"ab"], true);
+        assert!(chunked.is_ok());
+        assert_eq!(written, b"HEAD\r\n\r\n2\r\nab\r\n0\r\n\r\n");
     }
 }

@@ -266,7 +266,8 @@ async fn exchange<S: ClientSocket>(
         asked.keep_alive = false;
     }
     let head = response::head(&mut response, asked);
-    let upgraded = upgrade.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS);
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upgraded = upgrade.filter(|_| switching);
     let body = head.has_body.then(|| response.into_body());
     let mut out = Outgoing::new(head.bytes, body, head.chunked);
     if let Err(e) = std::future::poll_fn(|cx| out.poll_send(&mut SharedWriter(wire), cx)).await {
@@ -281,7 +282,8 @@ async fn exchange<S: ClientSocket>(
         return After::Upgraded;
     }
     let wire = Wire::lock(wire);
-    if head.keep_alive && !wire.broken && wire.body == Framing::Empty && !slot.shedding() {
+    // A 101 to a request that asked for no upgrade leaves the connection in no known state.
+    if head.keep_alive && !switching && !wire.broken && wire.body == Framing::Empty && !slot.shedding() {
         After::Next
     } else {
         After::Close

@@ -262,3 +262,41 @@ async fn a_body_held_past_its_request_reads_nothing_of_the_next() {
     assert!(answer.ends_with("stale Ok(0), own def"), "{answer}");
     server.await.unwrap();
 }
+
+/// A response body that ends before the length its head announced closes the connection:
+/// the client must not read the next response from the wrong place.
+#[tokio::test]
+async fn a_response_shorter_than_its_length_closes_the_connection() {
+    struct Short(bool);
+    impl http_body::Body for Short {
+        type Data = Bytes;
+        type Error = crate::framing::BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            let first = !std::mem::replace(&mut self.0, true);
+            Poll::Ready(first.then(|| Ok(http_body::Frame::data(Bytes::from_static(b"abc")))))
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(10)
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let table = ConnectionTable::new(10, 0);
+    tokio::spawn(async move {
+        let (stream, client) = listener.accept().await.unwrap();
+        let admitted = table.admit(client.ip()).await.unwrap();
+        let handler: Handler = Arc::new(|_| {
+            Box::pin(async {
+                http::Response::new(ObservedBody::unobserved(ResponseBody::Wrapped(Box::pin(Short(false)))))
+            })
+        });
+        let socket = IdleTimeout::new(stream, Duration::from_secs(10));
+        serve(&TEST_SETTINGS, socket, Bytes::new(), handler, &admitted.slot).await;
+    });
+    let answer = exchange_raw(addr, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n").await;
+    assert!(answer.contains("content-length: 10") && answer.ends_with("\r\n\r\nabc"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+}
