@@ -147,7 +147,7 @@ pub fn serve<'a, S: ClientSocket>(
             };
             // Boxed, like the close below: an idle connection's future holds only the wait
             // for the next head.
-            match Box::pin(exchange(&wire, &handler, head, slot)).await {
+            match Box::pin(exchange(&wire, settings, &handler, head, slot)).await {
                 After::Next => {}
                 After::Close => break,
                 After::Upgraded => return,
@@ -234,6 +234,7 @@ enum After {
 /// whether the connection can carry another.
 async fn exchange<S: ClientSocket>(
     wire: &Arc<SharedWire<S>>,
+    settings: &Settings,
     handler: &Handler,
     head: RequestHead,
     slot: &ConnSlot,
@@ -248,7 +249,18 @@ async fn exchange<S: ClientSocket>(
         request.extensions_mut().insert(ClientUpgrade::new(rx));
         tx
     });
-    let mut response = handler(request).await;
+    // The request is served until its response is ready, or until the client closes the
+    // connection: then what serving it was doing (an upstream call) is dropped.
+    let mut handled = handler(request);
+    let served = std::future::poll_fn(|cx| match handled.as_mut().poll(cx) {
+        Poll::Ready(response) => Poll::Ready(Some(response)),
+        Poll::Pending => poll_client_gone(wire, settings, cx).map(|()| None),
+    })
+    .await;
+    let Some(mut response) = served else {
+        tracing::debug!("the client closed the connection before its response");
+        return After::Close;
+    };
     {
         let mut wire = Wire::lock(wire);
         if !wire.continue_owed.is_empty() {
@@ -294,6 +306,28 @@ async fn exchange<S: ClientSocket>(
 async fn refuse<S: ClientSocket>(wire: &SharedWire<S>, status: StatusCode) {
     let mut refusal = Outgoing::<http_body_util::Empty<Bytes>>::new(response::refusal(status), None, false);
     let _ = std::future::poll_fn(|cx| refusal.poll_send(&mut SharedWriter(wire), cx)).await;
+}
+
+/// Ready once the client has closed the connection while its request is served: its body
+/// read to the end (until then the body's reads are the socket's), the socket turned
+/// readable and a read says end of stream or fails. What arrives meanwhile (the next
+/// request, pipelined) is kept for later, up to a head's worth.
+fn poll_client_gone<S: ClientSocket>(wire: &SharedWire<S>, settings: &Settings, cx: &mut Context<'_>) -> Poll<()> {
+    let mut wire = Wire::lock(wire);
+    loop {
+        if wire.body != Framing::Empty || wire.read.len() > settings.head.max_bytes {
+            return Poll::Pending;
+        }
+        let Some(io) = wire.io.as_mut() else { return Poll::Pending };
+        if !io.has_buffered_input() && io.tcp().poll_read_ready(cx).is_pending() {
+            return Poll::Pending;
+        }
+        match wire.poll_fill(cx, READ_SIZE) {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+    }
 }
 
 /// Closes the connection: the write side first, then whatever the client still sends is

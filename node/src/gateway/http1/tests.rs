@@ -300,3 +300,43 @@ async fn a_response_shorter_than_its_length_closes_the_connection() {
     assert!(answer.contains("content-length: 10") && answer.ends_with("\r\n\r\nabc"), "{answer}");
     assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
 }
+
+/// A client that closes its connection while its request is served ends the serving: the
+/// request path's future (an upstream call, say) is dropped, not run to its end for nobody.
+#[tokio::test]
+async fn a_client_that_closes_mid_request_ends_its_serving() {
+    struct Dropped(Option<oneshot::Sender<()>>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+    let (dropped_tx, dropped) = oneshot::channel();
+    let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let table = ConnectionTable::new(10, 0);
+    tokio::spawn(async move {
+        let (stream, client) = listener.accept().await.unwrap();
+        let admitted = table.admit(client.ip()).await.unwrap();
+        let handler: Handler = Arc::new(move |request: Request<Incoming>| {
+            let guard = Dropped(dropped_tx.lock().unwrap().take());
+            Box::pin(async move {
+                // Reads the body, then waits for ever (an upstream that never answers).
+                let _ = request.into_body().collect().await;
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                unreachable!()
+            })
+        });
+        let socket = IdleTimeout::new(stream, Duration::from_secs(30));
+        serve(&TEST_SETTINGS, socket, Bytes::new(), handler, &admitted.slot).await;
+    });
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(b"POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(2), dropped).await.expect("the request's future was dropped").unwrap();
+}
