@@ -112,6 +112,20 @@ async fn server(settings: Settings) -> (std::net::SocketAddr, Arc<AtomicUsize>) 
     (addr, calls)
 }
 
+/// Serves one connection on a loopback port with `handler`; the task ends with it.
+async fn one_connection(handler: Handler) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let table = ConnectionTable::new(10, 0);
+        let (stream, client) = listener.accept().await.unwrap();
+        let admitted = table.admit(client.ip()).await.unwrap();
+        let socket = IdleTimeout::new(stream, Duration::from_secs(10));
+        serve(&TEST_SETTINGS, socket, Bytes::new(), handler, &admitted.slot).await;
+    });
+    (addr, served)
+}
+
 /// Writes `request` and reads until the server closes (or 2 s pass).
 async fn exchange_raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut client = TcpStream::connect(addr).await.unwrap();
@@ -226,34 +240,26 @@ async fn a_head_that_does_not_arrive_in_time_gets_408() {
 /// read but not its end) reads nothing of the next request's body.
 #[tokio::test]
 async fn a_body_held_past_its_request_reads_nothing_of_the_next() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let kept: Arc<std::sync::Mutex<Option<Incoming>>> = Arc::default();
-    let table = ConnectionTable::new(10, 0);
-    let server = tokio::spawn(async move {
-        let (stream, client) = listener.accept().await.unwrap();
-        let admitted = table.admit(client.ip()).await.unwrap();
-        let handler: Handler = Arc::new(move |request: Request<Incoming>| {
-            let kept = kept.clone();
-            Box::pin(async move {
-                let (parts, mut body) = request.into_parts();
-                let text = if parts.uri.path() == "/keep" {
-                    // The whole body in one frame, and the body kept without reading its end.
-                    let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
-                    *kept.lock().unwrap() = Some(body);
-                    String::from_utf8_lossy(&frame).into_owned()
-                } else {
-                    let stale = kept.lock().unwrap().take().unwrap();
-                    let stale = stale.collect().await.map(|c| c.to_bytes().len());
-                    let own = body.collect().await.unwrap().to_bytes();
-                    format!("stale {stale:?}, own {}", String::from_utf8_lossy(&own))
-                };
-                http::Response::new(ObservedBody::unobserved(ResponseBody::full(text)))
-            })
-        });
-        let socket = IdleTimeout::new(stream, Duration::from_secs(10));
-        serve(&TEST_SETTINGS, socket, Bytes::new(), handler, &admitted.slot).await;
+    let handler: Handler = Arc::new(move |request: Request<Incoming>| {
+        let kept = kept.clone();
+        Box::pin(async move {
+            let (parts, mut body) = request.into_parts();
+            let text = if parts.uri.path() == "/keep" {
+                // The whole body in one frame, and the body kept without reading its end.
+                let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                *kept.lock().unwrap() = Some(body);
+                String::from_utf8_lossy(&frame).into_owned()
+            } else {
+                let stale = kept.lock().unwrap().take().unwrap();
+                let stale = stale.collect().await.map(|c| c.to_bytes().len());
+                let own = body.collect().await.unwrap().to_bytes();
+                format!("stale {stale:?}, own {}", String::from_utf8_lossy(&own))
+            };
+            http::Response::new(ObservedBody::unobserved(ResponseBody::full(text)))
+        })
     });
+    let (addr, server) = one_connection(handler).await;
     let answer = exchange_raw(
         addr,
         b"POST /keep HTTP/1.1\r\ncontent-length: 3\r\n\r\nabcPOST /next HTTP/1.1\r\ncontent-length: 3\r\nconnection: close\r\n\r\ndef",
@@ -282,20 +288,10 @@ async fn a_response_shorter_than_its_length_closes_the_connection() {
             http_body::SizeHint::with_exact(10)
         }
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let table = ConnectionTable::new(10, 0);
-    tokio::spawn(async move {
-        let (stream, client) = listener.accept().await.unwrap();
-        let admitted = table.admit(client.ip()).await.unwrap();
-        let handler: Handler = Arc::new(|_| {
-            Box::pin(async {
-                http::Response::new(ObservedBody::unobserved(ResponseBody::Wrapped(Box::pin(Short(false)))))
-            })
-        });
-        let socket = IdleTimeout::new(stream, Duration::from_secs(10));
-        serve(&TEST_SETTINGS, socket, Bytes::new(), handler, &admitted.slot).await;
+    let handler: Handler = Arc::new(|_| {
+        Box::pin(async { http::Response::new(ObservedBody::unobserved(ResponseBody::Wrapped(Box::pin(Short(false))))) })
     });
+    let (addr, _served) = one_connection(handler).await;
     let answer = exchange_raw(addr, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n").await;
     assert!(answer.contains("content-length: 10") && answer.ends_with("\r\n\r\nabc"), "{answer}");
     assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
@@ -315,25 +311,17 @@ async fn a_client_that_closes_mid_request_ends_its_serving() {
     }
     let (dropped_tx, dropped) = oneshot::channel();
     let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let table = ConnectionTable::new(10, 0);
-    tokio::spawn(async move {
-        let (stream, client) = listener.accept().await.unwrap();
-        let admitted = table.admit(client.ip()).await.unwrap();
-        let handler: Handler = Arc::new(move |request: Request<Incoming>| {
-            let guard = Dropped(dropped_tx.lock().unwrap().take());
-            Box::pin(async move {
-                // Reads the body, then waits for ever (an upstream that never answers).
-                let _ = request.into_body().collect().await;
-                let _guard = guard;
-                std::future::pending::<()>().await;
-                unreachable!()
-            })
-        });
-        let socket = IdleTimeout::new(stream, Duration::from_secs(30));
-        serve(&TEST_SETTINGS, socket, Bytes::new(), handler, &admitted.slot).await;
+    let handler: Handler = Arc::new(move |request: Request<Incoming>| {
+        let guard = Dropped(dropped_tx.lock().unwrap().take());
+        Box::pin(async move {
+            // Reads the body, then waits for ever (an upstream that never answers).
+            let _ = request.into_body().collect().await;
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            unreachable!()
+        })
     });
+    let (addr, _served) = one_connection(handler).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     client.write_all(b"POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
