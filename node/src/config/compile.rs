@@ -418,7 +418,7 @@ impl Compiler<'_> {
         let idle_timeout = self.duration(&l.idle_timeout, "limits.idle_timeout");
         let drain_timeout = self.duration(&l.drain_timeout, "limits.drain_timeout");
         let mut ok = true;
-        // hyper's HTTP/1 parser needs a buffer of at least 8 KiB.
+        // Below 8 KiB ordinary clients' heads (cookies, tokens) would be refused.
         if !(8192..=1024 * 1024).contains(&l.max_header_bytes) {
             self.sink.push(Location::UNKNOWN, "limits.max_header_bytes", "must be between 8192 and 1048576");
             ok = false;

@@ -6,10 +6,10 @@
 //! fast path stays cheap.
 //!
 //! Until its first request head has arrived, a gateway connection also has a fixed
-//! deadline ([`IdleTimeout::with_first_request_deadline`]): hyper's own header timer only
-//! starts once the protocol is known, so without it a client that connects and sends
-//! nothing (or a byte every few seconds) would hold a connection for the whole idle
-//! timeout.
+//! deadline ([`IdleTimeout::with_first_request_deadline`]): the servers' own header timers
+//! only start once the protocol is known and a head has begun, so without it a client that
+//! connects and sends nothing (or a byte every few seconds) would hold a connection for the
+//! whole idle timeout.
 
 use std::io;
 use std::pin::Pin;

@@ -108,8 +108,8 @@ impl RequestBody {
     }
 
     /// Streams `incoming`; more than `limit` bytes fails the stream with [`BodyTooLarge`].
-    /// A declared `content-length` was checked against the limit already and hyper holds
-    /// the body to it, so counting costs nothing there.
+    /// A declared `content-length` was checked against the limit already and the server
+    /// holds the body to it, so counting costs nothing there.
     pub fn limited(incoming: Incoming, limit: u64) -> Self {
         RequestBody { inner: Some(incoming), remaining: limit, limit, buffered: None, kept: None }
     }

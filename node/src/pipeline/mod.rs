@@ -108,7 +108,7 @@ pub struct Pipeline {
     /// The WebSocket connections of `type: websocket` APIs, kept across reloads.
     connections: Arc<crate::connections::Connections>,
     body_limit: BodyLimit,
-    /// HTTP/1.1 heads are held to it by hyper; HTTP/2 heads here.
+    /// HTTP/1.1 heads are held to it by the server (`gateway::http1`); HTTP/2 heads here.
     max_headers: usize,
     log: AccessLog,
     in_flight: Gauge,
