@@ -14,7 +14,8 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
 
 /// The longest chunk-size line (with its extensions).
 const MAX_CHUNK_LINE: usize = 4 * 1024;
@@ -24,6 +25,8 @@ const MAX_TRAILERS: usize = 32;
 const MAX_TRAILER_BYTES: usize = 64 * 1024;
 /// How much is read at once, at least.
 pub const READ_SIZE: usize = 8 * 1024;
+/// The most a single read asks for (a long body is read in pieces this large).
+const MAX_READ_SIZE: usize = 64 * 1024;
 /// The most pieces queued before they are written.
 const MAX_QUEUED: usize = 8;
 
@@ -164,6 +167,48 @@ impl Framing {
         match std::mem::replace(self, Framing::Empty) {
             Framing::Empty | Framing::UntilClose => Ok(()),
             Framing::Length(_) | Framing::Chunked(_) => Err(FramingError::Truncated),
+        }
+    }
+}
+
+/// Reads more from `io` into `read`, with room for at least `want` bytes (within
+/// [`READ_SIZE`]..=64 KiB). Ready with the count read, 0 at end of stream.
+pub fn poll_read_more<R: AsyncRead + Unpin>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    read: &mut BytesMut,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    let room = want.clamp(READ_SIZE, MAX_READ_SIZE);
+    if read.capacity() - read.len() < room / 2 {
+        read.reserve(room);
+    }
+    poll_read_buf(Pin::new(io), cx, read)
+}
+
+/// Reads a body delimited by `framing` from `read`, adding `pieces` as it needs them (the
+/// end of `pieces` is the connection closing): its bytes and its trailers. The sans-IO
+/// readers of whole messages (fuzz targets, tests) use it.
+pub fn read_body<'p>(
+    framing: &mut Framing,
+    read: &mut BytesMut,
+    pieces: &mut impl Iterator<Item = &'p [u8]>,
+) -> Result<(Vec<u8>, Option<HeaderMap>), FramingError> {
+    let (mut body, mut trailers) = (Vec::new(), None);
+    loop {
+        match framing.decode(read)? {
+            Decoded::Frame(frame) => match frame.into_data() {
+                Ok(data) => body.extend_from_slice(&data),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+            Decoded::End => return Ok((body, trailers)),
+            Decoded::More(_) => match pieces.next() {
+                Some(piece) => read.extend_from_slice(piece),
+                None => {
+                    framing.closed()?;
+                    return Ok((body, trailers));
+                }
+            },
         }
     }
 }

@@ -15,7 +15,7 @@ use http::header::{CONNECTION, EXPECT, HeaderName, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use smallvec::SmallVec;
 
-use crate::framing::{Decoded, Framing, FramingError, content_length, lists};
+use crate::framing::{Framing, FramingError, content_length, lists, read_body};
 
 /// How many fields a head is parsed into without a heap allocation; a limit above it
 /// parses again into room for the limit.
@@ -254,26 +254,10 @@ pub fn read_requests(wire: &[u8], piece: usize, limits: HeadLimits) -> (Vec<Read
             }
         };
         let RequestHead { request, mut framing, keep_alive, expect_continue } = head;
-        let (mut body, mut trailers) = (Vec::new(), None);
-        loop {
-            match framing.decode(&mut read) {
-                Ok(Decoded::Frame(frame)) => match frame.into_data() {
-                    Ok(data) => body.extend_from_slice(&data),
-                    Err(frame) => trailers = frame.into_trailers().ok(),
-                },
-                Ok(Decoded::End) => break,
-                Ok(Decoded::More(_)) => match pieces.next() {
-                    Some(piece) => read.extend_from_slice(piece),
-                    None => {
-                        if let Err(e) = framing.closed() {
-                            return (requests, Some(Stopped::Body(e)));
-                        }
-                        break;
-                    }
-                },
-                Err(e) => return (requests, Some(Stopped::Body(e))),
-            }
-        }
+        let (body, trailers) = match read_body(&mut framing, &mut read, &mut pieces) {
+            Ok(read) => read,
+            Err(e) => return (requests, Some(Stopped::Body(e))),
+        };
         let (parts, ()) = request.into_parts();
         requests.push(ReadRequest {
             method: parts.method,

@@ -14,13 +14,9 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncWrite, ReadBuf};
-use tokio_util::io::poll_read_buf;
 
-use crate::framing::{Decoded, Framing, FramingError, READ_SIZE};
+use crate::framing::{Decoded, Framing, FramingError, poll_read_more};
 use crate::incoming::BodySource;
-
-/// The most a single read of a body asks for.
-const MAX_READ_SIZE: usize = 64 * 1024;
 
 /// What the client is told when it waits before sending its body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -71,15 +67,11 @@ impl<S> Wire<S> {
 }
 
 impl<S: tokio::io::AsyncRead + AsyncWrite + Unpin> Wire<S> {
-    /// Reads more into the buffer, with room for at least `want` bytes (within
-    /// [`READ_SIZE`]..=[`MAX_READ_SIZE`]). Ready with the count read, 0 at end of stream.
+    /// Reads more into the buffer ([`poll_read_more`]); 0 at end of stream, or once the
+    /// socket went to a WebSocket.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         let Some(io) = self.io.as_mut() else { return Poll::Ready(Ok(0)) };
-        let room = want.clamp(READ_SIZE, MAX_READ_SIZE);
-        if self.read.capacity() - self.read.len() < room / 2 {
-            self.read.reserve(room);
-        }
-        poll_read_buf(Pin::new(io), cx, &mut self.read)
+        poll_read_more(io, cx, &mut self.read, want)
     }
 
     /// Writes what is owed of a `100 Continue`.

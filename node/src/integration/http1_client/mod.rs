@@ -31,18 +31,14 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio_util::io::poll_read_buf;
 
 pub use wire::{MAX_FIELDS, MAX_HEAD, ReadResponse, read_response};
 use wire::{ResponseHead, framing, next_head};
 
 use super::connection::{OpenConnection, UpstreamIo};
 use super::request_body::{BoxError, RequestBody};
-use crate::framing::{Decoded, Framing, FramingError, Outgoing, READ_SIZE, SendError, write_fields};
+use crate::framing::{Decoded, Framing, FramingError, Outgoing, READ_SIZE, SendError, poll_read_more, write_fields};
 use crate::prefixed::Prefixed;
-
-/// The most a single read asks for (a long body is read in pieces this large).
-const MAX_READ_SIZE: usize = 64 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,14 +113,9 @@ impl Http1Connection {
         Pin::new(&mut self.io).poll_read(&mut cx, &mut buf).is_pending()
     }
 
-    /// Reads more into the buffer: at least `want` bytes of room (within
-    /// [`READ_SIZE`]..=[`MAX_READ_SIZE`]). Ready with the count read, 0 at end of stream.
+    /// Reads more into the buffer ([`poll_read_more`]).
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        let room = want.clamp(READ_SIZE, MAX_READ_SIZE);
-        if self.read.capacity() - self.read.len() < room / 2 {
-            self.read.reserve(room);
-        }
-        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        poll_read_more(&mut self.io, cx, &mut self.read, want)
     }
 
     /// Reads until a final response head. `answered` is set once a byte of a response has

@@ -11,7 +11,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, StatusCode, Version};
 use smallvec::SmallVec;
 
-use crate::framing::{Decoded, Framing, content_length, lists};
+use crate::framing::{Framing, content_length, lists, read_body};
 
 use super::Http1Error;
 
@@ -150,23 +150,7 @@ pub fn read_response(wire: &[u8], piece: usize, head_request: bool) -> Result<Re
         }
     };
     let (mut framing, keep_alive) = framing(&mut head, head_request)?;
-    let (mut body, mut trailers) = (Vec::new(), None);
-    loop {
-        match framing.decode(&mut read)? {
-            Decoded::Frame(frame) => match frame.into_data() {
-                Ok(data) => body.extend_from_slice(&data),
-                Err(frame) => trailers = frame.into_trailers().ok(),
-            },
-            Decoded::End => break,
-            Decoded::More(_) => match pieces.next() {
-                Some(piece) => read.extend_from_slice(piece),
-                None => {
-                    framing.closed()?;
-                    break;
-                }
-            },
-        }
-    }
+    let (body, trailers) = read_body(&mut framing, &mut read, &mut pieces)?;
     let unread = read.len() + pieces.map(<[u8]>::len).sum::<usize>();
     let reusable = keep_alive && unread == 0 && head.status != StatusCode::SWITCHING_PROTOCOLS;
     let ResponseHead { status, version, headers } = head;
