@@ -262,6 +262,9 @@ async fn exchange<S: ClientSocket>(
         return After::Close;
     };
     {
+        // Whether the connection can stay open, as far as is known before the response is
+        // written (it is asked again once it is out).
+        let body_abandoned = Arc::strong_count(wire) == 1;
         let mut wire = Wire::lock(wire);
         if !wire.continue_owed.is_empty() {
             // Answered before the body was asked for: the client may send it or not, so the
@@ -270,12 +273,10 @@ async fn exchange<S: ClientSocket>(
             wire.body = Framing::Empty;
             wire.broken = true;
         }
-        // Nobody holds the body any more and it was not read to its end: the connection
-        // closes after the response rather than reading it.
-        asked.keep_alive &= !wire.broken && !slot.shedding();
-    }
-    if Arc::strong_count(wire) == 1 && Wire::lock(wire).body != Framing::Empty {
-        asked.keep_alive = false;
+        // A body nobody holds any more and not read to its end: the connection closes after
+        // the response rather than reading it.
+        let unread = body_abandoned && wire.body != Framing::Empty;
+        asked.keep_alive &= !wire.broken && !unread && !slot.shedding();
     }
     let head = response::head(&mut response, asked);
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
