@@ -3,14 +3,19 @@
 //! They live on their own so that the request path (API keys) and the admin API do not
 //! depend on the cluster's certificate code for two functions.
 
-use std::fmt::Write;
-
 /// Lower-case hex of `bytes`.
+///
+/// ```
+/// assert_eq!(meridian_node::digest::hex(&[0x00, 0x9f, 0xa0]), "009fa0");
+/// ```
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    text
 }
 
 /// Compares secrets in time independent of where the first difference is.

@@ -262,14 +262,26 @@ impl ScopeState {
     }
 }
 
+/// How scope names are hashed, to pick a shard and within it: every request hashes each of
+/// its scopes several times, and the names come from the configuration and from peers
+/// (never from a request), so a fast hasher with a per-process seed is enough.
+type ScopeHasher = foldhash::fast::RandomState;
+
+/// The nodes counting in a scope: a handful in most clusters, so no allocation per request.
+type NodeList = smallvec::SmallVec<[NodeId; 8]>;
+
+/// Some of the limiter's scopes, behind one lock.
+type Shard = HashMap<Arc<str>, ScopeState, ScopeHasher>;
+
 /// The node's limiter, shared by the request path and gossip.
 #[derive(Debug)]
 pub struct Limiter {
     me: AtomicU64,
-    shards: Vec<Mutex<HashMap<Arc<str>, ScopeState>>>,
+    shards: Vec<Mutex<Shard>>,
     heard: Mutex<HashMap<NodeId, Instant>>,
     max_scopes_per_shard: usize,
-    hasher: std::collections::hash_map::RandomState,
+    /// Picks a scope's shard; the shards' maps hash the same way.
+    hasher: ScopeHasher,
     evicted: metrics::Counter,
 }
 
@@ -278,7 +290,7 @@ impl Limiter {
     pub fn new(me: NodeId, max_scopes: usize) -> Self {
         Limiter {
             me: AtomicU64::new(me),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             heard: Mutex::new(HashMap::new()),
             max_scopes_per_shard: (max_scopes / SHARDS).max(1),
             hasher: Default::default(),
@@ -291,7 +303,7 @@ impl Limiter {
         self.me.store(me, Ordering::Relaxed);
     }
 
-    fn shard(&self, scope: &str) -> &Mutex<HashMap<Arc<str>, ScopeState>> {
+    fn shard(&self, scope: &str) -> &Mutex<Shard> {
         &self.shards[(self.hasher.hash_one(scope) as usize) % SHARDS]
     }
 
@@ -305,7 +317,7 @@ impl Limiter {
     fn estimate(state: &ScopeState, me: NodeId, now_ms: u64, silence: &HashMap<NodeId, Duration>) -> f64 {
         let frac = (now_ms % 1000) as f64 / 1000.0;
         let start_ms = now_ms.saturating_sub(1000);
-        let mut nodes: Vec<NodeId> = state.current.slots().map(|(n, _)| n).collect();
+        let mut nodes: NodeList = state.current.slots().map(|(n, _)| n).collect();
         nodes.extend(state.previous.slots().map(|(n, _)| n));
         nodes.extend(state.last_rates.keys().copied());
         nodes.sort_unstable();
@@ -387,7 +399,7 @@ impl Limiter {
             // client below it.
             let room_seen = rate.limit as f64 - (estimate - state.unsent as f64);
             let nodes = {
-                let mut v: Vec<NodeId> =
+                let mut v: NodeList =
                     state.current.slots().chain(state.previous.slots()).map(|(n, _)| n).chain([me]).collect();
                 v.sort_unstable();
                 v.dedup();
@@ -437,15 +449,9 @@ impl Limiter {
         decision
     }
 
-    fn entry<'s>(
-        &self,
-        shard: &'s mut HashMap<Arc<str>, ScopeState>,
-        scope: &Arc<str>,
-        window: u64,
-        now: Instant,
-    ) -> &'s mut ScopeState {
-        if !shard.contains_key(scope)
-            && shard.len() >= self.max_scopes_per_shard
+    fn entry<'s>(&self, shard: &'s mut Shard, scope: &Arc<str>, window: u64, now: Instant) -> &'s mut ScopeState {
+        if shard.len() >= self.max_scopes_per_shard
+            && !shard.contains_key(scope)
             && let Some(oldest) = shard.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| k.clone())
         {
             shard.remove(&oldest);

@@ -35,8 +35,9 @@ impl KeyRing {
         self.by_hash.insert(value_sha256, grant);
     }
 
-    pub fn get(&self, value_sha256: &str) -> Option<&KeyGrant> {
-        self.by_hash.get(value_sha256)
+    /// The grant of the key whose value a client presented, found by its SHA-256.
+    pub fn presented(&self, value: &[u8]) -> Option<&KeyGrant> {
+        self.by_hash.get(&sha256_hex(value))
     }
 }
 
@@ -83,7 +84,7 @@ impl ApiKeyCheck {
         let Some(value) = head.headers.get(&API_KEY) else {
             return Err(refused("this route needs an API key in x-api-key", "api key missing"));
         };
-        let Some(grant) = services.keys.get(&sha256_hex(value.as_bytes())) else {
+        let Some(grant) = services.keys.presented(value.as_bytes()) else {
             return Err(refused(INVALID, "api key unknown"));
         };
         if !grant.enabled {
