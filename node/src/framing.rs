@@ -288,8 +288,13 @@ pub enum SendError {
 /// A message on its way out: its head, then its body's frames as the body yields them,
 /// in `Content-Length` framing (the body's exact length was written in the head) or chunked.
 pub struct Outgoing<B> {
-    /// Bytes to write, in order: the head; each piece of the body (in chunked framing with
-    /// its size line and CRLF); the last chunk.
+    /// The head, written first; kept as it was made rather than turned into `Bytes`, which
+    /// would cost an allocation per message.
+    head: Vec<u8>,
+    /// How much of the head is written.
+    head_written: usize,
+    /// Bytes to write after the head, in order: each piece of the body (in chunked framing
+    /// with its size line and CRLF); the last chunk.
     queued: VecDeque<Bytes>,
     body: Option<B>,
     chunked: bool,
@@ -310,9 +315,18 @@ where
 {
     /// `head` (ending with its empty line), then `body` (none: the head alone), chunked or
     /// not; not chunked, a body whose length is known must yield exactly that many bytes.
-    pub fn new(head: Bytes, body: Option<B>, chunked: bool) -> Self {
+    pub fn new(head: Vec<u8>, body: Option<B>, chunked: bool) -> Self {
         let remaining = if chunked { None } else { body.as_ref().and_then(|b| b.size_hint().exact()) };
-        Outgoing { queued: VecDeque::from([head]), body, chunked, remaining, failed: None, written: false }
+        Outgoing {
+            head,
+            head_written: 0,
+            queued: VecDeque::new(),
+            body,
+            chunked,
+            remaining,
+            failed: None,
+            written: false,
+        }
     }
 
     /// Whether the body has yet to yield frames.
@@ -344,23 +358,28 @@ where
                     Poll::Ready(frame) => self.queue(frame),
                 }
             }
-            if self.queued.is_empty() {
+            let head = &self.head[self.head_written..];
+            if head.is_empty() && self.queued.is_empty() {
                 ready!(Pin::new(&mut *io).poll_flush(cx))?;
                 if let Some(e) = self.failed.take() {
                     return Poll::Ready(Err(SendError::Body(e)));
                 }
                 return if body_waits { Poll::Pending } else { Poll::Ready(Ok(())) };
             }
-            let mut slices = [io::IoSlice::new(&[]); MAX_QUEUED];
-            let count = self.queued.len().min(MAX_QUEUED);
-            for (slice, bytes) in slices.iter_mut().zip(self.queued.iter()) {
-                *slice = io::IoSlice::new(bytes);
+            let mut slices = [io::IoSlice::new(&[]); MAX_QUEUED + 1];
+            let mut count = 0;
+            for piece in std::iter::once(head).filter(|h| !h.is_empty()).chain(self.queued.iter().map(|b| &b[..])) {
+                slices[count] = io::IoSlice::new(piece);
+                count += 1;
             }
             let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
             if written == 0 {
                 return Poll::Ready(Err(SendError::Io(io::ErrorKind::WriteZero.into())));
             }
             self.written = true;
+            let of_head = written.min(head.len());
+            self.head_written += of_head;
+            written -= of_head;
             while written > 0 {
                 let Some(front) = self.queued.front_mut() else { break };
                 if written >= front.len() {
@@ -446,16 +465,55 @@ mod tests {
         }
     }
 
-    fn send(announced: u64, chunks: &[&'static [u8]], chunked: bool) -> (Result<(), SendError>, Vec<u8>) {
+    /// A peer that takes at most three bytes per write, whatever it is offered.
+    #[derive(Default)]
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let taken = buf.len().min(3);
+            self.0.extend_from_slice(&buf[..taken]);
+            Poll::Ready(Ok(taken))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn send_to<W: AsyncWrite + Unpin>(
+        written: &mut W,
+        announced: u64,
+        chunks: &[&'static [u8]],
+        chunked: bool,
+    ) -> Result<(), SendError> {
         let body = Announced { announced, chunks: chunks.iter().copied().collect() };
-        let mut out = Outgoing::new(Bytes::from_static(b"HEAD\r\n\r\n"), Some(body), chunked);
-        let mut written = Vec::new();
+        let mut out = Outgoing::new(b"HEAD\r\n\r\n".to_vec(), Some(body), chunked);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let result = match out.poll_send(&mut written, &mut cx) {
+        match out.poll_send(written, &mut cx) {
             Poll::Ready(result) => result,
-            Poll::Pending => panic!("a Vec never waits"),
-        };
+            Poll::Pending => panic!("these writers never wait"),
+        }
+    }
+
+    fn send(announced: u64, chunks: &[&'static [u8]], chunked: bool) -> (Result<(), SendError>, Vec<u8>) {
+        let mut written = Vec::new();
+        let result = send_to(&mut written, announced, chunks, chunked);
         (result, written)
+    }
+
+    #[test]
+    fn short_writes_resume_where_they_stopped() {
+        let mut trickle = Trickle::default();
+        assert!(send_to(&mut trickle, 5, &[b"he", b"llo"], false).is_ok());
+        assert_eq!(trickle.0, b"HEAD\r\n\r\nhello");
+        let mut trickle = Trickle::default();
+        assert!(send_to(&mut trickle, 0, &[b"abcd", b"e"], true).is_ok());
+        assert_eq!(trickle.0, b"HEAD\r\n\r\n4\r\nabcd\r\n1\r\ne\r\n0\r\n\r\n");
     }
 
     #[test]

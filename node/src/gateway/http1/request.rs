@@ -90,6 +90,11 @@ fn names_a_version(read: &[u8]) -> bool {
 }
 
 /// Where the parts of a parsed head sit in the bytes read.
+/// Room in a request's header map for the fields the gateway adds before it goes upstream
+/// (`Forwarded`, the `X-Forwarded-*` trio, the request id, a trace context), so that adding
+/// them does not grow the map.
+const ROOM_FOR_FORWARDING: usize = 8;
+
 struct Spans {
     length: usize,
     method: (usize, usize),
@@ -154,7 +159,7 @@ fn build(read: &mut BytesMut, spans: Spans) -> Result<RequestHead, HeadError> {
         .map_err(|_| HeadError::bad("the request method is invalid"))?;
     let uri = Uri::from_maybe_shared(head.slice(spans.target.0..spans.target.1))
         .map_err(|_| HeadError::bad("the request target is invalid"))?;
-    let mut headers = HeaderMap::with_capacity(spans.fields.len());
+    let mut headers = HeaderMap::with_capacity(spans.fields.len() + ROOM_FOR_FORWARDING);
     for &(name_start, name_end, value_start, value_end) in &spans.fields {
         let name = HeaderName::from_bytes(&head[name_start..name_end])
             .map_err(|_| HeadError::bad("a header field name is invalid"))?;

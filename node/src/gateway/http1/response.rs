@@ -29,7 +29,7 @@ pub struct Asked {
 
 /// A response head ready to write, and how its body follows it.
 pub struct Head {
-    pub bytes: Bytes,
+    pub bytes: Vec<u8>,
     /// Whether the body is written at all.
     pub has_body: bool,
     pub chunked: bool,
@@ -84,12 +84,12 @@ pub fn head<B: Body>(response: &mut Response<B>, asked: Asked) -> Head {
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     write_fields(&mut out, headers);
-    Head { bytes: Bytes::from(out), has_body: !bodiless && length != Some(0), chunked, keep_alive }
+    Head { bytes: out, has_body: !bodiless && length != Some(0), chunked, keep_alive }
 }
 
 /// The answer to a request head that could not be read: `status`, no body, and the
 /// connection closing.
-pub fn refusal(status: StatusCode) -> Bytes {
+pub fn refusal(status: StatusCode) -> Vec<u8> {
     let mut response = Response::new(http_body_util::Empty::<Bytes>::new());
     *response.status_mut() = status;
     head(&mut response, Asked { head: false, version: Version::HTTP_11, keep_alive: false }).bytes
@@ -121,7 +121,7 @@ mod tests {
     const ASKED: Asked = Asked { head: false, version: Version::HTTP_11, keep_alive: true };
 
     fn written(head: &Head) -> String {
-        String::from_utf8(head.bytes.to_vec()).unwrap()
+        String::from_utf8(head.bytes.clone()).unwrap()
     }
 
     #[test]

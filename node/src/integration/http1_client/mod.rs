@@ -192,7 +192,7 @@ fn upload(request: &mut Request<RequestBody>) -> Upload {
     head.extend_from_slice(b" HTTP/1.1\r\n");
     write_fields(&mut head, request.headers());
     let body = (length != Some(0)).then(|| std::mem::replace(request.body_mut(), RequestBody::empty()));
-    Outgoing::new(Bytes::from(head), body, chunked)
+    Outgoing::new(head, body, chunked)
 }
 
 /// Sends `request` (its URI in origin form or absolute; its `Host` set) on `connection` and

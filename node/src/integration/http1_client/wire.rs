@@ -70,7 +70,9 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, Http1Error> {
         })
         .collect();
     let head = read.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // With room for what the gateway adds on the way back (the request id, CORS or rate
+    // limit fields), so that adding them does not grow the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
     for &(name_start, name_end, value_start, value_end) in &spans {
         let name = HeaderName::from_bytes(&head[name_start..name_end])
             .map_err(|_| Http1Error::Malformed("a header field name is invalid"))?;
