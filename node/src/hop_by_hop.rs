@@ -9,7 +9,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// The hop-by-hop headers a proxy removes, besides those `Connection` names (`Upgrade` is
 /// kept for a WebSocket handshake).
-pub const HOP_BY_HOP: [&HeaderName; 7] =
+const HOP_BY_HOP: [&HeaderName; 7] =
     [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &PROXY_AUTHORIZATION];
 
 /// Whether `name` is a hop-by-hop header, `Upgrade` included.

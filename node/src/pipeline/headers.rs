@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use http::header::{CONNECTION, HOST, TE, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::hop_by_hop::{HOP_BY_HOP, is_hop_by_hop};
+use smallvec::SmallVec;
+
+use crate::hop_by_hop::is_hop_by_hop;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -26,27 +28,32 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive for a WebSocket handshake.
 /// `TE: trailers` survives too: it is the one `TE` HTTP/2 allows, and gRPC servers refuse a
 /// call without it.
+///
+/// Most messages carry no hop-by-hop field, or only `Connection: keep-alive`: one scan of
+/// the names finds those present, and only they are removed (a removal hashes and probes),
+/// with no allocation for the names `Connection` lists.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one scan of the names is cheaper than a removal (a hash
-    // and a probe) per hop-by-hop name.
-    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+    let present: SmallVec<[HeaderName; 4]> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    if present.is_empty() && !keep_upgrade {
         return;
     }
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && *n == UPGRADE))
-            .collect();
-        for name in named {
+    // What `Connection` lists, copied out so that the fields it names can be removed.
+    let mut listed: SmallVec<[u8; 64]> = SmallVec::new();
+    for value in headers.get_all(CONNECTION) {
+        listed.extend_from_slice(value.as_bytes());
+        listed.push(b',');
+    }
+    for token in listed.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        if token.is_empty() || keep_upgrade && token.eq_ignore_ascii_case(b"upgrade") {
+            continue;
+        }
+        // A token that is no field name names nothing to remove.
+        if let Ok(name) = std::str::from_utf8(token) {
             headers.remove(name);
         }
     }
     let trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in HOP_BY_HOP {
+    for name in present.iter().filter(|n| !(keep_upgrade && **n == UPGRADE)) {
         headers.remove(name);
     }
     if trailers {
@@ -54,8 +61,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
 }
 
@@ -131,6 +136,19 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_names_are_matched_whatever_their_case_and_junk_names_nothing() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("X-Secret , , not a name"));
+        h.append(CONNECTION, HeaderValue::from_static("x-other"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]
