@@ -7,12 +7,12 @@ use http::header::{CONNECTION, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODI
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The hop-by-hop headers a proxy removes, besides those `Connection` names (`Upgrade` is
-/// kept for a WebSocket handshake).
-const HOP_BY_HOP: [&HeaderName; 7] =
-    [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &PROXY_AUTHORIZATION];
+/// The hop-by-hop headers a proxy removes, besides those `Connection` names (`Upgrade`,
+/// last, is kept for a WebSocket handshake).
+pub const HOP_BY_HOP: [&HeaderName; 8] =
+    [&CONNECTION, &KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &PROXY_AUTHORIZATION, &UPGRADE];
 
 /// Whether `name` is a hop-by-hop header, `Upgrade` included.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name) || *name == UPGRADE
+    HOP_BY_HOP.contains(&name)
 }

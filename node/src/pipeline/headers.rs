@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use smallvec::SmallVec;
 
-use crate::hop_by_hop::is_hop_by_hop;
+use crate::hop_by_hop::HOP_BY_HOP;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -33,8 +33,11 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 /// the names finds those present, and only they are removed (a removal hashes and probes),
 /// with no allocation for the names `Connection` lists.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let present: SmallVec<[HeaderName; 4]> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
-    if present.is_empty() && !keep_upgrade {
+    // Which of `HOP_BY_HOP` are present, one bit each.
+    let present = headers.keys().fold(0u8, |present, name| {
+        HOP_BY_HOP.iter().position(|h| *h == name).map_or(present, |i| present | 1 << i)
+    });
+    if present == 0 && !keep_upgrade {
         return;
     }
     // What `Connection` lists, copied out so that the fields it names can be removed.
@@ -53,8 +56,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
     }
     let trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in present.iter().filter(|n| !(keep_upgrade && **n == UPGRADE)) {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & 1 << i != 0 && !(keep_upgrade && **name == UPGRADE) {
+            headers.remove(*name);
+        }
     }
     if trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
