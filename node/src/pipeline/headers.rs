@@ -34,9 +34,9 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 /// with no allocation for the names `Connection` lists.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Which of `HOP_BY_HOP` are present, one bit each.
-    let present = headers.keys().fold(0u8, |present, name| {
-        HOP_BY_HOP.iter().position(|h| *h == name).map_or(present, |i| present | 1 << i)
-    });
+    let present = headers
+        .keys()
+        .fold(0u8, |present, name| HOP_BY_HOP.iter().position(|h| *h == name).map_or(present, |i| present | 1 << i));
     if present == 0 && !keep_upgrade {
         return;
     }
