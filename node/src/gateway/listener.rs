@@ -140,8 +140,6 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsSetup>, shared: Listene
         let first_request = rtt.clone();
         let mutual = tls.as_ref().map(|t| t.sni.clone());
         let handler: http1::Handler = Arc::new(move |request: http::Request<crate::incoming::Incoming>| {
-            let pipeline = pipeline.clone();
-            let conn = conn.clone();
             let busy = slot.begin();
             if let Some(rtt) = &first_request {
                 rtt.first_request(request.uri().path());
@@ -154,11 +152,10 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsSetup>, shared: Listene
             if misdirected {
                 request.extensions_mut().insert(crate::pipeline::Misdirected);
             }
-            Box::pin(async move {
-                let response = if probe { probe_answer() } else { pipeline.handle(request, &conn).await };
-                drop(busy);
-                response
-            })
+            if probe {
+                return Box::pin(std::future::ready(probe_answer()));
+            }
+            pipeline.handle(request, &conn, busy)
         });
         let tls = tls.clone();
         let shutdown = shutdown.clone();

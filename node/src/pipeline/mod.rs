@@ -26,6 +26,7 @@ pub mod routing;
 pub mod websocket;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -266,34 +267,49 @@ impl Pipeline {
         Pipeline { spans, ..self }
     }
 
-    /// Serves one request; never fails, every problem becomes a response. When a route of
-    /// the table records responses, the request runs on a task of its own, so that it is
-    /// carried to its end (the upstream's answer read and recorded) even if its client goes
-    /// away and the connection drops this future.
-    pub async fn handle(self: &Arc<Self>, request: Request<Incoming>, conn: &Arc<ConnInfo>) -> Response<ObservedBody> {
+    /// Serves one request; never fails, every problem becomes a response. `held` (for the
+    /// listener, the connection's mark that it is serving a request) is kept until the
+    /// response is ready. When a route of the table records responses, the request runs on a
+    /// task of its own, so that it is carried to its end (the upstream's answer read and
+    /// recorded) even if its client goes away and the connection drops this future.
+    ///
+    /// The future is boxed here, once, with the request's whole state in it: each future
+    /// around it would copy that state (several KiB) as it is made and moved.
+    pub fn handle(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        conn: &Arc<ConnInfo>,
+        held: impl Send + 'static,
+    ) -> Pin<Box<dyn Future<Output = Response<ObservedBody>> + Send>> {
         // The table is loaded once: the request finishes on it, whatever a reload swaps in.
         let table = self.table.load_full();
         if !table.keeps_responses {
-            return self.serve_here(table, request, conn).await;
+            return Box::pin(self.clone().serve_here(table, request, conn.clone(), held));
         }
-        let (pipeline, conn_info) = (self.clone(), conn.clone());
-        match tokio::spawn(async move { pipeline.serve_here(table, request, &conn_info).await }).await {
-            Ok(response) => response,
-            Err(e) => {
-                tracing::error!(error = %e, "a request's task ended without a response");
-                let rejection = Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, "the request could not be served");
-                let response = rejection.into_response(&request_id::assign(&http::HeaderMap::new()));
-                let (parts, body) = response.into_parts();
-                Response::from_parts(parts, ObservedBody::unobserved(body))
+        let task = tokio::spawn(self.clone().serve_here(table, request, conn.clone(), ()));
+        Box::pin(async move {
+            let answered = task.await;
+            drop(held);
+            match answered {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::error!(error = %e, "a request's task ended without a response");
+                    let rejection =
+                        Rejection::new(StatusCode::INTERNAL_SERVER_ERROR, "the request could not be served");
+                    let response = rejection.into_response(&request_id::assign(&http::HeaderMap::new()));
+                    let (parts, body) = response.into_parts();
+                    Response::from_parts(parts, ObservedBody::unobserved(body))
+                }
             }
-        }
+        })
     }
 
     async fn serve_here(
-        &self,
+        self: Arc<Self>,
         table: Arc<RoutingTable>,
         request: Request<Incoming>,
-        conn: &ConnInfo,
+        conn: Arc<ConnInfo>,
+        held: impl Send,
     ) -> Response<ObservedBody> {
         let started = Instant::now();
         self.in_flight.increment(1.0);
@@ -304,7 +320,7 @@ impl Pipeline {
         let services = self.services(&table, false);
         let grpc_call = crate::grpc::is_call(request.headers());
         let mut exchange = Exchange::new(request_id.clone(), conn.client.ip());
-        let served = self.serve(&table, &services, request, conn, &mut exchange, started).await;
+        let served = self.serve(&table, &services, request, &conn, &mut exchange, started).await;
         let response = match served.response {
             Ok(response) => response,
             // A gRPC client reads the gateway's refusals as gRPC statuses.
@@ -349,6 +365,7 @@ impl Pipeline {
             log: self.log.clone(),
             in_flight: self.in_flight.clone(),
         };
+        drop(held);
         Response::from_parts(parts, ObservedBody::new(body, completion))
     }
 

@@ -213,7 +213,7 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
                 let pipeline = pipeline.clone();
                 let conn = conn.clone();
                 async move {
-                    Ok::<_, Infallible>(pipeline.handle(request.map(crate::incoming::Incoming::from), &conn).await)
+                    Ok::<_, Infallible>(pipeline.handle(request.map(crate::incoming::Incoming::from), &conn, ()).await)
                 }
             });
             tokio::spawn(
