@@ -17,7 +17,7 @@ use crate::config::table::BaseMapping;
 use crate::config::{CanaryRoutes, RoutingTable, StageTarget, base_path, compile_stage};
 use crate::limits::limiter::{Period, Rate};
 use crate::observe::completion::RouteObserver;
-use crate::stages::api_key::{KeyGrant, KeyRing, StageGrant};
+use crate::stages::api_key::{GrantHasher, KeyGrant, KeyRing, StageGrant};
 use crate::stages::signed_request::{Credential, Credentials};
 
 /// Compiles every stage of `state`. A stage whose definition no longer compiles (it was
@@ -122,7 +122,7 @@ pub fn period(p: QuotaPeriod) -> Period {
 fn keys(state: &ConfigState) -> KeyRing {
     let mut ring = KeyRing::default();
     for (id, key) in &state.keys {
-        let mut stages: HashMap<(String, String), StageGrant> = HashMap::new();
+        let mut stages: HashMap<(String, String), StageGrant, GrantHasher> = HashMap::default();
         // Per stage, the plans' throttles of single routes: (route, scope and rate).
         let mut route_limits: HashMap<(String, String), Vec<(String, Scope)>> = HashMap::new();
         for (plan_name, plan) in state.plans.iter().filter(|(_, p)| p.keys.contains(id)) {

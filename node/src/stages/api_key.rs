@@ -24,10 +24,16 @@ static API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 /// What a client with a wrong key is told, whatever was wrong with it.
 const INVALID: &str = "invalid API key";
 
+/// How the maps a keyed request looks into are hashed (each request hashes its key's
+/// digest, its stage and its route): what they are keyed by comes from the configuration
+/// or is a SHA-256 digest, never chosen by a client, so a fast hasher with a per-process seed
+/// is enough.
+pub type GrantHasher = foldhash::fast::RandomState;
+
 /// The API keys of a configuration revision, by the SHA-256 (hex) of their value.
 #[derive(Debug, Default)]
 pub struct KeyRing {
-    by_hash: HashMap<String, KeyGrant>,
+    by_hash: HashMap<String, KeyGrant, GrantHasher>,
 }
 
 impl KeyRing {
@@ -47,7 +53,7 @@ impl KeyRing {
 pub struct KeyGrant {
     pub id: Arc<str>,
     pub enabled: bool,
-    pub stages: HashMap<(String, String), StageGrant>,
+    pub stages: HashMap<(String, String), StageGrant, GrantHasher>,
 }
 
 /// A key's limits on one stage: the plans' throttles and quotas for every route, and for
@@ -55,7 +61,7 @@ pub struct KeyGrant {
 #[derive(Debug, Default)]
 pub struct StageGrant {
     pub limits: Scopes,
-    pub routes: HashMap<String, Scopes>,
+    pub routes: HashMap<String, Scopes, GrantHasher>,
 }
 
 impl StageGrant {
