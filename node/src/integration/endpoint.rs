@@ -436,7 +436,7 @@ impl Endpoint {
         let mut sender = match existing {
             Some(sender) => sender,
             None => match self.connect_http2().await {
-                Ok(sender) => sender,
+                Ok(sender) => self.share_http2(sender),
                 Err(e) => return Err(SendError::NotSent(Box::new(request), e)),
             },
         };
@@ -451,7 +451,12 @@ impl Endpoint {
         loop {
             let guard = Outstanding::new(self.clone());
             let mut e = match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(|body| UpstreamBody::new(Stream::Http2(body), guard))),
+                Ok(response) => {
+                    if retried {
+                        self.share_http2(sender);
+                    }
+                    return Ok(response.map(|body| UpstreamBody::new(Stream::Http2(body), guard)));
+                }
                 Err(e) => e,
             };
             let again = match (e.take_message(), replay.take()) {
@@ -464,6 +469,9 @@ impl Endpoint {
                 (None, _) => return Err(SendError::Failed(e.into_error().into())),
             };
             retried = true;
+            // The new connection is the resent request's alone until it is answered: shared
+            // at once, other requests could take the streams a target that refused this one
+            // has room for, and the resent request be refused again.
             sender = match self.connect_http2().await {
                 Ok(sender) => sender,
                 Err(connect) => return Err(SendError::NotSent(Box::new(again), connect)),
@@ -543,8 +551,13 @@ impl Endpoint {
             }
             drop(open);
         });
-        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
         Ok(sender)
+    }
+
+    /// Makes `sender` the connection the target's HTTP/2 requests share.
+    fn share_http2(&self, sender: http2::SendRequest<RequestBody>) -> http2::SendRequest<RequestBody> {
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
+        sender
     }
 
     /// Counts a new connection; the returned guard uncounts it when the connection ends.
