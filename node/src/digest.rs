@@ -1,7 +1,8 @@
-//! Small digest helpers shared by API keys, the admin token check and the cluster's PKI.
+//! Small digest helpers shared by API keys, the admin token check, the cluster's PKI and
+//! trace ids (their hex digits).
 //!
-//! They live on their own so that the request path (API keys) and the admin API do not
-//! depend on the cluster's certificate code for two functions.
+//! They live on their own so that the request path (API keys, traces) and the admin API do
+//! not depend on the cluster's certificate code for a few functions.
 
 /// Lower-case hex of `bytes`.
 ///
@@ -9,13 +10,20 @@
 /// assert_eq!(meridian_node::digest::hex(&[0x00, 0x9f, 0xa0]), "009fa0");
 /// ```
 pub fn hex(bytes: &[u8]) -> String {
+    let mut digits = vec![0; bytes.len() * 2];
+    hex_into(bytes, &mut digits);
+    // Hex digits are ASCII.
+    String::from_utf8(digits).unwrap_or_default()
+}
+
+/// `bytes` as lower-case hex digits into `out` (twice as long), for callers that keep the
+/// digits where they are needed (trace ids on the stack) instead of in a `String`.
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        text.push(char::from(DIGITS[usize::from(b >> 4)]));
-        text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
-    text
 }
 
 /// Compares secrets in time independent of where the first difference is.
