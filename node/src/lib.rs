@@ -22,6 +22,7 @@ pub mod body;
 pub mod certificates;
 pub mod cli;
 pub mod cluster;
+pub mod coarse_time;
 pub mod config;
 pub mod connections;
 pub mod content_coding;

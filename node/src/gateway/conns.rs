@@ -19,11 +19,13 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use meridian_dns::net::{ClientConnection, ConnectionsPerClient};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::coarse_time::CoarseInstant;
 
 /// How often a connection waiting at the cap looks again for an idle one to shed.
 const SHED_RETRY: Duration = Duration::from_millis(50);
@@ -35,7 +37,6 @@ pub struct ConnectionTable {
     per_client: Option<ConnectionsPerClient>,
     open: Mutex<HashMap<u64, Arc<ConnSlot>>>,
     next_id: AtomicU64,
-    epoch: Instant,
     /// Signalled when the last connection closes (for draining).
     emptied: Notify,
 }
@@ -45,9 +46,9 @@ pub struct ConnectionTable {
 pub struct ConnSlot {
     id: u64,
     client: IpAddr,
-    epoch: Instant,
     active: AtomicU32,
-    /// Milliseconds since the table's epoch when the connection last became idle.
+    /// When the connection last became idle ([`CoarseInstant::as_millis`]: which connection
+    /// has been idle longest is a matter of seconds, and every request stamps it).
     idle_since: AtomicU64,
     served: AtomicBool,
     /// Asked to close already (not picked twice).
@@ -86,13 +87,8 @@ impl ConnectionTable {
             per_client: (per_client > 0).then(|| ConnectionsPerClient::new(per_client)),
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
-            epoch: Instant::now(),
             emptied: Notify::new(),
         })
-    }
-
-    fn now_ms(epoch: Instant) -> u64 {
-        epoch.elapsed().as_millis() as u64
     }
 
     /// Admits a connection from `client`: at the cap, sheds the longest-idle connection and
@@ -136,9 +132,8 @@ impl ConnectionTable {
         let slot = Arc::new(ConnSlot {
             id,
             client,
-            epoch: self.epoch,
             active: AtomicU32::new(0),
-            idle_since: AtomicU64::new(Self::now_ms(self.epoch)),
+            idle_since: AtomicU64::new(CoarseInstant::now().as_millis()),
             served: AtomicBool::new(false),
             shedding: AtomicBool::new(false),
             asked: AtomicWaker::new(),
@@ -244,7 +239,7 @@ impl ConnSlot {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let slot = &self.0;
-        slot.idle_since.store(ConnectionTable::now_ms(slot.epoch), Ordering::Relaxed);
+        slot.idle_since.store(CoarseInstant::now().as_millis(), Ordering::Relaxed);
         slot.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -261,7 +256,8 @@ mod tests {
     async fn at_the_cap_the_longest_idle_connection_is_shed() {
         let table = ConnectionTable::new(2, 0);
         let old = table.admit(ip(1)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Longer than the idle stamps' clock tick (`CoarseInstant`).
+        tokio::time::sleep(Duration::from_millis(25)).await;
         let busy = table.admit(ip(2)).await.unwrap();
         let _request = busy.slot.begin();
         // The third connection sheds the idle one (not the busy one) and takes its place
@@ -281,7 +277,8 @@ mod tests {
     #[tokio::test]
     async fn a_client_at_its_limit_sheds_its_own_idle_connection_or_is_refused() {
         let table = ConnectionTable::new(10, 2);
-        let tick = || tokio::time::sleep(Duration::from_millis(3));
+        // Longer than the idle stamps' clock tick (`CoarseInstant`).
+        let tick = || tokio::time::sleep(Duration::from_millis(25));
         let other = table.admit(ip(2)).await.unwrap();
         tick().await;
         let a = table.admit(ip(1)).await.unwrap();

@@ -37,6 +37,8 @@ use super::connection::{OpenConnection, UpstreamIo};
 use super::http1_client::{self, ExchangeFailure, Http1Connection, ResponseStream, UpgradedUpstream};
 use super::request_body::{BoxError, RequestBody, Resend, source_of};
 
+use crate::coarse_time::CoarseInstant;
+
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a target stays ejected, however often it failed.
@@ -192,7 +194,8 @@ impl std::fmt::Debug for Endpoint {
 
 struct IdleConnection {
     connection: Box<Http1Connection>,
-    since: Instant,
+    /// When it was returned: whether it is still fresh is a matter of seconds.
+    since: CoarseInstant,
 }
 
 struct EndpointMetrics {
@@ -497,9 +500,9 @@ impl Endpoint {
         // The oldest idle connections are the first to expire. Checkouts take the newest, so
         // one the target closed sits at the front: each checkin looks at the oldest, and so
         // the closed ones go (and stop counting as open) while traffic flows.
-        let now = Instant::now();
+        let now = CoarseInstant::now();
         let timeout = self.settings.idle_timeout;
-        while idle.front().is_some_and(|c| now.duration_since(c.since) >= timeout) {
+        while idle.front().is_some_and(|c| now.saturating_duration_since(c.since) >= timeout) {
             idle.pop_front();
         }
         if idle.front_mut().is_some_and(|c| !c.connection.is_reusable()) {

@@ -270,6 +270,10 @@ type ScopeHasher = foldhash::fast::RandomState;
 /// The nodes counting in a scope: a handful in most clusters, so no allocation per request.
 type NodeList = smallvec::SmallVec<[NodeId; 8]>;
 
+/// How long each peer has gone unheard, read once per admission: a list, since a cluster has
+/// a handful of peers, so that no request allocates for it.
+type PeerSilence = smallvec::SmallVec<[(NodeId, Duration); 8]>;
+
 /// Some of the limiter's scopes, behind one lock.
 type Shard = HashMap<Arc<str>, ScopeState, ScopeHasher>;
 
@@ -308,13 +312,13 @@ impl Limiter {
     }
 
     /// For each peer: how long since it was last heard from.
-    fn peer_silence_at(&self, now: Instant) -> HashMap<NodeId, Duration> {
+    fn peer_silence_at(&self, now: Instant) -> PeerSilence {
         let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
         heard.iter().map(|(n, t)| (*n, now.duration_since(*t))).collect()
     }
 
     /// The cluster-wide estimate of requests in the sliding second ending at `now_ms`.
-    fn estimate(state: &ScopeState, me: NodeId, now_ms: u64, silence: &HashMap<NodeId, Duration>) -> f64 {
+    fn estimate(state: &ScopeState, me: NodeId, now_ms: u64, silence: &PeerSilence) -> f64 {
         let frac = (now_ms % 1000) as f64 / 1000.0;
         let start_ms = now_ms.saturating_sub(1000);
         let mut nodes: NodeList = state.current.slots().map(|(n, _)| n).collect();
@@ -327,7 +331,11 @@ impl Limiter {
             .map(|n| {
                 let mut previous = state.previous.slot(n) as f64;
                 let mut current = state.current.slot(n) as f64;
-                let quiet = if n == me { Duration::ZERO } else { silence.get(&n).copied().unwrap_or(Duration::MAX) };
+                let quiet = if n == me {
+                    Duration::ZERO
+                } else {
+                    silence.iter().find(|(peer, _)| *peer == n).map_or(Duration::MAX, |(_, quiet)| *quiet)
+                };
                 let silent = quiet > STALE_AFTER;
                 if silent {
                     // A silent peer keeps consuming at its last known rate, however long the

@@ -3,21 +3,40 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Appends `time` as `2026-11-25T09:23:13.123Z` to `out`.
+///
+/// Every access log line carries one, so the part up to the second is formatted once per
+/// second (per thread) and reused: a line pays for its milliseconds only.
 pub fn write_rfc3339_millis(time: SystemTime, out: &mut String) {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != Some(secs) {
+            cached.1.clear();
+            write_second(secs, &mut cached.1);
+            cached.0 = Some(secs);
+        }
+        out.push_str(&cached.1);
+    });
     let millis = since.subsec_millis();
+    for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+        out.push(char::from(b'0' + digit as u8));
+    }
+    out.push('Z');
+}
+
+thread_local! {
+    /// The last second [`write_rfc3339_millis`] formatted on this thread, up to its `.`.
+    static SECOND: std::cell::RefCell<(Option<u64>, String)> = const { std::cell::RefCell::new((None, String::new())) };
+}
+
+/// `2026-11-25T09:23:13.` for `secs` since the Unix epoch.
+fn write_second(secs: u64, out: &mut String) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
     use std::fmt::Write;
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    );
+    let _ = write!(out, "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.", rem / 3600, (rem / 60) % 60, rem % 60);
 }
 
 /// Now, in milliseconds since the Unix epoch (never 0: a clock before 1970 reads as 1 ms).
@@ -94,5 +113,30 @@ mod tests {
         assert!(parse_date("2001-02-29").is_err());
         assert!(parse_date("2026-13-01").is_err());
         assert!(parse_date("yesterday").is_err());
+    }
+
+    #[test]
+    fn the_cached_second_follows_the_clock_both_ways() {
+        // Same second, the next one, a day boundary, and back to an earlier second: each
+        // line matches the calendar computed afresh.
+        let fresh = |ms: u64| {
+            let mut s = String::new();
+            write_second(ms / 1000, &mut s);
+            format!("{s}{:03}Z", ms % 1000)
+        };
+        for ms in [
+            1_795_598_593_250,
+            1_795_598_593_999,
+            1_795_598_594_000,
+            1_795_651_199_999,
+            1_795_651_200_001,
+            1_795_598_593_001,
+            0,
+        ] {
+            let mut s = String::from("x");
+            write_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms), &mut s);
+            assert_eq!(s, format!("x{}", fresh(ms)), "at {ms} ms");
+        }
+        assert_eq!(fresh(1_795_651_200_001), "2026-11-26T00:00:00.001Z");
     }
 }
