@@ -98,6 +98,39 @@ struct Renderer<'a> {
     position: Option<(usize, usize)>,
     out: String,
     iterations: u64,
+    /// The key lists `keySet()` made in this rendering, each with its map's values in the
+    /// same order (see [`KeySet`]).
+    key_sets: SmallVec<[KeySet<'a>; 2]>,
+}
+
+/// How many of a rendering's latest `keySet()` lists [`KeySet`] remembers (a template that
+/// makes one per iteration still looks through a few only).
+const MAX_KEY_SETS: usize = 4;
+
+/// A map's `keySet()` as made while rendering, with the map's values in the same order:
+/// `$map.get($key)` with a key from that very list (`#foreach($k in $m.keySet())`, the usual
+/// way to walk a map) reads the value at the key's position instead of searching the map.
+struct KeySet<'a> {
+    map: &'a Map<String, Value>,
+    keys: &'a [Value],
+    values: Vec<&'a Value>,
+}
+
+impl<'a> KeySet<'a> {
+    /// `map[key]` if `key` is one of this list's own elements (by address, not by value) and
+    /// `map` its map.
+    fn value(&self, map: &Map<String, Value>, key: &Value) -> Option<&'a Value> {
+        if !std::ptr::eq(self.map, map) {
+            return None;
+        }
+        let offset = (std::ptr::from_ref(key) as usize).wrapping_sub(self.keys.as_ptr() as usize);
+        let size = std::mem::size_of::<Value>();
+        if !offset.is_multiple_of(size) {
+            return None;
+        }
+        // `values` is as long as `keys`: an address past the list finds nothing.
+        self.values.get(offset / size).copied()
+    }
 }
 
 /// A rendering's result; the error is boxed so that a result is as small as its value.
@@ -119,6 +152,7 @@ impl Template {
             position: None,
             out: String::new(),
             iterations: 0,
+            key_sets: SmallVec::new(),
         };
         renderer.nodes(&self.nodes).map_err(|e| *e)?;
         Ok(renderer.out)
@@ -656,8 +690,24 @@ impl<'a> Renderer<'a> {
                 Step::Call(method, args) => {
                     let args = self.arguments(args)?;
                     match (method.as_str(), value) {
-                        ("get", Value::Object(_) | Value::Array(_)) => {
-                            got(value, args.first().copied().unwrap_or(&NULL))
+                        ("get", Value::Object(map)) => {
+                            let key = args.first().copied().unwrap_or(&NULL);
+                            match self.key_sets.iter().rev().find_map(|set| set.value(map, key)) {
+                                Some(value) => value,
+                                None => got(value, key),
+                            }
+                        }
+                        ("get", Value::Array(_)) => got(value, args.first().copied().unwrap_or(&NULL)),
+                        ("keySet", Value::Object(map)) => {
+                            let keys =
+                                self.make(Value::Array(map.keys().cloned().map(Value::String).collect()), r.line)?;
+                            if let Value::Array(list) = keys {
+                                if self.key_sets.len() == MAX_KEY_SETS {
+                                    self.key_sets.remove(0);
+                                }
+                                self.key_sets.push(KeySet { map, keys: list, values: map.values().collect() });
+                            }
+                            keys
                         }
                         _ => match method_call(value, method, &args) {
                             Ok(made) => self.make(made, r.line)?,
@@ -810,7 +860,6 @@ fn method_call(value: &Value, method: &str, args: &[Val<'_>]) -> Result<Value, S
         ("size" | "length", _) => Value::from(size(value)),
         ("isEmpty", _) => Value::Bool(size(value) == 0),
         ("containsKey", Value::Object(m)) => Value::Bool(m.contains_key(as_text(arg(0)).as_ref())),
-        ("keySet", Value::Object(m)) => Value::Array(m.keys().cloned().map(Value::String).collect()),
         ("values", Value::Object(m)) => Value::Array(m.values().cloned().collect()),
         ("contains", Value::Array(l)) => Value::Bool(l.contains(arg(0))),
         ("contains", Value::String(s)) => Value::Bool(s.contains(as_text(arg(0)).as_ref())),

@@ -270,3 +270,23 @@ fn values_borrowed_from_the_body_walk_like_copies() {
         "{out}"
     );
 }
+
+#[test]
+fn a_key_from_a_key_set_reads_the_map_it_is_asked_of() {
+    // `get` with a key from a `keySet()` list reads by the key's position only in that
+    // list's own map; another map with the same keys, a list made long before, and a key
+    // equal to one in the list but not from it all read by name.
+    let t = Template::parse(concat!(
+        "#set($a = $util.parseJson('{\"x\": 1, \"y\": 2}'))",
+        "#set($c = $util.parseJson('{\"y\": \"cy\", \"x\": \"cx\", \"z\": 0}'))",
+        "#set($keys = $a.keySet())",
+        "#foreach($k in $keys)$a.get($k)/$c.get($k);#end|",
+        "#foreach($i in [1..6])#set($other = $c.keySet())#end",
+        "#foreach($k in $keys)$a.get($k),#end|",
+        "#foreach($k in $other)$a.get($k)/$c.get($k);#end|",
+        "$a.get('y')|$keys.get(1)"
+    ))
+    .unwrap();
+    let out = t.render(&inputs(), Bounds::default()).unwrap();
+    assert_eq!(out, "1/cx;2/cy;|1,2,|1/cx;2/cy;/0;|2|y");
+}

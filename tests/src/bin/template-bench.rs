@@ -8,6 +8,10 @@
 use meridian_node::mapping::{Bounds, Inputs, Template};
 use serde_json::{Map, Value};
 
+/// The node's allocator: rendering allocates, and the figures should be the node's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const REQUEST: &str = r##"#set($b = $input.path('$')){"order": {#foreach($k in $b.keySet())"$k": "$util.escapeJavaScript($b.get($k))"#if($foreach.hasNext),#end#end}, "request": "$context.requestId"}"##;
 const RESPONSE: &str =
     r#"{"ok": true, "request": "$context.requestId", "upstream": "$util.escapeJavaScript($input.body)"}"#;
@@ -52,6 +56,7 @@ fn measure(template: &Template, inputs: &Inputs, parse: bool, batches: usize) ->
 fn main() {
     let smoke = std::env::var("SMOKE").is_ok_and(|v| v == "1");
     let batches = if smoke { 3 } else { 300 };
+
     let request = Template::parse(REQUEST).expect("the request template parses");
     let response = Template::parse(RESPONSE).expect("the response template parses");
     let body = order();
