@@ -722,13 +722,17 @@ mod tests {
     use super::*;
 
     /// A target that answers each request after the delay its path names (`/wait/MS`), and
-    /// closes the connection after answering `/close/MS`.
-    async fn target() -> Authority {
+    /// closes the connection after answering `/close/MS`; with the count of connections it
+    /// accepted.
+    async fn target() -> (Authority, Arc<AtomicU32>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let accepted = Arc::new(AtomicU32::new(0));
+        let counted = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -752,7 +756,7 @@ mod tests {
                 });
             }
         });
-        authority
+        (authority, accepted)
     }
 
     async fn get(endpoint: &Arc<Endpoint>, authority: &Authority, path: &str) {
@@ -764,7 +768,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_the_target_closed_goes_while_traffic_flows() {
-        let authority = target().await;
+        let (authority, _) = target().await;
         let key = EndpointKey {
             scheme: Scheme::HTTP,
             authority: authority.clone(),
@@ -778,5 +782,30 @@ mod tests {
         // has seen the close, and that checkin lets the closed one go.
         tokio::join!(get(&endpoint, &authority, "/close/10"), get(&endpoint, &authority, "/wait/80"));
         assert_eq!(endpoint.open_connections(), 1, "the closed idle connection still counts as open");
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_its_timeout_is_not_taken_again() {
+        let (authority, accepted) = target().await;
+        let key = EndpointKey {
+            scheme: Scheme::HTTP,
+            authority: authority.clone(),
+            server_name: None,
+            trust: None,
+            http2: false,
+        };
+        let settings = EndpointSettings { idle_timeout: Duration::from_millis(200), ..EndpointSettings::default() };
+        let endpoint = Arc::new(Endpoint::new(key, settings, None));
+        get(&endpoint, &authority, "/wait/0").await;
+        // Idle for less than the timeout (its stamp is on the coarse clock, a few ms behind at
+        // most): taken again.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        get(&endpoint, &authority, "/wait/0").await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the fresh idle connection was not reused");
+        // Idle for longer: left, and a new connection opened.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        get(&endpoint, &authority, "/wait/0").await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a connection idle past its timeout was reused");
+        assert_eq!(endpoint.open_connections(), 1, "the expired connection still counts as open");
     }
 }
