@@ -759,6 +759,18 @@ mod tests {
         (authority, accepted)
     }
 
+    /// An endpoint for `authority` over plain HTTP/1.1.
+    fn plain_endpoint(authority: &Authority, settings: EndpointSettings) -> Arc<Endpoint> {
+        let key = EndpointKey {
+            scheme: Scheme::HTTP,
+            authority: authority.clone(),
+            server_name: None,
+            trust: None,
+            http2: false,
+        };
+        Arc::new(Endpoint::new(key, settings, None))
+    }
+
     async fn get(endpoint: &Arc<Endpoint>, authority: &Authority, path: &str) {
         let mut request = Request::new(RequestBody::empty());
         *request.uri_mut() = format!("http://{authority}{path}").parse().unwrap();
@@ -769,14 +781,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_the_target_closed_goes_while_traffic_flows() {
         let (authority, _) = target().await;
-        let key = EndpointKey {
-            scheme: Scheme::HTTP,
-            authority: authority.clone(),
-            server_name: None,
-            trust: None,
-            http2: false,
-        };
-        let endpoint = Arc::new(Endpoint::new(key, EndpointSettings::default(), None));
+        let endpoint = plain_endpoint(&authority, EndpointSettings::default());
         // Two connections at once. The one the target closes after answering is checked in
         // first (the oldest); by the time the other is checked in, 70 ms later, the runtime
         // has seen the close, and that checkin lets the closed one go.
@@ -787,15 +792,8 @@ mod tests {
     #[tokio::test]
     async fn a_connection_idle_past_its_timeout_is_not_taken_again() {
         let (authority, accepted) = target().await;
-        let key = EndpointKey {
-            scheme: Scheme::HTTP,
-            authority: authority.clone(),
-            server_name: None,
-            trust: None,
-            http2: false,
-        };
         let settings = EndpointSettings { idle_timeout: Duration::from_millis(200), ..EndpointSettings::default() };
-        let endpoint = Arc::new(Endpoint::new(key, settings, None));
+        let endpoint = plain_endpoint(&authority, settings);
         get(&endpoint, &authority, "/wait/0").await;
         // Idle for less than the timeout (its stamp is on the coarse clock, a few ms behind at
         // most): taken again.
