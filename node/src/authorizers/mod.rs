@@ -43,22 +43,21 @@ pub struct AuthorizerContext {
 
 impl AuthorizerContext {
     /// Lets a request in on `values`: each `(key, header)` of `headers` replaces whatever the
-    /// client sent under that header with the value's (or removes it when there is none), and
-    /// the values stay in the exchange for later stages.
+    /// client sent under that header with the value's (or removes it when there is none).
+    /// The context returned is for the exchange to keep, for later stages.
     pub fn admit(
         authorizer: &Arc<str>,
         values: Arc<serde_json::Map<String, serde_json::Value>>,
         headers: &[(String, http::HeaderName)],
         head: &mut http::request::Parts,
-        extensions: &mut http::Extensions,
-    ) {
+    ) -> AuthorizerContext {
         for (key, header) in headers {
             head.headers.remove(header);
             if let Some(value) = values.get(key).and_then(header_value) {
                 head.headers.insert(header.clone(), value);
             }
         }
-        extensions.insert(AuthorizerContext { authorizer: authorizer.clone(), values });
+        AuthorizerContext { authorizer: authorizer.clone(), values }
     }
 }
 

@@ -169,7 +169,7 @@ impl Pipeline {
             stop = stopped.map(|s| (s, "request body"));
         }
         let authorizer = exchange
-            .extensions
+            .state
             .get::<AuthorizerContext>()
             .map(|c| AuthorizerView { name: c.authorizer.to_string(), context: (*c.values).clone() });
         let outcome = match (stop, destination) {

@@ -327,7 +327,7 @@ impl Pipeline {
             Err(rejection) if grpc_call => rejection.into_grpc_response(&request_id),
             Err(rejection) => match served.gateway_responses {
                 Some(worded) => {
-                    let echo = exchange.extensions.get::<RequestEcho>();
+                    let echo = exchange.state.get::<RequestEcho>();
                     worded.answer(rejection, &request_id, conn.client.ip(), echo)
                 }
                 None => rejection.into_response(&request_id),
@@ -409,7 +409,7 @@ impl Pipeline {
     ) -> Served<'t> {
         let request_id = exchange.request_id.clone();
         if let Some(certificate) = conn.client_certificate.get() {
-            exchange.extensions.insert(certificate.clone());
+            exchange.state.insert(certificate.clone());
         }
         let (mut parts, body) = request.into_parts();
         if parts.extensions.remove::<Misdirected>().is_some() {
@@ -439,7 +439,7 @@ impl Pipeline {
             Ok(routed) => routed,
             Err(refused) => {
                 if refused.gateway_responses.is_some() {
-                    exchange.extensions.insert(echo(&parts));
+                    exchange.state.insert(echo(&parts));
                 }
                 if let Some(sampling) = &refused.observer.sampling {
                     exchange.trace = Some(RequestTrace::begin(sampling, &parts.headers, conn.tls, started));
@@ -452,12 +452,12 @@ impl Pipeline {
             exchange.trace = Some(RequestTrace::begin(sampling, &parts.headers, conn.tls, started));
         }
         if target.gateway_responses.is_some() {
-            exchange.extensions.insert(echo(&parts));
+            exchange.state.insert(echo(&parts));
         }
         if target.keeps_path_parameters {
             let path = routed.route_path();
             let values = routed.captures.iter().map(|(s, e)| crate::query::percent_decode(&path[*s..*e])).collect();
-            exchange.extensions.insert(crate::stages::mapping::PathParameters(values));
+            exchange.state.insert(crate::stages::mapping::PathParameters(values));
         }
         // The upstream URI is rendered from the path as routed, before any stage runs.
         let call = match &target.integration {
@@ -639,7 +639,7 @@ impl Pipeline {
         }
         let answer = match call.endpoint {
             WebSocketEndpoint::Connect(stage) => {
-                let authorizer = exchange.extensions.get::<crate::authorizers::AuthorizerContext>();
+                let authorizer = exchange.state.get::<crate::authorizers::AuthorizerContext>();
                 let source = conn.client.ip();
                 let client = call.client_upgrade;
                 let observed = (authorizer, exchange.trace.as_ref());
@@ -782,7 +782,7 @@ async fn read_answer_for_head(
 ) -> (http::response::Parts, ResponseBody) {
     match body.read_whole(MAX_ANSWER_BODY, MAX_ANSWER_BODY_TIME).await {
         Ok(whole) => {
-            exchange.extensions.insert(AnswerBody(whole.clone()));
+            exchange.state.insert(AnswerBody(whole.clone()));
             (parts, ResponseBody::full(whole))
         }
         Err(why) => {

@@ -96,7 +96,7 @@ impl Stage for Recorder {
         head.headers.append("x-seen-by", http::HeaderValue::from_static(self.name));
     }
 
-    fn complete(&self, _: &Exchange) {
+    fn complete(&self, _: &mut Exchange) {
         self.note("complete".into());
     }
 }

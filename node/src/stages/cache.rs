@@ -114,7 +114,7 @@ impl ResponseCaching {
             key.push_str(&format!("\n{header}: {values:?}"));
         }
         if self.per_principal {
-            let context = exchange.extensions.get::<AuthorizerContext>()?;
+            let context = exchange.state.get::<AuthorizerContext>()?;
             let principal = context.values.get("sub").or_else(|| context.values.get("principalId"));
             match principal {
                 Some(p) => key.push_str(&format!("\nprincipal {} {p}", context.authorizer)),
@@ -134,7 +134,7 @@ impl ResponseCaching {
         let asks = cache_directives(&head.headers).any(|d| d.eq_ignore_ascii_case("max-age=0"));
         let Some(invalidation) = asks.then_some(()).and(self.invalidation.as_ref()) else { return Ok(false) };
         let granted = exchange
-            .extensions
+            .state
             .get::<AuthorizerContext>()
             .is_some_and(|c| granted_scopes(&c.values).contains(&invalidation.scope.as_str()));
         match (granted, invalidation.unauthorized) {
@@ -213,7 +213,7 @@ impl Stage for ResponseCaching {
             if !services.dry_run {
                 cache.hits.increment(1);
             }
-            exchange.extensions.insert(Outcome::Hit);
+            exchange.state.insert(Outcome::Hit);
             return Flow::Stop(Stop::Answer(answer(&cached))).into();
         }
         exchange.note(|| if refresh { "a fresh answer was asked for" } else { "not cached" }.to_string());
@@ -222,11 +222,11 @@ impl Stage for ResponseCaching {
             return Flow::Continue.into();
         }
         cache.misses.increment(1);
-        exchange.extensions.insert(Outcome::Miss);
+        exchange.state.insert(Outcome::Miss);
         match cache.miss(key) {
             Miss::Fill(guard) => {
                 lookup_ended(exchange, false);
-                exchange.extensions.insert(Arc::new(std::sync::Mutex::new(Some(Filling { guard, copy: None }))));
+                exchange.state.insert(Filling { guard, copy: None });
                 Flow::Continue.into()
             }
             // Waiting for another request's fill is part of the lookup.
@@ -235,7 +235,7 @@ impl Stage for ResponseCaching {
                 lookup_ended(exchange, filled.is_some());
                 match filled {
                     Some(cached) => {
-                        exchange.extensions.insert(Outcome::Hit);
+                        exchange.state.insert(Outcome::Hit);
                         Flow::Stop(Stop::Answer(answer(&cached)))
                     }
                     // No answer to share: this request asks the upstream itself.
@@ -246,18 +246,14 @@ impl Stage for ResponseCaching {
     }
 
     fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange, _: &Services<'_>) {
-        let Some(outcome) = exchange.extensions.get::<Outcome>().copied() else { return };
-        let filling = exchange.extensions.get::<FillSlot>().cloned();
-        if let Some(slot) = filling {
-            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-            if cacheable(head, self.keep_private) {
-                if let Some(filling) = slot.as_mut() {
-                    filling.copy = Some((head.status, head.headers.clone(), BoundedCopy::new(self.max_entry_bytes)));
-                }
-            } else {
-                // Nothing to keep: whoever waits asks the upstream itself.
-                *slot = None;
+        let Some(outcome) = exchange.state.get::<Outcome>().copied() else { return };
+        if cacheable(head, self.keep_private) {
+            if let Some(filling) = exchange.state.get_mut::<Filling>() {
+                filling.copy = Some((head.status, head.headers.clone(), BoundedCopy::new(self.max_entry_bytes)));
             }
+        } else {
+            // Nothing to keep: whoever waits asks the upstream itself.
+            exchange.state.remove::<Filling>();
         }
         let value = match outcome {
             Outcome::Hit => "Hit",
@@ -271,27 +267,22 @@ impl Stage for ResponseCaching {
     }
 
     fn response_body(&self, chunk: &mut Option<Bytes>, end_of_stream: bool, exchange: &mut Exchange) {
-        let Some(slot) = exchange.extensions.get::<FillSlot>().cloned() else { return };
-        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-        let kept = match (slot.as_mut().and_then(|f| f.copy.as_mut()), chunk) {
+        let Some(filling) = exchange.state.get_mut::<Filling>() else { return };
+        let kept = match (filling.copy.as_mut(), chunk) {
             (Some((_, _, copy)), Some(data)) => copy.push(data),
             (Some(_), None) => true,
             (None, _) => return,
         };
         if !kept {
             // Too large to keep.
-            *slot = None;
+            exchange.state.remove::<Filling>();
             return;
         }
         if end_of_stream
-            && let Some(Filling { guard, copy: Some((status, headers, copy)) }) = slot.take()
+            && let Some(Filling { guard, copy: Some((status, headers, copy)) }) = exchange.state.remove::<Filling>()
             && let Some(body) = copy.finish()
         {
             guard.complete(CachedResponse { status, headers, body, expires: Instant::now() + self.ttl });
         }
     }
 }
-
-/// Where the fill of this request waits for its response (shared, since extensions must be
-/// `Clone`).
-type FillSlot = Arc<std::sync::Mutex<Option<Filling>>>;

@@ -170,7 +170,7 @@ impl StagedBody {
         if !self.done {
             self.done = true;
             for stage in &self.chain.complete {
-                stage.complete(&self.exchange);
+                stage.complete(&mut self.exchange);
             }
         }
     }

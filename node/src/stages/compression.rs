@@ -15,7 +15,7 @@
 //!
 //! [`content_coding`]: crate::content_coding
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, ETAG, VARY};
@@ -45,8 +45,7 @@ pub struct Compression {
 struct Accepted(Coding);
 
 /// The response's encoder, while its body streams.
-#[derive(Debug, Clone)]
-struct Compressing(Arc<Mutex<Option<Encoder>>>);
+struct Compressing(Encoder);
 
 impl CompressionPolicy {
     /// Whether an answer with `status` and these headers may be compressed at all.
@@ -98,7 +97,7 @@ impl Stage for Compression {
         if head.method != Method::HEAD
             && let Some(coding) = content_coding::negotiate(&head.headers)
         {
-            exchange.extensions.insert(Accepted(coding));
+            exchange.state.insert(Accepted(coding));
         }
         Step::Done(super::Flow::Continue)
     }
@@ -108,7 +107,7 @@ impl Stage for Compression {
             return;
         }
         vary_on_accept_encoding(&mut head.headers);
-        let Some(Accepted(coding)) = exchange.extensions.remove::<Accepted>() else { return };
+        let Some(Accepted(coding)) = exchange.state.remove::<Accepted>() else { return };
         let encoder = match Encoder::new(coding) {
             Ok(encoder) => encoder,
             Err(e) => {
@@ -127,19 +126,18 @@ impl Stage for Compression {
                 head.headers.insert(ETAG, weak);
             }
         }
-        exchange.extensions.insert(Compressing(Arc::new(Mutex::new(Some(encoder)))));
+        exchange.state.insert(Compressing(encoder));
     }
 
     fn response_body(&self, chunk: &mut Option<Bytes>, end_of_stream: bool, exchange: &mut Exchange) {
-        let Some(Compressing(encoder)) = exchange.extensions.get::<Compressing>() else { return };
-        let Ok(mut encoder) = encoder.lock() else { return };
-        let mut output = match (chunk.take(), encoder.as_mut()) {
-            (Some(data), Some(e)) => e.write(&data),
-            (_, _) => Ok(Bytes::new()),
+        let Some(Compressing(encoder)) = exchange.state.get_mut::<Compressing>() else { return };
+        let mut output = match chunk.take() {
+            Some(data) => encoder.write(&data),
+            None => Ok(Bytes::new()),
         };
-        if end_of_stream && let Some(e) = encoder.take() {
+        if end_of_stream && let Some(Compressing(encoder)) = exchange.state.remove::<Compressing>() {
             output = output.and_then(|head| {
-                let tail = e.finish()?;
+                let tail = encoder.finish()?;
                 Ok(if head.is_empty() { tail } else { [head, tail].concat().into() })
             });
         }
@@ -148,7 +146,7 @@ impl Stage for Compression {
             Err(e) => {
                 // The headers are gone; a truncated stream is all that is left to send.
                 tracing::warn!(error = %e, request_id = ?exchange.request_id, "compressing a response failed");
-                encoder.take();
+                exchange.state.remove::<Compressing>();
             }
         }
     }

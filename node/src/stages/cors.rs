@@ -184,7 +184,7 @@ impl Stage for Cors {
         if is_preflight(head) {
             return match &allowed {
                 Some(origin) => {
-                    exchange.extensions.insert(AnsweredPreflight);
+                    exchange.state.insert(AnsweredPreflight);
                     self.preflight(head, origin).into()
                 }
                 None => Rejection::new(StatusCode::FORBIDDEN, "this origin may not call this API")
@@ -193,18 +193,18 @@ impl Stage for Cors {
             };
         }
         if let Some(origin) = allowed {
-            exchange.extensions.insert(AllowedOrigin(origin));
+            exchange.state.insert(AllowedOrigin(origin));
         }
         Flow::Continue.into()
     }
 
     fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange, _: &Services<'_>) {
-        if exchange.extensions.get::<AnsweredPreflight>().is_some() {
+        if exchange.state.get::<AnsweredPreflight>().is_some() {
             // Complete already, with its own `Vary`.
             return;
         }
         head.headers.append(VARY, HeaderValue::from_static("Origin"));
-        let Some(AllowedOrigin(origin)) = exchange.extensions.get::<AllowedOrigin>() else { return };
+        let Some(AllowedOrigin(origin)) = exchange.state.get::<AllowedOrigin>() else { return };
         let policy = &*self.policy;
         head.headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, policy.allow_origin(origin));
         if policy.credentials {

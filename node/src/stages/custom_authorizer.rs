@@ -133,7 +133,7 @@ impl CustomAuthorizer {
         }
         // The authorizer sees the client certificate too (mutual TLS): two clients with the
         // same identity and different certificates never share a decision.
-        if let Some(cert) = exchange.extensions.get::<std::sync::Arc<crate::certificates::ClientCertificate>>() {
+        if let Some(cert) = exchange.state.get::<std::sync::Arc<crate::certificates::ClientCertificate>>() {
             let _ = write!(key, "cert:{};", cert.fingerprint);
         }
         Some(key)
@@ -196,7 +196,7 @@ impl CustomAuthorizer {
         });
         let mut document = document;
         // Mutual TLS: the verified client certificate, as the managed gateway passes it.
-        if let Some(cert) = exchange.extensions.get::<std::sync::Arc<crate::certificates::ClientCertificate>>() {
+        if let Some(cert) = exchange.state.get::<std::sync::Arc<crate::certificates::ClientCertificate>>() {
             document["requestContext"]["authentication"] = json!({ "clientCert": {
                 "subjectDN": cert.subject,
                 "issuerDN": cert.issuer,
@@ -252,13 +252,12 @@ impl CustomAuthorizer {
             cache.denials.increment(1);
             return Rejection::new(StatusCode::FORBIDDEN, "Forbidden").with_reason("authorizer denied").into();
         }
-        AuthorizerContext::admit(
+        exchange.state.insert(AuthorizerContext::admit(
             &self.name,
             decision.context.clone(),
             &self.context_headers,
             head,
-            &mut exchange.extensions,
-        );
+        ));
         Flow::Continue
     }
 }

@@ -22,7 +22,7 @@
 //! response is recorded in the background once it has been sent, retried while the cluster
 //! has no quorum.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -121,9 +121,6 @@ struct Claim {
     copy: Option<(StatusCode, HeaderMap, BoundedCopy)>,
 }
 
-/// Shared, since extensions must be `Clone`; `None` once the claim is settled.
-type ClaimSlot = Arc<Mutex<Option<Claim>>>;
-
 /// The key a request carries: `Ok(None)` without one, `Err` for a malformed one.
 fn client_key(head: &Parts) -> Result<Option<String>, Rejection> {
     let mut values = head.headers.get_all(&IDEMPOTENCY_KEY).iter();
@@ -165,7 +162,7 @@ fn fingerprint(head: &Parts, body: &[u8]) -> Vec<u8> {
 
 /// Who the key belongs to: the authorizer's principal, else the API key, else nobody.
 fn principal(head: &Parts, exchange: &Exchange) -> String {
-    if let Some(context) = exchange.extensions.get::<AuthorizerContext>()
+    if let Some(context) = exchange.state.get::<AuthorizerContext>()
         && let Some(p) = context.values.get("sub").or_else(|| context.values.get("principalId"))
     {
         return format!("{} {p}", context.authorizer);
@@ -269,7 +266,7 @@ impl IdempotentDelivery {
                 IdempotencyAnswer::Claimed => {
                     self.metrics.delivered.increment(1);
                     let claim = Claim { records, command_key, fingerprint, node, attempt, copy: None };
-                    exchange.extensions.insert::<ClaimSlot>(Arc::new(Mutex::new(Some(claim))));
+                    exchange.state.insert(claim);
                     return Flow::Continue;
                 }
                 IdempotencyAnswer::Completed(stored) => {
@@ -394,7 +391,7 @@ impl Stage for IdempotentDelivery {
         match client_key(head) {
             Ok(Some(key)) => {
                 exchange.note(|| format!("Idempotency-Key `{key}`: claimed once the body is read"));
-                exchange.extensions.insert(Keyed(key));
+                exchange.state.insert(Keyed(key));
                 Flow::Continue.into()
             }
             Ok(None) if self.required => {
@@ -419,7 +416,7 @@ impl Stage for IdempotentDelivery {
         exchange: &'a mut Exchange,
         services: &'a Services<'a>,
     ) -> Step<'a> {
-        let Some(Keyed(key)) = exchange.extensions.remove::<Keyed>() else { return Flow::Continue.into() };
+        let Some(Keyed(key)) = exchange.state.remove::<Keyed>() else { return Flow::Continue.into() };
         if services.dry_run {
             return Flow::Continue.into();
         }
@@ -430,16 +427,14 @@ impl Stage for IdempotentDelivery {
     }
 
     fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange, _: &Services<'_>) {
-        let Some(slot) = exchange.extensions.get::<ClaimSlot>().cloned() else { return };
-        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         if !exchange.sent_upstream {
             // Nothing left the gateway: a retry may deliver the request.
-            if let Some(claim) = slot.take() {
+            if let Some(claim) = exchange.state.remove::<Claim>() {
                 self.settle(claim, None);
             }
             return;
         }
-        if let Some(claim) = slot.as_mut() {
+        if let Some(claim) = exchange.state.get_mut::<Claim>() {
             claim.copy = Some((head.status, head.headers.clone(), BoundedCopy::new(self.max_response_bytes)));
         }
     }
@@ -453,23 +448,19 @@ impl Stage for IdempotentDelivery {
     }
 
     fn response_body(&self, chunk: &mut Option<Bytes>, end_of_stream: bool, exchange: &mut Exchange) {
-        let Some(slot) = exchange.extensions.get::<ClaimSlot>().cloned() else { return };
-        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(claim), Some(data)) = (slot.as_mut(), chunk.as_ref())
-            && let Some((_, _, copy)) = claim.copy.as_mut()
-        {
+        let Some(claim) = exchange.state.get_mut::<Claim>() else { return };
+        if let (Some((_, _, copy)), Some(data)) = (claim.copy.as_mut(), chunk.as_ref()) {
             copy.push(data);
         }
-        if end_of_stream && let Some(claim) = slot.take() {
+        if end_of_stream && let Some(claim) = exchange.state.remove::<Claim>() {
             self.settle_with_copy(claim, true);
         }
     }
 
-    fn complete(&self, exchange: &Exchange) {
+    fn complete(&self, exchange: &mut Exchange) {
         // The client went away before the body ended: what the upstream answered is
         // recorded as far as it was sent.
-        let Some(slot) = exchange.extensions.get::<ClaimSlot>() else { return };
-        if let Some(claim) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(claim) = exchange.state.remove::<Claim>() {
             self.settle_with_copy(claim, false);
         }
     }

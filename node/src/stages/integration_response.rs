@@ -160,7 +160,7 @@ impl IntegrationResponses {
             Err(e) => return failed(format!("content handling: {e}")),
         };
         let Some(template) = rendering.template else { return body };
-        let Some(RequestInputs { mut inputs, .. }) = exchange.extensions.remove::<RequestInputs>() else {
+        let Some(RequestInputs { mut inputs, .. }) = exchange.state.remove::<RequestInputs>() else {
             return failed("the request's inputs were not kept".into());
         };
         inputs.body = body.clone();
@@ -199,7 +199,7 @@ impl Stage for IntegrationResponses {
     fn request_head<'a>(&'a self, head: &'a mut Parts, exchange: &'a mut Exchange, _: &'a Services<'a>) -> Step<'a> {
         let accept = head.headers.get(ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
         let inputs = self.scope.inputs(head, exchange, &self.reads);
-        exchange.extensions.insert(RequestInputs { inputs, accept });
+        exchange.state.insert(RequestInputs { inputs, accept });
         Flow::Continue.into()
     }
 
@@ -218,7 +218,7 @@ impl Stage for IntegrationResponses {
         let upstream_media = media_type_of(&head.headers).unwrap_or_default();
         let conversion = Conversion::of(self.binary.contains(&upstream_media), response.content_handling);
         // Every value is read from the upstream's headers (and body) before any is set.
-        let body = exchange.extensions.get::<AnswerBody>().map(|b| &b.0);
+        let body = exchange.state.get::<AnswerBody>().map(|b| &b.0);
         let mut json = None;
         let values: Vec<_> = response
             .headers
@@ -235,7 +235,7 @@ impl Stage for IntegrationResponses {
                 None => head.headers.remove(name),
             };
         }
-        let accept = exchange.extensions.get::<RequestInputs>().and_then(|r| r.accept.as_deref());
+        let accept = exchange.state.get::<RequestInputs>().and_then(|r| r.accept.as_deref());
         let template = if conversion.templated() { response.template(accept) } else { None };
         if let Some((media, _)) = template
             && let Ok(content_type) = HeaderValue::from_str(media)
@@ -245,16 +245,16 @@ impl Stage for IntegrationResponses {
         if template.is_some() || matches!(conversion, Conversion::Encode | Conversion::Decode) {
             head.headers.remove(CONTENT_LENGTH);
             let template = template.map(|(_, t)| t.clone());
-            exchange.extensions.insert(Rendering { template, conversion, body: BoundedCopy::new(MAX_MAPPED_BODY) });
+            exchange.state.insert(Rendering { template, conversion, body: BoundedCopy::new(MAX_MAPPED_BODY) });
         }
     }
 
     fn response_body(&self, chunk: &mut Option<Bytes>, end_of_stream: bool, exchange: &mut Exchange) {
-        let Some(rendering) = exchange.extensions.get_mut::<Rendering>() else { return };
+        let Some(rendering) = exchange.state.get_mut::<Rendering>() else { return };
         if let Some(data) = chunk.take() {
             rendering.body.push(&data);
         }
-        if end_of_stream && let Some(rendering) = exchange.extensions.remove::<Rendering>() {
+        if end_of_stream && let Some(rendering) = exchange.state.remove::<Rendering>() {
             *chunk = Some(self.render(rendering, exchange));
         }
     }

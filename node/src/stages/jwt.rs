@@ -156,7 +156,7 @@ impl JwtAuthorizer {
                     ));
             }
         }
-        AuthorizerContext::admit(&policy.name, claims, &policy.claim_headers, head, &mut exchange.extensions);
+        exchange.state.insert(AuthorizerContext::admit(&policy.name, claims, &policy.claim_headers, head));
         Ok(())
     }
 }

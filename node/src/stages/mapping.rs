@@ -102,7 +102,7 @@ impl TemplateScope {
     pub fn inputs(&self, head: &Parts, exchange: &mut Exchange, reads: &Reads) -> Inputs {
         let (mut path, mut querystring, mut header) = (Map::new(), Map::new(), Map::new());
         if reads.params {
-            let values = exchange.extensions.get::<PathParameters>().map(|p| p.0.as_slice()).unwrap_or_default();
+            let values = exchange.state.get::<PathParameters>().map(|p| p.0.as_slice()).unwrap_or_default();
             path = self.parameter_names.iter().cloned().zip(values.iter().map(|v| Value::String(v.clone()))).collect();
             for (k, v) in crate::query::pairs(head.uri.query().unwrap_or("")) {
                 querystring.entry(k).or_insert(Value::String(v));
@@ -113,12 +113,12 @@ impl TemplateScope {
                     .or_insert_with(|| Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
             }
         }
-        let context = match (reads.context.any(), exchange.extensions.get::<SharedContext>()) {
+        let context = match (reads.context.any(), exchange.state.get::<SharedContext>()) {
             (false, _) => NO_CONTEXT.clone(),
             (true, Some(SharedContext(built))) => built.clone(),
             (true, None) => {
                 let built = Arc::new(self.context(head, exchange));
-                exchange.extensions.insert(SharedContext(built.clone()));
+                exchange.state.insert(SharedContext(built.clone()));
                 built
             }
         };
@@ -159,7 +159,7 @@ impl TemplateScope {
             members.insert("identity".into(), identity);
         }
         if wanted.authorizer {
-            let authorizer = exchange.extensions.get::<AuthorizerContext>().map_or(Value::Null, |c| {
+            let authorizer = exchange.state.get::<AuthorizerContext>().map_or(Value::Null, |c| {
                 let mut values = (*c.values).clone();
                 // JWT claims are under `claims`, as the managed gateway has them.
                 values.insert("claims".into(), Value::Object((*c.values).clone()));
@@ -197,7 +197,7 @@ impl Stage for RequestMapping {
         let media = media_type(head).unwrap_or_else(|| "application/json".into());
         let conversion = Conversion::of(self.binary.contains(&media), self.content_handling);
         if conversion != Conversion::Text {
-            exchange.extensions.insert(Converting(conversion));
+            exchange.state.insert(Converting(conversion));
         }
         if !conversion.templated() {
             exchange.note(|| match conversion {
@@ -209,7 +209,7 @@ impl Stage for RequestMapping {
         match self.templates.iter().find(|(m, _)| *m == media) {
             Some((_, template)) => {
                 exchange.note(|| format!("the {media} request template"));
-                exchange.extensions.insert(Chosen(template.clone()));
+                exchange.state.insert(Chosen(template.clone()));
                 Flow::Continue.into()
             }
             None => {
@@ -242,8 +242,8 @@ impl Stage for RequestMapping {
         exchange: &'a mut Exchange,
         services: &'a Services<'a>,
     ) -> Step<'a> {
-        let converting = exchange.extensions.remove::<Converting>();
-        let chosen = exchange.extensions.remove::<Chosen>();
+        let converting = exchange.state.remove::<Converting>();
+        let chosen = exchange.state.remove::<Chosen>();
         let body = match converting {
             Some(Converting(conversion)) => match conversion.apply(body) {
                 Ok(converted) => converted,
@@ -266,7 +266,7 @@ impl Stage for RequestMapping {
             return Flow::Continue.into();
         };
         let mut inputs = self.scope.inputs(head, exchange, template.reads());
-        if let Some(parsed) = exchange.extensions.get::<ValidatedJson>().and_then(|v| v.of(&body)) {
+        if let Some(parsed) = exchange.state.get::<ValidatedJson>().and_then(|v| v.of(&body)) {
             inputs.body_json = BodyJson::parsed(parsed);
         }
         inputs.body = body;

@@ -45,6 +45,7 @@ pub mod jwt;
 pub mod mapping;
 pub mod rewrite;
 pub mod signed_request;
+mod state;
 pub mod throttle;
 pub mod transform;
 pub mod validation;
@@ -63,6 +64,7 @@ use http::request;
 use http::{HeaderValue, Response, StatusCode, Version, response};
 
 pub use chain::{Chain, StagedBody};
+pub use state::ExchangeState;
 
 use crate::authorizers::Authorizers;
 use crate::body::ResponseBody;
@@ -169,7 +171,7 @@ pub struct Exchange {
     /// not); `false` when it was stopped before, or no upstream connection took it.
     pub sent_upstream: bool,
     /// Whatever stages keep for their later phases, by type.
-    pub extensions: http::Extensions,
+    pub state: ExchangeState,
     /// The request's trace, when its stage traces requests: a stage that does work worth a
     /// span (a callout, a lookup, a mapping) records one in it.
     pub trace: Option<crate::observe::trace::RequestTrace>,
@@ -190,7 +192,7 @@ impl Exchange {
             status: None,
             integration_answered: false,
             sent_upstream: false,
-            extensions: http::Extensions::new(),
+            state: ExchangeState::default(),
             trace: None,
             notes: None,
             replaced_body: None,
@@ -391,6 +393,7 @@ pub trait Stage: Send + Sync + fmt::Debug + 'static {
         false
     }
 
-    /// The request is over (its response was sent, or the client went away).
-    fn complete(&self, _exchange: &Exchange) {}
+    /// The request is over (its response was sent, or the client went away); a stage takes
+    /// back what it still keeps in the exchange.
+    fn complete(&self, _exchange: &mut Exchange) {}
 }

@@ -215,7 +215,7 @@ fn admitted(exchange: &mut Exchange, access_key_id: &str, caller: Arc<str>) {
     let mut values = serde_json::Map::new();
     values.insert("accessKey".into(), access_key_id.into());
     values.insert("caller".into(), caller.as_ref().into());
-    exchange.extensions.insert(AuthorizerContext { authorizer: Arc::from("signed"), values: Arc::new(values) });
+    exchange.state.insert(AuthorizerContext { authorizer: Arc::from("signed"), values: Arc::new(values) });
 }
 
 impl Stage for SignedRequestCheck {
@@ -239,7 +239,7 @@ impl Stage for SignedRequestCheck {
                 Flow::Continue.into()
             }
             Ok(Verdict::AwaitingBody(awaiting)) => {
-                exchange.extensions.insert(awaiting);
+                exchange.state.insert(awaiting);
                 Flow::Continue.into()
             }
             Err(rejection) => rejection.into(),
@@ -262,7 +262,7 @@ impl Stage for SignedRequestCheck {
         exchange: &'a mut Exchange,
         _: &'a Services<'a>,
     ) -> Step<'a> {
-        let Some(awaiting) = exchange.extensions.remove::<Arc<AwaitingBody>>() else {
+        let Some(awaiting) = exchange.state.remove::<Arc<AwaitingBody>>() else {
             // Verified from the head already.
             return Flow::Continue.into();
         };

@@ -185,7 +185,7 @@ impl ValueTemplate {
                     }
                 }
                 Piece::Path(i) => {
-                    if let Some(PathParameters(values)) = exchange.extensions.get::<PathParameters>()
+                    if let Some(PathParameters(values)) = exchange.state.get::<PathParameters>()
                         && let Some(v) = values.get(*i)
                     {
                         out.push_str(v);
@@ -196,7 +196,7 @@ impl ValueTemplate {
                     let _ = write!(out, "{}", exchange.client);
                 }
                 Piece::ClientCert(field) => {
-                    if let Some(cert) = exchange.extensions.get::<std::sync::Arc<ClientCertificate>>() {
+                    if let Some(cert) = exchange.state.get::<std::sync::Arc<ClientCertificate>>() {
                         match field {
                             CertField::Subject => out.push_str(&cert.subject),
                             CertField::Issuer => out.push_str(&cert.issuer),
@@ -207,7 +207,7 @@ impl ValueTemplate {
                     }
                 }
                 Piece::Authorizer(key) => {
-                    if let Some(context) = exchange.extensions.get::<AuthorizerContext>() {
+                    if let Some(context) = exchange.state.get::<AuthorizerContext>() {
                         match context.values.get(key) {
                             Some(serde_json::Value::String(s)) => out.push_str(s),
                             Some(serde_json::Value::Null) | None => {}
@@ -374,7 +374,7 @@ impl Stage for Transform {
                 (edit.operation, edit.name.clone(), value)
             })
             .collect();
-        exchange.extensions.insert(RenderedResponse(rendered));
+        exchange.state.insert(RenderedResponse(rendered));
         Step::Done(Flow::Continue)
     }
 
@@ -407,7 +407,7 @@ impl Stage for Transform {
     }
 
     fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange, _: &Services<'_>) {
-        let Some(RenderedResponse(edits)) = exchange.extensions.remove::<RenderedResponse>() else { return };
+        let Some(RenderedResponse(edits)) = exchange.state.remove::<RenderedResponse>() else { return };
         for (operation, name, value) in edits {
             apply(&mut head.headers, operation, &name, value);
         }
@@ -421,9 +421,9 @@ mod tests {
 
     fn exchange() -> Exchange {
         let mut exchange = Exchange::new(HeaderValue::from_static("req-1"), "192.0.2.7".parse().unwrap());
-        exchange.extensions.insert(PathParameters(vec!["42".into()]));
+        exchange.state.insert(PathParameters(vec!["42".into()]));
         let values = serde_json::json!({"tenant": "acme", "level": 3}).as_object().cloned().unwrap();
-        exchange.extensions.insert(AuthorizerContext { authorizer: "jwt".into(), values: values.into() });
+        exchange.state.insert(AuthorizerContext { authorizer: "jwt".into(), values: values.into() });
         exchange
     }
 

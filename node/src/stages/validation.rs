@@ -177,7 +177,7 @@ impl Stage for RequestValidation {
         match Self::check_body(model, body) {
             Ok(value) => {
                 exchange.note(|| format!("the body matches the model `{}`", model.name));
-                exchange.extensions.insert(ValidatedJson { body: body.clone(), value: Arc::new(value) });
+                exchange.state.insert(ValidatedJson { body: body.clone(), value: Arc::new(value) });
                 Flow::Continue.into()
             }
             Err(rejection) => rejection.into(),

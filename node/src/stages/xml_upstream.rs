@@ -91,7 +91,7 @@ impl Stage for XmlUpstream {
                 exchange.note(|| format!("the JSON body goes upstream as XML, root `{}`", self.root));
                 if !services.dry_run {
                     exchange.replace_request_body(Bytes::from(document));
-                    exchange.extensions.insert(ConvertedRequest);
+                    exchange.state.insert(ConvertedRequest);
                 }
                 Flow::Continue.into()
             }
@@ -100,7 +100,7 @@ impl Stage for XmlUpstream {
     }
 
     fn upstream_request(&self, head: &mut Parts, exchange: &mut Exchange) {
-        if exchange.extensions.get::<ConvertedRequest>().is_some() {
+        if exchange.state.get::<ConvertedRequest>().is_some() {
             head.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/xml; charset=utf-8"));
         }
     }
@@ -112,18 +112,18 @@ impl Stage for XmlUpstream {
         }
         head.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         head.headers.remove(CONTENT_LENGTH);
-        exchange.extensions.insert(ConvertingResponse(BoundedCopy::new(MAX_CONVERTED_BODY)));
+        exchange.state.insert(ConvertingResponse(BoundedCopy::new(MAX_CONVERTED_BODY)));
     }
 
     fn response_body(&self, chunk: &mut Option<Bytes>, end_of_stream: bool, exchange: &mut Exchange) {
-        let Some(ConvertingResponse(copy)) = exchange.extensions.get_mut::<ConvertingResponse>() else { return };
+        let Some(ConvertingResponse(copy)) = exchange.state.get_mut::<ConvertingResponse>() else { return };
         if let Some(data) = chunk.take() {
             copy.push(&data);
         }
         if !end_of_stream {
             return;
         }
-        let Some(ConvertingResponse(copy)) = exchange.extensions.remove::<ConvertingResponse>() else { return };
+        let Some(ConvertingResponse(copy)) = exchange.state.remove::<ConvertingResponse>() else { return };
         let converted = match copy.finish() {
             None => Err(format!("the upstream's XML is over {MAX_CONVERTED_BODY} bytes")),
             Some(body) => match std::str::from_utf8(&body) {

@@ -288,7 +288,7 @@ impl Rule {
         let now = Instant::now();
         let blocked = services.blocks.blocks(&scope, now);
         if rate.counted == Counted::FailedAuthorizations && !services.dry_run {
-            exchange.extensions.get_or_insert_default::<FailureScopes>().0.push((scope.clone(), rate.window));
+            exchange.state.get_or_insert_default::<FailureScopes>().0.push((scope.clone(), rate.window));
         }
         if over && !blocked && self.action == Action::Block && !services.dry_run {
             tracing::warn!(rule = %self.name, client = %subject.client, block_for = ?rate.block_for, "waf rate rule blocks a client");
@@ -354,7 +354,7 @@ impl WafCheck {
             Verdict::Pass => Flow::Continue,
             Verdict::Blocked(rejection) => rejection.into(),
             Verdict::NeedsBody(next) => {
-                exchange.extensions.insert(AwaitingBody { next, client });
+                exchange.state.insert(AwaitingBody { next, client });
                 Flow::Continue
             }
         }
@@ -386,7 +386,7 @@ impl Stage for WafCheck {
         let client = self.firewall.client(head, exchange.client);
         // A request that cannot have a body has an empty one: nothing to wait for.
         let body: Option<&[u8]> = if may_have_body(head) { None } else { Some(&[]) };
-        let cert = exchange.extensions.get::<Arc<ClientCertificate>>().cloned();
+        let cert = exchange.state.get::<Arc<ClientCertificate>>().cloned();
         let subject = Subject { head, client, body, client_cert: cert.as_deref() };
         let verdict = self.firewall.evaluate(0, &subject, exchange, services);
         self.settle(verdict, client, exchange).into()
@@ -403,11 +403,11 @@ impl Stage for WafCheck {
         exchange: &'a mut Exchange,
         services: &'a Services<'a>,
     ) -> Step<'a> {
-        let Some(AwaitingBody { next, client }) = exchange.extensions.remove::<AwaitingBody>() else {
+        let Some(AwaitingBody { next, client }) = exchange.state.remove::<AwaitingBody>() else {
             // Decided on the head already.
             return Flow::Continue.into();
         };
-        let cert = exchange.extensions.get::<Arc<ClientCertificate>>().cloned();
+        let cert = exchange.state.get::<Arc<ClientCertificate>>().cloned();
         let subject = Subject { head, client, body: Some(body), client_cert: cert.as_deref() };
         let verdict = self.firewall.evaluate(next, &subject, exchange, services);
         self.settle(verdict, client, exchange).into()
@@ -417,7 +417,7 @@ impl Stage for WafCheck {
         if !matches!(head.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) || services.dry_run {
             return;
         }
-        let Some(FailureScopes(scopes)) = exchange.extensions.remove::<FailureScopes>() else { return };
+        let Some(FailureScopes(scopes)) = exchange.state.remove::<FailureScopes>() else { return };
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         for (scope, window) in &scopes {
             services.limiter.record(scope, *window, now_ms);
