@@ -44,8 +44,9 @@ pub struct Compression {
 #[derive(Debug, Clone, Copy)]
 struct Accepted(Coding);
 
-/// The response's encoder, while its body streams.
-struct Compressing(Encoder);
+/// The response's encoder, while its body streams; `None` once encoding failed, so that the
+/// rest of the body is dropped rather than sent uncompressed under `Content-Encoding`.
+struct Compressing(Option<Encoder>);
 
 impl CompressionPolicy {
     /// Whether an answer with `status` and these headers may be compressed at all.
@@ -126,16 +127,18 @@ impl Stage for Compression {
                 head.headers.insert(ETAG, weak);
             }
         }
-        exchange.state.insert(Compressing(encoder));
+        exchange.state.insert(Compressing(Some(encoder)));
     }
 
     fn response_body(&self, chunk: &mut Option<Bytes>, end_of_stream: bool, exchange: &mut Exchange) {
         let Some(Compressing(encoder)) = exchange.state.get_mut::<Compressing>() else { return };
-        let mut output = match chunk.take() {
+        let data = chunk.take();
+        let Some(encoder) = encoder else { return };
+        let mut output = match data {
             Some(data) => encoder.write(&data),
             None => Ok(Bytes::new()),
         };
-        if end_of_stream && let Some(Compressing(encoder)) = exchange.state.remove::<Compressing>() {
+        if end_of_stream && let Some(Compressing(Some(encoder))) = exchange.state.insert(Compressing(None)) {
             output = output.and_then(|head| {
                 let tail = encoder.finish()?;
                 Ok(if head.is_empty() { tail } else { [head, tail].concat().into() })
@@ -146,7 +149,7 @@ impl Stage for Compression {
             Err(e) => {
                 // The headers are gone; a truncated stream is all that is left to send.
                 tracing::warn!(error = %e, request_id = ?exchange.request_id, "compressing a response failed");
-                exchange.state.remove::<Compressing>();
+                exchange.state.insert(Compressing(None));
             }
         }
     }
@@ -194,5 +197,29 @@ mod tests {
         let mut star = headers(&[("vary", "*")]);
         vary_on_accept_encoding(&mut star);
         assert_eq!(star.get_all(VARY).iter().count(), 1);
+    }
+
+    #[test]
+    fn the_body_is_compressed_to_its_end_and_after_a_failure_the_rest_is_dropped() {
+        let stage = Compression { policy: Arc::new(policy()) };
+        let mut exchange = Exchange::new(HeaderValue::from_static("r1"), std::net::Ipv4Addr::LOCALHOST.into());
+        let mut compressed = Vec::new();
+        exchange.state.insert(Compressing(Some(Encoder::new(Coding::Gzip).unwrap())));
+        for (piece, end) in [("hello ", false), ("world", true)] {
+            let mut chunk = Some(Bytes::from_static(piece.as_bytes()));
+            stage.response_body(&mut chunk, end, &mut exchange);
+            compressed.extend_from_slice(&chunk.unwrap_or_default());
+        }
+        let mut plain = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut plain).unwrap();
+        assert_eq!(plain, "hello world");
+        // An encoder that failed leaves the stage dropping what is left of the body: sent
+        // uncompressed under `Content-Encoding`, it would be garbage to the client.
+        exchange.state.insert(Compressing(None));
+        for end in [false, true] {
+            let mut chunk = Some(Bytes::from_static(b"raw bytes"));
+            stage.response_body(&mut chunk, end, &mut exchange);
+            assert_eq!(chunk, None);
+        }
     }
 }
