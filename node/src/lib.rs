@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod authorizers;
 pub mod body;
+pub mod boxed_future;
 pub mod certificates;
 pub mod cli;
 pub mod cluster;

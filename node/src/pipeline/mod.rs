@@ -284,7 +284,7 @@ impl Pipeline {
         // The table is loaded once: the request finishes on it, whatever a reload swaps in.
         let table = self.table.load_full();
         if !table.keeps_responses {
-            return Box::pin(self.clone().serve_here(table, request, conn.clone(), held));
+            return crate::boxed_future::in_place(|| self.clone().serve_here(table, request, conn.clone(), held));
         }
         let task = tokio::spawn(self.clone().serve_here(table, request, conn.clone(), ()));
         Box::pin(async move {

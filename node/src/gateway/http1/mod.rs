@@ -147,7 +147,7 @@ pub fn serve<'a, S: ClientSocket>(
             };
             // Boxed, like the close below: an idle connection's future holds only the wait
             // for the next head.
-            match Box::pin(exchange(&wire, settings, &handler, head, slot)).await {
+            match crate::boxed_future::in_place(|| exchange(&wire, settings, &handler, head, slot)).await {
                 After::Next => {}
                 After::Close => break,
                 After::Upgraded => return,
