@@ -49,4 +49,4 @@ fn main() -> ExitCode {
 }
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: meridian_allocator::Mimalloc = meridian_allocator::Mimalloc;

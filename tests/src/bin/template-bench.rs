@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 /// The node's allocator: rendering allocates, and the figures should be the node's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: meridian_allocator::Mimalloc = meridian_allocator::Mimalloc;
 
 const REQUEST: &str = r##"#set($b = $input.path('$')){"order": {#foreach($k in $b.keySet())"$k": "$util.escapeJavaScript($b.get($k))"#if($foreach.hasNext),#end#end}, "request": "$context.requestId"}"##;
 const RESPONSE: &str =
