@@ -35,6 +35,7 @@ pub mod framing;
 pub mod gateway;
 pub mod gateway_responses;
 pub mod grpc;
+pub mod head_fields;
 pub mod hop_by_hop;
 pub mod idempotency;
 pub mod incoming;

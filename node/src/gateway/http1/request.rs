@@ -10,12 +10,11 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, EXPECT, HeaderName, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
-use smallvec::SmallVec;
-
 use crate::framing::{Framing, FramingError, content_length, lists, read_body};
+use crate::head_fields::{FieldSpans, InvalidField};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, EXPECT, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 
 /// How many fields a head is parsed into without a heap allocation; a limit above it
 /// parses again into room for the limit.
@@ -69,16 +68,17 @@ pub fn parse(read: &mut BytesMut, limits: HeadLimits) -> Result<Option<RequestHe
     if read.is_empty() {
         return Ok(None);
     }
-    let parsed = if limits.max_fields <= INLINE_FIELDS {
+    let mut spans = FieldSpans::new();
+    let line = if limits.max_fields <= INLINE_FIELDS {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; INLINE_FIELDS];
-        parse_into(read, &mut fields[..limits.max_fields], limits)?
+        parse_into(read, &mut fields[..limits.max_fields], limits, &mut spans)?
     } else {
         let mut fields: Vec<MaybeUninit<httparse::Header<'_>>> = Vec::with_capacity(limits.max_fields);
         fields.resize_with(limits.max_fields, MaybeUninit::uninit);
-        parse_into(read, &mut fields, limits)?
+        parse_into(read, &mut fields, limits, &mut spans)?
     };
-    let Some(parsed) = parsed else { return Ok(None) };
-    build(read, parsed).map(Some)
+    let Some(line) = line else { return Ok(None) };
+    build(read, line, &spans).map(Some)
 }
 
 /// Whether the request line ends in an HTTP version (`HTTP/2.0`), one the parser does not
@@ -89,25 +89,25 @@ fn names_a_version(read: &[u8]) -> bool {
     matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit())
 }
 
-/// Where the parts of a parsed head sit in the bytes read.
 /// Room in a request's header map for the fields the gateway adds before it goes upstream
 /// (`Forwarded`, the `X-Forwarded-*` trio, the request id, a trace context), so that adding
 /// them does not grow the map.
 const ROOM_FOR_FORWARDING: usize = 8;
 
-struct Spans {
+/// Where the request line's parts sit in the bytes read, and the head's length.
+struct RequestLine {
     length: usize,
     method: (usize, usize),
     target: (usize, usize),
     version: Version,
-    fields: SmallVec<[(usize, usize, usize, usize); 24]>,
 }
 
 fn parse_into<'b>(
     read: &'b BytesMut,
     fields: &mut [MaybeUninit<httparse::Header<'b>>],
     limits: HeadLimits,
-) -> Result<Option<Spans>, HeadError> {
+    spans: &mut FieldSpans,
+) -> Result<Option<RequestLine>, HeadError> {
     let mut request = httparse::Request::new(&mut []);
     let status = httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, read, fields);
     let length = match status {
@@ -135,39 +135,28 @@ fn parse_into<'b>(
     let (Some(method), Some(target), Some(version)) = (request.method, request.path, request.version) else {
         return Err(HeadError::bad("the request line is incomplete"));
     };
-    Ok(Some(Spans {
+    spans.record(read, request.headers);
+    Ok(Some(RequestLine {
         length,
         method: span(method.as_bytes()),
         target: span(target.as_bytes()),
         version: if version == 1 { Version::HTTP_11 } else { Version::HTTP_10 },
-        fields: request
-            .headers
-            .iter()
-            .map(|field| {
-                let (name, value) = (span(field.name.as_bytes()), span(field.value));
-                (name.0, name.1, value.0, value.1)
-            })
-            .collect(),
     }))
 }
 
 /// Takes the head out of `read` and builds the request from it; field values and the
 /// target share the head's bytes rather than being copied.
-fn build(read: &mut BytesMut, spans: Spans) -> Result<RequestHead, HeadError> {
-    let head: Bytes = read.split_to(spans.length).freeze();
-    let method = Method::from_bytes(&head[spans.method.0..spans.method.1])
+fn build(read: &mut BytesMut, line: RequestLine, fields: &FieldSpans) -> Result<RequestHead, HeadError> {
+    let head: Bytes = read.split_to(line.length).freeze();
+    let method = Method::from_bytes(&head[line.method.0..line.method.1])
         .map_err(|_| HeadError::bad("the request method is invalid"))?;
-    let uri = Uri::from_maybe_shared(head.slice(spans.target.0..spans.target.1))
+    let uri = Uri::from_maybe_shared(head.slice(line.target.0..line.target.1))
         .map_err(|_| HeadError::bad("the request target is invalid"))?;
-    let mut headers = HeaderMap::with_capacity(spans.fields.len() + ROOM_FOR_FORWARDING);
-    for &(name_start, name_end, value_start, value_end) in &spans.fields {
-        let name = HeaderName::from_bytes(&head[name_start..name_end])
-            .map_err(|_| HeadError::bad("a header field name is invalid"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-            .map_err(|_| HeadError::bad("a header field value is invalid"))?;
-        headers.append(name, value);
-    }
-    let version = spans.version;
+    let headers = fields.header_map(&head, ROOM_FOR_FORWARDING).map_err(|invalid| match invalid {
+        InvalidField::Name => HeadError::bad("a header field name is invalid"),
+        InvalidField::Value => HeadError::bad("a header field value is invalid"),
+    })?;
+    let version = line.version;
     let framing = body_framing(&headers, version)?;
     let keep_alive = match version {
         Version::HTTP_11 => !lists(&headers, &CONNECTION, "close"),

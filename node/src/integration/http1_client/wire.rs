@@ -6,12 +6,11 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::BytesMut;
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, StatusCode, Version};
-use smallvec::SmallVec;
-
 use crate::framing::{Framing, content_length, lists, read_body};
+use crate::head_fields::{FieldSpans, InvalidField};
+use bytes::BytesMut;
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, StatusCode, Version};
 
 use super::Http1Error;
 
@@ -58,28 +57,15 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, Http1Error> {
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(Http1Error::Malformed("its status code is invalid"))?;
     let version = if response.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
-    // Where each field's name and value sit in the head, to slice them out once it is frozen.
-    let start = read.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - start;
-    let spans: SmallVec<[(usize, usize, usize, usize); 32]> = response
-        .headers
-        .iter()
-        .map(|field| {
-            let (name, value) = (offset(field.name.as_bytes()), offset(field.value));
-            (name, name + field.name.len(), value, value + field.value.len())
-        })
-        .collect();
+    let mut spans = FieldSpans::new();
+    spans.record(read, response.headers);
     let head = read.split_to(length).freeze();
     // With room for what the gateway adds on the way back (the request id, CORS or rate
     // limit fields), so that adding them does not grow the map.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
-    for &(name_start, name_end, value_start, value_end) in &spans {
-        let name = HeaderName::from_bytes(&head[name_start..name_end])
-            .map_err(|_| Http1Error::Malformed("a header field name is invalid"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-            .map_err(|_| Http1Error::Malformed("a header field value is invalid"))?;
-        headers.append(name, value);
-    }
+    let headers = spans.header_map(&head, 4).map_err(|invalid| match invalid {
+        InvalidField::Name => Http1Error::Malformed("a header field name is invalid"),
+        InvalidField::Value => Http1Error::Malformed("a header field value is invalid"),
+    })?;
     Ok(Some(ResponseHead { status, version, headers }))
 }
 
