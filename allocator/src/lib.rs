@@ -38,15 +38,44 @@ const NATURAL_ALIGNMENT: usize = 16;
 /// mimalloc as the global allocator.
 pub struct Mimalloc;
 
-/// Whether a block of `size` bytes from mimalloc's size classes is aligned to `align`.
+/// Whether a block of `size` bytes from mimalloc's size classes is aligned to `align` (a
+/// power of two, as every `Layout`'s is: masked rather than divided, since the compiler
+/// cannot know that and `is_multiple_of` costs a division on every allocation).
 #[inline]
 fn naturally_aligned(size: usize, align: usize) -> bool {
-    align <= NATURAL_ALIGNMENT && size.is_multiple_of(align)
+    align <= NATURAL_ALIGNMENT && size & (align - 1) == 0
 }
 
+/// Whether `ptr` is aligned to `align` (a power of two).
 #[inline]
 fn is_aligned(ptr: *mut c_void, align: usize) -> bool {
-    (ptr as usize).is_multiple_of(align)
+    ptr as usize & (align - 1) == 0
+}
+
+/// A block for `layout` from `plain` when a size class aligns it already, from `aligned`
+/// otherwise; a plain block found misaligned is given back and asked for again aligned.
+///
+/// # Safety
+/// `plain` and `aligned` are mimalloc's plain and aligned calls of one kind (both zeroing or
+/// neither), so that either block is what the caller asked for and `mi_free` takes it.
+#[inline(always)]
+unsafe fn allocate(
+    layout: Layout,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    let (size, align) = (layout.size(), layout.align());
+    if naturally_aligned(size, align) {
+        // SAFETY: the plain calls take any size; the block is checked below.
+        let block = unsafe { plain(size) };
+        if is_aligned(block, align) {
+            return block.cast();
+        }
+        // SAFETY: the block came from mimalloc just now and is not used.
+        unsafe { mi_free(block) };
+    }
+    // SAFETY: `align` is a power of two (Layout guarantees it).
+    unsafe { aligned(size, align).cast() }
 }
 
 // SAFETY: every block comes from mimalloc (plain or aligned calls, which share one free:
@@ -56,34 +85,14 @@ fn is_aligned(ptr: *mut c_void, align: usize) -> bool {
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        if naturally_aligned(size, align) {
-            // SAFETY: mi_malloc takes any size; the block is checked below.
-            let block = unsafe { mi_malloc(size) };
-            if is_aligned(block, align) {
-                return block.cast();
-            }
-            // SAFETY: the block came from mi_malloc just now and is not used.
-            unsafe { mi_free(block) };
-        }
-        // SAFETY: `align` is a power of two (Layout guarantees it).
-        unsafe { mi_malloc_aligned(size, align).cast() }
+        // SAFETY: the plain and the aligned allocation of the same kind.
+        unsafe { allocate(layout, mi_malloc, mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
-        if naturally_aligned(size, align) {
-            // SAFETY: as in `alloc`.
-            let block = unsafe { mi_zalloc(size) };
-            if is_aligned(block, align) {
-                return block.cast();
-            }
-            // SAFETY: as in `alloc`.
-            unsafe { mi_free(block) };
-        }
-        // SAFETY: as in `alloc`.
-        unsafe { mi_zalloc_aligned(size, align).cast() }
+        // SAFETY: the plain and the aligned zeroed allocation.
+        unsafe { allocate(layout, mi_zalloc, mi_zalloc_aligned) }
     }
 
     #[inline]
