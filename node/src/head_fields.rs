@@ -14,6 +14,7 @@ use smallvec::SmallVec;
 
 /// Where each field of a parsed head sits: name start, name end, value start, value end,
 /// as offsets into the head (heads are far below 4 GiB: the limits stop at 1 MiB).
+#[derive(Default)]
 pub struct FieldSpans(SmallVec<[[u32; 4]; 32]>);
 
 /// A field the head's parser let through that `http` refuses.
@@ -23,11 +24,17 @@ pub enum InvalidField {
     Value,
 }
 
-impl FieldSpans {
-    pub fn new() -> Self {
-        FieldSpans(SmallVec::new())
+impl InvalidField {
+    /// What was wrong, as the readers report it.
+    pub fn what(self) -> &'static str {
+        match self {
+            InvalidField::Name => "a header field name is invalid",
+            InvalidField::Value => "a header field value is invalid",
+        }
     }
+}
 
+impl FieldSpans {
     /// Records where `fields`, parsed from `head` (the bytes read, from the head's first
     /// byte), sit in it.
     pub fn record(&mut self, head: &[u8], fields: &[httparse::Header<'_>]) {
@@ -39,14 +46,6 @@ impl FieldSpans {
             let (name, value) = (offset(field.name.as_bytes()), offset(field.value));
             [name, name + field.name.len() as u32, value, value + field.value.len() as u32]
         }));
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     /// The fields as a map (with `room` for more), their values slices of `head`: the head
@@ -64,12 +63,6 @@ impl FieldSpans {
     }
 }
 
-impl Default for FieldSpans {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,9 +73,9 @@ mod tests {
         let mut fields = [httparse::EMPTY_HEADER; 8];
         let mut request = httparse::Request::new(&mut fields);
         let Ok(httparse::Status::Complete(length)) = request.parse(wire) else { panic!("a whole head") };
-        let mut spans = FieldSpans::new();
+        let mut spans = FieldSpans::default();
         spans.record(wire, request.headers);
-        assert_eq!(spans.len(), 3);
+        assert_eq!(spans.0.len(), 3);
         let head = Bytes::copy_from_slice(&wire[..length]);
         let headers = spans.header_map(&head, 4).expect("valid fields");
         assert_eq!(headers["host"], "a");
@@ -99,7 +92,7 @@ mod tests {
         // httparse lets through names that `http` does not take as they are; none today, so
         // the check is made on a span that points at a byte no name may hold.
         let head = Bytes::from_static(b"x\x7fy: 1");
-        let mut spans = FieldSpans::new();
+        let mut spans = FieldSpans::default();
         spans.0.push([0, 3, 5, 6]);
         assert_eq!(spans.header_map(&head, 0).err(), Some(InvalidField::Name));
     }

@@ -10,11 +10,12 @@
 
 use std::mem::MaybeUninit;
 
-use crate::framing::{Framing, FramingError, content_length, lists, read_body};
-use crate::head_fields::{FieldSpans, InvalidField};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+
+use crate::framing::{Framing, FramingError, content_length, lists, read_body};
+use crate::head_fields::FieldSpans;
 
 /// How many fields a head is parsed into without a heap allocation; a limit above it
 /// parses again into room for the limit.
@@ -68,7 +69,7 @@ pub fn parse(read: &mut BytesMut, limits: HeadLimits) -> Result<Option<RequestHe
     if read.is_empty() {
         return Ok(None);
     }
-    let mut spans = FieldSpans::new();
+    let mut spans = FieldSpans::default();
     let line = if limits.max_fields <= INLINE_FIELDS {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; INLINE_FIELDS];
         parse_into(read, &mut fields[..limits.max_fields], limits, &mut spans)?
@@ -152,10 +153,7 @@ fn build(read: &mut BytesMut, line: RequestLine, fields: &FieldSpans) -> Result<
         .map_err(|_| HeadError::bad("the request method is invalid"))?;
     let uri = Uri::from_maybe_shared(head.slice(line.target.0..line.target.1))
         .map_err(|_| HeadError::bad("the request target is invalid"))?;
-    let headers = fields.header_map(&head, ROOM_FOR_FORWARDING).map_err(|invalid| match invalid {
-        InvalidField::Name => HeadError::bad("a header field name is invalid"),
-        InvalidField::Value => HeadError::bad("a header field value is invalid"),
-    })?;
+    let headers = fields.header_map(&head, ROOM_FOR_FORWARDING).map_err(|invalid| HeadError::bad(invalid.what()))?;
     let version = line.version;
     let framing = body_framing(&headers, version)?;
     let keep_alive = match version {

@@ -6,11 +6,12 @@
 
 use std::mem::MaybeUninit;
 
-use crate::framing::{Framing, content_length, lists, read_body};
-use crate::head_fields::{FieldSpans, InvalidField};
 use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, StatusCode, Version};
+
+use crate::framing::{Framing, content_length, lists, read_body};
+use crate::head_fields::FieldSpans;
 
 use super::Http1Error;
 
@@ -57,15 +58,12 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, Http1Error> {
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(Http1Error::Malformed("its status code is invalid"))?;
     let version = if response.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
-    let mut spans = FieldSpans::new();
+    let mut spans = FieldSpans::default();
     spans.record(read, response.headers);
     let head = read.split_to(length).freeze();
     // With room for what the gateway adds on the way back (the request id, CORS or rate
     // limit fields), so that adding them does not grow the map.
-    let headers = spans.header_map(&head, 4).map_err(|invalid| match invalid {
-        InvalidField::Name => Http1Error::Malformed("a header field name is invalid"),
-        InvalidField::Value => Http1Error::Malformed("a header field value is invalid"),
-    })?;
+    let headers = spans.header_map(&head, 4).map_err(|invalid| Http1Error::Malformed(invalid.what()))?;
     Ok(Some(ResponseHead { status, version, headers }))
 }
 
