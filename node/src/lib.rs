@@ -53,3 +53,4 @@ pub mod response_cache;
 pub mod router;
 pub mod sigv4;
 pub mod stages;
+pub mod table_hasher;

@@ -13,18 +13,19 @@ use meridian_consensus::{ConfigState, PlanRate, QuotaPeriod};
 use super::member::ClusterMember;
 use super::sealed::DataKey;
 use crate::certificates::{DomainCertificates, SniResolver, certified_key_from_pem};
-use crate::config::table::BaseMapping;
+use crate::config::table::{Apis, BaseMapping, Domains};
 use crate::config::{CanaryRoutes, RoutingTable, StageTarget, base_path, compile_stage};
 use crate::limits::limiter::{Period, Rate};
 use crate::observe::completion::RouteObserver;
-use crate::stages::api_key::{GrantHasher, KeyGrant, KeyRing, StageGrant};
+use crate::stages::api_key::{KeyGrant, KeyRing, StageGrant};
 use crate::stages::signed_request::{Credential, Credentials};
+use crate::table_hasher::TableHasher;
 
 /// Compiles every stage of `state`. A stage whose definition no longer compiles (it was
 /// validated when applied, so only a changed stage variable can break it) is left out and
 /// logged rather than taking the others down.
 pub fn compile(state: &ConfigState, default_rate: Rate, data_key: &DataKey) -> RoutingTable {
-    let mut apis: HashMap<String, HashMap<String, _>> = HashMap::new();
+    let mut apis = Apis::default();
     for (api, record) in &state.apis {
         for (stage, target) in &record.stages {
             let compiled = |deployment_id: u64, variables: &std::collections::BTreeMap<String, String>| {
@@ -43,7 +44,7 @@ pub fn compile(state: &ConfigState, default_rate: Rate, data_key: &DataKey) -> R
             apis.entry(api.clone()).or_default().insert(stage.clone(), Arc::new(StageTarget { primary, canary }));
         }
     }
-    let mut domains = HashMap::new();
+    let mut domains = Domains::default();
     for (name, domain) in &state.domains {
         let mut mappings: Vec<BaseMapping> = domain
             .mappings
@@ -122,7 +123,7 @@ pub fn period(p: QuotaPeriod) -> Period {
 fn keys(state: &ConfigState) -> KeyRing {
     let mut ring = KeyRing::default();
     for (id, key) in &state.keys {
-        let mut stages: HashMap<(String, String), StageGrant, GrantHasher> = HashMap::default();
+        let mut stages: HashMap<(String, String), StageGrant, TableHasher> = HashMap::default();
         // Per stage, the plans' throttles of single routes: (route, scope and rate).
         let mut route_limits: HashMap<(String, String), Vec<(String, Scope)>> = HashMap::new();
         for (plan_name, plan) in state.plans.iter().filter(|(_, p)| p.keys.contains(id)) {

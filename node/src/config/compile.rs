@@ -285,7 +285,7 @@ impl Compiler<'_> {
         let limits = self.limits(&file.limits);
         let access_log = self.access_log(&file.access_log);
 
-        let mut apis = HashMap::new();
+        let mut apis = Apis::default();
         for (i, api) in file.apis.iter().enumerate() {
             let field = format!("apis[{i}]");
             if let Some((id, stages)) = self.api(api, &field)
@@ -485,7 +485,7 @@ impl Compiler<'_> {
         ok
     }
 
-    fn api(&mut self, api: &ApiDef, field: &str) -> Option<(String, HashMap<String, Arc<StageTarget>>)> {
+    fn api(&mut self, api: &ApiDef, field: &str) -> Option<(String, Stages)> {
         let id_ok = self.name(&api.id, &format!("{field}.id"), "API id");
         self.websocket_only(api, field);
         let authorizers = self.authorizers(api, field);
@@ -513,7 +513,7 @@ impl Compiler<'_> {
             Some(ApiKind::Websocket) => self.websocket_routes(api, field, &authorizers),
             _ => self.path_routes(api, field, &authorizers, api_cors.as_ref(), &models),
         };
-        let mut stages = HashMap::new();
+        let mut stages = Stages::default();
         for (i, stage) in api.stages.iter().enumerate() {
             let sfield = format!("{field}.stages[{i}]");
             if !self.name(&stage.name, &format!("{sfield}.name"), "stage name") {

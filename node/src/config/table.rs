@@ -20,6 +20,7 @@ use crate::router::Router;
 use crate::stages::Chain;
 use crate::stages::api_key::KeyRing;
 use crate::stages::signed_request::Credentials;
+use crate::table_hasher::TableHasher;
 
 /// What serves one route of one stage.
 #[derive(Debug)]
@@ -91,6 +92,13 @@ pub struct BaseMapping {
     pub stage: Arc<StageTarget>,
 }
 
+/// An API's stages by name.
+pub type Stages = HashMap<String, Arc<StageTarget>, TableHasher>;
+/// The APIs by id.
+pub type Apis = HashMap<String, Stages, TableHasher>;
+/// Custom domains (lower-case host) and their mappings, longest base path first.
+pub type Domains = HashMap<String, Vec<BaseMapping>, TableHasher>;
+
 /// One configuration revision, compiled.
 #[derive(Debug)]
 pub struct RoutingTable {
@@ -98,9 +106,9 @@ pub struct RoutingTable {
     /// replicated.
     pub revision: u64,
     /// Lower-case host → mappings, longest base path first.
-    pub domains: HashMap<String, Vec<BaseMapping>>,
+    pub domains: Domains,
     /// API id → stage name → routes, for the default endpoint `/{stage}/...`.
-    pub apis: HashMap<String, HashMap<String, Arc<StageTarget>>>,
+    pub apis: Apis,
     /// Counts and logs requests that match no API at all.
     pub unrouted: Arc<RouteObserver>,
     /// API keys and what their usage plans grant.
@@ -125,7 +133,7 @@ impl RoutingTable {
 }
 
 /// Whether any stage (or canary) of `apis` has a route that records responses.
-pub fn keeps_responses(apis: &HashMap<String, HashMap<String, Arc<StageTarget>>>) -> bool {
+pub fn keeps_responses(apis: &Apis) -> bool {
     apis.values().flat_map(|stages| stages.values()).any(|target| {
         target.primary.keeps_responses || target.canary.as_ref().is_some_and(|c| c.routes.keeps_responses)
     })

@@ -50,6 +50,11 @@ impl GCounter {
     pub fn slots(&self) -> impl Iterator<Item = (NodeId, u64)> + '_ {
         self.slots.iter().map(|(n, v)| (*n, *v))
     }
+
+    /// The nodes that have a slot, in ascending order.
+    pub fn nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.slots.keys().copied()
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use meridian_consensus::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::counter::GCounter;
+use crate::table_hasher::TableHasher;
 
 /// A limit: `limit` requests per `period`. Per second it is a rate limit over a sliding
 /// second, with `burst` bounding what one node admits at once; per day, week or month it is
@@ -215,6 +216,17 @@ impl ScopeState {
     }
 
     /// Moves the windows forward to `window`.
+    /// Counts one admitted request of this node.
+    fn count(&mut self, me: NodeId, now_unix_ms: u64) {
+        self.current.increment(me, 1);
+        if self.period == Period::Second {
+            self.current_spans.entry(me).or_insert(Span::at(now_unix_ms)).widen(now_unix_ms);
+        }
+        self.tokens = self.tokens.map(|t| t - 1.0);
+        self.unsent += 1;
+        self.dirty = true;
+    }
+
     fn rotate(&mut self, window: u64) {
         if window <= self.window {
             return;
@@ -262,20 +274,29 @@ impl ScopeState {
     }
 }
 
-/// How scope names are hashed, to pick a shard and within it: every request hashes each of
-/// its scopes several times, and the names come from the configuration and from peers
-/// (never from a request), so a fast hasher with a per-process seed is enough.
-type ScopeHasher = foldhash::fast::RandomState;
-
-/// The nodes counting in a scope: a handful in most clusters, so no allocation per request.
-type NodeList = smallvec::SmallVec<[NodeId; 8]>;
+/// The nodes of two lists in ascending order, in ascending order without repeats: the
+/// nodes counting in a scope come from its counters' sorted slots, merged on every admission
+/// without allocating or sorting.
+fn union(a: impl Iterator<Item = NodeId>, b: impl Iterator<Item = NodeId>) -> impl Iterator<Item = NodeId> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if x < y => a.next(),
+        (Some(x), Some(y)) if x > y => b.next(),
+        (Some(_), Some(_)) => {
+            b.next();
+            a.next()
+        }
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
+}
 
 /// How long each peer has gone unheard, read once per admission: a list, since a cluster has
 /// a handful of peers, so that no request allocates for it.
 type PeerSilence = smallvec::SmallVec<[(NodeId, Duration); 8]>;
 
 /// Some of the limiter's scopes, behind one lock.
-type Shard = HashMap<Arc<str>, ScopeState, ScopeHasher>;
+type Shard = HashMap<Arc<str>, ScopeState, TableHasher>;
 
 /// The node's limiter, shared by the request path and gossip.
 #[derive(Debug)]
@@ -285,7 +306,7 @@ pub struct Limiter {
     heard: Mutex<HashMap<NodeId, Instant>>,
     max_scopes_per_shard: usize,
     /// Picks a scope's shard; the shards' maps hash the same way.
-    hasher: ScopeHasher,
+    hasher: TableHasher,
     evicted: metrics::Counter,
 }
 
@@ -321,13 +342,7 @@ impl Limiter {
     fn estimate(state: &ScopeState, me: NodeId, now_ms: u64, silence: &PeerSilence) -> f64 {
         let frac = (now_ms % 1000) as f64 / 1000.0;
         let start_ms = now_ms.saturating_sub(1000);
-        let mut nodes: NodeList = state.current.slots().map(|(n, _)| n).collect();
-        nodes.extend(state.previous.slots().map(|(n, _)| n));
-        nodes.extend(state.last_rates.keys().copied());
-        nodes.sort_unstable();
-        nodes.dedup();
-        nodes
-            .into_iter()
+        union(union(state.current.nodes(), state.previous.nodes()), state.last_rates.keys().copied())
             .map(|n| {
                 let mut previous = state.previous.slot(n) as f64;
                 let mut current = state.current.slot(n) as f64;
@@ -406,13 +421,7 @@ impl Limiter {
             // beyond the limit, and a limit smaller than the number of nodes never refuses a
             // client below it.
             let room_seen = rate.limit as f64 - (estimate - state.unsent as f64);
-            let nodes = {
-                let mut v: NodeList =
-                    state.current.slots().chain(state.previous.slots()).map(|(n, _)| n).chain([me]).collect();
-                v.sort_unstable();
-                v.dedup();
-                v.len() as f64
-            };
+            let nodes = union(union(state.current.nodes(), state.previous.nodes()), [me].into_iter()).count() as f64;
             let share = room_seen / nodes - state.unsent as f64;
             // Quotas run over days or months: a gossip round's lag is negligible there, and
             // holding back a share would refuse requests before the quota is spent.
@@ -425,6 +434,10 @@ impl Limiter {
                 remaining: (rate.limit as f64 - estimate - 1.0).max(0.0) as u64,
                 reset_secs: left_ms.div_ceil(1000).max(1),
             };
+            // A request with one scope is counted under the lock it was decided under.
+            if allowed && count && scopes.len() == 1 {
+                state.count(me, now_unix_ms);
+            }
             let tighter = match &tightest {
                 None => true,
                 Some(t) => match (t.allowed, decision.allowed) {
@@ -440,17 +453,11 @@ impl Limiter {
             }
         }
         let decision = tightest.unwrap_or(Decision { allowed: true, scope: 0, limit: 0, remaining: 0, reset_secs: 1 });
-        if decision.allowed && count {
+        if decision.allowed && count && scopes.len() > 1 {
             for (scope, _) in scopes {
                 let mut shard = self.shard(scope).lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(state) = shard.get_mut(scope) {
-                    state.current.increment(me, 1);
-                    if state.period == Period::Second {
-                        state.current_spans.entry(me).or_insert(Span::at(now_unix_ms)).widen(now_unix_ms);
-                    }
-                    state.tokens = state.tokens.map(|t| t - 1.0);
-                    state.unsent += 1;
-                    state.dirty = true;
+                    state.count(me, now_unix_ms);
                 }
             }
         }
@@ -663,6 +670,18 @@ impl Limiter {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_union_of_node_lists_is_their_sorted_distinct_nodes(
+            a in proptest::collection::btree_set(0u64..12, 0..6),
+            b in proptest::collection::btree_set(0u64..12, 0..6),
+        ) {
+            let merged: Vec<NodeId> = union(a.iter().copied(), b.iter().copied()).collect();
+            let expected: Vec<NodeId> = a.union(&b).copied().collect();
+            prop_assert_eq!(merged, expected);
+        }
+    }
 
     fn scope(name: &str, per_second: u64, burst: u64) -> Vec<(Arc<str>, Rate)> {
         vec![(Arc::from(name), Rate::per_second(per_second, burst))]

@@ -44,6 +44,12 @@ fn under_base(path: &str, base: &str) -> bool {
     path.starts_with(base) && matches!(path.as_bytes().get(base.len()), None | Some(b'/'))
 }
 
+/// `text` up to the first `byte` (an ASCII byte), or all of it. Names and segments are
+/// short: a plain scan costs less than setting up a `memchr` search.
+fn up_to(text: &str, byte: u8) -> &str {
+    text.bytes().position(|b| b == byte).map_or(text, |end| &text[..end])
+}
+
 /// Resolves a request's normalised host and path. `draw` (0..10,000, uniform) decides
 /// whether a stage with a canary serves this request from the canary.
 pub fn resolve<'t>(
@@ -60,9 +66,9 @@ pub fn resolve<'t>(
             .ok_or(Unresolved::NoMapping);
     }
     let rest = path.strip_prefix('/').unwrap_or(path);
-    let stage_name = rest.split('/').next().unwrap_or("");
+    let stage_name = up_to(rest, b'/');
     let serves = |target: &&Arc<crate::config::table::StageTarget>| target.primary.default_endpoint;
-    let stage = match host.and_then(|h| h.split('.').next()).and_then(|label| table.apis.get(label)) {
+    let stage = match host.and_then(|h| table.apis.get(up_to(h, b'.'))) {
         Some(stages) => stages.get(stage_name).filter(serves),
         // Any other host: the one API that serves a stage of that name.
         None => {

@@ -1,7 +1,6 @@
 //! The phase order of the request path, driven over real loopback sockets: a client, the
 //! pipeline behind hyper's server, and an upstream that records what reached it.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -184,11 +183,13 @@ async fn gateway(backend: std::net::SocketAddr, stages: Vec<Arc<dyn Stage>>) -> 
     };
     let table = RoutingTable {
         revision: 1,
-        domains: HashMap::new(),
-        apis: HashMap::from([(
+        domains: Default::default(),
+        apis: [(
             "a".to_string(),
-            HashMap::from([("s".to_string(), Arc::new(StageTarget::new(Arc::new(routes))))]),
-        )]),
+            [("s".to_string(), Arc::new(StageTarget::new(Arc::new(routes))))].into_iter().collect(),
+        )]
+        .into_iter()
+        .collect(),
         unrouted: Arc::new(RouteObserver::new("", "", "", "", None)),
         keys: Default::default(),
         credentials: Default::default(),

@@ -18,22 +18,17 @@ use super::throttle::{Scopes, admit};
 use super::{Exchange, Phases, Services, Stage, Step};
 use crate::digest::sha256_hex;
 use crate::rejection::{Rejection, ResponseType};
+use crate::table_hasher::TableHasher;
 
 static API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 
 /// What a client with a wrong key is told, whatever was wrong with it.
 const INVALID: &str = "invalid API key";
 
-/// How the maps a keyed request looks into are hashed (each request hashes its key's
-/// digest, its stage and its route): what they are keyed by comes from the configuration
-/// or is a SHA-256 digest, never chosen by a client, so a fast hasher with a per-process seed
-/// is enough.
-pub type GrantHasher = foldhash::fast::RandomState;
-
 /// The API keys of a configuration revision, by the SHA-256 (hex) of their value.
 #[derive(Debug, Default)]
 pub struct KeyRing {
-    by_hash: HashMap<String, KeyGrant, GrantHasher>,
+    by_hash: HashMap<String, KeyGrant, TableHasher>,
 }
 
 impl KeyRing {
@@ -53,7 +48,7 @@ impl KeyRing {
 pub struct KeyGrant {
     pub id: Arc<str>,
     pub enabled: bool,
-    pub stages: HashMap<(String, String), StageGrant, GrantHasher>,
+    pub stages: HashMap<(String, String), StageGrant, TableHasher>,
 }
 
 /// A key's limits on one stage: the plans' throttles and quotas for every route, and for
@@ -61,7 +56,7 @@ pub struct KeyGrant {
 #[derive(Debug, Default)]
 pub struct StageGrant {
     pub limits: Scopes,
-    pub routes: HashMap<String, Scopes, GrantHasher>,
+    pub routes: HashMap<String, Scopes, TableHasher>,
 }
 
 impl StageGrant {

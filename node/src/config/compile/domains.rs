@@ -5,13 +5,8 @@
 use super::*;
 
 impl Compiler<'_> {
-    pub(super) fn domains(
-        &mut self,
-        domains: &[DomainDef],
-        apis: &HashMap<String, HashMap<String, Arc<StageTarget>>>,
-        https: bool,
-    ) -> (HashMap<String, Vec<BaseMapping>>, DomainCertificates) {
-        let mut table = HashMap::new();
+    pub(super) fn domains(&mut self, domains: &[DomainDef], apis: &Apis, https: bool) -> (Domains, DomainCertificates) {
+        let mut table = Domains::default();
         let mut certificates = DomainCertificates::default();
         for (i, d) in domains.iter().enumerate() {
             let field = format!("domains[{i}]");
