@@ -205,12 +205,32 @@ fn write_field(out: &mut String, entry: &LogEntry<'_>, field: Field) {
     }
 }
 
-/// Appends `s` as a JSON string literal: runs without a byte to escape are copied whole.
+/// Appends `s` as a JSON string literal: runs without a byte to escape are copied whole,
+/// and found eight bytes at a time (the short strings of a log line are mostly one or two
+/// words, so the last few bytes are checked as a padded word too).
 pub fn write_json_string(out: &mut String, s: &str) {
     use std::fmt::Write;
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, byte) in s.bytes().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        let word = match rest.first_chunk::<8>() {
+            Some(word) => *word,
+            // The last few bytes, padded with a letter (which needs no escape).
+            None => {
+                let mut padded = [b'a'; 8];
+                padded[..rest.len()].copy_from_slice(rest);
+                padded
+            }
+        };
+        if !needs_escape(u64::from_le_bytes(word)) {
+            i += rest.len().min(8);
+            continue;
+        }
+        let byte = bytes[i];
+        i += 1;
         let escape = match byte {
             b'"' => Some("\\\""),
             b'\\' => Some("\\\\"),
@@ -221,18 +241,30 @@ pub fn write_json_string(out: &mut String, s: &str) {
             0..0x20 => None,
             _ => continue,
         };
-        // `i` is an ASCII byte's: a character boundary.
-        out.push_str(&s[start..i]);
+        // `byte` is ASCII, so both ends of the run are character boundaries.
+        out.push_str(&s[start..i - 1]);
         match escape {
             Some(escape) => out.push_str(escape),
             None => {
                 let _ = write!(out, "\\u{byte:04x}");
             }
         }
-        start = i + 1;
+        start = i;
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// Whether any of the eight bytes of `word` must be escaped in a JSON string: a control
+/// (below 0x20), `"` or `\`. Exact for the word as a whole (the classic "has a byte less
+/// than" and "has a zero byte" tests), not for which byte it is.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    below(word, 0x20) | below(quote, 1) | below(backslash, 1) != 0
 }
 
 /// Formats `entry` as one line (with its newline) into `out`.
@@ -432,6 +464,45 @@ impl AccessLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Characters with every kind of handling: escaped, `\u`-escaped, multi-byte, plain.
+    fn awkward_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            any::<char>(),
+            (0u8..0x20).prop_map(char::from),
+            Just('"'),
+            Just('\\'),
+            Just('é'),
+            Just('\u{7f}'),
+            proptest::char::range('a', 'z'),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn json_strings_read_back_as_what_was_written(text in proptest::collection::vec(awkward_char(), 0..40)) {
+            let text: String = text.into_iter().collect();
+            let mut out = String::from("x");
+            write_json_string(&mut out, &text);
+            let read: String = serde_json::from_str(&out[1..]).expect("a JSON string");
+            prop_assert_eq!(read, text);
+        }
+    }
+
+    #[test]
+    fn every_byte_that_needs_escaping_is_found_wherever_it_sits_in_a_word() {
+        for special in (0u8..0x20).chain([b'"', b'\\']) {
+            for at in 0..8 {
+                let mut word = *b"abcdefgh";
+                word[at] = special;
+                assert!(needs_escape(u64::from_le_bytes(word)), "byte {special:#x} at {at}");
+            }
+        }
+        for clean in [*b"abcdefgh", *b"~!#$%&'(", [0x7f, 0x80, 0xc3, 0xa9, 0xff, b' ', b'!', b'#']] {
+            assert!(!needs_escape(u64::from_le_bytes(clean)));
+        }
+    }
 
     fn entry() -> LogEntry<'static> {
         LogEntry {
