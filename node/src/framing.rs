@@ -238,11 +238,12 @@ fn trailer_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, FramingErro
 
 /// Whether a comma-separated field (all its lines) lists `token`, in any case.
 pub fn lists(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    headers.get_all(name).iter().any(|v| value_lists(v, token))
+}
+
+/// Whether `value`, a comma-separated list, has `token` (ASCII case-insensitive).
+pub fn value_lists(value: &HeaderValue, token: &str) -> bool {
+    value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The one length all `Content-Length` values (lines and comma-separated items) state;
@@ -268,11 +269,16 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, FramingError> 
 /// Writes `fields` as a head's (or trailers') lines, and the empty line that ends them.
 pub fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes one field line.
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

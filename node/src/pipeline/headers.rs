@@ -2,7 +2,8 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HOST, TE, UPGRADE};
+use bytes::BytesMut;
+use http::header::{CONNECTION, Entry, FORWARDED, HOST, TE, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use smallvec::SmallVec;
@@ -12,7 +13,6 @@ use crate::hop_by_hop::HOP_BY_HOP;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Whether the request asks to switch to WebSocket.
 pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
@@ -96,31 +96,33 @@ impl ClientForwarding {
     /// original host goes into `X-Forwarded-Host`, and the client is appended to
     /// `X-Forwarded-For` and `Forwarded` (RFC 7239).
     pub fn apply(&self, headers: &mut HeaderMap, host: Option<&HeaderValue>) {
-        let xff = match headers.get(&X_FORWARDED_FOR) {
-            Some(prev) => {
-                let mut joined = Vec::with_capacity(prev.len() + 2 + self.address.len());
+        match headers.entry(&X_FORWARDED_FOR) {
+            Entry::Occupied(mut earlier) => {
+                let prev = earlier.get();
+                let mut joined = BytesMut::with_capacity(prev.len() + 2 + self.address.len());
                 joined.extend_from_slice(prev.as_bytes());
                 joined.extend_from_slice(b", ");
                 joined.extend_from_slice(self.address.as_bytes());
-                HeaderValue::from_bytes(&joined).ok()
+                if let Ok(v) = HeaderValue::from_maybe_shared(joined.freeze()) {
+                    earlier.insert(v);
+                }
             }
-            None => Some(self.address.clone()),
-        };
-        if let Some(v) = xff {
-            headers.insert(&X_FORWARDED_FOR, v);
+            Entry::Vacant(none) => {
+                none.insert(self.address.clone());
+            }
         }
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(if self.tls { "https" } else { "http" }));
         let host =
             host.filter(|h| h.as_bytes().iter().all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b';' | b',')));
-        let mut forwarded = Vec::with_capacity(self.forwarded.len() + 6 + host.map_or(0, |h| h.len()));
+        let mut forwarded = BytesMut::with_capacity(self.forwarded.len() + 6 + host.map_or(0, |h| h.len()));
         forwarded.extend_from_slice(self.forwarded.as_bytes());
         if let Some(h) = host {
             forwarded.extend_from_slice(b";host=");
             forwarded.extend_from_slice(h.as_bytes());
             headers.insert(&X_FORWARDED_HOST, h.clone());
         }
-        if let Ok(v) = HeaderValue::from_bytes(&forwarded) {
-            headers.append(&FORWARDED, v);
+        if let Ok(v) = HeaderValue::from_maybe_shared(forwarded.freeze()) {
+            headers.append(FORWARDED, v);
         }
         headers.remove(HOST);
     }
@@ -187,7 +189,7 @@ mod tests {
         ClientForwarding::new("::1".parse().unwrap(), true).apply(&mut h, Some(&host));
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, ::1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
-        assert_eq!(h[&FORWARDED], "for=\"[::1]\";proto=https;host=api.example.com");
+        assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=https;host=api.example.com");
         assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
         assert!(!h.contains_key(HOST));
     }

@@ -257,7 +257,7 @@ async fn exchange<S: ClientSocket>(
         Poll::Pending => poll_client_gone(wire, settings, cx).map(|()| None),
     })
     .await;
-    let Some(mut response) = served else {
+    let Some(response) = served else {
         tracing::debug!("the client closed the connection before its response");
         return After::Close;
     };
@@ -278,7 +278,7 @@ async fn exchange<S: ClientSocket>(
         let unread = body_abandoned && wire.body != Framing::Empty;
         asked.keep_alive &= !wire.broken && !unread && !slot.shedding();
     }
-    let head = response::head(&mut response, asked);
+    let head = response::head(&response, asked);
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let upgraded = upgrade.filter(|_| switching);
     let body = head.has_body.then(|| response.into_body());

@@ -15,7 +15,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderValue, Response, StatusCode, Version};
 use http_body::Body;
 
-use crate::framing::{lists, write_fields};
+use crate::framing::{value_lists, write_field};
 
 /// What the request said that shapes its response.
 #[derive(Debug, Clone, Copy)]
@@ -37,53 +37,58 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
-/// Serializes the head of `response` to a request that `asked`, fixing its framing fields.
-pub fn head<B: Body>(response: &mut Response<B>, asked: Asked) -> Head {
+/// Serializes the head of `response` to a request that `asked`, with the server's own
+/// framing fields in place of the handler's: one pass over the fields, none of them changed
+/// in the map.
+pub fn head<B: Body>(response: &Response<B>, asked: Asked) -> Head {
     let status = response.status();
     let bodiless = asked.head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let length = if response.body().is_end_stream() { Some(0) } else { response.body().size_hint().exact() };
-    let mut keep_alive = asked.keep_alive && !lists(response.headers(), &CONNECTION, "close");
-    let headers = response.headers_mut();
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(CONNECTION);
-    let mut chunked = false;
-    if !bodiless {
-        match length {
-            Some(n) => {
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            None if asked.version == Version::HTTP_11 => {
-                headers.remove(CONTENT_LENGTH);
-                headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-                chunked = true;
-            }
-            None => {
-                headers.remove(CONTENT_LENGTH);
-                keep_alive = false;
-            }
-        }
-    }
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if !keep_alive {
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
-    } else if asked.version == Version::HTTP_10 {
-        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
-    }
-    if !headers.contains_key(DATE) {
-        headers.insert(DATE, now());
-    }
+    let headers = response.headers();
     let fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    let mut out = Vec::with_capacity(fields + 40);
+    let mut out = Vec::with_capacity(fields + 128);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    write_fields(&mut out, headers);
+    let (mut close, mut dated) = (false, false);
+    for (name, value) in headers {
+        // The handler's framing gives way to the server's (a bodiless response keeps its length).
+        let framing = *name == TRANSFER_ENCODING || *name == CONTENT_LENGTH && !bodiless;
+        if *name == CONNECTION {
+            close |= value_lists(value, "close");
+        } else if !framing {
+            dated |= *name == DATE;
+            write_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    let mut keep_alive = asked.keep_alive && !close;
+    let mut chunked = false;
+    if !bodiless {
+        match length {
+            Some(n) => write_field(&mut out, b"content-length", itoa::Buffer::new().format(n).as_bytes()),
+            None if asked.version == Version::HTTP_11 => {
+                write_field(&mut out, b"transfer-encoding", b"chunked");
+                chunked = true;
+            }
+            None => keep_alive = false,
+        }
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        write_field(&mut out, b"connection", b"upgrade");
+    } else if !keep_alive {
+        write_field(&mut out, b"connection", b"close");
+    } else if asked.version == Version::HTTP_10 {
+        write_field(&mut out, b"connection", b"keep-alive");
+    }
+    if !dated {
+        write_field(&mut out, b"date", now().as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
     Head { bytes: out, has_body: !bodiless && length != Some(0), chunked, keep_alive }
 }
 
@@ -92,7 +97,7 @@ pub fn head<B: Body>(response: &mut Response<B>, asked: Asked) -> Head {
 pub fn refusal(status: StatusCode) -> Vec<u8> {
     let mut response = Response::new(http_body_util::Empty::<Bytes>::new());
     *response.status_mut() = status;
-    head(&mut response, Asked { head: false, version: Version::HTTP_11, keep_alive: false }).bytes
+    head(&response, Asked { head: false, version: Version::HTTP_11, keep_alive: false }).bytes
 }
 
 /// The current time as an HTTP date, formatted once a second per thread.
@@ -128,7 +133,7 @@ mod tests {
     fn a_known_length_goes_as_content_length_and_the_rest_chunked() {
         let mut full = Response::new(ResponseBody::full("hello"));
         full.headers_mut().insert(TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
-        let head = head(&mut full, ASKED);
+        let head = head(&full, ASKED);
         let text = written(&head);
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("content-length: 5\r\n") && !text.contains("transfer-encoding"), "{text}");
@@ -139,12 +144,12 @@ mod tests {
         let stream = http_body_util::StreamBody::new(futures_util::stream::empty::<Frames>());
         let mut streamed = Response::new(ResponseBody::Wrapped(Box::pin(stream)));
         streamed.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("99"));
-        let chunked = super::head(&mut streamed, ASKED);
+        let chunked = super::head(&streamed, ASKED);
         assert!(chunked.chunked && chunked.has_body);
         let text = written(&chunked);
         assert!(text.contains("transfer-encoding: chunked") && !text.contains("content-length"), "{text}");
         // To HTTP/1.0, the end of an unknown length is the connection's.
-        let old = super::head(&mut streamed, Asked { version: Version::HTTP_10, ..ASKED });
+        let old = super::head(&streamed, Asked { version: Version::HTTP_10, ..ASKED });
         assert!(!old.chunked && !old.keep_alive);
         assert!(written(&old).contains("connection: close"));
     }
@@ -153,11 +158,11 @@ mod tests {
     fn bodiless_responses_keep_their_fields() {
         let mut to_head = Response::new(ResponseBody::Empty);
         to_head.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("42"));
-        let head = head(&mut to_head, Asked { head: true, ..ASKED });
+        let head = head(&to_head, Asked { head: true, ..ASKED });
         assert!(written(&head).contains("content-length: 42") && !head.has_body);
         let mut not_modified = Response::new(ResponseBody::Empty);
         *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
-        let head = super::head(&mut not_modified, ASKED);
+        let head = super::head(&not_modified, ASKED);
         assert!(!written(&head).contains("content-length") && !head.has_body);
     }
 
@@ -165,10 +170,10 @@ mod tests {
     fn the_connection_fields_are_the_servers() {
         let mut closing = Response::new(ResponseBody::Empty);
         closing.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-        let head = head(&mut closing, ASKED);
+        let head = head(&closing, ASKED);
         assert!(!head.keep_alive && written(&head).contains("connection: close"));
-        let mut kept = Response::new(ResponseBody::Empty);
-        let head = super::head(&mut kept, Asked { version: Version::HTTP_10, ..ASKED });
+        let kept = Response::new(ResponseBody::Empty);
+        let head = super::head(&kept, Asked { version: Version::HTTP_10, ..ASKED });
         assert!(head.keep_alive && written(&head).contains("connection: keep-alive"));
         assert_eq!(&refusal(StatusCode::BAD_REQUEST)[..28], b"HTTP/1.1 400 Bad Request\r\nco");
     }

@@ -28,7 +28,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -37,7 +37,7 @@ use wire::{ResponseHead, framing, next_head};
 
 use super::connection::{OpenConnection, UpstreamIo};
 use super::request_body::{BoxError, RequestBody};
-use crate::framing::{Decoded, Framing, FramingError, Outgoing, READ_SIZE, SendError, poll_read_more, write_fields};
+use crate::framing::{Decoded, Framing, FramingError, Outgoing, READ_SIZE, SendError, poll_read_more, write_field};
 use crate::prefixed::Prefixed;
 
 /// Why an exchange failed.
@@ -162,35 +162,39 @@ type Upload = Outgoing<RequestBody>;
 fn upload(request: &mut Request<RequestBody>) -> Upload {
     let body = request.body();
     let length = if body.is_end_stream() { Some(0) } else { body.size_hint().exact() };
-    let method = request.method().clone();
-    let headers = request.headers_mut();
-    headers.remove(TRANSFER_ENCODING);
-    let chunked = match length {
-        // A method whose requests have no defined body semantics gets no framing.
-        Some(0)
-            if matches!(method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT)
-                && !headers.contains_key(CONTENT_LENGTH) =>
-        {
-            false
-        }
-        Some(n) => {
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-            false
-        }
-        None => {
-            headers.remove(CONTENT_LENGTH);
-            headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-            true
-        }
-    };
+    let method = request.method();
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let fields: usize = request.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    let mut head = Vec::with_capacity(method.as_str().len() + target.len() + fields + 16);
+    let headers = request.headers();
+    let fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let mut head = Vec::with_capacity(method.as_str().len() + target.len() + fields + 48);
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    write_fields(&mut head, request.headers());
+    // The framing fields are the client's to write, from the body it sends.
+    let mut declared = false;
+    for (name, value) in headers {
+        if *name == CONTENT_LENGTH {
+            declared = true;
+        } else if *name != TRANSFER_ENCODING {
+            write_field(&mut head, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    let chunked = match length {
+        // A method whose requests have no defined body semantics gets no framing.
+        Some(0) if matches!(*method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT) && !declared => {
+            false
+        }
+        Some(n) => {
+            write_field(&mut head, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+            false
+        }
+        None => {
+            write_field(&mut head, b"transfer-encoding", b"chunked");
+            true
+        }
+    };
+    head.extend_from_slice(b"\r\n");
     let body = (length != Some(0)).then(|| std::mem::replace(request.body_mut(), RequestBody::empty()));
     Outgoing::new(head, body, chunked)
 }
