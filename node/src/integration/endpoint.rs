@@ -83,10 +83,10 @@ impl Default for EndpointSettings {
 /// Why a request did not get a response from this target.
 #[derive(Debug)]
 pub enum SendError {
-    /// Nothing was sent: the request comes back for another target.
-    NotSent(Box<Request<RequestBody>>, String),
-    /// The target is at its connection limit; the request comes back too.
-    Busy(Box<Request<RequestBody>>),
+    /// Nothing was sent: the request is as it was, for another target.
+    NotSent(String),
+    /// The target is at its connection limit; the request is as it was too.
+    Busy,
     /// Sent, and the exchange failed (the error and its sources say why).
     Failed(BoxError),
 }
@@ -267,7 +267,7 @@ impl Endpoint {
                 let mut request = Request::new(RequestBody::empty());
                 *request.uri_mut() = uri;
                 let healthy = tokio::time::timeout(check.timeout, async {
-                    let response = endpoint.send(request).await.ok()?;
+                    let response = endpoint.send(&mut request).await.ok()?;
                     let ok = response.status().is_success() || response.status().is_redirection();
                     http_body_util::BodyExt::collect(response.into_body()).await.ok()?;
                     ok.then_some(())
@@ -382,10 +382,13 @@ impl Endpoint {
         }
     }
 
-    /// Sends `request` (its URI absolute) on a pooled or new connection.
+    /// Sends `request` (its URI absolute) on a pooled or new connection. The request stays
+    /// with the caller (borrowed, not moved down through every future that sends it): its
+    /// body is taken as it goes out, and after [`SendError::NotSent`] or [`SendError::Busy`]
+    /// it is whole, for the next target.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: Request<RequestBody>,
+        request: &mut Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         self.metrics.requests.increment(1);
         // What only some requests wait on is boxed (HTTP/2 targets, new connections): every
@@ -402,11 +405,11 @@ impl Endpoint {
                 Some(connection) => (connection, true),
                 None => {
                     if self.open_connections() >= self.settings.max_connections {
-                        return Err(SendError::Busy(Box::new(request)));
+                        return Err(SendError::Busy);
                     }
                     match Box::pin(self.connect_http1()).await {
                         Ok(connection) => (connection, false),
-                        Err(e) => return Err(SendError::NotSent(Box::new(request), e)),
+                        Err(e) => return Err(SendError::NotSent(e)),
                     }
                 }
             };
@@ -416,13 +419,10 @@ impl Endpoint {
                 // A reused connection the target had closed while the request was on its way:
                 // a request that did not leave, or an idempotent one without a body, goes
                 // again on a fresh connection (RFC 9110, 9.2.2).
-                Err(ExchangeFailure::Unanswered { request: Some(back), written, .. })
-                    if reused && (!written || is_idempotent(back.method())) =>
-                {
-                    request = *back;
-                }
-                Err(ExchangeFailure::Unanswered { request: Some(back), written: false, error }) => {
-                    return Err(SendError::NotSent(back, error.to_string()));
+                Err(ExchangeFailure::Unanswered { resendable: true, written, .. })
+                    if reused && (!written || is_idempotent(request.method())) => {}
+                Err(ExchangeFailure::Unanswered { resendable: true, written: false, error }) => {
+                    return Err(SendError::NotSent(error.to_string()));
                 }
                 Err(ExchangeFailure::Unanswered { error, .. } | ExchangeFailure::Failed(error)) => {
                     return Err(SendError::Failed(Box::new(error)));
@@ -431,18 +431,21 @@ impl Endpoint {
         }
     }
 
+    /// [`Endpoint::send`] over HTTP/2, whose client takes the request: it is given back to
+    /// `caller` whenever it was not sent.
     async fn send_http2(
         self: &Arc<Self>,
-        mut request: Request<RequestBody>,
+        caller: &mut Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let existing = self.shared.lock().unwrap_or_else(|p| p.into_inner()).clone().filter(|s| !s.is_closed());
         let mut sender = match existing {
             Some(sender) => sender,
             None => match self.connect_http2().await {
                 Ok(sender) => self.share_http2(sender),
-                Err(e) => return Err(SendError::NotSent(Box::new(request), e)),
+                Err(e) => return Err(SendError::NotSent(e)),
             },
         };
+        let mut request = std::mem::replace(caller, Request::new(RequestBody::empty()));
         // A target that closes the connection (GOAWAY, at its request limit or shutting
         // down) or refuses a stream has not processed the streams it names (RFC 9113, 6.8
         // and 8.7): such a request, whatever its method, is sent again, once, on a new
@@ -464,7 +467,10 @@ impl Endpoint {
             };
             let again = match (e.take_message(), replay.take()) {
                 (Some(back), _) if !retried => back,
-                (Some(back), _) => return Err(SendError::NotSent(Box::new(back), e.into_error().to_string())),
+                (Some(back), _) => {
+                    *caller = back;
+                    return Err(SendError::NotSent(e.into_error().to_string()));
+                }
                 (None, Some(head)) if !retried && unprocessed(e.error()) => match head.request() {
                     Some(again) => again,
                     None => return Err(SendError::Failed(e.into_error().into())),
@@ -477,7 +483,10 @@ impl Endpoint {
             // has room for, and the resent request be refused again.
             sender = match self.connect_http2().await {
                 Ok(sender) => sender,
-                Err(connect) => return Err(SendError::NotSent(Box::new(again), connect)),
+                Err(connect) => {
+                    *caller = again;
+                    return Err(SendError::NotSent(connect));
+                }
             };
             request = again;
         }
@@ -774,7 +783,7 @@ mod tests {
     async fn get(endpoint: &Arc<Endpoint>, authority: &Authority, path: &str) {
         let mut request = Request::new(RequestBody::empty());
         *request.uri_mut() = format!("http://{authority}{path}").parse().unwrap();
-        let response = endpoint.send(request).await.unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        let response = endpoint.send(&mut request).await.unwrap_or_else(|e| panic!("{path}: {e:?}"));
         http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
     }
 

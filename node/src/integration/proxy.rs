@@ -151,7 +151,8 @@ impl ProxyIntegration {
         let region = upstreams.region();
         let retry = self.retry.as_ref().filter(|_| is_idempotent(request.method()) && request.body().is_end_stream());
         let Some(policy) = retry else {
-            return self.attempt(balancer, region, request).await;
+            let mut request = request;
+            return self.attempt(balancer, region, &mut request).await;
         };
         policy.deposit();
         let (parts, _) = request.into_parts();
@@ -165,7 +166,7 @@ impl ProxyIntegration {
             if parts.extensions.get::<NameTheTarget>().is_some() {
                 again.extensions_mut().insert(NameTheTarget);
             }
-            match self.attempt(balancer, region, again).await {
+            match self.attempt(balancer, region, &mut again).await {
                 Err(e) if e.retryable() && tries < policy.attempts && policy.try_withdraw() => {
                     tries += 1;
                     tracing::debug!(error = %e, attempt = tries, "retrying upstream call");
@@ -216,7 +217,7 @@ impl ProxyIntegration {
         &self,
         balancer: &Balancer,
         region: Option<&str>,
-        mut request: Request<RequestBody>,
+        request: &mut Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let mut tried = Vec::new();
         let mut last = UpstreamError::Connect("the integration has no target".into());
@@ -240,16 +241,12 @@ impl ProxyIntegration {
                     }
                     return Ok(response);
                 }
-                Err(SendError::NotSent(back, e)) => {
+                Err(SendError::NotSent(e)) => {
                     endpoint.failed();
                     tracing::debug!(target = %endpoint.key().authority, error = %e, "no connection; trying the next target");
                     last = UpstreamError::Connect(format!("{}: {e}", endpoint.key().authority));
-                    request = *back;
                 }
-                Err(SendError::Busy(back)) => {
-                    last = UpstreamError::Busy;
-                    request = *back;
-                }
+                Err(SendError::Busy) => last = UpstreamError::Busy,
                 Err(SendError::Failed(e)) if caused_by::<BodyTooLarge>(&*e) => return Err(UpstreamError::BodyTooLarge),
                 Err(SendError::Failed(e)) if caused_by::<ClientBodyError>(&*e) => {
                     return Err(UpstreamError::ClientBody);

@@ -76,9 +76,10 @@ impl From<SendError> for Http1Error {
 /// An exchange that got no response.
 #[derive(Debug)]
 pub enum ExchangeFailure {
-    /// Not a byte of a response arrived. `request` is the request again when it can be sent
-    /// as it was (it had no body); `written` says whether any of it left.
-    Unanswered { request: Option<Box<Request<RequestBody>>>, written: bool, error: Http1Error },
+    /// Not a byte of a response arrived. `resendable` says whether the request is still
+    /// whole, so that it can be sent as it was (it had no body to take); `written` whether
+    /// any of it left.
+    Unanswered { resendable: bool, written: bool, error: Http1Error },
     /// The request, its body or the response failed.
     Failed(Http1Error),
 }
@@ -200,16 +201,16 @@ fn upload(request: &mut Request<RequestBody>) -> Upload {
 }
 
 /// Sends `request` (its URI in origin form or absolute; its `Host` set) on `connection` and
-/// reads the response head. The body of the response reads from the connection.
+/// reads the response head. The body of the response reads from the connection. The request
+/// stays with the caller: its body is taken, and one without a body stays whole, to be sent
+/// again if the connection turns out closed.
 pub async fn exchange(
     mut connection: Box<Http1Connection>,
-    mut request: Request<RequestBody>,
+    request: &mut Request<RequestBody>,
 ) -> Result<Response<ResponseStream>, ExchangeFailure> {
     let head_request = request.method() == Method::HEAD;
-    let mut upload = upload(&mut request);
-    // A request without a body stays whole, to be sent again if the connection turns out
-    // closed; one with a body is not needed any more.
-    let mut kept = (!upload.has_body()).then_some(request);
+    let mut upload = upload(request);
+    let resendable = !upload.has_body();
     let mut sending = true;
     let mut write_error = None;
     let mut answered = false;
@@ -235,12 +236,10 @@ pub async fn exchange(
         Err(e @ Http1Error::RequestBody(_)) => return Err(ExchangeFailure::Failed(e)),
         Err(e) if !answered => {
             let error = write_error.unwrap_or(e);
-            let request = kept.take().map(Box::new);
-            return Err(ExchangeFailure::Unanswered { request, written: upload.written, error });
+            return Err(ExchangeFailure::Unanswered { resendable, written: upload.written, error });
         }
         Err(e) => return Err(ExchangeFailure::Failed(e)),
     };
-    drop(kept);
     let (framing, keep_alive) = framing(&mut head, head_request).map_err(ExchangeFailure::Failed)?;
     let stream = ResponseStream {
         connection: Some(connection),

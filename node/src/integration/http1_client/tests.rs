@@ -117,7 +117,7 @@ async fn a_length_delimited_response_arrives_in_pieces_and_the_connection_serves
         tokio::time::sleep(Duration::from_millis(200)).await;
     })
     .await;
-    let mut response = answered(exchange(connection, get("/one?x=1")).await);
+    let mut response = answered(exchange(connection, &mut get("/one?x=1")).await);
     assert_eq!(response.status(), StatusCode::OK);
     let things: Vec<_> = response.headers().get_all("x-thing").iter().collect();
     assert_eq!(things, ["a", "b"]);
@@ -129,7 +129,7 @@ async fn a_length_delimited_response_arrives_in_pieces_and_the_connection_serves
     assert_eq!(connection.read.capacity(), 0);
     assert!(std::mem::size_of::<Http1Connection>() <= 96, "{} bytes", std::mem::size_of::<Http1Connection>());
     assert!(connection.is_reusable());
-    let mut response = answered(exchange(connection, get("/two")).await);
+    let mut response = answered(exchange(connection, &mut get("/two")).await);
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert!(response.body().is_end_stream());
     assert!(response.body_mut().reusable_connection().is_some());
@@ -147,7 +147,7 @@ async fn a_chunked_response_sent_byte_by_byte_is_decoded_with_its_trailers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     })
     .await;
-    let mut response = answered(exchange(connection, get("/")).await);
+    let mut response = answered(exchange(connection, &mut get("/")).await);
     let (body, trailers) = body_of(&mut response).await.unwrap();
     assert_eq!(body, "hello world");
     assert_eq!(trailers.unwrap()["checksum"], "abc");
@@ -162,7 +162,7 @@ async fn informational_answers_are_passed_over() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     })
     .await;
-    let mut response = answered(exchange(connection, get("/")).await);
+    let mut response = answered(exchange(connection, &mut get("/")).await);
     assert_eq!(response.status(), StatusCode::CREATED);
     assert!(!response.headers().contains_key("link"));
     assert_eq!(body_of(&mut response).await.unwrap().0, "ok");
@@ -178,7 +178,7 @@ async fn a_head_answer_has_no_body_whatever_its_length_says() {
     .await;
     let mut request = get("/");
     *request.method_mut() = Method::HEAD;
-    let mut response = answered(exchange(connection, request).await);
+    let mut response = answered(exchange(connection, &mut request).await);
     assert_eq!(response.headers()["content-length"], "1000");
     assert!(response.body().is_end_stream());
     assert!(response.body_mut().reusable_connection().is_some());
@@ -209,11 +209,11 @@ async fn a_body_is_framed_by_its_length_and_the_length_of_a_bodyless_post_is_zer
         *request.body_mut() = body;
         request
     };
-    let mut response = answered(exchange(connection, post(RequestBody::buffered(Bytes::from("payload")))).await);
+    let mut response = answered(exchange(connection, &mut post(RequestBody::buffered(Bytes::from("payload")))).await);
     let connection = response.body_mut().reusable_connection().unwrap();
-    let mut response = answered(exchange(connection, post(RequestBody::empty())).await);
+    let mut response = answered(exchange(connection, &mut post(RequestBody::empty())).await);
     let connection = response.body_mut().reusable_connection().unwrap();
-    let response = answered(exchange(connection, get("/")).await);
+    let response = answered(exchange(connection, &mut get("/")).await);
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
 }
 
@@ -225,7 +225,7 @@ async fn conflicting_lengths_are_refused() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     })
     .await;
-    assert!(failure(exchange(connection, get("/")).await).contains("Content-Length values differ"));
+    assert!(failure(exchange(connection, &mut get("/")).await).contains("Content-Length values differ"));
 }
 
 #[tokio::test]
@@ -238,7 +238,7 @@ async fn transfer_encoding_wins_over_a_length_which_is_taken_out_and_the_connect
         tokio::time::sleep(Duration::from_millis(200)).await;
     })
     .await;
-    let mut response = answered(exchange(connection, get("/")).await);
+    let mut response = answered(exchange(connection, &mut get("/")).await);
     assert!(!response.headers().contains_key("content-length"));
     assert_eq!(body_of(&mut response).await.unwrap().0, "ok");
     assert!(response.body_mut().reusable_connection().is_none());
@@ -251,7 +251,7 @@ async fn a_body_until_close_is_read_to_the_end_and_the_connection_is_not_kept() 
         s.write_all(b"HTTP/1.0 200 OK\r\n\r\nall of it").await.unwrap();
     })
     .await;
-    let mut response = answered(exchange(connection, get("/")).await);
+    let mut response = answered(exchange(connection, &mut get("/")).await);
     assert_eq!(response.version(), Version::HTTP_10);
     assert_eq!(body_of(&mut response).await.unwrap().0, "all of it");
     assert!(response.body_mut().reusable_connection().is_none());
@@ -264,7 +264,7 @@ async fn a_response_cut_short_fails_its_body() {
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort").await.unwrap();
     })
     .await;
-    let mut response = answered(exchange(connection, get("/")).await);
+    let mut response = answered(exchange(connection, &mut get("/")).await);
     let error = body_of(&mut response).await.unwrap_err();
     assert!(matches!(error, Http1Error::ClosedMidResponse), "{error}");
     assert!(response.body_mut().reusable_connection().is_none());
@@ -282,7 +282,7 @@ async fn malformed_chunks_fail_the_body() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         })
         .await;
-        let mut response = answered(exchange(connection, get("/")).await);
+        let mut response = answered(exchange(connection, &mut get("/")).await);
         let error = body_of(&mut response).await.unwrap_err();
         assert!(matches!(error, Http1Error::Malformed(_)), "{}: {error}", String::from_utf8_lossy(wire));
     }
@@ -302,21 +302,37 @@ async fn an_endless_head_is_refused_at_its_limit() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     })
     .await;
-    assert!(failure(exchange(connection, get("/")).await).contains("over 64 KiB"));
+    assert!(failure(exchange(connection, &mut get("/")).await).contains("over 64 KiB"));
 }
 
 #[tokio::test]
-async fn a_connection_closed_before_an_answer_gives_a_bodyless_request_back() {
+async fn a_connection_closed_before_an_answer_leaves_a_bodyless_request_whole() {
     let connection = connect(|mut s| async move {
         read_request(&mut s).await;
     })
     .await;
-    match exchange(connection, get("/again")).await {
-        Err(ExchangeFailure::Unanswered { request: Some(request), written: true, error }) => {
+    let mut request = get("/again");
+    match exchange(connection, &mut request).await {
+        Err(ExchangeFailure::Unanswered { resendable: true, written: true, error }) => {
             assert_eq!(request.uri().path(), "/again");
             assert!(matches!(error, Http1Error::ClosedBeforeAnswer), "{error}");
         }
-        other => panic!("expected the request back, got {:?}", other.map(|r| r.status())),
+        other => panic!("expected the request to be resendable, got {:?}", other.map(|r| r.status())),
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_body_went_out_is_not_resendable() {
+    let connection = connect(|mut s| async move {
+        read_request(&mut s).await;
+    })
+    .await;
+    let mut request = get("/form");
+    *request.method_mut() = Method::POST;
+    *request.body_mut() = RequestBody::buffered(Bytes::from("payload"));
+    match exchange(connection, &mut request).await {
+        Err(ExchangeFailure::Unanswered { resendable: false, .. }) => {}
+        other => panic!("expected a request that cannot be sent again, got {:?}", other.map(|r| r.status())),
     }
 }
 
@@ -330,7 +346,7 @@ async fn an_idle_connection_the_target_closed_is_not_reused() {
         let _ = closed_tx.send(());
     })
     .await;
-    let mut response = answered(exchange(connection, get("/")).await);
+    let mut response = answered(exchange(connection, &mut get("/")).await);
     let mut connection = response.body_mut().reusable_connection().unwrap();
     closed_rx.await.unwrap();
     // The runtime learns of the close once its driver has run.
@@ -350,7 +366,7 @@ async fn an_upgrade_hands_over_the_socket_with_the_bytes_past_the_head() {
         s.write_all(&echo).await.unwrap();
     })
     .await;
-    let mut response = answered(exchange(connection, get("/socket")).await);
+    let mut response = answered(exchange(connection, &mut get("/socket")).await);
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert!(response.body_mut().reusable_connection().is_none());
     let mut upstream = response.body_mut().upgraded().expect("an upgraded connection").socket;
@@ -391,10 +407,10 @@ async fn large_bodies_arrive_whole_in_either_framing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     })
     .await;
-    let mut response = answered(exchange(connection, get("/long")).await);
+    let mut response = answered(exchange(connection, &mut get("/long")).await);
     assert_eq!(body_of(&mut response).await.unwrap().0, pattern(LENGTH));
     let connection = response.body_mut().reusable_connection().expect("reusable after a long body");
-    let mut response = answered(exchange(connection, get("/chunked")).await);
+    let mut response = answered(exchange(connection, &mut get("/chunked")).await);
     assert_eq!(body_of(&mut response).await.unwrap().0, pattern(LENGTH));
     assert!(response.body_mut().reusable_connection().is_some());
 }
