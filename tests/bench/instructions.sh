@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Instructions per proxied request: Meridian against nginx, both counted by callgrind in the
+# same run. Requests per second on a shared VM move by ±15 % between runs; an instruction
+# count repeats to within about 1 %, so it shows whether a change made the request path
+# cheaper, and by how much, where a throughput run cannot.
+#
+#   tests/bench/instructions.sh            # 2,000 requests per proxy, release build
+#   SMOKE=1 tests/bench/instructions.sh    # 100 requests, debug build: does it measure?
+#
+# Each proxy runs under `valgrind --tool=callgrind`. It answers 50 requests first (what
+# happens once is done then: connections to the backend opened, clocks calibrated, caches
+# filled); the counters are then zeroed, REQUESTS more are sent one after another on one
+# keep-alive connection (curl), and the counters dumped: what they hold is REQUESTS
+# requests' worth and nothing else. nginx runs as one process (`master_process off`) with its
+# access log on, Meridian with `--workers 1` and its JSON access log, counted on its worker
+# thread (the thread with the most instructions: the log's writer thread only writes what
+# the worker formatted). Prints both counts, their ratio, and Meridian's costliest functions
+# per request (self cost). Kernel time is not counted (it is about the same for both: see
+# docs/BENCHMARKS.md).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source tests/bench/lib.sh
+
+SMOKE=${SMOKE:-0}
+if [ "$SMOKE" = 1 ]; then
+  REQUESTS=100 PROFILE=debug
+fi
+REQUESTS=${REQUESTS:-2000}
+PROFILE=${PROFILE:-release}
+BACKEND_PORT=${BACKEND_PORT:-18581}
+NGINX_PORT=${NGINX_PORT:-18582}
+MERIDIAN_PORT=${MERIDIAN_PORT:-18583}
+ADMIN_PORT=${ADMIN_PORT:-18584}
+
+for tool in nginx valgrind callgrind_annotate curl; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx valgrind curl)" >&2; exit 1; }
+done
+
+build meridian
+MERIDIAN=target/$PROFILE/meridian
+
+work_dir instructions
+mkdir -p "$work/backend/logs" "$work/proxy/logs"
+cat > "$work/backend/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+error_log $work/backend/logs/error.log;
+pid $work/backend/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$BACKEND_PORT;
+    location / { return 200 "hello from the backend\n"; }
+  }
+}
+CONF
+cat > "$work/proxy/nginx.conf" <<CONF
+master_process off;
+daemon off;
+error_log $work/proxy/logs/error.log;
+pid $work/proxy/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log $work/proxy/logs/access.log;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 16; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+cat > "$work/meridian.yaml" <<CONF
+listen: { http: "127.0.0.1:$MERIDIAN_PORT" }
+admin: { listen: "127.0.0.1:$ADMIN_PORT" }
+access_log: { path: "$work/meridian-access.log" }
+# Out of reach, and still counted on every request.
+throttle: { rate: 100000000, burst: 100000000 }
+apis:
+  - id: plain
+    type: http
+    routes:
+      - route: ANY /{proxy+}
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+    stages:
+      - name: bench
+        variables: { backend: "127.0.0.1:$BACKEND_PORT" }
+CONF
+
+nginx -p "$work/backend" -c "$work/backend/nginx.conf" 2>/dev/null & pids+=($!)
+wait_port "$BACKEND_PORT"
+
+# count NAME URL CMD...: runs CMD under callgrind, warms it up, counts REQUESTS requests for
+# URL sent on one keep-alive connection, and prints the dump of its busiest thread.
+count() {
+  local name=$1 url=$2 out codes busiest=0 file="" c f
+  shift 2
+  out="$work/cg.$name"
+  valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out" "$@" >"$out.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 1 600); do
+    curl -sf -o /dev/null "$url" && break
+    kill -0 "$pid" 2>/dev/null || { echo "$name did not start: $(tail -5 "$out.log")" >&2; exit 1; }
+    sleep 0.1
+  done
+  curl -s -o /dev/null "$url?warm=[1-50]"
+  callgrind_control --zero "$pid" >/dev/null
+  codes=$(curl -s -o /dev/null -w '%{http_code}\n' "$url?n=[1-$REQUESTS]" | grep -c '^200$' || true)
+  [ "$codes" = "$REQUESTS" ] || { echo "$name answered $codes of $REQUESTS requests with 200" >&2; exit 1; }
+  callgrind_control --dump=measured "$pid" >/dev/null
+  kill -TERM "$pid"
+  wait "$pid" 2>/dev/null || true
+  for f in "$out".1 "$out".1-*; do
+    [ -f "$f" ] || continue
+    c=$(callgrind_annotate --auto=no --show-percs=no "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 + 0 }')
+    if [ "${c:-0}" -gt "$busiest" ]; then busiest=$c; file=$f; fi
+  done
+  [ "$busiest" -gt 0 ] || { echo "$name: nothing counted" >&2; exit 1; }
+  echo "$file"
+}
+
+# per_request FILE: the instructions in a dump, per request.
+per_request() {
+  callgrind_annotate --auto=no --show-percs=no "$1" 2>/dev/null |
+    awk -v n="$REQUESTS" '/PROGRAM TOTALS/ { gsub(",", "", $1); printf "%.0f\n", $1 / n }'
+}
+
+echo "== nginx: $REQUESTS requests under callgrind"
+nginx_dump=$(count nginx "http://127.0.0.1:$NGINX_PORT/hello" nginx -p "$work/proxy" -c "$work/proxy/nginx.conf")
+echo "== meridian: $REQUESTS requests under callgrind"
+meridian_dump=$(count meridian "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" \
+  "$MERIDIAN" serve --workers 1 --config "$work/meridian.yaml")
+nginx_ir=$(per_request "$nginx_dump")
+meridian_ir=$(per_request "$meridian_dump")
+
+echo "Meridian's costliest functions, instructions per request (self; a function inlined into"
+echo "several files' code summed):"
+# The frames on the thread's stack when the counters are dumped (main down to the runtime's
+# loop) are listed with the whole count: they are left out.
+callgrind_annotate --auto=no --threshold=100 --show-percs=no "$meridian_dump" 2>/dev/null |
+  awk -v n="$REQUESTS" '/PROGRAM TOTALS/ { total = $1; next }
+    /^ *[0-9,]+ / && $1 != total {
+      v = $1; gsub(",", "", v); $1 = ""; sub(/^ +/, "")
+      sub(/ \[[^]]*\]$/, ""); sub(/^[^:]*:/, "")
+      sum[$0] += v }
+    END { for (f in sum) if (sum[f] >= n) printf "%8.0f  %s\n", sum[f] / n, substr(f, 1, 110) }' |
+  sort -rn | awk 'NR <= 15'
+echo
+echo "instructions per proxied request: nginx $nginx_ir, meridian $meridian_ir"
+awk -v m="$meridian_ir" -v n="$nginx_ir" 'BEGIN { printf "meridian/nginx: %.2fx (lower is better)\n", m / n }'
