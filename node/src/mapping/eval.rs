@@ -54,7 +54,7 @@ impl BodyJson {
             if body.is_empty() {
                 Some(Arc::new(Value::Object(Map::new())))
             } else {
-                serde_json::from_slice(body).ok().map(Arc::new)
+                super::parse_json(body).ok().map(Arc::new)
             }
         });
         parsed.as_deref()

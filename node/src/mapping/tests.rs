@@ -290,3 +290,14 @@ fn a_key_from_a_key_set_reads_the_map_it_is_asked_of() {
     let out = t.render(&inputs(), Bounds::default()).unwrap();
     assert_eq!(out, "1/cx;2/cy;|1,2,|1/cx;2/cy;/0;|2|y");
 }
+
+#[test]
+fn json_bodies_parse_as_text_and_bytes_that_are_not_utf8_say_where() {
+    let body = br#"{"name": "Zo\u00eb", "tags": ["\u00e9t\u00e9", "snow"], "n": 3}"#;
+    assert_eq!(super::parse_json(body).unwrap(), serde_json::from_slice::<serde_json::Value>(body).unwrap());
+    assert_eq!(super::parse_json("{\"é\": \"ü\"}".as_bytes()).unwrap(), json!({"é": "ü"}));
+    let invalid = b"{\"a\": \"\xff\"}";
+    let error = super::parse_json(invalid).unwrap_err().to_string();
+    assert!(error.contains("column"), "serde_json's own error, with its position: {error}");
+    assert!(super::parse_json(b"{\"a\": ").is_err());
+}

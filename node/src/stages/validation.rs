@@ -107,7 +107,7 @@ impl RequestValidation {
     /// Every violation of `model` by `body`.
     /// The body, parsed, when it matches `model`; else the refusal listing every violation.
     fn check_body(model: &Model, body: &Bytes) -> Result<serde_json::Value, Rejection> {
-        let value: serde_json::Value = match serde_json::from_slice(body) {
+        let value = match crate::mapping::parse_json(body) {
             Ok(v) => v,
             Err(_) if body.is_empty() => {
                 let v = Violation::new(

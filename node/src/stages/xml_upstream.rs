@@ -82,7 +82,7 @@ impl Stage for XmlUpstream {
                 .with_reason("xml upstream: request body")
                 .into()
         };
-        let value: serde_json::Value = match serde_json::from_slice(body) {
+        let value = match crate::mapping::parse_json(body) {
             Ok(value) => value,
             Err(e) => return refused(format!("the request body is not valid JSON: {e}")),
         };
