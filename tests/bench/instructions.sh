@@ -112,10 +112,11 @@ count() {
     sleep 0.1
   done
   curl -s -o /dev/null "$url?warm=[1-50]"
-  callgrind_control --zero "$pid" >/dev/null
+  # callgrind_control reaches a process asleep in a system call through ptrace (vgdb).
+  timeout 60 callgrind_control --zero "$pid" >/dev/null || { echo "callgrind_control could not reach $name" >&2; exit 1; }
   codes=$(curl -s -o /dev/null -w '%{http_code}\n' "$url?n=[1-$REQUESTS]" | grep -c '^200$' || true)
   [ "$codes" = "$REQUESTS" ] || { echo "$name answered $codes of $REQUESTS requests with 200" >&2; exit 1; }
-  callgrind_control --dump=measured "$pid" >/dev/null
+  timeout 60 callgrind_control --dump=measured "$pid" >/dev/null || { echo "callgrind_control could not dump $name" >&2; exit 1; }
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
   for f in "$out".1 "$out".1-*; do
