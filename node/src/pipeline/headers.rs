@@ -47,7 +47,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         listed.push(b',');
     }
     for token in listed.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-        if token.is_empty() || keep_upgrade && token.eq_ignore_ascii_case(b"upgrade") {
+        // The hop-by-hop fields themselves (`keep-alive` above all) go below, by what the
+        // scan found, without a look-up each.
+        let named_below = HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
+        if token.is_empty() || named_below {
             continue;
         }
         // A token that is no field name names nothing to remove.
@@ -55,7 +58,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
-    let trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te = HOP_BY_HOP.iter().position(|h| **h == TE).map_or(0, |i| 1 << i);
+    let trailers = present & te != 0 && headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & 1 << i != 0 && !(keep_upgrade && **name == UPGRADE) {
             headers.remove(*name);
@@ -156,6 +160,21 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    #[test]
+    fn hop_by_hop_names_listed_in_connection_go_whatever_their_case() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Keep-Alive, TE, X-Hop"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["te", "x-kept"]);
+        assert_eq!(h[TE], "trailers");
     }
 
     #[test]
