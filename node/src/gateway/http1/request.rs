@@ -15,7 +15,7 @@ use http::header::{CONNECTION, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 
 use crate::framing::{Framing, FramingError, content_length, lists, read_body};
-use crate::head_fields::FieldSpans;
+use crate::head_fields::{FieldSpans, FramingFields};
 
 /// How many fields a head is parsed into without a heap allocation; a limit above it
 /// parses again into room for the limit.
@@ -154,11 +154,12 @@ fn build(read: &mut BytesMut, line: RequestLine, fields: &FieldSpans) -> Result<
     let uri = Uri::from_maybe_shared(head.slice(line.target.0..line.target.1))
         .map_err(|_| HeadError::bad("the request target is invalid"))?;
     let headers = fields.header_map(&head, ROOM_FOR_FORWARDING).map_err(|invalid| HeadError::bad(invalid.what()))?;
+    let present = fields.framing();
     let version = line.version;
-    let framing = body_framing(&headers, version)?;
+    let framing = body_framing(&headers, present, version)?;
     let keep_alive = match version {
-        Version::HTTP_11 => !lists(&headers, &CONNECTION, "close"),
-        _ => lists(&headers, &CONNECTION, "keep-alive"),
+        Version::HTTP_11 => !(present.connection && lists(&headers, &CONNECTION, "close")),
+        _ => present.connection && lists(&headers, &CONNECTION, "keep-alive"),
     };
     let expect_continue = version == Version::HTTP_11
         && framing != Framing::Empty
@@ -171,18 +172,18 @@ fn build(read: &mut BytesMut, line: RequestLine, fields: &FieldSpans) -> Result<
     Ok(RequestHead { request, framing, keep_alive, expect_continue })
 }
 
-/// How the body of a request with `headers` is delimited (RFC 9112, 6.3): chunked when
-/// `Transfer-Encoding` is `chunked`, by `Content-Length` when that is given, empty otherwise.
-fn body_framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
-    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
+/// How the body of a request with `headers` (of which `present` are there) is delimited
+/// (RFC 9112, 6.3): chunked when `Transfer-Encoding` is `chunked`, by `Content-Length` when
+/// that is given, empty otherwise.
+fn body_framing(headers: &HeaderMap, present: FramingFields, version: Version) -> Result<Framing, HeadError> {
+    if present.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(HeadError::bad("an HTTP/1.0 request has Transfer-Encoding"));
         }
-        if headers.contains_key(http::header::CONTENT_LENGTH) {
+        if present.content_length {
             return Err(HeadError::bad("the request has both Transfer-Encoding and Content-Length"));
         }
-        let only_chunked = codings.count() == 1
+        let only_chunked = headers.get_all(TRANSFER_ENCODING).iter().count() == 1
             && headers
                 .get(TRANSFER_ENCODING)
                 .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -193,6 +194,9 @@ fn body_framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadEr
             });
         }
         return Ok(Framing::CHUNKED);
+    }
+    if !present.content_length {
+        return Ok(Framing::Empty);
     }
     match content_length(headers) {
         Ok(None | Some(0)) => Ok(Framing::Empty),

@@ -11,7 +11,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, StatusCode, Version};
 
 use crate::framing::{Framing, content_length, lists, read_body};
-use crate::head_fields::FieldSpans;
+use crate::head_fields::{FieldSpans, FramingFields};
 
 use super::Http1Error;
 
@@ -25,6 +25,8 @@ pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
     pub headers: HeaderMap,
+    /// Which of the framing's fields the head has.
+    pub present: FramingFields,
 }
 
 /// The next final response head at the start of `read`, taken out (informational heads
@@ -64,7 +66,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, Http1Error> {
     // With room for what the gateway adds on the way back (the request id, CORS or rate
     // limit fields), so that adding them does not grow the map.
     let headers = spans.header_map(&head, 4).map_err(|invalid| Http1Error::Malformed(invalid.what()))?;
-    Ok(Some(ResponseHead { status, version, headers }))
+    Ok(Some(ResponseHead { status, version, headers, present: spans.framing() }))
 }
 
 /// How the body of a response with `head` (to a `HEAD` request or not) is delimited, and
@@ -72,7 +74,9 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, Http1Error> {
 /// of a response that also has `Transfer-Encoding` (RFC 9112, 6.3), so that it cannot
 /// mislead whoever forwards the response.
 pub fn framing(head: &mut ResponseHead, head_request: bool) -> Result<(Framing, bool), Http1Error> {
-    let mut keep_alive = head.version == Version::HTTP_11 && !lists(&head.headers, &CONNECTION, "close");
+    let present = head.present;
+    let mut keep_alive =
+        head.version == Version::HTTP_11 && !(present.connection && lists(&head.headers, &CONNECTION, "close"));
     let status = head.status;
     if head_request
         || status.is_informational()
@@ -81,7 +85,8 @@ pub fn framing(head: &mut ResponseHead, head_request: bool) -> Result<(Framing, 
     {
         return Ok((Framing::Empty, keep_alive));
     }
-    let last_coding = head.headers.get_all(TRANSFER_ENCODING).iter().next_back().map(|codings| {
+    let codings = present.transfer_encoding.then(|| head.headers.get_all(TRANSFER_ENCODING));
+    let last_coding = codings.and_then(|all| all.iter().next_back()).map(|codings| {
         codings
             .as_bytes()
             .rsplit(|&b| b == b',')
@@ -97,7 +102,7 @@ pub fn framing(head: &mut ResponseHead, head_request: bool) -> Result<(Framing, 
         }
         return Ok(if chunked { (Framing::CHUNKED, keep_alive) } else { (Framing::UntilClose, false) });
     }
-    let length = content_length(&head.headers)?;
+    let length = if present.content_length { content_length(&head.headers)? } else { None };
     Ok(match length {
         Some(0) => (Framing::Empty, keep_alive),
         Some(n) => (Framing::Length(n), keep_alive),
@@ -139,6 +144,6 @@ pub fn read_response(wire: &[u8], piece: usize, head_request: bool) -> Result<Re
     let (body, trailers) = read_body(&mut framing, &mut read, &mut pieces)?;
     let unread = read.len() + pieces.map(<[u8]>::len).sum::<usize>();
     let reusable = keep_alive && unread == 0 && head.status != StatusCode::SWITCHING_PROTOCOLS;
-    let ResponseHead { status, version, headers } = head;
+    let ResponseHead { status, version, headers, .. } = head;
     Ok(ReadResponse { status, version, headers, body, trailers, reusable, unread })
 }
