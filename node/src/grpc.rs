@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
+
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Whether a request is a gRPC call (`Content-Type: application/grpc`, `application/grpc+proto`, ...).
 pub fn is_call(headers: &HeaderMap) -> bool {
@@ -50,7 +52,7 @@ pub fn encode_message(message: &str) -> String {
 /// The deadline of a call: `grpc-timeout`, at most 8 digits and a unit (`H`, `M`, `S`, `m`,
 /// `u`, `n`); `None` when absent or malformed.
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let text = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -1,9 +1,11 @@
 //! Header hygiene between client and upstream: hop-by-hop removal and forwarding headers.
 
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use bytes::BytesMut;
 use http::header::{CONNECTION, Entry, FORWARDED, HOST, TE, UPGRADE};
+use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use smallvec::SmallVec;
@@ -81,6 +83,9 @@ pub struct ClientForwarding {
     /// `for=...;proto=...`, the start of the `Forwarded` element.
     forwarded: String,
     tls: bool,
+    /// The host the connection's first request with one addressed, and its whole `Forwarded`
+    /// element: the requests of a connection nearly always address one host.
+    first_host: OnceLock<(HeaderValue, HeaderValue)>,
 }
 
 impl ClientForwarding {
@@ -93,12 +98,12 @@ impl ClientForwarding {
             format!("for={text};proto={proto}")
         };
         let address = HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ClientForwarding { address, forwarded, tls }
+        ClientForwarding { address, forwarded, tls, first_host: OnceLock::new() }
     }
 
-    /// Prepares a client's headers for the upstream: the upstream gets its own `Host`, the
-    /// original host goes into `X-Forwarded-Host`, and the client is appended to
-    /// `X-Forwarded-For` and `Forwarded` (RFC 7239).
+    /// Prepares a client's headers for the upstream, `host` being the one it addressed (see
+    /// [`take_client_host`]): the host goes into `X-Forwarded-Host`, and the client is
+    /// appended to `X-Forwarded-For` and `Forwarded` (RFC 7239).
     pub fn apply(&self, headers: &mut HeaderMap, host: Option<&HeaderValue>) {
         match headers.entry(&X_FORWARDED_FOR) {
             Entry::Occupied(mut earlier) => {
@@ -116,19 +121,46 @@ impl ClientForwarding {
             }
         }
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(if self.tls { "https" } else { "http" }));
-        let host =
-            host.filter(|h| h.as_bytes().iter().all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b';' | b',')));
+        let (host, element) = match (host, self.first_host.get()) {
+            (Some(h), Some((first, element))) if h == first => (Some(h), Some(element.clone())),
+            // A host that would need quoting in `Forwarded` is not forwarded.
+            (Some(h), _) if h.as_bytes().iter().all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b';' | b',')) => {
+                let element = self.element(Some(h));
+                if let Some(element) = &element {
+                    let _ = self.first_host.set((h.clone(), element.clone()));
+                }
+                (Some(h), element)
+            }
+            _ => (None, self.element(None)),
+        };
+        if let Some(h) = host {
+            headers.insert(&X_FORWARDED_HOST, h.clone());
+        }
+        if let Some(element) = element {
+            headers.append(FORWARDED, element);
+        }
+    }
+
+    /// The `Forwarded` element for a request addressing `host`.
+    fn element(&self, host: Option<&HeaderValue>) -> Option<HeaderValue> {
         let mut forwarded = BytesMut::with_capacity(self.forwarded.len() + 6 + host.map_or(0, |h| h.len()));
         forwarded.extend_from_slice(self.forwarded.as_bytes());
         if let Some(h) = host {
             forwarded.extend_from_slice(b";host=");
             forwarded.extend_from_slice(h.as_bytes());
-            headers.insert(&X_FORWARDED_HOST, h.clone());
         }
-        if let Ok(v) = HeaderValue::from_maybe_shared(forwarded.freeze()) {
-            headers.append(FORWARDED, v);
-        }
-        headers.remove(HOST);
+        HeaderValue::from_maybe_shared(forwarded.freeze()).ok()
+    }
+}
+
+/// Takes the host the client addressed out of a request, whose upstream gets a `Host` of
+/// its own: the target's authority (HTTP/2's `:authority`, an absolute-form target) when it
+/// has one, else `Host`.
+pub fn take_client_host(parts: &mut Parts) -> Option<HeaderValue> {
+    let host = parts.headers.remove(HOST);
+    match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => host,
     }
 }
 
@@ -203,13 +235,45 @@ mod tests {
     fn forwarding_headers_append_the_client() {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
-        h.insert(HOST, HeaderValue::from_static("api.example.com"));
         let host = HeaderValue::from_static("api.example.com");
         ClientForwarding::new("::1".parse().unwrap(), true).apply(&mut h, Some(&host));
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, ::1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=https;host=api.example.com");
         assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
-        assert!(!h.contains_key(HOST));
+    }
+
+    #[test]
+    fn each_request_of_a_connection_gets_the_host_it_addressed() {
+        let forwarding = ClientForwarding::new("192.0.2.7".parse().unwrap(), false);
+        let forwarded = |host: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            forwarding.apply(&mut h, host.map(HeaderValue::from_static).as_ref());
+            let text = |name| h.get(name).map(|v: &HeaderValue| v.to_str().unwrap().to_string());
+            (text(&FORWARDED), text(&X_FORWARDED_HOST))
+        };
+        let first = (Some("for=192.0.2.7;proto=http;host=a.test".to_string()), Some("a.test".to_string()));
+        assert_eq!(forwarded(Some("a.test")), first);
+        assert_eq!(forwarded(Some("a.test")), first, "the first host's element, again");
+        let other = (Some("for=192.0.2.7;proto=http;host=b.test".to_string()), Some("b.test".to_string()));
+        assert_eq!(forwarded(Some("b.test")), other);
+        assert_eq!(forwarded(None), (Some("for=192.0.2.7;proto=http".to_string()), None));
+        assert_eq!(
+            forwarded(Some("a;b")),
+            (Some("for=192.0.2.7;proto=http".to_string()), None),
+            "not quoted, not sent"
+        );
+        assert_eq!(forwarded(Some("a.test")), first);
+    }
+
+    #[test]
+    fn the_client_host_is_taken_out_and_the_authority_wins() {
+        let request = |uri: &str| {
+            let (mut parts, ()) = http::Request::get(uri).header(HOST, "h.test").body(()).unwrap().into_parts();
+            let host = take_client_host(&mut parts);
+            (host, parts.headers.contains_key(HOST))
+        };
+        assert_eq!(request("/x"), (Some(HeaderValue::from_static("h.test")), false));
+        assert_eq!(request("http://a.test:8080/x"), (Some(HeaderValue::from_static("a.test:8080")), false));
     }
 }

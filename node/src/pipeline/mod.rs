@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 use crate::incoming::Incoming;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use metrics::Gauge;
@@ -575,7 +574,7 @@ impl Pipeline {
             Call::Mock(mock) => return Served::answered(mock.respond(), target),
             Call::Redirect(answer) => return Served::answered(answer, target),
         };
-        let host = host_of(&parts);
+        let host = headers::take_client_host(&mut parts);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         conn.forwarding.apply(&mut parts.headers, host.as_ref());
         parts.headers.insert(&request_id::REQUEST_ID, request_id.clone());
@@ -667,9 +666,12 @@ impl Pipeline {
         request_id: &HeaderValue,
     ) -> Served<'t> {
         let sent = Instant::now();
-        // A gRPC call's own deadline, when it is shorter than the route's timeout.
-        let deadline = crate::grpc::timeout(request.headers())
-            .filter(|d| *d < proxy.timeout && crate::grpc::is_call(request.headers()));
+        // A gRPC call's own deadline, when it is shorter than the route's timeout (other
+        // requests are not looked at for one).
+        let deadline = Some(request.headers())
+            .filter(|headers| crate::grpc::is_call(headers))
+            .and_then(crate::grpc::timeout)
+            .filter(|d| *d < proxy.timeout);
         let result = match deadline {
             Some(d) => tokio::time::timeout(d, proxy.forward(request, &self.upstreams))
                 .await
@@ -800,14 +802,6 @@ async fn read_answer_for_head(
 /// A uniform draw in 0..10,000 for the canary split.
 fn canary_draw() -> u32 {
     ((crate::fast_random::next_u64() >> 32) % 10_000) as u32
-}
-
-/// The host the client addressed: `:authority` (HTTP/2) or `Host`.
-fn host_of(parts: &Parts) -> Option<HeaderValue> {
-    match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(HOST).cloned(),
-    }
 }
 
 #[cfg(test)]

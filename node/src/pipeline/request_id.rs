@@ -19,10 +19,11 @@ pub fn is_well_formed(value: &[u8]) -> bool {
 /// A fresh, unpredictable request id.
 pub fn generate() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits: u128 = rand::rng().random();
+    let bits = rand::rng().random::<u128>().to_be_bytes();
     let mut out = [0u8; 32];
-    for (j, digit) in out.iter_mut().enumerate() {
-        *digit = HEX[((bits >> (124 - 4 * j)) & 0xf) as usize];
+    for (digits, byte) in out.chunks_exact_mut(2).zip(bits) {
+        digits[0] = HEX[usize::from(byte >> 4)];
+        digits[1] = HEX[usize::from(byte & 0xf)];
     }
     // Hex digits are always a valid header value.
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))

@@ -29,7 +29,7 @@ pub struct Routed<'t, 'p> {
     pub path: Cow<'p, str>,
     pub offset: usize,
     /// Captured parameters, as byte ranges of the route's part of the path.
-    pub captures: Vec<(usize, usize)>,
+    pub captures: crate::router::Captures,
 }
 
 impl Routed<'_, '_> {

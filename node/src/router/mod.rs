@@ -1,14 +1,14 @@
 //! Route matching: `METHOD /path/{param}/{greedy+}` → the route that serves a request.
 //!
 //! Routes are compiled into a segment trie once per configuration revision. A lookup walks
-//! the request path without allocating (unless the route captures parameters) and prefers,
-//! at every segment, a literal over a `{param}` over a greedy `{name+}`, so the most
-//! specific pattern wins regardless of declaration order. Then a route for the request's
-//! method beats `ANY`, and among routes of the same method and path the one with more
-//! [`conditions`] (headers, query parameters) is tried first; a path whose routes' conditions
-//! all fail lets a less specific path serve the request. A path that matches some route but
-//! not with this method yields [`RouteMiss::MethodNotAllowed`] with the methods the most
-//! specific matching path accepts.
+//! the request path without allocating (unless the route captures more than four
+//! parameters) and prefers, at every segment, a literal over a `{param}` over a greedy
+//! `{name+}`, so the most specific pattern wins regardless of declaration order. Then a
+//! route for the request's method beats `ANY`, and among routes of the same method and path
+//! the one with more [`conditions`] (headers, query parameters) is tried first; a path whose
+//! routes' conditions all fail lets a less specific path serve the request. A path that
+//! matches some route but not with this method yields [`RouteMiss::MethodNotAllowed`] with
+//! the methods the most specific matching path accepts.
 
 pub mod conditions;
 
@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use http::Method;
+use smallvec::SmallVec;
 
 pub use conditions::{RequestFacts, RouteConditions};
 
@@ -151,12 +152,15 @@ pub enum RouteMiss {
     MethodNotAllowed(Vec<Method>),
 }
 
-/// A successful lookup: the route's value and the captured parameter values (as byte
-/// ranges of the path, in the pattern's parameter order).
+/// The captured parameter values of a match, as byte ranges of the path in the pattern's
+/// parameter order: kept inline up to four, so a lookup allocates nothing on most routes.
+pub type Captures = SmallVec<[(usize, usize); 4]>;
+
+/// A successful lookup: the route's value and the captured parameter values.
 #[derive(Debug)]
 pub struct RouteMatch<'r, T> {
     pub value: &'r T,
-    pub captures: Vec<(usize, usize)>,
+    pub captures: Captures,
 }
 
 /// A route at an endpoint: its conditions and its value's index.
@@ -272,7 +276,7 @@ impl<T> Router<T> {
         path: &str,
         request: &RequestFacts<'_>,
     ) -> Result<RouteMatch<'_, T>, RouteMiss> {
-        let mut captures = Vec::new();
+        let mut captures = Captures::new();
         let mut first_path: Option<&Endpoint> = None;
         let lookup = Lookup { path, method, request };
         match walk(&self.root, &lookup, 0, &mut captures, &mut first_path) {
@@ -312,7 +316,7 @@ fn walk<'r>(
     node: &'r Node,
     lookup: &Lookup<'_>,
     pos: usize,
-    captures: &mut Vec<(usize, usize)>,
+    captures: &mut Captures,
     first_path: &mut Option<&'r Endpoint>,
 ) -> Option<usize> {
     let path = lookup.path;
