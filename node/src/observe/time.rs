@@ -18,11 +18,24 @@ pub fn write_rfc3339_millis(time: SystemTime, out: &mut String) {
         }
         out.push_str(&cached.1);
     });
-    let millis = since.subsec_millis();
-    for digit in [millis / 100, millis / 10 % 10, millis % 10] {
-        out.push(char::from(b'0' + digit as u8));
+    let [a, b, c] = three_digits(since.subsec_millis());
+    push_ascii(out, &[a, b, c, b'Z']);
+}
+
+/// `n` (below 1,000) as three digits, zero-padded: a time's milliseconds, a latency's
+/// microseconds past the millisecond.
+pub fn three_digits(n: u32) -> [u8; 3] {
+    [b'0' + (n / 100 % 10) as u8, b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]
+}
+
+/// Appends ASCII bytes put together on the stack, in one copy (bytes that are not ASCII
+/// are not appended). A check for ASCII costs a few instructions for these few bytes; a
+/// check for UTF-8 (`from_utf8`) was a call of about forty.
+pub fn push_ascii(out: &mut String, ascii: &[u8]) {
+    if ascii.is_ascii() {
+        // SAFETY: ASCII bytes are UTF-8 each on its own, so `out` stays UTF-8.
+        unsafe { out.as_mut_vec() }.extend_from_slice(ascii);
     }
-    out.push('Z');
 }
 
 thread_local! {
