@@ -201,7 +201,7 @@ impl Connections {
             trace.propagate(request.headers_mut(), start.map_or_else(SpanId::random, |s| s.id));
             start.map(|start| (trace, start, request.uri().to_string()))
         });
-        let answered = match route.integration.forward(request, &self.upstreams).await {
+        let answered = match route.integration.forward(&mut request, &self.upstreams).await {
             Ok(response) => envelope::answer(response, reply, limits.max_message_bytes).await,
             Err(e) => Err(e.to_string()),
         };

@@ -83,7 +83,7 @@ impl Callee {
         *request.method_mut() = method;
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = headers;
-        let response = self.proxy.forward(request, upstreams).await?;
+        let response = self.proxy.forward(&mut request, upstreams).await?;
         let (parts, body) = response.into_parts();
         let read = tokio::time::timeout(self.proxy.timeout, Limited::new(body, max_body).collect()).await;
         let body = match read {

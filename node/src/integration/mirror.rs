@@ -107,7 +107,7 @@ impl Mirror {
             let _permit = permit;
             let timeout = mirror.target.timeout;
             let outcome = tokio::time::timeout(timeout, async {
-                let response = mirror.target.forward(request, &upstreams).await.ok()?;
+                let response = mirror.target.forward(&mut request, &upstreams).await.ok()?;
                 // Read to the end, so the connection goes back to the pool.
                 response.into_body().collect().await.ok().map(|_| ())
             })

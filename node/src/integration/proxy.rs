@@ -133,11 +133,13 @@ impl ProxyIntegration {
         }
     }
 
-    /// Sends `request` upstream. A call that failed because of the client's body is
-    /// reported as [`UpstreamError::BodyTooLarge`] or [`UpstreamError::ClientBody`].
+    /// Sends `request` upstream; it is lent, not moved into each future on the way down
+    /// (the caller's frame holds it; what is left of it afterwards is of no use). A call that
+    /// failed because of the client's body is reported as [`UpstreamError::BodyTooLarge`] or
+    /// [`UpstreamError::ClientBody`].
     pub async fn forward(
         &self,
-        request: Request<RequestBody>,
+        request: &mut Request<RequestBody>,
         upstreams: &Upstreams,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let discovered;
@@ -151,19 +153,17 @@ impl ProxyIntegration {
         let region = upstreams.region();
         let retry = self.retry.as_ref().filter(|_| is_idempotent(request.method()) && request.body().is_end_stream());
         let Some(policy) = retry else {
-            let mut request = request;
-            return self.attempt(balancer, region, &mut request).await;
+            return self.attempt(balancer, region, request).await;
         };
         policy.deposit();
-        let (parts, _) = request.into_parts();
         let mut tries = 0;
         loop {
             let mut again = Request::new(RequestBody::empty());
-            *again.method_mut() = parts.method.clone();
-            *again.uri_mut() = parts.uri.clone();
-            *again.version_mut() = parts.version;
-            *again.headers_mut() = parts.headers.clone();
-            if parts.extensions.get::<NameTheTarget>().is_some() {
+            *again.method_mut() = request.method().clone();
+            *again.uri_mut() = request.uri().clone();
+            *again.version_mut() = request.version();
+            *again.headers_mut() = request.headers().clone();
+            if request.extensions().get::<NameTheTarget>().is_some() {
                 again.extensions_mut().insert(NameTheTarget);
             }
             match self.attempt(balancer, region, &mut again).await {

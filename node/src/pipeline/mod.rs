@@ -609,7 +609,8 @@ impl Pipeline {
             ClientBody::Read(bytes) => RequestBody::buffered(bytes),
             ClientBody::Prefixed(prefix, rest) => RequestBody::prefixed(prefix, rest, self.body_limit.max_bytes),
         };
-        let served = self.call_upstream(proxy, Request::from_parts(parts, body), client_upgrade, target, &request_id);
+        let mut request = Request::from_parts(parts, body);
+        let served = self.call_upstream(proxy, &mut request, client_upgrade, target, &request_id);
         let served = served.await;
         if let Some(span) = span {
             span.end(exchange, &served);
@@ -660,7 +661,7 @@ impl Pipeline {
     async fn call_upstream<'t>(
         &self,
         proxy: &ProxyIntegration,
-        request: Request<RequestBody>,
+        request: &mut Request<RequestBody>,
         client_upgrade: Option<websocket::ClientUpgrade>,
         target: &'t RouteTarget,
         request_id: &HeaderValue,
