@@ -339,7 +339,7 @@ impl Limiter {
     }
 
     /// The cluster-wide estimate of requests in the sliding second ending at `now_ms`.
-    fn estimate(state: &ScopeState, me: NodeId, now_ms: u64, silence: &PeerSilence) -> f64 {
+    fn estimate<'s>(state: &ScopeState, me: NodeId, now_ms: u64, silence: &impl Fn() -> &'s PeerSilence) -> f64 {
         let frac = (now_ms % 1000) as f64 / 1000.0;
         let start_ms = now_ms.saturating_sub(1000);
         union(union(state.current.nodes(), state.previous.nodes()), state.last_rates.keys().copied())
@@ -349,7 +349,7 @@ impl Limiter {
                 let quiet = if n == me {
                     Duration::ZERO
                 } else {
-                    silence.iter().find(|(peer, _)| *peer == n).map_or(Duration::MAX, |(_, quiet)| *quiet)
+                    silence().iter().find(|(peer, _)| *peer == n).map_or(Duration::MAX, |(_, quiet)| *quiet)
                 };
                 let silent = quiet > STALE_AFTER;
                 if silent {
@@ -391,7 +391,10 @@ impl Limiter {
     /// counting an admitted request only when `count`.
     fn admit_at(&self, scopes: &[(Arc<str>, Rate)], now_unix_ms: u64, now: Instant, count: bool) -> Decision {
         let me = self.me.load(Ordering::Relaxed);
-        let silence = self.peer_silence_at(now);
+        // How long each peer has been silent, read (under the peers' lock) only for a scope
+        // that peers have counted in.
+        let silence = std::cell::OnceCell::new();
+        let silence = || silence.get_or_init(|| self.peer_silence_at(now));
         let mut tightest: Option<Decision> = None;
         for (index, (scope, rate)) in scopes.iter().enumerate() {
             let (window, left_ms) = rate.period.window(now_unix_ms);
