@@ -183,10 +183,9 @@ fn body_framing(headers: &HeaderMap, present: FramingFields, version: Version) -
         if present.content_length {
             return Err(HeadError::bad("the request has both Transfer-Encoding and Content-Length"));
         }
-        let only_chunked = headers.get_all(TRANSFER_ENCODING).iter().count() == 1
-            && headers
-                .get(TRANSFER_ENCODING)
-                .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
+        let only_chunked = matches!((codings.next(), codings.next()),
+            (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
         if !only_chunked {
             return Err(HeadError {
                 status: StatusCode::NOT_IMPLEMENTED,

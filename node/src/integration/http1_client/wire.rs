@@ -85,8 +85,8 @@ pub fn framing(head: &mut ResponseHead, head_request: bool) -> Result<(Framing, 
     {
         return Ok((Framing::Empty, keep_alive));
     }
-    let codings = present.transfer_encoding.then(|| head.headers.get_all(TRANSFER_ENCODING));
-    let last_coding = codings.and_then(|all| all.iter().next_back()).map(|codings| {
+    let last_line = present.transfer_encoding.then(|| head.headers.get_all(TRANSFER_ENCODING).iter().next_back());
+    let last_coding = last_line.flatten().map(|codings| {
         codings
             .as_bytes()
             .rsplit(|&b| b == b',')
