@@ -30,9 +30,7 @@ BASE_PORT=${BASE_PORT:-18521}
 MERIDIAN_PORT=${MERIDIAN_PORT:-18529}
 ADMIN_PORT=${ADMIN_PORT:-18530}
 
-for tool in nginx wrk taskset python3; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx wrk util-linux python3)" >&2; exit 1; }
-done
+needs "apt-get install -y nginx wrk util-linux python3" nginx wrk taskset python3
 build meridian
 MERIDIAN=target/$PROFILE/meridian
 

@@ -36,9 +36,7 @@ MERIDIAN_PORT=${MERIDIAN_PORT:-18514}
 MERIDIAN_TLS_PORT=${MERIDIAN_TLS_PORT:-18515}
 ADMIN_PORT=${ADMIN_PORT:-18516}
 
-for tool in nginx h2load openssl taskset python3; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx nghttp2-client openssl util-linux python3-venv)" >&2; exit 1; }
-done
+needs "apt-get install -y nginx nghttp2-client openssl util-linux python3-venv" nginx h2load openssl taskset python3
 
 build meridian tls-handshakes
 MERIDIAN=target/$PROFILE/meridian

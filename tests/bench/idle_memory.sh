@@ -25,7 +25,7 @@ NGINX_PORT=${NGINX_PORT:-18491}
 MERIDIAN_PORT=${MERIDIAN_PORT:-18492}
 ADMIN_PORT=${ADMIN_PORT:-18493}
 
-command -v nginx >/dev/null || { echo "needs nginx (apt-get install -y nginx)" >&2; exit 1; }
+needs "apt-get install -y nginx" nginx
 # Each process (the server, the clients) holds COUNT + a few hundred descriptors.
 ulimit -n $((COUNT + 1000)) || { echo "needs ulimit -n $((COUNT + 1000)) (the hard limit is $(ulimit -Hn))" >&2; exit 1; }
 

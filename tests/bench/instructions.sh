@@ -32,9 +32,7 @@ NGINX_PORT=${NGINX_PORT:-18582}
 MERIDIAN_PORT=${MERIDIAN_PORT:-18583}
 ADMIN_PORT=${ADMIN_PORT:-18584}
 
-for tool in nginx valgrind callgrind_annotate curl; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx valgrind curl)" >&2; exit 1; }
-done
+needs "apt-get install -y nginx valgrind curl" nginx valgrind callgrind_annotate curl
 
 build meridian
 MERIDIAN=target/$PROFILE/meridian

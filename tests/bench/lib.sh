@@ -1,6 +1,6 @@
 # Helpers the HTTP benchmark scripts share (sourced, not run): waiting for a port, a
 # process's resident set, clients holding idle connections, a process's CPU time, medians, wrk's latency units, one wrk run measured, HAProxy's
-# configuration, building and the work folder.
+# configuration, the check for the tools a script needs, building and the work folder.
 
 # Waits until something listens on 127.0.0.1:$1 (5 s at most).
 wait_port() {
@@ -91,6 +91,16 @@ frontend bench
 backend upstream
   $3
 CONF
+}
+
+# needs "PACKAGES" TOOL...: stops the run, naming the packages that bring them, unless every
+# TOOL is installed.
+needs() {
+  local packages=$1 tool
+  shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "needs $tool ($packages)" >&2; exit 1; }
+  done
 }
 
 # build BIN...: builds these binaries of the workspace for $PROFILE (release or debug).

@@ -49,9 +49,7 @@ MERIDIAN_PORT=${MERIDIAN_PORT:-18483}
 ADMIN_PORT=${ADMIN_PORT:-18484}
 HAPROXY_PORT=${HAPROXY_PORT:-18486}
 
-for tool in nginx haproxy wrk taskset; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx haproxy wrk util-linux)" >&2; exit 1; }
-done
+needs "apt-get install -y nginx haproxy wrk util-linux" nginx haproxy wrk taskset
 
 build meridian
 MERIDIAN=target/$PROFILE/meridian

@@ -35,9 +35,7 @@ NGINX_PORT=${NGINX_PORT:-18492}
 MERIDIAN_PORT=${MERIDIAN_PORT:-18493}
 ADMIN_PORT=${ADMIN_PORT:-18494}
 
-for tool in nginx wrk taskset curl python3; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx wrk util-linux curl python3)" >&2; exit 1; }
-done
+needs "apt-get install -y nginx wrk util-linux curl python3" nginx wrk taskset curl python3
 
 build meridian
 MERIDIAN=target/$PROFILE/meridian

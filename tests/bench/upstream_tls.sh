@@ -37,9 +37,7 @@ HAPROXY_PORT=${HAPROXY_PORT:-18523}
 MERIDIAN_PORT=${MERIDIAN_PORT:-18524}
 ADMIN_PORT=${ADMIN_PORT:-18525}
 
-for tool in nginx haproxy wrk openssl taskset; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install -y nginx haproxy wrk openssl util-linux)" >&2; exit 1; }
-done
+needs "apt-get install -y nginx haproxy wrk openssl util-linux" nginx haproxy wrk openssl taskset
 
 build meridian
 MERIDIAN=target/$PROFILE/meridian

@@ -39,7 +39,7 @@ MERIDIAN_PORT=${MERIDIAN_PORT:-18503}
 ADMIN_PORT=${ADMIN_PORT:-18504}
 TOKEN=bench-admin-token-0123456789
 
-command -v taskset >/dev/null || { echo "needs taskset (apt-get install -y util-linux)" >&2; exit 1; }
+needs "apt-get install -y util-linux" taskset
 ulimit -n $((COUNT + 1000)) || { echo "needs ulimit -n $((COUNT + 1000)) (the hard limit is $(ulimit -Hn))" >&2; exit 1; }
 
 build meridian websocket-bench
