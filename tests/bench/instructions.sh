@@ -15,7 +15,9 @@
 # access log on, Meridian with `--workers 1` and its JSON access log, counted on its worker
 # thread (the thread with the most instructions: the log's writer thread only writes what
 # the worker formatted). Prints both counts, their ratio, and Meridian's costliest functions
-# per request (self cost). Kernel time is not counted (it is about the same for both: see
+# per request (self cost); then the misses of callgrind's simulated first-level instruction
+# cache per request, which tell how much code a request runs through (a miss served from the
+# second-level cache stalls the processor's front end for about a dozen cycles). Kernel time is not counted (it is about the same for both: see
 # docs/BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -101,7 +103,7 @@ count() {
   local name=$1 url=$2 out codes busiest=0 file="" c f
   shift 2
   out="$work/cg.$name"
-  valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out" "$@" >"$out.log" 2>&1 &
+  valgrind --tool=callgrind --cache-sim=yes --separate-threads=yes --callgrind-out-file="$out" "$@" >"$out.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
   for _ in $(seq 1 600); do
@@ -126,9 +128,10 @@ count() {
   echo "$file"
 }
 
-# per_request FILE: the instructions in a dump, per request.
+# per_request FILE EVENT: an event's count in a dump, per request (Ir: instructions; I1mr:
+# misses in the simulated first-level instruction cache).
 per_request() {
-  callgrind_annotate --auto=no --show-percs=no "$1" 2>/dev/null |
+  callgrind_annotate --auto=no --show-percs=no --show="$2" "$1" 2>/dev/null |
     awk -v n="$REQUESTS" '/PROGRAM TOTALS/ { gsub(",", "", $1); printf "%.0f\n", $1 / n }'
 }
 
@@ -137,14 +140,16 @@ nginx_dump=$(count nginx "http://127.0.0.1:$NGINX_PORT/hello" nginx -p "$work/pr
 echo "== meridian: $REQUESTS requests under callgrind"
 meridian_dump=$(count meridian "http://127.0.0.1:$MERIDIAN_PORT/bench/hello" \
   "$MERIDIAN" serve --workers 1 --config "$work/meridian.yaml")
-nginx_ir=$(per_request "$nginx_dump")
-meridian_ir=$(per_request "$meridian_dump")
+nginx_ir=$(per_request "$nginx_dump" Ir)
+meridian_ir=$(per_request "$meridian_dump" Ir)
+nginx_i1=$(per_request "$nginx_dump" I1mr)
+meridian_i1=$(per_request "$meridian_dump" I1mr)
 
 echo "Meridian's costliest functions, instructions per request (self; a function inlined into"
 echo "several files' code summed):"
 # The frames on the thread's stack when the counters are dumped (main down to the runtime's
 # loop) are listed with the whole count: they are left out.
-callgrind_annotate --auto=no --threshold=100 --show-percs=no "$meridian_dump" 2>/dev/null |
+callgrind_annotate --auto=no --threshold=100 --show-percs=no --show=Ir "$meridian_dump" 2>/dev/null |
   awk -v n="$REQUESTS" '/PROGRAM TOTALS/ { total = $1; next }
     /^ *[0-9,]+ / && $1 != total {
       v = $1; gsub(",", "", v); $1 = ""; sub(/^ +/, "")
@@ -155,3 +160,5 @@ callgrind_annotate --auto=no --threshold=100 --show-percs=no "$meridian_dump" 2>
 echo
 echo "instructions per proxied request: nginx $nginx_ir, meridian $meridian_ir"
 awk -v m="$meridian_ir" -v n="$nginx_ir" 'BEGIN { printf "meridian/nginx: %.2fx (lower is better)\n", m / n }'
+echo "instruction-cache misses per proxied request (simulated L1): nginx $nginx_i1, meridian $meridian_i1"
+awk -v m="$meridian_i1" -v n="$nginx_i1" 'BEGIN { printf "meridian/nginx: %.2fx (lower is better)\n", m / n }'
