@@ -25,8 +25,11 @@ pub fn generate() -> HeaderValue {
         digits[0] = HEX[usize::from(byte >> 4)];
         digits[1] = HEX[usize::from(byte & 0xf)];
     }
+    // The id is cloned into the upstream request, the response, the exchange and the log: as
+    // its own owner its bytes are shared from the start (one allocation), where a copied
+    // `Vec` would be moved to a shared allocation at the first clone.
     // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out)).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// The id for a request with these headers.
