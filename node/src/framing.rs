@@ -27,8 +27,12 @@ const MAX_TRAILER_BYTES: usize = 64 * 1024;
 pub const READ_SIZE: usize = 8 * 1024;
 /// The most a single read asks for (a long body is read in pieces this large).
 const MAX_READ_SIZE: usize = 64 * 1024;
-/// The most pieces queued before they are written.
+/// The most pieces queued before they are written (one vectored write takes them all, after
+/// the head).
 const MAX_QUEUED: usize = 8;
+/// The most pieces one body frame queues: in chunked framing its size line, its data and
+/// the CRLF after it.
+const PIECES_PER_FRAME: usize = 3;
 
 /// Errors a body's frames can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -354,7 +358,9 @@ where
     ) -> Poll<Result<(), SendError>> {
         loop {
             let mut body_waits = false;
-            while self.queued.len() < MAX_QUEUED {
+            // A frame may queue several pieces: the fill goes on only while all of one more
+            // frame's pieces fit in the write below.
+            while self.queued.len() + PIECES_PER_FRAME <= MAX_QUEUED {
                 let Some(body) = self.body.as_mut() else { break };
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Pending => {
@@ -373,9 +379,10 @@ where
                 return if body_waits { Poll::Pending } else { Poll::Ready(Ok(())) };
             }
             let mut slices = [io::IoSlice::new(&[]); MAX_QUEUED + 1];
+            let pieces = std::iter::once(head).filter(|h| !h.is_empty()).chain(self.queued.iter().map(|b| &b[..]));
             let mut count = 0;
-            for piece in std::iter::once(head).filter(|h| !h.is_empty()).chain(self.queued.iter().map(|b| &b[..])) {
-                slices[count] = io::IoSlice::new(piece);
+            for (slice, piece) in slices.iter_mut().zip(pieces) {
+                *slice = io::IoSlice::new(piece);
                 count += 1;
             }
             let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
@@ -520,6 +527,23 @@ mod tests {
         let mut trickle = Trickle::default();
         assert!(send_to(&mut trickle, 0, &[b"abcd", b"e"], true).is_ok());
         assert_eq!(trickle.0, b"HEAD\r\n\r\n4\r\nabcd\r\n1\r\ne\r\n0\r\n\r\n");
+    }
+
+    #[test]
+    fn a_chunked_body_with_many_pieces_ready_at_once_is_written_whole() {
+        // Each chunk queues three pieces (size line, data, CRLF): a body with many chunks
+        // ready at once queued more pieces than one vectored write had room for.
+        let pieces: Vec<&'static [u8]> = vec![b"a", b"b", b"c", b"d", b"e", b"f", b"g"];
+        let (sent, written) = send(0, &pieces, true);
+        assert!(sent.is_ok());
+        let expected: String = "HEAD\r\n\r\n".to_string()
+            + &["a", "b", "c", "d", "e", "f", "g"].map(|p| format!("1\r\n{p}\r\n")).concat()
+            + "0\r\n\r\n";
+        assert_eq!(String::from_utf8_lossy(&written), expected);
+        // And through a peer that takes three bytes at a time.
+        let mut trickle = Trickle::default();
+        assert!(send_to(&mut trickle, 0, &pieces, true).is_ok());
+        assert_eq!(String::from_utf8_lossy(&trickle.0), expected);
     }
 
     #[test]

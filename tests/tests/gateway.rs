@@ -209,6 +209,52 @@ async fn a_slow_client_is_cut_off() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// A backend that answers every request with a chunked body of `pieces` one-letter chunks,
+/// all in one write, the way a stream of small events arrives.
+async fn many_chunks_backend(pieces: usize) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let mut answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+                for i in 0..pieces {
+                    answer.extend_from_slice(format!("1\r\n{}\r\n", char::from(b'a' + (i % 26) as u8)).as_bytes());
+                }
+                answer.extend_from_slice(b"0\r\n\r\n");
+                let _ = socket.write_all(&answer).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_of_many_small_chunks_reaches_the_client_whole() {
+    if !meridian_tests::tools(&["curl"]) {
+        return;
+    }
+    // Many chunks read at once used to queue more pieces than one write to the client had
+    // room for, and the connection's task panicked.
+    let backend = many_chunks_backend(40).await;
+    let node = start_node(pets_config(backend, "")).await;
+    let url = format!("http://{}/prod/files/events", node.http.unwrap());
+    let out = curl(&["-s", "-o", "-", "-w", "\n%{http_code}", "-H", "host: gw.test", &url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected: String = (0..40).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    assert_eq!(text, format!("{expected}\n200"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_with_prior_knowledge() {
     if !meridian_tests::tools(&["curl"]) {
