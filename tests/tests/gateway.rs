@@ -256,6 +256,38 @@ async fn a_chunked_answer_of_many_small_chunks_reaches_the_client_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_of_many_small_chunks_reaches_the_backend_whole() {
+    // The same writer sends a chunked request body upstream.
+    let backend = echo_backend().await;
+    let node = start_node(pets_config(backend, "")).await;
+    let letters: String = (0..40).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let chunks: String = letters.chars().map(|c| format!("1\r\n{c}\r\n")).collect();
+    let request = format!(
+        "POST /prod/pets HTTP/1.1\r\nhost: gw.test\r\nx-echo-body: stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{chunks}0\r\n\r\n"
+    );
+    let answer = raw_exchange(node.http.unwrap(), request.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or("");
+    assert!(dechunk(body).contains(&letters), "{answer}");
+}
+
+/// The data of a chunked body (its size lines and CRLFs removed); a body sent with a length
+/// comes back as it is.
+fn dechunk(body: &str) -> String {
+    let mut data = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { return body.to_string() };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        data.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_with_prior_knowledge() {
     if !meridian_tests::tools(&["curl"]) {
         return;
