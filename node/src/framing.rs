@@ -462,7 +462,7 @@ mod tests {
     /// A body that announces `announced` bytes and yields `chunks`.
     struct Announced {
         announced: u64,
-        chunks: VecDeque<&'static [u8]>,
+        chunks: VecDeque<Bytes>,
     }
 
     impl Body for Announced {
@@ -470,7 +470,7 @@ mod tests {
         type Error = BoxError;
 
         fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(Bytes::from_static(c)))))
+            Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
         }
 
         fn size_hint(&self) -> http_body::SizeHint {
@@ -478,14 +478,22 @@ mod tests {
         }
     }
 
-    /// A peer that takes at most three bytes per write, whatever it is offered.
-    #[derive(Default)]
-    struct Trickle(Vec<u8>);
+    /// A peer that takes at most `per_write` bytes per write, whatever it is offered.
+    struct Trickle {
+        written: Vec<u8>,
+        per_write: usize,
+    }
+
+    impl Trickle {
+        fn new(per_write: usize) -> Trickle {
+            Trickle { written: Vec::new(), per_write }
+        }
+    }
 
     impl AsyncWrite for Trickle {
         fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-            let taken = buf.len().min(3);
-            self.0.extend_from_slice(&buf[..taken]);
+            let taken = buf.len().min(self.per_write);
+            self.written.extend_from_slice(&buf[..taken]);
             Poll::Ready(Ok(taken))
         }
 
@@ -504,7 +512,16 @@ mod tests {
         chunks: &[&'static [u8]],
         chunked: bool,
     ) -> Result<(), SendError> {
-        let body = Announced { announced, chunks: chunks.iter().copied().collect() };
+        send_pieces(written, announced, chunks.iter().map(|c| Bytes::from_static(c)).collect(), chunked)
+    }
+
+    fn send_pieces<W: AsyncWrite + Unpin>(
+        written: &mut W,
+        announced: u64,
+        chunks: VecDeque<Bytes>,
+        chunked: bool,
+    ) -> Result<(), SendError> {
+        let body = Announced { announced, chunks };
         let mut out = Outgoing::new(b"HEAD\r\n\r\n".to_vec(), Some(body), chunked);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match out.poll_send(written, &mut cx) {
@@ -521,12 +538,12 @@ mod tests {
 
     #[test]
     fn short_writes_resume_where_they_stopped() {
-        let mut trickle = Trickle::default();
+        let mut trickle = Trickle::new(3);
         assert!(send_to(&mut trickle, 5, &[b"he", b"llo"], false).is_ok());
-        assert_eq!(trickle.0, b"HEAD\r\n\r\nhello");
-        let mut trickle = Trickle::default();
+        assert_eq!(trickle.written, b"HEAD\r\n\r\nhello");
+        let mut trickle = Trickle::new(3);
         assert!(send_to(&mut trickle, 0, &[b"abcd", b"e"], true).is_ok());
-        assert_eq!(trickle.0, b"HEAD\r\n\r\n4\r\nabcd\r\n1\r\ne\r\n0\r\n\r\n");
+        assert_eq!(trickle.written, b"HEAD\r\n\r\n4\r\nabcd\r\n1\r\ne\r\n0\r\n\r\n");
     }
 
     #[test]
@@ -541,9 +558,44 @@ mod tests {
             + "0\r\n\r\n";
         assert_eq!(String::from_utf8_lossy(&written), expected);
         // And through a peer that takes three bytes at a time.
-        let mut trickle = Trickle::default();
+        let mut trickle = Trickle::new(3);
         assert!(send_to(&mut trickle, 0, &pieces, true).is_ok());
-        assert_eq!(String::from_utf8_lossy(&trickle.0), expected);
+        assert_eq!(String::from_utf8_lossy(&trickle.written), expected);
+    }
+
+    proptest::proptest! {
+        /// Whatever pieces a body yields and however little the peer takes per write, what
+        /// is written is the head and the body in its framing, or the body is refused for
+        /// a length other than the one announced.
+        #[test]
+        fn what_is_written_is_the_body_in_its_framing(
+            pieces in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..30),
+            chunked in proptest::prelude::any::<bool>(),
+            per_write in 1usize..64,
+            off_by in -3i64..3,
+        ) {
+            let total: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+            let announced = total.saturating_add_signed(off_by);
+            let mut peer = Trickle::new(per_write);
+            let body = pieces.iter().map(|p| Bytes::from(p.clone())).collect();
+            let result = send_pieces(&mut peer, announced, body, chunked);
+            let mut expected = b"HEAD\r\n\r\n".to_vec();
+            if chunked {
+                for piece in pieces.iter().filter(|p| !p.is_empty()) {
+                    expected.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                    expected.extend_from_slice(piece);
+                    expected.extend_from_slice(b"\r\n");
+                }
+                expected.extend_from_slice(b"0\r\n\r\n");
+            } else if announced == total {
+                pieces.iter().for_each(|piece| expected.extend_from_slice(piece));
+            } else {
+                proptest::prop_assert!(matches!(result, Err(SendError::Body(_))));
+                return Ok(());
+            }
+            proptest::prop_assert!(result.is_ok());
+            proptest::prop_assert_eq!(peer.written, expected);
+        }
     }
 
     #[test]
