@@ -235,6 +235,41 @@ pub async fn counting_backend(
     (addr, count)
 }
 
+/// A target on raw sockets, for answers no HTTP server library would give: each connection
+/// (counted) is handed to `answer` once a request head has arrived on it.
+pub async fn raw_target<F, Fut>(answer: F) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                answer(tcp).await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
 /// A loopback HTTP/1.1 server answering each request (its body read whole) with what
 /// `handler` returns: for the identity providers, authorizers and other services a test
 /// plays.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meridian_tests::{NodeProcess, TestCa, get, send, start_node, start_node_in};
+use meridian_tests::{NodeProcess, TestCa, get, raw_target, send, start_node, start_node_in};
 use rustls::pki_types::pem::PemObject;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -467,39 +467,6 @@ async fn posts_an_http2_target_refused_are_sent_again_with_their_bodies() {
         assert_eq!(reply.body, Bytes::from(format!("answered{body}")), "the target received the whole body");
     }
     assert_eq!(connections.load(Ordering::SeqCst), 9, "each refused stream went to a new connection");
-}
-
-/// A target on raw sockets, for answers no HTTP server library would give: each connection
-/// (counted) is handed to `answer` once a request head has arrived on it.
-async fn raw_target<F, Fut>(answer: F) -> (SocketAddr, Arc<AtomicUsize>)
-where
-    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    use tokio::io::AsyncReadExt;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
-    let answer = Arc::new(answer);
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let answer = answer.clone();
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                answer(tcp).await;
-            });
-        }
-    });
-    (addr, connections)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
