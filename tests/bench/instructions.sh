@@ -17,8 +17,8 @@
 # the worker formatted). Prints both counts, their ratio, and Meridian's costliest functions
 # per request (self cost); then the misses of callgrind's simulated first-level instruction
 # cache per request, which tell how much code a request runs through (a miss served from the
-# second-level cache stalls the processor's front end for about a dozen cycles). Kernel time is not counted (it is about the same for both: see
-# docs/BENCHMARKS.md).
+# second-level cache stalls the processor's front end for about a dozen cycles). Kernel time
+# is not counted (it is about the same for both: see docs/BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/bench/lib.sh
