@@ -5,55 +5,54 @@
 //! deltas may arrive in any order, twice, or late, and every node still converges to the
 //! same counts.
 
-use std::collections::BTreeMap;
-
 use meridian_consensus::NodeId;
-use serde::{Deserialize, Serialize};
+
+use super::per_node::PerNode;
 
 /// A grow-only counter.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GCounter {
-    slots: BTreeMap<NodeId, u64>,
+    slots: PerNode<u64>,
 }
 
 impl GCounter {
     /// Adds `by` to `node`'s own slot.
     pub fn increment(&mut self, node: NodeId, by: u64) {
-        let slot = self.slots.entry(node).or_default();
+        let slot = self.slots.get_or_insert_with(node, || 0);
         *slot = slot.saturating_add(by);
     }
 
     /// Raises `node`'s slot to `value` if it is higher (a gossiped observation).
     pub fn observe(&mut self, node: NodeId, value: u64) {
-        let slot = self.slots.entry(node).or_default();
+        let slot = self.slots.get_or_insert_with(node, || 0);
         *slot = (*slot).max(value);
     }
 
     /// Merges another replica of the counter.
     pub fn merge(&mut self, other: &GCounter) {
-        for (node, value) in &other.slots {
-            self.observe(*node, *value);
+        for (node, value) in other.slots() {
+            self.observe(node, value);
         }
     }
 
     /// The total over all slots.
     pub fn value(&self) -> u64 {
-        self.slots.values().fold(0u64, |a, b| a.saturating_add(*b))
+        self.slots.iter().fold(0u64, |a, (_, b)| a.saturating_add(*b))
     }
 
     /// One node's slot.
     pub fn slot(&self, node: NodeId) -> u64 {
-        self.slots.get(&node).copied().unwrap_or(0)
+        self.slots.get(node).copied().unwrap_or(0)
     }
 
     /// Every slot.
     pub fn slots(&self) -> impl Iterator<Item = (NodeId, u64)> + '_ {
-        self.slots.iter().map(|(n, v)| (*n, *v))
+        self.slots.iter().map(|(n, v)| (n, *v))
     }
 
     /// The nodes that have a slot, in ascending order.
     pub fn nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.slots.keys().copied()
+        self.slots.nodes()
     }
 }
 
@@ -63,7 +62,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn counter() -> impl Strategy<Value = GCounter> {
-        proptest::collection::btree_map(0u64..5, 0u64..1000, 0..5).prop_map(|slots| GCounter { slots })
+        proptest::collection::btree_map(0u64..5, 0u64..1000, 0..5).prop_map(|slots| {
+            let mut counter = GCounter::default();
+            for (node, value) in slots {
+                counter.observe(node, value);
+            }
+            counter
+        })
     }
 
     fn merged(a: &GCounter, b: &GCounter) -> GCounter {

@@ -24,6 +24,7 @@ use meridian_consensus::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::counter::GCounter;
+use super::per_node::PerNode;
 use crate::table_hasher::TableHasher;
 
 /// A limit: `limit` requests per `period`. Per second it is a rate limit over a sliding
@@ -177,15 +178,15 @@ struct ScopeState {
     /// Each node's last three non-zero window counts (rate scopes). A silent peer is assumed
     /// to keep consuming at the largest of them: the window in which it fell silent is only
     /// partly known, the ones before it are whole.
-    last_rates: BTreeMap<NodeId, [u64; 3]>,
+    last_rates: PerNode<[u64; 3]>,
     /// Finished windows of calendar scopes (at most `HISTORY_WINDOWS`).
-    history: std::collections::BTreeMap<u64, GCounter>,
+    history: BTreeMap<u64, GCounter>,
     window: u64,
     current: GCounter,
     previous: GCounter,
     /// When each node's admissions of the current and previous windows happened.
-    current_spans: BTreeMap<NodeId, Span>,
-    previous_spans: BTreeMap<NodeId, Span>,
+    current_spans: PerNode<Span>,
+    previous_spans: PerNode<Span>,
     /// The local bucket; `None` until the first admission here (a scope first seen in gossip
     /// starts with a full bucket).
     tokens: Option<f64>,
@@ -200,13 +201,13 @@ impl ScopeState {
     fn new(window: u64, now: Instant) -> Self {
         ScopeState {
             period: Period::Second,
-            last_rates: BTreeMap::new(),
+            last_rates: PerNode::default(),
             history: Default::default(),
             window,
             current: GCounter::default(),
             previous: GCounter::default(),
-            current_spans: BTreeMap::new(),
-            previous_spans: BTreeMap::new(),
+            current_spans: PerNode::default(),
+            previous_spans: PerNode::default(),
             tokens: None,
             refilled: now,
             dirty: false,
@@ -220,7 +221,7 @@ impl ScopeState {
     fn count(&mut self, me: NodeId, now_unix_ms: u64) {
         self.current.increment(me, 1);
         if self.period == Period::Second {
-            self.current_spans.entry(me).or_insert(Span::at(now_unix_ms)).widen(now_unix_ms);
+            self.current_spans.get_or_insert_with(me, || Span::at(now_unix_ms)).widen(now_unix_ms);
         }
         self.tokens = self.tokens.map(|t| t - 1.0);
         self.unsent += 1;
@@ -248,7 +249,7 @@ impl ScopeState {
             // Remember each node's recent window counts before they are dropped.
             for (node, count) in self.previous.slots() {
                 if count > 0 {
-                    let ring = self.last_rates.entry(node).or_default();
+                    let ring = self.last_rates.get_or_insert_with(node, Default::default);
                     ring.rotate_right(1);
                     ring[0] = count;
                 }
@@ -256,7 +257,7 @@ impl ScopeState {
         }
         let next = window == self.window + 1;
         self.previous = if next { std::mem::take(&mut self.current) } else { GCounter::default() };
-        self.previous_spans = if next { std::mem::take(&mut self.current_spans) } else { BTreeMap::new() };
+        self.previous_spans = if next { std::mem::take(&mut self.current_spans) } else { PerNode::default() };
         self.current = GCounter::default();
         self.current_spans.clear();
         self.window = window;
@@ -342,7 +343,7 @@ impl Limiter {
     fn estimate<'s>(state: &ScopeState, me: NodeId, now_ms: u64, silence: &impl Fn() -> &'s PeerSilence) -> f64 {
         let frac = (now_ms % 1000) as f64 / 1000.0;
         let start_ms = now_ms.saturating_sub(1000);
-        union(union(state.current.nodes(), state.previous.nodes()), state.last_rates.keys().copied())
+        union(union(state.current.nodes(), state.previous.nodes()), state.last_rates.nodes())
             .map(|n| {
                 let mut previous = state.previous.slot(n) as f64;
                 let mut current = state.current.slot(n) as f64;
@@ -355,7 +356,7 @@ impl Limiter {
                 if silent {
                     // A silent peer keeps consuming at its last known rate, however long the
                     // silence: its share is not handed out to this side of a partition.
-                    let recent = state.last_rates.get(&n).map_or(0, |r| r.iter().copied().max().unwrap_or(0));
+                    let recent = state.last_rates.get(n).map_or(0, |r| r.iter().copied().max().unwrap_or(0));
                     previous = previous.max(recent as f64);
                 }
                 if quiet > LAGGING_AFTER {
@@ -366,7 +367,7 @@ impl Limiter {
                 }
                 // The part of the previous second still inside the sliding one: from when the
                 // admissions happened, or an even spread when that is unknown.
-                let still_inside = match state.previous_spans.get(&n) {
+                let still_inside = match state.previous_spans.get(n) {
                     Some(span) if !silent => span.after(state.previous.slot(n), start_ms),
                     _ => previous * (1.0 - frac),
                 };
@@ -494,7 +495,7 @@ impl Limiter {
                     window: state.window,
                     node: me,
                     value: state.current.slot(me),
-                    span: state.current_spans.get(&me).copied(),
+                    span: state.current_spans.get(me).copied(),
                 });
                 if state.window > 0 {
                     out.push(Observation {
@@ -503,7 +504,7 @@ impl Limiter {
                         window: state.window - 1,
                         node: me,
                         value: state.previous.slot(me),
-                        span: state.previous_spans.get(&me).copied(),
+                        span: state.previous_spans.get(me).copied(),
                     });
                 }
             }
@@ -538,7 +539,7 @@ impl Limiter {
                         window,
                         node,
                         value,
-                        span: spans.and_then(|s| s.get(&node).copied()),
+                        span: spans.and_then(|s| s.get(node).copied()),
                     }));
                 }
             }
@@ -590,7 +591,7 @@ impl Limiter {
     }
 
     /// Keeps the span of the newest observation of a slot (the one with the highest count).
-    fn observe_span(spans: &mut BTreeMap<NodeId, Span>, o: &Observation) {
+    fn observe_span(spans: &mut PerNode<Span>, o: &Observation) {
         if let Some(span) = o.span.filter(|s| s.first_ms <= s.last_ms) {
             spans.insert(o.node, span);
         }
@@ -658,7 +659,7 @@ impl Limiter {
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             for state in shard.values_mut() {
-                state.last_rates.retain(|n, _| !gone.contains(n));
+                state.last_rates.retain(|n| !gone.contains(&n));
             }
         }
     }
@@ -1038,7 +1039,7 @@ mod tests {
             let s = scope("stage", rate, burst);
             let mut arrivals = arrivals;
             arrivals.sort_by_key(|(_, t)| *t);
-            let mut per_second = std::collections::BTreeMap::<u64, u64>::new();
+            let mut per_second = BTreeMap::<u64, u64>::new();
             for (node, at_ms) in arrivals {
                 let now = 42_000 + at_ms;
                 if nodes[node as usize].admit(&s, now).allowed {
