@@ -253,9 +253,14 @@ pub fn value_lists(value: &HeaderValue, token: &str) -> bool {
 /// The one length all `Content-Length` values (lines and comma-separated items) state;
 /// `Ok(None)` without any, an error when one is not a number or two differ.
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, FramingError> {
+    stated_length(headers.get_all(http::header::CONTENT_LENGTH).iter().map(HeaderValue::as_bytes))
+}
+
+/// [`content_length`] of the `Content-Length` lines `values`, read from a head.
+pub fn stated_length<'v>(values: impl Iterator<Item = &'v [u8]>) -> Result<Option<u64>, FramingError> {
     let mut length = None;
-    for value in headers.get_all(http::header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
+    for value in values {
+        for item in value.split(|&b| b == b',') {
             let item = item.trim_ascii();
             let parsed = (!item.is_empty() && item.len() <= 19 && item.iter().all(u8::is_ascii_digit))
                 .then(|| std::str::from_utf8(item).ok()?.parse::<u64>().ok())

@@ -74,19 +74,107 @@ impl FieldSpans {
         self.framing
     }
 
+    /// The values of the recorded fields named `lower` (in lower case, matched in any case),
+    /// in order, as slices of `head`.
+    pub fn values<'h>(&'h self, head: &'h [u8], lower: &'h [u8]) -> impl Iterator<Item = &'h [u8]> + 'h {
+        self.spans
+            .iter()
+            .filter(move |[name_start, name_end, ..]| is_named(&head[*name_start as usize..*name_end as usize], lower))
+            .map(move |[.., value_start, value_end]| &head[*value_start as usize..*value_end as usize])
+    }
+
     /// The fields as a map (with `room` for more), their values slices of `head`: the head
-    /// the fields were recorded from, taken out of the read buffer and frozen.
-    pub fn header_map(&self, head: &Bytes, room: usize) -> Result<HeaderMap, InvalidField> {
+    /// the fields were recorded from, taken out of the read buffer and frozen. The fields
+    /// whose names `leave_out` says yes to are not in it.
+    pub fn header_map(
+        &self,
+        head: &Bytes,
+        room: usize,
+        leave_out: impl Fn(&[u8]) -> bool,
+    ) -> Result<HeaderMap, InvalidField> {
         let mut headers = HeaderMap::with_capacity(self.spans.len() + room);
         for &[name_start, name_end, value_start, value_end] in &self.spans {
-            let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
-                .map_err(|_| InvalidField::Name)?;
+            let name = &head[name_start as usize..name_end as usize];
+            if leave_out(name) {
+                continue;
+            }
+            let name = match common_name(name) {
+                Some(known) => known.clone(),
+                None => HeaderName::from_bytes(name).map_err(|_| InvalidField::Name)?,
+            };
             let value = HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
                 .map_err(|_| InvalidField::Value)?;
             headers.append(name, value);
         }
         Ok(headers)
     }
+}
+
+/// The fields most heads carry, in requests and in answers. `http`'s own parser lower-cases
+/// a name into a scratch buffer and then matches it against every name it knows (a large
+/// `match`, of which each name runs a different part), and copies any name it does not know
+/// into an allocation of its own; these are recognised by their length and first letter and
+/// one comparison, and shared.
+static COMMON_NAMES: [HeaderName; 24] = [
+    HeaderName::from_static("host"),
+    HeaderName::from_static("date"),
+    HeaderName::from_static("vary"),
+    HeaderName::from_static("etag"),
+    HeaderName::from_static("accept"),
+    HeaderName::from_static("cookie"),
+    HeaderName::from_static("origin"),
+    HeaderName::from_static("server"),
+    HeaderName::from_static("referer"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("user-agent"),
+    HeaderName::from_static("connection"),
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("set-cookie"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("content-type"),
+    HeaderName::from_static("authorization"),
+    HeaderName::from_static("last-modified"),
+    HeaderName::from_static("cache-control"),
+    HeaderName::from_static("content-length"),
+    HeaderName::from_static("accept-encoding"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("transfer-encoding"),
+];
+
+/// `name` (a token the parser let through) as one of [`COMMON_NAMES`], whatever its case,
+/// if it is one.
+fn common_name(name: &[u8]) -> Option<&'static HeaderName> {
+    let first = *name.first()? | 0x20;
+    let at = match (name.len(), first) {
+        (4, b'h') => 0,
+        (4, b'd') => 1,
+        (4, b'v') => 2,
+        (4, b'e') => 3,
+        (6, b'a') => 4,
+        (6, b'c') => 5,
+        (6, b'o') => 6,
+        (6, b's') => 7,
+        (7, b'r') => 8,
+        (9, b'x') => 9,
+        (10, b'u') => 10,
+        (10, b'c') => 11,
+        (10, b'k') => 12,
+        (10, b's') => 13,
+        (11, b't') => 14,
+        (12, b'x') => 15,
+        (12, b'c') => 16,
+        (13, b'a') => 17,
+        (13, b'l') => 18,
+        (13, b'c') => 19,
+        (14, b'c') => 20,
+        (15, b'a') => 21,
+        (15, b'x') => 22,
+        (17, b't') => 23,
+        _ => return None,
+    };
+    let known = &COMMON_NAMES[at];
+    is_named(name, known.as_str().as_bytes()).then_some(known)
 }
 
 /// Whether `name`, a token the parser let through, is `lower` in any case. Setting the
@@ -100,6 +188,7 @@ fn is_named(name: &[u8], lower: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn values_share_the_frozen_head_and_repeated_fields_stay_in_order() {
@@ -112,7 +201,7 @@ mod tests {
         assert_eq!(spans.spans.len(), 3);
         let head = Bytes::copy_from_slice(&wire[..length]);
         assert_eq!(spans.framing(), FramingFields::default(), "no field of the framing's");
-        let headers = spans.header_map(&head, 4).expect("valid fields");
+        let headers = spans.header_map(&head, 4, |_| false).expect("valid fields");
         assert_eq!(headers["host"], "a");
         let accepted: Vec<_> = headers.get_all("accept").iter().collect();
         assert_eq!(accepted, ["x", "y"]);
@@ -153,6 +242,46 @@ mod tests {
         }
     }
 
+    /// The bytes a field name may hold (RFC 9110, 5.6.2).
+    const TOKEN: &[u8] = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+    #[test]
+    fn each_common_name_is_found_by_its_own_length_and_letter() {
+        for known in &COMMON_NAMES {
+            let name = known.as_str();
+            assert_eq!(common_name(name.as_bytes()), Some(known));
+            assert_eq!(common_name(name.to_ascii_uppercase().as_bytes()), Some(known));
+            assert_eq!(HeaderName::from_bytes(name.as_bytes()).ok().as_ref(), Some(known), "lower case already");
+        }
+        assert_eq!(common_name(b"hose"), None);
+        assert_eq!(common_name(b""), None);
+    }
+
+    /// A common name with each letter in either case, or any token.
+    fn field_name() -> impl Strategy<Value = Vec<u8>> {
+        let common = proptest::sample::select(COMMON_NAMES.to_vec()).prop_flat_map(|known| {
+            let length = known.as_str().len();
+            proptest::collection::vec(any::<bool>(), length).prop_map(move |upper| {
+                let bytes = known.as_str().bytes().zip(upper);
+                bytes.map(|(b, up)| if up { b.to_ascii_uppercase() } else { b }).collect()
+            })
+        });
+        prop_oneof![common, proptest::collection::vec(proptest::sample::select(TOKEN), 1..20)]
+    }
+
+    proptest! {
+        /// Whatever token the head's parser lets through, in whatever case, a name comes out
+        /// as `http`'s parser makes it.
+        #[test]
+        fn names_are_what_http_makes_of_them(name in field_name()) {
+            let ours = match common_name(&name) {
+                Some(known) => Ok(known.clone()),
+                None => HeaderName::from_bytes(&name).map_err(|_| ()),
+            };
+            prop_assert_eq!(ours, HeaderName::from_bytes(&name).map_err(|_| ()));
+        }
+    }
+
     #[test]
     fn a_name_http_refuses_is_reported() {
         // httparse lets through names that `http` does not take as they are; none today, so
@@ -160,6 +289,6 @@ mod tests {
         let head = Bytes::from_static(b"x\x7fy: 1");
         let mut spans = FieldSpans::default();
         spans.spans.push([0, 3, 5, 6]);
-        assert_eq!(spans.header_map(&head, 0).err(), Some(InvalidField::Name));
+        assert_eq!(spans.header_map(&head, 0, |_| false).err(), Some(InvalidField::Name));
     }
 }

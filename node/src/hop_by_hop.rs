@@ -16,3 +16,9 @@ pub const HOP_BY_HOP: [&HeaderName; 8] =
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name)
 }
+
+/// Whether `name`, as read from a head in any case, is a hop-by-hop header, `Upgrade`
+/// included.
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+}

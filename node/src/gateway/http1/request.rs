@@ -153,7 +153,8 @@ fn build(read: &mut BytesMut, line: RequestLine, fields: &FieldSpans) -> Result<
         .map_err(|_| HeadError::bad("the request method is invalid"))?;
     let uri = Uri::from_maybe_shared(head.slice(line.target.0..line.target.1))
         .map_err(|_| HeadError::bad("the request target is invalid"))?;
-    let headers = fields.header_map(&head, ROOM_FOR_FORWARDING).map_err(|invalid| HeadError::bad(invalid.what()))?;
+    let headers =
+        fields.header_map(&head, ROOM_FOR_FORWARDING, |_| false).map_err(|invalid| HeadError::bad(invalid.what()))?;
     let present = fields.framing();
     let version = line.version;
     let framing = body_framing(&headers, present, version)?;

@@ -102,6 +102,33 @@ fn however_the_bytes_are_cut_a_response_reads_the_same() {
     assert!(matches!(read_response(wires[5], 4, false), Err(Http1Error::Malformed(_))));
 }
 
+#[test]
+fn the_fields_of_the_connection_to_the_target_are_read_and_left_out() {
+    let names = |headers: &HeaderMap| headers.keys().map(|n| n.as_str().to_string()).collect::<Vec<_>>();
+    // Hop-by-hop fields, and the ones `Connection` names, describe this connection only.
+    let wire = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\n\
+                 X-End: 2\r\nContent-Length: 2\r\nConnection: Close\r\n\r\nok";
+    let read = read_response(wire, 5, false).unwrap();
+    assert_eq!(names(&read.headers), ["x-end", "content-length"]);
+    assert_eq!((read.body.as_slice(), read.reusable), (&b"ok"[..], false), "its second Connection line says close");
+    // A field `Connection` names is left out even when the framing reads it.
+    let wire = b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\nokEXTRA";
+    let read = read_response(wire, 3, false).unwrap();
+    assert_eq!((read.body.as_slice(), read.unread, read.headers.len()), (&b"ok"[..], 5, 0));
+    // Transfer-Encoding delimits the body and goes no further; a Content-Length beside it
+    // neither (and the connection is not reused).
+    let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\nX-End: 1\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+    let read = read_response(wire, 4, false).unwrap();
+    assert_eq!(
+        (read.body.as_slice(), read.reusable, names(&read.headers)),
+        (&b"ok"[..], false, vec!["x-end".to_string()])
+    );
+    // A 101 keeps its upgrade for the gateway to carry on.
+    let wire = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let read = read_response(wire, 7, false).unwrap();
+    assert_eq!(names(&read.headers), ["upgrade", "connection"]);
+}
+
 #[tokio::test]
 async fn a_length_delimited_response_arrives_in_pieces_and_the_connection_serves_again() {
     let connection = connect(|mut s| async move {

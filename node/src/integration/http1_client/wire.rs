@@ -7,11 +7,13 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, StatusCode, Version};
+use smallvec::SmallVec;
 
-use crate::framing::{Framing, content_length, lists, read_body};
-use crate::head_fields::{FieldSpans, FramingFields};
+use crate::framing::{Framing, FramingError, read_body, stated_length};
+use crate::head_fields::FieldSpans;
+use crate::hop_by_hop::is_hop_by_hop_name;
 
 use super::Http1Error;
 
@@ -24,9 +26,23 @@ pub const MAX_FIELDS: usize = 128;
 pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
+    /// The message's fields. The hop-by-hop ones (and those `Connection` names) describe
+    /// the connection to the target, which ends here: they are read into `framing` and left
+    /// out, except in a `101`, whose upgrade the gateway carries on.
     pub headers: HeaderMap,
-    /// Which of the framing's fields the head has.
-    pub present: FramingFields,
+    pub framing: HeadFraming,
+}
+
+/// What a response head says about its body's delimiting and its connection, read from
+/// the head's fields before the hop-by-hop ones are left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadFraming {
+    /// `Connection` lists `close`.
+    pub close: bool,
+    /// With `Transfer-Encoding`: whether the last coding it names is `chunked`.
+    pub chunked: Option<bool>,
+    /// What `Content-Length` states, if the head has it.
+    pub length: Option<Result<Option<u64>, FramingError>>,
 }
 
 /// The next final response head at the start of `read`, taken out (informational heads
@@ -62,11 +78,32 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, Http1Error> {
     let version = if response.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
     let mut spans = FieldSpans::default();
     spans.record(read, response.headers);
+    let present = spans.framing();
     let head = read.split_to(length).freeze();
+    let listed: SmallVec<[&[u8]; 4]> = match present.connection {
+        true => spans.values(&head, b"connection").flat_map(list_items).collect(),
+        false => SmallVec::new(),
+    };
+    let last_coding = present.transfer_encoding.then(|| spans.values(&head, b"transfer-encoding").last()).flatten();
+    let framing = HeadFraming {
+        close: listed.iter().any(|item| item.eq_ignore_ascii_case(b"close")),
+        chunked: last_coding
+            .map(|codings| list_items(codings).last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))),
+        length: present.content_length.then(|| stated_length(spans.values(&head, b"content-length"))),
+    };
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let hop_by_hop = |name: &[u8]| {
+        !switching && (is_hop_by_hop_name(name) || listed.iter().any(|item| item.eq_ignore_ascii_case(name)))
+    };
     // With room for what the gateway adds on the way back (the request id, CORS or rate
     // limit fields), so that adding them does not grow the map.
-    let headers = spans.header_map(&head, 4).map_err(|invalid| Http1Error::Malformed(invalid.what()))?;
-    Ok(Some(ResponseHead { status, version, headers, present: spans.framing() }))
+    let headers = spans.header_map(&head, 4, hop_by_hop).map_err(|invalid| Http1Error::Malformed(invalid.what()))?;
+    Ok(Some(ResponseHead { status, version, headers, framing }))
+}
+
+/// The items of a comma-separated field value, trimmed, the empty ones left out.
+fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|item| !item.is_empty())
 }
 
 /// How the body of a response with `head` (to a `HEAD` request or not) is delimited, and
@@ -74,9 +111,8 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, Http1Error> {
 /// of a response that also has `Transfer-Encoding` (RFC 9112, 6.3), so that it cannot
 /// mislead whoever forwards the response.
 pub fn framing(head: &mut ResponseHead, head_request: bool) -> Result<(Framing, bool), Http1Error> {
-    let present = head.present;
-    let mut keep_alive =
-        head.version == Version::HTTP_11 && !(present.connection && lists(&head.headers, &CONNECTION, "close"));
+    let stated = head.framing;
+    let mut keep_alive = head.version == Version::HTTP_11 && !stated.close;
     let status = head.status;
     if head_request
         || status.is_informational()
@@ -85,25 +121,17 @@ pub fn framing(head: &mut ResponseHead, head_request: bool) -> Result<(Framing, 
     {
         return Ok((Framing::Empty, keep_alive));
     }
-    let last_line = present.transfer_encoding.then(|| head.headers.get_all(TRANSFER_ENCODING).iter().next_back());
-    let last_coding = last_line.flatten().map(|codings| {
-        codings
-            .as_bytes()
-            .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-    });
-    if let Some(chunked) = last_coding {
+    if let Some(chunked) = stated.chunked {
         if head.version == Version::HTTP_10 {
             return Err(Http1Error::Malformed("an HTTP/1.0 response has Transfer-Encoding"));
         }
-        if head.headers.remove(CONTENT_LENGTH).is_some() {
+        if stated.length.is_some() {
+            head.headers.remove(CONTENT_LENGTH);
             keep_alive = false;
         }
         return Ok(if chunked { (Framing::CHUNKED, keep_alive) } else { (Framing::UntilClose, false) });
     }
-    let length = if present.content_length { content_length(&head.headers)? } else { None };
-    Ok(match length {
+    Ok(match stated.length.transpose()?.flatten() {
         Some(0) => (Framing::Empty, keep_alive),
         Some(n) => (Framing::Length(n), keep_alive),
         None => (Framing::UntilClose, false),
