@@ -47,23 +47,36 @@ impl HostRefusal {
 
 /// Lower case, without port and trailing dot; refuses characters no host name holds.
 pub fn normalize(authority: &str) -> Result<Cow<'_, str>, HostRefusal> {
-    let host = if authority.starts_with('[') {
-        match authority.find(']') {
-            Some(end) => &authority[..=end],
-            None => return Err(HostRefusal::Invalid),
-        }
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    normalize_bytes(authority.as_bytes())
+}
+
+/// [`normalize`] of a field's bytes, in one pass over the host: every request's `Host` goes
+/// through it, and a byte no host name holds (anything but ASCII letters, digits and
+/// `-._:[]`) is refused whatever its encoding, as is a port that is not text.
+fn normalize_bytes(authority: &[u8]) -> Result<Cow<'_, str>, HostRefusal> {
+    let end = match authority.first() {
+        Some(b'[') => authority.iter().position(|&b| b == b']').ok_or(HostRefusal::Invalid)? + 1,
+        _ => authority.iter().rposition(|&b| b == b':').unwrap_or(authority.len()),
     };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']');
-    if host.is_empty() || !host.bytes().all(valid) {
+    let (host, port) = authority.split_at(end);
+    // The port is not read, but a field's value is text: visible ASCII, spaces and tabs.
+    if !port.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
         return Err(HostRefusal::Invalid);
     }
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Ok(Cow::Owned(host.to_ascii_lowercase()))
-    } else {
-        Ok(Cow::Borrowed(host))
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    let mut upper = false;
+    for &b in host {
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')) {
+            return Err(HostRefusal::Invalid);
+        }
+        upper |= b.is_ascii_uppercase();
+    }
+    // Every byte is ASCII now, so the host is text.
+    let host = std::str::from_utf8(host).map_err(|_| HostRefusal::Invalid)?;
+    match (host.is_empty(), upper) {
+        (true, _) => Err(HostRefusal::Invalid),
+        (false, true) => Ok(Cow::Owned(host.to_ascii_lowercase())),
+        (false, false) => Ok(Cow::Borrowed(host)),
     }
 }
 
@@ -76,7 +89,7 @@ pub fn request_host(parts: &Parts) -> Result<Option<Cow<'_, str>>, HostRefusal> 
         return Err(HostRefusal::Duplicate);
     }
     let header = match header {
-        Some(value) => Some(normalize(value.to_str().map_err(|_| HostRefusal::Invalid)?)?),
+        Some(value) => Some(normalize_bytes(value.as_bytes())?),
         None => None,
     };
     let target = parts.uri.authority().map(|a| normalize(a.as_str())).transpose()?;
@@ -111,6 +124,42 @@ mod tests {
         for bad in ["", ".", "a b", "user@host", "a/b", "[::1", "h\u{e9}"] {
             assert_eq!(normalize(bad), Err(HostRefusal::Invalid), "{bad:?}");
         }
+    }
+
+    /// What normalising means, written the obvious way: the one-pass [`normalize_bytes`]
+    /// must agree with it on any input.
+    fn normalized_plainly(authority: &[u8]) -> Result<String, HostRefusal> {
+        let value = http::HeaderValue::from_bytes(authority).map_err(|_| HostRefusal::Invalid)?;
+        let authority = value.to_str().map_err(|_| HostRefusal::Invalid)?;
+        let host = if authority.starts_with('[') {
+            &authority[..=authority.find(']').ok_or(HostRefusal::Invalid)?]
+        } else {
+            authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']');
+        if host.is_empty() || !host.bytes().all(valid) {
+            return Err(HostRefusal::Invalid);
+        }
+        Ok(host.to_ascii_lowercase())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn one_pass_normalising_agrees_with_the_plain_definition(
+            authority in proptest::collection::vec(
+                proptest::sample::select(b"aZ09-._:[]@/ \t\r\xc3\xa9\x80".to_vec()), 0..16),
+        ) {
+            let ours = normalize_bytes(&authority).map(Cow::into_owned);
+            proptest::prop_assert_eq!(ours, normalized_plainly(&authority));
+        }
+    }
+
+    #[test]
+    fn a_host_field_with_bytes_beyond_ascii_is_refused() {
+        let mut p = parts("/x", Version::HTTP_11, &[]);
+        p.headers.insert(HOST, http::HeaderValue::from_bytes(b"h\xc3\xa9.test").unwrap());
+        assert_eq!(request_host(&p), Err(HostRefusal::Invalid));
     }
 
     #[test]
