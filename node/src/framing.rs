@@ -247,7 +247,12 @@ pub fn lists(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 
 /// Whether `value`, a comma-separated list, has `token` (ASCII case-insensitive).
 pub fn value_lists(value: &HeaderValue, token: &str) -> bool {
-    value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    list_items(value.as_bytes()).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The items of a comma-separated field value, trimmed, the empty ones left out.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|item| !item.is_empty())
 }
 
 /// The one length all `Content-Length` values (lines and comma-separated items) state;

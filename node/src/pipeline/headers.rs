@@ -48,11 +48,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         listed.extend_from_slice(value.as_bytes());
         listed.push(b',');
     }
-    for token in listed.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+    for token in crate::framing::list_items(&listed) {
         // The hop-by-hop fields themselves (`keep-alive` above all) go below, by what the
         // scan found, without a look-up each.
-        let named_below = HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
-        if token.is_empty() || named_below {
+        if HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes())) {
             continue;
         }
         // A token that is no field name names nothing to remove.

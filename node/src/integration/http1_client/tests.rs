@@ -123,6 +123,11 @@ fn the_fields_of_the_connection_to_the_target_are_read_and_left_out() {
         (read.body.as_slice(), read.reusable, names(&read.headers)),
         (&b"ok"[..], false, vec!["x-end".to_string()])
     );
+    // A coding list that ends in an empty item names no coding last: not chunked, read to
+    // the end of the connection.
+    let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+    let read = read_response(wire, 4, false).unwrap();
+    assert_eq!((read.body.as_slice(), read.reusable), (&b"2\r\nok\r\n0\r\n\r\n"[..], false));
     // A 101 keeps its upgrade for the gateway to carry on.
     let wire = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     let read = read_response(wire, 7, false).unwrap();

@@ -11,7 +11,7 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, StatusCode, Version};
 use smallvec::SmallVec;
 
-use crate::framing::{Framing, FramingError, read_body, stated_length};
+use crate::framing::{Framing, FramingError, list_items, read_body, stated_length};
 use crate::head_fields::FieldSpans;
 use crate::hop_by_hop::is_hop_by_hop_name;
 
@@ -87,8 +87,10 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, Http1Error> {
     let last_coding = present.transfer_encoding.then(|| spans.values(&head, b"transfer-encoding").last()).flatten();
     let framing = HeadFraming {
         close: listed.iter().any(|item| item.eq_ignore_ascii_case(b"close")),
-        chunked: last_coding
-            .map(|codings| list_items(codings).last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))),
+        // The last item as written: a list ending in an empty item names no coding last.
+        chunked: last_coding.map(|codings| {
+            codings.rsplit(|&b| b == b',').next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        }),
         length: present.content_length.then(|| stated_length(spans.values(&head, b"content-length"))),
     };
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
@@ -99,11 +101,6 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<ResponseHead>, Http1Error> {
     // limit fields), so that adding them does not grow the map.
     let headers = spans.header_map(&head, 4, hop_by_hop).map_err(|invalid| Http1Error::Malformed(invalid.what()))?;
     Ok(Some(ResponseHead { status, version, headers, framing }))
-}
-
-/// The items of a comma-separated field value, trimmed, the empty ones left out.
-fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|item| !item.is_empty())
 }
 
 /// How the body of a response with `head` (to a `HEAD` request or not) is delimited, and
