@@ -5,7 +5,8 @@
 //!
 //! - [`state`]: the configuration model and its deterministic `apply`;
 //! - [`idempotency`]: the idempotency records routes keep for `Idempotency-Key`, replicated
-//!   through the same log but kept apart from the configuration;
+//!   through the same log but kept apart from the configuration (a pure crate of its own,
+//!   `meridian-idempotency`, which the data plane uses without depending on Raft);
 //! - [`types`]: the openraft type configuration ([`TypeConfig`], [`ClusterNode`]);
 //! - [`store`]: the sled-backed Raft log and state machine.
 //!
@@ -17,7 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod format;
-pub mod idempotency;
+pub use meridian_idempotency as idempotency;
 pub mod state;
 pub mod store;
 pub mod types;

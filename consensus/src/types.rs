@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::idempotency::{IdempotencyAnswer, IdempotencyCommand};
 use crate::state::{CommandOutcome, Proposal};
 
-/// A node's id in the cluster.
-pub type NodeId = u64;
+/// A node's id in the cluster (the idempotency ledger's records name their node by it).
+pub use meridian_idempotency::NodeId;
 
 /// What the cluster knows about a member: where it is and how to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,11 +13,11 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use meridian_dataplane::config::RoutingTable;
+use meridian_dataplane::integration::Integration;
+use meridian_dataplane::pipeline::path::as_a_lenient_upstream_reads_it;
+use meridian_dataplane::pipeline::{request_id, routing, websocket};
 use meridian_dns::responder::{Answers, Responder, Transport};
-use meridian_node::config::RoutingTable;
-use meridian_node::integration::Integration;
-use meridian_node::pipeline::path::as_a_lenient_upstream_reads_it;
-use meridian_node::pipeline::{request_id, routing, websocket};
 
 /// The gateway configuration request heads are routed against: greedy and single
 /// parameters spliced into upstream paths, a custom domain, an API without its default
@@ -50,7 +50,7 @@ domains:
 
 fn table() -> &'static RoutingTable {
     static TABLE: OnceLock<RoutingTable> = OnceLock::new();
-    TABLE.get_or_init(|| match meridian_node::config::parse_str(GATEWAY, "fuzz.yaml", Path::new(".")) {
+    TABLE.get_or_init(|| match meridian_dataplane::config::parse_str(GATEWAY, "fuzz.yaml", Path::new(".")) {
         Ok(config) => config.table,
         Err(e) => panic!("the fuzzing configuration is invalid: {e}"),
     })
@@ -69,8 +69,9 @@ fn upstream_prefix(route: &str) -> Option<&'static str> {
 
 /// An HTTP/1.x request head as a client sends it, routed as over HTTP/1.1 and HTTP/2.
 pub fn request_head(data: &[u8]) {
-    let limits = meridian_node::gateway::http1::HeadLimits { max_bytes: 64 * 1024, max_fields: 64 };
-    let Ok(Some(head)) = meridian_node::gateway::http1::parse_head(&mut bytes::BytesMut::from(data), limits) else {
+    let limits = meridian_dataplane::gateway::http1::HeadLimits { max_bytes: 64 * 1024, max_fields: 64 };
+    let Ok(Some(head)) = meridian_dataplane::gateway::http1::parse_head(&mut bytes::BytesMut::from(data), limits)
+    else {
         return;
     };
     let (method, target) = (head.request.method(), head.request.uri());
@@ -100,11 +101,11 @@ pub fn request_head(data: &[u8]) {
 /// A traced request's `traceparent` and `tracestate` read, passed on and its spans made:
 /// what is passed on is always a valid `traceparent`.
 fn traced(headers: &http::HeaderMap) {
-    use meridian_node::observe::trace::{RequestTrace, Sampling, SpanKind, TRACEPARENT, TraceParent};
+    use meridian_dataplane::observe::trace::{RequestTrace, Sampling, SpanKind, TRACEPARENT, TraceParent};
     let trace = RequestTrace::begin(&Sampling::new(0.5), headers, false, std::time::Instant::now());
     let mut upstream = headers.clone();
     let span = trace.start_span();
-    trace.propagate(&mut upstream, span.map_or_else(meridian_node::observe::trace::SpanId::random, |s| s.id));
+    trace.propagate(&mut upstream, span.map_or_else(meridian_dataplane::observe::trace::SpanId::random, |s| s.id));
     let sent = upstream.get(&TRACEPARENT).map(|v| v.as_bytes().to_vec()).unwrap_or_default();
     assert!(TraceParent::parse(&sent).is_some(), "passed on an invalid traceparent: {sent:?}");
     if let Some(span) = span {
@@ -115,8 +116,8 @@ fn traced(headers: &http::HeaderMap) {
 /// A route key and a request path with its query (separated by a newline) against a router
 /// that also holds a few fixed routes, some of them with conditions on the query.
 pub fn route_patterns(data: &[u8]) {
-    use meridian_node::router::conditions::{Condition, Subject, Test};
-    use meridian_node::router::{RequestFacts, RouteConditions, Router, parse_route_key};
+    use meridian_dataplane::router::conditions::{Condition, Subject, Test};
+    use meridian_dataplane::router::{RequestFacts, RouteConditions, Router, parse_route_key};
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (key, target) = text.split_once('\n').unwrap_or((text, "/"));
     let (path, query) = match target.split_once('?') {
@@ -143,7 +144,7 @@ pub fn route_patterns(data: &[u8]) {
     }
     let headers = http::HeaderMap::new();
     let facts = RequestFacts::of(&headers, query);
-    if let Ok(path) = meridian_node::pipeline::path::normalize(path) {
+    if let Ok(path) = meridian_dataplane::pipeline::path::normalize(path) {
         for method in [http::Method::GET, http::Method::POST, http::Method::DELETE] {
             if let Ok(found) = router.find(&method, &path, &facts) {
                 for &(start, end) in &found.captures {
@@ -200,7 +201,7 @@ pub fn node_rpc_payloads(data: &[u8]) {
 /// A node's configuration file.
 pub fn config_file(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = meridian_node::config::parse_str(text, "fuzz.yaml", Path::new("/nonexistent"));
+        let _ = meridian_dataplane::config::parse_str(text, "fuzz.yaml", Path::new("/nonexistent"));
     }
 }
 
@@ -215,7 +216,7 @@ pub fn zone_document(data: &[u8]) {
 pub fn api_definition(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let variables = BTreeMap::from([("backend".to_string(), "127.0.0.1:9".to_string())]);
-        let _ = meridian_node::config::validate_definition(text, "fuzz.yaml", "prod", &variables);
+        let _ = meridian_dataplane::config::validate_definition(text, "fuzz.yaml", "prod", &variables);
     }
 }
 
@@ -223,7 +224,7 @@ pub fn api_definition(data: &[u8]) {
 /// it parses, rendered within small bounds. Neither may panic, and the output stays within
 /// its bound.
 pub fn mapping_template(data: &[u8]) {
-    use meridian_node::mapping::{Bounds, Inputs, Template};
+    use meridian_dataplane::mapping::{Bounds, Inputs, Template};
     let (template, body) = match data.iter().position(|b| *b == 0) {
         Some(nul) => (&data[..nul], &data[nul + 1..]),
         None => (data, &b"{\"a\": [1, {\"b\": \"c\"}], \"d\": \"e\"}"[..]),
@@ -251,7 +252,7 @@ pub fn mapping_template(data: &[u8]) {
 /// An XML document from an upstream (or a template): converted to JSON, and what converts
 /// converts back to XML and again to the same JSON. Nothing may panic.
 pub fn xml_document(data: &[u8]) {
-    use meridian_node::mapping::xml::{json_to_xml, xml_to_json};
+    use meridian_dataplane::mapping::xml::{json_to_xml, xml_to_json};
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(json) = xml_to_json(text) else { return };
     let Some((root, value)) = json.as_object().and_then(|m| m.iter().next()) else { return };
@@ -282,7 +283,7 @@ pub fn openapi_document(data: &[u8]) {
 /// the client accepts, and what the encoder writes decodes back to the input. Nothing may
 /// panic.
 pub fn content_coding(data: &[u8]) {
-    use meridian_node::content_coding::{Coding, DecodeError, Encoder, decode, negotiate};
+    use meridian_dataplane::content_coding::{Coding, DecodeError, Encoder, decode, negotiate};
     let Some((&pick, body)) = data.split_first() else { return };
     let coding = [Coding::Gzip, Coding::Deflate, Coding::Brotli, Coding::Zstd][usize::from(pick % 4)];
     const LIMIT: u64 = 64 * 1024;
@@ -313,8 +314,8 @@ pub fn content_coding(data: &[u8]) {
 /// route key by that expression, and the message read as a connection id (the callback
 /// API's path).
 pub fn websocket_message(data: &[u8]) {
-    use meridian_node::connections::ConnectionId;
-    use meridian_node::integration::websocket::RouteSelection;
+    use meridian_dataplane::connections::ConnectionId;
+    use meridian_dataplane::integration::websocket::RouteSelection;
     let (expression, message) = match data.iter().position(|b| *b == 0) {
         Some(at) => (&data[..at], &data[at + 1..]),
         None => (&b"$request.body.action"[..], data),
@@ -337,7 +338,7 @@ pub fn websocket_message(data: &[u8]) {
 /// several sizes, the outcome is the same (the client reads a socket however the kernel
 /// cuts it); a body is never longer than what was sent.
 pub fn upstream_response(data: &[u8]) {
-    use meridian_node::integration::http1_client::read_response;
+    use meridian_dataplane::integration::http1_client::read_response;
     let Some((&flags, wire)) = data.split_first() else { return };
     let head_request = flags & 1 == 1;
     let whole = read_response(wire, wire.len(), head_request);
@@ -355,7 +356,7 @@ pub fn upstream_response(data: &[u8]) {
 /// server reads a socket however the kernel cuts it); no body is longer than what was sent,
 /// and a head is never longer than the limit.
 pub fn client_request(data: &[u8]) {
-    use meridian_node::gateway::http1::{HeadLimits, read_requests};
+    use meridian_dataplane::gateway::http1::{HeadLimits, read_requests};
     let limits = HeadLimits { max_bytes: 4096, max_fields: 32 };
     let whole = read_requests(data, data.len(), limits);
     for piece in [1, 2, 3, 7, 64] {

@@ -1,56 +1,28 @@
-//! The Meridian gateway node.
+//! The Meridian gateway node: what wires the data plane to a cluster, an admin API and a
+//! command line.
 //!
-//! A node reads a declarative gateway configuration, compiles it into an immutable
-//! [`config::RoutingTable`], and serves API traffic through a pipeline of small stages
-//! (see [`pipeline`]). The `meridian` binary in `main.rs` is a thin shell over this library.
+//! The request path itself (configuration, listeners, the pipeline and its stages,
+//! integrations, limits, observation) is `meridian-dataplane`, which knows nothing of Raft,
+//! RPC or storage. This crate holds what does: the node's wiring and lifecycle, cluster
+//! membership over mutual TLS with the replicated configuration (`meridian-consensus`), the
+//! admin API, span export by OTLP, and the `meridian` binary's commands.
 //!
 //! Where things live:
-//! - [`config`]: the YAML model, validation with line-numbered errors, compilation.
-//! - [`gateway`]: listeners, TLS/SNI, HTTP/1.1 + HTTP/2 serving, limits, reload, shutdown.
-//! - [`pipeline`]: the request path, one module per stage, run in order.
-//! - [`integration`]: calling upstreams (HTTP proxy, mock, WebSocket pass-through).
-//! - [`connections`]: the WebSocket connections of `type: websocket` APIs.
-//! - [`limits`]: global rate limits (G-counters, admission, gossip).
-//! - [`observe`]: access log and metrics.
-//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`, reload).
+//! - [`node`]: a running node: listeners, pipeline, upstreams, admin API, membership and DNS
+//!   wired together; shutdown and signals.
+//! - [`cluster`]: PKI, join, Raft over RPC, gossip of limit counters, DNS health and answers.
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`, the `/v1` API).
+//! - [`reload`]: re-read, validate and swap the configuration.
+//! - [`otlp`]: the exporter that sends the data plane's spans to a collector.
+//! - [`log`]: the node's own log.
 //! - [`demo`]: the built-in echo backend and sample API behind `meridian demo`.
 //! - [`cli`]: the clap commands.
 
 pub mod admin;
-pub mod authorizers;
-pub mod body;
-pub mod boxed_future;
-pub mod certificates;
 pub mod cli;
 pub mod cluster;
-pub mod coarse_time;
-pub mod config;
-pub mod connections;
-pub mod content_coding;
 pub mod demo;
-pub mod digest;
-pub mod fast_random;
-pub mod files;
-pub mod framing;
-pub mod gateway;
-pub mod gateway_responses;
-pub mod grpc;
-pub mod head_fields;
-pub mod hop_by_hop;
-pub mod idempotency;
-pub mod incoming;
-pub mod integration;
-pub mod limits;
-pub mod mapping;
+pub mod log;
 pub mod node;
-pub mod observe;
-pub mod pipeline;
-pub mod prefixed;
-pub mod query;
-pub mod rejection;
+pub mod otlp;
 pub mod reload;
-pub mod response_cache;
-pub mod router;
-pub mod sigv4;
-pub mod stages;
-pub mod table_hasher;

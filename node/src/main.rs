@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    meridian_node::observe::log::init();
+    meridian_node::log::init();
     let workers = cli.worker_count();
     let runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::certificates::SniResolver;
-use crate::config::{ClusterSettings, ConfigErrors, GatewayConfig, Limits, RoutingTable, load_file, parse_str};
+use meridian_dataplane::certificates::SniResolver;
+use meridian_dataplane::config::{
+    ClusterSettings, ConfigErrors, GatewayConfig, Limits, RoutingTable, load_file, parse_str,
+};
 
 /// Where a node's configuration comes from.
 #[derive(Debug, Clone)]
@@ -44,10 +46,10 @@ pub struct StartupSettings {
     admin_listen: SocketAddr,
     admin_token: Option<String>,
     limits: Limits,
-    access_log: crate::observe::access_log::LogSink,
+    access_log: meridian_dataplane::observe::access_log::LogSink,
     cluster: Option<ClusterSettings>,
-    default_rate: crate::limits::limiter::Rate,
-    tracing: Option<crate::observe::otlp::ExportSettings>,
+    default_rate: meridian_dataplane::limits::limiter::Rate,
+    tracing: Option<meridian_dataplane::observe::spans::ExportSettings>,
 }
 
 impl StartupSettings {

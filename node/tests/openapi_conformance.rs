@@ -55,7 +55,7 @@ fn exported_documents_import_or_report_every_operation() {
             .flatten()
             .map(|(k, _)| (k.clone(), "127.0.0.1:9".into()))
             .collect();
-        if let Err(errors) = meridian_node::config::validate_definition(&yaml, name, stage, &variables) {
+        if let Err(errors) = meridian_dataplane::config::validate_definition(&yaml, name, stage, &variables) {
             panic!("{}: the imported definition does not validate:\n{errors}\n{yaml}", folder.display());
         }
         imported_routes

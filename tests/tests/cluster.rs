@@ -844,13 +844,12 @@ async fn a_join_over_a_round_trip_raft_cannot_carry_names_the_setting() {
     far.faults.to_client.set_delay(Duration::from_millis(300), Duration::ZERO);
     let dir = new_dir();
     std::fs::write(dir.path().join("gateway.yaml"), node_config(&format!("127.{b}.2"))).unwrap();
-    let out = tokio::process::Command::new(meridian_chaos::launcher::meridian_binary())
-        .args(["cluster", "join", "--region", "r2", "--config", "gateway.yaml", "--token", token.trim()])
+    let mut join = std::process::Command::new(meridian_chaos::launcher::meridian_binary());
+    join.args(["cluster", "join", "--region", "r2", "--config", "gateway.yaml", "--token", token.trim()])
         .args(["--peer", &far.addr.to_string()])
-        .current_dir(dir.path())
-        .output()
-        .await
-        .unwrap();
+        .current_dir(dir.path());
+    // The fault proxy runs on this runtime: the command waits on a thread of its own.
+    let out = tokio::task::spawn_blocking(move || join.output()).await.unwrap().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("round trip") && said.contains("set `cluster.heartbeat` to at least 2"), "{said}");

@@ -10,7 +10,7 @@ use meridian_consensus::{ApiKeyRecord, CommandOutcome, ConfigCommand, PlanRate, 
 use super::cluster::*;
 use super::{message, views};
 use crate::cluster::member::{ClusterError, ClusterMember};
-use crate::digest::sha256_hex;
+use meridian_dataplane::digest::sha256_hex;
 
 pub(super) async fn route(
     member: &ClusterMember,
@@ -56,7 +56,7 @@ pub(super) async fn route(
                 name: body.name.clone(),
                 value_sha256: sha256_hex(value.as_bytes()),
                 enabled: true,
-                created_at_ms: crate::observe::time::unix_ms(),
+                created_at_ms: meridian_dataplane::observe::time::unix_ms(),
             };
             let outcome = member
                 .propose(Proposal {
@@ -174,10 +174,10 @@ pub(super) async fn route(
 /// and its quota, as this node sees the cluster's counters.
 async fn usage(member: &ClusterMember, query: Option<&str>) -> Result<Response<Full<Bytes>>, Refusal> {
     use crate::cluster::dataplane::{period, quota_scope, usage_scope};
-    use crate::observe::time::{format_date, parse_date};
+    use meridian_dataplane::observe::time::{format_date, parse_date};
     let plan_name =
         query_value(query, "plan").ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "name the plan: ?plan=NAME"))?;
-    let today = (crate::observe::time::unix_ms() / 86_400_000) as i64;
+    let today = (meridian_dataplane::observe::time::unix_ms() / 86_400_000) as i64;
     let from = match query_value(query, "from") {
         Some(d) => parse_date(&d).map_err(invalid)?,
         None => today - 29,
@@ -212,7 +212,7 @@ async fn usage(member: &ClusterMember, query: Option<&str>) -> Result<Response<F
             .collect();
         let total: u64 = days.iter().filter_map(|d| d["requests"].as_u64()).sum();
         let quota = plan.quota.map(|(limit, p)| {
-            let (window, _) = period(p).window(crate::observe::time::unix_ms());
+            let (window, _) = period(p).window(meridian_dataplane::observe::time::unix_ms());
             let used = limiter.count(&quota_scope(&plan_name, id), window).unwrap_or(0);
             serde_json::json!({ "limit": limit, "period": period(p).name(), "used": used, "remaining": limit.saturating_sub(used) })
         });

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{AdminState, json, message};
-use crate::response_cache::Flush;
+use meridian_dataplane::response_cache::Flush;
 
 /// The optional body: which route's entries.
 #[derive(Debug, Default, Deserialize)]
@@ -48,7 +48,7 @@ pub(super) async fn handle(
         }
     };
     if let Some(route) = &body.route
-        && crate::router::parse_route_key(route).is_err()
+        && meridian_dataplane::router::parse_route_key(route).is_err()
     {
         return message(StatusCode::BAD_REQUEST, &format!("`{route}` is not a route key such as `GET /pets/{{id}}`"));
     }

@@ -43,12 +43,15 @@ use meridian_consensus::{ApiRecord, Canary, CommandOutcome, ConfigCommand, Propo
 
 use super::{json, message, views};
 use crate::cluster::member::{ClusterError, ClusterMember};
-use crate::config::validate_definition;
+use meridian_dataplane::config::validate_definition;
 
 const MAX_DEFINITION: usize = 1024 * 1024;
 
 pub(super) fn query_value(query: Option<&str>, key: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')).map(crate::query::percent_decode)
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .map(meridian_dataplane::query::percent_decode)
 }
 
 pub(super) fn with_etag(mut response: Response<Full<Bytes>>, revision: u64) -> Response<Full<Bytes>> {
@@ -260,7 +263,7 @@ async fn route(member: Arc<ClusterMember>, request: Request<Incoming>) -> Result
                 api,
                 definition: definition.text,
                 description,
-                created_at_ms: crate::observe::time::unix_ms(),
+                created_at_ms: meridian_dataplane::observe::time::unix_ms(),
                 created_by: actor,
                 stage_variables: file_variables,
                 stage: Some(stage),
@@ -397,7 +400,7 @@ pub(super) async fn already_served(
     let current = record.stages.get(stage)?;
     let served = record.deployments.get(&current.deployment)?;
     let same_variables = file_variables.iter().all(|(k, v)| current.variables.get(k) == Some(v));
-    if !same_variables || !crate::config::same_definition(&served.definition, definition) {
+    if !same_variables || !meridian_dataplane::config::same_definition(&served.definition, definition) {
         return None;
     }
     let revision = applied.config.revision;

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use super::{AdminState, message};
-use crate::connections::{Target, callback};
+use meridian_dataplane::connections::{Target, callback};
 
 /// The largest message the admin API sends (the most any WebSocket API allows).
 const MAX_MESSAGE: usize = 1024 * 1024;

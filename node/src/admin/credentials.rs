@@ -63,7 +63,7 @@ pub(super) async fn route(
                 name: body.name.clone(),
                 secret_sealed,
                 enabled: true,
-                created_at_ms: crate::observe::time::unix_ms(),
+                created_at_ms: meridian_dataplane::observe::time::unix_ms(),
             };
             let command = ConfigCommand::CreateCredential { id: id.clone(), credential };
             match member.propose(Proposal { expected_revision: None, command }).await {

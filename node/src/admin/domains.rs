@@ -11,9 +11,9 @@ use meridian_consensus::{
 
 use super::cluster::*;
 use super::{json, message, views};
-use crate::certificates::certified_key_from_pem;
 use crate::cluster::member::ClusterMember;
-use crate::config::{base_path, valid_host};
+use meridian_dataplane::certificates::certified_key_from_pem;
+use meridian_dataplane::config::{base_path, valid_host};
 
 pub(super) async fn route(
     member: &ClusterMember,
@@ -190,7 +190,7 @@ async fn domain_record(
             return Err(invalid("`client_certificates` needs the domain's own `certificate_pem` and `key_pem`"));
         }
         Some(c) => {
-            crate::certificates::client_verifier_from_pem(&c.ca_pem, c.crl_pem.as_deref(), c.required)
+            meridian_dataplane::certificates::client_verifier_from_pem(&c.ca_pem, c.crl_pem.as_deref(), c.required)
                 .map_err(|e| invalid(format!("client_certificates: {e}")))?;
             Some(ClientCertificatesRecord { ca_pem: c.ca_pem, crl_pem: c.crl_pem, required: c.required })
         }

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{json, message};
-use crate::pipeline::Pipeline;
+use meridian_dataplane::pipeline::Pipeline;
 
 /// The largest request description accepted.
 const MAX_DESCRIPTION: usize = 1 << 20;

@@ -33,10 +33,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::gateway::conns::{ConnectionTable, Refused};
-use crate::gateway::io::IdleTimeout;
-use crate::observe::metrics::{LATENCY_BUCKETS, describe};
 use crate::reload::Reloader;
+use meridian_dataplane::gateway::conns::{ConnectionTable, Refused};
+use meridian_dataplane::gateway::io::IdleTimeout;
+use meridian_dataplane::observe::metrics::{LATENCY_BUCKETS, describe};
 
 /// The OpenAPI 3 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -89,7 +89,7 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     pub reloader: Arc<Reloader>,
     /// The node's request path, for explaining requests.
-    pub pipeline: Arc<crate::pipeline::Pipeline>,
+    pub pipeline: Arc<meridian_dataplane::pipeline::Pipeline>,
     pub token: Option<String>,
     /// Set once the node has joined (or founded) a cluster.
     pub cluster: OnceLock<Arc<crate::cluster::member::ClusterMember>>,
@@ -120,7 +120,7 @@ impl AdminState {
             .get(AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or_default();
-        if crate::digest::constant_time_eq(given, expected.as_bytes()) {
+        if meridian_dataplane::digest::constant_time_eq(given, expected.as_bytes()) {
             None
         } else {
             Some(message(StatusCode::UNAUTHORIZED, "missing or wrong admin token"))
@@ -257,7 +257,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
                     continue;
                 }
             },
-            _ = crate::gateway::listener::stopped(&mut shutdown) => return,
+            _ = meridian_dataplane::gateway::listener::stopped(&mut shutdown) => return,
         };
         let admitted = tokio::select! {
             admitted = connections.admit(peer.ip()) => match admitted {
@@ -265,7 +265,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
                 Err(Refused::PerClient) => continue,
                 Err(Refused::Closed) => return,
             },
-            _ = crate::gateway::listener::stopped(&mut shutdown) => return,
+            _ = meridian_dataplane::gateway::listener::stopped(&mut shutdown) => return,
         };
         let state = state.clone();
         tokio::spawn(async move {
@@ -354,7 +354,7 @@ mod tests {
 
     #[test]
     fn token_comparison() {
-        use crate::digest::constant_time_eq;
+        use meridian_dataplane::digest::constant_time_eq;
         assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
         assert!(!constant_time_eq(b"0123456789abcdeF", b"0123456789abcdef"));
         assert!(!constant_time_eq(b"", b"0123456789abcdef"));

@@ -115,7 +115,8 @@ pub enum Mismatch {
 /// Checks `method` and `path` (decoded segments) against the document. Paths the document
 /// does not know pass: the handlers answer them with 404.
 pub fn check(method: &Method, path: &str) -> Result<(), Mismatch> {
-    let segments: Vec<String> = path.trim_matches('/').split('/').map(crate::query::percent_decode).collect();
+    let segments: Vec<String> =
+        path.trim_matches('/').split('/').map(meridian_dataplane::query::percent_decode).collect();
     let matches = |doc: &DocumentedPath| {
         doc.segments.len() == segments.len()
             && doc.segments.iter().zip(&segments).all(|(d, s)| match d {

@@ -16,7 +16,10 @@ pub fn timestamp(ms: u64) -> Value {
         return Value::Null;
     }
     let mut out = String::new();
-    crate::observe::time::write_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms), &mut out);
+    meridian_dataplane::observe::time::write_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        &mut out,
+    );
     Value::String(out)
 }
 
@@ -120,7 +123,7 @@ pub fn plan(name: &str, p: &UsagePlanRecord) -> Value {
 pub fn domain(name: &str, d: &DomainRecord, client_certificates: Option<&ClientCertificatesRecord>) -> Value {
     let mappings: Vec<Value> =
         d.mappings.iter().map(|m| json!({"base_path": m.base_path, "api": m.api, "stage": m.stage})).collect();
-    let sha256 = |pem: &str| crate::digest::sha256_hex(pem.as_bytes());
+    let sha256 = |pem: &str| meridian_dataplane::digest::sha256_hex(pem.as_bytes());
     json!({
         "name": name,
         "tls": d.certificate_pem.is_some(),

@@ -319,16 +319,23 @@ pub async fn canary(command: CanaryCommand) -> anyhow::Result<ExitCode> {
 
 /// Placeholder values for every stage variable the text mentions.
 fn all_variables_placeholder(text: &str) -> std::collections::BTreeMap<String, String> {
-    crate::integration::uri::stage_variable_names(text).into_iter().map(|n| (n, "placeholder".to_string())).collect()
+    meridian_dataplane::integration::uri::stage_variable_names(text)
+        .into_iter()
+        .map(|n| (n, "placeholder".to_string()))
+        .collect()
 }
 
 /// Reads and checks a definition file the way the node will, so errors name its lines.
 /// The stage's variables live in the cluster: each one the file uses gets a placeholder
 /// here, and the node checks again with the real values before anything is written.
-fn checked_definition(file: &Path, stage: &str) -> anyhow::Result<Result<crate::config::ApiDefinition, ExitCode>> {
-    let text = crate::files::read_bounded(file).with_context(|| format!("cannot read {}", file.display()))?;
+fn checked_definition(
+    file: &Path,
+    stage: &str,
+) -> anyhow::Result<Result<meridian_dataplane::config::ApiDefinition, ExitCode>> {
+    let text =
+        meridian_dataplane::files::read_bounded(file).with_context(|| format!("cannot read {}", file.display()))?;
     let placeholders = all_variables_placeholder(&text);
-    match crate::config::validate_definition(&text, &file.display().to_string(), stage, &placeholders) {
+    match meridian_dataplane::config::validate_definition(&text, &file.display().to_string(), stage, &placeholders) {
         Ok(d) => Ok(Ok(d)),
         Err(errors) => {
             eprint!("{errors}");
@@ -341,7 +348,8 @@ fn checked_definition(file: &Path, stage: &str) -> anyhow::Result<Result<crate::
 /// checks `apply` makes, for every stage the file lists. `None` when the file is a node's
 /// configuration instead.
 pub fn validate_definition_file(file: &Path) -> anyhow::Result<Option<ExitCode>> {
-    let text = crate::files::read_bounded(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        meridian_dataplane::files::read_bounded(file).with_context(|| format!("cannot read {}", file.display()))?;
     let document: Value = serde_saphyr::from_str(&text).unwrap_or_default();
     let keys: Vec<&String> = document.as_object().into_iter().flat_map(|o| o.keys()).collect();
     if keys != ["apis"] {
@@ -485,8 +493,11 @@ pub async fn diff(file: &Path, stage: &str, target: &AdminTarget) -> anyhow::Res
     };
     let (old, new) = (canonical(&old_text), canonical(&definition.text));
     let lines = line_diff(&old, &new);
-    let mut changes =
-        if crate::config::same_definition(&old_text, &definition.text) { Vec::new() } else { with_context(&lines, 3) };
+    let mut changes = if meridian_dataplane::config::same_definition(&old_text, &definition.text) {
+        Vec::new()
+    } else {
+        with_context(&lines, 3)
+    };
     for (name, value) in definition.stage_variables.get(stage).into_iter().flatten() {
         if old_vars.get(name).and_then(|v| v.as_str()) != Some(value.as_str()) {
             let was = old_vars.get(name).map_or("(unset)".to_string(), cell);
@@ -523,8 +534,8 @@ mod tests {
     fn comments_layout_and_key_order_are_not_changes() {
         let a = "apis:\n  - id: pets # the pets API\n    routes: []\n";
         let b = "apis:\n- routes: []\n  id: \"pets\"\n";
-        assert!(crate::config::same_definition(a, b));
+        assert!(meridian_dataplane::config::same_definition(a, b));
         assert_eq!(canonical(a), canonical(b));
-        assert!(!crate::config::same_definition(a, "apis:\n- routes: []\n  id: cats\n"));
+        assert!(!meridian_dataplane::config::same_definition(a, "apis:\n- routes: []\n  id: cats\n"));
     }
 }

@@ -59,7 +59,7 @@ pub async fn run_command(command: ChaosCommand) -> anyhow::Result<ExitCode> {
             for name in &names {
                 let text = match SCENARIOS.iter().find(|(n, _)| n == name) {
                     Some((_, text)) => text.to_string(),
-                    None => crate::files::read_bounded(std::path::Path::new(name)).with_context(|| {
+                    None => meridian_dataplane::files::read_bounded(std::path::Path::new(name)).with_context(|| {
                         format!(
                             "`{name}` is neither a shipped scenario (see `meridian chaos list`) nor a readable file"
                         )

@@ -85,7 +85,7 @@ pub enum ClusterCommand {
     },
 }
 
-async fn start_node(config: &Path) -> anyhow::Result<(Node, crate::config::ClusterSettings)> {
+async fn start_node(config: &Path) -> anyhow::Result<(Node, meridian_dataplane::config::ClusterSettings)> {
     let node = Node::start(ConfigSource::File(config.to_path_buf())).await?;
     let settings = node
         .cluster
@@ -148,7 +148,7 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
                 println!("  meridian cluster join --peer {peer} --token {token} --region REGION --config node.yaml");
             }
             // The token first: whoever waits for the ready file reads the token next.
-            crate::files::write_private(&token_file, token.as_bytes())?;
+            meridian_dataplane::files::write_private(&token_file, token.as_bytes())?;
             println!(
                 "  meridian cluster join --peer {peer} --token \"$(cat {})\" --region REGION --config node.yaml",
                 token_file.display()

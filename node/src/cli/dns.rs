@@ -100,7 +100,8 @@ pub enum RegionCommand {
 pub async fn dns(command: DnsCommand) -> anyhow::Result<ExitCode> {
     Ok(match command {
         DnsCommand::Zones(ZoneCommand::Put { file, target }) => {
-            let text = crate::files::read_bounded(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = meridian_dataplane::files::read_bounded(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
             let zone = crate::cluster::dns::parse_zone(&text).map_err(|errors| {
                 anyhow::anyhow!("{} is not a valid zone:\n  {}", file.display(), errors.join("\n  "))
             })?;

@@ -76,7 +76,10 @@ pub async fn domains(command: DomainCommand) -> anyhow::Result<ExitCode> {
         } => {
             let read = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
                 p.as_ref()
-                    .map(|p| crate::files::read_bounded(p).with_context(|| format!("cannot read {}", p.display())))
+                    .map(|p| {
+                        meridian_dataplane::files::read_bounded(p)
+                            .with_context(|| format!("cannot read {}", p.display()))
+                    })
                     .transpose()
             };
             let mut list = Vec::new();

@@ -46,7 +46,7 @@ pub async fn run(command: ExplainCommand) -> anyhow::Result<ExitCode> {
     let body = match (data, data_file) {
         (Some(text), _) => text,
         (None, Some(file)) => {
-            crate::files::read_bounded(&file).with_context(|| format!("cannot read {}", file.display()))?
+            meridian_dataplane::files::read_bounded(&file).with_context(|| format!("cannot read {}", file.display()))?
         }
         (None, None) => String::new(),
     };

@@ -25,9 +25,9 @@ mod sync;
 mod target;
 
 use crate::admin::client;
-use crate::config::load_file;
 use crate::node::Node;
 use crate::reload::ConfigSource;
+use meridian_dataplane::config::load_file;
 
 pub use access::{KeyCommand, PlanCommand};
 pub use apis::{ApisCommand, CanaryCommand, DeploymentsCommand, StageCommand};

@@ -59,7 +59,8 @@ pub fn import(command: ImportCommand) -> anyhow::Result<ExitCode> {
         }
         uris.insert(name.to_string(), url.to_string());
     }
-    let text = crate::files::read_bounded(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        meridian_dataplane::files::read_bounded(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let document: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(_) => serde_saphyr::from_str(&text)
@@ -72,8 +73,12 @@ pub fn import(command: ImportCommand) -> anyhow::Result<ExitCode> {
     let yaml = serde_saphyr::to_string(&imported.definition).context("the definition cannot be written as YAML")?;
     let definition = format!("# Imported from {} by `meridian import openapi`.\n{yaml}", file.display());
     let stage_name = imported.definition["apis"][0]["stages"][0]["name"].as_str().unwrap_or("prod").to_string();
-    let checked =
-        crate::config::validate_definition(&definition, "the imported definition", &stage_name, &BTreeMap::new());
+    let checked = meridian_dataplane::config::validate_definition(
+        &definition,
+        "the imported definition",
+        &stage_name,
+        &BTreeMap::new(),
+    );
 
     eprintln!(
         "imported {} of {} operations from {} ({} finding{})",

@@ -153,7 +153,7 @@ fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
-    crate::files::read_bounded(path).with_context(|| format!("cannot read {}", path.display()))
+    meridian_dataplane::files::read_bounded(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// A section file, if present, parsed strictly; its errors say where.
@@ -192,11 +192,11 @@ fn desired(dir: &Path) -> anyhow::Result<Desired> {
         }
         let mut api = None;
         for stage in &stages {
-            let placeholders = crate::integration::uri::stage_variable_names(&text)
+            let placeholders = meridian_dataplane::integration::uri::stage_variable_names(&text)
                 .into_iter()
                 .map(|n| (n, "placeholder".to_string()))
                 .collect();
-            match crate::config::validate_definition(&text, &name, stage, &placeholders) {
+            match meridian_dataplane::config::validate_definition(&text, &name, stage, &placeholders) {
                 Ok(d) => api = Some(d.id),
                 Err(e) => errors.extend(e.to_string().lines().skip(1).map(|l| l.trim().to_string())),
             }
@@ -288,7 +288,7 @@ async fn plan(target: &AdminTarget, want: &Desired, prune: bool) -> anyhow::Resu
         let zones = by_name(&listed(target, "/v1/dns/zones").await?, "zones");
         for (name, text) in wanted {
             let current = zones.get(name).and_then(|z| z["definition"].as_str());
-            if !current.is_some_and(|c| crate::config::same_definition(c, text)) {
+            if !current.is_some_and(|c| meridian_dataplane::config::same_definition(c, text)) {
                 let mark = if current.is_some() { "~" } else { "+" };
                 let path = format!("/v1/dns/zones/{}", encode(name));
                 changes.push(Change::new(format!("{mark} zone {name}"), Method::PUT, path, text.clone()));
@@ -317,7 +317,9 @@ async fn plan(target: &AdminTarget, want: &Desired, prune: bool) -> anyhow::Resu
                     .unwrap_or_default();
                 let vars_in_place = file_vars.iter().all(|(k, v)| served.value["variables"][k] == v.as_str());
                 same = vars_in_place
-                    && deployment.value["definition"].as_str().is_some_and(|d| crate::config::same_definition(d, text));
+                    && deployment.value["definition"]
+                        .as_str()
+                        .is_some_and(|d| meridian_dataplane::config::same_definition(d, text));
             }
             if !same {
                 let mark = if served.ok() { "~" } else { "+" };
@@ -329,7 +331,7 @@ async fn plan(target: &AdminTarget, want: &Desired, prune: bool) -> anyhow::Resu
     if let Some(domains) = &want.domains {
         let have = by_name(&listed(target, "/v1/domains").await?, "domains");
         for (d, tls) in domains {
-            let fingerprint = tls.as_ref().map(|(cert, _)| crate::digest::sha256_hex(cert.as_bytes()));
+            let fingerprint = tls.as_ref().map(|(cert, _)| meridian_dataplane::digest::sha256_hex(cert.as_bytes()));
             let mappings: Vec<Value> =
                 d.mappings.iter().map(|m| json!({"base_path": m.base_path, "api": m.api, "stage": m.stage})).collect();
             let current = have.get(&d.name);

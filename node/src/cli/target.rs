@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::output::{Output, refused};
 use crate::admin::client;
-use crate::config::load_file;
+use meridian_dataplane::config::load_file;
 
 /// The node to call and how to print its answer.
 #[derive(Debug, Args)]

@@ -12,14 +12,14 @@ use meridian_consensus::{ConfigState, PlanRate, QuotaPeriod};
 
 use super::member::ClusterMember;
 use super::sealed::DataKey;
-use crate::certificates::{DomainCertificates, SniResolver, certified_key_from_pem};
-use crate::config::table::{Apis, BaseMapping, Domains};
-use crate::config::{CanaryRoutes, RoutingTable, StageTarget, base_path, compile_stage};
-use crate::limits::limiter::{Period, Rate};
-use crate::observe::completion::RouteObserver;
-use crate::stages::api_key::{KeyGrant, KeyRing, StageGrant};
-use crate::stages::signed_request::{Credential, Credentials};
-use crate::table_hasher::TableHasher;
+use meridian_dataplane::certificates::{DomainCertificates, SniResolver, certified_key_from_pem};
+use meridian_dataplane::config::table::{Apis, BaseMapping, Domains};
+use meridian_dataplane::config::{CanaryRoutes, RoutingTable, StageTarget, base_path, compile_stage};
+use meridian_dataplane::limits::limiter::{Period, Rate};
+use meridian_dataplane::observe::completion::RouteObserver;
+use meridian_dataplane::stages::api_key::{KeyGrant, KeyRing, StageGrant};
+use meridian_dataplane::stages::signed_request::{Credential, Credentials};
+use meridian_dataplane::table_hasher::TableHasher;
 
 /// Compiles every stage of `state`. A stage whose definition no longer compiles (it was
 /// validated when applied, so only a changed stage variable can break it) is left out and
@@ -60,7 +60,7 @@ pub fn compile(state: &ConfigState, default_rate: Rate, data_key: &DataKey) -> R
         mappings.sort_by_key(|m| std::cmp::Reverse(m.base_path.len()));
         domains.insert(name.clone(), mappings);
     }
-    let keeps_responses = crate::config::table::keeps_responses(&apis);
+    let keeps_responses = meridian_dataplane::config::table::keeps_responses(&apis);
     RoutingTable {
         revision: state.revision,
         domains,
@@ -173,10 +173,9 @@ pub fn certificates(state: &ConfigState, data_key: &DataKey) -> DomainCertificat
                 .map_err(|e| e.to_string())
                 .and_then(|key| String::from_utf8(key).map_err(|_| "the sealed key is not PEM".to_string()))
                 .and_then(|key| certified_key_from_pem(cert, &key));
-            let policy = state
-                .client_certificates
-                .get(name)
-                .map(|c| crate::certificates::client_verifier_from_pem(&c.ca_pem, c.crl_pem.as_deref(), c.required));
+            let policy = state.client_certificates.get(name).map(|c| {
+                meridian_dataplane::certificates::client_verifier_from_pem(&c.ca_pem, c.crl_pem.as_deref(), c.required)
+            });
             match (key, policy) {
                 (Ok(k), None) => set.insert(name, k),
                 (Ok(k), Some(Ok(policy))) => {

@@ -29,8 +29,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::member::ClusterMember;
 use super::network::{channel, decode, encode};
-use crate::config::DnsSettings;
-use crate::gateway::{ClientRttSink, PROBE_PATH};
+use meridian_dataplane::config::DnsSettings;
+use meridian_dataplane::gateway::{ClientRttSink, PROBE_PATH};
 
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);

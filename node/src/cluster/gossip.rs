@@ -13,7 +13,7 @@ use meridian_proto::node_client::NodeClient;
 
 use super::member::ClusterMember;
 use super::network::{channel, encode};
-use crate::limits::limiter::{Limiter, Observation};
+use meridian_dataplane::limits::limiter::{Limiter, Observation};
 
 /// Largest gossip message accepted or sent (observations beyond it wait for the next round).
 pub const MAX_OBSERVATIONS: usize = 20_000;

@@ -28,9 +28,9 @@ use super::pki::{ClusterCa, JoinToken, NodeIdentity, new_request, random_secret}
 use super::rpc;
 use super::sealed::DataKey;
 use super::tls::{TlsConnector, joining_client_config, member_client_config, server_config};
-use crate::config::ClusterSettings;
-use crate::digest::sha256_hex;
-use crate::idempotency::{RecordLog, Submitted};
+use meridian_dataplane::config::ClusterSettings;
+use meridian_dataplane::digest::sha256_hex;
+use meridian_dataplane::idempotency::{RecordLog, Submitted};
 
 mod connections;
 mod membership;
@@ -164,7 +164,7 @@ fn save_identity(data_dir: &Path, identity: &NodeIdentity, data_key: &DataKey) -
 
 /// Writes a file only this user can read (whatever the umask).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
-    crate::files::write_private(path, bytes).map_err(|e| setup(format!("{}: {e}", path.display())))
+    meridian_dataplane::files::write_private(path, bytes).map_err(|e| setup(format!("{}: {e}", path.display())))
 }
 
 fn load_identity(data_dir: &Path) -> Result<NodeIdentity, ClusterError> {
@@ -395,7 +395,7 @@ impl ClusterMember {
         let tls = server_config(&identity).map_err(setup)?;
         tokio::spawn(rpc::serve(listener, tls, member.clone(), handlers));
         member.spawn_heartbeats();
-        crate::observe::log::set_label(format!("{}/{id}", advertised.region));
+        crate::log::set_label(format!("{}/{id}", advertised.region));
         Ok(member)
     }
 
@@ -407,7 +407,7 @@ impl ClusterMember {
     /// Empties what `flush` names on every other member, at once; each member's outcome.
     pub async fn flush_caches_elsewhere(
         &self,
-        flush: &crate::response_cache::Flush,
+        flush: &meridian_dataplane::response_cache::Flush,
     ) -> Vec<(NodeId, Result<(), String>)> {
         let nodes: Vec<(NodeId, ClusterNode)> = {
             let metrics = self.raft.metrics().borrow().clone();
@@ -446,7 +446,7 @@ impl ClusterMember {
     }
 
     /// The limiter whose counters this member gossips.
-    pub fn limiter(&self) -> &Arc<crate::limits::limiter::Limiter> {
+    pub fn limiter(&self) -> &Arc<meridian_dataplane::limits::limiter::Limiter> {
         &self.handlers.limiter
     }
 

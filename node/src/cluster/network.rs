@@ -148,7 +148,7 @@ mod tests {
     fn a_payload_claiming_a_huge_length_is_refused_without_allocating_it() {
         // The fuzzer's input: a gossip batch whose first string claims 5·10¹⁷ bytes.
         let bytes = [1, 253, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 0];
-        assert!(decode::<Vec<crate::limits::limiter::Observation>>(&bytes).is_err());
+        assert!(decode::<Vec<meridian_dataplane::limits::limiter::Observation>>(&bytes).is_err());
         assert!(crate::cluster::gossip::decode_observations(&bytes).is_err());
         assert!(decode::<Vec<String>>(&[1, 252, 0, 0, 0, 64]).is_err(), "a 1 GiB string");
     }

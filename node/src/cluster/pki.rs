@@ -7,7 +7,7 @@
 //! node can authenticate the member it talks to before it trusts anything it says (the
 //! approach of kubeadm's discovery hash).
 
-use crate::digest::{hex, sha256_hex};
+use meridian_dataplane::digest::{hex, sha256_hex};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,

@@ -28,11 +28,11 @@ use super::tls::{PeerIdentity, RpcStream};
 #[derive(Clone)]
 pub struct Handlers {
     /// Takes gossiped limit counters (`Gossip`).
-    pub limiter: Arc<crate::limits::limiter::Limiter>,
+    pub limiter: Arc<meridian_dataplane::limits::limiter::Limiter>,
     /// Empties what a `FlushCache` names.
-    pub caches: Arc<crate::response_cache::ResponseCaches>,
+    pub caches: Arc<meridian_dataplane::response_cache::ResponseCaches>,
     /// Serves calls for the WebSocket connections this node holds (`CallConnection`).
-    pub connections: Arc<crate::connections::Connections>,
+    pub connections: Arc<meridian_dataplane::connections::Connections>,
     /// Takes peers' health reports (`ReportHealth`) once the node serves DNS; reports that
     /// arrive before are dropped, as a node without DNS needs none.
     pub dns: DnsHandle,
@@ -165,7 +165,11 @@ impl Node for NodeService {
             return Err(Status::invalid_argument("a cache flush names an API and a stage (at most 256 bytes each)"));
         }
         let route = (!flush.route.is_empty()).then_some(flush.route);
-        self.handlers.caches.flush(&crate::response_cache::Flush { api: flush.api, stage: flush.stage, route });
+        self.handlers.caches.flush(&meridian_dataplane::response_cache::Flush {
+            api: flush.api,
+            stage: flush.stage,
+            route,
+        });
         Ok(Response::new(GossipAck {}))
     }
 
@@ -173,7 +177,7 @@ impl Node for NodeService {
         &self,
         request: Request<meridian_proto::ConnectionCall>,
     ) -> Result<Response<meridian_proto::ConnectionAnswer>, Status> {
-        use crate::connections::{CallAnswer, ConnectionCall, ConnectionId, Target};
+        use meridian_dataplane::connections::{CallAnswer, ConnectionCall, ConnectionId, Target};
         use meridian_proto::connection_answer::Outcome;
         use meridian_proto::connection_call::Action;
         require_member(&request)?;

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::pki::{NODE_NAME, NodeIdentity};
-use crate::digest::sha256_hex;
+use meridian_dataplane::digest::sha256_hex;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -15,21 +15,21 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
-use crate::certificates::{SniResolver, server_config};
 use crate::cluster::member::{Advertised, ClusterMember};
-use crate::config::{ClusterSettings, ConfigErrors, RoutingTable};
-use crate::gateway::conns::ConnectionTable;
-use crate::gateway::listener;
-use crate::limits::limiter::Limiter;
-use crate::observe::access_log::AccessLog;
 use crate::reload::{ConfigSource, Reloader, StartupSettings};
+use meridian_dataplane::certificates::{SniResolver, server_config};
+use meridian_dataplane::config::{ClusterSettings, ConfigErrors, RoutingTable};
+use meridian_dataplane::gateway::conns::ConnectionTable;
+use meridian_dataplane::gateway::listener;
+use meridian_dataplane::limits::limiter::Limiter;
+use meridian_dataplane::observe::access_log::AccessLog;
 
 /// How many rate-limit scopes a node tracks before it evicts the least recently used.
 const MAX_LIMIT_SCOPES: usize = 100_000;
 /// How long a stopping node waits for its WebSocket connections' `$disconnect` deliveries.
 const WEBSOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
-use crate::integration::upstreams::Upstreams;
-use crate::pipeline::Pipeline;
+use meridian_dataplane::integration::upstreams::Upstreams;
+use meridian_dataplane::pipeline::Pipeline;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,7 @@ pub struct Node {
     /// Upstream targets and their connections, kept across reloads.
     upstreams: Arc<Upstreams>,
     /// The cluster-wide rate limit from the node's file, applied to the cluster's APIs.
-    default_rate: crate::limits::limiter::Rate,
+    default_rate: meridian_dataplane::limits::limiter::Rate,
     /// Where quota counters are saved (cluster members only).
     quota_file: std::sync::OnceLock<PathBuf>,
     admin: Arc<AdminState>,
@@ -72,12 +72,12 @@ pub struct Node {
     dns_sockets: Mutex<Option<meridian_dns::server::DnsSockets>>,
     pub dns_addr: Option<SocketAddr>,
     /// Where listeners report client round trips (set when the node serves DNS).
-    client_rtt: Arc<std::sync::OnceLock<crate::gateway::ClientRttSink>>,
+    client_rtt: Arc<std::sync::OnceLock<meridian_dataplane::gateway::ClientRttSink>>,
     /// Whether listeners accept connections: at once for a file configuration, once the
     /// cluster's configuration is compiled for a member.
     serving: watch::Sender<bool>,
     /// Where traced requests' spans are exported (`tracing`), if anywhere.
-    spans: Option<Arc<crate::observe::otlp::SpanSink>>,
+    spans: Option<Arc<meridian_dataplane::observe::spans::SpanSink>>,
     /// The DNS service once the node serves DNS, for peers' health reports.
     dns: crate::cluster::rpc::DnsHandle,
 }
@@ -152,9 +152,7 @@ impl Node {
             });
         }
         let spans = match &config.tracing {
-            Some(settings) => {
-                Some(crate::observe::otlp::SpanSink::start(settings, upstreams.clone()).map_err(NodeError::Tracing)?)
-            }
+            Some(settings) => Some(crate::otlp::start(settings, upstreams.clone()).map_err(NodeError::Tracing)?),
             None => None,
         };
         let pipeline = Pipeline::new(table.clone(), &limits, access_log.clone(), limiter.clone(), upstreams.clone());
@@ -258,9 +256,9 @@ impl Node {
             spans.identify(&member.id.to_string(), &member.me.region);
         }
         let quotas = member.data_dir().join("quotas.bin");
-        let restored = crate::limits::persist::restore(&self.limiter, &quotas);
+        let restored = meridian_dataplane::limits::persist::restore(&self.limiter, &quotas);
         tracing::info!(restored, "quota counters restored");
-        crate::limits::persist::spawn(self.limiter.clone(), quotas.clone());
+        meridian_dataplane::limits::persist::spawn(self.limiter.clone(), quotas.clone());
         let _ = self.quota_file.set(quotas);
         crate::cluster::gossip::spawn(member.clone(), self.limiter.clone());
         let sockets = self.dns_sockets.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -300,7 +298,7 @@ impl Node {
             let _ = task.await;
         }
         if let Some(path) = self.quota_file.get()
-            && let Err(e) = crate::limits::persist::save(&self.limiter, path)
+            && let Err(e) = meridian_dataplane::limits::persist::save(&self.limiter, path)
         {
             tracing::warn!(error = %e, "quota counters could not be saved at shutdown");
         }

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use meridian_chaos::launcher::NodeProcess;
-use meridian_node::limits::limiter::{Limiter, Period, Rate};
+use meridian_dataplane::limits::limiter::{Limiter, Period, Rate};
 use tokio::sync::Mutex;
 
 const TOKEN: &str = "bench-token-0123456789abcdef";

@@ -5,7 +5,7 @@
 //! Prints the median of batches, in microseconds per rendering; the request template both with
 //! the body already parsed (request validation hands its parse over) and parsing it.
 
-use meridian_node::mapping::{Bounds, Inputs, Template};
+use meridian_dataplane::mapping::{Bounds, Inputs, Template};
 use serde_json::{Map, Value};
 
 /// The node's allocator: rendering allocates, and the figures should be the node's.

@@ -12,16 +12,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use meridian_node::authorizers::Authorizers;
-use meridian_node::config::RoutingTable;
-use meridian_node::integration::upstreams::Upstreams;
-use meridian_node::limits::limiter::Limiter;
-use meridian_node::pipeline::routing;
-use meridian_node::response_cache::ResponseCaches;
-use meridian_node::stages::api_key::KeyRing;
-use meridian_node::stages::signed_request::Credentials;
-use meridian_node::stages::waf::Blocklist;
-use meridian_node::stages::{Exchange, Flow, Services, Stage, Step};
+use meridian_dataplane::authorizers::Authorizers;
+use meridian_dataplane::config::RoutingTable;
+use meridian_dataplane::integration::upstreams::Upstreams;
+use meridian_dataplane::limits::limiter::Limiter;
+use meridian_dataplane::pipeline::routing;
+use meridian_dataplane::response_cache::ResponseCaches;
+use meridian_dataplane::stages::api_key::KeyRing;
+use meridian_dataplane::stages::signed_request::Credentials;
+use meridian_dataplane::stages::waf::Blocklist;
+use meridian_dataplane::stages::{Exchange, Flow, Services, Stage, Step};
 
 /// Each kind of rule, as it appears in a definition (`{}` is the rule's number).
 const KINDS: &[(&str, &str)] = &[
@@ -49,7 +49,7 @@ fn table(kind: &str, rules: usize) -> RoutingTable {
     yaml.push_str(
         "    routes:\n      - { route: POST /pets, integration: { type: mock } }\n    stages: [{ name: prod }]\n",
     );
-    match meridian_node::config::parse_str(&yaml, "bench.yaml", Path::new(".")) {
+    match meridian_dataplane::config::parse_str(&yaml, "bench.yaml", Path::new(".")) {
         Ok(config) => config.table,
         Err(e) => panic!("the benchmark's definition is invalid: {e}"),
     }

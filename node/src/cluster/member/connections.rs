@@ -7,7 +7,7 @@ use meridian_proto::connection_answer::Outcome;
 use meridian_proto::connection_call::Action;
 
 use super::ClusterMember;
-use crate::connections::{CallAnswer, ConnectionCall, ConnectionPeers, ConnectionView, Target};
+use meridian_dataplane::connections::{CallAnswer, ConnectionCall, ConnectionPeers, ConnectionView, Target};
 
 /// How long a forwarded call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);

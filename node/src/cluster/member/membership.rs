@@ -18,7 +18,7 @@ impl ClusterMember {
             self.applied.read().await.config.cluster.clone().ok_or_else(|| setup("the cluster is not bootstrapped"))?;
         let token = JoinToken::parse(&request.token).map_err(|e| ClusterError::Refused(e.to_string()))?;
         let given = sha256_hex(token.secret.as_bytes());
-        if !crate::digest::constant_time_eq(given.as_bytes(), secrets.join_secret_sha256.as_bytes()) {
+        if !meridian_dataplane::digest::constant_time_eq(given.as_bytes(), secrets.join_secret_sha256.as_bytes()) {
             return Err(ClusterError::Refused("wrong join token".into()));
         }
         if request.region.is_empty() || request.rpc_addr.is_empty() {
