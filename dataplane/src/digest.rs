@@ -38,6 +38,33 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// The 32 bytes a SHA-256 digest written as 64 hex digits (either case) stands for.
+///
+/// ```
+/// use meridian_dataplane::digest::{parse_sha256_hex, sha256, sha256_hex};
+/// assert_eq!(parse_sha256_hex(&sha256_hex(b"key")), Some(sha256(b"key")));
+/// assert_eq!(parse_sha256_hex("e3b0"), None);
+/// ```
+pub fn parse_sha256_hex(digits: &str) -> Option<[u8; 32]> {
+    let digits = digits.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0; 32];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let value = |d: u8| char::from(d).to_digit(16);
+        *byte = u8::try_from(value(pair[0])? << 4 | value(pair[1])?).ok()?;
+    }
+    Some(out)
+}
+
 /// SHA-256 of `bytes`, as lower-case hex.
 ///
 /// ```

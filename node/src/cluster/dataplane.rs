@@ -156,7 +156,10 @@ fn keys(state: &ConfigState) -> KeyRing {
                 }
             }
         }
-        ring.insert(key.value_sha256.clone(), KeyGrant { id: Arc::from(id.as_str()), enabled: key.enabled, stages });
+        let grant = KeyGrant { id: Arc::from(id.as_str()), enabled: key.enabled, stages };
+        if let Err(e) = ring.insert(&key.value_sha256, grant) {
+            tracing::warn!(key = %id, error = %e, "API key left out");
+        }
     }
     ring
 }
