@@ -1,9 +1,9 @@
 //! The gateway's HTTP/1.1 server: a connection's loop of request heads, calls into the
 //! request path and responses, in the connection's own task.
 //!
-//! Each piece is small and knows nothing of the others' state: [`request`] parses a head
-//! from the bytes read (bounded, strict about framing), [`response`] writes a response head
-//! and decides its framing, [`crate::framing`] delimits and writes bodies, and [`wire`]
+//! Each piece is small and knows nothing of the others' state: `request` parses a head
+//! from the bytes read (bounded, strict about framing), `response` writes a response head
+//! and decides its framing, [`crate::framing`] delimits and writes bodies, and `wire`
 //! shares the socket between this loop and the request body, which reads itself from the
 //! socket when the request path polls it (no task or channel between them).
 //!
