@@ -51,7 +51,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for token in crate::framing::list_items(&listed) {
         // The hop-by-hop fields themselves (`keep-alive` above all) go below, by what the
         // scan found, without a look-up each.
-        if HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes())) {
+        if crate::hop_by_hop::is_hop_by_hop_name(token) {
             continue;
         }
         // A token that is no field name names nothing to remove.
