@@ -1,5 +1,5 @@
-//! Small digest helpers shared by API keys, the admin token check, the cluster's PKI and
-//! trace ids (their hex digits).
+//! Small digest helpers shared by API keys, the admin token check, the cluster's PKI, and
+//! hex digits both ways (trace ids, percent-encoded paths).
 //!
 //! They live on their own so that the request path (API keys, traces) and the admin API do
 //! not depend on the cluster's certificate code for a few functions.
@@ -45,22 +45,30 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// The 32 bytes a SHA-256 digest written as 64 hex digits (either case) stands for.
+/// The value of a hex digit, in either case.
+pub fn hex_digit(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The `N` bytes that `2 × N` hex digits (either case) write, and nothing for any other text.
 ///
 /// ```
-/// use meridian_dataplane::digest::{parse_sha256_hex, sha256, sha256_hex};
-/// assert_eq!(parse_sha256_hex(&sha256_hex(b"key")), Some(sha256(b"key")));
-/// assert_eq!(parse_sha256_hex("e3b0"), None);
+/// use meridian_dataplane::digest::{from_hex, sha256, sha256_hex};
+/// assert_eq!(from_hex::<32>(sha256_hex(b"key").as_bytes()), Some(sha256(b"key")));
+/// assert_eq!(from_hex::<32>(b"e3b0"), None);
 /// ```
-pub fn parse_sha256_hex(digits: &str) -> Option<[u8; 32]> {
-    let digits = digits.as_bytes();
-    if digits.len() != 64 {
+pub fn from_hex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
+    if digits.len() != 2 * N {
         return None;
     }
-    let mut out = [0; 32];
+    let mut out = [0; N];
     for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        let value = |d: u8| char::from(d).to_digit(16);
-        *byte = u8::try_from(value(pair[0])? << 4 | value(pair[1])?).ok()?;
+        *byte = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
     }
     Some(out)
 }

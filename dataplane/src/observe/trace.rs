@@ -133,18 +133,12 @@ impl TraceParent {
     }
 }
 
-/// `N` bytes from `2 × N` lower-case hex digits.
+/// `N` bytes from `2 × N` lower-case hex digits (Trace Context allows no upper case).
 fn hex_bytes<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0; N];
-    for (i, pair) in text.chunks_exact(2).enumerate() {
-        *out.get_mut(i)? = digit(pair[0])? << 4 | digit(pair[1])?;
+    if text.iter().any(u8::is_ascii_uppercase) {
+        return None;
     }
-    (text.len() == 2 * N).then_some(out)
+    crate::digest::from_hex(text)
 }
 
 /// A stage's sampling policy: parent-based, else a share of new traces by trace id.

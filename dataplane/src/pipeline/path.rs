@@ -31,6 +31,8 @@
 
 use std::borrow::Cow;
 
+use crate::digest::hex_digit;
+
 /// Why a request path is refused (all are answered with 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathRefusal {
@@ -55,15 +57,6 @@ impl PathRefusal {
                 "a path parameter contains an encoded `/` or a `\\`, which this route does not allow"
             }
         }
-    }
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
     }
 }
 
@@ -101,7 +94,7 @@ fn decode_unreserved(path: &str) -> Result<String, PathRefusal> {
             continue;
         }
         let (Some(hi), Some(lo)) =
-            (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value))
+            (bytes.get(i + 1).copied().and_then(hex_digit), bytes.get(i + 2).copied().and_then(hex_digit))
         else {
             return Err(PathRefusal::BadEscape);
         };
@@ -142,7 +135,7 @@ pub fn as_a_lenient_upstream_reads_it(path: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'%'
             && let (Some(h), Some(l)) =
-                (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value))
+                (bytes.get(i + 1).copied().and_then(hex_digit), bytes.get(i + 2).copied().and_then(hex_digit))
         {
             decoded.push(h << 4 | l);
             i += 3;

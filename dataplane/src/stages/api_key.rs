@@ -16,7 +16,7 @@ use http::request::Parts;
 
 use super::throttle::{Scopes, admit};
 use super::{Exchange, Phases, Services, Stage, Step};
-use crate::digest::{parse_sha256_hex, sha256};
+use crate::digest::{from_hex, sha256};
 use crate::rejection::{Rejection, ResponseType};
 use crate::table_hasher::TableHasher;
 
@@ -35,7 +35,7 @@ impl KeyRing {
     /// Adds the key whose value's SHA-256 is `value_sha256` (64 hex digits, as records
     /// store it); refused when it is not such a digest.
     pub fn insert(&mut self, value_sha256: &str, grant: KeyGrant) -> Result<(), NotADigest> {
-        let digest = parse_sha256_hex(value_sha256).ok_or(NotADigest)?;
+        let digest = from_hex::<32>(value_sha256.as_bytes()).ok_or(NotADigest)?;
         self.by_digest.insert(digest, grant);
         Ok(())
     }
