@@ -22,8 +22,8 @@ use http::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANG
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, response};
 
-use super::content::MediaRanges;
-use super::{Exchange, Phases, Services, Stage, Step, media_type_of};
+use super::content::{MediaRanges, MediaType};
+use super::{Exchange, Phases, Services, Stage, Step};
 use crate::content_coding::{self, Coding, Encoder};
 
 /// What an API compresses (its `compression` section).
@@ -69,7 +69,7 @@ impl CompressionPolicy {
         if length.is_some_and(|n| n < self.minimum_size) {
             return false;
         }
-        media_type_of(headers).is_some_and(|media| self.media_types.contains(&media))
+        MediaType::of(headers).is_some_and(|media| self.media_types.contains(media))
     }
 }
 

@@ -68,6 +68,51 @@ impl Conversion {
     }
 }
 
+/// A message's media type: its `Content-Type` without parameters, borrowed from the field as
+/// sent. Media types ignore case, so it is compared with [`MediaType::is`], never as text;
+/// it prints in lower case.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaType<'a>(&'a str);
+
+impl<'a> MediaType<'a> {
+    /// What a request without a `Content-Type` is taken to send, where a type is needed.
+    pub const JSON: MediaType<'static> = MediaType("application/json");
+
+    /// The media type `headers` name, if their `Content-Type` names one.
+    pub fn of(headers: &'a http::HeaderMap) -> Option<Self> {
+        let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
+        let essence = match value.bytes().position(|b| b == b';') {
+            Some(end) => &value[..end],
+            None => value,
+        };
+        let essence = essence.trim();
+        (!essence.is_empty()).then_some(MediaType(essence))
+    }
+
+    /// Whether this is `name` (lower case, without parameters).
+    pub fn is(self, name: &str) -> bool {
+        self.0.eq_ignore_ascii_case(name)
+    }
+
+    /// Whether the subtype ends with `suffix` (lower case), such as `+json`.
+    pub fn has_suffix(self, suffix: &str) -> bool {
+        self.0.len() >= suffix.len()
+            && self.0.as_bytes()[self.0.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    }
+
+    /// The part before the `/` (`image` in `image/png`).
+    fn kind(self) -> &'a str {
+        self.0.split_once('/').map_or(self.0, |(kind, _)| kind)
+    }
+}
+
+impl std::fmt::Display for MediaType<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        self.0.chars().try_for_each(|c| f.write_char(c.to_ascii_lowercase()))
+    }
+}
+
 /// A list of media ranges, `type/subtype`, `type/*` or `*/*`, lower case: an API's binary
 /// media types, the types its compression applies to.
 #[derive(Debug, Clone, Default)]
@@ -93,12 +138,12 @@ impl MediaRanges {
         Ok(MediaRanges(list))
     }
 
-    /// Whether `media` (lower case, without parameters) is in one of the ranges.
-    pub fn contains(&self, media: &str) -> bool {
+    /// Whether `media` is in one of the ranges.
+    pub fn contains(&self, media: MediaType<'_>) -> bool {
         self.0.iter().any(|t| match t.split_once("/*") {
             Some(("*", _)) => true,
-            Some((kind, _)) => media.split_once('/').is_some_and(|(k, _)| k == kind),
-            None => t == media,
+            Some((kind, _)) => media.kind().eq_ignore_ascii_case(kind),
+            None => media.is(t),
         })
     }
 
@@ -111,12 +156,33 @@ impl MediaRanges {
 mod tests {
     use super::*;
 
+    /// The media type of a message sending `content_type`.
+    fn media(content_type: &'static str) -> MediaType<'static> {
+        let headers = Box::leak(Box::new(http::HeaderMap::new()));
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        MediaType::of(headers).unwrap()
+    }
+
+    #[test]
+    fn a_media_type_is_the_field_without_parameters_in_any_case() {
+        let json = media(" Application/JSON ; charset=utf-8");
+        assert!(json.is("application/json") && !json.is("application/jsonx"));
+        assert_eq!(json.to_string(), "application/json");
+        assert!(media("application/Problem+JSON").has_suffix("+json"));
+        assert!(!media("application/json").has_suffix("+json") && !media("x").has_suffix("+json"));
+        let mut headers = http::HeaderMap::new();
+        assert!(MediaType::of(&headers).is_none());
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(" ; charset=utf-8"));
+        assert!(MediaType::of(&headers).is_none(), "parameters without a type name none");
+    }
+
     #[test]
     fn media_types_match_exactly_by_type_or_all() {
         let types = MediaRanges::new(&["image/*".into(), "Application/Octet-Stream".into()]).unwrap();
-        assert!(types.contains("image/png") && types.contains("application/octet-stream"));
-        assert!(!types.contains("application/json") && !types.contains("imagex/png"));
-        assert!(MediaRanges::new(&["*/*".into()]).unwrap().contains("text/plain"));
+        assert!(types.contains(media("image/png")) && types.contains(media("Application/octet-stream")));
+        assert!(types.contains(media("IMAGE/png")));
+        assert!(!types.contains(media("application/json")) && !types.contains(media("imagex/png")));
+        assert!(MediaRanges::new(&["*/*".into()]).unwrap().contains(media("text/plain")));
         for bad in ["png", "image/", "*/png", "a b/c"] {
             assert!(MediaRanges::new(&[bad.into()]).is_err(), "{bad}");
         }

@@ -27,9 +27,9 @@ use http::{HeaderName, HeaderValue, StatusCode, response};
 use regex::Regex;
 use serde_json::Value;
 
-use super::content::{ContentHandling, Conversion, MediaRanges};
+use super::content::{ContentHandling, Conversion, MediaRanges, MediaType};
 use super::mapping::TemplateScope;
-use super::{AnswerBody, Exchange, Flow, Phases, Services, Stage, Step, media_type_of};
+use super::{AnswerBody, Exchange, Flow, Phases, Services, Stage, Step};
 use crate::body::BoundedCopy;
 use crate::mapping::{Bounds, Inputs, Template};
 use crate::observe::trace::SpanKind;
@@ -215,8 +215,8 @@ impl Stage for IntegrationResponses {
         if let Some(status) = response.status {
             head.status = status;
         }
-        let upstream_media = media_type_of(&head.headers).unwrap_or_default();
-        let conversion = Conversion::of(self.binary.contains(&upstream_media), response.content_handling);
+        let binary = MediaType::of(&head.headers).is_some_and(|media| self.binary.contains(media));
+        let conversion = Conversion::of(binary, response.content_handling);
         // Every value is read from the upstream's headers (and body) before any is set.
         let body = exchange.state.get::<AnswerBody>().map(|b| &b.0);
         let mut json = None;

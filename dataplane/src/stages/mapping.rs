@@ -18,9 +18,9 @@ use http::header::USER_AGENT;
 use http::request::Parts;
 use serde_json::{Map, Value};
 
-use super::content::{ContentHandling, Conversion, MediaRanges};
+use super::content::{ContentHandling, Conversion, MediaRanges, MediaType};
 use super::validation::ValidatedJson;
-use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, media_type};
+use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step};
 use crate::authorizers::AuthorizerContext;
 use crate::mapping::{BodyJson, Bounds, ContextReads, Inputs, Reads, Template};
 use crate::observe::trace::SpanKind;
@@ -194,8 +194,8 @@ impl Stage for RequestMapping {
     }
 
     fn request_head<'a>(&'a self, head: &'a mut Parts, exchange: &'a mut Exchange, _: &'a Services<'a>) -> Step<'a> {
-        let media = media_type(head).unwrap_or_else(|| "application/json".into());
-        let conversion = Conversion::of(self.binary.contains(&media), self.content_handling);
+        let media = MediaType::of(&head.headers).unwrap_or(MediaType::JSON);
+        let conversion = Conversion::of(self.binary.contains(media), self.content_handling);
         if conversion != Conversion::Text {
             exchange.state.insert(Converting(conversion));
         }
@@ -206,7 +206,7 @@ impl Stage for RequestMapping {
             });
             return Flow::Continue.into();
         }
-        match self.templates.iter().find(|(m, _)| *m == media) {
+        match self.templates.iter().find(|(m, _)| media.is(m)) {
             Some((_, template)) => {
                 exchange.note(|| format!("the {media} request template"));
                 exchange.state.insert(Chosen(template.clone()));

@@ -275,18 +275,6 @@ pub fn declared_length(head: &request::Parts) -> Option<u64> {
     head.headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// The request's media type (`Content-Type` without parameters, lower case), if it names one.
-pub fn media_type(head: &request::Parts) -> Option<String> {
-    media_type_of(&head.headers)
-}
-
-/// The media type a message's `Content-Type` names (lower case, without parameters).
-pub fn media_type_of(headers: &http::HeaderMap) -> Option<String> {
-    let value = headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
-    let media = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    (!media.is_empty()).then_some(media)
-}
-
 /// Whether a request may carry a body: a non-zero `Content-Length`, a chunked body, or an
 /// HTTP/2 request (whose end of stream is the only sign).
 pub fn may_have_body(head: &request::Parts) -> bool {

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, StatusCode};
 
-use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, media_type};
+use super::content::MediaType;
+use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step};
 use crate::rejection::{Rejection, ResponseType, Violation};
 
 /// The most violations one answer lists.
@@ -39,8 +40,8 @@ pub struct BodyModels {
 
 impl BodyModels {
     fn for_request(&self, head: &Parts) -> Option<&Arc<Model>> {
-        media_type(head)
-            .and_then(|m| self.by_type.iter().find(|(t, _)| *t == m).map(|(_, model)| model))
+        MediaType::of(&head.headers)
+            .and_then(|m| self.by_type.iter().find(|(t, _)| m.is(t)).map(|(_, model)| model))
             .or(self.default.as_ref())
     }
 }

@@ -17,7 +17,8 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, response};
 
-use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, may_have_body, media_type, media_type_of};
+use super::content::MediaType;
+use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step, may_have_body};
 use crate::body::BoundedCopy;
 use crate::mapping::xml;
 use crate::rejection::{Rejection, ResponseType};
@@ -40,12 +41,12 @@ struct ConvertedRequest;
 #[derive(Debug, Clone)]
 struct ConvertingResponse(BoundedCopy);
 
-fn is_json(media: &str) -> bool {
-    media == "application/json" || media.ends_with("+json")
+fn is_json(media: MediaType<'_>) -> bool {
+    media.is("application/json") || media.has_suffix("+json")
 }
 
-fn is_xml(media: &str) -> bool {
-    media == "application/xml" || media == "text/xml" || media.ends_with("+xml")
+fn is_xml(media: MediaType<'_>) -> bool {
+    media.is("application/xml") || media.is("text/xml") || media.has_suffix("+xml")
 }
 
 impl Stage for XmlUpstream {
@@ -62,7 +63,7 @@ impl Stage for XmlUpstream {
     }
 
     fn body_need(&self, head: &Parts) -> Option<BodyNeed> {
-        let json = media_type(head).is_none_or(|m| is_json(&m));
+        let json = MediaType::of(&head.headers).is_none_or(is_json);
         (json && may_have_body(head)).then_some(BodyNeed::Whole(u64::MAX))
     }
 
@@ -106,7 +107,7 @@ impl Stage for XmlUpstream {
     }
 
     fn response_head(&self, head: &mut response::Parts, exchange: &mut Exchange, _: &Services<'_>) {
-        let xml_answer = media_type_of(&head.headers).is_some_and(|m| is_xml(&m));
+        let xml_answer = MediaType::of(&head.headers).is_some_and(is_xml);
         if !exchange.integration_answered || !xml_answer {
             return;
         }
