@@ -5,7 +5,7 @@
 set -euo pipefail
 seconds=${1:-10}
 cd "$(dirname "$0")"
-targets=(request_head route_patterns dns_responder node_rpc_payloads config_file zone_document api_definition mapping_template xml_document openapi_document content_coding websocket_message upstream_response client_request)
+targets=(request_head route_patterns dns_responder node_rpc_payloads config_file zone_document api_definition mapping_template json_body xml_document openapi_document content_coding websocket_message upstream_response client_request)
 echo "== fuzz: building ${#targets[@]} targets"
 cargo fuzz build -s none
 for target in "${targets[@]}"; do

@@ -249,6 +249,14 @@ pub fn mapping_template(data: &[u8]) {
     }
 }
 
+/// A JSON request body, as validation and the mapping templates parse it: the same value as
+/// serde_json's, or the same error.
+pub fn json_body(data: &[u8]) {
+    let ours = meridian_dataplane::mapping::parse_json(data).map_err(|e| e.to_string());
+    let theirs = serde_json::from_slice::<serde_json::Value>(data).map_err(|e| e.to_string());
+    assert_eq!(ours, theirs, "the body parses as serde_json parses it");
+}
+
 /// An XML document from an upstream (or a template): converted to JSON, and what converts
 /// converts back to XML and again to the same JSON. Nothing may panic.
 pub fn xml_document(data: &[u8]) {

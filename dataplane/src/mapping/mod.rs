@@ -32,6 +32,7 @@
 //! JSON.
 
 mod eval;
+mod json;
 mod parse;
 pub mod xml;
 
@@ -39,6 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use eval::{BodyJson, Inputs, RenderError};
+pub use json::parse_json;
 pub use parse::{ContextReads, Reads, Template, TemplateError};
 
 /// The template for a client that sent `accept`: the first media type it lists that has a
@@ -53,18 +55,6 @@ pub fn for_accept<'t>(
         templates.iter().find(|(t, _)| *t == media)
     });
     listed.or_else(|| templates.iter().find(|(t, _)| t == "application/json")).or_else(|| templates.first())
-}
-
-/// A JSON body as a value. serde_json's reader of bytes checks each string's UTF-8 on its
-/// own (for a body of many short strings, the largest part of the parse after its
-/// allocations); here the whole body is checked once, on the standard library's ASCII fast
-/// path, and parsed as text. A body that is not UTF-8 is parsed as bytes, for serde_json's
-/// own error with its position.
-pub fn parse_json(body: &[u8]) -> serde_json::Result<serde_json::Value> {
-    match std::str::from_utf8(body) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(body),
-    }
 }
 
 /// How much one rendering may do.
