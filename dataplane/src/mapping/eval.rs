@@ -263,6 +263,17 @@ fn copied_run(bytes: &[u8]) -> usize {
         }
         start += 16;
     }
+    // Fewer than 16 bytes are left: the last 16 of the text cover them, and the bits of the
+    // bytes already read are shifted out.
+    #[cfg(target_arch = "x86_64")]
+    if start < bytes.len()
+        && let Some(last) = bytes.len().checked_sub(16).and_then(|from| <&[u8; 16]>::try_from(&bytes[from..]).ok())
+    {
+        let left = bytes.len() - start;
+        // SAFETY: as above.
+        let escaped = unsafe { escaped_among(last) } >> (16 - left);
+        return start + if escaped != 0 { escaped.trailing_zeros() as usize } else { left };
+    }
     start + bytes[start..].iter().take_while(|b| COPIED[usize::from(**b)]).count()
 }
 
