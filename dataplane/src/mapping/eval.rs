@@ -388,6 +388,7 @@ impl<'a> Renderer<'a> {
     }
 
     /// Appends `text` to the output unless that would pass the output bound.
+    #[inline]
     fn emit(&mut self, text: &str, line: usize) -> Rendered<()> {
         if self.out.len() + text.len() > self.bounds.max_output {
             return self.too_long(line);
@@ -396,6 +397,7 @@ impl<'a> Renderer<'a> {
         Ok(())
     }
 
+    #[cold]
     fn too_long<T>(&self, line: usize) -> Rendered<T> {
         fail(line, format!("the output is larger than {} bytes", self.bounds.max_output))
     }
@@ -421,7 +423,7 @@ impl<'a> Renderer<'a> {
         for node in nodes {
             match node {
                 Node::Text(t) => self.emit(t, 0)?,
-                Node::Ref(r, _) if self.writes_text_function(r)? => {}
+                Node::Ref(r, _) if r.builtin == Builtin::Util && self.writes_text_function(r)? => {}
                 Node::Ref(r, source) => match self.reference(r)? {
                     Some(Value::String(s)) => self.emit(s, r.line)?,
                     Some(other) => {
@@ -534,7 +536,20 @@ impl<'a> Renderer<'a> {
         }
     }
 
+    /// An expression's value. Literals and references, nearly every expression a template
+    /// evaluates, are answered here; the rest (which make values) in [`Renderer::made_expr`],
+    /// so that this stays a small function.
+    #[inline]
     fn expr(&mut self, expr: &'a Expr) -> Rendered<Option<Val<'a>>> {
+        match expr {
+            Expr::Literal(v) => Ok(Some(v)),
+            Expr::Ref(r) => self.reference(r),
+            _ => self.made_expr(expr),
+        }
+    }
+
+    #[inline(never)]
+    fn made_expr(&mut self, expr: &'a Expr) -> Rendered<Option<Val<'a>>> {
         let made = match expr {
             Expr::Literal(v) => return Ok(Some(v)),
             Expr::Ref(r) => return self.reference(r),
@@ -670,21 +685,12 @@ impl<'a> Renderer<'a> {
     }
 
     fn reference(&mut self, r: &'a Reference) -> Rendered<Option<Val<'a>>> {
-        let inputs = self.inputs;
-        let (mut value, skip) = match (self.vars.get(r.slot), r.builtin, self.position) {
-            (Some(variable), ..) => (variable, 0),
-            (None, Builtin::Foreach, Some(position)) => match r.steps.first() {
-                Some(Step::Field(name)) => (self.position_field(position, name, r.line)?, 1),
-                _ => (self.make(Self::position(position), r.line)?, 0),
+        let (mut value, skip) = match self.vars.get(r.slot) {
+            Some(variable) => (variable, 0),
+            None => match self.builtin(r)? {
+                Some(root) => root,
+                None => return Ok(None),
             },
-            (None, Builtin::Input, _) => (self.input(r)?, 1),
-            (None, Builtin::Util, _) => {
-                let made = self.util(r)?;
-                (self.make(made, r.line)?, 1)
-            }
-            (None, Builtin::Context, _) => (&*inputs.context, 0),
-            (None, Builtin::StageVariables, _) => (&*inputs.stage_variables, 0),
-            _ => return Ok(None),
         };
         // Each step's arguments are evaluated as the walk reaches it; every step from a
         // value borrows from it, so `$map.get($k)` in a loop never copies the map.
@@ -729,6 +735,27 @@ impl<'a> Renderer<'a> {
             };
         }
         Ok(Some(value))
+    }
+
+    /// The root of a reference to what the template finds set (`$input`, `$util`, `$context`,
+    /// `$stageVariables`, `$foreach`), and how many of its steps that root took.
+    #[inline(never)]
+    fn builtin(&mut self, r: &'a Reference) -> Rendered<Option<(Val<'a>, usize)>> {
+        let inputs = self.inputs;
+        Ok(Some(match (r.builtin, self.position) {
+            (Builtin::Foreach, Some(position)) => match r.steps.first() {
+                Some(Step::Field(name)) => (self.position_field(position, name, r.line)?, 1),
+                _ => (self.make(Self::position(position), r.line)?, 0),
+            },
+            (Builtin::Input, _) => (self.input(r)?, 1),
+            (Builtin::Util, _) => {
+                let made = self.util(r)?;
+                (self.make(made, r.line)?, 1)
+            }
+            (Builtin::Context, _) => (&*inputs.context, 0),
+            (Builtin::StageVariables, _) => (&*inputs.stage_variables, 0),
+            _ => return Ok(None),
+        }))
     }
 
     fn input(&mut self, r: &'a Reference) -> Rendered<Val<'a>> {
