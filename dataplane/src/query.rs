@@ -16,9 +16,11 @@ pub fn percent_decode_bytes(bytes: &[u8]) -> Vec<u8> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
+                // Two hex digits exactly: not a sign (`%+5` is not an escape).
+                let high = crate::digest::hex_digit(bytes[i + 1]);
+                match high.zip(crate::digest::hex_digit(bytes[i + 2])) {
+                    Some((high, low)) => {
+                        out.push(high << 4 | low);
                         i += 3;
                         continue;
                     }
@@ -82,6 +84,9 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
         assert_eq!(percent_decode("%41"), "A");
+        // A sign is not a hex digit: `%+5` is three characters, not the control character 0x05.
+        assert_eq!(percent_decode("%+5%+F%-0"), "% 5% F%-0");
+        assert_eq!(percent_decode_bytes(b"%+0"), b"% 0");
         assert!(matches!(decoded("plain"), Cow::Borrowed("plain")));
         assert_eq!(decoded("a%2Fb+c"), "a/b c");
     }
