@@ -19,11 +19,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Whether the request asks to switch to WebSocket.
 pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     let upgrade = headers.get(UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    upgrade
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+    upgrade && crate::framing::lists(headers, &CONNECTION, "upgrade")
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names. With
@@ -228,6 +224,18 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[CONNECTION], "upgrade");
         assert_eq!(h[UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn an_upgrade_is_read_from_connection_as_its_removal_reads_it() {
+        // A byte beyond ASCII elsewhere in `Connection` (opaque, but allowed) does not hide the
+        // `upgrade` token: the handshake is seen, as `strip_hop_by_hop` sees the token.
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_bytes(b"x-caf\xc3\xa9, Upgrade").unwrap());
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_websocket_upgrade(&h));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, upgraded"));
+        assert!(!is_websocket_upgrade(&h));
     }
 
     #[test]
