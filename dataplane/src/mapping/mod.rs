@@ -51,8 +51,8 @@ pub fn for_accept<'t>(
     accept: Option<&str>,
 ) -> Option<&'t (String, Arc<Template>)> {
     let listed = accept.into_iter().flat_map(|a| a.split(',')).find_map(|m| {
-        let media = m.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        templates.iter().find(|(t, _)| *t == media)
+        let media = m.split_once(';').map_or(m, |(media, _)| media).trim();
+        templates.iter().find(|(t, _)| t.eq_ignore_ascii_case(media))
     });
     listed.or_else(|| templates.iter().find(|(t, _)| t == "application/json")).or_else(|| templates.first())
 }

@@ -338,6 +338,7 @@ mod tests {
         let r = response(None, &["application/xml", "application/json", "text/plain"]);
         let media = |accept: Option<&str>| r.template(accept).map(|(m, _)| m.as_str());
         assert_eq!(media(Some("text/plain;q=0.9, application/xml")), Some("text/plain"));
+        assert_eq!(media(Some(" Application/XML ;q=1")), Some("application/xml"), "media types ignore case");
         assert_eq!(media(Some("image/png")), Some("application/json"));
         assert_eq!(media(None), Some("application/json"));
         let only_xml = response(None, &["application/xml"]);
