@@ -23,6 +23,7 @@
 pub mod authorizers;
 pub mod body;
 pub mod boxed_future;
+pub mod byte_scan;
 pub mod certificates;
 pub mod coarse_time;
 pub mod config;

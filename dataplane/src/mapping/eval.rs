@@ -20,6 +20,7 @@ use typed_arena::Arena;
 
 use super::Bounds;
 use super::parse::{BinaryOp, Builtin, Expr, Node, Reference, Step, Template};
+use crate::byte_scan::ByteSet;
 
 /// What a template reads: the body, the parameters, and what the caller puts in
 /// `$context` and `$stageVariables`.
@@ -237,61 +238,9 @@ fn footprint(value: &Value) -> usize {
         }
 }
 
-/// Which bytes [`escape_javascript`] copies as they are: printable ASCII but quotes, `\`
-/// and `/`.
-const COPIED: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0x20;
-    while b <= 0x7e {
-        table[b] = !matches!(b as u8, b'"' | b'\'' | b'\\' | b'/');
-        b += 1;
-    }
-    table
-};
-
-/// How many bytes at the start of `bytes` [`escape_javascript`] copies as they are (see
-/// [`COPIED`]): sixteen at a time with SSE2, which every x86-64 CPU has, one at a time
-/// elsewhere and for the tail.
-fn copied_run(bytes: &[u8]) -> usize {
-    let mut start = 0;
-    #[cfg(target_arch = "x86_64")]
-    while let Some(chunk) = bytes.get(start..start + 16).and_then(|c| <&[u8; 16]>::try_from(c).ok()) {
-        // SAFETY: SSE2 is part of x86-64 itself: every CPU this code runs on has it.
-        let escaped = unsafe { escaped_among(chunk) };
-        if escaped != 0 {
-            return start + escaped.trailing_zeros() as usize;
-        }
-        start += 16;
-    }
-    // Fewer than 16 bytes are left: the last 16 of the text cover them, and the bits of the
-    // bytes already read are shifted out.
-    #[cfg(target_arch = "x86_64")]
-    if start < bytes.len()
-        && let Some(last) = bytes.len().checked_sub(16).and_then(|from| <&[u8; 16]>::try_from(&bytes[from..]).ok())
-    {
-        let left = bytes.len() - start;
-        // SAFETY: as above.
-        let escaped = unsafe { escaped_among(last) } >> (16 - left);
-        return start + if escaped != 0 { escaped.trailing_zeros() as usize } else { left };
-    }
-    start + bytes[start..].iter().take_while(|b| COPIED[usize::from(**b)]).count()
-}
-
-/// Which of the 16 bytes [`escape_javascript`] does not copy as they are, one bit each.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "sse2")]
-fn escaped_among(chunk: &[u8; 16]) -> u32 {
-    use std::arch::x86_64::{
-        _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
-    };
-    // SAFETY: `chunk` is 16 readable bytes, and the load does not need alignment.
-    let v = unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) };
-    let is = |b: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8));
-    // Compared as signed bytes, everything from 0x80 up is below 0x20 too.
-    let control = _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)), is(0x7f));
-    let marks = _mm_or_si128(_mm_or_si128(is(b'"'), is(b'\'')), _mm_or_si128(is(b'\\'), is(b'/')));
-    _mm_movemask_epi8(_mm_or_si128(control, marks)) as u32
-}
+/// What [`escape_javascript`] does not copy as it is: controls, DEL, anything beyond ASCII,
+/// quotes, `\` and `/`.
+const ESCAPED: ByteSet = ByteSet { below: 0x20, beyond_ascii: true, also: b"\"'\\/\x7f" };
 
 /// JavaScript string escaping, as `$util.escapeJavaScript` does it, appended to `out`: runs
 /// of printable ASCII are copied whole; quotes, `\`, `/` and the usual controls get their
@@ -304,7 +253,7 @@ fn escape_javascript(s: &str, out: &mut String) {
     loop {
         // A run stops at a byte to escape: ASCII, or the first byte of a character beyond
         // it, so `i` is always on a character boundary.
-        let run = copied_run(&bytes[i..]);
+        let run = ESCAPED.run_length(&bytes[i..]);
         out.push_str(&s[i..i + run]);
         i += run;
         let Some(&byte) = bytes.get(i) else { return };

@@ -16,6 +16,8 @@
 
 use serde_json::{Map, Number, Value};
 
+use crate::byte_scan::ByteSet;
+
 /// `body` (JSON text) as a value, or serde_json's error saying where it is not JSON.
 pub fn parse_json(body: &[u8]) -> serde_json::Result<Value> {
     match std::str::from_utf8(body) {
@@ -145,7 +147,7 @@ impl<'t> Reader<'t> {
     fn string(&mut self) -> Option<String> {
         self.at += 1; // `"`
         let start = self.at;
-        self.at += plain_run(&self.bytes()[self.at..]);
+        self.at += STRING_STOPS.run_length(&self.bytes()[self.at..]);
         match *self.bytes().get(self.at)? {
             b'"' => {
                 self.at += 1;
@@ -186,7 +188,7 @@ impl<'t> Reader<'t> {
                     }
                 }
                 _ => {
-                    let run = plain_run(&self.bytes()[self.at..]);
+                    let run = STRING_STOPS.run_length(&self.bytes()[self.at..]);
                     if run == 0 {
                         return None; // a control character
                     }
@@ -245,36 +247,8 @@ impl<'t> Reader<'t> {
     }
 }
 
-/// How many bytes at the start of `bytes` a string holds as they are: up to a `"`, a `\` or a
-/// control character. Sixteen at a time with SSE2, which every x86-64 CPU has.
-fn plain_run(bytes: &[u8]) -> usize {
-    let mut start = 0;
-    #[cfg(target_arch = "x86_64")]
-    while let Some(chunk) = bytes.get(start..start + 16).and_then(|c| <&[u8; 16]>::try_from(c).ok()) {
-        // SAFETY: SSE2 is part of x86-64 itself: every CPU this code runs on has it.
-        let stops = unsafe { stops_among(chunk) };
-        if stops != 0 {
-            return start + stops.trailing_zeros() as usize;
-        }
-        start += 16;
-    }
-    start + bytes[start..].iter().take_while(|&&b| b != b'"' && b != b'\\' && b >= 0x20).count()
-}
-
-/// Which of the 16 bytes end a string's plain run (`"`, `\`, below 0x20), one bit each.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "sse2")]
-fn stops_among(chunk: &[u8; 16]) -> u32 {
-    use std::arch::x86_64::{
-        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
-    };
-    // SAFETY: `chunk` is 16 readable bytes, and the load does not need alignment.
-    let v = unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) };
-    let is = |b: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8));
-    // A byte is at most 0x1f exactly when the larger of it and 0x1f (unsigned) is 0x1f.
-    let control = _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1f)), _mm_set1_epi8(0x1f));
-    _mm_movemask_epi8(_mm_or_si128(control, _mm_or_si128(is(b'"'), is(b'\\')))) as u32
-}
+/// What ends the plain text of a string: a quote, a backslash or a control character.
+const STRING_STOPS: ByteSet = ByteSet { below: 0x20, beyond_ascii: false, also: b"\"\\" };
 
 #[cfg(test)]
 mod tests {
