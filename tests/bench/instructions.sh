@@ -6,6 +6,8 @@
 #
 #   tests/bench/instructions.sh            # 2,000 requests per proxy, release build
 #   SMOKE=1 tests/bench/instructions.sh    # 100 requests, debug build: does it measure?
+#   REST=1 tests/bench/instructions.sh     # Meridian alone: STAGES=1 proxy.sh's REST route
+#                                          # (validation, two templates) against its plain POST
 #
 # Each proxy runs under `valgrind --tool=callgrind`. It answers 50 requests first (what
 # happens once is done then: connections to the backend opened, clocks calibrated, caches
@@ -29,6 +31,7 @@ if [ "$SMOKE" = 1 ]; then
 fi
 REQUESTS=${REQUESTS:-2000}
 PROFILE=${PROFILE:-release}
+REST=${REST:-0}
 BACKEND_PORT=${BACKEND_PORT:-18581}
 NGINX_PORT=${NGINX_PORT:-18582}
 MERIDIAN_PORT=${MERIDIAN_PORT:-18583}
@@ -93,12 +96,53 @@ apis:
       - name: bench
         variables: { backend: "127.0.0.1:$BACKEND_PORT" }
 CONF
+if [ "$REST" = 1 ]; then
+  # The REST route of `STAGES=1 proxy.sh` (its configuration written the same way) and the same
+  # POST without stages, instead of the proxy route; the 2 KiB order they are sent.
+  cat > "$work/meridian.yaml" <<CONF
+listen: { http: "127.0.0.1:$MERIDIAN_PORT" }
+admin: { listen: "127.0.0.1:$ADMIN_PORT" }
+access_log: { path: "$work/meridian-access.log" }
+throttle: { rate: 100000000, burst: 100000000 }
+apis:
+  - id: shop
+    type: rest
+    routes:
+      - route: POST /posted/{proxy+}
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+      - route: POST /rest/{proxy+}
+        request_validator: body
+        request_models: { application/json: Order }
+        integration:
+          type: http_proxy
+          uri: "http://\${stageVariables.backend}/{proxy}"
+          request_templates:
+            application/json: '#set(\$b = \$input.path(''\$'')){"order": {#foreach(\$k in \$b.keySet())"\$k": "\$util.escapeJavaScript(\$b.get(\$k))"#if(\$foreach.hasNext),#end#end}, "request": "\$context.requestId"}'
+          responses:
+            - templates:
+                application/json: '{"ok": true, "request": "\$context.requestId", "upstream": "\$util.escapeJavaScript(\$input.body)"}'
+    models:
+      Order:
+        type: object
+        required: [$(seq -f '"p%02g"' -s ', ' 1 20)]
+        properties: { $(for i in $(seq -f '%02g' 1 20); do printf '"p%s": { type: string, maxLength: 200 }, ' "$i"; done) }
+    request_validators: { body: { body: true } }
+    stages:
+      - name: bench
+        variables: { backend: "127.0.0.1:$BACKEND_PORT" }
+CONF
+  printf '{%s}' "$(for i in $(seq -f '%02g' 1 20); do printf '"p%s": "%s",' "$i" "$(printf 'v%.0s' $(seq 1 95))"; done | sed 's/,$//')" > "$work/order.json"
+fi
 
 nginx -p "$work/backend" -c "$work/backend/nginx.conf" 2>/dev/null & pids+=($!)
 wait_port "$BACKEND_PORT"
 
+# What each request sends besides its URL (curl's arguments): nothing but a GET, unless set.
+request_args=()
+
 # count NAME URL CMD...: runs CMD under callgrind, warms it up, counts REQUESTS requests for
-# URL sent on one keep-alive connection, and prints the dump of its busiest thread.
+# URL (with `request_args`) sent on one keep-alive connection, and prints the dump of its
+# busiest thread.
 count() {
   local name=$1 url=$2 out codes busiest=0 file="" c f
   shift 2
@@ -107,14 +151,14 @@ count() {
   local pid=$!
   pids+=("$pid")
   for _ in $(seq 1 600); do
-    curl -sf -o /dev/null "$url" && break
+    curl -sf -o /dev/null "${request_args[@]}" "$url" && break
     kill -0 "$pid" 2>/dev/null || { echo "$name did not start: $(tail -5 "$out.log")" >&2; exit 1; }
     sleep 0.1
   done
-  curl -s -o /dev/null "$url?warm=[1-50]"
+  curl -s -o /dev/null "${request_args[@]}" "$url?warm=[1-50]"
   # callgrind_control reaches a process asleep in a system call through ptrace (vgdb).
   timeout 60 callgrind_control --zero "$pid" >/dev/null || { echo "callgrind_control could not reach $name" >&2; exit 1; }
-  codes=$(curl -s -o /dev/null -w '%{http_code}\n' "$url?n=[1-$REQUESTS]" | grep -c '^200$' || true)
+  codes=$(curl -s -o /dev/null -w '%{http_code}\n' "${request_args[@]}" "$url?n=[1-$REQUESTS]" | grep -c '^200$' || true)
   [ "$codes" = "$REQUESTS" ] || { echo "$name answered $codes of $REQUESTS requests with 200" >&2; exit 1; }
   timeout 60 callgrind_control --dump=measured "$pid" >/dev/null || { echo "callgrind_control could not dump $name" >&2; exit 1; }
   kill -TERM "$pid"
@@ -134,6 +178,23 @@ per_request() {
   callgrind_annotate --auto=no --show-percs=no --show="$2" "$1" 2>/dev/null |
     awk -v n="$REQUESTS" '/PROGRAM TOTALS/ { gsub(",", "", $1); printf "%.0f\n", $1 / n }'
 }
+
+if [ "$REST" = 1 ]; then
+  request_args=(-H 'content-type: application/json' --data-binary "@$work/order.json")
+  echo "== meridian: $REQUESTS POSTs to the plain route under callgrind"
+  posted_dump=$(count posted "http://127.0.0.1:$MERIDIAN_PORT/bench/posted/hello" \
+    "$MERIDIAN" serve --workers 1 --config "$work/meridian.yaml")
+  echo "== meridian: $REQUESTS POSTs to the REST route under callgrind"
+  rest_dump=$(count rest "http://127.0.0.1:$MERIDIAN_PORT/bench/rest/hello" \
+    "$MERIDIAN" serve --workers 1 --config "$work/meridian.yaml")
+  posted_ir=$(per_request "$posted_dump" Ir)
+  rest_ir=$(per_request "$rest_dump" Ir)
+  posted_i1=$(per_request "$posted_dump" I1mr)
+  rest_i1=$(per_request "$rest_dump" I1mr)
+  echo "instructions per POST: plain route $posted_ir, REST route (validation, two templates) $rest_ir, extra $((rest_ir - posted_ir))"
+  echo "instruction-cache misses per POST (simulated L1): plain route $posted_i1, REST route $rest_i1"
+  exit 0
+fi
 
 echo "== nginx: $REQUESTS requests under callgrind"
 nginx_dump=$(count nginx "http://127.0.0.1:$NGINX_PORT/hello" nginx -p "$work/proxy" -c "$work/proxy/nginx.conf")
