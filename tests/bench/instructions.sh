@@ -80,6 +80,30 @@ http {
   }
 }
 CONF
+# The proxy route, or with REST=1 the REST route of `STAGES=1 proxy.sh` beside the same POST
+# without stages (and the 2 KiB order they are sent).
+if [ "$REST" = 1 ]; then
+  api=$(cat <<CONF
+  - id: shop
+    type: rest
+    routes:
+      - route: POST /posted/{proxy+}
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+$(rest_route)
+$(rest_models)
+CONF
+)
+  write_order "$work/order.json"
+else
+  api=$(cat <<CONF
+  - id: plain
+    type: http
+    routes:
+      - route: ANY /{proxy+}
+        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+CONF
+)
+fi
 cat > "$work/meridian.yaml" <<CONF
 listen: { http: "127.0.0.1:$MERIDIAN_PORT" }
 admin: { listen: "127.0.0.1:$ADMIN_PORT" }
@@ -87,52 +111,11 @@ access_log: { path: "$work/meridian-access.log" }
 # Out of reach, and still counted on every request.
 throttle: { rate: 100000000, burst: 100000000 }
 apis:
-  - id: plain
-    type: http
-    routes:
-      - route: ANY /{proxy+}
-        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
+$api
     stages:
       - name: bench
         variables: { backend: "127.0.0.1:$BACKEND_PORT" }
 CONF
-if [ "$REST" = 1 ]; then
-  # The REST route of `STAGES=1 proxy.sh` (its configuration written the same way) and the same
-  # POST without stages, instead of the proxy route; the 2 KiB order they are sent.
-  cat > "$work/meridian.yaml" <<CONF
-listen: { http: "127.0.0.1:$MERIDIAN_PORT" }
-admin: { listen: "127.0.0.1:$ADMIN_PORT" }
-access_log: { path: "$work/meridian-access.log" }
-throttle: { rate: 100000000, burst: 100000000 }
-apis:
-  - id: shop
-    type: rest
-    routes:
-      - route: POST /posted/{proxy+}
-        integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
-      - route: POST /rest/{proxy+}
-        request_validator: body
-        request_models: { application/json: Order }
-        integration:
-          type: http_proxy
-          uri: "http://\${stageVariables.backend}/{proxy}"
-          request_templates:
-            application/json: '#set(\$b = \$input.path(''\$'')){"order": {#foreach(\$k in \$b.keySet())"\$k": "\$util.escapeJavaScript(\$b.get(\$k))"#if(\$foreach.hasNext),#end#end}, "request": "\$context.requestId"}'
-          responses:
-            - templates:
-                application/json: '{"ok": true, "request": "\$context.requestId", "upstream": "\$util.escapeJavaScript(\$input.body)"}'
-    models:
-      Order:
-        type: object
-        required: [$(seq -f '"p%02g"' -s ', ' 1 20)]
-        properties: { $(for i in $(seq -f '%02g' 1 20); do printf '"p%s": { type: string, maxLength: 200 }, ' "$i"; done) }
-    request_validators: { body: { body: true } }
-    stages:
-      - name: bench
-        variables: { backend: "127.0.0.1:$BACKEND_PORT" }
-CONF
-  printf '{%s}' "$(for i in $(seq -f '%02g' 1 20); do printf '"p%s": "%s",' "$i" "$(printf 'v%.0s' $(seq 1 95))"; done | sed 's/,$//')" > "$work/order.json"
-fi
 
 nginx -p "$work/backend" -c "$work/backend/nginx.conf" 2>/dev/null & pids+=($!)
 wait_port "$BACKEND_PORT"

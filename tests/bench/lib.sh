@@ -123,3 +123,39 @@ cleanup() {
   wait 2>/dev/null || true
   rm -rf "$work"
 }
+
+# The REST benchmark of `STAGES=1 proxy.sh` and `REST=1 instructions.sh`: a 2 KiB JSON order
+# (20 properties of 95 characters) validated against a 20-property model, mapped by a request
+# template, its answer mapped by a response template. Each piece is written into a
+# configuration's heredoc where it belongs.
+# rest_route: the route, an item of an API's `routes:` list.
+rest_route() {
+  cat <<CONF
+      - route: POST /rest/{proxy+}
+        request_validator: body
+        request_models: { application/json: Order }
+        integration:
+          type: http_proxy
+          uri: "http://\${stageVariables.backend}/{proxy}"
+          request_templates:
+            application/json: '#set(\$b = \$input.path(''\$'')){"order": {#foreach(\$k in \$b.keySet())"\$k": "\$util.escapeJavaScript(\$b.get(\$k))"#if(\$foreach.hasNext),#end#end}, "request": "\$context.requestId"}'
+          responses:
+            - templates:
+                application/json: '{"ok": true, "request": "\$context.requestId", "upstream": "\$util.escapeJavaScript(\$input.body)"}'
+CONF
+}
+# rest_models: the model and validator the route names, in the API beside it.
+rest_models() {
+  cat <<CONF
+    models:
+      Order:
+        type: object
+        required: [$(seq -f '"p%02g"' -s ', ' 1 20)]
+        properties: { $(for i in $(seq -f '%02g' 1 20); do printf '"p%s": { type: string, maxLength: 200 }, ' "$i"; done) }
+    request_validators: { body: { body: true } }
+CONF
+}
+# write_order FILE: the order the route is sent.
+write_order() {
+  printf '{%s}' "$(for i in $(seq -f '%02g' 1 20); do printf '"p%s": "%s",' "$i" "$(printf 'v%.0s' $(seq 1 95))"; done | sed 's/,$//')" > "$1"
+}

@@ -186,23 +186,8 @@ apis:
       - route: POST /idempotent/{proxy+}
         idempotency: { ttl: 20s, max_records: 1000000 }
         integration: { type: http_proxy, uri: "http://\${stageVariables.backend}/{proxy}" }
-      - route: POST /rest/{proxy+}
-        request_validator: body
-        request_models: { application/json: Order }
-        integration:
-          type: http_proxy
-          uri: "http://\${stageVariables.backend}/{proxy}"
-          request_templates:
-            application/json: '#set(\$b = \$input.path(''\$'')){"order": {#foreach(\$k in \$b.keySet())"\$k": "\$util.escapeJavaScript(\$b.get(\$k))"#if(\$foreach.hasNext),#end#end}, "request": "\$context.requestId"}'
-          responses:
-            - templates:
-                application/json: '{"ok": true, "request": "\$context.requestId", "upstream": "\$util.escapeJavaScript(\$input.body)"}'
-    models:
-      Order:
-        type: object
-        required: [$(seq -f '"p%02g"' -s ', ' 1 20)]
-        properties: { $(for i in $(seq -f '%02g' 1 20); do printf '"p%s": { type: string, maxLength: 200 }, ' "$i"; done) }
-    request_validators: { body: { body: true } }
+$(rest_route)
+$(rest_models)
     stages:
       - name: bench
         variables: { backend: "127.0.0.1:$BACKEND_PORT" }
@@ -303,7 +288,7 @@ col() { awk -v t="$1" -v c="$2" '$1 == t {print $c}' "$work/results" | median; }
 if [ "$STAGES" = 1 ]; then
   base="http://127.0.0.1:$MERIDIAN_PORT/bench"
   # The posted order: 20 properties of about 95 characters, 2 KiB of JSON.
-  printf '{%s}' "$(for i in $(seq -f '%02g' 1 20); do printf '"p%s": "%s",' "$i" "$(printf 'v%.0s' $(seq 1 95))"; done | sed 's/,$//')" > "$work/order.json"
+  write_order "$work/order.json"
   lua_body=$(sed 's/\\/\\\\/g; s/"/\\"/g' "$work/order.json")
   printf 'wrk.method = "POST"\nwrk.body = "%s"\nwrk.headers["Content-Type"] = "application/json"\n' "$lua_body" > "$work/post.lua"
   # The same POST with a new key each time: the thread's number, the run's second, a count.
