@@ -500,8 +500,8 @@ impl<'a> Renderer<'a> {
     #[inline(never)]
     fn made_expr(&mut self, expr: &'a Expr) -> Rendered<Option<Val<'a>>> {
         let made = match expr {
-            Expr::Literal(v) => return Ok(Some(v)),
-            Expr::Ref(r) => return self.reference(r),
+            // Answered by `expr` itself.
+            Expr::Literal(_) | Expr::Ref(_) => return self.expr(expr),
             Expr::Not(inner) => return Ok(Some(boolean(!truthy(self.expr(inner)?)))),
             Expr::Binary(op, a, b) => return self.binary(*op, a, b).map(Some),
             Expr::Interpolated(nodes) => {
