@@ -15,18 +15,15 @@ pub fn percent_decode_bytes(bytes: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                // Two hex digits exactly: not a sign (`%+5` is not an escape).
-                let high = crate::digest::hex_digit(bytes[i + 1]);
-                match high.zip(crate::digest::hex_digit(bytes[i + 2])) {
-                    Some((high, low)) => {
-                        out.push(high << 4 | low);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
+            // Two hex digits exactly: not a sign (`%+5` is not an escape).
+            b'%' => match bytes.get(i + 1..i + 3).and_then(crate::digest::from_hex::<1>) {
+                Some([byte]) => {
+                    out.push(byte);
+                    i += 3;
+                    continue;
                 }
-            }
+                None => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }

@@ -218,9 +218,9 @@ impl<'t> Reader<'t> {
     }
 
     fn hex4(&mut self) -> Option<u32> {
-        let digits = self.bytes().get(self.at..self.at + 4)?;
+        let [high, low] = crate::digest::from_hex::<2>(self.bytes().get(self.at..self.at + 4)?)?;
         self.at += 4;
-        digits.iter().try_fold(0, |n, &d| Some(n << 4 | u32::from(crate::digest::hex_digit(d)?)))
+        Some(u32::from(u16::from_be_bytes([high, low])))
     }
 
     /// A number: a plain integer that fits in 64 bits read here, any other left to serde_json

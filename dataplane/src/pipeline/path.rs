@@ -31,7 +31,7 @@
 
 use std::borrow::Cow;
 
-use crate::digest::hex_digit;
+use crate::digest::from_hex;
 
 /// Why a request path is refused (all are answered with 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,12 +93,9 @@ fn decode_unreserved(path: &str) -> Result<String, PathRefusal> {
             i += 1;
             continue;
         }
-        let (Some(hi), Some(lo)) =
-            (bytes.get(i + 1).copied().and_then(hex_digit), bytes.get(i + 2).copied().and_then(hex_digit))
-        else {
+        let Some([decoded]) = bytes.get(i + 1..i + 3).and_then(from_hex::<1>) else {
             return Err(PathRefusal::BadEscape);
         };
-        let decoded = hi << 4 | lo;
         if decoded == 0 {
             return Err(PathRefusal::EncodedNul);
         }
@@ -134,10 +131,9 @@ pub fn as_a_lenient_upstream_reads_it(path: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && let (Some(h), Some(l)) =
-                (bytes.get(i + 1).copied().and_then(hex_digit), bytes.get(i + 2).copied().and_then(hex_digit))
+            && let Some([byte]) = bytes.get(i + 1..i + 3).and_then(from_hex::<1>)
         {
-            decoded.push(h << 4 | l);
+            decoded.push(byte);
             i += 3;
             continue;
         }
