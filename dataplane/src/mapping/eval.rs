@@ -151,11 +151,12 @@ impl Template {
             started: Instant::now(),
             vars: Variables(vec![None; self.slots]),
             position: None,
-            out: String::new(),
+            out: String::with_capacity(self.output_size.get().min(bounds.max_output)),
             iterations: 0,
             key_sets: SmallVec::new(),
         };
         renderer.nodes(&self.nodes).map_err(|e| *e)?;
+        self.output_size.set(renderer.out.len());
         Ok(renderer.out)
     }
 }

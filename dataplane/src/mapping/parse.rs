@@ -13,6 +13,42 @@ pub struct Template {
     pub(super) paths: Vec<(String, serde_json_path::JsonPath)>,
     /// What it reads besides the body.
     pub(super) reads: Reads,
+    /// How long its latest output was: a rendering reserves that much at once.
+    pub(super) output_size: OutputSize,
+}
+
+/// The length of a template's latest output, kept so that the next rendering reserves its
+/// output once instead of growing it a few bytes at a time (a 2 KiB body reshaped costs a
+/// dozen reallocations and copies otherwise). Renderings of the same template on several
+/// threads each store theirs; any recent one is a good guess. A hint, not part of what the
+/// template is: copies start from it and templates compare equal whatever their hints.
+#[derive(Debug, Default)]
+pub(super) struct OutputSize(std::sync::atomic::AtomicUsize);
+
+impl OutputSize {
+    pub(super) fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stores `size` if it is new: renderings of the same size on several cores then only
+    /// read the shared line, never bounce it between them.
+    pub(super) fn set(&self, size: usize) {
+        if self.get() != size {
+            self.0.store(size, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Clone for OutputSize {
+    fn clone(&self) -> Self {
+        OutputSize(self.get().into())
+    }
+}
+
+impl PartialEq for OutputSize {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// What a template reads besides its body: the request's parameters (`$input.params(...)`)
@@ -216,7 +252,8 @@ impl Template {
             return Err(parser.error(format!("#{end} without an opening directive")));
         }
         let slots = parser.names.len();
-        let mut template = Template { nodes, slots, paths: Vec::new(), reads: Reads::default() };
+        let mut template =
+            Template { nodes, slots, paths: Vec::new(), reads: Reads::default(), output_size: OutputSize::default() };
         template.check()?;
         Ok(template)
     }

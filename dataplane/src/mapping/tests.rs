@@ -301,3 +301,18 @@ fn json_bodies_parse_as_text_and_bytes_that_are_not_utf8_say_where() {
     assert!(error.contains("column"), "serde_json's own error, with its position: {error}");
     assert!(super::parse_json(b"{\"a\": ").is_err());
 }
+
+#[test]
+fn a_rendering_reserves_what_the_latest_one_wrote() {
+    let t = Template::parse("#foreach($i in [1..50])item $i, #end").unwrap();
+    let first = t.render(&inputs(), Bounds::default()).unwrap();
+    let second = t.render(&inputs(), Bounds::default()).unwrap();
+    assert_eq!(first, second);
+    // Grown a few bytes at a time, its capacity would be a power of two (441 bytes here).
+    assert_eq!(second.capacity(), first.len());
+    // A copy keeps the hint; a bound still caps what is reserved.
+    let copy = t.clone();
+    let tight = Bounds { max_output: 16, ..Bounds::default() };
+    assert!(copy.render(&inputs(), tight).is_err());
+    assert_eq!(copy, t);
+}
