@@ -41,6 +41,7 @@ pub mod hop_by_hop;
 pub mod idempotency;
 pub mod incoming;
 pub mod integration;
+pub mod json_document;
 pub mod limits;
 pub mod mapping;
 pub mod observe;

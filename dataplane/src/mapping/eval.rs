@@ -1,12 +1,13 @@
 //! Rendering a parsed template against a request's (or a response's) inputs, within
 //! [`Bounds`](super::Bounds).
 //!
-//! Values are borrowed wherever they can be: a reference into the body, `$context` or
-//! `$stageVariables` walks the inputs without copying them. A value made while rendering (a
-//! `#set` value, a `#foreach` list, a call's result) is kept in an arena until the rendering
-//! ends, within [`Bounds::max_held`](super::Bounds), so every value is a plain reference:
-//! reading a variable never copies it, and a template that loops over a large body copies
-//! only what it writes.
+//! Values are borrowed wherever they can be: a reference into the body (a [`JsonDocument`]
+//! read once per request), `$context` or `$stageVariables` walks the inputs without copying
+//! them, and a body object's `keySet()` is its member names where they are. A value made
+//! while rendering (a `#set` value, a list, a call's result) is kept in an arena until the
+//! rendering ends, within [`Bounds::max_held`](super::Bounds), so every value ([`Val`]) is a
+//! reference: reading a variable never copies it, and a template that loops over a large body
+//! copies only what it writes.
 
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
@@ -21,6 +22,7 @@ use typed_arena::Arena;
 use super::Bounds;
 use super::parse::{BinaryOp, Builtin, Expr, Node, Reference, Step, Template};
 use crate::byte_scan::ByteSet;
+use crate::json_document::{JsonDocument, JsonNode, View};
 
 /// What a template reads: the body, the parameters, and what the caller puts in
 /// `$context` and `$stageVariables`.
@@ -38,25 +40,21 @@ pub struct Inputs {
     pub stage_variables: std::sync::Arc<Value>,
 }
 
-/// The body as JSON: parsed at most once per request, whoever asks first.
+/// The body as JSON: read at most once per request, whoever asks first.
 #[derive(Debug, Clone, Default)]
-pub struct BodyJson(OnceLock<Option<Arc<Value>>>);
+pub struct BodyJson(OnceLock<Option<Arc<JsonDocument>>>);
 
 impl BodyJson {
-    /// A body already parsed (by request validation): the template does not parse it again.
-    pub fn parsed(value: Arc<Value>) -> BodyJson {
-        BodyJson(OnceLock::from(Some(value)))
+    /// A body already read (by request validation): the template does not read it again.
+    pub fn parsed(document: Arc<JsonDocument>) -> BodyJson {
+        BodyJson(OnceLock::from(Some(document)))
     }
 
     /// The body as JSON (an empty body is `{}`), or `None` when it is not JSON.
-    fn of(&self, body: &[u8]) -> Option<&Value> {
+    fn of(&self, body: &Bytes) -> Option<&JsonDocument> {
         let parsed = self.0.get_or_init(|| {
-            let body = body.trim_ascii();
-            if body.is_empty() {
-                Some(Arc::new(Value::Object(Map::new())))
-            } else {
-                super::parse_json(body).ok().map(Arc::new)
-            }
+            let text = if body.trim_ascii().is_empty() { Bytes::from_static(b"{}") } else { body.clone() };
+            JsonDocument::parse(text).ok().map(Arc::new)
         });
         parsed.as_deref()
     }
@@ -70,10 +68,171 @@ pub struct RenderError {
     pub message: String,
 }
 
-/// A value while rendering: borrowed from the template, the inputs or the values made while
-/// rendering, which the arena keeps until the rendering ends. A reference is small enough to
-/// come back from every level in registers, and reading a variable or a field never copies.
-type Val<'a> = &'a Value;
+/// A value while rendering: borrowed from the template, the inputs, the body or the values
+/// made while rendering (which the arena keeps until the rendering ends). Small enough to
+/// come back from every level in registers; reading a variable or a field never copies.
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    /// A template's literal, `$context`, `$stageVariables`, a parameter, or a value made while
+    /// rendering.
+    Value(&'a Value),
+    /// A part of the body: its document and position ([`JsonNode::parts`]), packed so that a
+    /// value is two words, which calls return in registers.
+    Body(&'a JsonDocument, u32),
+    /// The member names of the body object at this position, as its `keySet()` lists them: a
+    /// list made of nothing.
+    Names(&'a JsonDocument, u32),
+}
+
+const _: () = assert!(std::mem::size_of::<Val<'static>>() == 16);
+
+const NULL: Val<'static> = Val::Value(&Value::Null);
+
+impl<'a> Val<'a> {
+    #[inline]
+    fn body(node: JsonNode<'a>) -> Val<'a> {
+        let (document, at) = node.parts();
+        Val::Body(document, at)
+    }
+
+    /// A `Names` list's members.
+    fn names(document: &'a JsonDocument, at: u32) -> impl ExactSizeIterator<Item = JsonNode<'a>> {
+        document.node(at).members_or_empty().map(|(name, _)| name)
+    }
+
+    #[inline]
+    fn as_str(self) -> Option<&'a str> {
+        match self {
+            Val::Value(Value::String(s)) => Some(s),
+            Val::Body(d, at) => d.node(at).as_str(),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn is_null(self) -> bool {
+        match self {
+            Val::Value(v) => v.is_null(),
+            Val::Body(d, at) => d.node(at).is_null(),
+            Val::Names(..) => false,
+        }
+    }
+
+    #[inline]
+    fn as_bool(self) -> Option<bool> {
+        match self {
+            Val::Value(v) => v.as_bool(),
+            Val::Body(d, at) => d.node(at).as_bool(),
+            Val::Names(..) => None,
+        }
+    }
+
+    #[inline]
+    fn as_number(self) -> Option<&'a serde_json::Number> {
+        match self {
+            Val::Value(Value::Number(n)) => Some(n),
+            Val::Body(d, at) => d.node(at).as_number(),
+            _ => None,
+        }
+    }
+
+    /// A copy, as a `serde_json::Value`.
+    fn owned(self) -> Value {
+        match self {
+            Val::Value(v) => v.clone(),
+            Val::Body(d, at) => d.node(at).to_value(),
+            Val::Names(d, at) => Value::Array(
+                Val::names(d, at).map(|name| Value::String(name.as_str().unwrap_or_default().to_owned())).collect(),
+            ),
+        }
+    }
+
+    /// The value as text, as Velocity (Java) writes it: a string borrowed, a body's maps with
+    /// their members in the body's order.
+    #[inline]
+    fn text(self) -> Cow<'a, str> {
+        match self.as_str() {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Owned(self.made_text()),
+        }
+    }
+
+    /// [`Val::text`] of anything but a string.
+    #[inline(never)]
+    fn made_text(self) -> String {
+        let listed = |items: &mut dyn Iterator<Item = String>| items.collect::<Vec<_>>().join(", ");
+        match self {
+            Val::Value(v) => text(v),
+            Val::Body(d, at) => match d.node(at).view() {
+                View::Array(elements) => {
+                    format!("[{}]", listed(&mut elements.map(|e| Val::body(e).text().into_owned())))
+                }
+                View::Object(members) => format!(
+                    "{{{}}}",
+                    listed(&mut members.map(|(name, value)| format!(
+                        "{}={}",
+                        Val::body(name).text(),
+                        Val::body(value).text()
+                    )))
+                ),
+                _ => text(&d.node(at).to_value()),
+            },
+            Val::Names(d, at) => {
+                format!("[{}]", listed(&mut Val::names(d, at).map(|name| Val::body(name).text().into_owned())))
+            }
+        }
+    }
+
+    /// The value as JSON text: a body's objects with their members in the body's order.
+    fn json(self) -> String {
+        match self {
+            Val::Body(d, at) => {
+                let mut out = String::new();
+                d.node(at).write_json(&mut out);
+                out
+            }
+            Val::Value(v) => v.to_string(),
+            names @ Val::Names(..) => names.owned().to_string(),
+        }
+    }
+
+    /// A member by name; null for anything but an object.
+    fn field(self, name: &str) -> Val<'a> {
+        match self {
+            Val::Value(Value::Object(map)) => map.get(name).map_or(NULL, Val::Value),
+            Val::Body(d, at) => d.node(at).get(name).map_or(NULL, Val::body),
+            _ => NULL,
+        }
+    }
+
+    /// A list's item at `index` (from the start); null past its end and for anything else.
+    fn item(self, index: usize) -> Val<'a> {
+        match self {
+            Val::Value(Value::Array(list)) => list.get(index).map_or(NULL, Val::Value),
+            Val::Body(d, at) => d.node(at).elements().and_then(|mut e| e.nth(index)).map_or(NULL, Val::body),
+            Val::Names(d, at) => Val::names(d, at).nth(index).map_or(NULL, Val::body),
+            _ => NULL,
+        }
+    }
+
+    /// A list's length; `None` for anything else.
+    fn list_len(self) -> Option<usize> {
+        match self {
+            Val::Value(Value::Array(list)) => Some(list.len()),
+            Val::Body(d, at) => d.node(at).elements().map(|e| e.len()),
+            Val::Names(d, at) => Some(Val::names(d, at).len()),
+            _ => None,
+        }
+    }
+
+    fn is_object(self) -> bool {
+        match self {
+            Val::Value(v) => v.is_object(),
+            Val::Body(d, at) => d.node(at).is_object(),
+            Val::Names(..) => false,
+        }
+    }
+}
 
 /// A call's arguments: rarely more than two, so no allocation for them.
 type Arguments<'a> = SmallVec<[Val<'a>; 2]>;
@@ -92,6 +251,9 @@ struct Renderer<'a> {
     made_bytes: usize,
     /// `$input.body` as a string value, made on first use.
     body_text: Option<Val<'a>>,
+    /// The body as a `serde_json::Value`, made on first use by a JSONPath the document is not
+    /// walked for (a wildcard, a filter, a slice).
+    body_value: Option<&'a Value>,
     bounds: Bounds,
     started: Instant,
     vars: Variables<'a>,
@@ -99,39 +261,6 @@ struct Renderer<'a> {
     position: Option<(usize, usize)>,
     out: String,
     iterations: u64,
-    /// The key lists `keySet()` made in this rendering, each with its map's values in the
-    /// same order (see [`KeySet`]).
-    key_sets: SmallVec<[KeySet<'a>; 2]>,
-}
-
-/// How many of a rendering's latest `keySet()` lists [`KeySet`] remembers (a template that
-/// makes one per iteration still looks through a few only).
-const MAX_KEY_SETS: usize = 4;
-
-/// A map's `keySet()` as made while rendering, with the map's values in the same order:
-/// `$map.get($key)` with a key from that very list (`#foreach($k in $m.keySet())`, the usual
-/// way to walk a map) reads the value at the key's position instead of searching the map.
-struct KeySet<'a> {
-    map: &'a Map<String, Value>,
-    keys: &'a [Value],
-    values: Vec<&'a Value>,
-}
-
-impl<'a> KeySet<'a> {
-    /// `map[key]` if `key` is one of this list's own elements (by address, not by value) and
-    /// `map` its map.
-    fn value(&self, map: &Map<String, Value>, key: &Value) -> Option<&'a Value> {
-        if !std::ptr::eq(self.map, map) {
-            return None;
-        }
-        let offset = (std::ptr::from_ref(key) as usize).wrapping_sub(self.keys.as_ptr() as usize);
-        let size = std::mem::size_of::<Value>();
-        if !offset.is_multiple_of(size) {
-            return None;
-        }
-        // `values` is as long as `keys`: an address past the list finds nothing.
-        self.values.get(offset / size).copied()
-    }
 }
 
 /// A rendering's result; the error is boxed so that a result is as small as its value.
@@ -147,13 +276,13 @@ impl Template {
             made: &made,
             made_bytes: 0,
             body_text: None,
+            body_value: None,
             bounds,
             started: Instant::now(),
             vars: Variables(vec![None; self.slots]),
             position: None,
             out: String::with_capacity(self.output_size.get().min(bounds.max_output)),
             iterations: 0,
-            key_sets: SmallVec::new(),
         };
         renderer.nodes(&self.nodes).map_err(|e| *e)?;
         self.output_size.set(renderer.out.len());
@@ -178,52 +307,38 @@ fn text(value: &Value) -> String {
     }
 }
 
-/// [`text`], borrowing a string instead of copying it.
-fn as_text(value: &Value) -> Cow<'_, str> {
+fn truthy(value: Option<Val<'_>>) -> bool {
     match value {
-        Value::String(s) => Cow::Borrowed(s),
-        other => Cow::Owned(text(other)),
+        None => false,
+        Some(v) if v.is_null() => false,
+        Some(v) => v.as_bool().unwrap_or(true),
     }
 }
 
-fn truthy(value: Option<&Value>) -> bool {
-    match value {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => true,
-    }
+fn number(value: Val<'_>) -> Option<f64> {
+    value.as_number().and_then(serde_json::Number::as_f64)
 }
 
-fn number(value: &Value) -> Option<f64> {
-    match value {
-        Value::Number(n) => n.as_f64(),
-        _ => None,
-    }
-}
-
-fn integer(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n.as_i64(),
-        _ => None,
-    }
+fn integer(value: Val<'_>) -> Option<i64> {
+    value.as_number().and_then(serde_json::Number::as_i64)
 }
 
 /// A template's variables (`#set`, `#foreach`), by the slots the parser gave their names.
 /// Each is a reference, into the inputs or the values made while rendering.
-struct Variables<'a>(Vec<Option<&'a Value>>);
+struct Variables<'a>(Vec<Option<Val<'a>>>);
 
 impl<'a> Variables<'a> {
-    fn get(&self, slot: usize) -> Option<&'a Value> {
+    fn get(&self, slot: usize) -> Option<Val<'a>> {
         self.0.get(slot).copied().flatten()
     }
 
-    fn insert(&mut self, slot: usize, value: &'a Value) {
+    fn insert(&mut self, slot: usize, value: Val<'a>) {
         if let Some(variable) = self.0.get_mut(slot) {
             *variable = Some(value);
         }
     }
 
-    fn remove(&mut self, slot: usize) -> Option<&'a Value> {
+    fn remove(&mut self, slot: usize) -> Option<Val<'a>> {
         self.0.get_mut(slot).and_then(Option::take)
     }
 }
@@ -238,7 +353,6 @@ fn footprint(value: &Value) -> usize {
             _ => 0,
         }
 }
-
 /// What [`escape_javascript`] does not copy as it is: controls, DEL, anything beyond ASCII,
 /// quotes, `\` and `/`.
 const ESCAPED: ByteSet = ByteSet { below: 0x20, beyond_ascii: true, also: b"\"'\\/\x7f" };
@@ -309,17 +423,19 @@ fn text_function(name: &str) -> Option<fn(&str, &mut String)> {
     }
 }
 
-fn compare(op: BinaryOp, a: &Value, b: &Value) -> bool {
+fn compare(op: BinaryOp, a: Val<'_>, b: Val<'_>) -> bool {
     use std::cmp::Ordering;
     let ordering = match (number(a), number(b)) {
         (Some(x), Some(y)) => x.partial_cmp(&y),
-        _ => match (a, b) {
-            (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        _ => match (a.as_str(), b.as_str()) {
+            (Some(x), Some(y)) => Some(x.cmp(y)),
             _ => None,
         },
     };
     match op {
-        BinaryOp::Eq => ordering.map_or_else(|| a == b || text(a) == text(b), |o| o == Ordering::Equal),
+        BinaryOp::Eq => {
+            ordering.map_or_else(|| a.owned() == b.owned() || a.text() == b.text(), |o| o == Ordering::Equal)
+        }
         BinaryOp::Ne => !compare(BinaryOp::Eq, a, b),
         BinaryOp::Lt => ordering == Some(Ordering::Less),
         BinaryOp::Gt => ordering == Some(Ordering::Greater),
@@ -356,7 +472,7 @@ impl<'a> Renderer<'a> {
     /// (within the bounds) until the rendering ends. Null and the booleans are not made.
     fn make(&mut self, value: Value, line: usize) -> Rendered<Val<'a>> {
         match value {
-            Value::Null => return Ok(&NULL),
+            Value::Null => return Ok(NULL),
             Value::Bool(b) => return Ok(boolean(b)),
             _ => {}
         }
@@ -366,7 +482,7 @@ impl<'a> Renderer<'a> {
             return fail(line, format!("the template's values hold more than {limit} bytes"));
         }
         let made: &'a Arena<Value> = self.made;
-        Ok(made.alloc(value))
+        Ok(Val::Value(made.alloc(value)))
     }
 
     fn nodes(&mut self, nodes: &'a [Node]) -> Rendered<()> {
@@ -375,11 +491,10 @@ impl<'a> Renderer<'a> {
                 Node::Text(t) => self.emit(t, 0)?,
                 Node::Ref(r, _) if r.builtin == Builtin::Util && self.writes_text_function(r)? => {}
                 Node::Ref(r, source) => match self.reference(r)? {
-                    Some(Value::String(s)) => self.emit(s, r.line)?,
-                    Some(other) => {
-                        let t = text(other);
-                        self.emit(&t, r.line)?;
-                    }
+                    Some(value) => match value.as_str() {
+                        Some(s) => self.emit(s, r.line)?,
+                        None => self.emit(&value.text(), r.line)?,
+                    },
                     None if r.quiet => {}
                     None => self.emit(source, r.line)?,
                 },
@@ -417,7 +532,7 @@ impl<'a> Renderer<'a> {
             return Ok(false);
         }
         let args = self.arguments(args)?;
-        let arg = args.first().map(|a| as_text(a)).unwrap_or_default();
+        let arg = args.first().map(|a| a.text()).unwrap_or_default();
         write(&arg, &mut self.out);
         if self.out.len() > self.bounds.max_output {
             return self.too_long(r.line);
@@ -429,9 +544,18 @@ impl<'a> Renderer<'a> {
         let Some(items) = self.expr(items)? else { return Ok(()) };
         let saved = (self.vars.remove(var), self.position);
         let looped = match items {
-            Value::Array(list) => self.iterate(var, body, list.len(), list.iter()),
-            Value::Object(map) => self.iterate(var, body, map.len(), map.values()),
-            _ => Ok(()),
+            Val::Value(Value::Array(list)) => self.iterate(var, body, list.len(), list.iter().map(Val::Value)),
+            Val::Value(Value::Object(map)) => self.iterate(var, body, map.len(), map.values().map(Val::Value)),
+            Val::Body(d, at) => match d.node(at).view() {
+                View::Array(elements) => self.iterate(var, body, elements.len(), elements.map(Val::body)),
+                View::Object(members) => self.iterate(var, body, members.len(), members.map(|(_, v)| Val::body(v))),
+                _ => Ok(()),
+            },
+            Val::Names(d, at) => {
+                let names = Val::names(d, at);
+                self.iterate(var, body, names.len(), names.map(Val::body))
+            }
+            Val::Value(_) => Ok(()),
         };
         self.vars.remove(var);
         self.position = saved.1;
@@ -446,7 +570,7 @@ impl<'a> Renderer<'a> {
         var: usize,
         body: &'a [Node],
         count: usize,
-        items: impl Iterator<Item = &'a Value>,
+        items: impl Iterator<Item = Val<'a>>,
     ) -> Rendered<()> {
         for (index, item) in items.enumerate() {
             self.iterations += 1;
@@ -482,7 +606,7 @@ impl<'a> Renderer<'a> {
             "hasNext" => Ok(boolean(index + 1 < count)),
             "first" => Ok(boolean(index == 0)),
             "last" => Ok(boolean(index + 1 == count)),
-            _ => Ok(&NULL),
+            _ => Ok(NULL),
         }
     }
 
@@ -492,7 +616,7 @@ impl<'a> Renderer<'a> {
     #[inline]
     fn expr(&mut self, expr: &'a Expr) -> Rendered<Option<Val<'a>>> {
         match expr {
-            Expr::Literal(v) => Ok(Some(v)),
+            Expr::Literal(v) => Ok(Some(Val::Value(v))),
             Expr::Ref(r) => self.reference(r),
             _ => self.made_expr(expr),
         }
@@ -515,7 +639,7 @@ impl<'a> Renderer<'a> {
             Expr::List(items) => {
                 let mut list = Vec::with_capacity(items.len());
                 for item in items {
-                    list.push(self.expr(item)?.map_or(Value::Null, Value::clone));
+                    list.push(self.expr(item)?.map_or(Value::Null, Val::owned));
                 }
                 Value::Array(list)
             }
@@ -536,8 +660,8 @@ impl<'a> Renderer<'a> {
             Expr::Map(pairs) => {
                 let mut map = Map::new();
                 for (k, v) in pairs {
-                    let key = self.expr(k)?.map(text).unwrap_or_default();
-                    map.insert(key, self.expr(v)?.map_or(Value::Null, Value::clone));
+                    let key = self.expr(k)?.map(|k| k.text().into_owned()).unwrap_or_default();
+                    map.insert(key, self.expr(v)?.map_or(Value::Null, Val::owned));
                 }
                 Value::Object(map)
             }
@@ -564,13 +688,13 @@ impl<'a> Renderer<'a> {
             }
             _ => {}
         }
-        let left = self.expr(a)?.unwrap_or(&NULL);
-        let right = self.expr(b)?.unwrap_or(&NULL);
+        let left = self.expr(a)?.unwrap_or(NULL);
+        let right = self.expr(b)?.unwrap_or(NULL);
         if matches!(op, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Le | BinaryOp::Ge) {
             return Ok(boolean(compare(op, left, right)));
         }
-        if op == BinaryOp::Add && (left.is_string() || right.is_string()) {
-            return self.make(Value::String(text(left) + &text(right)), 0);
+        if op == BinaryOp::Add && (left.as_str().is_some() || right.as_str().is_some()) {
+            return self.make(Value::String(left.text().into_owned() + &right.text()), 0);
         }
         let result = match (integer(left), integer(right)) {
             (Some(x), Some(y)) => match op {
@@ -603,17 +727,19 @@ impl<'a> Renderer<'a> {
     fn arguments(&mut self, args: &'a [Expr]) -> Rendered<Arguments<'a>> {
         let mut values = Arguments::with_capacity(args.len());
         for a in args {
-            values.push(self.expr(a)?.unwrap_or(&NULL));
+            values.push(self.expr(a)?.unwrap_or(NULL));
         }
         Ok(values)
     }
 
-    /// What `path` selects in the body: one value, several (a list), or null.
+    /// What `path` selects in the body: one value, several (a list), or null. A path of
+    /// names and indexes walks the body where it lies; any other (a wildcard, a filter, a
+    /// slice) is asked of the body made a `serde_json::Value` once.
     fn select(&mut self, path: &str, line: usize) -> Rendered<Val<'a>> {
         let inputs = self.inputs;
-        let Some(body) = inputs.body_json.of(&inputs.body) else { return fail(line, "the body is not JSON") };
-        if path == "$" {
-            return Ok(body);
+        let Some(document) = inputs.body_json.of(&inputs.body) else { return fail(line, "the body is not JSON") };
+        if let Some(found) = walk(document.root(), path) {
+            return Ok(found.map_or(NULL, Val::body));
         }
         let compiled = match self.paths.iter().find(|(p, _)| p == path) {
             Some((_, compiled)) => Cow::Borrowed(compiled),
@@ -622,11 +748,19 @@ impl<'a> Renderer<'a> {
                 Err(e) => return fail(line, format!("`{path}` is not a JSONPath: {e}")),
             },
         };
+        let body = match self.body_value {
+            Some(body) => body,
+            None => {
+                let Val::Value(body) = self.make(document.root().to_value(), line)? else { return Ok(NULL) };
+                self.body_value = Some(body);
+                body
+            }
+        };
         let nodes = compiled.query(body).all();
         let singular = !path.contains(['*', '?', ':']) && !path.contains("..");
         match (nodes.as_slice(), singular) {
-            ([], _) => Ok(&NULL),
-            ([one], true) => Ok(*one),
+            ([], _) => Ok(NULL),
+            ([one], true) => Ok(Val::Value(one)),
             (many, _) => {
                 let list = Value::Array(many.iter().map(|v| (*v).clone()).collect());
                 self.make(list, line)
@@ -646,35 +780,19 @@ impl<'a> Renderer<'a> {
         // value borrows from it, so `$map.get($k)` in a loop never copies the map.
         for step in &r.steps[skip..] {
             value = match step {
-                Step::Field(name) => match value {
-                    Value::Object(map) => map.get(name.as_str()).unwrap_or(&NULL),
-                    _ => &NULL,
-                },
+                Step::Field(name) => value.field(name),
                 Step::Index(index) => {
-                    let index = self.expr(index)?.unwrap_or(&NULL);
+                    let index = self.expr(index)?.unwrap_or(NULL);
                     indexed(value, index)
                 }
                 Step::Call(method, args) => {
                     let args = self.arguments(args)?;
+                    let arg = args.first().copied().unwrap_or(NULL);
                     match (method.as_str(), value) {
-                        ("get", Value::Object(map)) => {
-                            let key = args.first().copied().unwrap_or(&NULL);
-                            match self.key_sets.iter().rev().find_map(|set| set.value(map, key)) {
-                                Some(value) => value,
-                                None => got(value, key),
-                            }
-                        }
-                        ("get", Value::Array(_)) => got(value, args.first().copied().unwrap_or(&NULL)),
-                        ("keySet", Value::Object(map)) => {
-                            let keys =
-                                self.make(Value::Array(map.keys().cloned().map(Value::String).collect()), r.line)?;
-                            if let Value::Array(list) = keys {
-                                if self.key_sets.len() == MAX_KEY_SETS {
-                                    self.key_sets.remove(0);
-                                }
-                                self.key_sets.push(KeySet { map, keys: list, values: map.values().collect() });
-                            }
-                            keys
+                        ("get", _) => got(value, arg),
+                        ("keySet", Val::Body(d, at)) if d.node(at).is_object() => Val::Names(d, at),
+                        ("keySet", Val::Value(Value::Object(map))) => {
+                            self.make(Value::Array(map.keys().cloned().map(Value::String).collect()), r.line)?
                         }
                         _ => match method_call(value, method, &args) {
                             Ok(made) => self.make(made, r.line)?,
@@ -702,8 +820,8 @@ impl<'a> Renderer<'a> {
                 let made = self.util(r)?;
                 (self.make(made, r.line)?, 1)
             }
-            (Builtin::Context, _) => (&*inputs.context, 0),
-            (Builtin::StageVariables, _) => (&*inputs.stage_variables, 0),
+            (Builtin::Context, _) => (Val::Value(&inputs.context), 0),
+            (Builtin::StageVariables, _) => (Val::Value(&inputs.stage_variables), 0),
             _ => return Ok(None),
         }))
     }
@@ -725,9 +843,9 @@ impl<'a> Renderer<'a> {
             }
             Some(Step::Call(m, args)) if m == "json" || m == "path" => {
                 let args = self.arguments(args)?;
-                let path = args.first().map(|p| as_text(p)).unwrap_or_default();
+                let path = args.first().map(|p| p.text()).unwrap_or_default();
                 let selected = self.select(&path, r.line)?;
-                if m == "json" { self.make(Value::String(selected.to_string()), r.line) } else { Ok(selected) }
+                if m == "json" { self.make(Value::String(selected.json()), r.line) } else { Ok(selected) }
             }
             Some(Step::Call(m, args)) if m == "params" => {
                 let args = self.arguments(args)?;
@@ -742,14 +860,16 @@ impl<'a> Renderer<'a> {
                         self.make(params, r.line)
                     }
                     Some(name) => {
-                        let name = as_text(name);
+                        let name = name.text();
                         let header = inputs.header.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name)).map(|(_, v)| v);
-                        Ok(inputs
-                            .path
-                            .get(name.as_ref())
-                            .or_else(|| inputs.querystring.get(name.as_ref()))
-                            .or(header)
-                            .unwrap_or(&EMPTY))
+                        Ok(Val::Value(
+                            inputs
+                                .path
+                                .get(name.as_ref())
+                                .or_else(|| inputs.querystring.get(name.as_ref()))
+                                .or(header)
+                                .unwrap_or(&EMPTY),
+                        ))
                     }
                 }
             }
@@ -760,7 +880,8 @@ impl<'a> Renderer<'a> {
     fn util(&mut self, r: &'a Reference) -> Rendered<Value> {
         let Some(Step::Call(f, args)) = r.steps.first() else { return fail(r.line, "$util needs a function") };
         let args = self.arguments(args)?;
-        let arg = args.first().map(|a| as_text(a)).unwrap_or_default();
+        let first = args.first().copied().unwrap_or(NULL);
+        let arg = first.text();
         Ok(match f.as_str() {
             name if let Some(write) = text_function(name) => {
                 let mut text = String::new();
@@ -777,15 +898,14 @@ impl<'a> Renderer<'a> {
                 Ok(v) => v,
                 Err(e) => return fail(r.line, format!("$util.parseJson: {e}")),
             },
-            "toJson" => Value::String(args.first().copied().unwrap_or(&NULL).to_string()),
+            "toJson" => Value::String(first.json()),
             "jsonToXml" => {
                 // A JSON text is parsed first; any other value converts as it is.
-                let value = match args.first().copied() {
-                    Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
-                    Some(v) => v.clone(),
-                    None => Value::Null,
+                let value = match first.as_str() {
+                    Some(s) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_owned())),
+                    None => first.owned(),
                 };
-                let root = args.get(1).map(|r| text(r)).unwrap_or_else(|| "root".to_string());
+                let root = args.get(1).map(|r| r.text().into_owned()).unwrap_or_else(|| "root".to_string());
                 match super::xml::json_to_xml(&value, &root) {
                     Ok(xml) => Value::String(xml),
                     Err(e) => return fail(r.line, format!("$util.jsonToXml: {e}")),
@@ -800,85 +920,149 @@ impl<'a> Renderer<'a> {
     }
 }
 
-static NULL: Value = Value::Null;
 static EMPTY: Value = Value::String(String::new());
 
 static TRUE: Value = Value::Bool(true);
 static FALSE: Value = Value::Bool(false);
 
 fn boolean(b: bool) -> Val<'static> {
-    if b { &TRUE } else { &FALSE }
+    Val::Value(if b { &TRUE } else { &FALSE })
+}
+
+/// What a JSONPath of names and indexes (`$.a.b`, `$['a'][0]`, `$.list[-1]`) selects in
+/// `root`: `Some(None)` when nothing; `None` when the path is not of that kind.
+fn walk<'d>(root: JsonNode<'d>, path: &str) -> Option<Option<JsonNode<'d>>> {
+    let mut rest = path.strip_prefix('$')?;
+    let mut node = Some(root);
+    while !rest.is_empty() {
+        let (step, after) = if let Some(after) = rest.strip_prefix('.') {
+            let end = after.find(['.', '[']).unwrap_or(after.len());
+            let name = &after[..end];
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return None;
+            }
+            (PathStep::Name(name), &after[end..])
+        } else {
+            let inner = rest.strip_prefix('[')?;
+            let end = inner.find(']')?;
+            let (key, after) = (&inner[..end], &inner[end + 1..]);
+            let quoted = key.strip_prefix('\'').and_then(|k| k.strip_suffix('\''));
+            let quoted = quoted.or_else(|| key.strip_prefix('"').and_then(|k| k.strip_suffix('"')));
+            match quoted {
+                Some(name) if !name.contains(['\\', '\'', '"']) => (PathStep::Name(name), after),
+                Some(_) => return None,
+                None => (PathStep::Index(key.parse::<i64>().ok()?), after),
+            }
+        };
+        node = node.and_then(|n| match step {
+            PathStep::Name(name) => n.get(name),
+            PathStep::Index(i) => {
+                let mut elements = n.elements()?;
+                let i = if i < 0 { i64::try_from(elements.len()).ok()? + i } else { i };
+                elements.nth(usize::try_from(i).ok()?)
+            }
+        });
+        rest = after;
+    }
+    Some(node)
+}
+
+enum PathStep<'p> {
+    Name(&'p str),
+    Index(i64),
 }
 
 /// `value[key]`: a map's member by name, a list's item by position (a negative one counts
 /// from the end), else null; borrowed from `value`.
-fn indexed<'v>(value: &'v Value, key: &Value) -> &'v Value {
-    match value {
-        Value::Object(map) => map.get(as_text(key).as_ref()).unwrap_or(&NULL),
-        Value::Array(list) => integer(key)
-            .map(|i| if i < 0 { list.len() as i64 + i } else { i })
-            .and_then(|i| usize::try_from(i).ok())
-            .and_then(|i| list.get(i))
-            .unwrap_or(&NULL),
-        _ => &NULL,
+fn indexed<'v>(value: Val<'v>, key: Val<'_>) -> Val<'v> {
+    if let Some(found) = own_member(value, key) {
+        return found;
     }
+    if value.is_object() {
+        return member(value, key);
+    }
+    let Some(len) = value.list_len() else { return NULL };
+    integer(key)
+        .map(|i| if i < 0 { len as i64 + i } else { i })
+        .and_then(|i| usize::try_from(i).ok())
+        .map_or(NULL, |i| value.item(i))
 }
 
 /// `value.get(key)`: as [`indexed`], but a list's position counts from the start only, as
 /// Java's `List.get` does.
-fn got<'v>(value: &'v Value, key: &Value) -> &'v Value {
-    match value {
-        Value::Array(list) => {
-            integer(key).and_then(|i| usize::try_from(i).ok()).and_then(|i| list.get(i)).unwrap_or(&NULL)
-        }
-        _ => indexed(value, key),
+fn got<'v>(value: Val<'v>, key: Val<'_>) -> Val<'v> {
+    if let Some(found) = own_member(value, key) {
+        return found;
     }
+    if value.is_object() {
+        return member(value, key);
+    }
+    integer(key).and_then(|i| usize::try_from(i).ok()).map_or(NULL, |i| value.item(i))
+}
+
+/// A map's member named `key`.
+fn member<'v>(map: Val<'v>, key: Val<'_>) -> Val<'v> {
+    own_member(map, key).unwrap_or_else(|| map.field(&key.text()))
+}
+
+/// The member of the body object `map` whose name is `key` itself, one of its own member
+/// names (as `#foreach($k in $map.keySet())` gives them): found by position, comparing no
+/// text.
+#[inline]
+fn own_member<'v>(map: Val<'v>, key: Val<'_>) -> Option<Val<'v>> {
+    let (Val::Body(d, object), Val::Body(names, name)) = (map, key) else { return None };
+    d.node(object).value_of_name(names.node(name)).map(Val::body)
 }
 
 /// The methods values have.
-fn method_call(value: &Value, method: &str, args: &[Val<'_>]) -> Result<Value, String> {
-    let arg = |i: usize| args.get(i).copied().unwrap_or(&NULL);
-    let size = |v: &Value| match v {
-        Value::String(s) => s.chars().count(),
-        Value::Array(l) => l.len(),
-        Value::Object(m) => m.len(),
-        _ => 0,
+fn method_call(value: Val<'_>, method: &str, args: &[Val<'_>]) -> Result<Value, String> {
+    let arg = |i: usize| args.get(i).copied().unwrap_or(NULL);
+    match method {
+        "size" | "length" => return Ok(Value::from(size(value))),
+        "isEmpty" => return Ok(Value::Bool(size(value) == 0)),
+        "toString" => return Ok(Value::String(value.text().into_owned())),
+        _ => {}
+    }
+    let owned;
+    let value = match value {
+        Val::Value(v) => v,
+        other => {
+            owned = other.owned();
+            &owned
+        }
     };
     Ok(match (method, value) {
-        ("size" | "length", _) => Value::from(size(value)),
-        ("isEmpty", _) => Value::Bool(size(value) == 0),
-        ("containsKey", Value::Object(m)) => Value::Bool(m.contains_key(as_text(arg(0)).as_ref())),
+        ("containsKey", Value::Object(m)) => Value::Bool(m.contains_key(arg(0).text().as_ref())),
         ("values", Value::Object(m)) => Value::Array(m.values().cloned().collect()),
-        ("contains", Value::Array(l)) => Value::Bool(l.contains(arg(0))),
-        ("contains", Value::String(s)) => Value::Bool(s.contains(as_text(arg(0)).as_ref())),
-        ("startsWith", Value::String(s)) => Value::Bool(s.starts_with(as_text(arg(0)).as_ref())),
-        ("endsWith", Value::String(s)) => Value::Bool(s.ends_with(as_text(arg(0)).as_ref())),
+        ("contains", Value::Array(l)) => Value::Bool(l.contains(&arg(0).owned())),
+        ("contains", Value::String(s)) => Value::Bool(s.contains(arg(0).text().as_ref())),
+        ("startsWith", Value::String(s)) => Value::Bool(s.starts_with(arg(0).text().as_ref())),
+        ("endsWith", Value::String(s)) => Value::Bool(s.ends_with(arg(0).text().as_ref())),
         ("toLowerCase", Value::String(s)) => Value::String(s.to_lowercase()),
         ("toUpperCase", Value::String(s)) => Value::String(s.to_uppercase()),
         ("trim", Value::String(s)) => Value::String(s.trim().to_string()),
         ("replace" | "replaceAll", Value::String(s)) => {
-            Value::String(s.replace(as_text(arg(0)).as_ref(), as_text(arg(1)).as_ref()))
+            Value::String(s.replace(arg(0).text().as_ref(), arg(1).text().as_ref()))
         }
         ("indexOf", Value::String(s)) => {
-            Value::from(s.find(as_text(arg(0)).as_ref()).map_or(-1, |byte| s[..byte].chars().count() as i64))
+            Value::from(s.find(arg(0).text().as_ref()).map_or(-1, |byte| s[..byte].chars().count() as i64))
         }
         ("substring", Value::String(s)) => {
             let chars: Vec<char> = s.chars().collect();
             let from = integer(arg(0)).and_then(|i| usize::try_from(i).ok()).unwrap_or(0).min(chars.len());
             let to = match args.get(1) {
-                Some(v) => integer(v).and_then(|i| usize::try_from(i).ok()).unwrap_or(chars.len()).min(chars.len()),
+                Some(v) => integer(*v).and_then(|i| usize::try_from(i).ok()).unwrap_or(chars.len()).min(chars.len()),
                 None => chars.len(),
             };
             Value::String(chars[from..to.max(from)].iter().collect())
         }
         ("split", Value::String(s)) => {
-            let separator = as_text(arg(0));
+            let separator = arg(0).text();
             if separator.is_empty() {
                 return Err("split needs a separator".into());
             }
             Value::Array(s.split(separator.as_ref()).map(|p| Value::String(p.to_string())).collect())
         }
-        ("toString", _) => Value::String(text(value)),
         (m, v) => {
             let kind = match v {
                 Value::Null => "null",
@@ -891,4 +1075,16 @@ fn method_call(value: &Value, method: &str, args: &[Val<'_>]) -> Result<Value, S
             return Err(format!("{kind} has no method `{m}`"));
         }
     })
+}
+
+/// `size()`: a string's characters, a list's items, a map's members.
+fn size(value: Val<'_>) -> usize {
+    if let Some(s) = value.as_str() {
+        return s.chars().count();
+    }
+    match value {
+        Val::Value(Value::Object(m)) => m.len(),
+        Val::Body(d, at) if let Some(members) = d.node(at).members() => members.len(),
+        other => other.list_len().unwrap_or(0),
+    }
 }

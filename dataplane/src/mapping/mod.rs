@@ -27,12 +27,13 @@
 //!   endsWith toLowerCase toUpperCase trim replace substring indexOf split toString`.
 //!
 //! A reference that was never set renders as written (`$nothing`), as in Velocity; `$!x`
-//! renders nothing instead; a null value renders as an empty string. Maps and lists render
+//! renders nothing instead; a null value renders as an empty string. The body is read as a
+//! [`JsonDocument`](crate::json_document::JsonDocument): its objects keep their members in the
+//! order the client wrote them. Maps and lists render
 //! as Java does (`{a=1, b=2}`, `[1, 2]`): use `$input.json(...)` or `$util.toJson(...)` for
 //! JSON.
 
 mod eval;
-mod json;
 mod parse;
 pub mod xml;
 
@@ -40,7 +41,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use eval::{BodyJson, Inputs, RenderError};
-pub use json::parse_json;
 pub use parse::{ContextReads, Reads, Template, TemplateError};
 
 /// The template for a client that sent `accept`: the first media type it lists that has a

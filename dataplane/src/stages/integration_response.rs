@@ -64,7 +64,8 @@ fn body_header(source: &HeaderSource, body: &Bytes, json: &mut Option<Option<Val
     match source {
         HeaderSource::UpstreamBody => HeaderValue::from_bytes(body.trim_ascii()).ok(),
         HeaderSource::UpstreamBodyValue(path) => {
-            let document = json.get_or_insert_with(|| crate::mapping::parse_json(body).ok()).as_ref()?;
+            let document =
+                json.get_or_insert_with(|| crate::json_document::JsonDocument::parse_value(body).ok()).as_ref()?;
             let text = match path.query(document).all().as_slice() {
                 [] => return None,
                 [Value::String(s)] => s.clone(),

@@ -15,6 +15,7 @@ use http::{HeaderName, StatusCode};
 
 use super::content::MediaType;
 use super::{BodyNeed, Exchange, Flow, Phases, Services, Stage, Step};
+use crate::json_document::JsonDocument;
 use crate::rejection::{Rejection, ResponseType, Violation};
 
 /// The most violations one answer lists.
@@ -22,11 +23,11 @@ const MAX_VIOLATIONS: usize = 50;
 /// A violation's message is cut at this many bytes (it may quote the client's value).
 const MAX_MESSAGE: usize = 300;
 
-/// A named JSON Schema, compiled.
+/// A named JSON Schema, compiled to check a body read as a [`JsonDocument`].
 #[derive(Debug)]
 pub struct Model {
     pub name: String,
-    pub validator: jsonschema::Validator,
+    pub validator: jsonschema::Validator<JsonDocument>,
 }
 
 /// The models a route validates bodies with, by media type.
@@ -46,23 +47,21 @@ impl BodyModels {
     }
 }
 
-/// One route's request validation.
-/// A request body that validation parsed, kept so that a mapping template reads it without
-/// parsing it again.
+/// A request body that validation read, kept so that a mapping template reads it without
+/// reading it again.
 #[derive(Debug, Clone)]
-pub struct ValidatedJson {
-    body: Bytes,
-    value: Arc<serde_json::Value>,
-}
+pub struct ValidatedJson(Arc<JsonDocument>);
 
 impl ValidatedJson {
-    /// The parsed value, if `body` is the very body that was validated (a stage between may
+    /// The document, if `body` is the very body that was validated (a stage between may
     /// have replaced it).
-    pub fn of(&self, body: &Bytes) -> Option<Arc<serde_json::Value>> {
-        (self.body.as_ptr() == body.as_ptr() && self.body.len() == body.len()).then(|| self.value.clone())
+    pub fn of(&self, body: &Bytes) -> Option<Arc<JsonDocument>> {
+        let text = self.0.text();
+        (text.as_ptr() == body.as_ptr() && text.len() == body.len()).then(|| self.0.clone())
     }
 }
 
+/// One route's request validation.
 #[derive(Debug)]
 pub struct RequestValidation {
     pub required_query: Vec<String>,
@@ -105,10 +104,9 @@ impl RequestValidation {
             .collect()
     }
 
-    /// Every violation of `model` by `body`.
-    /// The body, parsed, when it matches `model`; else the refusal listing every violation.
-    fn check_body(model: &Model, body: &Bytes) -> Result<serde_json::Value, Rejection> {
-        let value = match crate::mapping::parse_json(body) {
+    /// The body, read, when it matches `model`; else the refusal listing every violation.
+    fn check_body(model: &Model, body: &Bytes) -> Result<JsonDocument, Rejection> {
+        let document = match JsonDocument::parse(body.clone()) {
             Ok(v) => v,
             Err(_) if body.is_empty() => {
                 let v = Violation::new(
@@ -123,17 +121,17 @@ impl RequestValidation {
                 return Err(invalid("the request body is not valid JSON", vec![v], ResponseType::BadRequestBody));
             }
         };
-        if model.validator.is_valid(&value) {
-            return Ok(value);
+        if model.validator.is_valid(document.root()) {
+            return Ok(document);
         }
         let violations: Vec<Violation> = model
             .validator
-            .iter_errors(&value)
+            .iter_errors(document.root())
             .take(MAX_VIOLATIONS)
             .map(|e| Violation::new("body", e.instance_path().as_str().to_string(), cut(e.to_string())))
             .collect();
         if violations.is_empty() {
-            Ok(value)
+            Ok(document)
         } else {
             Err(invalid("the request body does not match its model", violations, ResponseType::BadRequestBody))
         }
@@ -176,9 +174,9 @@ impl Stage for RequestValidation {
     ) -> Step<'a> {
         let Some(model) = self.body.as_ref().and_then(|b| b.for_request(head)) else { return Flow::Continue.into() };
         match Self::check_body(model, body) {
-            Ok(value) => {
+            Ok(document) => {
                 exchange.note(|| format!("the body matches the model `{}`", model.name));
-                exchange.state.insert(ValidatedJson { body: body.clone(), value: Arc::new(value) });
+                exchange.state.insert(ValidatedJson(Arc::new(document)));
                 Flow::Continue.into()
             }
             Err(rejection) => rejection.into(),
@@ -191,7 +189,8 @@ mod tests {
     use super::*;
 
     fn model(schema: serde_json::Value) -> Arc<Model> {
-        let validator = jsonschema::options().with_draft(jsonschema::Draft::Draft4).build(&schema).unwrap();
+        let validator =
+            jsonschema::options_for::<JsonDocument>().with_draft(jsonschema::Draft::Draft4).build(&schema).unwrap();
         Arc::new(Model { name: "Pet".into(), validator })
     }
 
@@ -213,7 +212,7 @@ mod tests {
             assert!(at.contains(&pointer), "{pointer} not in {at:?}");
         }
         let valid = RequestValidation::check_body(&pet, &Bytes::from_static(br#"{"name":"rex","price":3}"#));
-        assert_eq!(valid.unwrap()["name"], "rex");
+        assert_eq!(valid.unwrap().root().get("name").and_then(|n| n.as_str()), Some("rex"));
         let not_json = RequestValidation::check_body(&pet, &Bytes::from_static(b"{nope")).unwrap_err();
         assert!(not_json.violations[0].message.starts_with("not JSON"));
         let empty = RequestValidation::check_body(&pet, &Bytes::new()).unwrap_err();
@@ -223,8 +222,8 @@ mod tests {
     #[test]
     fn a_validated_body_is_handed_on_only_for_the_same_bytes() {
         let body = Bytes::from_static(br#"{"name":"rex"}"#);
-        let kept = ValidatedJson { body: body.clone(), value: Arc::new(serde_json::json!({"name": "rex"})) };
-        assert_eq!(kept.of(&body.clone()).unwrap()["name"], "rex");
+        let kept = ValidatedJson(Arc::new(JsonDocument::parse(body.clone()).unwrap()));
+        assert_eq!(kept.of(&body.clone()).unwrap().root().get("name").and_then(|n| n.as_str()), Some("rex"));
         // The same text in another buffer is a body a stage put in its place.
         assert!(kept.of(&Bytes::copy_from_slice(&body)).is_none());
         assert!(kept.of(&body.slice(0..5)).is_none());

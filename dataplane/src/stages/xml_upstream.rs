@@ -83,7 +83,7 @@ impl Stage for XmlUpstream {
                 .with_reason("xml upstream: request body")
                 .into()
         };
-        let value = match crate::mapping::parse_json(body) {
+        let value = match crate::json_document::JsonDocument::parse_value(body) {
             Ok(value) => value,
             Err(e) => return refused(format!("the request body is not valid JSON: {e}")),
         };

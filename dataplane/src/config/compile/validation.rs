@@ -10,6 +10,7 @@ use jsonschema::Draft;
 
 use super::super::model::*;
 use super::Compiler;
+use crate::json_document::JsonDocument;
 use crate::stages::validation::{BodyModels, Model, RequestValidation};
 
 /// The models of one API, by name.
@@ -148,7 +149,11 @@ impl Compiler<'_> {
                     continue;
                 }
             };
-            match jsonschema::options().with_draft(draft).with_retriever(refs.clone()).build(&schema.value) {
+            match jsonschema::options_for::<JsonDocument>()
+                .with_draft(draft)
+                .with_retriever(refs.clone())
+                .build(&schema.value)
+            {
                 Ok(validator) => {
                     models.insert(name.clone(), Arc::new(Model { name: name.clone(), validator }));
                 }
