@@ -768,7 +768,20 @@ impl<'a> Renderer<'a> {
         }
     }
 
+    /// A reference's value: a plain variable (`$k`, most of what a loop's body reads) read
+    /// here, anything else walked by [`Renderer::walk`].
+    #[inline]
     fn reference(&mut self, r: &'a Reference) -> Rendered<Option<Val<'a>>> {
+        if r.steps.is_empty()
+            && let Some(variable) = self.vars.get(r.slot)
+        {
+            return Ok(Some(variable));
+        }
+        self.walk(r)
+    }
+
+    #[inline(never)]
+    fn walk(&mut self, r: &'a Reference) -> Rendered<Option<Val<'a>>> {
         let (mut value, skip) = match self.vars.get(r.slot) {
             Some(variable) => (variable, 0),
             None => match self.builtin(r)? {
