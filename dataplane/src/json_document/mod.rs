@@ -170,10 +170,7 @@ impl JsonDocument {
 
     /// The position of the first entry after the one at `at` and its descendants.
     fn after(&self, at: u32) -> u32 {
-        match self.entry(at) {
-            Entry::Array { end, .. } | Entry::Object { end, .. } => *end,
-            _ => at + 1,
-        }
+        count(after(&self.entries, at as usize))
     }
 
     fn string(&self, at: u32, len: u32, unescaped: bool) -> &str {
@@ -196,6 +193,15 @@ fn head(bytes: &[u8]) -> u64 {
     let n = bytes.len().min(8);
     head[..n].copy_from_slice(&bytes[..n]);
     u64::from_le_bytes(head)
+}
+
+/// The position of the first entry after the one at `at` and its descendants: the next, or
+/// for an array or object the end it notes.
+fn after(entries: &[Entry], at: usize) -> usize {
+    match entries.get(at) {
+        Some(Entry::Array { end, .. } | Entry::Object { end, .. }) => *end as usize,
+        _ => at + 1,
+    }
 }
 
 /// A length or position as an entry holds it: the reader takes no text of 4 GiB or more, so

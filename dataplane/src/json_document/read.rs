@@ -12,7 +12,7 @@
 
 use serde_json::{Number, Value};
 
-use super::{Entry, count, head};
+use super::{Entry, after, count, head};
 use crate::byte_scan::ByteSet;
 
 /// What the reader made of a text.
@@ -172,10 +172,7 @@ impl Reader<'_> {
             if self.string_at(at) == wanted {
                 return true;
             }
-            at = match self.entries.get(at + 1) {
-                Some(Entry::Array { end, .. } | Entry::Object { end, .. }) => *end as usize,
-                _ => at + 2,
-            };
+            at = after(&self.entries, at + 1);
         }
         false
     }

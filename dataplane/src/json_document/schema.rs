@@ -12,7 +12,7 @@ use jsonschema::json::{Array, Json, Node, NodeIdentity, Object};
 use jsonschema::types::JsonType;
 use serde_json::{Number, Value};
 
-use super::{Elements, Entry, JsonDocument, JsonNode, Members, count, head};
+use super::{Elements, Entry, JsonDocument, JsonNode, Members, after, count, head};
 
 /// A name a schema looks members up by, with its first eight bytes as a document's names
 /// have them, to compare with at once.
@@ -58,10 +58,7 @@ impl<'a> Members<'a> {
                 return Some(JsonNode { document, at: count(at + 1) });
             }
             // Past the value: one entry, or a whole array or object.
-            at = match document.entries.get(at + 1) {
-                Some(Entry::Array { end, .. } | Entry::Object { end, .. }) => *end as usize,
-                _ => at + 2,
-            };
+            at = after(&document.entries, at + 1);
         }
         None
     }
